@@ -1,0 +1,143 @@
+/*
+ * engine.h - the facade that ties image, model, index and store together.
+ * The faces (CLI, HTTP server) only translate their world into these calls.
+ *
+ * engine_open opens the store, loads the model, checks that the collection
+ * was built with this model (MS_ECONFLICT otherwise, unless reembed is set),
+ * then loads the persisted index next to the collection or rebuilds it from
+ * the store when missing, stale or damaged (engine_open_report says which).
+ *
+ * Thread safety: every function except engine_close may be called from many
+ * threads at once. Forwards of the model are serialised on one inference
+ * thread that takes whatever queries are waiting and runs them as one batch
+ * (dynamic batching); the queue is bounded (MS_EBUSY when full).
+ *
+ * Ownership: result arrays are malloc'd; release with engine_results_free.
+ */
+#ifndef MS_ENGINE_H
+#define MS_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "image/image.h"
+#include "index/index.h"
+#include "model/model.h"
+#include "store/store.h"
+#include "util/err.h"
+
+typedef struct engine engine;
+
+typedef struct engine_options {
+    const char *db;            /* SQLite path or PostgreSQL URI (default medsearch.db) */
+    const char *model_path;    /* ONNX file; NULL: MEDSEARCH_MODEL, then default places */
+    model_options model;
+    index_params index;
+    const char *index_path;    /* default: <db>.index for SQLite, none for PostgreSQL */
+    image_limits limits;
+    int max_batch;             /* largest inference batch (default 16) */
+    int queue_depth;           /* bounded query queue (default 64) */
+    int threads;               /* decode workers for ingest, 0 = cores */
+    int reembed;               /* allow a model change: re-embed every stored image */
+    int thumb_size;            /* thumbnail longest side (default 256) */
+} engine_options;
+
+void engine_options_init(engine_options *o);
+
+/* How engine_open found the index, for the faces to say. */
+typedef struct engine_open_report {
+    int index_loaded;          /* 1 loaded from file, 0 rebuilt */
+    char index_note[256];      /* why it was rebuilt, or "" */
+    double open_ms, model_ms, index_ms;
+} engine_open_report;
+
+int engine_open(const engine_options *o, engine **out, engine_open_report *rep, ms_err *err);
+/* Persists the index (when it changed) and closes everything. */
+void engine_close(engine *e);
+
+/* Where the model came from, or the message explaining how to get one. */
+int engine_find_model(const char *flag_path, char *out, size_t out_len, ms_err *err);
+
+/* ---- ingest ---- */
+typedef struct engine_item {
+    const uint8_t *bytes;
+    size_t len;
+    const store_meta *meta;    /* may be NULL */
+} engine_item;
+
+typedef struct engine_item_result {
+    int64_t id;                /* stored id (0 on failure) */
+    int was_new;               /* 1 stored now, 0 existed already */
+    ms_err err;                /* err.code != 0: this item failed, others went on */
+} engine_item_result;
+
+/* Ingests n items: decoding on worker threads, one batched forward, one
+ * store transaction per image. A bad item fails alone (res[i].err); the
+ * function returns 0 unless the store itself failed. */
+int engine_ingest_batch(engine *e, const engine_item *items, size_t n,
+                        engine_item_result *res, ms_err *err);
+int engine_ingest(engine *e, const uint8_t *bytes, size_t len, const store_meta *meta,
+                  int64_t *id, int *was_new, ms_err *err);
+
+/* ---- search ---- */
+typedef struct engine_query {
+    const uint8_t *bytes;      /* image to search with, or NULL ... */
+    size_t len;
+    int64_t by_id;             /* ... a stored image's id (> 0) */
+    int k;                     /* 1..1000 */
+    const store_filter *filter;/* may be NULL */
+    int one_per_patient;       /* best image per patient only */
+    int qe;                    /* query expansion with top-N, 0 = off */
+    int ef;                    /* HNSW efSearch override, 0 = default */
+    int exclude_self;          /* by_id: leave the query image out */
+} engine_query;
+
+typedef struct engine_result {
+    int64_t id;
+    float score;
+    store_meta meta;
+} engine_result;
+
+typedef struct engine_timing {
+    double decode_ms, embed_ms, index_ms, store_ms, total_ms;
+} engine_timing;
+
+/* Returns 0 or MS_EFORMAT/MS_EUNSUPPORTED/MS_ETOOBIG (bad image), MS_EINVAL
+ * (bad k), MS_ENOTFOUND (by_id absent), MS_EBUSY (queue full). */
+int engine_search(engine *e, const engine_query *q, engine_result **res, int *n,
+                  engine_timing *t, ms_err *err);
+/* Search with a ready vector (dim floats, L2-normalised): eval and tests. */
+int engine_search_vector(engine *e, const float *vec, const engine_query *q,
+                         engine_result **res, int *n, ms_err *err);
+void engine_results_free(engine_result *res, int n);
+
+/* Embeds one image through the same path as search (vec: model dim). */
+int engine_embed(engine *e, const uint8_t *bytes, size_t len, float *vec, ms_err *err);
+
+/* ---- the rest ---- */
+int engine_delete(engine *e, int64_t id, ms_err *err);
+store *engine_store(engine *e);   /* the engine's store handle, for reads by one thread at a time */
+model *engine_model(engine *e);
+vindex *engine_index(engine *e);
+
+typedef struct engine_stats {
+    size_t images;
+    int dim;
+    char model_identity[256];
+    char index_kind[16];
+    size_t index_bytes;
+    char backend[16];
+    size_t queue_depth;        /* queries waiting now */
+    uint64_t searches, ingests;
+    double embed_ms_total, search_ms_total;
+} engine_stats;
+int engine_get_stats(engine *e, engine_stats *st);
+
+/* Re-embeds every stored image with the engine's model (after a model change). */
+int engine_reembed(engine *e, void (*progress)(void *ctx, size_t done, size_t total),
+                   void *ctx, ms_err *err);
+
+/* Integrity check: store_check plus index-vs-store agreement. */
+int engine_check(engine *e, ms_err *err);
+
+#endif

@@ -1,0 +1,112 @@
+/*
+ * index.h - top-k cosine search over L2-normalised float vectors.
+ *
+ * Two kinds behind one interface: an exact SIMD scan (AVX-512 / AVX2 chosen
+ * at run time, portable fallback; optional int8 or float16 pre-scan with
+ * exact re-rank) and an HNSW graph. INDEX_AUTO uses exact search below
+ * params.auto_threshold vectors and HNSW above. Vectors are identified by
+ * the caller's int64 ids (the store's image ids); internal slots are private.
+ *
+ * Filters: index_search_filtered restricts the answer to a caller-given set
+ * of ids. It never returns an id outside the set and returns min(k, |set ∩
+ * index|) results: small sets are scanned exactly, large ones searched in
+ * the graph with the set as a bitmap.
+ *
+ * Concurrency contract: any number of threads may search while at most one
+ * thread adds or removes (the writer); readers never block on the writer.
+ * Two writers at once must be serialised by the caller. index_save may run
+ * beside readers, not beside the writer.
+ *
+ * Persistence: index_save writes PATH.tmp, fsyncs, renames over PATH. The
+ * header holds magic, version, dimension, count, metric, the caller's
+ * model identity and generation, and a checksum; index_load validates all
+ * of it and maps or reads the file in one go.
+ *
+ * Ties in score are broken by smaller id first, everywhere.
+ */
+#ifndef MS_INDEX_H
+#define MS_INDEX_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "util/err.h"
+
+typedef struct vindex vindex;
+
+typedef enum { INDEX_AUTO = 0, INDEX_FLAT, INDEX_HNSW } index_kind;
+typedef enum { INDEX_QUANT_NONE = 0, INDEX_QUANT_INT8, INDEX_QUANT_F16 } index_quant;
+
+typedef struct index_params {
+    index_kind kind;
+    size_t auto_threshold;  /* AUTO: HNSW at or above this many vectors (default 20000) */
+    int M;                  /* HNSW links per node (default 16) */
+    int ef_construction;    /* default 200 */
+    int ef_search;          /* default chosen for recall@10 >= 0.95 */
+    index_quant quant;      /* flat pre-scan copy, default NONE */
+    int threads;            /* build threads, 0 = all cores */
+} index_params;
+
+typedef struct index_hit {
+    int64_t id;
+    float score;            /* cosine similarity, higher is closer */
+} index_hit;
+
+void index_params_init(index_params *p);
+
+/* Returns 0 or MS_EINVAL (dim outside 1..65536), MS_ENOMEM. */
+int index_create(int dim, const index_params *p, vindex **out, ms_err *err);
+void index_free(vindex *ix);
+
+/* Adds n vectors (n x dim floats, already L2-normalised) with their ids.
+ * An id already present is replaced. Returns 0 or MS_ENOMEM / MS_EINVAL. */
+int index_add(vindex *ix, const int64_t *ids, const float *vecs, size_t n, ms_err *err);
+
+/* Removes an id (a tombstone for HNSW, compacted by index_rebuild).
+ * Returns 0, or MS_ENOTFOUND when absent. */
+int index_remove(vindex *ix, int64_t id);
+
+/* Rebuilds the structure without tombstones (and switches kind when AUTO
+ * says so). */
+int index_rebuild(vindex *ix, ms_err *err);
+
+/* Top-k for one query. hits must hold k entries; *n_hits gets how many were
+ * written (k, or fewer when the index holds fewer). ef <= 0 uses the
+ * default ef_search. */
+int index_search(vindex *ix, const float *query, int k, int ef, index_hit *hits,
+                 int *n_hits, ms_err *err);
+
+/* nq queries at once (blocked kernel for the exact kind); hits is nq x k,
+ * n_hits has nq entries. */
+int index_search_batch(vindex *ix, const float *queries, int nq, int k, int ef,
+                       index_hit *hits, int *n_hits, ms_err *err);
+
+/* Top-k among the given ids only (ids absent from the index are ignored). */
+int index_search_filtered(vindex *ix, const float *query, int k, int ef,
+                          const int64_t *allowed, size_t n_allowed,
+                          index_hit *hits, int *n_hits, ms_err *err);
+
+/* Exact top-k regardless of kind: the reference recall is measured against. */
+int index_search_exact(vindex *ix, const float *query, int k, index_hit *hits,
+                       int *n_hits, ms_err *err);
+
+/* Copies the stored vector of id into out[dim]; MS_ENOTFOUND when absent. */
+int index_get(const vindex *ix, int64_t id, float *out);
+
+size_t index_count(const vindex *ix);        /* live vectors */
+int index_dim(const vindex *ix);
+index_kind index_current_kind(const vindex *ix);  /* FLAT or HNSW */
+const char *index_kind_name(index_kind k);
+size_t index_memory_bytes(const vindex *ix);
+
+/* Persistence. generation is an opaque counter from the store that tells
+ * whether the file is stale; model_identity must match on load. */
+int index_save(const vindex *ix, const char *path, const char *model_identity,
+               uint64_t generation, ms_err *err);
+/* Returns 0, MS_ENOTFOUND (no file), MS_EFORMAT (damaged, truncated,
+ * checksum), MS_ECONFLICT (dimension or model identity differs). *generation
+ * receives the saved generation. */
+int index_load(const char *path, int dim, const char *model_identity,
+               const index_params *p, vindex **out, uint64_t *generation, ms_err *err);
+
+#endif

@@ -1,0 +1,98 @@
+/*
+ * model.h - a CNN from an ONNX file, run on oneDNN, turning prepared images
+ * into feature vectors.
+ *
+ * model_load parses the ONNX protobuf (protobuf-c), validates every node
+ * against the supported ops (Conv, BatchNormalization, Relu, Clip, Add,
+ * MaxPool, AveragePool, GlobalAveragePool, Flatten, Reshape to 2-D, Gemm,
+ * Concat, Sigmoid, Mul, Identity), folds BatchNorm into convolutions, fuses
+ * activations and residual adds into the producing Conv, and plans activation
+ * memory. Anything unsupported is an error at load time naming the op and
+ * node. oneDNN is called from dnnl.c only.
+ *
+ * The feature tensor is chosen by options.output, else the metadata key
+ * medsearch.feature_output, else the graph's first output. With a pooling
+ * other than MODEL_POOL_OUTPUT the runtime instead takes the 4-D map that
+ * feeds the GlobalAveragePool producing that output and pools it itself
+ * (GeM, max, average, or the legacy top-left cell).
+ *
+ * Thread safety: one model may be used by one thread at a time (the engine
+ * serialises forwards and batches concurrent queries). Different models are
+ * independent.
+ */
+#ifndef MS_MODEL_H
+#define MS_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "image/image.h"
+#include "util/err.h"
+
+typedef struct model model;
+
+typedef enum {
+    MODEL_POOL_OUTPUT = 0, /* the output tensor as the graph computes it */
+    MODEL_POOL_AVG,        /* mean over H x W of the last feature map */
+    MODEL_POOL_GEM,        /* (mean x^p)^(1/p), x clamped at >= 1e-6 */
+    MODEL_POOL_MAX,        /* max over H x W */
+    MODEL_POOL_TOPLEFT,    /* the prototype's bug, a baseline only: first C values of the flattened NCHW map */
+} model_pool;
+
+typedef struct model_options {
+    const char *output;    /* tensor name, or NULL */
+    model_pool pool;
+    float gem_p;           /* default 3 */
+    /* Preprocessing overrides (flags); <= 0 / NULL leaves the model's own. */
+    int input_size;
+    const char *mean;      /* "m" or "m1,m2,m3" on the 0..255 scale */
+    const char *scale;     /* "s" or "s1,s2,s3" */
+    const char *std;       /* "s" or "s1,s2,s3" (scale = 1/std) */
+    size_t max_file_bytes; /* 0: 2 GiB */
+} model_options;
+
+void model_options_init(model_options *o);
+
+/* Loads, validates and compiles. Returns 0 or MS_ENOTFOUND (no file),
+ * MS_EIO, MS_EFORMAT (bad protobuf, missing initializer, shape mismatch,
+ * absurd dims), MS_EUNSUPPORTED (op or attribute), MS_ENOMEM. *out is owned
+ * by the caller: model_free(). */
+int model_load(const char *path, const model_options *opt, model **out, ms_err *err);
+int model_load_buffer(const void *buf, size_t len, const char *name,
+                      const model_options *opt, model **out, ms_err *err);
+void model_free(model *m);
+
+/* Runs n prepared images (n x 3 x S x S floats, NCHW) and writes n x dim
+ * raw (not normalised) features to out. Activation memory is allocated once
+ * per batch size and reused. Returns 0 or MS_ENOMEM / MS_EINTERNAL. */
+int model_forward(model *m, const float *input, int n, float *out, ms_err *err);
+
+/* Runs n images and copies the named tensor (any graph tensor, e.g.
+ * "logits") flattened per image into out (n x model_tensor_size floats). */
+int model_forward_tensor(model *m, const float *input, int n, const char *tensor,
+                         float *out, size_t out_per_image, ms_err *err);
+/* Per-image element count of a tensor, or 0 when there is none of that name. */
+size_t model_tensor_size(const model *m, const char *tensor);
+
+/* L2-normalises n rows of dim floats in place (zero rows stay zero). */
+void model_l2_normalise(float *v, int n, int dim);
+
+int model_dim(const model *m);                 /* feature length */
+const image_prep *model_prep(const model *m);  /* preprocessing in force */
+int model_prep_from_metadata(const model *m);  /* 1 when medsearch.* keys set it */
+
+/* Identity recorded with every stored vector: "name:sha256hex:dim:pool".
+ * name is the file's base name; pool is "output", "avg", "gem3", ... */
+const char *model_identity(const model *m);
+const char *model_name(const model *m);
+const char *model_sha256(const model *m);      /* 64 hex chars */
+
+/* A printable description for `medsearch info --model`: inputs, outputs,
+ * preprocessing (and whether it came from metadata or the ImageNet default),
+ * op counts, parameter count. Owned by the model. */
+const char *model_describe(const model *m);
+
+/* Floating-point operations of one image's forward (multiply-add = 2). */
+double model_flops_per_image(const model *m);
+
+#endif
