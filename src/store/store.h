@@ -15,6 +15,13 @@
  *
  * Thread safety: a store handle is used by one thread at a time; the engine
  * opens one handle per thread that needs one.
+ *
+ * Input is checked before any SQL runs (MS_EINVAL naming the item and field):
+ * strings must be valid UTF-8 of at most STORE_MAX_TEXT bytes, sha256 64
+ * lowercase hex digits, vectors finite. Labels are a set compared without
+ * regard to ASCII case ("effusion" finds "Effusion"; of spellings repeated in
+ * one list the first is kept); view positions are stored upper-cased ("pa" -> "PA"); patient ids
+ * and key/values match exactly. docs/store.md describes the schema.
  */
 #ifndef MS_STORE_H
 #define MS_STORE_H
@@ -25,6 +32,15 @@
 #include "util/err.h"
 
 typedef struct store store;
+
+/* Limits on what one image may carry (checked, MS_EINVAL). */
+#define STORE_MAX_TEXT 1024      /* bytes of any one string (PostgreSQL indexes
+                                    refuse much longer keys) */
+#define STORE_MAX_BLOB (512u << 20)  /* bytes of an image or thumbnail */
+#define STORE_MAX_LABELS 256     /* labels of one image */
+#define STORE_MAX_KV 256         /* key/values of one image */
+#define STORE_MAX_DIM 65536      /* floats in a vector */
+#define STORE_MAX_FILTER_VALUES 256  /* values of one filter list */
 
 typedef struct store_kv {
     char *key, *value;
@@ -39,9 +55,12 @@ typedef struct store_meta {
     char *view;            /* PA, AP, LL, ... or NULL */
     char **labels;         /* finding labels, a set (no duplicates) */
     int n_labels;
-    store_kv *kv;          /* free key/values */
+    store_kv *kv;          /* free key/values; a repeated key keeps the last */
     int n_kv;
 } store_meta;
+
+/* Sets an empty store_meta (age -1, everything else unknown). */
+void store_meta_init(store_meta *m);
 
 typedef struct store_image_info {
     int64_t id;
@@ -63,7 +82,7 @@ typedef struct store_item {
     size_t thumb_len;
     const char *thumb_mime;
     const store_meta *meta;  /* may be NULL */
-    const float *vec;      /* dim floats, L2-normalised */
+    const float *vec;      /* dim floats (the collection model's), L2-normalised */
 } store_item;
 
 /* A metadata predicate; every set part must hold (AND). */
@@ -82,6 +101,10 @@ typedef struct store_filter {
     int n_kv;
 } store_filter;
 
+/* Sets a filter that matches everything (age bounds -1). A zeroed struct is
+ * NOT that: age_max 0 would keep newborns only. */
+void store_filter_init(store_filter *f);
+
 /* Opens (creating/migrating the schema). Returns 0 or MS_EDB / MS_EIO with
  * a message naming the database (unreachable server, read-only file, ...). */
 int store_open(const char *uri, store **out, ms_err *err);
@@ -99,7 +122,17 @@ int store_get_model(store *s, char **identity, int *dim, ms_err *err);
  * vector together or nothing). An item whose sha256 exists already gets
  * that id back with was_new[i] = 0 (its metadata replaced when meta is not
  * NULL). ids and was_new have n entries. Returns 0 or a negative code, in
- * which case nothing of the failing batch is stored. */
+ * which case nothing of the failing batch is stored.
+ *
+ * The whole batch is one transaction. A collection needs a model first
+ * (store_use_model; MS_EINVAL otherwise) and every vector has its dim.
+ * "Replaced" means all of it: patient, date, age, sex, view, labels and
+ * key/values take meta's values (unknown where meta has none); an existing
+ * image keeps its thumbnail and vector. meta->original_name is never
+ * replaced: the first name stays the image's original_name, and every name
+ * given is remembered for store_has_name. A sha256 repeated inside one batch
+ * is stored once, the later item's metadata winning. The generation is
+ * bumped once per successful call. */
 int store_ingest(store *s, const store_item *items, size_t n, int64_t *ids,
                  int *was_new, ms_err *err);
 
@@ -114,9 +147,11 @@ int store_get_image(store *s, int64_t id, uint8_t **bytes, size_t *len,
 int store_get_thumbnail(store *s, int64_t id, uint8_t **bytes, size_t *len,
                         char mime[32], ms_err *err);
 int store_get_meta(store *s, int64_t id, store_meta *meta, ms_err *err);
-/* vec must hold dim floats. */
+/* vec must hold dim floats; MS_EINVAL when the stored vector has another
+ * dim, MS_ENOTFOUND when the image has none. */
 int store_get_vector(store *s, int64_t id, float *vec, int dim, ms_err *err);
-/* Replaces an image's vector (reembed). */
+/* Replaces an image's vector (reembed) with one of the collection's current
+ * model (dim must be its dim). Bumps the generation. */
 int store_set_vector(store *s, int64_t id, const float *vec, int dim, ms_err *err);
 
 /* Deletes image, thumbnail, metadata and vector together; MS_ENOTFOUND. */
@@ -126,8 +161,10 @@ int store_delete(store *s, int64_t id, ms_err *err);
 int store_filter_ids(store *s, const store_filter *f, int64_t **ids, size_t *n,
                      ms_err *err);
 
-/* Calls fn for every stored vector in ascending id order; fn returns
- * nonzero to stop. Used to (re)build the index. */
+/* Calls fn for every stored vector of the collection's current model in
+ * ascending id order; fn returns nonzero to stop (store_each_vector then
+ * returns 0). vec is valid during the call only. fn must not use s. Used to
+ * (re)build the index. */
 typedef int (*store_vector_fn)(void *ctx, int64_t id, const float *vec, int dim);
 int store_each_vector(store *s, store_vector_fn fn, void *ctx, ms_err *err);
 
@@ -139,8 +176,9 @@ int store_count(store *s, size_t *n, ms_err *err);
  * stale. */
 int store_generation(store *s, uint64_t *gen, ms_err *err);
 
-/* Integrity: every image has metadata and a vector of the right dim, no
- * orphans. Returns 0 when sound, MS_EFORMAT with the first problem. */
+/* Integrity: every image has metadata and a vector of the collection's model
+ * with the right dim, no orphans (SQLite: plus PRAGMA quick_check). Returns 0
+ * when sound, MS_EFORMAT with the first problem. */
 int store_check(store *s, ms_err *err);
 
 void store_meta_free(store_meta *m);
@@ -149,7 +187,14 @@ void store_filter_free(store_filter *f);
 /* Parses a filter expression: space-separated terms
  *   labels:A|B (any of)  labels:A+B (all of)  sex:F  age:40-60 age:40- age:-60
  *   view:PA|AP  patient:ID  -patient:ID  key=value
- * Returns 0 or MS_EINVAL naming the bad term. */
+ * A value may be double-quoted to hold spaces, '|', '+' or ':'
+ * (labels:"No Finding"); inside quotes \" and \\ stand for " and \.
+ * labels:A (one label) and repeated labels:A+B terms add to labels_all; only
+ * one labels:A|B term is allowed. age:45 means 45-45; sex takes M, F, male or
+ * female. An age bound outside 0..200 or a min above the max is an error;
+ * patients without a known age never match an age term.
+ * f is initialised by the call (any previous content is not freed) and is
+ * empty again after an error. Returns 0 or MS_EINVAL naming the bad term. */
 int store_filter_parse(const char *expr, store_filter *f, ms_err *err);
 
 #endif

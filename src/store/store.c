@@ -1,0 +1,552 @@
+/*
+ * store.c - the store's front door: picks the backend from the URI, checks
+ * every argument and item once (so backends see valid input only), then
+ * dispatches through the backend's store_ops. Also the helpers both backends
+ * share: label/view folding, the vector byte layout, id lists.
+ */
+#include "store/store_impl.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- small helpers ---- */
+
+void store_fold_label(const char *label, char *out, size_t cap)
+{
+    size_t i = 0;
+    for (; label[i] && i + 1 < cap; i++) {
+        char c = label[i];
+        out[i] = (c >= 'A' && c <= 'Z') ? (char)(c - 'A' + 'a') : c;
+    }
+    out[i] = '\0';
+}
+
+void store_fold_view(const char *view, char *out, size_t cap)
+{
+    size_t i = 0;
+    for (; view[i] && i + 1 < cap; i++) {
+        char c = view[i];
+        out[i] = (c >= 'a' && c <= 'z') ? (char)(c - 'a' + 'A') : c;
+    }
+    out[i] = '\0';
+}
+
+void store_vec_encode(const float *vec, int dim, uint8_t *out)
+{
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    memcpy(out, vec, (size_t)dim * sizeof(float));
+#else
+    for (int i = 0; i < dim; i++) {
+        uint32_t u;
+        memcpy(&u, &vec[i], 4);
+        out[4 * i] = (uint8_t)u;
+        out[4 * i + 1] = (uint8_t)(u >> 8);
+        out[4 * i + 2] = (uint8_t)(u >> 16);
+        out[4 * i + 3] = (uint8_t)(u >> 24);
+    }
+#endif
+}
+
+void store_vec_decode(const uint8_t *in, int dim, float *vec)
+{
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    memcpy(vec, in, (size_t)dim * sizeof(float));
+#else
+    for (int i = 0; i < dim; i++) {
+        uint32_t u = (uint32_t)in[4 * i] | (uint32_t)in[4 * i + 1] << 8 |
+                     (uint32_t)in[4 * i + 2] << 16 | (uint32_t)in[4 * i + 3] << 24;
+        memcpy(&vec[i], &u, 4);
+    }
+#endif
+}
+
+int id_list_push(id_list *l, int64_t id, ms_err *err)
+{
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 256;
+        int64_t *v = realloc(l->v, cap * sizeof *v);
+        if (!v)
+            return ms_err_set(err, MS_ENOMEM, "out of memory listing %zu image ids", l->n);
+        l->v = v;
+        l->cap = cap;
+    }
+    l->v[l->n++] = id;
+    return 0;
+}
+
+int store_strdup(const char *s, char **out, ms_err *err)
+{
+    *out = NULL;
+    if (!s)
+        return 0;
+    *out = strdup(s);
+    return *out ? 0 : ms_err_set(err, MS_ENOMEM, "out of memory copying a %zu-byte string", strlen(s));
+}
+
+void store_meta_init(store_meta *m)
+{
+    memset(m, 0, sizeof *m);
+    m->age = -1;
+}
+
+void store_meta_free(store_meta *m)
+{
+    if (!m)
+        return;
+    free(m->original_name);
+    free(m->patient_id);
+    free(m->study_date);
+    free(m->view);
+    for (int i = 0; i < m->n_labels; i++)
+        free(m->labels[i]);
+    free(m->labels);
+    for (int i = 0; i < m->n_kv; i++) {
+        free(m->kv[i].key);
+        free(m->kv[i].value);
+    }
+    free(m->kv);
+    store_meta_init(m);
+}
+
+/* ---- integrity ---- */
+
+#define ORPHANS(table)                                                                        \
+    {"SELECT t.image_id FROM " table " t WHERE NOT EXISTS "                                   \
+     "(SELECT 1 FROM images i WHERE i.id = t.image_id) ORDER BY t.image_id LIMIT 1",          \
+     0, "a row of " table " belongs to image %lld, which does not exist"}
+
+const store_check_query STORE_CHECKS[] = {
+    {"SELECT i.id FROM images i WHERE NOT EXISTS (SELECT 1 FROM metadata m WHERE m.image_id = i.id) "
+     "ORDER BY i.id LIMIT 1",
+     0, "image %lld has no metadata"},
+    {"SELECT i.id FROM images i WHERE NOT EXISTS (SELECT 1 FROM originals o WHERE o.image_id = i.id) "
+     "ORDER BY i.id LIMIT 1",
+     0, "image %lld has no stored bytes"},
+    {"SELECT i.id FROM images i JOIN originals o ON o.image_id = i.id WHERE length(o.data) <> i.bytes "
+     "ORDER BY i.id LIMIT 1",
+     0, "the stored bytes of image %lld do not have its recorded size"},
+    {"SELECT i.id FROM images i WHERE NOT EXISTS (SELECT 1 FROM vectors v WHERE v.image_id = i.id) "
+     "ORDER BY i.id LIMIT 1",
+     0, "image %lld has no vector"},
+    {"SELECT v.image_id FROM vectors v JOIN collection c ON c.id = 1 "
+     "WHERE c.model_id IS NULL OR v.model_id <> c.model_id ORDER BY v.image_id LIMIT 1",
+     0, "the vector of image %lld comes from another model than the collection's (an unfinished re-embed?)"},
+    {"SELECT image_id FROM vectors WHERE length(vector) <> $1 ORDER BY image_id LIMIT 1",
+     1, "the vector of image %lld does not hold as many floats as the model's dim"},
+    ORPHANS("metadata"),
+    ORPHANS("originals"),
+    ORPHANS("thumbnails"),
+    ORPHANS("labels"),
+    ORPHANS("kv"),
+    ORPHANS("vectors"),
+    ORPHANS("image_names"),
+};
+const int STORE_N_CHECKS = (int)(sizeof STORE_CHECKS / sizeof STORE_CHECKS[0]);
+
+/* ---- validation ---- */
+
+/* Is s well-formed UTF-8 (no overlongs, no surrogates, <= U+10FFFF)? */
+int store_utf8_valid(const unsigned char *s, size_t n)
+{
+    size_t i = 0;
+    while (i < n) {
+        unsigned c = s[i];
+        size_t len;
+        unsigned min;
+        if (c < 0x80) {
+            i++;
+            continue;
+        } else if ((c & 0xE0) == 0xC0) {
+            len = 2, min = 0x80, c &= 0x1F;
+        } else if ((c & 0xF0) == 0xE0) {
+            len = 3, min = 0x800, c &= 0x0F;
+        } else if ((c & 0xF8) == 0xF0) {
+            len = 4, min = 0x10000, c &= 0x07;
+        } else {
+            return 0;
+        }
+        if (n - i < len)
+            return 0;
+        for (size_t k = 1; k < len; k++) {
+            if ((s[i + k] & 0xC0) != 0x80)
+                return 0;
+            c = (c << 6) | (s[i + k] & 0x3F);
+        }
+        if (c < min || c > 0x10FFFF || (c >= 0xD800 && c <= 0xDFFF))
+            return 0;
+        i += len;
+    }
+    return 1;
+}
+
+int store_check_text(const char *s, int optional, int allow_empty, const char *what, ms_err *err)
+{
+    if (!s)
+        return optional ? 0 : ms_err_set(err, MS_EINVAL, "%s is missing", what);
+    size_t n = strnlen(s, STORE_MAX_TEXT + 1);
+    if (n > STORE_MAX_TEXT)
+        return ms_err_set(err, MS_EINVAL, "%s is longer than %d bytes", what, STORE_MAX_TEXT);
+    if (n == 0 && !allow_empty)
+        return ms_err_set(err, MS_EINVAL, "%s is empty", what);
+    if (!store_utf8_valid((const unsigned char *)s, n))
+        return ms_err_set(err, MS_EINVAL, "%s is not valid UTF-8", what);
+    return 0;
+}
+
+static int check_sha256(const char *hex, const char *what, ms_err *err)
+{
+    if (!hex)
+        return ms_err_set(err, MS_EINVAL, "%s: sha256 is missing", what);
+    for (int i = 0; i < 64; i++) {
+        char c = hex[i];
+        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f')))
+            return ms_err_set(err, MS_EINVAL, "%s: sha256 is not 64 lowercase hex digits", what);
+    }
+    if (hex[64] != '\0')
+        return ms_err_set(err, MS_EINVAL, "%s: sha256 is longer than 64 hex digits", what);
+    return 0;
+}
+
+/* A MIME type fits store_image_info.mime[32] and is plain ASCII. */
+static int check_mime(const char *mime, const char *what, ms_err *err)
+{
+    if (!mime || !*mime)
+        return ms_err_set(err, MS_EINVAL, "%s is missing", what);
+    size_t n = strnlen(mime, 32);
+    if (n >= 32)
+        return ms_err_set(err, MS_EINVAL, "%s is longer than 31 bytes", what);
+    for (size_t i = 0; i < n; i++)
+        if (mime[i] <= ' ' || mime[i] > '~')
+            return ms_err_set(err, MS_EINVAL, "%s has a character outside printable ASCII", what);
+    return 0;
+}
+
+static int check_meta(const store_meta *m, size_t item, ms_err *err)
+{
+    char what[96];
+    int rc;
+#define TEXT(field, optional, label)                                           \
+    do {                                                                       \
+        snprintf(what, sizeof what, "item %zu %s", item, label);               \
+        if ((rc = store_check_text(field, optional, 0, what, err)) < 0)              \
+            return rc;                                                         \
+    } while (0)
+    TEXT(m->original_name, 1, "original name");
+    TEXT(m->patient_id, 1, "patient id");
+    TEXT(m->study_date, 1, "study date");
+    TEXT(m->view, 1, "view position");
+#undef TEXT
+    if (m->age < -1 || m->age > 200)
+        return ms_err_set(err, MS_EINVAL, "item %zu age %d is outside 0..200 (-1 = unknown)", item, m->age);
+    if (m->sex != 0 && m->sex != 'M' && m->sex != 'F')
+        return ms_err_set(err, MS_EINVAL, "item %zu sex must be 'M', 'F' or unknown (0)", item);
+    if (m->n_labels < 0 || m->n_labels > STORE_MAX_LABELS || (m->n_labels > 0 && !m->labels))
+        return ms_err_set(err, MS_EINVAL, "item %zu has %d labels (0..%d allowed)", item,
+                          m->n_labels, STORE_MAX_LABELS);
+    for (int i = 0; i < m->n_labels; i++) {
+        snprintf(what, sizeof what, "item %zu label %d", item, i + 1);
+        if ((rc = store_check_text(m->labels[i], 0, 0, what, err)) < 0)
+            return rc;
+    }
+    if (m->n_kv < 0 || m->n_kv > STORE_MAX_KV || (m->n_kv > 0 && !m->kv))
+        return ms_err_set(err, MS_EINVAL, "item %zu has %d key/values (0..%d allowed)", item,
+                          m->n_kv, STORE_MAX_KV);
+    for (int i = 0; i < m->n_kv; i++) {
+        snprintf(what, sizeof what, "item %zu key %d", item, i + 1);
+        if ((rc = store_check_text(m->kv[i].key, 0, 0, what, err)) < 0)
+            return rc;
+        snprintf(what, sizeof what, "item %zu value of key '%.40s'", item, m->kv[i].key);
+        if ((rc = store_check_text(m->kv[i].value, 0, 1, what, err)) < 0)
+            return rc;
+    }
+    return 0;
+}
+
+static int check_vector(const float *vec, int dim, const char *what, ms_err *err)
+{
+    if (!vec)
+        return ms_err_set(err, MS_EINVAL, "%s: vector is missing", what);
+    for (int i = 0; i < dim; i++)
+        if (!isfinite(vec[i]))
+            return ms_err_set(err, MS_EINVAL, "%s: vector value %d is not finite", what, i);
+    return 0;
+}
+
+static int check_dim(int dim, ms_err *err)
+{
+    if (dim < 1 || dim > STORE_MAX_DIM)
+        return ms_err_set(err, MS_EINVAL, "vector dim %d is outside 1..%d", dim, STORE_MAX_DIM);
+    return 0;
+}
+
+/* Checks the items of a batch whose vectors have dim floats. */
+static int check_items(const store_item *items, size_t n, int dim, ms_err *err)
+{
+    for (size_t i = 0; i < n; i++) {
+        const store_item *it = &items[i];
+        char what[64];
+        int rc;
+        snprintf(what, sizeof what, "item %zu", i);
+        if (!it->bytes || it->len == 0)
+            return ms_err_set(err, MS_EINVAL, "item %zu has no image bytes", i);
+        if (it->len > STORE_MAX_BLOB || it->thumb_len > STORE_MAX_BLOB)
+            return ms_err_set(err, MS_ETOOBIG, "item %zu: an image or thumbnail over %u MiB", i,
+                              STORE_MAX_BLOB >> 20);
+        if ((rc = check_sha256(it->sha256, what, err)) < 0)
+            return rc;
+        snprintf(what, sizeof what, "item %zu mime type", i);
+        if ((rc = check_mime(it->mime, what, err)) < 0)
+            return rc;
+        if (it->width < 1 || it->height < 1)
+            return ms_err_set(err, MS_EINVAL, "item %zu size %dx%d is not positive", i,
+                              it->width, it->height);
+        if (it->thumb_len > 0) {
+            if (!it->thumb)
+                return ms_err_set(err, MS_EINVAL, "item %zu thumbnail bytes are missing", i);
+            snprintf(what, sizeof what, "item %zu thumbnail mime type", i);
+            if ((rc = check_mime(it->thumb_mime, what, err)) < 0)
+                return rc;
+        }
+        if (it->meta && (rc = check_meta(it->meta, i, err)) < 0)
+            return rc;
+        snprintf(what, sizeof what, "item %zu", i);
+        if ((rc = check_vector(it->vec, dim, what, err)) < 0)
+            return rc;
+    }
+    return 0;
+}
+
+/* ---- the interface ---- */
+
+static int is_pg_uri(const char *uri)
+{
+    return strncmp(uri, "postgresql:", 11) == 0 || strncmp(uri, "postgres:", 9) == 0;
+}
+
+int store_open(const char *uri, store **out, ms_err *err)
+{
+    ms_err local_err;
+    if (!err)
+        err = &local_err;
+    if (!out)
+        return ms_err_set(err, MS_EINVAL, "store_open: out is NULL");
+    *out = NULL;
+    if (!uri || !*uri)
+        return ms_err_set(err, MS_EINVAL, "no database given (a SQLite file path or a postgresql:// URI)");
+    if (is_pg_uri(uri)) {
+        const char *rest = strchr(uri, ':') + 1;
+        if (*rest == '\0')
+            return store_pg_open(NULL, out, err);  /* PG* environment */
+        if (strncmp(rest, "//", 2) != 0)
+            return ms_err_set(err, MS_EINVAL,
+                              "database '%.100s' is not a PostgreSQL URI: write postgresql://[user@]host[:port]/dbname, "
+                              "or 'postgresql:' alone to use the PG* environment", uri);
+        return store_pg_open(uri, out, err);
+    }
+    return store_sqlite_open(uri, out, err);
+}
+
+void store_close(store *s)
+{
+    if (s)
+        s->ops->close(s);
+}
+
+const char *store_backend(const store *s)
+{
+    return s ? s->ops->name : "none";
+}
+
+/* Every entry point starts here: backends may then write to err freely
+ * (a caller's NULL err becomes a local one). */
+#define CHECK_STORE(s)                                                         \
+    ms_err local_err_;                                                         \
+    if (!err)                                                                  \
+        err = &local_err_;                                                     \
+    if (!(s))                                                                  \
+    return ms_err_set(err, MS_EINVAL, "%s: store is NULL", __func__)
+
+int store_use_model(store *s, const char *identity, int dim, int force, ms_err *err)
+{
+    CHECK_STORE(s);
+    int rc = store_check_text(identity, 0, 0, "model identity", err);
+    if (rc < 0 || (rc = check_dim(dim, err)) < 0)
+        return rc;
+    return s->ops->use_model(s, identity, dim, force, err);
+}
+
+int store_get_model(store *s, char **identity, int *dim, ms_err *err)
+{
+    CHECK_STORE(s);
+    if (!identity || !dim)
+        return ms_err_set(err, MS_EINVAL, "store_get_model: NULL output");
+    *identity = NULL;
+    *dim = 0;
+    return s->ops->get_model(s, identity, dim, err);
+}
+
+int store_ingest(store *s, const store_item *items, size_t n, int64_t *ids,
+                 int *was_new, ms_err *err)
+{
+    CHECK_STORE(s);
+    if (n == 0)
+        return 0;
+    if (!items || !ids || !was_new)
+        return ms_err_set(err, MS_EINVAL, "store_ingest: NULL items, ids or was_new");
+    char *identity = NULL;
+    int dim = 0;
+    int rc = s->ops->get_model(s, &identity, &dim, err);
+    free(identity);
+    if (rc < 0)
+        return rc;
+    if (dim == 0)
+        return ms_err_set(err, MS_EINVAL, "%s: the collection has no model yet (store_use_model first)", s->where);
+    if ((rc = check_items(items, n, dim, err)) < 0)
+        return rc;
+    /* The backend re-reads the model inside its transaction: a concurrent
+     * model change between here and there is reported, not mixed in. */
+    return s->ops->ingest(s, items, n, dim, ids, was_new, err);
+}
+
+int store_find_sha256(store *s, const char *sha256, int64_t *id, ms_err *err)
+{
+    CHECK_STORE(s);
+    int rc = check_sha256(sha256, "store_find_sha256", err);
+    if (rc < 0)
+        return rc;
+    if (!id)
+        return ms_err_set(err, MS_EINVAL, "store_find_sha256: id is NULL");
+    return s->ops->find_sha256(s, sha256, id, err);
+}
+
+int store_has_name(store *s, const char *original_name, ms_err *err)
+{
+    CHECK_STORE(s);
+    int rc = store_check_text(original_name, 0, 0, "original name", err);
+    return rc < 0 ? rc : s->ops->has_name(s, original_name, err);
+}
+
+int store_get_info(store *s, int64_t id, store_image_info *info, ms_err *err)
+{
+    CHECK_STORE(s);
+    if (!info)
+        return ms_err_set(err, MS_EINVAL, "store_get_info: info is NULL");
+    memset(info, 0, sizeof *info);
+    return s->ops->get_info(s, id, info, err);
+}
+
+static int get_blob(store *s, int64_t id, int thumb, uint8_t **bytes, size_t *len,
+                    char mime[32], ms_err *err)  /* err is not NULL */
+{
+    if (!bytes || !len || !mime)
+        return ms_err_set(err, MS_EINVAL, "store_get_%s: NULL output", thumb ? "thumbnail" : "image");
+    *bytes = NULL;
+    *len = 0;
+    mime[0] = '\0';
+    return s->ops->get_blob(s, id, thumb, bytes, len, mime, err);
+}
+
+int store_get_image(store *s, int64_t id, uint8_t **bytes, size_t *len, char mime[32], ms_err *err)
+{
+    CHECK_STORE(s);
+    return get_blob(s, id, 0, bytes, len, mime, err);
+}
+
+int store_get_thumbnail(store *s, int64_t id, uint8_t **bytes, size_t *len, char mime[32],
+                        ms_err *err)
+{
+    CHECK_STORE(s);
+    return get_blob(s, id, 1, bytes, len, mime, err);
+}
+
+int store_get_meta(store *s, int64_t id, store_meta *meta, ms_err *err)
+{
+    CHECK_STORE(s);
+    if (!meta)
+        return ms_err_set(err, MS_EINVAL, "store_get_meta: meta is NULL");
+    store_meta_init(meta);
+    int rc = s->ops->get_meta(s, id, meta, err);
+    if (rc < 0)
+        store_meta_free(meta);
+    return rc;
+}
+
+int store_get_vector(store *s, int64_t id, float *vec, int dim, ms_err *err)
+{
+    CHECK_STORE(s);
+    int rc = check_dim(dim, err);
+    if (rc < 0)
+        return rc;
+    if (!vec)
+        return ms_err_set(err, MS_EINVAL, "store_get_vector: vec is NULL");
+    return s->ops->get_vector(s, id, vec, dim, err);
+}
+
+int store_set_vector(store *s, int64_t id, const float *vec, int dim, ms_err *err)
+{
+    CHECK_STORE(s);
+    char what[48];
+    snprintf(what, sizeof what, "image %lld", (long long)id);
+    int rc = check_dim(dim, err);
+    if (rc < 0 || (rc = check_vector(vec, dim, what, err)) < 0)
+        return rc;
+    return s->ops->set_vector(s, id, vec, dim, err);
+}
+
+int store_delete(store *s, int64_t id, ms_err *err)
+{
+    CHECK_STORE(s);
+    return s->ops->delete_image(s, id, err);
+}
+
+int store_filter_ids(store *s, const store_filter *f, int64_t **ids, size_t *n, ms_err *err)
+{
+    CHECK_STORE(s);
+    if (!f || !ids || !n)
+        return ms_err_set(err, MS_EINVAL, "store_filter_ids: NULL filter or output");
+    *ids = NULL;
+    *n = 0;
+    return s->ops->filter_ids(s, f, ids, n, err);
+}
+
+int store_each_vector(store *s, store_vector_fn fn, void *ctx, ms_err *err)
+{
+    CHECK_STORE(s);
+    if (!fn)
+        return ms_err_set(err, MS_EINVAL, "store_each_vector: fn is NULL");
+    return s->ops->each_vector(s, fn, ctx, err);
+}
+
+int store_list_ids(store *s, int64_t **ids, size_t *n, ms_err *err)
+{
+    CHECK_STORE(s);
+    if (!ids || !n)
+        return ms_err_set(err, MS_EINVAL, "store_list_ids: NULL output");
+    *ids = NULL;
+    *n = 0;
+    return s->ops->list_ids(s, ids, n, err);
+}
+
+int store_count(store *s, size_t *n, ms_err *err)
+{
+    CHECK_STORE(s);
+    if (!n)
+        return ms_err_set(err, MS_EINVAL, "store_count: n is NULL");
+    return s->ops->count(s, n, err);
+}
+
+int store_generation(store *s, uint64_t *gen, ms_err *err)
+{
+    CHECK_STORE(s);
+    if (!gen)
+        return ms_err_set(err, MS_EINVAL, "store_generation: gen is NULL");
+    return s->ops->generation(s, gen, err);
+}
+
+int store_check(store *s, ms_err *err)
+{
+    CHECK_STORE(s);
+    return s->ops->check(s, err);
+}
