@@ -1,24 +1,55 @@
 /*
  * image.h - from untrusted image bytes to a model input tensor, and thumbnails.
  *
- * Formats are chosen by magic bytes, never by file name: PNG (8/16-bit gray,
- * gray+alpha, RGB, RGBA, palette), JPEG (baseline, progressive, gray; CMYK is
- * rejected) and TIFF (8/16-bit grayscale). Decoding uses libvips with its
- * untrusted loaders blocked. Size limits are checked from the header before
- * any pixel is decoded.
+ * Formats are chosen by magic bytes, never by file name: PNG (1/2/4/8/16-bit
+ * gray, gray+alpha, RGB, RGBA, palette), JPEG (8-bit baseline, extended,
+ * progressive, gray or colour; CMYK, lossless, hierarchical and 12-bit are
+ * rejected) and TIFF (classic, 8/16-bit unsigned grayscale, MinIsBlack or
+ * MinIsWhite; first page). DICOM, GIF, WebP, BMP, JPEG 2000, HEIF, PDF, ...
+ * are recognised and refused with MS_EUNSUPPORTED and a message naming them;
+ * other bytes give MS_EFORMAT. Decoding uses libvips' PNG/JPEG/TIFF loaders
+ * called by name, with its untrusted loaders blocked.
  *
- * Preparation, exactly (documented for users in docs/):
- *   1. decode; 16-bit images are scaled to 8-bit by their actual maximum
- *      (v * 255 / max), not by 65535; an alpha channel is dropped;
- *   2. convert to 8-bit grayscale (RGB by Rec.601 luminance);
- *   3. resize the whole image (no crop) to size x size with an antialiasing
- *      filter (libvips' Lanczos3 reduce);
- *   4. replicate to 3 channels and apply x[c] = (pixel - mean[c]) * scale[c],
+ * Hostile input: the byte limit, then the width x height of the PNG IHDR /
+ * JPEG frame header / first TIFF directory (parsed here by a bounded parser)
+ * against the pixel limit, are checked before any pixel is decoded, so a
+ * lying header or a decompression bomb is refused without allocating its
+ * pixels. A PNG whose compressed pixel data inflates to more than its
+ * header declares is refused too (libpng would otherwise inflate all of the
+ * excess, up to 1000x the file size in CPU time; see internal.h). A file cut
+ * short inside its pixel data, a corrupt stream, or a decoder that
+ * disagrees with the header is MS_EFORMAT. Any width x height within the
+ * limits works, 1x1 and 100000x1 included.
+ *
+ * Preparation, exactly (documented for users in docs/image.md):
+ *   1. decode at full size, except that a JPEG at least 4x larger than the
+ *      target on both axes is decoded at 1/2, 1/4 or 1/8 scale by libjpeg's
+ *      DCT scaling (leaving at least 2x the target for step 4);
+ *      EXIF orientation and ICC profiles are ignored (pixels as stored);
+ *   2. drop alpha (ignored, not blended); RGB becomes Rec.601 luma
+ *      Y = 0.299 R + 0.587 G + 0.114 B on the stored values, like PIL's
+ *      convert("L"): for 8-bit in PIL's exact fixed point
+ *      (19595 R + 38470 G + 7471 B + 32768) >> 16, for 16-bit in floating
+ *      point;
+ *   3. 16-bit images are scaled by their own maximum: v * 255 / max(image),
+ *      not / 65535 (an all-zero image stays 0); everything is rounded to
+ *      8-bit gray (round half up);
+ *   4. resize the whole image (no crop, aspect not kept) to size x size:
+ *      Lanczos3 on each reducing axis (a true antialiasing low-pass filter
+ *      over all source pixels; reductions beyond 8x are done in steps of at
+ *      most 8x), bicubic interpolation on an enlarging axis; rounded to 8-bit;
+ *   5. replicate to 3 channels and apply x[c] = (pixel - mean[c]) * scale[c],
  *      written NCHW, channel order as the model wants (the gray value is the
  *      same in every channel, so RGB vs BGR only changes mean/scale order).
  *
+ * Memory: the 8-bit gray image is held once (width x height bytes); while
+ * it is made, a colour image is also held decoded (3-4 bytes/pixel), and a
+ * 16-bit image its 16-bit gray (2 bytes/pixel) or, for 16-bit colour, float
+ * luminance (4 bytes/pixel) while its maximum is found.
+ *
  * Thread safety: all functions may be called from several threads at once
- * once image_init() has returned.
+ * once image_init() has returned. Nothing of the caller's buffer is kept
+ * after a call returns.
  */
 #ifndef MS_IMAGE_H
 #define MS_IMAGE_H
@@ -49,10 +80,26 @@ typedef struct image_prep {
     float scale[3];       /* multiplier after mean subtraction (1/std) */
 } image_prep;
 
-/* Once per process, before any other call; idempotent. Blocks untrusted
- * libvips loaders and, when cache_off is set, disables the operation cache
- * (the server does this). Returns 0 or MS_EINTERNAL. */
+/* Once per process, before any other call (the others fail with
+ * MS_EINTERNAL until then); idempotent and thread-safe. Starts libvips,
+ * blocks its untrusted loaders, silences its warnings (errors come back
+ * through ms_err) and sets one libvips worker (image_set_threads).
+ * When cache_off is set it disables libvips' operation cache for the rest of
+ * the process: every call here decodes new bytes, so the cache only holds
+ * memory; the server and batch jobs should pass 1. Returns 0 or
+ * MS_EINTERNAL. */
 int image_init(int cache_off, ms_err *err);
+
+/* Worker threads libvips may use inside one call. Decoding, conversion and
+ * resizing run on the caller's thread whatever this says; only libvips'
+ * own sinks (the thumbnail encoders) use workers. image_init() sets 1,
+ * right for callers that parallelise across images (server, ingest);
+ * threads <= 0 means libvips' default (the number of cores). Global to the
+ * process; call after image_init(). */
+void image_set_threads(int threads);
+
+/* The decoding library and its version, "libvips 8.14.1", for reports. */
+const char *image_library_version(void);
 
 image_limits image_default_limits(void);
 
@@ -63,20 +110,30 @@ const char *image_format_mime(image_format f);
 /* Format from the first bytes alone; IMAGE_UNKNOWN when none matches. */
 image_format image_sniff(const void *buf, size_t len);
 
-/* Reads the header only: format, size, bands, bits; checks limits.
- * Returns 0, or MS_EFORMAT (unknown/corrupt), MS_EUNSUPPORTED (CMYK, DICOM,
- * ...), MS_ETOOBIG (over a limit). */
+/* Reads the header only: format, size, bands, bits; checks limits. Needs
+ * no image_init() and decodes nothing. lim NULL means the defaults; info
+ * may be NULL, and is filled as far as the header was read even on
+ * MS_ETOOBIG (so the caller can report the size). bands counts alpha, and a
+ * palette or tRNS transparency as the channels they decode to.
+ * Returns 0, or MS_EINVAL (buf NULL with len > 0), MS_EFORMAT (empty,
+ * unknown or corrupt), MS_EUNSUPPORTED (CMYK, DICOM, RGB TIFF, ...),
+ * MS_ETOOBIG (over a limit). */
 int image_probe(const void *buf, size_t len, const image_limits *lim,
                 image_info *info, ms_err *err);
 
 /* Decodes and prepares one image into out[3 * size * size] (NCHW, caller's
- * buffer). info, when not NULL, receives the probe result. Returns 0 or a
- * negative code as image_probe, plus MS_ENOMEM. */
+ * buffer, written only on success). lim NULL means the defaults; info, when
+ * not NULL, receives the probe result. Returns 0 or a negative code as
+ * image_probe, plus MS_EINVAL (prep NULL, size outside 1..8192, a mean or
+ * scale not finite, out NULL), MS_EFORMAT (the pixel data is corrupt or
+ * truncated), MS_ENOMEM, MS_EINTERNAL (image_init not called). */
 int image_prepare(const void *buf, size_t len, const image_limits *lim,
                   const image_prep *prep, float *out, image_info *info,
                   ms_err *err);
 
-/* Per-stage timing of image_prepare for the benchmark, in nanoseconds. */
+/* image_prepare, also filling t (when not NULL) with the time of each
+ * stage in nanoseconds, for the benchmark: decode = load + gray + 8-bit into
+ * memory (steps 1-3), resize = step 4, normalise = step 5. Same output. */
 typedef struct image_timing {
     uint64_t decode_ns, resize_ns, normalise_ns;
 } image_timing;
@@ -86,8 +143,12 @@ int image_prepare_timed(const void *buf, size_t len, const image_limits *lim,
 
 typedef enum { THUMB_JPEG = 0, THUMB_WEBP } thumb_format;
 
-/* A thumbnail whose longest side is longest_side (never enlarged), 8-bit
- * grayscale. *out is malloc'd and owned by the caller (free()). */
+/* A thumbnail whose longest side is longest_side (1..16383; never
+ * enlarged), aspect kept (the short side at least 1 pixel), 8-bit grayscale
+ * made as steps 1-4 above, encoded as JPEG (quality 85) or WebP (quality
+ * 80), metadata stripped. *out is malloc'd and owned by the caller (free());
+ * NULL on failure. Returns 0 or a code as image_prepare; MS_EUNSUPPORTED
+ * for WebP when libvips was built without it. */
 int image_thumbnail(const void *buf, size_t len, const image_limits *lim,
                     int longest_side, thumb_format fmt, uint8_t **out,
                     size_t *out_len, ms_err *err);

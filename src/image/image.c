@@ -1,0 +1,545 @@
+/*
+ * image.c - decoding, preparation and thumbnails on libvips.
+ *
+ * The pipeline for one image (see image.h for the contract):
+ *   probe the header (probe.c) -> load with the loader the magic bytes chose
+ *   -> drop alpha -> Rec.601 luminance for RGB -> 16-bit scaled by its max
+ *   -> 8-bit grayscale held in memory ("decode")
+ *   -> Lanczos3 resize of the whole image to the target size ("resize")
+ *   -> mean/scale into the caller's NCHW float buffer ("normalise").
+ * Every libvips object is local to the call, so concurrent calls share
+ * nothing but libvips itself, which is thread-safe after vips_init().
+ */
+#include "image/image.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <vips/vips.h>
+
+#include "image/internal.h"
+#include "util/timing.h"
+
+#define MAX_PREP_SIZE 8192
+#define MAX_THUMB_SIDE 16383 /* WebP's limit; JPEG allows a little more */
+#define THUMB_JPEG_QUALITY 85
+#define THUMB_WEBP_QUALITY 80
+
+static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;
+static atomic_bool initialised;
+
+/* libvips reports problems twice: through its error buffer (which we turn
+ * into ms_err messages) and as GLib warnings on stderr. Library code never
+ * prints, so the warnings of the "VIPS" log domain are dropped. */
+static void drop_vips_log(const gchar *domain, GLogLevelFlags level, const gchar *msg, gpointer data)
+{
+    (void)domain, (void)level, (void)msg, (void)data;
+}
+
+int image_init(int cache_off, ms_err *err)
+{
+    pthread_mutex_lock(&init_lock);
+    if (!atomic_load(&initialised)) {
+        if (VIPS_INIT("medsearch")) {
+            char *msg = vips_error_buffer_copy();
+            ms_err_set(err, MS_EINTERNAL, "libvips failed to start: %s", msg);
+            g_free(msg);
+            pthread_mutex_unlock(&init_lock);
+            return MS_EINTERNAL;
+        }
+        /* We call the PNG, JPEG and TIFF loaders by name. Blocking the
+         * loaders libvips itself marks untrusted (ImageMagick, MATLAB, ...)
+         * is defence in depth should anything ever load by content. */
+        vips_block_untrusted_set(TRUE);
+        g_log_set_handler("VIPS", G_LOG_LEVEL_WARNING | G_LOG_LEVEL_MESSAGE | G_LOG_LEVEL_INFO | G_LOG_LEVEL_DEBUG,
+                          drop_vips_log, NULL);
+        /* Pixels are computed on the caller's thread (compute_here); the
+         * one libvips sink left, the thumbnail encoder, gets one worker:
+         * callers parallelise across images. */
+        vips_concurrency_set(1);
+        atomic_store(&initialised, true);
+    }
+    if (cache_off)
+        vips_cache_set_max(0);
+    pthread_mutex_unlock(&init_lock);
+    return 0;
+}
+
+void image_set_threads(int threads)
+{
+    vips_concurrency_set(threads > 0 ? threads : 0);
+}
+
+static char library_version[64];
+
+static void format_library_version(void)
+{
+    snprintf(library_version, sizeof library_version, "libvips %d.%d.%d", vips_version(0), vips_version(1),
+             vips_version(2));
+}
+
+const char *image_library_version(void)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, format_library_version);
+    return library_version;
+}
+
+static int need_init(ms_err *err)
+{
+    if (!atomic_load(&initialised))
+        return ms_err_set(err, MS_EINTERNAL, "image_init() was not called");
+    return 0;
+}
+
+/* Turns the libvips error buffer into our message, "what: libvips text". */
+static int vips_failed(ms_err *err, int code, const char *what)
+{
+    char *msg = vips_error_buffer_copy();
+    size_t n = strlen(msg);
+    while (n && (msg[n - 1] == '\n' || msg[n - 1] == ' '))
+        msg[--n] = '\0';
+    for (char *p = msg; *p; p++)
+        if (*p == '\n')
+            *p = ' ';
+    ms_err_set(err, code, "%s: %s", what, n ? msg : "libvips gave no reason");
+    g_free(msg);
+    return code;
+}
+
+/* Owns the intermediate images of one call; released all at once. The
+ * longest chain (16-bit RGBA, resized) uses 10 slots. */
+typedef struct pipeline {
+    VipsImage *img[16];
+    int n;
+} pipeline;
+
+static VipsImage **pipe_slot(pipeline *pl)
+{
+    return &pl->img[pl->n++];
+}
+
+static void pipe_free(pipeline *pl)
+{
+    for (int i = 0; i < pl->n; i++)
+        if (pl->img[i])
+            g_object_unref(pl->img[i]);
+    pl->n = 0;
+}
+
+static VipsImage *pipe_last(pipeline *pl)
+{
+    return pl->img[pl->n - 1];
+}
+
+/* Output rows computed per step by compute_here. */
+#define STRIP_ROWS 64
+
+/* Computes `in` into a new memory image on the calling thread, strip by
+ * strip from the top (as sequential loaders need). libvips' own evaluation
+ * (vips_image_copy_memory and its sinks) hands the work to worker threads
+ * and waits: a fixed cost per call that made small images 2-3x slower on a
+ * busy machine, and libvips 8.14 can lose a decoder error raised in a worker
+ * (a truncated JPEG then "decoded" now and then). Here every error comes
+ * back. Returns a new reference, or NULL with the libvips error set. */
+static VipsImage *compute_here(VipsImage *in)
+{
+    VipsImage *out = vips_image_new_memory();
+    vips_image_init_fields(out, in->Xsize, in->Ysize, in->Bands, in->BandFmt, in->Coding, in->Type, in->Xres,
+                           in->Yres);
+    if (vips_image_write_prepare(out)) {
+        g_object_unref(out);
+        return NULL;
+    }
+    VipsRegion *region = vips_region_new(in);
+    size_t line = VIPS_IMAGE_SIZEOF_LINE(in);
+    int rc = 0;
+    for (int y = 0; y < in->Ysize && !rc; y += STRIP_ROWS) {
+        VipsRect strip = {0, y, in->Xsize, VIPS_MIN(STRIP_ROWS, in->Ysize - y)};
+        rc = vips_region_prepare(region, &strip);
+        for (int row = y; !rc && row < y + strip.height; row++)
+            memcpy(VIPS_IMAGE_ADDR(out, 0, row), VIPS_REGION_ADDR(region, 0, row), line);
+    }
+    g_object_unref(region);
+    if (rc) {
+        g_object_unref(out);
+        return NULL;
+    }
+    return out;
+}
+
+/* The largest value of a one-band ushort or float memory image. */
+static double max_value(VipsImage *im)
+{
+    size_t n = (size_t)im->Xsize * (size_t)im->Ysize;
+    double max = 0;
+    if (im->BandFmt == VIPS_FORMAT_USHORT) {
+        const uint16_t *p = vips_image_get_data(im);
+        uint16_t m = 0;
+        for (size_t i = 0; i < n; i++)
+            m = p[i] > m ? p[i] : m;
+        max = m;
+    } else {
+        const float *p = vips_image_get_data(im);
+        for (size_t i = 0; i < n; i++)
+            max = p[i] > max ? p[i] : max;
+    }
+    return max;
+}
+
+/* The largest JPEG DCT scale-down (8, 4, 2) that still leaves at least twice
+ * the wanted size on both axes, so the Lanczos3 step always finishes the
+ * reduction from real detail. */
+static int jpeg_shrink_for(const image_info *info, int want_w, int want_h)
+{
+    for (int s = 8; s > 1; s /= 2)
+        if (info->width / s >= 2 * want_w && info->height / s >= 2 * want_h)
+            return s;
+    return 1;
+}
+
+static const char *decode_failed_text(image_format f)
+{
+    return f == IMAGE_PNG ? "PNG decode failed" : f == IMAGE_JPEG ? "JPEG decode failed" : "TIFF decode failed";
+}
+
+static int load(const void *buf, size_t len, const image_info *info, int shrink, pipeline *pl, ms_err *err)
+{
+    void *data = (void *)buf; /* libvips' loaders take non-const but only read */
+    VipsImage **out = pipe_slot(pl);
+    int rc;
+    switch (info->format) {
+    case IMAGE_PNG:
+        rc = vips_pngload_buffer(data, len, out, "access", VIPS_ACCESS_SEQUENTIAL, "fail_on", VIPS_FAIL_ON_ERROR,
+                                 NULL);
+        break;
+    case IMAGE_JPEG:
+        rc = vips_jpegload_buffer(data, len, out, "access", VIPS_ACCESS_SEQUENTIAL, "fail_on", VIPS_FAIL_ON_ERROR,
+                                  "shrink", shrink, NULL);
+        break;
+    case IMAGE_TIFF:
+        rc = vips_tiffload_buffer(data, len, out, "access", VIPS_ACCESS_SEQUENTIAL, "fail_on", VIPS_FAIL_ON_ERROR,
+                                  NULL);
+        break;
+    default:
+        return ms_err_set(err, MS_EINTERNAL, "load called for an unknown format");
+    }
+    if (rc)
+        return vips_failed(err, MS_EFORMAT, decode_failed_text(info->format));
+
+    /* The loader must agree with the header we checked the limits on. */
+    VipsImage *im = *out;
+    bool size_ok = shrink == 1 ? im->Xsize == info->width && im->Ysize == info->height
+                               : im->Xsize <= info->width && im->Ysize <= info->height;
+    if (!size_ok)
+        return ms_err_set(err, MS_EFORMAT, "%s is corrupt: header says %dx%d but the decoder sees %dx%d",
+                          image_format_name(info->format), info->width, info->height, im->Xsize, im->Ysize);
+    if (im->Bands < 1 || im->Bands > 4)
+        return ms_err_set(err, MS_EUNSUPPORTED, "%s with %d channels is not supported",
+                          image_format_name(info->format), im->Bands);
+    if (im->BandFmt != VIPS_FORMAT_UCHAR && im->BandFmt != VIPS_FORMAT_USHORT)
+        return ms_err_set(err, MS_EUNSUPPORTED, "%s with %s samples is not supported; only 8- and 16-bit",
+                          image_format_name(info->format), vips_enum_nick(VIPS_TYPE_BAND_FORMAT, im->BandFmt));
+    return 0;
+}
+
+/* 8-bit RGB(A) -> 8-bit Rec.601 luma in one pass over the decoded pixels,
+ * in PIL's fixed point: (19595 R + 38470 G + 7471 B + 32768) >> 16, the
+ * weights 0.299/0.587/0.114 in 1/65536 (summing to exactly 1), rounded to
+ * nearest. Several times cheaper than libvips' recomb (float) and linear
+ * (back to 8-bit), which made colour JPEGs decode 40% slower. The colour
+ * image is held in memory meanwhile (3 or 4 bytes a pixel). */
+static int luma8_from_rgb(pipeline *pl, image_format format, ms_err *err)
+{
+    VipsImage *decoded = pipe_last(pl);
+    VipsImage **rgb_img = pipe_slot(pl);
+    if (!(*rgb_img = compute_here(decoded)))
+        return vips_failed(err, MS_EFORMAT, decode_failed_text(format));
+    VipsImage *rgb = *rgb_img;
+    VipsImage **gray_img = pipe_slot(pl);
+    *gray_img = vips_image_new_memory();
+    VipsImage *gray = *gray_img;
+    vips_image_init_fields(gray, rgb->Xsize, rgb->Ysize, 1, VIPS_FORMAT_UCHAR, VIPS_CODING_NONE,
+                           VIPS_INTERPRETATION_B_W, 1.0, 1.0);
+    const uint8_t *src = vips_image_get_data(rgb);
+    if (!src || vips_image_write_prepare(gray))
+        return vips_failed(err, MS_ENOMEM, "no memory for the gray image");
+    uint8_t *dst = VIPS_IMAGE_ADDR(gray, 0, 0);
+    size_t n = (size_t)rgb->Xsize * (size_t)rgb->Ysize, stride = (size_t)rgb->Bands;
+    for (size_t i = 0; i < n; i++, src += stride)
+        dst[i] = (uint8_t)((19595u * src[0] + 38470u * src[1] + 7471u * src[2] + 32768u) >> 16);
+    return 0;
+}
+
+/* Gray, gray+alpha, RGB or RGBA in; one band out: 8-bit, or for a 16-bit
+ * image its ushort gray or float luminance. Alpha is ignored, not blended. */
+static int to_luminance(pipeline *pl, image_format format, ms_err *err)
+{
+    VipsImage *in = pipe_last(pl);
+    if (in->Bands >= 3 && in->BandFmt == VIPS_FORMAT_UCHAR)
+        return luma8_from_rgb(pl, format, err);
+    int colour_bands = in->Bands >= 3 ? 3 : 1;
+    if (in->Bands != colour_bands) {
+        if (vips_extract_band(in, pipe_slot(pl), 0, "n", colour_bands, NULL))
+            return vips_failed(err, MS_EINTERNAL, "dropping the alpha channel failed");
+        in = pipe_last(pl);
+    }
+    if (colour_bands == 1)
+        return 0;
+    /* 16-bit RGB: the same Rec.601 weights in floating point (libvips'
+     * own B_W conversion would work in linear light). */
+    static const double rec601[3] = {0.299, 0.587, 0.114};
+    VipsImage **m = pipe_slot(pl);
+    *m = vips_image_new_matrix_from_array(3, 1, rec601, 3);
+    if (!*m)
+        return vips_failed(err, MS_ENOMEM, "luminance matrix");
+    if (vips_recomb(in, pipe_slot(pl), *m, NULL))
+        return vips_failed(err, MS_EINTERNAL, "RGB to luminance failed");
+    return 0;
+}
+
+/* Luminance (any format) -> 8-bit, rounding to nearest. A 16-bit image is
+ * scaled by its own maximum so a dim 12-bit X-ray still spans 0..255. */
+static int to_uint8(pipeline *pl, bool sixteen_bit, ms_err *err)
+{
+    VipsImage *in = pipe_last(pl);
+    double gain = 1.0;
+    if (sixteen_bit) {
+        /* The maximum needs every pixel, so decode into memory once. */
+        VipsImage **mem = pipe_slot(pl);
+        if (!(*mem = compute_here(in)))
+            return vips_failed(err, MS_EFORMAT, "16-bit decode failed");
+        in = *mem;
+        double max = max_value(in);
+        gain = max > 0 ? 255.0 / max : 0.0;
+    } else if (in->BandFmt == VIPS_FORMAT_UCHAR) {
+        return 0;
+    }
+    /* x * gain + 0.5, truncated by the uchar cast: round half up. */
+    if (vips_linear1(in, pipe_slot(pl), gain, gain > 0 ? 0.5 : 0.0, "uchar", TRUE, NULL))
+        return vips_failed(err, MS_EINTERNAL, "conversion to 8-bit failed");
+    return 0;
+}
+
+/* Decodes buf (already probed into info) to an 8-bit one-band image in
+ * memory, owned by pl (its last image). want_w x want_h is the size the
+ * caller will resize to; it only lets JPEG decode at a reduced scale. */
+static int decode_gray8(const void *buf, size_t len, const image_info *info, int want_w, int want_h, pipeline *pl,
+                        ms_err *err)
+{
+    int shrink = info->format == IMAGE_JPEG ? jpeg_shrink_for(info, want_w, want_h) : 1;
+    int rc = info->format == IMAGE_PNG ? png_check_stream(buf, len, err) : 0;
+    if (!rc)
+        rc = load(buf, len, info, shrink, pl, err);
+    if (!rc)
+        rc = to_luminance(pl, info->format, err);
+    if (!rc)
+        rc = to_uint8(pl, pl->img[0]->BandFmt == VIPS_FORMAT_USHORT, err);
+    if (rc)
+        return rc;
+    /* Mark it plain 8-bit gray: a GREY16 tag left from the loader would make
+     * savers "shift" the already 8-bit values. */
+    VipsImage *gray = pipe_last(pl), **tagged = pipe_slot(pl);
+    if (vips_copy(gray, tagged, "interpretation", VIPS_INTERPRETATION_B_W, NULL))
+        return vips_failed(err, MS_EINTERNAL, "tagging the gray image failed");
+    VipsImage **mem = pipe_slot(pl);
+    if (!(*mem = compute_here(*tagged)))
+        return vips_failed(err, MS_EFORMAT, decode_failed_text(info->format));
+    return 0;
+}
+
+/* libvips' vertical Lanczos3 reduce runs vectorised up to a factor of about
+ * 8 and falls back to plain C beyond; larger reductions go in steps. */
+#define MAX_REDUCE_STEP 8.0
+
+/* Reduces `in` in steps of at most MAX_REDUCE_STEP per axis until what is
+ * left fits one step. Returns a new reference (in itself when no step was
+ * needed), or NULL with the libvips error set. */
+static VipsImage *reduce_in_steps(VipsImage *in, int w, int h)
+{
+    VipsImage *cur = in;
+    g_object_ref(cur);
+    while (cur->Xsize > MAX_REDUCE_STEP * w || cur->Ysize > MAX_REDUCE_STEP * h) {
+        double fx = fmin(MAX_REDUCE_STEP, fmax(1.0, (double)cur->Xsize / w));
+        double fy = fmin(MAX_REDUCE_STEP, fmax(1.0, (double)cur->Ysize / h));
+        VipsImage *next = NULL;
+        int rc = vips_reduce(cur, &next, fx, fy, "kernel", VIPS_KERNEL_LANCZOS3, NULL);
+        g_object_unref(cur); /* next, if made, holds its input */
+        if (rc)
+            return NULL;
+        cur = next;
+    }
+    return cur;
+}
+
+/* Resizes the last image of pl to exactly w x h, evaluated into memory:
+ * Lanczos3 when reducing (a true low-pass filter over every source pixel,
+ * vertical pass first), bicubic interpolation when enlarging an axis. */
+static int resize_exact(pipeline *pl, int w, int h, ms_err *err)
+{
+    VipsImage *in = pipe_last(pl);
+    if (in->Xsize == w && in->Ysize == h)
+        return 0;
+    VipsImage *stepped = reduce_in_steps(in, w, h);
+    if (!stepped)
+        return vips_failed(err, MS_EINTERNAL, "resize failed");
+    /* gap 0: no box pre-shrink, the whole reduction is Lanczos3 */
+    double hscale = (double)w / stepped->Xsize, vscale = (double)h / stepped->Ysize;
+    VipsImage **resized = pipe_slot(pl);
+    int rc = vips_resize(stepped, resized, hscale, "vscale", vscale, "kernel", VIPS_KERNEL_LANCZOS3, "gap", 0.0, NULL);
+    g_object_unref(stepped);
+    if (rc)
+        return vips_failed(err, MS_EINTERNAL, "resize failed");
+    VipsImage **mem = pipe_slot(pl);
+    if (!(*mem = compute_here(*resized)))
+        return vips_failed(err, MS_EINTERNAL, "resize failed");
+    if ((*mem)->Xsize != w || (*mem)->Ysize != h)
+        return ms_err_set(err, MS_EINTERNAL, "resize of %dx%d gave %dx%d, not %dx%d", in->Xsize, in->Ysize,
+                          (*mem)->Xsize, (*mem)->Ysize, w, h);
+    return 0;
+}
+
+static int check_prep(const image_prep *prep, const float *out, ms_err *err)
+{
+    if (!prep || !out)
+        return ms_err_set(err, MS_EINVAL, "image_prepare needs a preparation and an output buffer");
+    if (prep->size < 1 || prep->size > MAX_PREP_SIZE)
+        return ms_err_set(err, MS_EINVAL, "input size %d is out of range 1..%d", prep->size, MAX_PREP_SIZE);
+    for (int c = 0; c < 3; c++)
+        if (!isfinite(prep->mean[c]) || !isfinite(prep->scale[c]))
+            return ms_err_set(err, MS_EINVAL, "channel %d mean/scale is not a finite number", c);
+    return 0;
+}
+
+static void normalise(const uint8_t *gray, const image_prep *prep, float *out)
+{
+    size_t plane = (size_t)prep->size * (size_t)prep->size;
+    for (int c = 0; c < 3; c++) {
+        float mean = prep->mean[c], scale = prep->scale[c];
+        float *dst = out + (size_t)c * plane;
+        for (size_t i = 0; i < plane; i++)
+            dst[i] = ((float)gray[i] - mean) * scale;
+    }
+}
+
+int image_prepare_timed(const void *buf, size_t len, const image_limits *lim, const image_prep *prep, float *out,
+                        image_info *info, image_timing *t, ms_err *err)
+{
+    image_info local;
+    if (!info)
+        info = &local;
+    image_timing tlocal;
+    if (!t)
+        t = &tlocal;
+    memset(t, 0, sizeof *t);
+    int rc = need_init(err);
+    if (!rc)
+        rc = check_prep(prep, out, err);
+    if (!rc)
+        rc = image_probe(buf, len, lim, info, err);
+    if (rc)
+        return rc;
+
+    pipeline pl = {0};
+    uint64_t t0 = ms_now_ns();
+    rc = decode_gray8(buf, len, info, prep->size, prep->size, &pl, err);
+    uint64_t t1 = ms_now_ns();
+    if (!rc)
+        rc = resize_exact(&pl, prep->size, prep->size, err);
+    uint64_t t2 = ms_now_ns();
+    if (!rc) {
+        const uint8_t *gray = vips_image_get_data(pipe_last(&pl));
+        if (!gray)
+            rc = vips_failed(err, MS_EINTERNAL, "reading the resized pixels failed");
+        else
+            normalise(gray, prep, out);
+    }
+    uint64_t t3 = ms_now_ns();
+    pipe_free(&pl);
+    t->decode_ns = t1 - t0;
+    t->resize_ns = t2 - t1;
+    t->normalise_ns = t3 - t2;
+    return rc;
+}
+
+int image_prepare(const void *buf, size_t len, const image_limits *lim, const image_prep *prep, float *out,
+                  image_info *info, ms_err *err)
+{
+    return image_prepare_timed(buf, len, lim, prep, out, info, NULL, err);
+}
+
+/* Thumbnail size: the longest side becomes `longest` unless the image is
+ * already smaller; the other side keeps the aspect ratio, at least 1. */
+static void thumb_size(const image_info *info, int longest, int *w, int *h)
+{
+    int big = info->width > info->height ? info->width : info->height;
+    if (big <= longest) {
+        *w = info->width;
+        *h = info->height;
+        return;
+    }
+    double s = (double)longest / big;
+    *w = info->width >= info->height ? longest : (int)fmax(1.0, lround(info->width * s));
+    *h = info->height >= info->width ? longest : (int)fmax(1.0, lround(info->height * s));
+}
+
+static int encode(VipsImage *im, thumb_format fmt, uint8_t **out, size_t *out_len, ms_err *err)
+{
+    void *vbuf = NULL;
+    size_t vlen = 0;
+    int rc;
+    if (fmt == THUMB_WEBP) {
+        if (!vips_type_find("VipsOperation", "webpsave_buffer"))
+            return ms_err_set(err, MS_EUNSUPPORTED, "this libvips was built without WebP; ask for JPEG thumbnails");
+        rc = vips_webpsave_buffer(im, &vbuf, &vlen, "Q", THUMB_WEBP_QUALITY, "strip", TRUE, NULL);
+    } else {
+        rc = vips_jpegsave_buffer(im, &vbuf, &vlen, "Q", THUMB_JPEG_QUALITY, "strip", TRUE, NULL);
+    }
+    if (rc)
+        return vips_failed(err, MS_EINTERNAL, "thumbnail encoding failed");
+    /* Hand back plain malloc() memory: the contract says free(). */
+    *out = malloc(vlen);
+    if (!*out) {
+        g_free(vbuf);
+        return ms_err_set(err, MS_ENOMEM, "out of memory for a %zu byte thumbnail", vlen);
+    }
+    memcpy(*out, vbuf, vlen);
+    *out_len = vlen;
+    g_free(vbuf);
+    return 0;
+}
+
+int image_thumbnail(const void *buf, size_t len, const image_limits *lim, int longest_side, thumb_format fmt,
+                    uint8_t **out, size_t *out_len, ms_err *err)
+{
+    if (!out || !out_len)
+        return ms_err_set(err, MS_EINVAL, "image_thumbnail needs out and out_len");
+    *out = NULL;
+    *out_len = 0;
+    int rc = need_init(err);
+    if (rc)
+        return rc;
+    if (longest_side < 1 || longest_side > MAX_THUMB_SIDE)
+        return ms_err_set(err, MS_EINVAL, "thumbnail size %d is out of range 1..%d", longest_side, MAX_THUMB_SIDE);
+    if (fmt != THUMB_JPEG && fmt != THUMB_WEBP)
+        return ms_err_set(err, MS_EINVAL, "unknown thumbnail format %d", (int)fmt);
+    image_info info;
+    if ((rc = image_probe(buf, len, lim, &info, err)))
+        return rc;
+
+    int w, h;
+    thumb_size(&info, longest_side, &w, &h);
+    pipeline pl = {0};
+    rc = decode_gray8(buf, len, &info, w, h, &pl, err);
+    if (!rc)
+        rc = resize_exact(&pl, w, h, err);
+    if (!rc)
+        rc = encode(pipe_last(&pl), fmt, out, out_len, err);
+    pipe_free(&pl);
+    return rc;
+}

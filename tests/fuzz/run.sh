@@ -1,0 +1,193 @@
+#!/usr/bin/env bash
+# Bounded fuzzing of every tests/fuzz/fuzz_*.c (`make fuzz`).
+#
+# Each target defines LLVMFuzzerTestOneInput (and optionally
+# LLVMFuzzerInitialize). It is built with clang -fsanitize=fuzzer,address,undefined
+# against the sources of its family (fuzz_FAMILY[_more].c, as the unit tests'
+# deps_FAMILY in the Makefile), given a small seed corpus generated under
+# $BUILD/fuzz/, and run for $FUZZ_SECONDS seconds. Crashes are written to
+# $BUILD/fuzz/crash-<target>-*; reproduce one with: $BUILD/fuzz/<target> FILE
+#
+# Usage: tests/fuzz/run.sh [TARGET...]     (default: all; TARGET like fuzz_image)
+# Environment: BUILD (default build), FUZZ_SECONDS (default 60), CLANG (default clang).
+# Exits 0 when every target ran clean, 1 when one failed. Without clang or
+# its libFuzzer runtime (Debian: libclang-rt-14-dev) it prints a "skip:" line
+# and exits $FUZZ_SKIP_STATUS (default 0, so `make fuzz` does not fail; the
+# test runner's convention, 77, when set so).
+set -u
+cd "$(dirname "$0")/../.."
+BUILD=${BUILD:-build}
+FUZZ_SECONDS=${FUZZ_SECONDS:-60}
+CLANG=${CLANG:-clang}
+FUZZ_SKIP_STATUS=${FUZZ_SKIP_STATUS:-0}
+out=$BUILD/fuzz
+mkdir -p "$out"
+
+# ---- can we fuzz at all? ----
+if ! command -v "$CLANG" >/dev/null 2>&1; then
+  echo "skip: $CLANG not found; fuzzing needs clang with libFuzzer (Debian: clang libclang-rt-14-dev)"
+  exit "$FUZZ_SKIP_STATUS"
+fi
+printf 'int LLVMFuzzerTestOneInput(const unsigned char *d, unsigned long n) { (void)d; (void)n; return 0; }\n' \
+  >"$out/probe.c"
+if ! "$CLANG" -fsanitize=fuzzer,address,undefined "$out/probe.c" -o "$out/probe" 2>"$out/probe.log"; then
+  echo "skip: $CLANG cannot link libFuzzer (install libclang-rt-14-dev); see $out/probe.log"
+  exit "$FUZZ_SKIP_STATUS"
+fi
+
+PKGS="vips jansson libmicrohttpd sqlite3 libpq libcrypto libprotobuf-c"
+# shellcheck disable=SC2086
+PKG_CFLAGS=$(pkg-config --cflags $PKGS 2>/dev/null)
+# shellcheck disable=SC2086
+PKG_LIBS="$(pkg-config --libs $PKGS 2>/dev/null) -ldnnl -lpthread -lm"
+
+# ---- which sources a target links (mirrors deps_FAMILY in the Makefile) ----
+family_dirs() {
+  case $1 in
+    image) echo "image util" ;;
+    onnx | model) echo "model image util gen" ;;
+    index) echo "index util" ;;
+    store) echo "store util" ;;
+    eval) echo "eval util" ;;
+    util) echo "util" ;;
+    *) echo "all" ;;
+  esac
+}
+
+sources_for() {
+  local dirs d files=()
+  dirs=$(family_dirs "$1")
+  if [ "$dirs" = all ]; then
+    make -s "$BUILD/gen/onnx.pb-c.c" "$BUILD/gen/web_assets.c" >&2 || return 1
+    while IFS= read -r f; do files+=("$f"); done < <(find src -name '*.c' ! -path src/main.c | sort)
+    files+=("$BUILD/gen/onnx.pb-c.c" "$BUILD/gen/web_assets.c")
+  else
+    for d in $dirs; do
+      if [ "$d" = gen ]; then
+        make -s "$BUILD/gen/onnx.pb-c.c" >&2 || return 1
+        files+=("$BUILD/gen/onnx.pb-c.c")
+      else
+        while IFS= read -r f; do files+=("$f"); done < <(find "src/$d" -name '*.c' | sort)
+      fi
+    done
+  fi
+  printf '%s\n' "${files[@]}"
+}
+
+# ---- seed corpora: small valid inputs, generated, never copied from shared/ ----
+PY=/usr/bin/python3
+
+seeds_image() {
+  local dir=$1
+  # Always: a hand-built 2x2 gray PNG (stdlib zlib) and bare magic numbers.
+  if [ -x "$PY" ]; then
+    "$PY" - "$dir" <<'EOF'
+import struct, sys, zlib
+def chunk(kind, data):
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+raw = b"".join(b"\0" + bytes([x * 60 + y for x in range(2)]) for y in range(2))
+png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 2, 2, 8, 0, 0, 0, 0)) \
+    + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+open(sys.argv[1] + "/gray2x2.png", "wb").write(png)
+EOF
+    # With PIL: every accepted variant, small.
+    "$PY" - "$dir" <<'EOF' 2>/dev/null || true
+import sys
+from PIL import Image
+d = sys.argv[1]
+g = Image.linear_gradient("L").resize((24, 16))
+g.save(d + "/gray.png")
+g.convert("LA").save(d + "/gray_alpha.png")
+g.convert("RGB").save(d + "/rgb.png")
+g.convert("RGBA").save(d + "/rgba.png")
+g.convert("P").save(d + "/palette.png")
+g.convert("I;16").save(d + "/gray16.png")
+g.save(d + "/gray.jpg", quality=80)
+g.convert("RGB").save(d + "/rgb.jpg", quality=80)
+g.convert("RGB").save(d + "/progressive.jpg", quality=80, progressive=True)
+g.save(d + "/gray.tif")
+g.convert("I;16").save(d + "/gray16.tif")
+g.save(d + "/gray_lzw.tif", compression="tiff_lzw")
+EOF
+  fi
+  printf '\x89PNG\r\n\x1a\n' >"$dir/magic.png"
+  printf '\xff\xd8\xff\xe0' >"$dir/magic.jpg"
+  printf 'II*\0\x08\0\0\0' >"$dir/magic.tif"
+}
+
+seeds_onnx() {
+  local dir=$1
+  # A tiny conv net when Debian's python3-onnx is there; else libFuzzer starts empty.
+  "$PY" - "$dir" <<'EOF' 2>/dev/null || true
+import sys
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper, TensorProto
+w = numpy_helper.from_array(np.random.RandomState(0).randn(4, 3, 3, 3).astype(np.float32), "w")
+b = numpy_helper.from_array(np.zeros(4, np.float32), "b")
+nodes = [helper.make_node("Conv", ["input", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["c"], ["r"]),
+         helper.make_node("GlobalAveragePool", ["r"], ["feature"])]
+g = helper.make_graph(nodes, "tiny",
+                      [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])],
+                      [helper.make_tensor_value_info("feature", TensorProto.FLOAT, [1, 4, 1, 1])], [w, b])
+onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), sys.argv[1] + "/tiny.onnx")
+EOF
+}
+
+make_seeds() {
+  local family=$1 dir=$2
+  rm -rf "$dir"
+  mkdir -p "$dir"
+  case $family in
+    image) seeds_image "$dir" ;;
+    onnx | model) seeds_onnx "$dir" ;;
+  esac
+}
+
+# ---- build and run ----
+if [ $# -gt 0 ]; then
+  targets=()
+  for t in "$@"; do targets+=("tests/fuzz/${t%.c}.c"); done
+else
+  targets=(tests/fuzz/fuzz_*.c)
+fi
+[ -e "${targets[0]}" ] || { echo "skip: no tests/fuzz/fuzz_*.c targets"; exit "$FUZZ_SKIP_STATUS"; }
+
+echo "fuzz: ${#targets[@]} target(s), $FUZZ_SECONDS s each, $($CLANG --version | head -n1)"
+failed=()
+for src in "${targets[@]}"; do
+  name=$(basename "$src" .c)
+  family=$(echo "$name" | cut -d_ -f2)
+  bin=$out/$name
+  log=$out/$name.log
+  mapfile -t srcs < <(sources_for "$family") || { echo "FAIL  $name (its sources could not be prepared)"; failed+=("$name"); continue; }
+  # shellcheck disable=SC2086
+  if ! "$CLANG" -std=c17 -D_GNU_SOURCE -g -O1 -Wall -Wextra -Wno-unused-parameter \
+      -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer \
+      -Isrc -I"$BUILD/gen" $PKG_CFLAGS -o "$bin" "$src" "${srcs[@]}" $PKG_LIBS >"$log" 2>&1; then
+    echo "FAIL  $name (build; see $log)"
+    tail -n 20 "$log" | sed 's/^/    | /'
+    failed+=("$name")
+    continue
+  fi
+  corpus=$out/corpus_$name
+  make_seeds "$family" "$corpus"
+  t0=$SECONDS
+  ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1} UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1} \
+    "$bin" -max_total_time="$FUZZ_SECONDS" -timeout=20 -rss_limit_mb=2048 -max_len=65536 \
+    -print_final_stats=1 -artifact_prefix="$out/crash-$name-" "$corpus" >>"$log" 2>&1
+  rc=$?
+  execs=$(grep -m1 'stat::number_of_executed_units' "$log" | awk '{print $2}')
+  if [ $rc -eq 0 ]; then
+    printf 'PASS  %-24s %4ds  %s runs, corpus %s files\n' "$name" $((SECONDS - t0)) "${execs:-?}" \
+      "$(find "$corpus" -type f | wc -l)"
+  else
+    echo "FAIL  $name (exit $rc; see $log and $out/crash-$name-*)"
+    grep -m3 -E 'ERROR|SUMMARY|deadly|timeout' "$log" | sed 's/^/    | /'
+    failed+=("$name")
+  fi
+done
+
+[ ${#failed[@]} -eq 0 ] || { echo "fuzz: failed: ${failed[*]}"; exit 1; }
+echo "fuzz: all ${#targets[@]} target(s) clean"

@@ -1,0 +1,728 @@
+/*
+ * test_image_hostile.c - the image module against hostile and broken input:
+ * empty, truncated at every length, wrong magic, lying headers, huge
+ * claimed sizes, decompression bombs, extreme aspect ratios, random bytes
+ * and random mutations of valid files. Every case must end in a clear
+ * error code with a message (or a correct image), never a crash, a hang, a
+ * sanitizer report or an allocation the size of the claimed image.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <cmocka.h>
+#include <vips/vips.h>
+
+#include "image/image.h"
+#include "util/timing.h"
+
+typedef struct blob {
+    uint8_t *data;
+    size_t len;
+} blob;
+
+static void blob_free(blob *b)
+{
+    g_free(b->data);
+    b->data = NULL;
+    b->len = 0;
+}
+
+static blob encode_with(VipsImage *im, const char *suffix)
+{
+    blob b = {0};
+    void *buf = NULL;
+    if (vips_image_write_to_buffer(im, suffix, &buf, &b.len, NULL))
+        fail_msg("encoding %s failed: %s", suffix, vips_error_buffer());
+    b.data = buf;
+    g_object_unref(im);
+    return b;
+}
+
+static VipsImage *gradient(int w, int h)
+{
+    uint8_t *px = malloc((size_t)w * h);
+    assert_non_null(px);
+    for (int y = 0; y < h; y++)
+        for (int x = 0; x < w; x++)
+            px[(size_t)y * w + x] = (uint8_t)(((uint64_t)x * 255 / (w > 1 ? w - 1 : 1) + (uint64_t)y * 3) & 0xff);
+    VipsImage *im = vips_image_new_from_memory_copy(px, (size_t)w * h, w, h, 1, VIPS_FORMAT_UCHAR);
+    free(px);
+    assert_non_null(im);
+    return im;
+}
+
+static VipsImage *black(int w, int h)
+{
+    VipsImage *b = NULL, *u = NULL;
+    assert_int_equal(vips_black(&b, w, h, NULL), 0);
+    assert_int_equal(vips_cast(b, &u, VIPS_FORMAT_UCHAR, NULL), 0);
+    g_object_unref(b);
+    return u;
+}
+
+/* xorshift: deterministic pseudo-random bytes, so failures reproduce */
+static uint64_t rng_state = 0x9e3779b97f4a7c15u;
+static uint64_t rng(void)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return rng_state;
+}
+
+static uint32_t crc32_of(const uint8_t *p, size_t n)
+{
+    uint32_t c = 0xffffffffu;
+    for (size_t i = 0; i < n; i++) {
+        c ^= p[i];
+        for (int k = 0; k < 8; k++)
+            c = (c >> 1) ^ (0xedb88320u & (0u - (c & 1)));
+    }
+    return ~c;
+}
+
+static void put_be32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24), p[1] = (uint8_t)(v >> 16), p[2] = (uint8_t)(v >> 8), p[3] = (uint8_t)v;
+}
+
+/* Rewrites a PNG's IHDR size, with a valid CRC, so only the size lies. */
+static void png_set_size(blob *b, uint32_t w, uint32_t h)
+{
+    assert_true(b->len > 33 && !memcmp(b->data + 12, "IHDR", 4));
+    put_be32(b->data + 16, w);
+    put_be32(b->data + 20, h);
+    put_be32(b->data + 29, crc32_of(b->data + 12, 17));
+}
+
+/* CPU time of this thread: all of the module's work runs on the calling
+ * thread, and unlike wall time it does not grow when the machine is busy. */
+static uint64_t cpu_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Refusing from the header costs microseconds; decoding even the 16 Mpx
+ * bomb below takes well over 20 ms of CPU. */
+#define HEADER_ONLY_CPU_NS 20000000u
+
+static int prepare_rc(const uint8_t *p, size_t n, const image_limits *lim, int size, ms_err *err)
+{
+    image_prep prep = {size, {0, 0, 0}, {1, 1, 1}};
+    float *out = malloc(sizeof(float) * 3 * (size_t)size * size);
+    assert_non_null(out);
+    int rc = image_prepare(p, n, lim, &prep, out, NULL, err);
+    free(out);
+    return rc;
+}
+
+static int thumb_rc(const uint8_t *p, size_t n, const image_limits *lim, ms_err *err)
+{
+    uint8_t *t = NULL;
+    size_t tlen = 0;
+    int rc = image_thumbnail(p, n, lim, 32, THUMB_JPEG, &t, &tlen, err);
+    if (rc == 0)
+        assert_true(t && tlen > 0);
+    else
+        assert_null(t);
+    free(t);
+    return rc;
+}
+
+/* An error is one of the codes hostile bytes may earn, with a message. */
+static void assert_clean_error(int rc, const ms_err *err)
+{
+    if (rc != MS_EFORMAT && rc != MS_EUNSUPPORTED && rc != MS_ETOOBIG)
+        fail_msg("unexpected code %d (%s)", rc, err->msg);
+    assert_int_equal(err->code, rc);
+    assert_true(strlen(err->msg) > 10);
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    ms_err err;
+    return image_init(0, &err);
+}
+
+/* ---- tests ---- */
+
+static void test_empty_and_null(void **state)
+{
+    (void)state;
+    ms_err err = {0};
+    assert_int_equal(prepare_rc((const uint8_t *)"", 0, NULL, 4, &err), MS_EFORMAT);
+    assert_non_null(strstr(err.msg, "0 bytes"));
+    assert_int_equal(prepare_rc(NULL, 10, NULL, 4, &err), MS_EINVAL);
+    assert_int_equal(thumb_rc((const uint8_t *)"", 0, NULL, &err), MS_EFORMAT);
+    image_info info;
+    assert_int_equal(image_probe(NULL, 0, NULL, &info, &err), MS_EFORMAT);
+}
+
+static void test_named_unsupported_formats(void **state)
+{
+    (void)state;
+    struct {
+        const char *bytes;
+        size_t len;
+        const char *name;
+    } cases[] = {
+        {"GIF89a\x01\x00\x01\x00", 10, "GIF"},
+        {"RIFF\x10\0\0\0WEBPVP8 ", 16, "WebP"},
+        {"BM\x3a\0\0\0\0\0\0\0", 10, "BMP"},
+        {"%PDF-1.4\n", 9, "PDF"},
+        {"\0\0\0\x0cjP  \r\n\x87\n", 12, "JPEG 2000"},
+        {"\0\0\0\x18" "ftypheic\0\0\0\0", 16, "HEIF"},
+        {"II+\0\x08\0\0\0", 8, "BigTIFF"},
+        {"<svg xmlns=", 11, "SVG"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        ms_err err = {0};
+        int rc = prepare_rc((const uint8_t *)cases[i].bytes, cases[i].len, NULL, 4, &err);
+        assert_int_equal(rc, MS_EUNSUPPORTED);
+        if (!strstr(err.msg, cases[i].name))
+            fail_msg("message for %s does not name it: %s", cases[i].name, err.msg);
+    }
+    /* a DICOM preamble, then "DICM" */
+    uint8_t dcm[200] = {0};
+    memcpy(dcm + 128, "DICM", 4);
+    ms_err err = {0};
+    assert_int_equal(prepare_rc(dcm, sizeof dcm, NULL, 4, &err), MS_EUNSUPPORTED);
+    assert_non_null(strstr(err.msg, "DICOM files are not supported; convert to PNG"));
+    /* plain text: not an image, and the message shows its first bytes */
+    assert_int_equal(prepare_rc((const uint8_t *)"hello world", 11, NULL, 4, &err), MS_EFORMAT);
+    assert_non_null(strstr(err.msg, "68 65 6c 6c 6f"));
+}
+
+/* Magic bytes of one format, body of another: refused, not guessed. */
+static void test_wrong_magic(void **state)
+{
+    (void)state;
+    blob jpg = encode_with(gradient(20, 20), ".jpg");
+    blob png = encode_with(gradient(20, 20), ".png");
+    ms_err err = {0};
+    /* PNG signature on JPEG data */
+    uint8_t *fake = malloc(jpg.len + 8);
+    assert_non_null(fake);
+    memcpy(fake, "\x89PNG\r\n\x1a\n", 8);
+    memcpy(fake + 8, jpg.data, jpg.len);
+    assert_int_equal(prepare_rc(fake, jpg.len + 8, NULL, 4, &err), MS_EFORMAT);
+    assert_non_null(strstr(err.msg, "PNG"));
+    free(fake);
+    /* JPEG SOI on PNG data */
+    fake = malloc(png.len + 3);
+    assert_non_null(fake);
+    memcpy(fake, "\xff\xd8\xff", 3);
+    memcpy(fake + 3, png.data, png.len);
+    assert_clean_error(prepare_rc(fake, png.len + 3, NULL, 4, &err), &err);
+    free(fake);
+    /* TIFF header on PNG data */
+    fake = malloc(png.len);
+    assert_non_null(fake);
+    memcpy(fake, png.data, png.len);
+    memcpy(fake, "II*\0", 4);
+    assert_clean_error(prepare_rc(fake, png.len, NULL, 4, &err), &err);
+    free(fake);
+    blob_free(&jpg);
+    blob_free(&png);
+}
+
+/* Every prefix of a valid file: a clean error whenever pixel data is cut,
+ * and the same answer from prepare and thumbnail. */
+static void check_every_prefix(const blob *b, size_t must_fail_below, const char *what)
+{
+    int succeeded = 0;
+    for (size_t n = 0; n < b->len; n++) {
+        ms_err err = {0}, terr = {0};
+        int rc = prepare_rc(b->data, n, NULL, 8, &err);
+        int trc = thumb_rc(b->data, n, NULL, &terr);
+        if (rc == 0) {
+            succeeded++;
+            if (n < must_fail_below)
+                fail_msg("%s cut to %zu of %zu bytes was accepted", what, n, b->len);
+        } else {
+            assert_clean_error(rc, &err);
+        }
+        assert_int_equal(rc != 0, trc != 0);
+    }
+    print_message("%s: %zu prefixes, %d decodable, all of them %zu bytes or longer\n", what, b->len, succeeded,
+                  must_fail_below);
+}
+
+static void test_truncated_at_every_length(void **state)
+{
+    (void)state;
+    blob png = encode_with(gradient(32, 32), ".png");
+    /* the IDAT chunk ends where the final IEND chunk (12 bytes) starts */
+    assert_true(!memcmp(png.data + png.len - 8, "IEND", 4));
+    check_every_prefix(&png, png.len - 12, "PNG");
+    blob_free(&png);
+
+    blob jpg = encode_with(gradient(32, 32), ".jpg");
+    check_every_prefix(&jpg, jpg.len - 2, "JPEG"); /* all but the EOI marker */
+    blob_free(&jpg);
+
+    blob prog = encode_with(gradient(32, 32), ".jpg[interlace]");
+    check_every_prefix(&prog, prog.len - 2, "progressive JPEG");
+    blob_free(&prog);
+
+    /* libvips writes the pixels first, then the directory: any cut before
+     * the directory's end must fail (after it only tag values are lost) */
+    blob tif = encode_with(gradient(16, 16), ".tif");
+    assert_true(!memcmp(tif.data, "II*\0", 4));
+    size_t ifd = tif.data[4] | tif.data[5] << 8 | (size_t)tif.data[6] << 16 | (size_t)tif.data[7] << 24;
+    assert_true(ifd > 16 * 16 && ifd + 2 < tif.len);
+    check_every_prefix(&tif, ifd + 2 + 12 * (size_t)(tif.data[ifd] | tif.data[ifd + 1] << 8), "TIFF");
+    blob_free(&tif);
+}
+
+static void test_tiny_and_extreme_aspect(void **state)
+{
+    (void)state;
+    ms_err err = {0};
+    /* 1x1: upsampled to a constant image */
+    blob one = encode_with(gradient(1, 1), ".png");
+    image_prep prep = {224, {0, 0, 0}, {1, 1, 1}};
+    float *out = malloc(sizeof(float) * 3 * 224 * 224);
+    assert_non_null(out);
+    assert_int_equal(image_prepare(one.data, one.len, NULL, &prep, out, NULL, &err), 0);
+    for (int i = 1; i < 3 * 224 * 224; i++)
+        assert_true(out[i] == out[0]);
+    blob_free(&one);
+
+    /* 100000x1 and 1x100000: one row/column stretched, the gradient kept */
+    for (int vertical = 0; vertical < 2; vertical++) {
+        VipsImage *g = gradient(100000, 1), *r = NULL;
+        if (vertical) {
+            assert_int_equal(vips_rot(g, &r, VIPS_ANGLE_D90, NULL), 0);
+            g_object_unref(g);
+            g = r;
+        }
+        blob b = encode_with(g, ".png");
+        uint64_t t0 = ms_now_ns();
+        int rc = image_prepare(b.data, b.len, NULL, &prep, out, NULL, &err);
+        if (rc)
+            fail_msg("%s: %s", vertical ? "1x100000" : "100000x1", err.msg);
+        assert_true(ms_now_ns() - t0 < 20000000000u);
+        for (int y = 0; y < 224; y++)
+            for (int x = 0; x < 224; x++) {
+                /* along the long side values rise; across it they are constant */
+                float v = out[y * 224 + x];
+                float across = vertical ? out[y * 224] : out[x];
+                float before = vertical ? (y ? out[(y - 1) * 224 + x] : -1) : (x ? out[y * 224 + x - 1] : -1);
+                assert_true(v == across);
+                assert_true(v + 1.0f >= before);
+            }
+        assert_true(out[0] < 10 && out[vertical ? 223 * 224 : 223] > 245);
+        uint8_t *t = NULL;
+        size_t tlen;
+        assert_int_equal(image_thumbnail(b.data, b.len, NULL, 256, THUMB_JPEG, &t, &tlen, &err), 0);
+        free(t);
+        blob_free(&b);
+    }
+    free(out);
+}
+
+static void test_huge_claimed_size_refused_from_header(void **state)
+{
+    (void)state;
+    ms_err err = {0};
+    /* a small PNG whose IHDR claims 50000x50000 */
+    blob png = encode_with(gradient(8, 8), ".png");
+    png_set_size(&png, 50000, 50000);
+    uint64_t t0 = cpu_ns();
+    assert_int_equal(prepare_rc(png.data, png.len, NULL, 224, &err), MS_ETOOBIG);
+    assert_true(cpu_ns() - t0 < HEADER_ONLY_CPU_NS); /* no pixel was touched */
+    assert_string_equal(err.msg, "image is 50000x50000 (2500 Mpx), over the 50 Mpx limit");
+    assert_int_equal(thumb_rc(png.data, png.len, NULL, &err), MS_ETOOBIG);
+    image_info info;
+    assert_int_equal(image_probe(png.data, png.len, NULL, &info, &err), MS_ETOOBIG);
+    assert_int_equal(info.width, 50000);
+    /* the PNG maximum and invalid zero sizes */
+    png_set_size(&png, 0x7fffffffu, 0x7fffffffu);
+    assert_int_equal(prepare_rc(png.data, png.len, NULL, 224, &err), MS_ETOOBIG);
+    png_set_size(&png, 0x80000000u, 1);
+    assert_int_equal(prepare_rc(png.data, png.len, NULL, 224, &err), MS_EFORMAT);
+    png_set_size(&png, 0, 10);
+    assert_int_equal(prepare_rc(png.data, png.len, NULL, 224, &err), MS_EFORMAT);
+    blob_free(&png);
+
+    /* a JPEG whose frame header claims 65535x65535 */
+    blob jpg = encode_with(gradient(8, 8), ".jpg");
+    size_t sof = 0;
+    for (size_t i = 2; i + 9 < jpg.len; i++)
+        if (jpg.data[i] == 0xff && jpg.data[i + 1] == 0xc0) {
+            sof = i;
+            break;
+        }
+    assert_true(sof > 0);
+    memset(jpg.data + sof + 5, 0xff, 4); /* height, width */
+    assert_int_equal(prepare_rc(jpg.data, jpg.len, NULL, 224, &err), MS_ETOOBIG);
+    assert_non_null(strstr(err.msg, "65535x65535"));
+    memset(jpg.data + sof + 5, 0, 2); /* height 0: defined later by DNL */
+    assert_int_equal(prepare_rc(jpg.data, jpg.len, NULL, 224, &err), MS_EUNSUPPORTED);
+    assert_non_null(strstr(err.msg, "DNL"));
+    jpg.data[sof + 5 + 1] = 8; /* height 8 again */
+    /* frame types and precisions outside the allow-list, named */
+    struct {
+        uint8_t marker, precision, components;
+        const char *says;
+    } frames[] = {{0xc3, 8, 1, "lossless JPEG"}, {0xc5, 8, 1, "hierarchical JPEG"},
+                  {0xc1, 12, 1, "12-bit JPEG"},  {0xc0, 8, 4, "CMYK"},
+                  {0xc0, 8, 2, "2 colour components"}};
+    for (size_t i = 0; i < sizeof frames / sizeof frames[0]; i++) {
+        blob copy = {g_memdup2(jpg.data, jpg.len), jpg.len};
+        copy.data[sof + 1] = frames[i].marker;
+        copy.data[sof + 4] = frames[i].precision;
+        copy.data[sof + 9] = frames[i].components;
+        assert_int_equal(prepare_rc(copy.data, copy.len, NULL, 224, &err), MS_EUNSUPPORTED);
+        if (!strstr(err.msg, frames[i].says))
+            fail_msg("frame %zu: \"%s\" does not say %s", i, err.msg, frames[i].says);
+        blob_free(&copy);
+    }
+    blob_free(&jpg);
+
+    /* byte limit */
+    blob small = encode_with(gradient(16, 16), ".png");
+    image_limits lim = image_default_limits();
+    lim.max_bytes = small.len - 1;
+    assert_int_equal(prepare_rc(small.data, small.len, &lim, 4, &err), MS_ETOOBIG);
+    assert_non_null(strstr(err.msg, "bytes"));
+    lim.max_bytes = small.len;
+    assert_int_equal(prepare_rc(small.data, small.len, &lim, 4, &err), 0);
+    /* pixel limit, exactly at and one over */
+    lim.max_pixels = 256;
+    assert_int_equal(prepare_rc(small.data, small.len, &lim, 4, &err), 0);
+    lim.max_pixels = 255;
+    assert_int_equal(prepare_rc(small.data, small.len, &lim, 4, &err), MS_ETOOBIG);
+    assert_string_equal(err.msg, "image is 16x16 (256 pixels), over the 255 pixels limit");
+    blob_free(&small);
+}
+
+/* A small zlib stream that inflates to far more pixels than allowed. */
+static void test_decompression_bomb(void **state)
+{
+    (void)state;
+    ms_err err = {0};
+    blob bomb = encode_with(black(4000, 4000), ".png[compression=9]");
+    print_message("bomb: %zu bytes inflating to 16 Mpx\n", bomb.len);
+    assert_true(bomb.len < 40000);
+    image_limits lim = image_default_limits();
+    lim.max_pixels = 1000000;
+    uint64_t t0 = cpu_ns();
+    assert_int_equal(prepare_rc(bomb.data, bomb.len, &lim, 224, &err), MS_ETOOBIG);
+    assert_int_equal(thumb_rc(bomb.data, bomb.len, &lim, &err), MS_ETOOBIG);
+    assert_true(cpu_ns() - t0 < HEADER_ONLY_CPU_NS);
+    assert_non_null(strstr(err.msg, "4000x4000 (16 Mpx), over the 1 Mpx limit"));
+    /* the same bomb with a limit it fits: it decodes, and that costs more */
+    lim.max_pixels = 16000000;
+    t0 = cpu_ns();
+    assert_int_equal(prepare_rc(bomb.data, bomb.len, &lim, 224, &err), 0);
+    assert_true(cpu_ns() - t0 > HEADER_ONLY_CPU_NS);
+    lim.max_pixels = 1000000;
+
+    /* The same small stream behind a header that claims 100x100: libpng
+     * inflates all of it after the 100 rows; small streams cost little. */
+    png_set_size(&bomb, 100, 100);
+    t0 = cpu_ns();
+    int rc = prepare_rc(bomb.data, bomb.len, &lim, 224, &err);
+    uint64_t spent = cpu_ns() - t0;
+    print_message("16 Mpx stream (%zu bytes) behind a 100x100 header: %s in %.1f ms CPU\n", bomb.len,
+                  rc ? err.msg : "decoded", spent / 1e6);
+    if (rc)
+        assert_clean_error(rc, &err);
+    blob_free(&bomb);
+}
+
+/* LSB-first bit writer for a hand-made deflate stream. */
+typedef struct bit_writer {
+    uint8_t *p;
+    size_t n;
+    unsigned acc, used;
+} bit_writer;
+
+static void put_bits(bit_writer *b, unsigned v, unsigned count)
+{
+    for (unsigned i = 0; i < count; i++) {
+        b->acc |= ((v >> i) & 1u) << b->used++;
+        if (b->used == 8) {
+            b->p[b->n++] = (uint8_t)b->acc;
+            b->acc = b->used = 0;
+        }
+    }
+}
+
+/* Huffman codes go most significant bit first. */
+static void put_code(bit_writer *b, unsigned code, unsigned count)
+{
+    for (unsigned i = count; i-- > 0;)
+        put_bits(b, (code >> i) & 1u, 1);
+}
+
+/* A PNG claiming 100x100 gray whose zlib stream is one fixed-Huffman block:
+ * a literal 0, `matches` copies of 258 bytes (length 258, distance 1), and
+ * one more copy of `tail` bytes (0, or 35..42), i.e. 1 + 258 * matches +
+ * tail zero bytes from about 13 bits per 258. */
+static blob lying_png(size_t matches, unsigned tail)
+{
+    size_t cap = 64 + matches * 13 / 8 + 64;
+    uint8_t *z = malloc(cap);
+    assert_non_null(z);
+    bit_writer b = {z, 0, 0, 0};
+    z[b.n++] = 0x78, z[b.n++] = 0x01; /* zlib header */
+    put_bits(&b, 1, 1);               /* final block */
+    put_bits(&b, 1, 2);               /* fixed Huffman */
+    put_code(&b, 0x30, 8);            /* literal 0 */
+    for (size_t i = 0; i < matches; i++) {
+        put_code(&b, 0xc5, 8); /* length symbol 285: 258 */
+        put_code(&b, 0x00, 5); /* distance symbol 0: 1 */
+    }
+    if (tail) {
+        put_code(&b, 273 - 256, 7); /* length symbol 273: 35 + 3 extra bits */
+        put_bits(&b, tail - 35, 3);
+        put_code(&b, 0x00, 5);
+    }
+    put_code(&b, 0x00, 7); /* end of block */
+    if (b.used)
+        put_bits(&b, 0, 8 - b.used);
+    uint64_t out = 1 + 258 * (uint64_t)matches + tail; /* Adler-32 of n zeros: a = 1, b = n */
+    put_be32(z + b.n, (uint32_t)((out % 65521) << 16 | 1));
+    b.n += 4;
+
+    size_t len = 8 + 25 + 12 + b.n + 12;
+    blob png = {g_malloc(len), len};
+    uint8_t *q = png.data;
+    memcpy(q, "\x89PNG\r\n\x1a\n", 8);
+    put_be32(q + 8, 13);
+    memcpy(q + 12, "IHDR", 4);
+    put_be32(q + 16, 100);
+    put_be32(q + 20, 100);
+    memcpy(q + 24, "\x08\x00\x00\x00\x00", 5); /* 8-bit gray, not interlaced */
+    put_be32(q + 29, crc32_of(q + 12, 17));
+    put_be32(q + 33, (uint32_t)b.n);
+    memcpy(q + 37, "IDAT", 4);
+    memcpy(q + 41, z, b.n);
+    put_be32(q + 41 + b.n, crc32_of(q + 37, 4 + b.n));
+    put_be32(q + 45 + b.n, 0);
+    memcpy(q + 49 + b.n, "IEND", 4);
+    put_be32(q + 53 + b.n, crc32_of(q + 49 + b.n, 4));
+    free(z);
+    return png;
+}
+
+/* A header that lies small over a long stream: refused after inflating
+ * just past what the header declares, not after inflating all of it. */
+static void test_png_stream_longer_than_header(void **state)
+{
+    (void)state;
+    ms_err err = {0};
+    /* the writer is right: exactly the 100 rows (1 + 10062 + 37 = 10100
+     * bytes) decode, to black */
+    blob ok = lying_png(39, 37);
+    float out[3 * 16 * 16];
+    image_prep prep = {16, {0, 0, 0}, {1, 1, 1}};
+    assert_int_equal(image_prepare(ok.data, ok.len, NULL, &prep, out, NULL, &err), 0);
+    for (int i = 0; i < 3 * 16 * 16; i++)
+        assert_true(out[i] == 0.0f);
+    blob_free(&ok);
+    /* 77 MB behind 490 KB: too big to let libpng swallow unchecked */
+    blob bomb = lying_png(300000, 0);
+    uint64_t t0 = cpu_ns();
+    assert_int_equal(prepare_rc(bomb.data, bomb.len, NULL, 224, &err), MS_EFORMAT);
+    uint64_t spent = cpu_ns() - t0;
+    print_message("77 MB stream behind a 100x100 header (%zu bytes): \"%s\" after %.1f ms CPU\n", bomb.len,
+                  err.msg, spent / 1e6);
+    assert_non_null(strstr(err.msg, "decompression bomb"));
+    assert_true(spent < HEADER_ONLY_CPU_NS);
+    assert_int_equal(thumb_rc(bomb.data, bomb.len, NULL, &err), MS_EFORMAT);
+    blob_free(&bomb);
+}
+
+/* Hand-made uncompressed TIFFs in both byte orders. */
+typedef struct tiff_writer {
+    uint8_t *p;
+    int big_endian;
+} tiff_writer;
+
+static void tw16(const tiff_writer *t, size_t at, uint32_t v)
+{
+    t->p[at + (t->big_endian ? 0 : 1)] = (uint8_t)(v >> 8);
+    t->p[at + (t->big_endian ? 1 : 0)] = (uint8_t)v;
+}
+
+static void tw32(const tiff_writer *t, size_t at, uint32_t v)
+{
+    for (int k = 0; k < 4; k++)
+        t->p[at + (t->big_endian ? 3 - k : k)] = (uint8_t)(v >> (8 * k));
+}
+
+static void tiff_entry(const tiff_writer *t, size_t at, uint16_t tag, uint16_t type, uint32_t value)
+{
+    tw16(t, at, tag);
+    tw16(t, at + 2, type);
+    tw32(t, at + 4, 1);
+    if (type == 3)
+        tw16(t, at + 8, value); /* a SHORT sits in the first two bytes */
+    else
+        tw32(t, at + 8, value);
+}
+
+/* w x h, 8 or 16 bits, one strip; pixel i holds value i * step. */
+static blob make_tiff(int big_endian, uint32_t w, uint32_t h, uint16_t bits, uint16_t photometric, uint32_t step)
+{
+    enum { N_ENTRIES = 9 };
+    const size_t ifd = 8, data_at = ifd + 2 + N_ENTRIES * 12 + 4;
+    size_t bytes = (size_t)w * h * (bits / 8);
+    if (bytes > 1 << 20)
+        bytes = 1 << 20; /* a lying size: the strip is short */
+    blob b = {g_malloc0(data_at + bytes), data_at + bytes};
+    tiff_writer t = {b.data, big_endian};
+    memcpy(b.data, big_endian ? "MM\0*" : "II*\0", 4);
+    tw32(&t, 4, ifd);
+    tw16(&t, ifd, N_ENTRIES);
+    size_t e = ifd + 2;
+    tiff_entry(&t, e, 256, 4, w), e += 12;
+    tiff_entry(&t, e, 257, 4, h), e += 12;
+    tiff_entry(&t, e, 258, 3, bits), e += 12;
+    tiff_entry(&t, e, 259, 3, 1), e += 12; /* no compression */
+    tiff_entry(&t, e, 262, 3, photometric), e += 12;
+    tiff_entry(&t, e, 273, 4, (uint32_t)data_at), e += 12;
+    tiff_entry(&t, e, 277, 3, 1), e += 12;
+    tiff_entry(&t, e, 278, 4, h), e += 12;
+    tiff_entry(&t, e, 279, 4, (uint32_t)((size_t)w * h * (bits / 8))), e += 12;
+    tw32(&t, e, 0); /* no next IFD */
+    for (size_t i = 0; i < bytes / (bits / 8); i++) {
+        if (bits == 8)
+            b.data[data_at + i] = (uint8_t)(i * step);
+        else
+            tw16(&t, data_at + 2 * i, (uint32_t)(i * step));
+    }
+    return b;
+}
+
+static void test_handmade_tiff_both_byte_orders(void **state)
+{
+    (void)state;
+    for (int be = 0; be < 2; be++) {
+        ms_err err = {0};
+        image_prep prep = {2, {0, 0, 0}, {1, 1, 1}};
+        float out[12];
+        image_info info;
+        /* 8-bit: values pass through */
+        blob b = make_tiff(be, 2, 2, 8, 1, 60);
+        assert_int_equal(image_prepare(b.data, b.len, NULL, &prep, out, &info, &err), 0);
+        assert_int_equal(info.format, IMAGE_TIFF);
+        assert_true(out[0] == 0 && out[1] == 60 && out[2] == 120 && out[3] == 180);
+        blob_free(&b);
+        /* 16-bit: 0, 300, 600, 900 scaled by the max 900 */
+        b = make_tiff(be, 2, 2, 16, 1, 300);
+        assert_int_equal(image_prepare(b.data, b.len, NULL, &prep, out, &info, &err), 0);
+        assert_int_equal(info.bits, 16);
+        assert_true(out[0] == 0 && out[1] == 85 && out[2] == 170 && out[3] == 255);
+        blob_free(&b);
+        /* lying headers */
+        b = make_tiff(be, 60000, 60000, 8, 1, 1);
+        assert_int_equal(prepare_rc(b.data, b.len, NULL, 8, &err), MS_ETOOBIG);
+        blob_free(&b);
+        b = make_tiff(be, 3000, 3000, 8, 1, 1); /* 9 Mpx claimed, 1 MiB present */
+        assert_clean_error(prepare_rc(b.data, b.len, NULL, 8, &err), &err);
+        blob_free(&b);
+        b = make_tiff(be, 0, 5, 8, 1, 1);
+        assert_int_equal(prepare_rc(b.data, b.len, NULL, 8, &err), MS_EFORMAT);
+        blob_free(&b);
+        b = make_tiff(be, 4, 4, 8, 2, 1); /* RGB photometric with one sample */
+        assert_int_equal(prepare_rc(b.data, b.len, NULL, 8, &err), MS_EUNSUPPORTED);
+        blob_free(&b);
+        b = make_tiff(be, 4, 4, 8, 1, 1);
+        tiff_writer t = {b.data, be};
+        tw32(&t, 4, (uint32_t)b.len + 100); /* IFD outside the file */
+        assert_int_equal(prepare_rc(b.data, b.len, NULL, 8, &err), MS_EFORMAT);
+        tw32(&t, 4, 8);
+        tw16(&t, 8, 0xffff); /* more entries than bytes */
+        assert_int_equal(prepare_rc(b.data, b.len, NULL, 8, &err), MS_EFORMAT);
+        tw16(&t, 8, 9);
+        tiff_entry(&t, 8 + 2 + 5 * 12, 273, 4, 0x7ffffff0u); /* strip outside the file */
+        assert_clean_error(prepare_rc(b.data, b.len, NULL, 8, &err), &err);
+        blob_free(&b);
+    }
+}
+
+/* Random bytes, alone and behind each accepted magic number. */
+static void test_random_bytes(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *magic;
+        size_t len;
+    } magics[] = {{"", 0}, {"\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR", 16}, {"\xff\xd8\xff", 3}, {"II*\0", 4}, {"MM\0*", 4}};
+    uint8_t buf[2048];
+    for (size_t m = 0; m < sizeof magics / sizeof magics[0]; m++)
+        for (int round = 0; round < 150; round++) {
+            size_t n = magics[m].len + rng() % (sizeof buf - magics[m].len);
+            for (size_t i = 0; i < n; i++)
+                buf[i] = (uint8_t)rng();
+            memcpy(buf, magics[m].magic, magics[m].len);
+            ms_err err = {0};
+            int rc = prepare_rc(buf, n, NULL, 8, &err);
+            if (rc)
+                assert_clean_error(rc, &err);
+            rc = thumb_rc(buf, n, NULL, &err);
+            if (rc)
+                assert_clean_error(rc, &err);
+        }
+}
+
+/* Valid small files with a few random bytes changed. */
+static void test_mutated_files(void **state)
+{
+    (void)state;
+    const char *suffixes[] = {".png", ".jpg", ".jpg[interlace]", ".tif", ".tif[compression=lzw]",
+                              ".png[palette]"};
+    for (size_t s = 0; s < sizeof suffixes / sizeof suffixes[0]; s++) {
+        blob b = encode_with(gradient(48, 40), suffixes[s]);
+        uint8_t *m = malloc(b.len);
+        assert_non_null(m);
+        int ok = 0;
+        for (int round = 0; round < 250; round++) {
+            memcpy(m, b.data, b.len);
+            int flips = 1 + (int)(rng() % 8);
+            for (int f = 0; f < flips; f++)
+                m[rng() % b.len] = (uint8_t)rng();
+            ms_err err = {0};
+            int rc = prepare_rc(m, b.len, NULL, 16, &err);
+            if (rc)
+                assert_clean_error(rc, &err);
+            else
+                ok++;
+        }
+        print_message("%s: 250 mutants, %d still decodable\n", suffixes[s], ok);
+        free(m);
+        blob_free(&b);
+    }
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_empty_and_null),
+        cmocka_unit_test(test_named_unsupported_formats),
+        cmocka_unit_test(test_wrong_magic),
+        cmocka_unit_test(test_truncated_at_every_length),
+        cmocka_unit_test(test_tiny_and_extreme_aspect),
+        cmocka_unit_test(test_huge_claimed_size_refused_from_header),
+        cmocka_unit_test(test_decompression_bomb),
+        cmocka_unit_test(test_png_stream_longer_than_header),
+        cmocka_unit_test(test_handmade_tiff_both_byte_orders),
+        cmocka_unit_test(test_random_bytes),
+        cmocka_unit_test(test_mutated_files),
+    };
+    return cmocka_run_group_tests_name("image hostile", tests, setup, NULL) ? 1 : 0;
+}
