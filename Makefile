@@ -114,3 +114,17 @@ clean:
 	rm -rf $(BUILD) medsearch
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
+
+# ---- vector index (issue 3): ThreadSanitizer run of the concurrency test ----
+# `make tsan-index` builds tests/unit/test_index_concurrency.c (4 readers, 1
+# writer) with the index and util sources under -fsanitize=thread in its own
+# tree and runs it. The same test also runs under ASan with `tests/run.sh unit`.
+TSAN_INDEX_BIN := $(BUILD)/tsan/test_index_concurrency
+$(TSAN_INDEX_BIN): tests/unit/test_index_concurrency.c tests/unit/test_index_common.h \
+		$(wildcard src/index/*.c src/index/*.h src/util/*.c src/util/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_BASE) -O1 -fsanitize=thread -fno-omit-frame-pointer -Itests -o $@ \
+		$(filter %.c,$^) $(PKG_LIBS) -lcmocka
+.PHONY: tsan-index
+tsan-index: $(TSAN_INDEX_BIN)
+	TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 $(TSAN_INDEX_BIN)

@@ -38,8 +38,11 @@ typedef struct engine_options {
     int max_batch;             /* largest inference batch (default 16) */
     int queue_depth;           /* bounded query queue (default 64) */
     int threads;               /* decode workers for ingest, 0 = cores */
-    int reembed;               /* allow a model change: re-embed every stored image */
+    int reembed;               /* allow a model change: the open succeeds with an empty
+                                  index, ingest waits, engine_reembed does the work */
     int thumb_size;            /* thumbnail longest side (default 256) */
+    int no_model;              /* open store and index only (info, check, delete,
+                                  export): functions that embed fail MS_EINVAL */
 } engine_options;
 
 void engine_options_init(engine_options *o);
@@ -55,8 +58,13 @@ int engine_open(const engine_options *o, engine **out, engine_open_report *rep, 
 /* Persists the index (when it changed) and closes everything. */
 void engine_close(engine *e);
 
-/* Where the model came from, or the message explaining how to get one. */
+/* Where the model came from, or the message explaining how to get one.
+ * Order: flag_path, $MEDSEARCH_MODEL, ./models/resnet50.onnx,
+ * $XDG_DATA_HOME/medsearch/model.onnx (~/.local/share when unset).
+ * Returns 0, or MS_ENOTFOUND whose message says how to get ResNet-50 as ONNX. */
 int engine_find_model(const char *flag_path, char *out, size_t out_len, ms_err *err);
+/* The longer, multi-line version of that advice, for a terminal. Static. */
+const char *engine_model_help(void);
 
 /* ---- ingest ---- */
 typedef struct engine_item {
@@ -114,6 +122,25 @@ void engine_results_free(engine_result *res, int n);
 /* Embeds one image through the same path as search (vec: model dim). */
 int engine_embed(engine *e, const uint8_t *bytes, size_t len, float *vec, ms_err *err);
 
+/* Streaming ingest: the engine pulls items from next() and hands each back
+ * to done(), in input order, on the calling thread. While one batch is in
+ * the model the next is decoded by the workers and the previous one stored,
+ * so at most ENGINE_SLOTS (3) x max_batch items are in flight: memory stays
+ * bounded whatever the number of items.
+ *   next: fills *item (its bytes and meta stay valid until done() for it)
+ *         and *token; returns 1, 0 at the end, or < 0 (err set) to stop.
+ *   done: the item's result; the caller may free the item's memory now.
+ * Returns 0, or the error that stopped the stream (the store failed, or
+ * next() did); done() has then been called for every item taken. */
+typedef struct engine_ingest_source {
+    int (*next)(void *ctx, engine_item *item, void **token, ms_err *err);
+    void (*done)(void *ctx, void *token, const engine_item *item,
+                 const engine_item_result *res);
+    void *ctx;
+    size_t size_hint;          /* items expected (0 = unknown): sizes buffers */
+} engine_ingest_source;
+int engine_ingest_stream(engine *e, const engine_ingest_source *src, ms_err *err);
+
 /* ---- the rest ---- */
 int engine_delete(engine *e, int64_t id, ms_err *err);
 store *engine_store(engine *e);   /* the engine's store handle, for reads by one thread at a time */
@@ -133,11 +160,38 @@ typedef struct engine_stats {
 } engine_stats;
 int engine_get_stats(engine *e, engine_stats *st);
 
-/* Re-embeds every stored image with the engine's model (after a model change). */
+/* Re-embeds every stored image with the engine's model (after a model change)
+ * and makes it the collection's model; the index is refilled as it goes.
+ * Interrupted, it can run again: the store records each vector's model, so
+ * store_check and engine_open report the images still holding an old one.
+ * progress (may be NULL) is called from this thread. */
 int engine_reembed(engine *e, void (*progress)(void *ctx, size_t done, size_t total),
                    void *ctx, ms_err *err);
 
 /* Integrity check: store_check plus index-vs-store agreement. */
 int engine_check(engine *e, ms_err *err);
+
+/* Persists the index now when it changed (engine_close does it too, but
+ * cannot report a failure): 0, or MS_EIO with the reason. */
+int engine_flush(engine *e, ms_err *err);
+
+/* A store handle of the engine's pool for the calling thread alone, for
+ * faces that read (images, thumbnails, metadata) from many threads; give it
+ * back with engine_store_release. Blocks while all handles are in use. */
+int engine_store_acquire(engine *e, store **s, ms_err *err);
+void engine_store_release(engine *e, store *s);
+
+/* Where the collection lives and in what state, for `medsearch info`. */
+typedef struct engine_info {
+    char db[512];
+    char backend[16];
+    char index_path[512];      /* "" when none (PostgreSQL without cache) */
+    long long db_bytes;        /* file size(s) for SQLite, -1 unknown */
+    long long index_file_bytes;/* -1 when there is no file */
+    uint64_t generation;       /* the store's */
+    int pending_reembed;       /* a model change is under way: run reembed */
+    char model_path[512];      /* "" when opened without a model */
+} engine_info;
+int engine_describe(engine *e, engine_info *info, ms_err *err);
 
 #endif

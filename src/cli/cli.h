@@ -25,6 +25,7 @@ int bench_embed(int argc, char **argv);
 int bench_index(int argc, char **argv);
 int bench_ingest(int argc, char **argv);
 int bench_serve(int argc, char **argv);
+int bench_decode(int argc, char **argv);
 
 #define EXIT_USAGE 2
 #define EXIT_ENV 3

@@ -12,10 +12,18 @@
  * index|) results: small sets are scanned exactly, large ones searched in
  * the graph with the set as a bitmap.
  *
- * Concurrency contract: any number of threads may search while at most one
- * thread adds or removes (the writer); readers never block on the writer.
- * Two writers at once must be serialised by the caller. index_save may run
- * beside readers, not beside the writer.
+ * Concurrency contract: any number of threads may search (index_search*,
+ * index_get, index_count, index_memory_bytes) while at most one thread adds
+ * or removes (the writer); readers never block on the writer and never take
+ * a lock it holds (see src/index/hnsw.c and internal.h for how: slots and
+ * graph links are published with release/acquire order, link lists are
+ * read without locks, old chunk directories and id maps live until
+ * index_free). A reader sees each add or remove entirely or not at all per
+ * vector; a replaced id is briefly absent, never present twice. Two writers
+ * at once must be serialised by the caller (index_add itself may use
+ * params.threads build threads). index_save may run beside readers, not
+ * beside the writer. index_rebuild and index_free need the index to
+ * themselves (no readers): they replace or release the storage.
  *
  * Persistence: index_save writes PATH.tmp, fsyncs, renames over PATH. The
  * header holds magic, version, dimension, count, metric, the caller's
@@ -42,8 +50,8 @@ typedef struct index_params {
     size_t auto_threshold;  /* AUTO: HNSW at or above this many vectors (default 20000) */
     int M;                  /* HNSW links per node (default 16) */
     int ef_construction;    /* default 200 */
-    int ef_search;          /* default chosen for recall@10 >= 0.95 */
-    index_quant quant;      /* flat pre-scan copy, default NONE */
+    int ef_search;          /* default 64: recall@10 >= 0.95 at 100,000 x 1,280 (docs) */
+    index_quant quant;      /* flat pre-scan copy, default NONE (int8: +dim+8 bytes a vector) */
     int threads;            /* build threads, 0 = all cores */
 } index_params;
 
@@ -58,8 +66,13 @@ void index_params_init(index_params *p);
 int index_create(int dim, const index_params *p, vindex **out, ms_err *err);
 void index_free(vindex *ix);
 
-/* Adds n vectors (n x dim floats, already L2-normalised) with their ids.
- * An id already present is replaced. Returns 0 or MS_ENOMEM / MS_EINVAL. */
+/* Adds n vectors (n x dim floats, already L2-normalised; scores are inner
+ * products) with their ids; the index copies them. An id already present is
+ * replaced. INT64_MIN is reserved. With kind AUTO, the add that brings the
+ * live count to auto_threshold builds the graph over everything (readers
+ * keep using the exact scan meanwhile). Returns 0, MS_EINVAL (a NaN or
+ * infinite component, the reserved id), MS_ETOOBIG (over 2^32 - 2 slots)
+ * or MS_ENOMEM. */
 int index_add(vindex *ix, const int64_t *ids, const float *vecs, size_t n, ms_err *err);
 
 /* Removes an id (a tombstone for HNSW, compacted by index_rebuild).
@@ -67,7 +80,7 @@ int index_add(vindex *ix, const int64_t *ids, const float *vecs, size_t n, ms_er
 int index_remove(vindex *ix, int64_t id);
 
 /* Rebuilds the structure without tombstones (and switches kind when AUTO
- * says so). */
+ * says so). Needs the index to itself (no concurrent readers). */
 int index_rebuild(vindex *ix, ms_err *err);
 
 /* Top-k for one query. hits must hold k entries; *n_hits gets how many were
@@ -81,7 +94,12 @@ int index_search(vindex *ix, const float *query, int k, int ef, index_hit *hits,
 int index_search_batch(vindex *ix, const float *queries, int nq, int k, int ef,
                        index_hit *hits, int *n_hits, ms_err *err);
 
-/* Top-k among the given ids only (ids absent from the index are ignored). */
+/* Top-k among the given ids only (ids absent from the index, removed ids
+ * and duplicates are ignored). Returns min(k, passing) hits. Small sets
+ * are scanned exactly; large ones (when the graph's expected cost, about
+ * 4 * ef * 2M / pass rate distances, is below the set's size) walk the
+ * graph admitting only members, and fall back to the exact scan if the
+ * walk finds fewer than k. */
 int index_search_filtered(vindex *ix, const float *query, int k, int ef,
                           const int64_t *allowed, size_t n_allowed,
                           index_hit *hits, int *n_hits, ms_err *err);
@@ -104,9 +122,22 @@ size_t index_memory_bytes(const vindex *ix);
 int index_save(const vindex *ix, const char *path, const char *model_identity,
                uint64_t generation, ms_err *err);
 /* Returns 0, MS_ENOTFOUND (no file), MS_EFORMAT (damaged, truncated,
- * checksum), MS_ECONFLICT (dimension or model identity differs). *generation
- * receives the saved generation. */
+ * checksum, impossible graph), MS_ECONFLICT (dimension or model identity
+ * differs), MS_EIO. *generation (may be NULL) receives the saved
+ * generation. The structure (kind, M, efConstruction, quantisation, graph)
+ * comes from the file; p (may be NULL) only supplies run-time settings:
+ * ef_search (when > 0) and threads. The file is mapped privately: it must
+ * be replaced by rename (as index_save does), never rewritten in place,
+ * while an index loaded from it is open. */
 int index_load(const char *path, int dim, const char *model_identity,
                const index_params *p, vindex **out, uint64_t *generation, ms_err *err);
+
+/* Instruction set of the scan kernels ("avx512", "avx2" or "portable"),
+ * chosen at run time from the CPU. */
+const char *index_simd_name(void);
+/* Forces a kernel set ("auto", "avx512", "avx2", "portable") for tests and
+ * benchmarks; call it while no search runs. Returns 0, MS_EINVAL (unknown
+ * name) or MS_EUNSUPPORTED (this CPU lacks it). */
+int index_simd_select(const char *name, ms_err *err);
 
 #endif

@@ -16,6 +16,22 @@
  * feeds the GlobalAveragePool producing that output and pools it itself
  * (GeM, max, average, or the legacy top-left cell).
  *
+ * Preprocessing (model_prep): each of input size, mean and scale comes from
+ * the options (flags) when set, else from the model's metadata_props
+ * (medsearch.input_size, medsearch.mean, medsearch.scale or medsearch.std,
+ * medsearch.color; ../shared/models/README.md), else from the input's
+ * declared H = W (size) and torchvision's ImageNet convention (mean
+ * 123.675,116.28,103.53, std 58.395,57.12,57.375). Three-value means and
+ * scales are in the model's input channel order, as written; only the
+ * ImageNet defaults, stated R,G,B, are reversed for a model whose
+ * medsearch.color is bgr. model_describe says where each value came from.
+ *
+ * Also accepted: Constant nodes (as initializers), Identity of an
+ * initializer, opset-6 Clip attributes, a fixed batch of 1 in the file (any
+ * batch runs: dim 0 is always the batch). Limits: 2 GiB file, dimensions
+ * and kernels of sane size, max_activation_bytes of live activations per
+ * image (plain layout) and 16 times that for one forward's arena.
+ *
  * Thread safety: one model may be used by one thread at a time (the engine
  * serialises forwards and batches concurrent queries). Different models are
  * independent.
@@ -49,14 +65,24 @@ typedef struct model_options {
     const char *scale;     /* "s" or "s1,s2,s3" */
     const char *std;       /* "s" or "s1,s2,s3" (scale = 1/std) */
     size_t max_file_bytes; /* 0: 2 GiB */
+    size_t max_activation_bytes; /* activations alive at once per image (plain
+                            * layout), checked at load: 0: 2 GiB. A forward's arena
+                            * may hold 16 x this (blocked layouts, batch). */
+    int bf16;              /* Conv/Gemm read weights and activations as bf16 (AVX-512
+                            * BF16), accumulate in fp32: faster, about 1e-2 relative
+                            * error. The identity's pool part gets "-bf16". */
 } model_options;
 
 void model_options_init(model_options *o);
 
-/* Loads, validates and compiles. Returns 0 or MS_ENOTFOUND (no file),
- * MS_EIO, MS_EFORMAT (bad protobuf, missing initializer, shape mismatch,
- * absurd dims), MS_EUNSUPPORTED (op or attribute), MS_ENOMEM. *out is owned
- * by the caller: model_free(). */
+/* Loads, validates and compiles. Returns 0 or MS_ENOTFOUND (no file, or no
+ * tensor named options.output), MS_EIO, MS_EFORMAT (bad protobuf, missing
+ * initializer, shape mismatch, absurd dims, bad medsearch.* metadata),
+ * MS_EUNSUPPORTED (op, attribute, external data, pooling without a
+ * GlobalAveragePool), MS_ETOOBIG (file or activations over a limit),
+ * MS_EINVAL (bad option), MS_ENOMEM. Every oneDNN primitive of a batch-1
+ * forward is created here, so a model that loads also runs.
+ * *out is owned by the caller: model_free(). */
 int model_load(const char *path, const model_options *opt, model **out, ms_err *err);
 int model_load_buffer(const void *buf, size_t len, const char *name,
                       const model_options *opt, model **out, ms_err *err);
@@ -64,11 +90,15 @@ void model_free(model *m);
 
 /* Runs n prepared images (n x 3 x S x S floats, NCHW) and writes n x dim
  * raw (not normalised) features to out. Activation memory is allocated once
- * per batch size and reused. Returns 0 or MS_ENOMEM / MS_EINTERNAL. */
+ * per batch size and reused. Returns 0 or MS_EINVAL (n outside 1..4096),
+ * MS_ENOMEM / MS_EINTERNAL. */
 int model_forward(model *m, const float *input, int n, float *out, ms_err *err);
 
 /* Runs n images and copies the named tensor (any graph tensor, e.g.
- * "logits") flattened per image into out (n x model_tensor_size floats). */
+ * "logits") flattened per image, in NCHW order, into out (n x
+ * model_tensor_size floats). A tensor fused into another node at load (a
+ * Conv's output feeding a fused Relu) is MS_ENOTFOUND: name it in
+ * options.output to keep it. out_per_image must be model_tensor_size. */
 int model_forward_tensor(model *m, const float *input, int n, const char *tensor,
                          float *out, size_t out_per_image, ms_err *err);
 /* Per-image element count of a tensor, or 0 when there is none of that name. */
@@ -94,5 +124,13 @@ const char *model_describe(const model *m);
 
 /* Floating-point operations of one image's forward (multiply-add = 2). */
 double model_flops_per_image(const model *m);
+
+/* Measures this machine's fp32 peak with a oneDNN matmul run for about
+ * `seconds` on all threads (for the benchmark's "share of peak"). */
+int model_measure_peak_gflops(double seconds, double *gflops, ms_err *err);
+
+/* One line on the runtime: oneDNN version and ISA, the convolution kernel
+ * chosen, bytes of weights and activations. m may be NULL. Static buffer. */
+const char *model_runtime_info(const model *m);
 
 #endif

@@ -1,0 +1,552 @@
+/*
+ * bench_index.c - `medsearch bench index`: speed and recall of the vector
+ * index on clustered synthetic data, next to FAISS and hnswlib run on the
+ * same data and queries in the same run (bench/peer_index.py).
+ *
+ * What it prints, per engine: build time, memory, single-query latency
+ * p50/p99, queries/s for batches of 100, recall@10 against the exact
+ * answer; the machine's memory bandwidth (STREAM-like copy and read,
+ * measured here) and each exact scan as a share of it; the HNSW recall vs
+ * queries/s curve over efSearch; save and load times of the index file.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli/cli.h"
+#include "index/index.h"
+#include "index/synth.h"
+#include "util/timing.h"
+
+#define BATCH 100
+#define MAX_EFS 32
+
+typedef struct bench_opts {
+    size_t n;
+    int dim, queries, k, centres, M, efc, threads;
+    uint64_t seed;
+    double spread;
+    int efs[MAX_EFS], n_efs;
+    bool peers, flat, quant, hnsw, persist;
+    const char *peer_script, *peer_engines, *simd, *tmpdir;
+} bench_opts;
+
+typedef struct engine_row {
+    char name[48];
+    double build_s, mem_mb, p50_ms, p99_ms, qps, recall;
+    int ef;
+} engine_row;
+
+static engine_row rows[64];
+static int n_rows;
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: medsearch bench index [OPTIONS]\n"
+            "  --n N            vectors (default 100000)\n"
+            "  --dim D          dimension (default 1280)\n"
+            "  --queries Q      test queries (default 200)\n"
+            "  --k K            neighbours per query (default 10)\n"
+            "  --centres C      Gaussian centres of the synthetic data (default 300)\n"
+            "  --spread S       within-centre spread, latent units (default 1.0; centres are N(0,1))\n"
+            "  --M M --efc E    HNSW links and efConstruction (default 16, 200)\n"
+            "  --ef LIST        efSearch values for the curve (default 16,24,32,48,64,96,128,192,256,384,512)\n"
+            "  --threads T      build and batch threads (default 2)\n"
+            "  --seed S         data seed (default 1)\n"
+            "  --peers          also run FAISS and hnswlib (bench/peer_index.py, /usr/bin/python3)\n"
+            "  --peer-script P  path of peer_index.py (default bench/peer_index.py)\n"
+            "  --peer-engines L faiss,hnswlib (default both)\n"
+            "  --no-flat --no-quant --no-hnsw --no-persist   skip parts\n"
+            "  --simd LEVEL     auto, avx512, avx2 or portable\n"
+            "  --tmpdir DIR     where data files for the peers go (default $TMPDIR or /tmp)\n");
+}
+
+static int parse_efs(const char *s, bench_opts *o)
+{
+    o->n_efs = 0;
+    while (*s && o->n_efs < MAX_EFS) {
+        char *end;
+        long v = strtol(s, &end, 10);
+        if (end == s || v < 1 || v > 100000)
+            return -1;
+        o->efs[o->n_efs++] = (int)v;
+        s = *end == ',' ? end + 1 : end;
+        if (*end && *end != ',')
+            return -1;
+    }
+    return o->n_efs ? 0 : -1;
+}
+
+static int parse_args(int argc, char **argv, bench_opts *o)
+{
+    *o = (bench_opts){.n = 100000, .dim = 1280, .queries = 200, .k = 10, .centres = 300, .spread = 1.0, .M = 16, .efc = 200,
+                      .threads = 2, .seed = 1, .flat = true, .quant = true, .hnsw = true, .persist = true,
+                      .peer_script = "bench/peer_index.py", .peer_engines = "faiss,hnswlib", .simd = "auto"};
+    parse_efs("16,24,32,48,64,96,128,192,256,384,512", o);
+    const char *t = getenv("TMPDIR");
+    o->tmpdir = t && *t ? t : "/tmp";
+    static const struct option lo[] = {
+        {"n", 1, 0, 'n'}, {"dim", 1, 0, 'd'}, {"queries", 1, 0, 'q'}, {"k", 1, 0, 'k'},
+        {"centres", 1, 0, 'c'}, {"spread", 1, 0, 'p'}, {"M", 1, 0, 'M'}, {"efc", 1, 0, 'E'}, {"ef", 1, 0, 'e'},
+        {"threads", 1, 0, 't'}, {"seed", 1, 0, 's'}, {"peers", 0, 0, 'P'}, {"peer-script", 1, 0, 'S'}, {"peer-engines", 1, 0, 'G'},
+        {"no-flat", 0, 0, 1}, {"no-quant", 0, 0, 2}, {"no-hnsw", 0, 0, 3}, {"no-persist", 0, 0, 4},
+        {"simd", 1, 0, 'x'}, {"tmpdir", 1, 0, 'T'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+    optind = 1;
+    int c;
+    while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
+        switch (c) {
+        case 'n': o->n = strtoull(optarg, NULL, 10); break;
+        case 'd': o->dim = atoi(optarg); break;
+        case 'q': o->queries = atoi(optarg); break;
+        case 'k': o->k = atoi(optarg); break;
+        case 'c': o->centres = atoi(optarg); break;
+        case 'p': o->spread = atof(optarg); break;
+        case 'M': o->M = atoi(optarg); break;
+        case 'E': o->efc = atoi(optarg); break;
+        case 'e':
+            if (parse_efs(optarg, o)) {
+                fprintf(stderr, "bench index: --ef wants a comma-separated list of 1..100000\n");
+                return EXIT_USAGE;
+            }
+            break;
+        case 't': o->threads = atoi(optarg); break;
+        case 's': o->seed = strtoull(optarg, NULL, 10); break;
+        case 'P': o->peers = true; break;
+        case 'S': o->peer_script = optarg; break;
+        case 'G': o->peer_engines = optarg; break;
+        case 1: o->flat = false; break;
+        case 2: o->quant = false; break;
+        case 3: o->hnsw = false; break;
+        case 4: o->persist = false; break;
+        case 'x': o->simd = optarg; break;
+        case 'T': o->tmpdir = optarg; break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return EXIT_USAGE;
+        }
+    }
+    if (o->n < 1 || o->dim < 1 || o->dim > 65536 || o->queries < 1 || o->k < 1 || o->centres < 1 ||
+        o->threads < 1) {
+        fprintf(stderr, "bench index: --n, --dim (1..65536), --queries, --k, --centres and --threads must be positive\n");
+        return EXIT_USAGE;
+    }
+    return -1;
+}
+
+/* ---- measurement helpers ---- */
+
+static double rss_mb(void)
+{
+    FILE *f = fopen("/proc/self/statm", "r");
+    long pages = 0, resident = 0;
+    if (f) {
+        if (fscanf(f, "%ld %ld", &pages, &resident) != 2)
+            resident = 0;
+        fclose(f);
+    }
+    return (double)resident * (double)sysconf(_SC_PAGESIZE) / 1048576.0;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double percentile(double *v, int n, double p)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    int i = (int)ceil(p * n) - 1;
+    return v[i < 0 ? 0 : i >= n ? n - 1 : i];
+}
+
+/* STREAM-like: best of 5 copies of 256 MiB (bytes read + written), and
+ * best of 5 reads. The read uses glibc's memchr for a byte that is not
+ * there: a vectorised pure read written by others, the access pattern of a
+ * scan, and no computation to hide behind. */
+static void memory_bandwidth(double *copy_gbs, double *read_gbs)
+{
+    size_t bytes = (size_t)256 << 20;
+    unsigned char *a = malloc(bytes), *b = malloc(bytes);
+    *copy_gbs = *read_gbs = 0;
+    if (!a || !b) {
+        free(a);
+        free(b);
+        return;
+    }
+    memset(a, 1, bytes);
+    memset(b, 2, bytes);
+    void *(*volatile find)(const void *, int, size_t) = memchr;
+    for (int rep = 0; rep < 5; rep++) {
+        uint64_t t0 = ms_now_ns();
+        memcpy(b, a, bytes);
+        double s = (double)(ms_now_ns() - t0) / 1e9;
+        double gbs = 2.0 * (double)bytes / s / 1e9;
+        *copy_gbs = gbs > *copy_gbs ? gbs : *copy_gbs;
+        t0 = ms_now_ns();
+        if (find(b, 0, bytes))
+            fprintf(stderr, "bench index: memchr found a byte that is not there\n");
+        s = (double)(ms_now_ns() - t0) / 1e9;
+        gbs = (double)bytes / s / 1e9;
+        *read_gbs = gbs > *read_gbs ? gbs : *read_gbs;
+    }
+    free(a);
+    free(b);
+}
+
+static double recall_vs(const index_hit *found, const int *n_found, const int64_t *truth, int nq, int k)
+{
+    double sum = 0;
+    for (int q = 0; q < nq; q++) {
+        int hit = 0;
+        for (int i = 0; i < n_found[q]; i++)
+            for (int j = 0; j < k; j++)
+                if (found[(size_t)q * k + i].id == truth[(size_t)q * k + j]) {
+                    hit++;
+                    break;
+                }
+        sum += (double)hit / k;
+    }
+    return sum / nq;
+}
+
+typedef int (*search_fn)(vindex *ix, const float *q, int k, int ef, index_hit *hits, int *n, ms_err *err);
+
+static int exact_fn(vindex *ix, const float *q, int k, int ef, index_hit *hits, int *n, ms_err *err)
+{
+    return index_search_exact(ix, q, k, hits, n, err);
+}
+
+/* Single queries one by one: latencies and answers. */
+static int run_single(vindex *ix, search_fn fn, const float *qs, int nq, int dim, int k, int ef, index_hit *hits,
+                      int *n_hits, double *p50, double *p99, double *mean)
+{
+    double *lat = malloc((size_t)nq * sizeof *lat);
+    ms_err err;
+    double total = 0;
+    for (int q = 0; q < nq; q++) {
+        uint64_t t0 = ms_now_ns();
+        if (fn(ix, qs + (size_t)q * dim, k, ef, hits + (size_t)q * k, &n_hits[q], &err)) {
+            fprintf(stderr, "bench index: search failed: %s\n", err.msg);
+            free(lat);
+            return -1;
+        }
+        lat[q] = ms_elapsed_ms(t0);
+        total += lat[q];
+    }
+    *mean = total / nq;
+    *p50 = percentile(lat, nq, 0.50);
+    *p99 = percentile(lat, nq, 0.99);
+    free(lat);
+    return 0;
+}
+
+/* Batches of BATCH queries; returns queries/s. */
+static double run_batches(vindex *ix, const float *qs, int nq, int dim, int k, int ef, index_hit *hits, int *n_hits)
+{
+    ms_err err;
+    uint64_t t0 = ms_now_ns();
+    for (int q = 0; q < nq; q += BATCH) {
+        int m = nq - q < BATCH ? nq - q : BATCH;
+        if (index_search_batch(ix, qs + (size_t)q * dim, m, k, ef, hits + (size_t)q * k, n_hits + q, &err)) {
+            fprintf(stderr, "bench index: batch failed: %s\n", err.msg);
+            return 0;
+        }
+    }
+    return nq / ((double)(ms_now_ns() - t0) / 1e9);
+}
+
+static engine_row *add_row(const char *name)
+{
+    engine_row *r = &rows[n_rows < 63 ? n_rows++ : 63];
+    memset(r, 0, sizeof *r);
+    snprintf(r->name, sizeof r->name, "%s", name);
+    r->ef = -1;
+    return r;
+}
+
+static vindex *build(const bench_opts *o, index_kind kind, index_quant quant, const int64_t *ids, const float *data,
+                     engine_row *row)
+{
+    index_params p;
+    index_params_init(&p);
+    p.kind = kind;
+    p.quant = quant;
+    p.M = o->M;
+    p.ef_construction = o->efc;
+    p.threads = o->threads;
+    vindex *ix;
+    ms_err err;
+    double rss0 = rss_mb();
+    uint64_t t0 = ms_now_ns();
+    if (index_create(o->dim, &p, &ix, &err) || index_add(ix, ids, data, o->n, &err)) {
+        fprintf(stderr, "bench index: build failed: %s\n", err.msg);
+        return NULL;
+    }
+    row->build_s = (double)(ms_now_ns() - t0) / 1e9;
+    double rss = rss_mb() - rss0;
+    row->mem_mb = (double)index_memory_bytes(ix) / 1048576.0;
+    printf("  built %s in %.2f s: %.1f MiB by its own count, RSS grew %.1f MiB\n", row->name, row->build_s,
+           row->mem_mb, rss);
+    fflush(stdout);
+    return ix;
+}
+
+/* ---- peers ---- */
+
+static int write_f32(const char *path, const float *v, size_t count)
+{
+    FILE *f = fopen(path, "wb");
+    if (!f)
+        return -1;
+    size_t w = fwrite(v, sizeof *v, count, f);
+    return fclose(f) == 0 && w == count ? 0 : -1;
+}
+
+static void run_peers(const bench_opts *o, const float *data, const float *qs, const int64_t *truth)
+{
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s/msbench-XXXXXX", o->tmpdir);
+    if (!mkdtemp(dir)) {
+        fprintf(stderr, "bench index: cannot make a temporary folder in %s: %s\n", o->tmpdir, strerror(errno));
+        return;
+    }
+    char fd[600], fq[600], fg[600], cmd[4096];
+    snprintf(fd, sizeof fd, "%s/data.f32", dir);
+    snprintf(fq, sizeof fq, "%s/queries.f32", dir);
+    snprintf(fg, sizeof fg, "%s/truth.i64", dir);
+    FILE *g = fopen(fg, "wb");
+    bool ok = g && write_f32(fd, data, o->n * (size_t)o->dim) == 0 &&
+              write_f32(fq, qs, (size_t)o->queries * o->dim) == 0 &&
+              fwrite(truth, sizeof *truth, (size_t)o->queries * o->k, g) == (size_t)o->queries * o->k;
+    if (g)
+        ok = fclose(g) == 0 && ok;
+    if (!ok) {
+        fprintf(stderr, "bench index: cannot write the peers' data files in %s\n", dir);
+    } else {
+        char efs[256] = "";
+        for (int i = 0; i < o->n_efs; i++)
+            snprintf(efs + strlen(efs), sizeof efs - strlen(efs), "%s%d", i ? "," : "", o->efs[i]);
+        snprintf(cmd, sizeof cmd,
+                 "/usr/bin/python3 '%s' --data '%s' --queries '%s' --truth '%s' --n %zu --dim %d --nq %d --k %d "
+                 "--M %d --efc %d --ef %s --threads %d --engines '%s'%s%s",
+                 o->peer_script, fd, fq, fg, o->n, o->dim, o->queries, o->k, o->M, o->efc, efs, o->threads, o->peer_engines,
+                 o->flat ? "" : " --no-flat", o->hnsw ? "" : " --no-hnsw");
+        printf("\npeers: %s\n", cmd);
+        fflush(stdout);
+        FILE *p = popen(cmd, "r");
+        char line[4096];
+        while (p && fgets(line, sizeof line, p)) {
+            json_error_t je;
+            json_t *j = line[0] == '{' ? json_loads(line, 0, &je) : NULL;
+            if (!j) {
+                fputs(line, stdout); /* the script's own notes */
+                fflush(stdout);
+                continue;
+            }
+            engine_row *r = add_row(json_string_value(json_object_get(j, "engine")) ?: "peer");
+            r->build_s = json_number_value(json_object_get(j, "build_s"));
+            r->mem_mb = json_number_value(json_object_get(j, "mem_mb"));
+            r->p50_ms = json_number_value(json_object_get(j, "p50_ms"));
+            r->p99_ms = json_number_value(json_object_get(j, "p99_ms"));
+            r->qps = json_number_value(json_object_get(j, "qps"));
+            r->recall = json_number_value(json_object_get(j, "recall"));
+            r->ef = json_object_get(j, "ef") ? (int)json_integer_value(json_object_get(j, "ef")) : -1;
+            printf("  %-28s ef %4d  recall@%d %.4f  p50 %8.3f ms  p99 %8.3f ms  %9.1f q/s\n", r->name, r->ef,
+                   o->k, r->recall, r->p50_ms, r->p99_ms, r->qps);
+            fflush(stdout);
+            json_decref(j);
+        }
+        int st = p ? pclose(p) : -1;
+        if (st != 0)
+            printf("  (peer script exited with status %d)\n", st);
+    }
+    unlink(fd);
+    unlink(fq);
+    unlink(fg);
+    rmdir(dir);
+}
+
+/* ---- the parts ---- */
+
+static void print_rows(int k)
+{
+    printf("\n%-30s %5s %9s %10s %9s %9s %10s %9s\n", "engine", "ef", "build s", "memory MiB", "p50 ms", "p99 ms",
+           "batch q/s", "recall@k");
+    for (int i = 0; i < n_rows; i++) {
+        engine_row *r = &rows[i];
+        char ef[16] = "-";
+        if (r->ef >= 0)
+            snprintf(ef, sizeof ef, "%d", r->ef);
+        printf("%-30s %5s %9.2f %10.1f %9.3f %9.3f %10.1f %9.4f\n", r->name, ef, r->build_s, r->mem_mb, r->p50_ms,
+               r->p99_ms, r->qps, r->recall);
+    }
+    (void)k;
+}
+
+int bench_index(int argc, char **argv)
+{
+    bench_opts o;
+    int rc = parse_args(argc, argv, &o);
+    if (rc >= 0)
+        return rc;
+    ms_err err;
+    if (index_simd_select(o.simd, &err)) {
+        fprintf(stderr, "bench index: %s\n", err.msg);
+        return EXIT_USAGE;
+    }
+    const char *blas = getenv("OPENBLAS_CORETYPE");
+    printf("bench index: n=%zu dim=%d queries=%d k=%d centres=%d spread=%.2f M=%d efConstruction=%d threads=%d seed=%llu\n",
+           o.n, o.dim, o.queries, o.k, o.centres, o.spread, o.M, o.efc, o.threads, (unsigned long long)o.seed);
+    printf("kernels: %s; cores online: %ld; OPENBLAS_CORETYPE=%s\n", index_simd_name(),
+           sysconf(_SC_NPROCESSORS_ONLN), blas ? blas : "(unset)");
+    double copy_gbs, read_gbs;
+    memory_bandwidth(&copy_gbs, &read_gbs);
+    printf("memory bandwidth (best of 5, 256 MiB): copy %.1f GB/s (read+write, memcpy), read %.1f GB/s (memchr)\n", copy_gbs,
+           read_gbs);
+
+    size_t nd = o.n * (size_t)o.dim;
+    float *data = malloc(nd * sizeof *data), *qs = malloc((size_t)o.queries * o.dim * sizeof *qs);
+    int64_t *ids = malloc(o.n * sizeof *ids), *truth = malloc((size_t)o.queries * o.k * sizeof *truth);
+    index_hit *hits = malloc((size_t)o.queries * o.k * sizeof *hits);
+    int *n_hits = malloc((size_t)o.queries * sizeof *n_hits);
+    ix_synth *syn = NULL;
+    if (!data || !qs || !ids || !truth || !hits || !n_hits ||
+        ix_synth_open(o.dim, o.centres, o.spread, o.seed, &syn, &err)) {
+        fprintf(stderr, "bench index: out of memory for %zu x %d floats\n", o.n, o.dim);
+        free(data), free(qs), free(ids), free(truth), free(hits), free(n_hits);
+        return 1;
+    }
+    uint64_t t0 = ms_now_ns();
+    ix_synth_points(syn, 0, o.n, data);
+    ix_synth_points(syn, 1, (size_t)o.queries, qs);
+    ix_synth_close(syn);
+    for (size_t i = 0; i < o.n; i++)
+        ids[i] = (int64_t)i;
+    printf("data: %.2f s to generate %.1f MiB of clustered vectors\n", ms_elapsed_ms(t0) / 1e3,
+           (double)nd * 4 / 1048576.0);
+
+    /* ground truth and the exact scan */
+    engine_row *fr = add_row("medsearch flat f32");
+    vindex *flat = build(&o, INDEX_FLAT, INDEX_QUANT_NONE, ids, data, fr);
+    if (!flat)
+        return 1;
+    double mean;
+    run_single(flat, exact_fn, qs, o.queries, o.dim, o.k, 0, hits, n_hits, &fr->p50_ms, &fr->p99_ms, &mean);
+    for (int q = 0; q < o.queries; q++)
+        for (int i = 0; i < o.k; i++)
+            truth[(size_t)q * o.k + i] = i < n_hits[q] ? hits[(size_t)q * o.k + i].id : -1;
+    fr->recall = 1.0;
+    double scan_gbs = (double)nd * 4 / (fr->p50_ms / 1e3) / 1e9;
+    fr->qps = o.flat ? run_batches(flat, qs, o.queries, o.dim, o.k, 0, hits, n_hits) : 0;
+    printf("exact f32 scan: p50 %.2f ms = %.1f GB/s = %.0f%% of copy, %.0f%% of read bandwidth; batch %.1f q/s "
+           "(%.1fx single)\n",
+           fr->p50_ms, scan_gbs, 100 * scan_gbs / copy_gbs, 100 * scan_gbs / read_gbs, fr->qps,
+           fr->qps * mean / 1e3);
+    if (o.flat && recall_vs(hits, n_hits, truth, o.queries, o.k) < 1.0)
+        printf("  WARNING: batched exact answers differ from single ones\n");
+    index_quant qk[] = {INDEX_QUANT_INT8, INDEX_QUANT_F16};
+    const char *qn[] = {"medsearch flat int8+rerank", "medsearch flat f16+rerank"};
+    double code_bytes[] = {1, 2};
+    for (int t = 0; o.quant && t < 2; t++) {
+        engine_row *r = add_row(qn[t]);
+        vindex *ix = build(&o, INDEX_FLAT, qk[t], ids, data, r);
+        if (!ix)
+            return 1;
+        run_single(ix, index_search, qs, o.queries, o.dim, o.k, 0, hits, n_hits, &r->p50_ms, &r->p99_ms, &mean);
+        r->recall = recall_vs(hits, n_hits, truth, o.queries, o.k);
+        r->qps = run_batches(ix, qs, o.queries, o.dim, o.k, 0, hits, n_hits);
+        /* Paired timing: each query on f32 then on the compressed copy, so
+         * both see the same machine load; the median of the ratios. */
+        double *ratio = malloc((size_t)o.queries * sizeof *ratio);
+        for (int q = 0; q < o.queries; q++) {
+            index_hit h1[1024];
+            int n1;
+            int kk = o.k < 1024 ? o.k : 1024;
+            uint64_t a = ms_now_ns();
+            index_search_exact(flat, qs + (size_t)q * o.dim, kk, h1, &n1, &err);
+            uint64_t b = ms_now_ns();
+            index_search(ix, qs + (size_t)q * o.dim, kk, 0, h1, &n1, &err);
+            uint64_t c = ms_now_ns();
+            ratio[q] = (double)(b - a) / (double)(c - b);
+        }
+        double med = percentile(ratio, o.queries, 0.5);
+        free(ratio);
+        double gbs = (double)nd * code_bytes[t] / (r->p50_ms / 1e3) / 1e9;
+        printf("  %s: p50 %.2f ms; paired with f32 query by query: %.2fx faster (median); compressed scan %.1f GB/s "
+               "= %.0f%% of read bandwidth; recall@%d %.4f\n",
+               r->name, r->p50_ms, med, gbs, 100 * gbs / read_gbs, o.k, r->recall);
+        index_free(ix);
+    }
+    index_free(flat);
+
+    if (o.hnsw) {
+        engine_row *hb = add_row("medsearch hnsw (build)");
+        vindex *ix = build(&o, INDEX_HNSW, INDEX_QUANT_NONE, ids, data, hb);
+        if (!ix)
+            return 1;
+        printf("  efSearch curve (single queries one by one; batches of %d on %d threads):\n", BATCH, o.threads);
+        engine_row *best = NULL;
+        for (int e = 0; e < o.n_efs; e++) {
+            char name[48];
+            snprintf(name, sizeof name, "medsearch hnsw");
+            engine_row *r = add_row(name);
+            r->ef = o.efs[e];
+            r->build_s = hb->build_s;
+            r->mem_mb = hb->mem_mb;
+            run_single(ix, index_search, qs, o.queries, o.dim, o.k, o.efs[e], hits, n_hits, &r->p50_ms,
+                       &r->p99_ms, &mean);
+            r->recall = recall_vs(hits, n_hits, truth, o.queries, o.k);
+            r->qps = run_batches(ix, qs, o.queries, o.dim, o.k, o.efs[e], hits, n_hits);
+            printf("    ef %4d  recall@%d %.4f  p50 %8.3f ms  p99 %8.3f ms  %9.1f q/s\n", r->ef, o.k, r->recall,
+                   r->p50_ms, r->p99_ms, r->qps);
+            fflush(stdout);
+            if (!best && r->recall >= 0.95)
+                best = r;
+        }
+        if (best)
+            printf("  first efSearch with recall@%d >= 0.95: %d (%.1f q/s)\n", o.k, best->ef, best->qps);
+        if (o.persist) {
+            char path[600];
+            snprintf(path, sizeof path, "%s/msbench-index-%ld.idx", o.tmpdir, (long)getpid());
+            uint64_t ts = ms_now_ns();
+            if (index_save(ix, path, "bench", 1, &err)) {
+                fprintf(stderr, "bench index: %s\n", err.msg);
+            } else {
+                double save_s = (double)(ms_now_ns() - ts) / 1e9;
+                vindex *lx;
+                uint64_t gen;
+                ts = ms_now_ns();
+                if (index_load(path, o.dim, "bench", NULL, &lx, &gen, &err)) {
+                    fprintf(stderr, "bench index: %s\n", err.msg);
+                } else {
+                    double load_s = (double)(ms_now_ns() - ts) / 1e9;
+                    run_single(lx, index_search, qs, o.queries, o.dim, o.k, 0, hits, n_hits, &mean,
+                               &mean, &mean);
+                    printf("  persisted: save %.2f s, load %.3f s (%zu vectors; recall@%d after load %.4f)\n", save_s,
+                           load_s, index_count(lx), o.k, recall_vs(hits, n_hits, truth, o.queries, o.k));
+                    index_free(lx);
+                }
+                unlink(path);
+            }
+        }
+        index_free(ix);
+    }
+    fflush(stdout);
+    if (o.peers)
+        run_peers(&o, data, qs, truth);
+    print_rows(o.k);
+    free(data);
+    free(qs);
+    free(ids);
+    free(truth);
+    free(hits);
+    free(n_hits);
+    return 0;
+}

@@ -1,0 +1,88 @@
+/*
+ * common.h - what every command shares: option parsing with --help text,
+ * the common options (collection, model, preprocessing, JSON), opening the
+ * engine with clear messages, and exit codes.
+ *
+ * A command describes itself with a cli_command (its options in a table)
+ * and calls cli_parse. Options may come before or after the positional
+ * arguments; "--name=value" and "--name value" both work; "--" ends the
+ * options. The common groups it asks for are parsed into a cli_common:
+ *   CLI_DB     --db DB (default $MEDSEARCH_DB, then medsearch.db)
+ *   CLI_MODEL  --model M, --output TENSOR, --pool output|avg|gem|max|topleft,
+ *              --gem-p P, --input-size N, --mean M, --scale S, --std S
+ *   CLI_JSON   --json
+ * --help / -h is always understood.
+ */
+#ifndef MS_CLI_COMMON_H
+#define MS_CLI_COMMON_H
+
+#include <stdio.h>
+
+#include "engine.h"
+
+typedef enum { CLI_FLAG, CLI_STRING, CLI_INT, CLI_DOUBLE } cli_type;
+
+typedef struct cli_option {
+    const char *name;      /* long name without "--" ("one-per-patient") */
+    char short_name;       /* 'k' for -k, or 0 */
+    cli_type type;
+    void *value;           /* int * (FLAG: set to 1, INT), const char ** (STRING), double * */
+    const char *metavar;   /* "N", "EXPR"; unused for flags */
+    const char *help;
+    long min, max;         /* CLI_INT bounds, checked when min < max */
+} cli_option;
+
+enum { CLI_DB = 1, CLI_MODEL = 2, CLI_JSON = 4 };
+
+typedef struct cli_common {
+    const char *db;
+    int db_given;          /* --db or $MEDSEARCH_DB was used */
+    const char *model;     /* --model, or NULL */
+    model_options model_opt;  /* --output/--pool/--gem-p/--input-size/--mean/--scale/--std */
+    int json;
+    /* raw values, checked and copied into model_opt by cli_parse */
+    const char *pool;
+    double gem_p;
+    int input_size;
+} cli_common;
+
+typedef struct cli_command {
+    const char *name;      /* "search" */
+    const char *args;      /* "IMAGE", shown in the usage line */
+    const char *about;     /* what it does: a few lines */
+    unsigned common;       /* CLI_DB | CLI_MODEL | CLI_JSON */
+    const cli_option *options;  /* ends with a {0} entry; may be NULL */
+    int min_args, max_args;     /* positional arguments; max_args -1 = any */
+} cli_command;
+
+/* Parses argv (argv[0] is the command name). Returns 1 to go on, with the
+ * positional arguments in *args (a malloc'd array of argv's pointers, the
+ * caller frees it) and *n_args. Returns 0 when the command must stop now
+ * with *exit_code: 0 after --help (printed on stdout), EXIT_USAGE after a
+ * mistake (said on stderr). */
+int cli_parse(const cli_command *cmd, int argc, char **argv, cli_common *c, char ***args, int *n_args,
+              int *exit_code);
+void cli_usage(const cli_command *cmd, FILE *f);
+
+/* engine_options from the common options. */
+void cli_engine_options(const cli_common *c, engine_options *o);
+/* Opens the engine and says on stderr why it could not, with the model
+ * advice when no model was found. Prints the index note when verbose, or
+ * always when the index had to be rebuilt from a non-empty store. Returns
+ * 0 or the exit code to return. */
+int cli_open(const cli_command *cmd, const engine_options *o, engine **e, engine_open_report *rep, int verbose);
+
+/* Exit code for a library error: EXIT_USAGE for MS_EINVAL, EXIT_ENV for a
+ * missing model or an unusable database, 1 otherwise. */
+int cli_exit_code(int code);
+/* "medsearch CMD: message" on stderr. */
+void cli_error(const cli_command *cmd, const ms_err *err);
+
+/* Reads a whole file, at most max bytes. *buf malloc'd. 0, MS_ENOTFOUND,
+ * MS_EIO, MS_ETOOBIG. */
+int cli_read_file(const char *path, size_t max, unsigned char **buf, size_t *len, ms_err *err);
+
+/* "Effusion|Mass" from a store_meta's labels into buf. */
+void cli_join_labels(const store_meta *m, char *buf, size_t len);
+
+#endif

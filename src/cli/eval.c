@@ -1,0 +1,1103 @@
+/*
+ * eval.c - `medsearch eval`: retrieval quality of a labelled collection.
+ *
+ * Every labelled image is a query, searched through the engine exactly as
+ * `search` does (engine_search_vector with the image's stored vector, the
+ * query itself and its patient's images excluded by the engine's filter),
+ * and the ranked ids are scored by src/eval/metrics.c. The ranking is never
+ * recomputed here; the order the engine returns is only verified.
+ *
+ * --compare A B evaluates two configurations on the same queries. A
+ * configuration that changes the vectors (another model, pooling or GeM p)
+ * is evaluated on a scratch collection: every stored image is re-ingested
+ * (bytes and metadata, in ascending id order) into an SQLite collection in
+ * a temporary directory, or in --workdir where it is kept and reused. Its
+ * ids are mapped back to the original ones through the ingest (or by
+ * content hash when a kept collection is reused), so both configurations
+ * are scored on the same queries with the same ground truth. QE alone needs
+ * no scratch collection.
+ */
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "cli/cli.h"
+#include "cli/common.h"
+#include "engine.h"
+#include "eval/metrics.h"
+#include "util/err.h"
+#include "util/timing.h"
+
+#define EVAL_MAX_K 1000
+#define EVAL_MAX_QE 100
+#define EVAL_MAX_THREADS 64
+
+/* One evaluated configuration: how vectors are made and how search runs. */
+typedef struct eval_config {
+    char text[256];           /* as the user wrote it, for the report */
+    const char *model_path;   /* NULL: --model's (or the default model) */
+    char model_buf[1024];
+    int pool_set;
+    model_pool pool;
+    float gem_p;              /* > 0 when set */
+    int qe;                   /* -1: the command's --qe */
+} eval_config;
+
+typedef struct eval_args {
+    cli_common common;        /* --db, --model and its options, --json */
+    const char *db, *out_md, *per_query, *workdir, *rule_name, *compare_a;
+    int k, qe, json, threads, quiet;
+    eval_rule rule;
+    int compare;
+    eval_config cfg[2];
+} eval_args;
+
+/* The outcome of evaluating one configuration. */
+typedef struct eval_outcome {
+    eval_query_score *scores; /* one per truth image, in truth order */
+    eval_summary summary;
+    char identity[256];
+    int qe;
+    double seconds;
+    size_t searched;
+} eval_outcome;
+
+static const char ABOUT[] =
+    "Measures retrieval quality on a collection ingested with labels. Every labelled\n"
+    "image is a query; its gallery is every other image except those of the same\n"
+    "patient; the results come from the same engine search as `medsearch search`, with\n"
+    "the image's stored vector. Reports P@1, P@5, P@k and mAP@k, each with its chance\n"
+    "level (the expected value under a random ranking of the same gallery), P@k per\n"
+    "label, and how many queries were scored: queries without labels, or without any\n"
+    "relevant image in their gallery, are left out and counted.\n"
+    "\n"
+    "Relevance (--rule): any = shares a label, exact = same label set, single = same\n"
+    "first label. Labels compare without regard to ASCII case.\n"
+    "\n"
+    "--compare A B evaluates two configurations on the same queries and reports the\n"
+    "paired difference B - A of mAP@k and P@k with its standard error (sd of the\n"
+    "per-query differences / sqrt(n)). A configuration is a comma-separated list of\n"
+    "pool=output|avg|gem|max|topleft, gem_p=P, qe=N, model=PATH (\"\" = the collection\n"
+    "as stored). One that changes the vectors (model, pooling, GeM p) re-embeds every\n"
+    "stored image into a scratch SQLite collection (deleted afterwards, or kept and\n"
+    "reused in --workdir); the model is --model's unless model= says otherwise.\n"
+    "Example: medsearch eval --rule exact --compare \"pool=avg\" \"pool=gem,qe=2\"";
+
+/* Value checks shared by the flags and the --compare configurations. */
+static int parse_int_in(const char *s, int lo, int hi, int *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi)
+        return -1;
+    *out = (int)v;
+    return 0;
+}
+
+static int parse_pool(const char *s, model_pool *out)
+{
+    static const struct { const char *name; model_pool pool; } pools[] = {
+        {"output", MODEL_POOL_OUTPUT}, {"avg", MODEL_POOL_AVG}, {"gem", MODEL_POOL_GEM},
+        {"max", MODEL_POOL_MAX}, {"topleft", MODEL_POOL_TOPLEFT},
+    };
+    for (size_t i = 0; i < sizeof pools / sizeof pools[0]; i++)
+        if (!strcmp(s, pools[i].name)) {
+            *out = pools[i].pool;
+            return 0;
+        }
+    return -1;
+}
+
+/* "pool=gem,gem_p=3,qe=2,model=PATH" -> config. Returns 0 or -1 with a
+ * message in why. */
+static int parse_config(const char *text, eval_config *c, char *why, size_t why_len)
+{
+    memset(c, 0, sizeof *c);
+    c->qe = -1;
+    if (strlen(text) >= sizeof c->text) {
+        snprintf(why, why_len, "configuration is longer than %zu characters", sizeof c->text - 1);
+        return -1;
+    }
+    snprintf(c->text, sizeof c->text, "%s", text);
+    char buf[sizeof c->text];
+    snprintf(buf, sizeof buf, "%s", text);
+    char *save = NULL;
+    for (char *item = strtok_r(buf, ", ", &save); item; item = strtok_r(NULL, ", ", &save)) {
+        char *eq = strchr(item, '=');
+        if (!eq) {
+            snprintf(why, why_len, "'%s' is not key=value", item);
+            return -1;
+        }
+        *eq = '\0';
+        const char *key = item, *val = eq + 1;
+        if (!strcmp(key, "pool")) {
+            if (parse_pool(val, &c->pool)) {
+                snprintf(why, why_len, "unknown pooling '%s' (output, avg, gem, max, topleft)", val);
+                return -1;
+            }
+            c->pool_set = 1;
+        } else if (!strcmp(key, "gem_p") || !strcmp(key, "gem-p") || !strcmp(key, "p")) {
+            char *end;
+            errno = 0;
+            double p = strtod(val, &end);
+            /* The same range as --gem-p. */
+            if (errno || end == val || *end || !(p >= 1 && p <= 16)) {
+                snprintf(why, why_len, "GeM p '%s' is not a number from 1 to 16", val);
+                return -1;
+            }
+            c->gem_p = (float)p;
+        } else if (!strcmp(key, "qe")) {
+            if (parse_int_in(val, 0, EVAL_MAX_QE, &c->qe)) {
+                snprintf(why, why_len, "qe '%s' is not a whole number from 0 to %d", val, EVAL_MAX_QE);
+                return -1;
+            }
+        } else if (!strcmp(key, "model")) {
+            if (!val[0] || strlen(val) >= sizeof c->model_buf) {
+                snprintf(why, why_len, "model= needs a path (under %zu characters)", sizeof c->model_buf);
+                return -1;
+            }
+            snprintf(c->model_buf, sizeof c->model_buf, "%s", val);
+            c->model_path = c->model_buf;
+        } else {
+            snprintf(why, why_len, "unknown key '%s' (pool, gem_p, qe, model)", key);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static const cli_command EVAL_CMD_BASE = {
+    .name = "eval",
+    .args = "[--compare A B]",
+    .about = ABOUT,
+    .common = CLI_DB | CLI_MODEL | CLI_JSON,
+    .min_args = 0,
+    .max_args = 1,
+};
+
+/* Returns -1 to go on, or the exit code to return now. */
+static int parse_args(int argc, char **argv, eval_args *a)
+{
+    memset(a, 0, sizeof *a);
+    a->k = 10;
+    a->rule_name = "exact";
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    a->threads = cores > 0 ? (int)(cores < 8 ? cores : 8) : 2;
+    const cli_option opts[] = {
+        {"k", 'k', CLI_INT, &a->k, "N", "cut-off of P@k and mAP@k (default 10)", 1, EVAL_MAX_K},
+        {"rule", 0, CLI_STRING, &a->rule_name, "R", "relevance: any, exact or single (default exact)", 0, 0},
+        {"qe", 0, CLI_INT, &a->qe, "N", "query expansion with the top N results (default 0 = off)", 0, EVAL_MAX_QE},
+        {"out", 'o', CLI_STRING, &a->out_md, "FILE", "also write a Markdown report to FILE", 0, 0},
+        {"per-query", 0, CLI_STRING, &a->per_query, "FILE", "write each query's R, G, AP@k, P@k as CSV", 0, 0},
+        {"threads", 0, CLI_INT, &a->threads, "N", "concurrent searches (default: cores, at most 8)", 1,
+         EVAL_MAX_THREADS},
+        {"compare", 0, CLI_STRING, &a->compare_a, "A B", "evaluate configurations A and B on the same queries", 0, 0},
+        {"workdir", 0, CLI_STRING, &a->workdir, "DIR", "keep and reuse --compare's scratch collections in DIR", 0, 0},
+        {"quiet", 'q', CLI_FLAG, &a->quiet, NULL, "no progress on stderr", 0, 0},
+        {0},
+    };
+    cli_command cmd = EVAL_CMD_BASE;
+    cmd.options = opts;
+    char **args = NULL;
+    int n_args = 0, code = 0;
+    if (!cli_parse(&cmd, argc, argv, &a->common, &args, &n_args, &code))
+        return code;
+    int bad = 0;
+    ms_err err = {0};
+    char why[sizeof err.msg] = "";
+    if (eval_rule_parse(a->rule_name, &a->rule, &err)) {
+        snprintf(why, sizeof why, "%s", err.msg);
+        bad = 1;
+    } else if (a->compare_a && n_args != 1) {
+        snprintf(why, sizeof why, "--compare needs two configurations, A and B (\"\" for the stored one)");
+        bad = 1;
+    } else if (!a->compare_a && n_args) {
+        snprintf(why, sizeof why, "unexpected argument '%s'", args[0]);
+        bad = 1;
+    } else if (a->compare_a && (parse_config(a->compare_a, &a->cfg[0], why, sizeof why) ||
+                                parse_config(args[0], &a->cfg[1], why, sizeof why))) {
+        bad = 1;
+    } else if (a->workdir && !a->compare_a) {
+        snprintf(why, sizeof why, "--workdir only applies with --compare");
+        bad = 1;
+    }
+    free(args);
+    if (bad) {
+        fprintf(stderr, "medsearch eval: %s\n", why);
+        return EXIT_USAGE;
+    }
+    a->compare = a->compare_a != NULL;
+    a->db = a->common.db;
+    a->json = a->common.json;
+    return -1;
+}
+
+/* ---- ground truth from the collection ---- */
+
+static int load_truth(engine *e, eval_rule rule, eval_truth **out, ms_err *err)
+{
+    store *s = engine_store(e);
+    int64_t *ids = NULL;
+    size_t n = 0;
+    int rc = store_list_ids(s, &ids, &n, err);
+    if (rc)
+        return rc;
+    eval_truth *t = NULL;
+    if ((rc = eval_truth_create(&t, err))) {
+        free(ids);
+        return rc;
+    }
+    for (size_t i = 0; i < n && !rc; i++) {
+        store_meta m;
+        store_meta_init(&m);
+        rc = store_get_meta(s, ids[i], &m, err);
+        if (!rc)
+            rc = eval_truth_add(t, ids[i], m.patient_id, (const char *const *)m.labels, m.n_labels, err);
+        store_meta_free(&m);
+        if (rc)
+            ms_err_prefix(err, "image %lld: ", (long long)ids[i]);
+    }
+    free(ids);
+    if (!rc)
+        rc = eval_truth_finish(t, rule, err);
+    if (rc) {
+        eval_truth_free(t);
+        return rc;
+    }
+    *out = t;
+    return 0;
+}
+
+/* ---- searching every query ---- */
+
+/* Ids of one collection as seen from another: truth index <-> engine id. */
+typedef struct id_pair {
+    int64_t engine_id;
+    size_t truth_index;
+} id_pair;
+
+typedef struct id_map {
+    int64_t *engine_id;       /* per truth index; NULL: the ids are the truth's */
+    id_pair *by_engine;       /* sorted by engine_id */
+    size_t n;
+} id_map;
+
+static int cmp_pair(const void *a, const void *b)
+{
+    int64_t x = ((const id_pair *)a)->engine_id, y = ((const id_pair *)b)->engine_id;
+    return (x > y) - (x < y);
+}
+
+static int64_t truth_id_of(const eval_truth *t, const id_map *map, int64_t engine_id)
+{
+    if (!map->engine_id)
+        return engine_id;
+    size_t lo = 0, hi = map->n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (map->by_engine[mid].engine_id == engine_id)
+            return eval_truth_id(t, map->by_engine[mid].truth_index);
+        if (map->by_engine[mid].engine_id < engine_id)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return 0;
+}
+
+typedef struct run_ctx {
+    engine *e;
+    const eval_truth *t;
+    const id_map *map;
+    int k, qe, dim;
+    eval_query_score *scores;
+    atomic_size_t next, done;
+    atomic_int failed;
+    pthread_mutex_t err_mu;
+    ms_err err;               /* the first failure */
+} run_ctx;
+
+static void run_fail(run_ctx *c, const ms_err *err)
+{
+    pthread_mutex_lock(&c->err_mu);
+    if (!atomic_load(&c->failed))
+        c->err = *err;
+    atomic_store(&c->failed, 1);
+    pthread_mutex_unlock(&c->err_mu);
+}
+
+/* Searches query q through the engine and scores it. */
+static int run_one(run_ctx *c, size_t q, float *vec, int64_t *ids, float *scores, ms_err *err)
+{
+    const eval_truth *t = c->t;
+    int64_t eid = c->map->engine_id ? c->map->engine_id[q] : eval_truth_id(t, q);
+    int rc = index_get(engine_index(c->e), eid, vec);
+    if (rc)
+        return ms_err_set(err, rc, "image %lld has no vector in the index", (long long)eid);
+    store_filter f;
+    store_filter_init(&f);
+    /* The filter only reads the patient key; the cast drops const for the
+     * struct field, nothing writes through it. */
+    const char *patient = eval_truth_patient(t, q);
+    f.exclude_patient = patient[0] ? (char *)patient : NULL;
+    engine_query query = {.by_id = eid, .k = c->k, .filter = &f, .qe = c->qe, .exclude_self = 1};
+    engine_result *res = NULL;
+    int n = 0;
+    rc = engine_search_vector(c->e, vec, &query, &res, &n, err);
+    if (rc)
+        return ms_err_prefix(err, "query %lld: ", (long long)eval_truth_id(t, q));
+    for (int i = 0; i < n; i++) {
+        ids[i] = res[i].id;
+        scores[i] = res[i].score;
+    }
+    engine_results_free(res, n);
+    if (n > c->k)
+        return ms_err_set(err, MS_EINTERNAL, "query %lld: the engine returned %d results for k = %d",
+                          (long long)eval_truth_id(t, q), n, c->k);
+    if ((rc = eval_check_order(ids, scores, n, err)))
+        return ms_err_prefix(err, "query %lld: ", (long long)eval_truth_id(t, q));
+    for (int i = 0; i < n; i++) {
+        int64_t tid = truth_id_of(t, c->map, ids[i]);
+        if (!tid)
+            return ms_err_set(err, MS_EINTERNAL, "query %lld: result %lld is not in the collection",
+                              (long long)eval_truth_id(t, q), (long long)ids[i]);
+        ids[i] = tid;
+    }
+    return eval_score_query(t, q, ids, n, c->k, &c->scores[q], err);
+}
+
+static void *run_worker(void *arg)
+{
+    run_ctx *c = arg;
+    float *vec = malloc((size_t)c->dim * sizeof *vec);
+    int64_t *ids = malloc((size_t)c->k * sizeof *ids);
+    float *scores = malloc((size_t)c->k * sizeof *scores);
+    ms_err err = {0};
+    if (!vec || !ids || !scores) {
+        ms_err_set(&err, MS_ENOMEM, "out of memory for a search worker");
+        run_fail(c, &err);
+    }
+    size_t n = eval_truth_count(c->t);
+    while (!atomic_load(&c->failed)) {
+        size_t q = atomic_fetch_add(&c->next, 1);
+        if (q >= n)
+            break;
+        /* Queries that cannot be scored (no labels, R = 0) are not searched. */
+        int n_lab;
+        eval_truth_labels(c->t, q, &n_lab);
+        if (n_lab == 0 || eval_truth_relevant_count(c->t, q) == 0) {
+            if (eval_score_query(c->t, q, NULL, 0, c->k, &c->scores[q], &err))
+                run_fail(c, &err);
+        } else if (run_one(c, q, vec, ids, scores, &err)) {
+            run_fail(c, &err);
+        }
+        atomic_fetch_add(&c->done, 1);
+    }
+    free(vec), free(ids), free(scores);
+    return NULL;
+}
+
+static void show_progress(const char *what, size_t done, size_t total, double secs)
+{
+    double rate = secs > 0 ? (double)done / secs : 0;
+    fprintf(stderr, "\r%s: %zu/%zu queries, %.0f/s   ", what, done, total, rate);
+    fflush(stderr);
+}
+
+/* Searches every query of t on e with `threads` concurrent searches. */
+static int run_queries(engine *e, const eval_truth *t, const id_map *map, int k, int qe,
+                       int threads, int progress, const char *what, eval_query_score *scores,
+                       ms_err *err)
+{
+    engine_stats st;
+    int rc = engine_get_stats(e, &st);
+    if (rc)
+        return ms_err_set(err, rc, "cannot read the collection's statistics");
+    run_ctx c = {.e = e, .t = t, .map = map, .k = k, .qe = qe, .dim = st.dim, .scores = scores};
+    atomic_init(&c.next, 0);
+    atomic_init(&c.done, 0);
+    atomic_init(&c.failed, 0);
+    pthread_mutex_init(&c.err_mu, NULL);
+    size_t n = eval_truth_count(t);
+    pthread_t tid[EVAL_MAX_THREADS];
+    int started = 0;
+    for (; started < threads; started++)
+        if (pthread_create(&tid[started], NULL, run_worker, &c))
+            break;
+    if (started == 0)
+        run_worker(&c);
+    uint64_t t0 = ms_now_ns();
+    while (progress && started && atomic_load(&c.done) < n && !atomic_load(&c.failed)) {
+        show_progress(what, atomic_load(&c.done), n, ms_elapsed_ms(t0) / 1e3);
+        usleep(250000);
+    }
+    for (int i = 0; i < started; i++)
+        pthread_join(tid[i], NULL);
+    if (progress) {
+        show_progress(what, atomic_load(&c.done), n, ms_elapsed_ms(t0) / 1e3);
+        fputc('\n', stderr);
+    }
+    pthread_mutex_destroy(&c.err_mu);
+    if (atomic_load(&c.failed)) {
+        if (err)
+            *err = c.err;
+        return c.err.code ? c.err.code : MS_EINTERNAL;
+    }
+    return 0;
+}
+
+/* ---- scratch collections for configurations with other vectors ---- */
+
+typedef struct copy_ctx {
+    store *src;
+    const eval_truth *t;
+    size_t next;
+    int64_t *engine_id;       /* per truth index, filled by done() */
+    size_t failed;
+    ms_err first;
+    int progress;
+    uint64_t t0;
+} copy_ctx;
+
+typedef struct copy_item {
+    size_t truth_index;
+    uint8_t *bytes;
+    store_meta meta;
+} copy_item;
+
+static int copy_next(void *ctx, engine_item *item, void **token, ms_err *err)
+{
+    copy_ctx *c = ctx;
+    if (c->next >= eval_truth_count(c->t))
+        return 0;
+    copy_item *ci = calloc(1, sizeof *ci);
+    if (!ci)
+        return ms_err_set(err, MS_ENOMEM, "out of memory copying the collection");
+    ci->truth_index = c->next++;
+    store_meta_init(&ci->meta);
+    int64_t id = eval_truth_id(c->t, ci->truth_index);
+    size_t len = 0;
+    char mime[32];
+    int rc = store_get_image(c->src, id, &ci->bytes, &len, mime, err);
+    if (!rc)
+        rc = store_get_meta(c->src, id, &ci->meta, err);
+    if (rc) {
+        free(ci->bytes);
+        store_meta_free(&ci->meta);
+        free(ci);
+        return ms_err_prefix(err, "image %lld: ", (long long)id);
+    }
+    *item = (engine_item){.bytes = ci->bytes, .len = len, .meta = &ci->meta};
+    *token = ci;
+    return 1;
+}
+
+static void copy_done(void *ctx, void *token, const engine_item *item, const engine_item_result *res)
+{
+    (void)item;
+    copy_ctx *c = ctx;
+    copy_item *ci = token;
+    if (res->err.code) {
+        if (!c->failed++)
+            c->first = res->err;
+    } else {
+        c->engine_id[ci->truth_index] = res->id;
+    }
+    if (c->progress && (ci->truth_index % 64 == 63 || ci->truth_index + 1 == eval_truth_count(c->t)))
+        show_progress("re-embedding", ci->truth_index + 1, eval_truth_count(c->t),
+                      ms_elapsed_ms(c->t0) / 1e3);
+    free(ci->bytes);
+    store_meta_free(&ci->meta);
+    free(ci);
+}
+
+/* Maps the truth's ids to a scratch collection's by content hash, for a
+ * kept collection reused from --workdir. */
+static int map_by_hash(store *src, store *dst, const eval_truth *t, int64_t *engine_id, ms_err *err)
+{
+    size_t n = eval_truth_count(t);
+    for (size_t i = 0; i < n; i++) {
+        store_image_info info;
+        int rc = store_get_info(src, eval_truth_id(t, i), &info, err);
+        if (!rc)
+            rc = store_find_sha256(dst, info.sha256, &engine_id[i], err);
+        if (rc)
+            return ms_err_prefix(err, "scratch collection does not match, image %lld: ",
+                                 (long long)eval_truth_id(t, i));
+    }
+    return 0;
+}
+
+static int build_map(id_map *map, int64_t *engine_id, size_t n, ms_err *err)
+{
+    map->engine_id = engine_id;
+    map->n = n;
+    map->by_engine = malloc((n ? n : 1) * sizeof *map->by_engine);
+    if (!map->by_engine)
+        return ms_err_set(err, MS_ENOMEM, "out of memory mapping ids");
+    for (size_t i = 0; i < n; i++)
+        map->by_engine[i] = (id_pair){engine_id[i], i};
+    if (n > 1)
+        qsort(map->by_engine, n, sizeof *map->by_engine, cmp_pair);
+    for (size_t i = 1; i < n; i++)
+        if (map->by_engine[i].engine_id == map->by_engine[i - 1].engine_id)
+            return ms_err_set(err, MS_EINTERNAL, "two images became one (id %lld) in the scratch collection",
+                              (long long)map->by_engine[i].engine_id);
+    return 0;
+}
+
+/* A file-name-safe digest of the source collection and the identity,
+ * naming the kept collection. */
+static void scratch_name(const char *db, const char *identity, char *out, size_t len)
+{
+    uint64_t h = 1469598103934665603ull;   /* FNV-1a */
+    for (const char *p = db; *p; p++)
+        h = (h ^ (unsigned char)*p) * 1099511628211ull;
+    h = (h ^ '\n') * 1099511628211ull;
+    for (const char *p = identity; *p; p++)
+        h = (h ^ (unsigned char)*p) * 1099511628211ull;
+    snprintf(out, len, "eval-%016llx.db", (unsigned long long)h);
+}
+
+static int remove_scratch(const char *dir, const char *db)
+{
+    static const char *suffix[] = {"", "-wal", "-shm", ".index", ".index.tmp"};
+    char path[1200];
+    for (size_t i = 0; i < sizeof suffix / sizeof suffix[0]; i++) {
+        snprintf(path, sizeof path, "%s%s", db, suffix[i]);
+        unlink(path);
+    }
+    return dir ? rmdir(dir) : 0;
+}
+
+/* ---- one configuration ---- */
+
+typedef struct eval_env {
+    const eval_args *a;
+    engine *main;
+    const eval_truth *truth;
+} eval_env;
+
+/* Engine options of a configuration: the command's model options, then
+ * what the configuration changes. */
+static void config_options(const eval_env *env, const eval_config *c, engine_options *o)
+{
+    cli_engine_options(&env->a->common, o);
+    if (c && c->model_path)
+        o->model_path = c->model_path;
+    if (c && c->pool_set)
+        o->model.pool = c->pool;
+    if (c && c->gem_p > 0)
+        o->model.gem_p = c->gem_p;
+}
+
+/* The identity vectors made with these options would carry. */
+static int config_identity(const engine_options *o, char *out, size_t len, ms_err *err)
+{
+    char path[1024];
+    int rc = engine_find_model(o->model_path, path, sizeof path, err);
+    if (rc)
+        return rc;
+    model *m = NULL;
+    if ((rc = model_load(path, &o->model, &m, err)))
+        return ms_err_prefix(err, "%s: ", path);
+    snprintf(out, len, "%s", model_identity(m));
+    model_free(m);
+    return 0;
+}
+
+/* Opens (building when needed) the scratch collection with options o and
+ * maps its ids. *dir is the temporary directory to remove (NULL in workdir). */
+static int open_scratch(const eval_env *env, engine_options *o, const char *identity,
+                        engine **out, int64_t *engine_id, char *db, size_t db_len,
+                        char **tmpdir, ms_err *err)
+{
+    const eval_args *a = env->a;
+    char name[64];
+    scratch_name(a->db, identity, name, sizeof name);
+    *tmpdir = NULL;
+    if (a->workdir) {
+        if (mkdir(a->workdir, 0700) && errno != EEXIST)
+            return ms_err_set(err, MS_EIO, "cannot create --workdir %s: %s", a->workdir, strerror(errno));
+        snprintf(db, db_len, "%s/%s", a->workdir, name);
+    } else {
+        const char *base = getenv("TMPDIR");
+        char tmpl[1024];
+        snprintf(tmpl, sizeof tmpl, "%s/medsearch-eval-XXXXXX", base && base[0] ? base : "/tmp");
+        if (!mkdtemp(tmpl))
+            return ms_err_set(err, MS_EIO, "cannot create a temporary directory in %s: %s",
+                              base && base[0] ? base : "/tmp", strerror(errno));
+        *tmpdir = strdup(tmpl);
+        if (!*tmpdir) {
+            rmdir(tmpl);
+            return ms_err_set(err, MS_ENOMEM, "out of memory");
+        }
+        snprintf(db, db_len, "%s/%s", tmpl, name);
+    }
+    o->db = db;
+    o->index_path = NULL;
+    engine_open_report rep;
+    int rc = engine_open(o, out, &rep, err);
+    if (rc)
+        return ms_err_prefix(err, "scratch collection %s: ", db);
+    size_t have = 0, n = eval_truth_count(env->truth);
+    store_count(engine_store(*out), &have, NULL);
+    if (have == n && !map_by_hash(engine_store(env->main), engine_store(*out), env->truth, engine_id, NULL)) {
+        if (!a->quiet)
+            fprintf(stderr, "medsearch eval: reusing %s (%zu images)\n", db, n);
+        return 0;
+    }
+    if (have > 0) {
+        /* Interrupted, or made from another state of the collection: start
+         * again rather than mix. */
+        engine_close(*out);
+        *out = NULL;
+        remove_scratch(NULL, db);
+        if ((rc = engine_open(o, out, &rep, err)))
+            return ms_err_prefix(err, "scratch collection %s: ", db);
+    }
+    copy_ctx cc = {.src = engine_store(env->main), .t = env->truth, .engine_id = engine_id,
+                   .progress = !a->quiet && isatty(2), .t0 = ms_now_ns()};
+    engine_ingest_source src = {.next = copy_next, .done = copy_done, .ctx = &cc, .size_hint = n};
+    if (!a->quiet)
+        fprintf(stderr, "medsearch eval: re-embedding %zu images into %s\n", n, db);
+    rc = engine_ingest_stream(*out, &src, err);
+    if (cc.progress)
+        fputc('\n', stderr);
+    if (!rc && cc.failed)
+        rc = ms_err_set(err, cc.first.code ? cc.first.code : MS_EINTERNAL,
+                        "%zu images failed to re-embed; first: %s", cc.failed, cc.first.msg);
+    if (!rc)
+        rc = engine_flush(*out, err);
+    if (rc) {
+        engine_close(*out);
+        *out = NULL;
+    }
+    return rc;
+}
+
+static int evaluate_config(const eval_env *env, const eval_config *c, eval_outcome *res, ms_err *err)
+{
+    const eval_args *a = env->a;
+    size_t n = eval_truth_count(env->truth);
+    memset(res, 0, sizeof *res);
+    res->qe = c && c->qe >= 0 ? c->qe : a->qe;
+    res->scores = calloc(n ? n : 1, sizeof *res->scores);
+    if (!res->scores)
+        return ms_err_set(err, MS_ENOMEM, "out of memory for %zu query scores", n);
+    engine_options o;
+    config_options(env, c, &o);
+    engine *e = env->main;
+    id_map map = {0};
+    int64_t *engine_id = NULL;
+    char *tmpdir = NULL, db[1200] = "";
+    int rc = 0;
+    engine_stats st;
+    if ((rc = engine_get_stats(env->main, &st)))
+        goto out;
+    snprintf(res->identity, sizeof res->identity, "%s", st.model_identity);
+    if (c && (c->model_path || c->pool_set || c->gem_p > 0)) {
+        char want[256];
+        if ((rc = config_identity(&o, want, sizeof want, err)))
+            goto out;
+        if (strcmp(want, res->identity)) {
+            snprintf(res->identity, sizeof res->identity, "%s", want);
+            engine_id = calloc(n ? n : 1, sizeof *engine_id);
+            if (!engine_id) {
+                rc = ms_err_set(err, MS_ENOMEM, "out of memory");
+                goto out;
+            }
+            if ((rc = open_scratch(env, &o, want, &e, engine_id, db, sizeof db, &tmpdir, err)))
+                goto out;
+            if ((rc = build_map(&map, engine_id, n, err)))
+                goto out;
+        }
+    }
+    uint64_t t0 = ms_now_ns();
+    char what[300];
+    snprintf(what, sizeof what, "eval %s", c && c->text[0] ? c->text : "");
+    rc = run_queries(e, env->truth, &map, a->k, res->qe, a->threads, !a->quiet && isatty(2),
+                     what, res->scores, err);
+    res->seconds = ms_elapsed_ms(t0) / 1e3;
+    for (size_t i = 0; i < n; i++)
+        res->searched += res->scores[i].scored;
+    if (!rc)
+        rc = eval_summarise(env->truth, res->scores, n, a->k, &res->summary, err);
+out:
+    if (e != env->main && e)
+        engine_close(e);
+    if (tmpdir) {
+        remove_scratch(tmpdir, db);
+        free(tmpdir);
+    }
+    free(map.by_engine);
+    free(engine_id);
+    return rc;
+}
+
+static void outcome_free(eval_outcome *r)
+{
+    free(r->scores);
+    eval_summary_free(&r->summary);
+}
+
+/* ---- output ---- */
+
+static void metric_name(const eval_summary *s, int c, char *out, size_t len)
+{
+    snprintf(out, len, "P@%d", s->cuts[c]);
+}
+
+static json_t *jnum(double v)
+{
+    return isfinite(v) ? json_real(v) : json_null();
+}
+
+static json_t *summary_json(const eval_summary *s, const eval_outcome *r)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "images", json_integer((json_int_t)s->images));
+    json_object_set_new(o, "model", json_string(r->identity));
+    json_object_set_new(o, "qe", json_integer(r->qe));
+    json_object_set_new(o, "queries", json_pack("{s:I,s:I,s:I,s:I}", "total", (json_int_t)s->queries,
+                                                "scored", (json_int_t)s->scored,
+                                                "unlabelled", (json_int_t)s->unlabelled,
+                                                "no_relevant", (json_int_t)s->no_relevant));
+    json_t *m = json_object(), *ch = json_object();
+    char name[32];
+    for (int c = 0; c < EVAL_N_CUTS; c++)
+        if (s->cuts[c]) {
+            metric_name(s, c, name, sizeof name);
+            json_object_set_new(m, name, jnum(s->p[c]));
+            json_object_set_new(ch, name, jnum(s->chance_p[c]));
+        }
+    snprintf(name, sizeof name, "mAP@%d", s->k);
+    json_object_set_new(m, name, jnum(s->map));
+    json_object_set_new(ch, name, jnum(s->chance_map));
+    json_object_set_new(o, "metrics", m);
+    json_object_set_new(o, "chance", ch);
+    json_t *labels = json_array();
+    char pk[32], cpk[48];
+    snprintf(pk, sizeof pk, "P@%d", s->k);
+    snprintf(cpk, sizeof cpk, "chance_P@%d", s->k);
+    for (size_t i = 0; i < s->n_labels; i++) {
+        json_t *l = json_object();
+        json_object_set_new(l, "label", json_string(s->labels[i].label));
+        json_object_set_new(l, "queries", json_integer((json_int_t)s->labels[i].queries));
+        json_object_set_new(l, pk, jnum(s->labels[i].p_k));
+        json_object_set_new(l, cpk, jnum(s->labels[i].chance_p_k));
+        json_array_append_new(labels, l);
+    }
+    json_object_set_new(o, "per_label", labels);
+    json_object_set_new(o, "timing", json_pack("{s:f,s:f,s:I}", "seconds", r->seconds,
+                                               "queries_per_s", r->seconds > 0 ? (double)r->searched / r->seconds : 0.0,
+                                               "searched", (json_int_t)r->searched));
+    return o;
+}
+
+/* Paired differences B - A of AP@k and P@k over the queries both scored. */
+typedef struct eval_pairs {
+    eval_paired ap, pk;
+} eval_pairs;
+
+static int pair_outcomes(const eval_outcome *x, const eval_outcome *y, size_t n, eval_pairs *p, ms_err *err)
+{
+    double *a = malloc((n ? n : 1) * 4 * sizeof *a);
+    if (!a)
+        return ms_err_set(err, MS_ENOMEM, "out of memory pairing queries");
+    double *b = a + n, *pa = a + 2 * n, *pb = a + 3 * n;
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++)
+        if (x->scores[i].scored && y->scores[i].scored) {
+            a[m] = x->scores[i].ap;
+            b[m] = y->scores[i].ap;
+            pa[m] = x->scores[i].p[EVAL_N_CUTS - 1];
+            pb[m] = y->scores[i].p[EVAL_N_CUTS - 1];
+            m++;
+        }
+    int rc = eval_paired_diff(a, b, m, &p->ap, err);
+    if (!rc)
+        rc = eval_paired_diff(pa, pb, m, &p->pk, err);
+    free(a);
+    return rc;
+}
+
+static json_t *paired_json(const eval_paired *p)
+{
+    return json_pack("{s:I,s:o,s:o,s:o,s:o}", "n", (json_int_t)p->n, "a", jnum(p->mean_a),
+                     "b", jnum(p->mean_b), "diff", jnum(p->diff), "se", jnum(p->se));
+}
+
+static json_t *report_json(const eval_args *a, const eval_outcome *r, int nr, const eval_pairs *pairs)
+{
+    json_t *root;
+    if (nr == 1) {
+        root = summary_json(&r[0].summary, &r[0]);
+    } else {
+        root = json_object();
+        json_t *cfgs = json_array();
+        for (int i = 0; i < nr; i++) {
+            json_t *c = summary_json(&r[i].summary, &r[i]);
+            json_object_set_new(c, "config", json_string(a->cfg[i].text));
+            json_array_append_new(cfgs, c);
+        }
+        json_object_set_new(root, "configs", cfgs);
+        char ap[32], pk[32];
+        snprintf(ap, sizeof ap, "mAP@%d", a->k);
+        snprintf(pk, sizeof pk, "P@%d", a->k);
+        json_object_set_new(root, "paired", json_pack("{s:o,s:o,s:s}", ap, paired_json(&pairs->ap),
+                                                      pk, paired_json(&pairs->pk),
+                                                      "diff", "B - A over queries scored by both"));
+    }
+    json_object_set_new(root, "db", json_string(a->db));
+    json_object_set_new(root, "protocol",
+                        json_pack("{s:s,s:i,s:s,s:s,s:s}", "rule", eval_rule_name(a->rule), "k", a->k,
+                                  "gallery", "every other image except the query's patient's",
+                                  "similarity", "cosine", "ties", "smaller id first"));
+    return root;
+}
+
+static void qe_text(int qe, char *out, size_t len)
+{
+    if (qe)
+        snprintf(out, len, "with the top %d", qe);
+    else
+        snprintf(out, len, "off");
+}
+
+static void print_summary_text(FILE *f, const eval_summary *s, const eval_outcome *r)
+{
+    fprintf(f, "queries: %zu images, %zu scored, %zu without labels, %zu without a relevant image\n",
+            s->images, s->scored, s->unlabelled, s->no_relevant);
+    fprintf(f, "\n  %-8s %8s %8s\n", "metric", "value", "chance");
+    char name[32];
+    for (int c = 0; c < EVAL_N_CUTS; c++)
+        if (s->cuts[c]) {
+            metric_name(s, c, name, sizeof name);
+            fprintf(f, "  %-8s %8.4f %8.4f\n", name, s->p[c], s->chance_p[c]);
+        }
+    snprintf(name, sizeof name, "mAP@%d", s->k);
+    fprintf(f, "  %-8s %8.4f %8.4f\n", name, s->map, s->chance_map);
+    if (s->n_labels) {
+        char pk[32];
+        snprintf(pk, sizeof pk, "P@%d", s->k);
+        fprintf(f, "\n  %-24s %8s %8s %8s\n", "label", "queries", pk, "chance");
+        for (size_t i = 0; i < s->n_labels; i++)
+            fprintf(f, "  %-24s %8zu %8.4f %8.4f\n", s->labels[i].label, s->labels[i].queries,
+                    s->labels[i].p_k, s->labels[i].chance_p_k);
+    }
+    fprintf(f, "\ntime: %.2f s for %zu searches (%.0f queries/s)\n", r->seconds, r->searched,
+            r->seconds > 0 ? (double)r->searched / r->seconds : 0.0);
+}
+
+static void print_paired_text(FILE *f, const char *name, const eval_paired *p)
+{
+    fprintf(f, "  %-8s %8.4f %8.4f %+9.4f %8.4f\n", name, p->mean_a, p->mean_b, p->diff, p->se);
+}
+
+static void print_text(const eval_args *a, const eval_outcome *r, int nr, const eval_pairs *pairs)
+{
+    printf("collection: %s\n", a->db);
+    printf("protocol: rule %s, k %d, gallery = every other image except the query's patient's,"
+           " cosine, ties to the smaller id\n", eval_rule_name(a->rule), a->k);
+    for (int i = 0; i < nr; i++) {
+        if (nr > 1)
+            printf("\n== %s: %s ==\n", i ? "B" : "A", a->cfg[i].text[0] ? a->cfg[i].text : "(as stored)");
+        char qe[32];
+        qe_text(r[i].qe, qe, sizeof qe);
+        printf("model: %s, query expansion %s\n", r[i].identity, qe);
+        print_summary_text(stdout, &r[i].summary, &r[i]);
+    }
+    if (nr > 1) {
+        char ap[32], pk[32];
+        snprintf(ap, sizeof ap, "mAP@%d", a->k);
+        snprintf(pk, sizeof pk, "P@%d", a->k);
+        printf("\npaired difference B - A over %zu queries scored by both (SE = sd / sqrt(n)):\n",
+               pairs->ap.n);
+        printf("  %-8s %8s %8s %9s %8s\n", "metric", "A", "B", "B - A", "SE");
+        print_paired_text(stdout, ap, &pairs->ap);
+        print_paired_text(stdout, pk, &pairs->pk);
+    }
+}
+
+static void md_summary(FILE *f, const eval_summary *s, const eval_outcome *r)
+{
+    char qe[32];
+    qe_text(r->qe, qe, sizeof qe);
+    fprintf(f, "Model `%s`, query expansion %s. %zu images; %zu queries scored, "
+               "%zu without labels and %zu without a relevant image left out.\n\n",
+            r->identity, qe, s->images, s->scored, s->unlabelled, s->no_relevant);
+    fprintf(f, "| metric | value | chance |\n| --- | ---: | ---: |\n");
+    char name[32];
+    for (int c = 0; c < EVAL_N_CUTS; c++)
+        if (s->cuts[c]) {
+            metric_name(s, c, name, sizeof name);
+            fprintf(f, "| %s | %.4f | %.4f |\n", name, s->p[c], s->chance_p[c]);
+        }
+    fprintf(f, "| mAP@%d | %.4f | %.4f |\n\n", s->k, s->map, s->chance_map);
+    if (s->n_labels) {
+        fprintf(f, "| label | queries | P@%d | chance |\n| --- | ---: | ---: | ---: |\n", s->k);
+        for (size_t i = 0; i < s->n_labels; i++)
+            fprintf(f, "| %s | %zu | %.4f | %.4f |\n", s->labels[i].label, s->labels[i].queries,
+                    s->labels[i].p_k, s->labels[i].chance_p_k);
+        fputc('\n', f);
+    }
+}
+
+static int write_markdown(const eval_args *a, const eval_outcome *r, int nr, const eval_pairs *pairs)
+{
+    FILE *f = fopen(a->out_md, "w");
+    if (!f) {
+        fprintf(stderr, "medsearch eval: cannot write %s: %s\n", a->out_md, strerror(errno));
+        return -1;
+    }
+    fprintf(f, "# Retrieval evaluation of `%s`\n\n", a->db);
+    fprintf(f, "Protocol: every labelled image is a query; its gallery is every other image except "
+               "those of the same patient; cosine similarity, ties to the smaller id; relevance rule "
+               "`%s`; cut-off k = %d. Chance = expected value under a random ranking of the same "
+               "gallery.\n\n", eval_rule_name(a->rule), a->k);
+    for (int i = 0; i < nr; i++) {
+        if (nr > 1)
+            fprintf(f, "## %s: `%s`\n\n", i ? "B" : "A", a->cfg[i].text[0] ? a->cfg[i].text : "(as stored)");
+        md_summary(f, &r[i].summary, &r[i]);
+    }
+    if (nr > 1) {
+        fprintf(f, "## Paired difference B - A\n\n%zu queries scored by both; SE = sd of the "
+                   "per-query differences / sqrt(n).\n\n", pairs->ap.n);
+        fprintf(f, "| metric | A | B | B - A | SE |\n| --- | ---: | ---: | ---: | ---: |\n");
+        fprintf(f, "| mAP@%d | %.4f | %.4f | %+.4f | %.4f |\n", a->k, pairs->ap.mean_a, pairs->ap.mean_b,
+                pairs->ap.diff, pairs->ap.se);
+        fprintf(f, "| P@%d | %.4f | %.4f | %+.4f | %.4f |\n", a->k, pairs->pk.mean_a, pairs->pk.mean_b,
+                pairs->pk.diff, pairs->pk.se);
+    }
+    if (fclose(f)) {
+        fprintf(stderr, "medsearch eval: cannot write %s: %s\n", a->out_md, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+static int write_per_query(const eval_args *a, const eval_truth *t, const eval_outcome *r, int nr)
+{
+    FILE *f = fopen(a->per_query, "w");
+    if (!f) {
+        fprintf(stderr, "medsearch eval: cannot write %s: %s\n", a->per_query, strerror(errno));
+        return -1;
+    }
+    fprintf(f, "id,R,G");
+    for (int i = 0; i < nr; i++) {
+        const char *sfx = nr == 1 ? "" : i ? "_B" : "_A";
+        fprintf(f, ",scored%s,AP@%d%s,P@%d%s,chance_AP@%d%s", sfx, a->k, sfx, a->k, sfx, a->k, sfx);
+    }
+    fputc('\n', f);
+    for (size_t q = 0; q < eval_truth_count(t); q++) {
+        const eval_query_score *s0 = &r[0].scores[q];
+        fprintf(f, "%lld,%zu,%zu", (long long)s0->id, s0->R, s0->G);
+        for (int i = 0; i < nr; i++) {
+            const eval_query_score *s = &r[i].scores[q];
+            if (s->scored)
+                fprintf(f, ",1,%.17g,%.17g,%.17g", s->ap, s->p[EVAL_N_CUTS - 1], s->chance_ap);
+            else
+                fprintf(f, ",0,,,");
+        }
+        fputc('\n', f);
+    }
+    if (fclose(f)) {
+        fprintf(stderr, "medsearch eval: cannot write %s: %s\n", a->per_query, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- the command ---- */
+
+static int exit_code_for(int rc)
+{
+    return rc == MS_ENOTFOUND || rc == MS_EDB || rc == MS_EIO || rc == MS_ECONFLICT ? EXIT_ENV : 1;
+}
+
+int cmd_eval(int argc, char **argv)
+{
+    eval_args a;
+    int rc = parse_args(argc, argv, &a);
+    if (rc >= 0)
+        return rc;
+    eval_env env = {.a = &a};
+    ms_err err = {0};
+    /* Evaluating must not create an empty collection as a side effect. */
+    struct stat st;
+    if (strncmp(a.db, "postgres", 8) && stat(a.db, &st)) {
+        fprintf(stderr, "medsearch eval: no collection at %s (%s): ingest labelled images first, "
+                        "e.g. medsearch ingest DIR --labels labels.csv --db %s\n", a.db, strerror(errno), a.db);
+        return 1;
+    }
+    /* The stored vectors are the queries: no model is needed unless a
+     * configuration re-embeds. */
+    engine_options o;
+    config_options(&env, NULL, &o);
+    o.no_model = 1;
+    engine_open_report rep;
+    cli_command cmd = EVAL_CMD_BASE;
+    if ((rc = cli_open(&cmd, &o, &env.main, &rep, 0)))
+        return rc;
+    eval_truth *truth = NULL;
+    eval_outcome res[2];
+    memset(res, 0, sizeof res);
+    int nr = a.compare ? 2 : 1, code = 0;
+    eval_pairs pairs = {0};
+    if ((rc = load_truth(env.main, a.rule, &truth, &err))) {
+        fprintf(stderr, "medsearch eval: %s: %s\n", a.db, err.msg);
+        code = exit_code_for(rc);
+        goto out;
+    }
+    env.truth = truth;
+    for (int i = 0; i < nr; i++)
+        if ((rc = evaluate_config(&env, a.compare ? &a.cfg[i] : NULL, &res[i], &err))) {
+            fprintf(stderr, "medsearch eval: %s%s%s\n", a.compare ? a.cfg[i].text : "",
+                    a.compare ? ": " : "", err.msg);
+            code = exit_code_for(rc);
+            goto out;
+        }
+    if (res[0].summary.scored == 0) {
+        fprintf(stderr, "medsearch eval: %s: no query could be scored (%zu images, %zu without labels, "
+                        "%zu without a relevant image); ingest with --labels\n",
+                a.db, res[0].summary.images, res[0].summary.unlabelled, res[0].summary.no_relevant);
+        code = 1;
+        goto out;
+    }
+    if (nr == 2 && (rc = pair_outcomes(&res[0], &res[1], eval_truth_count(truth), &pairs, &err))) {
+        fprintf(stderr, "medsearch eval: %s\n", err.msg);
+        code = 1;
+        goto out;
+    }
+    if (a.json) {
+        json_t *root = report_json(&a, res, nr, &pairs);
+        if (!root || json_dumpf(root, stdout, JSON_INDENT(1) | JSON_REAL_PRECISION(17)) ||
+            fputc('\n', stdout) == EOF) {
+            fprintf(stderr, "medsearch eval: cannot write the JSON report\n");
+            code = 1;
+        }
+        json_decref(root);
+    } else {
+        print_text(&a, res, nr, &pairs);
+    }
+    if (a.out_md && write_markdown(&a, res, nr, &pairs))
+        code = 1;
+    if (a.per_query && write_per_query(&a, truth, res, nr))
+        code = 1;
+out:
+    for (int i = 0; i < nr; i++)
+        outcome_free(&res[i]);
+    eval_truth_free(truth);
+    engine_close(env.main);
+    return code;
+}

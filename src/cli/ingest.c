@@ -1,0 +1,399 @@
+/*
+ * ingest.c - `medsearch ingest PATH... [--labels CSV]`: adds X-rays to a
+ * collection.
+ *
+ * Folders are walked recursively in name order; files are taken as images
+ * by their content (PNG, JPEG, TIFF), never by their name, and other files
+ * are reported and skipped. The files are streamed through the engine's
+ * ingest pipeline, so memory stays bounded whatever their number. An image
+ * stored already (same bytes) is skipped cheaply, which makes a re-run
+ * resume an interrupted one. A bad file is reported and the rest goes on.
+ * Ctrl-C stops taking new files, finishes the batches in flight and saves
+ * the index.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cli/cli.h"
+#include "cli/common.h"
+#include "cli/labels.h"
+#include "util/progress.h"
+#include "util/timing.h"
+
+typedef struct file_entry {
+    char *path;
+    char *name;          /* original name recorded: relative to the folder given */
+} file_entry;
+
+typedef struct file_list {
+    file_entry *v;
+    size_t n, cap;
+} file_list;
+
+typedef struct item_token {
+    size_t index;
+    unsigned char *bytes;
+    store_meta meta;     /* shallow: strings owned by the labels table */
+} item_token;
+
+typedef struct ingest_run {
+    const cli_command *cmd;
+    file_list files;
+    size_t next;
+    labels *lab;
+    size_t max_bytes;
+    progress prog;
+    int quiet, json;
+    size_t processed, ingested, existing, failed, not_images, unlabelled, env_failures;
+    json_t *errors;      /* [{"file":..,"error":..}] */
+} ingest_run;
+
+static volatile sig_atomic_t interrupted;
+
+static void on_sigint(int sig)
+{
+    (void)sig;
+    interrupted = 1;
+    signal(SIGINT, SIG_DFL); /* a second Ctrl-C ends the process at once */
+}
+
+/* ---- collecting the files ---- */
+
+static int list_push(file_list *l, const char *path, const char *name)
+{
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 1024;
+        file_entry *v = realloc(l->v, cap * sizeof *v);
+        if (!v)
+            return -1;
+        l->v = v;
+        l->cap = cap;
+    }
+    l->v[l->n].path = strdup(path);
+    l->v[l->n].name = strdup(name);
+    if (!l->v[l->n].path || !l->v[l->n].name) {
+        free(l->v[l->n].path);
+        free(l->v[l->n].name);
+        return -1;
+    }
+    l->n++;
+    return 0;
+}
+
+static void list_free(file_list *l)
+{
+    for (size_t i = 0; i < l->n; i++) {
+        free(l->v[i].path);
+        free(l->v[i].name);
+    }
+    free(l->v);
+}
+
+static void say(ingest_run *r, const char *fmt, const char *a, const char *b)
+{
+    progress_clear(&r->prog);
+    fprintf(stderr, fmt, r->cmd->name, a, b);
+}
+
+static void record_error(ingest_run *r, const char *file, const char *msg)
+{
+    if (r->errors)
+        json_array_append_new(r->errors, json_pack("{s:s, s:s}", "file", file, "error", msg));
+}
+
+/* Is this file an image, by its first bytes? */
+static int sniff_file(const char *path)
+{
+    unsigned char head[16];
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    ssize_t n = read(fd, head, sizeof head);
+    close(fd);
+    return n > 0 && image_sniff(head, (size_t)n) != IMAGE_UNKNOWN;
+}
+
+static void add_file(ingest_run *r, const char *path, const char *name)
+{
+    int s = sniff_file(path);
+    if (s < 0) {
+        say(r, "medsearch %s: fail: %s: %s\n", path, strerror(errno));
+        record_error(r, path, strerror(errno));
+        r->failed++;
+    } else if (s == 0) {
+        if (!r->quiet)
+            say(r, "medsearch %s: skip: %s: %s\n", path, "not a PNG, JPEG or TIFF image (by content)");
+        r->not_images++;
+    } else if (list_push(&r->files, path, name) != 0) {
+        say(r, "medsearch %s: fail: %s: %s\n", path, "out of memory");
+        r->failed++;
+    }
+}
+
+static int name_order(const struct dirent **a, const struct dirent **b)
+{
+    return strcmp((*a)->d_name, (*b)->d_name);
+}
+
+/* Walks a folder; symbolic links to folders are not followed (no loops). */
+static void walk(ingest_run *r, const char *dir, const char *rel, int depth)
+{
+    if (depth > 64) {
+        say(r, "medsearch %s: skip: %s: %s\n", dir, "folders nested too deep");
+        return;
+    }
+    struct dirent **ents;
+    int n = scandir(dir, &ents, NULL, name_order);
+    if (n < 0) {
+        say(r, "medsearch %s: fail: %s: %s\n", dir, strerror(errno));
+        record_error(r, dir, strerror(errno));
+        r->failed++;
+        return;
+    }
+    for (int i = 0; i < n; i++) {
+        const char *d = ents[i]->d_name;
+        if (d[0] != '.') { /* hidden files and . .. */
+            char *path, *name;
+            if (asprintf(&path, "%s/%s", dir, d) >= 0) {
+                if (asprintf(&name, "%s%s%s", rel, *rel ? "/" : "", d) >= 0) {
+                    struct stat st, lst;
+                    if (lstat(path, &lst) == 0 && S_ISDIR(lst.st_mode))
+                        walk(r, path, name, depth + 1);
+                    else if (stat(path, &st) == 0 && S_ISREG(st.st_mode))
+                        add_file(r, path, name);
+                    free(name);
+                }
+                free(path);
+            }
+        }
+        free(ents[i]);
+    }
+    free(ents);
+}
+
+static void collect(ingest_run *r, char **paths, int n)
+{
+    for (int i = 0; i < n; i++) {
+        struct stat st;
+        const char *p = paths[i];
+        if (stat(p, &st) != 0) {
+            say(r, "medsearch %s: fail: %s: %s\n", p, strerror(errno));
+            record_error(r, p, strerror(errno));
+            r->failed++;
+        } else if (S_ISDIR(st.st_mode)) {
+            char *dir = strdup(p);
+            if (!dir)
+                continue;
+            size_t len = strlen(dir);
+            while (len > 1 && dir[len - 1] == '/')
+                dir[--len] = '\0';
+            walk(r, dir, "", 0);
+            free(dir);
+        } else if (!S_ISREG(st.st_mode)) {
+            /* a FIFO or a device could block or never end */
+            say(r, "medsearch %s: fail: %s: %s\n", p, "not a regular file or folder");
+            record_error(r, p, "not a regular file or folder");
+            r->failed++;
+        } else {
+            const char *slash = strrchr(p, '/');
+            add_file(r, p, slash ? slash + 1 : p);
+        }
+    }
+}
+
+/* ---- the engine's source ---- */
+
+static int src_next(void *ctx, engine_item *item, void **token, ms_err *err)
+{
+    (void)err;
+    ingest_run *r = ctx;
+    while (r->next < r->files.n && !interrupted) {
+        size_t i = r->next++;
+        const file_entry *f = &r->files.v[i];
+        item_token *t = calloc(1, sizeof *t);
+        ms_err rerr = {0};
+        size_t len = 0;
+        if (!t || cli_read_file(f->path, r->max_bytes, &t->bytes, &len, &rerr) != 0) {
+            const char *why = t ? rerr.msg : "out of memory";
+            say(r, "medsearch %s: fail: %s: %s\n", f->path, why);
+            record_error(r, f->path, why);
+            r->failed++;
+            r->processed++;
+            progress_update(&r->prog, r->processed);
+            free(t);
+            continue;
+        }
+        t->index = i;
+        const store_meta *row = r->lab ? labels_find(r->lab, f->path) : NULL;
+        if (row)
+            t->meta = *row;
+        else
+            store_meta_init(&t->meta);
+        if (r->lab && !row && r->unlabelled++ < 5)
+            say(r, "medsearch %s: note: %s: %s\n", f->path, "no row in the labels file");
+        t->meta.original_name = f->name;
+        *item = (engine_item){.bytes = t->bytes, .len = len, .meta = &t->meta};
+        *token = t;
+        return 1;
+    }
+    return 0;
+}
+
+static void src_done(void *ctx, void *token, const engine_item *item, const engine_item_result *res)
+{
+    (void)item;
+    ingest_run *r = ctx;
+    item_token *t = token;
+    const char *path = r->files.v[t->index].path;
+    if (res->err.code) {
+        /* A store failure (disk full, database gone) fails every image in
+         * flight: say it once, not for each of them. */
+        int env = res->err.code == MS_EIO || res->err.code == MS_EDB;
+        if (!env || r->env_failures++ == 0)
+            say(r, "medsearch %s: fail: %s: %s\n", path, res->err.msg[0] ? res->err.msg : ms_code_name(res->err.code));
+        record_error(r, path, res->err.msg);
+        r->failed++;
+    } else if (res->was_new) {
+        r->ingested++;
+    } else {
+        r->existing++;
+    }
+    r->processed++;
+    progress_update(&r->prog, r->processed);
+    free(t->bytes);
+    free(t);
+}
+
+/* ---- the command ---- */
+
+static void print_labels_warnings(const cli_command *cmd, const labels *lab, const char *path)
+{
+    size_t n = labels_n_warnings(lab);
+    fprintf(stderr, "medsearch %s: %s: %zu rows (%s format)%s\n", cmd->name, path, labels_rows(lab),
+            labels_format_name(labels_get_format(lab)), n ? ", problems:" : "");
+    for (size_t i = 0; i < n && i < 20; i++)
+        fprintf(stderr, "  %s: %s\n", path, labels_warning(lab, i));
+    if (n > 20)
+        fprintf(stderr, "  ... and %zu more\n", n - 20);
+}
+
+static void print_summary(ingest_run *r, double seconds, int stopped, const ms_err *stream_err)
+{
+    double rate = seconds > 0 ? (double)r->ingested / seconds : 0;
+    if (r->json) {
+        json_t *o = json_pack("{s:I, s:I, s:I, s:I, s:I, s:f, s:f, s:b, s:O}", "ingested", (json_int_t)r->ingested,
+                              "skipped_existing", (json_int_t)r->existing, "skipped_not_images",
+                              (json_int_t)r->not_images, "failed", (json_int_t)r->failed, "unlabelled",
+                              (json_int_t)r->unlabelled, "seconds", seconds, "images_per_s", rate, "interrupted",
+                              stopped, "errors", r->errors);
+        if (stream_err && stream_err->code)
+            json_object_set_new(o, "error", json_string(stream_err->msg));
+        json_dumpf(o, stdout, JSON_INDENT(2));
+        fputc('\n', stdout);
+        json_decref(o);
+        return;
+    }
+    char dur[32];
+    progress_format_duration(seconds, dur, sizeof dur);
+    printf("ingested %zu, skipped %zu (%zu already stored, %zu not images), failed %zu in %s (%.1f images/s)\n",
+           r->ingested, r->existing + r->not_images, r->existing, r->not_images, r->failed, dur, rate);
+    if (r->unlabelled)
+        printf("%zu images had no row in the labels file and were stored without metadata\n", r->unlabelled);
+    if (stopped)
+        printf("interrupted: %zu images were not processed; run the same command again to resume\n",
+               r->files.n - r->processed);
+}
+
+int cmd_ingest(int argc, char **argv)
+{
+    const char *labels_path = NULL;
+    int batch = 0, threads = 0, quiet = 0;
+    const cli_option opts[] = {
+        {"labels", 0, CLI_STRING, &labels_path, "CSV",
+         "metadata: NIH Data_Entry_2017.csv or a MedSearch labels.csv", 0, 0},
+        {"batch", 0, CLI_INT, &batch, "N", "images per inference batch (default 16)", 1, 256},
+        {"threads", 0, CLI_INT, &threads, "N", "decode threads (default: one per core)", 1, 256},
+        {"quiet", 'q', CLI_FLAG, &quiet, NULL, "no progress and no per-file notes (errors still shown)", 0, 0},
+        {0},
+    };
+    static const cli_command cmd = {
+        "ingest", "PATH...",
+        "Adds X-ray images (files, and folders searched recursively) to a collection with their metadata.\n"
+        "Images are recognised by content: PNG, JPEG, TIFF; other files are reported and skipped.\n"
+        "Images stored already (same bytes) are skipped, so running it again resumes an interrupted run.\n"
+        "A file that cannot be read or decoded is reported and skipped; the exit code is then 1.",
+        CLI_DB | CLI_MODEL | CLI_JSON, NULL, 1, -1};
+    cli_command me = cmd;
+    me.options = opts;
+    cli_common c;
+    char **paths;
+    int n_paths, code;
+    if (!cli_parse(&me, argc, argv, &c, &paths, &n_paths, &code))
+        return code;
+
+    ingest_run r = {.cmd = &me, .quiet = quiet, .json = c.json};
+    r.errors = json_array();
+    progress_init(&r.prog, stderr, "ingest", "images", 0, -1);
+    r.prog.enabled = 0; /* until the files are counted */
+    int rc = 0;
+    ms_err err = {0};
+    if (labels_path) {
+        if (labels_load(labels_path, &r.lab, &err) != 0) {
+            cli_error(&me, &err);
+            rc = EXIT_USAGE; /* a wrong --labels file: nothing was written */
+            goto out;
+        }
+        if (!quiet || labels_n_warnings(r.lab))
+            print_labels_warnings(&me, r.lab, labels_path);
+    }
+
+    engine_options o;
+    cli_engine_options(&c, &o);
+    if (batch)
+        o.max_batch = batch;
+    o.threads = threads;
+    r.max_bytes = o.limits.max_bytes;
+    engine *e;
+    engine_open_report rep;
+    if ((rc = cli_open(&me, &o, &e, &rep, !quiet)) != 0)
+        goto out;
+
+    collect(&r, paths, n_paths);
+    progress_init(&r.prog, stderr, "ingest", "images", r.files.n, -1);
+    r.prog.enabled = !quiet;
+    struct sigaction sa = {.sa_handler = on_sigint}, old;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, &old);
+
+    uint64_t t0 = ms_now_ns();
+    engine_ingest_source src = {.next = src_next, .done = src_done, .ctx = &r, .size_hint = r.files.n};
+    int src_rc = engine_ingest_stream(e, &src, &err);
+    double seconds = ms_elapsed_ms(t0) / 1000.0;
+    sigaction(SIGINT, &old, NULL);
+    if (!quiet)
+        progress_finish(&r.prog);
+    if (src_rc)
+        cli_error(&me, &err);
+    ms_err ferr = {0};
+    if (engine_flush(e, &ferr) != 0)
+        cli_error(&me, &ferr);
+    engine_close(e);
+    print_summary(&r, seconds, interrupted, src_rc ? &err : NULL);
+    if (src_rc)
+        rc = cli_exit_code(src_rc) == EXIT_ENV ? EXIT_ENV : 1;
+    else
+        rc = r.failed || interrupted ? 1 : 0;
+out:
+    labels_free(r.lab);
+    list_free(&r.files);
+    json_decref(r.errors);
+    free(paths);
+    return rc;
+}

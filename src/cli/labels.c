@@ -1,0 +1,665 @@
+/*
+ * labels.c - the metadata CSV reader (see labels.h for the formats).
+ *
+ * The whole file is read into memory (it is bounded) and parsed in place
+ * into records; each kept row becomes a store_meta owned by the table, with
+ * two hash maps from the row's image key and from its base name.
+ */
+#include "cli/labels.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+
+#define MAX_FIELDS 4096
+#define AMBIGUOUS ((size_t)-1)
+
+typedef struct row {
+    char *key;           /* image path as given (leading "./" removed) */
+    store_meta meta;
+    size_t line;
+} row;
+
+typedef struct map {
+    char **keys;         /* points at row keys or base names */
+    size_t *rows;        /* row index, or AMBIGUOUS */
+    size_t cap;          /* power of two */
+} map;
+
+struct labels {
+    labels_format format;
+    char *dir;           /* the CSV's folder, resolved */
+    row *rows;
+    size_t n, cap;
+    char **warnings;
+    size_t n_warn, cap_warn;
+    map by_key, by_base;
+};
+
+/* Column roles. */
+enum {
+    COL_KV = 0, COL_IMAGE, COL_LABELS, COL_PATIENT, COL_AGE, COL_SEX, COL_VIEW, COL_DATE, COL_FOLLOWUP,
+    COL_IGNORE
+};
+
+/* ---- small helpers ---- */
+
+static int add_warning(labels *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int add_warning(labels *t, const char *fmt, ...)
+{
+    if (t->n_warn == t->cap_warn) {
+        size_t cap = t->cap_warn ? t->cap_warn * 2 : 16;
+        char **w = realloc(t->warnings, cap * sizeof *w);
+        if (!w)
+            return MS_ENOMEM;
+        t->warnings = w;
+        t->cap_warn = cap;
+    }
+    char buf[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    if (!(t->warnings[t->n_warn] = strdup(buf)))
+        return MS_ENOMEM;
+    t->n_warn++;
+    return 0;
+}
+
+static char *trim(char *s)
+{
+    while (isspace((unsigned char)*s))
+        s++;
+    size_t n = strlen(s);
+    while (n > 0 && isspace((unsigned char)s[n - 1]))
+        s[--n] = '\0';
+    return s;
+}
+
+static int utf8_ok(const char *s)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    while (*p) {
+        int extra = *p < 0x80 ? 0 : (*p & 0xE0) == 0xC0 ? 1 : (*p & 0xF0) == 0xE0 ? 2 : (*p & 0xF8) == 0xF0 ? 3 : -1;
+        if (extra < 0 || (*p == 0xC0 || *p == 0xC1 || *p > 0xF4))
+            return 0;
+        p++;
+        for (int i = 0; i < extra; i++, p++)
+            if ((*p & 0xC0) != 0x80)
+                return 0;
+    }
+    return 1;
+}
+
+static const char *base_name(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    return slash ? slash + 1 : path;
+}
+
+static uint64_t hash(const char *s)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return h;
+}
+
+/* ---- hash maps (open addressing, built once) ---- */
+
+static int map_init(map *m, size_t n)
+{
+    m->cap = 16;
+    while (m->cap < n * 2)
+        m->cap *= 2;
+    m->keys = calloc(m->cap, sizeof *m->keys);
+    m->rows = calloc(m->cap, sizeof *m->rows);
+    return m->keys && m->rows ? 0 : MS_ENOMEM;
+}
+
+static size_t *map_slot(const map *m, const char *key, int *found)
+{
+    size_t i = (size_t)hash(key) & (m->cap - 1);
+    while (m->keys[i] && strcmp(m->keys[i], key) != 0)
+        i = (i + 1) & (m->cap - 1);
+    *found = m->keys[i] != NULL;
+    return &m->rows[i];
+}
+
+/* Adds key -> r; returns the row already there, or (size_t)-2 when new. */
+static size_t map_put(map *m, char *key, size_t r)
+{
+    int found;
+    size_t *slot = map_slot(m, key, &found);
+    if (found)
+        return *slot;
+    m->keys[slot - m->rows] = key;
+    *slot = r;
+    return (size_t)-2;
+}
+
+static void map_free(map *m)
+{
+    free(m->keys);
+    free(m->rows);
+}
+
+/* ---- CSV records ---- */
+
+typedef struct csv {
+    char *p, *end;
+    size_t line;         /* line of the next record */
+} csv;
+
+/* Splits the next record in place into fields (NUL-terminated, quotes
+ * removed). Returns the number of fields, 0 at the end, -1 for an
+ * unterminated quote, -2 for too many fields. *line gets its first line. */
+static int csv_record(csv *c, char **fields, size_t *line)
+{
+    if (c->p >= c->end)
+        return 0;
+    *line = c->line;
+    int n = 0;
+    char *out = c->p;
+    fields[n++] = out;
+    int quoted = 0;
+    while (c->p < c->end) {
+        char ch = *c->p++;
+        if (quoted) {
+            if (ch == '"') {
+                if (c->p < c->end && *c->p == '"') {
+                    *out++ = '"';
+                    c->p++;
+                } else {
+                    quoted = 0;
+                }
+            } else {
+                if (ch == '\n')
+                    c->line++;
+                *out++ = ch;
+            }
+        } else if (ch == '"') {
+            quoted = 1;
+        } else if (ch == ',') {
+            *out++ = '\0';
+            if (n == MAX_FIELDS)
+                return -2;
+            fields[n++] = out;
+        } else if (ch == '\n') {
+            c->line++;
+            break;
+        } else if (ch == '\r' && c->p < c->end && *c->p == '\n') {
+            continue; /* CRLF: the \n ends the record */
+        } else {
+            *out++ = ch;
+        }
+    }
+    if (quoted)
+        return -1;
+    *out = '\0';
+    return n;
+}
+
+static int blank_record(char **fields, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (*trim(fields[i]))
+            return 0;
+    return 1;
+}
+
+/* ---- header ---- */
+
+static int role_of(labels_format f, const char *name)
+{
+    static const struct {
+        const char *name;
+        int role;
+    } generic[] = {{"image", COL_IMAGE}, {"labels", COL_LABELS}, {"patient_id", COL_PATIENT},
+                   {"age", COL_AGE}, {"sex", COL_SEX}, {"view", COL_VIEW}, {"study_date", COL_DATE}},
+      nih[] = {{"image index", COL_IMAGE}, {"finding labels", COL_LABELS}, {"patient id", COL_PATIENT},
+               {"patient age", COL_AGE}, {"patient gender", COL_SEX}, {"view position", COL_VIEW},
+               {"follow-up #", COL_FOLLOWUP}};
+    if (!*name)
+        return COL_IGNORE;
+    if (f == LABELS_NIH) {
+        for (size_t i = 0; i < sizeof nih / sizeof nih[0]; i++)
+            if (!strcasecmp(name, nih[i].name))
+                return nih[i].role;
+    } else {
+        for (size_t i = 0; i < sizeof generic / sizeof generic[0]; i++)
+            if (!strcasecmp(name, generic[i].name))
+                return generic[i].role;
+    }
+    return COL_KV;
+}
+
+static int has_column(char **names, int n, const char *want)
+{
+    for (int i = 0; i < n; i++)
+        if (!strcasecmp(names[i], want))
+            return 1;
+    return 0;
+}
+
+static int read_header(labels *t, const char *path, char **names, int n, int *roles, ms_err *err)
+{
+    for (int i = 0; i < n; i++)
+        names[i] = trim(names[i]);
+    int nih = has_column(names, n, "image index") || has_column(names, n, "finding labels");
+    int generic = has_column(names, n, "image") || has_column(names, n, "labels");
+    if (!nih && !generic)
+        return ms_err_set(err, MS_EFORMAT,
+                          "%s: header names neither 'image,labels,...' (MedSearch labels.csv) nor "
+                          "'Image Index,Finding Labels,...' (NIH Data_Entry_2017.csv); it starts '%.60s'",
+                          path, n > 0 ? names[0] : "");
+    t->format = nih ? LABELS_NIH : LABELS_GENERIC;
+    const char *need[2] = {nih ? "Image Index" : "image", nih ? "Finding Labels" : "labels"};
+    for (int k = 0; k < 2; k++)
+        if (!has_column(names, n, need[k]))
+            return ms_err_set(err, MS_EFORMAT, "%s: missing required column '%s' (%s format)", path, need[k],
+                              labels_format_name(t->format));
+    int kv = 0;
+    for (int i = 0; i < n; i++) {
+        roles[i] = role_of(t->format, names[i]);
+        for (int j = 0; j < i; j++)
+            if (roles[i] != COL_IGNORE && !strcasecmp(names[i], names[j]))
+                return ms_err_set(err, MS_EFORMAT, "%s: column '%s' appears twice", path, names[i]);
+        if (roles[i] == COL_KV && ++kv > STORE_MAX_KV)
+            roles[i] = COL_IGNORE;
+    }
+    if (kv > STORE_MAX_KV)
+        add_warning(t, "%s: only the first %d extra columns are kept", path, STORE_MAX_KV);
+    return 0;
+}
+
+/* ---- rows ---- */
+
+/* "58", "058Y", "58.0", "7M" (months: 0 years). Returns 0 and *age, or -1. */
+static int parse_age(const char *s, int *age)
+{
+    if (!*s) {
+        *age = -1;
+        return 0;
+    }
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (end == s || errno || v < 0 || v != v)
+        return -1;
+    char unit = (char)toupper((unsigned char)*end);
+    if (unit == 'Y' || unit == 'M' || unit == 'W' || unit == 'D')
+        end++;
+    else
+        unit = 'Y';
+    if (*end)
+        return -1;
+    if (unit != 'Y')
+        v = 0;
+    *age = v > 1000 ? 1000 : (int)v;
+    return 0;
+}
+
+static char parse_sex(const char *s)
+{
+    if (!strcasecmp(s, "M") || !strcasecmp(s, "male"))
+        return 'M';
+    if (!strcasecmp(s, "F") || !strcasecmp(s, "female"))
+        return 'F';
+    return 0;
+}
+
+static int add_label(store_meta *m, const char *label)
+{
+    for (int i = 0; i < m->n_labels; i++)
+        if (!strcasecmp(m->labels[i], label))
+            return 0;
+    if (m->n_labels == STORE_MAX_LABELS)
+        return 0;
+    char **l = realloc(m->labels, (size_t)(m->n_labels + 1) * sizeof *l);
+    if (!l)
+        return MS_ENOMEM;
+    m->labels = l;
+    if (!(l[m->n_labels] = strdup(label)))
+        return MS_ENOMEM;
+    m->n_labels++;
+    return 0;
+}
+
+static int split_labels(store_meta *m, char *s)
+{
+    for (char *save = NULL, *tok = strtok_r(s, "|", &save); tok; tok = strtok_r(NULL, "|", &save)) {
+        tok = trim(tok);
+        if (*tok && add_label(m, tok) != 0)
+            return MS_ENOMEM;
+    }
+    return 0;
+}
+
+static int add_kv(store_meta *m, const char *key, const char *value)
+{
+    store_kv *kv = realloc(m->kv, (size_t)(m->n_kv + 1) * sizeof *kv);
+    if (!kv)
+        return MS_ENOMEM;
+    m->kv = kv;
+    kv[m->n_kv].key = strdup(key);
+    kv[m->n_kv].value = strdup(value);
+    if (!kv[m->n_kv].key || !kv[m->n_kv].value) {
+        free(kv[m->n_kv].key);
+        free(kv[m->n_kv].value);
+        return MS_ENOMEM;
+    }
+    m->n_kv++;
+    return 0;
+}
+
+static int set_string(char **dst, const char *v)
+{
+    if (!*v)
+        return 0;
+    return (*dst = strdup(v)) ? 0 : MS_ENOMEM;
+}
+
+/* Fills r from a record. Returns 0, MS_ENOMEM, or MS_EFORMAT with *why. */
+static int parse_row(labels *t, char **names, const int *roles, char **f, int n, row *r, const char **why)
+{
+    store_meta_init(&r->meta);
+    for (int i = 0; i < n; i++) {
+        char *v = trim(f[i]);
+        if (!utf8_ok(v) || strlen(v) > STORE_MAX_TEXT) {
+            *why = "a field is not UTF-8 text or is too long";
+            return MS_EFORMAT;
+        }
+        int rc = 0;
+        switch (roles[i]) {
+        case COL_IMAGE:
+            while (v[0] == '.' && v[1] == '/')
+                v += 2;
+            if (!*v) {
+                *why = "no image name";
+                return MS_EFORMAT;
+            }
+            rc = (r->key = strdup(v)) ? 0 : MS_ENOMEM;
+            break;
+        case COL_LABELS:
+            rc = split_labels(&r->meta, v);
+            break;
+        case COL_PATIENT:
+            rc = set_string(&r->meta.patient_id, v);
+            break;
+        case COL_AGE:
+            if (parse_age(v, &r->meta.age) != 0) {
+                *why = "the age is not a number";
+                return MS_EFORMAT;
+            }
+            if (r->meta.age > 150) {
+                add_warning(t, "line %zu: age %s is implausible; recorded as unknown", r->line, v);
+                r->meta.age = -1;
+            }
+            break;
+        case COL_SEX:
+            r->meta.sex = parse_sex(v);
+            break;
+        case COL_VIEW:
+            rc = set_string(&r->meta.view, v);
+            break;
+        case COL_DATE:
+            rc = set_string(&r->meta.study_date, v);
+            break;
+        case COL_FOLLOWUP:
+            rc = *v ? add_kv(&r->meta, "follow_up", v) : 0;
+            break;
+        case COL_KV:
+            rc = *v ? add_kv(&r->meta, names[i], v) : 0;
+            break;
+        default:
+            break;
+        }
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+static void row_free(row *r)
+{
+    free(r->key);
+    store_meta_free(&r->meta);
+}
+
+static int push_row(labels *t, row *r)
+{
+    if (t->n == t->cap) {
+        size_t cap = t->cap ? t->cap * 2 : 256;
+        row *rows = realloc(t->rows, cap * sizeof *rows);
+        if (!rows)
+            return MS_ENOMEM;
+        t->rows = rows;
+        t->cap = cap;
+    }
+    t->rows[t->n++] = *r;
+    return 0;
+}
+
+static int build_maps(labels *t, ms_err *err)
+{
+    if (map_init(&t->by_key, t->n) || map_init(&t->by_base, t->n))
+        return ms_err_set(err, MS_ENOMEM, "no memory for the labels index");
+    size_t kept = 0;
+    for (size_t i = 0; i < t->n; i++) {
+        size_t prev = map_put(&t->by_key, t->rows[i].key, kept);
+        if (prev != (size_t)-2) {
+            add_warning(t, "line %zu: image %s is listed already (line %zu); this row is ignored",
+                        t->rows[i].line, t->rows[i].key, t->rows[prev].line);
+            row_free(&t->rows[i]);
+            continue;
+        }
+        t->rows[kept++] = t->rows[i];
+    }
+    t->n = kept;
+    for (size_t i = 0; i < t->n; i++) {
+        /* A base name shared by several rows matches none of them. */
+        char *base = (char *)base_name(t->rows[i].key);
+        int found;
+        size_t *slot = map_slot(&t->by_base, base, &found);
+        if (found)
+            *slot = AMBIGUOUS;
+        else
+            map_put(&t->by_base, base, i);
+    }
+    return 0;
+}
+
+static int read_file(const char *path, char **buf, size_t *len, ms_err *err)
+{
+    struct stat pre;
+    if (stat(path, &pre) == 0 && !S_ISREG(pre.st_mode)) /* a FIFO would block fopen */
+        return ms_err_set(err, MS_EIO, "%s: not a regular file", path);
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return ms_err_set(err, errno == ENOENT ? MS_ENOTFOUND : MS_EIO, "%s: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
+        fclose(f);
+        return ms_err_set(err, MS_EIO, "%s: not a regular file", path);
+    }
+    if ((size_t)st.st_size > LABELS_MAX_BYTES) {
+        fclose(f);
+        return ms_err_set(err, MS_ETOOBIG, "%s: %lld bytes, over the %zu MiB limit for a labels file", path,
+                          (long long)st.st_size, LABELS_MAX_BYTES >> 20);
+    }
+    *buf = malloc((size_t)st.st_size + 1);
+    if (!*buf) {
+        fclose(f);
+        return ms_err_set(err, MS_ENOMEM, "no memory for %s", path);
+    }
+    *len = fread(*buf, 1, (size_t)st.st_size, f);
+    int bad = ferror(f);
+    fclose(f);
+    if (bad) {
+        free(*buf);
+        return ms_err_set(err, MS_EIO, "%s: read error", path);
+    }
+    (*buf)[*len] = '\0';
+    return 0;
+}
+
+static int parse_all(labels *t, const char *path, char *text, size_t len, ms_err *err)
+{
+    csv c = {.p = text, .end = text + len, .line = 1};
+    if (len >= 3 && !memcmp(text, "\xEF\xBB\xBF", 3))
+        c.p += 3;
+    char **fields = malloc(MAX_FIELDS * sizeof *fields);
+    char **names = malloc(MAX_FIELDS * sizeof *names);
+    int *roles = malloc(MAX_FIELDS * sizeof *roles);
+    int rc = 0;
+    if (!fields || !names || !roles) {
+        rc = ms_err_set(err, MS_ENOMEM, "no memory");
+        goto out;
+    }
+    size_t line;
+    int ncol;
+    do
+        ncol = csv_record(&c, names, &line);
+    while (ncol > 0 && blank_record(names, ncol));
+    if (ncol <= 0) {
+        rc = ms_err_set(err, MS_EFORMAT, "%s: %s", path, ncol == 0 ? "empty file, no header" : "unreadable header");
+        goto out;
+    }
+    if ((rc = read_header(t, path, names, ncol, roles, err)) != 0)
+        goto out;
+    for (;;) {
+        int n = csv_record(&c, fields, &line);
+        if (n == 0)
+            break;
+        if (n < 0) {
+            add_warning(t, "line %zu: %s; the rest of the file is skipped", line,
+                        n == -1 ? "a quoted field is never closed" : "too many fields");
+            break;
+        }
+        if (blank_record(fields, n))
+            continue;
+        if (n != ncol) {
+            add_warning(t, "line %zu: %d fields where the header has %d; row skipped", line, n, ncol);
+            continue;
+        }
+        row r = {.line = line};
+        const char *why = NULL;
+        rc = parse_row(t, names, roles, fields, n, &r, &why);
+        if (rc == MS_EFORMAT) {
+            add_warning(t, "line %zu: %s; row skipped", line, why);
+            row_free(&r);
+            rc = 0;
+            continue;
+        }
+        if (rc || (rc = push_row(t, &r)) != 0) {
+            row_free(&r);
+            rc = ms_err_set(err, MS_ENOMEM, "no memory reading %s", path);
+            goto out;
+        }
+    }
+    rc = build_maps(t, err);
+out:
+    free(fields);
+    free(names);
+    free(roles);
+    return rc;
+}
+
+int labels_load(const char *path, labels **out, ms_err *err)
+{
+    *out = NULL;
+    char *text = NULL;
+    size_t len = 0;
+    int rc = read_file(path, &text, &len, err);
+    if (rc)
+        return rc;
+    labels *t = calloc(1, sizeof *t);
+    if (!t) {
+        free(text);
+        return ms_err_set(err, MS_ENOMEM, "no memory");
+    }
+    /* Rows name images relative to the CSV's own folder. */
+    char *slash = strrchr(path, '/');
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof dir, "%.*s", slash ? (int)(slash - path) : 1, slash ? path : ".");
+    if (slash == path)
+        snprintf(dir, sizeof dir, "/");
+    t->dir = realpath(dir, NULL);
+    rc = t->dir ? parse_all(t, path, text, len, err) : ms_err_set(err, MS_EIO, "%s: %s", dir, strerror(errno));
+    free(text);
+    if (rc) {
+        labels_free(t);
+        return rc;
+    }
+    *out = t;
+    return 0;
+}
+
+void labels_free(labels *t)
+{
+    if (!t)
+        return;
+    for (size_t i = 0; i < t->n; i++)
+        row_free(&t->rows[i]);
+    free(t->rows);
+    for (size_t i = 0; i < t->n_warn; i++)
+        free(t->warnings[i]);
+    free(t->warnings);
+    map_free(&t->by_key);
+    map_free(&t->by_base);
+    free(t->dir);
+    free(t);
+}
+
+labels_format labels_get_format(const labels *t)
+{
+    return t->format;
+}
+
+const char *labels_format_name(labels_format f)
+{
+    return f == LABELS_NIH ? "NIH ChestX-ray14" : "MedSearch labels.csv";
+}
+
+size_t labels_rows(const labels *t)
+{
+    return t->n;
+}
+
+size_t labels_n_warnings(const labels *t)
+{
+    return t->n_warn;
+}
+
+const char *labels_warning(const labels *t, size_t i)
+{
+    return i < t->n_warn ? t->warnings[i] : NULL;
+}
+
+static const store_meta *lookup(const map *m, const labels *t, const char *key)
+{
+    if (!m->cap)
+        return NULL;
+    int found;
+    size_t *slot = map_slot(m, key, &found);
+    return found && *slot != AMBIGUOUS ? &t->rows[*slot].meta : NULL;
+}
+
+const store_meta *labels_find(const labels *t, const char *file_path)
+{
+    char *real = realpath(file_path, NULL);
+    const store_meta *m = NULL;
+    size_t dl = strlen(t->dir);
+    if (real && !strncmp(real, t->dir, dl) && (real[dl] == '/' || dl == 1))
+        m = lookup(&t->by_key, t, real + (dl == 1 ? 1 : dl + 1));
+    free(real);
+    return m ? m : lookup(&t->by_base, t, base_name(file_path));
+}

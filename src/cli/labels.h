@@ -1,0 +1,57 @@
+/*
+ * labels.h - reads the metadata CSV given to `medsearch ingest --labels`.
+ *
+ * Two formats, told apart by the header:
+ *   - NIH ChestX-ray14's Data_Entry_2017.csv: "Image Index" (a file's base
+ *     name), "Finding Labels" (A|B, "No Finding" is a label), "Follow-up #",
+ *     "Patient ID", "Patient Age" (a number, or "058Y" in some versions),
+ *     "Patient Gender", "View Position"; other columns become key/values.
+ *   - the generic labels.csv of MedSearch's data folders: "image" (a path
+ *     relative to the CSV's folder), "labels" (pipe-separated), then any of
+ *     "patient_id", "age", "sex", "view", "study_date"; every other column
+ *     becomes a key/value.
+ * Column names are matched without regard to case or surrounding spaces.
+ * The file is RFC 4180 CSV (quotes, doubled quotes, CRLF, a UTF-8 BOM).
+ *
+ * A missing required column, or a header of neither format, is an error
+ * (MS_EFORMAT naming what is missing). A bad row (wrong number of fields, no
+ * image, an age that is not a number, text that is not UTF-8) is skipped and
+ * listed in the warnings with its line number; an implausible age (over
+ * 150) is kept as unknown, with a warning.
+ *
+ * An image file is matched to its row by its path relative to the CSV's
+ * folder, then by its base name (when that base name is in one row only).
+ */
+#ifndef MS_LABELS_H
+#define MS_LABELS_H
+
+#include <stddef.h>
+
+#include "store/store.h"
+#include "util/err.h"
+
+typedef struct labels labels;
+
+typedef enum { LABELS_GENERIC = 0, LABELS_NIH } labels_format;
+
+/* Largest CSV accepted (the full NIH file is about 8 MB). */
+#define LABELS_MAX_BYTES ((size_t)1 << 30)
+
+/* Returns 0, or MS_ENOTFOUND / MS_EIO (cannot read), MS_ETOOBIG, MS_EFORMAT
+ * (header), MS_ENOMEM. *out is the caller's: labels_free(). */
+int labels_load(const char *path, labels **out, ms_err *err);
+void labels_free(labels *t);
+
+labels_format labels_get_format(const labels *t);
+const char *labels_format_name(labels_format f);
+size_t labels_rows(const labels *t);          /* rows kept */
+
+/* Problems found in rows, "line 12: ...", in file order. */
+size_t labels_n_warnings(const labels *t);
+const char *labels_warning(const labels *t, size_t i);
+
+/* The metadata of an image file, or NULL when no row matches. Owned by the
+ * table (original_name is NULL: the caller sets its own copy). */
+const store_meta *labels_find(const labels *t, const char *file_path);
+
+#endif

@@ -1,0 +1,180 @@
+/*
+ * search.c - `medsearch search IMAGE`: the k stored X-rays most similar to
+ * an image, as a table or JSON.
+ */
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/cli.h"
+#include "cli/common.h"
+#include "util/timing.h"
+
+static json_t *result_json(const engine_result *r, int rank)
+{
+    const store_meta *m = &r->meta;
+    json_t *labels = json_array(), *extra = json_object();
+    for (int i = 0; i < m->n_labels; i++)
+        json_array_append_new(labels, json_string(m->labels[i]));
+    for (int i = 0; i < m->n_kv; i++)
+        json_object_set_new(extra, m->kv[i].key, json_string(m->kv[i].value));
+    char sex[2] = {m->sex, 0};
+    return json_pack("{s:i, s:I, s:f, s:s?, s:o, s:s?, s:o, s:s?, s:s?, s:s?, s:o}", "rank", rank, "id",
+                     (json_int_t)r->id, "score", (double)r->score, "original_name", m->original_name, "labels",
+                     labels, "patient_id", m->patient_id, "age", m->age >= 0 ? json_integer(m->age) : json_null(),
+                     "sex", m->sex ? sex : NULL, "view", m->view, "study_date", m->study_date, "extra", extra);
+}
+
+static void print_json(const char *query, int k, const engine_result *res, int n, const engine_timing *t,
+                       double open_ms)
+{
+    json_t *arr = json_array();
+    for (int i = 0; i < n; i++)
+        json_array_append_new(arr, result_json(&res[i], i + 1));
+    json_t *o = json_pack("{s:s, s:i, s:o, s:{s:f, s:f, s:f, s:f, s:f, s:f}}", "query", query, "k", k, "results",
+                          arr, "timing_ms", "open", open_ms, "decode", t->decode_ms, "embed", t->embed_ms, "index",
+                          t->index_ms, "store", t->store_ms, "total", t->total_ms);
+    json_dumpf(o, stdout, JSON_INDENT(2));
+    fputc('\n', stdout);
+    json_decref(o);
+}
+
+/* Keeps a table cell to width columns, marking a cut with '~'. */
+static const char *cell(const char *s, char *buf, size_t width)
+{
+    if (!s || !*s)
+        return "-";
+    size_t n = strlen(s);
+    if (n <= width)
+        return s;
+    memcpy(buf, s, width - 1);
+    buf[width - 1] = '~';
+    buf[width] = '\0';
+    return buf;
+}
+
+static void print_table(const engine_result *res, int n)
+{
+    printf("%4s  %8s  %6s  %-32s  %-28s  %-10s  %3s  %3s  %-4s\n", "rank", "id", "score", "name", "labels", "patient",
+           "age", "sex", "view");
+    for (int i = 0; i < n; i++) {
+        const store_meta *m = &res[i].meta;
+        char labels[512], b1[40], b2[40], b3[16], b4[8], age[8];
+        cli_join_labels(m, labels, sizeof labels);
+        snprintf(age, sizeof age, "%d", m->age);
+        char sex[2] = {m->sex ? m->sex : '-', 0};
+        printf("%4d  %8lld  %6.4f  %-32s  %-28s  %-10s  %3s  %3s  %-4s\n", i + 1, (long long)res[i].id,
+               (double)res[i].score, cell(m->original_name, b1, 32), cell(labels, b2, 28),
+               cell(m->patient_id, b3, 10), m->age >= 0 ? age : "-", sex, cell(m->view, b4, 4));
+    }
+}
+
+int cmd_search(int argc, char **argv)
+{
+    int k = 10, one_per_patient = 0, qe = 0, ef = 0, verbose = 0, by_id = 0;
+    const char *filter_expr = NULL, *exclude_patient = NULL;
+    const cli_option opts[] = {
+        {"k", 'k', CLI_INT, &k, "N", "number of results (default 10)", 1, 1000},
+        {"filter", 'f', CLI_STRING, &filter_expr, "EXPR",
+         "metadata filter, e.g. 'labels:Effusion sex:F age:40-60 view:PA'", 0, 0},
+        {"exclude-patient", 0, CLI_STRING, &exclude_patient, "P", "leave out this patient's images", 0, 0},
+        {"one-per-patient", 0, CLI_FLAG, &one_per_patient, NULL, "only the best image of each patient", 0, 0},
+        {"qe", 0, CLI_INT, &qe, "N", "query expansion: average the query with its top N, search again", 0, 100},
+        {"ef", 0, CLI_INT, &ef, "N", "HNSW search breadth (default: the index's)", 1, 100000},
+        {"id", 0, CLI_INT, &by_id, "ID", "search with a stored image instead of a file (it is left out)", 1,
+         2147483647},
+        {"verbose", 'v', CLI_FLAG, &verbose, NULL, "print the timing breakdown and how the index was opened", 0, 0},
+        {0},
+    };
+    static const cli_command base = {
+        "search", "IMAGE",
+        "Finds the stored X-rays most similar to IMAGE (PNG, JPEG or TIFF), by cosine similarity of\n"
+        "the model's features. Filter terms: labels:A|B (any) labels:A+B (all) sex:F age:40-60 view:PA\n"
+        "patient:ID -patient:ID key=value. Exit code 1 when nothing matches.",
+        CLI_DB | CLI_MODEL | CLI_JSON, NULL, 0, 1};
+    cli_command me = base;
+    me.options = opts;
+    cli_common c;
+    char **args;
+    int n_args, code;
+    if (!cli_parse(&me, argc, argv, &c, &args, &n_args, &code))
+        return code;
+    if ((n_args == 1) == (by_id > 0)) {
+        fprintf(stderr, "medsearch search: give either an IMAGE file or --id ID\n");
+        free(args);
+        return EXIT_USAGE;
+    }
+    const char *image = n_args ? args[0] : NULL;
+    free(args);
+
+    ms_err err = {0};
+    store_filter filter;
+    store_filter_init(&filter);
+    int have_filter = 0;
+    if (filter_expr) {
+        if (store_filter_parse(filter_expr, &filter, &err) != 0) {
+            cli_error(&me, &err);
+            return EXIT_USAGE;
+        }
+        have_filter = 1;
+    }
+    if (exclude_patient) {
+        free(filter.exclude_patient);
+        if (!(filter.exclude_patient = strdup(exclude_patient))) {
+            store_filter_free(&filter);
+            return 1;
+        }
+        have_filter = 1;
+    }
+
+    unsigned char *bytes = NULL;
+    size_t len = 0;
+    engine_options o;
+    cli_engine_options(&c, &o);
+    if (image && cli_read_file(image, o.limits.max_bytes, &bytes, &len, &err) != 0) {
+        fprintf(stderr, "medsearch search: %s: %s\n", image, err.msg);
+        store_filter_free(&filter);
+        return err.code == MS_ENOTFOUND ? EXIT_USAGE : 1;
+    }
+    engine *e;
+    engine_open_report rep;
+    int rc = cli_open(&me, &o, &e, &rep, verbose);
+    if (rc) {
+        free(bytes);
+        store_filter_free(&filter);
+        return rc;
+    }
+    engine_query q = {.bytes = bytes, .len = len, .by_id = by_id, .k = k, .filter = have_filter ? &filter : NULL,
+                      .one_per_patient = one_per_patient, .qe = qe, .ef = ef, .exclude_self = by_id > 0};
+    engine_result *res = NULL;
+    int n = 0;
+    engine_timing t;
+    rc = engine_search(e, &q, &res, &n, &t, &err);
+    if (rc) {
+        if (image)
+            ms_err_prefix(&err, "%s: ", image);
+        cli_error(&me, &err);
+        rc = rc == MS_EINVAL || rc == MS_ENOTFOUND ? EXIT_USAGE : 1;
+    } else {
+        char label[32];
+        snprintf(label, sizeof label, "id %d", by_id);
+        if (c.json)
+            print_json(image ? image : label, k, res, n, &t, rep.open_ms);
+        else
+            print_table(res, n);
+        if (verbose)
+            fprintf(stderr,
+                    "timing: open %.1f ms (model %.1f, index %.1f); search: decode %.1f, embed %.1f, index %.2f, "
+                    "store %.2f, total %.1f ms\n",
+                    rep.open_ms, rep.model_ms, rep.index_ms, t.decode_ms, t.embed_ms, t.index_ms, t.store_ms,
+                    t.total_ms);
+        rc = n > 0 ? 0 : 1;
+        if (n == 0 && !c.json)
+            fprintf(stderr, "medsearch search: nothing matches\n");
+    }
+    engine_results_free(res, n);
+    engine_close(e);
+    free(bytes);
+    store_filter_free(&filter);
+    return rc;
+}

@@ -1,0 +1,128 @@
+/*
+ * engine/internal.h - what the engine's files (engine.c and the files of src/engine/) share.
+ * Nothing outside the engine includes this; the contract is engine.h.
+ *
+ * Locks, in the order they may be nested:
+ *   write_mu (one writer: store writes, index adds/removes, generation)
+ *     -> pool.mu (store handle pool, held only to take/return a handle)
+ *     -> infer.mu (inference queue, held only to queue/dequeue)
+ * Searches take no engine lock to read the index: the index allows any
+ * number of readers beside its one writer (index.h).
+ */
+#ifndef MS_ENGINE_INTERNAL_H
+#define MS_ENGINE_INTERNAL_H
+
+#include <pthread.h>
+#include <stdint.h>
+
+#include "engine.h"
+
+#define ENGINE_POOL_MAX 16
+/* Batches in flight in one ingest stream: one being stored, one in the
+ * model, one being decoded. */
+#define ENGINE_SLOTS 3
+
+/* ---- the inference thread (infer.c) ---- */
+typedef struct infer_job {
+    const float *input;   /* n prepared images, NCHW */
+    int n;
+    float *out;           /* n x dim raw features */
+    int bulk;             /* ingest/re-embed batch: queued without a bound */
+    int done, rc;
+    ms_err err;
+    struct infer_job *next;
+} infer_job;
+
+typedef struct infer_queue {
+    model *m;
+    int max_batch, dim;
+    size_t per_image;     /* floats of one prepared image */
+    size_t depth;         /* most queries waiting before MS_EBUSY */
+    pthread_t thread;
+    int running, stop;
+    pthread_mutex_t mu;
+    pthread_cond_t work, done;
+    infer_job *qh, *qt;   /* queries (searches, embeds) */
+    size_t qn;
+    infer_job *bh, *bt;   /* bulk batches (ingest, re-embed) */
+    float *in, *out;      /* gathering buffers for a batch of queries */
+    uint64_t forwards, images;
+    double forward_ms;
+} infer_queue;
+
+int infer_start(infer_queue *q, model *m, int max_batch, size_t depth, ms_err *err);
+void infer_stop(infer_queue *q);
+/* Queues a job; a query is refused with MS_EBUSY when depth are waiting. */
+int infer_submit(infer_queue *q, infer_job *job, ms_err *err);
+/* Waits for a submitted job; returns its rc (and copies its message). */
+int infer_wait(infer_queue *q, infer_job *job, ms_err *err);
+size_t infer_waiting(infer_queue *q);
+
+/* ---- decode workers (ingest.c) ---- */
+typedef struct work_task {
+    void (*fn)(void *arg);
+    void *arg;
+    struct work_task *next;
+} work_task;
+
+typedef struct work_pool {
+    pthread_t *threads;
+    int n, stop;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    work_task *head, *tail;
+} work_pool;
+
+/* ---- the engine ---- */
+struct engine {
+    char *db, *model_path, *index_path;
+    engine_options opt;           /* copy; its strings point at the fields above */
+    model *m;                     /* NULL when opened with no_model */
+    int dim;                      /* 0: empty collection opened without a model */
+    char identity[256];           /* model identity of the vectors in the index */
+    int pending_reembed;          /* opened with reembed and another model: the
+                                     collection switches in engine_reembed */
+    size_t missing_vectors;       /* images without a vector of the model (an
+                                     interrupted re-embed), seen at open */
+    const char *backend;
+
+    store *main_store;            /* engine_store(): handed to one face thread */
+    pthread_mutex_t pool_mu;
+    pthread_cond_t pool_cv;
+    store *pool_free[ENGINE_POOL_MAX];
+    int pool_nfree, pool_open;
+
+    pthread_mutex_t write_mu;
+    vindex *ix;
+    uint64_t known_gen;           /* store generation the index reflects */
+    uint64_t loaded_gen;
+    int index_dirty;              /* changed since loaded/saved */
+    int index_foreign;            /* another process wrote: never save as current */
+
+    infer_queue infer;
+    pthread_mutex_t workers_mu;
+    work_pool workers;
+    int workers_started;
+
+    pthread_mutex_t stats_mu;
+    uint64_t searches, ingests;
+    double embed_ms_total, search_ms_total;
+};
+
+/* engine.c */
+int engine_pool_get(engine *e, store **s, ms_err *err);
+void engine_pool_put(engine *e, store *s);
+/* A writer section: takes write_mu and notes whether another process wrote
+ * to the store since this engine last did (the index would then miss it). */
+void engine_write_begin(engine *e, store *s);
+void engine_write_end(engine *e, store *s, int changed);
+int engine_need_model(const engine *e, ms_err *err);
+/* Caller's thread: decode+prepare one image into a malloc'd input. */
+int engine_prepare(engine *e, const uint8_t *bytes, size_t len, float **input,
+                   image_info *info, ms_err *err);
+
+/* ingest.c */
+int engine_workers_ensure(engine *e, ms_err *err);
+void engine_workers_stop(engine *e);
+
+#endif

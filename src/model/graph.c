@@ -1,0 +1,1177 @@
+/*
+ * graph.c - ordering, shape inference, BatchNorm folding and post-op fusion
+ * of the graph onnx.c builds. Nothing here knows about oneDNN: dnnl.c picks
+ * memory layouts and plans buffers from what this file leaves.
+ */
+#include "model/graph.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ------------------------------------------------------------ bookkeeping */
+
+const char *graph_op_name(g_op op)
+{
+    static const char *const names[G_OP_COUNT] = {
+        "Conv", "BatchNormalization", "Relu", "Clip", "Sigmoid", "Swish", "Add", "Mul",
+        "MaxPool", "AveragePool", "GlobalAveragePool", "Flatten", "Reshape", "Gemm",
+        "Concat", "Identity"};
+    return op >= 0 && op < G_OP_COUNT ? names[op] : "?";
+}
+
+void graph_init(graph *g)
+{
+    memset(g, 0, sizeof *g);
+    g->input = -1;
+}
+
+void graph_free(graph *g)
+{
+    if (!g)
+        return;
+    for (int i = 0; i < g->nt; i++) {
+        free(g->t[i].name);
+        free(g->t[i].f);
+        free(g->t[i].i64);
+    }
+    for (int i = 0; i < g->nn; i++) {
+        free(g->n[i].name);
+        free(g->n[i].op_type);
+        free(g->n[i].in);
+    }
+    for (int i = 0; i < g->n_meta; i++) {
+        free(g->meta[i].key);
+        free(g->meta[i].value);
+    }
+    free(g->t);
+    free(g->n);
+    free(g->order);
+    free(g->outputs);
+    free(g->meta);
+    free(g->producer);
+    free(g->hash);
+    graph_init(g);
+}
+
+static uint64_t name_hash(const char *s)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return h;
+}
+
+static int hash_slot(const graph *g, const char *name)
+{
+    size_t mask = (size_t)g->hash_cap - 1, i = (size_t)name_hash(name) & mask;
+    while (g->hash[i] >= 0 && strcmp(g->t[g->hash[i]].name, name))
+        i = (i + 1) & mask;
+    return (int)i;
+}
+
+int graph_find(const graph *g, const char *name)
+{
+    if (!g->hash_cap || !name)
+        return -1;
+    return g->hash[hash_slot(g, name)];
+}
+
+static int hash_grow(graph *g, ms_err *err)
+{
+    int cap = g->hash_cap ? g->hash_cap * 2 : 256;
+    int *h = malloc((size_t)cap * sizeof *h);
+    if (!h)
+        return ms_err_set(err, MS_ENOMEM, "out of memory");
+    for (int i = 0; i < cap; i++)
+        h[i] = -1;
+    free(g->hash);
+    g->hash = h;
+    g->hash_cap = cap;
+    for (int t = 0; t < g->nt; t++)
+        g->hash[hash_slot(g, g->t[t].name)] = t;
+    return 0;
+}
+
+int graph_intern(graph *g, const char *name, ms_err *err)
+{
+    int t = graph_find(g, name);
+    if (t >= 0)
+        return t;
+    if (g->nt >= 4 * G_MAX_NODES + 1000000)
+        return ms_err_set(err, MS_ETOOBIG, "the model names too many tensors");
+    if ((g->nt + 1) * 2 > g->hash_cap) {
+        int rc = hash_grow(g, err);
+        if (rc)
+            return rc;
+    }
+    if (g->nt == g->cap_t) {
+        int cap = g->cap_t ? g->cap_t * 2 : 256;
+        g_tensor *nt = realloc(g->t, (size_t)cap * sizeof *nt);
+        if (!nt)
+            return ms_err_set(err, MS_ENOMEM, "out of memory");
+        g->t = nt;
+        g->cap_t = cap;
+    }
+    g_tensor *x = &g->t[g->nt];
+    memset(x, 0, sizeof *x);
+    size_t len = strlen(name);
+    if (!(x->name = malloc(len + 1)))
+        return ms_err_set(err, MS_ENOMEM, "out of memory");
+    memcpy(x->name, name, len + 1);
+    x->producer = -1;
+    g->hash[hash_slot(g, name)] = g->nt;
+    return g->nt++;
+}
+
+static char *dup(const char *s)
+{
+    size_t n = strlen(s);
+    char *d = malloc(n + 1);
+    if (d)
+        memcpy(d, s, n + 1);
+    return d;
+}
+
+int graph_add_node(graph *g, g_op op, const char *name, const char *op_type, ms_err *err)
+{
+    if (g->nn >= G_MAX_NODES)
+        return ms_err_set(err, MS_ETOOBIG, "the model has more than %d nodes", G_MAX_NODES);
+    if (g->nn == g->cap_n) {
+        int cap = g->cap_n ? g->cap_n * 2 : 128;
+        g_node *nn = realloc(g->n, (size_t)cap * sizeof *nn);
+        if (!nn)
+            return ms_err_set(err, MS_ENOMEM, "out of memory");
+        g->n = nn;
+        g->cap_n = cap;
+    }
+    g_node *nd = &g->n[g->nn];
+    memset(nd, 0, sizeof *nd);
+    nd->op = op;
+    nd->out = -1;
+    nd->weights = nd->bias = -1;
+    nd->group = 1;
+    nd->alpha = nd->beta = 1.0f;
+    nd->name = dup(name);
+    nd->op_type = dup(op_type);
+    if (!nd->name || !nd->op_type) {
+        free(nd->name);
+        free(nd->op_type);
+        return ms_err_set(err, MS_ENOMEM, "out of memory");
+    }
+    return g->nn++;
+}
+
+const char *graph_meta(const graph *g, const char *key)
+{
+    for (int i = 0; i < g->n_meta; i++)
+        if (!strcmp(g->meta[i].key, key))
+            return g->meta[i].value;
+    return NULL;
+}
+
+int64_t graph_elems(const g_tensor *t)
+{
+    int64_t n = 1;
+    for (int i = 0; i < t->rank; i++)
+        n *= t->dims[i];
+    return n;
+}
+
+void graph_release_constant(graph *g, int t)
+{
+    if (t < 0 || t >= g->nt)
+        return;
+    free(g->t[t].f);
+    g->t[t].f = NULL;
+}
+
+int graph_producer(const graph *g, int t)
+{
+    if (t < 0)
+        return -1;
+    int p = g->t[t].producer;
+    return p >= 0 && !g->n[p].dead ? p : -1;
+}
+
+int graph_node_reads(const graph *g, const g_node *nd, int *in, int cap)
+{
+    int n = 0;
+    for (int i = 0; i < nd->n_in && n < cap; i++) {
+        int t = nd->in[i];
+        if (t >= 0 && !g->t[t].is_const)
+            in[n++] = t;
+    }
+    for (int i = 0; i < nd->n_post && n < cap; i++)
+        if (nd->post[i].kind == G_POST_SUM)
+            in[n++] = nd->post[i].tensor;
+    return n;
+}
+
+/* ----------------------------------------------------------------- order */
+
+/* Uses of each tensor by live nodes. A Conv or Gemm whose weights were
+ * folded or transposed reads its own constants, not the file's. */
+static void count_consumers(graph *g)
+{
+    for (int t = 0; t < g->nt; t++)
+        g->t[t].consumers = 0;
+    for (int i = 0; i < g->nn; i++) {
+        g_node *nd = &g->n[i];
+        if (nd->dead)
+            continue;
+        int own = (nd->op == G_CONV || nd->op == G_GEMM) && nd->weights >= 0;
+        for (int k = 0; k < (own ? 1 : nd->n_in); k++)
+            if (nd->in[k] >= 0)
+                g->t[nd->in[k]].consumers++;
+        if (own) {
+            g->t[nd->weights].consumers++;
+            if (nd->bias >= 0)
+                g->t[nd->bias].consumers++;
+        }
+        for (int k = 0; k < nd->n_post; k++)
+            if (nd->post[k].kind == G_POST_SUM)
+                g->t[nd->post[k].tensor].consumers++;
+    }
+}
+
+/* Frees the data of constants no live node reads any more (folded
+ * BatchNorm statistics, Gemm weights that were transposed, Clip bounds). */
+static void drop_unused_constants(graph *g)
+{
+    for (int t = 0; t < g->nt; t++)
+        if (g->t[t].is_const && !g->t[t].consumers) {
+            free(g->t[t].f);
+            free(g->t[t].i64);
+            g->t[t].f = NULL;
+            g->t[t].i64 = NULL;
+        }
+}
+
+static int check_defined(const graph *g, ms_err *err)
+{
+    for (int i = 0; i < g->nn; i++) {
+        const g_node *nd = &g->n[i];
+        for (int k = 0; k < nd->n_in; k++) {
+            int t = nd->in[k];
+            if (t < 0)
+                continue;
+            const g_tensor *x = &g->t[t];
+            if (x->producer <= -2)
+                return ms_err_set(err, MS_EUNSUPPORTED,
+                                  "node '%s' (%s) reads '%s', an extra output of node '%s' that MedSearch does not compute",
+                                  nd->name, nd->op_type, x->name, g->n[-2 - x->producer].name);
+            if (x->producer < 0 && !x->is_const && !x->is_input)
+                return ms_err_set(err, MS_EFORMAT,
+                                  "node '%s' (%s) reads '%s', which no node, initializer or input defines",
+                                  nd->name, nd->op_type, x->name);
+        }
+    }
+    for (int i = 0; i < g->n_outputs; i++) {
+        const g_tensor *x = &g->t[g->outputs[i]];
+        if (x->producer < 0)
+            return ms_err_set(err, MS_EFORMAT, "graph output '%s' is not produced by any node", x->name);
+    }
+    return 0;
+}
+
+/* Identity of a constant (exporters use it to share initializers) makes
+ * its output a constant too, a copy, and the node disappears. */
+static int constant_identities(graph *g, ms_err *err)
+{
+    for (int changed = 1; changed;) {
+        changed = 0;
+        for (int i = 0; i < g->nn; i++) {
+            g_node *nd = &g->n[i];
+            if (nd->dead || nd->op != G_IDENTITY || nd->in[0] < 0 || !g->t[nd->in[0]].is_const)
+                continue;
+            const g_tensor *s = &g->t[nd->in[0]];
+            g_tensor *o = &g->t[nd->out];
+            size_t n = (size_t)s->count;
+            if (s->f && !(o->f = malloc((n ? n : 1) * sizeof *o->f)))
+                return ms_err_set(err, MS_ENOMEM, "out of memory");
+            if (s->i64 && !(o->i64 = malloc((n ? n : 1) * sizeof *o->i64)))
+                return ms_err_set(err, MS_ENOMEM, "out of memory");
+            if (s->f)
+                memcpy(o->f, s->f, n * sizeof *o->f);
+            if (s->i64)
+                memcpy(o->i64, s->i64, n * sizeof *o->i64);
+            o->is_const = 1;
+            o->shaped = 1;
+            o->elem_type = s->elem_type;
+            o->count = s->count;
+            o->rank = s->rank;
+            memcpy(o->dims, s->dims, sizeof o->dims);
+            o->producer = -1;
+            nd->dead = 1;
+            changed = 1;
+        }
+    }
+    return 0;
+}
+
+/* Kahn's algorithm; nodes keep their file order where dependencies allow. */
+int graph_order(graph *g, ms_err *err)
+{
+    int rc = check_defined(g, err);
+    if (!rc)
+        rc = constant_identities(g, err);
+    if (rc)
+        return rc;
+    int nn = g->nn;
+    int *indeg = calloc((size_t)nn + 1, sizeof *indeg);
+    int *start = calloc((size_t)nn + 2, sizeof *start);
+    int total = 0;
+    for (int i = 0; i < nn; i++)
+        total += g->n[i].n_in;
+    int *edge = malloc(((size_t)total + 1) * sizeof *edge);
+    int *queue = malloc(((size_t)nn + 1) * sizeof *queue);
+    free(g->order);
+    g->order = malloc(((size_t)nn + 1) * sizeof *g->order);
+    if (!indeg || !start || !edge || !queue || !g->order) {
+        rc = ms_err_set(err, MS_ENOMEM, "out of memory");
+        goto out;
+    }
+    /* consumers of each producer, as compressed rows */
+    for (int i = 0; i < nn; i++)
+        for (int k = 0; k < g->n[i].n_in; k++) {
+            int t = g->n[i].in[k];
+            if (t >= 0 && g->t[t].producer >= 0) {
+                start[g->t[t].producer + 1]++;
+                indeg[i]++;
+            }
+        }
+    for (int i = 0; i < nn; i++)
+        start[i + 1] += start[i];
+    int *fill = queue; /* reused as a cursor array before the sort */
+    for (int i = 0; i < nn; i++)
+        fill[i] = start[i];
+    for (int i = 0; i < nn; i++)
+        for (int k = 0; k < g->n[i].n_in; k++) {
+            int t = g->n[i].in[k];
+            if (t >= 0 && g->t[t].producer >= 0)
+                edge[fill[g->t[t].producer]++] = i;
+        }
+    int head = 0, tail = 0;
+    int live = 0;
+    for (int i = 0; i < nn; i++) {
+        live += !g->n[i].dead;
+        if (!indeg[i] && !g->n[i].dead)
+            queue[tail++] = i;
+    }
+    g->n_order = 0;
+    while (head < tail) {
+        int v = queue[head++];
+        g->order[g->n_order++] = v;
+        for (int e = start[v]; e < start[v + 1]; e++)
+            if (--indeg[edge[e]] == 0)
+                queue[tail++] = edge[e];
+    }
+    if (g->n_order != live) {
+        int bad = 0;
+        while (bad < nn && (!indeg[bad] || g->n[bad].dead))
+            bad++;
+        /* walk back through blocked producers: after nn steps we are on the cycle */
+        for (int step = 0; step < nn; step++) {
+            int next = -1;
+            for (int k = 0; k < g->n[bad].n_in && next < 0; k++) {
+                int t = g->n[bad].in[k], p = t >= 0 ? g->t[t].producer : -1;
+                if (p >= 0 && indeg[p])
+                    next = p;
+            }
+            if (next < 0)
+                break;
+            bad = next;
+        }
+        rc = ms_err_set(err, MS_EFORMAT, "the graph has a cycle: node '%s' (%s) depends on its own output",
+                        g->n[bad].name, g->n[bad].op_type);
+        goto out;
+    }
+    count_consumers(g);
+out:
+    free(indeg);
+    free(start);
+    free(edge);
+    free(queue);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- shapes */
+
+static int need_act(const graph *g, const g_node *nd, int slot, int rank, ms_err *err)
+{
+    int t = slot < nd->n_in ? nd->in[slot] : -1;
+    if (t < 0)
+        return ms_err_set(err, MS_EFORMAT, "node '%s' (%s) lacks input %d", nd->name, nd->op_type, slot);
+    const g_tensor *x = &g->t[t];
+    if (x->is_const)
+        return ms_err_set(err, MS_EUNSUPPORTED,
+                          "node '%s' (%s): input '%s' is a constant; MedSearch does not fold constant expressions",
+                          nd->name, nd->op_type, x->name);
+    if (!x->shaped)
+        return ms_err_set(err, MS_EINTERNAL, "node '%s': input '%s' has no shape yet", nd->name, x->name);
+    if (rank && x->rank != rank)
+        return ms_err_set(err, MS_EFORMAT, "node '%s' (%s): input '%s' has rank %d, expected %d",
+                          nd->name, nd->op_type, x->name, x->rank, rank);
+    return 0;
+}
+
+static int need_const(const graph *g, const g_node *nd, int slot, int rank, int64_t count,
+                      ms_err *err)
+{
+    int t = slot < nd->n_in ? nd->in[slot] : -1;
+    if (t < 0)
+        return ms_err_set(err, MS_EFORMAT, "node '%s' (%s) lacks input %d", nd->name, nd->op_type, slot);
+    const g_tensor *x = &g->t[t];
+    if (!x->is_const)
+        return ms_err_set(err, MS_EUNSUPPORTED,
+                          "node '%s' (%s): input '%s' must be a constant (an initializer) for MedSearch",
+                          nd->name, nd->op_type, x->name);
+    if (x->elem_type != 1)
+        return ms_err_set(err, MS_EFORMAT, "node '%s' (%s): constant '%s' must hold floats",
+                          nd->name, nd->op_type, x->name);
+    if (rank >= 0 && x->rank != rank)
+        return ms_err_set(err, MS_EFORMAT, "node '%s' (%s): constant '%s' has rank %d, expected %d",
+                          nd->name, nd->op_type, x->name, x->rank, rank);
+    if (count >= 0 && x->count != count)
+        return ms_err_set(err, MS_EFORMAT, "node '%s' (%s): constant '%s' has %lld values, expected %lld",
+                          nd->name, nd->op_type, x->name, (long long)x->count, (long long)count);
+    return 0;
+}
+
+static int set_out(graph *g, g_node *nd, int rank, const int64_t *dims, ms_err *err)
+{
+    g_tensor *o = &g->t[nd->out];
+    int64_t n = 1;
+    for (int i = 0; i < rank; i++) {
+        if (dims[i] < 1 || dims[i] > G_MAX_DIM)
+            return ms_err_set(err, MS_EFORMAT, "node '%s' (%s): output dimension %d would be %lld",
+                              nd->name, nd->op_type, i, (long long)dims[i]);
+        n *= dims[i];
+        if (n > G_MAX_ACT_ELEMS)
+            return ms_err_set(err, MS_ETOOBIG,
+                              "node '%s' (%s): its output would hold over %lld values per image, an absurd size",
+                              nd->name, nd->op_type, (long long)G_MAX_ACT_ELEMS);
+    }
+    o->rank = rank;
+    memcpy(o->dims, dims, (size_t)rank * sizeof *dims);
+    o->shaped = 1;
+    return 0;
+}
+
+/* Resolves auto_pad and computes the output size of one spatial axis. */
+static int window_axis(const g_node *nd, int ax, int64_t in, int ceil_mode, int *pl, int *pr,
+                       int64_t *out, ms_err *err)
+{
+    int64_t dk = (int64_t)(nd->kernel[ax] - 1) * nd->dilation[ax] + 1, s = nd->stride[ax];
+    if (nd->auto_pad == 1 || nd->auto_pad == 2) {
+        int64_t o = (in + s - 1) / s;
+        int64_t total = (o - 1) * s + dk - in;
+        if (total < 0)
+            total = 0;
+        int64_t small = total / 2;
+        *pl = (int)(nd->auto_pad == 1 ? small : total - small);
+        *pr = (int)(total - *pl);
+    } else if (nd->auto_pad == 3) {
+        *pl = *pr = 0;
+    }
+    int64_t span = in + *pl + *pr - dk;
+    if (span < 0)
+        return ms_err_set(err, MS_EFORMAT,
+                          "node '%s' (%s): the %lld-wide kernel (dilated) does not fit the %lld-wide input with padding %d+%d",
+                          nd->name, nd->op_type, (long long)dk, (long long)in, *pl, *pr);
+    int64_t o = ceil_mode ? (span + s - 1) / s + 1 : span / s + 1;
+    /* A window that would start in the right padding is dropped (ONNX, PyTorch). */
+    if (ceil_mode && (o - 1) * s >= in + *pl)
+        o--;
+    *out = o;
+    return 0;
+}
+
+static int shape_window(graph *g, g_node *nd, int64_t channels, int ceil_mode, ms_err *err)
+{
+    const g_tensor *x = &g->t[nd->in[0]];
+    int64_t dims[4] = {1, channels, 0, 0};
+    for (int ax = 0; ax < 2; ax++) {
+        int rc = window_axis(nd, ax, x->dims[2 + ax], ceil_mode, &nd->pad_l[ax], &nd->pad_r[ax],
+                             &dims[2 + ax], err);
+        if (rc)
+            return rc;
+    }
+    return set_out(g, nd, 4, dims, err);
+}
+
+static int shape_conv(graph *g, g_node *nd, ms_err *err)
+{
+    int rc;
+    if ((rc = need_act(g, nd, 0, 4, err)) || (rc = need_const(g, nd, 1, 4, -1, err)))
+        return rc;
+    const g_tensor *x = &g->t[nd->in[0]], *w = &g->t[nd->in[1]];
+    int64_t c = x->dims[1], m = w->dims[0], grp = nd->group;
+    if (c % grp || m % grp || w->dims[1] != c / grp)
+        return ms_err_set(err, MS_EFORMAT,
+                          "node '%s' (Conv): weights %s are [%lld, %lld, ...] but the input has %lld channels in %lld groups",
+                          nd->name, w->name, (long long)m, (long long)w->dims[1], (long long)c, (long long)grp);
+    for (int ax = 0; ax < 2; ax++) {
+        int64_t k = w->dims[2 + ax];
+        if (k < 1 || k > G_MAX_KERNEL)
+            return ms_err_set(err, MS_EFORMAT, "node '%s' (Conv): kernel size %lld is out of range", nd->name, (long long)k);
+        if (nd->kernel[ax] && nd->kernel[ax] != k)
+            return ms_err_set(err, MS_EFORMAT, "node '%s' (Conv): kernel_shape does not match the weights", nd->name);
+        nd->kernel[ax] = (int)k;
+    }
+    if (nd->n_in > 2 && nd->in[2] >= 0 && (rc = need_const(g, nd, 2, 1, m, err)))
+        return rc;
+    return shape_window(g, nd, m, 0, err);
+}
+
+static int shape_pool(graph *g, g_node *nd, ms_err *err)
+{
+    int rc = need_act(g, nd, 0, 4, err);
+    if (rc || (rc = shape_window(g, nd, g->t[nd->in[0]].dims[1], nd->ceil_mode, err)))
+        return rc;
+    const g_tensor *x = &g->t[nd->in[0]], *o = &g->t[nd->out];
+    for (int ax = 0; ax < 2; ax++) {
+        int dk = (nd->kernel[ax] - 1) * nd->dilation[ax] + 1;
+        /* The right padding oneDNN sees includes what ceil_mode adds. */
+        int64_t pr = (o->dims[2 + ax] - 1) * nd->stride[ax] + dk - x->dims[2 + ax] - nd->pad_l[ax];
+        if (pr > nd->pad_r[ax] && nd->op == G_AVGPOOL && nd->count_include_pad)
+            return ms_err_set(err, MS_EUNSUPPORTED,
+                              "node '%s' (AveragePool): ceil_mode with count_include_pad is not supported", nd->name);
+        if (pr > nd->pad_r[ax])
+            nd->pad_r[ax] = (int)pr;
+        if (nd->pad_l[ax] >= dk || nd->pad_r[ax] >= dk)
+            return ms_err_set(err, MS_EUNSUPPORTED, "node '%s' (%s): padding must be smaller than the kernel",
+                              nd->name, nd->op_type);
+    }
+    return 0;
+}
+
+static int scalar_const(const graph *g, const g_node *nd, int slot, float *v, ms_err *err)
+{
+    if (slot >= nd->n_in || nd->in[slot] < 0)
+        return 0;
+    int rc = need_const(g, nd, slot, -1, 1, err);
+    if (rc)
+        return rc;
+    const g_tensor *t = &g->t[nd->in[slot]];
+    if (t->rank > 1)
+        return ms_err_set(err, MS_EFORMAT, "node '%s' (Clip): bound '%s' must be a scalar", nd->name, t->name);
+    *v = t->f[0];
+    return 0;
+}
+
+static int shape_clip(graph *g, g_node *nd, ms_err *err)
+{
+    int rc = need_act(g, nd, 0, 0, err);
+    if (rc || (rc = scalar_const(g, nd, 1, &nd->clip_lo, err)) ||
+        (rc = scalar_const(g, nd, 2, &nd->clip_hi, err)))
+        return rc;
+    if (!(nd->clip_lo <= nd->clip_hi))
+        return ms_err_set(err, MS_EFORMAT, "node '%s' (Clip): min %g is above max %g", nd->name,
+                          (double)nd->clip_lo, (double)nd->clip_hi);
+    const g_tensor *x = &g->t[nd->in[0]];
+    return set_out(g, nd, x->rank, x->dims, err);
+}
+
+/* Add and Mul: numpy broadcasting, with the result shaped like one operand. */
+static int shape_binary(graph *g, g_node *nd, ms_err *err)
+{
+    const g_tensor *a = &g->t[nd->in[0]], *b = &g->t[nd->in[1]];
+    if (a->is_const && b->is_const)
+        return need_act(g, nd, 0, 0, err);
+    if (a->is_const || (!b->is_const && graph_elems(b) > graph_elems(a))) {
+        const g_tensor *s = a;
+        a = b;
+        b = s;
+    }
+    if (!a->shaped || !b->shaped)
+        return ms_err_set(err, MS_EINTERNAL, "node '%s': input without shape", nd->name);
+    if (b->is_const && b->elem_type != 1)
+        return ms_err_set(err, MS_EFORMAT, "node '%s' (%s): constant '%s' must hold floats", nd->name,
+                          nd->op_type, b->name);
+    if (b->rank > a->rank || (!b->is_const && b->rank != a->rank))
+        return ms_err_set(err, MS_EUNSUPPORTED, "node '%s' (%s): cannot broadcast '%s' to the shape of '%s'",
+                          nd->name, nd->op_type, b->name, a->name);
+    for (int i = 0; i < b->rank; i++) {
+        int64_t da = a->dims[a->rank - b->rank + i], db = b->dims[i];
+        if (db != da && db != 1)
+            return ms_err_set(err, MS_EFORMAT, "node '%s' (%s): shapes of '%s' and '%s' do not match",
+                              nd->name, nd->op_type, a->name, b->name);
+    }
+    return set_out(g, nd, a->rank, a->dims, err);
+}
+
+static int shape_bn(graph *g, g_node *nd, ms_err *err)
+{
+    int rc = need_act(g, nd, 0, 0, err);
+    if (rc)
+        return rc;
+    const g_tensor *x = &g->t[nd->in[0]];
+    if (x->rank != 4 && x->rank != 2)
+        return ms_err_set(err, MS_EUNSUPPORTED, "node '%s' (BatchNormalization): input rank %d", nd->name, x->rank);
+    for (int k = 1; k < 5; k++)
+        if ((rc = need_const(g, nd, k, -1, x->dims[1], err)))
+            return rc;
+    return set_out(g, nd, x->rank, x->dims, err);
+}
+
+static int shape_reshape(graph *g, g_node *nd, ms_err *err)
+{
+    int rc = need_act(g, nd, 0, 0, err);
+    if (rc)
+        return rc;
+    const g_tensor *x = &g->t[nd->in[0]], *s = &g->t[nd->in[1]];
+    if (!s->is_const || s->elem_type != 7)
+        return ms_err_set(err, MS_EUNSUPPORTED, "node '%s' (Reshape): the shape must be a constant INT64 tensor", nd->name);
+    int64_t k = graph_elems(x) / x->dims[0];
+    int ok = s->count == 2 && s->i64 != NULL;
+    if (ok) {
+        int64_t d0 = s->i64[0], d1 = s->i64[1], batch = g->input_decl[0];
+        ok = (d0 == -1 || d0 == 1 || (d0 == 0 && !nd->axis) || (batch > 0 && d0 == batch)) &&
+             (d1 == k || (d1 == -1 && d0 != -1) || (d1 == 0 && !nd->axis && x->rank >= 2 && x->dims[1] == k));
+    }
+    if (!ok)
+        return ms_err_set(err, MS_EUNSUPPORTED,
+                          "node '%s' (Reshape): only a reshape to [batch, %lld] is supported", nd->name, (long long)k);
+    int64_t dims[2] = {1, k};
+    return set_out(g, nd, 2, dims, err);
+}
+
+static int shape_gemm(graph *g, g_node *nd, ms_err *err)
+{
+    int rc = need_act(g, nd, 0, 2, err);
+    if (rc || (rc = need_const(g, nd, 1, 2, -1, err)))
+        return rc;
+    const g_tensor *a = &g->t[nd->in[0]], *b = &g->t[nd->in[1]];
+    int64_t k = b->dims[nd->trans_b ? 1 : 0], m = b->dims[nd->trans_b ? 0 : 1];
+    if (k != a->dims[1])
+        return ms_err_set(err, MS_EFORMAT, "node '%s' (Gemm): input has %lld features but the weights '%s' expect %lld",
+                          nd->name, (long long)a->dims[1], b->name, (long long)k);
+    if (nd->n_in > 2 && nd->in[2] >= 0) {
+        if ((rc = need_const(g, nd, 2, -1, -1, err)))
+            return rc;
+        const g_tensor *c = &g->t[nd->in[2]];
+        if ((c->count != m && c->count != 1) || c->rank > 2 || (c->rank == 2 && c->dims[0] != 1))
+            return ms_err_set(err, MS_EUNSUPPORTED, "node '%s' (Gemm): bias '%s' must be [%lld] or a scalar",
+                              nd->name, c->name, (long long)m);
+    }
+    int64_t dims[2] = {1, m};
+    return set_out(g, nd, 2, dims, err);
+}
+
+static int norm_axis(const g_node *nd, int rank, int *axis, ms_err *err)
+{
+    int a = nd->axis < 0 ? nd->axis + rank : nd->axis;
+    if (a != 1)
+        return ms_err_set(err, MS_EUNSUPPORTED, "node '%s' (%s): only axis 1 (channels) is supported, got %d",
+                          nd->name, nd->op_type, nd->axis);
+    *axis = a;
+    return 0;
+}
+
+static int shape_concat(graph *g, g_node *nd, ms_err *err)
+{
+    int rc, axis;
+    if ((rc = need_act(g, nd, 0, 0, err)))
+        return rc;
+    const g_tensor *x = &g->t[nd->in[0]];
+    if ((rc = norm_axis(nd, x->rank, &axis, err)))
+        return rc;
+    int64_t dims[G_MAX_RANK];
+    memcpy(dims, x->dims, sizeof dims);
+    for (int i = 1; i < nd->n_in; i++) {
+        if ((rc = need_act(g, nd, i, x->rank, err)))
+            return rc;
+        const g_tensor *y = &g->t[nd->in[i]];
+        for (int d = 0; d < x->rank; d++)
+            if (d != 1 && y->dims[d] != x->dims[d])
+                return ms_err_set(err, MS_EFORMAT, "node '%s' (Concat): '%s' and '%s' differ outside the channel axis",
+                                  nd->name, x->name, y->name);
+        dims[1] += y->dims[1];
+    }
+    return set_out(g, nd, x->rank, dims, err);
+}
+
+static int shape_node(graph *g, g_node *nd, ms_err *err)
+{
+    int rc;
+    const g_tensor *x = nd->n_in && nd->in[0] >= 0 ? &g->t[nd->in[0]] : NULL;
+    switch (nd->op) {
+    case G_CONV:
+        return shape_conv(g, nd, err);
+    case G_BN:
+        return shape_bn(g, nd, err);
+    case G_RELU:
+    case G_SIGMOID:
+    case G_SWISH:
+    case G_IDENTITY:
+        if ((rc = need_act(g, nd, 0, 0, err)))
+            return rc;
+        return set_out(g, nd, x->rank, x->dims, err);
+    case G_CLIP:
+        return shape_clip(g, nd, err);
+    case G_ADD:
+    case G_MUL:
+        if (nd->in[0] < 0 || nd->in[1] < 0)
+            return ms_err_set(err, MS_EFORMAT, "node '%s' (%s) lacks an input", nd->name, nd->op_type);
+        return shape_binary(g, nd, err);
+    case G_MAXPOOL:
+    case G_AVGPOOL:
+        return shape_pool(g, nd, err);
+    case G_GAP: {
+        if ((rc = need_act(g, nd, 0, 4, err)))
+            return rc;
+        int64_t dims[4] = {1, x->dims[1], 1, 1};
+        return set_out(g, nd, 4, dims, err);
+    }
+    case G_FLATTEN: {
+        int axis;
+        if ((rc = need_act(g, nd, 0, 0, err)) || (rc = norm_axis(nd, x->rank, &axis, err)))
+            return rc;
+        int64_t dims[2] = {1, graph_elems(x)};
+        return set_out(g, nd, 2, dims, err);
+    }
+    case G_RESHAPE:
+        return shape_reshape(g, nd, err);
+    case G_GEMM:
+        return shape_gemm(g, nd, err);
+    case G_CONCAT:
+        return shape_concat(g, nd, err);
+    default:
+        return ms_err_set(err, MS_EINTERNAL, "node '%s': no shape rule", nd->name);
+    }
+}
+
+int graph_infer_shapes(graph *g, int input_size, ms_err *err)
+{
+    g_tensor *in = &g->t[g->input];
+    int64_t dims[4] = {1, 3, input_size, input_size};
+    in->rank = 4;
+    memcpy(in->dims, dims, sizeof dims);
+    in->shaped = 1;
+    for (int i = 0; i < g->n_order; i++) {
+        g_node *nd = &g->n[g->order[i]];
+        int rc = shape_node(g, nd, err);
+        if (rc)
+            return rc;
+        const g_tensor *o = &g->t[nd->out];
+        if (o->rank != 2 && o->rank != 4)
+            return ms_err_set(err, MS_EUNSUPPORTED, "node '%s' (%s) produces a rank-%d tensor; only rank 2 and 4 are supported",
+                              nd->name, nd->op_type, o->rank);
+    }
+    return 0;
+}
+
+/* --------------------------------------------------------------- folding */
+
+/* A constant the caller may modify: itself when only this node reads it,
+ * else a fresh copy named after the node. Returns the index or a code. */
+static int own_constant(graph *g, int t, const char *node, const char *what, int64_t count,
+                        ms_err *err)
+{
+    if (t >= 0 && g->t[t].consumers <= 1 && g->t[t].f && g->t[t].count == count)
+        return t;
+    char name[600];
+    snprintf(name, sizeof name, "%.500s/%s#folded%d", node, what, g->nt);
+    int n = graph_intern(g, name, err);
+    if (n < 0)
+        return n;
+    g_tensor *x = &g->t[n];
+    x->is_const = 1;
+    x->shaped = 1;
+    x->elem_type = 1;
+    x->count = count;
+    x->f = calloc((size_t)(count ? count : 1), sizeof *x->f);
+    if (!x->f)
+        return ms_err_set(err, MS_ENOMEM, "out of memory");
+    x->consumers = 1;
+    if (t >= 0) {
+        const g_tensor *s = &g->t[t];
+        x->rank = s->rank;
+        memcpy(x->dims, s->dims, sizeof x->dims);
+        if (s->f && s->count == count)
+            memcpy(x->f, s->f, (size_t)count * sizeof *x->f);
+        g->t[t].consumers--;
+    } else {
+        x->rank = 1;
+        x->dims[0] = count;
+    }
+    return n;
+}
+
+static int fold_bn(graph *g, g_node *conv, g_node *bn, ms_err *err)
+{
+    const g_tensor *w0 = &g->t[conv->weights];
+    int64_t m = w0->dims[0], per = w0->count / m;
+    int w = own_constant(g, conv->weights, conv->name, "weights", w0->count, err);
+    if (w < 0)
+        return w;
+    conv->weights = w;
+    int b = own_constant(g, conv->bias, conv->name, "bias", m, err);
+    if (b < 0)
+        return b;
+    conv->bias = b;
+    const float *scale = g->t[bn->in[1]].f, *shift = g->t[bn->in[2]].f;
+    const float *mean = g->t[bn->in[3]].f, *var = g->t[bn->in[4]].f;
+    float *wf = g->t[w].f, *bf = g->t[b].f;
+    for (int64_t o = 0; o < m; o++) {
+        double v = (double)var[o] + bn->eps;
+        if (!(v > 0))
+            return ms_err_set(err, MS_EFORMAT, "node '%s' (BatchNormalization): variance + epsilon is %g at channel %lld",
+                              bn->name, v, (long long)o);
+        double s = scale[o] / sqrt(v);
+        for (int64_t k = 0; k < per; k++)
+            wf[o * per + k] = (float)(wf[o * per + k] * s);
+        bf[o] = (float)(((double)bf[o] - mean[o]) * s + shift[o]);
+    }
+    for (int k = 1; k < 5; k++)
+        g->t[bn->in[k]].consumers--;
+    return 0;
+}
+
+/* Gemm weights become [M, K] times alpha, its bias [M] times beta. */
+static int prepare_gemm(graph *g, g_node *nd, ms_err *err)
+{
+    const g_tensor *b0 = &g->t[nd->in[1]];
+    int64_t m = g->t[nd->out].dims[1], k = g->t[nd->in[0]].dims[1];
+    nd->weights = nd->in[1];
+    if (!nd->trans_b || nd->alpha != 1.0f) {
+        int w = own_constant(g, -1, nd->name, "weights", m * k, err);
+        if (w < 0)
+            return w;
+        b0 = &g->t[nd->in[1]];
+        g_tensor *wt = &g->t[w];
+        wt->rank = 2;
+        wt->dims[0] = m;
+        wt->dims[1] = k;
+        for (int64_t o = 0; o < m; o++)
+            for (int64_t i = 0; i < k; i++)
+                wt->f[o * k + i] = nd->alpha * (nd->trans_b ? b0->f[o * k + i] : b0->f[i * m + o]);
+        g->t[nd->in[1]].consumers--;
+        nd->weights = w;
+    }
+    int c = nd->n_in > 2 ? nd->in[2] : -1;
+    nd->bias = c;
+    if (c >= 0 && (g->t[c].count != m || nd->beta != 1.0f)) {
+        int b = own_constant(g, -1, nd->name, "bias", m, err);
+        if (b < 0)
+            return b;
+        const g_tensor *ct = &g->t[c];
+        for (int64_t o = 0; o < m; o++)
+            g->t[b].f[o] = nd->beta * ct->f[ct->count == 1 ? 0 : o];
+        g->t[c].consumers--;
+        nd->bias = b;
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- fusion */
+
+static int can_fuse_into(const graph *g, int t, const unsigned char *keep, int consumers)
+{
+    return t >= 0 && !keep[t] && g->t[t].consumers == consumers && graph_producer(g, t) >= 0;
+}
+
+static void take_output(graph *g, g_node *into, g_node *from)
+{
+    g_tensor *mid = &g->t[into->out];
+    mid->consumers = 0;
+    mid->producer = -1;
+    mid->fused_into = 1 + (int)(into - g->n);
+    into->out = from->out;
+    g->t[from->out].producer = (int)(into - g->n);
+    from->dead = 1;
+}
+
+static int eltwise_post(const g_node *e, g_post *p)
+{
+    memset(p, 0, sizeof *p);
+    p->kind = G_POST_ELTWISE;
+    switch (e->op) {
+    case G_RELU: p->act = G_ACT_RELU; return 1;
+    case G_CLIP: p->act = G_ACT_CLIP; p->lo = e->clip_lo; p->hi = e->clip_hi; return 1;
+    case G_SIGMOID: p->act = G_ACT_SIGMOID; return 1;
+    case G_SWISH: p->act = G_ACT_SWISH; return 1;
+    default: return 0;
+    }
+}
+
+/* Relu/Clip/Sigmoid/Swish after a Conv, Gemm or binary node becomes its post-op. */
+static void fuse_eltwise(graph *g, g_node *e, const unsigned char *keep)
+{
+    g_post post;
+    int x = e->in[0];
+    if (!eltwise_post(e, &post) || !can_fuse_into(g, x, keep, 1))
+        return;
+    g_node *p = &g->n[graph_producer(g, x)];
+    if ((p->op != G_CONV && p->op != G_GEMM && p->op != G_ADD && p->op != G_MUL) ||
+        p->n_post >= G_MAX_POST)
+        return;
+    p->post[p->n_post++] = post;
+    take_output(g, p, e);
+    g->stats.act_fused++;
+}
+
+/* x * Sigmoid(x) -> swish, fused into x's Conv when it can be. */
+static void fuse_swish(graph *g, g_node *mul, const unsigned char *keep)
+{
+    for (int side = 0; side < 2; side++) {
+        int s = mul->in[side], x = mul->in[1 - side];
+        int sp = graph_producer(g, s);
+        if (sp < 0 || g->n[sp].op != G_SIGMOID || g->n[sp].in[0] != x || !can_fuse_into(g, s, keep, 1) ||
+            g->t[x].is_const)
+            continue;
+        g_node *sig = &g->n[sp];
+        sig->dead = 1;
+        g->t[s].consumers = 0;
+        g->t[x].consumers--; /* the Sigmoid no longer reads x */
+        mul->op = G_SWISH;
+        mul->in[0] = x;
+        mul->n_in = 1;
+        g->stats.swish_fused++;
+        return;
+    }
+}
+
+static int order_index(const graph *g, int node)
+{
+    for (int i = 0; i < g->n_order; i++)
+        if (g->order[i] == node)
+            return i;
+    return -1;
+}
+
+/* Add(Conv(...), r) -> Conv with a sum post-op accumulating into r, run where
+ * the Add was (every input of the Conv is ready there, and so is r). */
+static void fuse_sum(graph *g, g_node *add, int add_pos, const unsigned char *keep)
+{
+    const g_tensor *a = &g->t[add->in[0]], *b = &g->t[add->in[1]];
+    if (a->is_const || b->is_const || a->rank != 4 || memcmp(a->dims, b->dims, sizeof a->dims) ||
+        add->in[0] == add->in[1])
+        return;
+    int best = -1, best_pos = -1;
+    for (int side = 0; side < 2; side++) {
+        int t = add->in[side];
+        if (!can_fuse_into(g, t, keep, 1))
+            continue;
+        int p = graph_producer(g, t);
+        const g_node *c = &g->n[p];
+        int has_sum = 0;
+        for (int k = 0; k < c->n_post; k++)
+            has_sum |= c->post[k].kind == G_POST_SUM;
+        if (c->op != G_CONV || has_sum || c->n_post >= G_MAX_POST)
+            continue;
+        int pos = order_index(g, p);
+        if (pos > best_pos) {
+            best_pos = pos;
+            best = side;
+        }
+    }
+    if (best < 0)
+        return;
+    int conv_i = graph_producer(g, add->in[best]);
+    g_node *conv = &g->n[conv_i];
+    g_post *p = &conv->post[conv->n_post++];
+    memset(p, 0, sizeof *p);
+    p->kind = G_POST_SUM;
+    p->tensor = add->in[1 - best];
+    take_output(g, conv, add);
+    /* move the conv to the Add's slot */
+    memmove(&g->order[best_pos], &g->order[best_pos + 1], (size_t)(add_pos - best_pos) * sizeof *g->order);
+    g->order[add_pos] = conv_i;
+    g->stats.add_fused++;
+}
+
+static void compact_order(graph *g)
+{
+    int n = 0;
+    for (int i = 0; i < g->n_order; i++)
+        if (!g->n[g->order[i]].dead)
+            g->order[n++] = g->order[i];
+    g->n_order = n;
+}
+
+int graph_optimise(graph *g, const int *keep_list, int n_keep, ms_err *err)
+{
+    unsigned char *keep = calloc((size_t)g->nt + 1, 1);
+    if (!keep)
+        return ms_err_set(err, MS_ENOMEM, "out of memory");
+    for (int i = 0; i < n_keep; i++)
+        if (keep_list[i] >= 0)
+            keep[keep_list[i]] = 1;
+    for (int i = 0; i < g->n_outputs; i++)
+        keep[g->outputs[i]] = 1;
+    int rc = 0;
+    /* weights and biases, Gemm in [M, K] form */
+    for (int i = 0; i < g->n_order && !rc; i++) {
+        g_node *nd = &g->n[g->order[i]];
+        if (nd->op == G_CONV) {
+            nd->weights = nd->in[1];
+            nd->bias = nd->n_in > 2 ? nd->in[2] : -1;
+        } else if (nd->op == G_GEMM) {
+            rc = prepare_gemm(g, nd, err);
+        }
+    }
+    /* BatchNorm right after a Conv whose output nothing else reads */
+    for (int i = 0; i < g->n_order && !rc; i++) {
+        g_node *bn = &g->n[g->order[i]];
+        if (bn->op != G_BN || bn->dead || !can_fuse_into(g, bn->in[0], keep, 1))
+            continue;
+        g_node *conv = &g->n[graph_producer(g, bn->in[0])];
+        if (conv->op != G_CONV || conv->n_post)
+            continue;
+        if (!(rc = fold_bn(g, conv, bn, err))) {
+            take_output(g, conv, bn);
+            g->stats.bn_folded++;
+        }
+    }
+    compact_order(g);
+    /* one pass in order: each node's producers are already in final form */
+    for (int i = 0; i < g->n_order && !rc; i++) {
+        g_node *nd = &g->n[g->order[i]];
+        if (nd->dead)
+            continue;
+        if (nd->op == G_MUL)
+            fuse_swish(g, nd, keep);
+        if (nd->op == G_ADD)
+            fuse_sum(g, nd, i, keep);
+        else if (nd->op == G_RELU || nd->op == G_CLIP || nd->op == G_SIGMOID || nd->op == G_SWISH)
+            fuse_eltwise(g, nd, keep);
+    }
+    compact_order(g);
+    count_consumers(g);
+    if (!rc)
+        drop_unused_constants(g);
+    free(keep);
+    return rc;
+}
+
+/* ------------------------------------------------------------- analysis */
+
+void graph_mark_needed(const graph *g, int target, unsigned char *need)
+{
+    int *stack = malloc(((size_t)g->nt + 1) * sizeof *stack);
+    unsigned char *seen = calloc((size_t)g->nt + 1, 1);
+    if (!stack || !seen) {
+        /* without memory, mark everything: correct, only slower */
+        for (int i = 0; i < g->n_order; i++)
+            need[g->order[i]] = 1;
+        free(stack);
+        free(seen);
+        return;
+    }
+    int sp = 0;
+    stack[sp++] = target;
+    seen[target] = 1;
+    while (sp) {
+        int t = stack[--sp], p = graph_producer(g, t);
+        if (p < 0 || need[p])
+            continue;
+        need[p] = 1;
+        const g_node *nd = &g->n[p];
+        for (int k = 0; k < nd->n_in + nd->n_post; k++) {
+            int r = k < nd->n_in ? nd->in[k]
+                    : nd->post[k - nd->n_in].kind == G_POST_SUM ? nd->post[k - nd->n_in].tensor : -1;
+            if (r >= 0 && !g->t[r].is_const && !seen[r]) {
+                seen[r] = 1;
+                stack[sp++] = r;
+            }
+        }
+    }
+    free(stack);
+    free(seen);
+}
+
+int graph_max_reads(const graph *g)
+{
+    int m = 1;
+    for (int i = 0; i < g->nn; i++)
+        if (g->n[i].n_in + g->n[i].n_post > m)
+            m = g->n[i].n_in + g->n[i].n_post;
+    return m;
+}
+
+static double node_flops(const graph *g, const g_node *nd)
+{
+    const g_tensor *o = &g->t[nd->out];
+    if (nd->op == G_CONV) {
+        const g_tensor *w = &g->t[nd->weights];
+        int64_t per_out = w->dims[1] * w->dims[2] * w->dims[3];
+        return 2.0 * (double)graph_elems(o) * (double)per_out;
+    }
+    if (nd->op == G_GEMM)
+        return 2.0 * (double)o->dims[1] * (double)g->t[nd->in[0]].dims[1];
+    return 0;
+}
+
+double graph_flops(const graph *g, int target)
+{
+    unsigned char *need = calloc((size_t)g->nn + 1, 1);
+    if (!need)
+        return 0;
+    graph_mark_needed(g, target, need);
+    double f = 0;
+    for (int i = 0; i < g->n_order; i++)
+        if (need[g->order[i]])
+            f += node_flops(g, &g->n[g->order[i]]);
+    free(need);
+    return f;
+}
+
+int64_t graph_live_bytes(const graph *g, int target)
+{
+    unsigned char *need = calloc((size_t)g->nn + 1, 1);
+    int *last = malloc(((size_t)g->nt + 1) * sizeof *last);
+    int cap = graph_max_reads(g);
+    int *reads = malloc((size_t)cap * sizeof *reads);
+    int64_t peak = 0, live = 0;
+    if (!need || !last || !reads) {
+        free(need);
+        free(last);
+        free(reads);
+        return -1;
+    }
+    graph_mark_needed(g, target, need);
+    for (int t = 0; t < g->nt; t++)
+        last[t] = -1;
+    for (int i = 0; i < g->n_order; i++) {
+        const g_node *nd = &g->n[g->order[i]];
+        if (!need[g->order[i]])
+            continue;
+        int n = graph_node_reads(g, nd, reads, cap);
+        for (int k = 0; k < n; k++)
+            last[reads[k]] = i;
+    }
+    last[target] = g->n_order;
+    live = 4 * graph_elems(&g->t[g->input]);
+    for (int i = 0; i < g->n_order; i++) {
+        const g_node *nd = &g->n[g->order[i]];
+        if (!need[g->order[i]])
+            continue;
+        live += 4 * graph_elems(&g->t[nd->out]);
+        if (live > peak)
+            peak = live;
+        int n = graph_node_reads(g, nd, reads, cap);
+        for (int k = 0; k < n; k++)
+            if (last[reads[k]] == i) {
+                live -= 4 * graph_elems(&g->t[reads[k]]);
+                last[reads[k]] = -2; /* count each release once */
+            }
+    }
+    free(need);
+    free(last);
+    free(reads);
+    return peak;
+}
+
+int graph_gap_source(const graph *g, int t)
+{
+    int p = graph_producer(g, t);
+    while (p >= 0 && (g->n[p].op == G_FLATTEN || g->n[p].op == G_RESHAPE || g->n[p].op == G_IDENTITY))
+        p = graph_producer(g, g->n[p].in[0]);
+    if (p < 0 || g->n[p].op != G_GAP)
+        return -1;
+    return g->n[p].in[0];
+}

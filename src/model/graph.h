@@ -1,0 +1,209 @@
+/*
+ * graph.h - the model module's internal picture of a CNN (not a public API).
+ *
+ * onnx.c turns an ONNX file into a `graph`: tensors (the image input,
+ * constants, activations) and nodes with their attributes already parsed and
+ * checked. graph.c orders the nodes, infers every shape, folds BatchNorm into
+ * convolutions and fuses activations and residual adds into the node that
+ * produces their input. dnnl.c turns a compiled graph into oneDNN primitives.
+ *
+ * Shapes of activations are per image: dims[0] is always 1 and stands for
+ * the batch, whatever the file declares (a fixed batch of 1 included).
+ *
+ * Ownership: the graph owns every string and every constant's data; a
+ * constant's `f` may be released early by dnnl.c once oneDNN holds its own
+ * copy (graph_release_constant).
+ */
+#ifndef MS_MODEL_GRAPH_H
+#define MS_MODEL_GRAPH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "util/err.h"
+
+#define G_MAX_RANK 6       /* constants; activations are rank 2 or 4 */
+#define G_MAX_POST 4       /* fused post-ops on one node */
+
+/* Limits on what a file may ask for. */
+#define G_MAX_NODES 100000
+#define G_MAX_DIM ((int64_t)1 << 24)            /* one dimension */
+#define G_MAX_CONST_ELEMS ((int64_t)1 << 31)    /* one constant */
+#define G_MAX_ACT_ELEMS ((int64_t)1 << 28)      /* one activation, per image (1 GiB) */
+#define G_MAX_LIVE_BYTES ((int64_t)2 << 30)     /* live activations at once, per image */
+#define G_MAX_KERNEL 1024
+#define G_MAX_INPUT_SIZE 4096
+
+typedef enum {
+    G_CONV = 0,
+    G_BN,
+    G_RELU,
+    G_CLIP,
+    G_SIGMOID,
+    G_SWISH,     /* x * sigmoid(x): a Sigmoid and a Mul fused at load */
+    G_ADD,
+    G_MUL,
+    G_MAXPOOL,
+    G_AVGPOOL,
+    G_GAP,
+    G_FLATTEN,
+    G_RESHAPE,
+    G_GEMM,
+    G_CONCAT,
+    G_IDENTITY,
+    G_OP_COUNT
+} g_op;
+
+typedef enum { G_POST_ELTWISE = 1, G_POST_SUM } g_post_kind;
+typedef enum { G_ACT_RELU = 1, G_ACT_CLIP, G_ACT_SIGMOID, G_ACT_SWISH } g_act;
+
+/* One post-op fused into a Conv, Gemm or binary node, applied in order. */
+typedef struct g_post {
+    g_post_kind kind;
+    g_act act;           /* G_POST_ELTWISE */
+    float lo, hi;        /* G_ACT_CLIP bounds */
+    int tensor;          /* G_POST_SUM: the residual added to the result */
+} g_post;
+
+typedef struct g_tensor {
+    char *name;
+    int rank;
+    int64_t dims[G_MAX_RANK];
+    int is_const;
+    int is_input;        /* the image input */
+    int elem_type;       /* constants: ONNX FLOAT (1) or INT64 (7) */
+    float *f;            /* constant floats, owned */
+    int64_t *i64;        /* constant int64s, owned */
+    int64_t count;       /* elements of a constant */
+    int producer;        /* node index; -1 for input and constants */
+    int consumers;       /* uses by live nodes (post-op sums included) */
+    int shaped;          /* dims are known (inferred) */
+    int fused_into;      /* 1 + the node this intermediate was fused into, else 0 */
+} g_tensor;
+
+typedef struct g_node {
+    g_op op;
+    char *name;          /* from the file, or "OpType #index" */
+    char *op_type;       /* as written in the file */
+    int *in;             /* tensor indices; -1 for an omitted optional input */
+    int n_in;
+    int out;
+    /* Attributes (only those of the node's op are meaningful). */
+    int kernel[2], stride[2], dilation[2], pad_l[2], pad_r[2];
+    int auto_pad;        /* 0 NOTSET, 1 SAME_UPPER, 2 SAME_LOWER, 3 VALID */
+    int group;
+    int ceil_mode, count_include_pad;
+    float clip_lo, clip_hi;
+    int clip_from_attrs; /* Clip bounds given as attributes (opset < 11) */
+    float eps;
+    float alpha, beta;
+    int trans_a, trans_b;
+    int axis;
+    /* Filled by compilation. */
+    int dead;            /* folded or fused into another node */
+    int weights, bias;   /* Conv/Gemm constants after folding (bias may be -1) */
+    g_post post[G_MAX_POST];
+    int n_post;
+} g_node;
+
+typedef struct g_meta {
+    char *key, *value;
+} g_meta;
+
+typedef struct g_stats {
+    int bn_folded;       /* BatchNormalization folded into a Conv */
+    int act_fused;       /* activations fused as eltwise post-ops */
+    int add_fused;       /* residual Adds fused as sum post-ops */
+    int swish_fused;     /* Sigmoid+Mul pairs turned into swish */
+} g_stats;
+
+typedef struct graph {
+    g_tensor *t;
+    int nt, cap_t;
+    g_node *n;
+    int nn, cap_n;
+    int *order;          /* live nodes in execution order */
+    int n_order;
+    int input;           /* tensor index of the image input */
+    int *outputs;        /* graph outputs, tensor indices */
+    int n_outputs;
+    g_meta *meta;
+    int n_meta;
+    int64_t opset;       /* default-domain opset, 0 when the file names none */
+    int64_t ir_version;
+    char *producer;      /* producer_name + version, may be "" */
+    int64_t input_decl[4]; /* the input shape the file declares, -1 symbolic */
+    int op_count[G_OP_COUNT + 1]; /* nodes per op in the file ([G_OP_COUNT]: Constant) */
+    int64_t params;      /* float constant elements in the file */
+    g_stats stats;
+    /* name -> tensor index (open addressing) */
+    int *hash;
+    int hash_cap;
+} graph;
+
+/* Op names as ONNX writes them; "Swish" for the fused G_SWISH. */
+const char *graph_op_name(g_op op);
+
+void graph_init(graph *g);
+void graph_free(graph *g);
+
+/* Finds a tensor by name: its index, or -1. */
+int graph_find(const graph *g, const char *name);
+/* Finds or adds a tensor named name: its index, or a negative MS_E* code. */
+int graph_intern(graph *g, const char *name, ms_err *err);
+/* Appends a zeroed node (op and name set): its index or a negative code. */
+int graph_add_node(graph *g, g_op op, const char *name, const char *op_type, ms_err *err);
+/* The metadata value for key, or NULL. */
+const char *graph_meta(const graph *g, const char *key);
+
+/* Parses an ONNX model (onnx.c). max_bytes bounds len. Fills an initialised
+ * g with tensors, nodes, metadata, the input and outputs, without ordering or
+ * shapes. Returns 0, MS_EFORMAT, MS_EUNSUPPORTED, MS_ETOOBIG or MS_ENOMEM. */
+int onnx_parse(const void *buf, size_t len, graph *g, ms_err *err);
+
+/* What compilation needs to know from the caller. */
+typedef struct graph_config {
+    int input_size;      /* S: the input is [N, 3, S, S] */
+    const int *keep;     /* tensors that must stay materialised (never fused away) */
+    int n_keep;
+} graph_config;
+
+/* Orders the nodes (rejecting cycles and undefined inputs), infers shapes
+ * for an S x S input, checks every node against its inputs, then folds
+ * BatchNorm and fuses post-ops. Returns 0 or a negative code naming the node. */
+int graph_order(graph *g, ms_err *err);
+int graph_infer_shapes(graph *g, int input_size, ms_err *err);
+int graph_optimise(graph *g, const int *keep, int n_keep, ms_err *err);
+
+/* Marks in need[] (g->nn entries, zeroed by the caller) every live node the
+ * tensor `target` depends on. */
+void graph_mark_needed(const graph *g, int target, unsigned char *need);
+
+/* The tensors node reads, post-op sums included: fills in[] (capacity cap)
+ * and returns the count; -1 entries (omitted inputs) are skipped. */
+int graph_node_reads(const graph *g, const g_node *nd, int *in, int cap);
+
+/* The most tensors any node reads: a capacity for graph_node_reads. */
+int graph_max_reads(const graph *g);
+
+/* Per-image elements of a tensor (product of dims). */
+int64_t graph_elems(const g_tensor *t);
+
+/* Multiply-add x 2 of the convolutions and Gemms that producing target needs. */
+double graph_flops(const graph *g, int target);
+
+/* Peak bytes of activations alive at once per image when producing target,
+ * in plain layout (a bound used to refuse absurd models); -1 without memory. */
+int64_t graph_live_bytes(const graph *g, int target);
+
+/* The node that produces tensor t after fusion, or -1. */
+int graph_producer(const graph *g, int t);
+
+/* The tensor feeding the GlobalAveragePool that (through Flatten, Reshape or
+ * Identity) produces t; -1 when there is none. */
+int graph_gap_source(const graph *g, int t);
+
+/* Frees a constant's float data once nothing needs it on the host. */
+void graph_release_constant(graph *g, int t);
+
+#endif

@@ -1,0 +1,583 @@
+/*
+ * model.c - the public face of the model module (model.h): loading, the
+ * preprocessing a model asks for, identity, description and forwards.
+ */
+#include "model/model.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "model/dnn.h"
+#include "model/graph.h"
+#include "model/pooling.h"
+#include "util/sha256.h"
+
+#define DEFAULT_MAX_FILE ((size_t)2 << 30)
+#define MAX_BATCH 4096
+
+/* torchvision's ImageNet convention, in R, G, B order, on the 0..255 scale */
+static const float imagenet_mean[3] = {123.675f, 116.28f, 103.53f};
+static const float imagenet_std[3] = {58.395f, 57.12f, 57.375f};
+
+struct model {
+    graph g;
+    dnn *dnn;
+    model_pool pool;
+    float gem_p;
+    int feature;           /* tensor the vector comes from */
+    int map;               /* GAP source for pooled features, else -1 */
+    int target;            /* what the backend produces: map or feature */
+    int dim, map_c, map_hw;
+    image_prep prep;
+    int prep_meta;
+    char prep_note[160];   /* where each preprocessing value came from */
+    int bgr;
+    int bf16;
+    char *name;
+    char sha[65];
+    char identity[512];
+    char *describe;
+    double flops;
+    float *map_buf;
+    size_t map_cap;        /* floats */
+};
+
+void model_options_init(model_options *o)
+{
+    memset(o, 0, sizeof *o);
+    o->pool = MODEL_POOL_OUTPUT;
+    o->gem_p = 3.0f;
+}
+
+/* ----------------------------------------------------------- preprocessing */
+
+/* "v" or "v1,v2,v3": fills out[3] (one value repeated). 0 or -1. */
+static int parse_triple(const char *s, float out[3])
+{
+    float v[3];
+    int n = 0;
+    const char *p = s;
+    while (n < 3) {
+        char *end;
+        errno = 0;
+        double x = strtod(p, &end);
+        if (end == p || errno || !isfinite(x))
+            return -1;
+        v[n++] = (float)x;
+        while (*end == ' ')
+            end++;
+        if (*end == '\0')
+            break;
+        if (*end != ',')
+            return -1;
+        p = end + 1;
+    }
+    if (n == 3) {
+        while (*p && *p != ',')
+            p++;
+        if (*p)
+            return -1; /* more than three */
+    }
+    if (n == 2)
+        return -1;
+    for (int i = 0; i < 3; i++)
+        out[i] = n == 1 ? v[0] : v[i];
+    return 0;
+}
+
+static int parse_size(const char *s, int *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (end == s || *end || errno || v < 8 || v > G_MAX_INPUT_SIZE)
+        return -1;
+    *out = (int)v;
+    return 0;
+}
+
+static const char *meta_str(const graph *g, const char *key)
+{
+    const char *v = graph_meta(g, key);
+    return v && *v ? v : NULL;
+}
+
+static int resolve_size(model *m, const model_options *o, int *size, ms_err *err)
+{
+    const graph *g = &m->g;
+    const char *ms = meta_str(g, "medsearch.input_size");
+    if (o->input_size > 0) {
+        if (o->input_size < 8 || o->input_size > G_MAX_INPUT_SIZE)
+            return ms_err_set(err, MS_EINVAL, "input size %d is outside 8..%d", o->input_size, G_MAX_INPUT_SIZE);
+        *size = o->input_size;
+        return 0;
+    }
+    if (ms) {
+        if (parse_size(ms, size))
+            return ms_err_set(err, MS_EFORMAT, "metadata medsearch.input_size '%.40s' is not a size in 8..%d", ms,
+                              G_MAX_INPUT_SIZE);
+        m->prep_meta = 1;
+        return 0;
+    }
+    int64_t h = g->input_decl[2], w = g->input_decl[3];
+    if (h > 0 && w > 0 && h != w)
+        return ms_err_set(err, MS_EUNSUPPORTED, "the model's input is %lldx%lld; MedSearch feeds square images "
+                          "(set an input size to override)", (long long)h, (long long)w);
+    if (h > 0 && (h < 8 || h > G_MAX_INPUT_SIZE))
+        return ms_err_set(err, MS_EUNSUPPORTED, "the model's input size %lld is outside 8..%d", (long long)h,
+                          G_MAX_INPUT_SIZE);
+    *size = h > 0 ? (int)h : w > 0 ? (int)w : 224;
+    return 0;
+}
+
+/* One of mean/scale: flag text, else metadata, else the ImageNet default
+ * (stated in R,G,B order, so reversed for a BGR model). */
+static int resolve_triple(model *m, const char *flag, const char *flag_name, const char *meta_key,
+                          const float def[3], int invert, float out[3], const char **src, ms_err *err)
+{
+    const char *meta = meta_str(&m->g, meta_key);
+    if (flag) {
+        if (parse_triple(flag, out))
+            return ms_err_set(err, MS_EINVAL, "--%s '%.60s' must be one number or three separated by commas",
+                              flag_name, flag);
+        *src = "flags";
+    } else if (meta) {
+        if (parse_triple(meta, out))
+            return ms_err_set(err, MS_EFORMAT, "metadata %s '%.60s' must be one number or three separated by commas",
+                              meta_key, meta);
+        *src = "metadata";
+        m->prep_meta = 1;
+    } else {
+        for (int i = 0; i < 3; i++)
+            out[i] = def[m->bgr ? 2 - i : i];
+        *src = "ImageNet default";
+        if (invert)
+            for (int i = 0; i < 3; i++)
+                out[i] = 1.0f / out[i];
+        return 0;
+    }
+    for (int i = 0; i < 3; i++) {
+        if (invert && !(out[i] > 0 || out[i] < 0))
+            return ms_err_set(err, flag ? MS_EINVAL : MS_EFORMAT, "%s has a zero standard deviation",
+                              flag ? flag_name : meta_key);
+        if (invert)
+            out[i] = 1.0f / out[i];
+        if (!isfinite(out[i]))
+            return ms_err_set(err, flag ? MS_EINVAL : MS_EFORMAT, "%s is not finite", flag ? flag_name : meta_key);
+    }
+    return 0;
+}
+
+static int resolve_prep(model *m, const model_options *o, int size, ms_err *err)
+{
+    const char *color = meta_str(&m->g, "medsearch.color");
+    if (color) {
+        if (!strcasecmp(color, "bgr"))
+            m->bgr = 1;
+        else if (strcasecmp(color, "rgb"))
+            return ms_err_set(err, MS_EFORMAT, "metadata medsearch.color '%.20s' is neither rgb nor bgr", color);
+        m->prep_meta = 1;
+    }
+    m->prep.size = size;
+    const char *mean_src = "?", *scale_src = "?";
+    int rc = resolve_triple(m, o->mean, "mean", "medsearch.mean", imagenet_mean, 0, m->prep.mean, &mean_src, err);
+    if (rc)
+        return rc;
+    /* scale: flag scale, flag std, metadata scale, metadata std, default */
+    if (o->scale || (!o->std && meta_str(&m->g, "medsearch.scale")))
+        rc = resolve_triple(m, o->scale, "scale", "medsearch.scale", imagenet_std, 0, m->prep.scale, &scale_src, err);
+    else
+        rc = resolve_triple(m, o->std, "std", "medsearch.std", imagenet_std, 1, m->prep.scale, &scale_src, err);
+    if (!rc)
+        for (int i = 0; i < 3; i++)
+            if (!(m->prep.scale[i] > 0 || m->prep.scale[i] < 0))
+                rc = ms_err_set(err, o->scale ? MS_EINVAL : MS_EFORMAT, "the scale must not be zero");
+    if (rc)
+        return rc;
+    snprintf(m->prep_note, sizeof m->prep_note, "mean from %s, scale from %s, size from %s", mean_src, scale_src,
+             o->input_size > 0 ? "flags" : meta_str(&m->g, "medsearch.input_size") ? "metadata" : "the model input");
+    return 0;
+}
+
+/* ----------------------------------------------------------------- loading */
+
+static const char *pool_name(model_pool p, float gem_p, char *buf, size_t len)
+{
+    switch (p) {
+    case MODEL_POOL_AVG: return "avg";
+    case MODEL_POOL_MAX: return "max";
+    case MODEL_POOL_TOPLEFT: return "topleft";
+    case MODEL_POOL_GEM: snprintf(buf, len, "gem%g", (double)gem_p); return buf;
+    default: return "output";
+    }
+}
+
+static int pick_feature(model *m, const model_options *o, ms_err *err)
+{
+    graph *g = &m->g;
+    const char *meta = meta_str(g, "medsearch.feature_output");
+    const char *name = o->output ? o->output : meta;
+    int t = name ? graph_find(g, name) : g->outputs[0];
+    if (t < 0 || g->t[t].is_const || (g->t[t].producer < 0 && !g->t[t].is_input)) {
+        if (o->output)
+            return ms_err_set(err, MS_ENOTFOUND, "the model has no tensor named '%.200s'", o->output);
+        return ms_err_set(err, MS_EFORMAT, "metadata medsearch.feature_output names '%.200s', which the model does not compute",
+                          name);
+    }
+    m->feature = t;
+    m->map = -1;
+    m->target = t;
+    if (m->pool == MODEL_POOL_OUTPUT)
+        return 0;
+    char pb[32];
+    m->map = graph_gap_source(g, t);
+    if (m->map < 0) {
+        int p = graph_producer(g, t);
+        return ms_err_set(err, MS_EUNSUPPORTED,
+                          "pooling '%s' needs the feature '%s' to come from a GlobalAveragePool (through Flatten, "
+                          "Reshape or Identity); it comes from %s node '%s'",
+                          pool_name(m->pool, m->gem_p, pb, sizeof pb), g->t[t].name,
+                          p >= 0 ? g->n[p].op_type : "no", p >= 0 ? g->n[p].name : "-");
+    }
+    m->target = m->map;
+    return 0;
+}
+
+static int check_options(const model_options *o, ms_err *err)
+{
+    if (o->pool < MODEL_POOL_OUTPUT || o->pool > MODEL_POOL_TOPLEFT)
+        return ms_err_set(err, MS_EINVAL, "unknown pooling %d", (int)o->pool);
+    if (o->pool == MODEL_POOL_GEM && !(o->gem_p > 0 && o->gem_p <= 100))
+        return ms_err_set(err, MS_EINVAL, "GeM p must be in (0, 100], got %g", (double)o->gem_p);
+    return 0;
+}
+
+static void describe(model *m);
+
+static int compile(model *m, const model_options *o, ms_err *err)
+{
+    graph *g = &m->g;
+    int size = 0, rc;
+    if ((rc = graph_order(g, err)) || (rc = resolve_size(m, o, &size, err)) ||
+        (rc = resolve_prep(m, o, size, err)) || (rc = graph_infer_shapes(g, size, err)) ||
+        (rc = pick_feature(m, o, err)))
+        return rc;
+    int keep[2] = {m->feature, m->map};
+    if ((rc = graph_optimise(g, keep, 2, err)))
+        return rc;
+    int64_t live = graph_live_bytes(g, m->target);
+    if (live < 0)
+        return ms_err_set(err, MS_ENOMEM, "out of memory");
+    int64_t limit = o->max_activation_bytes ? (int64_t)o->max_activation_bytes : G_MAX_LIVE_BYTES;
+    if (live > limit)
+        return ms_err_set(err, MS_ETOOBIG, "the model needs %.1f MiB of activations per image, over the %.1f MiB limit",
+                          (double)live / (1 << 20), (double)limit / (1 << 20));
+    const g_tensor *tt = &g->t[m->target];
+    if (m->map >= 0) {
+        m->map_c = (int)tt->dims[1];
+        m->map_hw = (int)(tt->dims[2] * tt->dims[3]);
+        m->dim = m->map_c;
+    } else {
+        m->dim = (int)graph_elems(tt);
+    }
+    m->flops = graph_flops(g, m->target);
+    dnn_options dopt = {0};
+    dopt.bf16 = o->bf16;
+    dopt.max_arena = o->max_activation_bytes ? 16 * o->max_activation_bytes : 0;
+    if ((rc = dnn_create(g, &dopt, &m->dnn, err)) || (rc = dnn_prepare(m->dnn, m->target, 1, err)))
+        return rc;
+    dnn_release_host_weights(m->dnn);
+    char pb[32];
+    snprintf(m->identity, sizeof m->identity, "%.300s:%s:%d:%s%s", m->name, m->sha, m->dim,
+             pool_name(m->pool, m->gem_p, pb, sizeof pb), o->bf16 ? "-bf16" : "");
+    describe(m);
+    return m->describe ? 0 : ms_err_set(err, MS_ENOMEM, "out of memory");
+}
+
+/* How load() holds the file's bytes: the caller's, or a mapping it must
+ * drop (as soon as the graph is built, to keep the peak RSS down). */
+typedef enum { BYTES_BORROWED = 0, BYTES_MAPPED } bytes_kind;
+
+static void drop_bytes(const void *buf, size_t len, bytes_kind kind)
+{
+    if (kind == BYTES_MAPPED && len)
+        munmap((void *)(uintptr_t)buf, len);
+}
+
+static int load(const void *buf, size_t len, bytes_kind kind, const char *name, const model_options *opt,
+                model **out, ms_err *err)
+{
+    model_options defaults;
+    if (!opt) {
+        model_options_init(&defaults);
+        opt = &defaults;
+    }
+    *out = NULL;
+    int rc = check_options(opt, err);
+    size_t max = opt->max_file_bytes ? opt->max_file_bytes : DEFAULT_MAX_FILE;
+    if (!rc && len > max)
+        rc = ms_err_set(err, MS_ETOOBIG, "the model file is %zu bytes, over the %zu-byte limit", len, max);
+    model *m = rc ? NULL : calloc(1, sizeof *m);
+    if (!rc && !m)
+        rc = ms_err_set(err, MS_ENOMEM, "out of memory");
+    if (rc) {
+        drop_bytes(buf, len, kind);
+        return rc;
+    }
+    graph_init(&m->g);
+    m->pool = opt->pool;
+    m->bf16 = opt->bf16;
+    m->gem_p = opt->gem_p > 0 ? opt->gem_p : 3.0f;
+    const char *base = name ? strrchr(name, '/') : NULL;
+    base = base ? base + 1 : name && *name ? name : "model";
+    m->name = strdup(base);
+    ms_sha256_hex(buf, len, m->sha);
+    rc = m->name ? onnx_parse(buf, len, &m->g, err) : ms_err_set(err, MS_ENOMEM, "out of memory");
+    drop_bytes(buf, len, kind); /* the graph holds everything it needs */
+    if (!rc)
+        rc = compile(m, opt, err);
+    if (rc) {
+        model_free(m);
+        return rc;
+    }
+    *out = m;
+    return 0;
+}
+
+int model_load_buffer(const void *buf, size_t len, const char *name, const model_options *opt, model **out,
+                      ms_err *err)
+{
+    return load(buf, len, BYTES_BORROWED, name, opt, out, err);
+}
+
+int model_load(const char *path, const model_options *opt, model **out, ms_err *err)
+{
+    *out = NULL;
+    size_t max = opt && opt->max_file_bytes ? opt->max_file_bytes : DEFAULT_MAX_FILE;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return ms_err_set(err, errno == ENOENT ? MS_ENOTFOUND : MS_EIO, "cannot open model '%s': %s", path,
+                          strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return ms_err_set(err, MS_EIO, "model '%s' is not a regular file", path);
+    }
+    if ((uint64_t)st.st_size > max) {
+        close(fd);
+        return ms_err_set(err, MS_ETOOBIG, "model '%s' is %lld bytes, over the %zu-byte limit", path,
+                          (long long)st.st_size, max);
+    }
+    size_t len = (size_t)st.st_size;
+    if (len == 0) {
+        close(fd);
+        return load("", 0, BYTES_BORROWED, path, opt, out, err);
+    }
+    /* Mapped, not copied: protobuf-c copies what it keeps, and the mapping
+     * goes as soon as the graph is built. */
+    void *map = mmap(NULL, len, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, 0);
+    close(fd);
+    if (map == MAP_FAILED)
+        return ms_err_set(err, MS_EIO, "cannot read model '%s': %s", path, strerror(errno));
+    return load(map, len, BYTES_MAPPED, path, opt, out, err);
+}
+
+void model_free(model *m)
+{
+    if (!m)
+        return;
+    dnn_free(m->dnn);
+    graph_free(&m->g);
+    free(m->name);
+    free(m->describe);
+    free(m->map_buf);
+    free(m);
+}
+
+/* ---------------------------------------------------------------- forwards */
+
+static int check_batch(int n, ms_err *err)
+{
+    if (n < 1 || n > MAX_BATCH)
+        return ms_err_set(err, MS_EINVAL, "batch size %d is outside 1..%d", n, MAX_BATCH);
+    return 0;
+}
+
+int model_forward(model *m, const float *input, int n, float *out, ms_err *err)
+{
+    int rc = check_batch(n, err);
+    if (rc)
+        return rc;
+    if (m->map < 0)
+        return dnn_run(m->dnn, m->feature, n, input, out, err);
+    size_t need = (size_t)n * (size_t)m->map_c * (size_t)m->map_hw;
+    if (need > m->map_cap) {
+        /* grown once per larger batch and touched now, never during forwards */
+        float *p = malloc(need * sizeof *p);
+        if (!p)
+            return ms_err_set(err, MS_ENOMEM, "cannot allocate the feature map for batch %d", n);
+        memset(p, 0, need * sizeof *p);
+        free(m->map_buf);
+        m->map_buf = p;
+        m->map_cap = need;
+    }
+    if ((rc = dnn_run(m->dnn, m->map, n, input, m->map_buf, err)))
+        return rc;
+    pool_map(m->map_buf, n, m->map_c, m->map_hw, m->pool, m->gem_p, out);
+    return 0;
+}
+
+static int tensor_available(const model *m, const char *name, int *t, ms_err *err)
+{
+    const graph *g = &m->g;
+    *t = name ? graph_find(g, name) : -1;
+    if (*t < 0 || g->t[*t].is_const || !g->t[*t].shaped)
+        return ms_err_set(err, MS_ENOTFOUND, "the model has no activation tensor named '%.200s'", name ? name : "");
+    if (g->t[*t].fused_into)
+        return ms_err_set(err, MS_ENOTFOUND,
+                          "tensor '%.200s' is not computed on its own: it was fused into node '%s' (load the model "
+                          "with it as the output to keep it)",
+                          name, g->n[g->t[*t].fused_into - 1].name);
+    if (!g->t[*t].is_input && graph_producer(g, *t) < 0)
+        return ms_err_set(err, MS_ENOTFOUND, "tensor '%.200s' is not computed by the model", name);
+    return 0;
+}
+
+int model_forward_tensor(model *m, const float *input, int n, const char *tensor, float *out, size_t out_per_image,
+                         ms_err *err)
+{
+    int t, rc = check_batch(n, err);
+    if (rc || (rc = tensor_available(m, tensor, &t, err)))
+        return rc;
+    size_t per = (size_t)graph_elems(&m->g.t[t]);
+    if (out_per_image != per)
+        return ms_err_set(err, MS_EINVAL, "tensor '%s' has %zu values per image, not %zu", tensor, per, out_per_image);
+    return dnn_run(m->dnn, t, n, input, out, err);
+}
+
+size_t model_tensor_size(const model *m, const char *tensor)
+{
+    int t;
+    if (tensor_available(m, tensor, &t, NULL))
+        return 0;
+    return (size_t)graph_elems(&m->g.t[t]);
+}
+
+/* ------------------------------------------------------------- accessors */
+
+int model_dim(const model *m) { return m->dim; }
+const image_prep *model_prep(const model *m) { return &m->prep; }
+int model_prep_from_metadata(const model *m) { return m->prep_meta; }
+const char *model_identity(const model *m) { return m->identity; }
+const char *model_name(const model *m) { return m->name; }
+const char *model_sha256(const model *m) { return m->sha; }
+const char *model_describe(const model *m) { return m->describe; }
+double model_flops_per_image(const model *m) { return m->flops; }
+
+int model_measure_peak_gflops(double seconds, double *gflops, ms_err *err)
+{
+    return dnn_measure_peak(seconds, gflops, err);
+}
+
+const char *model_runtime_info(const model *m)
+{
+    static char buf[192];
+    snprintf(buf, sizeof buf, "%s; conv: %s; weights %.1f MB; activations %.1f MB%s", dnn_version(),
+             m ? dnn_conv_impl(m->dnn) : "-", m ? (double)dnn_weight_bytes(m->dnn) / 1e6 : 0,
+             m ? (double)dnn_arena_bytes(m->dnn) / 1e6 : 0, m && m->bf16 ? "; fpmath bf16" : "");
+    return buf;
+}
+
+/* ------------------------------------------------------------- describe */
+
+typedef struct sbuf {
+    char *p;
+    size_t len, cap;
+} sbuf;
+
+__attribute__((format(printf, 2, 3))) static void sb_printf(sbuf *s, const char *fmt, ...)
+{
+    if (!s->p)
+        return;
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(s->p + s->len, s->cap - s->len, fmt, ap);
+        va_end(ap);
+        if (n < 0)
+            return;
+        if ((size_t)n < s->cap - s->len) {
+            s->len += (size_t)n;
+            return;
+        }
+        char *q = realloc(s->p, s->cap * 2 + (size_t)n);
+        if (!q) {
+            free(s->p);
+            s->p = NULL;
+            return;
+        }
+        s->p = q;
+        s->cap = s->cap * 2 + (size_t)n;
+    }
+}
+
+static void sb_shape(sbuf *s, const g_tensor *t)
+{
+    sb_printf(s, "[batch");
+    for (int i = 1; i < t->rank; i++)
+        sb_printf(s, ", %lld", (long long)t->dims[i]);
+    sb_printf(s, "]");
+}
+
+static void describe(model *m)
+{
+    const graph *g = &m->g;
+    sbuf s = {malloc(1024), 0, 1024};
+    char pb[32];
+    sb_printf(&s, "model       %s\n", m->name);
+    sb_printf(&s, "identity    %s\n", m->identity);
+    sb_printf(&s, "format      ONNX IR %lld, opset %lld%s%s%s\n", (long long)g->ir_version, (long long)g->opset,
+              g->producer && *g->producer ? ", producer \"" : "", g->producer ? g->producer : "",
+              g->producer && *g->producer ? "\"" : "");
+    sb_printf(&s, "input       %s ", g->t[g->input].name);
+    sb_shape(&s, &g->t[g->input]);
+    sb_printf(&s, " float32, NCHW\n");
+    for (int i = 0; i < g->n_outputs; i++) {
+        sb_printf(&s, "%s %s ", i ? "           " : "outputs    ", g->t[g->outputs[i]].name);
+        sb_shape(&s, &g->t[g->outputs[i]]);
+        sb_printf(&s, "\n");
+    }
+    sb_printf(&s, "feature     %s, %d values, pooling %s%s%s\n", g->t[m->feature].name, m->dim,
+              pool_name(m->pool, m->gem_p, pb, sizeof pb), m->map >= 0 ? " of " : "",
+              m->map >= 0 ? g->t[m->map].name : "");
+    const image_prep *p = &m->prep;
+    sb_printf(&s, "preprocess  grey -> %dx%d, replicated to 3 channels (%s), x = (pixel - mean) * scale\n", p->size,
+              p->size, m->bgr ? "BGR" : "RGB");
+    sb_printf(&s, "            mean %g,%g,%g  scale %g,%g,%g\n", (double)p->mean[0], (double)p->mean[1],
+              (double)p->mean[2], (double)p->scale[0], (double)p->scale[1], (double)p->scale[2]);
+    sb_printf(&s, "            %s (%s)\n",
+              m->prep_meta ? "from the model's medsearch.* metadata" : "torchvision ImageNet convention (the model has no medsearch.* metadata)",
+              m->prep_note);
+    sb_printf(&s, "ops         ");
+    for (int op = 0, first = 1; op <= G_OP_COUNT; op++)
+        if (g->op_count[op]) {
+            sb_printf(&s, "%s%s %d", first ? "" : ", ", op == G_OP_COUNT ? "Constant" : graph_op_name((g_op)op),
+                      g->op_count[op]);
+            first = 0;
+        }
+    sb_printf(&s, "\nparameters  %lld\n", (long long)g->params);
+    sb_printf(&s, "flops       %.3f GFLOP per image (multiply-add = 2)\n", m->flops / 1e9);
+    sb_printf(&s, "compiled    %d BatchNorm folded, %d activations and %d residual adds fused, %d swish; %d nodes\n",
+              g->stats.bn_folded, g->stats.act_fused, g->stats.add_fused, g->stats.swish_fused, g->n_order);
+    sb_printf(&s, "runtime     %s\n", model_runtime_info(m));
+    m->describe = s.p;
+}

@@ -1,0 +1,227 @@
+// Browser test of the web page: Debian's chromium driven by npm playwright-core
+// against the real server ($MEDSEARCH_BIN serve) over a collection built from
+// $MEDSEARCH_SHARED/data with the shared MobileNetV2. Uploads a real X-ray,
+// checks the first result is that very image with score 1.000, applies a
+// findings filter and checks every card shows it, opens a result in the
+// viewer (window/level drag, zoom), runs "find similar", and saves
+// screenshots under tests/browser/out/.
+// Exit 0 pass, 77 skip (with the reason), 1 fail.
+import { spawn, spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const outDir = path.join(here, 'out');
+const chromiumPath = '/usr/bin/chromium';
+const bin = process.env.MEDSEARCH_BIN;
+const shared = process.env.MEDSEARCH_SHARED;
+const model = shared && path.join(shared, 'models', 'mobilenet_v2_1.0_224_imagenet.onnx');
+const queryImage = shared && path.join(shared, 'data', 'nih_cxr14_fullres', 'images', '00000001_000.png');
+const queryFinding = 'Cardiomegaly';   // 00000001_000.png's label in labels.csv
+
+function skip(why) {
+  console.log(`skip: ${why}`);
+  process.exit(77);
+}
+
+function check(cond, what) {
+  if (!cond) throw new Error(`check failed: ${what}`);
+  console.log(`ok: ${what}`);
+}
+
+if (!fs.existsSync(chromiumPath)) skip(`${chromiumPath} not installed (apt-get install chromium)`);
+let chromium;
+try {
+  ({ chromium } = await import('playwright-core'));
+} catch (_) {
+  skip('tests/browser/node_modules lacks playwright-core (run: cd tests/browser && npm install)');
+}
+if (!bin || !fs.existsSync(bin)) skip(`MEDSEARCH_BIN (${bin}) is not built`);
+if (!shared || !fs.existsSync(model) || !fs.existsSync(queryImage)) skip(`shared data/models not found under MEDSEARCH_SHARED (${shared})`);
+
+const work = fs.mkdtempSync(path.join(os.tmpdir(), 'medsearch-browser-'));
+const db = path.join(work, 'collection.db');
+let server = null;
+let context = null;
+
+// A collection of a few hundred real X-rays: 200 small NIH images, the four
+// full-resolution NIH ones (the query is among them) and the COVID set.
+function ingest(folder, files) {
+  const src = path.join(shared, 'data', folder);
+  const dst = path.join(work, folder);
+  fs.mkdirSync(path.join(dst, 'images'), { recursive: true });
+  fs.copyFileSync(path.join(src, 'labels.csv'), path.join(dst, 'labels.csv'));
+  for (const f of files) fs.copyFileSync(path.join(src, 'images', f), path.join(dst, 'images', f));
+  const r = spawnSync(bin, ['ingest', path.join(dst, 'images'), '--labels', path.join(dst, 'labels.csv'),
+    '--db', db, '--model', model], { encoding: 'utf8', timeout: 300000 });
+  if (r.status !== 0) throw new Error(`ingest ${folder} failed (${r.status}): ${r.stderr}`);
+}
+
+function listImages(folder, n) {
+  return fs.readdirSync(path.join(shared, 'data', folder, 'images')).sort().slice(0, n);
+}
+
+async function startServer() {
+  server = spawn(bin, ['serve', '--db', db, '--model', model, '--listen', '127.0.0.1:0', '--quiet'],
+    { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stderr = '';
+  server.stderr.on('data', (d) => { stderr += d; });
+  const lines = createInterface({ input: server.stdout });
+  return await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('server did not start in 120 s: ' + stderr)), 120000);
+    lines.on('line', (line) => {
+      const m = line.match(/serving (http:\/\/127\.0\.0\.1:\d+\/)/);
+      if (m) { clearTimeout(timer); resolve(m[1]); }
+    });
+    server.on('exit', (code) => { clearTimeout(timer); reject(new Error(`server exited ${code}: ${stderr}`)); });
+  });
+}
+
+async function stopServer() {
+  if (!server || server.exitCode !== null) return null;
+  const done = new Promise((resolve) => server.on('exit', (code) => resolve(code)));
+  server.kill('SIGTERM');
+  return await done;
+}
+
+async function waitForResults(page) {
+  await page.waitForFunction(() => {
+    const grid = document.getElementById('grid');
+    return grid && !grid.classList.contains('loading') && grid.children.length > 0 &&
+      /result/.test(document.getElementById('status').textContent);
+  }, null, { timeout: 60000 });
+}
+
+async function cards(page) {
+  return await page.$$eval('#grid .card', (els) => els.map((e) => ({
+    id: e.dataset.id,
+    name: e.dataset.name,
+    score: e.querySelector('.card-score').textContent,
+    tags: [...e.querySelectorAll('.card-findings .tag')].map((t) => t.textContent),
+  })));
+}
+
+let failed = false;
+try {
+  ingest('nih_cxr14_64px', listImages('nih_cxr14_64px', 200));
+  ingest('nih_cxr14_fullres', listImages('nih_cxr14_fullres', 10));
+  ingest('covid_chestxray_2020', listImages('covid_chestxray_2020', 200));
+  const url = await startServer();
+  console.log(`server at ${url}`);
+  fs.mkdirSync(outDir, { recursive: true });
+
+  context = await chromium.launchPersistentContext(path.join(work, 'profile'), {
+    executablePath: chromiumPath,
+    headless: true,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
+      '--disable-component-update', '--disable-sync'],
+    viewport: { width: 1440, height: 900 },
+  });
+  const page = context.pages()[0] || await context.newPage();
+  const problems = [];
+  page.on('pageerror', (e) => problems.push('page error: ' + e.message));
+  page.on('console', (m) => { if (m.type() === 'error') problems.push('console: ' + m.text()); });
+  // Everything must come from the server itself: no CDN, no external font.
+  page.on('request', (r) => { if (!r.url().startsWith(url) && !/^(data|blob):/.test(r.url())) problems.push('external request ' + r.url()); });
+
+  await page.goto(url);
+  check((await page.title()).includes('MedSearch'), 'page loads with its title');
+  await page.waitForFunction(() => /images/.test(document.getElementById('collection-info').textContent));
+  await page.screenshot({ path: path.join(outDir, '0-start.png') });
+
+  // 1. Upload the X-ray; the first result is the same image, score 1.000.
+  await page.setInputFiles('#file-input', queryImage);
+  await waitForResults(page);
+  let list = await cards(page);
+  check(list.length === 20, `20 results shown (default k), got ${list.length}`);
+  check(list[0].name === path.basename(queryImage), `first result is the uploaded image (${list[0].name})`);
+  check(list[0].score === '1.000', `first result's score reads 1.000 (got ${list[0].score})`);
+  check(list.every((c, i) => i === 0 || Number(c.score) <= Number(list[i - 1].score)), 'scores are in decreasing order');
+  await page.waitForFunction(() => [...document.querySelectorAll('#grid .thumb img')].slice(0, 8).every((i) => i.complete && i.naturalWidth > 0));
+  await page.screenshot({ path: path.join(outDir, '1-results.png') });
+
+  // 2. A findings filter: every card must show that finding.
+  await page.fill('#filter-findings', queryFinding);
+  await page.press('#filter-findings', 'Enter');
+  await page.waitForSelector('#finding-chips .chip');
+  await page.waitForFunction((old) => {
+    const first = document.querySelector('#grid .card');
+    const grid = document.getElementById('grid');
+    return first && !grid.classList.contains('loading') && document.querySelectorAll('#grid .card').length !== old;
+  }, list.length, { timeout: 60000 }).catch(() => {});
+  await waitForResults(page);
+  list = await cards(page);
+  check(list.length > 0, `the ${queryFinding} filter leaves ${list.length} results`);
+  check(list.every((c) => c.tags.some((t) => t.toLowerCase() === queryFinding.toLowerCase())),
+    `every card shows ${queryFinding}`);
+  check(list[0].name === path.basename(queryImage), 'the query image is still first (it has the finding)');
+  await page.waitForFunction(() => [...document.querySelectorAll('#grid .thumb img')].slice(0, 6).every((i) => i.complete && i.naturalWidth > 0));
+  await page.screenshot({ path: path.join(outDir, '2-filtered.png') });
+
+  // 3. Open a result with the keyboard, window/level by dragging, zoom.
+  await page.focus('#grid .card:nth-child(1)');
+  await page.keyboard.press('Enter');
+  await page.waitForSelector('#viewer:not([hidden])');
+  await page.waitForFunction(() => document.getElementById('v-loading').hidden &&
+    /W 256/.test(document.getElementById('v-readout').textContent), null, { timeout: 30000 });
+  const box = await page.locator('#v-canvas').boundingBox();
+  await page.mouse.move(box.x + box.width / 2, box.y + box.height / 2);
+  await page.mouse.down();
+  await page.mouse.move(box.x + box.width / 2 - 80, box.y + box.height / 2 - 30, { steps: 5 });
+  await page.mouse.up();
+  await page.waitForTimeout(100);
+  const zoomOf = (text) => Number((text.match(/(\d+)%/) || [])[1]);
+  const before = await page.textContent('#v-readout');
+  await page.mouse.wheel(0, -400);
+  await page.waitForTimeout(200);
+  const readout = await page.textContent('#v-readout');
+  check(/W 176 · L 158/.test(before), `left-drag changed window/level (${before})`);
+  check(zoomOf(readout) > zoomOf(before) * 1.5, `wheel zoomed in (${before} -> ${readout})`);
+  const metaText = await page.textContent('#v-meta');
+  check(metaText.includes('1024 × 1024') && metaText.includes(queryFinding), 'viewer shows size and findings');
+  await page.screenshot({ path: path.join(outDir, '3-viewer.png') });
+  await page.keyboard.press('Escape');
+  await page.waitForSelector('#viewer', { state: 'hidden' });
+  check(true, 'Escape closes the viewer');
+
+  // 4. "Find similar to this one" from the second result.
+  const second = list[1];
+  await page.click('#grid .card:nth-child(2)');
+  await page.waitForSelector('#viewer:not([hidden])');
+  await page.click('#v-similar');
+  await page.waitForFunction((id) => document.getElementById('query-caption').textContent.includes('#' + id), second.id);
+  await waitForResults(page);
+  list = await cards(page);
+  check(list.length > 0 && list.every((c) => c.id !== second.id), `similar to #${second.id}: results, itself excluded`);
+  check(list.every((c) => c.tags.some((t) => t.toLowerCase() === queryFinding.toLowerCase())), 'the filter still applies');
+  await page.screenshot({ path: path.join(outDir, '4-similar.png') });
+
+  // 5. A bad upload gets a clear message, not a blank page.
+  const bogus = path.join(work, 'notes.png');
+  fs.writeFileSync(bogus, 'this is not an image');
+  await page.setInputFiles('#file-input', bogus);
+  await page.waitForSelector('#error:not([hidden])');
+  const errText = await page.textContent('#error');
+  check(/PNG|JPEG|image/i.test(errText), `a non-image upload shows an error (${errText.trim()})`);
+  await page.screenshot({ path: path.join(outDir, '5-error.png') });
+
+  const unexpected = problems.filter((p) => !/status of 400/.test(p));
+  check(unexpected.length === 0, 'no page errors, console errors or external requests' +
+    (unexpected.length ? ': ' + unexpected.join('; ') : ''));
+} catch (e) {
+  failed = true;
+  console.error(`FAIL: ${e.message}`);
+} finally {
+  if (context) await context.close().catch(() => {});
+  const code = await stopServer();
+  if (code !== null && code !== 0) {
+    failed = true;
+    console.error(`FAIL: server exited with ${code} on SIGTERM`);
+  }
+  fs.rmSync(work, { recursive: true, force: true });
+}
+console.log(failed ? 'browser test failed' : `browser test passed; screenshots in ${outDir}`);
+process.exit(failed ? 1 : 0);

@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Bad input to the collection commands, each a clear message and nothing
+# half-written: corrupt images in a folder, a labels CSV with missing columns
+# or bad rows, an unreachable PostgreSQL, a read-only database file, a full
+# disk (a small tmpfs, or a file size limit where mounting is not allowed).
+set -u
+BIN=${MEDSEARCH_BIN:?MEDSEARCH_BIN is not set (tests/run.sh sets it)}
+SHARED=${MEDSEARCH_SHARED:-}
+MODEL=$SHARED/models/mobilenet_v2_1.0_224_imagenet.onnx
+NIH=$SHARED/data/nih_cxr14_64px
+[ -r "$MODEL" ] && [ -r "$NIH/labels.csv" ] || { echo "skip: $MODEL or $NIH not found"; exit 77; }
+T=$(mktemp -d "${TMPDIR:-/tmp}/medsearch-bad.XXXXXX")
+MNT=""
+cleanup() {
+  [ -n "$MNT" ] && umount "$MNT" 2>/dev/null
+  chattr -i "$T"/ro/*.db 2>/dev/null
+  chmod -R u+w "$T" 2>/dev/null
+  rm -rf "$T"
+}
+trap cleanup EXIT
+export MEDSEARCH_MODEL=$MODEL
+fails=0
+fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
+count() { "$BIN" info --db "$1" --json 2>/dev/null | sed -n 's/.*"images": \([0-9]*\).*/\1/p'; }
+
+echo "== corrupt images in a folder"
+mkdir -p "$T/mixed/sub"
+cp "$NIH/images/00000001_000.png" "$NIH/images/00000002_000.png" "$T/mixed/"
+cp "$NIH/images/00000003_000.png" "$T/mixed/sub/"
+head -c 400 "$NIH/images/00000004_000.png" >"$T/mixed/truncated.png"
+{ printf '\x89PNG\r\n\x1a\n'; head -c 3000 /dev/urandom; } >"$T/mixed/junk.png"
+printf '\xff\xd8\xff\xe0 not really a jpeg' >"$T/mixed/sub/fake.jpg"
+echo "notes" >"$T/mixed/notes.txt"
+"$BIN" ingest "$T/mixed" --db "$T/m.db" >"$T/m.out" 2>"$T/m.err"
+rc=$?
+[ $rc -eq 1 ] || fail "a folder with corrupt images must exit 1, got $rc"
+for f in truncated.png junk.png sub/fake.jpg; do
+  grep -q "fail: $T/mixed/$f: ." "$T/m.err" || fail "$f not reported with a reason"
+done
+grep -q "skip: $T/mixed/notes.txt: not a PNG, JPEG or TIFF" "$T/m.err" || fail "notes.txt not reported"
+grep -q "ingested 3, skipped 1 .*, failed 3" "$T/m.out" || fail "summary: $(cat "$T/m.out")"
+[ "$(count "$T/m.db")" = 3 ] || fail "3 good images should be stored"
+"$BIN" check --db "$T/m.db" >/dev/null 2>&1 || fail "check after corrupt images"
+
+mkfifo "$T/fifo"
+timeout 60 "$BIN" ingest "$T/fifo" --db "$T/m.db" >/dev/null 2>"$T/fifo.err"
+[ $? -eq 1 ] || fail "a FIFO argument must fail (exit 1), not block"
+grep -q "not a regular file" "$T/fifo.err" || fail "FIFO not reported"
+
+echo "== labels CSV: missing columns, bad rows"
+printf 'image,patient_id\nimages/00000001_000.png,1\n' >"$T/nolabels.csv"
+"$BIN" ingest "$T/mixed" --labels "$T/nolabels.csv" --db "$T/n.db" >/dev/null 2>"$T/n.err"
+[ $? -eq 2 ] || fail "a CSV without its labels column must exit 2"
+grep -q "missing required column 'labels'" "$T/n.err" || fail "missing column not named: $(cat "$T/n.err")"
+[ ! -e "$T/n.db" ] || fail "a refused CSV must not create the collection"
+printf 'Image Index,Patient ID\n00000001_000.png,1\n' >"$T/nih.csv"
+"$BIN" ingest "$T/mixed" --labels "$T/nih.csv" --db "$T/n.db" >/dev/null 2>"$T/n.err"
+grep -q "missing required column 'Finding Labels'" "$T/n.err" || fail "NIH missing column not named"
+{
+  echo "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position"
+  echo "00000001_000.png,Cardiomegaly,0,1,058Y,M,PA"
+  echo "00000002_000.png,No Finding,0,2,eighty,M,PA"
+  echo "00000003_000.png,Hernia|Mass,0,3,81"
+} >"$T/rows.csv"
+"$BIN" ingest "$T/mixed" --labels "$T/rows.csv" --db "$T/r.db" >/dev/null 2>"$T/r.err"
+grep -q "line 3: the age is not a number; row skipped" "$T/r.err" || fail "bad age row not reported by line"
+grep -q "line 4: 5 fields where the header has 7; row skipped" "$T/r.err" || fail "short row not reported by line"
+"$BIN" search "$T/mixed/00000001_000.png" --db "$T/r.db" -k 1 --json >"$T/r.json"
+grep -q '"age": 58' "$T/r.json" && grep -q '"Cardiomegaly"' "$T/r.json" || fail "good row's metadata missing"
+
+echo "== unreachable PostgreSQL"
+start=$SECONDS
+"$BIN" ingest "$T/mixed" --db "postgresql://medsearch@127.0.0.1:1/nothing" >/dev/null 2>"$T/pg.err"
+rc=$?
+[ $rc -eq 3 ] || fail "an unreachable PostgreSQL must exit 3, got $rc"
+grep -qi "127.0.0.1" "$T/pg.err" || fail "the message should name the server: $(cat "$T/pg.err")"
+[ $((SECONDS - start)) -lt 30 ] || fail "giving up on PostgreSQL took too long"
+
+echo "== read-only database file"
+mkdir -p "$T/ro"
+"$BIN" ingest "$T/mixed/00000001_000.png" --db "$T/ro/ro.db" -q >/dev/null 2>&1 || fail "seeding ro.db"
+if [ "$(id -u)" -eq 0 ]; then
+  chattr +i "$T/ro/ro.db" 2>/dev/null || { echo "note: chattr unavailable, read-only case skipped"; ro=0; }
+  ro=${ro:-1}
+else
+  chmod a-w "$T/ro/ro.db" "$T/ro"
+  ro=1
+fi
+if [ "$ro" = 1 ]; then
+  "$BIN" ingest "$T/mixed" --db "$T/ro/ro.db" >/dev/null 2>"$T/ro.err"
+  rc=$?
+  [ $rc -ne 0 ] || fail "ingest into a read-only database must fail"
+  grep -qi "read-only\|readonly\|permission" "$T/ro.err" || fail "read-only not said: $(cat "$T/ro.err")"
+  chattr -i "$T/ro/ro.db" 2>/dev/null
+  chmod u+w "$T/ro/ro.db" "$T/ro"
+  [ "$(count "$T/ro/ro.db")" = 1 ] || fail "the read-only collection changed"
+  "$BIN" check --db "$T/ro/ro.db" >/dev/null 2>&1 || fail "check after the read-only attempt"
+fi
+
+echo "== full disk"
+mkdir -p "$T/full"
+if [ "$(id -u)" -eq 0 ] && mount -t tmpfs -o size=2m tmpfs "$T/full" 2>/dev/null; then
+  MNT=$T/full
+  "$BIN" ingest "$NIH" --db "$T/full/f.db" >"$T/full.out" 2>"$T/full.err"
+  rc=$?
+else
+  echo "note: no tmpfs mount here; a 2 MB file size limit stands in for a full disk"
+  (trap '' XFSZ; ulimit -f 2048; exec "$BIN" ingest "$NIH" --db "$T/full/f.db" >"$T/full.out" 2>"$T/full.err")
+  rc=$?
+fi
+[ $rc -ne 0 ] || fail "ingest onto a full disk must fail"
+grep -qi "full\|space\|too large\|I/O" "$T/full.err" || fail "full disk not said: $(tail -3 "$T/full.err")"
+cp "$T"/full/f.db* "$T/" 2>/dev/null
+[ -n "$MNT" ] && { umount "$MNT"; MNT=""; }
+n=$(count "$T/f.db")
+echo "stored before the disk filled: $n"
+"$BIN" check --db "$T/f.db" >"$T/fcheck.out" 2>&1 || fail "check after a full disk: $(cat "$T/fcheck.out")"
+"$BIN" ingest "$NIH" --db "$T/f.db" -q >/dev/null 2>&1 || fail "resuming after the full disk"
+[ "$(count "$T/f.db")" = 750 ] || fail "resumed collection should hold 750"
+
+[ $fails -eq 0 ] && echo "all passed"
+[ $fails -eq 0 ]

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The full Kermany (4,759) and NIH (750) dev sets with their labels.csv, with the
+# release binary (ASan would take too long): every search with an image of the
+# sets returns it first with score >= 0.9999 and its labels; labels:PNEUMONIA
+# returns only such images; check passes. MEDSEARCH_RELEASE_BIN overrides the
+# binary (default ./medsearch, which `make test` builds).
+set -u
+cd "$(dirname "$0")/../.."
+BIN=${MEDSEARCH_RELEASE_BIN:-$PWD/medsearch}
+SHARED=${MEDSEARCH_SHARED:-}
+MODEL=$SHARED/models/mobilenet_v2_1.0_224_imagenet.onnx
+KER=$SHARED/data/kermany_pneumonia_224
+NIH=$SHARED/data/nih_cxr14_64px
+[ -x "$BIN" ] || { echo "skip: release binary $BIN not built (make)"; exit 77; }
+for f in "$MODEL" "$KER/labels.csv" "$NIH/labels.csv"; do
+  [ -r "$f" ] || { echo "skip: $f not found"; exit 77; }
+done
+PY=/usr/bin/python3
+[ -x $PY ] || { echo "skip: /usr/bin/python3 not found"; exit 77; }
+T=$(mktemp -d "${TMPDIR:-/tmp}/medsearch-full.XXXXXX")
+trap 'rm -rf "$T"' EXIT
+export MEDSEARCH_MODEL=$MODEL
+DB=$T/full.db
+fails=0
+fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
+
+# Some files of a set are byte-identical copies: they are stored once.
+distinct() { (cd "$1/images" && sha256sum -- * | cut -c1-64 | sort -u | wc -l); }
+k_distinct=$(distinct "$KER")
+n_distinct=$(distinct "$NIH")
+"$BIN" ingest "$KER" --labels "$KER/labels.csv" --db "$DB" -q --json >"$T/k.json" || fail "ingest Kermany"
+"$BIN" ingest "$NIH" --labels "$NIH/labels.csv" --db "$DB" -q --json >"$T/n.json" || fail "ingest NIH"
+$PY - "$T/k.json" "$T/n.json" "$k_distinct" "$n_distinct" <<'PYEOF' || fail "ingest counts"
+import json, sys
+k, n = (json.load(open(p)) for p in sys.argv[1:3])
+kd, nd = int(sys.argv[3]), int(sys.argv[4])
+assert (k["ingested"], k["ingested"] + k["skipped_existing"], k["failed"], k["unlabelled"]) == (kd, 4759, 0, 0), k
+assert (n["ingested"], n["ingested"] + n["skipped_existing"], n["failed"], n["unlabelled"]) == (nd, 750, 0, 0), n
+print(f"Kermany {k['images_per_s']:.0f} images/s, NIH {n['images_per_s']:.0f} images/s")
+PYEOF
+"$BIN" check --db "$DB" || fail "check"
+
+# 20 queries from each set, spread over the files
+for set in "$KER" "$NIH"; do
+  awk -F, -v step=$(($(wc -l <"$set/labels.csv") / 20)) 'NR > 1 && NR % step == 0 {print $1}' "$set/labels.csv" |
+    head -n 20 >"$T/queries"
+  while read -r img; do
+    "$BIN" search "$set/$img" --db "$DB" -k 3 --json >"$T/s.json" || { fail "search $img"; continue; }
+    $PY - "$T/s.json" "$img" "$set/labels.csv" "$set" <<'PYEOF' || fail "search $img"
+import csv, json, os, sys
+d, img, folder = json.load(open(sys.argv[1])), sys.argv[2], sys.argv[4]
+top = d["results"][0]
+same = lambda a, b: open(os.path.join(folder, a), "rb").read() == open(os.path.join(folder, b), "rb").read()
+# a byte-identical copy is stored once, under the name seen first
+assert top["score"] >= 0.9999 and (top["original_name"] == img or same(top["original_name"], img)), \
+    (img, top["original_name"], top["score"])
+img = top["original_name"]
+row = next(r for r in csv.DictReader(open(sys.argv[3])) if r["image"] == img)
+assert sorted(top["labels"]) == sorted(row["labels"].split("|")), (top["labels"], row["labels"])
+assert top["patient_id"] == row["patient_id"]
+PYEOF
+  done <"$T/queries"
+done
+q=$KER/$(sed -n 100p "$KER/labels.csv" | cut -d, -f1)
+"$BIN" search "$q" --db "$DB" -k 100 --filter labels:PNEUMONIA --json >"$T/f.json" || fail "filtered search"
+$PY -c "import json,sys; r=json.load(open(sys.argv[1]))['results']; assert len(r)==100 and all('PNEUMONIA' in x['labels'] for x in r)" \
+  "$T/f.json" || fail "labels:PNEUMONIA returned other images"
+[ $fails -eq 0 ] && echo "all passed"
+[ $fails -eq 0 ]

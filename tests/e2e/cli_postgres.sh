@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The collection commands on a real, throwaway PostgreSQL server
+# (tests/tools/pg_start.sh): ingest with labels, search finds the image first
+# with score 1.0, filters, check, delete, SIGKILL during ingest, resume.
+set -u
+BIN=${MEDSEARCH_BIN:?MEDSEARCH_BIN is not set (tests/run.sh sets it)}
+SHARED=${MEDSEARCH_SHARED:-}
+MODEL=$SHARED/models/mobilenet_v2_1.0_224_imagenet.onnx
+NIH=$SHARED/data/nih_cxr14_64px
+[ -r "$MODEL" ] && [ -r "$NIH/labels.csv" ] || { echo "skip: $MODEL or $NIH not found"; exit 77; }
+PY=/usr/bin/python3
+[ -x $PY ] || { echo "skip: /usr/bin/python3 (used to read JSON) not found"; exit 77; }
+cd "$(dirname "$0")/../.."
+T=$(mktemp -d "${TMPDIR:-/tmp}/medsearch-pg-cli.XXXXXX")
+chmod 711 "$T" # as root the cluster belongs to another user
+URI=$(tests/tools/pg_start.sh "$T/pg")
+rc=$?
+[ $rc -eq 77 ] && { echo "skip: PostgreSQL is not installed"; rm -rf "$T"; exit 77; }
+[ $rc -eq 0 ] || { echo "could not start PostgreSQL"; rm -rf "$T"; exit 1; }
+trap 'tests/tools/pg_stop.sh "$T/pg" >/dev/null 2>&1; rm -rf "$T"' EXIT
+export MEDSEARCH_MODEL=$MODEL
+fails=0
+fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
+json() { $PY -c "import json,sys; d=json.load(open(sys.argv[1])); print($2)" "$1"; }
+count() { "$BIN" info --db "$URI" --json 2>/dev/null | sed -n 's/.*"images": \([0-9]*\).*/\1/p'; }
+
+mkdir -p "$T/set/images"
+ls "$NIH/images" | head -n 240 | while read -r f; do ln -s "$NIH/images/$f" "$T/set/images/"; done
+
+echo "== SIGKILL during ingest, 5 times"
+for delay in 1.1 1.7 2.3 2.9 3.6; do
+  "$BIN" ingest "$T/set" --labels "$NIH/labels.csv" --db "$URI" -q >/dev/null 2>&1 &
+  pid=$!
+  sleep $delay
+  kill -KILL $pid 2>/dev/null
+  wait $pid 2>/dev/null
+  "$BIN" check --db "$URI" >"$T/check.log" 2>&1 || { cat "$T/check.log"; fail "check after a kill at ${delay}s"; }
+  echo "killed after ${delay}s: $(count) images"
+done
+
+echo "== resume, search, filter"
+"$BIN" ingest "$T/set" --labels "$NIH/labels.csv" --db "$URI" -q --json >"$T/i.json" || fail "resume"
+[ "$(count)" = 240 ] || fail "expected 240 images, $(count) stored"
+"$BIN" check --db "$URI" >/dev/null 2>&1 || fail "check"
+q=$T/set/images/$(ls "$T/set/images" | sed -n 100p)
+"$BIN" search "$q" --db "$URI" -k 5 --json >"$T/s.json" || fail "search"
+[ "$(json "$T/s.json" "d['results'][0]['original_name']")" = "images/$(basename "$q")" ] || fail "not first"
+[ "$(json "$T/s.json" "d['results'][0]['score'] >= 0.9999")" = True ] || fail "score below 0.9999"
+"$BIN" search "$q" --db "$URI" -k 10 --filter 'labels:Effusion' --json >"$T/f.json" || fail "filtered search"
+[ "$(json "$T/f.json" "len(d['results']) > 0 and all('Effusion' in r['labels'] for r in d['results'])")" = True ] ||
+  fail "labels:Effusion returned other images"
+id=$(json "$T/s.json" "d['results'][0]['id']")
+"$BIN" delete "$id" --db "$URI" >/dev/null || fail "delete"
+[ "$(count)" = 239 ] || fail "delete did not remove the image"
+"$BIN" check --db "$URI" >/dev/null 2>&1 || fail "check after delete"
+[ $fails -eq 0 ] && echo "all passed"
+[ $fails -eq 0 ]

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# `medsearch eval --compare` with configurations that change the vectors:
+# a scratch collection re-embedded with GeM pooling (or another model) must
+# give exactly the figures of a collection ingested that way directly, the
+# unchanged side must equal a plain eval, and --workdir must keep and reuse
+# the scratch collection. Uses a patient-complete subset of the NIH 64 px
+# dev set (about 1 patient in EVAL_SUBSET_MOD, default 4).
+set -u
+cd "$(dirname "$0")/../.."
+BIN=${MEDSEARCH_BIN:-$PWD/build/medsearch-asan}
+SHARED=${MEDSEARCH_SHARED:-}
+PY=/usr/bin/python3
+DATA=$SHARED/data/nih_cxr14_64px
+MODEL=$SHARED/models/mobilenet_v2_1.0_224_imagenet.onnx
+TUNED=$SHARED/models/mobilenet_v2_cxr_finetuned.onnx
+MOD=${EVAL_SUBSET_MOD:-4}
+
+[ -n "$SHARED" ] && [ -f "$DATA/labels.csv" ] && [ -f "$MODEL" ] && [ -f "$TUNED" ] ||
+  { echo "skip: \$MEDSEARCH_SHARED/data/nih_cxr14_64px or the MobileNetV2 models not found"; exit 77; }
+[ -x "$BIN" ] || { echo "skip: $BIN not built"; exit 77; }
+$PY -c 'import json' 2>/dev/null || { echo "skip: $PY not usable"; exit 77; }
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fail() { echo "FAIL: $*"; exit 1; }
+
+$PY - "$DATA" "$MOD" >"$tmp/files" <<'EOF' || fail "cannot list the subset"
+import csv, sys, zlib
+data, mod = sys.argv[1], int(sys.argv[2])
+for r in csv.DictReader(open(f"{data}/labels.csv", newline="")):
+    if zlib.crc32(r["patient_id"].encode()) % mod == 0:
+        print(f"{data}/{r['image']}")
+EOF
+echo "subset: $(wc -l <"$tmp/files") images"
+
+ingest() {  # DB MODEL POOL
+  xargs -d '\n' "$BIN" ingest --db "$1" --model "$2" --pool "$3" --labels "$DATA/labels.csv" \
+    <"$tmp/files" >"$tmp/ingest.log" 2>&1 || { tail -5 "$tmp/ingest.log"; fail "ingest $3"; }
+}
+ingest "$tmp/avg.db" "$MODEL" avg
+ingest "$tmp/gem.db" "$MODEL" gem
+ingest "$tmp/tuned.db" "$TUNED" avg
+
+evaljson() {  # OUT DB ARGS...
+  local out=$1 db=$2; shift 2
+  "$BIN" eval --db "$db" --rule any --json --quiet "$@" >"$out" 2>"$tmp/eval.err" ||
+    { cat "$tmp/eval.err"; fail "eval $*"; }
+}
+evaljson "$tmp/avg.json" "$tmp/avg.db"
+evaljson "$tmp/gem_qe.json" "$tmp/gem.db" --qe 1
+evaljson "$tmp/tuned.json" "$tmp/tuned.db"
+
+# A = the stored avg vectors (no re-embedding), B = GeM re-embedded + QE 1.
+evaljson "$tmp/cmp.json" "$tmp/avg.db" --model "$MODEL" --compare "pool=avg" "pool=gem,qe=1" --workdir "$tmp/work"
+# A = the ImageNet model as stored, B = the fine-tuned model re-embedded.
+evaljson "$tmp/cmp2.json" "$tmp/avg.db" --model "$MODEL" --compare "" "model=$TUNED"
+ls "$tmp"/work/eval-*.db >/dev/null 2>&1 || fail "--workdir kept no scratch collection"
+# Reuse: the second run finds the kept collection and gives the same figures.
+"$BIN" eval --db "$tmp/avg.db" --rule any --json --model "$MODEL" --compare "pool=avg" "pool=gem,qe=1" \
+  --workdir "$tmp/work" >"$tmp/cmp_again.json" 2>"$tmp/again.err" || { cat "$tmp/again.err"; fail "second --workdir run"; }
+grep -q "reusing" "$tmp/again.err" || fail "the kept scratch collection was not reused: $(cat "$tmp/again.err")"
+
+$PY - "$tmp" <<'EOF' || fail "--compare figures differ from direct collections"
+import json, sys
+d = sys.argv[1]
+j = lambda n: json.load(open(f"{d}/{n}.json"))
+avg, gem_qe, tuned, cmp, cmp2, again = (j(n) for n in ("avg", "gem_qe", "tuned", "cmp", "cmp2", "cmp_again"))
+def same(a, b, what):
+    assert a["queries"] == b["queries"], (what, a["queries"], b["queries"])
+    for part in ("metrics", "chance"):
+        for k, v in b[part].items():
+            assert abs(a[part][k] - v) <= 1e-12, (what, part, k, a[part][k], v)
+A, B = cmp["configs"]
+same(A, avg, "A = stored avg")
+same(B, gem_qe, "B = GeM re-embedded + QE 1")
+assert A["model"].endswith(":avg") and B["model"].endswith(":gem3"), (A["model"], B["model"])
+same(cmp2["configs"][0], avg, "A = stored")
+same(cmp2["configs"][1], tuned, "B = fine-tuned re-embedded")
+assert "cxr_finetuned" in cmp2["configs"][1]["model"], cmp2["configs"][1]["model"]
+for k in ("mAP@10", "P@10"):
+    assert again["paired"][k] == cmp["paired"][k], (k, again["paired"][k], cmp["paired"][k])
+p = cmp["paired"]["mAP@10"]
+assert abs(p["diff"] - (gem_qe["metrics"]["mAP@10"] - avg["metrics"]["mAP@10"])) <= 1e-12, p
+print(f"GeM+QE1 - avg: {p['diff']:+.4f} (SE {p['se']:.4f}); fine-tuned - ImageNet: "
+      f"{cmp2['paired']['mAP@10']['diff']:+.4f} (SE {cmp2['paired']['mAP@10']['se']:.4f}), n {p['n']}")
+EOF
+# Without --workdir nothing is left behind in TMPDIR.
+mkdir "$tmp/t"
+TMPDIR=$tmp/t "$BIN" eval --db "$tmp/avg.db" --rule any --quiet --model "$MODEL" --compare "" "pool=max" \
+  >/dev/null 2>"$tmp/max.err" || { cat "$tmp/max.err"; fail "--compare pool=max"; }
+[ -z "$(ls -A "$tmp/t")" ] || fail "scratch files left in TMPDIR: $(ls -A "$tmp/t")"
+echo "ok: re-embedded configurations equal directly ingested collections"

@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# `medsearch eval` on the Kermany dev set reproduces the independent numpy
+# checker (tests/tools/eval_check.py over `medsearch export --vectors`) to
+# 1e-9, for every rule, with and without query expansion, per query and in
+# total; the checker must notice figures of another rule (negative control);
+# --compare's paired figures equal the separate runs.
+#
+# Under ASan a patient-complete subset is used (every patient whose key
+# hashes to 0 mod EVAL_SUBSET_MOD, default 8, about 600 images);
+# EVAL_SUBSET_MOD=1 runs the full set (4,759 images).
+set -u
+cd "$(dirname "$0")/../.."
+BIN=${MEDSEARCH_BIN:-$PWD/build/medsearch-asan}
+SHARED=${MEDSEARCH_SHARED:-}
+PY=/usr/bin/python3
+DATA=$SHARED/data/kermany_pneumonia_224
+MODEL=$SHARED/models/mobilenet_v2_1.0_224_imagenet.onnx
+MOD=${EVAL_SUBSET_MOD:-8}
+
+[ -n "$SHARED" ] && [ -f "$DATA/labels.csv" ] && [ -f "$MODEL" ] ||
+  { echo "skip: \$MEDSEARCH_SHARED/data/kermany_pneumonia_224 or the MobileNetV2 model not found"; exit 77; }
+[ -x "$BIN" ] || { echo "skip: $BIN not built"; exit 77; }
+$PY -c 'import numpy' 2>/dev/null || { echo "skip: $PY has no numpy (Debian python3-numpy)"; exit 77; }
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fail() { echo "FAIL: $*"; exit 1; }
+
+# The subset keeps whole patients, so same-patient exclusion is exercised.
+$PY - "$DATA" "$MOD" >"$tmp/files" <<'EOF' || fail "cannot list the subset"
+import csv, sys, zlib
+data, mod = sys.argv[1], int(sys.argv[2])
+for r in csv.DictReader(open(f"{data}/labels.csv", newline="")):
+    if zlib.crc32(r["patient_id"].encode()) % mod == 0:
+        print(f"{data}/{r['image']}")
+EOF
+echo "subset: $(wc -l <"$tmp/files") images (1 patient in $MOD)"
+
+db=$tmp/k.db
+xargs -d '\n' "$BIN" ingest --db "$db" --model "$MODEL" --pool avg --labels "$DATA/labels.csv" \
+  <"$tmp/files" >"$tmp/ingest.log" 2>&1 || { tail -5 "$tmp/ingest.log"; fail "ingest"; }
+"$BIN" export --vectors --db "$db" --out "$tmp/vec" 2>"$tmp/export.log" || { cat "$tmp/export.log"; fail "export"; }
+
+checks=0
+for rule in exact any single; do
+  for qe in 0 2; do
+    "$BIN" eval --db "$db" --rule "$rule" --qe "$qe" --json --quiet --per-query "$tmp/pq.csv" \
+      >"$tmp/eval.json" 2>"$tmp/eval.err" || { cat "$tmp/eval.err"; fail "eval --rule $rule --qe $qe"; }
+    $PY tests/tools/eval_check.py "$tmp/vec.npy" --rule "$rule" --qe "$qe" --compare "$tmp/eval.json" \
+      --per-query "$tmp/pq.csv" --tolerance 1e-9 >"$tmp/check.out" 2>&1 ||
+      { grep -E 'DIFFERS|eval_check' "$tmp/check.out" | head -20; fail "checker disagrees: rule $rule, qe $qe"; }
+    grep 'eval_check:' "$tmp/check.out" | sed "s/^/rule $rule qe $qe: /"
+    checks=$((checks + 1))
+    cp "$tmp/eval.json" "$tmp/eval_${rule}_$qe.json"
+  done
+done
+
+# Negative control: the figures of rule "any" are not those of rule "exact".
+if $PY tests/tools/eval_check.py "$tmp/vec.npy" --rule exact --compare "$tmp/eval_any_0.json" \
+  >/dev/null 2>&1; then
+  fail "the checker accepted another rule's figures"
+fi
+
+# The figures are not trivial: well above chance with a pretrained model.
+$PY - "$tmp/eval_exact_0.json" <<'EOF' || fail "exact-rule figures look wrong"
+import json, sys
+r = json.load(open(sys.argv[1]))
+m, c = r["metrics"]["mAP@10"], r["chance"]["mAP@10"]
+print(f"mAP@10 {m:.4f}, chance {c:.4f}, {r['queries']['scored']} queries scored")
+assert r["queries"]["scored"] > 100 and m > c + 0.2, (m, c)
+EOF
+
+# --compare "" "qe=2": each side equals its separate run, and the paired
+# difference is B - A of those means.
+"$BIN" eval --db "$db" --rule exact --json --quiet --compare "" "qe=2" >"$tmp/cmp.json" 2>"$tmp/cmp.err" ||
+  { cat "$tmp/cmp.err"; fail "eval --compare"; }
+$PY - "$tmp/cmp.json" "$tmp/eval_exact_0.json" "$tmp/eval_exact_2.json" <<'EOF' || fail "--compare figures"
+import json, sys
+cmp, a, b = (json.load(open(p)) for p in sys.argv[1:])
+A, B = cmp["configs"]
+for side, ref in ((A, a), (B, b)):
+    for k, v in ref["metrics"].items():
+        assert abs(side["metrics"][k] - v) <= 1e-12, (k, side["metrics"][k], v)
+p = cmp["paired"]["mAP@10"]
+assert p["n"] == a["queries"]["scored"], p
+assert abs(p["diff"] - (b["metrics"]["mAP@10"] - a["metrics"]["mAP@10"])) <= 1e-12, p
+assert p["se"] is not None and p["se"] > 0, p
+print(f"paired mAP@10 difference qe=2 - off: {p['diff']:+.4f} (SE {p['se']:.4f}, n {p['n']})")
+EOF
+
+# Usage errors and a missing collection.
+"$BIN" eval --db "$db" --rule nearest >/dev/null 2>&1; [ $? -eq 2 ] || fail "a bad --rule must exit 2"
+"$BIN" eval --db "$db" --compare "pool=avg" >/dev/null 2>&1; [ $? -eq 2 ] || fail "--compare with one config must exit 2"
+"$BIN" eval --db "$db" --compare "pool=avg" "colour=blue" >/dev/null 2>&1; [ $? -eq 2 ] || fail "a bad config key must exit 2"
+"$BIN" eval --db "$tmp/none.db" >/dev/null 2>"$tmp/none.err"; [ $? -eq 1 ] || fail "a missing collection must exit 1"
+grep -q "no collection" "$tmp/none.err" || fail "the missing collection is not named: $(cat "$tmp/none.err")"
+[ ! -e "$tmp/none.db" ] || fail "eval created a collection"
+
+echo "ok: $checks rule/QE combinations agree with the checker to 1e-9"

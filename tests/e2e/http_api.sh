@@ -1,0 +1,240 @@
+#!/usr/bin/env bash
+# Every route of the HTTP API, its status codes and errors, authentication,
+# caching headers, metrics, the access log and graceful shutdown, against the
+# real server ($MEDSEARCH_BIN serve) on a free 127.0.0.1 port over a
+# collection of real X-rays from $MEDSEARCH_SHARED.
+. "$(dirname "$0")/http/common.sh"
+require_all
+make_collection 250
+N_IMAGES=254
+echo "secret-token-for-tests-1234" >"$WORK/token"
+chmod 600 "$WORK/token"
+AUTH=(-H "Authorization: Bearer secret-token-for-tests-1234")
+QNAME=$(basename "$QUERY")
+
+# ---- a public address without a token is refused before anything loads ----
+rc=0
+"$MEDSEARCH_BIN" serve --db "$WORK/c.db" --model "$MODEL" --listen 0.0.0.0:0 >/dev/null 2>"$WORK/refused.err" || rc=$?
+if [ "$rc" -eq 2 ] && grep -q "refusing to listen on 0.0.0.0:0 without a token" "$WORK/refused.err"; then
+    ok "non-loopback address without a token refused (exit 2, says why)"
+else
+    bad "non-loopback without token: exit $rc, $(cat "$WORK/refused.err")"
+fi
+
+# ---- server without a token: reads work, writes are disabled ----
+start_server --max-upload-mb 2
+expect 200 "GET /api/health" "$URL/api/health"
+check "health says ok and which routes need a token" 'd["status"]=="ok" and d["auth"]=={"reads":False,"writes":False}'
+expect 403 "POST /api/images without a configured token" "${AUTH[@]}" -F "image=@$QUERY" "$URL/api/images"
+expect 403 "DELETE without a configured token" -X DELETE "${AUTH[@]}" "$URL/api/images/1"
+stop_server
+
+# ---- the main server: a token for writes ----
+start_server --token-file "$WORK/token" --max-upload-mb 2
+
+expect 200 "GET /api/stats" "$URL/api/stats"
+check "stats: image count, 1280-d model, sqlite" "d['images']==$N_IMAGES and d['dim']==1280 and d['backend']=='sqlite' and d['index']['kind'] in ('flat','hnsw')"
+
+# The page and its files.
+expect 200 "GET / (the page)" "$URL/"
+[ "$(header Content-Type)" = "text/html; charset=utf-8" ] && ok "page is text/html" || bad "page Content-Type $(header Content-Type)"
+header Content-Security-Policy | grep -q "default-src 'self'" && ok "page has a CSP" || bad "no CSP on the page"
+grep -q '<script src="/app.js"' "$B" && ok "page references app.js" || bad "page body unexpected"
+ETAG=$(header ETag)
+expect 304 "page revalidation with If-None-Match" -H "If-None-Match: $ETAG" "$URL/"
+expect 200 "GET /app.js" "$URL/app.js"
+header Content-Type | grep -q javascript && ok "app.js is JavaScript" || bad "app.js Content-Type $(header Content-Type)"
+expect 200 "GET /style.css" "$URL/style.css"
+expect 404 "an asset that is not embedded" "$URL/missing.js"
+
+# Search: multipart and raw body.
+expect 200 "POST /api/search multipart" -F "image=@$QUERY" "$URL/api/search"
+check "default k is 10" 'd["k"]==10 and d["count"]==10 and len(d["results"])==10'
+check "first result is the query image itself, score 1" "d['results'][0]['original_name']=='$QNAME' and d['results'][0]['score']>0.999"
+check "scores decrease" 'all(a["score"]>=b["score"] for a,b in zip(d["results"],d["results"][1:]))'
+check "results carry metadata and URLs" 'all(set(["id","score","labels","patient_id","age","sex","view","thumbnail_url","image_url"])<=set(r) for r in d["results"])'
+check "timing is reported" '"embed" in d["timing_ms"] and d["timing_ms"]["server"]>0'
+QID=$(json 'd["results"][0]["id"]')
+expect 200 "POST /api/search raw image/png body" -H "Content-Type: image/png" --data-binary "@$QUERY" "$URL/api/search?k=3"
+check "raw body: k=3 and same first result" "d['count']==3 and d['results'][0]['id']==$QID"
+expect 200 "POST /api/search application/octet-stream body" -H "Content-Type: application/octet-stream" --data-binary "@$QUERY" "$URL/api/search?k=1"
+expect 200 "search with a 1024x1024 PNG" -F "image=@$BIG" "$URL/api/search?k=5"
+check "the full-size image finds itself" "d['results'][0]['original_name']=='00000001_000.png' and d['results'][0]['score']>0.999"
+
+# Parameters: k and filters.
+expect 400 "k=0" -F "image=@$QUERY" "$URL/api/search?k=0"
+expect 400 "k=abc" -F "image=@$QUERY" "$URL/api/search?k=abc"
+expect 400 "k=1001" -F "image=@$QUERY" "$URL/api/search?k=1001"
+check "400 has the error shape" 'd["error"]["code"]=="invalid_argument" and "k must be" in d["error"]["message"]'
+expect 200 "k as a multipart field" -F "image=@$QUERY" -F k=4 "$URL/api/search"
+check "form field k=4 used" 'd["count"]==4'
+expect 200 "labels filter" -F "image=@$QUERY" "$URL/api/search?k=50&labels=Effusion"
+check "every result has Effusion" 'd["count"]>0 and all(any(l.lower()=="effusion" for l in r["labels"]) for r in d["results"])'
+expect 200 "labels any-of filter" -F "image=@$QUERY" "$URL/api/search?k=50&labels=Effusion|Mass"
+check "every result has Effusion or Mass" 'd["count"]>0 and all(any(l.lower() in ("effusion","mass") for l in r["labels"]) for r in d["results"])'
+expect 200 "sex filter" -F "image=@$QUERY" "$URL/api/search?k=50&sex=F"
+check "every result is F" 'd["count"]>0 and all(r["sex"]=="F" for r in d["results"])'
+expect 200 "age range filter" -F "image=@$QUERY" "$URL/api/search?k=50&age_min=40&age_max=60"
+check "every age in 40..60" 'd["count"]>0 and all(40<=r["age"]<=60 for r in d["results"])'
+expect 200 "view filter" -F "image=@$QUERY" "$URL/api/search?k=50&view=AP"
+check "every view is AP" 'd["count"]>0 and all(r["view"]=="AP" for r in d["results"])'
+expect 200 "one_per_patient" -F "image=@$QUERY" "$URL/api/search?k=50&one_per_patient=1"
+check "patients are distinct" 'd["count"]>0 and len(set(r["patient_id"] for r in d["results"]))==d["count"]'
+expect 200 "exclude_patient" -F "image=@$QUERY" "$URL/api/search?k=50&exclude_patient=1"
+check "patient 1 left out" 'd["count"]>0 and all(r["patient_id"]!="1" for r in d["results"])'
+expect 200 "filter= expression" -F "image=@$QUERY" "$URL/api/search?k=50&filter=labels%3AEffusion%20sex%3AM%20age%3A30-70"
+check "expression applied" 'd["count"]>0 and all(r["sex"]=="M" and 30<=r["age"]<=70 and any(l.lower()=="effusion" for l in r["labels"]) for r in d["results"])'
+expect 200 "query expansion qe=5" -F "image=@$QUERY" "$URL/api/search?qe=5&k=5"
+expect 422 "bad filter expression" -F "image=@$QUERY" "$URL/api/search?filter=bogus::x"
+check "422 code is bad_filter" 'd["error"]["code"]=="bad_filter"'
+expect 422 "sex=X" -F "image=@$QUERY" "$URL/api/search?sex=X"
+expect 422 "age_min=abc" -F "image=@$QUERY" "$URL/api/search?age_min=abc"
+expect 422 "age_min above age_max" -F "image=@$QUERY" "$URL/api/search?age_min=70&age_max=20"
+expect 400 "one_per_patient=maybe" -F "image=@$QUERY" "$URL/api/search?one_per_patient=maybe"
+
+# Bad uploads.
+head -c 5000 /dev/urandom >"$WORK/noise.png"
+expect 400 "random bytes as an image" -F "image=@$WORK/noise.png" "$URL/api/search"
+check "400 says what is wrong" '"PNG" in d["error"]["message"] or "image" in d["error"]["message"]'
+expect 400 "multipart without an image field" -F k=3 "$URL/api/search"
+expect 400 "no body at all" -X POST "$URL/api/search"
+if [ -f "$DATA/dicom/siim_cxr_pa_jpegbaseline.dcm" ]; then
+    expect 415 "DICOM upload (well-formed, unsupported)" -H "Content-Type: application/octet-stream" --data-binary "@$DATA/dicom/siim_cxr_pa_jpegbaseline.dcm" "$URL/api/search"
+fi
+expect 415 "text/plain body" -H "Content-Type: text/plain" --data "hello" "$URL/api/search"
+expect 415 "JSON body" -H "Content-Type: application/json" --data '{"image":"x"}' "$URL/api/search"
+expect 415 "urlencoded form" --data "image=abc" "$URL/api/search"
+head -c 3000000 /dev/urandom >"$WORK/big.bin"
+expect 413 "body over --max-upload-mb 2" -H "Content-Type: image/png" --data-binary "@$WORK/big.bin" "$URL/api/search"
+check "413 names the limit" '"2097152" in d["error"]["message"]'
+
+# Stored images.
+SHA=$(sha256sum "$QUERY" | cut -c1-64)
+expect 200 "GET /api/images/{id}" "$URL/api/images/$QID"
+cmp -s "$B" "$QUERY" && ok "original bytes returned unchanged" || bad "original bytes differ"
+[ "$(header Content-Type)" = "image/png" ] && ok "Content-Type image/png" || bad "Content-Type $(header Content-Type)"
+[ "$(header ETag)" = "\"$SHA\"" ] && ok "ETag is the SHA-256" || bad "ETag $(header ETag), want \"$SHA\""
+header Cache-Control | grep -q private && ok "Cache-Control private" || bad "Cache-Control $(header Cache-Control)"
+expect 304 "If-None-Match on the image" -H "If-None-Match: \"$SHA\"" "$URL/api/images/$QID"
+expect 200 "If-None-Match with another tag" -H "If-None-Match: \"abc\"" "$URL/api/images/$QID"
+expect 200 "HEAD /api/images/{id}" -I "$URL/api/images/$QID"
+expect 200 "GET thumbnail" "$URL/api/images/$QID/thumbnail"
+header Content-Type | grep -q '^image/' && [ -s "$B" ] && ok "thumbnail is an image ($(header Content-Type), $(stat -c %s "$B") bytes)" || bad "thumbnail: $(header Content-Type)"
+TETAG=$(header ETag)
+expect 304 "thumbnail revalidation" -H "If-None-Match: $TETAG" "$URL/api/images/$QID/thumbnail"
+expect 200 "GET metadata" "$URL/api/images/$QID/metadata"
+check "metadata fields" "d['id']==$QID and d['sha256']=='$SHA' and d['width']==64 and d['height']==64 and d['original_name']=='$QNAME' and d['labels']==['Cardiomegaly'] and d['patient_id']=='1'"
+expect 200 "GET similar" "$URL/api/images/$QID/similar?k=5"
+check "similar: 5 results, itself excluded" "d['count']==5 and all(r['id']!=$QID for r in d['results']) and d['query_id']==$QID"
+expect 200 "similar with include_self" "$URL/api/images/$QID/similar?k=3&include_self=1"
+check "include_self puts it first" "d['results'][0]['id']==$QID"
+expect 200 "similar with a filter" "$URL/api/images/$QID/similar?k=20&sex=F"
+check "similar filter applied" 'd["count"]>0 and all(r["sex"]=="F" for r in d["results"])'
+expect 422 "similar with a bad filter" "$URL/api/images/$QID/similar?age_max=-3"
+
+# 404 and 405.
+for p in /api/images/999999 /api/images/999999/thumbnail /api/images/999999/metadata /api/images/999999/similar; do
+    expect 404 "GET $p" "$URL$p"
+done
+check "404 has the error shape" 'd["error"]["code"]=="not_found"'
+for p in /api/nothing /api/images/abc /api/images/0 /api/images/1/other /api/images/01 /nothing.html; do
+    expect 404 "GET $p" "$URL$p"
+done
+expect 405 "PUT /api/images/{id}" -X PUT "$URL/api/images/$QID"
+expect 405 "GET /api/search" "$URL/api/search"
+[ "$(header Allow)" = "POST" ] && ok "405 names Allow: POST" || bad "Allow header: $(header Allow)"
+expect 405 "DELETE /api/stats" -X DELETE "$URL/api/stats"
+expect 405 "POST /metrics" -X POST "$URL/metrics"
+
+# Writes: ingest and delete need the token.
+cp "$DATA/covid_chestxray_2020/images/$(ls "$DATA/covid_chestxray_2020/images" | sort | head -n 1)" "$WORK/new.jpg"
+expect 401 "ingest without a token" -F "image=@$WORK/new.jpg" "$URL/api/images"
+header WWW-Authenticate | grep -q Bearer && ok "401 has WWW-Authenticate: Bearer" || bad "no WWW-Authenticate"
+expect 401 "ingest with a wrong token" -H "Authorization: Bearer wrong-token-123" -F "image=@$WORK/new.jpg" "$URL/api/images"
+expect 401 "ingest with a truncated token" -H "Authorization: Bearer secret-token-for-tests-123" -F "image=@$WORK/new.jpg" "$URL/api/images"
+expect 201 "ingest with metadata" "${AUTH[@]}" -F "image=@$WORK/new.jpg;filename=../../etc/new case.jpg" \
+    -F "patient_id=P-77" -F "age=44" -F "sex=F" -F "view=AP" -F "labels=COVID-19|Pneumonia" \
+    -F "study_date=2020-03-01" -F "meta.site=ward 4" "$URL/api/images"
+check "201 gives the new id" 'd["created"] is True and d["id"]>0'
+NID=$(json 'd["id"]')
+expect 200 "the same bytes again" "${AUTH[@]}" -F "image=@$WORK/new.jpg" "$URL/api/images"
+check "existing id returned, created false" "d['id']==$NID and d['created'] is False"
+expect 200 "metadata of the ingested image" "$URL/api/images/$NID/metadata"
+check "ingested metadata stored (name without its path)" "d['patient_id']=='P-77' and d['age']==44 and d['sex']=='F' and d['view']=='AP' and sorted(d['labels'])==['COVID-19','Pneumonia'] and d['study_date']=='2020-03-01' and d['extra']['site']=='ward 4' and d['original_name']=='new case.jpg' and d['mime']=='image/jpeg'"
+expect 200 "the ingested image is searchable" -F "image=@$WORK/new.jpg" "$URL/api/search?k=1"
+check "it is found first" "d['results'][0]['id']==$NID"
+expect 400 "ingest with a bad age" "${AUTH[@]}" -F "image=@$QUERY" -F age=old "$URL/api/images"
+expect 400 "ingest of random bytes" "${AUTH[@]}" -F "image=@$WORK/noise.png" "$URL/api/images"
+expect 400 "ingest without an image" "${AUTH[@]}" -F "age=3" "$URL/api/images"
+expect 401 "delete without a token" -X DELETE "$URL/api/images/$NID"
+expect 200 "delete with the token" -X DELETE "${AUTH[@]}" "$URL/api/images/$NID"
+check "delete confirms" "d['id']==$NID and d['deleted'] is True"
+expect 404 "the deleted image is gone" "$URL/api/images/$NID"
+expect 404 "deleting it again" -X DELETE "${AUTH[@]}" "$URL/api/images/$NID"
+expect 200 "search after delete" -F "image=@$WORK/new.jpg" "$URL/api/search?k=5"
+check "deleted image no longer found" "all(r['id']!=$NID for r in d['results'])"
+
+# Metrics.
+expect 200 "GET /metrics" "$URL/metrics"
+header Content-Type | grep -q 'text/plain; version=0.0.4' && ok "Prometheus content type" || bad "metrics Content-Type $(header Content-Type)"
+for m in 'medsearch_http_requests_total{route="search",status="200"}' 'medsearch_http_requests_total{route="search",status="422"}' \
+    'medsearch_http_request_duration_seconds_bucket{route="search",le="+Inf"}' 'medsearch_search_stage_seconds_count{stage="embed"}' \
+    "medsearch_collection_images $N_IMAGES" 'medsearch_queue_depth 0' 'medsearch_embed_seconds_total' 'medsearch_http_requests_in_flight'; do
+    grep -qF "$m" "$B" && ok "metrics has $m" || bad "metrics lacks $m"
+done
+
+# Access log: one line per request with method, path, status, bytes, ms.
+grep -qE 'access method=DELETE path="/api/images/[0-9]+" route=image status=200 bytes=[0-9]+ ms=[0-9.]+' "$WORK/server.err" &&
+    ok "access log line for the delete" || bad "no access log line for the delete"
+grep -q 'exclude_patient' "$WORK/server.err" && bad "query strings (patient ids) leak into the log" || ok "query strings are not logged"
+
+# Graceful shutdown: searches in flight when SIGTERM arrives still finish.
+pids=()
+for i in 1 2 3 4 5 6; do
+    curl -s -o /dev/null --max-time 60 -w '%{http_code}\n' -F "image=@$BIG" "$URL/api/search?k=5" >>"$WORK/inflight" &
+    pids+=($!)
+done
+sleep 0.3
+stop_server
+wait "${pids[@]}"
+[ "$(grep -c '^200$' "$WORK/inflight")" -eq 6 ] && ok "6 searches in flight at SIGTERM all answered 200" ||
+    bad "in-flight searches at shutdown: $(tr '\n' ' ' <"$WORK/inflight")"
+[ -s "$WORK/c.db.index" ] && ok "index persisted on shutdown" || bad "no index file after shutdown"
+
+# ---- --read-token: reads need the token too ----
+start_server --token-file "$WORK/token" --read-token
+expect 401 "stats without the token" "$URL/api/stats"
+expect 401 "search without the token" -F "image=@$QUERY" "$URL/api/search"
+expect 401 "image bytes without the token" "$URL/api/images/$QID"
+expect 401 "metrics without the token" "$URL/metrics"
+expect 200 "stats with the token" "${AUTH[@]}" "$URL/api/stats"
+expect 200 "search with the token" "${AUTH[@]}" -F "image=@$QUERY" "$URL/api/search"
+expect 200 "health stays open" "$URL/api/health"
+check "health says reads need the token" 'd["auth"]["reads"] is True'
+expect 200 "the page stays open (it asks for the token)" "$URL/"
+stop_server
+
+# ---- a full queue answers 503 with Retry-After ----
+start_server --queue-depth 1 --max-batch 1 --quiet
+for round in 1 2 3; do
+    : >"$WORK/burst"
+    pids=()
+    for i in $(seq 24); do
+        curl -s -o /dev/null -D "$WORK/burst-h$i" --max-time 60 -w '%{http_code}\n' -F "image=@$BIG" "$URL/api/search?k=3" >>"$WORK/burst" &
+        pids+=($!)
+    done
+    wait "${pids[@]}"   # not a bare wait: the server is a child too
+    grep -q '^503$' "$WORK/burst" && break
+done
+others=$(grep -vcE '^(200|503)$' "$WORK/burst")
+n503=$(grep -c '^503$' "$WORK/burst")
+[ "$others" -eq 0 ] && ok "a burst of 24 gets only 200 or 503" || bad "burst statuses: $(sort "$WORK/burst" | uniq -c | tr '\n' ' ')"
+if [ "$n503" -gt 0 ]; then
+    ok "$n503 of 24 answered 503 (queue depth 1)"
+    grep -l '^HTTP/1.1 503' "$WORK"/burst-h* | head -n 1 | xargs grep -qi '^Retry-After: [0-9]' && ok "503 carries Retry-After" || bad "503 without Retry-After"
+else
+    bad "queue depth 1 never answered 503 in 3 bursts of 24"
+fi
+expect 200 "the server works after the burst" -F "image=@$QUERY" "$URL/api/search"
+stop_server
+finish

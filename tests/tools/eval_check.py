@@ -1,0 +1,288 @@
+#!/usr/bin/python3
+"""Independent check of `medsearch eval`, written with numpy only.
+
+Reads the vectors and metadata written by `medsearch export --vectors`
+(an NPY float32 [n, dim] file and the CSV of ids and metadata beside it),
+recomputes every figure of the evaluation protocol from scratch and prints
+them as JSON, or compares them with the JSON of `medsearch eval --json`.
+
+Protocol (docs/evaluation.md): every labelled image is a query; its gallery
+is every other image except those of the same patient; cosine similarity;
+ties in score go to the smaller id. P@c = hits in the first c / c;
+AP@k = (1/min(R,k)) sum_{j<=k} P@j rel_j, R = relevant images in the
+gallery; queries with R = 0 are left out and counted. The chance level is
+the mean over the random rankings of the gallery: for P@c, R/G; for AP it is
+computed here by its own route, from the hypergeometric distribution of the
+hits above each rank, not from the closed form the C code uses.
+Rules: any = share a label, exact = same label set, single = same first
+label; labels compare without regard to ASCII case.
+
+Usage:
+  eval_check.py VECTORS.npy [--csv IDS.csv] [--rule exact] [-k 10] [--qe N]
+                [--compare EVAL.json [--per-query EVAL.csv]] [--tolerance 1e-9]
+Exit: 0 agreement (or figures printed), 1 disagreement, 2 usage/input
+error, 77 when numpy is missing (the caller skips).
+"""
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+
+try:
+    import numpy as np
+except ImportError:
+    print("skip: numpy is not available to", sys.executable)
+    sys.exit(77)
+
+
+def ascii_lower(s):
+    return "".join(chr(ord(c) + 32) if "A" <= c <= "Z" else c for c in s)
+
+
+def read_metadata(path):
+    """Ids, patient keys (None when unknown) and ordered label lists."""
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return [], [], []
+    for col in ("id", "labels"):
+        if col not in rows[0]:
+            raise SystemExit(f"eval_check: {path} has no '{col}' column (has {list(rows[0])})")
+    pcol = "patient_id" if "patient_id" in rows[0] else ("patient" if "patient" in rows[0] else None)
+    ids, patients, labels = [], [], []
+    for r in rows:
+        ids.append(int(r["id"]))
+        p = r.get(pcol, "") if pcol else ""
+        patients.append(p if p else None)
+        seen, lab = set(), []
+        for name in (r["labels"] or "").split("|"):
+            key = ascii_lower(name)
+            if name and key not in seen:
+                seen.add(key)
+                lab.append(key)
+        labels.append(lab)
+    return ids, patients, labels
+
+
+def relevant(rule, a, b):
+    if not a or not b:
+        return False
+    if rule == "single":
+        return a[0] == b[0]
+    if rule == "exact":
+        return set(a) == set(b)
+    return bool(set(a) & set(b))
+
+
+def chance_ap(k, R, G):
+    """E[AP@k] under a random ranking, by the law of total expectation over
+    the number of hits among the ranks above each rank j: given rank j is
+    relevant, the j-1 ranks above hold h ~ Hypergeometric(G-1, R-1, j-1)
+    relevant images, and P@j = (h + 1) / j."""
+    total = 0.0
+    for j in range(1, min(k, G) + 1):
+        n_above = j - 1
+        e_h = n_above * (R - 1) / (G - 1) if G > 1 else 0.0
+        total += (R / G) * (e_h + 1.0) / j
+    return total / min(R, k)
+
+
+def top(scores, ids, k):
+    """The first k of a score row ranked by score descending, then smaller
+    id. Only the candidates scoring at least the k-th best are sorted."""
+    if k < len(scores):
+        kth = scores[np.argpartition(-scores, k - 1)[k - 1]]
+        cand = np.nonzero(scores >= kth)[0]
+    else:
+        cand = np.arange(len(scores))
+    return cand[np.lexsort((ids[cand], -scores[cand]))][:k]
+
+
+def evaluate(vec, ids, patients, labels, rule, k, qe):
+    n = len(ids)
+    ids_arr = np.asarray(ids, dtype=np.int64)
+    order = np.argsort(ids_arr, kind="stable")
+    vec = vec[order].astype(np.float64)
+    ids_arr = ids_arr[order]
+    patients = [patients[i] for i in order]
+    labels = [labels[i] for i in order]
+    norms = np.linalg.norm(vec, axis=1)
+    if np.any(np.abs(norms - 1.0) > 1e-3):
+        raise SystemExit("eval_check: exported vectors are not L2-normalised")
+
+    # Patient groups: unknown patients are their own group.
+    group = np.empty(n, dtype=np.int64)
+    keys = {}
+    for i, p in enumerate(patients):
+        group[i] = keys.setdefault(p, len(keys)) if p is not None else -(i + 1)
+
+    # Relevance through the distinct label lists (few), then broadcast.
+    distinct, set_of = {}, np.empty(n, dtype=np.int64)
+    for i, lab in enumerate(labels):
+        set_of[i] = distinct.setdefault(tuple(lab), len(distinct))
+    lists = list(distinct)
+    m = np.array([[relevant(rule, list(a), list(b)) for b in lists] for a in lists], dtype=bool)
+    rel = m[set_of[:, None], set_of[None, :]] if n else np.zeros((0, 0), dtype=bool)
+    np.fill_diagonal(rel, False)
+
+    cuts = [c for c in (1, 5, k) if c <= k]
+    sims = vec @ vec.T
+    gallery_size = np.array([int((group != group[q]).sum()) for q in range(n)], dtype=np.int64)
+    if qe > 0:
+        # Expanded queries: each query plus its top-qe results (in its own
+        # gallery), summed and re-normalised, then searched again - all
+        # queries in one matrix product.
+        expanded = vec.copy()
+        for q in range(n):
+            s = np.where(group != group[q], sims[q], -np.inf)
+            expanded[q] += vec[top(s, ids_arr, min(qe, int(gallery_size[q])))].sum(axis=0)
+        expanded /= np.linalg.norm(expanded, axis=1, keepdims=True)
+        sims = expanded @ vec.T
+    per = []
+    for q in range(n):
+        gallery = group != group[q]
+        G = int(gallery_size[q])
+        R = int((rel[q] & gallery).sum())
+        if not labels[q] or R == 0:
+            per.append({"id": int(ids_arr[q]), "scored": False, "labelled": bool(labels[q])})
+            continue
+        s = np.where(gallery, sims[q], -np.inf)
+        best = top(s, ids_arr, min(k, G))
+        r = rel[q, best].astype(float)
+        hits = np.cumsum(r)
+        ap = float((hits / np.arange(1, len(r) + 1) * r).sum() / min(R, k))
+        p = {c: (float(hits[min(c, len(r)) - 1]) if len(r) else 0.0) / c for c in cuts}
+        chance_p = {c: min(c, G) * R / (G * c) for c in cuts}
+        per.append({"id": int(ids_arr[q]), "scored": True, "R": R, "G": G, "ap": ap, "p": p,
+                    "chance_ap": chance_ap(k, R, G), "chance_p": chance_p, "labels": labels[q]})
+    return per, cuts
+
+
+def summarise(per, cuts, k, n_images):
+    scored = [x for x in per if x["scored"]]
+    m = len(scored)
+    out = {
+        "images": n_images,
+        "queries": {"total": len(per), "scored": m,
+                    "unlabelled": sum(1 for x in per if not x["scored"] and not x["labelled"]),
+                    "no_relevant": sum(1 for x in per if not x["scored"] and x["labelled"])},
+        "metrics": {}, "chance": {}, "per_label": {},
+    }
+    for c in cuts:
+        out["metrics"][f"P@{c}"] = sum(x["p"][c] for x in scored) / m if m else 0.0
+        out["chance"][f"P@{c}"] = sum(x["chance_p"][c] for x in scored) / m if m else 0.0
+    out["metrics"][f"mAP@{k}"] = sum(x["ap"] for x in scored) / m if m else 0.0
+    out["chance"][f"mAP@{k}"] = sum(x["chance_ap"] for x in scored) / m if m else 0.0
+    by_label = {}
+    for x in scored:
+        for lab in x["labels"]:
+            by_label.setdefault(lab, []).append(x)
+    for lab, xs in by_label.items():
+        out["per_label"][lab] = {"queries": len(xs),
+                                 f"P@{k}": sum(x["p"][k] for x in xs) / len(xs),
+                                 f"chance_P@{k}": sum(x["chance_p"][k] for x in xs) / len(xs)}
+    return out
+
+
+def compare(mine, theirs, tol):
+    """Lists every figure that differs by more than tol, and the largest
+    difference seen."""
+    bad, worst = [], 0.0
+    t_q = theirs.get("queries", {})
+    for key, v in mine["queries"].items():
+        if t_q.get(key) != v:
+            bad.append(f"queries.{key}: check {v}, eval {t_q.get(key)}")
+    for part in ("metrics", "chance"):
+        for key, v in mine[part].items():
+            w = theirs.get(part, {}).get(key)
+            if w is None or not math.isfinite(w) or abs(v - w) > tol:
+                bad.append(f"{part}.{key}: check {v:.17g}, eval {w}")
+            else:
+                worst = max(worst, abs(v - w))
+    t_lab = {ascii_lower(x["label"]): x for x in theirs.get("per_label", [])}
+    for lab, v in mine["per_label"].items():
+        w = t_lab.get(lab)
+        if w is None:
+            bad.append(f"per_label.{lab}: missing in eval")
+            continue
+        for key, val in v.items():
+            if key not in w or abs(val - w[key]) > tol:
+                bad.append(f"per_label.{lab}.{key}: check {val!r}, eval {w.get(key)!r}")
+            else:
+                worst = max(worst, abs(val - w[key]))
+    if len(t_lab) != len(mine["per_label"]):
+        bad.append(f"per_label: check has {len(mine['per_label'])} labels, eval {len(t_lab)}")
+    return bad, worst
+
+
+def compare_per_query(per, path, k, tol):
+    """Compares every query's AP@k and P@k with `medsearch eval --per-query`."""
+    bad = []
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = {int(r["id"]): r for r in csv.DictReader(f)}
+    for x in per:
+        r = rows.get(x["id"])
+        if r is None:
+            bad.append(f"query {x['id']}: missing in {path}")
+            continue
+        if (r["scored"] == "1") != x["scored"]:
+            bad.append(f"query {x['id']}: scored {x['scored']} here, {r['scored']} in eval")
+            continue
+        if not x["scored"]:
+            continue
+        if int(r["R"]) != x["R"] or int(r["G"]) != x["G"]:
+            bad.append(f"query {x['id']}: R/G {x['R']}/{x['G']} here, {r['R']}/{r['G']} in eval")
+        for key, v in ((f"AP@{k}", x["ap"]), (f"P@{k}", x["p"][k]), (f"chance_AP@{k}", x["chance_ap"])):
+            if abs(float(r[key]) - v) > tol:
+                bad.append(f"query {x['id']}: {key} {v!r} here, {r[key]} in eval")
+    if len(rows) != len(per):
+        bad.append(f"{path} has {len(rows)} queries, the export {len(per)}")
+    return bad
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("vectors")
+    ap.add_argument("--csv", help="ids and metadata (default: VECTORS with .csv)")
+    ap.add_argument("--rule", default="exact", choices=("any", "exact", "single"))
+    ap.add_argument("-k", type=int, default=10)
+    ap.add_argument("--qe", type=int, default=0)
+    ap.add_argument("--compare", help="JSON written by medsearch eval --json")
+    ap.add_argument("--per-query", help="CSV written by medsearch eval --per-query (single configuration)")
+    ap.add_argument("--tolerance", type=float, default=1e-9)
+    a = ap.parse_args()
+    if a.k < 1 or a.qe < 0:
+        print("eval_check: k must be >= 1 and qe >= 0", file=sys.stderr)
+        return 2
+    csv_path = a.csv or os.path.splitext(a.vectors)[0] + ".csv"
+    vec = np.load(a.vectors)
+    if vec.ndim != 2 or vec.dtype != np.float32:
+        print(f"eval_check: {a.vectors} is {vec.dtype} {vec.shape}, want float32 [n, dim]", file=sys.stderr)
+        return 2
+    ids, patients, labels = read_metadata(csv_path)
+    if len(ids) != vec.shape[0]:
+        print(f"eval_check: {csv_path} has {len(ids)} rows for {vec.shape[0]} vectors", file=sys.stderr)
+        return 2
+    per, cuts = evaluate(vec, ids, patients, labels, a.rule, a.k, a.qe)
+    mine = summarise(per, cuts, a.k, len(ids))
+    mine["protocol"] = {"rule": a.rule, "k": a.k, "qe": a.qe}
+    print(json.dumps(mine, indent=1, sort_keys=True))
+    if not a.compare:
+        return 0
+    with open(a.compare, encoding="utf-8") as f:
+        theirs = json.load(f)
+    bad, worst = compare(mine, theirs, a.tolerance)
+    if a.per_query:
+        bad += compare_per_query(per, a.per_query, a.k, a.tolerance)
+    for b in bad[:50]:
+        print("DIFFERS", b)
+    print(f"eval_check: {'agree' if not bad else 'DISAGREE'} within {a.tolerance:g} "
+          f"({len(bad)} differences, largest agreeing difference {worst:.3g}, "
+          f"{mine['queries']['scored']} queries scored)")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

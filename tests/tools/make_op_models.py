@@ -1,0 +1,341 @@
+#!/usr/bin/python3
+"""Small ONNX graphs, one per supported op and attribute variant, with expected outputs
+computed independently by PyTorch (torch.nn.functional), for tests/unit/test_model_ops.c.
+
+  make_op_models.py OUTDIR
+
+Run with /usr/bin/python3 (Debian's python3-onnx, torch, numpy). Writes, per case NAME:
+OUTDIR/NAME.onnx, OUTDIR/NAME.in.f32 (N x 3 x S x S) and OUTDIR/NAME.out.f32 (N x K), and
+one line per case to OUTDIR/manifest.txt:
+
+  ok NAME N S K             the model must load; its feature output must match
+  error NAME CODE WORD...   loading must fail with MS_E<CODE> and a message holding each WORD
+
+MedSearch feeds [N, 3, S, S] images, so every graph starts from a 3-channel square input.
+"""
+import os
+import sys
+
+import numpy as np
+import onnx
+import torch
+import torch.nn.functional as F
+from onnx import TensorProto, helper, numpy_helper
+
+N = 3
+RNG = np.random.default_rng(1234)
+
+
+def rand(*shape, lo=-1.0, hi=1.0):
+    return RNG.uniform(lo, hi, size=shape).astype(np.float32)
+
+
+class Case:
+    """Builds one graph and its PyTorch reference side by side."""
+
+    def __init__(self, name, size=16, opset=13):
+        self.name, self.size, self.opset = name, size, opset
+        self.nodes, self.inits = [], []
+        self.x = rand(N, 3, size, size, lo=-2, hi=2)
+        self.env = {"input": torch.from_numpy(self.x)}
+        self.count = 0
+
+    def const(self, arr, name=None, dtype=None):
+        name = name or f"c{len(self.inits)}"
+        arr = np.asarray(arr, dtype=dtype or np.float32)
+        self.inits.append(numpy_helper.from_array(arr, name))
+        return name
+
+    def node(self, op, inputs, torch_value, out=None, name=None, **attrs):
+        self.count += 1
+        out = out or f"t{self.count}"
+        self.nodes.append(helper.make_node(op, inputs, [out], name=name or f"{op.lower()}_{self.count}", **attrs))
+        self.env[out] = torch_value
+        return out
+
+    def t(self, name):
+        return self.env[name]
+
+    # ---- building blocks with their reference
+    def conv(self, x, cin, cout, k=3, stride=1, pads=(1, 1, 1, 1), dil=1, group=1, bias=True, auto_pad=None,
+             kw=None):
+        kh, kww = (k, kw or k)
+        w = rand(cout, cin // group, kh, kww, lo=-0.5, hi=0.5)
+        b = rand(cout, lo=-0.2, hi=0.2) if bias else None
+        ins = [x, self.const(w)] + ([self.const(b)] if bias else [])
+        attrs = dict(kernel_shape=[kh, kww], strides=[stride, stride] if isinstance(stride, int) else list(stride),
+                     dilations=[dil, dil], group=group)
+        xt = self.t(x)
+        st = attrs["strides"]
+        if auto_pad:
+            attrs["auto_pad"] = auto_pad
+            if auto_pad == "VALID":
+                p = (0, 0, 0, 0)
+            else:
+                p = []
+                for ax in range(2):
+                    inn, kk = xt.shape[2 + ax], (attrs["kernel_shape"][ax] - 1) * dil + 1
+                    o = -(-inn // st[ax])
+                    tot = max((o - 1) * st[ax] + kk - inn, 0)
+                    lo = tot // 2 if auto_pad == "SAME_UPPER" else tot - tot // 2
+                    p.append((lo, tot - lo))
+                p = (p[0][0], p[1][0], p[0][1], p[1][1])
+        else:
+            attrs["pads"] = list(pads)
+            p = pads
+        ref = F.conv2d(F.pad(xt, (p[1], p[3], p[0], p[2])), torch.from_numpy(w),
+                       torch.from_numpy(b) if bias else None, tuple(st), 0, dil, group)
+        return self.node("Conv", ins, ref, **attrs)
+
+    def write(self, outdir, out, manifest, opset_imports=None):
+        g = helper.make_graph(self.nodes, self.name,
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, self.size, self.size])],
+                              [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)], self.inits)
+        m = helper.make_model(g, opset_imports=opset_imports or [helper.make_opsetid("", self.opset)])
+        m.ir_version = 7
+        onnx.save(m, os.path.join(outdir, self.name + ".onnx"))
+        y = self.t(out).detach().numpy().astype(np.float32).reshape(N, -1)
+        self.x.tofile(os.path.join(outdir, self.name + ".in.f32"))
+        y.tofile(os.path.join(outdir, self.name + ".out.f32"))
+        manifest.write(f"ok {self.name} {N} {self.size} {y.shape[1]}\n")
+
+
+def cases(outdir, mf):
+    c = Case("conv_basic")
+    c.write(outdir, c.conv("input", 3, 8), mf)
+
+    c = Case("conv_nobias_stride2", size=17)
+    c.write(outdir, c.conv("input", 3, 8, stride=2, bias=False), mf)
+
+    c = Case("conv_grouped")
+    x = c.conv("input", 3, 12, k=1, pads=(0, 0, 0, 0))
+    c.write(outdir, c.conv(x, 12, 24, group=4), mf)
+
+    c = Case("conv_depthwise_asym")
+    x = c.conv("input", 3, 24, k=1, pads=(0, 0, 0, 0))
+    c.write(outdir, c.conv(x, 24, 24, stride=2, pads=(0, 0, 1, 1), group=24), mf)
+
+    c = Case("conv_dilated", size=20)
+    x = c.conv("input", 3, 8, dil=2, pads=(2, 2, 2, 2))
+    c.write(outdir, c.conv(x, 8, 8, stride=2, dil=3, pads=(1, 2, 3, 0)), mf)
+
+    c = Case("conv_asym_rect", size=15)
+    c.write(outdir, c.conv("input", 3, 6, k=3, kw=5, stride=(2, 1), pads=(2, 0, 1, 3)), mf)
+
+    for ap in ("SAME_UPPER", "SAME_LOWER", "VALID"):
+        c = Case(f"conv_autopad_{ap.lower()}", size=15)
+        x = c.conv("input", 3, 8, k=4, stride=2, auto_pad=ap)
+        c.write(outdir, c.conv(x, 8, 8, k=3, stride=1, auto_pad=ap), mf)
+
+    # BatchNormalization: folded after a Conv, and standalone (on the input; after a
+    # Relu; after a Conv whose output is also read elsewhere)
+    def bn(case, x, ch):
+        s, b, mu, var = rand(ch, lo=0.5, hi=1.5), rand(ch), rand(ch), rand(ch, lo=0.5, hi=2)
+        ref = F.batch_norm(case.t(x), torch.from_numpy(mu), torch.from_numpy(var), torch.from_numpy(s),
+                           torch.from_numpy(b), False, 0.0, 1e-3)
+        return case.node("BatchNormalization", [x, case.const(s), case.const(b), case.const(mu), case.const(var)],
+                         ref, epsilon=1e-3)
+
+    c = Case("bn_folded")
+    c.write(outdir, bn(c, c.conv("input", 3, 8), 8), mf)
+    c = Case("bn_on_input")
+    c.write(outdir, bn(c, "input", 3), mf)
+    c = Case("bn_after_relu")
+    x = c.conv("input", 3, 20)
+    x = c.node("Relu", [x], F.relu(c.t(x)))
+    c.write(outdir, bn(c, x, 20), mf)
+    c = Case("bn_shared_input")
+    x = c.conv("input", 3, 8)
+    y = bn(c, x, 8)
+    c.write(outdir, c.node("Add", [x, y], c.t(x) + c.t(y)), mf)
+
+    # pools
+    c = Case("maxpool", size=17)
+    x = c.conv("input", 3, 8)
+    c.write(outdir, c.node("MaxPool", [x], F.max_pool2d(c.t(x), 3, 2, 1), kernel_shape=[3, 3], strides=[2, 2],
+                           pads=[1, 1, 1, 1]), mf)
+    c = Case("maxpool_ceil_dilated", size=16)
+    x = c.conv("input", 3, 8)
+    c.write(outdir, c.node("MaxPool", [x], F.max_pool2d(c.t(x), 2, 3, 0, 2, True), kernel_shape=[2, 2],
+                           strides=[3, 3], dilations=[2, 2], ceil_mode=1), mf)
+    c = Case("avgpool_include_pad", size=15)
+    x = c.conv("input", 3, 8)
+    c.write(outdir, c.node("AveragePool", [x], F.avg_pool2d(c.t(x), 3, 2, 1, False, True), kernel_shape=[3, 3],
+                           strides=[2, 2], pads=[1, 1, 1, 1], count_include_pad=1), mf)
+    c = Case("avgpool_exclude_pad_ceil", size=16)
+    x = c.conv("input", 3, 8)
+    c.write(outdir, c.node("AveragePool", [x], F.avg_pool2d(c.t(x), 3, 2, 1, True, False), kernel_shape=[3, 3],
+                           strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1), mf)
+
+    # GAP, Flatten, Reshape, Gemm variants
+    def head(case, flatten="Flatten"):
+        x = case.conv("input", 3, 16)
+        x = case.node("Relu", [x], F.relu(case.t(x)))
+        g = case.node("GlobalAveragePool", [x], F.adaptive_avg_pool2d(case.t(x), 1))
+        if flatten == "Flatten":
+            return case.node("Flatten", [g], torch.flatten(case.t(g), 1), axis=1)
+        shape = case.const(np.array([0, -1], dtype=np.int64), dtype=np.int64)
+        return case.node("Reshape", [g, shape], case.t(g).reshape(N, -1))
+
+    c = Case("gemm_transb")
+    f = head(c)
+    w, b = rand(10, 16), rand(10)
+    c.write(outdir, c.node("Gemm", [f, c.const(w), c.const(b)], F.linear(c.t(f), torch.from_numpy(w), torch.from_numpy(b)),
+                           transB=1), mf)
+    c = Case("gemm_alpha_beta_reshape")
+    f = head(c, "Reshape")
+    w, b = rand(16, 7), rand(1)
+    ref = 0.5 * c.t(f) @ torch.from_numpy(w) + 2.0 * torch.from_numpy(b)
+    c.write(outdir, c.node("Gemm", [f, c.const(w), c.const(b)], ref, alpha=0.5, beta=2.0), mf)
+    c = Case("gemm_relu_nobias")
+    f = head(c)
+    w = rand(5, 16)
+    y = c.node("Gemm", [f, c.const(w)], F.linear(c.t(f), torch.from_numpy(w)), transB=1)
+    c.write(outdir, c.node("Relu", [y], F.relu(c.t(y))), mf)
+
+    # Concat on channels, 24 + 40 (not multiples of the 16-channel block)
+    c = Case("concat")
+    a = c.conv("input", 3, 24)
+    b = c.conv("input", 3, 40, k=1, pads=(0, 0, 0, 0))
+    x = c.node("Concat", [a, b], torch.cat([c.t(a), c.t(b)], 1), axis=1)
+    c.write(outdir, c.conv(x, 64, 8), mf)
+    c = Case("concat_three_negative_axis")
+    a = c.conv("input", 3, 5)
+    b = c.node("Relu", [a], F.relu(c.t(a)))
+    c.write(outdir, c.node("Concat", [a, b, "input"], torch.cat([c.t(a), c.t(b), c.t("input")], 1), axis=-3), mf)
+
+    # SiLU / swish: fused into the Conv, and standalone on the input
+    c = Case("silu_conv")
+    x = c.conv("input", 3, 24)
+    s = c.node("Sigmoid", [x], torch.sigmoid(c.t(x)))
+    y = c.node("Mul", [x, s], c.t(x) * c.t(s))
+    c.write(outdir, c.conv(y, 24, 8), mf)
+    c = Case("silu_input")
+    s = c.node("Sigmoid", ["input"], torch.sigmoid(c.t("input")))
+    c.write(outdir, c.node("Mul", [s, "input"], c.t(s) * c.t("input")), mf)
+    c = Case("sigmoid_padded_channels")
+    x = c.conv("input", 3, 24)
+    s = c.node("Sigmoid", [x], torch.sigmoid(c.t(x)))
+    c.write(outdir, c.conv(s, 24, 8), mf)
+
+    # squeeze-excite: Mul of [N,C,H,W] by a [N,C,1,1] gate
+    c = Case("squeeze_excite")
+    x = c.conv("input", 3, 32)
+    g = c.node("GlobalAveragePool", [x], F.adaptive_avg_pool2d(c.t(x), 1))
+    r = c.conv(g, 32, 8, k=1, pads=(0, 0, 0, 0))
+    r = c.node("Relu", [r], F.relu(c.t(r)))
+    e = c.conv(r, 8, 32, k=1, pads=(0, 0, 0, 0))
+    gate = c.node("Sigmoid", [e], torch.sigmoid(c.t(e)))
+    c.write(outdir, c.node("Mul", [x, gate], c.t(x) * c.t(gate)), mf)
+    c = Case("mul_gate_first")
+    x = c.conv("input", 3, 16)
+    g = c.node("GlobalAveragePool", [x], F.adaptive_avg_pool2d(c.t(x), 1))
+    c.write(outdir, c.node("Mul", [g, x], c.t(g) * c.t(x)), mf)
+
+    # Clip: attributes (opset 6), inputs with 0-d and [1] bounds, only a lower bound
+    c = Case("clip_attrs_opset6", opset=6)
+    x = c.conv("input", 3, 8)
+    c.write(outdir, c.node("Clip", [x], torch.clamp(c.t(x), -0.3, 0.4), min=-0.3, max=0.4), mf)
+    c = Case("clip_inputs_0d")
+    x = c.conv("input", 3, 8)
+    c.write(outdir, c.node("Clip", [x, c.const(np.float32(0.0)), c.const(np.float32(6.0))],
+                           torch.clamp(c.t(x), 0, 6)), mf)
+    c = Case("clip_inputs_shape1")
+    x = c.conv("input", 3, 8)
+    c.write(outdir, c.node("Clip", [x, c.const([-0.5]), c.const([0.25])], torch.clamp(c.t(x), -0.5, 0.25)), mf)
+    c = Case("clip_min_only")
+    x = c.conv("input", 3, 8)
+    c.write(outdir, c.node("Clip", [x, c.const(np.float32(0.1)), ""], torch.clamp(c.t(x), min=0.1)), mf)
+    c = Case("clip_constant_node")
+    x = c.conv("input", 3, 8)
+    c.nodes.append(helper.make_node("Constant", [], ["lo"], value=numpy_helper.from_array(np.float32(-0.2), "v")))
+    c.nodes.append(helper.make_node("Constant", [], ["hi"], value_float=0.3))
+    c.write(outdir, c.node("Clip", [x, "lo", "hi"], torch.clamp(c.t(x), -0.2, 0.3)), mf)
+
+    # Add/Mul with constants, broadcast
+    c = Case("add_mul_constants")
+    x = c.conv("input", 3, 8)
+    k = rand(8, 1, 1)
+    y = c.node("Add", [x, c.const(k)], c.t(x) + torch.from_numpy(k))
+    c.write(outdir, c.node("Mul", [c.const(np.float32(1.5)), y], 1.5 * c.t(y)), mf)
+    c = Case("add_input_plus_conv_relu")
+    x = c.conv("input", 3, 3)
+    y = c.node("Add", ["input", x], c.t("input") + c.t(x))
+    c.write(outdir, c.node("Relu", [y], F.relu(c.t(y))), mf)
+
+    # residual sums fused into the Conv: residual dying there, residual still read
+    # afterwards (copied), both inputs convs, and Add(conv(x), x)
+    c = Case("residual_dies")
+    x = c.conv("input", 3, 16)
+    x = c.node("Relu", [x], F.relu(c.t(x)))
+    y = c.conv(x, 16, 16)
+    s = c.node("Add", [y, x], c.t(y) + c.t(x))
+    c.write(outdir, c.node("Relu", [s], F.relu(c.t(s))), mf)
+    c = Case("residual_still_read")
+    x = c.conv("input", 3, 16)
+    y = c.conv(x, 16, 16)
+    s = c.node("Add", [x, y], c.t(x) + c.t(y))
+    c.write(outdir, c.node("Add", [s, x], c.t(s) + c.t(x)), mf)
+    c = Case("residual_two_convs")
+    a = c.conv("input", 3, 16, stride=2)
+    b = c.conv("input", 3, 16, k=1, stride=2, pads=(0, 0, 0, 0))
+    s = c.node("Add", [a, b], c.t(a) + c.t(b))
+    c.write(outdir, c.node("Relu", [s], F.relu(c.t(s))), mf)
+    c = Case("residual_own_input")
+    x = c.conv("input", 3, 16)
+    y = c.conv(x, 16, 16)
+    c.write(outdir, c.node("Add", [y, x], c.t(y) + c.t(x)), mf)
+
+    c = Case("identity_chain")
+    x = c.conv("input", 3, 8)
+    i1 = c.node("Identity", [x], c.t(x))
+    w = c.node("Identity", [c.const(rand(4, 8, 1, 1))], None)  # an Identity of a constant
+    c.env[w] = torch.from_numpy(numpy_helper.to_array(c.inits[-1]))
+    y = c.node("Conv", [i1, w], F.conv2d(c.t(i1), c.env[w]), kernel_shape=[1, 1])
+    c.write(outdir, c.node("Identity", [y], c.t(y)), mf)
+
+    # errors at load time
+    c = Case("unsupported_lstm")
+    x = c.conv("input", 3, 4)
+    c.nodes.append(helper.make_node("LSTM", [x, "w", "r"], ["y"], name="my_lstm", hidden_size=4))
+    c.env["y"] = torch.zeros(N, 1)
+    write_error(c, outdir, "y", mf, "UNSUPPORTED", ["LSTM", "my_lstm"])
+    c = Case("unsupported_domain")
+    c.nodes.append(helper.make_node("FusedConv", ["input"], ["y"], name="fc1", domain="com.microsoft"))
+    c.env["y"] = torch.zeros(N, 1)
+    write_error(c, outdir, "y", mf, "UNSUPPORTED", ["com.microsoft.FusedConv", "fc1"],
+                [helper.make_opsetid("", 13), helper.make_opsetid("com.microsoft", 1)])
+    c = Case("gemm_transa")
+    f = head(c)
+    c.nodes.append(helper.make_node("Gemm", [f, c.const(rand(16, 4))], ["y"], name="g", transA=1))
+    c.env["y"] = torch.zeros(N, 1)
+    write_error(c, outdir, "y", mf, "UNSUPPORTED", ["transA", "g"])
+    c = Case("concat_spatial")
+    c.nodes.append(helper.make_node("Concat", ["input", "input"], ["y"], name="cat", axis=2))
+    c.env["y"] = torch.zeros(N, 1)
+    write_error(c, outdir, "y", mf, "UNSUPPORTED", ["axis", "cat"])
+
+
+def write_error(case, outdir, out, mf, code, words, opsets=None):
+    g = helper.make_graph(case.nodes, case.name,
+                          [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, case.size, case.size])],
+                          [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)], case.inits)
+    m = helper.make_model(g, opset_imports=opsets or [helper.make_opsetid("", case.opset)])
+    m.ir_version = 7
+    onnx.save(m, os.path.join(outdir, case.name + ".onnx"))
+    mf.write(f"error {case.name} {code} {' '.join(words)}\n")
+
+
+def main(argv):
+    if len(argv) != 2:
+        sys.stderr.write(__doc__)
+        return 2
+    torch.set_num_threads(2)
+    os.makedirs(argv[1], exist_ok=True)
+    with open(os.path.join(argv[1], "manifest.txt"), "w") as mf:
+        cases(argv[1], mf)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

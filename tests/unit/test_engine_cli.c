@@ -1,0 +1,297 @@
+/*
+ * test_engine_cli.c - the collection commands' helpers: the labels CSV
+ * reader (both formats, hostile rows) and the shared option parser.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cli/cli.h"
+#include "cli/common.h"
+#include "cli/labels.h"
+
+static char tmp[256];
+
+static char *write_file(const char *name, const char *text, size_t len)
+{
+    char *path;
+    assert_true(asprintf(&path, "%s/%s", tmp, name) > 0);
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(text, 1, len, f), len);
+    fclose(f);
+    return path;
+}
+
+static labels *load(const char *name, const char *text, int expect_rc, ms_err *err)
+{
+    char *path = write_file(name, text, strlen(text));
+    labels *t = NULL;
+    assert_int_equal(labels_load(path, &t, err), expect_rc);
+    free(path);
+    return t;
+}
+
+static int has_warning(const labels *t, const char *needle)
+{
+    for (size_t i = 0; i < labels_n_warnings(t); i++)
+        if (strstr(labels_warning(t, i), needle))
+            return 1;
+    return 0;
+}
+
+static const char *kv(const store_meta *m, const char *key)
+{
+    for (int i = 0; i < m->n_kv; i++)
+        if (!strcmp(m->kv[i].key, key))
+            return m->kv[i].value;
+    return NULL;
+}
+
+static void test_nih_format(void **state)
+{
+    (void)state;
+    ms_err err = {0};
+    labels *t = load("Data_Entry_2017.csv",
+                     "\xEF\xBB\xBFImage Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"
+                     "View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],\r\n"
+                     "00000001_000.png,Cardiomegaly,0,1,058Y,M,PA,2682,2749,0.143,0.143,\r\n"
+                     "00000001_001.png,Cardiomegaly|Emphysema|cardiomegaly,1,1,58,M,PA,2894,2729,0.143,0.143,\r\n"
+                     "00000002_000.png,No Finding,0,2,81,F,AP,2500,2048,0.171,0.171,\r\n"
+                     "00000003_000.png,Hernia,0,3,abc,F,PA,2500,2048,0.168,0.168,\r\n"
+                     "00000004_000.png,Mass,0,4,412,F,PA,2500,2048\r\n"
+                     "00000005_000.png,Mass,0,5,412,M,PA,2500,2048,0.168,0.168,\r\n"
+                     "00000001_000.png,Effusion,0,9,30,F,PA,1,1,1,1,\r\n",
+                     0, &err);
+    assert_non_null(t);
+    assert_int_equal(labels_get_format(t), LABELS_NIH);
+    assert_int_equal(labels_rows(t), 4);
+    assert_true(has_warning(t, "line 5: the age is not a number"));
+    assert_true(has_warning(t, "line 6: 9 fields where the header has 12"));
+    assert_true(has_warning(t, "line 7: age 412 is implausible"));
+    assert_true(has_warning(t, "line 8: image 00000001_000.png is listed already (line 2)"));
+
+    /* matched by base name wherever the file is */
+    const store_meta *m = labels_find(t, "/somewhere/else/00000001_001.png");
+    assert_non_null(m);
+    assert_int_equal(m->n_labels, 2); /* duplicates dropped, case aside */
+    assert_string_equal(m->labels[0], "Cardiomegaly");
+    assert_string_equal(m->labels[1], "Emphysema");
+    assert_string_equal(m->patient_id, "1");
+    assert_int_equal(m->age, 58);
+    assert_int_equal(m->sex, 'M');
+    assert_string_equal(m->view, "PA");
+    assert_string_equal(kv(m, "follow_up"), "1");
+    assert_string_equal(kv(m, "OriginalImage[Width"), "2894");
+    m = labels_find(t, "00000001_000.png");
+    assert_int_equal(m->age, 58); /* "058Y" */
+    assert_string_equal(m->labels[0], "Cardiomegaly");
+    m = labels_find(t, "x/00000002_000.png");
+    assert_string_equal(m->labels[0], "No Finding");
+    assert_int_equal(m->sex, 'F');
+    assert_int_equal(labels_find(t, "00000005_000.png")->age, -1);
+    assert_null(labels_find(t, "00000003_000.png")); /* its row was bad */
+    assert_null(labels_find(t, "missing.png"));
+    labels_free(t);
+}
+
+static void test_generic_format(void **state)
+{
+    (void)state;
+    ms_err err = {0};
+    char dir[300];
+    snprintf(dir, sizeof dir, "%s/set", tmp);
+    mkdir(dir, 0700);
+    labels *t = load("set/labels.csv",
+                     "image,labels,pneumonia_type,patient_id,age,sex,view,study_date\n"
+                     "images/a.jpeg,NORMAL,,P1,,,,2017-01-31\n"
+                     "./images/b.jpeg,\"PNEUMONIA|BACTERIA\",bacteria,P2,7,female,ap,\n"
+                     "other/a.jpeg,\"say \"\"hi\"\", twice\",,P3,40,M,PA,\n"
+                     "\n"
+                     ",NORMAL,,P4,1,M,PA,\n"
+                     "images/c.jpeg,\"unterminated,,P5,1,M,PA,\n",
+                     0, &err);
+    assert_non_null(t);
+    assert_int_equal(labels_get_format(t), LABELS_GENERIC);
+    assert_int_equal(labels_rows(t), 3);
+    assert_true(has_warning(t, "line 6: no image name"));
+    assert_true(has_warning(t, "line 7: a quoted field is never closed"));
+    char path[400];
+    /* a relative path under the CSV's folder picks its own row */
+    snprintf(path, sizeof path, "%s/images", dir);
+    mkdir(path, 0700);
+    snprintf(path, sizeof path, "%s/images/b.jpeg", dir);
+    FILE *f = fopen(path, "w");
+    fclose(f);
+    const store_meta *m = labels_find(t, path);
+    assert_non_null(m);
+    assert_string_equal(m->patient_id, "P2");
+    assert_int_equal(m->n_labels, 2);
+    assert_int_equal(m->age, 7);
+    assert_int_equal(m->sex, 'F');
+    assert_string_equal(kv(m, "pneumonia_type"), "bacteria");
+    /* two rows share the base name a.jpeg: only the relative path decides */
+    snprintf(path, sizeof path, "%s/images/a.jpeg", dir);
+    f = fopen(path, "w");
+    fclose(f);
+    m = labels_find(t, path);
+    assert_non_null(m);
+    assert_string_equal(m->patient_id, "P1");
+    assert_string_equal(m->study_date, "2017-01-31");
+    assert_int_equal(m->age, -1);
+    assert_int_equal(m->sex, 0);
+    assert_null(labels_find(t, "/elsewhere/a.jpeg"));
+    snprintf(path, sizeof path, "%s/other", dir);
+    mkdir(path, 0700);
+    snprintf(path, sizeof path, "%s/other/a.jpeg", dir);
+    f = fopen(path, "w");
+    fclose(f);
+    m = labels_find(t, path);
+    assert_string_equal(m->labels[0], "say \"hi\", twice");
+    labels_free(t);
+}
+
+static void test_bad_headers(void **state)
+{
+    (void)state;
+    ms_err err = {0};
+    assert_null(load("a.csv", "image,patient_id\nx.png,1\n", MS_EFORMAT, &err));
+    assert_non_null(strstr(err.msg, "missing required column 'labels'"));
+    assert_null(load("b.csv", "Image Index,Patient ID\nx.png,1\n", MS_EFORMAT, &err));
+    assert_non_null(strstr(err.msg, "missing required column 'Finding Labels'"));
+    assert_null(load("c.csv", "file,diagnosis\nx.png,1\n", MS_EFORMAT, &err));
+    assert_non_null(strstr(err.msg, "neither"));
+    assert_null(load("d.csv", "", MS_EFORMAT, &err));
+    assert_null(load("e.csv", "image,labels,labels\nx,y,z\n", MS_EFORMAT, &err));
+    assert_non_null(strstr(err.msg, "twice"));
+    labels *t = NULL;
+    assert_int_equal(labels_load("/nonexistent/labels.csv", &t, &err), MS_ENOTFOUND);
+    assert_non_null(strstr(err.msg, "/nonexistent/labels.csv"));
+    /* binary junk: an error or rows skipped, never a crash */
+    char junk[2048];
+    for (size_t i = 0; i < sizeof junk; i++)
+        junk[i] = (char)((i * 131) ^ (i >> 3));
+    memcpy(junk, "image,labels\n", 13);
+    char *path = write_file("junk.csv", junk, sizeof junk);
+    if (labels_load(path, &t, &err) == 0)
+        labels_free(t);
+    free(path);
+}
+
+/* ---- option parsing ---- */
+
+static int k, flag;
+static const char *str;
+static const cli_option opts[] = {
+    {"k", 'k', CLI_INT, &k, "N", "results", 1, 100},
+    {"flag", 0, CLI_FLAG, &flag, NULL, "a flag", 0, 0},
+    {"str", 0, CLI_STRING, &str, "S", "a string", 0, 0},
+    {0},
+};
+static const cli_command cmd = {"test", "FILE", "A test command.", CLI_DB | CLI_MODEL | CLI_JSON, opts, 1, 1};
+
+static int parse(int argc, char **argv, cli_common *c, char ***args, int *n, int *code)
+{
+    k = 10;
+    flag = 0;
+    str = NULL;
+    return cli_parse(&cmd, argc, argv, c, args, n, code);
+}
+
+static void test_parse(void **state)
+{
+    (void)state;
+    cli_common c;
+    char **args;
+    int n, code;
+    unsetenv("MEDSEARCH_DB");
+    char *a1[] = {"test", "-k", "5", "img.png", "--flag", "--db=x.db", "--pool", "gem", "--gem-p", "4", "--json",
+                  "--input-size", "256", "--str", "--", NULL};
+    assert_int_equal(parse(15, a1, &c, &args, &n, &code), 1);
+    assert_int_equal(n, 1);
+    assert_string_equal(args[0], "img.png");
+    assert_int_equal(k, 5);
+    assert_int_equal(flag, 1);
+    assert_string_equal(str, "--"); /* a value may look like an option */
+    assert_string_equal(c.db, "x.db");
+    assert_true(c.db_given);
+    assert_int_equal(c.model_opt.pool, MODEL_POOL_GEM);
+    assert_float_equal(c.model_opt.gem_p, 4.0, 1e-6);
+    assert_int_equal(c.model_opt.input_size, 256);
+    assert_true(c.json);
+    free(args);
+
+    char *a2[] = {"test", "--", "-odd-name.png", NULL};
+    assert_int_equal(parse(3, a2, &c, &args, &n, &code), 1);
+    assert_string_equal(args[0], "-odd-name.png");
+    assert_string_equal(c.db, "medsearch.db");
+    assert_false(c.db_given);
+    free(args);
+
+    setenv("MEDSEARCH_DB", "env.db", 1);
+    char *a3[] = {"test", "f", NULL};
+    assert_int_equal(parse(2, a3, &c, &args, &n, &code), 1);
+    assert_string_equal(c.db, "env.db");
+    free(args);
+    unsetenv("MEDSEARCH_DB");
+}
+
+static void test_parse_mistakes(void **state)
+{
+    (void)state;
+    cli_common c;
+    char **args;
+    int n, code;
+    char *bad[][4] = {
+        {"test", "f", "-k", "0"},     {"test", "f", "-k", "x"},         {"test", "f", "--nope", NULL},
+        {"test", "f", "-k", NULL},    {"test", "f", "--pool", "mean"}, {"test", "f", "--gem-p", "0.5"},
+        {"test", "f", "--flag=1", NULL}, {"test", NULL, NULL, NULL},   {"test", "f", "g", NULL},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        int argc = 0;
+        while (argc < 4 && bad[i][argc])
+            argc++;
+        code = -1;
+        assert_int_equal(parse(argc, bad[i], &c, &args, &n, &code), 0);
+        assert_int_equal(code, EXIT_USAGE);
+    }
+    char *help[] = {"test", "--help", NULL};
+    assert_int_equal(parse(2, help, &c, &args, &n, &code), 0);
+    assert_int_equal(code, 0);
+}
+
+static void test_exit_codes(void **state)
+{
+    (void)state;
+    assert_int_equal(cli_exit_code(MS_OK), 0);
+    assert_int_equal(cli_exit_code(MS_EINVAL), EXIT_USAGE);
+    assert_int_equal(cli_exit_code(MS_EDB), EXIT_ENV);
+    assert_int_equal(cli_exit_code(MS_EIO), EXIT_ENV);
+    assert_int_equal(cli_exit_code(MS_EFORMAT), 1);
+}
+
+int main(void)
+{
+    snprintf(tmp, sizeof tmp, "%s/medsearch-cli-XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
+    if (!mkdtemp(tmp))
+        return 1;
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_nih_format),     cmocka_unit_test(test_generic_format),
+        cmocka_unit_test(test_bad_headers),    cmocka_unit_test(test_parse),
+        cmocka_unit_test(test_parse_mistakes), cmocka_unit_test(test_exit_codes),
+    };
+    int rc = cmocka_run_group_tests(tests, NULL, NULL);
+    char cmd_rm[300];
+    snprintf(cmd_rm, sizeof cmd_rm, "rm -rf '%s'", tmp);
+    if (system(cmd_rm) != 0)
+        return 1;
+    return rc;
+}

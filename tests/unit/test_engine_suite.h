@@ -1,0 +1,709 @@
+/*
+ * test_engine_suite.h - the engine's tests, shared by test_engine.c (SQLite)
+ * and test_engine_pg.c (a real PostgreSQL server). The including file
+ * defines suite_new_db(), which returns a fresh, empty collection URI for
+ * each test, and then calls run_engine_suite().
+ *
+ * They use the real ImageNet MobileNetV2 and real X-rays from
+ * $MEDSEARCH_SHARED; without them the program skips (exit 77).
+ */
+#ifndef TEST_ENGINE_SUITE_H
+#define TEST_ENGINE_SUITE_H
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cli/labels.h"
+#include "engine.h"
+#include "engine/internal.h"
+
+/* Provided by the including file: a fresh empty collection (malloc'd). */
+static char *suite_new_db(void);
+
+#define N_IMAGES 24
+
+typedef struct sample {
+    char path[1024];
+    uint8_t *bytes;
+    size_t len;
+    store_meta meta;  /* shallow copy of the labels row */
+} sample;
+
+static struct {
+    char model[1024], model_ft[1024];
+    labels *lab;
+    sample s[N_IMAGES];
+    char tmp[256];
+} G;
+
+static uint8_t *slurp(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    uint8_t *b = malloc((size_t)n + 1);
+    if (b && fread(b, 1, (size_t)n, f) != (size_t)n) {
+        free(b);
+        b = NULL;
+    }
+    fclose(f);
+    *len = (size_t)n;
+    return b;
+}
+
+/* Loads N_IMAGES Kermany images, both labels, several images per patient
+ * where the set has them. Returns 0, or 77 with a message when absent. */
+static int suite_load_data(void)
+{
+    const char *shared = getenv("MEDSEARCH_SHARED");
+    if (!shared) {
+        printf("skip: MEDSEARCH_SHARED is not set (tests/run.sh sets it to ../shared)\n");
+        return 77;
+    }
+    snprintf(G.model, sizeof G.model, "%s/models/mobilenet_v2_1.0_224_imagenet.onnx", shared);
+    snprintf(G.model_ft, sizeof G.model_ft, "%s/models/mobilenet_v2_cxr_finetuned.onnx", shared);
+    char csv[1024];
+    snprintf(csv, sizeof csv, "%s/data/kermany_pneumonia_224/labels.csv", shared);
+    if (access(G.model, R_OK) || access(G.model_ft, R_OK) || access(csv, R_OK)) {
+        printf("skip: %s (the models and kermany_pneumonia_224) not found\n", shared);
+        return 77;
+    }
+    ms_err err = {0};
+    if (labels_load(csv, &G.lab, &err) != 0) {
+        printf("cannot read %s: %s\n", csv, err.msg);
+        return 1;
+    }
+    /* Files named in labels.csv: take every 150th row (both classes). */
+    FILE *f = fopen(csv, "r");
+    char line[512];
+    int row = 0, n = 0;
+    while (f && fgets(line, sizeof line, f) && n < N_IMAGES) {
+        if (row++ == 0 || (row % 150) != 2)
+            continue;
+        char *comma = strchr(line, ',');
+        if (!comma)
+            continue;
+        *comma = '\0';
+        sample *s = &G.s[n];
+        if (snprintf(s->path, sizeof s->path, "%.400s/data/kermany_pneumonia_224/%.500s", shared, line) < 0)
+            continue;
+        const store_meta *m = labels_find(G.lab, s->path);
+        if (!m || !(s->bytes = slurp(s->path, &s->len)))
+            continue;
+        s->meta = *m;
+        s->meta.original_name = strrchr(s->path, '/') + 1;
+        n++;
+    }
+    if (f)
+        fclose(f);
+    if (n < N_IMAGES) {
+        printf("only %d usable images in %s\n", n, csv);
+        return 1;
+    }
+    return 0;
+}
+
+static void suite_free_data(void)
+{
+    for (int i = 0; i < N_IMAGES; i++)
+        free(G.s[i].bytes);
+    labels_free(G.lab);
+}
+
+static int has_label(const store_meta *m, const char *l)
+{
+    for (int i = 0; i < m->n_labels; i++)
+        if (!strcmp(m->labels[i], l))
+            return 1;
+    return 0;
+}
+
+typedef struct fixture {
+    char *db;
+    engine *e;
+    int64_t ids[N_IMAGES];
+} fixture;
+
+static engine *open_engine(const char *db, const char *model_path, int reembed, engine_open_report *rep)
+{
+    engine_options o;
+    engine_options_init(&o);
+    o.db = db;
+    o.model_path = model_path;
+    o.max_batch = 4; /* several batches even for a few images */
+    o.reembed = reembed;
+    engine *e = NULL;
+    ms_err err = {0};
+    int rc = engine_open(&o, &e, rep, &err);
+    if (rc)
+        print_message("engine_open(%s): %s\n", db, err.msg);
+    assert_int_equal(rc, 0);
+    return e;
+}
+
+static void ingest_all(fixture *fx)
+{
+    engine_item items[N_IMAGES];
+    engine_item_result res[N_IMAGES];
+    for (int i = 0; i < N_IMAGES; i++)
+        items[i] = (engine_item){G.s[i].bytes, G.s[i].len, &G.s[i].meta};
+    ms_err err = {0};
+    assert_int_equal(engine_ingest_batch(fx->e, items, N_IMAGES, res, &err), 0);
+    for (int i = 0; i < N_IMAGES; i++) {
+        if (res[i].err.code)
+            print_message("item %d: %s\n", i, res[i].err.msg);
+        assert_int_equal(res[i].err.code, 0);
+        assert_true(res[i].id > 0);
+        assert_int_equal(res[i].was_new, 1);
+        fx->ids[i] = res[i].id;
+    }
+}
+
+static int setup(void **state)
+{
+    fixture *fx = calloc(1, sizeof *fx);
+    fx->db = suite_new_db();
+    if (!fx->db)
+        return -1;
+    fx->e = open_engine(fx->db, G.model, 0, NULL);
+    ingest_all(fx);
+    *state = fx;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fixture *fx = *state;
+    engine_close(fx->e);
+    free(fx->db);
+    free(fx);
+    return 0;
+}
+
+static int search_bytes(engine *e, const sample *s, int k, const store_filter *f, engine_result **res)
+{
+    engine_query q = {.bytes = s->bytes, .len = s->len, .k = k, .filter = f};
+    int n = 0;
+    ms_err err = {0};
+    int rc = engine_search(e, &q, res, &n, NULL, &err);
+    if (rc)
+        print_message("search: %s\n", err.msg);
+    assert_int_equal(rc, 0);
+    return n;
+}
+
+/* ---- tests ---- */
+
+static void test_search_finds_itself(void **state)
+{
+    fixture *fx = *state;
+    for (int i = 0; i < N_IMAGES; i += 5) {
+        engine_result *res;
+        int n = search_bytes(fx->e, &G.s[i], 5, NULL, &res);
+        assert_int_equal(n, 5);
+        assert_int_equal(res[0].id, fx->ids[i]);
+        assert_true(res[0].score >= 0.9999f && res[0].score <= 1.0001f);
+        for (int j = 1; j < n; j++)
+            assert_true(res[j].score <= res[j - 1].score);
+        /* its metadata came back with it */
+        assert_string_equal(res[0].meta.patient_id, G.s[i].meta.patient_id);
+        assert_string_equal(res[0].meta.original_name, G.s[i].meta.original_name);
+        assert_int_equal(res[0].meta.n_labels, G.s[i].meta.n_labels);
+        for (int l = 0; l < G.s[i].meta.n_labels; l++)
+            assert_true(has_label(&res[0].meta, G.s[i].meta.labels[l]));
+        engine_results_free(res, n);
+    }
+}
+
+static void test_filter_and_grouping(void **state)
+{
+    fixture *fx = *state;
+    int pneumonia = 0;
+    for (int i = 0; i < N_IMAGES; i++)
+        pneumonia += has_label(&G.s[i].meta, "PNEUMONIA");
+    assert_true(pneumonia > 0 && pneumonia < N_IMAGES);
+    store_filter f;
+    ms_err err = {0};
+    assert_int_equal(store_filter_parse("labels:PNEUMONIA", &f, &err), 0);
+    engine_result *res;
+    int n = search_bytes(fx->e, &G.s[0], N_IMAGES, &f, &res);
+    assert_int_equal(n, pneumonia);
+    for (int j = 0; j < n; j++)
+        assert_true(has_label(&res[j].meta, "PNEUMONIA"));
+    engine_results_free(res, n);
+    store_filter_free(&f);
+
+    /* one per patient: no patient twice, and as many as there are patients */
+    int patients = 0;
+    for (int i = 0; i < N_IMAGES; i++) {
+        int seen = 0;
+        for (int j = 0; j < i && !seen; j++)
+            seen = !strcmp(G.s[i].meta.patient_id, G.s[j].meta.patient_id);
+        patients += !seen;
+    }
+    engine_query q = {.bytes = G.s[3].bytes, .len = G.s[3].len, .k = N_IMAGES, .one_per_patient = 1};
+    assert_int_equal(engine_search(fx->e, &q, &res, &n, NULL, &err), 0);
+    assert_int_equal(n, patients);
+    for (int a = 0; a < n; a++)
+        for (int b = a + 1; b < n; b++)
+            assert_string_not_equal(res[a].meta.patient_id, res[b].meta.patient_id);
+    engine_results_free(res, n);
+
+    /* excluding a patient */
+    store_filter_init(&f);
+    f.exclude_patient = strdup(G.s[3].meta.patient_id);
+    n = search_bytes(fx->e, &G.s[3], 5, &f, &res);
+    for (int j = 0; j < n; j++)
+        assert_string_not_equal(res[j].meta.patient_id, G.s[3].meta.patient_id);
+    engine_results_free(res, n);
+    store_filter_free(&f);
+}
+
+static void test_by_id_and_qe(void **state)
+{
+    fixture *fx = *state;
+    engine_query q = {.by_id = fx->ids[7], .k = 3, .exclude_self = 1};
+    engine_result *res;
+    int n;
+    ms_err err = {0};
+    assert_int_equal(engine_search(fx->e, &q, &res, &n, NULL, &err), 0);
+    assert_int_equal(n, 3);
+    for (int j = 0; j < n; j++)
+        assert_true(res[j].id != fx->ids[7]);
+    engine_results_free(res, n);
+
+    /* without exclusion it is its own best match */
+    q.exclude_self = 0;
+    assert_int_equal(engine_search(fx->e, &q, &res, &n, NULL, &err), 0);
+    assert_int_equal(res[0].id, fx->ids[7]);
+    engine_results_free(res, n);
+
+    /* QE by hand: the same as searching with the averaged vector */
+    float v[2048], w[2048];
+    int dim = model_dim(engine_model(fx->e));
+    assert_int_equal(engine_embed(fx->e, G.s[7].bytes, G.s[7].len, v, &err), 0);
+    engine_query plain = {.k = 2};
+    assert_int_equal(engine_search_vector(fx->e, v, &plain, &res, &n, &err), 0);
+    assert_int_equal(n, 2);
+    assert_int_equal(res[0].id, fx->ids[7]);
+    memcpy(w, v, (size_t)dim * sizeof *w);
+    float nb[2048];
+    for (int j = 0; j < 2; j++) {
+        assert_int_equal(index_get(engine_index(fx->e), res[j].id, nb), 0);
+        for (int d = 0; d < dim; d++)
+            w[d] += nb[d];
+    }
+    engine_results_free(res, n);
+    model_l2_normalise(w, 1, dim);
+    engine_result *r1, *r2;
+    int n1, n2;
+    engine_query by_hand = {.k = 5};
+    engine_query qe = {.k = 5, .qe = 2};
+    assert_int_equal(engine_search_vector(fx->e, w, &by_hand, &r1, &n1, &err), 0);
+    assert_int_equal(engine_search_vector(fx->e, v, &qe, &r2, &n2, &err), 0);
+    assert_int_equal(n1, n2);
+    for (int j = 0; j < n1; j++) {
+        assert_int_equal(r1[j].id, r2[j].id);
+        assert_float_equal(r1[j].score, r2[j].score, 1e-5);
+    }
+    engine_results_free(r1, n1);
+    engine_results_free(r2, n2);
+}
+
+static void test_reingest_is_skipped(void **state)
+{
+    fixture *fx = *state;
+    engine_item items[3];
+    engine_item_result res[3];
+    for (int i = 0; i < 3; i++)
+        items[i] = (engine_item){G.s[i].bytes, G.s[i].len, NULL};
+    ms_err err = {0};
+    assert_int_equal(engine_ingest_batch(fx->e, items, 3, res, &err), 0);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(res[i].err.code, 0);
+        assert_int_equal(res[i].id, fx->ids[i]);
+        assert_int_equal(res[i].was_new, 0);
+    }
+    engine_stats st;
+    engine_get_stats(fx->e, &st);
+    assert_int_equal(st.images, N_IMAGES);
+}
+
+static void test_bad_item_fails_alone(void **state)
+{
+    fixture *fx = *state;
+    /* a truncated JPEG, random bytes, an empty item and a new good image */
+    uint8_t junk[300];
+    for (size_t i = 0; i < sizeof junk; i++)
+        junk[i] = (uint8_t)(i * 37 + 11);
+    const sample *good = &G.s[0];
+    uint8_t *other = calloc(1, good->len + 16);
+    memcpy(other, good->bytes, good->len); /* bytes after the JPEG's end: new bytes, same picture */
+    engine_item items[4] = {
+        {good->bytes, good->len / 3, NULL}, {junk, sizeof junk, NULL}, {junk, 0, NULL}, {other, good->len + 16, NULL}};
+    engine_item_result res[4];
+    ms_err err = {0};
+    assert_int_equal(engine_ingest_batch(fx->e, items, 4, res, &err), 0);
+    for (int i = 0; i < 3; i++) {
+        assert_true(res[i].err.code != 0);
+        assert_true(res[i].err.msg[0] != '\0');
+        assert_int_equal(res[i].id, 0);
+    }
+    assert_int_equal(res[3].err.code, 0);
+    assert_int_equal(res[3].was_new, 1);
+    engine_stats st;
+    engine_get_stats(fx->e, &st);
+    assert_int_equal(st.images, N_IMAGES + 1);
+    assert_int_equal(engine_check(fx->e, &err), 0);
+
+    /* metadata the store refuses (not UTF-8) fails its image only */
+    other[good->len + 1] = 1;
+    uint8_t *third = calloc(1, good->len + 16);
+    memcpy(third, good->bytes, good->len);
+    third[good->len + 2] = 2;
+    store_meta bad;
+    store_meta_init(&bad);
+    bad.patient_id = "\xff\xfe";
+    engine_item two[2] = {{other, good->len + 16, &bad}, {third, good->len + 16, NULL}};
+    assert_int_equal(engine_ingest_batch(fx->e, two, 2, res, &err), 0);
+    assert_int_equal(res[0].err.code, MS_EINVAL);
+    assert_int_equal(res[1].err.code, 0);
+    assert_int_equal(res[1].was_new, 1);
+    engine_get_stats(fx->e, &st);
+    assert_int_equal(st.images, N_IMAGES + 2);
+    assert_int_equal(engine_check(fx->e, &err), 0);
+    free(third);
+    free(other);
+}
+
+static void test_persist_reload_stale_damaged(void **state)
+{
+    fixture *fx = *state;
+    char *db = strdup(fx->db);
+    engine_close(fx->e);
+    engine_open_report rep;
+    fx->e = open_engine(db, G.model, 0, &rep);
+    engine_info in;
+    ms_err err = {0};
+    assert_int_equal(engine_describe(fx->e, &in, &err), 0);
+    if (!in.index_path[0]) {
+        /* PostgreSQL without a cache file: always built from the store */
+        assert_int_equal(rep.index_loaded, 0);
+        assert_non_null(strstr(rep.index_note, "built from the store"));
+        free(db);
+        return;
+    }
+    assert_int_equal(rep.index_loaded, 1);
+    char saved[600];
+    snprintf(saved, sizeof saved, "%s.old", in.index_path);
+    char cmd[1400];
+    snprintf(cmd, sizeof cmd, "cp '%s' '%s'", in.index_path, saved);
+    assert_int_equal(system(cmd), 0);
+
+    /* stale: the store moves on, the old file comes back */
+    assert_int_equal(engine_delete(fx->e, fx->ids[5], &err), 0);
+    engine_close(fx->e);
+    assert_int_equal(rename(saved, in.index_path), 0);
+    fx->e = open_engine(db, G.model, 0, &rep);
+    assert_int_equal(rep.index_loaded, 0);
+    assert_non_null(strstr(rep.index_note, "stale"));
+    engine_stats st;
+    engine_get_stats(fx->e, &st);
+    assert_int_equal(st.images, N_IMAGES - 1);
+    assert_int_equal(engine_check(fx->e, &err), 0);
+    engine_close(fx->e);
+
+    /* the rebuilt index was saved: it loads now */
+    fx->e = open_engine(db, G.model, 0, &rep);
+    assert_int_equal(rep.index_loaded, 1);
+    engine_close(fx->e);
+
+    /* damaged: cut in half */
+    struct stat sb;
+    assert_int_equal(stat(in.index_path, &sb), 0);
+    assert_int_equal(truncate(in.index_path, sb.st_size / 2), 0);
+    fx->e = open_engine(db, G.model, 0, &rep);
+    assert_int_equal(rep.index_loaded, 0);
+    assert_non_null(strstr(rep.index_note, "unusable"));
+    engine_result *res;
+    int n = search_bytes(fx->e, &G.s[9], 1, NULL, &res);
+    assert_int_equal(n, 1);
+    assert_int_equal(res[0].id, fx->ids[9]);
+    engine_results_free(res, n);
+    engine_close(fx->e);
+
+    /* missing */
+    assert_int_equal(unlink(in.index_path), 0);
+    fx->e = open_engine(db, G.model, 0, &rep);
+    assert_int_equal(rep.index_loaded, 0);
+    assert_non_null(strstr(rep.index_note, "no index file"));
+    free(db);
+}
+
+static void test_model_change_and_reembed(void **state)
+{
+    fixture *fx = *state;
+    engine_close(fx->e);
+    fx->e = NULL;
+    engine_options o;
+    engine_options_init(&o);
+    o.db = fx->db;
+    o.model_path = G.model_ft;
+    engine *e = NULL;
+    ms_err err = {0};
+    assert_int_equal(engine_open(&o, &e, NULL, &err), MS_ECONFLICT);
+    assert_null(e);
+    assert_non_null(strstr(err.msg, "mobilenet_v2_1.0_224_imagenet.onnx"));
+    assert_non_null(strstr(err.msg, "mobilenet_v2_cxr_finetuned.onnx"));
+    assert_non_null(strstr(err.msg, "medsearch reembed"));
+
+    fx->e = open_engine(fx->db, G.model_ft, 1, NULL);
+    assert_int_equal(engine_reembed(fx->e, NULL, NULL, &err), 0);
+    assert_int_equal(engine_check(fx->e, &err), 0);
+    engine_result *res;
+    int n = search_bytes(fx->e, &G.s[11], 2, NULL, &res);
+    assert_int_equal(res[0].id, fx->ids[11]);
+    assert_true(res[0].score >= 0.9999f);
+    engine_results_free(res, n);
+    engine_close(fx->e);
+
+    /* the collection is the new model's now */
+    fx->e = open_engine(fx->db, G.model_ft, 0, NULL);
+    assert_int_equal(engine_check(fx->e, &err), 0);
+    engine_close(fx->e);
+    o.model_path = G.model;
+    assert_int_equal(engine_open(&o, &e, NULL, &err), MS_ECONFLICT);
+    fx->e = open_engine(fx->db, G.model_ft, 0, NULL);
+}
+
+static void test_check_detects_mismatch(void **state)
+{
+    fixture *fx = *state;
+    ms_err err = {0};
+    assert_int_equal(engine_check(fx->e, &err), 0);
+    assert_int_equal(index_remove(engine_index(fx->e), fx->ids[2]), 0);
+    assert_int_equal(engine_check(fx->e, &err), MS_EFORMAT);
+    assert_true(strstr(err.msg, "index") != NULL);
+}
+
+static void test_delete(void **state)
+{
+    fixture *fx = *state;
+    ms_err err = {0};
+    assert_int_equal(engine_delete(fx->e, fx->ids[4], &err), 0);
+    assert_int_equal(engine_delete(fx->e, fx->ids[4], &err), MS_ENOTFOUND);
+    engine_result *res;
+    int n = search_bytes(fx->e, &G.s[4], N_IMAGES, NULL, &res);
+    assert_int_equal(n, N_IMAGES - 1);
+    for (int j = 0; j < n; j++)
+        assert_true(res[j].id != fx->ids[4]);
+    engine_results_free(res, n);
+    engine_query q = {.by_id = fx->ids[4], .k = 3};
+    assert_int_equal(engine_search(fx->e, &q, &res, &n, NULL, &err), MS_ENOTFOUND);
+    assert_int_equal(engine_check(fx->e, &err), 0);
+}
+
+static void test_bad_queries(void **state)
+{
+    fixture *fx = *state;
+    engine_result *res;
+    int n;
+    ms_err err = {0};
+    engine_query q = {.bytes = G.s[0].bytes, .len = G.s[0].len, .k = 0};
+    assert_int_equal(engine_search(fx->e, &q, &res, &n, NULL, &err), MS_EINVAL);
+    q.k = 1001;
+    assert_int_equal(engine_search(fx->e, &q, &res, &n, NULL, &err), MS_EINVAL);
+    q.k = 5;
+    q.qe = -1;
+    assert_int_equal(engine_search(fx->e, &q, &res, &n, NULL, &err), MS_EINVAL);
+    q.qe = 0;
+    uint8_t junk[64] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+    q.bytes = junk;
+    q.len = sizeof junk;
+    assert_int_equal(engine_search(fx->e, &q, &res, &n, NULL, &err), MS_EFORMAT);
+    assert_true(err.msg[0] != '\0');
+    q.bytes = NULL;
+    q.by_id = 999999;
+    assert_int_equal(engine_search(fx->e, &q, &res, &n, NULL, &err), MS_ENOTFOUND);
+}
+
+static void test_no_model_open(void **state)
+{
+    fixture *fx = *state;
+    engine_close(fx->e);
+    engine_options o;
+    engine_options_init(&o);
+    o.db = fx->db;
+    o.no_model = 1;
+    ms_err err = {0};
+    assert_int_equal(engine_open(&o, &fx->e, NULL, &err), 0);
+    engine_stats st;
+    engine_get_stats(fx->e, &st);
+    assert_int_equal(st.images, N_IMAGES);
+    assert_int_equal(st.dim, 1280);
+    assert_int_equal(engine_check(fx->e, &err), 0);
+    /* a stored image can be searched with, a file cannot */
+    engine_query q = {.by_id = fx->ids[1], .k = 1};
+    engine_result *res;
+    int n;
+    assert_int_equal(engine_search(fx->e, &q, &res, &n, NULL, &err), 0);
+    assert_int_equal(res[0].id, fx->ids[1]);
+    engine_results_free(res, n);
+    q = (engine_query){.bytes = G.s[1].bytes, .len = G.s[1].len, .k = 1};
+    assert_int_equal(engine_search(fx->e, &q, &res, &n, NULL, &err), MS_EINVAL);
+    engine_item it = {G.s[1].bytes, G.s[1].len, NULL};
+    engine_item_result r;
+    assert_int_equal(engine_ingest_batch(fx->e, &it, 1, &r, &err), MS_EINVAL);
+}
+
+/* Queries queued while the model is busy run together as one batch, and
+ * give the same features as run alone; one query too many is refused. */
+static void test_dynamic_batching(void **state)
+{
+    fixture *fx = *state;
+    engine_close(fx->e);
+    engine_options o;
+    engine_options_init(&o);
+    o.db = fx->db;
+    o.model_path = G.model;
+    o.max_batch = 8;
+    o.queue_depth = 3;
+    ms_err err = {0};
+    assert_int_equal(engine_open(&o, &fx->e, NULL, &err), 0);
+    engine *e = fx->e;
+    int dim = e->dim;
+    size_t per = e->infer.per_image;
+    float *in = malloc(8 * per * sizeof(float)), *alone = malloc(4 * (size_t)dim * sizeof(float));
+    float *out = malloc(4 * (size_t)dim * sizeof(float)), *bulk_out = malloc(8 * (size_t)dim * sizeof(float));
+    for (int i = 0; i < 4; i++) {
+        float *x;
+        assert_int_equal(engine_prepare(e, G.s[i].bytes, G.s[i].len, &x, NULL, &err), 0);
+        memcpy(in + (size_t)i * per, x, per * sizeof(float));
+        memcpy(in + (size_t)(i + 4) * per, x, per * sizeof(float));
+        free(x);
+        infer_job j = {.input = in + (size_t)i * per, .n = 1, .out = alone + (size_t)i * dim};
+        assert_int_equal(infer_submit(&e->infer, &j, &err), 0);
+        assert_int_equal(infer_wait(&e->infer, &j, &err), 0);
+    }
+    uint64_t forwards_before = e->infer.forwards;
+    /* keep the model busy with a bulk batch, taken off the queue first */
+    infer_job bulk = {.input = in, .n = 8, .out = bulk_out, .bulk = 1};
+    assert_int_equal(infer_submit(&e->infer, &bulk, &err), 0);
+    for (;;) {
+        pthread_mutex_lock(&e->infer.mu);
+        int taken = e->infer.bh == NULL;
+        pthread_mutex_unlock(&e->infer.mu);
+        if (taken)
+            break;
+        usleep(100);
+    }
+    infer_job q[4];
+    for (int i = 0; i < 3; i++) {
+        q[i] = (infer_job){.input = in + (size_t)i * per, .n = 1, .out = out + (size_t)i * dim};
+        assert_int_equal(infer_submit(&e->infer, &q[i], &err), 0);
+    }
+    q[3] = (infer_job){.input = in + 3 * per, .n = 1, .out = out + 3 * (size_t)dim};
+    assert_int_equal(infer_submit(&e->infer, &q[3], &err), MS_EBUSY);
+    assert_int_equal(infer_wait(&e->infer, &bulk, &err), 0);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(infer_wait(&e->infer, &q[i], &err), 0);
+    /* the bulk batch and the three queries: two forwards */
+    assert_int_equal(e->infer.forwards - forwards_before, 2);
+    for (int i = 0; i < 3; i++)
+        for (int d = 0; d < dim; d++) {
+            float a = alone[(size_t)i * dim + d];
+            assert_float_equal(out[(size_t)i * dim + d], a, 1e-4 + 1e-4 * (a < 0 ? -a : a));
+            assert_float_equal(bulk_out[(size_t)(i + 4) * dim + d], a, 1e-4 + 1e-4 * (a < 0 ? -a : a));
+        }
+    free(in);
+    free(alone);
+    free(out);
+    free(bulk_out);
+}
+
+typedef struct search_thread {
+    engine *e;
+    const int64_t *ids;
+    int start, ok;
+} search_thread;
+
+static void *search_worker(void *arg)
+{
+    search_thread *t = arg;
+    t->ok = 1;
+    for (int r = 0; r < 4; r++) {
+        int i = (t->start + r * 5) % N_IMAGES;
+        engine_query q = {.bytes = G.s[i].bytes, .len = G.s[i].len, .k = 3};
+        engine_result *res = NULL;
+        int n = 0;
+        ms_err err = {0};
+        int rc = engine_search(t->e, &q, &res, &n, NULL, &err);
+        if (rc == MS_EBUSY) {
+            r--;
+            usleep(1000);
+            continue;
+        }
+        if (rc || n < 1 || res[0].id != t->ids[i])
+            t->ok = 0;
+        engine_results_free(res, n);
+    }
+    return NULL;
+}
+
+static void test_concurrent_searches(void **state)
+{
+    fixture *fx = *state;
+    search_thread t[6];
+    pthread_t th[6];
+    for (int i = 0; i < 6; i++) {
+        t[i] = (search_thread){fx->e, fx->ids, i, 0};
+        assert_int_equal(pthread_create(&th[i], NULL, search_worker, &t[i]), 0);
+    }
+    for (int i = 0; i < 6; i++) {
+        pthread_join(th[i], NULL);
+        assert_true(t[i].ok);
+    }
+    engine_stats st;
+    engine_get_stats(fx->e, &st);
+    assert_int_equal(st.searches, 24);
+}
+
+static int run_engine_suite(const char *group)
+{
+    int rc = suite_load_data();
+    if (rc)
+        return rc;
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_search_finds_itself, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_filter_and_grouping, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_by_id_and_qe, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reingest_is_skipped, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bad_item_fails_alone, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_persist_reload_stale_damaged, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_model_change_and_reembed, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_check_detects_mismatch, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_delete, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bad_queries, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_no_model_open, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dynamic_batching, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_concurrent_searches, setup, teardown),
+    };
+    rc = _cmocka_run_group_tests(group, tests, sizeof tests / sizeof tests[0], NULL, NULL);
+    suite_free_data();
+    return rc;
+}
+
+#endif

@@ -1,0 +1,721 @@
+// MedSearch web page: upload an X-ray, see the most similar ones, filter them,
+// open one full size. Plain JavaScript, no build step, no external resources.
+'use strict';
+
+const TOKEN_KEY = 'medsearch.token';
+const QE_TOP = 5;              // query expansion: re-query with the top 5 matches
+const MAX_UPLOAD = 32 << 20;   // the server's default limit; it has the last word
+const COMMON_FINDINGS = [
+  'No Finding', 'Atelectasis', 'Cardiomegaly', 'Consolidation', 'Edema', 'Effusion',
+  'Emphysema', 'Fibrosis', 'Hernia', 'Infiltration', 'Mass', 'Nodule',
+  'Pleural_Thickening', 'Pneumonia', 'Pneumothorax', 'NORMAL', 'PNEUMONIA', 'COVID-19',
+];
+
+const $ = (id) => document.getElementById(id);
+const el = (tag, cls, text) => {
+  const e = document.createElement(tag);
+  if (cls) e.className = cls;
+  if (text !== undefined && text !== null) e.textContent = String(text);
+  return e;
+};
+
+const state = {
+  token: sessionStorage.getItem(TOKEN_KEY) || '',
+  query: null,          // {kind:'file', file, name} | {kind:'id', id, name}
+  findings: [],
+  controller: null,     // AbortController of the search in flight
+  objectUrls: [],       // blob: URLs of the current grid, revoked on re-render
+  knownFindings: new Set(COMMON_FINDINGS),
+  results: [],
+};
+
+// ---------- API ----------
+
+class ApiError extends Error {
+  constructor(status, message, retryAfter) {
+    super(message);
+    this.status = status;
+    this.retryAfter = retryAfter;
+  }
+}
+
+async function api(path, options = {}) {
+  const headers = new Headers(options.headers || {});
+  if (state.token) headers.set('Authorization', 'Bearer ' + state.token);
+  let res;
+  try {
+    res = await fetch(path, { ...options, headers });
+  } catch (e) {
+    if (e.name === 'AbortError') throw e;
+    throw new ApiError(0, 'The server cannot be reached. Is medsearch serve still running?');
+  }
+  if (!res.ok) {
+    let message = `The server answered ${res.status} ${res.statusText}.`;
+    try {
+      const body = await res.json();
+      if (body && body.error && body.error.message) message = body.error.message;
+    } catch (_) { /* not JSON: keep the status line */ }
+    throw new ApiError(res.status, message, res.headers.get('Retry-After'));
+  }
+  return res;
+}
+
+function explain(err) {
+  if (err.status === 401) return 'This server needs an access token: ' + err.message + '. Use "Access token" at the top right.';
+  if (err.status === 413) return 'The image is too large for this server: ' + err.message;
+  if (err.status === 415) return 'Unsupported file: ' + err.message + '. Use a PNG or JPEG X-ray.';
+  if (err.status === 429 || err.status === 503) {
+    return 'The server is busy (' + err.message + '). Try again in ' + (err.retryAfter || 'a few') + ' s.';
+  }
+  if (err.status === 422) return 'Filter not accepted: ' + err.message;
+  if (err.status === 400 && state.query && state.query.kind === 'file') {
+    return `Cannot search with "${state.query.name}": ${err.message}.`;
+  }
+  return err.message;
+}
+
+// Image URLs: with a token the bytes are fetched with the Authorization
+// header and shown from a blob: URL; without one the browser loads and
+// caches them itself (the server sends ETags).
+async function imageUrl(path, signal) {
+  if (!state.token) return path;
+  const res = await api(path, { signal });
+  const url = URL.createObjectURL(await res.blob());
+  state.objectUrls.push(url);
+  return url;
+}
+
+// ---------- status, errors ----------
+
+function setStatus(html, loading) {
+  const s = $('status');
+  s.replaceChildren();
+  if (loading) s.append(el('span', 'spinner'));
+  if (html) s.append(html);
+}
+
+function showError(message) {
+  const e = $('error');
+  e.textContent = message || '';
+  e.hidden = !message;
+}
+
+// ---------- token ----------
+
+function setupToken() {
+  const panel = $('token-panel');
+  const toggle = $('token-toggle');
+  const input = $('token-input');
+  const refresh = () => { toggle.textContent = state.token ? 'Token set' : 'Access token'; };
+  const open = (show) => {
+    panel.hidden = !show;
+    toggle.setAttribute('aria-expanded', String(show));
+    if (show) input.focus();
+  };
+  toggle.addEventListener('click', () => open(panel.hidden));
+  panel.addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    state.token = input.value.trim();
+    if (state.token) sessionStorage.setItem(TOKEN_KEY, state.token);
+    else sessionStorage.removeItem(TOKEN_KEY);
+    input.value = '';
+    refresh();
+    open(false);
+    loadCollectionInfo();
+    if (state.query) runSearch();
+  });
+  $('token-clear').addEventListener('click', () => {
+    state.token = '';
+    sessionStorage.removeItem(TOKEN_KEY);
+    input.value = '';
+    refresh();
+  });
+  refresh();
+  return open;
+}
+
+async function loadCollectionInfo(openToken) {
+  const info = $('collection-info');
+  try {
+    const health = await (await api('/api/health')).json();
+    if (health.auth && health.auth.reads && !state.token) {
+      info.textContent = 'Protected server: a token is needed';
+      if (openToken) openToken(true);
+      return;
+    }
+    const st = await (await api('/api/stats')).json();
+    // The identity is "file.onnx:sha256:dim:output": the file name says enough.
+    const model = String(st.model || 'model').split(':')[0].split('/').pop().replace(/\.onnx$/i, '');
+    info.textContent = `${Number(st.images).toLocaleString()} images · ${model} (${st.dim}-d) · ${st.index && st.index.kind}`;
+  } catch (err) {
+    info.textContent = err.status === 401 ? 'Token needed' : 'Collection unavailable';
+  }
+}
+
+// ---------- query ----------
+
+function acceptFile(file) {
+  if (!file) return;
+  const okType = /^image\/(png|jpeg)$/.test(file.type) || /\.(png|jpe?g)$/i.test(file.name);
+  if (!okType) {
+    showError(`"${file.name}" is not a PNG or JPEG image.`);
+    return;
+  }
+  if (file.size > MAX_UPLOAD) {
+    showError(`"${file.name}" is ${(file.size / 1048576).toFixed(1)} MB, over the ${MAX_UPLOAD >> 20} MB upload limit.`);
+    return;
+  }
+  state.query = { kind: 'file', file, name: file.name };
+  const preview = $('query-preview');
+  if (preview.dataset.url) URL.revokeObjectURL(preview.dataset.url);
+  const url = URL.createObjectURL(file);
+  preview.dataset.url = url;
+  preview.src = url;
+  preview.alt = 'Query image ' + file.name;
+  preview.hidden = false;
+  $('drop-empty').hidden = true;
+  $('query-caption').textContent = `${file.name} · ${(file.size / 1024).toFixed(0)} KB`;
+  runSearch();
+}
+
+async function queryById(id, name) {
+  state.query = { kind: 'id', id, name };
+  const preview = $('query-preview');
+  $('drop-empty').hidden = true;
+  preview.hidden = false;
+  preview.alt = 'Query: stored image ' + id;
+  $('query-caption').textContent = `Stored image #${id}${name ? ' · ' + name : ''} (itself excluded)`;
+  try {
+    preview.src = await imageUrl(`/api/images/${id}/thumbnail`);
+  } catch (_) { /* the search reports errors */ }
+  runSearch();
+}
+
+function setupDropzone() {
+  const zone = $('dropzone');
+  // A file the browser cannot show (not an image after all): back to the prompt.
+  $('query-preview').addEventListener('error', () => {
+    $('query-preview').hidden = true;
+    $('drop-empty').hidden = false;
+  });
+  const input = $('file-input');
+  zone.addEventListener('click', () => input.click());
+  zone.addEventListener('keydown', (ev) => {
+    if (ev.key === 'Enter' || ev.key === ' ') { ev.preventDefault(); input.click(); }
+  });
+  input.addEventListener('change', () => { acceptFile(input.files[0]); input.value = ''; });
+  ['dragenter', 'dragover'].forEach((t) => zone.addEventListener(t, (ev) => {
+    ev.preventDefault();
+    zone.classList.add('dragover');
+  }));
+  ['dragleave', 'drop'].forEach((t) => zone.addEventListener(t, () => zone.classList.remove('dragover')));
+  zone.addEventListener('drop', (ev) => {
+    ev.preventDefault();
+    acceptFile(ev.dataTransfer.files[0]);
+  });
+  // A file dropped anywhere else on the page is a query too, not a navigation.
+  window.addEventListener('dragover', (ev) => ev.preventDefault());
+  window.addEventListener('drop', (ev) => {
+    ev.preventDefault();
+    if (ev.dataTransfer && ev.dataTransfer.files[0]) acceptFile(ev.dataTransfer.files[0]);
+  });
+}
+
+// ---------- filters ----------
+
+function params() {
+  const p = new URLSearchParams();
+  p.set('k', $('k-select').value);
+  if ($('qe-toggle').checked) p.set('qe', String(QE_TOP));
+  if (state.findings.length) p.set('labels', state.findings.join('|'));
+  if ($('filter-sex').value) p.set('sex', $('filter-sex').value);
+  if ($('filter-view').value) p.set('view', $('filter-view').value);
+  const min = $('filter-age-min').value.trim();
+  const max = $('filter-age-max').value.trim();
+  if (min) p.set('age_min', min);
+  if (max) p.set('age_max', max);
+  if ($('filter-one-per-patient').checked) p.set('one_per_patient', '1');
+  return p;
+}
+
+function renderChips() {
+  const list = $('finding-chips');
+  list.replaceChildren();
+  for (const f of state.findings) {
+    const li = el('li', 'chip', f);
+    const rm = el('button', null, '×');
+    rm.type = 'button';
+    rm.setAttribute('aria-label', 'Remove finding ' + f);
+    rm.addEventListener('click', () => {
+      state.findings = state.findings.filter((x) => x !== f);
+      renderChips();
+      runSearch();
+      $('filter-findings').focus();
+    });
+    li.append(rm);
+    list.append(li);
+  }
+}
+
+function addFinding(text) {
+  const f = text.trim();
+  if (!f || state.findings.some((x) => x.toLowerCase() === f.toLowerCase())) return;
+  state.findings.push(f);
+  renderChips();
+  runSearch();
+}
+
+function refreshFindingList() {
+  const dl = $('findings-list');
+  dl.replaceChildren();
+  [...state.knownFindings].sort((a, b) => a.localeCompare(b)).forEach((f) => {
+    const o = document.createElement('option');
+    o.value = f;
+    dl.append(o);
+  });
+}
+
+function setupFilters() {
+  const input = $('filter-findings');
+  input.addEventListener('keydown', (ev) => {
+    if (ev.key === 'Enter' || ev.key === ',') {
+      ev.preventDefault();
+      addFinding(input.value);
+      input.value = '';
+    } else if (ev.key === 'Backspace' && !input.value && state.findings.length) {
+      state.findings.pop();
+      renderChips();
+      runSearch();
+    }
+  });
+  // Picking a suggestion from the list fires 'change' with an exact match.
+  input.addEventListener('change', () => {
+    if (state.knownFindings.has(input.value)) {
+      addFinding(input.value);
+      input.value = '';
+    }
+  });
+  for (const id of ['k-select', 'qe-toggle', 'filter-sex', 'filter-view', 'filter-one-per-patient']) {
+    $(id).addEventListener('change', runSearch);
+  }
+  let timer = 0;
+  for (const id of ['filter-age-min', 'filter-age-max']) {
+    $(id).addEventListener('input', () => {
+      clearTimeout(timer);
+      timer = setTimeout(runSearch, 450);
+    });
+  }
+  $('clear-filters').addEventListener('click', () => {
+    state.findings = [];
+    renderChips();
+    $('filter-sex').value = '';
+    $('filter-view').value = '';
+    $('filter-age-min').value = '';
+    $('filter-age-max').value = '';
+    $('filter-one-per-patient').checked = false;
+    runSearch();
+  });
+  refreshFindingList();
+}
+
+// ---------- search and results ----------
+
+async function runSearch() {
+  if (!state.query) return;
+  if (state.controller) state.controller.abort();
+  const controller = new AbortController();
+  state.controller = controller;
+  showError('');
+  $('empty').hidden = true;
+  $('grid').classList.add('loading');
+  $('grid').setAttribute('aria-busy', 'true');
+  setStatus(document.createTextNode('Searching…'), true);
+  try {
+    let res;
+    if (state.query.kind === 'file') {
+      const form = new FormData();
+      form.append('image', state.query.file, state.query.name);
+      res = await api('/api/search?' + params(), { method: 'POST', body: form, signal: controller.signal });
+    } else {
+      res = await api(`/api/images/${state.query.id}/similar?` + params(), { signal: controller.signal });
+    }
+    const data = await res.json();
+    if (controller !== state.controller) return;
+    renderResults(data);
+  } catch (err) {
+    if (err.name === 'AbortError') return;
+    setStatus(null, false);
+    // The old results answer another question: do not leave them on screen.
+    $('grid').replaceChildren();
+    showError(explain(err));
+  } finally {
+    if (controller === state.controller) {
+      $('grid').classList.remove('loading');
+      $('grid').removeAttribute('aria-busy');
+    }
+  }
+}
+
+function describe(r) {
+  const bits = [];
+  if (r.patient_id) bits.push('Patient ' + r.patient_id);
+  if (r.age !== null && r.age !== undefined) bits.push(r.age + ' y');
+  if (r.sex) bits.push(r.sex === 'F' ? 'Female' : r.sex === 'M' ? 'Male' : r.sex);
+  if (r.view) bits.push(r.view);
+  return bits;
+}
+
+function findingTags(labels, cls) {
+  const ul = el('ul', cls);
+  ul.setAttribute('aria-label', 'Findings');
+  for (const l of labels || []) {
+    const normal = /^(no finding|normal)$/i.test(l);
+    ul.append(el('li', normal ? 'tag normal' : 'tag', l));
+  }
+  if (!labels || !labels.length) ul.append(el('li', 'tag', 'no labels'));
+  return ul;
+}
+
+function renderCard(r) {
+  const li = el('li', 'card');
+  li.tabIndex = 0;
+  li.setAttribute('role', 'button');
+  li.dataset.id = r.id;
+  li.dataset.name = r.original_name || '';
+  const score = Number(r.score);
+  li.setAttribute('aria-label', `Result ${r.rank}: image ${r.id}, similarity ${score.toFixed(3)}` +
+    (r.labels && r.labels.length ? ', findings ' + r.labels.join(', ') : ''));
+
+  const thumb = el('div', 'thumb');
+  const img = el('img');
+  img.alt = `Thumbnail of image ${r.id}`;
+  img.loading = 'lazy';
+  img.decoding = 'async';
+  thumb.append(img, el('span', 'rank', '#' + r.rank));
+  imageUrl(r.thumbnail_url).then((u) => { img.src = u; }).catch(() => { img.alt = 'Thumbnail unavailable'; });
+
+  const body = el('div', 'card-body');
+  const top = el('div', 'card-top');
+  top.append(el('span', 'card-id', 'ID ' + r.id), el('span', 'card-score', score.toFixed(3)));
+  const bar = el('div', 'bar');
+  bar.setAttribute('aria-hidden', 'true');
+  const fill = el('span');
+  fill.style.setProperty('width', (Math.max(0, Math.min(1, score)) * 100).toFixed(1) + '%');
+  bar.append(fill);
+  const meta = el('div', 'card-meta');
+  for (const b of describe(r)) meta.append(el('span', null, b));
+  body.append(top, bar, findingTags(r.labels, 'card-findings'), meta);
+  li.append(thumb, body);
+
+  const open = () => openViewer(r, li);
+  li.addEventListener('click', open);
+  li.addEventListener('keydown', (ev) => {
+    if (ev.key === 'Enter' || ev.key === ' ') { ev.preventDefault(); open(); }
+  });
+  return li;
+}
+
+function renderResults(data) {
+  state.objectUrls.forEach((u) => URL.revokeObjectURL(u));
+  state.objectUrls = [];
+  state.results = data.results || [];
+  const grid = $('grid');
+  grid.replaceChildren(...state.results.map(renderCard));
+  let learned = false;
+  for (const r of state.results) {
+    for (const l of r.labels || []) {
+      if (!state.knownFindings.has(l)) { state.knownFindings.add(l); learned = true; }
+    }
+  }
+  if (learned) refreshFindingList();
+  const t = data.timing_ms || {};
+  const strong = el('strong', null, `${state.results.length} result${state.results.length === 1 ? '' : 's'}`);
+  const frag = document.createDocumentFragment();
+  frag.append(strong);
+  const parts = [];
+  if (t.server !== undefined) parts.push(`${Math.round(t.server)} ms`);
+  if (t.embed) parts.push(`model ${Math.round(t.embed)} ms`);
+  frag.append(document.createTextNode(parts.length ? ' · ' + parts.join(' · ') : ''));
+  if (!state.results.length) frag.append(document.createTextNode(' — nothing matches these filters.'));
+  setStatus(frag, false);
+}
+
+// ---------- viewer: zoom, pan, window/level on a canvas ----------
+
+const viewer = {
+  result: null,
+  opener: null,
+  gray: null,           // Uint8ClampedArray, one byte per pixel
+  w: 0, h: 0,
+  work: null,           // canvas holding the windowed image at full size
+  scale: 1, ox: 0, oy: 0,
+  width: 256, level: 128, invert: false,
+  drag: null,
+  pending: false,
+  controller: null,
+};
+
+function viewerLut() {
+  const lut = new Uint8ClampedArray(256);
+  const lo = viewer.level - viewer.width / 2;
+  for (let v = 0; v < 256; v++) {
+    let o = ((v - lo) / viewer.width) * 255;
+    o = Math.max(0, Math.min(255, o));
+    lut[v] = viewer.invert ? 255 - o : o;
+  }
+  return lut;
+}
+
+function applyWindow() {
+  if (!viewer.gray) return;
+  const ctx = viewer.work.getContext('2d');
+  const out = ctx.createImageData(viewer.w, viewer.h);
+  const lut = viewerLut();
+  const g = viewer.gray;
+  const d = out.data;
+  for (let i = 0, j = 0; i < g.length; i++, j += 4) {
+    const v = lut[g[i]];
+    d[j] = v; d[j + 1] = v; d[j + 2] = v; d[j + 3] = 255;
+  }
+  ctx.putImageData(out, 0, 0);
+}
+
+function drawViewer() {
+  viewer.pending = false;
+  const canvas = $('v-canvas');
+  const dpr = window.devicePixelRatio || 1;
+  const cw = Math.max(1, Math.round(canvas.clientWidth * dpr));
+  const ch = Math.max(1, Math.round(canvas.clientHeight * dpr));
+  if (canvas.width !== cw || canvas.height !== ch) { canvas.width = cw; canvas.height = ch; }
+  const ctx = canvas.getContext('2d');
+  ctx.setTransform(1, 0, 0, 1, 0, 0);
+  ctx.fillStyle = '#0b0f14';
+  ctx.fillRect(0, 0, cw, ch);
+  if (!viewer.gray) return;
+  ctx.imageSmoothingEnabled = viewer.scale < 2;
+  ctx.setTransform(viewer.scale * dpr, 0, 0, viewer.scale * dpr, viewer.ox * dpr, viewer.oy * dpr);
+  ctx.drawImage(viewer.work, 0, 0);
+  $('v-readout').textContent = `W ${Math.round(viewer.width)} · L ${Math.round(viewer.level)} · ${Math.round(viewer.scale * 100)}%`;
+}
+
+function scheduleDraw() {
+  if (!viewer.pending) {
+    viewer.pending = true;
+    requestAnimationFrame(drawViewer);
+  }
+}
+
+function fitViewer() {
+  const canvas = $('v-canvas');
+  const cw = canvas.clientWidth;
+  const ch = canvas.clientHeight;
+  if (!viewer.w || !cw || !ch) return;
+  viewer.scale = Math.min(cw / viewer.w, ch / viewer.h) * 0.96;
+  viewer.ox = (cw - viewer.w * viewer.scale) / 2;
+  viewer.oy = (ch - viewer.h * viewer.scale) / 2;
+}
+
+function resetViewer() {
+  viewer.width = 256;
+  viewer.level = 128;
+  fitViewer();
+  applyWindow();
+  scheduleDraw();
+}
+
+function zoomAt(factor, cx, cy) {
+  const s = Math.max(0.05, Math.min(40, viewer.scale * factor));
+  const f = s / viewer.scale;
+  viewer.ox = cx - (cx - viewer.ox) * f;
+  viewer.oy = cy - (cy - viewer.oy) * f;
+  viewer.scale = s;
+  scheduleDraw();
+}
+
+function zoomCenter(factor) {
+  const c = $('v-canvas');
+  zoomAt(factor, c.clientWidth / 2, c.clientHeight / 2);
+}
+
+function setupViewerInput() {
+  const canvas = $('v-canvas');
+  canvas.addEventListener('contextmenu', (ev) => ev.preventDefault());
+  canvas.addEventListener('pointerdown', (ev) => {
+    canvas.setPointerCapture(ev.pointerId);
+    const mode = ev.button === 2 ? 'zoom' : (ev.button === 1 || ev.shiftKey) ? 'pan' : 'window';
+    const rect = canvas.getBoundingClientRect();
+    viewer.drag = { mode, x: ev.clientX, y: ev.clientY, cx: ev.clientX - rect.left, cy: ev.clientY - rect.top };
+    if (mode === 'pan') canvas.classList.add('panning');
+  });
+  canvas.addEventListener('pointermove', (ev) => {
+    const d = viewer.drag;
+    if (!d) return;
+    const dx = ev.clientX - d.x;
+    const dy = ev.clientY - d.y;
+    d.x = ev.clientX;
+    d.y = ev.clientY;
+    if (d.mode === 'window') {
+      // Radiology convention: horizontal drag = window width, vertical = level.
+      viewer.width = Math.max(1, Math.min(512, viewer.width + dx));
+      viewer.level = Math.max(-128, Math.min(384, viewer.level - dy));
+      applyWindow();
+    } else if (d.mode === 'zoom') {
+      zoomAt(Math.exp(-dy * 0.01), d.cx, d.cy);
+    } else {
+      viewer.ox += dx;
+      viewer.oy += dy;
+    }
+    scheduleDraw();
+  });
+  const end = () => { viewer.drag = null; canvas.classList.remove('panning'); };
+  canvas.addEventListener('pointerup', end);
+  canvas.addEventListener('pointercancel', end);
+  canvas.addEventListener('wheel', (ev) => {
+    ev.preventDefault();
+    const rect = canvas.getBoundingClientRect();
+    zoomAt(Math.exp(-ev.deltaY * 0.0015), ev.clientX - rect.left, ev.clientY - rect.top);
+  }, { passive: false });
+  canvas.addEventListener('dblclick', resetViewer);
+
+  $('v-zoom-in').addEventListener('click', () => zoomCenter(1.25));
+  $('v-zoom-out').addEventListener('click', () => zoomCenter(0.8));
+  $('v-reset').addEventListener('click', resetViewer);
+  $('v-invert').addEventListener('click', () => {
+    viewer.invert = !viewer.invert;
+    $('v-invert').setAttribute('aria-pressed', String(viewer.invert));
+    applyWindow();
+    scheduleDraw();
+  });
+  $('v-close').addEventListener('click', closeViewer);
+  $('v-similar').addEventListener('click', () => {
+    const r = viewer.result;
+    closeViewer();
+    if (r) queryById(r.id, r.original_name);
+  });
+  window.addEventListener('resize', () => { if (!$('viewer').hidden) scheduleDraw(); });
+
+  $('viewer').addEventListener('keydown', (ev) => {
+    const step = 40;
+    if (ev.key === 'Escape') { ev.preventDefault(); closeViewer(); return; }
+    if (ev.key === 'Tab') { trapFocus(ev); return; }
+    if (ev.target.tagName === 'BUTTON') return;
+    const keys = {
+      ArrowLeft: () => { viewer.ox += step; }, ArrowRight: () => { viewer.ox -= step; },
+      ArrowUp: () => { viewer.oy += step; }, ArrowDown: () => { viewer.oy -= step; },
+      '+': () => zoomCenter(1.25), '=': () => zoomCenter(1.25), '-': () => zoomCenter(0.8),
+      r: resetViewer, R: resetViewer,
+      i: () => $('v-invert').click(), I: () => $('v-invert').click(),
+    };
+    if (keys[ev.key]) { ev.preventDefault(); keys[ev.key](); scheduleDraw(); }
+  });
+}
+
+function trapFocus(ev) {
+  const items = [...$('viewer').querySelectorAll('button, canvas, [tabindex="0"]')].filter((e) => !e.disabled);
+  if (!items.length) return;
+  const first = items[0];
+  const last = items[items.length - 1];
+  if (ev.shiftKey && document.activeElement === first) { ev.preventDefault(); last.focus(); }
+  else if (!ev.shiftKey && document.activeElement === last) { ev.preventDefault(); first.focus(); }
+}
+
+function renderViewerMeta(r, info) {
+  const dl = el('dl');
+  const add = (k, v) => {
+    if (v === null || v === undefined || v === '') return;
+    dl.append(el('dt', null, k));
+    const dd = el('dd');
+    if (v instanceof Node) dd.append(v); else dd.textContent = String(v);
+    dl.append(dd);
+  };
+  add('Image ID', r.id);
+  if (r.score !== undefined) add('Similarity', Number(r.score).toFixed(3));
+  add('Findings', findingTags(r.labels, 'card-findings'));
+  add('Patient', r.patient_id);
+  add('Age', r.age !== null && r.age !== undefined ? r.age + ' years' : null);
+  add('Sex', r.sex === 'F' ? 'Female' : r.sex === 'M' ? 'Male' : r.sex);
+  add('View', r.view);
+  add('Study date', r.study_date);
+  add('File', r.original_name);
+  if (info) {
+    add('Size', `${info.width} × ${info.height} px`);
+    add('Format', info.mime);
+    if (info.extra) for (const [k, v] of Object.entries(info.extra)) add(k, v);
+  }
+  $('v-meta').replaceChildren(dl);
+}
+
+async function loadViewerImage(r, signal) {
+  const res = await api(r.image_url || `/api/images/${r.id}`, { signal });
+  const bitmap = await createImageBitmap(await res.blob());
+  const work = document.createElement('canvas');
+  work.width = bitmap.width;
+  work.height = bitmap.height;
+  const ctx = work.getContext('2d', { willReadFrequently: true });
+  ctx.drawImage(bitmap, 0, 0);
+  bitmap.close();
+  const rgba = ctx.getImageData(0, 0, work.width, work.height).data;
+  const gray = new Uint8ClampedArray(work.width * work.height);
+  for (let i = 0, j = 0; i < gray.length; i++, j += 4) {
+    gray[i] = (rgba[j] * 299 + rgba[j + 1] * 587 + rgba[j + 2] * 114) / 1000;
+  }
+  return { work, gray };
+}
+
+async function openViewer(r, opener) {
+  if (viewer.controller) viewer.controller.abort();
+  const controller = new AbortController();
+  viewer.controller = controller;
+  viewer.result = r;
+  viewer.opener = opener;
+  viewer.gray = null;
+  viewer.invert = false;
+  $('v-invert').setAttribute('aria-pressed', 'false');
+  $('viewer-title').textContent = `Image #${r.id}` + (r.original_name ? ` · ${r.original_name}` : '');
+  renderViewerMeta(r, null);
+  $('viewer').hidden = false;
+  document.body.style.setProperty('overflow', 'hidden');
+  $('v-loading').hidden = false;
+  $('v-canvas').focus();
+  scheduleDraw();
+  try {
+    const [img, info] = await Promise.all([
+      loadViewerImage(r, controller.signal),
+      api(`/api/images/${r.id}/metadata`, { signal: controller.signal }).then((x) => x.json()).catch(() => null),
+    ]);
+    if (controller !== viewer.controller) return;
+    viewer.work = img.work;
+    viewer.gray = img.gray;
+    viewer.w = img.work.width;
+    viewer.h = img.work.height;
+    renderViewerMeta(r, info);
+    resetViewer();
+  } catch (err) {
+    if (err.name === 'AbortError') return;
+    $('v-meta').prepend(el('p', 'error', 'Cannot show this image: ' + explain(err)));
+  } finally {
+    if (controller === viewer.controller) $('v-loading').hidden = true;
+  }
+}
+
+function closeViewer() {
+  if (viewer.controller) viewer.controller.abort();
+  viewer.controller = null;
+  $('viewer').hidden = true;
+  document.body.style.removeProperty('overflow');
+  viewer.gray = null;
+  viewer.work = null;
+  if (viewer.opener && document.contains(viewer.opener)) viewer.opener.focus();
+}
+
+// ---------- start ----------
+
+function main() {
+  const openToken = setupToken();
+  setupDropzone();
+  setupFilters();
+  setupViewerInput();
+  loadCollectionInfo(openToken);
+}
+
+main();
