@@ -85,7 +85,7 @@ $(BUILD)/asan/tests/%: tests/unit/%.c $$(call test_objs,$$*)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_BASE) -O1 $(SAN) -Itests -o $@ $< $(call test_objs,$*) $(PKG_LIBS) -lcmocka
 
-asan: $(BUILD)/medsearch-asan $(UNIT_BINS)
+asan: $(BUILD)/medsearch-asan $(UNIT_BINS) $(BUILD)/medsearch-tsan
 
 # The README's test command. Tests needing ../shared, PostgreSQL, torch or
 # chromium find them or say clearly why they skip.
@@ -128,3 +128,23 @@ $(TSAN_INDEX_BIN): tests/unit/test_index_concurrency.c tests/unit/test_index_com
 .PHONY: tsan-index
 tsan-index: $(TSAN_INDEX_BIN)
 	TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 $(TSAN_INDEX_BIN)
+
+# ---- HTTP server (issue 5): ThreadSanitizer build of the whole binary ----
+# `make tsan` builds $(BUILD)/medsearch-tsan from its own object tree
+# $(BUILD)/tsan/... (as the asan tree, with -fsanitize=thread instead).
+# tests/e2e/http_tsan.sh runs `serve` from it under concurrent load; `make
+# test` builds it through the `asan` target. TSan cannot be combined with ASan.
+TSAN := -fsanitize=thread -fno-omit-frame-pointer
+TSAN_OBJS := $(patsubst %.c,$(BUILD)/tsan/%.o,$(LIB_SRCS)) $(patsubst $(BUILD)/gen/%.c,$(BUILD)/tsan/gen/%.o,$(GEN_SRCS))
+$(BUILD)/tsan/%.o: %.c $(BUILD)/gen/onnx.pb-c.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_BASE) -O1 $(TSAN) -MMD -MP -c -o $@ $<
+$(BUILD)/tsan/gen/%.o: $(BUILD)/gen/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_BASE) -O1 $(TSAN) -Wno-error -c -o $@ $<
+$(BUILD)/libmedsearch-tsan.a: $(TSAN_OBJS)
+	ar rcs $@ $^
+$(BUILD)/medsearch-tsan: $(BUILD)/tsan/src/main.o $(BUILD)/libmedsearch-tsan.a
+	$(CC) $(TSAN) -o $@ $^ $(PKG_LIBS)
+.PHONY: tsan
+tsan: $(BUILD)/medsearch-tsan

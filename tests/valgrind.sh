@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# `make valgrind`: runs the release binary's main paths under valgrind memcheck
+# (definite leaks and invalid accesses fail). oneDNN's JIT code is opaque to
+# valgrind, so the model path runs with a small model; it takes minutes.
+set -eu
+cd "$(dirname "$0")/.."
+SHARED=${MEDSEARCH_SHARED:-$(cd .. && pwd)/shared}
+MODEL=$SHARED/models/mobilenet_v2_1.0_224_imagenet.onnx
+[ -f "$MODEL" ] || { echo "skip: $MODEL absent"; exit 77; }
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+mkdir "$tmp/imgs"; ls "$SHARED"/data/nih_cxr14_64px/images/*.png | head -8 | xargs -I{} cp {} "$tmp/imgs/"
+vg="valgrind --error-exitcode=9 --leak-check=full --errors-for-leak-kinds=definite --quiet"
+$vg ./medsearch ingest --db "$tmp/c.db" --model "$MODEL" "$tmp/imgs"
+q=$(ls "$tmp"/imgs/*.png | head -1)
+$vg ./medsearch search --db "$tmp/c.db" --model "$MODEL" -k 3 "$q"
+$vg ./medsearch check --db "$tmp/c.db"
+$vg ./medsearch info --db "$tmp/c.db"
+echo "valgrind: clean"
