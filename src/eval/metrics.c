@@ -603,8 +603,9 @@ size_t eval_truth_relevant_count(const eval_truth *t, size_t q) { return t->R[q]
 void eval_cuts(int k, int cuts[EVAL_N_CUTS])
 {
     const int wanted[EVAL_N_CUTS] = {1, 5, k};
-    for (int i = 0; i < EVAL_N_CUTS; i++)
-        cuts[i] = wanted[i] <= k ? wanted[i] : 0;
+    for (int i = 0; i < EVAL_N_CUTS - 1; i++)
+        cuts[i] = wanted[i] < k ? wanted[i] : 0;
+    cuts[EVAL_N_CUTS - 1] = k;
 }
 
 int eval_score_query(const eval_truth *t, size_t q, const int64_t *result_ids,

@@ -93,7 +93,8 @@ int eval_truth_add(eval_truth *t, int64_t id, const char *patient,
                    const char *const *labels, int n_labels, ms_err *err);
 
 /* Fixes the rule and computes G and R of every image. Returns 0,
- * MS_ECONFLICT (an id twice) or MS_ENOMEM. */
+ * MS_EINVAL (finished already), MS_ECONFLICT (an id twice) or MS_ENOMEM;
+ * after a failure only eval_truth_free may be called. */
 int eval_truth_finish(eval_truth *t, eval_rule rule, ms_err *err);
 
 /* After finish: images are numbered 0..count-1 in ascending id order. */
@@ -117,7 +118,7 @@ size_t eval_truth_relevant_count(const eval_truth *t, size_t q); /* R */
 /* ---- per query and summary ---- */
 
 /* The cut-offs reported: P@1, P@5 and P@k, AP@k. Cut-offs above k are
- * not reported (P@5 with k = 3). */
+ * not reported (P@5 with k = 3), nor repeated (with k = 5, P@5 is P@k). */
 #define EVAL_N_CUTS 3
 
 typedef struct eval_query_score {
@@ -130,12 +131,15 @@ typedef struct eval_query_score {
     double chance_ap;
 } eval_query_score;
 
-/* The cut-off values for k: {1, 5, k}; entries above k are 0. */
+/* The cut-off values for k: {1, 5, k}; the first two are 0 when above k
+ * or equal to it (the last entry, P@k, is always k). */
 void eval_cuts(int k, int cuts[EVAL_N_CUTS]);
 
 /* Scores query q of t from its results (image ids, best first; ids unknown
  * to t count as non-relevant). Returns 0, MS_EINVAL (k < 1, n_ret < 0, q out
- * of range), MS_ENOMEM. A query with no labels or R = 0 gets scored = 0. */
+ * of range), MS_EINTERNAL (a result is the query itself or of its patient:
+ * the search did not follow the protocol), MS_ENOMEM. A query with no labels
+ * or R = 0 gets scored = 0. */
 int eval_score_query(const eval_truth *t, size_t q, const int64_t *result_ids,
                      int n_ret, int k, eval_query_score *out, ms_err *err);
 
@@ -161,7 +165,8 @@ typedef struct eval_summary {
 } eval_summary;
 
 /* Means over the scored entries of scores[0..n). Labels with no scored
- * query are omitted. Returns 0 or MS_ENOMEM / MS_EINVAL. Release with
+ * query are omitted. The label names point into t: keep t until the
+ * summary is freed. Returns 0 or MS_ENOMEM / MS_EINVAL. Release with
  * eval_summary_free. */
 int eval_summarise(const eval_truth *t, const eval_query_score *scores, size_t n,
                    int k, eval_summary *out, ms_err *err);

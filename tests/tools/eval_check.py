@@ -49,7 +49,7 @@ def read_metadata(path):
         return [], [], []
     for col in ("id", "labels"):
         if col not in rows[0]:
-            raise SystemExit(f"eval_check: {path} has no '{col}' column (has {list(rows[0])})")
+            raise ValueError(f"{path} has no '{col}' column (has {list(rows[0])})")
     pcol = "patient_id" if "patient_id" in rows[0] else ("patient" if "patient" in rows[0] else None)
     ids, patients, labels = [], [], []
     for r in rows:
@@ -257,11 +257,15 @@ def main():
         print("eval_check: k must be >= 1 and qe >= 0", file=sys.stderr)
         return 2
     csv_path = a.csv or os.path.splitext(a.vectors)[0] + ".csv"
-    vec = np.load(a.vectors)
+    try:
+        vec = np.load(a.vectors, allow_pickle=False)
+        ids, patients, labels = read_metadata(csv_path)
+    except (OSError, ValueError, KeyError) as e:
+        print(f"eval_check: cannot read the export: {e}", file=sys.stderr)
+        return 2
     if vec.ndim != 2 or vec.dtype != np.float32:
         print(f"eval_check: {a.vectors} is {vec.dtype} {vec.shape}, want float32 [n, dim]", file=sys.stderr)
         return 2
-    ids, patients, labels = read_metadata(csv_path)
     if len(ids) != vec.shape[0]:
         print(f"eval_check: {csv_path} has {len(ids)} rows for {vec.shape[0]} vectors", file=sys.stderr)
         return 2

@@ -534,6 +534,20 @@ static void test_summary(void **state)
     eval_truth_free(t);
 }
 
+static void test_cuts(void **state)
+{
+    (void)state;
+    int c[EVAL_N_CUTS];
+    eval_cuts(10, c);
+    assert_int_equal(c[0], 1), assert_int_equal(c[1], 5), assert_int_equal(c[2], 10);
+    eval_cuts(5, c);   /* P@5 is P@k: not twice */
+    assert_int_equal(c[0], 1), assert_int_equal(c[1], 0), assert_int_equal(c[2], 5);
+    eval_cuts(1, c);
+    assert_int_equal(c[0], 0), assert_int_equal(c[1], 0), assert_int_equal(c[2], 1);
+    eval_cuts(3, c);
+    assert_int_equal(c[0], 1), assert_int_equal(c[1], 0), assert_int_equal(c[2], 3);
+}
+
 /* ---- paired comparison ---- */
 
 static void test_paired_difference(void **state)
@@ -584,6 +598,7 @@ int main(void)
         cmocka_unit_test(test_truth_against_brute_force),
         cmocka_unit_test(test_score_query),
         cmocka_unit_test(test_summary),
+        cmocka_unit_test(test_cuts),
         cmocka_unit_test(test_paired_difference),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
