@@ -13,6 +13,7 @@
  */
 #include "model/dnn.h"
 
+#include <dlfcn.h>
 #include <dnnl.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -344,7 +345,18 @@ static int value_as(dnn *d, plan *pl, int v, const dnnl_memory_desc_t *md, ms_er
 
 /* ------------------------------------------------------------- weights */
 
-static int reorder_now(dnn *d, dnnl_memory_t from, dnnl_memory_t to, const g_node *nd, ms_err *err)
+/* The OpenMP runtime oneDNN was built with (libgomp, loaded with libdnnl):
+ * reached through dlsym so the build needs no OpenMP flag. NULL when absent. */
+typedef void (*omp_set_fn)(int);
+typedef int (*omp_get_fn)(void);
+
+static void omp_fns(omp_set_fn *set, omp_get_fn *get)
+{
+    *set = (omp_set_fn)(uintptr_t)dlsym(RTLD_DEFAULT, "omp_set_num_threads");
+    *get = (omp_get_fn)(uintptr_t)dlsym(RTLD_DEFAULT, "omp_get_max_threads");
+}
+
+static int reorder_run(dnn *d, dnnl_memory_t from, dnnl_memory_t to, const g_node *nd, ms_err *err)
 {
     const dnnl_memory_desc_t *fm, *tm;
     dnnl_memory_get_memory_desc(from, &fm);
@@ -364,6 +376,25 @@ static int reorder_now(dnn *d, dnnl_memory_t from, dnnl_memory_t to, const g_nod
     if (st != dnnl_success)
         return dn_fail(st, nd, "reorder weights", err);
     return 0;
+}
+
+/* Reorders weights once, on one thread: a weight reorder takes about a
+ * millisecond, while a parallel region can wait a whole time slice for a
+ * descheduled thread on a busy machine. Only this thread's OpenMP setting
+ * changes, and only around the reorder (oneDNN sizes its work when the
+ * primitive is created, so both steps are inside). */
+static int reorder_now(dnn *d, dnnl_memory_t from, dnnl_memory_t to, const g_node *nd, ms_err *err)
+{
+    omp_set_fn set;
+    omp_get_fn get;
+    omp_fns(&set, &get);
+    int threads = set && get ? get() : 0;
+    if (threads > 1)
+        set(1);
+    int rc = reorder_run(d, from, to, nd, err);
+    if (threads > 1)
+        set(threads);
+    return rc;
 }
 
 /* Dims of a Conv's weights as oneDNN sees them: [O, I, kh, kw], or with

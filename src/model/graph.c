@@ -311,6 +311,51 @@ static int constant_identities(graph *g, ms_err *err)
     return 0;
 }
 
+/* A node on the cycle that blocked the sort: from any blocked node, walk
+ * back through blocked producers; after nn steps the walk is on the cycle. */
+static int node_on_cycle(const graph *g, const int *indeg)
+{
+    int bad = 0;
+    while (bad < g->nn && (!indeg[bad] || g->n[bad].dead))
+        bad++;
+    for (int step = 0; step < g->nn; step++) {
+        int next = -1;
+        for (int k = 0; k < g->n[bad].n_in && next < 0; k++) {
+            int t = g->n[bad].in[k], p = t >= 0 ? g->t[t].producer : -1;
+            if (p >= 0 && indeg[p])
+                next = p;
+        }
+        if (next < 0)
+            break;
+        bad = next;
+    }
+    return bad;
+}
+
+/* Consumers of each producing node as compressed rows (start[], edge[]),
+ * and each node's count of produced inputs (indeg[]). */
+static void build_edges(const graph *g, int *start, int *edge, int *indeg, int *cursor)
+{
+    for (int i = 0; i < g->nn; i++)
+        for (int k = 0; k < g->n[i].n_in; k++) {
+            int t = g->n[i].in[k];
+            if (t >= 0 && g->t[t].producer >= 0) {
+                start[g->t[t].producer + 1]++;
+                indeg[i]++;
+            }
+        }
+    for (int i = 0; i < g->nn; i++) {
+        start[i + 1] += start[i];
+        cursor[i] = start[i];
+    }
+    for (int i = 0; i < g->nn; i++)
+        for (int k = 0; k < g->n[i].n_in; k++) {
+            int t = g->n[i].in[k];
+            if (t >= 0 && g->t[t].producer >= 0)
+                edge[cursor[g->t[t].producer]++] = i;
+        }
+}
+
 /* Kahn's algorithm; nodes keep their file order where dependencies allow. */
 int graph_order(graph *g, ms_err *err)
 {
@@ -319,12 +364,11 @@ int graph_order(graph *g, ms_err *err)
         rc = constant_identities(g, err);
     if (rc)
         return rc;
-    int nn = g->nn;
-    int *indeg = calloc((size_t)nn + 1, sizeof *indeg);
-    int *start = calloc((size_t)nn + 2, sizeof *start);
-    int total = 0;
+    int nn = g->nn, total = 0;
     for (int i = 0; i < nn; i++)
         total += g->n[i].n_in;
+    int *indeg = calloc((size_t)nn + 1, sizeof *indeg);
+    int *start = calloc((size_t)nn + 2, sizeof *start);
     int *edge = malloc(((size_t)total + 1) * sizeof *edge);
     int *queue = malloc(((size_t)nn + 1) * sizeof *queue);
     free(g->order);
@@ -333,28 +377,8 @@ int graph_order(graph *g, ms_err *err)
         rc = ms_err_set(err, MS_ENOMEM, "out of memory");
         goto out;
     }
-    /* consumers of each producer, as compressed rows */
-    for (int i = 0; i < nn; i++)
-        for (int k = 0; k < g->n[i].n_in; k++) {
-            int t = g->n[i].in[k];
-            if (t >= 0 && g->t[t].producer >= 0) {
-                start[g->t[t].producer + 1]++;
-                indeg[i]++;
-            }
-        }
-    for (int i = 0; i < nn; i++)
-        start[i + 1] += start[i];
-    int *fill = queue; /* reused as a cursor array before the sort */
-    for (int i = 0; i < nn; i++)
-        fill[i] = start[i];
-    for (int i = 0; i < nn; i++)
-        for (int k = 0; k < g->n[i].n_in; k++) {
-            int t = g->n[i].in[k];
-            if (t >= 0 && g->t[t].producer >= 0)
-                edge[fill[g->t[t].producer]++] = i;
-        }
-    int head = 0, tail = 0;
-    int live = 0;
+    build_edges(g, start, edge, indeg, queue /* as scratch */);
+    int head = 0, tail = 0, live = 0;
     for (int i = 0; i < nn; i++) {
         live += !g->n[i].dead;
         if (!indeg[i] && !g->n[i].dead)
@@ -369,21 +393,7 @@ int graph_order(graph *g, ms_err *err)
                 queue[tail++] = edge[e];
     }
     if (g->n_order != live) {
-        int bad = 0;
-        while (bad < nn && (!indeg[bad] || g->n[bad].dead))
-            bad++;
-        /* walk back through blocked producers: after nn steps we are on the cycle */
-        for (int step = 0; step < nn; step++) {
-            int next = -1;
-            for (int k = 0; k < g->n[bad].n_in && next < 0; k++) {
-                int t = g->n[bad].in[k], p = t >= 0 ? g->t[t].producer : -1;
-                if (p >= 0 && indeg[p])
-                    next = p;
-            }
-            if (next < 0)
-                break;
-            bad = next;
-        }
+        int bad = node_on_cycle(g, indeg);
         rc = ms_err_set(err, MS_EFORMAT, "the graph has a cycle: node '%s' (%s) depends on its own output",
                         g->n[bad].name, g->n[bad].op_type);
         goto out;
