@@ -66,6 +66,8 @@ static const char *const MIGRATIONS[] = {
     /* Rows up to a page stay in the table: a vector of up to ~2000 floats is
      * read without a TOAST lookup (larger ones are moved out anyway). */
     "ALTER TABLE vectors SET (toast_tuple_target = 8160);",
+    /* 1 -> 2: labels keep the order they were given in (see sqlite.c). */
+    "ALTER TABLE labels ADD COLUMN position integer NOT NULL DEFAULT 0;",
 };
 #define SCHEMA_VERSION ((int)(sizeof MIGRATIONS / sizeof MIGRATIONS[0]))
 
@@ -119,9 +121,11 @@ static const char *const SQL[N_STMTS] = {
         "  study_date = EXCLUDED.study_date, age = EXCLUDED.age, sex = EXCLUDED.sex, view = EXCLUDED.view),"
         " stale_labels AS (DELETE FROM labels WHERE $13 AND image_id = (SELECT id FROM image)"
         "  AND label_key <> ALL ($19::text[])),"
-        " new_labels AS (INSERT INTO labels (image_id, label_key, label)"
-        "  SELECT i.id, u.k, u.l FROM image i, unnest($19::text[], $20::text[]) AS u (k, l)"
-        "  ON CONFLICT (image_id, label_key) DO UPDATE SET label = EXCLUDED.label),"
+        " new_labels AS (INSERT INTO labels (image_id, label_key, label, position)"
+        "  SELECT i.id, u.k, u.l, u.n - 1 FROM image i,"
+        "  unnest($19::text[], $20::text[]) WITH ORDINALITY AS u (k, l, n)"
+        "  ON CONFLICT (image_id, label_key) DO UPDATE SET label = EXCLUDED.label,"
+        "  position = EXCLUDED.position),"
         " stale_kv AS (DELETE FROM kv WHERE $13 AND image_id = (SELECT id FROM image)"
         "  AND key <> ALL ($21::text[])),"
         " new_kv AS (INSERT INTO kv (image_id, key, value)"
@@ -138,8 +142,9 @@ static const char *const SQL[N_STMTS] = {
     [P_THUMB] = "SELECT mime, data FROM thumbnails WHERE image_id = $1",
     [P_META] = "SELECT i.original_name, m.patient_id, m.study_date, m.age, m.sex, m.view "
                "FROM images i LEFT JOIN metadata m ON m.image_id = i.id WHERE i.id = $1",
-    /* COLLATE "C": byte order, as SQLite sorts. */
-    [P_LABELS] = "SELECT label FROM labels WHERE image_id = $1 ORDER BY label_key COLLATE \"C\"",
+    /* Given order; ties (rows from schema 1) in byte order, as SQLite sorts. */
+    [P_LABELS] = "SELECT label FROM labels WHERE image_id = $1 "
+                  "ORDER BY position, label_key COLLATE \"C\"",
     [P_KVS] = "SELECT key, value FROM kv WHERE image_id = $1 ORDER BY key COLLATE \"C\"",
     [P_GET_VEC] = "SELECT vector FROM vectors WHERE image_id = $1",
     [P_SET_VEC] = "INSERT INTO vectors (image_id, model_id, vector) SELECT id, $2, $3 FROM images "

@@ -59,6 +59,10 @@ static const char *const MIGRATIONS[] = {
     "CREATE INDEX kv_key_value ON kv (key, value);"
     "CREATE TABLE vectors (image_id INTEGER PRIMARY KEY REFERENCES images (id) ON DELETE CASCADE,"
     "  model_id INTEGER NOT NULL REFERENCES models (id), vector BLOB NOT NULL) STRICT;",
+    /* 1 -> 2: labels keep the order they were given in (the first one is
+     * the primary finding, which eval's "single" rule reads). Rows of
+     * version 1 get position 0 and keep their alphabetical order. */
+    "ALTER TABLE labels ADD COLUMN position INTEGER NOT NULL DEFAULT 0;",
 };
 #define SCHEMA_VERSION ((int)(sizeof MIGRATIONS / sizeof MIGRATIONS[0]))
 
@@ -90,7 +94,7 @@ static const char *const SQL[N_STMTS] = {
                       "patient_id = excluded.patient_id, study_date = excluded.study_date, "
                       "age = excluded.age, sex = excluded.sex, view = excluded.view",
     [S_DEL_LABELS] = "DELETE FROM labels WHERE image_id = ?1",
-    [S_INS_LABEL] = "INSERT INTO labels (image_id, label_key, label) VALUES (?1, ?2, ?3) "
+    [S_INS_LABEL] = "INSERT INTO labels (image_id, label_key, label, position) VALUES (?1, ?2, ?3, ?4) "
                     "ON CONFLICT DO NOTHING",
     [S_DEL_KV] = "DELETE FROM kv WHERE image_id = ?1",
     [S_INS_KV] = "INSERT INTO kv (image_id, key, value) VALUES (?1, ?2, ?3) "
@@ -103,7 +107,7 @@ static const char *const SQL[N_STMTS] = {
     [S_THUMB] = "SELECT mime, data FROM thumbnails WHERE image_id = ?1",
     [S_META] = "SELECT i.original_name, m.patient_id, m.study_date, m.age, m.sex, m.view "
                "FROM images i LEFT JOIN metadata m ON m.image_id = i.id WHERE i.id = ?1",
-    [S_LABELS] = "SELECT label FROM labels WHERE image_id = ?1 ORDER BY label_key",
+    [S_LABELS] = "SELECT label FROM labels WHERE image_id = ?1 ORDER BY position, label_key",
     [S_KVS] = "SELECT key, value FROM kv WHERE image_id = ?1 ORDER BY key",
     [S_GET_VEC] = "SELECT vector FROM vectors WHERE image_id = ?1",
     [S_IMAGE_EXISTS] = "SELECT 1 FROM images WHERE id = ?1",
@@ -354,6 +358,7 @@ static int write_labels_kv(sqlite_store *s, int64_t id, const store_meta *m, ms_
         sqlite3_bind_int64(st, 1, id);
         sqlite3_bind_text(st, 2, key, -1, SQLITE_TRANSIENT);
         sqlite3_bind_text(st, 3, m->labels[i], -1, SQLITE_STATIC);
+        sqlite3_bind_int(st, 4, i);
         if ((rc = run(s, st, "storing a label", err)) < 0)
             return rc;
     }

@@ -296,7 +296,7 @@ static void t_open_schema(void **state)
     assert_int_equal(store_get_model(f->s, &identity, &dim, &err), 0);
     assert_null(identity);
     assert_int_equal(dim, 0);
-    assert_int_equal(raw_int(f, "SELECT version FROM schema_version"), 1);
+    assert_int_equal(raw_int(f, "SELECT version FROM schema_version"), 2);
     reopen(f);  /* an existing, current schema opens without migrating */
     assert_int_equal(raw_int(f, "SELECT count(*) FROM schema_version"), 1);
     if (f->kind == SQLITE) {
@@ -312,6 +312,43 @@ static void t_open_schema(void **state)
         sqlite3_close(db);
     }
     check_sound(f);
+}
+
+/* A collection of schema version 1 (labels without their position) is
+ * migrated on open: its labels stay readable, in their old (alphabetical)
+ * order, and new metadata keeps the given order. */
+static void t_migrate_from_version_1(void **state)
+{
+    fixture *f = fx(state);
+    use_model(f, DIM);
+    char *l1[] = {"Pneumonia", "Bacteria"};
+    store_meta m1 = meta_of("old.png", "P1", 5, 'F', NULL, l1, 2, NULL, 0);
+    titem t;
+    titem_make(&t, 40, 300, DIM, &m1, 0);
+    int64_t id;
+    int was_new;
+    ingest_ok(f, &t, 1, &id, &was_new);
+    store_close(f->s);
+    f->s = NULL;
+    raw_exec(f, "ALTER TABLE labels DROP COLUMN position");
+    raw_exec(f, "UPDATE schema_version SET version = 1");
+    reopen(f);
+    assert_int_equal(raw_int(f, "SELECT version FROM schema_version"), 2);
+    ms_err err = {0};
+    store_meta got;
+    assert_int_equal(store_get_meta(f->s, id, &got, &err), 0);
+    assert_int_equal(got.n_labels, 2);
+    assert_string_equal(got.labels[0], "Bacteria");
+    assert_string_equal(got.labels[1], "Pneumonia");
+    store_meta_free(&got);
+    ingest_ok(f, &t, 1, &id, &was_new);  /* new metadata: the given order */
+    assert_int_equal(was_new, 0);
+    assert_int_equal(store_get_meta(f->s, id, &got, &err), 0);
+    assert_string_equal(got.labels[0], "Pneumonia");
+    assert_string_equal(got.labels[1], "Bacteria");
+    store_meta_free(&got);
+    check_sound(f);
+    titem_free(&t);
 }
 
 static void t_model(void **state)
@@ -441,7 +478,8 @@ static void t_metadata_update(void **state)
 {
     fixture *f = fx(state);
     use_model(f, DIM);
-    char *l1[] = {"Effusion", "Mass"}, *l2[] = {"Pneumonia"};
+    /* Labels come back in the order given: the first is the primary finding. */
+    char *l1[] = {"Mass", "Effusion"}, *l2[] = {"Pneumonia"};
     store_kv kv1[] = {{"site", "A"}, {"followup", "1"}}, kv2[] = {{"scanner", "X1"}};
     store_meta m1 = meta_of("first.png", "P1", 50, 'F', "pa", l1, 2, kv1, 2);
     store_meta m2 = meta_of("second.png", "P9", -1, 'M', NULL, l2, 1, kv2, 1);
@@ -458,8 +496,8 @@ static void t_metadata_update(void **state)
     assert_int_equal(got.age, 50);
     assert_int_equal(got.sex, 'F');
     assert_int_equal(got.n_labels, 2);
-    assert_string_equal(got.labels[0], "Effusion");
-    assert_string_equal(got.labels[1], "Mass");
+    assert_string_equal(got.labels[0], "Mass");
+    assert_string_equal(got.labels[1], "Effusion");
     assert_int_equal(got.n_kv, 2);
     assert_string_equal(got.kv[0].key, "followup");  /* sorted by key */
     assert_string_equal(got.kv[1].value, "A");
@@ -1680,6 +1718,7 @@ static int group_postgres(void **state)
 
 #define SHARED_TESTS                                                                  \
     cmocka_unit_test_setup_teardown(t_open_schema, setup, teardown),                  \
+    cmocka_unit_test_setup_teardown(t_migrate_from_version_1, setup, teardown),       \
     cmocka_unit_test_setup_teardown(t_model, setup, teardown),                        \
     cmocka_unit_test_setup_teardown(t_ingest_needs_model, setup, teardown),           \
     cmocka_unit_test_setup_teardown(t_ingest_and_dedup, setup, teardown),             \
