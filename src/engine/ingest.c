@@ -171,10 +171,13 @@ static void decode_task(void *arg)
     engine *e = sl->pipe->e;
     const image_prep *prep = model_prep(e->m);
     float *out = sl->input + (size_t)si->row * sl->pipe->per_image;
-    int rc = image_prepare(si->item.bytes, si->item.len, &e->opt.limits, prep, out, &si->info, &si->res.err);
-    if (rc == 0 && sl->pipe->mode == PIPE_INGEST)
-        rc = image_thumbnail(si->item.bytes, si->item.len, &e->opt.limits, e->opt.thumb_size, THUMB_JPEG,
-                             &si->thumb, &si->thumb_len, &si->res.err);
+    int rc;
+    if (sl->pipe->mode == PIPE_INGEST)
+        rc = image_prepare_with_thumbnail(si->item.bytes, si->item.len, &e->opt.limits, prep, out, &si->info,
+                                          e->opt.thumb_size, THUMB_JPEG, &si->thumb, &si->thumb_len,
+                                          &si->res.err);
+    else
+        rc = image_prepare(si->item.bytes, si->item.len, &e->opt.limits, prep, out, &si->info, &si->res.err);
     if (rc) {
         si->state = ITEM_FAILED;
         si->res.err.code = rc;

@@ -380,11 +380,14 @@ static VipsImage *reduce_in_steps(VipsImage *in, int w, int h)
 /* Resizes the last image of pl to exactly w x h, evaluated into memory:
  * Lanczos3 when reducing (a true low-pass filter over every source pixel,
  * vertical pass first), bicubic interpolation when enlarging an axis. */
-static int resize_exact(pipeline *pl, int w, int h, ms_err *err)
+static int resize_from(pipeline *pl, VipsImage *in, int w, int h, ms_err *err)
 {
-    VipsImage *in = pipe_last(pl);
-    if (in->Xsize == w && in->Ysize == h)
+    if (in->Xsize == w && in->Ysize == h) {
+        VipsImage **same = pipe_slot(pl);
+        *same = in;
+        g_object_ref(in);
         return 0;
+    }
     VipsImage *stepped = reduce_in_steps(in, w, h);
     if (!stepped)
         return vips_failed(err, MS_EINTERNAL, "resize failed");
@@ -402,6 +405,11 @@ static int resize_exact(pipeline *pl, int w, int h, ms_err *err)
         return ms_err_set(err, MS_EINTERNAL, "resize of %dx%d gave %dx%d, not %dx%d", in->Xsize, in->Ysize,
                           (*mem)->Xsize, (*mem)->Ysize, w, h);
     return 0;
+}
+
+static int resize_exact(pipeline *pl, int w, int h, ms_err *err)
+{
+    return resize_from(pl, pipe_last(pl), w, h, err);
 }
 
 static int check_prep(const image_prep *prep, const float *out, ms_err *err)
@@ -540,6 +548,59 @@ int image_thumbnail(const void *buf, size_t len, const image_limits *lim, int lo
         rc = resize_exact(&pl, w, h, err);
     if (!rc)
         rc = encode(pipe_last(&pl), fmt, out, out_len, err);
+    pipe_free(&pl);
+    return rc;
+}
+
+/* The ingest path: one decode feeds both the model input and the
+ * thumbnail, so a PNG is inflated (and checked) once instead of twice. A
+ * JPEG whose DCT scale-down would differ between the two sizes is decoded
+ * twice, so that each result is exactly what the single-purpose call makes. */
+int image_prepare_with_thumbnail(const void *buf, size_t len, const image_limits *lim, const image_prep *prep,
+                                 float *out, image_info *info, int longest_side, thumb_format fmt,
+                                 uint8_t **thumb, size_t *thumb_len, ms_err *err)
+{
+    if (!thumb || !thumb_len)
+        return ms_err_set(err, MS_EINVAL, "image_prepare_with_thumbnail needs thumb and thumb_len");
+    *thumb = NULL;
+    *thumb_len = 0;
+    image_info local;
+    if (!info)
+        info = &local;
+    int rc = need_init(err);
+    if (!rc)
+        rc = check_prep(prep, out, err);
+    if (!rc && (longest_side < 1 || longest_side > MAX_THUMB_SIDE))
+        rc = ms_err_set(err, MS_EINVAL, "thumbnail size %d is out of range 1..%d", longest_side, MAX_THUMB_SIDE);
+    if (!rc && fmt != THUMB_JPEG && fmt != THUMB_WEBP)
+        rc = ms_err_set(err, MS_EINVAL, "unknown thumbnail format %d", (int)fmt);
+    if (!rc)
+        rc = image_probe(buf, len, lim, info, err);
+    if (rc)
+        return rc;
+    int tw, th;
+    thumb_size(info, longest_side, &tw, &th);
+    if (info->format == IMAGE_JPEG &&
+        jpeg_shrink_for(info, prep->size, prep->size) != jpeg_shrink_for(info, tw, th)) {
+        rc = image_prepare(buf, len, lim, prep, out, info, err);
+        return rc ? rc : image_thumbnail(buf, len, lim, longest_side, fmt, thumb, thumb_len, err);
+    }
+    pipeline pl = {0};
+    rc = decode_gray8(buf, len, info, prep->size, prep->size, &pl, err);
+    VipsImage *decoded = rc ? NULL : pipe_last(&pl);
+    if (!rc)
+        rc = resize_from(&pl, decoded, prep->size, prep->size, err);
+    if (!rc) {
+        const uint8_t *gray = vips_image_get_data(pipe_last(&pl));
+        if (!gray)
+            rc = vips_failed(err, MS_EINTERNAL, "reading the resized pixels failed");
+        else
+            normalise(gray, prep, out);
+    }
+    if (!rc)
+        rc = resize_from(&pl, decoded, tw, th, err);
+    if (!rc)
+        rc = encode(pipe_last(&pl), fmt, thumb, thumb_len, err);
     pipe_free(&pl);
     return rc;
 }

@@ -153,4 +153,13 @@ int image_thumbnail(const void *buf, size_t len, const image_limits *lim,
                     int longest_side, thumb_format fmt, uint8_t **out,
                     size_t *out_len, ms_err *err);
 
+/* image_prepare and image_thumbnail of the same bytes from one decode (what
+ * ingest needs): out and *thumb are exactly what the two calls would give.
+ * *thumb is malloc'd and owned by the caller (free()); on failure it is
+ * NULL and out may have been written. Returns 0 or a code as the two. */
+int image_prepare_with_thumbnail(const void *buf, size_t len, const image_limits *lim,
+                                 const image_prep *prep, float *out, image_info *info,
+                                 int longest_side, thumb_format fmt, uint8_t **thumb,
+                                 size_t *thumb_len, ms_err *err);
+
 #endif

@@ -632,6 +632,88 @@ static void test_thumbnails(void **state)
     blob_free(&src);
 }
 
+/* A noisy gradient, so that resizing and JPEG coding have real detail. */
+static VipsImage *textured_image(int w, int h, int bands, int bytes_per_sample)
+{
+    size_t n = (size_t)w * h * bands;
+    uint16_t *px16 = malloc(n * sizeof *px16);
+    uint8_t *px8 = malloc(n);
+    assert_non_null(px16);
+    assert_non_null(px8);
+    uint32_t x = 12345;
+    for (size_t i = 0; i < n; i++) {
+        x = x * 1103515245u + 12345u;
+        unsigned v = (unsigned)((i / bands) % (size_t)w * 200 / (size_t)w) + (x >> 27);
+        px8[i] = (uint8_t)v;
+        px16[i] = (uint16_t)(v * 250);
+    }
+    VipsImage *im = bytes_per_sample == 2 ? raw_image(px16, w, h, bands, 2) : raw_image(px8, w, h, bands, 1);
+    free(px16);
+    free(px8);
+    return im;
+}
+
+/* The ingest call gives exactly what image_prepare and image_thumbnail give
+ * separately: PNG (gray, 16-bit, RGBA), TIFF, and JPEGs whose DCT
+ * scale-down is the same for both sizes and differs between them. */
+static void test_prepare_with_thumbnail_matches_separate_calls(void **state)
+{
+    (void)state;
+    struct {
+        int w, h, bands, bytes;
+        const char *suffix;
+    } cases[] = {
+        {1024, 1024, 1, 1, ".png"}, {700, 500, 1, 2, ".png"}, {300, 400, 4, 1, ".png"},
+        {640, 480, 1, 1, ".tif"},   {600, 600, 3, 1, ".jpg[Q=90]"}, {2000, 1800, 1, 1, ".jpg[Q=90]"},
+        {120, 90, 1, 1, ".png"},
+    };
+    image_prep prep = {224, {127.5f, 127.5f, 127.5f}, {1 / 127.5f, 1 / 127.5f, 1 / 127.5f}};
+    size_t n = 3 * 224 * 224;
+    float *a = malloc(n * sizeof *a), *b = malloc(n * sizeof *b);
+    assert_non_null(a);
+    assert_non_null(b);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        blob src = encode_with(textured_image(cases[i].w, cases[i].h, cases[i].bands, cases[i].bytes),
+                               cases[i].suffix);
+        ms_err err = {0};
+        image_info ia, ib;
+        uint8_t *ta = NULL, *tb = NULL;
+        size_t la = 0, lb = 0;
+        if (image_prepare(src.data, src.len, NULL, &prep, a, &ia, &err) ||
+            image_thumbnail(src.data, src.len, NULL, 256, THUMB_JPEG, &ta, &la, &err))
+            fail_msg("case %zu, separate calls: %s", i, err.msg);
+        if (image_prepare_with_thumbnail(src.data, src.len, NULL, &prep, b, &ib, 256, THUMB_JPEG, &tb, &lb, &err))
+            fail_msg("case %zu, one call: %s", i, err.msg);
+        assert_memory_equal(a, b, n * sizeof *a);
+        assert_int_equal(ia.width, ib.width);
+        assert_int_equal(ia.format, ib.format);
+        assert_int_equal(la, lb);
+        assert_memory_equal(ta, tb, la);
+        free(ta);
+        free(tb);
+        blob_free(&src);
+    }
+    /* errors: nothing handed back */
+    blob src = encode_with(constant_image(64, 64, 1, 7), ".png");
+    ms_err err = {0};
+    uint8_t *t = (uint8_t *)"x";
+    size_t tlen = 1;
+    assert_int_equal(image_prepare_with_thumbnail(src.data, src.len / 2, NULL, &prep, b, NULL, 256, THUMB_JPEG, &t,
+                                                  &tlen, &err),
+                     MS_EFORMAT);
+    assert_null(t);
+    assert_int_equal(tlen, 0);
+    assert_int_equal(image_prepare_with_thumbnail(src.data, src.len, NULL, &prep, b, NULL, 0, THUMB_JPEG, &t, &tlen,
+                                                  &err),
+                     MS_EINVAL);
+    assert_int_equal(image_prepare_with_thumbnail(src.data, src.len, NULL, &prep, b, NULL, 64, THUMB_JPEG, NULL,
+                                                  &tlen, &err),
+                     MS_EINVAL);
+    blob_free(&src);
+    free(a);
+    free(b);
+}
+
 static void test_bad_prep_arguments(void **state)
 {
     (void)state;
@@ -997,6 +1079,7 @@ int main(void)
         cmocka_unit_test(test_cmyk_jpeg_rejected),
         cmocka_unit_test(test_tiff_miniswhite),
         cmocka_unit_test(test_thumbnails),
+        cmocka_unit_test(test_prepare_with_thumbnail_matches_separate_calls),
         cmocka_unit_test(test_bad_prep_arguments),
         cmocka_unit_test(test_timed_stages),
         cmocka_unit_test(test_thread_safety),
