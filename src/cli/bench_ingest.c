@@ -39,7 +39,7 @@
 
 typedef struct bench_cfg {
     int n, batch, size, no_peer, no_pg, search_n, queries, threads;
-    const char *images, *keep;
+    const char *images, *search_db;
     cli_common c;
     char model[4096];
     char dir[512];         /* temporary folder */
@@ -429,8 +429,11 @@ static int fill_synthetic(engine *e, int n, int dim, ms_err *err)
 
 static int search_bench(bench_cfg *b, search_stats *st, ms_err *err)
 {
-    char db[1024];
-    snprintf(db, sizeof db, "%s/search.db", b->dir);
+    char db[4096];
+    if (b->search_db)
+        snprintf(db, sizeof db, "%s", b->search_db);
+    else
+        snprintf(db, sizeof db, "%s/search.db", b->dir);
     engine_options o;
     cli_engine_options(&b->c, &o);
     o.db = db;
@@ -439,8 +442,17 @@ static int search_bench(bench_cfg *b, search_stats *st, ms_err *err)
     int rc = engine_open(&o, &e, NULL, err);
     if (rc)
         return rc;
-    fprintf(stderr, "bench ingest: storing %d synthetic vectors...\n", b->search_n);
-    rc = fill_synthetic(e, b->search_n, model_dim(engine_model(e)), err);
+    engine_stats have;
+    engine_get_stats(e, &have);
+    if (have.images >= (size_t)b->search_n) {
+        fprintf(stderr, "bench ingest: reusing %s (%zu vectors)\n", db, have.images);
+    } else if (have.images > 0) {
+        rc = ms_err_set(err, MS_EINVAL, "%s holds %zu vectors, fewer than --search-n %d: remove it or "
+                        "choose another path", db, have.images, b->search_n);
+    } else {
+        fprintf(stderr, "bench ingest: storing %d synthetic vectors...\n", b->search_n);
+        rc = fill_synthetic(e, b->search_n, model_dim(engine_model(e)), err);
+    }
     double *tot = calloc((size_t)b->queries, sizeof *tot);
     st->n = 0;
     for (int i = -3; rc == 0 && i < b->queries; i++) { /* 3 warm-up queries */
@@ -562,6 +574,9 @@ int bench_ingest(int argc, char **argv)
         {"search-n", 0, CLI_INT, &b.search_n, "N", "vectors for the search part (default 112120, 0 = skip)", 0,
          10000000},
         {"queries", 0, CLI_INT, &b.queries, "N", "timed searches (default 30)", 1, 100000},
+        {"search-db", 0, CLI_STRING, &b.search_db, "DB",
+         "build the search part's collection here and keep it (reused when it holds --search-n vectors; "
+         "give --model too, so that the model stays the same)", 0, 0},
         {0},
     };
     static const cli_command base = {
