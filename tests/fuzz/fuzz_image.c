@@ -1,6 +1,7 @@
 /*
  * fuzz_image.c - libFuzzer target for the image module: arbitrary bytes
- * through image_prepare and image_thumbnail, with small limits so every
+ * through image_prepare, image_thumbnail and the ingest path that does both
+ * from one decode (image_prepare_with_thumbnail), with small limits so every
  * input stays cheap. Any outcome is fine except a crash, a sanitizer
  * report, a hang, or an error without its message. Built and run by
  * tests/fuzz/run.sh (`make fuzz`).
@@ -53,6 +54,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     int trc = image_thumbnail(data, size, &lim, 48, fmt, &thumb, &thumb_len, &err);
     check_error(trc, &err);
     if (trc == 0 && (!thumb || thumb_len == 0))
+        __builtin_trap();
+    free(thumb);
+
+    /* The one-decode ingest path succeeds exactly when the two calls do. */
+    static float out2[3 * 32 * 32];
+    thumb = NULL;
+    thumb_len = 0;
+    int crc = image_prepare_with_thumbnail(data, size, &lim, &prep, out2, NULL, 48, fmt, &thumb, &thumb_len, &err);
+    check_error(crc, &err);
+    if ((crc == 0) != (rc == 0 && trc == 0) || (crc == 0 && (!thumb || thumb_len == 0)))
         __builtin_trap();
     free(thumb);
     return 0;
