@@ -31,6 +31,16 @@
 #define THUMB_WEBP_QUALITY 80
 
 static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* Guards the making and the freeing of resize operations. libvips' vertical
+ * reduce compiles Orc programs when it is built (under libvips' own lock)
+ * and frees them when it is finalised (under no lock), and liborc's
+ * executable-memory allocator is not thread-safe: a free in one decode
+ * worker racing a compile in another crashed ingest now and then (SEGV in
+ * liborc under g_object_unref). Running the compiled code needs no lock, so
+ * decoding and resizing still run in parallel; only these short steps are
+ * serialised. */
+static pthread_mutex_t orc_lock = PTHREAD_MUTEX_INITIALIZER;
 static atomic_bool initialised;
 
 /* libvips reports problems twice: through its error buffer (which we turn
@@ -126,9 +136,11 @@ static VipsImage **pipe_slot(pipeline *pl)
 
 static void pipe_free(pipeline *pl)
 {
+    pthread_mutex_lock(&orc_lock);
     for (int i = 0; i < pl->n; i++)
         if (pl->img[i])
             g_object_unref(pl->img[i]);
+    pthread_mutex_unlock(&orc_lock);
     pl->n = 0;
 }
 
@@ -388,14 +400,18 @@ static int resize_from(pipeline *pl, VipsImage *in, int w, int h, ms_err *err)
         g_object_ref(in);
         return 0;
     }
+    pthread_mutex_lock(&orc_lock);
     VipsImage *stepped = reduce_in_steps(in, w, h);
-    if (!stepped)
+    if (!stepped) {
+        pthread_mutex_unlock(&orc_lock);
         return vips_failed(err, MS_EINTERNAL, "resize failed");
+    }
     /* gap 0: no box pre-shrink, the whole reduction is Lanczos3 */
     double hscale = (double)w / stepped->Xsize, vscale = (double)h / stepped->Ysize;
     VipsImage **resized = pipe_slot(pl);
     int rc = vips_resize(stepped, resized, hscale, "vscale", vscale, "kernel", VIPS_KERNEL_LANCZOS3, "gap", 0.0, NULL);
     g_object_unref(stepped);
+    pthread_mutex_unlock(&orc_lock);
     if (rc)
         return vips_failed(err, MS_EINTERNAL, "resize failed");
     VipsImage **mem = pipe_slot(pl);

@@ -774,12 +774,21 @@ static void *thread_main(void *arg)
     thread_job *job = arg;
     float *out = malloc(sizeof(float) * 3 * 64 * 64);
     image_prep prep = identity(64);
-    for (int round = 0; round < 6 && out; round++)
+    /* Every call makes and frees its own resize operations (and their Orc
+     * programs), as concurrent ingest and search workers do. */
+    for (int round = 0; round < 25 && out; round++)
         for (int i = 0; i < job->n_images; i++) {
             ms_err err;
+            uint8_t *thumb = NULL;
+            size_t thumb_len = 0;
             if (image_prepare(job->images[i].data, job->images[i].len, NULL, &prep, out, NULL, &err) ||
                 memcmp(out, job->want[i], sizeof(float) * 3 * 64 * 64))
                 job->failures++;
+            if (image_prepare_with_thumbnail(job->images[i].data, job->images[i].len, NULL, &prep, out, NULL,
+                                             40 + round, THUMB_JPEG, &thumb, &thumb_len, &err) ||
+                memcmp(out, job->want[i], sizeof(float) * 3 * 64 * 64))
+                job->failures++;
+            free(thumb);
         }
     if (!out)
         job->failures++;
