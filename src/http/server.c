@@ -131,9 +131,10 @@ static int parse_listen(const char *spec, listen_addr *out, ms_err *err)
             snprintf(host, sizeof host, "0.0.0.0");
         port_s = colon + 1;
     }
+    /* Digits only: strtol alone would also take " 80", "+80" and "-0". */
     char *end = NULL;
     long port = strtol(port_s, &end, 10);
-    if (!*port_s || *end || port < 0 || port > 65535)
+    if (port_s[0] < '0' || port_s[0] > '9' || *end || port < 0 || port > 65535)
         return ms_err_set(err, MS_EINVAL, "listen port '%.20s' is not a number from 0 to 65535",
                           port_s);
     if (!strcmp(host, "localhost"))
