@@ -206,7 +206,7 @@ static void reply_set_text(http_reply *r, unsigned status, const char *type, cha
 
 void reply_json(http_reply *r, unsigned status, json_t *doc)
 {
-    char *text = doc ? json_dumps(doc, JSON_COMPACT | JSON_ENSURE_ASCII | JSON_REAL_PRECISION(7)) : NULL;
+    char *text = doc ? json_dumps(doc, JSON_COMPACT | JSON_ENSURE_ASCII | JSON_ENCODE_ANY | JSON_REAL_PRECISION(7)) : NULL;
     json_decref(doc);
     if (!text) {
         /* Out of memory while answering: a fixed body needs no allocation. */
@@ -224,13 +224,31 @@ void reply_json(http_reply *r, unsigned status, json_t *doc)
     reply_set_text(r, status, "application/json", text);
 }
 
+/* A message cut by vsnprintf may end inside a UTF-8 character; drop that
+ * partial character so the rest is not taken for invalid UTF-8 (and
+ * replaced by json_text). */
+static void drop_partial_utf8_tail(char *msg)
+{
+    size_t n = strlen(msg), i = n;
+    while (i > 0 && ((unsigned char)msg[i - 1] & 0xC0) == 0x80)
+        i--;
+    if (i == 0 || !((unsigned char)msg[i - 1] & 0x80))
+        return;
+    unsigned char lead = (unsigned char)msg[i - 1];
+    size_t need = lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : 2;
+    if (n - (i - 1) < need)
+        msg[i - 1] = '\0';
+}
+
 void reply_error(http_reply *r, unsigned status, const char *code, const char *fmt, ...)
 {
     char msg[600];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    int full = vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    if (full >= (int)sizeof msg)
+        drop_partial_utf8_tail(msg);
     json_t *doc = json_pack("{s:{s:s,s:o}}", "error", "code", code, "message", json_text(msg));
     reply_json(r, status, doc);
     if (status == 503 || status == 429)

@@ -667,7 +667,8 @@ static void test_reply_error_shape_and_escaping(void **state)
     assert_true(strlen(msg) > 100 && strlen(msg) < 1024);
     assert_int_equal(msg[0], '"');
     free(msg);
-    /* cut inside a multi-byte character: the result is still valid JSON */
+    /* cut inside a multi-byte character: the partial character is dropped,
+     * the whole ones before it are kept (not replaced by '?') */
     for (size_t i = 0; i + 2 < 99999; i += 2)
         memcpy(big + i, "\xc3\xa9", 2);
     big[99998] = '\0';
@@ -675,6 +676,8 @@ static void test_reply_error_shape_and_escaping(void **state)
         reply_error(&rep, 400, "bad_request", "%.*s%s", shift, "xx", big);
         msg = check_error_reply(&rep, 400, "bad_request");
         assert_true(strlen(msg) > 100 && strlen(msg) < 1024);
+        assert_null(strchr(msg, '?'));
+        assert_int_equal(strlen(msg) % 2, (size_t)shift % 2);
         free(msg);
     }
     free(big);
