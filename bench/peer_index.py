@@ -52,6 +52,67 @@ def emit(row):
     print(json.dumps(row), flush=True)
 
 
+def run_faiss(a, data, queries, truth, efs):
+    try:
+        import faiss
+    except ImportError:
+        print("skip: faiss is not importable by /usr/bin/python3", flush=True)
+        return
+    faiss.omp_set_num_threads(a.threads)
+    print("faiss %s, %d threads" % (faiss.__version__, a.threads), flush=True)
+    if not a.no_flat:
+        r0 = rss_mb()
+        t0 = time.perf_counter()
+        ix = faiss.IndexFlatIP(a.dim)
+        ix.add(data)
+        build = time.perf_counter() - t0
+        mem = rss_mb() - r0
+        m = measure(lambda q: ix.search(q.reshape(1, -1), a.k)[1][0],
+                    lambda qs: ix.search(qs, a.k), queries, truth, a.k)
+        emit(dict(engine="faiss IndexFlatIP", build_s=build, mem_mb=mem, **m))
+        del ix
+    if not a.no_hnsw:
+        r0 = rss_mb()
+        t0 = time.perf_counter()
+        ix = faiss.IndexHNSWFlat(a.dim, a.M, faiss.METRIC_INNER_PRODUCT)
+        ix.hnsw.efConstruction = a.efc
+        ix.add(data)
+        build = time.perf_counter() - t0
+        mem = rss_mb() - r0
+        print("faiss HNSWFlat built in %.2f s" % build, flush=True)
+        for ef in efs:
+            ix.hnsw.efSearch = ef
+            m = measure(lambda q: ix.search(q.reshape(1, -1), a.k)[1][0],
+                        lambda qs: ix.search(qs, a.k), queries, truth, a.k)
+            emit(dict(engine="faiss IndexHNSWFlat", ef=ef, build_s=build, mem_mb=mem, **m))
+        del ix
+
+
+def run_hnswlib(a, data, queries, truth, efs, np):
+    if a.no_hnsw:
+        return
+    try:
+        import hnswlib
+    except ImportError:
+        print("skip: hnswlib is not importable by /usr/bin/python3", flush=True)
+        return
+    r0 = rss_mb()
+    t0 = time.perf_counter()
+    ix = hnswlib.Index(space="ip", dim=a.dim)
+    ix.init_index(max_elements=a.n, M=a.M, ef_construction=a.efc, random_seed=100)
+    ix.set_num_threads(a.threads)
+    ix.add_items(data, np.arange(a.n), num_threads=a.threads)
+    build = time.perf_counter() - t0
+    mem = rss_mb() - r0
+    print("hnswlib built in %.2f s" % build, flush=True)
+    for ef in efs:
+        ix.set_ef(max(ef, a.k))
+        m = measure(lambda q: ix.knn_query(q.reshape(1, -1), k=a.k, num_threads=1)[0][0],
+                    lambda qs: ix.knn_query(qs, k=a.k, num_threads=a.threads), queries, truth, a.k)
+        emit(dict(engine="hnswlib", ef=ef, build_s=build, mem_mb=mem, **m))
+    del ix
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", required=True)
@@ -67,7 +128,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-flat", action="store_true")
     ap.add_argument("--no-hnsw", action="store_true")
-    ap.add_argument("--engines", default="faiss,hnswlib")
+    ap.add_argument("--engines", default="hnswlib,faiss",
+                    help="comma-separated, run in this order")
     a = ap.parse_args()
     try:
         import numpy as np
@@ -81,63 +143,13 @@ def main():
     engines = a.engines.split(",")
     print("peer data: %d x %d, %d queries, numpy %s" % (a.n, a.dim, a.nq, np.__version__), flush=True)
 
-    if "faiss" in engines:
-        try:
-            import faiss
-        except ImportError:
-            faiss = None
-            print("skip: faiss is not importable by /usr/bin/python3")
-        if faiss is not None:
-            faiss.omp_set_num_threads(a.threads)
-            print("faiss %s, %d threads" % (faiss.__version__, a.threads), flush=True)
-            if not a.no_flat:
-                r0 = rss_mb()
-                t0 = time.perf_counter()
-                ix = faiss.IndexFlatIP(a.dim)
-                ix.add(data)
-                build = time.perf_counter() - t0
-                mem = rss_mb() - r0
-                m = measure(lambda q: ix.search(q.reshape(1, -1), a.k)[1][0],
-                            lambda qs: ix.search(qs, a.k), queries, truth, a.k)
-                emit(dict(engine="faiss IndexFlatIP", build_s=build, mem_mb=mem, **m))
-                del ix
-            if not a.no_hnsw:
-                r0 = rss_mb()
-                t0 = time.perf_counter()
-                ix = faiss.IndexHNSWFlat(a.dim, a.M, faiss.METRIC_INNER_PRODUCT)
-                ix.hnsw.efConstruction = a.efc
-                ix.add(data)
-                build = time.perf_counter() - t0
-                mem = rss_mb() - r0
-                print("faiss HNSWFlat built in %.2f s" % build, flush=True)
-                for ef in efs:
-                    ix.hnsw.efSearch = ef
-                    m = measure(lambda q: ix.search(q.reshape(1, -1), a.k)[1][0],
-                                lambda qs: ix.search(qs, a.k), queries, truth, a.k)
-                    emit(dict(engine="faiss IndexHNSWFlat", ef=ef, build_s=build, mem_mb=mem, **m))
-                del ix
-
-    if "hnswlib" in engines and not a.no_hnsw:
-        try:
-            import hnswlib
-        except ImportError:
-            hnswlib = None
-            print("skip: hnswlib is not importable by /usr/bin/python3")
-        if hnswlib is not None:
-            r0 = rss_mb()
-            t0 = time.perf_counter()
-            ix = hnswlib.Index(space="ip", dim=a.dim)
-            ix.init_index(max_elements=a.n, M=a.M, ef_construction=a.efc, random_seed=100)
-            ix.set_num_threads(a.threads)
-            ix.add_items(data, np.arange(a.n), num_threads=a.threads)
-            build = time.perf_counter() - t0
-            mem = rss_mb() - r0
-            print("hnswlib built in %.2f s" % build, flush=True)
-            for ef in efs:
-                ix.set_ef(max(ef, a.k))
-                m = measure(lambda q: ix.knn_query(q.reshape(1, -1), k=a.k, num_threads=1)[0][0],
-                            lambda qs: ix.knn_query(qs, k=a.k, num_threads=a.threads), queries, truth, a.k)
-                emit(dict(engine="hnswlib", ef=ef, build_s=build, mem_mb=mem, **m))
+    for name in engines:
+        if name == "faiss":
+            run_faiss(a, data, queries, truth, efs)
+        elif name == "hnswlib":
+            run_hnswlib(a, data, queries, truth, efs, np)
+        else:
+            print("unknown peer engine %r (faiss, hnswlib)" % name, flush=True)
     return 0
 
 

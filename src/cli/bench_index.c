@@ -7,7 +7,9 @@
  * p50/p99, queries/s for batches of 100, recall@10 against the exact
  * answer; the machine's memory bandwidth (STREAM-like copy and read,
  * measured here) and each exact scan as a share of it; the HNSW recall vs
- * queries/s curve over efSearch; save and load times of the index file.
+ * queries/s curve over efSearch; save and load times of the index file;
+ * and a summary: each HNSW engine at the first efSearch reaching
+ * recall@k >= 0.95, with its ratios to hnswlib and FAISS of the same run.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -33,7 +35,8 @@ typedef struct bench_opts {
     uint64_t seed;
     double spread;
     int efs[MAX_EFS], n_efs;
-    bool peers, flat, quant, hnsw, persist;
+    bool peers, flat, quant, hnsw, persist, graph_f32;
+    bool hnsw_f32, hnsw_int8, hnsw_int4;   /* graph variants: float32 only, int8 / int4 copy walked */
     const char *peer_script, *peer_engines, *simd, *tmpdir;
 } bench_opts;
 
@@ -62,7 +65,10 @@ static void usage(FILE *f)
             "  --seed S         data seed (default 1)\n"
             "  --peers          also run FAISS and hnswlib (bench/peer_index.py, /usr/bin/python3)\n"
             "  --peer-script P  path of peer_index.py (default bench/peer_index.py)\n"
-            "  --peer-engines L faiss,hnswlib (default both)\n"
+            "  --peer-engines L hnswlib,faiss (default both, run in that order)\n"
+            "  --hnsw-quant L   our HNSW variants: none (float32 vectors), int8 or int4 (that copy\n"
+            "                   walked, exact re-rank); a list runs each (default none)\n"
+            "  --graph-f32      build our graphs with float32 distances only (no temporary int8 codes)\n"
             "  --no-flat --no-quant --no-hnsw --no-persist   skip parts\n"
             "  --simd LEVEL     auto, avx512, avx2 or portable\n"
             "  --tmpdir DIR     where data files for the peers go (default $TMPDIR or /tmp)\n");
@@ -88,7 +94,8 @@ static int parse_args(int argc, char **argv, bench_opts *o)
 {
     *o = (bench_opts){.n = 100000, .dim = 1280, .queries = 200, .k = 10, .centres = 300, .spread = 1.0, .M = 16, .efc = 200,
                       .threads = 2, .seed = 1, .flat = true, .quant = true, .hnsw = true, .persist = true,
-                      .peer_script = "bench/peer_index.py", .peer_engines = "faiss,hnswlib", .simd = "auto"};
+                      .peer_script = "bench/peer_index.py", .peer_engines = "hnswlib,faiss", .simd = "auto",
+                      .hnsw_f32 = true};
     parse_efs("16,24,32,48,64,96,128,192,256,384,512", o);
     const char *t = getenv("TMPDIR");
     o->tmpdir = t && *t ? t : "/tmp";
@@ -97,7 +104,8 @@ static int parse_args(int argc, char **argv, bench_opts *o)
         {"centres", 1, 0, 'c'}, {"spread", 1, 0, 'p'}, {"M", 1, 0, 'M'}, {"efc", 1, 0, 'E'}, {"ef", 1, 0, 'e'},
         {"threads", 1, 0, 't'}, {"seed", 1, 0, 's'}, {"peers", 0, 0, 'P'}, {"peer-script", 1, 0, 'S'}, {"peer-engines", 1, 0, 'G'},
         {"no-flat", 0, 0, 1}, {"no-quant", 0, 0, 2}, {"no-hnsw", 0, 0, 3}, {"no-persist", 0, 0, 4},
-        {"simd", 1, 0, 'x'}, {"tmpdir", 1, 0, 'T'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+        {"simd", 1, 0, 'x'}, {"tmpdir", 1, 0, 'T'}, {"hnsw-quant", 1, 0, 'H'}, {"graph-f32", 0, 0, 5},
+        {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
     optind = 1;
     int c;
     while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
@@ -126,6 +134,16 @@ static int parse_args(int argc, char **argv, bench_opts *o)
         case 3: o->hnsw = false; break;
         case 4: o->persist = false; break;
         case 'x': o->simd = optarg; break;
+        case 'H':
+            o->hnsw_f32 = strstr(optarg, "none") != NULL;
+            o->hnsw_int8 = strstr(optarg, "int8") != NULL;
+            o->hnsw_int4 = strstr(optarg, "int4") != NULL;
+            if (!o->hnsw_f32 && !o->hnsw_int8 && !o->hnsw_int4) {
+                fprintf(stderr, "bench index: --hnsw-quant wants a list of none, int8, int4\n");
+                return EXIT_USAGE;
+            }
+            break;
+        case 5: o->graph_f32 = true; break;
         case 'T': o->tmpdir = optarg; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return EXIT_USAGE;
@@ -151,6 +169,20 @@ static double rss_mb(void)
         fclose(f);
     }
     return (double)resident * (double)sysconf(_SC_PAGESIZE) / 1048576.0;
+}
+
+/* The 1-minute load average, so a reader knows how quiet the machine was. */
+static void print_load(const char *when)
+{
+    FILE *f = fopen("/proc/loadavg", "r");
+    double l1 = -1, l5 = -1, l15 = -1;
+    if (f) {
+        if (fscanf(f, "%lf %lf %lf", &l1, &l5, &l15) != 3)
+            l1 = -1;
+        fclose(f);
+    }
+    printf("load average %s: %.2f %.2f %.2f\n", when, l1, l5, l15);
+    fflush(stdout);
 }
 
 static int cmp_double(const void *a, const void *b)
@@ -281,6 +313,7 @@ static vindex *build(const bench_opts *o, index_kind kind, index_quant quant, co
     p.M = o->M;
     p.ef_construction = o->efc;
     p.threads = o->threads;
+    p.graph_f32 = o->graph_f32;
     vindex *ix;
     ms_err err;
     double rss0 = rss_mb();
@@ -375,6 +408,73 @@ static void run_peers(const bench_opts *o, const float *data, const float *qs, c
 
 /* ---- the parts ---- */
 
+/* Builds one HNSW variant, runs the efSearch curve, saves and loads it. */
+static int run_hnsw(const bench_opts *po, index_quant quant, const int64_t *ids, const float *data, const float *qs,
+                    const int64_t *truth, index_hit *hits, int *n_hits)
+{
+    bench_opts o = *po;
+    ms_err err;
+    double mean;
+    const char *family = quant == INDEX_QUANT_INT8   ? "medsearch hnsw int8"
+                         : quant == INDEX_QUANT_INT4 ? "medsearch hnsw int4"
+                                                     : "medsearch hnsw";
+    char bname[48];
+    snprintf(bname, sizeof bname, "%s (build)", family);
+    {
+        engine_row *hb = add_row(bname);
+        vindex *ix = build(&o, INDEX_HNSW, quant, ids, data, hb);
+        if (!ix)
+            return 1;
+        printf("  %s: efSearch curve (single queries one by one; batches of %d on %d threads):\n", family, BATCH,
+               o.threads);
+        engine_row *best = NULL;
+        for (int e = 0; e < o.n_efs; e++) {
+            engine_row *r = add_row(family);
+            r->ef = o.efs[e];
+            r->build_s = hb->build_s;
+            r->mem_mb = hb->mem_mb;
+            run_single(ix, index_search, qs, o.queries, o.dim, o.k, o.efs[e], hits, n_hits, &r->p50_ms,
+                       &r->p99_ms, &mean);
+            r->recall = recall_vs(hits, n_hits, truth, o.queries, o.k);
+            r->qps = run_batches(ix, qs, o.queries, o.dim, o.k, o.efs[e], hits, n_hits);
+            printf("    ef %4d  recall@%d %.4f  p50 %8.3f ms  p99 %8.3f ms  %9.1f q/s\n", r->ef, o.k, r->recall,
+                   r->p50_ms, r->p99_ms, r->qps);
+            fflush(stdout);
+            if (!best && r->recall >= 0.95)
+                best = r;
+        }
+        if (best)
+            printf("  first efSearch with recall@%d >= 0.95: %d (%.1f q/s)\n", o.k, best->ef, best->qps);
+        if (o.persist) {
+            char path[600];
+            snprintf(path, sizeof path, "%s/msbench-index-%ld.idx", o.tmpdir, (long)getpid());
+            uint64_t ts = ms_now_ns();
+            if (index_save(ix, path, "bench", 1, &err)) {
+                fprintf(stderr, "bench index: %s\n", err.msg);
+            } else {
+                double save_s = (double)(ms_now_ns() - ts) / 1e9;
+                vindex *lx;
+                uint64_t gen;
+                ts = ms_now_ns();
+                if (index_load(path, o.dim, "bench", NULL, &lx, &gen, &err)) {
+                    fprintf(stderr, "bench index: %s\n", err.msg);
+                } else {
+                    double load_s = (double)(ms_now_ns() - ts) / 1e9;
+                    run_single(lx, index_search, qs, o.queries, o.dim, o.k, 0, hits, n_hits, &mean,
+                               &mean, &mean);
+                    printf("  persisted: save %.2f s, load %.3f s (%zu vectors; recall@%d after load %.4f)\n", save_s,
+                           load_s, index_count(lx), o.k, recall_vs(hits, n_hits, truth, o.queries, o.k));
+                    index_free(lx);
+                }
+                unlink(path);
+            }
+        }
+        index_free(ix);
+    }
+    return 0;
+}
+
+
 static void print_rows(int k)
 {
     printf("\n%-30s %5s %9s %10s %9s %9s %10s %9s\n", "engine", "ef", "build s", "memory MiB", "p50 ms", "p99 ms",
@@ -388,6 +488,70 @@ static void print_rows(int k)
                r->p99_ms, r->qps, r->recall);
     }
     (void)k;
+}
+
+static const char *const graph_engines[] = {"medsearch hnsw", "medsearch hnsw int8", "medsearch hnsw int4", "hnswlib",
+                                            "faiss IndexHNSWFlat"};
+#define N_GRAPH_ENGINES 5
+
+static engine_row *row_at(const char *name, int ef)
+{
+    for (int i = 0; i < n_rows; i++)
+        if (!strcmp(rows[i].name, name) && rows[i].ef == ef)
+            return &rows[i];
+    return NULL;
+}
+
+/* The row of name at its first efSearch (in the curve's order) with recall >= min. */
+static engine_row *first_reaching(const bench_opts *o, const char *name, double min)
+{
+    for (int e = 0; e < o->n_efs; e++) {
+        engine_row *r = row_at(name, o->efs[e]);
+        if (r && r->recall >= min)
+            return r;
+    }
+    return NULL;
+}
+
+/* Recall vs queries/s of every graph engine, side by side, then each at
+ * its first efSearch reaching recall 0.95 with ratios to the peers. */
+static void print_curves(const bench_opts *o)
+{
+    printf("\nrecall@%d / batch q/s / single-query p50 ms by efSearch:\n%5s", o->k, "ef");
+    for (int g = 0; g < N_GRAPH_ENGINES; g++)
+        if (first_reaching(o, graph_engines[g], 0))
+            printf("  %-30s", graph_engines[g]);
+    printf("\n");
+    for (int e = 0; e < o->n_efs; e++) {
+        printf("%5d", o->efs[e]);
+        for (int g = 0; g < N_GRAPH_ENGINES; g++) {
+            if (!first_reaching(o, graph_engines[g], 0))
+                continue;
+            engine_row *r = row_at(graph_engines[g], o->efs[e]);
+            if (r)
+                printf("  %.4f %9.1f %8.3f      ", r->recall, r->qps, r->p50_ms);
+            else
+                printf("  %-30s", "-");
+        }
+        printf("\n");
+    }
+    engine_row *hl = first_reaching(o, "hnswlib", 0.95), *fh = first_reaching(o, "faiss IndexHNSWFlat", 0.95);
+    printf("\nat the first efSearch with recall@%d >= 0.95 (ratios: ours / peer for q/s, build and memory; peer / "
+           "ours for p50):\n", o->k);
+    for (int g = 0; g < N_GRAPH_ENGINES; g++) {
+        engine_row *r = first_reaching(o, graph_engines[g], 0.95);
+        if (!r)
+            continue;
+        printf("  %-20s ef %4d  recall %.4f  %9.1f q/s  p50 %7.3f ms  build %8.1f s  memory %8.1f MiB\n", r->name,
+               r->ef, r->recall, r->qps, r->p50_ms, r->build_s, r->mem_mb);
+        engine_row *peers[2] = {hl, fh};
+        const char *pn[2] = {"hnswlib", "FAISS HNSW"};
+        for (int p = 0; p < 2; p++)
+            if (peers[p] && r != peers[p] && !strncmp(r->name, "medsearch", 9))
+                printf("      vs %-10s q/s %.2fx  p50 %.2fx lower  build %.2fx  memory %.2fx\n", pn[p],
+                       r->qps / peers[p]->qps, peers[p]->p50_ms / r->p50_ms, r->build_s / peers[p]->build_s,
+                       peers[p]->mem_mb > 0 ? r->mem_mb / peers[p]->mem_mb : 0);
+    }
 }
 
 int bench_index(int argc, char **argv)
@@ -404,8 +568,10 @@ int bench_index(int argc, char **argv)
     const char *blas = getenv("OPENBLAS_CORETYPE");
     printf("bench index: n=%zu dim=%d queries=%d k=%d centres=%d spread=%.2f M=%d efConstruction=%d threads=%d seed=%llu\n",
            o.n, o.dim, o.queries, o.k, o.centres, o.spread, o.M, o.efc, o.threads, (unsigned long long)o.seed);
-    printf("kernels: %s; cores online: %ld; OPENBLAS_CORETYPE=%s\n", index_simd_name(),
-           sysconf(_SC_NPROCESSORS_ONLN), blas ? blas : "(unset)");
+    printf("kernels: %s; cores online: %ld; OPENBLAS_CORETYPE=%s; graph build distances: %s\n", index_simd_name(),
+           sysconf(_SC_NPROCESSORS_ONLN), blas ? blas : "(unset)",
+           o.graph_f32 ? "float32 (--graph-f32)" : "int8 codes (temporary for bulk builds)");
+    print_load("at start");
     double copy_gbs, read_gbs;
     memory_bandwidth(&copy_gbs, &read_gbs);
     printf("memory bandwidth (best of 5, 256 MiB): copy %.1f GB/s (read+write, memcpy), read %.1f GB/s (memchr)\n", copy_gbs,
@@ -486,62 +652,22 @@ int bench_index(int argc, char **argv)
     }
     index_free(flat);
 
-    if (o.hnsw) {
-        engine_row *hb = add_row("medsearch hnsw (build)");
-        vindex *ix = build(&o, INDEX_HNSW, INDEX_QUANT_NONE, ids, data, hb);
-        if (!ix)
-            return 1;
-        printf("  efSearch curve (single queries one by one; batches of %d on %d threads):\n", BATCH, o.threads);
-        engine_row *best = NULL;
-        for (int e = 0; e < o.n_efs; e++) {
-            char name[48];
-            snprintf(name, sizeof name, "medsearch hnsw");
-            engine_row *r = add_row(name);
-            r->ef = o.efs[e];
-            r->build_s = hb->build_s;
-            r->mem_mb = hb->mem_mb;
-            run_single(ix, index_search, qs, o.queries, o.dim, o.k, o.efs[e], hits, n_hits, &r->p50_ms,
-                       &r->p99_ms, &mean);
-            r->recall = recall_vs(hits, n_hits, truth, o.queries, o.k);
-            r->qps = run_batches(ix, qs, o.queries, o.dim, o.k, o.efs[e], hits, n_hits);
-            printf("    ef %4d  recall@%d %.4f  p50 %8.3f ms  p99 %8.3f ms  %9.1f q/s\n", r->ef, o.k, r->recall,
-                   r->p50_ms, r->p99_ms, r->qps);
-            fflush(stdout);
-            if (!best && r->recall >= 0.95)
-                best = r;
-        }
-        if (best)
-            printf("  first efSearch with recall@%d >= 0.95: %d (%.1f q/s)\n", o.k, best->ef, best->qps);
-        if (o.persist) {
-            char path[600];
-            snprintf(path, sizeof path, "%s/msbench-index-%ld.idx", o.tmpdir, (long)getpid());
-            uint64_t ts = ms_now_ns();
-            if (index_save(ix, path, "bench", 1, &err)) {
-                fprintf(stderr, "bench index: %s\n", err.msg);
-            } else {
-                double save_s = (double)(ms_now_ns() - ts) / 1e9;
-                vindex *lx;
-                uint64_t gen;
-                ts = ms_now_ns();
-                if (index_load(path, o.dim, "bench", NULL, &lx, &gen, &err)) {
-                    fprintf(stderr, "bench index: %s\n", err.msg);
-                } else {
-                    double load_s = (double)(ms_now_ns() - ts) / 1e9;
-                    run_single(lx, index_search, qs, o.queries, o.dim, o.k, 0, hits, n_hits, &mean,
-                               &mean, &mean);
-                    printf("  persisted: save %.2f s, load %.3f s (%zu vectors; recall@%d after load %.4f)\n", save_s,
-                           load_s, index_count(lx), o.k, recall_vs(hits, n_hits, truth, o.queries, o.k));
-                    index_free(lx);
-                }
-                unlink(path);
-            }
-        }
-        index_free(ix);
-    }
+    print_load("before the graphs");
+    if (o.hnsw && o.hnsw_f32 && run_hnsw(&o, INDEX_QUANT_NONE, ids, data, qs, truth, hits, n_hits))
+        return 1;
+    if (o.hnsw && o.hnsw_int8 && run_hnsw(&o, INDEX_QUANT_INT8, ids, data, qs, truth, hits, n_hits))
+        return 1;
+    if (o.hnsw && o.hnsw_int4 && run_hnsw(&o, INDEX_QUANT_INT4, ids, data, qs, truth, hits, n_hits))
+        return 1;
     fflush(stdout);
-    if (o.peers)
+    if (o.peers) {
+        print_load("before the peers");
         run_peers(&o, data, qs, truth);
+    }
+    print_load("at the end");
     print_rows(o.k);
+    if (o.hnsw)
+        print_curves(&o);
     free(data);
     free(qs);
     free(ids);

@@ -139,39 +139,26 @@ int ix_flat_search(vindex *ix, const float *q, int k, const uint64_t *bitmap, si
 /* compressed pre-scan + exact re-rank                                  */
 /* ------------------------------------------------------------------ */
 
-typedef struct qquery {
-    int8_t *qq;      /* int8 query */
-    float scale;     /* q ~ scale * qq */
-    float sum;       /* sum of q, for the codes' offsets */
-} qquery;
-
-static void quantise_query(const float *q, int dim, qquery *out)
-{
-    float amax = 0, sum = 0;
-    for (int j = 0; j < dim; j++) {
-        amax = fabsf(q[j]) > amax ? fabsf(q[j]) : amax;
-        sum += q[j];
-    }
-    out->scale = amax > 0 ? amax / 127.0f : 1.0f;
-    out->sum = sum;
-    float inv = 1.0f / out->scale;
-    for (int j = 0; j < dim; j++)
-        out->qq[j] = (int8_t)nearbyintf(q[j] * inv);
-}
-
 /* Approximate scores of slots [base, base+m) of chunk c. */
 static void approx_block(const vindex *ix, const ix_chunk *c, size_t b, size_t m, const float *q,
-                         const qquery *qz, int32_t *iscores, float *scores)
+                         const ix_qquery *qz, int32_t *iscores, float *scores)
 {
     const ix_kernels *K = ix_kern();
     if (ix->q.kind == INDEX_QUANT_F16) {
         K->hdot_rows(q, (const uint16_t *)(const void *)(c->codes + b * ix->q.code_bytes), m, ix->dim, scores);
         return;
     }
-    K->idot_rows(qz->qq, c->codes + b * ix->q.code_bytes, m, ix->dim, iscores);
+    if (ix->q.kind == INDEX_QUANT_INT4) {
+        const uint8_t *rows[SCAN_BLOCK];
+        for (size_t i = 0; i < m; i++)
+            rows[i] = c->codes + (b + i) * ix->q.code_bytes;
+        K->i4dot_ptrs(qz->qq, rows, m, ix->dim, iscores);
+    } else {
+        K->idot_rows(qz->qq, c->codes + b * ix->q.code_bytes, m, ix->dim, iscores);
+    }
     const float *qp = c->qparams + 2 * b;
     for (size_t i = 0; i < m; i++)
-        scores[i] = qp[2 * i] * qz->sum + qp[2 * i + 1] * qz->scale * (float)iscores[i];
+        scores[i] = ix_qscore(qz, qp + 2 * i, iscores[i]);
 }
 
 int ix_flat_search_quant(vindex *ix, const float *q, int k, int rerank, index_hit *hits, int *n_hits,
@@ -183,7 +170,7 @@ int ix_flat_search_quant(vindex *ix, const float *q, int k, int rerank, index_hi
     if (r == 0)
         return 0;
     index_hit *cand = malloc(r * sizeof *cand);
-    int8_t *qq = malloc((size_t)ix->dim);
+    int8_t *qq = malloc((size_t)ix->dim + 1);
     uint32_t *slots = malloc(r * sizeof *slots);
     if (!cand || !qq || !slots) {
         free(cand);
@@ -191,9 +178,9 @@ int ix_flat_search_quant(vindex *ix, const float *q, int k, int rerank, index_hi
         free(slots);
         return ms_err_set(err, MS_ENOMEM, "index: out of memory for %zu re-rank candidates", r);
     }
-    qquery qz = {qq, 1, 0};
-    if (ix->q.kind == INDEX_QUANT_INT8)
-        quantise_query(q, ix->dim, &qz);
+    ix_qquery qz = {qq, 1, 0};
+    if (ix->q.kind != INDEX_QUANT_F16)
+        ix_quant_query(q, ix->dim, &qz);
     /* Candidates are keyed by slot: ties in approximate score do not matter. */
     ix_hitheap hp = {cand, 0, (int)r};
     int32_t iscores[SCAN_BLOCK];

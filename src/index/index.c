@@ -62,8 +62,9 @@ static int check_params(const index_params *p, ms_err *err)
 {
     if (p->kind != INDEX_AUTO && p->kind != INDEX_FLAT && p->kind != INDEX_HNSW)
         return ms_err_set(err, MS_EINVAL, "index kind %d is not auto, flat or hnsw", (int)p->kind);
-    if (p->quant != INDEX_QUANT_NONE && p->quant != INDEX_QUANT_INT8 && p->quant != INDEX_QUANT_F16)
-        return ms_err_set(err, MS_EINVAL, "index quantisation %d is not none, int8 or f16", (int)p->quant);
+    if (p->quant != INDEX_QUANT_NONE && p->quant != INDEX_QUANT_INT8 && p->quant != INDEX_QUANT_F16 &&
+        p->quant != INDEX_QUANT_INT4)
+        return ms_err_set(err, MS_EINVAL, "index quantisation %d is not none, int8, f16 or int4", (int)p->quant);
     if (p->M < 2 || p->M > 128)
         return ms_err_set(err, MS_EINVAL, "HNSW M must be 2..128, got %d", p->M);
     if (p->ef_construction < 1 || p->ef_construction > 100000)
@@ -71,6 +72,8 @@ static int check_params(const index_params *p, ms_err *err)
                           p->ef_construction);
     if (p->ef_search < 0 || p->ef_search > 100000)
         return ms_err_set(err, MS_EINVAL, "HNSW efSearch must be 0..100000, got %d", p->ef_search);
+    if (p->graph_f32 != 0 && p->graph_f32 != 1)
+        return ms_err_set(err, MS_EINVAL, "graph_f32 must be 0 or 1, got %d", p->graph_f32);
     if (p->threads < 0)
         return ms_err_set(err, MS_EINVAL, "threads must be 0 (all cores) or more, got %d", p->threads);
     return 0;
@@ -117,7 +120,7 @@ static ix_chunk *chunk_alloc(const vindex *ix)
     if (ok && ix->q.kind != INDEX_QUANT_NONE) {
         c->codes = malloc(S * ix->q.code_bytes);
         ok = c->codes != NULL;
-        if (ok && ix->q.kind == INDEX_QUANT_INT8)
+        if (ok && ix->q.kind != INDEX_QUANT_F16)
             ok = (c->qparams = malloc(S * 2 * sizeof(float))) != NULL;
     }
     if (ok && ix->graph_arrays) {
@@ -287,12 +290,17 @@ static void scratch_free(ix_scratch *s)
 {
     if (!s)
         return;
-    free(s->tags);
+    free(s->vis);
     free(s->heap_a);
     free(s->heap_b);
     free(s->nbr);
     free(s->ptrs);
+    free(s->cptrs);
+    free(s->qps);
+    free(s->iscores);
     free(s->scores);
+    free(s->qq);
+    free(s->qh);
     free(s);
 }
 
@@ -326,58 +334,34 @@ void ix_scratch_put(vindex *ix, ix_scratch *s)
         scratch_free(s);
 }
 
-int ix_scratch_visit_grow(ix_scratch *s, size_t n)
+/* realloc that leaves *p alone on failure */
+static int grow_array(void *p, size_t n, size_t size)
 {
-    if (s->tags_cap < n) {
-        size_t cap = s->tags_cap * 2 > n ? s->tags_cap * 2 : n;
-        uint32_t *t = realloc(s->tags, cap * sizeof *t);
-        if (!t)
-            return MS_ENOMEM;
-        memset(t + s->tags_cap, 0, (cap - s->tags_cap) * sizeof *t);
-        s->tags = t;
-        s->tags_cap = cap;
-    }
-    return 0;
-}
-
-int ix_scratch_visit(ix_scratch *s, size_t n)
-{
-    if (ix_scratch_visit_grow(s, n))
+    void *q = realloc(*(void **)p, n * size);
+    if (!q)
         return MS_ENOMEM;
-    if (++s->epoch == 0) { /* wrapped: old marks could collide */
-        memset(s->tags, 0, s->tags_cap * sizeof *s->tags);
-        s->epoch = 1;
-    }
+    *(void **)p = q;
     return 0;
 }
 
-int ix_scratch_reserve(ix_scratch *s, size_t heap_items, size_t item_size, size_t nbr)
+int ix_scratch_reserve(ix_scratch *s, size_t heap_items, size_t item_size, size_t nbr, size_t dim)
 {
     if (s->heap_cap < heap_items) {
-        void *a = realloc(s->heap_a, heap_items * item_size);
-        if (!a)
+        if (grow_array(&s->heap_a, heap_items, item_size) || grow_array(&s->heap_b, heap_items, item_size))
             return MS_ENOMEM;
-        s->heap_a = a;
-        void *b = realloc(s->heap_b, heap_items * item_size);
-        if (!b)
-            return MS_ENOMEM;
-        s->heap_b = b;
         s->heap_cap = heap_items;
     }
     if (s->nbr_cap < nbr) {
-        uint32_t *n = realloc(s->nbr, nbr * sizeof *n);
-        if (!n)
+        if (grow_array(&s->nbr, nbr, sizeof *s->nbr) || grow_array(&s->ptrs, nbr, sizeof *s->ptrs) ||
+            grow_array(&s->cptrs, nbr, sizeof *s->cptrs) || grow_array(&s->qps, nbr, sizeof *s->qps) ||
+            grow_array(&s->iscores, nbr, sizeof *s->iscores) || grow_array(&s->scores, nbr, sizeof *s->scores))
             return MS_ENOMEM;
-        s->nbr = n;
-        const float **p = realloc(s->ptrs, nbr * sizeof *p);
-        if (!p)
-            return MS_ENOMEM;
-        s->ptrs = p;
-        float *sc = realloc(s->scores, nbr * sizeof *sc);
-        if (!sc)
-            return MS_ENOMEM;
-        s->scores = sc;
         s->nbr_cap = nbr;
+    }
+    if (s->qq_cap < dim) {
+        if (grow_array(&s->qq, dim, 1) || grow_array(&s->qh, dim, 1))
+            return MS_ENOMEM;
+        s->qq_cap = dim;
     }
     return 0;
 }
@@ -452,8 +436,7 @@ int ix_create(int dim, const index_params *p, unsigned chunk_shift, vindex **out
     ix->shift = chunk_shift ? chunk_shift : chunk_shift_for(dim);
     ix->S = (size_t)1 << ix->shift;
     ix->q.kind = p->quant;
-    ix->q.code_bytes = p->quant == INDEX_QUANT_INT8 ? (size_t)dim
-                       : p->quant == INDEX_QUANT_F16 ? 2 * (size_t)dim : 0;
+    ix->q.code_bytes = ix_code_bytes(p->quant, (size_t)dim);
     ix->graph_arrays = p->kind != INDEX_FLAT;
     ix->M = p->M;
     ix->M0 = 2 * p->M;
@@ -615,7 +598,7 @@ size_t index_memory_bytes(const vindex *ix)
     if (!ix)
         return 0;
     size_t total = sizeof *ix, per_chunk_slot = (size_t)ix->dim * sizeof(float) + sizeof(int64_t) + 1 +
-                                                 ix->q.code_bytes + (ix->q.kind == INDEX_QUANT_INT8 ? 8 : 0);
+                                                 ix->q.code_bytes + (ix_has_qparams(ix->q.kind) ? 8 : 0);
     if (ix->graph_arrays)
         per_chunk_slot += 1 + ix_links0_stride(ix) * sizeof(uint32_t) + sizeof(uint32_t *);
     ix_dir *d = atomic_load_explicit((_Atomic(ix_dir *) *)&ix->dir, memory_order_acquire);

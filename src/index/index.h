@@ -43,7 +43,11 @@
 typedef struct vindex vindex;
 
 typedef enum { INDEX_AUTO = 0, INDEX_FLAT, INDEX_HNSW } index_kind;
-typedef enum { INDEX_QUANT_NONE = 0, INDEX_QUANT_INT8, INDEX_QUANT_F16 } index_quant;
+/* Compressed copies beside the float32 vectors (the float32 ones stay: they
+ * give exact scores). INT8: dim + 8 bytes a vector; F16: 2 * dim; INT4:
+ * ceil(dim / 2) + 8, for graph walks where an int8 copy costs too much
+ * memory (it is the coarsest; the exact re-rank recovers the order). */
+typedef enum { INDEX_QUANT_NONE = 0, INDEX_QUANT_INT8, INDEX_QUANT_F16, INDEX_QUANT_INT4 } index_quant;
 
 typedef struct index_params {
     index_kind kind;
@@ -51,9 +55,29 @@ typedef struct index_params {
     int M;                  /* HNSW links per node (default 16) */
     int ef_construction;    /* default 200 */
     int ef_search;          /* default 64: recall@10 >= 0.95 at 100,000 x 1,280 (docs) */
-    index_quant quant;      /* flat pre-scan copy, default NONE (int8: +dim+8 bytes a vector) */
+    index_quant quant;      /* compressed copy, default NONE (see index_quant) */
     int threads;            /* build threads, 0 = all cores */
+    int graph_f32;          /* 1: HNSW builds and walks on float32 only (see below); default 0 */
 } index_params;
+
+/*
+ * int8 distances in the graph (graph_f32 == 0, the default):
+ * - Search: with quant INT8 (or INT4) the HNSW walk (greedy descent and
+ *   beam search) scores the codes (dim bytes a node, or dim / 2, instead of
+ *   4 * dim), then the final ef candidates are re-ranked exactly on float32
+ *   and the top k of those are returned, with exact scores. Without such a
+ *   copy (NONE, F16) the walk is float32 throughout.
+ * - Build: inserts score the int8 codes too when there are any (quant INT8)
+ *   and, without them (NONE, F16, INT4), when one add or rebuild inserts at least 1024 nodes
+ *   of dimension >= 64 and at least as many as the graph already holds (a
+ *   bulk build): codes for every slot are then made in a temporary array of
+ *   dim + 8 bytes a vector, freed when the build ends (peak memory during
+ *   the build, not after it). Readers that search meanwhile walk float32.
+ * The codes are approximate (about 1e-3 of a cosine); recall is measured
+ * against the exact scan by the tests and the benchmark. graph_f32 = 1
+ * keeps every graph distance float32 (the reference; also a run-time
+ * setting of index_load).
+ */
 
 typedef struct index_hit {
     int64_t id;
@@ -126,7 +150,7 @@ int index_save(const vindex *ix, const char *path, const char *model_identity,
  * differs), MS_EIO. *generation (may be NULL) receives the saved
  * generation. The structure (kind, M, efConstruction, quantisation, graph)
  * comes from the file; p (may be NULL) only supplies run-time settings:
- * ef_search (when > 0) and threads. The file is mapped privately: it must
+ * ef_search (when > 0), threads and graph_f32. The file is mapped privately: it must
  * be replaced by rename (as index_save does), never rewritten in place,
  * while an index loaded from it is open. */
 int index_load(const char *path, int dim, const char *model_identity,

@@ -50,8 +50,8 @@ typedef struct ix_chunk {
     float *vec;          /* S x dim */
     int64_t *ids;        /* S caller ids */
     uint8_t *dead;       /* S tombstone flags (atomic bytes) */
-    uint8_t *codes;      /* S x code_bytes: int8 codes or float16 halves; NULL if no quant */
-    float *qparams;      /* S x 2 (offset, step) of the int8 codes; NULL otherwise */
+    uint8_t *codes;      /* S x code_bytes: int8 / int4 codes or float16 halves; NULL if no quant */
+    float *qparams;      /* S x 2 (offset, step) of int8 / int4 codes; NULL otherwise */
     uint8_t *level;      /* S top graph level or IX_NOT_IN_GRAPH; NULL without graph */
     uint32_t *links0;    /* S x (1 + M0): count, then neighbours at level 0 */
     uint32_t **upper;    /* S pointers to level x (1 + M) u32 for levels 1..level */
@@ -77,21 +77,42 @@ typedef struct ix_map {
 
 /* Scratch of one search (graph or filtered scan), reused through a pool. */
 typedef struct ix_scratch {
-    uint32_t *tags;          /* visited marks: tags[slot] == epoch */
-    size_t tags_cap;
-    uint32_t epoch;
+    /* Visited set of a graph walk: open addressing over (generation << 32 |
+     * slot); an entry of another generation is free, so starting a walk is
+     * one increment. Sized to the walk (a few thousand nodes), not to the
+     * index: it stays in L1/L2 where a tag per node of a million-node graph
+     * would miss the cache on every check. */
+    uint64_t *vis;
+    size_t vis_cap, vis_n;   /* power of two; marks of this generation */
+    unsigned vis_bits;       /* log2(vis_cap) */
+    uint32_t vis_gen;
     void *heap_a, *heap_b;   /* candidate and result heaps */
     size_t heap_cap;
     uint32_t *nbr;           /* neighbour list copies */
     const float **ptrs;      /* vectors to score together */
+    const uint8_t **cptrs;   /* int8 codes to score together */
+    const float **qps;       /* their (offset, step) */
+    int32_t *iscores;
     float *scores;
     size_t nbr_cap;
+    int8_t *qq, *qh;         /* int8 queries: the walk's, the heuristic's */
+    size_t qq_cap;
     int pool_slot;           /* index in vindex.pool, or -1 for a private one */
 } ix_scratch;
 
+/* Bytes of one vector's compressed copy, and whether it has (offset, step). */
+static inline size_t ix_code_bytes(index_quant q, size_t dim)
+{
+    return q == INDEX_QUANT_INT8 ? dim : q == INDEX_QUANT_F16 ? 2 * dim : q == INDEX_QUANT_INT4 ? (dim + 1) / 2 : 0;
+}
+static inline bool ix_has_qparams(index_quant q)
+{
+    return q == INDEX_QUANT_INT8 || q == INDEX_QUANT_INT4;
+}
+
 typedef struct ix_quant_info {
     index_quant kind;
-    size_t code_bytes;       /* per slot: dim (int8) or 2*dim (f16) */
+    size_t code_bytes;       /* per slot: ix_code_bytes */
 } ix_quant_info;
 
 struct vindex {
@@ -156,11 +177,8 @@ uint32_t ix_map_find(const vindex *ix, int64_t id);
 
 ix_scratch *ix_scratch_get(vindex *ix);
 void ix_scratch_put(vindex *ix, ix_scratch *s);
-/* Makes tags cover n slots and starts a new visit epoch. */
-int ix_scratch_visit(ix_scratch *s, size_t n);
-/* Makes tags cover n slots, keeping the current epoch's marks. */
-int ix_scratch_visit_grow(ix_scratch *s, size_t n);
-int ix_scratch_reserve(ix_scratch *s, size_t heap_items, size_t item_size, size_t nbr);
+/* Room for heap_items heap entries, nbr neighbours and int8 queries of dim. */
+int ix_scratch_reserve(ix_scratch *s, size_t heap_items, size_t item_size, size_t nbr, size_t dim);
 
 /* ---- bounded top-k (topk.c) ----
  * Order: higher score first, equal scores by smaller id. The heap keeps the
@@ -203,6 +221,27 @@ int ix_rerank_count(int k);
 
 /* ---- compressed copies (quant.c) ---- */
 void ix_quant_encode(const vindex *ix, const float *v, uint8_t *codes, float *qparams);
+/* int8 affine code of one vector: qparams = (offset, step). */
+void ix_quant_encode_int8(int dim, const float *v, uint8_t *codes, float *qparams);
+/* int4 affine code (0..15, packed as simd.h's i4dot_ptrs reads it). */
+void ix_quant_encode_int4(int dim, const float *v, uint8_t *codes, float *qparams);
+
+/* A query quantised symmetrically to int8: q ~ scale * qq; sum is the sum
+ * of q. Against int8 codes (offset, step, c) the score is
+ *     offset * sum + step * scale * sum_j c[j] * qq[j]. */
+typedef struct ix_qquery {
+    int8_t *qq;      /* dim entries (+1, zero, for an odd dim), owned by the caller */
+    float scale;
+    float sum;
+} ix_qquery;
+void ix_quant_query(const float *q, int dim, ix_qquery *out);
+/* The same for a stored vector given by its codes (the dequantised vector
+ * is the query). */
+void ix_quant_query_codes(const uint8_t *codes, const float *qparams, int dim, ix_qquery *out);
+static inline float ix_qscore(const ix_qquery *qz, const float *qparams, int32_t idot)
+{
+    return qparams[0] * qz->sum + qparams[1] * qz->scale * (float)idot;
+}
 
 /* ---- HNSW (hnsw.c) ---- */
 int ix_hnsw_init(vindex *ix, ms_err *err);

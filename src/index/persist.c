@@ -13,8 +13,8 @@
  *     ids        n x int64
  *     dead       n x uint8 (1 = tombstone)
  *     vectors    n x dim x float32
- *     codes      n x code bytes           (int8 or float16 copy, if any)
- *     qparams    n x 2 x float32          (int8 only)
+ *     codes      n x code bytes           (int8, float16 or int4 copy, if any)
+ *     qparams    n x 2 x float32          (int8 and int4 only)
  *     levels     n x uint8                (graph only; 255 = not in graph)
  *     links0     n x (1 + 2M) x uint32    (graph only)
  *     upper      level x (1 + M) x uint32 for each node above level 0, in
@@ -133,7 +133,7 @@ static bool add_ovf(uint64_t *acc, uint64_t a, uint64_t b)
 static bool make_layout(uint64_t n, uint64_t dim, uint32_t quant, bool graph, uint64_t M, layout *L)
 {
     memset(L, 0, sizeof *L);
-    L->code_bytes = quant == INDEX_QUANT_INT8 ? dim : quant == INDEX_QUANT_F16 ? 2 * dim : 0;
+    L->code_bytes = ix_code_bytes((index_quant)quant, dim);
     uint64_t at = 0;
     L->ids = at;
     if (add_ovf(&at, n, 8))
@@ -148,7 +148,7 @@ static bool make_layout(uint64_t n, uint64_t dim, uint32_t quant, bool graph, ui
     if (add_ovf(&at, n, L->code_bytes))
         return false;
     L->qparams = at;
-    if (add_ovf(&at, n, quant == INDEX_QUANT_INT8 ? 8 : 0))
+    if (add_ovf(&at, n, ix_has_qparams((index_quant)quant) ? 8 : 0))
         return false;
     L->level = at;
     if (add_ovf(&at, n, graph ? 1 : 0))
@@ -266,7 +266,7 @@ static int write_file(const vindex *ix, int fd, const char *model_identity, uint
     w_section(w, ix, n, d * sizeof(float), offsetof(ix_chunk, vec));
     if (ix->q.kind != INDEX_QUANT_NONE)
         w_section(w, ix, n, ix->q.code_bytes, offsetof(ix_chunk, codes));
-    if (ix->q.kind == INDEX_QUANT_INT8)
+    if (ix_has_qparams(ix->q.kind))
         w_section(w, ix, n, 2 * sizeof(float), offsetof(ix_chunk, qparams));
     if (ix->graph_arrays) {
         w_section(w, ix, n, 1, offsetof(ix_chunk, level));
@@ -367,7 +367,7 @@ static int check_header(const uint8_t *base, size_t size, const char *path, int 
         return ms_err_set(err, MS_EFORMAT, "%s: index header is damaged (checksum mismatch)", path);
     if (h->header_bytes != HEADER_BYTES || h->metric != METRIC_INNER_PRODUCT || h->dim < 1 || h->dim > 65536 ||
         h->kind_param > INDEX_HNSW || (h->kind_now != INDEX_FLAT && h->kind_now != INDEX_HNSW) ||
-        h->quant > INDEX_QUANT_F16 || h->M < 2 || h->M > 128 || h->chunk_shift < 6 || h->chunk_shift > 20 ||
+        h->quant > INDEX_QUANT_INT4 || h->M < 2 || h->M > 128 || h->chunk_shift < 6 || h->chunk_shift > 20 ||
         h->graph > 1 || (h->kind_now == INDEX_HNSW && !h->graph) || h->n_slots > IX_MAX_SLOTS ||
         h->n_live > h->n_slots || h->model_id_len > MODEL_ID_MAX || h->ef_construction < 1 ||
         h->ef_construction > 100000 || h->ef_search > 100000)
@@ -567,6 +567,7 @@ int index_load(const char *path, int dim, const char *model_identity, const inde
     index_params_init(&prm);
     if (p) {
         prm.threads = p->threads;
+        prm.graph_f32 = p->graph_f32;
         if (p->ef_search > 0)
             prm.ef_search = p->ef_search;
     }

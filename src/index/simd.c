@@ -127,6 +127,44 @@ static void c_idot_rows(const int8_t *q, const uint8_t *codes, size_t n, int dim
     }
 }
 
+static void c_idot_ptrs(const int8_t *q, const uint8_t *const *codes, size_t n, int dim, int32_t *out)
+{
+    for (size_t i = 0; i < n; i++) {
+        const uint8_t *c = codes[i];
+        int32_t acc = 0;
+        for (int j = 0; j < dim; j++)
+            acc += (int32_t)c[j] * q[j];
+        out[i] = acc;
+    }
+}
+
+static void c_i4dot_ptrs(const int8_t *q, const uint8_t *const *codes, size_t n, int dim, int32_t *out)
+{
+    int h = (dim + 1) / 2;
+    for (size_t i = 0; i < n; i++) {
+        const uint8_t *c = codes[i];
+        int32_t acc = 0;
+        for (int j = 0; j < h; j++)
+            acc += (int32_t)(c[j] & 15) * q[j] + (int32_t)(c[j] >> 4) * q[h + j];
+        out[i] = acc;
+    }
+}
+
+static int32_t c_requant(const uint8_t *codes, int dim, float a, float b, int8_t *out)
+{
+    int32_t sum = 0;
+    for (int j = 0; j < dim; j++) {
+        float x = (float)codes[j] * b;
+        x = x + a;
+        /* round to nearest even: adding 1.5 * 2^23 leaves no fraction bits */
+        float big = x + 12582912.0f;
+        int r = (int)(big - 12582912.0f);
+        out[j] = (int8_t)(r > 127 ? 127 : r < -127 ? -127 : r);
+        sum += codes[j];
+    }
+    return sum;
+}
+
 static float c_hdot1(const float *q, const uint16_t *h, int dim)
 {
     float acc[C_LANES] = {0};
@@ -148,7 +186,9 @@ static void c_to_half(const float *in, uint16_t *out, int dim)
 }
 
 static const ix_kernels k_portable = {
-    "portable", c_dot_ptrs, c_dot_rows, c_dot_block, c_idot_rows, c_hdot_rows, c_to_half,
+    "portable", c_dot_ptrs, c_dot_rows, c_dot_block, c_idot_rows, c_idot_ptrs, c_i4dot_ptrs, c_requant,
+    c_hdot_rows,
+    c_to_half,
 };
 
 /* ------------------------------------------------------------------ */
@@ -297,25 +337,96 @@ T256 static void avx2_dot_block(const float *qs, int nq, const float *rows, size
         avx2_dot_rows(qs + (size_t)j * d, rows, n, dim, out + (size_t)j * ldo);
 }
 
+/* u8 x s8 without VNNI: widen both to 16 bits, vpmaddwd sums pairs into
+ * 32 bits exactly (no saturation, unlike vpmaddubsw). */
+T256 static int32_t avx2_idot1(const int8_t *q, const uint8_t *c, int dim)
+{
+    __m256i a = _mm256_setzero_si256();
+    int j = 0;
+    for (; j + 16 <= dim; j += 16) {
+        __m256i cw = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(c + j)));
+        __m256i qw = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(q + j)));
+        a = _mm256_add_epi32(a, _mm256_madd_epi16(cw, qw));
+    }
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+    int32_t acc = _mm_cvtsi128_si32(s);
+    for (; j < dim; j++)
+        acc += (int32_t)c[j] * q[j];
+    return acc;
+}
+
 T256 static void avx2_idot_rows(const int8_t *q, const uint8_t *codes, size_t n, int dim, int32_t *out)
 {
+    for (size_t i = 0; i < n; i++)
+        out[i] = avx2_idot1(q, codes + i * (size_t)dim, dim);
+}
+
+/* One vector at a time; the next vector's lines are requested first. */
+T256 static void avx2_idot_ptrs(const int8_t *q, const uint8_t *const *codes, size_t n, int dim, int32_t *out)
+{
     for (size_t i = 0; i < n; i++) {
-        const uint8_t *c = codes + i * (size_t)dim;
-        __m256i a = _mm256_setzero_si256();
-        int j = 0;
-        for (; j + 16 <= dim; j += 16) {
-            __m256i cw = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(c + j)));
-            __m256i qw = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(q + j)));
-            a = _mm256_add_epi32(a, _mm256_madd_epi16(cw, qw));
-        }
-        __m128i s = _mm_add_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
-        s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
-        s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
-        int32_t acc = _mm_cvtsi128_si32(s);
-        for (; j < dim; j++)
-            acc += (int32_t)c[j] * q[j];
-        out[i] = acc;
+        if (i + 1 < n)
+            for (int j = 0; j < dim; j += 64)
+                _mm_prefetch((const char *)codes[i + 1] + j, _MM_HINT_T0);
+        out[i] = avx2_idot1(q, codes[i], dim);
     }
+}
+
+/* 4-bit codes: 16 bytes hold 16 low and 16 high components; both widened
+ * to 16 bits and multiplied with the matching query halves. */
+T256 static int32_t avx2_i4dot1(const int8_t *q, const uint8_t *c, int dim)
+{
+    int h = (dim + 1) / 2, j = 0;
+    __m256i a = _mm256_setzero_si256(), nib = _mm256_set1_epi16(15);
+    for (; j + 16 <= h; j += 16) {
+        __m256i cw = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(c + j)));
+        __m256i lo = _mm256_and_si256(cw, nib), hi = _mm256_srli_epi16(cw, 4);
+        a = _mm256_add_epi32(a, _mm256_madd_epi16(lo, _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(q + j)))));
+        a = _mm256_add_epi32(a, _mm256_madd_epi16(hi, _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(q + h + j)))));
+    }
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+    int32_t acc = _mm_cvtsi128_si32(s);
+    for (; j < h; j++)
+        acc += (int32_t)(c[j] & 15) * q[j] + (int32_t)(c[j] >> 4) * q[h + j];
+    return acc;
+}
+
+T256 static void avx2_i4dot_ptrs(const int8_t *q, const uint8_t *const *codes, size_t n, int dim, int32_t *out)
+{
+    int h = (dim + 1) / 2;
+    for (size_t i = 0; i < n; i++) {
+        if (i + 1 < n)
+            for (int j = 0; j < h; j += 64)
+                _mm_prefetch((const char *)codes[i + 1] + j, _MM_HINT_T0);
+        out[i] = avx2_i4dot1(q, codes[i], dim);
+    }
+}
+
+T256 static int32_t avx2_requant(const uint8_t *codes, int dim, float a, float b, int8_t *out)
+{
+    __m256 va = _mm256_set1_ps(a), vb = _mm256_set1_ps(b);
+    __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127);
+    __m256i sums = _mm256_setzero_si256();
+    int j = 0;
+    for (; j + 8 <= dim; j += 8) {
+        __m256i c = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(codes + j)));
+        sums = _mm256_add_epi32(sums, c);
+        __m256 x = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(c), vb), va);
+        __m256i r = _mm256_min_epi32(_mm256_max_epi32(_mm256_cvtps_epi32(x), lo), hi);
+        __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
+        _mm_storel_epi64((__m128i *)(out + j), _mm_packs_epi16(w, w));
+    }
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(sums), _mm256_extracti128_si256(sums, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+    int32_t sum = _mm_cvtsi128_si32(s);
+    if (j < dim)
+        sum += c_requant(codes + j, dim - j, a, b, out + j);
+    return sum;
 }
 
 T256 static inline __m256 avx2_load_half8(const uint16_t *h, int rem)
@@ -353,7 +464,9 @@ T256 static void avx2_to_half(const float *in, uint16_t *out, int dim)
 }
 
 static const ix_kernels k_avx2 = {
-    "avx2", avx2_dot_ptrs, avx2_dot_rows, avx2_dot_block, avx2_idot_rows, avx2_hdot_rows, avx2_to_half,
+    "avx2", avx2_dot_ptrs, avx2_dot_rows, avx2_dot_block, avx2_idot_rows, avx2_idot_ptrs, avx2_i4dot_ptrs,
+    avx2_requant,
+    avx2_hdot_rows, avx2_to_half,
 };
 
 /* ------------------------------------------------------------------ */
@@ -367,12 +480,17 @@ T512 static inline __mmask16 mask16(int rem)
     return (__mmask16)((1u << rem) - 1u);
 }
 
+/* next[0..n_next) are vectors scored after these four: one of their lines
+ * is prefetched per step (a step reads one line of each of the four), so a
+ * pointer list streams its random vectors ahead of the arithmetic. */
 T512 static void avx512_dot4(const float *q, const float *v0, const float *v1, const float *v2,
-                             const float *v3, int dim, float *out)
+                             const float *v3, int dim, const float *const *next, int n_next, float *out)
 {
     __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     int j = 0;
     for (; j + 16 <= dim; j += 16) {
+        for (int t = 0; t < n_next; t++)
+            _mm_prefetch((const char *)(next[t] + j), _MM_HINT_T0);
         __m512 x = _mm512_loadu_ps(q + j);
         a0 = _mm512_fmadd_ps(_mm512_loadu_ps(v0 + j), x, a0);
         a1 = _mm512_fmadd_ps(_mm512_loadu_ps(v1 + j), x, a1);
@@ -409,8 +527,10 @@ T512 static float avx512_dot1(const float *q, const float *v, int dim)
 T512 static void avx512_dot_ptrs(const float *q, const float *const *v, size_t n, int dim, float *out)
 {
     size_t i = 0;
-    for (; i + 4 <= n; i += 4)
-        avx512_dot4(q, v[i], v[i + 1], v[i + 2], v[i + 3], dim, out + i);
+    for (; i + 4 <= n; i += 4) {
+        size_t left = n - i - 4;
+        avx512_dot4(q, v[i], v[i + 1], v[i + 2], v[i + 3], dim, v + i + 4, left < 4 ? (int)left : 4, out + i);
+    }
     for (; i < n; i++)
         out[i] = avx512_dot1(q, v[i], dim);
 }
@@ -420,7 +540,7 @@ T512 static void avx512_dot_rows(const float *q, const float *rows, size_t n, in
     size_t d = (size_t)dim, i = 0;
     for (; i + 4 <= n; i += 4) {
         const float *r = rows + i * d;
-        avx512_dot4(q, r, r + d, r + 2 * d, r + 3 * d, dim, out + i);
+        avx512_dot4(q, r, r + d, r + 2 * d, r + 3 * d, dim, NULL, 0, out + i);
     }
     for (; i < n; i++)
         out[i] = avx512_dot1(q, rows + i * d, dim);
@@ -520,6 +640,113 @@ T512 static void avx512_idot_rows(const int8_t *q, const uint8_t *codes, size_t 
     }
 }
 
+T512 static int32_t avx512_idot1(const int8_t *q, const uint8_t *c, int dim)
+{
+    __m512i a = _mm512_setzero_si512();
+    for (int j = 0; j < dim; j += 64) {
+        __mmask64 m = mask64(dim - j);
+        a = _mm512_dpbusd_epi32(a, _mm512_maskz_loadu_epi8(m, c + j), _mm512_maskz_loadu_epi8(m, q + j));
+    }
+    return _mm512_reduce_add_epi32(a);
+}
+
+/* Four code vectors given by pointer share each query load; while they are
+ * scored, the lines of the next (up to four) vectors are prefetched, one
+ * line per vector per step, so the walk's random reads overlap the work. */
+T512 static void avx512_idot4(const int8_t *q, const uint8_t *const *c, int dim, const uint8_t *const *next,
+                              int n_next, int32_t *out)
+{
+    __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+    for (int j = 0; j < dim; j += 64) {
+        for (int t = 0; t < n_next; t++)
+            _mm_prefetch((const char *)next[t] + j, _MM_HINT_T0);
+        __mmask64 m = mask64(dim - j);
+        __m512i x = _mm512_maskz_loadu_epi8(m, q + j);
+        a0 = _mm512_dpbusd_epi32(a0, _mm512_maskz_loadu_epi8(m, c[0] + j), x);
+        a1 = _mm512_dpbusd_epi32(a1, _mm512_maskz_loadu_epi8(m, c[1] + j), x);
+        a2 = _mm512_dpbusd_epi32(a2, _mm512_maskz_loadu_epi8(m, c[2] + j), x);
+        a3 = _mm512_dpbusd_epi32(a3, _mm512_maskz_loadu_epi8(m, c[3] + j), x);
+    }
+    out[0] = _mm512_reduce_add_epi32(a0);
+    out[1] = _mm512_reduce_add_epi32(a1);
+    out[2] = _mm512_reduce_add_epi32(a2);
+    out[3] = _mm512_reduce_add_epi32(a3);
+}
+
+T512 static void avx512_idot_ptrs(const int8_t *q, const uint8_t *const *codes, size_t n, int dim, int32_t *out)
+{
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        size_t left = n - i - 4;
+        avx512_idot4(q, codes + i, dim, codes + i + 4, left < 4 ? (int)left : 4, out + i);
+    }
+    for (; i < n; i++)
+        out[i] = avx512_idot1(q, codes[i], dim);
+}
+
+/* 4-bit codes with vpdpbusd: 64 bytes give 64 low and 64 high components,
+ * each nibble plane multiplied with its half of the query. Four vectors
+ * share the query loads; the next ones are prefetched as in idot4. */
+T512 static void avx512_i4dot4(const int8_t *q, const uint8_t *const *c, int dim, const uint8_t *const *next,
+                               int n_next, int32_t *out)
+{
+    int h = (dim + 1) / 2;
+    __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+    __m512i nib = _mm512_set1_epi8(15);
+    for (int j = 0; j < h; j += 64) {
+        for (int t = 0; t < n_next; t++)
+            _mm_prefetch((const char *)next[t] + j, _MM_HINT_T0);
+        __mmask64 m = mask64(h - j);
+        __m512i ql = _mm512_maskz_loadu_epi8(m, q + j), qh = _mm512_maskz_loadu_epi8(m, q + h + j);
+#define I4_STEP(A, C)                                                                           \
+        do {                                                                                    \
+            __m512i x = _mm512_maskz_loadu_epi8(m, (C) + j);                                    \
+            A = _mm512_dpbusd_epi32(A, _mm512_and_si512(x, nib), ql);                           \
+            A = _mm512_dpbusd_epi32(A, _mm512_and_si512(_mm512_srli_epi16(x, 4), nib), qh);     \
+        } while (0)
+        I4_STEP(a0, c[0]);
+        I4_STEP(a1, c[1]);
+        I4_STEP(a2, c[2]);
+        I4_STEP(a3, c[3]);
+#undef I4_STEP
+    }
+    out[0] = _mm512_reduce_add_epi32(a0);
+    out[1] = _mm512_reduce_add_epi32(a1);
+    out[2] = _mm512_reduce_add_epi32(a2);
+    out[3] = _mm512_reduce_add_epi32(a3);
+}
+
+T512 static void avx512_i4dot_ptrs(const int8_t *q, const uint8_t *const *codes, size_t n, int dim, int32_t *out)
+{
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        size_t left = n - i - 4;
+        avx512_i4dot4(q, codes + i, dim, codes + i + 4, left < 4 ? (int)left : 4, out + i);
+    }
+    for (; i < n; i++) {
+        const uint8_t *four[4] = {codes[i], codes[i], codes[i], codes[i]};
+        int32_t o[4];
+        avx512_i4dot4(q, four, dim, NULL, 0, o);
+        out[i] = o[0];
+    }
+}
+
+T512 static int32_t avx512_requant(const uint8_t *codes, int dim, float a, float b, int8_t *out)
+{
+    __m512 va = _mm512_set1_ps(a), vb = _mm512_set1_ps(b);
+    __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
+    __m512i sums = _mm512_setzero_si512();
+    for (int j = 0; j < dim; j += 16) {
+        __mmask16 m = mask16(dim - j < 16 ? dim - j : 16);
+        __m512i c = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, codes + j));
+        sums = _mm512_add_epi32(sums, c);
+        __m512 x = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(c), vb), va);
+        __m512i r = _mm512_min_epi32(_mm512_max_epi32(_mm512_cvtps_epi32(x), lo), hi);
+        _mm_mask_storeu_epi8(out + j, m, _mm512_cvtepi32_epi8(r));
+    }
+    return _mm512_reduce_add_epi32(sums);
+}
+
 /* Halves converted in registers; one row at a time with two accumulators
  * (four interleaved rows measured slower here, as for int8). */
 T512 static void avx512_hdot_rows(const float *q, const uint16_t *halves, size_t n, int dim, float *out)
@@ -544,7 +771,8 @@ T512 static void avx512_hdot_rows(const float *q, const uint16_t *halves, size_t
 }
 
 static const ix_kernels k_avx512 = {
-    "avx512", avx512_dot_ptrs, avx512_dot_rows, avx512_dot_block, avx512_idot_rows, avx512_hdot_rows,
+    "avx512", avx512_dot_ptrs, avx512_dot_rows, avx512_dot_block, avx512_idot_rows, avx512_idot_ptrs,
+    avx512_i4dot_ptrs, avx512_requant, avx512_hdot_rows,
     avx2_to_half,
 };
 

@@ -28,6 +28,19 @@ typedef struct ix_kernels {
                       size_t ldo);
     /* out[i] = sum_j codes[i*dim + j] * q[j]  (u8 x s8, exact in int32 for dim <= 65536) */
     void (*idot_rows)(const int8_t *q, const uint8_t *codes, size_t n, int dim, int32_t *out);
+    /* out[i] = sum_j codes[i][j] * q[j] for n code vectors given by pointer (the graph
+     * walk over int8 codes); exact integers, so every table gives the same sums. While
+     * one group of vectors is scored, the next group's lines are prefetched. */
+    void (*idot_ptrs)(const int8_t *q, const uint8_t *const *codes, size_t n, int dim, int32_t *out);
+    /* 4-bit codes: byte i of a vector holds component i in its low nibble and component
+     * i + h in its high nibble, h = (dim + 1) / 2 (an odd dim leaves the last high nibble
+     * 0). out[i] = sum_j c_j * q[j] over the dim components; q must hold 2h entries (the
+     * last 0 for an odd dim). Exact integers: every table gives the same sums. */
+    void (*i4dot_ptrs)(const int8_t *q, const uint8_t *const *codes, size_t n, int dim, int32_t *out);
+    /* out[j] = clamp(round_even(a + b * codes[j]), -127, 127) (a multiply then an add, each
+     * rounded to float, so every table gives the same bytes); returns sum_j codes[j]. The
+     * int8 query made from a stored vector's codes (graph construction). */
+    int32_t (*requant)(const uint8_t *codes, int dim, float a, float b, int8_t *out);
     /* out[i] = <q, halves[i*dim ..]> with IEEE binary16 components */
     void (*hdot_rows)(const float *q, const uint16_t *halves, size_t n, int dim, float *out);
     /* float -> binary16, round to nearest even */

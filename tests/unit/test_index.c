@@ -195,11 +195,11 @@ static void test_quantised_prescan_recall(void **state)
     int64_t *ids = malloc(n * sizeof *ids);
     for (size_t i = 0; i < n; i++)
         ids[i] = (int64_t)i;
-    index_quant qs[] = {INDEX_QUANT_INT8, INDEX_QUANT_F16};
+    index_quant qs[] = {INDEX_QUANT_INT8, INDEX_QUANT_F16, INDEX_QUANT_INT4};
     for (int l = 0; l < 3; l++) {
         if (index_simd_select(levels[l], &err))
             continue;
-        for (int t = 0; t < 2; t++) {
+        for (int t = 0; t < 3; t++) {
             index_params p;
             index_params_init(&p);
             p.kind = INDEX_FLAT;
@@ -207,6 +207,7 @@ static void test_quantised_prescan_recall(void **state)
             vindex *ix;
             assert_int_equal(index_create(dim, &p, &ix, &err), 0);
             assert_int_equal(index_add(ix, ids, data, n, &err), 0);
+            double recall = 0;
             for (size_t qi = 0; qi < nq; qi++) {
                 index_hit a[10], b[10];
                 int na, nb;
@@ -214,10 +215,19 @@ static void test_quantised_prescan_recall(void **state)
                 assert_int_equal(index_search(ix, q, 10, 0, a, &na, &err), 0);
                 assert_int_equal(index_search_exact(ix, q, 10, b, &nb, &err), 0);
                 assert_int_equal(na, nb);
-                for (int i = 0; i < na; i++) { /* re-ranked: exact scores, exact order */
+                recall += recall_hits(a, na, b, nb, 10) / (double)nq;
+                for (int i = 0; i < na && qs[t] != INDEX_QUANT_INT4; i++) { /* re-ranked: exact scores, order */
                     assert_true(a[i].id == b[i].id);
                     assert_true(a[i].score == b[i].score);
                 }
+                for (int i = 0; i < na; i++) /* int4 may miss one, its scores are still exact */
+                    for (int j = 0; j < nb; j++)
+                        if (a[i].id == b[j].id)
+                            assert_true(a[i].score == b[j].score);
+            }
+            if (qs[t] == INDEX_QUANT_INT4) {
+                printf("%s: int4 pre-scan + re-rank of %d: recall@10 %.4f\n", levels[l], ix_rerank_count(10), recall);
+                assert_true(recall >= 0.95);
             }
             index_free(ix);
         }
@@ -273,6 +283,163 @@ static void test_kernels_agree(void **state)
     assert_int_equal(index_simd_select("sse9", &err), MS_EINVAL);
     /* CRC32C check value */
     assert_int_equal(ix_crc32c(0, "123456789", 9), 0xE3069283u);
+}
+
+/* The pointer-list int8 kernel of the graph walk: every level gives the
+ * portable reference's sums exactly (integer arithmetic), for dimensions
+ * around the vector widths and lists of every length around the groups of
+ * four (whose next group is prefetched), from scattered rows. */
+static void test_idot_ptrs_exact(void **state)
+{
+    static const int dims[] = {1, 15, 17, 63, 64, 65, 127, 128, 129, 203, 512, 2048};
+    ix_rng r;
+    ix_rng_seed(&r, 11);
+    ms_err err;
+    enum { ROWS = 13 };
+    for (size_t di = 0; di < sizeof dims / sizeof dims[0]; di++) {
+        int dim = dims[di];
+        uint8_t *codes = malloc((size_t)ROWS * dim);
+        int8_t *q = malloc((size_t)dim);
+        for (size_t i = 0; i < (size_t)ROWS * dim; i++)
+            codes[i] = (uint8_t)(ix_rng_next(&r) & 0xFF);
+        for (int j = 0; j < dim; j++) /* the extremes included */
+            q[j] = (int8_t)(j % 7 == 0 ? -128 : j % 7 == 1 ? 127 : (int)(ix_rng_next(&r) % 256) - 128);
+        if (dim > 2)
+            memset(codes, 255, (size_t)dim); /* row 0 at the largest products */
+        const uint8_t *ptrs[ROWS];
+        for (int i = 0; i < ROWS; i++)
+            ptrs[i] = codes + (size_t)((i * 5) % ROWS) * dim; /* not in memory order */
+        int32_t want[ROWS];
+        for (int i = 0; i < ROWS; i++) {
+            want[i] = 0;
+            for (int j = 0; j < dim; j++)
+                want[i] += (int32_t)ptrs[i][j] * q[j];
+        }
+        for (int l = 0; l < 3; l++) {
+            if (index_simd_select(levels[l], &err))
+                continue;
+            for (int n = 0; n <= ROWS; n++) {
+                int32_t got[ROWS + 1];
+                got[n] = 12345; /* must stay untouched */
+                ix_kern()->idot_ptrs(q, ptrs, (size_t)n, dim, got);
+                for (int i = 0; i < n; i++)
+                    assert_int_equal(got[i], want[i]);
+                assert_int_equal(got[n], 12345);
+            }
+            /* 4-bit codes: the same bytes read as nibble pairs, the query
+             * padded to 2 * ceil(dim / 2) with a zero */
+            int h = (dim + 1) / 2;
+            int8_t *q4 = calloc((size_t)2 * h, 1);
+            memcpy(q4, q, (size_t)dim);
+            int32_t want4[ROWS], got4[ROWS + 1];
+            for (int i = 0; i < ROWS; i++) {
+                want4[i] = 0;
+                for (int j = 0; j < h; j++) {
+                    int hi = ptrs[i][j] >> 4;
+                    want4[i] += (ptrs[i][j] & 15) * q4[j] + (h + j < dim ? hi : 0) * q4[h + j];
+                }
+            }
+            for (int n = 0; n <= ROWS; n++) {
+                got4[n] = 54321;
+                ix_kern()->i4dot_ptrs(q4, ptrs, (size_t)n, dim, got4);
+                for (int i = 0; i < n; i++)
+                    assert_int_equal(got4[i], want4[i]);
+                assert_int_equal(got4[n], 54321);
+            }
+            free(q4);
+            /* and the same sums as the contiguous-rows kernel */
+            int32_t rows[ROWS];
+            ix_kern()->idot_rows(q, codes, ROWS, dim, rows);
+            for (int i = 0; i < ROWS; i++) {
+                int32_t ref = 0;
+                for (int j = 0; j < dim; j++)
+                    ref += (int32_t)codes[(size_t)i * dim + j] * q[j];
+                assert_int_equal(rows[i], ref);
+            }
+        }
+        free(codes);
+        free(q);
+    }
+    assert_int_equal(index_simd_select("auto", &err), 0);
+}
+
+/* Requantisation of codes (a stored vector as an int8 query): every level
+ * gives the portable reference's bytes and code sum, ties included. */
+static void test_requant_exact(void **state)
+{
+    static const int dims[] = {1, 7, 8, 15, 16, 17, 64, 100, 512, 2049};
+    ix_rng r;
+    ix_rng_seed(&r, 13);
+    ms_err err;
+    for (size_t di = 0; di < sizeof dims / sizeof dims[0]; di++) {
+        int dim = dims[di];
+        uint8_t *codes = malloc((size_t)dim);
+        int8_t *want = malloc((size_t)dim), *got = malloc((size_t)dim);
+        for (int j = 0; j < dim; j++)
+            codes[j] = (uint8_t)(j < 256 ? (uint64_t)j : ix_rng_next(&r) & 0xFF);
+        /* a, b: typical, exact halves (ties to even), and out of range (clamped) */
+        float ab[][2] = {{-60.3f, 0.71f}, {-64.0f, 0.5f}, {0.5f, 1.0f}, {-300.0f, 3.0f}, {0, 0}};
+        for (size_t t = 0; t < 5; t++) {
+            assert_int_equal(index_simd_select("portable", &err), 0);
+            int32_t ws = ix_kern()->requant(codes, dim, ab[t][0], ab[t][1], want);
+            int32_t s = 0;
+            for (int j = 0; j < dim; j++) {
+                s += codes[j];
+                assert_true(want[j] >= -127 && want[j] <= 127);
+            }
+            assert_int_equal(ws, s);
+            if (t == 1 && dim >= 4) /* -64 + c/2: c = 1 -> -63.5 -> -64 (even), c = 3 -> -62.5 -> -62 */
+                assert_true(want[1] == -64 && want[3] == -62);
+            for (int l = 0; l < 2; l++) {
+                if (index_simd_select(levels[l], &err))
+                    continue;
+                memset(got, 99, (size_t)dim);
+                assert_int_equal(ix_kern()->requant(codes, dim, ab[t][0], ab[t][1], got), ws);
+                assert_memory_equal(got, want, (size_t)dim);
+            }
+        }
+        free(codes);
+        free(want);
+        free(got);
+    }
+    assert_int_equal(index_simd_select("auto", &err), 0);
+}
+
+/* A stored vector used as the query of the int8 walk (requantised from its
+ * codes) scores other codes close to the float inner product. */
+static void test_quant_query_from_codes(void **state)
+{
+    int dim = 256;
+    ix_rng r;
+    ix_rng_seed(&r, 12);
+    float *v = malloc(2 * (size_t)dim * sizeof *v);
+    ix_synth_random(&r, dim, 2, v);
+    uint8_t ca[256], cb[256];
+    float qa[2], qb[2];
+    ix_quant_encode_int8(dim, v, ca, qa);
+    ix_quant_encode_int8(dim, v + dim, cb, qb);
+    int8_t qq[256];
+    ix_qquery qz = {qq, 0, 0};
+    ix_quant_query_codes(ca, qa, dim, &qz);
+    const uint8_t *p = cb;
+    int32_t idot;
+    ix_kern()->idot_ptrs(qz.qq, &p, 1, dim, &idot);
+    double exact = ref_dot(v, v + dim, dim);
+    float approx = ix_qscore(&qz, qb, idot);
+    printf("codes x codes: %.5f, float: %.5f\n", approx, exact);
+    assert_true(fabs(approx - exact) < 0.02);
+    /* itself: close to its squared norm (1) */
+    p = ca;
+    ix_kern()->idot_ptrs(qz.qq, &p, 1, dim, &idot);
+    assert_true(fabs(ix_qscore(&qz, qa, idot) - 1.0) < 0.02);
+    /* a constant vector: step 0, exact */
+    float c[256];
+    for (int j = 0; j < dim; j++)
+        c[j] = 0.0625f;
+    ix_quant_encode_int8(dim, c, ca, qa);
+    ix_quant_query_codes(ca, qa, dim, &qz);
+    assert_true(qa[1] == 0 && fabs(qz.sum - 16.0f) < 1e-5);
+    free(v);
 }
 
 static void test_add_remove_replace_get(void **state)
@@ -404,6 +571,9 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_kernels_agree),
+        cmocka_unit_test(test_idot_ptrs_exact),
+        cmocka_unit_test(test_requant_exact),
+        cmocka_unit_test(test_quant_query_from_codes),
         cmocka_unit_test(test_exact_random),
         cmocka_unit_test(test_exact_clustered_with_duplicates),
         cmocka_unit_test(test_batch_matches_single),

@@ -110,11 +110,12 @@ static void *reader(void *arg)
     return NULL;
 }
 
-static void test_four_readers_one_writer(void **state)
+static void four_readers_one_writer(index_quant quant)
 {
     make_clustered(DIM, N, NQ, 40, 8080, &data, &queries);
     index_params p;
     index_params_init(&p);
+    p.quant = quant; /* INT8: readers and build threads walk the codes */
     p.auto_threshold = N / 4; /* the graph gets built while readers run */
     p.threads = 2;
     p.ef_construction = 64;
@@ -159,7 +160,9 @@ static void test_four_readers_one_writer(void **state)
         assert_int_equal(index_search_exact(ix, queries + (size_t)q * DIM, 10, b, &nb, &err), 0);
         recall += recall_hits(a, na, b, nb, 10) / NQ;
     }
-    printf("recall@10 after the run: %.4f\n", recall);
+    printf("recall@10 after the run (%s): %.4f\n", quant == INDEX_QUANT_INT8   ? "int8 walk"
+                                               : quant == INDEX_QUANT_INT4 ? "int4 walk"
+                                                                           : "float32 walk", recall);
     assert_true(recall >= 0.95);
     free(ids);
     index_free(ix);
@@ -167,10 +170,27 @@ static void test_four_readers_one_writer(void **state)
     free(queries);
 }
 
+static void test_four_readers_one_writer(void **state)
+{
+    four_readers_one_writer(INDEX_QUANT_NONE);
+}
+
+static void test_four_readers_one_writer_int8(void **state)
+{
+    four_readers_one_writer(INDEX_QUANT_INT8);
+}
+
+static void test_four_readers_one_writer_int4(void **state)
+{
+    four_readers_one_writer(INDEX_QUANT_INT4);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_four_readers_one_writer),
+        cmocka_unit_test(test_four_readers_one_writer_int8),
+        cmocka_unit_test(test_four_readers_one_writer_int4),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

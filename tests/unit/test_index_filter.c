@@ -19,7 +19,7 @@
 #define K 10
 
 static float *data, *queries;
-static vindex *graph_ix, *flat_ix;
+static vindex *graph_ix, *flat_ix, *int8_ix, *int4_ix; /* HNSW walking int8 / int4 codes */
 
 static int setup(void **state)
 {
@@ -34,6 +34,13 @@ static int setup(void **state)
     ms_err err;
     if (index_create(DIM, &p, &graph_ix, &err) || index_add(graph_ix, ids, data, N, &err))
         return -1;
+    p.quant = INDEX_QUANT_INT8;
+    if (index_create(DIM, &p, &int8_ix, &err) || index_add(int8_ix, ids, data, N, &err))
+        return -1;
+    p.quant = INDEX_QUANT_INT4;
+    if (index_create(DIM, &p, &int4_ix, &err) || index_add(int4_ix, ids, data, N, &err))
+        return -1;
+    p.quant = INDEX_QUANT_NONE;
     p.kind = INDEX_FLAT;
     if (index_create(DIM, &p, &flat_ix, &err) || index_add(flat_ix, ids, data, N, &err))
         return -1;
@@ -45,6 +52,8 @@ static int teardown(void **state)
 {
     index_free(graph_ix);
     index_free(flat_ix);
+    index_free(int8_ix);
+    index_free(int4_ix);
     free(data);
     free(queries);
     return 0;
@@ -80,7 +89,7 @@ static void check_rate(double rate, double min_graph_recall)
     for (size_t i = 0; i < N; i++)
         ids[i] = (int64_t)i * 10;
     ref_hit *ref = malloc(N * sizeof *ref);
-    double graph_recall = 0;
+    double graph_recall = 0, code_recall[2] = {0, 0};
     size_t passing = 0;
     for (int q = 0; q < NQ; q++) {
         size_t n_allowed;
@@ -94,8 +103,8 @@ static void check_rate(double rate, double min_graph_recall)
         index_hit h[K];
         int nh;
         /* automatic choice, on the flat and on the graph index */
-        vindex *both[2] = {flat_ix, graph_ix};
-        for (int w = 0; w < 2; w++) {
+        vindex *both[3] = {flat_ix, graph_ix, int8_ix};
+        for (int w = 0; w < 3; w++) {
             assert_int_equal(index_search_filtered(both[w], qv, K, 0, allowed, n_allowed, h, &nh, &err), 0);
             assert_int_equal(nh, want);
             for (int i = 0; i < nh; i++) {
@@ -115,10 +124,26 @@ static void check_rate(double rate, double min_graph_recall)
         for (int i = 0; i < nh; i++)
             assert_true(pass[h[i].id / 10]);
         graph_recall += recall_at(h, nh, ref, m, K) / NQ;
+        /* the same on the int8 and int4 walks (exact re-rank: exact scores) */
+        vindex *coded[2] = {int8_ix, int4_ix};
+        for (int w = 0; w < 2; w++) {
+            assert_int_equal(ix_search_filtered_mode(coded[w], qv, K, 0, allowed, n_allowed, 1, h, &nh, &err), 0);
+            assert_int_equal(nh, want);
+            for (int i = 0; i < nh; i++) {
+                assert_true(pass[h[i].id / 10]);
+                float v[DIM];
+                assert_int_equal(index_get(coded[w], h[i].id, v), 0);
+                assert_true(fabs(h[i].score - ref_dot(v, qv, DIM)) < 1e-5);
+            }
+            code_recall[w] += recall_at(h, nh, ref, m, K) / NQ;
+        }
         free(allowed);
     }
-    printf("pass rate %5.1f%% (%zu ids): forced graph recall@%d %.4f\n", rate * 100, passing, K, graph_recall);
+    printf("pass rate %5.1f%% (%zu ids): forced graph recall@%d %.4f, int8 walk %.4f, int4 walk %.4f\n", rate * 100,
+           passing, K, graph_recall, code_recall[0], code_recall[1]);
     assert_true(graph_recall >= min_graph_recall);
+    assert_true(code_recall[0] >= min_graph_recall);
+    assert_true(code_recall[1] >= min_graph_recall);
     free(pass);
     free(ids);
     free(ref);

@@ -3,6 +3,12 @@
  * (asserted minimums, the pgvector habit): after a build at the default
  * efSearch, after inserts made while other threads search, after deletes,
  * and after a rebuild; plus tiny graphs and odd dimensions.
+ *
+ * Each recall test runs on the three ways the graph can score vectors:
+ * float32 throughout (graph_f32 = 1, the reference), the default (bulk
+ * builds from temporary int8 codes, float32 walk), an int8 copy (quant
+ * INT8: build and walk on the codes, exact re-rank of the final ef) and an
+ * int4 copy (walk on it, exact re-rank; built as the default).
  */
 #include <pthread.h>
 #include <setjmp.h>
@@ -14,12 +20,30 @@
 #include "index/internal.h"
 #include "test_index_common.h"
 
+typedef struct mode {
+    const char *name;
+    index_quant quant;
+    int graph_f32;
+} mode;
+
+static const mode modes[] = {
+    {"float32 graph", INDEX_QUANT_NONE, 1},
+    {"default (int8 bulk build)", INDEX_QUANT_NONE, 0},
+    {"int8 walk + exact re-rank", INDEX_QUANT_INT8, 0},
+    {"int4 walk + exact re-rank", INDEX_QUANT_INT4, 0},
+};
+#define N_MODES 4
+
+static mode cur_mode = {"float32 graph", INDEX_QUANT_NONE, 1};
+
 static vindex *make_hnsw(int dim, int threads)
 {
     index_params p;
     index_params_init(&p);
     p.kind = INDEX_HNSW;
     p.threads = threads;
+    p.quant = cur_mode.quant;
+    p.graph_f32 = cur_mode.graph_f32;
     vindex *ix;
     ms_err err;
     assert_int_equal(index_create(dim, &p, &ix, &err), 0);
@@ -45,6 +69,11 @@ static double measure_recall(vindex *ix, const float *qs, int nq, int dim, int k
                 assert_false(removed[a[i].id]);
             if (i)
                 assert_true(a[i - 1].score >= a[i].score);
+            /* scores are exact whatever the walk scored: the same float as
+             * the exact scan gives the same id */
+            for (int j = 0; j < nb; j++)
+                if (b[j].id == a[i].id)
+                    assert_true(a[i].score == b[j].score);
         }
         sum += recall_hits(a, na, b, nb, k);
     }
@@ -55,7 +84,7 @@ static double measure_recall(vindex *ix, const float *qs, int nq, int dim, int k
 
 /* The issue's acceptance size scaled for ASan: 20,000 x 128, default
  * parameters, recall@10 >= 0.95 at the default efSearch. */
-static void test_recall_after_build(void **state)
+static void recall_after_build(void)
 {
     int dim = 128, nq = 200;
     size_t n = 20000;
@@ -69,11 +98,15 @@ static void test_recall_after_build(void **state)
     assert_int_equal(index_add(ix, ids, data, n, &err), 0);
     assert_int_equal(index_current_kind(ix), INDEX_HNSW);
     double r = measure_recall(ix, qs, nq, dim, 10, 0, NULL, (int64_t)n);
-    printf("recall@10 after build (20000 x 128, default efSearch): %.4f\n", r);
+    printf("%s: recall@10 after build (20000 x 128, default efSearch): %.4f\n", cur_mode.name, r);
     assert_true(r >= 0.95);
     double r1 = measure_recall(ix, qs, 50, dim, 1, 0, NULL, (int64_t)n);
-    printf("recall@1: %.4f\n", r1);
+    printf("%s: recall@1: %.4f\n", cur_mode.name, r1);
     assert_true(r1 >= 0.95);
+    /* a low efSearch still keeps most of it (the walk itself is sound) */
+    double r16 = measure_recall(ix, qs, nq, dim, 10, 16, NULL, (int64_t)n);
+    printf("%s: recall@10 at efSearch 16: %.4f\n", cur_mode.name, r16);
+    assert_true(r16 >= 0.85);
     free(ids);
     free(data);
     free(qs);
@@ -108,7 +141,7 @@ static void *reader(void *p)
 
 /* Half the vectors first, then the other half in batches while two
  * readers search; recall over everything afterwards. */
-static void test_recall_after_inserts_during_search(void **state)
+static void recall_after_inserts_during_search(void)
 {
     int dim = 64, nq = 100;
     size_t n = 12000;
@@ -137,8 +170,8 @@ static void test_recall_after_inserts_during_search(void **state)
     }
     assert_int_equal((int)index_count(ix), (int)n);
     double r = measure_recall(ix, qs, nq, dim, 10, 0, NULL, (int64_t)n);
-    printf("recall@10 after inserts during search: %.4f (readers did %ld + %ld searches)\n", r, ra[0].searches,
-           ra[1].searches);
+    printf("%s: recall@10 after inserts during search: %.4f (readers did %ld + %ld searches)\n", cur_mode.name, r,
+           ra[0].searches, ra[1].searches);
     assert_true(r >= 0.95);
     free(ids);
     free(data);
@@ -147,7 +180,7 @@ static void test_recall_after_inserts_during_search(void **state)
 }
 
 /* 30% deleted: never returned, recall holds, rebuild compacts. */
-static void test_recall_after_deletes_and_rebuild(void **state)
+static void recall_after_deletes_and_rebuild(void)
 {
     int dim = 48, nq = 100;
     size_t n = 10000;
@@ -184,14 +217,15 @@ static void test_recall_after_deletes_and_rebuild(void **state)
     }
     assert_int_equal((int)index_count(ix), (int)(n - gone));
     double rec = measure_recall(ix, qs, nq, dim, 10, 0, removed, (int64_t)n);
-    printf("recall@10 after deleting %zu of %zu: %.4f\n", gone, n, rec);
+    printf("%s: recall@10 after deleting %zu of %zu: %.4f\n", cur_mode.name, gone, n, rec);
     assert_true(rec >= 0.95);
     size_t mem_before = index_memory_bytes(ix);
     assert_int_equal(index_rebuild(ix, &err), 0);
     assert_int_equal((int)ix_published(ix), (int)(n - gone));
     assert_int_equal(index_current_kind(ix), INDEX_HNSW);
     rec = measure_recall(ix, qs, nq, dim, 10, 0, removed, (int64_t)n);
-    printf("recall@10 after rebuild: %.4f (memory %zu -> %zu bytes)\n", rec, mem_before, index_memory_bytes(ix));
+    printf("%s: recall@10 after rebuild: %.4f (memory %zu -> %zu bytes)\n", cur_mode.name, rec, mem_before,
+           index_memory_bytes(ix));
     assert_true(rec >= 0.95);
     /* deleting everything leaves an empty answer, not an error */
     for (size_t i = 0; i < n; i++)
@@ -238,10 +272,77 @@ static void test_small_graphs(void **state)
     }
 }
 
+static void test_recall_after_build(void **state)
+{
+    for (int m = 0; m < N_MODES; m++) {
+        cur_mode = modes[m];
+        recall_after_build();
+    }
+}
+
+static void test_recall_after_inserts_during_search(void **state)
+{
+    for (int m = 0; m < N_MODES; m++) {
+        cur_mode = modes[m];
+        recall_after_inserts_during_search();
+    }
+}
+
+static void test_recall_after_deletes_and_rebuild(void **state)
+{
+    for (int m = 0; m < N_MODES; m++) {
+        cur_mode = modes[m];
+        recall_after_deletes_and_rebuild();
+    }
+}
+
+/* The int8 walk on graphs of every small size and odd dimensions: with
+ * ef >= the node count the re-rank sees every node, so the answer is
+ * exactly the exact scan's (ids and scores). */
+static void small_graphs_codes(void)
+{
+    int dims[] = {1, 3, 31, 64};
+    for (size_t di = 0; di < 4; di++) {
+        int dim = dims[di];
+        ix_rng r;
+        ix_rng_seed(&r, (uint64_t)dim + 7);
+        float *v = malloc(40 * (size_t)dim * sizeof *v), *q = malloc((size_t)dim * sizeof *q);
+        ix_synth_random(&r, dim, 40, v);
+        ix_synth_random(&r, dim, 1, q);
+        vindex *ix = make_hnsw(dim, 1);
+        ms_err err;
+        for (int i = 0; i < 40; i++) {
+            int64_t id = 1000 - i;
+            assert_int_equal(index_add(ix, &id, v + (size_t)i * dim, 1, &err), 0);
+            index_hit h[50], e[50];
+            int nh, ne;
+            assert_int_equal(index_search(ix, q, 50, 0, h, &nh, &err), 0);
+            assert_int_equal(index_search_exact(ix, q, 50, e, &ne, &err), 0);
+            assert_int_equal(nh, i + 1);
+            assert_int_equal(ne, i + 1);
+            for (int j = 0; j < nh; j++)
+                assert_true(h[j].id == e[j].id && h[j].score == e[j].score);
+        }
+        index_free(ix);
+        free(v);
+        free(q);
+    }
+}
+
+static void test_small_graphs_int8(void **state)
+{
+    cur_mode = modes[2];
+    small_graphs_codes();
+    cur_mode = modes[3];
+    small_graphs_codes();
+    cur_mode = modes[0];
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_small_graphs),
+        cmocka_unit_test(test_small_graphs_int8),
         cmocka_unit_test(test_recall_after_build),
         cmocka_unit_test(test_recall_after_inserts_during_search),
         cmocka_unit_test(test_recall_after_deletes_and_rebuild),

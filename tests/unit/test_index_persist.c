@@ -153,6 +153,7 @@ static void round_trip(index_kind kind, index_quant quant, int dim)
 
 static void test_round_trip_flat(void **state)
 {
+    round_trip(INDEX_FLAT, INDEX_QUANT_INT4, 9);
     round_trip(INDEX_FLAT, INDEX_QUANT_NONE, 37);
     round_trip(INDEX_FLAT, INDEX_QUANT_INT8, 64);
     round_trip(INDEX_FLAT, INDEX_QUANT_F16, 5);
@@ -162,6 +163,8 @@ static void test_round_trip_hnsw(void **state)
 {
     round_trip(INDEX_HNSW, INDEX_QUANT_NONE, 24);
     round_trip(INDEX_AUTO, INDEX_QUANT_INT8, 16);
+    round_trip(INDEX_HNSW, INDEX_QUANT_INT8, 64); /* the int8 walk on loaded codes */
+    round_trip(INDEX_HNSW, INDEX_QUANT_INT4, 65); /* int4, odd dimension */
 }
 
 static void test_damage_detected(void **state)
