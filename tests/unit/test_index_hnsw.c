@@ -242,34 +242,45 @@ static void recall_after_deletes_and_rebuild(void)
     index_free(ix);
 }
 
-/* Graphs of 1..40 nodes, k above the count, dimensions 1 and 3. */
-static void test_small_graphs(void **state)
+/* Graphs of 1..40 nodes, k above the count, the given dimensions (each
+ * seeded with dim + seed): with ef >= k >= the node count the walk (and,
+ * with codes, the exact re-rank) sees every node, so the answer is exactly
+ * the exact scan's, ids and scores. */
+static void small_graphs(const int *dims, size_t n_dims, uint64_t seed)
 {
-    int dims[] = {1, 3, 31};
-    for (size_t di = 0; di < 3; di++) {
+    for (size_t di = 0; di < n_dims; di++) {
         int dim = dims[di];
         ix_rng r;
-        ix_rng_seed(&r, (uint64_t)dim);
-        float v[40 * 31], q[31];
+        ix_rng_seed(&r, (uint64_t)dim + seed);
+        float *v = malloc(40 * (size_t)dim * sizeof *v), *q = malloc((size_t)dim * sizeof *q);
+        assert_non_null(v);
+        assert_non_null(q);
         ix_synth_random(&r, dim, 40, v);
         ix_synth_random(&r, dim, 1, q);
         vindex *ix = make_hnsw(dim, 1);
         ms_err err;
         for (int i = 0; i < 40; i++) {
             int64_t id = 1000 - i;
-            assert_int_equal(index_add(ix, &id, v + i * dim, 1, &err), 0);
+            assert_int_equal(index_add(ix, &id, v + (size_t)i * dim, 1, &err), 0);
             index_hit h[50], e[50];
             int nh, ne;
             assert_int_equal(index_search(ix, q, 50, 0, h, &nh, &err), 0);
             assert_int_equal(index_search_exact(ix, q, 50, e, &ne, &err), 0);
             assert_int_equal(nh, i + 1);
             assert_int_equal(ne, i + 1);
-            /* ef >= k and a graph this small: the answer is exact */
             for (int j = 0; j < nh; j++)
                 assert_true(h[j].id == e[j].id && h[j].score == e[j].score);
         }
         index_free(ix);
+        free(v);
+        free(q);
     }
+}
+
+static void test_small_graphs(void **state)
+{
+    static const int dims[] = {1, 3, 31};
+    small_graphs(dims, 3, 0);
 }
 
 static void test_recall_after_build(void **state)
@@ -296,45 +307,14 @@ static void test_recall_after_deletes_and_rebuild(void **state)
     }
 }
 
-/* The int8 walk on graphs of every small size and odd dimensions: with
- * ef >= the node count the re-rank sees every node, so the answer is
- * exactly the exact scan's (ids and scores). */
-static void small_graphs_codes(void)
-{
-    int dims[] = {1, 3, 31, 64};
-    for (size_t di = 0; di < 4; di++) {
-        int dim = dims[di];
-        ix_rng r;
-        ix_rng_seed(&r, (uint64_t)dim + 7);
-        float *v = malloc(40 * (size_t)dim * sizeof *v), *q = malloc((size_t)dim * sizeof *q);
-        ix_synth_random(&r, dim, 40, v);
-        ix_synth_random(&r, dim, 1, q);
-        vindex *ix = make_hnsw(dim, 1);
-        ms_err err;
-        for (int i = 0; i < 40; i++) {
-            int64_t id = 1000 - i;
-            assert_int_equal(index_add(ix, &id, v + (size_t)i * dim, 1, &err), 0);
-            index_hit h[50], e[50];
-            int nh, ne;
-            assert_int_equal(index_search(ix, q, 50, 0, h, &nh, &err), 0);
-            assert_int_equal(index_search_exact(ix, q, 50, e, &ne, &err), 0);
-            assert_int_equal(nh, i + 1);
-            assert_int_equal(ne, i + 1);
-            for (int j = 0; j < nh; j++)
-                assert_true(h[j].id == e[j].id && h[j].score == e[j].score);
-        }
-        index_free(ix);
-        free(v);
-        free(q);
-    }
-}
-
 static void test_small_graphs_int8(void **state)
 {
+    /* the int8 and int4 walks, on odd dimensions and one of a full lane */
+    static const int dims[] = {1, 3, 31, 64};
     cur_mode = modes[2];
-    small_graphs_codes();
+    small_graphs(dims, 4, 7);
     cur_mode = modes[3];
-    small_graphs_codes();
+    small_graphs(dims, 4, 7);
     cur_mode = modes[0];
 }
 
