@@ -451,6 +451,16 @@ static void normalise(const uint8_t *gray, const image_prep *prep, float *out)
     }
 }
 
+/* Normalises the pipeline's last image (the resized gray one) into out. */
+static int normalise_last(pipeline *pl, const image_prep *prep, float *out, ms_err *err)
+{
+    const uint8_t *gray = vips_image_get_data(pipe_last(pl));
+    if (!gray)
+        return vips_failed(err, MS_EINTERNAL, "reading the resized pixels failed");
+    normalise(gray, prep, out);
+    return 0;
+}
+
 int image_prepare_timed(const void *buf, size_t len, const image_limits *lim, const image_prep *prep, float *out,
                         image_info *info, image_timing *t, ms_err *err)
 {
@@ -476,13 +486,8 @@ int image_prepare_timed(const void *buf, size_t len, const image_limits *lim, co
     if (!rc)
         rc = resize_exact(&pl, prep->size, prep->size, err);
     uint64_t t2 = ms_now_ns();
-    if (!rc) {
-        const uint8_t *gray = vips_image_get_data(pipe_last(&pl));
-        if (!gray)
-            rc = vips_failed(err, MS_EINTERNAL, "reading the resized pixels failed");
-        else
-            normalise(gray, prep, out);
-    }
+    if (!rc)
+        rc = normalise_last(&pl, prep, out, err);
     uint64_t t3 = ms_now_ns();
     pipe_free(&pl);
     t->decode_ns = t1 - t0;
@@ -495,6 +500,15 @@ int image_prepare(const void *buf, size_t len, const image_limits *lim, const im
                   image_info *info, ms_err *err)
 {
     return image_prepare_timed(buf, len, lim, prep, out, info, NULL, err);
+}
+
+static int check_thumb_args(int longest_side, thumb_format fmt, ms_err *err)
+{
+    if (longest_side < 1 || longest_side > MAX_THUMB_SIDE)
+        return ms_err_set(err, MS_EINVAL, "thumbnail size %d is out of range 1..%d", longest_side, MAX_THUMB_SIDE);
+    if (fmt != THUMB_JPEG && fmt != THUMB_WEBP)
+        return ms_err_set(err, MS_EINVAL, "unknown thumbnail format %d", (int)fmt);
+    return 0;
 }
 
 /* Thumbnail size: the longest side becomes `longest` unless the image is
@@ -548,10 +562,8 @@ int image_thumbnail(const void *buf, size_t len, const image_limits *lim, int lo
     int rc = need_init(err);
     if (rc)
         return rc;
-    if (longest_side < 1 || longest_side > MAX_THUMB_SIDE)
-        return ms_err_set(err, MS_EINVAL, "thumbnail size %d is out of range 1..%d", longest_side, MAX_THUMB_SIDE);
-    if (fmt != THUMB_JPEG && fmt != THUMB_WEBP)
-        return ms_err_set(err, MS_EINVAL, "unknown thumbnail format %d", (int)fmt);
+    if ((rc = check_thumb_args(longest_side, fmt, err)))
+        return rc;
     image_info info;
     if ((rc = image_probe(buf, len, lim, &info, err)))
         return rc;
@@ -586,10 +598,8 @@ int image_prepare_with_thumbnail(const void *buf, size_t len, const image_limits
     int rc = need_init(err);
     if (!rc)
         rc = check_prep(prep, out, err);
-    if (!rc && (longest_side < 1 || longest_side > MAX_THUMB_SIDE))
-        rc = ms_err_set(err, MS_EINVAL, "thumbnail size %d is out of range 1..%d", longest_side, MAX_THUMB_SIDE);
-    if (!rc && fmt != THUMB_JPEG && fmt != THUMB_WEBP)
-        rc = ms_err_set(err, MS_EINVAL, "unknown thumbnail format %d", (int)fmt);
+    if (!rc)
+        rc = check_thumb_args(longest_side, fmt, err);
     if (!rc)
         rc = image_probe(buf, len, lim, info, err);
     if (rc)
@@ -606,13 +616,8 @@ int image_prepare_with_thumbnail(const void *buf, size_t len, const image_limits
     VipsImage *decoded = rc ? NULL : pipe_last(&pl);
     if (!rc)
         rc = resize_from(&pl, decoded, prep->size, prep->size, err);
-    if (!rc) {
-        const uint8_t *gray = vips_image_get_data(pipe_last(&pl));
-        if (!gray)
-            rc = vips_failed(err, MS_EINTERNAL, "reading the resized pixels failed");
-        else
-            normalise(gray, prep, out);
-    }
+    if (!rc)
+        rc = normalise_last(&pl, prep, out, err);
     if (!rc)
         rc = resize_from(&pl, decoded, tw, th, err);
     if (!rc)
