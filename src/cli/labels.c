@@ -83,21 +83,6 @@ static char *trim(char *s)
     return s;
 }
 
-static int utf8_ok(const char *s)
-{
-    const unsigned char *p = (const unsigned char *)s;
-    while (*p) {
-        int extra = *p < 0x80 ? 0 : (*p & 0xE0) == 0xC0 ? 1 : (*p & 0xF0) == 0xE0 ? 2 : (*p & 0xF8) == 0xF0 ? 3 : -1;
-        if (extra < 0 || (*p == 0xC0 || *p == 0xC1 || *p > 0xF4))
-            return 0;
-        p++;
-        for (int i = 0; i < extra; i++, p++)
-            if ((*p & 0xC0) != 0x80)
-                return 0;
-    }
-    return 1;
-}
-
 static const char *base_name(const char *path)
 {
     const char *slash = strrchr(path, '/');
@@ -373,7 +358,8 @@ static int parse_row(labels *t, char **names, const int *roles, char **f, int n,
     store_meta_init(&r->meta);
     for (int i = 0; i < n; i++) {
         char *v = trim(f[i]);
-        if (!utf8_ok(v) || strlen(v) > STORE_MAX_TEXT) {
+        size_t len = strlen(v);
+        if (len > STORE_MAX_TEXT || !store_utf8_valid((const unsigned char *)v, len)) {
             *why = "a field is not UTF-8 text or is too long";
             return MS_EFORMAT;
         }

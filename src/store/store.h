@@ -42,6 +42,13 @@ typedef struct store store;
 #define STORE_MAX_DIM 65536      /* floats in a vector */
 #define STORE_MAX_FILTER_VALUES 256  /* values of one filter list */
 
+/* Is s (n bytes) well-formed UTF-8: no overlong forms, no surrogates,
+ * nothing above U+10FFFF? This is the text every string field must be
+ * (PostgreSQL would refuse anything else, SQLite would store it; checking
+ * makes both backends behave alike); faces may check their input with it
+ * before a store call. Returns 1 or 0. */
+int store_utf8_valid(const unsigned char *s, size_t n);
+
 typedef struct store_kv {
     char *key, *value;
 } store_kv;

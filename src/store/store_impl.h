@@ -76,10 +76,6 @@ typedef struct id_list {
 } id_list;
 int id_list_push(id_list *l, int64_t id, ms_err *err);
 
-/* Is s (n bytes) well-formed UTF-8: no overlong forms, no surrogates,
- * nothing above U+10FFFF? PostgreSQL would refuse anything else, SQLite would
- * store it; checking here makes both backends behave alike. */
-int store_utf8_valid(const unsigned char *s, size_t n);
 /* Checks a text field: NULL is fine when optional, "" when allow_empty;
  * otherwise valid UTF-8 of at most STORE_MAX_TEXT bytes. what names the field
  * in the message ("item 3 label 2"). Returns 0 or MS_EINVAL. */
