@@ -24,13 +24,7 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 fail() { echo "FAIL: $*"; exit 1; }
 
-$PY - "$DATA" "$MOD" >"$tmp/files" <<'EOF' || fail "cannot list the subset"
-import csv, sys, zlib
-data, mod = sys.argv[1], int(sys.argv[2])
-for r in csv.DictReader(open(f"{data}/labels.csv", newline="")):
-    if zlib.crc32(r["patient_id"].encode()) % mod == 0:
-        print(f"{data}/{r['image']}")
-EOF
+$PY tests/tools/patient_subset.py "$DATA" "$MOD" >"$tmp/files" || fail "cannot list the subset"
 echo "subset: $(wc -l <"$tmp/files") images"
 
 ingest() {  # DB MODEL POOL

@@ -27,13 +27,7 @@ trap 'rm -rf "$tmp"' EXIT
 fail() { echo "FAIL: $*"; exit 1; }
 
 # The subset keeps whole patients, so same-patient exclusion is exercised.
-$PY - "$DATA" "$MOD" >"$tmp/files" <<'EOF' || fail "cannot list the subset"
-import csv, sys, zlib
-data, mod = sys.argv[1], int(sys.argv[2])
-for r in csv.DictReader(open(f"{data}/labels.csv", newline="")):
-    if zlib.crc32(r["patient_id"].encode()) % mod == 0:
-        print(f"{data}/{r['image']}")
-EOF
+$PY tests/tools/patient_subset.py "$DATA" "$MOD" >"$tmp/files" || fail "cannot list the subset"
 echo "subset: $(wc -l <"$tmp/files") images (1 patient in $MOD)"
 
 db=$tmp/k.db
