@@ -572,6 +572,19 @@ static int conv_pd(const ctx *c, const g_node *nd, const dnnl_memory_desc_t *res
     return 0;
 }
 
+/* Arguments of a convolution or inner-product step (bias only when the
+ * node has one), and the node's output bound to its destination value. */
+static void bind_weighted_step(const ctx *c, step *st, const g_node *nd, int sv, dnnl_memory_t wmem,
+                               dnnl_memory_t bias, int dv)
+{
+    step_arg(st, DNNL_ARG_SRC, sv, NULL);
+    step_arg(st, DNNL_ARG_WEIGHTS, -1, wmem);
+    if (nd->bias >= 0)
+        step_arg(st, DNNL_ARG_BIAS, -1, bias);
+    step_arg(st, DNNL_ARG_DST, dv, NULL);
+    bind_tensor(c, nd->out, dv);
+}
+
 /* Where the convolution writes: with a sum, the residual's own buffer when
  * nothing reads it later and the conv does not read it as src, else a copy
  * of the residual; without, a new buffer. A value index or a code. */
@@ -610,13 +623,7 @@ static int build_conv(const ctx *c, int node, ms_err *err)
     dnnl_primitive_desc_destroy(pd);
     if (rc || s < 0)
         return rc ? rc : s;
-    step *st = &pl->s[s];
-    step_arg(st, DNNL_ARG_SRC, sv, NULL);
-    step_arg(st, DNNL_ARG_WEIGHTS, -1, wmem);
-    if (nd->bias >= 0)
-        step_arg(st, DNNL_ARG_BIAS, -1, d->res[node].bias);
-    step_arg(st, DNNL_ARG_DST, dv, NULL);
-    bind_tensor(c, nd->out, dv);
+    bind_weighted_step(c, &pl->s[s], nd, sv, wmem, d->res[node].bias, dv);
     return 0;
 }
 
@@ -658,13 +665,7 @@ static int build_gemm(const ctx *c, int node, ms_err *err)
         return rc;
     if (dv < 0 || s < 0)
         return dv < 0 ? dv : s;
-    step *st = &pl->s[s];
-    step_arg(st, DNNL_ARG_SRC, sv, NULL);
-    step_arg(st, DNNL_ARG_WEIGHTS, -1, wmem);
-    if (nd->bias >= 0)
-        step_arg(st, DNNL_ARG_BIAS, -1, d->res[node].bias);
-    step_arg(st, DNNL_ARG_DST, dv, NULL);
-    bind_tensor(c, nd->out, dv);
+    bind_weighted_step(c, &pl->s[s], nd, sv, wmem, d->res[node].bias, dv);
     return 0;
 }
 
