@@ -130,26 +130,13 @@ static int default_files(char **files, int max)
     return count;
 }
 
-/* The peer script: --peer, else bench/ under the working directory, else
- * bench/ beside the medsearch executable (the repository root). */
+/* The peer script: --peer, else bench/peer_decode.py found as
+ * cli_find_repo_file finds repository files. */
 static const char *find_peer(const char *given, char *buf, size_t n)
 {
     if (given)
         return access(given, R_OK) == 0 ? given : NULL;
-    if (access(PEER_SCRIPT, R_OK) == 0)
-        return PEER_SCRIPT;
-    char exe[PATH_MAX];
-    ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    if (len <= 0)
-        return NULL;
-    exe[len] = '\0';
-    char *slash = strrchr(exe, '/');
-    if (!slash)
-        return NULL;
-    *slash = '\0';
-    if (snprintf(buf, n, "%s/%s", exe, PEER_SCRIPT) >= (int)n)
-        return NULL;
-    return access(buf, R_OK) == 0 ? buf : NULL;
+    return cli_find_repo_file(PEER_SCRIPT, buf, n) == 0 ? buf : NULL;
 }
 
 /* Reads the peer's lines "path<TAB>lanczos<TAB>bilinear<TAB>lanczos_cpu<TAB>

@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
+#include "cli/common.h"
 #include "model/model.h"
 #include "util/timing.h"
 
@@ -154,36 +155,6 @@ static int parse_args(int argc, char **argv, bench_opts *o)
 }
 
 /* ---------------------------------------------------------------- helpers */
-
-/* The peer script: $MEDSEARCH_BENCH_DIR, ./bench, or bench/ above the binary. */
-static int find_script(char *out, size_t len)
-{
-    const char *dir = getenv("MEDSEARCH_BENCH_DIR");
-    struct stat st;
-    if (dir && *dir) {
-        snprintf(out, len, "%s/peer_torch_embed.py", dir);
-        if (!stat(out, &st))
-            return 0;
-    }
-    snprintf(out, len, "bench/peer_torch_embed.py");
-    if (!stat(out, &st))
-        return 0;
-    char exe[2048];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    if (n > 0) {
-        exe[n] = '\0';
-        for (int up = 0; up < 3; up++) {
-            char *slash = strrchr(exe, '/');
-            if (!slash)
-                break;
-            *slash = '\0';
-            snprintf(out, len, "%s/bench/peer_torch_embed.py", exe);
-            if (!stat(out, &st))
-                return 0;
-        }
-    }
-    return -1;
-}
 
 /* Starts argv without a shell (paths pass as they are): its stdout and
  * stderr come back in *from; *to (when not NULL) feeds its stdin. */
@@ -564,7 +535,7 @@ int bench_embed(int argc, char **argv)
         return pa > 0 ? 0 : EXIT_USAGE;
     }
     char script[4096] = "", tmpdir[512] = "", made[1024] = "";
-    int have_script = find_script(script, sizeof script) == 0;
+    int have_script = cli_find_repo_file("bench/peer_torch_embed.py", script, sizeof script) == 0;
     if (!o.model) {
         if (!have_script || make_resnet50(script, tmpdir, sizeof tmpdir, made, sizeof made)) {
             fprintf(stderr, "medsearch bench embed: no --model given, and bench/peer_torch_embed.py with "

@@ -48,32 +48,6 @@ typedef struct bench_cfg {
     int n_files;
 } bench_cfg;
 
-/* ---- locating helper scripts ---- */
-
-static int find_repo_file(const char *rel, char *out, size_t len)
-{
-    struct stat st;
-    const char *dir = getenv("MEDSEARCH_BENCH_DIR");
-    if (dir && *dir && snprintf(out, len, "%s/../%s", dir, rel) < (int)len && !stat(out, &st))
-        return 0;
-    if (snprintf(out, len, "%s", rel) < (int)len && !stat(out, &st))
-        return 0;
-    char exe[2048];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    if (n <= 0)
-        return -1;
-    exe[n] = '\0';
-    for (int up = 0; up < 3; up++) {
-        char *slash = strrchr(exe, '/');
-        if (!slash)
-            break;
-        *slash = '\0';
-        if (snprintf(out, len, "%s/%s", exe, rel) < (int)len && !stat(out, &st))
-            return 0;
-    }
-    return -1;
-}
-
 /* ---- test images ---- */
 
 typedef struct gen_ctx {
@@ -303,7 +277,7 @@ static double run_peer(bench_cfg *b, int dim, json_t **detail)
 {
     char script[4096], cmd[16384], db[1024];
     *detail = NULL;
-    if (find_repo_file("bench/peer_ingest.py", script, sizeof script) != 0 || access(PYTHON, X_OK) != 0) {
+    if (cli_find_repo_file("bench/peer_ingest.py", script, sizeof script) != 0 || access(PYTHON, X_OK) != 0) {
         fprintf(stderr, "bench ingest: peer skipped: bench/peer_ingest.py or %s not found\n", PYTHON);
         return 0;
     }
@@ -337,8 +311,8 @@ static double run_peer(bench_cfg *b, int dim, json_t **detail)
 static double run_pg(bench_cfg *b, ms_err *err)
 {
     char start[4096], stop[4096], cmd[8192], uri[512] = "";
-    if (find_repo_file("tests/tools/pg_start.sh", start, sizeof start) != 0 ||
-        find_repo_file("tests/tools/pg_stop.sh", stop, sizeof stop) != 0) {
+    if (cli_find_repo_file("tests/tools/pg_start.sh", start, sizeof start) != 0 ||
+        cli_find_repo_file("tests/tools/pg_stop.sh", stop, sizeof stop) != 0) {
         fprintf(stderr, "bench ingest: PostgreSQL skipped: tests/tools/pg_start.sh not found\n");
         return 0;
     }
@@ -502,7 +476,7 @@ static int make_model(bench_cfg *b)
         return 0;
     }
     char script[4096], cmd[16384];
-    if (find_repo_file("bench/peer_torch_embed.py", script, sizeof script) != 0 || access(PYTHON, X_OK) != 0) {
+    if (cli_find_repo_file("bench/peer_torch_embed.py", script, sizeof script) != 0 || access(PYTHON, X_OK) != 0) {
         fprintf(stderr, "medsearch bench ingest: give --model: without it a random-weight ResNet-50 is exported by "
                         "bench/peer_torch_embed.py with %s (python3-torch), not found here\n", PYTHON);
         return -1;

@@ -341,35 +341,6 @@ static int dump_vectors(engine *e, peer *p, ms_err *err)
     return rc;
 }
 
-static int find_script(char *out, size_t len)
-{
-    struct stat st;
-    const char *dir = getenv("MEDSEARCH_BENCH_DIR");
-    if (dir && *dir) {
-        snprintf(out, len, "%s/peer_flask.py", dir);
-        if (!stat(out, &st))
-            return 0;
-    }
-    snprintf(out, len, "bench/peer_flask.py");
-    if (!stat(out, &st))
-        return 0;
-    char exe[2048];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    if (n <= 0)
-        return -1;
-    exe[n] = '\0';
-    for (int up = 0; up < 3; up++) {
-        char *slash = strrchr(exe, '/');
-        if (!slash)
-            break;
-        *slash = '\0';
-        snprintf(out, len, "%s/bench/peer_flask.py", exe);
-        if (!stat(out, &st))
-            return 0;
-    }
-    return -1;
-}
-
 /* Starts the peer and waits (up to 180 s: torch and the model load) for
  * its "peer listening PORT" line. */
 static int start_peer(peer *p, const char *script, const char *model_path, int dim,
@@ -566,7 +537,7 @@ int bench_serve(int argc, char **argv)
     int have_peer = 0;
     if (no_peer)
         peer_note = "skipped (--no-peer)";
-    else if (access(PYTHON, X_OK) || find_script(script, sizeof script))
+    else if (access(PYTHON, X_OK) || cli_find_repo_file("bench/peer_flask.py", script, sizeof script))
         peer_note = "skipped: " PYTHON " or bench/peer_flask.py not found";
     else if (dump_vectors(e, &p, &err) ||
              start_peer(&p, script, info.model_path, st.dim, st.index_kind, &err))

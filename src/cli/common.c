@@ -2,9 +2,11 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "cli/cli.h"
 
@@ -354,4 +356,28 @@ void cli_join_labels(const store_meta *m, char *buf, size_t len)
             break;
         used += (size_t)w;
     }
+}
+
+int cli_find_repo_file(const char *rel, char *out, size_t len)
+{
+    struct stat st;
+    const char *dir = getenv("MEDSEARCH_BENCH_DIR");
+    if (dir && *dir && snprintf(out, len, "%s/../%s", dir, rel) < (int)len && !stat(out, &st))
+        return 0;
+    if (snprintf(out, len, "%s", rel) < (int)len && !stat(out, &st))
+        return 0;
+    char exe[2048];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n <= 0)
+        return -1;
+    exe[n] = '\0';
+    for (int up = 0; up < 3; up++) {
+        char *slash = strrchr(exe, '/');
+        if (!slash)
+            break;
+        *slash = '\0';
+        if (snprintf(out, len, "%s/%s", exe, rel) < (int)len && !stat(out, &st))
+            return 0;
+    }
+    return -1;
 }

@@ -82,6 +82,13 @@ void cli_error(const cli_command *cmd, const ms_err *err);
  * MS_EIO, MS_ETOOBIG. */
 int cli_read_file(const char *path, size_t max, unsigned char **buf, size_t *len, ms_err *err);
 
+/* A file of the repository (a peer script, a test tool) by its path from
+ * the repository root: under $MEDSEARCH_BENCH_DIR/.. (the bench folder's
+ * parent), then relative to the working directory, then beside the running
+ * binary or up to two folders above it. 0 with the path in out, -1 when
+ * none exists. */
+int cli_find_repo_file(const char *rel, char *out, size_t len);
+
 /* "Effusion|Mass" from a store_meta's labels into buf. */
 void cli_join_labels(const store_meta *m, char *buf, size_t len);
 
