@@ -21,21 +21,10 @@
 #include <vips/vips.h>
 
 #include "image/image.h"
+#include "image_test_util.h"
 #include "util/timing.h"
 
 /* ---- helpers: make images, encode them, prepare them ---- */
-
-typedef struct blob {
-    uint8_t *data;
-    size_t len;
-} blob;
-
-static void blob_free(blob *b)
-{
-    g_free(b->data);
-    b->data = NULL;
-    b->len = 0;
-}
 
 /* An image from raw samples (8-bit when bytes_per_sample is 1, else 16). */
 static VipsImage *raw_image(const void *px, int w, int h, int bands, int bytes_per_sample)
@@ -52,19 +41,6 @@ static VipsImage *raw_image(const void *px, int w, int h, int bands, int bytes_p
         im = tagged;
     }
     return im;
-}
-
-/* Encodes im with a libvips saver chosen by suffix and options, e.g.
- * ".png[palette]" or ".jpg[Q=95,interlace]". Takes ownership of im. */
-static blob encode_with(VipsImage *im, const char *suffix)
-{
-    blob b = {0};
-    void *buf = NULL;
-    if (vips_image_write_to_buffer(im, suffix, &buf, &b.len, NULL))
-        fail_msg("encoding %s failed: %s", suffix, vips_error_buffer());
-    b.data = buf;
-    g_object_unref(im);
-    return b;
 }
 
 static VipsImage *constant_image(int w, int h, int bands, int value)

@@ -19,30 +19,8 @@
 #include <vips/vips.h>
 
 #include "image/image.h"
+#include "image_test_util.h"
 #include "util/timing.h"
-
-typedef struct blob {
-    uint8_t *data;
-    size_t len;
-} blob;
-
-static void blob_free(blob *b)
-{
-    g_free(b->data);
-    b->data = NULL;
-    b->len = 0;
-}
-
-static blob encode_with(VipsImage *im, const char *suffix)
-{
-    blob b = {0};
-    void *buf = NULL;
-    if (vips_image_write_to_buffer(im, suffix, &buf, &b.len, NULL))
-        fail_msg("encoding %s failed: %s", suffix, vips_error_buffer());
-    b.data = buf;
-    g_object_unref(im);
-    return b;
-}
 
 static VipsImage *gradient(int w, int h)
 {
