@@ -26,6 +26,7 @@
 #include "cli/labels.h"
 #include "engine.h"
 #include "engine/internal.h"
+#include "model_test_util.h"
 
 /* Provided by the including file: a fresh empty collection (malloc'd). */
 static char *suite_new_db(void);
@@ -45,24 +46,6 @@ static struct {
     sample s[N_IMAGES];
     char tmp[256];
 } G;
-
-static uint8_t *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint8_t *b = malloc((size_t)n + 1);
-    if (b && fread(b, 1, (size_t)n, f) != (size_t)n) {
-        free(b);
-        b = NULL;
-    }
-    fclose(f);
-    *len = (size_t)n;
-    return b;
-}
 
 /* Loads N_IMAGES Kermany images, both labels, several images per patient
  * where the set has them. Returns 0, or 77 with a message when absent. */
@@ -101,7 +84,7 @@ static int suite_load_data(void)
         if (snprintf(s->path, sizeof s->path, "%.400s/data/kermany_pneumonia_224/%.500s", shared, line) < 0)
             continue;
         const store_meta *m = labels_find(G.lab, s->path);
-        if (!m || !(s->bytes = slurp(s->path, &s->len)))
+        if (!m || !(s->bytes = mt_read_file(s->path, &s->len)))
             continue;
         s->meta = *m;
         s->meta.original_name = strrchr(s->path, '/') + 1;

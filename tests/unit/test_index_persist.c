@@ -15,6 +15,7 @@
 #include <cmocka.h>
 
 #include "index/internal.h"
+#include "model_test_util.h"
 #include "test_index_common.h"
 
 #define MODEL "mobilenet_v2 sha256:0123abcd"
@@ -37,23 +38,14 @@ static int teardown(void **state)
 
 static unsigned char *slurp(const char *path, size_t *len)
 {
-    FILE *f = fopen(path, "rb");
-    assert_non_null(f);
-    fseek(f, 0, SEEK_END);
-    *len = (size_t)ftell(f);
-    fseek(f, 0, SEEK_SET);
-    unsigned char *b = malloc(*len ? *len : 1);
-    assert_int_equal(fread(b, 1, *len, f), *len);
-    fclose(f);
+    unsigned char *b = mt_read_file(path, len);
+    assert_non_null(b);
     return b;
 }
 
 static void spit(const char *path, const unsigned char *b, size_t len)
 {
-    FILE *f = fopen(path, "wb");
-    assert_non_null(f);
-    assert_int_equal(fwrite(b, 1, len, f), len);
-    fclose(f);
+    assert_int_equal(mt_write_file(path, b, len), 0);
 }
 
 static vindex *build(index_kind kind, index_quant quant, int dim, size_t n, float **data_out, float **qs_out)
