@@ -31,6 +31,7 @@
 
 #include "cli/cli.h"
 #include "cli/common.h"
+#include "image/image.h"
 #include "index/synth.h"
 #include "util/sha256.h"
 #include "util/timing.h"
@@ -62,9 +63,12 @@ static int make_png(const char *src, int size, const char *out)
 {
     VipsImage *in = NULL, *t[6] = {0};
     int rc = -1;
+    /* Making and dropping operations is serialised (image_vips_ops_lock);
+     * the pixels are computed by pngsave, outside the lock. */
+    image_vips_ops_lock();
     if (src) {
         if (!(in = vips_image_new_from_file(src, "access", VIPS_ACCESS_SEQUENTIAL, NULL)))
-            return -1;
+            goto out;
         if (vips_colourspace(in, &t[0], VIPS_INTERPRETATION_B_W, NULL) ||
             vips_extract_band(t[0], &t[1], 0, NULL) ||
             vips_resize(t[1], &t[2], (double)size / in->Xsize, "vscale", (double)size / in->Ysize, NULL))
@@ -76,15 +80,18 @@ static int make_png(const char *src, int size, const char *out)
             goto out;
     }
     if (vips_gaussnoise(&t[3], size, size, "sigma", 4.0, "mean", 0.0, NULL) || vips_add(t[2], t[3], &t[4], NULL) ||
-        vips_cast_uchar(t[4], &t[5], NULL) || vips_pngsave(t[5], out, "compression", 6, NULL))
+        vips_cast_uchar(t[4], &t[5], NULL))
         goto out;
-    rc = 0;
+    image_vips_ops_unlock();
+    rc = vips_pngsave(t[5], out, "compression", 6, NULL) ? -1 : 0;
+    image_vips_ops_lock();
 out:
     for (int i = 0; i < 6; i++)
         if (t[i])
             g_object_unref(t[i]);
     if (in)
         g_object_unref(in);
+    image_vips_ops_unlock();
     return rc;
 }
 

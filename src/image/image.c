@@ -41,6 +41,16 @@ static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;
  * decoding and resizing still run in parallel; only these short steps are
  * serialised. */
 static pthread_mutex_t orc_lock = PTHREAD_MUTEX_INITIALIZER;
+
+void image_vips_ops_lock(void)
+{
+    pthread_mutex_lock(&orc_lock);
+}
+
+void image_vips_ops_unlock(void)
+{
+    pthread_mutex_unlock(&orc_lock);
+}
 static atomic_bool initialised;
 
 /* libvips reports problems twice: through its error buffer (which we turn

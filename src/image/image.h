@@ -98,6 +98,16 @@ int image_init(int cache_off, ms_err *err);
  * process; call after image_init(). */
 void image_set_threads(int threads);
 
+/* Held while making or freeing libvips operations from several threads.
+ * libvips compiles some operations (resize, convolution) into Orc programs
+ * when they are made and frees them when they are finalised, and liborc's
+ * allocator for compiled code is not thread-safe. Every call of this module
+ * takes it itself; code that uses libvips directly beside it (a benchmark's
+ * image generator) takes it around making operations and dropping its
+ * references, not around computing pixels. */
+void image_vips_ops_lock(void);
+void image_vips_ops_unlock(void);
+
 /* The decoding library and its version, "libvips 8.14.1", for reports. */
 const char *image_library_version(void);
 
