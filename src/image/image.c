@@ -237,8 +237,16 @@ static int load(const void *buf, size_t len, const image_info *info, int shrink,
     int rc;
     switch (info->format) {
     case IMAGE_PNG:
-        rc = vips_pngload_buffer(data, len, out, "access", VIPS_ACCESS_SEQUENTIAL, "fail_on", VIPS_FAIL_ON_ERROR,
-                                 NULL);
+        /* The common plain PNG in one inflate; the rest through libpng, after
+         * the bomb check its streaming inflate needs. */
+        rc = png_decode_direct(buf, len, out, err);
+        if (rc < 0)
+            return rc;
+        if (rc == PNG_DIRECT_DECLINED && (rc = png_check_stream(buf, len, err)) < 0)
+            return rc;
+        if (!*out)
+            rc = vips_pngload_buffer(data, len, out, "access", VIPS_ACCESS_SEQUENTIAL, "fail_on",
+                                     VIPS_FAIL_ON_ERROR, NULL);
         break;
     case IMAGE_JPEG:
         rc = vips_jpegload_buffer(data, len, out, "access", VIPS_ACCESS_SEQUENTIAL, "fail_on", VIPS_FAIL_ON_ERROR,
@@ -355,9 +363,7 @@ static int decode_gray8(const void *buf, size_t len, const image_info *info, int
                         ms_err *err)
 {
     int shrink = info->format == IMAGE_JPEG ? jpeg_shrink_for(info, want_w, want_h) : 1;
-    int rc = info->format == IMAGE_PNG ? png_check_stream(buf, len, err) : 0;
-    if (!rc)
-        rc = load(buf, len, info, shrink, pl, err);
+    int rc = load(buf, len, info, shrink, pl, err);
     if (!rc)
         rc = to_luminance(pl, info->format, err);
     if (!rc)

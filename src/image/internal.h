@@ -22,4 +22,26 @@
  * reports those itself. Returns 0 or MS_EFORMAT. */
 int png_check_stream(const void *buf, size_t len, ms_err *err);
 
+/* The message both PNG paths give a stream that inflates past what a
+ * width x height image of `expected` raw bytes can hold. Returns MS_EFORMAT. */
+int png_bomb_error(unsigned width, unsigned height, unsigned long long expected, ms_err *err);
+
+/* The direct decoder (png_direct.c) declined: the file is not the plain
+ * layout it takes, or is damaged in a way libpng should describe. */
+#define PNG_DIRECT_DECLINED 1
+
+struct _VipsImage;
+
+/* For a PNG that image_probe() accepted: decodes a non-interlaced 8- or
+ * 16-bit gray, gray+alpha, RGB or RGBA image whose chunks are all in order
+ * (CRCs, IDATs consecutive, IEND present, no tRNS or PLTE) with one
+ * inflate and no libpng, into a new libvips memory image *out (owned by
+ * the caller; 16-bit samples in machine order; the interpretation libvips'
+ * loader would give). The pixels are the ones libpng would give. Returns 0;
+ * PNG_DIRECT_DECLINED with *out NULL and err untouched for every other
+ * file (the caller then runs png_check_stream and libvips' loader); or
+ * MS_EFORMAT (a decompression bomb, refused after inflating at most the
+ * declared size plus libpng's tolerance) or MS_ENOMEM. */
+int png_decode_direct(const void *buf, size_t len, struct _VipsImage **out, ms_err *err);
+
 #endif

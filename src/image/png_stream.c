@@ -67,6 +67,14 @@ static uint64_t idat_bytes(const uint8_t *p, size_t len)
     return total;
 }
 
+int png_bomb_error(unsigned width, unsigned height, unsigned long long expected, ms_err *err)
+{
+    return ms_err_set(err, MS_EFORMAT,
+                      "PNG is corrupt: its pixel data inflates to more than the %ux%u image its header "
+                      "declares (%llu bytes); refused as a decompression bomb",
+                      width, height, expected);
+}
+
 int png_check_stream(const void *buf, size_t len, ms_err *err)
 {
     const uint8_t *p = buf;
@@ -101,10 +109,7 @@ int png_check_stream(const void *buf, size_t len, ms_err *err)
             left -= read;
             if (inflated > allowed) {
                 g_object_unref(z);
-                return ms_err_set(err, MS_EFORMAT,
-                                  "PNG is corrupt: its pixel data inflates to more than the %ux%u image its header "
-                                  "declares (%llu bytes); refused as a decompression bomb",
-                                  be32(p + 16), be32(p + 20), (unsigned long long)expected);
+                return png_bomb_error(be32(p + 16), be32(p + 20), expected, err);
             }
             /* the end of the stream, a corrupt stream (libpng will say
              * why), or no progress: stop here */

@@ -35,7 +35,8 @@ if ! "$CLANG" -fsanitize=fuzzer,address,undefined "$out/probe.c" -o "$out/probe"
   exit "$FUZZ_SKIP_STATUS"
 fi
 
-PKGS="vips jansson libmicrohttpd sqlite3 libpq libcrypto libprotobuf-c"
+# the libraries the Makefile links, from its PKGS line
+PKGS=$(sed -n 's/^PKGS *:= *//p' Makefile)
 # shellcheck disable=SC2086
 PKG_CFLAGS=$(pkg-config --cflags $PKGS 2>/dev/null)
 # shellcheck disable=SC2086
