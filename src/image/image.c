@@ -542,6 +542,31 @@ static void thumb_size(const image_info *info, int longest, int *w, int *h)
     *h = info->height >= info->width ? longest : (int)fmax(1.0, lround(info->height * s));
 }
 
+/* The thumbnail of the decoded 8-bit gray memory image `in`, w x h (never
+ * larger), as the last image of pl: area averaging (area.c), not the
+ * model's Lanczos3, which costs several times more and buys a thumbnail
+ * nothing visible. */
+static int thumb_reduce(pipeline *pl, VipsImage *in, int w, int h, ms_err *err)
+{
+    VipsImage **slot = pipe_slot(pl);
+    if (in->Xsize == w && in->Ysize == h) {
+        *slot = in;
+        g_object_ref(in);
+        return 0;
+    }
+    const uint8_t *src = vips_image_get_data(in);
+    if (!src || in->Bands != 1 || in->BandFmt != VIPS_FORMAT_UCHAR)
+        return vips_failed(err, MS_EINTERNAL, "thumbnail source is not 8-bit gray in memory");
+    *slot = vips_image_new_memory();
+    vips_image_init_fields(*slot, w, h, 1, VIPS_FORMAT_UCHAR, VIPS_CODING_NONE, VIPS_INTERPRETATION_B_W, 1.0, 1.0);
+    if (vips_image_write_prepare(*slot))
+        return vips_failed(err, MS_ENOMEM, "no memory for the thumbnail");
+    int rc = area_reduce_gray8(src, in->Xsize, in->Ysize, VIPS_IMAGE_ADDR(*slot, 0, 0), w, h);
+    if (rc)
+        return ms_err_set(err, rc, "thumbnail of %dx%d to %dx%d failed", in->Xsize, in->Ysize, w, h);
+    return 0;
+}
+
 static int encode(VipsImage *im, thumb_format fmt, uint8_t **out, size_t *out_len, ms_err *err)
 {
     void *vbuf = NULL;
@@ -589,7 +614,7 @@ int image_thumbnail(const void *buf, size_t len, const image_limits *lim, int lo
     pipeline pl = {0};
     rc = decode_gray8(buf, len, &info, w, h, &pl, err);
     if (!rc)
-        rc = resize_exact(&pl, w, h, err);
+        rc = thumb_reduce(&pl, pipe_last(&pl), w, h, err);
     if (!rc)
         rc = encode(pipe_last(&pl), fmt, out, out_len, err);
     pipe_free(&pl);
@@ -635,7 +660,7 @@ int image_prepare_with_thumbnail(const void *buf, size_t len, const image_limits
     if (!rc)
         rc = normalise_last(&pl, prep, out, err);
     if (!rc)
-        rc = resize_from(&pl, decoded, tw, th, err);
+        rc = thumb_reduce(&pl, decoded, tw, th, err);
     if (!rc)
         rc = encode(pipe_last(&pl), fmt, thumb, thumb_len, err);
     pipe_free(&pl);

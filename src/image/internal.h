@@ -5,6 +5,7 @@
 #define MS_IMAGE_INTERNAL_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "util/err.h"
 
@@ -43,5 +44,12 @@ struct _VipsImage;
  * MS_EFORMAT (a decompression bomb, refused after inflating at most the
  * declared size plus libpng's tolerance) or MS_ENOMEM. */
 int png_decode_direct(const void *buf, size_t len, struct _VipsImage **out, ms_err *err);
+
+/* Reduces an 8-bit gray image (in_w x in_h, rows packed) to out_w x out_h
+ * (1 <= out <= in on each axis) by area averaging: each output pixel is
+ * the mean of the source area it covers, edge pixels weighted by the part
+ * inside, rounded to nearest. out is the caller's out_w * out_h bytes.
+ * Returns 0, MS_EINVAL (sizes) or MS_ENOMEM. */
+int area_reduce_gray8(const uint8_t *in, int in_w, int in_h, uint8_t *out, int out_w, int out_h);
 
 #endif
