@@ -214,6 +214,7 @@ static int rebuild_flush(rebuild_ctx *c)
 {
     if (c->n == 0)
         return 0;
+    engine_center_apply(c->e, c->vecs, c->n);
     int rc = index_add(c->e->ix, c->ids, c->vecs, c->n, &c->err);
     c->n = 0;
     return rc;
@@ -234,8 +235,8 @@ static int rebuild_add(void *ctx, int64_t id, const float *vec, int dim)
     return 0;
 }
 
-/* Fills a fresh index from every stored vector. */
-static int index_rebuild_from_store(engine *e, store *s, ms_err *err)
+/* Fills a fresh index from every stored vector, centred. */
+int engine_index_rebuild(engine *e, store *s, ms_err *err)
 {
     index_free(e->ix);
     e->ix = NULL;
@@ -270,6 +271,18 @@ static int index_rebuild_from_store(engine *e, store *s, ms_err *err)
     return rc;
 }
 
+/* From index_load's identity message ("...built with model 'FILE', not
+ * 'OURS'"): 1 when the file's identity carries another center tag, -1 when
+ * it carries none (written before centering), 0 when it is something else. */
+static int center_mismatch(const char *msg)
+{
+    const char *not_ours = strstr(msg, "', not '");
+    const char *tag = strstr(msg, "|center=");
+    if (!not_ours || !tag)
+        return 0;
+    return tag < not_ours ? 1 : -1;
+}
+
 /* Loads the persisted index if it is current, else rebuilds. */
 static int index_open(engine *e, store *s, engine_open_report *rep, ms_err *err)
 {
@@ -292,7 +305,9 @@ static int index_open(engine *e, store *s, engine_open_report *rep, ms_err *err)
         ms_err lerr = {0};
         uint64_t saved_gen = 0;
         vindex *ix = NULL;
-        int lrc = index_load(e->index_path, e->dim, e->identity, &e->opt.index, &ix, &saved_gen, &lerr);
+        char identity[512];
+        engine_index_identity(e, identity, sizeof identity);
+        int lrc = index_load(e->index_path, e->dim, identity, &e->opt.index, &ix, &saved_gen, &lerr);
         if (lrc == 0 && saved_gen == gen && index_count(ix) == count) {
             e->ix = ix;
             e->loaded_gen = gen;
@@ -307,15 +322,23 @@ static int index_open(engine *e, store *s, engine_open_report *rep, ms_err *err)
         else if (lrc == MS_ENOTFOUND)
             snprintf(rep->index_note, sizeof rep->index_note, "%s",
                      count ? "no index file: rebuilt from the store" : "new collection: empty index");
+        else if (lrc == MS_ECONFLICT && center_mismatch(lerr.msg) > 0)
+            snprintf(rep->index_note, sizeof rep->index_note,
+                     "index file was built with another center (this one: %s): rebuilt from the store",
+                     e->center_tag);
+        else if (lrc == MS_ECONFLICT && center_mismatch(lerr.msg) < 0)
+            snprintf(rep->index_note, sizeof rep->index_note, "%s",
+                     "index file predates centering: rebuilt from the store");
         else
             snprintf(rep->index_note, sizeof rep->index_note, "index file unusable (%.180s): rebuilt from the store",
                      lerr.msg);
         index_free(ix);
     } else {
         snprintf(rep->index_note, sizeof rep->index_note, "%s",
-                 "no index file for this backend: built from the store");
+                 e->opt.center == ENGINE_CENTER_OFF ? "centering off: index built in memory from the store"
+                                                    : "no index file for this backend: built from the store");
     }
-    rc = index_rebuild_from_store(e, s, err);
+    rc = engine_index_rebuild(e, s, err);
     if (rc)
         return rc;
     e->missing_vectors = count - index_count(e->ix);
@@ -335,7 +358,9 @@ int engine_flush(engine *e, ms_err *err)
     pthread_mutex_lock(&e->write_mu);
     int rc = 0;
     if (e->ix && e->index_path && e->index_dirty && !e->index_foreign && !e->pending_reembed) {
-        rc = index_save(e->ix, e->index_path, e->identity, e->known_gen, err);
+        char identity[512];
+        engine_index_identity(e, identity, sizeof identity);
+        rc = index_save(e->ix, e->index_path, identity, e->known_gen, err);
         if (rc == 0)
             e->index_dirty = 0;
         else
@@ -441,6 +466,10 @@ static int choose_index_path(engine *e, const engine_options *o, ms_err *err)
 {
     const char *p = o->index_path;
     char buf[4096];
+    /* Without centering the index differs from the collection's own: it
+     * lives in memory only, so that it never replaces the persisted one. */
+    if (o->center == ENGINE_CENTER_OFF)
+        return 0;
     if (!p && strcmp(e->backend, "sqlite") == 0) {
         if (snprintf(buf, sizeof buf, "%s.index", e->db) >= (int)sizeof buf)
             return ms_err_set(err, MS_EINVAL, "database path too long");
@@ -501,6 +530,8 @@ int engine_open(const engine_options *o, engine **out, engine_open_report *rep, 
         rc = o->no_model ? adopt_collection_model(e, e->main_store, err) : use_model(e, e->main_store, err);
     uint64_t t1 = ms_now_ns();
     if (!rc)
+        rc = engine_center_open(e, e->main_store, rep, err);
+    if (!rc)
         rc = index_open(e, e->main_store, rep, err);
     rep->index_ms = ms_elapsed_ms(t1);
     if (!rc && e->m)
@@ -523,6 +554,7 @@ void engine_close(engine *e)
     engine_workers_stop(e);
     engine_flush(e, NULL);
     index_free(e->ix);
+    free(e->center);
     model_free(e->m);
     for (int i = 0; i < e->pool_nfree; i++)
         store_close(e->pool_free[i]);
@@ -587,6 +619,9 @@ int engine_get_stats(engine *e, engine_stats *st)
     st->embed_ms_total = e->embed_ms_total;
     st->search_ms_total = e->search_ms_total;
     pthread_mutex_unlock(&e->stats_mu);
+    st->center_off = e->opt.center == ENGINE_CENTER_OFF;
+    st->center_from = e->center ? e->center_n : 0;
+    snprintf(st->center_tag, sizeof st->center_tag, "%s", e->center_tag[0] ? e->center_tag : "none");
     return 0;
 }
 
@@ -627,7 +662,7 @@ int engine_describe(engine *e, engine_info *info, ms_err *err)
 
 typedef struct check_ctx {
     engine *e;
-    float *buf;
+    float *buf, *want;
     size_t seen;
     int rc;
     ms_err err;
@@ -650,6 +685,9 @@ static int check_vector(void *ctx, int64_t id, const float *vec, int dim)
                            (long long)id, norm);
         return 1;
     }
+    /* The index holds the vector as the engine centres it. */
+    memcpy(c->want, vec, (size_t)dim * sizeof *c->want);
+    engine_center_apply(c->e, c->want, 1);
     if (index_get(c->e->ix, id, c->buf) != 0) {
         c->rc = ms_err_set(&c->err, MS_EFORMAT, "image %lld is in the store but not in the index",
                            (long long)id);
@@ -657,7 +695,7 @@ static int check_vector(void *ctx, int64_t id, const float *vec, int dim)
     }
     float worst = 0;
     for (int i = 0; i < dim; i++) {
-        float d = vec[i] - c->buf[i];
+        float d = c->want[i] - c->buf[i];
         if (d < 0)
             d = -d;
         if (d > worst)
@@ -686,10 +724,16 @@ static int check_index(engine *e, store *s, ms_err *err)
         return ms_err_set(err, MS_EFORMAT, "the index holds %zu vectors, the store %zu images",
                           index_count(e->ix), count);
     check_ctx c = {.e = e};
-    if (!(c.buf = malloc((size_t)e->dim * sizeof(float))))
+    c.buf = malloc((size_t)e->dim * sizeof(float));
+    c.want = malloc((size_t)e->dim * sizeof(float));
+    if (!c.buf || !c.want) {
+        free(c.buf);
+        free(c.want);
         return ms_err_set(err, MS_ENOMEM, "no memory");
+    }
     rc = store_each_vector(s, check_vector, &c, err);
     free(c.buf);
+    free(c.want);
     if (!rc && c.rc) {
         rc = c.rc;
         if (err)

@@ -7,6 +7,25 @@
  * then loads the persisted index next to the collection or rebuilds it from
  * the store when missing, stale or damaged (engine_open_report says which).
  *
+ * Centering: ImageNet features of chest X-rays share a large common
+ * component (mean pairwise cosine about 0.7), which drowns the differences
+ * between them. The engine therefore ranks by cos(l2(q - c), l2(v - c)),
+ * c the collection's center (the mean of its stored vectors). The stored
+ * vectors stay as the model made them; c is a statistic kept in the store;
+ * x -> l2(x - c) is applied to every vector entering the index (ingest,
+ * rebuild, re-embed) and to every query vector, and query expansion works
+ * in that centred space. Scores are cosines there: an identical image still
+ * scores 1, unrelated ones score near 0 or below. When |x - c| is under
+ * 1e-6 (x is the center) x is kept as it is. A collection of fewer than
+ * ENGINE_CENTER_MIN vectors has no center (the transform is the identity);
+ * once it has that many, the center is computed, stored and frozen, and
+ * computed again when the collection has grown to twice the count it came
+ * from (each recomputation rebuilds the index, so doubling keeps the total
+ * cost linear). That check runs in engine_open (not for no_model opens,
+ * which never write) and in engine_update_center. The persisted index
+ * records the center it was built with (a tag in its identity), so a file
+ * built with another center is rebuilt.
+ *
  * Thread safety: every function except engine_close may be called from many
  * threads at once. Forwards of the model are serialised on one inference
  * thread that takes whatever queries are waiting and runs them as one batch
@@ -28,6 +47,17 @@
 
 typedef struct engine engine;
 
+/* Fewest vectors a center is computed from: below that the mean is noisy. */
+#define ENGINE_CENTER_MIN 256
+
+typedef enum {
+    ENGINE_CENTER_AUTO = 0,   /* center as described above (the default) */
+    ENGINE_CENTER_OFF         /* rank by raw cosine: no center is read, computed or stored,
+                                 and no index file is read or written (the one on disk may
+                                 belong to a centred collection): the index is built in
+                                 memory from the store (eval's center=off, tests) */
+} engine_center_mode;
+
 typedef struct engine_options {
     const char *db;            /* SQLite path or PostgreSQL URI (default medsearch.db) */
     const char *model_path;    /* ONNX file; NULL: MEDSEARCH_MODEL, then default places */
@@ -42,7 +72,9 @@ typedef struct engine_options {
                                   index, ingest waits, engine_reembed does the work */
     int thumb_size;            /* thumbnail longest side (default 256) */
     int no_model;              /* open store and index only (info, check, delete,
-                                  export): functions that embed fail MS_EINVAL */
+                                  export): functions that embed fail MS_EINVAL; the
+                                  stored center is used as it is, never computed */
+    engine_center_mode center; /* default ENGINE_CENTER_AUTO */
 } engine_options;
 
 void engine_options_init(engine_options *o);
@@ -51,6 +83,7 @@ void engine_options_init(engine_options *o);
 typedef struct engine_open_report {
     int index_loaded;          /* 1 loaded from file, 0 rebuilt */
     char index_note[256];      /* why it was rebuilt, or "" */
+    char center_note[256];     /* what happened to the center ("" when nothing did) */
     double open_ms, model_ms, index_ms;
 } engine_open_report;
 
@@ -114,12 +147,14 @@ typedef struct engine_timing {
  * (bad k), MS_ENOTFOUND (by_id absent), MS_EBUSY (queue full). */
 int engine_search(engine *e, const engine_query *q, engine_result **res, int *n,
                   engine_timing *t, ms_err *err);
-/* Search with a ready vector (dim floats, L2-normalised): eval and tests. */
+/* Search with a ready vector (dim floats, L2-normalised, as the model makes
+ * them and the store keeps them: the engine centres it like any query). */
 int engine_search_vector(engine *e, const float *vec, const engine_query *q,
                          engine_result **res, int *n, ms_err *err);
 void engine_results_free(engine_result *res, int n);
 
-/* Embeds one image through the same path as search (vec: model dim). */
+/* Embeds one image through the same path as search (vec: model dim): the
+ * model's L2-normalised vector, before centering (what the store keeps). */
 int engine_embed(engine *e, const uint8_t *bytes, size_t len, float *vec, ms_err *err);
 
 /* Streaming ingest: the engine pulls items from next() and hands each back
@@ -157,6 +192,9 @@ typedef struct engine_stats {
     size_t queue_depth;        /* queries waiting now */
     uint64_t searches, ingests;
     double embed_ms_total, search_ms_total;
+    int center_off;            /* opened with ENGINE_CENTER_OFF */
+    size_t center_from;        /* vectors the center came from; 0 = not centred */
+    char center_tag[20];       /* 16 hex digits of SHA-256 of the center, or "none" */
 } engine_stats;
 int engine_get_stats(engine *e, engine_stats *st);
 
@@ -168,7 +206,30 @@ int engine_get_stats(engine *e, engine_stats *st);
 int engine_reembed(engine *e, void (*progress)(void *ctx, size_t done, size_t total),
                    void *ctx, ms_err *err);
 
-/* Integrity check: store_check plus index-vs-store agreement. */
+/* Computes the center again when the collection needs it: it has at least
+ * ENGINE_CENTER_MIN vectors and no center, or twice as many vectors as the
+ * center came from, or force is set (then also below the minimum, where it
+ * removes the center). A recomputation is the mean of the stored vectors
+ * (double sums), recorded in the store, and the index rebuilt from the store
+ * with it (persisted at the next flush or close). *changed (may be NULL)
+ * tells whether anything changed. ingest and reembed call it when done, so a
+ * grown collection is centred before its first search.
+ * It needs the engine to itself, like engine_close: no search, ingest or
+ * delete may run meanwhile (it replaces the index that searches read
+ * without a lock). The server never calls it; a long-running server picks a
+ * new center up when it is opened again.
+ * Returns 0 (also with ENGINE_CENTER_OFF or a re-embed pending: nothing to
+ * do), MS_EINVAL (opened without a model) or a store error. */
+int engine_update_center(engine *e, int force, int *changed, ms_err *err);
+
+/* The center the engine applies: copies its dim floats into c and the
+ * number of vectors it came from into *from_n (may be NULL). Returns 0, or
+ * MS_ENOTFOUND when the collection is not centred (too small, centering
+ * off, or not computed yet). */
+int engine_get_center(engine *e, float *c, size_t *from_n);
+
+/* Integrity check: store_check plus index-vs-store agreement (the index
+ * holds each stored vector centred as the engine centres it). */
 int engine_check(engine *e, ms_err *err);
 
 /* Persists the index now when it changed (engine_close does it too, but

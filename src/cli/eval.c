@@ -2,8 +2,9 @@
  * eval.c - `medsearch eval`: retrieval quality of a labelled collection.
  *
  * Every labelled image is a query, searched through the engine exactly as
- * `search` does (engine_search_vector with the image's stored vector, the
- * query itself and its patient's images excluded by the engine's filter),
+ * `search --id` does (engine_search by the image's id: its vector as the
+ * index holds it, centred like every query; the query itself and its
+ * patient's images excluded by the engine's filter),
  * and the ranked ids are scored by src/eval/metrics.c. The ranking is never
  * recomputed here; the order the engine returns is only verified.
  *
@@ -15,7 +16,9 @@
  * ids are mapped back to the original ones through the ingest (or by
  * content hash when a kept collection is reused), so both configurations
  * are scored on the same queries with the same ground truth. QE alone needs
- * no scratch collection.
+ * no scratch collection; nor does center=off, which opens the same
+ * collection a second time with centering off (its index then lives in
+ * memory only: nothing of the collection is changed).
  */
 #include <errno.h>
 #include <math.h>
@@ -49,6 +52,7 @@ typedef struct eval_config {
     model_pool pool;
     float gem_p;              /* > 0 when set */
     int qe;                   /* -1: the command's --qe */
+    int center;               /* -1: as the collection is; 0 off; 1 on */
 } eval_config;
 
 typedef struct eval_args {
@@ -66,6 +70,8 @@ typedef struct eval_outcome {
     eval_summary summary;
     char identity[256];
     int qe;
+    int center_off;           /* evaluated with centering off */
+    size_t center_from;       /* vectors of the center used; 0 = not centred */
     double seconds;
     size_t searched;
 } eval_outcome;
@@ -74,7 +80,8 @@ static const char ABOUT[] =
     "Measures retrieval quality on a collection ingested with labels. Every labelled\n"
     "image is a query; its gallery is every other image except those of the same\n"
     "patient; the results come from the same engine search as `medsearch search`, with\n"
-    "the image's stored vector. Reports P@1, P@5, P@k and mAP@k, each with its chance\n"
+    "the image's stored vector (centred like every query once the collection has a\n"
+    "center). Reports P@1, P@5, P@k and mAP@k, each with its chance\n"
     "level (the expected value under a random ranking of the same gallery), P@k per\n"
     "label, and how many queries were scored: queries without labels, or without any\n"
     "relevant image in their gallery, are left out and counted.\n"
@@ -85,11 +92,15 @@ static const char ABOUT[] =
     "--compare A B evaluates two configurations on the same queries and reports the\n"
     "paired difference B - A of mAP@k and P@k with its standard error (sd of the\n"
     "per-query differences / sqrt(n)). A configuration is a comma-separated list of\n"
-    "pool=output|avg|gem|max|topleft, gem_p=P, qe=N, model=PATH (\"\" = the collection\n"
-    "as stored). One that changes the vectors (model, pooling, GeM p) re-embeds every\n"
-    "stored image into a scratch SQLite collection (deleted afterwards, or kept and\n"
-    "reused in --workdir); the model is --model's unless model= says otherwise.\n"
-    "Example: medsearch eval --rule exact --compare \"pool=avg\" \"pool=gem,qe=2\"";
+    "pool=output|avg|gem|max|topleft, gem_p=P, qe=N, model=PATH, center=on|off (\"\" =\n"
+    "the collection as stored). One that changes the vectors (model, pooling, GeM p)\n"
+    "re-embeds every stored image into a scratch SQLite collection (deleted afterwards,\n"
+    "or kept and reused in --workdir); the model is --model's unless model= says\n"
+    "otherwise. center=off ranks by plain cosine, without subtracting the collection's\n"
+    "center (the collection is opened a second time with centering off; nothing in it\n"
+    "changes); center=on, the default, is the product's search (a collection of fewer\n"
+    "than 256 images has no center either way).\n"
+    "Example: medsearch eval --rule exact --compare \"pool=avg,center=off\" \"pool=gem,qe=2\"";
 
 /* Value checks shared by the flags and the --compare configurations. */
 static int parse_int_in(const char *s, int lo, int hi, int *out)
@@ -123,6 +134,7 @@ static int parse_config(const char *text, eval_config *c, char *why, size_t why_
 {
     memset(c, 0, sizeof *c);
     c->qe = -1;
+    c->center = -1;
     if (strlen(text) >= sizeof c->text) {
         snprintf(why, why_len, "configuration is longer than %zu characters", sizeof c->text - 1);
         return -1;
@@ -167,8 +179,14 @@ static int parse_config(const char *text, eval_config *c, char *why, size_t why_
             }
             snprintf(c->model_buf, sizeof c->model_buf, "%s", val);
             c->model_path = c->model_buf;
+        } else if (!strcmp(key, "center")) {
+            if (strcmp(val, "on") && strcmp(val, "off")) {
+                snprintf(why, why_len, "center '%s' is not on or off", val);
+                return -1;
+            }
+            c->center = !strcmp(val, "on");
         } else {
-            snprintf(why, why_len, "unknown key '%s' (pool, gem_p, qe, model)", key);
+            snprintf(why, why_len, "unknown key '%s' (pool, gem_p, qe, model, center)", key);
             return -1;
         }
     }
@@ -335,14 +353,12 @@ static void run_fail(run_ctx *c, const ms_err *err)
     pthread_mutex_unlock(&c->err_mu);
 }
 
-/* Searches query q through the engine and scores it. */
-static int run_one(run_ctx *c, size_t q, float *vec, int64_t *ids, float *scores, ms_err *err)
+/* Searches query q through the engine (by its id, as `search --id` does)
+ * and scores it. */
+static int run_one(run_ctx *c, size_t q, int64_t *ids, float *scores, ms_err *err)
 {
     const eval_truth *t = c->t;
     int64_t eid = c->map->engine_id ? c->map->engine_id[q] : eval_truth_id(t, q);
-    int rc = index_get(engine_index(c->e), eid, vec);
-    if (rc)
-        return ms_err_set(err, rc, "image %lld has no vector in the index", (long long)eid);
     store_filter f;
     store_filter_init(&f);
     /* The filter only reads the patient key; the cast drops const for the
@@ -352,7 +368,9 @@ static int run_one(run_ctx *c, size_t q, float *vec, int64_t *ids, float *scores
     engine_query query = {.by_id = eid, .k = c->k, .filter = &f, .qe = c->qe, .exclude_self = 1};
     engine_result *res = NULL;
     int n = 0;
-    rc = engine_search_vector(c->e, vec, &query, &res, &n, err);
+    int rc = engine_search(c->e, &query, &res, &n, NULL, err);
+    if (rc == MS_ENOTFOUND)
+        return ms_err_set(err, rc, "image %lld has no vector in the index", (long long)eid);
     if (rc)
         return ms_err_prefix(err, "query %lld: ", (long long)eval_truth_id(t, q));
     for (int i = 0; i < n; i++) {
@@ -378,11 +396,10 @@ static int run_one(run_ctx *c, size_t q, float *vec, int64_t *ids, float *scores
 static void *run_worker(void *arg)
 {
     run_ctx *c = arg;
-    float *vec = malloc((size_t)c->dim * sizeof *vec);
     int64_t *ids = malloc((size_t)c->k * sizeof *ids);
     float *scores = malloc((size_t)c->k * sizeof *scores);
     ms_err err = {0};
-    if (!vec || !ids || !scores) {
+    if (!ids || !scores) {
         ms_err_set(&err, MS_ENOMEM, "out of memory for a search worker");
         run_fail(c, &err);
     }
@@ -397,12 +414,12 @@ static void *run_worker(void *arg)
         if (n_lab == 0 || eval_truth_relevant_count(c->t, q) == 0) {
             if (eval_score_query(c->t, q, NULL, 0, c->k, &c->scores[q], &err))
                 run_fail(c, &err);
-        } else if (run_one(c, q, vec, ids, scores, &err)) {
+        } else if (run_one(c, q, ids, scores, &err)) {
             run_fail(c, &err);
         }
         atomic_fetch_add(&c->done, 1);
     }
-    free(vec), free(ids), free(scores);
+    free(ids), free(scores);
     return NULL;
 }
 
@@ -598,6 +615,8 @@ static void config_options(const eval_env *env, const eval_config *c, engine_opt
         o->model.pool = c->pool;
     if (c && c->gem_p > 0)
         o->model.gem_p = c->gem_p;
+    if (c && c->center == 0)
+        o->center = ENGINE_CENTER_OFF;
 }
 
 /* The identity vectors made with these options would carry. */
@@ -676,6 +695,8 @@ static int open_scratch(const eval_env *env, engine_options *o, const char *iden
     if (!rc && cc.failed)
         rc = ms_err_set(err, cc.first.code ? cc.first.code : MS_EINTERNAL,
                         "%zu images failed to re-embed; first: %s", cc.failed, cc.first.msg);
+    if (!rc) /* as `medsearch ingest` does: centred before the first search */
+        rc = engine_update_center(*out, 0, NULL, err);
     if (!rc)
         rc = engine_flush(*out, err);
     if (rc) {
@@ -722,6 +743,21 @@ static int evaluate_config(const eval_env *env, const eval_config *c, eval_outco
                 goto out;
         }
     }
+    if (e == env->main && o.center == ENGINE_CENTER_OFF) {
+        /* The same vectors, ranked without the center: a second, read-only
+         * view of the collection (no index file, nothing written). */
+        o.no_model = 1;
+        o.db = a->db;
+        engine_open_report rep;
+        if ((rc = engine_open(&o, &e, &rep, err))) {
+            e = NULL;
+            goto out;
+        }
+    }
+    engine_stats cst;
+    engine_get_stats(e, &cst);
+    res->center_off = cst.center_off;
+    res->center_from = cst.center_from;
     uint64_t t0 = ms_now_ns();
     char what[300];
     snprintf(what, sizeof what, "eval %s", c && c->text[0] ? c->text : "");
@@ -768,6 +804,8 @@ static json_t *summary_json(const eval_summary *s, const eval_outcome *r)
     json_object_set_new(o, "images", json_integer((json_int_t)s->images));
     json_object_set_new(o, "model", json_string(r->identity));
     json_object_set_new(o, "qe", json_integer(r->qe));
+    json_object_set_new(o, "center", json_pack("{s:b,s:I}", "on", r->center_from > 0, "from",
+                                               (json_int_t)r->center_from));
     json_object_set_new(o, "queries", json_pack("{s:I,s:I,s:I,s:I}", "total", (json_int_t)s->queries,
                                                 "scored", (json_int_t)s->scored,
                                                 "unlabelled", (json_int_t)s->unlabelled,
@@ -862,7 +900,8 @@ static json_t *report_json(const eval_args *a, const eval_outcome *r, int nr, co
     json_object_set_new(root, "protocol",
                         json_pack("{s:s,s:i,s:s,s:s,s:s}", "rule", eval_rule_name(a->rule), "k", a->k,
                                   "gallery", "every other image except the query's patient's",
-                                  "similarity", "cosine", "ties", "smaller id first"));
+                                  "similarity", "cosine (after subtracting the collection's center when it has one)",
+                                  "ties", "smaller id first"));
     return root;
 }
 
@@ -872,6 +911,17 @@ static void qe_text(int qe, char *out, size_t len)
         snprintf(out, len, "with the top %d", qe);
     else
         snprintf(out, len, "off");
+}
+
+/* How the vectors were compared, for the reports. */
+static void center_text(const eval_outcome *r, char *out, size_t len)
+{
+    if (r->center_from)
+        snprintf(out, len, "centred cosine (center: mean of %zu vectors)", r->center_from);
+    else if (r->center_off)
+        snprintf(out, len, "plain cosine (centering off)");
+    else
+        snprintf(out, len, "plain cosine (the collection has no center)");
 }
 
 static void print_summary_text(FILE *f, const eval_summary *s, const eval_outcome *r)
@@ -914,7 +964,9 @@ static void print_text(const eval_args *a, const eval_outcome *r, int nr, const 
             printf("\n== %s: %s ==\n", i ? "B" : "A", a->cfg[i].text[0] ? a->cfg[i].text : "(as stored)");
         char qe[32];
         qe_text(r[i].qe, qe, sizeof qe);
-        printf("model: %s, query expansion %s\n", r[i].identity, qe);
+        char center[96];
+        center_text(&r[i], center, sizeof center);
+        printf("model: %s, query expansion %s, %s\n", r[i].identity, qe, center);
         print_summary_text(stdout, &r[i].summary, &r[i]);
     }
     if (nr > 1) {
@@ -931,11 +983,12 @@ static void print_text(const eval_args *a, const eval_outcome *r, int nr, const 
 
 static void md_summary(FILE *f, const eval_summary *s, const eval_outcome *r)
 {
-    char qe[32];
+    char qe[32], center[96];
     qe_text(r->qe, qe, sizeof qe);
-    fprintf(f, "Model `%s`, query expansion %s. %zu images; %zu queries scored, "
+    center_text(r, center, sizeof center);
+    fprintf(f, "Model `%s`, query expansion %s, %s. %zu images; %zu queries scored, "
                "%zu without labels and %zu without a relevant image left out.\n\n",
-            r->identity, qe, s->images, s->scored, s->unlabelled, s->no_relevant);
+            r->identity, qe, center, s->images, s->scored, s->unlabelled, s->no_relevant);
     fprintf(f, "| metric | value | chance |\n| --- | ---: | ---: |\n");
     char name[32];
     for (int c = 0; c < EVAL_N_CUTS; c++)

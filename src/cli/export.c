@@ -8,7 +8,15 @@
  *                 ("-" writes it to standard output).
  * CSV columns: id, original_name, patient_id, study_date, age, sex, view,
  * labels (pipe-separated), extra (key=value pairs separated by ';').
- * Vectors come from the store (the source of truth), L2-normalised.
+ * Vectors come from the store (the source of truth), L2-normalised, as the
+ * model made them. Search ranks by centred cosine (engine.h, "Centering"):
+ * the collection's center c is written beside them, so that a reader can
+ * compute l2(v - c) itself:
+ *   --format npy: OUT.center.npy, float32 [dim];
+ *   --format csv: OUT.center.csv, a header v0..v{dim-1} and one row
+ *                 (not written when the CSV goes to standard output).
+ * When the collection has no center (fewer than ENGINE_CENTER_MIN images)
+ * the center file is absent, and one left by an earlier export is removed.
  * Files are written beside their final name and renamed when complete.
  */
 #include <errno.h>
@@ -93,6 +101,22 @@ static int npy_header(FILE *f, size_t n, int dim)
     return fseek(f, 0, SEEK_SET) == 0 && fwrite(h, 1, sizeof h, f) == sizeof h ? 0 : -1;
 }
 
+/* The header of a 1-d float32 array of n values. */
+static int npy_header_1d(FILE *f, int n)
+{
+    char h[NPY_HEADER];
+    memset(h, ' ', sizeof h);
+    memcpy(h, "\x93NUMPY\x01\x00", 8);
+    h[8] = (char)(NPY_HEADER - 10);
+    h[9] = 0;
+    int w = snprintf(h + 10, NPY_HEADER - 10, "{'descr': '<f4', 'fortran_order': False, 'shape': (%d,), }", n);
+    if (w < 0 || w >= NPY_HEADER - 11)
+        return -1;
+    h[10 + w] = ' ';
+    h[NPY_HEADER - 1] = '\n';
+    return fwrite(h, 1, sizeof h, f) == sizeof h ? 0 : -1;
+}
+
 typedef struct out_file {
     char *final, *tmp;
     FILE *f;
@@ -142,6 +166,46 @@ static char *strip_ext(const char *out)
     if (n > 4 && (!strcmp(base + n - 4, ".npy") || !strcmp(base + n - 4, ".csv")))
         base[n - 4] = '\0';
     return base;
+}
+
+/* OUT.center.npy / .csv, or none (an old one removed) when not centred. */
+static int export_center(engine *e, const char *base, int dim, int npy, ms_err *err)
+{
+    char *path = NULL;
+    if (asprintf(&path, "%s.center.%s", base, npy ? "npy" : "csv") < 0)
+        return ms_err_set(err, MS_ENOMEM, "no memory");
+    float *c = malloc((size_t)(dim > 0 ? dim : 1) * sizeof *c);
+    int rc = c ? 0 : ms_err_set(err, MS_ENOMEM, "no memory");
+    if (rc == 0 && (dim <= 0 || engine_get_center(e, c, NULL) != 0)) {
+        if (remove(path) != 0 && errno != ENOENT)
+            rc = ms_err_set(err, MS_EIO, "cannot remove the old %s: %s", path, strerror(errno));
+        free(c);
+        free(path);
+        return rc;
+    }
+    out_file o;
+    char ext[16];
+    snprintf(ext, sizeof ext, ".center.%s", npy ? "npy" : "csv");
+    if (rc == 0 && out_open(&o, base, ext) != 0)
+        rc = ms_err_set(err, MS_EIO, "cannot create %s: %s", path, strerror(errno));
+    if (rc == 0) {
+        int ok;
+        if (npy) {
+            ok = npy_header_1d(o.f, dim) == 0 && fwrite(c, sizeof *c, (size_t)dim, o.f) == (size_t)dim;
+        } else {
+            for (int d = 0; d < dim; d++)
+                fprintf(o.f, "%sv%d", d ? "," : "", d);
+            fputc('\n', o.f);
+            for (int d = 0; d < dim; d++)
+                fprintf(o.f, "%s%.9g", d ? "," : "", (double)c[d]);
+            ok = fputc('\n', o.f) != EOF;
+        }
+        if (out_close(&o, ok) != 0)
+            rc = ms_err_set(err, MS_EIO, "writing %s: %s", path, strerror(errno));
+    }
+    free(c);
+    free(path);
+    return rc;
 }
 
 typedef struct export_job {
@@ -207,6 +271,8 @@ static int run_export(const cli_command *cmd, engine *e, const char *out, int np
         rc = export_one(&j, ids[i], &err);
     if (rc == 0 && npy && npy_header(j.vec.f, j.rows, st.dim) != 0)
         rc = ms_err_set(&err, MS_EIO, "write error: %s", strerror(errno));
+    if (rc == 0 && strcmp(out, "-"))
+        rc = export_center(e, base, st.dim, npy, &err);
     int closed = out_close(&j.meta, rc == 0);
     if (npy)
         closed |= out_close(&j.vec, rc == 0);
@@ -219,6 +285,10 @@ static int run_export(const cli_command *cmd, engine *e, const char *out, int np
                 base, base);
     else if (strcmp(out, "-"))
         fprintf(stderr, "exported %zu vectors (dim %d) with their metadata to %s.csv\n", j.rows, st.dim, base);
+    if (rc == 0 && st.center_from)
+        fprintf(stderr, "search ranks by cosine after subtracting the collection's center (the mean of %zu "
+                        "vectors)%s%s%s\n", st.center_from, strcmp(out, "-") ? ": written to " : "; write to a file to "
+                        "export it", strcmp(out, "-") ? base : "", strcmp(out, "-") ? (npy ? ".center.npy" : ".center.csv") : "");
     engine_store_release(e, j.s);
     free(ids);
     free(j.v);
@@ -242,7 +312,10 @@ int cmd_export(int argc, char **argv)
         "export", NULL,
         "Exports the collection for research: every image's id, vector (L2-normalised, from the store)\n"
         "and metadata. CSV columns: id, original_name, patient_id, study_date, age, sex, view, labels\n"
-        "(pipe-separated), extra (key=value;...). It needs no model.",
+        "(pipe-separated), extra (key=value;...). It needs no model.\n"
+        "Search ranks by cos(l2(q - c), l2(v - c)), c the collection's center (the mean of its vectors,\n"
+        "once it has 256): c is written to OUT.center.npy (float32 [dim]) or OUT.center.csv, and\n"
+        "absent when the collection has none.",
         CLI_DB, NULL, 0, 0};
     cli_command cmd = base;
     cmd.options = opts;

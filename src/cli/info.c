@@ -43,6 +43,21 @@ static void print_size(const char *what, long long bytes)
         printf("%-16s %.1f MiB (%lld bytes)\n", what, (double)bytes / 1048576.0, bytes);
 }
 
+/* Whether search ranks by centred cosine, and why not when it does not. */
+static void center_text(const engine_stats *st, const engine_open_report *rep, char *out, size_t len)
+{
+    if (st->center_from)
+        snprintf(out, len, "centred: mean of %zu vectors (tag %s)", st->center_from, st->center_tag);
+    else if (st->images < ENGINE_CENTER_MIN)
+        snprintf(out, len, "none: fewer than %d vectors, search ranks by plain cosine", ENGINE_CENTER_MIN);
+    else
+        snprintf(out, len, "none yet: computed at the next ingest, reembed or search");
+    if (rep->center_note[0]) {
+        size_t n = strlen(out);
+        snprintf(out + n, len - n, " (%.200s)", rep->center_note);
+    }
+}
+
 static int describe_collection(const cli_command *cmd, const cli_common *c)
 {
     engine_options o;
@@ -64,6 +79,8 @@ static int describe_collection(const cli_command *cmd, const cli_common *c)
         return cli_exit_code(rc);
     }
     const char *state = rep.index_loaded ? "loaded from its file" : rep.index_note;
+    char center[512];
+    center_text(&st, &rep, center, sizeof center);
     if (c->json) {
         json_t *o_js = json_pack("{s:s, s:s, s:I, s:s, s:i, s:s, s:I, s:s, s:I, s:I, s:I, s:s, s:b}", "db", in.db,
                                  "backend", in.backend, "images", (json_int_t)st.images, "model", st.model_identity,
@@ -72,6 +89,10 @@ static int describe_collection(const cli_command *cmd, const cli_common *c)
                                  (json_int_t)in.index_file_bytes, "db_bytes", (json_int_t)in.db_bytes, "generation",
                                  (json_int_t)in.generation, "index_state", state, "reembed_pending",
                                  in.pending_reembed);
+        json_object_set_new(o_js, "centered", json_boolean(st.center_from > 0));
+        json_object_set_new(o_js, "center_from", json_integer((json_int_t)st.center_from));
+        json_object_set_new(o_js, "center_tag", json_string(st.center_tag));
+        json_object_set_new(o_js, "center_state", json_string(center));
         json_dumpf(o_js, stdout, JSON_INDENT(2));
         fputc('\n', stdout);
         json_decref(o_js);
@@ -81,6 +102,7 @@ static int describe_collection(const cli_command *cmd, const cli_common *c)
         printf("%-16s %s\n", "model", st.model_identity[0] ? st.model_identity : "(none yet)");
         printf("%-16s %d\n", "dimension", st.dim);
         printf("%-16s %s, %s\n", "index", st.index_kind, state);
+        printf("%-16s %s\n", "center", center);
         print_size("index memory", (long long)st.index_bytes);
         if (in.index_path[0])
             printf("%-16s %s\n", "index file", in.index_path);

@@ -311,6 +311,25 @@ static void print_summary(ingest_run *r, double seconds, int stopped, const ms_e
                r->files.n - r->processed);
 }
 
+/* A grown collection is centred before its first search (engine.h,
+ * "Centering"): the center is recomputed here when the ingest made it due. */
+static void update_center(const cli_command *cmd, engine *e, const engine_open_report *rep, int quiet)
+{
+    if (!quiet && rep->center_note[0])
+        fprintf(stderr, "medsearch %s: %s\n", cmd->name, rep->center_note);
+    int changed = 0;
+    ms_err err = {0};
+    if (engine_update_center(e, 0, &changed, &err) != 0) {
+        cli_error(cmd, &err);
+        return;
+    }
+    engine_stats st;
+    engine_get_stats(e, &st);
+    if (changed && !quiet)
+        fprintf(stderr, "medsearch %s: %s from %zu vectors; the index was rebuilt with it\n", cmd->name,
+                st.center_from ? "center computed" : "center removed", st.center_from);
+}
+
 int cmd_ingest(int argc, char **argv)
 {
     const char *labels_path = NULL;
@@ -381,6 +400,8 @@ int cmd_ingest(int argc, char **argv)
         progress_finish(&r.prog);
     if (src_rc)
         cli_error(&me, &err);
+    else
+        update_center(&me, e, &rep, quiet);
     ms_err ferr = {0};
     if (engine_flush(e, &ferr) != 0)
         cli_error(&me, &ferr);

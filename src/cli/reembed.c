@@ -58,6 +58,10 @@ int cmd_reembed(int argc, char **argv)
     progress_finish(&p);
     engine_stats st;
     engine_get_stats(e, &st);
+    if (rc == 0 && (rc = engine_update_center(e, 0, NULL, &err)) != 0) {
+        cli_error(&cmd, &err); /* the vectors are done; the next open computes the center */
+        rc = 0;
+    }
     if (rc == 0) {
         ms_err ferr = {0};
         if (engine_flush(e, &ferr) != 0)

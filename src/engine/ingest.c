@@ -427,6 +427,8 @@ static int store_new_images(pipe_t *p, slot *sl, ms_err *err)
                 memcpy(sl->feat + n_add * dim, sl->feat + r * dim, dim * sizeof(float));
             add_ids[n_add++] = ids[r];
         }
+        /* Stored as the model made them; indexed centred. */
+        engine_center_apply(e, sl->feat, n_add);
         if (n_add > 0 && index_add(e->ix, add_ids, sl->feat, n_add, NULL) != 0)
             e->index_foreign = 1; /* the index misses them: never save it as current */
     }
@@ -450,8 +452,10 @@ static int reembed_vectors(pipe_t *p, slot *sl, ms_err *err)
         if (it->state != ITEM_DECODE)
             continue;
         int64_t id = (int64_t)(intptr_t)it->token;
-        const float *v = sl->feat + (size_t)it->row * (size_t)e->dim;
+        float *v = sl->feat + (size_t)it->row * (size_t)e->dim;
         rc = store_set_vector(p->s, id, v, e->dim, err);
+        if (rc == 0)
+            engine_center_apply(e, v, 1); /* stored raw, indexed centred */
         if (rc == 0 && index_add(e->ix, &id, v, 1, err) != 0)
             e->index_foreign = 1;
         it->res.id = id;
@@ -679,6 +683,12 @@ int engine_reembed(engine *e, void (*progress)(void *ctx, size_t done, size_t to
      * each vector replaced in place; with a new one it started empty. */
     pthread_mutex_lock(&e->write_mu);
     rc = store_use_model(r.s, e->identity, e->dim, 1, err);
+    /* That cleared the stored center: the vectors it came from are being
+     * replaced. With the same model the index keeps its center meanwhile
+     * (its vectors stay comparable) and engine_update_center recomputes it
+     * afterwards; after a model change there was none in memory. */
+    if (rc == 0 && e->center)
+        e->center_unstored = 1;
     pthread_mutex_unlock(&e->write_mu);
     if (rc)
         goto out;

@@ -7,7 +7,10 @@
  *     -> pool.mu (store handle pool, held only to take/return a handle)
  *     -> infer.mu (inference queue, held only to queue/dequeue)
  * Searches take no engine lock to read the index: the index allows any
- * number of readers beside its one writer (index.h).
+ * number of readers beside its one writer (index.h). The center (and the
+ * index that goes with it) is replaced only by engine_open,
+ * engine_update_center and engine_reembed, which need the engine to
+ * themselves (engine.h), so searches read it without a lock too.
  */
 #ifndef MS_ENGINE_INTERNAL_H
 #define MS_ENGINE_INTERNAL_H
@@ -99,6 +102,13 @@ struct engine {
     int index_dirty;              /* changed since loaded/saved */
     int index_foreign;            /* another process wrote: never save as current */
 
+    /* The center (center.c): NULL = none, the transform is the identity. */
+    float *center;
+    size_t center_n;              /* vectors it came from */
+    char center_tag[20];          /* 16 hex digits of SHA-256 of its bytes, or "none" */
+    int center_unstored;          /* the store no longer holds it (a re-embed with the
+                                     same model cleared it there): recompute */
+
     infer_queue infer;
     pthread_mutex_t workers_mu;
     work_pool workers;
@@ -120,6 +130,21 @@ int engine_need_model(const engine *e, ms_err *err);
 /* Caller's thread: decode+prepare one image into a malloc'd input. */
 int engine_prepare(engine *e, const uint8_t *bytes, size_t len, float **input,
                    image_info *info, ms_err *err);
+
+/* Fills a fresh index from every stored vector, centred (engine.c). */
+int engine_index_rebuild(engine *e, store *s, ms_err *err);
+
+/* center.c */
+/* x -> l2(x - c) for n vectors of dim floats in place; nothing without a center. */
+void engine_center_apply(const engine *e, float *v, size_t n);
+/* The identity the index file is saved and loaded with: the model's plus
+ * "|center=" and the center's tag. */
+void engine_index_identity(const engine *e, char *out, size_t len);
+/* engine_open: reads the stored center (rep->center_note says when one was
+ * unusable), then computes it when needed and allowed. Before the index. */
+int engine_center_open(engine *e, store *s, engine_open_report *rep, ms_err *err);
+/* Drops the center in memory (not in the store). */
+void engine_center_forget(engine *e);
 
 /* ingest.c */
 int engine_workers_ensure(engine *e, ms_err *err);

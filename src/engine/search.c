@@ -264,7 +264,8 @@ int engine_embed(engine *e, const uint8_t *bytes, size_t len, float *vec, ms_err
     return rc;
 }
 
-/* The query's vector: from the image bytes, or the stored image's. */
+/* The query's vector in index space (centred): from the image bytes, or the
+ * stored image's as the index holds it. */
 static int query_vector(engine *e, const engine_query *q, float *vec, engine_timing *t, ms_err *err)
 {
     if (q->bytes) {
@@ -281,12 +282,14 @@ static int query_vector(engine *e, const engine_query *q, float *vec, engine_tim
         rc = embed_input(e, input, vec, err);
         t->embed_ms = ms_elapsed_ms(t0);
         free(input);
+        if (rc == 0)
+            engine_center_apply(e, vec, 1);
         return rc;
     }
     if (q->by_id <= 0)
         return ms_err_set(err, MS_EINVAL, "a search needs an image or a stored image's id");
     if (e->ix && index_get(e->ix, q->by_id, vec) == 0)
-        return 0;
+        return 0; /* centred already, as everything in the index */
     return ms_err_set(err, MS_ENOTFOUND, "no image with id %lld", (long long)q->by_id);
 }
 
@@ -319,7 +322,18 @@ int engine_search_vector(engine *e, const float *vec, const engine_query *q, eng
                          ms_err *err)
 {
     engine_timing t = {0};
-    return search_core(e, vec, q, res, n, &t, err);
+    *res = NULL;
+    *n = 0;
+    if (!e->center)
+        return search_core(e, vec, q, res, n, &t, err);
+    float *centred = malloc((size_t)e->dim * sizeof *centred);
+    if (!centred)
+        return ms_err_set(err, MS_ENOMEM, "no memory");
+    memcpy(centred, vec, (size_t)e->dim * sizeof *centred);
+    engine_center_apply(e, centred, 1);
+    int rc = search_core(e, centred, q, res, n, &t, err);
+    free(centred);
+    return rc;
 }
 
 void engine_results_free(engine_result *res, int n)

@@ -68,11 +68,15 @@ static const char *const MIGRATIONS[] = {
     "ALTER TABLE vectors SET (toast_tuple_target = 8160);",
     /* 1 -> 2: labels keep the order they were given in (see sqlite.c). */
     "ALTER TABLE labels ADD COLUMN position integer NOT NULL DEFAULT 0;",
+    /* 2 -> 3: the collection's center and how many vectors it came from
+     * (see sqlite.c). */
+    "ALTER TABLE collection ADD COLUMN center bytea, ADD COLUMN center_n bigint;",
 };
 #define SCHEMA_VERSION ((int)(sizeof MIGRATIONS / sizeof MIGRATIONS[0]))
 
 enum stmt {
     P_LOCK_MODEL, P_MODEL, P_MODEL_BY_IDENTITY, P_INS_MODEL, P_SET_MODEL, P_BUMP, P_BUMP_MODEL,
+    P_CENTER, P_SET_CENTER,
     P_INGEST,
     P_FIND_SHA, P_HAS_NAME, P_INFO, P_ORIGINAL, P_THUMB, P_META, P_LABELS, P_KVS,
     P_GET_VEC, P_SET_VEC, P_DELETE, P_LIST, P_COUNT, P_GEN,
@@ -86,7 +90,10 @@ static const char *const SQL[N_STMTS] = {
                 "LEFT JOIN models m ON m.id = c.model_id WHERE c.id = 1",
     [P_MODEL_BY_IDENTITY] = "SELECT id, dim FROM models WHERE identity = $1",
     [P_INS_MODEL] = "INSERT INTO models (identity, dim, created) VALUES ($1, $2, $3) RETURNING id",
-    [P_SET_MODEL] = "UPDATE collection SET model_id = $1, generation = generation + 1 WHERE id = 1",
+    [P_SET_MODEL] = "UPDATE collection SET model_id = $1, generation = generation + 1, center = NULL, "
+                    "center_n = NULL WHERE id = 1",
+    [P_CENTER] = "SELECT center, center_n FROM collection WHERE id = 1",
+    [P_SET_CENTER] = "UPDATE collection SET center = $1, center_n = $2 WHERE id = 1",
     [P_BUMP] = "UPDATE collection SET generation = generation + 1 WHERE id = 1",
     /* Locks the collection row for the batch: a concurrent model change waits. */
     [P_BUMP_MODEL] = "UPDATE collection SET generation = generation + 1 WHERE id = 1 "
@@ -412,6 +419,87 @@ static int model_row(pg_store *s, const char *identity, int dim, int64_t *id, ms
     return 0;
 }
 
+/* ---- center ---- */
+
+/* Sets (bytes != NULL) or clears the center inside the current transaction. */
+static int write_center(pg_store *s, const uint8_t *bytes, int dim, int64_t from_n, ms_err *err)
+{
+    params p = {0};
+    if (bytes) {
+        p_bytes(&p, bytes, (size_t)dim * 4);
+        p_int(&p, from_n);
+    } else {
+        p_text(&p, NULL);
+        p_text(&p, NULL);
+    }
+    return exec_stmt(s, P_SET_CENTER, &p, PGRES_COMMAND_OK, bytes ? "storing the center" : "clearing the center",
+                     NULL, err);
+}
+
+static int pg_get_center(store *base, uint8_t **bytes, size_t *len, int64_t *from_n, ms_err *err)
+{
+    pg_store *s = impl(base);
+    PGresult *r;
+    int rc = ensure_conn(s, err);
+    if (rc == 0)
+        rc = exec_stmt(s, P_CENTER, NULL, PGRES_TUPLES_OK, "reading the center", &r, err);
+    if (rc < 0)
+        return rc;
+    if (PQntuples(r) != 1)
+        rc = ms_err_set(err, MS_EDB, "%s: the collection row is missing", s->base.where);
+    else if (PQgetisnull(r, 0, 0))
+        rc = ms_err_set(err, MS_ENOTFOUND, "%s: the collection has no center", s->base.where);
+    if (rc < 0) {
+        PQclear(r);
+        return rc;
+    }
+    int n = PQgetlength(r, 0, 0);
+    *from_n = PQgetisnull(r, 0, 1) ? 0 : col_int(r, 0, 1);
+    *len = (size_t)n;
+    if ((*bytes = malloc(n > 0 ? (size_t)n : 1)) != NULL)
+        memcpy(*bytes, PQgetvalue(r, 0, 0), (size_t)n);
+    else
+        rc = ms_err_set(err, MS_ENOMEM, "out of memory reading a %d-byte center", n);
+    PQclear(r);
+    return rc;
+}
+
+/* The body of pg_set_center, inside its transaction. */
+static int set_center_tx(pg_store *s, const uint8_t *bytes, int dim, int64_t from_n, ms_err *err)
+{
+    if (bytes) {
+        PGresult *r;
+        int64_t model_id;
+        int model_dim;
+        int rc = exec_stmt(s, P_LOCK_MODEL, NULL, PGRES_TUPLES_OK, "reading the collection's model", &r, err);
+        if (rc < 0)
+            return rc;
+        rc = model_from(r, &model_id, NULL, &model_dim, err);
+        PQclear(r);
+        if (rc < 0)
+            return rc;
+        if (model_id == 0)
+            return ms_err_set(err, MS_EINVAL, "%s: a center for a collection without a model", s->base.where);
+        if (model_dim != dim)
+            return ms_err_set(err, MS_EINVAL, "%s: a %d-float center for a collection whose model has dim %d",
+                              s->base.where, dim, model_dim);
+    }
+    return write_center(s, bytes, dim, from_n, err);
+}
+
+static int pg_set_center(store *base, const uint8_t *bytes, int dim, int64_t from_n, ms_err *err)
+{
+    pg_store *s = impl(base);
+    int rc = ensure_conn(s, err);
+    if (rc == 0)
+        rc = exec_sql(s, "BEGIN", "starting a transaction", err);
+    if (rc == 0)
+        rc = set_center_tx(s, bytes, dim, from_n, err);
+    if (rc == 0)
+        rc = exec_sql(s, "COMMIT", "committing", err);
+    return rc < 0 ? rollback(s, rc) : 0;
+}
+
 /* The body of pg_use_model, inside its transaction. */
 static int use_model_tx(pg_store *s, const char *identity, int dim, int force, ms_err *err)
 {
@@ -424,8 +512,12 @@ static int use_model_tx(pg_store *s, const char *identity, int dim, int force, m
         return rc;
     rc = model_from(r, &cur_id, &cur, &cur_dim, err);
     PQclear(r);
-    if (rc == 0 && cur_id && !strcmp(cur, identity) && cur_dim == dim)
-        rc = 1;  /* nothing to change */
+    if (rc == 0 && cur_id && !strcmp(cur, identity) && cur_dim == dim) {
+        free(cur);
+        /* The same model: nothing to change, unless forced (a re-embed
+         * rewrites every vector, so the center made from them goes). */
+        return force ? write_center(s, NULL, 0, 0, err) : 1;
+    }
     else if (rc == 0 && cur_id && !force)
         rc = ms_err_set(err, MS_ECONFLICT,
                         "%s: the collection was built with model %.200s (dim %d), not %.200s (dim %d); "
@@ -1295,6 +1387,8 @@ static const store_ops PG_OPS = {
     .close = pg_close,
     .use_model = pg_use_model,
     .get_model = pg_get_model,
+    .get_center = pg_get_center,
+    .set_center = pg_set_center,
     .ingest = pg_ingest,
     .find_sha256 = pg_find_sha256,
     .has_name = pg_has_name,

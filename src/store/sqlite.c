@@ -63,12 +63,18 @@ static const char *const MIGRATIONS[] = {
      * the primary finding, which eval's "single" rule reads). Rows of
      * version 1 get position 0 and keep their alphabetical order. */
     "ALTER TABLE labels ADD COLUMN position INTEGER NOT NULL DEFAULT 0;",
+    /* 2 -> 3: the collection's center (the mean of its vectors, float32
+     * little-endian, NULL = none) and how many vectors it came from. It
+     * belongs to the collection's current model: changing the model clears
+     * it. Collections of version 2 have none until the engine computes it. */
+    ("ALTER TABLE collection ADD COLUMN center BLOB;"
+     "ALTER TABLE collection ADD COLUMN center_n INTEGER;"),
 };
 #define SCHEMA_VERSION ((int)(sizeof MIGRATIONS / sizeof MIGRATIONS[0]))
 
 /* Statements prepared once per connection, on first use. */
 enum stmt {
-    S_MODEL, S_MODEL_BY_IDENTITY, S_INS_MODEL, S_SET_MODEL, S_BUMP,
+    S_MODEL, S_MODEL_BY_IDENTITY, S_INS_MODEL, S_SET_MODEL, S_BUMP, S_CENTER, S_SET_CENTER,
     S_FIND_SHA, S_INS_IMAGE, S_INS_ORIGINAL, S_INS_THUMB, S_INS_VECTOR, S_UPSERT_META,
     S_DEL_LABELS, S_INS_LABEL, S_DEL_KV, S_INS_KV, S_INS_NAME,
     S_HAS_NAME, S_INFO, S_ORIGINAL, S_THUMB, S_META, S_LABELS, S_KVS,
@@ -81,7 +87,10 @@ static const char *const SQL[N_STMTS] = {
                 "WHERE c.id = 1",
     [S_MODEL_BY_IDENTITY] = "SELECT id, dim FROM models WHERE identity = ?1",
     [S_INS_MODEL] = "INSERT INTO models (identity, dim, created) VALUES (?1, ?2, ?3)",
-    [S_SET_MODEL] = "UPDATE collection SET model_id = ?1, generation = generation + 1 WHERE id = 1",
+    [S_SET_MODEL] = "UPDATE collection SET model_id = ?1, generation = generation + 1, center = NULL, "
+                    "center_n = NULL WHERE id = 1",
+    [S_CENTER] = "SELECT center, center_n FROM collection WHERE id = 1",
+    [S_SET_CENTER] = "UPDATE collection SET center = ?1, center_n = ?2 WHERE id = 1",
     [S_BUMP] = "UPDATE collection SET generation = generation + 1 WHERE id = 1",
     [S_FIND_SHA] = "SELECT id FROM images WHERE sha256 = ?1",
     [S_INS_IMAGE] = "INSERT INTO images (sha256, bytes, mime, width, height, created, original_name) "
@@ -300,6 +309,77 @@ static int model_row(sqlite_store *s, const char *identity, int dim, int64_t *id
     return 0;
 }
 
+/* ---- center ---- */
+
+/* Sets (bytes != NULL) or clears the center inside the current transaction. */
+static int write_center(sqlite_store *s, const uint8_t *bytes, int dim, int64_t from_n, ms_err *err)
+{
+    sqlite3_stmt *st = stmt(s, S_SET_CENTER, err);
+    if (!st)
+        return err->code;
+    if (bytes) {
+        sqlite3_bind_blob(st, 1, bytes, dim * 4, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, from_n);
+    }
+    return run(s, st, bytes ? "storing the center" : "clearing the center", err);
+}
+
+static int sq_get_center(store *base, uint8_t **bytes, size_t *len, int64_t *from_n, ms_err *err)
+{
+    sqlite_store *s = impl(base);
+    sqlite3_stmt *st = stmt(s, S_CENTER, err);
+    if (!st)
+        return err->code;
+    int rc = sqlite3_step(st);
+    if (rc != SQLITE_ROW) {
+        sqlite3_reset(st);
+        return rc == SQLITE_DONE ? ms_err_set(err, MS_EDB, "%s: the collection row is missing", s->base.where)
+                                 : db_fail(s, rc, "reading the center", err);
+    }
+    if (sqlite3_column_type(st, 0) == SQLITE_NULL) {
+        sqlite3_reset(st);
+        return ms_err_set(err, MS_ENOTFOUND, "%s: the collection has no center", s->base.where);
+    }
+    /* A hostile file may hold any type here: only a blob is a center. */
+    int is_blob = sqlite3_column_type(st, 0) == SQLITE_BLOB;
+    int n = sqlite3_column_bytes(st, 0);
+    *from_n = sqlite3_column_type(st, 1) == SQLITE_INTEGER ? sqlite3_column_int64(st, 1) : 0;
+    *len = is_blob ? (size_t)n : 0;
+    *bytes = malloc(n > 0 ? (size_t)n : 1);
+    if (!*bytes) {
+        sqlite3_reset(st);
+        return ms_err_set(err, MS_ENOMEM, "out of memory reading a %d-byte center", n);
+    }
+    if (is_blob && n > 0)
+        memcpy(*bytes, sqlite3_column_blob(st, 0), (size_t)n);
+    sqlite3_reset(st);
+    return 0;
+}
+
+static int sq_set_center(store *base, const uint8_t *bytes, int dim, int64_t from_n, ms_err *err)
+{
+    sqlite_store *s = impl(base);
+    int rc = begin_write(s, err);
+    if (rc < 0)
+        return rc;
+    if (bytes) {
+        int64_t model_id;
+        int model_dim;
+        if ((rc = read_model(s, &model_id, NULL, &model_dim, err)) < 0)
+            return rollback(s, rc);
+        if (model_id == 0 || model_dim != dim)
+            return rollback(s, model_id == 0
+                                   ? ms_err_set(err, MS_EINVAL, "%s: a center for a collection without a model",
+                                                s->base.where)
+                                   : ms_err_set(err, MS_EINVAL,
+                                                "%s: a %d-float center for a collection whose model has dim %d",
+                                                s->base.where, dim, model_dim));
+    }
+    if ((rc = write_center(s, bytes, dim, from_n, err)) < 0 || (rc = commit(s, err)) < 0)
+        return rollback(s, rc);
+    return 0;
+}
+
 static int sq_use_model(store *base, const char *identity, int dim, int force, ms_err *err)
 {
     sqlite_store *s = impl(base);
@@ -313,7 +393,14 @@ static int sq_use_model(store *base, const char *identity, int dim, int force, m
         return rollback(s, rc);
     if (cur_id && !strcmp(cur, identity) && cur_dim == dim) {
         free(cur);
-        return rollback(s, 0);  /* nothing to change */
+        if (!force)
+            return rollback(s, 0);  /* nothing to change */
+        /* The same model, forced (a re-embed): its vectors are about to be
+         * rewritten, so the center made from the old ones goes. */
+        if ((rc = write_center(s, NULL, 0, 0, err)) < 0)
+            return rollback(s, rc);
+        rc = commit(s, err);
+        return rc < 0 ? rollback(s, rc) : 0;
     }
     if (cur_id && !force) {
         rc = ms_err_set(err, MS_ECONFLICT,
@@ -1097,6 +1184,8 @@ static const store_ops SQLITE_OPS = {
     .close = sq_close,
     .use_model = sq_use_model,
     .get_model = sq_get_model,
+    .get_center = sq_get_center,
+    .set_center = sq_set_center,
     .ingest = sq_ingest,
     .find_sha256 = sq_find_sha256,
     .has_name = sq_has_name,

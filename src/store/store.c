@@ -387,6 +387,62 @@ int store_get_model(store *s, char **identity, int *dim, ms_err *err)
     return s->ops->get_model(s, identity, dim, err);
 }
 
+int store_get_center(store *s, float *c, int dim, size_t *from_n, ms_err *err)
+{
+    CHECK_STORE(s);
+    int rc = check_dim(dim, err);
+    if (rc < 0)
+        return rc;
+    if (!c || !from_n)
+        return ms_err_set(err, MS_EINVAL, "store_get_center: NULL output");
+    *from_n = 0;
+    uint8_t *bytes = NULL;
+    size_t len = 0;
+    int64_t n = 0;
+    if ((rc = s->ops->get_center(s, &bytes, &len, &n, err)) < 0)
+        return rc;
+    /* The database is as hostile as any file: check before trusting. */
+    if (len != (size_t)dim * 4)
+        rc = ms_err_set(err, MS_EFORMAT, "%s: the stored center has %zu bytes, not %d floats of the model's dim",
+                        s->where, len, dim);
+    else if (n < 1)
+        rc = ms_err_set(err, MS_EFORMAT, "%s: the stored center claims to come from %lld vectors", s->where,
+                        (long long)n);
+    if (rc == 0) {
+        store_vec_decode(bytes, dim, c);
+        for (int i = 0; i < dim && rc == 0; i++)
+            if (!isfinite(c[i]))
+                rc = ms_err_set(err, MS_EFORMAT, "%s: value %d of the stored center is not finite", s->where, i);
+    }
+    free(bytes);
+    if (rc == 0)
+        *from_n = (size_t)n;
+    return rc;
+}
+
+int store_set_center(store *s, const float *c, int dim, size_t from_n, ms_err *err)
+{
+    CHECK_STORE(s);
+    int rc = check_dim(dim, err);
+    if (rc < 0 || (rc = check_vector(c, dim, "the center", err)) < 0)
+        return rc;
+    if (from_n < 1 || from_n > (size_t)INT64_MAX)
+        return ms_err_set(err, MS_EINVAL, "a center must come from at least one vector, got %zu", from_n);
+    uint8_t *bytes = malloc((size_t)dim * 4);
+    if (!bytes)
+        return ms_err_set(err, MS_ENOMEM, "out of memory for a %d-float center", dim);
+    store_vec_encode(c, dim, bytes);
+    rc = s->ops->set_center(s, bytes, dim, (int64_t)from_n, err);
+    free(bytes);
+    return rc;
+}
+
+int store_clear_center(store *s, ms_err *err)
+{
+    CHECK_STORE(s);
+    return s->ops->set_center(s, NULL, 0, 0, err);
+}
+
 int store_ingest(store *s, const store_item *items, size_t n, int64_t *ids,
                  int *was_new, ms_err *err)
 {
@@ -548,5 +604,21 @@ int store_generation(store *s, uint64_t *gen, ms_err *err)
 int store_check(store *s, ms_err *err)
 {
     CHECK_STORE(s);
-    return s->ops->check(s, err);
+    int rc = s->ops->check(s, err);
+    if (rc < 0)
+        return rc;
+    char *identity = NULL;
+    int dim = 0;
+    if ((rc = s->ops->get_model(s, &identity, &dim, err)) < 0)
+        return rc;
+    free(identity);
+    if (dim == 0)
+        return 0;
+    float *c = malloc((size_t)dim * sizeof *c);
+    if (!c)
+        return ms_err_set(err, MS_ENOMEM, "out of memory for a %d-float center", dim);
+    size_t from_n;
+    rc = store_get_center(s, c, dim, &from_n, err);
+    free(c);
+    return rc == MS_ENOTFOUND ? 0 : rc;
 }

@@ -125,6 +125,25 @@ int store_use_model(store *s, const char *identity, int dim, int force, ms_err *
 /* The recorded identity (malloc'd, caller frees) or NULL when none. */
 int store_get_model(store *s, char **identity, int *dim, ms_err *err);
 
+/* The collection's center: the mean of its vectors, a statistic the engine
+ * computes and keeps here (it subtracts it before the index; the stored
+ * vectors stay as the model made them). It belongs to the current model:
+ * store_use_model clears it whenever it changes the model, and also when
+ * force is given with the same model (a re-embed rewrites every vector).
+ *
+ * store_get_center fills c[dim] and *from_n (how many vectors it was
+ * computed from). Returns 0, MS_ENOTFOUND when the collection has none, or
+ * MS_EFORMAT when what is stored is not a center of dim finite floats from
+ * at least one vector (a damaged or hand-edited database): never trusted.
+ * store_set_center records one (dim must be the model's, values finite,
+ * from_n >= 1; MS_EINVAL otherwise, MS_EINVAL too when the collection has
+ * no model). store_clear_center removes it (0 when there was none). None of
+ * them changes the generation: an index built with a center says so in its
+ * own identity. */
+int store_get_center(store *s, float *c, int dim, size_t *from_n, ms_err *err);
+int store_set_center(store *s, const float *c, int dim, size_t from_n, ms_err *err);
+int store_clear_center(store *s, ms_err *err);
+
 /* Ingests n items; each image is atomic (bytes, thumbnail, metadata and
  * vector together or nothing). An item whose sha256 exists already gets
  * that id back with was_new[i] = 0 (its metadata replaced when meta is not
@@ -184,7 +203,8 @@ int store_count(store *s, size_t *n, ms_err *err);
 int store_generation(store *s, uint64_t *gen, ms_err *err);
 
 /* Integrity: every image has metadata and a vector of the collection's model
- * with the right dim, no orphans (SQLite: plus PRAGMA quick_check). Returns 0
+ * with the right dim, no orphans, a center (when there is one) that
+ * store_get_center accepts (SQLite: plus PRAGMA quick_check). Returns 0
  * when sound, MS_EFORMAT with the first problem. */
 int store_check(store *s, ms_err *err);
 

@@ -21,6 +21,13 @@ typedef struct store_ops {
     void (*close)(store *s);
     int (*use_model)(store *s, const char *identity, int dim, int force, ms_err *err);
     int (*get_model)(store *s, char **identity, int *dim, ms_err *err);
+    /* The raw center: *bytes (malloc'd, the caller frees) and its length,
+     * *from_n as stored (unchecked); MS_ENOTFOUND when none. store.c checks
+     * its size and values against the dim asked for. */
+    int (*get_center)(store *s, uint8_t **bytes, size_t *len, int64_t *from_n, ms_err *err);
+    /* bytes NULL: clear. Otherwise dim * 4 bytes (store_vec_encode'd); the
+     * backend checks dim against the model inside its transaction. */
+    int (*set_center)(store *s, const uint8_t *bytes, int dim, int64_t from_n, ms_err *err);
     /* dim: the model dim the items were checked against; the backend
      * re-reads the model inside its transaction and refuses a mismatch. */
     int (*ingest)(store *s, const store_item *items, size_t n, int dim, int64_t *ids,

@@ -4,6 +4,11 @@
 # 1e-9, for every rule, with and without query expansion, per query and in
 # total; the checker must notice figures of another rule (negative control);
 # --compare's paired figures equal the separate runs.
+# The subset has more than 256 images, so the collection is centred: the
+# export writes the center (vec.center.npy) and the checker ranks by
+# cos(l2(q - c), l2(v - c)) itself, in float64. Negative control: the
+# checker without the center must disagree. center=off (eval --compare)
+# must agree with the checker's plain cosine.
 #
 # Under ASan a patient-complete subset is used (every patient whose key
 # hashes to 0 mod EVAL_SUBSET_MOD, default 8, about 600 images);
@@ -35,6 +40,9 @@ xargs -d '\n' "$BIN" ingest --db "$db" --model "$MODEL" --pool avg --labels "$DA
   <"$tmp/files" >"$tmp/ingest.log" 2>&1 || { tail -5 "$tmp/ingest.log"; fail "ingest"; }
 "$BIN" export --vectors --db "$db" --out "$tmp/vec" 2>"$tmp/export.log" || { cat "$tmp/export.log"; fail "export"; }
 
+[ -f "$tmp/vec.center.npy" ] || fail "the export wrote no center for a collection of more than 256 images"
+grep -q "center" "$tmp/export.log" || fail "export does not mention the center: $(cat "$tmp/export.log")"
+
 checks=0
 for rule in exact any single; do
   for qe in 0 2; do
@@ -54,6 +62,35 @@ if $PY tests/tools/eval_check.py "$tmp/vec.npy" --rule exact --compare "$tmp/eva
   >/dev/null 2>&1; then
   fail "the checker accepted another rule's figures"
 fi
+
+# Negative control: the same figures are not those of plain cosine.
+if $PY tests/tools/eval_check.py "$tmp/vec.npy" --no-center --rule exact --compare "$tmp/eval_exact_0.json" \
+  >/dev/null 2>&1; then
+  fail "the checker accepted centred figures without the center"
+fi
+
+# center=off: the same collection ranked by plain cosine agrees with the
+# checker without the center, and leaves the collection as it was.
+before=$(sha256sum <"$db")
+"$BIN" eval --db "$db" --rule exact --json --quiet --compare "center=off" "" >"$tmp/off.json" 2>"$tmp/off.err" ||
+  { cat "$tmp/off.err"; fail "eval --compare center=off"; }
+[ "$(sha256sum <"$db")" = "$before" ] || fail "center=off changed the collection"
+$PY - "$tmp/off.json" "$tmp/off_a.json" "$tmp/eval_exact_0.json" <<'EOF' || fail "center=off report"
+import json, sys
+cmp = json.load(open(sys.argv[1]))
+A, B = cmp["configs"]
+assert A["center"]["on"] is False and B["center"]["on"] is True and B["center"]["from"] > 256, (A, B)
+json.dump(A, open(sys.argv[2], "w"))
+ref = json.load(open(sys.argv[3]))
+assert all(abs(B["metrics"][k] - v) <= 1e-12 for k, v in ref["metrics"].items())
+p = cmp["paired"]["mAP@10"]
+print(f"centering: mAP@10 {A['metrics']['mAP@10']:.4f} plain -> {B['metrics']['mAP@10']:.4f} centred "
+      f"({p['diff']:+.4f}, SE {p['se']:.4f})")
+EOF
+$PY tests/tools/eval_check.py "$tmp/vec.npy" --no-center --rule exact --compare "$tmp/off_a.json" \
+  --tolerance 1e-9 >"$tmp/check.out" 2>&1 ||
+  { grep -E 'DIFFERS|eval_check' "$tmp/check.out" | head -20; fail "checker disagrees with center=off"; }
+grep 'eval_check:' "$tmp/check.out" | sed "s/^/center=off: /"
 
 # The figures are not trivial: well above chance with a pretrained model.
 $PY - "$tmp/eval_exact_0.json" <<'EOF' || fail "exact-rule figures look wrong"
@@ -86,6 +123,8 @@ EOF
 "$BIN" eval --db "$db" --rule nearest >/dev/null 2>&1; [ $? -eq 2 ] || fail "a bad --rule must exit 2"
 "$BIN" eval --db "$db" --compare "pool=avg" >/dev/null 2>&1; [ $? -eq 2 ] || fail "--compare with one config must exit 2"
 "$BIN" eval --db "$db" --compare "pool=avg" "colour=blue" >/dev/null 2>&1; [ $? -eq 2 ] || fail "a bad config key must exit 2"
+"$BIN" eval --db "$db" --compare "center=off" "center=maybe" >/dev/null 2>"$tmp/c.err"; [ $? -eq 2 ] || fail "a bad center= must exit 2"
+grep -q "center 'maybe' is not on or off" "$tmp/c.err" || fail "a bad center= is not explained: $(cat "$tmp/c.err")"
 "$BIN" eval --db "$tmp/none.db" >/dev/null 2>"$tmp/none.err"; [ $? -eq 1 ] || fail "a missing collection must exit 1"
 grep -q "no collection" "$tmp/none.err" || fail "the missing collection is not named: $(cat "$tmp/none.err")"
 [ ! -e "$tmp/none.db" ] || fail "eval created a collection"

@@ -17,8 +17,16 @@ hits above each rank, not from the closed form the C code uses.
 Rules: any = share a label, exact = same label set, single = same first
 label; labels compare without regard to ASCII case.
 
+Centering: search ranks by cos(l2(q - c), l2(v - c)), c the collection's
+center, which the export writes beside the vectors (VECTORS.center.npy,
+float32 [dim]; absent when the collection has none). When that file is
+there, every vector is replaced by l2(v - c) here, in float64 (a vector
+within 1e-6 of c is kept as it is, as the engine does), and query expansion
+works in that space. The eval JSON must agree on whether it was centred.
+
 Usage:
-  eval_check.py VECTORS.npy [--csv IDS.csv] [--rule exact] [-k 10] [--qe N]
+  eval_check.py VECTORS.npy [--csv IDS.csv] [--center C.npy | --no-center]
+                [--rule exact] [-k 10] [--qe N]
                 [--compare EVAL.json [--per-query EVAL.csv]] [--tolerance 1e-9]
 Exit: 0 agreement (or figures printed), 1 disagreement, 2 usage/input
 error, 77 when numpy is missing (the caller skips).
@@ -100,7 +108,17 @@ def top(scores, ids, k):
     return cand[np.lexsort((ids[cand], -scores[cand]))][:k]
 
 
-def evaluate(vec, ids, patients, labels, rule, k, qe):
+def centre(vec, center):
+    """l2(v - c) per row, in float64; rows within 1e-6 of c stay as they are."""
+    d = vec - center.astype(np.float64)[None, :]
+    norms = np.linalg.norm(d, axis=1)
+    keep = ~(norms >= 1e-6)
+    out = d / np.where(keep, 1.0, norms)[:, None]
+    out[keep] = vec[keep]
+    return out
+
+
+def evaluate(vec, ids, patients, labels, rule, k, qe, center=None):
     n = len(ids)
     ids_arr = np.asarray(ids, dtype=np.int64)
     order = np.argsort(ids_arr, kind="stable")
@@ -111,6 +129,8 @@ def evaluate(vec, ids, patients, labels, rule, k, qe):
     norms = np.linalg.norm(vec, axis=1)
     if np.any(np.abs(norms - 1.0) > 1e-3):
         raise SystemExit("eval_check: exported vectors are not L2-normalised")
+    if center is not None:
+        vec = centre(vec, center)
 
     # Patient groups: unknown patients are their own group.
     group = np.empty(n, dtype=np.int64)
@@ -190,6 +210,9 @@ def compare(mine, theirs, tol):
     """Lists every figure that differs by more than tol, and the largest
     difference seen."""
     bad, worst = [], 0.0
+    t_center = theirs.get("center", {}).get("on")
+    if t_center is not None and bool(t_center) != mine["centered"]:
+        bad.append(f"centering: check {'on' if mine['centered'] else 'off'}, eval {'on' if t_center else 'off'}")
     t_q = theirs.get("queries", {})
     for key, v in mine["queries"].items():
         if t_q.get(key) != v:
@@ -246,6 +269,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("vectors")
     ap.add_argument("--csv", help="ids and metadata (default: VECTORS with .csv)")
+    ap.add_argument("--center", help="the collection's center (default: VECTORS with .center.npy, if present)")
+    ap.add_argument("--no-center", action="store_true", help="rank by plain cosine even if a center file exists")
     ap.add_argument("--rule", default="exact", choices=("any", "exact", "single"))
     ap.add_argument("-k", type=int, default=10)
     ap.add_argument("--qe", type=int, default=0)
@@ -257,9 +282,17 @@ def main():
         print("eval_check: k must be >= 1 and qe >= 0", file=sys.stderr)
         return 2
     csv_path = a.csv or os.path.splitext(a.vectors)[0] + ".csv"
+    center_path = None
+    if not a.no_center:
+        center_path = a.center or os.path.splitext(a.vectors)[0] + ".center.npy"
+        if not a.center and not os.path.exists(center_path):
+            center_path = None
+    center = None
     try:
         vec = np.load(a.vectors, allow_pickle=False)
         ids, patients, labels = read_metadata(csv_path)
+        if center_path:
+            center = np.load(center_path, allow_pickle=False)
     except (OSError, ValueError, KeyError) as e:
         print(f"eval_check: cannot read the export: {e}", file=sys.stderr)
         return 2
@@ -269,9 +302,15 @@ def main():
     if len(ids) != vec.shape[0]:
         print(f"eval_check: {csv_path} has {len(ids)} rows for {vec.shape[0]} vectors", file=sys.stderr)
         return 2
-    per, cuts = evaluate(vec, ids, patients, labels, a.rule, a.k, a.qe)
+    if center is not None and (center.dtype != np.float32 or center.shape != (vec.shape[1],)
+                               or not np.all(np.isfinite(center))):
+        print(f"eval_check: {center_path} is {center.dtype} {center.shape}, want finite float32 "
+              f"[{vec.shape[1]}]", file=sys.stderr)
+        return 2
+    per, cuts = evaluate(vec, ids, patients, labels, a.rule, a.k, a.qe, center)
     mine = summarise(per, cuts, a.k, len(ids))
     mine["protocol"] = {"rule": a.rule, "k": a.k, "qe": a.qe}
+    mine["centered"] = center is not None
     print(json.dumps(mine, indent=1, sort_keys=True))
     if not a.compare:
         return 0
@@ -284,7 +323,7 @@ def main():
         print("DIFFERS", b)
     print(f"eval_check: {'agree' if not bad else 'DISAGREE'} within {a.tolerance:g} "
           f"({len(bad)} differences, largest agreeing difference {worst:.3g}, "
-          f"{mine['queries']['scored']} queries scored)")
+          f"{mine['queries']['scored']} queries scored, {'centred' if center is not None else 'plain cosine'})")
     return 1 if bad else 0
 
 

@@ -296,7 +296,7 @@ static void t_open_schema(void **state)
     assert_int_equal(store_get_model(f->s, &identity, &dim, &err), 0);
     assert_null(identity);
     assert_int_equal(dim, 0);
-    assert_int_equal(raw_int(f, "SELECT version FROM schema_version"), 2);
+    assert_int_equal(raw_int(f, "SELECT version FROM schema_version"), 3);
     reopen(f);  /* an existing, current schema opens without migrating */
     assert_int_equal(raw_int(f, "SELECT count(*) FROM schema_version"), 1);
     if (f->kind == SQLITE) {
@@ -331,9 +331,11 @@ static void t_migrate_from_version_1(void **state)
     store_close(f->s);
     f->s = NULL;
     raw_exec(f, "ALTER TABLE labels DROP COLUMN position");
+    raw_exec(f, "ALTER TABLE collection DROP COLUMN center");
+    raw_exec(f, "ALTER TABLE collection DROP COLUMN center_n");
     raw_exec(f, "UPDATE schema_version SET version = 1");
     reopen(f);
-    assert_int_equal(raw_int(f, "SELECT version FROM schema_version"), 2);
+    assert_int_equal(raw_int(f, "SELECT version FROM schema_version"), 3);
     ms_err err = {0};
     store_meta got;
     assert_int_equal(store_get_meta(f->s, id, &got, &err), 0);
@@ -349,6 +351,174 @@ static void t_migrate_from_version_1(void **state)
     store_meta_free(&got);
     check_sound(f);
     titem_free(&t);
+}
+
+/* The center tests use arrays of the collection's dim. */
+#define CDIM 8
+
+/* A collection of schema version 2 (no center) is migrated on open: its
+ * images and vectors stay, it has no center, and one can be recorded. */
+static void t_migrate_from_version_2(void **state)
+{
+    fixture *f = fx(state);
+    use_model(f, CDIM);
+    titem t[3];
+    int64_t ids[3];
+    int was_new[3];
+    for (int i = 0; i < 3; i++)
+        titem_make(&t[i], 60 + (uint64_t)i, 200, CDIM, NULL, 0);
+    ingest_ok(f, t, 3, ids, was_new);
+    uint64_t g = generation(f);
+    store_close(f->s);
+    f->s = NULL;
+    raw_exec(f, "ALTER TABLE collection DROP COLUMN center");
+    raw_exec(f, "ALTER TABLE collection DROP COLUMN center_n");
+    raw_exec(f, "UPDATE schema_version SET version = 2");
+    reopen(f);
+    assert_int_equal(raw_int(f, "SELECT version FROM schema_version"), 3);
+    assert_int_equal(count(f), 3);
+    assert_int_equal(generation(f), g);
+    float c[CDIM], got[CDIM];
+    size_t from_n = 99;
+    ms_err err = {0};
+    assert_int_equal(store_get_center(f->s, c, CDIM, &from_n, &err), MS_ENOTFOUND);
+    assert_int_equal(from_n, 0);
+    float v[CDIM];
+    assert_int_equal(store_get_vector(f->s, ids[1], v, CDIM, &err), 0);
+    assert_memory_equal(v, t[1].vec, sizeof v);
+    for (int i = 0; i < CDIM; i++)
+        c[i] = (float)i / 7.0f;
+    assert_int_equal(store_set_center(f->s, c, CDIM, 3, &err), 0);
+    assert_int_equal(store_get_center(f->s, got, CDIM, &from_n, &err), 0);
+    assert_memory_equal(got, c, sizeof c);
+    assert_int_equal(from_n, 3);
+    check_sound(f);
+    for (int i = 0; i < 3; i++)
+        titem_free(&t[i]);
+}
+
+/* The center: absent, recorded bit-exact with its count, kept across
+ * reopening and an unforced use_model of the same model, cleared by a
+ * forced one (a re-embed) and by a model change; bad input refused. */
+static void t_center(void **state)
+{
+    fixture *f = fx(state);
+    float c[CDIM], got[CDIM];
+    size_t from_n = 0;
+    ms_err err = {0};
+    for (int i = 0; i < CDIM; i++)
+        c[i] = (i % 2 ? -1.0f : 1.0f) * (0.1f + (float)i / 3.0f);
+    assert_int_equal(store_set_center(f->s, c, CDIM, 5, &err), MS_EINVAL);  /* no model yet */
+    assert_non_null(strstr(err.msg, "model"));
+    assert_int_equal(store_get_center(f->s, got, CDIM, &from_n, &err), MS_ENOTFOUND);
+    use_model(f, CDIM);
+    assert_int_equal(store_get_center(f->s, got, CDIM, &from_n, &err), MS_ENOTFOUND);
+    assert_int_equal(store_clear_center(f->s, &err), 0);  /* clearing nothing is fine */
+    uint64_t g = generation(f);
+
+    assert_int_equal(store_set_center(f->s, c, CDIM - 1, 5, &err), MS_EINVAL);  /* not the model's dim */
+    assert_non_null(strstr(err.msg, "dim"));
+    assert_int_equal(store_set_center(f->s, c, CDIM, 0, &err), MS_EINVAL);      /* from no vector */
+    float bad[CDIM];
+    memcpy(bad, c, sizeof bad);
+    bad[3] = NAN;
+    assert_int_equal(store_set_center(f->s, bad, CDIM, 5, &err), MS_EINVAL);
+    assert_non_null(strstr(err.msg, "not finite"));
+    bad[3] = INFINITY;
+    assert_int_equal(store_set_center(f->s, bad, CDIM, 5, &err), MS_EINVAL);
+    assert_int_equal(store_set_center(f->s, NULL, CDIM, 5, &err), MS_EINVAL);
+    assert_int_equal(store_get_center(f->s, got, CDIM, &from_n, &err), MS_ENOTFOUND);
+
+    assert_int_equal(store_set_center(f->s, c, CDIM, 300, &err), 0);
+    assert_int_equal(store_get_center(f->s, got, CDIM, &from_n, &err), 0);
+    assert_memory_equal(got, c, sizeof c);
+    assert_int_equal(from_n, 300);
+    assert_int_equal(generation(f), g);  /* a center is not a change of the vectors */
+    /* Asked with another dim than the stored one: refused, not misread. */
+    assert_int_equal(store_get_center(f->s, got, CDIM + 1, &from_n, &err), MS_EFORMAT);
+    c[0] = 0.5f;
+    assert_int_equal(store_set_center(f->s, c, CDIM, 600, &err), 0);  /* replaced */
+    reopen(f);
+    assert_int_equal(store_get_center(f->s, got, CDIM, &from_n, &err), 0);
+    assert_memory_equal(got, c, sizeof c);
+    assert_int_equal(from_n, 600);
+    check_sound(f);
+
+    use_model(f, CDIM);  /* the same model, unforced: nothing changes */
+    assert_int_equal(store_get_center(f->s, got, CDIM, &from_n, &err), 0);
+    assert_int_equal(store_use_model(f->s, "test-model sha256:00ff", CDIM, 1, &err), 0);  /* re-embed */
+    assert_int_equal(store_get_center(f->s, got, CDIM, &from_n, &err), MS_ENOTFOUND);
+
+    assert_int_equal(store_set_center(f->s, c, CDIM, 600, &err), 0);
+    assert_int_equal(store_clear_center(f->s, &err), 0);
+    assert_int_equal(store_get_center(f->s, got, CDIM, &from_n, &err), MS_ENOTFOUND);
+
+    assert_int_equal(store_set_center(f->s, c, CDIM, 600, &err), 0);
+    assert_int_equal(store_use_model(f->s, "other-model sha256:11ee", 2 * CDIM, 1, &err), 0);
+    float c2[2 * CDIM];
+    assert_int_equal(store_get_center(f->s, c2, 2 * CDIM, &from_n, &err), MS_ENOTFOUND);
+    assert_int_equal(store_set_center(f->s, c, CDIM, 600, &err), MS_EINVAL);  /* the old dim */
+    check_sound(f);
+}
+
+/* A stored center is read like any byte from a file: a wrong size, a
+ * non-finite value, a missing or impossible count, another type are
+ * refused with a message saying what is wrong, and store_check says so. */
+static void t_center_hostile(void **state)
+{
+    fixture *f = fx(state);
+    use_model(f, CDIM);
+    float got[CDIM];
+    size_t from_n = 0;
+    ms_err err = {0};
+    int pg = f->kind == POSTGRES;
+    /* 8 floats of 0.25 (0x3e800000, little-endian) and the same with a NaN
+     * (0x7fc00000) at index 5. */
+    char good[8 * CDIM + 1] = "", nan5[8 * CDIM + 1] = "";
+    for (int i = 0; i < CDIM; i++) {
+        memcpy(good + 8 * i, "0000803e", 9);
+        memcpy(nan5 + 8 * i, i == 5 ? "0000c07f" : "0000803e", 9);
+    }
+    struct {
+        const char *value, *count;
+        const char *expect;
+    } cases[] = {
+        {"", "10", "bytes, not 8 floats"},       /* too short: 7 floats */
+        {"", "10", "bytes, not 8 floats"},       /* too long: 9 floats */
+        {nan5, "10", "value 5 of the stored center is not finite"},
+        {good, "0", "from 0 vectors"},
+        {good, "NULL", "from 0 vectors"},
+        {good, "-4", "from -4 vectors"},
+    };
+    char short7[8 * CDIM + 1], long9[8 * CDIM + 9];
+    snprintf(short7, sizeof short7, "%.*s", 7 * 8, good);
+    memcpy(long9, good, 8 * CDIM);
+    memcpy(long9 + 8 * CDIM, "0000803e", 9);
+    cases[0].value = short7;
+    cases[1].value = long9;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char sql[300];
+        snprintf(sql, sizeof sql, pg ? "UPDATE collection SET center = '\\x%s'::bytea, center_n = %s"
+                                     : "UPDATE collection SET center = x'%s', center_n = %s",
+                 cases[i].value, cases[i].count);
+        raw_exec(f, sql);
+        memset(&err, 0, sizeof err);
+        assert_int_equal(store_get_center(f->s, got, CDIM, &from_n, &err), MS_EFORMAT);
+        if (!strstr(err.msg, cases[i].expect))
+            fail_msg("case %zu: '%s' does not say '%s'", i, err.msg, cases[i].expect);
+        assert_int_equal(from_n, 0);
+        assert_int_equal(store_check(f->s, &err), MS_EFORMAT);
+        assert_non_null(strstr(err.msg, "center"));
+    }
+    char sql[300];
+    snprintf(sql, sizeof sql, pg ? "UPDATE collection SET center = '\\x%s'::bytea, center_n = 10"
+                                 : "UPDATE collection SET center = x'%s', center_n = 10", good);
+    raw_exec(f, sql);
+    assert_int_equal(store_get_center(f->s, got, CDIM, &from_n, &err), 0);
+    assert_int_equal(from_n, 10);
+    for (int i = 0; i < CDIM; i++)
+        assert_true(got[i] == 0.25f);
+    check_sound(f);
 }
 
 static void t_model(void **state)
@@ -1719,6 +1889,9 @@ static int group_postgres(void **state)
 #define SHARED_TESTS                                                                  \
     cmocka_unit_test_setup_teardown(t_open_schema, setup, teardown),                  \
     cmocka_unit_test_setup_teardown(t_migrate_from_version_1, setup, teardown),       \
+    cmocka_unit_test_setup_teardown(t_migrate_from_version_2, setup, teardown),       \
+    cmocka_unit_test_setup_teardown(t_center, setup, teardown),                       \
+    cmocka_unit_test_setup_teardown(t_center_hostile, setup, teardown),               \
     cmocka_unit_test_setup_teardown(t_model, setup, teardown),                        \
     cmocka_unit_test_setup_teardown(t_ingest_needs_model, setup, teardown),           \
     cmocka_unit_test_setup_teardown(t_ingest_and_dedup, setup, teardown),             \
