@@ -370,9 +370,14 @@ static int decode_gray8(const void *buf, size_t len, const image_info *info, int
         rc = to_uint8(pl, pl->img[0]->BandFmt == VIPS_FORMAT_USHORT, err);
     if (rc)
         return rc;
+    VipsImage *gray = pipe_last(pl);
+    /* Already 8-bit gray in memory (the direct PNG decoder, RGB luma): done. */
+    if (gray->dtype == VIPS_IMAGE_SETBUF && gray->Bands == 1 && gray->BandFmt == VIPS_FORMAT_UCHAR &&
+        gray->Type == VIPS_INTERPRETATION_B_W)
+        return 0;
     /* Mark it plain 8-bit gray: a GREY16 tag left from the loader would make
      * savers "shift" the already 8-bit values. */
-    VipsImage *gray = pipe_last(pl), **tagged = pipe_slot(pl);
+    VipsImage **tagged = pipe_slot(pl);
     if (vips_copy(gray, tagged, "interpretation", VIPS_INTERPRETATION_B_W, NULL))
         return vips_failed(err, MS_EINTERNAL, "tagging the gray image failed");
     VipsImage **mem = pipe_slot(pl);
