@@ -325,7 +325,7 @@ static int index_open(engine *e, store *s, engine_open_report *rep, ms_err *err)
         else if (lrc == MS_ECONFLICT && center_mismatch(lerr.msg) > 0)
             snprintf(rep->index_note, sizeof rep->index_note,
                      "index file was built with another center (this one: %s): rebuilt from the store",
-                     e->center_tag);
+                     engine_centering(e) ? e->center_tag : "off");
         else if (lrc == MS_ECONFLICT && center_mismatch(lerr.msg) < 0)
             snprintf(rep->index_note, sizeof rep->index_note, "%s",
                      "index file predates centering: rebuilt from the store");
@@ -335,8 +335,10 @@ static int index_open(engine *e, store *s, engine_open_report *rep, ms_err *err)
         index_free(ix);
     } else {
         snprintf(rep->index_note, sizeof rep->index_note, "%s",
-                 e->opt.center == ENGINE_CENTER_OFF ? "centering off: index built in memory from the store"
-                                                    : "no index file for this backend: built from the store");
+                 e->opt.center == ENGINE_CENTER_OFF  ? "centering off: index built in memory from the store"
+                 : e->opt.center == ENGINE_CENTER_ON ? "centering on for this open: index built in memory from "
+                                                       "the store"
+                                                     : "no index file for this backend: built from the store");
     }
     rc = engine_index_rebuild(e, s, err);
     if (rc)
@@ -379,6 +381,8 @@ static char *dup_or_null(const char *s)
 
 static int check_options(const engine_options *o, ms_err *err)
 {
+    if (o->center != ENGINE_CENTER_AUTO && o->center != ENGINE_CENTER_OFF && o->center != ENGINE_CENTER_ON)
+        return ms_err_set(err, MS_EINVAL, "unknown centering override %d", (int)o->center);
     if (o->max_batch < 1 || o->max_batch > 1024)
         return ms_err_set(err, MS_EINVAL, "max_batch must be 1..1024, got %d", o->max_batch);
     if (o->queue_depth < 1)
@@ -466,9 +470,9 @@ static int choose_index_path(engine *e, const engine_options *o, ms_err *err)
 {
     const char *p = o->index_path;
     char buf[4096];
-    /* Without centering the index differs from the collection's own: it
+    /* With an override the index differs from the collection's own: it
      * lives in memory only, so that it never replaces the persisted one. */
-    if (o->center == ENGINE_CENTER_OFF)
+    if (o->center != ENGINE_CENTER_AUTO)
         return 0;
     if (!p && strcmp(e->backend, "sqlite") == 0) {
         if (snprintf(buf, sizeof buf, "%s.index", e->db) >= (int)sizeof buf)
@@ -528,6 +532,11 @@ int engine_open(const engine_options *o, engine **out, engine_open_report *rep, 
         rc = load_model(e, rep, err);
     if (!rc)
         rc = o->no_model ? adopt_collection_model(e, e->main_store, err) : use_model(e, e->main_store, err);
+    if (!rc && (rc = store_get_center_policy(e->main_store, &e->center_policy_off, err)) == MS_EFORMAT && err) {
+        size_t n = strlen(err->msg);
+        snprintf(err->msg + n, sizeof err->msg - n, "; set it again with `medsearch center auto|off --db %s`",
+                 e->db);
+    }
     uint64_t t1 = ms_now_ns();
     if (!rc)
         rc = engine_center_open(e, e->main_store, rep, err);
@@ -619,7 +628,9 @@ int engine_get_stats(engine *e, engine_stats *st)
     st->embed_ms_total = e->embed_ms_total;
     st->search_ms_total = e->search_ms_total;
     pthread_mutex_unlock(&e->stats_mu);
-    st->center_off = e->opt.center == ENGINE_CENTER_OFF;
+    st->center_off = !engine_centering(e);
+    st->center_mode = e->opt.center;
+    st->center_policy_off = e->center_policy_off;
     st->center_from = e->center ? e->center_n : 0;
     snprintf(st->center_tag, sizeof st->center_tag, "%s", e->center_tag[0] ? e->center_tag : "none");
     return 0;
@@ -639,6 +650,7 @@ int engine_describe(engine *e, engine_info *info, ms_err *err)
     snprintf(info->index_path, sizeof info->index_path, "%s", e->index_path ? e->index_path : "");
     snprintf(info->model_path, sizeof info->model_path, "%s", e->m ? e->model_path : "");
     info->pending_reembed = e->pending_reembed;
+    info->center_policy_off = e->center_policy_off;
     info->db_bytes = -1;
     if (strcmp(e->backend, "sqlite") == 0) {
         info->db_bytes = file_size(e->db);

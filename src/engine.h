@@ -26,6 +26,16 @@
  * records the center it was built with (a tag in its identity), so a file
  * built with another center is rebuilt.
  *
+ * Centering policy: centering helps ImageNet features but may hurt a model
+ * fine-tuned on the collection's own kind of images; the operator measures
+ * (`medsearch eval --compare "center=off" ""`) and chooses. Each collection
+ * stores its policy (store_get_center_policy): auto (the default, as above)
+ * or off: no center is read, computed or stored, the transform is the
+ * identity, and the index file is persisted as usual with the identity tag
+ * "|center=off" (a file built with a center is rebuilt, one built without
+ * is reused). engine_set_center_policy changes it; engine_options.center
+ * overrides it for one open without changing it.
+ *
  * Thread safety: every function except engine_close may be called from many
  * threads at once. Forwards of the model are serialised on one inference
  * thread that takes whatever queries are waiting and runs them as one batch
@@ -51,11 +61,18 @@ typedef struct engine engine;
 #define ENGINE_CENTER_MIN 256
 
 typedef enum {
-    ENGINE_CENTER_AUTO = 0,   /* center as described above (the default) */
-    ENGINE_CENTER_OFF         /* rank by raw cosine: no center is read, computed or stored,
-                                 and no index file is read or written (the one on disk may
-                                 belong to a centred collection): the index is built in
-                                 memory from the store (eval's center=off, tests) */
+    ENGINE_CENTER_AUTO = 0,   /* follow the collection's policy (the default) */
+    ENGINE_CENTER_OFF,        /* this open only: rank by raw cosine: no center is read,
+                                 computed or stored, and no index file is read or written
+                                 (the one on disk may belong to a centred collection): the
+                                 index is built in memory from the store (eval's
+                                 center=off, tests) */
+    ENGINE_CENTER_ON          /* this open only: rank centred even when the policy is off:
+                                 the stored center when there is one, else one computed in
+                                 memory from the stored vectors when there are at least
+                                 ENGINE_CENTER_MIN (none below; engine_update_center
+                                 recomputes it in memory as the collection grows). Nothing
+                                 is written: no center, no index file (eval's center=on) */
 } engine_center_mode;
 
 typedef struct engine_options {
@@ -192,7 +209,11 @@ typedef struct engine_stats {
     size_t queue_depth;        /* queries waiting now */
     uint64_t searches, ingests;
     double embed_ms_total, search_ms_total;
-    int center_off;            /* opened with ENGINE_CENTER_OFF */
+    int center_off;            /* ranks by plain cosine by choice: opened with
+                                  ENGINE_CENTER_OFF, or the policy is off (and the
+                                  open was not ENGINE_CENTER_ON) */
+    engine_center_mode center_mode; /* the override this engine was opened with */
+    int center_policy_off;     /* the collection's stored policy: 1 off, 0 auto */
     size_t center_from;        /* vectors the center came from; 0 = not centred */
     char center_tag[20];       /* 16 hex digits of SHA-256 of the center, or "none" */
 } engine_stats;
@@ -218,9 +239,26 @@ int engine_reembed(engine *e, void (*progress)(void *ctx, size_t done, size_t to
  * delete may run meanwhile (it replaces the index that searches read
  * without a lock). The server never calls it; a long-running server picks a
  * new center up when it is opened again.
- * Returns 0 (also with ENGINE_CENTER_OFF or a re-embed pending: nothing to
- * do), MS_EINVAL (opened without a model) or a store error. */
+ * Returns 0 (also with ENGINE_CENTER_OFF, policy off or a re-embed pending:
+ * nothing to do), MS_EINVAL (opened without a model) or a store error.
+ * Opened with ENGINE_CENTER_ON it works the same in memory only: nothing is
+ * recorded in the store. */
 int engine_update_center(engine *e, int force, int *changed, ms_err *err);
+
+/* Records the collection's centering policy (off = 1: plain cosine; 0:
+ * auto) and applies it at once. off: the stored center is cleared and the
+ * index rebuilt without one; auto: the center is computed when the
+ * collection has at least ENGINE_CENTER_MIN vectors and the index rebuilt
+ * with it. The index is persisted at the next flush or close with the new
+ * identity. Works on opens without a model too (the stored vectors
+ * suffice), so `medsearch center` needs none. Opened with an override
+ * (ENGINE_CENTER_OFF/ON) the policy is recorded but this engine keeps
+ * ranking as the override says; with a re-embed pending, or on a
+ * collection without a model yet, it is recorded only. Setting the policy
+ * it already has applies it again (a center that became due is computed).
+ * The engine must be to itself, as for engine_update_center. Returns 0,
+ * MS_EINVAL (off not 0 or 1) or a store error. */
+int engine_set_center_policy(engine *e, int off, ms_err *err);
 
 /* The center the engine applies: copies its dim floats into c and the
  * number of vectors it came from into *from_n (may be NULL). Returns 0, or
@@ -252,6 +290,7 @@ typedef struct engine_info {
     uint64_t generation;       /* the store's */
     int pending_reembed;       /* a model change is under way: run reembed */
     char model_path[512];      /* "" when opened without a model */
+    int center_policy_off;     /* the collection's centering policy: 1 off, 0 auto */
 } engine_info;
 int engine_describe(engine *e, engine_info *info, ms_err *err);
 

@@ -25,6 +25,7 @@ static const struct command {
     {"delete", cmd_delete, "remove images from a collection"},
     {"export", cmd_export, "export ids, vectors and metadata for research"},
     {"reembed", cmd_reembed, "re-embed every stored image with a new model"},
+    {"center", cmd_center, "show or set a collection's centering policy (auto|off)"},
 };
 
 static void usage(FILE *f)

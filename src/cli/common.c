@@ -381,3 +381,11 @@ int cli_find_repo_file(const char *rel, char *out, size_t len)
     }
     return -1;
 }
+
+int cli_parse_center_policy(const char *text, int *off)
+{
+    if (!text || (strcmp(text, "auto") && strcmp(text, "off")))
+        return -1;
+    *off = !strcmp(text, "off");
+    return 0;
+}

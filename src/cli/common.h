@@ -89,6 +89,10 @@ int cli_read_file(const char *path, size_t max, unsigned char **buf, size_t *len
  * none exists. */
 int cli_find_repo_file(const char *rel, char *out, size_t len);
 
+/* A centering policy given on the command line: "auto" (*off = 0) or
+ * "off" (*off = 1). Returns 0, or -1 for anything else. */
+int cli_parse_center_policy(const char *text, int *off);
+
 /* "Effusion|Mass" from a store_meta's labels into buf. */
 void cli_join_labels(const store_meta *m, char *buf, size_t len);
 

@@ -96,10 +96,12 @@ static const char ABOUT[] =
     "the collection as stored). One that changes the vectors (model, pooling, GeM p)\n"
     "re-embeds every stored image into a scratch SQLite collection (deleted afterwards,\n"
     "or kept and reused in --workdir); the model is --model's unless model= says\n"
-    "otherwise. center=off ranks by plain cosine, without subtracting the collection's\n"
-    "center (the collection is opened a second time with centering off; nothing in it\n"
-    "changes); center=on, the default, is the product's search (a collection of fewer\n"
-    "than 256 images has no center either way).\n"
+    "otherwise. Without center= the search is the product's, as the collection's\n"
+    "centering policy says (medsearch center). center=off ranks by plain cosine,\n"
+    "center=on by centred cosine even when the policy is off (the center is then\n"
+    "computed in memory); either opens the collection a second time and changes\n"
+    "nothing in it. A collection of fewer than 256 images has no center either way.\n"
+    "To choose the policy: medsearch eval --compare \"center=off\" \"center=on\".\n"
     "Example: medsearch eval --rule exact --compare \"pool=avg,center=off\" \"pool=gem,qe=2\"";
 
 /* Value checks shared by the flags and the --compare configurations. */
@@ -617,6 +619,8 @@ static void config_options(const eval_env *env, const eval_config *c, engine_opt
         o->model.gem_p = c->gem_p;
     if (c && c->center == 0)
         o->center = ENGINE_CENTER_OFF;
+    else if (c && c->center == 1)
+        o->center = ENGINE_CENTER_ON;
 }
 
 /* The identity vectors made with these options would carry. */
@@ -632,6 +636,18 @@ static int config_identity(const engine_options *o, char *out, size_t len, ms_er
     snprintf(out, len, "%s", model_identity(m));
     model_free(m);
     return 0;
+}
+
+/* A scratch collection ranks as the collection it copies: the same
+ * centering policy. */
+static int scratch_policy(const eval_env *env, engine *scratch, ms_err *err)
+{
+    engine_stats want, have;
+    engine_get_stats(env->main, &want);
+    engine_get_stats(scratch, &have);
+    if (want.center_policy_off == have.center_policy_off)
+        return 0;
+    return engine_set_center_policy(scratch, want.center_policy_off, err);
 }
 
 /* Opens (building when needed) the scratch collection with options o and
@@ -673,7 +689,11 @@ static int open_scratch(const eval_env *env, engine_options *o, const char *iden
     if (have == n && !map_by_hash(engine_store(env->main), engine_store(*out), env->truth, engine_id, NULL)) {
         if (!a->quiet)
             fprintf(stderr, "medsearch eval: reusing %s (%zu images)\n", db, n);
-        return 0;
+        if ((rc = scratch_policy(env, *out, err)) != 0) {
+            engine_close(*out);
+            *out = NULL;
+        }
+        return rc;
     }
     if (have > 0) {
         /* Interrupted, or made from another state of the collection: start
@@ -695,6 +715,8 @@ static int open_scratch(const eval_env *env, engine_options *o, const char *iden
     if (!rc && cc.failed)
         rc = ms_err_set(err, cc.first.code ? cc.first.code : MS_EINTERNAL,
                         "%zu images failed to re-embed; first: %s", cc.failed, cc.first.msg);
+    if (!rc)
+        rc = scratch_policy(env, *out, err);
     if (!rc) /* as `medsearch ingest` does: centred before the first search */
         rc = engine_update_center(*out, 0, NULL, err);
     if (!rc)
@@ -743,9 +765,10 @@ static int evaluate_config(const eval_env *env, const eval_config *c, eval_outco
                 goto out;
         }
     }
-    if (e == env->main && o.center == ENGINE_CENTER_OFF) {
-        /* The same vectors, ranked without the center: a second, read-only
-         * view of the collection (no index file, nothing written). */
+    if (e == env->main && o.center != ENGINE_CENTER_AUTO) {
+        /* The same vectors, ranked without the center or with one whatever
+         * the policy: a second, read-only view of the collection (no index
+         * file, nothing written). */
         o.no_model = 1;
         o.db = a->db;
         engine_open_report rep;

@@ -48,6 +48,8 @@ static void center_text(const engine_stats *st, const engine_open_report *rep, c
 {
     if (st->center_from)
         snprintf(out, len, "centred: mean of %zu vectors (tag %s)", st->center_from, st->center_tag);
+    else if (st->center_policy_off)
+        snprintf(out, len, "none: centering policy off, search ranks by plain cosine");
     else if (st->images < ENGINE_CENTER_MIN)
         snprintf(out, len, "none: fewer than %d vectors, search ranks by plain cosine", ENGINE_CENTER_MIN);
     else
@@ -89,6 +91,7 @@ static int describe_collection(const cli_command *cmd, const cli_common *c)
                                  (json_int_t)in.index_file_bytes, "db_bytes", (json_int_t)in.db_bytes, "generation",
                                  (json_int_t)in.generation, "index_state", state, "reembed_pending",
                                  in.pending_reembed);
+        json_object_set_new(o_js, "center_policy", json_string(in.center_policy_off ? "off" : "auto"));
         json_object_set_new(o_js, "centered", json_boolean(st.center_from > 0));
         json_object_set_new(o_js, "center_from", json_integer((json_int_t)st.center_from));
         json_object_set_new(o_js, "center_tag", json_string(st.center_tag));
@@ -102,6 +105,7 @@ static int describe_collection(const cli_command *cmd, const cli_common *c)
         printf("%-16s %s\n", "model", st.model_identity[0] ? st.model_identity : "(none yet)");
         printf("%-16s %d\n", "dimension", st.dim);
         printf("%-16s %s, %s\n", "index", st.index_kind, state);
+        printf("%-16s %s\n", "center policy", in.center_policy_off ? "off" : "auto");
         printf("%-16s %s\n", "center", center);
         print_size("index memory", (long long)st.index_bytes);
         if (in.index_path[0])

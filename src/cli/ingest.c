@@ -330,9 +330,28 @@ static void update_center(const cli_command *cmd, engine *e, const engine_open_r
                 st.center_from ? "center computed" : "center removed", st.center_from);
 }
 
+/* --center: records the collection's centering policy before the images go
+ * in (a collection made for a fine-tuned model, say). 0 or the exit code. */
+static int set_policy(const cli_command *cmd, engine *e, int off, int quiet)
+{
+    engine_stats st;
+    engine_get_stats(e, &st);
+    if (st.center_policy_off == off)
+        return 0;
+    ms_err err = {0};
+    if (engine_set_center_policy(e, off, &err) != 0) {
+        cli_error(cmd, &err);
+        return cli_exit_code(err.code);
+    }
+    if (!quiet)
+        fprintf(stderr, "medsearch %s: centering policy %s (was %s)\n", cmd->name, off ? "off" : "auto",
+                off ? "auto" : "off");
+    return 0;
+}
+
 int cmd_ingest(int argc, char **argv)
 {
-    const char *labels_path = NULL;
+    const char *labels_path = NULL, *center = NULL;
     int batch = 0, threads = 0, quiet = 0;
     const cli_option opts[] = {
         {"labels", 0, CLI_STRING, &labels_path, "CSV",
@@ -340,6 +359,8 @@ int cmd_ingest(int argc, char **argv)
         {"batch", 0, CLI_INT, &batch, "N", "images per inference batch (default 16)", 1, 256},
         {"threads", 0, CLI_INT, &threads, "N", "decode threads (default: one per core)", 1, 256},
         {"quiet", 'q', CLI_FLAG, &quiet, NULL, "no progress and no per-file notes (errors still shown)", 0, 0},
+        {"center", 0, CLI_STRING, &center, "auto|off",
+         "set the collection's centering policy first (see medsearch center)", 0, 0},
         {0},
     };
     static const cli_command cmd = {
@@ -356,6 +377,12 @@ int cmd_ingest(int argc, char **argv)
     int n_paths, code;
     if (!cli_parse(&me, argc, argv, &c, &paths, &n_paths, &code))
         return code;
+    int center_off = 0;
+    if (center && cli_parse_center_policy(center, &center_off) != 0) {
+        fprintf(stderr, "medsearch ingest: --center takes auto or off, not '%s'\n", center);
+        free(paths);
+        return EXIT_USAGE;
+    }
 
     ingest_run r = {.cmd = &me, .quiet = quiet, .json = c.json};
     r.errors = json_array();
@@ -383,6 +410,10 @@ int cmd_ingest(int argc, char **argv)
     engine_open_report rep;
     if ((rc = cli_open(&me, &o, &e, &rep, !quiet)) != 0)
         goto out;
+    if (center && (rc = set_policy(&me, e, center_off, quiet)) != 0) {
+        engine_close(e);
+        goto out;
+    }
 
     collect(&r, paths, n_paths);
     progress_init(&r.prog, stderr, "ingest", "images", r.files.n, -1);

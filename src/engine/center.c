@@ -43,9 +43,17 @@ void engine_center_apply(const engine *e, float *v, size_t n)
     }
 }
 
+int engine_centering(const engine *e)
+{
+    return e->opt.center == ENGINE_CENTER_ON || (e->opt.center == ENGINE_CENTER_AUTO && !e->center_policy_off);
+}
+
 void engine_index_identity(const engine *e, char *out, size_t len)
 {
-    snprintf(out, len, "%s|center=%s", e->identity, e->center_tag[0] ? e->center_tag : "none");
+    const char *tag = e->center_tag[0] ? e->center_tag : "none";
+    if (e->opt.center == ENGINE_CENTER_AUTO && e->center_policy_off)
+        tag = "off";
+    snprintf(out, len, "%s|center=%s", e->identity, tag);
 }
 
 /* Takes ownership of c (NULL: no center) and tags it: the first 16 hex
@@ -140,11 +148,27 @@ static enum center_plan plan(const engine *e, size_t count, int force)
     return PLAN_KEEP;
 }
 
+int engine_index_rebuild_now(engine *e, store *s, ms_err *err)
+{
+    uint64_t gen = 0;
+    int rc = store_generation(s, &gen, err);
+    if (rc == 0)
+        rc = engine_index_rebuild(e, s, err);
+    if (rc)
+        return rc;
+    e->known_gen = gen;
+    e->index_foreign = 0; /* rebuilt from the store: it reflects it */
+    e->index_dirty = e->index_path && index_count(e->ix) > 0;
+    return 0;
+}
+
 /* Computes, stores and applies the center when the collection needs it;
  * rebuilds the index when there is one. note (may be NULL) says what was
- * done. The caller holds write_mu or has the engine to itself. */
+ * done. Opened with ENGINE_CENTER_ON the center is kept in memory only.
+ * The caller holds write_mu or has the engine to itself. */
 static int center_refresh(engine *e, store *s, int force, int *changed, char *note, size_t note_len, ms_err *err)
 {
+    int persist = e->opt.center == ENGINE_CENTER_AUTO;
     size_t count = 0;
     int rc = store_count(s, &count, err);
     if (rc)
@@ -161,7 +185,8 @@ static int center_refresh(engine *e, store *s, int force, int *changed, char *no
         free(c);
         c = NULL;
     }
-    rc = c ? store_set_center(s, c, e->dim, n, err) : store_clear_center(s, err);
+    if (persist)
+        rc = c ? store_set_center(s, c, e->dim, n, err) : store_clear_center(s, err);
     if (rc) {
         free(c);
         return ms_err_prefix(err, "recording the center: ");
@@ -178,20 +203,15 @@ static int center_refresh(engine *e, store *s, int force, int *changed, char *no
         *changed = 1;
     if (!e->ix)
         return 0; /* engine_open: the index is built after this */
-    uint64_t gen = 0;
-    if ((rc = store_generation(s, &gen, err)) != 0 || (rc = engine_index_rebuild(e, s, err)) != 0)
-        return rc;
-    e->known_gen = gen;
-    e->index_foreign = 0; /* rebuilt from the store: it reflects it */
-    e->index_dirty = e->index_path && count > 0;
-    return 0;
+    return engine_index_rebuild_now(e, s, err);
 }
 
 int engine_center_open(engine *e, store *s, engine_open_report *rep, ms_err *err)
 {
     center_set(e, NULL, 0);
-    if (e->opt.center == ENGINE_CENTER_OFF || e->dim == 0 || e->pending_reembed)
+    if (!engine_centering(e) || e->dim == 0 || e->pending_reembed)
         return 0; /* a pending re-embed: the stored center is the old model's */
+    int persist = e->opt.center == ENGINE_CENTER_AUTO;
     float *c = malloc((size_t)e->dim * sizeof *c);
     if (!c)
         return ms_err_set(err, MS_ENOMEM, "no memory for the center");
@@ -210,12 +230,12 @@ int engine_center_open(engine *e, store *s, engine_open_report *rep, ms_err *err
         if (rc == MS_EFORMAT) {
             /* Derived data, like the index: never trusted when damaged. */
             snprintf(rep->center_note, sizeof rep->center_note, "stored center unusable (%.160s): %s", lerr.msg,
-                     e->m ? "recomputed" : "ignored");
+                     e->m || !persist ? "recomputed" : "ignored");
             e->center_unstored = 1;
         }
     }
-    if (!e->m)
-        return 0; /* opens without a model never write */
+    if (!e->m && persist)
+        return 0; /* opens without a model never write (ENGINE_CENTER_ON writes nothing) */
     char note[200] = "";
     rc = center_refresh(e, s, 0, NULL, note, sizeof note, err);
     if (rc == 0 && note[0]) {
@@ -231,7 +251,7 @@ int engine_update_center(engine *e, int force, int *changed, ms_err *err)
         *changed = 0;
     if (!e->m)
         return ms_err_set(err, MS_EINVAL, "the collection was opened without a model: its center is not updated");
-    if (e->opt.center == ENGINE_CENTER_OFF || e->pending_reembed || e->dim == 0)
+    if (!engine_centering(e) || e->pending_reembed || e->dim == 0)
         return 0;
     store *s;
     int rc = engine_pool_get(e, &s, err);
@@ -239,6 +259,48 @@ int engine_update_center(engine *e, int force, int *changed, ms_err *err)
         return rc;
     pthread_mutex_lock(&e->write_mu);
     rc = center_refresh(e, s, force, changed, NULL, 0, err);
+    pthread_mutex_unlock(&e->write_mu);
+    engine_pool_put(e, s);
+    return rc;
+}
+
+/* Applies the policy just recorded (the caller holds write_mu). */
+static int apply_policy(engine *e, store *s, ms_err *err)
+{
+    if (e->opt.center != ENGINE_CENTER_AUTO || e->pending_reembed || e->dim == 0 || !e->ix)
+        return 0; /* an override rules this open; nothing to apply to yet */
+    if (e->center_policy_off) {
+        int had = e->center != NULL;
+        center_set(e, NULL, 0);
+        e->center_unstored = 0;
+        if (had)
+            return engine_index_rebuild_now(e, s, err);
+    } else {
+        int changed = 0;
+        int rc = center_refresh(e, s, 0, &changed, NULL, 0, err);
+        if (rc || changed)
+            return rc; /* rebuilt with the new center */
+    }
+    /* The same vectors, but the index file's identity changed (center=off
+     * <-> none or the tag): save it again. */
+    e->index_dirty = e->index_path && index_count(e->ix) > 0;
+    return 0;
+}
+
+int engine_set_center_policy(engine *e, int off, ms_err *err)
+{
+    if (off != 0 && off != 1)
+        return ms_err_set(err, MS_EINVAL, "the centering policy is off (1) or auto (0), got %d", off);
+    store *s;
+    int rc = engine_pool_get(e, &s, err);
+    if (rc)
+        return rc;
+    pthread_mutex_lock(&e->write_mu);
+    rc = store_set_center_policy(s, off, err);
+    if (rc == 0) {
+        e->center_policy_off = off;
+        rc = apply_policy(e, s, err);
+    }
     pthread_mutex_unlock(&e->write_mu);
     engine_pool_put(e, s);
     return rc;

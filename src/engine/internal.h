@@ -108,6 +108,7 @@ struct engine {
     char center_tag[20];          /* 16 hex digits of SHA-256 of its bytes, or "none" */
     int center_unstored;          /* the store no longer holds it (a re-embed with the
                                      same model cleared it there): recompute */
+    int center_policy_off;        /* the collection's stored policy (engine.h) */
 
     infer_queue infer;
     pthread_mutex_t workers_mu;
@@ -133,18 +134,24 @@ int engine_prepare(engine *e, const uint8_t *bytes, size_t len, float **input,
 
 /* Fills a fresh index from every stored vector, centred (engine.c). */
 int engine_index_rebuild(engine *e, store *s, ms_err *err);
+/* The same, for an engine already open: also records the generation the
+ * index reflects and marks it to be persisted. */
+int engine_index_rebuild_now(engine *e, store *s, ms_err *err);
 
 /* center.c */
 /* x -> l2(x - c) for n vectors of dim floats in place; nothing without a center. */
 void engine_center_apply(const engine *e, float *v, size_t n);
 /* The identity the index file is saved and loaded with: the model's plus
- * "|center=" and the center's tag. */
+ * "|center=" and the center's tag ("none" without one), or "off" when the
+ * collection's policy is off. */
 void engine_index_identity(const engine *e, char *out, size_t len);
 /* engine_open: reads the stored center (rep->center_note says when one was
  * unusable), then computes it when needed and allowed. Before the index. */
 int engine_center_open(engine *e, store *s, engine_open_report *rep, ms_err *err);
 /* Drops the center in memory (not in the store). */
 void engine_center_forget(engine *e);
+/* Does this engine rank centred: ENGINE_CENTER_ON, or AUTO with policy auto? */
+int engine_centering(const engine *e);
 
 /* ingest.c */
 int engine_workers_ensure(engine *e, ms_err *err);

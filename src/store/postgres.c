@@ -71,12 +71,15 @@ static const char *const MIGRATIONS[] = {
     /* 2 -> 3: the collection's center and how many vectors it came from
      * (see sqlite.c). */
     "ALTER TABLE collection ADD COLUMN center bytea, ADD COLUMN center_n bigint;",
+    /* 3 -> 4: the centering policy, 'auto' or 'off' (see sqlite.c). */
+    ("ALTER TABLE collection ADD COLUMN center_policy text NOT NULL DEFAULT 'auto'"
+     "  CHECK (center_policy IN ('auto', 'off'));"),
 };
 #define SCHEMA_VERSION ((int)(sizeof MIGRATIONS / sizeof MIGRATIONS[0]))
 
 enum stmt {
     P_LOCK_MODEL, P_MODEL, P_MODEL_BY_IDENTITY, P_INS_MODEL, P_SET_MODEL, P_BUMP, P_BUMP_MODEL,
-    P_CENTER, P_SET_CENTER,
+    P_CENTER, P_SET_CENTER, P_POLICY, P_SET_POLICY,
     P_INGEST,
     P_FIND_SHA, P_HAS_NAME, P_INFO, P_ORIGINAL, P_THUMB, P_META, P_LABELS, P_KVS,
     P_GET_VEC, P_SET_VEC, P_DELETE, P_LIST, P_COUNT, P_GEN,
@@ -94,6 +97,8 @@ static const char *const SQL[N_STMTS] = {
                     "center_n = NULL WHERE id = 1",
     [P_CENTER] = "SELECT center, center_n FROM collection WHERE id = 1",
     [P_SET_CENTER] = "UPDATE collection SET center = $1, center_n = $2 WHERE id = 1",
+    [P_POLICY] = "SELECT center_policy FROM collection WHERE id = 1",
+    [P_SET_POLICY] = "UPDATE collection SET center_policy = $1 WHERE id = 1",
     [P_BUMP] = "UPDATE collection SET generation = generation + 1 WHERE id = 1",
     /* Locks the collection row for the batch: a concurrent model change waits. */
     [P_BUMP_MODEL] = "UPDATE collection SET generation = generation + 1 WHERE id = 1 "
@@ -436,22 +441,31 @@ static int write_center(pg_store *s, const uint8_t *bytes, int dim, int64_t from
                      NULL, err);
 }
 
+/* Runs `which`, a query of the one collection row: 0 with *r holding it
+ * (the caller clears it), else the error. */
+static int query_collection_row(pg_store *s, enum stmt which, const char *doing, PGresult **r, ms_err *err)
+{
+    int rc = ensure_conn(s, err);
+    if (rc == 0)
+        rc = exec_stmt(s, which, NULL, PGRES_TUPLES_OK, doing, r, err);
+    if (rc < 0)
+        return rc;
+    if (PQntuples(*r) == 1)
+        return 0;
+    PQclear(*r);
+    return ms_err_set(err, MS_EDB, "%s: the collection row is missing", s->base.where);
+}
+
 static int pg_get_center(store *base, uint8_t **bytes, size_t *len, int64_t *from_n, ms_err *err)
 {
     pg_store *s = impl(base);
     PGresult *r;
-    int rc = ensure_conn(s, err);
-    if (rc == 0)
-        rc = exec_stmt(s, P_CENTER, NULL, PGRES_TUPLES_OK, "reading the center", &r, err);
+    int rc = query_collection_row(s, P_CENTER, "reading the center", &r, err);
     if (rc < 0)
         return rc;
-    if (PQntuples(r) != 1)
-        rc = ms_err_set(err, MS_EDB, "%s: the collection row is missing", s->base.where);
-    else if (PQgetisnull(r, 0, 0))
-        rc = ms_err_set(err, MS_ENOTFOUND, "%s: the collection has no center", s->base.where);
-    if (rc < 0) {
+    if (PQgetisnull(r, 0, 0)) {
         PQclear(r);
-        return rc;
+        return ms_err_set(err, MS_ENOTFOUND, "%s: the collection has no center", s->base.where);
     }
     int n = PQgetlength(r, 0, 0);
     *from_n = PQgetisnull(r, 0, 1) ? 0 : col_int(r, 0, 1);
@@ -495,6 +509,37 @@ static int pg_set_center(store *base, const uint8_t *bytes, int dim, int64_t fro
         rc = exec_sql(s, "BEGIN", "starting a transaction", err);
     if (rc == 0)
         rc = set_center_tx(s, bytes, dim, from_n, err);
+    if (rc == 0)
+        rc = exec_sql(s, "COMMIT", "committing", err);
+    return rc < 0 ? rollback(s, rc) : 0;
+}
+
+/* The policy as stored, unchecked (store.c parses it). */
+static int pg_get_center_policy(store *base, char **text, ms_err *err)
+{
+    pg_store *s = impl(base);
+    PGresult *r;
+    int rc = query_collection_row(s, P_POLICY, "reading the centering policy", &r, err);
+    if (rc < 0)
+        return rc;
+    if (!(*text = strdup(PQgetisnull(r, 0, 0) ? "" : PQgetvalue(r, 0, 0))))
+        rc = ms_err_set(err, MS_ENOMEM, "out of memory reading the centering policy");
+    PQclear(r);
+    return rc;
+}
+
+static int pg_set_center_policy(store *base, int off, ms_err *err)
+{
+    pg_store *s = impl(base);
+    params p = {0};
+    p_text(&p, off ? "off" : "auto");
+    int rc = ensure_conn(s, err);
+    if (rc == 0)
+        rc = exec_sql(s, "BEGIN", "starting a transaction", err);
+    if (rc == 0)
+        rc = exec_stmt(s, P_SET_POLICY, &p, PGRES_COMMAND_OK, "setting the centering policy", NULL, err);
+    if (rc == 0 && off)
+        rc = write_center(s, NULL, 0, 0, err);
     if (rc == 0)
         rc = exec_sql(s, "COMMIT", "committing", err);
     return rc < 0 ? rollback(s, rc) : 0;
@@ -1389,6 +1434,8 @@ static const store_ops PG_OPS = {
     .get_model = pg_get_model,
     .get_center = pg_get_center,
     .set_center = pg_set_center,
+    .get_center_policy = pg_get_center_policy,
+    .set_center_policy = pg_set_center_policy,
     .ingest = pg_ingest,
     .find_sha256 = pg_find_sha256,
     .has_name = pg_has_name,

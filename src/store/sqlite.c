@@ -70,12 +70,18 @@ static const char *const MIGRATIONS[] = {
      * it. Collections of version 2 have none until the engine computes it. */
     ("ALTER TABLE collection ADD COLUMN center BLOB;"
      "ALTER TABLE collection ADD COLUMN center_n INTEGER;"),
+    /* 3 -> 4: the collection's centering policy: 'auto' (centred once it
+     * is large enough, what version 3 did) or 'off' (plain cosine, chosen
+     * by the operator). Collections of version 3 become 'auto'. */
+    ("ALTER TABLE collection ADD COLUMN center_policy TEXT NOT NULL DEFAULT 'auto'"
+     "  CHECK (center_policy IN ('auto', 'off'));"),
 };
 #define SCHEMA_VERSION ((int)(sizeof MIGRATIONS / sizeof MIGRATIONS[0]))
 
 /* Statements prepared once per connection, on first use. */
 enum stmt {
     S_MODEL, S_MODEL_BY_IDENTITY, S_INS_MODEL, S_SET_MODEL, S_BUMP, S_CENTER, S_SET_CENTER,
+    S_POLICY, S_SET_POLICY,
     S_FIND_SHA, S_INS_IMAGE, S_INS_ORIGINAL, S_INS_THUMB, S_INS_VECTOR, S_UPSERT_META,
     S_DEL_LABELS, S_INS_LABEL, S_DEL_KV, S_INS_KV, S_INS_NAME,
     S_HAS_NAME, S_INFO, S_ORIGINAL, S_THUMB, S_META, S_LABELS, S_KVS,
@@ -92,6 +98,8 @@ static const char *const SQL[N_STMTS] = {
                     "center_n = NULL WHERE id = 1",
     [S_CENTER] = "SELECT center, center_n FROM collection WHERE id = 1",
     [S_SET_CENTER] = "UPDATE collection SET center = ?1, center_n = ?2 WHERE id = 1",
+    [S_POLICY] = "SELECT center_policy FROM collection WHERE id = 1",
+    [S_SET_POLICY] = "UPDATE collection SET center_policy = ?1 WHERE id = 1",
     [S_BUMP] = "UPDATE collection SET generation = generation + 1 WHERE id = 1",
     [S_FIND_SHA] = "SELECT id FROM images WHERE sha256 = ?1",
     [S_INS_IMAGE] = "INSERT INTO images (sha256, bytes, mime, width, height, created, original_name) "
@@ -325,18 +333,27 @@ static int write_center(sqlite_store *s, const uint8_t *bytes, int dim, int64_t 
     return run(s, st, bytes ? "storing the center" : "clearing the center", err);
 }
 
+/* Steps st, a query of the one collection row: 0 with the row ready, else
+ * the error (st reset). */
+static int step_collection_row(sqlite_store *s, sqlite3_stmt *st, const char *doing, ms_err *err)
+{
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW)
+        return 0;
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE ? ms_err_set(err, MS_EDB, "%s: the collection row is missing", s->base.where)
+                             : db_fail(s, rc, doing, err);
+}
+
 static int sq_get_center(store *base, uint8_t **bytes, size_t *len, int64_t *from_n, ms_err *err)
 {
     sqlite_store *s = impl(base);
     sqlite3_stmt *st = stmt(s, S_CENTER, err);
     if (!st)
         return err->code;
-    int rc = sqlite3_step(st);
-    if (rc != SQLITE_ROW) {
-        sqlite3_reset(st);
-        return rc == SQLITE_DONE ? ms_err_set(err, MS_EDB, "%s: the collection row is missing", s->base.where)
-                                 : db_fail(s, rc, "reading the center", err);
-    }
+    int rc = step_collection_row(s, st, "reading the center", err);
+    if (rc)
+        return rc;
     if (sqlite3_column_type(st, 0) == SQLITE_NULL) {
         sqlite3_reset(st);
         return ms_err_set(err, MS_ENOTFOUND, "%s: the collection has no center", s->base.where);
@@ -377,6 +394,40 @@ static int sq_set_center(store *base, const uint8_t *bytes, int dim, int64_t fro
                                                 s->base.where, dim, model_dim));
     }
     if ((rc = write_center(s, bytes, dim, from_n, err)) < 0 || (rc = commit(s, err)) < 0)
+        return rollback(s, rc);
+    return 0;
+}
+
+/* The policy as stored (any text a hand-edited file holds; store.c checks
+ * it): a malloc'd string into *text. */
+static int sq_get_center_policy(store *base, char **text, ms_err *err)
+{
+    sqlite_store *s = impl(base);
+    sqlite3_stmt *st = stmt(s, S_POLICY, err);
+    if (!st)
+        return err->code;
+    int rc = step_collection_row(s, st, "reading the centering policy", err);
+    if (rc)
+        return rc;
+    /* Only text is a policy; anything else reads as "" and is refused. */
+    const char *v = sqlite3_column_type(st, 0) == SQLITE_TEXT ? (const char *)sqlite3_column_text(st, 0) : "";
+    *text = strdup(v ? v : "");
+    sqlite3_reset(st);
+    return *text ? 0 : ms_err_set(err, MS_ENOMEM, "out of memory reading the centering policy");
+}
+
+static int sq_set_center_policy(store *base, int off, ms_err *err)
+{
+    sqlite_store *s = impl(base);
+    int rc = begin_write(s, err);
+    if (rc < 0)
+        return rc;
+    sqlite3_stmt *st = stmt(s, S_SET_POLICY, err);
+    if (!st)
+        return rollback(s, err->code);
+    sqlite3_bind_text(st, 1, off ? "off" : "auto", -1, SQLITE_STATIC);
+    if ((rc = run(s, st, "setting the centering policy", err)) < 0 ||
+        (off && (rc = write_center(s, NULL, 0, 0, err)) < 0) || (rc = commit(s, err)) < 0)
         return rollback(s, rc);
     return 0;
 }
@@ -1193,6 +1244,8 @@ static const store_ops SQLITE_OPS = {
     .get_model = sq_get_model,
     .get_center = sq_get_center,
     .set_center = sq_set_center,
+    .get_center_policy = sq_get_center_policy,
+    .set_center_policy = sq_set_center_policy,
     .ingest = sq_ingest,
     .find_sha256 = sq_find_sha256,
     .has_name = sq_has_name,

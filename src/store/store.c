@@ -443,6 +443,33 @@ int store_clear_center(store *s, ms_err *err)
     return s->ops->set_center(s, NULL, 0, 0, err);
 }
 
+int store_get_center_policy(store *s, int *off, ms_err *err)
+{
+    CHECK_STORE(s);
+    if (!off)
+        return ms_err_set(err, MS_EINVAL, "store_get_center_policy: NULL output");
+    *off = 0;
+    char *text = NULL;
+    int rc = s->ops->get_center_policy(s, &text, err);
+    if (rc < 0)
+        return rc;
+    if (!strcmp(text, "off"))
+        *off = 1;
+    else if (strcmp(text, "auto") != 0)
+        rc = ms_err_set(err, MS_EFORMAT, "%s: the centering policy is '%.40s', not 'auto' or 'off'", s->where,
+                        text);
+    free(text);
+    return rc;
+}
+
+int store_set_center_policy(store *s, int off, ms_err *err)
+{
+    CHECK_STORE(s);
+    if (off != 0 && off != 1)
+        return ms_err_set(err, MS_EINVAL, "store_set_center_policy: off must be 0 or 1, got %d", off);
+    return s->ops->set_center_policy(s, off, err);
+}
+
 int store_ingest(store *s, const store_item *items, size_t n, int64_t *ids,
                  int *was_new, ms_err *err)
 {
@@ -609,6 +636,9 @@ int store_check(store *s, ms_err *err)
         return rc;
     char *identity = NULL;
     int dim = 0;
+    int off;
+    if ((rc = store_get_center_policy(s, &off, err)) < 0)
+        return rc;
     if ((rc = s->ops->get_model(s, &identity, &dim, err)) < 0)
         return rc;
     free(identity);

@@ -144,6 +144,18 @@ int store_get_center(store *s, float *c, int dim, size_t *from_n, ms_err *err);
 int store_set_center(store *s, const float *c, int dim, size_t from_n, ms_err *err);
 int store_clear_center(store *s, ms_err *err);
 
+/* The collection's centering policy (schema 4): auto (*off = 0, the
+ * default: the engine centres the collection once it is large enough) or
+ * off (*off = 1: the operator chose plain cosine; the engine neither reads
+ * nor computes a center). It is the collection's, not the model's: a model
+ * change or re-embed keeps it. store_get_center_policy returns 0, or
+ * MS_EFORMAT when the stored value is neither (a hand-edited database).
+ * store_set_center_policy takes 0 or 1 (MS_EINVAL otherwise); setting off
+ * also clears the center, in the same transaction. Neither changes the
+ * generation. */
+int store_get_center_policy(store *s, int *off, ms_err *err);
+int store_set_center_policy(store *s, int off, ms_err *err);
+
 /* Ingests n items; each image is atomic (bytes, thumbnail, metadata and
  * vector together or nothing). An item whose sha256 exists already gets
  * that id back with was_new[i] = 0 (its metadata replaced when meta is not
@@ -203,7 +215,8 @@ int store_count(store *s, size_t *n, ms_err *err);
 int store_generation(store *s, uint64_t *gen, ms_err *err);
 
 /* Integrity: every image has metadata and a vector of the collection's model
- * with the right dim, no orphans, a center (when there is one) that
+ * with the right dim, no orphans, a centering policy that
+ * store_get_center_policy accepts, a center (when there is one) that
  * store_get_center accepts (SQLite: plus PRAGMA quick_check). Returns 0
  * when sound, MS_EFORMAT with the first problem. */
 int store_check(store *s, ms_err *err);

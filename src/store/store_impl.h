@@ -28,6 +28,12 @@ typedef struct store_ops {
     /* bytes NULL: clear. Otherwise dim * 4 bytes (store_vec_encode'd); the
      * backend checks dim against the model inside its transaction. */
     int (*set_center)(store *s, const uint8_t *bytes, int dim, int64_t from_n, ms_err *err);
+    /* The centering policy as stored, unchecked: *text malloc'd (the caller
+     * frees; "" when the column holds no text). store.c parses it. */
+    int (*get_center_policy)(store *s, char **text, ms_err *err);
+    /* Records 'off' or 'auto'; off also clears the center, in the same
+     * transaction. */
+    int (*set_center_policy)(store *s, int off, ms_err *err);
     /* dim: the model dim the items were checked against; the backend
      * re-reads the model inside its transaction and refuses a mismatch. */
     int (*ingest)(store *s, const store_item *items, size_t n, int dim, int64_t *ids,

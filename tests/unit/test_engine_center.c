@@ -696,6 +696,171 @@ static void t_center_reembed(void **state)
     free(db);
 }
 
+static int stored_policy_off(const char *db)
+{
+    store *s;
+    ms_err err = {0};
+    assert_int_equal(store_open(db, &s, &err), 0);
+    int off = -1;
+    if (store_get_center_policy(s, &off, &err) != 0)
+        fail_msg("store_get_center_policy: %s", err.msg);
+    store_close(s);
+    return off;
+}
+
+/* Ranks by id against the brute-force ranking (centred around c, or plain
+ * cosine when c is NULL). */
+static void assert_ranks_by_id(engine *e, const raw_set *r, const double *c, size_t at)
+{
+    engine_result *res;
+    int n;
+    ms_err err = {0};
+    engine_query q = {.by_id = r->ids[at], .k = 10};
+    if (engine_search(e, &q, &res, &n, NULL, &err) != 0)
+        fail_msg("engine_search: %s", err.msg);
+    assert_brute_ranking(r, c, r->ids[at], res, n, 10);
+    engine_results_free(res, n);
+}
+
+/* The stored policy: off keeps a large collection uncentred (plain cosine)
+ * with its index file persisted and reused; the ON override ranks it
+ * centred and writes nothing; off -> auto computes the center and rebuilds
+ * (also from an open without a model), auto -> off rebuilds without it. */
+static void t_center_policy(void **state)
+{
+    (void)state;
+    char *db = new_db();
+    char idx[1100];
+    snprintf(idx, sizeof idx, "%s.index", db);
+    engine_open_report rep;
+    ms_err err = {0};
+    engine *e = open_engine(db, G.model, ENGINE_CENTER_AUTO, 0, 0, &rep);
+    assert_int_equal(stored_policy_off(db), 0); /* the default */
+    assert_int_equal(engine_set_center_policy(e, 2, &err), MS_EINVAL);
+    assert_int_equal(engine_set_center_policy(e, 1, &err), 0);
+    engine_close(e);
+    assert_int_equal(stored_policy_off(db), 1);
+    add_synthetic(db, 300, 9);
+    raw_set r;
+    raw_load(db, &r);
+    double mean[DIM];
+    raw_mean(&r, mean);
+
+    /* Off with 300 vectors: no center, plain cosine, the file persisted. */
+    e = open_engine(db, G.model, ENGINE_CENTER_AUTO, 0, 0, &rep);
+    engine_stats st;
+    stats(e, &st);
+    assert_int_equal(st.center_policy_off, 1);
+    assert_int_equal(st.center_off, 1);
+    assert_int_equal(st.center_from, 0);
+    int changed = 1;
+    assert_int_equal(engine_update_center(e, 0, &changed, &err), 0);
+    assert_int_equal(changed, 0);
+    assert_ranks_by_id(e, &r, NULL, 7);
+    assert_int_equal(engine_check(e, &err), 0);
+    engine_close(e);
+    float c[DIM];
+    assert_int_equal(stored_center(db, c), 0);
+    assert_true(mt_exists(idx));
+    e = open_engine(db, G.model, ENGINE_CENTER_AUTO, 0, 0, &rep);
+    assert_int_equal(rep.index_loaded, 1);
+    assert_ranks_by_id(e, &r, NULL, 8);
+    engine_close(e);
+
+    /* The ON override: centred ranking, nothing written. */
+    char *before = file_digest(idx);
+    assert_non_null(before);
+    e = open_engine(db, G.model, ENGINE_CENTER_ON, 0, 0, &rep);
+    assert_non_null(strstr(rep.index_note, "in memory"));
+    stats(e, &st);
+    assert_int_equal(st.center_policy_off, 1);
+    assert_int_equal(st.center_off, 0);
+    assert_int_equal(st.center_from, 300);
+    assert_ranks_by_id(e, &r, mean, 9);
+    assert_int_equal(engine_update_center(e, 1, &changed, &err), 0); /* in memory too */
+    assert_int_equal(engine_check(e, &err), 0);
+    assert_int_equal(engine_flush(e, &err), 0);
+    engine_close(e);
+    char *after = file_digest(idx);
+    assert_string_equal(before, after);
+    free(after);
+    assert_int_equal(stored_center(db, c), 0);
+    assert_int_equal(stored_policy_off(db), 1);
+    /* ON without a model computes in memory as well. */
+    e = open_engine(db, NULL, ENGINE_CENTER_ON, 1, 0, &rep);
+    stats(e, &st);
+    assert_int_equal(st.center_from, 300);
+    engine_close(e);
+    assert_int_equal(stored_center(db, c), 0);
+
+    /* off -> auto: computed, stored, the index rebuilt with it and saved. */
+    e = open_engine(db, G.model, ENGINE_CENTER_AUTO, 0, 0, &rep);
+    assert_int_equal(rep.index_loaded, 1);
+    assert_int_equal(engine_set_center_policy(e, 0, &err), 0);
+    stats(e, &st);
+    assert_int_equal(st.center_policy_off, 0);
+    assert_int_equal(st.center_from, 300);
+    assert_ranks_by_id(e, &r, mean, 10);
+    assert_int_equal(engine_check(e, &err), 0);
+    engine_close(e);
+    assert_int_equal(stored_center(db, c), 300);
+    for (int i = 0; i < DIM; i++)
+        assert_true(fabs(mean[i] - c[i]) < 1e-6);
+    after = file_digest(idx);
+    assert_string_not_equal(before, after);
+    free(after);
+    e = open_engine(db, G.model, ENGINE_CENTER_AUTO, 0, 0, &rep);
+    assert_int_equal(rep.index_loaded, 1);
+    assert_ranks_by_id(e, &r, mean, 11);
+
+    /* auto -> off: cleared, rebuilt without, saved with "center=off". */
+    assert_int_equal(engine_set_center_policy(e, 1, &err), 0);
+    stats(e, &st);
+    assert_int_equal(st.center_from, 0);
+    assert_int_equal(st.center_off, 1);
+    assert_ranks_by_id(e, &r, NULL, 12);
+    assert_int_equal(engine_check(e, &err), 0);
+    engine_close(e);
+    assert_int_equal(stored_center(db, c), 0);
+    e = open_engine(db, G.model, ENGINE_CENTER_AUTO, 0, 0, &rep);
+    assert_int_equal(rep.index_loaded, 1);
+    assert_ranks_by_id(e, &r, NULL, 13);
+    engine_close(e);
+
+    /* Without a model (`medsearch center auto`): the stored vectors suffice. */
+    e = open_engine(db, NULL, ENGINE_CENTER_AUTO, 1, 0, &rep);
+    assert_int_equal(rep.index_loaded, 1);
+    assert_int_equal(engine_set_center_policy(e, 0, &err), 0);
+    stats(e, &st);
+    assert_int_equal(st.center_from, 300);
+    engine_close(e);
+    assert_int_equal(stored_center(db, c), 300);
+    e = open_engine(db, G.model, ENGINE_CENTER_AUTO, 0, 0, &rep);
+    assert_int_equal(rep.index_loaded, 1);
+    assert_ranks_by_id(e, &r, mean, 14);
+    engine_close(e);
+
+    /* A hand-edited policy: the open fails, saying how to repair it. */
+    sqlite3 *raw;
+    assert_int_equal(sqlite3_open(db, &raw), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(raw, "PRAGMA ignore_check_constraints = ON;"
+                                       "UPDATE collection SET center_policy = 'sideways'", NULL, NULL, NULL),
+                     SQLITE_OK);
+    sqlite3_close(raw);
+    engine_options o;
+    engine_options_init(&o);
+    o.db = db;
+    o.model_path = G.model;
+    e = NULL;
+    assert_int_equal(engine_open(&o, &e, &rep, &err), MS_EFORMAT);
+    assert_null(e);
+    assert_non_null(strstr(err.msg, "sideways"));
+    assert_non_null(strstr(err.msg, "medsearch center"));
+    free(before);
+    raw_free(&r);
+    free(db);
+}
+
 int main(void)
 {
     const char *shared = getenv("MEDSEARCH_SHARED");
@@ -719,6 +884,7 @@ int main(void)
         cmocka_unit_test(t_center_growth),
         cmocka_unit_test(t_center_off),
         cmocka_unit_test(t_center_reembed),
+        cmocka_unit_test(t_center_policy),
     };
     int rc = cmocka_run_group_tests_name("engine centering (SQLite)", tests, NULL, NULL);
     char cmd[400];

@@ -296,7 +296,7 @@ static void t_open_schema(void **state)
     assert_int_equal(store_get_model(f->s, &identity, &dim, &err), 0);
     assert_null(identity);
     assert_int_equal(dim, 0);
-    assert_int_equal(raw_int(f, "SELECT version FROM schema_version"), 3);
+    assert_int_equal(raw_int(f, "SELECT version FROM schema_version"), 4);
     reopen(f);  /* an existing, current schema opens without migrating */
     assert_int_equal(raw_int(f, "SELECT count(*) FROM schema_version"), 1);
     if (f->kind == SQLITE) {
@@ -333,9 +333,10 @@ static void t_migrate_from_version_1(void **state)
     raw_exec(f, "ALTER TABLE labels DROP COLUMN position");
     raw_exec(f, "ALTER TABLE collection DROP COLUMN center");
     raw_exec(f, "ALTER TABLE collection DROP COLUMN center_n");
+    raw_exec(f, "ALTER TABLE collection DROP COLUMN center_policy");
     raw_exec(f, "UPDATE schema_version SET version = 1");
     reopen(f);
-    assert_int_equal(raw_int(f, "SELECT version FROM schema_version"), 3);
+    assert_int_equal(raw_int(f, "SELECT version FROM schema_version"), 4);
     ms_err err = {0};
     store_meta got;
     assert_int_equal(store_get_meta(f->s, id, &got, &err), 0);
@@ -373,9 +374,10 @@ static void t_migrate_from_version_2(void **state)
     f->s = NULL;
     raw_exec(f, "ALTER TABLE collection DROP COLUMN center");
     raw_exec(f, "ALTER TABLE collection DROP COLUMN center_n");
+    raw_exec(f, "ALTER TABLE collection DROP COLUMN center_policy");
     raw_exec(f, "UPDATE schema_version SET version = 2");
     reopen(f);
-    assert_int_equal(raw_int(f, "SELECT version FROM schema_version"), 3);
+    assert_int_equal(raw_int(f, "SELECT version FROM schema_version"), 4);
     assert_int_equal(count(f), 3);
     assert_int_equal(generation(f), g);
     float c[CDIM], got[CDIM];
@@ -395,6 +397,129 @@ static void t_migrate_from_version_2(void **state)
     check_sound(f);
     for (int i = 0; i < 3; i++)
         titem_free(&t[i]);
+}
+
+/* A collection of schema version 3 (a center, no policy) is migrated on
+ * open: it keeps its center and generation, and its policy is auto. */
+static void t_migrate_from_version_3(void **state)
+{
+    fixture *f = fx(state);
+    use_model(f, CDIM);
+    titem t;
+    titem_make(&t, 70, 200, CDIM, NULL, 0);
+    int64_t id;
+    int was_new;
+    ingest_ok(f, &t, 1, &id, &was_new);
+    float c[CDIM], got[CDIM];
+    for (int i = 0; i < CDIM; i++)
+        c[i] = 0.125f * (float)(i + 1);
+    ms_err err = {0};
+    assert_int_equal(store_set_center(f->s, c, CDIM, 1, &err), 0);
+    uint64_t g = generation(f);
+    store_close(f->s);
+    f->s = NULL;
+    raw_exec(f, "ALTER TABLE collection DROP COLUMN center_policy");
+    raw_exec(f, "UPDATE schema_version SET version = 3");
+    reopen(f);
+    assert_int_equal(raw_int(f, "SELECT version FROM schema_version"), 4);
+    assert_int_equal(generation(f), g);
+    int off = -1;
+    assert_int_equal(store_get_center_policy(f->s, &off, &err), 0);
+    assert_int_equal(off, 0);
+    size_t from_n = 0;
+    assert_int_equal(store_get_center(f->s, got, CDIM, &from_n, &err), 0);
+    assert_memory_equal(got, c, sizeof c);
+    assert_int_equal(raw_int(f, "SELECT count(*) FROM collection WHERE center_policy = 'auto'"), 1);
+    check_sound(f);
+    titem_free(&t);
+}
+
+/* The centering policy: auto by default, off and back, kept across
+ * reopening and model changes; off clears the center; neither changes the
+ * generation; bad input refused. */
+static void t_center_policy(void **state)
+{
+    fixture *f = fx(state);
+    ms_err err = {0};
+    int off = -1;
+    assert_int_equal(store_get_center_policy(f->s, &off, &err), 0);
+    assert_int_equal(off, 0);
+    assert_int_equal(store_get_center_policy(f->s, NULL, &err), MS_EINVAL);
+    assert_int_equal(store_set_center_policy(f->s, 2, &err), MS_EINVAL);
+    assert_int_equal(store_set_center_policy(f->s, -1, &err), MS_EINVAL);
+    assert_int_equal(store_set_center_policy(f->s, 1, &err), 0);  /* no model yet: fine */
+    assert_int_equal(store_get_center_policy(f->s, &off, &err), 0);
+    assert_int_equal(off, 1);
+    use_model(f, CDIM);
+    assert_int_equal(store_get_center_policy(f->s, &off, &err), 0);
+    assert_int_equal(off, 1);
+    assert_int_equal(store_set_center_policy(f->s, 0, &err), 0);
+    assert_int_equal(store_get_center_policy(f->s, &off, &err), 0);
+    assert_int_equal(off, 0);
+
+    float c[CDIM], got[CDIM];
+    for (int i = 0; i < CDIM; i++)
+        c[i] = 0.5f - (float)i / 16.0f;
+    size_t from_n = 0;
+    assert_int_equal(store_set_center(f->s, c, CDIM, 400, &err), 0);
+    uint64_t g = generation(f);
+    assert_int_equal(store_set_center_policy(f->s, 0, &err), 0);  /* auto again: the center stays */
+    assert_int_equal(store_get_center(f->s, got, CDIM, &from_n, &err), 0);
+    assert_int_equal(from_n, 400);
+    assert_int_equal(store_set_center_policy(f->s, 1, &err), 0);  /* off: the center goes */
+    assert_int_equal(store_get_center(f->s, got, CDIM, &from_n, &err), MS_ENOTFOUND);
+    assert_int_equal(generation(f), g);
+    reopen(f);
+    off = -1;
+    assert_int_equal(store_get_center_policy(f->s, &off, &err), 0);
+    assert_int_equal(off, 1);
+    assert_int_equal(raw_int(f, "SELECT count(*) FROM collection WHERE center_policy = 'off'"), 1);
+    /* The operator's choice outlives a re-embed and a model change. */
+    assert_int_equal(store_use_model(f->s, "test-model sha256:00ff", CDIM, 1, &err), 0);
+    assert_int_equal(store_use_model(f->s, "other-model sha256:11ee", 2 * CDIM, 1, &err), 0);
+    assert_int_equal(store_get_center_policy(f->s, &off, &err), 0);
+    assert_int_equal(off, 1);
+    check_sound(f);
+    assert_int_equal(store_set_center_policy(f->s, 0, &err), 0);
+    assert_int_equal(store_get_center_policy(f->s, &off, &err), 0);
+    assert_int_equal(off, 0);
+    check_sound(f);
+}
+
+/* A hand-edited policy (the CHECK constraint bypassed) is refused with a
+ * message naming it, by store_get_center_policy and store_check alike;
+ * setting the policy again repairs it. */
+static void t_center_policy_hostile(void **state)
+{
+    fixture *f = fx(state);
+    use_model(f, CDIM);
+    int pg = f->kind == POSTGRES;
+    if (pg)
+        raw_exec(f, "ALTER TABLE collection DROP CONSTRAINT collection_center_policy_check");
+    const char *values[] = {"'sideways'", "'AUTO'", "''", "'off '", "7"};
+    for (size_t i = 0; i < sizeof values / sizeof values[0]; i++) {
+        char sql[200];
+        snprintf(sql, sizeof sql, "%sUPDATE collection SET center_policy = %s",
+                 pg ? "" : "PRAGMA ignore_check_constraints = ON; ", values[i]);
+        raw_exec(f, sql);
+        ms_err err = {0};
+        int off = -1;
+        assert_int_equal(store_get_center_policy(f->s, &off, &err), MS_EFORMAT);
+        if (!strstr(err.msg, "centering policy"))
+            fail_msg("value %s: '%s' does not name the policy", values[i], err.msg);
+        assert_int_equal(off, 0);
+        memset(&err, 0, sizeof err);
+        assert_int_equal(store_check(f->s, &err), MS_EFORMAT);
+        /* SQLite's quick_check sees the broken CHECK constraint first. */
+        if (!strstr(err.msg, "centering policy") && !(!pg && strstr(err.msg, "CHECK constraint")))
+            fail_msg("value %s: store_check says '%s'", values[i], err.msg);
+    }
+    ms_err err = {0};
+    assert_int_equal(store_set_center_policy(f->s, 1, &err), 0);
+    int off = -1;
+    assert_int_equal(store_get_center_policy(f->s, &off, &err), 0);
+    assert_int_equal(off, 1);
+    check_sound(f);
 }
 
 /* The center: absent, recorded bit-exact with its count, kept across
@@ -1890,6 +2015,9 @@ static int group_postgres(void **state)
     cmocka_unit_test_setup_teardown(t_open_schema, setup, teardown),                  \
     cmocka_unit_test_setup_teardown(t_migrate_from_version_1, setup, teardown),       \
     cmocka_unit_test_setup_teardown(t_migrate_from_version_2, setup, teardown),       \
+    cmocka_unit_test_setup_teardown(t_migrate_from_version_3, setup, teardown),       \
+    cmocka_unit_test_setup_teardown(t_center_policy, setup, teardown),                \
+    cmocka_unit_test_setup_teardown(t_center_policy_hostile, setup, teardown),        \
     cmocka_unit_test_setup_teardown(t_center, setup, teardown),                       \
     cmocka_unit_test_setup_teardown(t_center_hostile, setup, teardown),               \
     cmocka_unit_test_setup_teardown(t_model, setup, teardown),                        \
