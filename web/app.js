@@ -3,7 +3,7 @@
 'use strict';
 
 const TOKEN_KEY = 'medsearch.token';
-const QE_TOP = 5;              // query expansion: re-query with the top 5 matches
+const QE_TOP = 2;              // query expansion with the top 2 matches (docs/evaluation.md)
 const MAX_UPLOAD = 32 << 20;   // the server's default limit; it has the last word
 const COMMON_FINDINGS = [
   'No Finding', 'Atelectasis', 'Cardiomegaly', 'Consolidation', 'Edema', 'Effusion',
