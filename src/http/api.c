@@ -603,6 +603,12 @@ static void handle_stats(api_ctx *c, http_reply *rep)
         (json_int_t)st.queue_depth, "searches", (json_int_t)st.searches, "ingests",
         (json_int_t)st.ingests, "embed_ms_total", st.embed_ms_total, "search_ms_total",
         st.search_ms_total, "server", server);
+    /* How scores are made: centred cosine or plain (docs/evaluation.md). */
+    if (doc)
+        json_object_set_new(doc, "center",
+                            json_pack("{s:s,s:b,s:I,s:s}", "policy", st.center_policy_off ? "off" : "auto",
+                                      "centred", st.center_from > 0, "from", (json_int_t)st.center_from, "tag",
+                                      st.center_tag));
     reply_json(rep, doc ? 200 : 500, doc);
 }
 
