@@ -360,9 +360,14 @@ static int cmp_double(const void *a, const void *b)
 }
 
 /* Stores n synthetic vectors straight into the collection (no images to
- * decode: tiny unique payloads) and into the running engine's index. */
+ * decode: tiny unique payloads). A collection large enough to be centred
+ * then gets its center and its index in one go from engine_update_center,
+ * as `medsearch ingest` ends, so that the index is built once, centred,
+ * and persisted for the next open (bench serve); a smaller one has its
+ * vectors added to the running engine's index as they are stored. */
 static int fill_synthetic(engine *e, int n, int dim, ms_err *err)
 {
+    int centre_after = n >= ENGINE_CENTER_MIN;
     enum { CHUNK = 1000 };
     ix_synth *syn;
     int rc = ix_synth_open(dim, 500, 0, 42, &syn, err);
@@ -395,9 +400,11 @@ static int fill_synthetic(engine *e, int n, int dim, ms_err *err)
                                     .vec = v + (size_t)i * (size_t)dim};
         }
         rc = store_ingest(s, items, (size_t)k, ids, was_new, err);
-        if (rc == 0)
+        if (rc == 0 && !centre_after)
             rc = index_add(engine_index(e), ids, v, (size_t)k, err);
     }
+    if (rc == 0 && centre_after)
+        rc = engine_update_center(e, 0, NULL, err);
     /* The index (AUTO) switched to the graph by itself as it grew. */
     if (rc == 0)
         fprintf(stderr, "bench ingest: %d vectors stored and indexed (%s) in %.1f s\n", n,
