@@ -366,6 +366,23 @@ static int ensure_conn(pg_store *s, ms_err *err)
     return prepare_all(s, err);
 }
 
+/* Connects if needed and starts a transaction: 0 or the error. */
+static int begin_tx(pg_store *s, ms_err *err)
+{
+    int rc = ensure_conn(s, err);
+    return rc ? rc : exec_sql(s, "BEGIN", "starting a transaction", err);
+}
+
+/* Ends a transaction begun by begin_tx: commits when rc is 0, else rolls
+ * back. Returns the commit's or the body's error (negative), or 0 (a
+ * positive rc is a body's "nothing to do": rolled back, no error). */
+static int end_tx(pg_store *s, int rc, ms_err *err)
+{
+    if (rc == 0)
+        rc = exec_sql(s, "COMMIT", "committing", err);
+    return rc == 0 ? 0 : rollback(s, rc < 0 ? rc : 0);
+}
+
 /* ---- model ---- */
 
 /* The collection's model from a P_MODEL / P_LOCK_MODEL result. */
@@ -504,14 +521,10 @@ static int set_center_tx(pg_store *s, const uint8_t *bytes, int dim, int64_t fro
 static int pg_set_center(store *base, const uint8_t *bytes, int dim, int64_t from_n, ms_err *err)
 {
     pg_store *s = impl(base);
-    int rc = ensure_conn(s, err);
-    if (rc == 0)
-        rc = exec_sql(s, "BEGIN", "starting a transaction", err);
+    int rc = begin_tx(s, err);
     if (rc == 0)
         rc = set_center_tx(s, bytes, dim, from_n, err);
-    if (rc == 0)
-        rc = exec_sql(s, "COMMIT", "committing", err);
-    return rc < 0 ? rollback(s, rc) : 0;
+    return end_tx(s, rc, err);
 }
 
 /* The policy as stored, unchecked (store.c parses it). */
@@ -533,16 +546,12 @@ static int pg_set_center_policy(store *base, int off, ms_err *err)
     pg_store *s = impl(base);
     params p = {0};
     p_text(&p, off ? "off" : "auto");
-    int rc = ensure_conn(s, err);
-    if (rc == 0)
-        rc = exec_sql(s, "BEGIN", "starting a transaction", err);
+    int rc = begin_tx(s, err);
     if (rc == 0)
         rc = exec_stmt(s, P_SET_POLICY, &p, PGRES_COMMAND_OK, "setting the centering policy", NULL, err);
     if (rc == 0 && off)
         rc = write_center(s, NULL, 0, 0, err);
-    if (rc == 0)
-        rc = exec_sql(s, "COMMIT", "committing", err);
-    return rc < 0 ? rollback(s, rc) : 0;
+    return end_tx(s, rc, err);
 }
 
 /* The body of pg_use_model, inside its transaction. */
@@ -581,14 +590,10 @@ static int use_model_tx(pg_store *s, const char *identity, int dim, int force, m
 static int pg_use_model(store *base, const char *identity, int dim, int force, ms_err *err)
 {
     pg_store *s = impl(base);
-    int rc = ensure_conn(s, err);
-    if (rc == 0)
-        rc = exec_sql(s, "BEGIN", "starting a transaction", err);
+    int rc = begin_tx(s, err);
     if (rc == 0)
         rc = use_model_tx(s, identity, dim, force, err);
-    if (rc == 0)
-        rc = exec_sql(s, "COMMIT", "committing", err);
-    return rc == 0 ? 0 : rollback(s, rc < 0 ? rc : 0);
+    return end_tx(s, rc, err);
 }
 
 /* ---- ingest, pipelined ---- */
@@ -1119,15 +1124,11 @@ static int pg_set_vector(store *base, int64_t id, const float *vec, int dim, ms_
     if (!bytes)
         return ms_err_set(err, MS_ENOMEM, "out of memory for a %d-float vector", dim);
     store_vec_encode(vec, dim, bytes);
-    int rc = ensure_conn(s, err);
-    if (rc == 0)
-        rc = exec_sql(s, "BEGIN", "starting a transaction", err);
+    int rc = begin_tx(s, err);
     if (rc == 0)
         rc = replace_vector(s, id, bytes, dim, err);
-    if (rc == 0)
-        rc = exec_sql(s, "COMMIT", "committing", err);
     free(bytes);
-    return rc < 0 ? rollback(s, rc) : 0;
+    return end_tx(s, rc, err);
 }
 
 static int pg_delete(store *base, int64_t id, ms_err *err)
@@ -1136,9 +1137,7 @@ static int pg_delete(store *base, int64_t id, ms_err *err)
     params p = {0};
     p_int(&p, id);
     PGresult *r = NULL;
-    int rc = ensure_conn(s, err);
-    if (rc == 0)
-        rc = exec_sql(s, "BEGIN", "starting a transaction", err);
+    int rc = begin_tx(s, err);
     if (rc == 0)
         rc = exec_stmt(s, P_DELETE, &p, PGRES_COMMAND_OK, "deleting an image", &r, err);
     if (rc == 0 && atoi(PQcmdTuples(r)) == 0)
@@ -1146,9 +1145,7 @@ static int pg_delete(store *base, int64_t id, ms_err *err)
     PQclear(r);
     if (rc == 0)
         rc = exec_stmt(s, P_BUMP, NULL, PGRES_COMMAND_OK, "bumping the generation", NULL, err);
-    if (rc == 0)
-        rc = exec_sql(s, "COMMIT", "committing", err);
-    return rc < 0 ? rollback(s, rc) : 0;
+    return end_tx(s, rc, err);
 }
 
 /* Copies the int8 first column of a result into a fresh array. */
