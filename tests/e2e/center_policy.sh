@@ -6,22 +6,10 @@
 # auto` brings the centred scores back exactly, `ingest --center off` sets
 # the policy of a new collection, and bad arguments exit 2.
 set -u
-cd "$(dirname "$0")/../.."
-BIN=${MEDSEARCH_BIN:-$PWD/build/medsearch-asan}
-SHARED=${MEDSEARCH_SHARED:-}
-PY=/usr/bin/python3
+. "$(dirname "$0")/devset/common.sh"
 DATA=$SHARED/data/kermany_pneumonia_224
-MODEL=$SHARED/models/mobilenet_v2_1.0_224_imagenet.onnx
 N=${CENTER_POLICY_IMAGES:-300}
-
-[ -n "$SHARED" ] && [ -f "$DATA/labels.csv" ] && [ -f "$MODEL" ] ||
-  { echo "skip: \$MEDSEARCH_SHARED/data/kermany_pneumonia_224 or the MobileNetV2 model not found"; exit 77; }
-[ -x "$BIN" ] || { echo "skip: $BIN not built"; exit 77; }
-$PY -c 'import numpy' 2>/dev/null || { echo "skip: $PY has no numpy (Debian python3-numpy)"; exit 77; }
-
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fail() { echo "FAIL: $*"; exit 1; }
+devset_require "$DATA"
 
 find "$DATA/images" -name '*.jpeg' | LC_ALL=C sort | head -n "$N" >"$tmp/files"
 [ "$(wc -l <"$tmp/files")" -eq "$N" ] || fail "fewer than $N Kermany images"

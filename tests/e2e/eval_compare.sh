@@ -6,23 +6,11 @@
 # the scratch collection. Uses a patient-complete subset of the NIH 64 px
 # dev set (about 1 patient in EVAL_SUBSET_MOD, default 4).
 set -u
-cd "$(dirname "$0")/../.."
-BIN=${MEDSEARCH_BIN:-$PWD/build/medsearch-asan}
-SHARED=${MEDSEARCH_SHARED:-}
-PY=/usr/bin/python3
+. "$(dirname "$0")/devset/common.sh"
 DATA=$SHARED/data/nih_cxr14_64px
-MODEL=$SHARED/models/mobilenet_v2_1.0_224_imagenet.onnx
 TUNED=$SHARED/models/mobilenet_v2_cxr_finetuned.onnx
 MOD=${EVAL_SUBSET_MOD:-4}
-
-[ -n "$SHARED" ] && [ -f "$DATA/labels.csv" ] && [ -f "$MODEL" ] && [ -f "$TUNED" ] ||
-  { echo "skip: \$MEDSEARCH_SHARED/data/nih_cxr14_64px or the MobileNetV2 models not found"; exit 77; }
-[ -x "$BIN" ] || { echo "skip: $BIN not built"; exit 77; }
-$PY -c 'import json' 2>/dev/null || { echo "skip: $PY not usable"; exit 77; }
-
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fail() { echo "FAIL: $*"; exit 1; }
+devset_require "$DATA" "$TUNED"
 
 $PY tests/tools/patient_subset.py "$DATA" "$MOD" >"$tmp/files" || fail "cannot list the subset"
 echo "subset: $(wc -l <"$tmp/files") images"

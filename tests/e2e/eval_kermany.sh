@@ -14,22 +14,10 @@
 # hashes to 0 mod EVAL_SUBSET_MOD, default 8, about 600 images);
 # EVAL_SUBSET_MOD=1 runs the full set (4,759 images).
 set -u
-cd "$(dirname "$0")/../.."
-BIN=${MEDSEARCH_BIN:-$PWD/build/medsearch-asan}
-SHARED=${MEDSEARCH_SHARED:-}
-PY=/usr/bin/python3
+. "$(dirname "$0")/devset/common.sh"
 DATA=$SHARED/data/kermany_pneumonia_224
-MODEL=$SHARED/models/mobilenet_v2_1.0_224_imagenet.onnx
 MOD=${EVAL_SUBSET_MOD:-8}
-
-[ -n "$SHARED" ] && [ -f "$DATA/labels.csv" ] && [ -f "$MODEL" ] ||
-  { echo "skip: \$MEDSEARCH_SHARED/data/kermany_pneumonia_224 or the MobileNetV2 model not found"; exit 77; }
-[ -x "$BIN" ] || { echo "skip: $BIN not built"; exit 77; }
-$PY -c 'import numpy' 2>/dev/null || { echo "skip: $PY has no numpy (Debian python3-numpy)"; exit 77; }
-
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fail() { echo "FAIL: $*"; exit 1; }
+devset_require "$DATA"
 
 # The subset keeps whole patients, so same-patient exclusion is exercised.
 $PY tests/tools/patient_subset.py "$DATA" "$MOD" >"$tmp/files" || fail "cannot list the subset"
