@@ -495,18 +495,26 @@ static int pg_get_center(store *base, uint8_t **bytes, size_t *len, int64_t *fro
     return rc;
 }
 
+/* Inside a transaction: locks the collection row and reads its model (as
+ * model_from: id 0 when none; identity malloc'd when asked for). */
+static int lock_model(pg_store *s, int64_t *id, char **identity, int *dim, ms_err *err)
+{
+    PGresult *r;
+    int rc = exec_stmt(s, P_LOCK_MODEL, NULL, PGRES_TUPLES_OK, "reading the collection's model", &r, err);
+    if (rc < 0)
+        return rc;
+    rc = model_from(r, id, identity, dim, err);
+    PQclear(r);
+    return rc;
+}
+
 /* The body of pg_set_center, inside its transaction. */
 static int set_center_tx(pg_store *s, const uint8_t *bytes, int dim, int64_t from_n, ms_err *err)
 {
     if (bytes) {
-        PGresult *r;
         int64_t model_id;
         int model_dim;
-        int rc = exec_stmt(s, P_LOCK_MODEL, NULL, PGRES_TUPLES_OK, "reading the collection's model", &r, err);
-        if (rc < 0)
-            return rc;
-        rc = model_from(r, &model_id, NULL, &model_dim, err);
-        PQclear(r);
+        int rc = lock_model(s, &model_id, NULL, &model_dim, err);
         if (rc < 0)
             return rc;
         if (model_id == 0)
@@ -557,15 +565,12 @@ static int pg_set_center_policy(store *base, int off, ms_err *err)
 /* The body of pg_use_model, inside its transaction. */
 static int use_model_tx(pg_store *s, const char *identity, int dim, int force, ms_err *err)
 {
-    PGresult *r;
     int64_t cur_id, id = 0;
     int cur_dim;
     char *cur = NULL;
-    int rc = exec_stmt(s, P_LOCK_MODEL, NULL, PGRES_TUPLES_OK, "reading the collection's model", &r, err);
+    int rc = lock_model(s, &cur_id, &cur, &cur_dim, err);
     if (rc < 0)
         return rc;
-    rc = model_from(r, &cur_id, &cur, &cur_dim, err);
-    PQclear(r);
     if (rc == 0 && cur_id && !strcmp(cur, identity) && cur_dim == dim) {
         free(cur);
         /* The same model: nothing to change, unless forced (a re-embed
@@ -1091,14 +1096,9 @@ static int pg_get_vector(store *base, int64_t id, float *vec, int dim, ms_err *e
 /* The body of pg_set_vector, inside its transaction. */
 static int replace_vector(pg_store *s, int64_t id, const uint8_t *bytes, int dim, ms_err *err)
 {
-    PGresult *r;
     int64_t model_id;
     int model_dim;
-    int rc = exec_stmt(s, P_LOCK_MODEL, NULL, PGRES_TUPLES_OK, "reading the collection's model", &r, err);
-    if (rc < 0)
-        return rc;
-    rc = model_from(r, &model_id, NULL, &model_dim, err);
-    PQclear(r);
+    int rc = lock_model(s, &model_id, NULL, &model_dim, err);
     if (rc == 0 && model_dim != dim)
         rc = ms_err_set(err, MS_EINVAL, "%s: a %d-float vector for a collection whose model has dim %d",
                         s->base.where, dim, model_dim);
@@ -1108,6 +1108,7 @@ static int replace_vector(pg_store *s, int64_t id, const uint8_t *bytes, int dim
     p_int(&p, id);
     p_int(&p, model_id);
     p_bytes(&p, bytes, (size_t)dim * 4);
+    PGresult *r;
     if ((rc = exec_stmt(s, P_SET_VEC, &p, PGRES_COMMAND_OK, "replacing a vector", &r, err)) < 0)
         return rc;
     int changed = atoi(PQcmdTuples(r));
