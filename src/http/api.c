@@ -607,7 +607,7 @@ static void handle_stats(api_ctx *c, http_reply *rep)
     if (doc)
         json_object_set_new(doc, "center",
                             json_pack("{s:s,s:b,s:I,s:s}", "policy", st.center_policy_off ? "off" : "auto",
-                                      "centred", st.center_from > 0, "from", (json_int_t)st.center_from, "tag",
+                                      "centered", st.center_from > 0, "from", (json_int_t)st.center_from, "tag",
                                       st.center_tag));
     reply_json(rep, doc ? 200 : 500, doc);
 }

@@ -34,7 +34,7 @@ start_server --token-file "$WORK/token" --max-upload-mb 2
 
 expect 200 "GET /api/stats" "$URL/api/stats"
 check "stats: image count, 1280-d model, sqlite" "d['images']==$N_IMAGES and d['dim']==1280 and d['backend']=='sqlite' and d['index']['kind'] in ('flat','hnsw')"
-check "stats: centering (auto policy, $N_IMAGES images: under 256, not centred)" "d['center']['policy']=='auto' and d['center']['centred'] is False and d['center']['from']==0 and d['center']['tag']=='none'"
+check "stats: centering (auto policy, $N_IMAGES images: under 256, not centred)" "d['center']['policy']=='auto' and d['center']['centered'] is False and d['center']['from']==0 and d['center']['tag']=='none'"
 
 # The page and its files.
 expect 200 "GET / (the page)" "$URL/"
