@@ -26,19 +26,6 @@ static const char *policy_name(int off)
     return off ? "off" : "auto";
 }
 
-/* Why search ranks as it does, in a few words. */
-static void state_text(const engine_stats *st, char *out, size_t len)
-{
-    if (st->center_from)
-        snprintf(out, len, "yes: mean of %zu vectors (tag %s)", st->center_from, st->center_tag);
-    else if (st->center_policy_off)
-        snprintf(out, len, "no: policy off, search ranks by plain cosine");
-    else if (st->images < ENGINE_CENTER_MIN)
-        snprintf(out, len, "no: fewer than %d vectors, search ranks by plain cosine", ENGINE_CENTER_MIN);
-    else
-        snprintf(out, len, "no: not computed yet (at the next ingest, or `medsearch center auto`)");
-}
-
 /* Records the policy in the store alone (before any engine opens it). */
 static int record_policy(const cli_command *cmd, const char *db, int off, int *was_off)
 {
@@ -61,7 +48,7 @@ static int record_policy(const cli_command *cmd, const char *db, int off, int *w
 static void print_state(const engine_info *in, const engine_stats *st, int set, int was_off, int json)
 {
     char state[300];
-    state_text(st, state, sizeof state);
+    cli_center_state(st, state, sizeof state);
     if (json) {
         json_t *o = json_pack("{s:s, s:s, s:s, s:b, s:I, s:s, s:I, s:s}", "db", in->db, "backend", in->backend,
                               "policy", policy_name(st->center_policy_off), "centered", st->center_from > 0,
@@ -83,7 +70,7 @@ static void print_state(const engine_info *in, const engine_stats *st, int set, 
     else
         printf("%-10s %s%s\n", "policy", policy_name(st->center_policy_off), set ? " (unchanged)" : "");
     printf("%-10s %zu\n", "images", st->images);
-    printf("%-10s %s\n", "centred", state);
+    printf("%-10s %s\n", "ranking", state);
 }
 
 int cmd_center(int argc, char **argv)

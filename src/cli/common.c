@@ -382,6 +382,19 @@ int cli_find_repo_file(const char *rel, char *out, size_t len)
     return -1;
 }
 
+void cli_center_state(const engine_stats *st, char *out, size_t len)
+{
+    if (st->center_from)
+        snprintf(out, len, "centred: mean of %zu vectors (tag %s)", st->center_from, st->center_tag);
+    else if (st->center_policy_off)
+        snprintf(out, len, "plain cosine: the centering policy is off");
+    else if (st->images < ENGINE_CENTER_MIN)
+        snprintf(out, len, "plain cosine: fewer than %d vectors", ENGINE_CENTER_MIN);
+    else
+        snprintf(out, len, "plain cosine for now: the center is computed at the next open with a model "
+                           "(ingest, search, serve) or by `medsearch center auto`");
+}
+
 int cli_parse_center_policy(const char *text, int *off)
 {
     if (!text || (strcmp(text, "auto") && strcmp(text, "off")))

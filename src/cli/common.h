@@ -93,6 +93,10 @@ int cli_find_repo_file(const char *rel, char *out, size_t len);
  * "off" (*off = 1). Returns 0, or -1 for anything else. */
 int cli_parse_center_policy(const char *text, int *off);
 
+/* Whether search ranks by centred cosine, and why not when it does not, in
+ * a few words for `medsearch info` and `medsearch center`. */
+void cli_center_state(const engine_stats *st, char *out, size_t len);
+
 /* "Effusion|Mass" from a store_meta's labels into buf. */
 void cli_join_labels(const store_meta *m, char *buf, size_t len);
 

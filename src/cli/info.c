@@ -43,17 +43,10 @@ static void print_size(const char *what, long long bytes)
         printf("%-16s %.1f MiB (%lld bytes)\n", what, (double)bytes / 1048576.0, bytes);
 }
 
-/* Whether search ranks by centred cosine, and why not when it does not. */
+/* cli_center_state, plus what the open did to the center. */
 static void center_text(const engine_stats *st, const engine_open_report *rep, char *out, size_t len)
 {
-    if (st->center_from)
-        snprintf(out, len, "centred: mean of %zu vectors (tag %s)", st->center_from, st->center_tag);
-    else if (st->center_policy_off)
-        snprintf(out, len, "none: centering policy off, search ranks by plain cosine");
-    else if (st->images < ENGINE_CENTER_MIN)
-        snprintf(out, len, "none: fewer than %d vectors, search ranks by plain cosine", ENGINE_CENTER_MIN);
-    else
-        snprintf(out, len, "none yet: computed at the next ingest, reembed or search");
+    cli_center_state(st, out, len);
     if (rep->center_note[0]) {
         size_t n = strlen(out);
         snprintf(out + n, len - n, " (%.200s)", rep->center_note);
