@@ -9,6 +9,21 @@
 
 #include "util/err.h"
 
+/* A big-endian 32-bit value (PNG's lengths and sizes); the caller has
+ * checked the bounds. */
+static inline uint32_t read_be32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+/* How much a PNG whose rows are `expected` raw bytes may inflate to before
+ * it is refused: libpng tolerates a little extra data ("Too much image
+ * data" is only a warning), so both PNG paths allow this slack. */
+static inline uint64_t png_inflate_allowance(uint64_t expected)
+{
+    return expected + expected / 256 + 1024;
+}
+
 /* For a PNG that image_probe() accepted: inflates its pixel data (the
  * concatenated IDAT chunks) without keeping it and refuses, with
  * MS_EFORMAT, a stream that inflates to more than the image its header

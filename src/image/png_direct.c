@@ -41,11 +41,6 @@
  * streaming libvips loader needs. 64 MiB is an 8-bit gray 8192x8191. */
 #define DIRECT_MAX_RAW ((uint64_t)64 << 20)
 
-static uint32_t be32(const uint8_t *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-
 /* Where the chunks are, once the layout has been found sound. */
 typedef struct png_layout {
     uint32_t width, height;
@@ -63,7 +58,7 @@ static bool is_type(const uint8_t *chunk, const char *type)
 static bool chunk_crc_ok(const uint8_t *chunk, uint32_t clen)
 {
     uint32_t crc = libdeflate_crc32(0, chunk + 4, 4 + (size_t)clen);
-    return crc == be32(chunk + 8 + clen);
+    return crc == read_be32(chunk + 8 + clen);
 }
 
 /* Colour type -> channels, for the types taken here (0 = not taken). */
@@ -82,17 +77,17 @@ static unsigned direct_channels(unsigned colour)
  * plain layout this path takes: the libvips path then decides. */
 static bool find_layout(const uint8_t *p, size_t len, png_layout *lay)
 {
-    if (len < 8 + 25 || !is_type(p + 8, "IHDR") || be32(p + 8) != 13)
+    if (len < 8 + 25 || !is_type(p + 8, "IHDR") || read_be32(p + 8) != 13)
         return false;
     const uint8_t *ihdr = p + 16;
     unsigned depth = ihdr[8], channels = direct_channels(ihdr[9]);
     if (!channels || (depth != 8 && depth != 16) || ihdr[10] || ihdr[11] || ihdr[12])
         return false; /* palette, sub-byte gray, unknown methods, Adam7 */
-    *lay = (png_layout){.width = be32(ihdr), .height = be32(ihdr + 4), .depth = depth, .channels = channels};
+    *lay = (png_layout){.width = read_be32(ihdr), .height = read_be32(ihdr + 4), .depth = depth, .channels = channels};
     enum { BEFORE_IDAT, IN_IDAT, AFTER_IDAT } state = BEFORE_IDAT;
     for (size_t off = 8; off + 12 <= len;) {
         const uint8_t *c = p + off;
-        uint32_t clen = be32(c);
+        uint32_t clen = read_be32(c);
         if (clen > 0x7fffffffu || clen > len - off - 12 || !chunk_crc_ok(c, clen))
             return false;
         bool idat = is_type(c, "IDAT");
@@ -125,7 +120,7 @@ static uint8_t *gather_idat(const uint8_t *p, const png_layout *lay)
         return NULL;
     size_t at = 0;
     for (size_t off = lay->idat_first; off < lay->idat_end;) {
-        uint32_t clen = be32(p + off);
+        uint32_t clen = read_be32(p + off);
         memcpy(z + at, p + off + 8, clen);
         at += clen;
         off += 12 + (size_t)clen;
@@ -245,8 +240,7 @@ int png_decode_direct(const void *buf, size_t len, VipsImage **out, ms_err *err)
     if (row_bytes >= DIRECT_MAX_RAW || (uint64_t)lay.height * (1 + row_bytes) > DIRECT_MAX_RAW)
         return PNG_DIRECT_DECLINED;
     uint64_t expected = (uint64_t)lay.height * (1 + row_bytes);
-    /* libpng's tolerance for extra data, as png_check_stream allows it */
-    uint64_t allowed = expected + expected / 256 + 1024;
+    uint64_t allowed = png_inflate_allowance(expected);
 
     uint8_t *z = gather_idat(p, &lay), *raw = malloc(allowed);
     struct libdeflate_decompressor *d = libdeflate_alloc_decompressor();

@@ -10,11 +10,6 @@
 
 #include <gio/gio.h>
 
-static uint32_t be32(const uint8_t *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-
 /* Bytes of one row of `width` pixels at `bits` bits a pixel, plus the
  * filter-type byte that starts every row. */
 static uint64_t row_bytes(uint64_t width, unsigned bits)
@@ -26,7 +21,7 @@ static uint64_t row_bytes(uint64_t width, unsigned bits)
  * image, or of each of the seven Adam7 passes when interlaced. */
 static uint64_t expected_bytes(const uint8_t *ihdr)
 {
-    uint64_t w = be32(ihdr), h = be32(ihdr + 4);
+    uint64_t w = read_be32(ihdr), h = read_be32(ihdr + 4);
     unsigned depth = ihdr[8], colour = ihdr[9], interlaced = ihdr[12];
     static const unsigned channels[7] = {1, 0, 3, 1, 2, 0, 4}; /* by colour type */
     unsigned bits = depth * channels[colour < 7 ? colour : 1];
@@ -57,7 +52,7 @@ static uint64_t idat_bytes(const uint8_t *p, size_t len)
     uint64_t total = 0;
     size_t off = 8;
     while (off + 12 <= len) {
-        uint32_t clen = be32(p + off);
+        uint32_t clen = read_be32(p + off);
         if (clen > len - off - 12)
             break;
         if (memcmp(p + off + 4, "IDAT", 4) == 0)
@@ -83,9 +78,7 @@ int png_check_stream(const void *buf, size_t len, ms_err *err)
     if (idat_bytes(p, len) * DEFLATE_MAX_RATIO <= UNCHECKED_INFLATE_BUDGET)
         return 0; /* even all of it as excess would be cheap */
     uint64_t expected = expected_bytes(p + 16);
-    /* libpng itself tolerates a little extra ("Too much image data" is only
-     * a warning); anything beyond this slack is refused. */
-    uint64_t allowed = expected + expected / 256 + 1024;
+    uint64_t allowed = png_inflate_allowance(expected);
 
     GConverter *z = G_CONVERTER(g_zlib_decompressor_new(G_ZLIB_COMPRESSOR_FORMAT_ZLIB));
     uint8_t sink[16384];
@@ -93,7 +86,7 @@ int png_check_stream(const void *buf, size_t len, ms_err *err)
     bool done = false, seen_idat = false;
     size_t off = 8;
     while (!done && off + 12 <= len) {
-        uint32_t clen = be32(p + off);
+        uint32_t clen = read_be32(p + off);
         bool idat = memcmp(p + off + 4, "IDAT", 4) == 0;
         if (clen > len - off - 12 || (seen_idat && !idat))
             break; /* truncated, or the IDATs are over */
@@ -109,7 +102,7 @@ int png_check_stream(const void *buf, size_t len, ms_err *err)
             left -= read;
             if (inflated > allowed) {
                 g_object_unref(z);
-                return png_bomb_error(be32(p + 16), be32(p + 20), expected, err);
+                return png_bomb_error(read_be32(p + 16), read_be32(p + 20), expected, err);
             }
             /* the end of the stream, a corrupt stream (libpng will say
              * why), or no progress: stop here */

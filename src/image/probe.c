@@ -14,6 +14,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "image/internal.h"
+
 #define DEFAULT_MAX_BYTES ((size_t)64 << 20)
 #define DEFAULT_MAX_PIXELS 50000000u
 
@@ -64,10 +66,6 @@ image_format image_sniff(const void *buf, size_t len)
 }
 
 /* Big- and little-endian readers; callers have checked the bounds. */
-static uint32_t be32(const uint8_t *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
 static uint16_t be16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
 static uint32_t le32(const uint8_t *p)
 {
@@ -130,10 +128,10 @@ static int probe_png(const uint8_t *p, size_t len, image_info *info, ms_err *err
     /* signature, IHDR length + type + 13 data bytes + CRC */
     if (len < 8 + 8 + 13 + 4)
         return ms_err_set(err, MS_EFORMAT, "PNG is truncated: %zu bytes, no complete header", len);
-    if (be32(p + 8) != 13 || memcmp(p + 12, "IHDR", 4) != 0)
+    if (read_be32(p + 8) != 13 || memcmp(p + 12, "IHDR", 4) != 0)
         return ms_err_set(err, MS_EFORMAT, "PNG is corrupt: first chunk is not a valid IHDR");
     const uint8_t *ihdr = p + 16;
-    uint32_t w = be32(ihdr), h = be32(ihdr + 4);
+    uint32_t w = read_be32(ihdr), h = read_be32(ihdr + 4);
     int depth = ihdr[8], colour = ihdr[9];
     if (w == 0 || h == 0 || w > 0x7fffffffu || h > 0x7fffffffu)
         return ms_err_set(err, MS_EFORMAT, "PNG is corrupt: invalid size %ux%u", w, h);
@@ -157,7 +155,7 @@ static int probe_png(const uint8_t *p, size_t len, image_info *info, ms_err *err
      * Walk the chunk headers up to the first IDAT; each step moves forward. */
     size_t off = 8 + 8 + 13 + 4;
     while (off + 8 <= len) {
-        uint32_t clen = be32(p + off);
+        uint32_t clen = read_be32(p + off);
         if (clen > 0x7fffffffu)
             break;
         if (memcmp(p + off + 4, "IDAT", 4) == 0)
@@ -282,7 +280,7 @@ static uint16_t t16(const tiff_reader *t, size_t off)
 }
 static uint32_t t32(const tiff_reader *t, size_t off)
 {
-    return t->big_endian ? be32(t->p + off) : le32(t->p + off);
+    return t->big_endian ? read_be32(t->p + off) : le32(t->p + off);
 }
 
 /* First value of an IFD entry of type SHORT or LONG; false when it is of
