@@ -5,7 +5,8 @@
  *   probe the header (probe.c) -> load with the loader the magic bytes chose
  *   -> drop alpha -> Rec.601 luminance for RGB -> 16-bit scaled by its max
  *   -> 8-bit grayscale held in memory ("decode")
- *   -> Lanczos3 resize of the whole image to the target size ("resize")
+ *   -> Lanczos3 resize of the whole image to the target size ("resize";
+ *      reductions by lanczos.c, enlarging by libvips)
  *   -> mean/scale into the caller's NCHW float buffer ("normalise").
  * Every libvips object is local to the call, so concurrent calls share
  * nothing but libvips itself, which is thread-safe after vips_init().
@@ -410,6 +411,35 @@ static VipsImage *reduce_in_steps(VipsImage *in, int w, int h)
     return cur;
 }
 
+/* Reduces the 8-bit gray memory image `in` to w x h with our own copy of
+ * libvips' Lanczos3 (lanczos.c: the same pixels, without building a
+ * libvips operation per image), as the last image of pl. Returns
+ * MS_EUNSUPPORTED, with nothing added to pl, for what it does not cover
+ * (another pixel format, an enlarged axis). */
+static int reduce_here(pipeline *pl, VipsImage *in, int w, int h, ms_err *err)
+{
+    if (in->Bands != 1 || in->BandFmt != VIPS_FORMAT_UCHAR || in->Xsize < w || in->Ysize < h)
+        return MS_EUNSUPPORTED;
+    const uint8_t *src = vips_image_get_data(in);
+    if (!src)
+        return MS_EUNSUPPORTED;
+    VipsImage *out = vips_image_new_memory();
+    vips_image_init_fields(out, w, h, 1, VIPS_FORMAT_UCHAR, VIPS_CODING_NONE, VIPS_INTERPRETATION_B_W, 1.0, 1.0);
+    if (vips_image_write_prepare(out)) {
+        g_object_unref(out);
+        return vips_failed(err, MS_ENOMEM, "no memory for the resized image");
+    }
+    int rc = lanczos3_reduce_gray8(src, in->Xsize, in->Ysize, VIPS_IMAGE_ADDR(out, 0, 0), w, h);
+    if (rc) {
+        g_object_unref(out);
+        if (rc == MS_EUNSUPPORTED)
+            return rc;
+        return ms_err_set(err, rc, "resize of %dx%d to %dx%d failed", in->Xsize, in->Ysize, w, h);
+    }
+    *pipe_slot(pl) = out;
+    return 0;
+}
+
 /* Resizes the last image of pl to exactly w x h, evaluated into memory:
  * Lanczos3 when reducing (a true low-pass filter over every source pixel,
  * vertical pass first), bicubic interpolation when enlarging an axis. */
@@ -421,6 +451,9 @@ static int resize_from(pipeline *pl, VipsImage *in, int w, int h, ms_err *err)
         g_object_ref(in);
         return 0;
     }
+    int rc = reduce_here(pl, in, w, h, err);
+    if (rc != MS_EUNSUPPORTED)
+        return rc;
     pthread_mutex_lock(&orc_lock);
     VipsImage *stepped = reduce_in_steps(in, w, h);
     if (!stepped) {
@@ -430,7 +463,7 @@ static int resize_from(pipeline *pl, VipsImage *in, int w, int h, ms_err *err)
     /* gap 0: no box pre-shrink, the whole reduction is Lanczos3 */
     double hscale = (double)w / stepped->Xsize, vscale = (double)h / stepped->Ysize;
     VipsImage **resized = pipe_slot(pl);
-    int rc = vips_resize(stepped, resized, hscale, "vscale", vscale, "kernel", VIPS_KERNEL_LANCZOS3, "gap", 0.0, NULL);
+    rc = vips_resize(stepped, resized, hscale, "vscale", vscale, "kernel", VIPS_KERNEL_LANCZOS3, "gap", 0.0, NULL);
     g_object_unref(stepped);
     pthread_mutex_unlock(&orc_lock);
     if (rc)

@@ -37,7 +37,8 @@
  *   4. resize the whole image (no crop, aspect not kept) to size x size:
  *      Lanczos3 on each reducing axis (a true antialiasing low-pass filter
  *      over all source pixels; reductions beyond 8x are done in steps of at
- *      most 8x), bicubic interpolation on an enlarging axis; rounded to 8-bit;
+ *      most 8x; our own code with exactly libvips 8.14's pixels),
+ *      bicubic interpolation on an enlarging axis; rounded to 8-bit;
  *   5. replicate to 3 channels and apply x[c] = (pixel - mean[c]) * scale[c],
  *      written NCHW, channel order as the model wants (the gray value is the
  *      same in every channel, so RGB vs BGR only changes mean/scale order).

@@ -67,4 +67,13 @@ int png_decode_direct(const void *buf, size_t len, struct _VipsImage **out, ms_e
  * Returns 0, MS_EINVAL (sizes) or MS_ENOMEM. */
 int area_reduce_gray8(const uint8_t *in, int in_w, int in_h, uint8_t *out, int out_w, int out_h);
 
+/* Reduces an 8-bit gray image (in_w x in_h, rows packed) to out_w x out_h
+ * with the model input's Lanczos3 filter (lanczos.c): the same pixels as
+ * libvips 8.14's vips_resize(kernel lanczos3, gap 0), in steps of at most
+ * 8 per axis as resize_from() does with libvips. out is the caller's
+ * out_w * out_h bytes. Returns 0, MS_EINVAL (a size below 1),
+ * MS_EUNSUPPORTED (an axis would be enlarged, or a reduction this exact
+ * arithmetic does not cover: the caller uses libvips) or MS_ENOMEM. */
+int lanczos3_reduce_gray8(const uint8_t *in, int in_w, int in_h, uint8_t *out, int out_w, int out_h);
+
 #endif

@@ -1,0 +1,371 @@
+/*
+ * lanczos.c - the model input's Lanczos3 reduction of an 8-bit gray image
+ * (see internal.h), computed here instead of by libvips.
+ *
+ * Why our own: building a libvips resize compiles its vector code afresh
+ * for every image (about 0.6 ms) and the whole resize of a 1024x1024
+ * X-ray to 224x224 cost about 1.9 ms, a quarter of ingest's CPU outside
+ * the model. Why exactly libvips' arithmetic: every vector already stored
+ * was made from libvips' pixels, and an image searched again must give the
+ * same vector (score 1.0). So this reproduces, bit for bit, what libvips
+ * 8.14's vips_resize(kernel lanczos3, gap 0) gives for a reduction, and
+ * the tests hold it to that against libvips itself; it also frees the
+ * product's vectors from whatever a later libvips changes.
+ *
+ * The arithmetic, one axis at a time, vertical first (as vips_resize):
+ *
+ *   shrink  the factor in / out (vips_resize passes 1 / (out / in)); the
+ *           output length is round(in / shrink);
+ *   mask    n = 2 * rint(3 * shrink) + 1 taps of the Lanczos3 kernel
+ *           stretched by shrink, normalised to sum 1, tabulated at 65
+ *           sub-pixel phases t / 64;
+ *   origin  output o starts at P = (o + 0.5) * shrink - 0.5 - offset in
+ *           the input padded by ceil(n / 2) - 1 copies of the edge pixel,
+ *           offset = (1 + round-off) / 2 - 1 where round-off = out *
+ *           shrink - in; the taps are rows/columns (int)P .. (int)P + n - 1
+ *           and the phase is ((int)(P * 128) & 127) + 1 >> 1;
+ *   vertical   (libvips' vector path) weights in 2.6 fixed point summing
+ *           to exactly 64 (vips_vector_to_fixed_point's search, below),
+ *           sum = 32 + sum of weight * pixel in 16 bits, result
+ *           clamp(sum >> 6, 0, 255);
+ *   horizontal (libvips' C path) weights truncated to 12-bit fixed point,
+ *           result clamp((sum + 2048) >> 12, 0, 255).
+ *
+ * Reductions by more than 8 on an axis go in steps of at most 8 (as the
+ * libvips path in image.c does, where the vector path stops); enlarging an
+ * axis is not done here (MS_EUNSUPPORTED: the caller uses libvips).
+ *
+ * The vertical pass runs 16 columns at a time in 16-bit lanes (GCC/Clang
+ * vector extensions, so plain C where SIMD is missing); the horizontal
+ * pass reads each output's taps from a padded copy of the row.
+ */
+#include "image/internal.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util/err.h"
+
+#define PHASES 64          /* sub-pixel phases of the mask tables (libvips' VIPS_TRANSFORM_SCALE) */
+#define MAX_STEP 8.0       /* largest reduction done in one pass */
+#define V_FRAC_BITS 6      /* vertical weights: 2.6 fixed point */
+#define H_FRAC_BITS 12     /* horizontal weights: 12 fractional bits */
+
+/* One axis' reduction: its sizes, placement and weight tables. */
+typedef struct axis_plan {
+    int n_in, n_out;
+    double shrink, offset;
+    int taps, pad;
+    int *weight; /* (PHASES + 1) x taps */
+} axis_plan;
+
+/* Lanczos3 weights of the taps around phase x (0 <= x <= 1), summing to 1. */
+static void lanczos3_mask(double *c, int taps, double shrink, double x)
+{
+    const double a = 3.0, half = x + taps / 2.0 - 1;
+    double sum = 0;
+    for (int i = 0; i < taps; i++) {
+        double xp = (i - half) / shrink, l;
+        if (xp == 0.0)
+            l = 1.0;
+        else if (xp < -a || xp > a)
+            l = 0.0;
+        else
+            l = a * sin(M_PI * xp) * sin(M_PI * xp / a) / (M_PI * M_PI * xp * xp);
+        c[i] = l;
+        sum += l;
+    }
+    for (int i = 0; i < taps; i++)
+        c[i] /= sum;
+}
+
+/* Integer weights for `scale` whose sum is exactly rint(sum(in) * scale):
+ * rounding each weight can leave the sum off by up to taps / 2, so the
+ * multiplier is searched by bisection, and what error remains is spread one
+ * unit at a time over the first weights. */
+static void fixed_point_exact_sum(const double *in, int *out, int n, int scale)
+{
+    double fsum = 0;
+    for (int i = 0; i < n; i++)
+        fsum += in[i];
+    int target = (int)rint(fsum * scale), sum = 0;
+    double high = scale + (n + 1) / 2, low = scale - (n + 1) / 2;
+    do {
+        double guess = (high + low) / 2.0;
+        sum = 0;
+        for (int i = 0; i < n; i++)
+            sum += out[i] = (int)rint(in[i] * guess);
+        if (sum == target)
+            break;
+        if (sum < target)
+            low = guess;
+        else
+            high = guess;
+    } while (high - low > 0.01);
+    if (sum != target) {
+        int each = (target - sum) / n, extra = (target - sum) % n;
+        for (int i = 0; i < n; i++)
+            out[i] += each + (i < abs(extra) ? (extra > 0 ? 1 : -1) : 0);
+    }
+}
+
+static void plan_free(axis_plan *a)
+{
+    free(a->weight);
+    a->weight = NULL;
+}
+
+/* Plans reducing n_in by `shrink` (> 1). vertical picks the 2.6 weights.
+ * Returns 0, MS_EUNSUPPORTED (the 16-bit sum could overflow) or MS_ENOMEM. */
+static int plan_axis(axis_plan *a, int n_in, double shrink, int vertical)
+{
+    memset(a, 0, sizeof *a);
+    a->n_in = n_in;
+    a->shrink = shrink;
+    a->n_out = (int)((double)n_in / shrink + 0.5);
+    a->offset = (1 + (a->n_out * shrink - n_in)) / 2.0 - 1;
+    a->taps = 2 * (int)rint(3 * shrink) + 1;
+    a->pad = (int)ceil(a->taps / 2.0) - 1;
+    double *mask = malloc(sizeof *mask * (size_t)a->taps);
+    a->weight = malloc(sizeof *a->weight * (size_t)a->taps * (PHASES + 1));
+    if (!mask || !a->weight) {
+        free(mask);
+        plan_free(a);
+        return MS_ENOMEM;
+    }
+    int rc = 0;
+    for (int t = 0; t <= PHASES && !rc; t++) {
+        int *w = a->weight + (size_t)t * (size_t)a->taps;
+        lanczos3_mask(mask, a->taps, shrink, (float)t / PHASES);
+        if (vertical) {
+            fixed_point_exact_sum(mask, w, a->taps, 1 << V_FRAC_BITS);
+            /* libvips sums in saturating 16 bits; we in plain 16-bit lanes,
+             * the same only while no partial sum can leave int16. */
+            int pos = 0, neg = 0;
+            for (int i = 0; i < a->taps; i++) {
+                if (w[i] > 0)
+                    pos += w[i];
+                else
+                    neg -= w[i];
+            }
+            if (32 + 255 * pos > INT16_MAX || 255 * neg > -(INT16_MIN + 32))
+                rc = MS_EUNSUPPORTED;
+        } else {
+            /* float sums in reduce_horizontal are exact below 2^24 */
+            int mass = 0;
+            for (int i = 0; i < a->taps; i++) {
+                w[i] = (int)(mask[i] * (1 << H_FRAC_BITS));
+                mass += abs(w[i]);
+            }
+            if (255 * mass >= 1 << 24)
+                rc = MS_EUNSUPPORTED;
+        }
+    }
+    free(mask);
+    if (rc)
+        plan_free(a);
+    return rc;
+}
+
+/* Where output o's taps start in the padded input, and their phase. */
+static inline int tap_start(double p, int *phase)
+{
+    int sub = (int)(p * PHASES * 2);
+    *phase = ((sub & (PHASES * 2 - 1)) + 1) >> 1;
+    return (int)p;
+}
+
+static inline int clamp_index(int i, int n)
+{
+    return i < 0 ? 0 : i >= n ? n - 1 : i;
+}
+
+typedef uint8_t bytes8 __attribute__((vector_size(8)));
+typedef int16_t lanes8 __attribute__((vector_size(16)));
+#define LANES 16
+
+static inline lanes8 clamp_to_byte(lanes8 v)
+{
+    lanes8 zero = {0}, top = zero + 255;
+    v &= v > zero; /* a comparison gives all-ones lanes where true */
+    return (v & ~(v > top)) | (top & (v > top));
+}
+
+/* One output row of the vertical pass over columns [x0, x0 + LANES): two
+ * 8-lane sums (SSE2 registers wide) stay in registers across all taps. */
+static inline void vertical_lanes(const uint8_t *const *rows, const int *w, int taps, int x0, uint8_t *out)
+{
+    lanes8 lo = {0}, hi = {0};
+    lo += 1 << (V_FRAC_BITS - 1);
+    hi += 1 << (V_FRAC_BITS - 1);
+    for (int i = 0; i < taps; i++) {
+        bytes8 a, b;
+        memcpy(&a, rows[i] + x0, sizeof a);
+        memcpy(&b, rows[i] + x0 + 8, sizeof b);
+        int16_t c = (int16_t)w[i];
+        lo += __builtin_convertvector(a, lanes8) * c;
+        hi += __builtin_convertvector(b, lanes8) * c;
+    }
+    bytes8 a = __builtin_convertvector(clamp_to_byte(lo >> V_FRAC_BITS), bytes8);
+    bytes8 b = __builtin_convertvector(clamp_to_byte(hi >> V_FRAC_BITS), bytes8);
+    memcpy(out + x0, &a, sizeof a);
+    memcpy(out + x0 + 8, &b, sizeof b);
+}
+
+/* Vertical pass: in (width x a->n_in) to out (width x a->n_out). */
+static int reduce_vertical(const axis_plan *a, const uint8_t *in, int width, uint8_t *out)
+{
+    const uint8_t **rows = malloc(sizeof *rows * (size_t)a->taps);
+    if (!rows)
+        return MS_ENOMEM;
+    for (int o = 0; o < a->n_out; o++) {
+        int phase, first = tap_start((o + 0.5) * a->shrink - 0.5 - a->offset, &phase) - a->pad;
+        const int *w = a->weight + (size_t)phase * (size_t)a->taps;
+        for (int i = 0; i < a->taps; i++)
+            rows[i] = in + (size_t)clamp_index(first + i, a->n_in) * (size_t)width;
+        uint8_t *dst = out + (size_t)o * (size_t)width;
+        int x = 0;
+        for (; x + LANES <= width; x += LANES)
+            vertical_lanes(rows, w, a->taps, x, dst);
+        for (; x < width; x++) {
+            int sum = 1 << (V_FRAC_BITS - 1);
+            for (int i = 0; i < a->taps; i++)
+                sum += w[i] * rows[i][x];
+            int v = sum < 0 ? 0 : sum >> V_FRAC_BITS;
+            dst[x] = (uint8_t)(v > 255 ? 255 : v);
+        }
+    }
+    free(rows);
+    return 0;
+}
+
+typedef float floats4 __attribute__((vector_size(16)));
+
+/* Horizontal pass: in (a->n_in x height) to out (a->n_out x height).
+ * The sums are done in float: every weight is an integer below 2^13 and
+ * every partial sum below 2^24 (plan_axis checks), so each step is exact
+ * and the result is the integer sum libvips computes; float vectorises
+ * where SSE2 has no 32-bit integer multiply. */
+static int reduce_horizontal(const axis_plan *a, const uint8_t *in, int height, uint8_t *out)
+{
+    int taps4 = (a->taps + 3) & ~3; /* weights padded with zeros to whole vectors */
+    /* each row padded by copies of its edge pixels, so taps never clamp */
+    size_t padded_len = (size_t)a->n_in + 2 * (size_t)taps4;
+    float *padded = malloc(sizeof *padded * padded_len);
+    floats4 *weight = malloc(sizeof *weight * (size_t)(taps4 / 4) * (PHASES + 1));
+    int *start = malloc(sizeof *start * (size_t)a->n_out), *phase = malloc(sizeof *phase * (size_t)a->n_out);
+    int rc = padded && weight && start && phase ? 0 : MS_ENOMEM;
+    for (int t = 0; !rc && t <= PHASES; t++)
+        for (int i = 0; i < taps4; i++)
+            weight[t * (taps4 / 4) + i / 4][i % 4] = i < a->taps ? (float)a->weight[t * a->taps + i] : 0.0f;
+    /* libvips steps the position by adding shrink along a row */
+    double p = 0.5 * a->shrink - 0.5 - a->offset;
+    for (int o = 0; !rc && o < a->n_out; o++, p += a->shrink)
+        start[o] = tap_start(p, &phase[o]) - a->pad + taps4; /* index into padded */
+    for (int y = 0; !rc && y < height; y++) {
+        const uint8_t *src = in + (size_t)y * (size_t)a->n_in;
+        for (int i = 0; i < taps4; i++) {
+            padded[i] = src[0];
+            padded[taps4 + a->n_in + i] = src[a->n_in - 1];
+        }
+        for (int i = 0; i < a->n_in; i++)
+            padded[taps4 + i] = src[i];
+        uint8_t *dst = out + (size_t)y * (size_t)a->n_out;
+        for (int o = 0; o < a->n_out; o++) {
+            const float *px = padded + start[o];
+            const floats4 *w = weight + (size_t)phase[o] * (size_t)(taps4 / 4);
+            floats4 sum = {0};
+            for (int i = 0; i < taps4 / 4; i++) {
+                floats4 v;
+                memcpy(&v, px + 4 * i, sizeof v);
+                sum += w[i] * v;
+            }
+            int v = ((int)(sum[0] + sum[1] + sum[2] + sum[3]) + (1 << (H_FRAC_BITS - 1))) >> H_FRAC_BITS;
+            dst[o] = (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
+        }
+    }
+    free(padded);
+    free(weight);
+    free(start);
+    free(phase);
+    return rc;
+}
+
+/* The image between passes: owned pixels, or the caller's input. */
+typedef struct gray {
+    const uint8_t *px;
+    uint8_t *owned;
+    int w, h;
+} gray;
+
+static void gray_replace(gray *g, uint8_t *px, int w, int h)
+{
+    free(g->owned);
+    g->px = g->owned = px;
+    g->w = w;
+    g->h = h;
+}
+
+/* One reducev (shrink_v) then reduceh (shrink_h); a factor of 1 skips its
+ * axis. */
+static int reduce_step(gray *g, double shrink_h, double shrink_v)
+{
+    axis_plan a;
+    int rc = 0;
+    if (shrink_v != 1.0) {
+        if ((rc = plan_axis(&a, g->h, shrink_v, 1)) != 0)
+            return rc;
+        uint8_t *out = a.n_out > 0 ? malloc((size_t)g->w * (size_t)a.n_out) : NULL;
+        rc = !out ? (a.n_out > 0 ? MS_ENOMEM : MS_EUNSUPPORTED) : reduce_vertical(&a, g->px, g->w, out);
+        if (rc)
+            free(out);
+        else
+            gray_replace(g, out, g->w, a.n_out);
+        plan_free(&a);
+        if (rc)
+            return rc;
+    }
+    if (shrink_h != 1.0) {
+        if ((rc = plan_axis(&a, g->w, shrink_h, 0)) != 0)
+            return rc;
+        uint8_t *out = a.n_out > 0 ? malloc((size_t)a.n_out * (size_t)g->h) : NULL;
+        rc = !out ? (a.n_out > 0 ? MS_ENOMEM : MS_EUNSUPPORTED) : reduce_horizontal(&a, g->px, g->h, out);
+        if (rc)
+            free(out);
+        else
+            gray_replace(g, out, a.n_out, g->h);
+        plan_free(&a);
+    }
+    return rc;
+}
+
+int lanczos3_reduce_gray8(const uint8_t *in, int in_w, int in_h, uint8_t *out, int out_w, int out_h)
+{
+    if (in_w < 1 || in_h < 1 || out_w < 1 || out_h < 1)
+        return MS_EINVAL;
+    if (out_w > in_w || out_h > in_h)
+        return MS_EUNSUPPORTED;
+    gray g = {.px = in, .w = in_w, .h = in_h};
+    int rc = 0;
+    while (!rc && (g.w > MAX_STEP * out_w || g.h > MAX_STEP * out_h)) {
+        double fx = fmin(MAX_STEP, fmax(1.0, (double)g.w / out_w));
+        double fy = fmin(MAX_STEP, fmax(1.0, (double)g.h / out_h));
+        rc = reduce_step(&g, fx, fy);
+    }
+    if (!rc) {
+        /* as vips_resize: the factor is 1 / scale, each axis at least 1 px */
+        double hscale = fmax((double)out_w / g.w, 1.0 / g.w), vscale = fmax((double)out_h / g.h, 1.0 / g.h);
+        if (hscale > 1.0 || vscale > 1.0)
+            rc = MS_EUNSUPPORTED;
+        else
+            rc = reduce_step(&g, hscale < 1.0 ? 1.0 / hscale : 1.0, vscale < 1.0 ? 1.0 / vscale : 1.0);
+    }
+    if (!rc && (g.w != out_w || g.h != out_h))
+        rc = MS_EUNSUPPORTED;
+    if (!rc)
+        memcpy(out, g.px, (size_t)out_w * (size_t)out_h);
+    free(g.owned);
+    return rc;
+}
