@@ -615,6 +615,9 @@ static int encode(VipsImage *im, thumb_format fmt, uint8_t **out, size_t *out_le
             return ms_err_set(err, MS_EUNSUPPORTED, "this libvips was built without WebP; ask for JPEG thumbnails");
         rc = vips_webpsave_buffer(im, &vbuf, &vlen, "Q", THUMB_WEBP_QUALITY, "strip", TRUE, NULL);
     } else {
+        const uint8_t *px = vips_image_get_data(im);
+        if (px && im->Bands == 1 && im->BandFmt == VIPS_FORMAT_UCHAR)
+            return jpeg_encode_gray8(px, im->Xsize, im->Ysize, THUMB_JPEG_QUALITY, out, out_len, err);
         rc = vips_jpegsave_buffer(im, &vbuf, &vlen, "Q", THUMB_JPEG_QUALITY, "strip", TRUE, NULL);
     }
     if (rc)

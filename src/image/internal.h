@@ -76,4 +76,10 @@ int area_reduce_gray8(const uint8_t *in, int in_w, int in_h, uint8_t *out, int o
  * arithmetic does not cover: the caller uses libvips) or MS_ENOMEM. */
 int lanczos3_reduce_gray8(const uint8_t *in, int in_w, int in_h, uint8_t *out, int out_w, int out_h);
 
+/* Encodes an 8-bit gray image (w x h, rows packed) as a baseline JPEG at
+ * quality 1..100 with no JFIF or other marker (jpeg_encode.c). *out is
+ * malloc'd, the caller frees it. Returns 0, MS_EINVAL (sizes, quality),
+ * MS_ENOMEM or MS_EINTERNAL (libjpeg failed; its message in err). */
+int jpeg_encode_gray8(const uint8_t *px, int w, int h, int quality, uint8_t **out, size_t *out_len, ms_err *err);
+
 #endif

@@ -1,13 +1,25 @@
 /*
  * image_test_util.h - helpers shared by the image module's unit tests
- * (tests/unit/test_image*.c): encoded images as blobs. Include after
- * <cmocka.h> and <vips/vips.h>.
+ * (tests/unit/test_image*.c): their main(), encoded images as blobs.
+ * Include after <cmocka.h>, <stdio.h>, <vips/vips.h> and image/image.h.
  */
 #ifndef MS_IMAGE_TEST_UTIL_H
 #define MS_IMAGE_TEST_UTIL_H
 
 #include <stddef.h>
 #include <stdint.h>
+
+/* main() of an image test: image_init without the operation cache, then
+ * the group. Returns the process exit status. */
+#define RUN_IMAGE_TESTS(tests)                                                                                   \
+    do {                                                                                                         \
+        ms_err init_err = {0};                                                                                   \
+        if (image_init(1, &init_err)) {                                                                          \
+            fprintf(stderr, "image_init: %s\n", init_err.msg);                                                   \
+            return 1;                                                                                            \
+        }                                                                                                        \
+        return cmocka_run_group_tests(tests, NULL, NULL);                                                        \
+    } while (0)
 
 /* An encoded image; data is g_malloc'd (libvips' buffers are). */
 typedef struct blob {

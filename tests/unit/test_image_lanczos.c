@@ -23,6 +23,7 @@
 
 #include "image/image.h"
 #include "image/internal.h"
+#include "image_test_util.h"
 
 /* ---- test images ---- */
 
@@ -311,15 +312,10 @@ static void test_declines_what_it_does_not_do(void **state)
 
 int main(void)
 {
-    ms_err err = {0};
-    if (image_init(1, &err)) {
-        fprintf(stderr, "image_init: %s\n", err.msg);
-        return 1;
-    }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_same_pixels_as_libvips),
         cmocka_unit_test(test_same_pixels_as_the_written_arithmetic),
         cmocka_unit_test(test_declines_what_it_does_not_do),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    RUN_IMAGE_TESTS(tests);
 }

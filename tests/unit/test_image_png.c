@@ -21,6 +21,7 @@
 
 #include "image/image.h"
 #include "image/internal.h"
+#include "image_test_util.h"
 
 /* ---- building PNGs ---- */
 
@@ -405,11 +406,6 @@ static void test_prepare_same_on_both_paths(void **state)
 
 int main(void)
 {
-    ms_err err = {0};
-    if (image_init(1, &err)) {
-        fprintf(stderr, "image_init: %s\n", err.msg);
-        return 1;
-    }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_same_pixels_as_libpng),
         cmocka_unit_test(test_split_idat_and_ancillary_chunks),
@@ -419,5 +415,5 @@ int main(void)
         cmocka_unit_test(test_bomb_refused),
         cmocka_unit_test(test_prepare_same_on_both_paths),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    RUN_IMAGE_TESTS(tests);
 }
