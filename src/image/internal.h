@@ -76,6 +76,11 @@ int area_reduce_gray8(const uint8_t *in, int in_w, int in_h, uint8_t *out, int o
  * arithmetic does not cover: the caller uses libvips) or MS_ENOMEM. */
 int lanczos3_reduce_gray8(const uint8_t *in, int in_w, int in_h, uint8_t *out, int out_w, int out_h);
 
+/* 0: lanczos3_reduce_gray8 uses its portable inner loops even where the CPU
+ * has AVX2, 1 (the default): the AVX2 ones where it has. For the tests,
+ * which hold both to the same pixels. */
+void lanczos3_allow_avx2(int allow);
+
 /* Encodes an 8-bit gray image (w x h, rows packed) as a baseline JPEG at
  * quality 1..100 with no JFIF or other marker (jpeg_encode.c). *out is
  * malloc'd, the caller frees it. Returns 0, MS_EINVAL (sizes, quality),

@@ -35,9 +35,11 @@
  * libvips path in image.c does, where the vector path stops); enlarging an
  * axis is not done here (MS_EUNSUPPORTED: the caller uses libvips).
  *
- * The vertical pass runs 16 columns at a time in 16-bit lanes (GCC/Clang
- * vector extensions, so plain C where SIMD is missing); the horizontal
- * pass reads each output's taps from a padded copy of the row.
+ * The inner loops (lanczos_rows.h) use GCC/Clang vector extensions, built
+ * twice: 16-byte registers (SSE2 on x86-64, plain C where there is no
+ * SIMD) and, on x86-64, 32-byte AVX2 ones chosen when the CPU has them.
+ * The vertical pass sums 16-bit lanes; the horizontal pass reads each
+ * output's taps from a padded float copy of the row.
  */
 #include "image/internal.h"
 
@@ -182,37 +184,36 @@ static inline int clamp_index(int i, int n)
     return i < 0 ? 0 : i >= n ? n - 1 : i;
 }
 
-typedef uint8_t bytes8 __attribute__((vector_size(8)));
-typedef int16_t lanes8 __attribute__((vector_size(16)));
-#define LANES 16
+static _Atomic int avx2_allowed = 1;
 
-static inline lanes8 clamp_to_byte(lanes8 v)
+void lanczos3_allow_avx2(int allow)
 {
-    lanes8 zero = {0}, top = zero + 255;
-    v &= v > zero; /* a comparison gives all-ones lanes where true */
-    return (v & ~(v > top)) | (top & (v > top));
+    avx2_allowed = allow;
 }
 
-/* One output row of the vertical pass over columns [x0, x0 + LANES): two
- * 8-lane sums (SSE2 registers wide) stay in registers across all taps. */
-static inline void vertical_lanes(const uint8_t *const *rows, const int *w, int taps, int x0, uint8_t *out)
+#define ROW_SUFFIX base
+#define ROW_TARGET
+#define ROW_BYTES 16
+#include "image/lanczos_rows.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define ROW_SUFFIX avx2
+#define ROW_TARGET __attribute__((target("avx2")))
+#define ROW_BYTES 32
+#include "image/lanczos_rows.h"
+static int have_avx2(void)
 {
-    lanes8 lo = {0}, hi = {0};
-    lo += 1 << (V_FRAC_BITS - 1);
-    hi += 1 << (V_FRAC_BITS - 1);
-    for (int i = 0; i < taps; i++) {
-        bytes8 a, b;
-        memcpy(&a, rows[i] + x0, sizeof a);
-        memcpy(&b, rows[i] + x0 + 8, sizeof b);
-        int16_t c = (int16_t)w[i];
-        lo += __builtin_convertvector(a, lanes8) * c;
-        hi += __builtin_convertvector(b, lanes8) * c;
-    }
-    bytes8 a = __builtin_convertvector(clamp_to_byte(lo >> V_FRAC_BITS), bytes8);
-    bytes8 b = __builtin_convertvector(clamp_to_byte(hi >> V_FRAC_BITS), bytes8);
-    memcpy(out + x0, &a, sizeof a);
-    memcpy(out + x0 + 8, &b, sizeof b);
+    return avx2_allowed && __builtin_cpu_supports("avx2");
 }
+#else
+#define vertical_row_avx2 vertical_row_base
+#define horizontal_row_avx2 horizontal_row_base
+static int have_avx2(void)
+{
+    (void)avx2_allowed;
+    return 0;
+}
+#endif
 
 /* Vertical pass: in (width x a->n_in) to out (width x a->n_out). */
 static int reduce_vertical(const axis_plan *a, const uint8_t *in, int width, uint8_t *out)
@@ -220,28 +221,17 @@ static int reduce_vertical(const axis_plan *a, const uint8_t *in, int width, uin
     const uint8_t **rows = malloc(sizeof *rows * (size_t)a->taps);
     if (!rows)
         return MS_ENOMEM;
+    void (*row)(const uint8_t *const *, const int *, int, int, uint8_t *) =
+        have_avx2() ? vertical_row_avx2 : vertical_row_base;
     for (int o = 0; o < a->n_out; o++) {
         int phase, first = tap_start((o + 0.5) * a->shrink - 0.5 - a->offset, &phase) - a->pad;
-        const int *w = a->weight + (size_t)phase * (size_t)a->taps;
         for (int i = 0; i < a->taps; i++)
             rows[i] = in + (size_t)clamp_index(first + i, a->n_in) * (size_t)width;
-        uint8_t *dst = out + (size_t)o * (size_t)width;
-        int x = 0;
-        for (; x + LANES <= width; x += LANES)
-            vertical_lanes(rows, w, a->taps, x, dst);
-        for (; x < width; x++) {
-            int sum = 1 << (V_FRAC_BITS - 1);
-            for (int i = 0; i < a->taps; i++)
-                sum += w[i] * rows[i][x];
-            int v = sum < 0 ? 0 : sum >> V_FRAC_BITS;
-            dst[x] = (uint8_t)(v > 255 ? 255 : v);
-        }
+        row(rows, a->weight + (size_t)phase * (size_t)a->taps, a->taps, width, out + (size_t)o * (size_t)width);
     }
     free(rows);
     return 0;
 }
-
-typedef float floats4 __attribute__((vector_size(16)));
 
 /* Horizontal pass: in (a->n_in x height) to out (a->n_out x height).
  * The sums are done in float: every weight is an integer below 2^13 and
@@ -250,41 +240,31 @@ typedef float floats4 __attribute__((vector_size(16)));
  * where SSE2 has no 32-bit integer multiply. */
 static int reduce_horizontal(const axis_plan *a, const uint8_t *in, int height, uint8_t *out)
 {
-    int taps4 = (a->taps + 3) & ~3; /* weights padded with zeros to whole vectors */
+    int taps_padded = (a->taps + 7) & ~7; /* whole registers of up to 8 floats; zero weights beyond */
     /* each row padded by copies of its edge pixels, so taps never clamp */
-    size_t padded_len = (size_t)a->n_in + 2 * (size_t)taps4;
+    size_t padded_len = (size_t)a->n_in + 2 * (size_t)taps_padded;
     float *padded = malloc(sizeof *padded * padded_len);
-    floats4 *weight = malloc(sizeof *weight * (size_t)(taps4 / 4) * (PHASES + 1));
+    float *weight = malloc(sizeof *weight * (size_t)taps_padded * (PHASES + 1));
     int *start = malloc(sizeof *start * (size_t)a->n_out), *phase = malloc(sizeof *phase * (size_t)a->n_out);
     int rc = padded && weight && start && phase ? 0 : MS_ENOMEM;
     for (int t = 0; !rc && t <= PHASES; t++)
-        for (int i = 0; i < taps4; i++)
-            weight[t * (taps4 / 4) + i / 4][i % 4] = i < a->taps ? (float)a->weight[t * a->taps + i] : 0.0f;
+        for (int i = 0; i < taps_padded; i++)
+            weight[t * taps_padded + i] = i < a->taps ? (float)a->weight[t * a->taps + i] : 0.0f;
     /* libvips steps the position by adding shrink along a row */
     double p = 0.5 * a->shrink - 0.5 - a->offset;
     for (int o = 0; !rc && o < a->n_out; o++, p += a->shrink)
-        start[o] = tap_start(p, &phase[o]) - a->pad + taps4; /* index into padded */
+        start[o] = tap_start(p, &phase[o]) - a->pad + taps_padded; /* index into padded */
+    void (*row)(const float *, const float *, int, const int *, const int *, int, uint8_t *) =
+        have_avx2() ? horizontal_row_avx2 : horizontal_row_base;
     for (int y = 0; !rc && y < height; y++) {
         const uint8_t *src = in + (size_t)y * (size_t)a->n_in;
-        for (int i = 0; i < taps4; i++) {
+        for (int i = 0; i < taps_padded; i++) {
             padded[i] = src[0];
-            padded[taps4 + a->n_in + i] = src[a->n_in - 1];
+            padded[taps_padded + a->n_in + i] = src[a->n_in - 1];
         }
         for (int i = 0; i < a->n_in; i++)
-            padded[taps4 + i] = src[i];
-        uint8_t *dst = out + (size_t)y * (size_t)a->n_out;
-        for (int o = 0; o < a->n_out; o++) {
-            const float *px = padded + start[o];
-            const floats4 *w = weight + (size_t)phase[o] * (size_t)(taps4 / 4);
-            floats4 sum = {0};
-            for (int i = 0; i < taps4 / 4; i++) {
-                floats4 v;
-                memcpy(&v, px + 4 * i, sizeof v);
-                sum += w[i] * v;
-            }
-            int v = ((int)(sum[0] + sum[1] + sum[2] + sum[3]) + (1 << (H_FRAC_BITS - 1))) >> H_FRAC_BITS;
-            dst[o] = (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
-        }
+            padded[taps_padded + i] = src[i];
+        row(padded, weight, taps_padded, start, phase, a->n_out, out + (size_t)y * (size_t)a->n_out);
     }
     free(padded);
     free(weight);
