@@ -44,6 +44,7 @@
 #include "image/internal.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -288,36 +289,79 @@ static void gray_replace(gray *g, uint8_t *px, int w, int h)
     g->h = h;
 }
 
+/* Plans depend only on the input length, the factor and the axis, so the
+ * images of a collection (mostly of one size) share a handful, and each
+ * costs about 4,000 sin() calls to build. The first PLAN_CACHE built are
+ * kept for the life of the process, read-only, shared by every thread. */
+#define PLAN_CACHE 8
+
+static struct cached_plan {
+    axis_plan plan;
+    int vertical;
+} plan_cache[PLAN_CACHE];
+static int plan_cache_n;
+static pthread_mutex_t plan_cache_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* *plan is a cached plan, or own (built here; the caller plan_free()s it,
+ * which does nothing when it went into the cache). */
+static int plan_get(const axis_plan **plan, axis_plan *own, int n_in, double shrink, int vertical)
+{
+    memset(own, 0, sizeof *own);
+    pthread_mutex_lock(&plan_cache_lock);
+    for (int i = 0; i < plan_cache_n; i++) {
+        const struct cached_plan *c = &plan_cache[i];
+        if (c->plan.n_in == n_in && c->plan.shrink == shrink && c->vertical == vertical) {
+            *plan = &c->plan;
+            pthread_mutex_unlock(&plan_cache_lock);
+            return 0;
+        }
+    }
+    pthread_mutex_unlock(&plan_cache_lock);
+    int rc = plan_axis(own, n_in, shrink, vertical);
+    if (rc)
+        return rc;
+    *plan = own;
+    pthread_mutex_lock(&plan_cache_lock);
+    if (plan_cache_n < PLAN_CACHE) {
+        plan_cache[plan_cache_n] = (struct cached_plan){.plan = *own, .vertical = vertical};
+        *plan = &plan_cache[plan_cache_n++].plan;
+        own->weight = NULL; /* the cache owns it now */
+    }
+    pthread_mutex_unlock(&plan_cache_lock);
+    return 0;
+}
+
+/* Reduces one axis of g by shrink (> 1). */
+static int reduce_axis(gray *g, double shrink, int vertical)
+{
+    const axis_plan *a;
+    axis_plan own;
+    int rc = plan_get(&a, &own, vertical ? g->h : g->w, shrink, vertical);
+    if (rc)
+        return rc;
+    int w = vertical ? g->w : a->n_out, h = vertical ? a->n_out : g->h;
+    uint8_t *out = a->n_out > 0 ? malloc((size_t)w * (size_t)h) : NULL;
+    if (!out)
+        rc = a->n_out > 0 ? MS_ENOMEM : MS_EUNSUPPORTED; /* shrunk to nothing: libvips says so */
+    else if (vertical)
+        rc = reduce_vertical(a, g->px, g->w, out);
+    else
+        rc = reduce_horizontal(a, g->px, g->h, out);
+    if (rc)
+        free(out);
+    else
+        gray_replace(g, out, w, h);
+    plan_free(&own);
+    return rc;
+}
+
 /* One reducev (shrink_v) then reduceh (shrink_h); a factor of 1 skips its
  * axis. */
 static int reduce_step(gray *g, double shrink_h, double shrink_v)
 {
-    axis_plan a;
-    int rc = 0;
-    if (shrink_v != 1.0) {
-        if ((rc = plan_axis(&a, g->h, shrink_v, 1)) != 0)
-            return rc;
-        uint8_t *out = a.n_out > 0 ? malloc((size_t)g->w * (size_t)a.n_out) : NULL;
-        rc = !out ? (a.n_out > 0 ? MS_ENOMEM : MS_EUNSUPPORTED) : reduce_vertical(&a, g->px, g->w, out);
-        if (rc)
-            free(out);
-        else
-            gray_replace(g, out, g->w, a.n_out);
-        plan_free(&a);
-        if (rc)
-            return rc;
-    }
-    if (shrink_h != 1.0) {
-        if ((rc = plan_axis(&a, g->w, shrink_h, 0)) != 0)
-            return rc;
-        uint8_t *out = a.n_out > 0 ? malloc((size_t)a.n_out * (size_t)g->h) : NULL;
-        rc = !out ? (a.n_out > 0 ? MS_ENOMEM : MS_EUNSUPPORTED) : reduce_horizontal(&a, g->px, g->h, out);
-        if (rc)
-            free(out);
-        else
-            gray_replace(g, out, a.n_out, g->h);
-        plan_free(&a);
-    }
+    int rc = shrink_v != 1.0 ? reduce_axis(g, shrink_v, 1) : 0;
+    if (!rc && shrink_h != 1.0)
+        rc = reduce_axis(g, shrink_h, 0);
     return rc;
 }
 
