@@ -58,12 +58,6 @@ static int cmp_u64(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
 static double median_ms(uint64_t *ns, int n)
 {
     qsort(ns, (size_t)n, sizeof *ns, cmp_u64);
@@ -75,12 +69,6 @@ static uint64_t thread_cpu_ns(void)
     struct timespec ts;
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-static double median_of(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
 /* One warm-up run, then `runs` timed runs appended to f->ns. */
@@ -278,12 +266,12 @@ static void print_results(file_bench *files, int n)
         printf("%-24.24s %8.3f %8.3f %9.3f %8.3f", base_name(f->path), ms[ST_DECODE], ms[ST_RESIZE],
                ms[ST_NORMALISE], ms[ST_TOTAL]);
         if (f->n_pil > 0) {
-            double lz = median_of(f->pil_lanczos, f->n_pil), bl = median_of(f->pil_bilinear, f->n_pil);
+            double lz = cli_median(f->pil_lanczos, f->n_pil), bl = cli_median(f->pil_bilinear, f->n_pil);
             printf(" %11.3f %11.3f %8.2f %8.2f", lz, bl, ms[ST_TOTAL] / lz, ms[ST_TOTAL] / bl);
             sum[0] += ms[ST_TOTAL], sum_lz[0] += lz, sum_bl[0] += bl;
             sum[1] += ms[ST_CPU];
-            sum_lz[1] += median_of(f->pil_lanczos_cpu, f->n_pil);
-            sum_bl[1] += median_of(f->pil_bilinear_cpu, f->n_pil);
+            sum_lz[1] += cli_median(f->pil_lanczos_cpu, f->n_pil);
+            sum_bl[1] += cli_median(f->pil_bilinear_cpu, f->n_pil);
             peer_n++;
         }
         printf("\n");

@@ -205,19 +205,6 @@ static int reap(pid_t pid)
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
-static double median(double *v, int n)
-{
-    if (n <= 0)
-        return 0;
-    for (int i = 1; i < n; i++) /* insertion sort, fine for the sample counts here */
-        for (int j = i; j > 0 && v[j - 1] > v[j]; j--) {
-            double t = v[j];
-            v[j] = v[j - 1];
-            v[j - 1] = t;
-        }
-    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
-
 static long minor_faults(void)
 {
     struct rusage ru;
@@ -394,12 +381,12 @@ static int bench_batch(model *m, const bench_opts *o, peer *p, result *r, ms_err
     }
     if (!rc) {
         r->faults = r->ours.faults / r->ours.n;
-        r->ms = median(r->ours.ms, r->ours.n);
+        r->ms = cli_median(r->ours.ms, r->ours.n);
         r->ips = n / (r->ms / 1e3);
         r->gflops = model_flops_per_image(m) * n / (r->ms / 1e3) / 1e9;
         if (r->peer.n && p->ok) {
             r->peer_ok = 1;
-            r->peer_ms = median(r->peer.ms, r->peer.n);
+            r->peer_ms = cli_median(r->peer.ms, r->peer.n);
             r->peer_ips = n / (r->peer_ms / 1e3);
             r->peer_faults = r->peer.faults / r->peer.n;
         }

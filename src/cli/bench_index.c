@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
+#include "cli/common.h"
 #include "index/index.h"
 #include "index/synth.h"
 #include "util/timing.h"
@@ -185,15 +186,9 @@ static void print_load(const char *when)
     fflush(stdout);
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
 static double percentile(double *v, int n, double p)
 {
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    qsort(v, (size_t)n, sizeof *v, cli_cmp_double);
     int i = (int)ceil(p * n) - 1;
     return v[i < 0 ? 0 : i >= n ? n - 1 : i];
 }

@@ -39,7 +39,7 @@
 #define PYTHON "/usr/bin/python3"
 
 typedef struct bench_cfg {
-    int n, batch, size, no_peer, no_pg, search_n, queries, threads;
+    int n, batch, size, no_peer, no_pg, search_n, queries, threads, rounds;
     const char *images, *search_db;
     cli_common c;
     char model[4096];
@@ -353,12 +353,6 @@ typedef struct search_stats {
     char kind[16];
 } search_stats;
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
 /* Stores n synthetic vectors straight into the collection (no images to
  * decode: tiny unique payloads). A collection large enough to be centred
  * then gets its center and its index in one go from engine_update_center,
@@ -467,7 +461,7 @@ static int search_bench(bench_cfg *b, search_stats *st, ms_err *err)
         st->store += t.store_ms / b->queries;
     }
     if (rc == 0 && st->n > 0) {
-        qsort(tot, (size_t)st->n, sizeof *tot, cmp_double);
+        qsort(tot, (size_t)st->n, sizeof *tot, cli_cmp_double);
         st->p50 = tot[st->n / 2];
         st->p90 = tot[(st->n * 9) / 10 < st->n ? (st->n * 9) / 10 : st->n - 1];
         snprintf(st->kind, sizeof st->kind, "%s", index_kind_name(index_current_kind(engine_index(e))));
@@ -505,14 +499,99 @@ static int make_model(bench_cfg *b)
     return 0;
 }
 
-static void report(bench_cfg *b, int dim, double pure, double e2e, double open_s, double peer, json_t *peer_detail,
-                   double pg, const search_stats *ss)
+/* Pure extraction and the SQLite ingest, alternated so that a slow spell
+ * of a shared machine falls on both; the ratio is taken within a round. */
+#define MAX_ROUNDS 100
+
+typedef struct rounds_t {
+    double pure[MAX_ROUNDS], ingest[MAX_ROUNDS], ratio[MAX_ROUNDS];
+} rounds_t;
+
+static double median(const double *v, int n)
 {
+    double s[MAX_ROUNDS];
+    memcpy(s, v, sizeof *v * (size_t)n);
+    return cli_median(s, n);
+}
+
+static void print_list(const char *name, const double *v, int n, const char *fmt)
+{
+    printf("%s", name);
+    for (int i = 0; i < n; i++) {
+        putchar(' ');
+        printf(fmt, v[i]);
+    }
+}
+
+/* Removes a SQLite collection and the files beside it, so that each round
+ * ingests into a fresh one. */
+static void remove_collection(const char *db)
+{
+    static const char *const suffix[] = {"", "-wal", "-shm", ".index"};
+    char path[1100];
+    for (size_t i = 0; i < sizeof suffix / sizeof suffix[0]; i++) {
+        snprintf(path, sizeof path, "%s%s", db, suffix[i]);
+        unlink(path);
+    }
+}
+
+/* The vector size of the collection at db, for the report (0 if unknown). */
+static int collection_dim(bench_cfg *b, const char *db, int *dim, ms_err *err)
+{
+    engine_options o;
+    cli_engine_options(&b->c, &o);
+    o.db = db;
+    o.no_model = 1;
+    engine *e;
+    *dim = 0;
+    if (engine_open(&o, &e, NULL, err) == 0) {
+        engine_stats st;
+        engine_get_stats(e, &st);
+        *dim = st.dim;
+        engine_close(e);
+    }
+    return 0;
+}
+
+static int pure_and_ingest_rounds(bench_cfg *b, rounds_t *r, double *open_s, int *dim, ms_err *err)
+{
+    char db[1024];
+    snprintf(db, sizeof db, "%s/ingest.db", b->dir);
+    int rc = 0;
+    for (int i = 0; rc == 0 && i < b->rounds; i++) {
+        fprintf(stderr, "bench ingest: round %d of %d: pure feature extraction...\n", i + 1, b->rounds);
+        rc = pure_throughput(b, &r->pure[i], err);
+        if (rc)
+            break;
+        fprintf(stderr, "bench ingest: round %d of %d: ingesting into SQLite...\n", i + 1, b->rounds);
+        remove_collection(db);
+        rc = ingest_run(b, db, &r->ingest[i], open_s, err);
+        r->ratio[i] = r->pure[i] > 0 ? r->ingest[i] / r->pure[i] : 0;
+    }
+    if (rc == 0)
+        rc = collection_dim(b, db, dim, err);
+    return rc;
+}
+
+static json_t *json_doubles(const double *v, int n)
+{
+    json_t *a = json_array();
+    for (int i = 0; i < n; i++)
+        json_array_append_new(a, json_real(v[i]));
+    return a;
+}
+
+static void report(bench_cfg *b, int dim, const rounds_t *r, double pure, double e2e, double open_s, double peer,
+                   json_t *peer_detail, double pg, const search_stats *ss)
+{
+    double ratio = median(r->ratio, b->rounds);
     if (b->c.json) {
-        json_t *o = json_pack("{s:s, s:i, s:i, s:i, s:i, s:f, s:f, s:f, s:f}", "model", b->model, "dim", dim,
-                              "images", b->n, "batch", b->batch, "size", b->size, "pure_images_per_s", pure,
-                              "ingest_images_per_s", e2e, "ingest_vs_pure", pure > 0 ? e2e / pure : 0,
-                              "engine_open_s", open_s);
+        json_t *o = json_pack("{s:s, s:i, s:i, s:i, s:i, s:i, s:f, s:f, s:f, s:f, s:o, s:o, s:o}", "model", b->model,
+                              "dim", dim, "images", b->n, "batch", b->batch, "size", b->size, "rounds", b->rounds,
+                              "pure_images_per_s", pure, "ingest_images_per_s", e2e, "ingest_vs_pure", ratio,
+                              "engine_open_s", open_s, "pure_rounds", json_doubles(r->pure, b->rounds),
+                              "ingest_rounds", json_doubles(r->ingest, b->rounds), "ingest_vs_pure_rounds",
+                              json_doubles(r->ratio, b->rounds));
         if (peer > 0) {
             json_object_set_new(o, "peer_images_per_s", json_real(peer));
             json_object_set_new(o, "ingest_vs_peer", json_real(e2e / peer));
@@ -537,7 +616,14 @@ static void report(bench_cfg *b, int dim, double pure, double e2e, double open_s
            b->batch, sysconf(_SC_NPROCESSORS_ONLN));
     printf("pure feature extraction   %8.1f images/s\n", pure);
     printf("ingest, SQLite            %8.1f images/s   %.0f%% of pure (target >= 85%%); open %.2f s not counted\n",
-           e2e, pure > 0 ? 100 * e2e / pure : 0, open_s);
+           e2e, 100 * ratio, open_s);
+    if (b->rounds > 1) {
+        printf("  medians of %d rounds:", b->rounds);
+        print_list(" pure", r->pure, b->rounds, "%.1f");
+        print_list("; ingest", r->ingest, b->rounds, "%.1f");
+        print_list("; ingest/pure", r->ratio, b->rounds, "%.3f");
+        putchar('\n');
+    }
     if (peer > 0)
         printf("peer (PIL+torch+FAISS)    %8.1f images/s   ours %.2fx the peer (target >= 1.4x)\n", peer, e2e / peer);
     if (pg > 0)
@@ -550,12 +636,14 @@ static void report(bench_cfg *b, int dim, double pure, double e2e, double open_s
 
 int bench_ingest(int argc, char **argv)
 {
-    bench_cfg b = {.n = 1000, .batch = 16, .size = 1024, .search_n = 112120, .queries = 30};
+    bench_cfg b = {.n = 1000, .batch = 16, .size = 1024, .search_n = 112120, .queries = 30, .rounds = 3};
     const cli_option opts[] = {
         {"n", 'n', CLI_INT, &b.n, "N", "images to ingest (default 1000)", 1, 1000000},
         {"batch", 0, CLI_INT, &b.batch, "N", "inference batch, both sides (default 16)", 1, 256},
         {"size", 0, CLI_INT, &b.size, "PX", "side of the generated PNGs (default 1024)", 64, 8192},
         {"threads", 0, CLI_INT, &b.threads, "N", "decode threads (default: one per core)", 1, 256},
+        {"rounds", 0, CLI_INT, &b.rounds, "R",
+         "alternate pure extraction and the SQLite ingest R times; figures are medians (default 3)", 1, 100},
         {"images", 0, CLI_STRING, &b.images, "DIR", "make (or reuse) the PNGs in DIR and keep them", 0, 0},
         {"no-peer", 0, CLI_FLAG, &b.no_peer, NULL, "skip the Python peer", 0, 0},
         {"no-pg", 0, CLI_FLAG, &b.no_pg, NULL, "skip PostgreSQL", 0, 0},
@@ -590,31 +678,14 @@ int bench_ingest(int argc, char **argv)
     int rc = image_init(1, &err);
     if (rc == 0 && (make_model(&b) != 0 || prepare_images(&b) != 0))
         rc = -1;
-    double pure = 0, e2e = 0, open_s = 0, peer = 0, pg = 0;
+    rounds_t r = {0};
+    double open_s = 0, peer = 0, pg = 0;
     json_t *peer_detail = NULL;
     search_stats ss = {0};
     int dim = 0;
-    if (rc == 0) {
-        fprintf(stderr, "bench ingest: pure feature extraction...\n");
-        rc = pure_throughput(&b, &pure, &err);
-    }
-    if (rc == 0) {
-        char db[1024];
-        snprintf(db, sizeof db, "%s/ingest.db", b.dir);
-        fprintf(stderr, "bench ingest: ingesting into SQLite...\n");
-        rc = ingest_run(&b, db, &e2e, &open_s, &err);
-        engine_options o;
-        cli_engine_options(&b.c, &o);
-        o.db = db;
-        o.no_model = 1;
-        engine *e;
-        if (rc == 0 && engine_open(&o, &e, NULL, &err) == 0) {
-            engine_stats st;
-            engine_get_stats(e, &st);
-            dim = st.dim;
-            engine_close(e);
-        }
-    }
+    if (rc == 0)
+        rc = pure_and_ingest_rounds(&b, &r, &open_s, &dim, &err);
+    double pure = median(r.pure, b.rounds), e2e = median(r.ingest, b.rounds);
     if (rc == 0 && !b.no_peer)
         peer = run_peer(&b, dim, &peer_detail);
     if (rc == 0 && !b.no_pg)
@@ -624,7 +695,7 @@ int bench_ingest(int argc, char **argv)
         ss.n = 0;
     }
     if (rc == 0)
-        report(&b, dim, pure, e2e, open_s, peer, peer_detail, pg, &ss);
+        report(&b, dim, &r, pure, e2e, open_s, peer, peer_detail, pg, &ss);
     else if (err.msg[0])
         fprintf(stderr, "medsearch bench ingest: %s\n", err.msg);
     json_decref(peer_detail);

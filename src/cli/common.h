@@ -97,6 +97,11 @@ int cli_parse_center_policy(const char *text, int *off);
  * a few words for `medsearch info` and `medsearch center`. */
 void cli_center_state(const engine_stats *st, char *out, size_t len);
 
+/* qsort() comparison of doubles, ascending. */
+int cli_cmp_double(const void *a, const void *b);
+/* The median of v[0..n) (sorting v in place); 0 when n < 1. */
+double cli_median(double *v, int n);
+
 /* "Effusion|Mass" from a store_meta's labels into buf. */
 void cli_join_labels(const store_meta *m, char *buf, size_t len);
 
