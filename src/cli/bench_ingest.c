@@ -536,21 +536,22 @@ static void remove_collection(const char *db)
 }
 
 /* The vector size of the collection at db, for the report (0 if unknown). */
-static int collection_dim(bench_cfg *b, const char *db, int *dim, ms_err *err)
+static int collection_dim(bench_cfg *b, const char *db)
 {
     engine_options o;
     cli_engine_options(&b->c, &o);
     o.db = db;
     o.no_model = 1;
     engine *e;
-    *dim = 0;
-    if (engine_open(&o, &e, NULL, err) == 0) {
+    ms_err err = {0};
+    int dim = 0;
+    if (engine_open(&o, &e, NULL, &err) == 0) {
         engine_stats st;
         engine_get_stats(e, &st);
-        *dim = st.dim;
+        dim = st.dim;
         engine_close(e);
     }
-    return 0;
+    return dim;
 }
 
 static int pure_and_ingest_rounds(bench_cfg *b, rounds_t *r, double *open_s, int *dim, ms_err *err)
@@ -569,7 +570,7 @@ static int pure_and_ingest_rounds(bench_cfg *b, rounds_t *r, double *open_s, int
         r->ratio[i] = r->pure[i] > 0 ? r->ingest[i] / r->pure[i] : 0;
     }
     if (rc == 0)
-        rc = collection_dim(b, db, dim, err);
+        *dim = collection_dim(b, db);
     return rc;
 }
 
