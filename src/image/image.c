@@ -605,22 +605,21 @@ static int thumb_reduce(pipeline *pl, VipsImage *in, int w, int h, ms_err *err)
     return 0;
 }
 
+/* Encodes the thumbnail im, which thumb_reduce() left 8-bit gray in memory:
+ * JPEG by libjpeg-turbo directly (jpeg_encode.c), WebP by libvips. */
 static int encode(VipsImage *im, thumb_format fmt, uint8_t **out, size_t *out_len, ms_err *err)
 {
+    if (fmt == THUMB_JPEG) {
+        const uint8_t *px = vips_image_get_data(im);
+        if (!px || im->Bands != 1 || im->BandFmt != VIPS_FORMAT_UCHAR)
+            return ms_err_set(err, MS_EINTERNAL, "thumbnail is not 8-bit gray in memory");
+        return jpeg_encode_gray8(px, im->Xsize, im->Ysize, THUMB_JPEG_QUALITY, out, out_len, err);
+    }
+    if (!vips_type_find("VipsOperation", "webpsave_buffer"))
+        return ms_err_set(err, MS_EUNSUPPORTED, "this libvips was built without WebP; ask for JPEG thumbnails");
     void *vbuf = NULL;
     size_t vlen = 0;
-    int rc;
-    if (fmt == THUMB_WEBP) {
-        if (!vips_type_find("VipsOperation", "webpsave_buffer"))
-            return ms_err_set(err, MS_EUNSUPPORTED, "this libvips was built without WebP; ask for JPEG thumbnails");
-        rc = vips_webpsave_buffer(im, &vbuf, &vlen, "Q", THUMB_WEBP_QUALITY, "strip", TRUE, NULL);
-    } else {
-        const uint8_t *px = vips_image_get_data(im);
-        if (px && im->Bands == 1 && im->BandFmt == VIPS_FORMAT_UCHAR)
-            return jpeg_encode_gray8(px, im->Xsize, im->Ysize, THUMB_JPEG_QUALITY, out, out_len, err);
-        rc = vips_jpegsave_buffer(im, &vbuf, &vlen, "Q", THUMB_JPEG_QUALITY, "strip", TRUE, NULL);
-    }
-    if (rc)
+    if (vips_webpsave_buffer(im, &vbuf, &vlen, "Q", THUMB_WEBP_QUALITY, "strip", TRUE, NULL))
         return vips_failed(err, MS_EINTERNAL, "thumbnail encoding failed");
     /* Hand back plain malloc() memory: the contract says free(). */
     *out = malloc(vlen);
