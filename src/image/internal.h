@@ -46,6 +46,19 @@ int png_bomb_error(unsigned width, unsigned height, unsigned long long expected,
  * layout it takes, or is damaged in a way libpng should describe. */
 #define PNG_DIRECT_DECLINED 1
 
+/* Undoes the PNG row filters (0-4) of height rows in place: raw holds
+ * height * (1 + row_bytes) bytes, each row its filter type byte and then
+ * row_bytes bytes; bpp is the bytes of one pixel (1-8). One-byte pixels go
+ * 16 rows at a time through AVX2 where the CPU has it (png_unfilter.c).
+ * Returns 0, PNG_DIRECT_DECLINED (a filter type above 4, nothing changed)
+ * or MS_ENOMEM. */
+int png_unfilter(uint8_t *raw, size_t row_bytes, size_t height, size_t bpp);
+
+/* 0: png_unfilter does every row with the portable code even where the CPU
+ * has AVX2; 1 (the default): the 16-row blocks where it has. For the
+ * tests, which hold both to libpng's pixels. */
+void png_unfilter_allow_simd(int allow);
+
 struct _VipsImage;
 
 /* For a PNG that image_probe() accepted: decodes a non-interlaced 8- or

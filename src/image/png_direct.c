@@ -11,9 +11,8 @@
  * rows the header declares (plus libpng's tolerance): a stream that would
  * inflate to more stops at the first byte too many, so the bomb check costs
  * nothing extra, and libdeflate inflates whole buffers 2-3x faster than
- * zlib's streaming inflate. The rows are then unfiltered here (the five
- * filters of the PNG specification, section 9) and copied into a libvips
- * memory image, which the rest of the pipeline takes as if libvips had
+ * zlib's streaming inflate. The rows are then unfiltered (png_unfilter.c)
+ * and copied into a libvips memory image, which the rest of the pipeline takes as if libvips had
  * decoded it.
  *
  * What it takes: non-interlaced 8- and 16-bit gray, gray+alpha, RGB and
@@ -128,49 +127,6 @@ static uint8_t *gather_idat(const uint8_t *p, const png_layout *lay)
     return z;
 }
 
-/* The Paeth predictor with the three distances written so that the
- * compiler can keep them branch-free: |p - a| = |b - c|, |p - b| = |a - c|,
- * |p - c| = |a + b - 2c| for p = a + b - c. */
-static inline uint8_t paeth(int a, int b, int c)
-{
-    int pa = abs(b - c), pb = abs(a - c), pc = abs(a + b - 2 * c);
-    return (uint8_t)(pa <= pb && pa <= pc ? a : pb <= pc ? b : c);
-}
-
-/* Undoes one row's filter in place. row holds n bytes; prev is the
- * previous row already unfiltered (all zeros for the first); bpp is the
- * bytes of one pixel (the filters' "a" is bpp bytes back). */
-static bool unfilter_row(uint8_t *row, const uint8_t *prev, size_t n, size_t bpp, unsigned filter)
-{
-    size_t i;
-    switch (filter) {
-    case 0:
-        return true;
-    case 1:
-        for (i = bpp; i < n; i++)
-            row[i] = (uint8_t)(row[i] + row[i - bpp]);
-        return true;
-    case 2:
-        for (i = 0; i < n; i++)
-            row[i] = (uint8_t)(row[i] + prev[i]);
-        return true;
-    case 3:
-        for (i = 0; i < bpp && i < n; i++)
-            row[i] = (uint8_t)(row[i] + (prev[i] >> 1));
-        for (; i < n; i++)
-            row[i] = (uint8_t)(row[i] + ((row[i - bpp] + prev[i]) >> 1));
-        return true;
-    case 4:
-        for (i = 0; i < bpp && i < n; i++)
-            row[i] = (uint8_t)(row[i] + prev[i]); /* a = c = 0: Paeth picks b */
-        for (; i < n; i++)
-            row[i] = (uint8_t)(row[i] + paeth(row[i - bpp], prev[i], prev[i - bpp]));
-        return true;
-    default:
-        return false;
-    }
-}
-
 /* Copies one unfiltered row into the image, 16-bit samples from PNG's
  * big-endian order to the machine's. */
 static void store_row(uint8_t *dst, const uint8_t *src, size_t n, unsigned depth)
@@ -192,39 +148,30 @@ static VipsInterpretation interpretation_of(const png_layout *lay)
     return lay->depth == 16 ? VIPS_INTERPRETATION_RGB16 : VIPS_INTERPRETATION_sRGB;
 }
 
-/* Unfilters raw (height rows of 1 + row_bytes) into a new memory image
- * *out. Returns 0, PNG_DIRECT_DECLINED (a filter type that does not exist:
- * libpng words the error) or MS_ENOMEM. */
+/* Unfilters raw (height rows of 1 + row_bytes) and copies it into a new
+ * memory image *out. Returns 0, PNG_DIRECT_DECLINED (a filter type that
+ * does not exist: libpng words the error) or MS_ENOMEM. */
 static int unfilter_into_image(uint8_t *raw, const png_layout *lay, size_t row_bytes, VipsImage **out,
                                ms_err *err)
 {
     size_t bpp = (size_t)lay->channels * lay->depth / 8;
-    uint8_t *zero = calloc(1, row_bytes);
-    VipsImage *im = vips_image_new_memory();
-    int rc = 0;
-    if (zero && im) {
+    int rc = png_unfilter(raw, row_bytes, lay->height, bpp);
+    if (rc == PNG_DIRECT_DECLINED)
+        return rc;
+    VipsImage *im = rc ? NULL : vips_image_new_memory();
+    if (im)
         vips_image_init_fields(im, (int)lay->width, (int)lay->height, (int)lay->channels,
                                lay->depth == 16 ? VIPS_FORMAT_USHORT : VIPS_FORMAT_UCHAR, VIPS_CODING_NONE,
                                interpretation_of(lay), 1.0, 1.0);
+    if (!im || vips_image_write_prepare(im)) {
+        if (im)
+            g_object_unref(im);
+        return ms_err_set(err, MS_ENOMEM, "no memory for a %ux%u PNG", lay->width, lay->height);
     }
-    if (!zero || !im || vips_image_write_prepare(im))
-        rc = ms_err_set(err, MS_ENOMEM, "no memory for a %ux%u PNG", lay->width, lay->height);
-    const uint8_t *prev = zero;
-    for (uint32_t y = 0; !rc && y < lay->height; y++) {
-        uint8_t *line = raw + (size_t)y * (1 + row_bytes);
-        if (!unfilter_row(line + 1, prev, row_bytes, bpp, line[0])) {
-            rc = PNG_DIRECT_DECLINED;
-            break;
-        }
-        store_row(VIPS_IMAGE_ADDR(im, 0, y), line + 1, row_bytes, lay->depth);
-        prev = line + 1;
-    }
-    free(zero);
-    if (rc && im)
-        g_object_unref(im);
-    else
-        *out = im;
-    return rc;
+    for (uint32_t y = 0; y < lay->height; y++)
+        store_row(VIPS_IMAGE_ADDR(im, 0, y), raw + (size_t)y * (1 + row_bytes) + 1, row_bytes, lay->depth);
+    *out = im;
+    return 0;
 }
 
 int png_decode_direct(const void *buf, size_t len, VipsImage **out, ms_err *err)

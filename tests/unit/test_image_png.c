@@ -3,7 +3,11 @@
  * against libpng, through libvips' own PNG loader, on files built here
  * byte by byte: every filter type on every row pattern, every colour type
  * and depth it takes, widths that leave a partial last pixel group, IDAT
- * split at odd places, ancillary chunks around the data. Then every layout
+ * split at odd places, ancillary chunks around the data; the 16- and 32-row
+ * blocks of 8-bit gray rows that png_unfilter.c unfilters together, with
+ * any mix of filters, at every width around the 16-byte tiles, with its
+ * AVX2 path and without; png_unfilter itself against the filters'
+ * definition for every pixel size. Then every layout
  * it must hand back to libvips untouched, and the decompression bomb it
  * must refuse itself.
  */
@@ -83,7 +87,7 @@ static void filter_row(uint8_t *dst, const uint8_t *row, const uint8_t *prev, si
 
 typedef struct png_spec {
     int colour, depth, w, h;
-    int filter;           /* 0-4 for all rows, -1 = row y uses y % 5 */
+    int filter;           /* 0-4 for all rows, -1 = row y uses y % 5, -2 = each row a random one */
     int interlace;
     int idat_split;       /* IDAT chunk size, 0 = one chunk */
     int text_before, text_after, trns, plte, unknown_critical;
@@ -122,7 +126,7 @@ static bytes make_png(const png_spec *s)
     uint8_t *raw = calloc(1, raw_len), *zero = calloc(1, rb + 1);
     assert_non_null(raw);
     for (int y = 0; y < rows; y++) {
-        int type = s->filter >= 0 ? s->filter : y % 5;
+        int type = s->filter >= 0 ? s->filter : s->filter == -1 ? y % 5 : (int)(rnd() % 5);
         raw[y * (1 + rb)] = (uint8_t)(s->bad_filter && y == rows / 2 ? 5 : type);
         filter_row(raw + y * (1 + rb) + 1, px + y * rb, y ? px + (y - 1) * rb : zero, rb, bpp, type);
     }
@@ -251,6 +255,77 @@ static void test_split_idat_and_ancillary_chunks(void **state)
     }
     png_spec big = {.colour = 0, .depth = 8, .w = 1024, .h = 300, .filter = -1, .idat_split = 8192, .smooth = 1};
     expect_same_as_libpng(&big);
+}
+
+/* The 8-bit gray rows go through png_unfilter.c's wavefront blocks of 16
+ * and 32 rows: every width around its 16-byte tiles (edges where some
+ * lanes are outside their row), heights that leave 1-31 rows to the
+ * one-row code, blocks of None and Up only (done row by row) next to
+ * chained ones, random filters per row; with the AVX2 path and without. */
+static void test_row_blocks_same_as_libpng(void **state)
+{
+    (void)state;
+    static const int widths[] = {1, 2, 15, 16, 17, 31, 32, 33, 47, 48, 63, 100};
+    static const int heights[] = {15, 16, 17, 31, 32, 33, 48, 49, 64, 95};
+    static const int filters[] = {-2, -1, 0, 1, 2, 3, 4};
+    rng_state = 5;
+    for (int simd = 1; simd >= 0; simd--) {
+        png_unfilter_allow_simd(simd);
+        for (size_t wi = 0; wi < sizeof widths / sizeof *widths; wi++)
+            for (size_t hi = 0; hi < sizeof heights / sizeof *heights; hi++)
+                for (size_t fi = 0; fi < sizeof filters / sizeof *filters; fi++)
+                    for (int smooth = 0; smooth <= 1; smooth++) {
+                        png_spec s = {.colour = 0, .depth = 8, .w = widths[wi], .h = heights[hi],
+                                      .filter = filters[fi], .smooth = smooth};
+                        expect_same_as_libpng(&s);
+                    }
+        png_spec big = {.colour = 0, .depth = 8, .w = 1024, .h = 200, .filter = -2, .smooth = 1};
+        expect_same_as_libpng(&big);
+    }
+    png_unfilter_allow_simd(1);
+}
+
+/* png_unfilter against the filters' definition (filter_row's inverse,
+ * byte by byte), every pixel size 1-8, and a filter type above 4 refused
+ * with nothing changed. */
+static void test_unfilter_matches_definition(void **state)
+{
+    (void)state;
+    rng_state = 6;
+    for (int simd = 1; simd >= 0; simd--) {
+        png_unfilter_allow_simd(simd);
+        for (size_t bpp = 1; bpp <= 8; bpp++)
+            for (size_t n = bpp; n <= 70; n += bpp * 3 + 1) {
+                size_t h = 1 + rnd() % 70, stride = 1 + n;
+                uint8_t *px = malloc(n * h), *raw = malloc(stride * h), *zero = calloc(1, n);
+                assert_non_null(px);
+                assert_non_null(raw);
+                assert_non_null(zero);
+                for (size_t i = 0; i < n * h; i++)
+                    px[i] = (uint8_t)(i >= n && rnd() % 3 ? px[i - n] + rnd() % 7 - 3 : rnd());
+                for (size_t y = 0; y < h; y++) {
+                    raw[y * stride] = (uint8_t)(rnd() % 5);
+                    filter_row(raw + y * stride + 1, px + y * n, y ? px + (y - 1) * n : zero, n, bpp,
+                               raw[y * stride]);
+                }
+                assert_int_equal(png_unfilter(raw, n, h, bpp), 0);
+                for (size_t y = 0; y < h; y++)
+                    if (memcmp(raw + y * stride + 1, px + y * n, n) != 0)
+                        fail_msg("bpp %zu, %zu x %zu, simd %d: row %zu differs", bpp, n, h, simd, y);
+                free(px);
+                free(raw);
+                free(zero);
+            }
+    }
+    png_unfilter_allow_simd(1);
+    uint8_t raw[3 * 33];
+    for (size_t i = 0; i < sizeof raw; i++)
+        raw[i] = (uint8_t)(i % 33 ? i : 1);
+    raw[2 * 33] = 5;
+    uint8_t before[sizeof raw];
+    memcpy(before, raw, sizeof raw);
+    assert_int_equal(png_unfilter(raw, 32, 3, 1), PNG_DIRECT_DECLINED);
+    assert_memory_equal(raw, before, sizeof raw);
 }
 
 /* ---- what goes back to libvips ---- */
@@ -409,6 +484,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_same_pixels_as_libpng),
         cmocka_unit_test(test_split_idat_and_ancillary_chunks),
+        cmocka_unit_test(test_row_blocks_same_as_libpng),
+        cmocka_unit_test(test_unfilter_matches_definition),
         cmocka_unit_test(test_declines_what_it_does_not_take),
         cmocka_unit_test(test_corrupt_stream_and_truncation_declined),
         cmocka_unit_test(test_too_large_raw_declined),
