@@ -4,8 +4,9 @@
  *
  * In one run, on the same model and batch size:
  *   1. N 1024x1024 PNGs are made in a temporary folder (real X-rays of
- *      $MEDSEARCH_SHARED upscaled, with noise so that every file differs;
- *      synthetic texture without it), or taken from --images;
+ *      $MEDSEARCH_SHARED upscaled, synthetic texture without it; written
+ *      like an X-ray export, about 200 KB each; --noise adds Gaussian
+ *      noise for heavier files), or taken from --images;
  *   2. pure feature extraction: model_forward on prepared batches (the
  *      ceiling ingest can approach);
  *   3. end-to-end ingest into a new SQLite collection through the engine's
@@ -40,6 +41,7 @@
 
 typedef struct bench_cfg {
     int n, batch, size, no_peer, no_pg, search_n, queries, threads, rounds;
+    double noise;          /* sigma of the Gaussian noise added to each PNG */
     const char *images, *search_db;
     cli_common c;
     char model[4096];
@@ -47,6 +49,7 @@ typedef struct bench_cfg {
     char img_dir[4096];
     char **files;
     int n_files;
+    double mean_file_kb;   /* of the PNGs ingested, for the report */
 } bench_cfg;
 
 /* ---- test images ---- */
@@ -58,13 +61,36 @@ typedef struct gen_ctx {
     pthread_mutex_t mu;
 } gen_ctx;
 
-/* One 1024x1024 8-bit grey PNG from a real X-ray (or from noise). */
-static int make_png(const char *src, int size, const char *out)
+/* Writes px (size x size, 8-bit grey) as a PNG the way X-ray exports are
+ * written: zlib level 6 and libpng's adaptive choice of filter per row
+ * (mostly Paeth on a radiograph, as in the NIH ChestX-ray14 export). The
+ * file's index goes into its first 4 pixels, so that no two files are the
+ * same bytes even when two source X-rays are (content addressing would
+ * store them once). */
+static int save_png(uint8_t *px, int size, int index, const char *out)
+{
+    for (int i = 0; i < 4; i++)
+        px[i] = (uint8_t)((unsigned)index >> (8 * i));
+    image_vips_ops_lock();
+    VipsImage *im = vips_image_new_from_memory(px, (size_t)size * (size_t)size, size, size, 1, VIPS_FORMAT_UCHAR);
+    image_vips_ops_unlock();
+    if (!im)
+        return -1;
+    int rc = vips_pngsave(im, out, "compression", 6, "filter", VIPS_FOREIGN_PNG_FILTER_ALL, NULL) ? -1 : 0;
+    image_vips_ops_lock();
+    g_object_unref(im);
+    image_vips_ops_unlock();
+    return rc;
+}
+
+/* One size x size 8-bit grey PNG from a real X-ray (or from synthetic
+ * texture), with Gaussian noise of sigma `noise` (0: none). */
+static int make_png(const char *src, int size, double noise, int index, const char *out)
 {
     VipsImage *in = NULL, *t[6] = {0};
     int rc = -1;
     /* Making and dropping operations is serialised (image_vips_ops_lock);
-     * the pixels are computed by pngsave, outside the lock. */
+     * the pixels are computed outside the lock. */
     image_vips_ops_lock();
     if (src) {
         if (!(in = vips_image_new_from_file(src, "access", VIPS_ACCESS_SEQUENTIAL, NULL)))
@@ -79,11 +105,20 @@ static int make_png(const char *src, int size, const char *out)
             vips_gaussblur(t[0], &t[2], 6.0, NULL))
             goto out;
     }
-    if (vips_gaussnoise(&t[3], size, size, "sigma", 4.0, "mean", 0.0, NULL) || vips_add(t[2], t[3], &t[4], NULL) ||
-        vips_cast_uchar(t[4], &t[5], NULL))
+    if (noise > 0) {
+        if (vips_gaussnoise(&t[3], size, size, "sigma", noise, "mean", 0.0, NULL) || vips_add(t[2], t[3], &t[4], NULL))
+            goto out;
+    } else {
+        t[4] = t[2];
+        g_object_ref(t[4]);
+    }
+    if (vips_cast_uchar(t[4], &t[5], NULL))
         goto out;
     image_vips_ops_unlock();
-    rc = vips_pngsave(t[5], out, "compression", 6, NULL) ? -1 : 0;
+    size_t len = 0;
+    uint8_t *px = vips_image_write_to_memory(t[5], &len);
+    rc = px && len == (size_t)size * (size_t)size ? save_png(px, size, index, out) : -1;
+    g_free(px);
     image_vips_ops_lock();
 out:
     for (int i = 0; i < 6; i++)
@@ -105,7 +140,7 @@ static void *gen_worker(void *arg)
         if (i < 0)
             break;
         const char *src = g->n_sources ? g->sources[i % g->n_sources] : NULL;
-        if (make_png(src, g->b->size, g->b->files[i]) != 0) {
+        if (make_png(src, g->b->size, g->b->noise, i, g->b->files[i]) != 0) {
             pthread_mutex_lock(&g->mu);
             g->failed++;
             pthread_mutex_unlock(&g->mu);
@@ -159,7 +194,7 @@ static int prepare_images(bench_cfg *b)
     pthread_mutex_init(&g.mu, NULL);
     int from_xrays = list_sources(&g);
     fprintf(stderr, "bench ingest: making %d %dx%d PNGs in %s (%s)...\n", b->n, b->size, b->size, dir,
-            from_xrays ? "Kermany X-rays upscaled, with noise" : "synthetic texture");
+            from_xrays ? "Kermany X-rays upscaled" : "synthetic texture");
     pthread_t th[2];
     for (int i = 0; i < 2; i++)
         pthread_create(&th[i], NULL, gen_worker, &g);
@@ -172,6 +207,18 @@ static int prepare_images(bench_cfg *b)
     if (g.failed)
         fprintf(stderr, "bench ingest: %d images could not be made\n", g.failed);
     return g.failed ? -1 : 0;
+}
+
+/* The mean size of the files, in KB (1000 bytes), for the report. */
+static double mean_file_kb(const bench_cfg *b)
+{
+    double sum = 0;
+    for (int i = 0; i < b->n_files; i++) {
+        struct stat st;
+        if (stat(b->files[i], &st) == 0)
+            sum += (double)st.st_size;
+    }
+    return b->n_files ? sum / b->n_files / 1000 : 0;
 }
 
 /* ---- pure feature extraction ---- */
@@ -608,13 +655,14 @@ static void report(bench_cfg *b, int dim, const rounds_t *r, double pure, double
                                           "index", ss->kind, "queries", ss->n, "p50_ms", ss->p50, "p90_ms", ss->p90,
                                           "decode_ms", ss->decode, "embed_ms", ss->embed, "index_ms", ss->index,
                                           "store_ms", ss->store));
+        json_object_set_new(o, "mean_file_kb", json_real(b->mean_file_kb));
         json_dumpf(o, stdout, JSON_INDENT(2) | JSON_REAL_PRECISION(5));
         fputc('\n', stdout);
         json_decref(o);
         return;
     }
-    printf("model %s (dim %d), %d images %dx%d PNG, batch %d, %ld cores\n", b->model, dim, b->n, b->size, b->size,
-           b->batch, sysconf(_SC_NPROCESSORS_ONLN));
+    printf("model %s (dim %d), %d images %dx%d PNG (mean %.0f KB), batch %d, %ld cores\n", b->model, dim, b->n,
+           b->size, b->size, b->mean_file_kb, b->batch, sysconf(_SC_NPROCESSORS_ONLN));
     printf("pure feature extraction   %8.1f images/s\n", pure);
     printf("ingest, SQLite            %8.1f images/s   %.0f%% of pure (target >= 85%%); open %.2f s not counted\n",
            e2e, 100 * ratio, open_s);
@@ -642,6 +690,7 @@ int bench_ingest(int argc, char **argv)
         {"n", 'n', CLI_INT, &b.n, "N", "images to ingest (default 1000)", 1, 1000000},
         {"batch", 0, CLI_INT, &b.batch, "N", "inference batch, both sides (default 16)", 1, 256},
         {"size", 0, CLI_INT, &b.size, "PX", "side of the generated PNGs (default 1024)", 64, 8192},
+        {"noise", 0, CLI_DOUBLE, &b.noise, "SIGMA", "Gaussian noise added to the generated PNGs (default 0)", 0, 0},
         {"threads", 0, CLI_INT, &b.threads, "N", "decode threads (default: one per core)", 1, 256},
         {"rounds", 0, CLI_INT, &b.rounds, "R",
          "alternate pure extraction and the SQLite ingest R times; figures are medians (default 3)", 1, 100},
@@ -679,6 +728,7 @@ int bench_ingest(int argc, char **argv)
     int rc = image_init(1, &err);
     if (rc == 0 && (make_model(&b) != 0 || prepare_images(&b) != 0))
         rc = -1;
+    b.mean_file_kb = rc == 0 ? mean_file_kb(&b) : 0;
     rounds_t r = {0};
     double open_s = 0, peer = 0, pg = 0;
     json_t *peer_detail = NULL;
