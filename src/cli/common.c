@@ -26,6 +26,9 @@ static void common_options(cli_common *c, unsigned groups, cli_option *out, int 
         out[(*n)++] = (cli_option){"pool", 0, CLI_STRING, &c->pool, "P",
                                    "pooling of the last feature map: output|avg|gem|max|topleft", 0, 0};
         out[(*n)++] = (cli_option){"gem-p", 0, CLI_DOUBLE, &c->gem_p, "P", "GeM exponent (default 3)", 0, 0};
+        out[(*n)++] = (cli_option){"flip", 0, CLI_FLAG, &c->model_opt.flip, NULL,
+                                   "also embed each image mirrored left-right and add the two (twice the forwards)",
+                                   0, 0};
         out[(*n)++] = (cli_option){"input-size", 0, CLI_INT, &c->input_size, "N",
                                    "input side in pixels (default: the model's)", 16, 4096};
         out[(*n)++] = (cli_option){"mean", 0, CLI_STRING, &c->model_opt.mean, "M",

@@ -9,7 +9,7 @@
  * options. The common groups it asks for are parsed into a cli_common:
  *   CLI_DB     --db DB (default $MEDSEARCH_DB, then medsearch.db)
  *   CLI_MODEL  --model M, --output TENSOR, --pool output|avg|gem|max|topleft,
- *              --gem-p P, --input-size N, --mean M, --scale S, --std S
+ *              --gem-p P, --flip, --input-size N, --mean M, --scale S, --std S
  *   CLI_JSON   --json
  * --help / -h is always understood.
  */
@@ -38,7 +38,7 @@ typedef struct cli_common {
     const char *db;
     int db_given;          /* --db or $MEDSEARCH_DB was used */
     const char *model;     /* --model, or NULL */
-    model_options model_opt;  /* --output/--pool/--gem-p/--input-size/--mean/--scale/--std */
+    model_options model_opt;  /* --output/--pool/--gem-p/--flip/--input-size/--mean/--scale/--std */
     int json;
     /* raw values, checked and copied into model_opt by cli_parse */
     const char *pool;

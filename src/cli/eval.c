@@ -51,6 +51,7 @@ typedef struct eval_config {
     int pool_set;
     model_pool pool;
     float gem_p;              /* > 0 when set */
+    int flip;                 /* -1: the command's --flip; 0 off; 1 on */
     int qe;                   /* -1: the command's --qe */
     int center;               /* -1: as the collection is; 0 off; 1 on */
 } eval_config;
@@ -92,11 +93,11 @@ static const char ABOUT[] =
     "--compare A B evaluates two configurations on the same queries and reports the\n"
     "paired difference B - A of mAP@k and P@k with its standard error (sd of the\n"
     "per-query differences / sqrt(n)). A configuration is a comma-separated list of\n"
-    "pool=output|avg|gem|max|topleft, gem_p=P, qe=N, model=PATH, center=on|off (\"\" =\n"
-    "the collection as stored). One that changes the vectors (model, pooling, GeM p)\n"
-    "re-embeds every stored image into a scratch SQLite collection (deleted afterwards,\n"
-    "or kept and reused in --workdir); the model is --model's unless model= says\n"
-    "otherwise. Without center= the search is the product's, as the collection's\n"
+    "pool=output|avg|gem|max|topleft, gem_p=P, flip=on|off, qe=N, model=PATH,\n"
+    "center=on|off (\"\" = the collection as stored). One that changes the vectors\n"
+    "(model, pooling, GeM p, flip) re-embeds every stored image into a scratch SQLite\n"
+    "collection (deleted afterwards, or kept and reused in --workdir); the model is\n"
+    "--model's unless model= says otherwise. Without center= the search is the product's, as the collection's\n"
     "centering policy says (medsearch center). center=off ranks by plain cosine,\n"
     "center=on by centred cosine even when the policy is off (the center is then\n"
     "computed in memory); either opens the collection a second time and changes\n"
@@ -137,6 +138,7 @@ static int parse_config(const char *text, eval_config *c, char *why, size_t why_
     memset(c, 0, sizeof *c);
     c->qe = -1;
     c->center = -1;
+    c->flip = -1;
     if (strlen(text) >= sizeof c->text) {
         snprintf(why, why_len, "configuration is longer than %zu characters", sizeof c->text - 1);
         return -1;
@@ -181,14 +183,14 @@ static int parse_config(const char *text, eval_config *c, char *why, size_t why_
             }
             snprintf(c->model_buf, sizeof c->model_buf, "%s", val);
             c->model_path = c->model_buf;
-        } else if (!strcmp(key, "center")) {
+        } else if (!strcmp(key, "center") || !strcmp(key, "flip")) {
             if (strcmp(val, "on") && strcmp(val, "off")) {
-                snprintf(why, why_len, "center '%s' is not on or off", val);
+                snprintf(why, why_len, "%s '%s' is not on or off", key, val);
                 return -1;
             }
-            c->center = !strcmp(val, "on");
+            *(!strcmp(key, "flip") ? &c->flip : &c->center) = !strcmp(val, "on");
         } else {
-            snprintf(why, why_len, "unknown key '%s' (pool, gem_p, qe, model, center)", key);
+            snprintf(why, why_len, "unknown key '%s' (pool, gem_p, flip, qe, model, center)", key);
             return -1;
         }
     }
@@ -617,6 +619,8 @@ static void config_options(const eval_env *env, const eval_config *c, engine_opt
         o->model.pool = c->pool;
     if (c && c->gem_p > 0)
         o->model.gem_p = c->gem_p;
+    if (c && c->flip >= 0)
+        o->model.flip = c->flip;
     if (c && c->center == 0)
         o->center = ENGINE_CENTER_OFF;
     else if (c && c->center == 1)
@@ -748,7 +752,7 @@ static int evaluate_config(const eval_env *env, const eval_config *c, eval_outco
     if ((rc = engine_get_stats(env->main, &st)))
         goto out;
     snprintf(res->identity, sizeof res->identity, "%s", st.model_identity);
-    if (c && (c->model_path || c->pool_set || c->gem_p > 0)) {
+    if (c && (c->model_path || c->pool_set || c->gem_p > 0 || c->flip >= 0)) {
         char want[256];
         if ((rc = config_identity(&o, want, sizeof want, err)))
             goto out;

@@ -9,6 +9,7 @@
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -49,6 +50,9 @@ struct model {
     double flops;
     float *map_buf;
     size_t map_cap;        /* floats */
+    int flip;
+    float *mirror_buf;     /* with flip: the batch mirrored, then its features */
+    size_t mirror_cap;     /* floats */
 };
 
 void model_options_init(model_options *o)
@@ -297,8 +301,8 @@ static int compile(model *m, const model_options *o, ms_err *err)
         return rc;
     dnn_release_host_weights(m->dnn);
     char pb[32];
-    snprintf(m->identity, sizeof m->identity, "%.300s:%s:%d:%s%s", m->name, m->sha, m->dim,
-             pool_name(m->pool, m->gem_p, pb, sizeof pb), o->bf16 ? "-bf16" : "");
+    snprintf(m->identity, sizeof m->identity, "%.300s:%s:%d:%s%s%s", m->name, m->sha, m->dim,
+             pool_name(m->pool, m->gem_p, pb, sizeof pb), o->bf16 ? "-bf16" : "", o->flip ? "-flip" : "");
     describe(m);
     return m->describe ? 0 : ms_err_set(err, MS_ENOMEM, "out of memory");
 }
@@ -336,6 +340,7 @@ static int load(const void *buf, size_t len, bytes_kind kind, const char *name, 
     graph_init(&m->g);
     m->pool = opt->pool;
     m->bf16 = opt->bf16;
+    m->flip = opt->flip != 0;
     m->gem_p = opt->gem_p > 0 ? opt->gem_p : 3.0f;
     const char *base = name ? strrchr(name, '/') : NULL;
     base = base ? base + 1 : name && *name ? name : "model";
@@ -400,6 +405,7 @@ void model_free(model *m)
     free(m->name);
     free(m->describe);
     free(m->map_buf);
+    free(m->mirror_buf);
     free(m);
 }
 
@@ -412,27 +418,67 @@ static int check_batch(int n, ms_err *err)
     return 0;
 }
 
+/* Makes *buf hold at least need floats. Buffers are grown once per larger
+ * batch and touched now (zeroed), never during forwards, so that a
+ * steady-state forward faults no page in. False when out of memory (*buf
+ * is then unchanged). */
+static bool grow_zeroed(float **buf, size_t *cap, size_t need)
+{
+    if (need <= *cap)
+        return true;
+    float *p = calloc(need, sizeof *p);
+    if (!p)
+        return false;
+    memset(p, 0, need * sizeof *p); /* calloc may hand back untouched zero pages */
+    free(*buf);
+    *buf = p;
+    *cap = need;
+    return true;
+}
+
+/* One forward of n images into n x dim features (pooled here when the
+ * pooling is ours). */
+static int forward_once(model *m, const float *input, int n, float *out, ms_err *err)
+{
+    if (m->map < 0)
+        return dnn_run(m->dnn, m->feature, n, input, out, err);
+    if (!grow_zeroed(&m->map_buf, &m->map_cap, (size_t)n * (size_t)m->map_c * (size_t)m->map_hw))
+        return ms_err_set(err, MS_ENOMEM, "cannot allocate the feature map for batch %d", n);
+    int rc = dnn_run(m->dnn, m->map, n, input, m->map_buf, err);
+    if (rc)
+        return rc;
+    pool_map(m->map_buf, n, m->map_c, m->map_hw, m->pool, m->gem_p, out);
+    return 0;
+}
+
+/* Each of n images (3 planes of size x size) reversed left-right. */
+static void mirror_images(const float *in, int n, int size, float *out)
+{
+    size_t rows = (size_t)n * 3 * (size_t)size;
+    for (size_t r = 0; r < rows; r++) {
+        const float *src = in + r * (size_t)size;
+        float *dst = out + r * (size_t)size;
+        for (int x = 0; x < size; x++)
+            dst[x] = src[size - 1 - x];
+    }
+}
+
 int model_forward(model *m, const float *input, int n, float *out, ms_err *err)
 {
     int rc = check_batch(n, err);
-    if (rc)
+    if (rc || !m->flip)
+        return rc ? rc : forward_once(m, input, n, out, err);
+    size_t pixels = (size_t)n * 3 * (size_t)m->prep.size * (size_t)m->prep.size;
+    if (!grow_zeroed(&m->mirror_buf, &m->mirror_cap, pixels + (size_t)n * (size_t)m->dim))
+        return ms_err_set(err, MS_ENOMEM, "cannot allocate the mirrored batch of %d", n);
+    float *mirrored = m->mirror_buf, *mirrored_out = m->mirror_buf + pixels;
+    mirror_images(input, n, m->prep.size, mirrored);
+    if ((rc = forward_once(m, input, n, out, err)) || (rc = forward_once(m, mirrored, n, mirrored_out, err)))
         return rc;
-    if (m->map < 0)
-        return dnn_run(m->dnn, m->feature, n, input, out, err);
-    size_t need = (size_t)n * (size_t)m->map_c * (size_t)m->map_hw;
-    if (need > m->map_cap) {
-        /* grown once per larger batch and touched now, never during forwards */
-        float *p = malloc(need * sizeof *p);
-        if (!p)
-            return ms_err_set(err, MS_ENOMEM, "cannot allocate the feature map for batch %d", n);
-        memset(p, 0, need * sizeof *p);
-        free(m->map_buf);
-        m->map_buf = p;
-        m->map_cap = need;
-    }
-    if ((rc = dnn_run(m->dnn, m->map, n, input, m->map_buf, err)))
-        return rc;
-    pool_map(m->map_buf, n, m->map_c, m->map_hw, m->pool, m->gem_p, out);
+    model_l2_normalise(out, n, m->dim);
+    model_l2_normalise(mirrored_out, n, m->dim);
+    for (size_t i = 0; i < (size_t)n * (size_t)m->dim; i++)
+        out[i] += mirrored_out[i];
     return 0;
 }
 

@@ -73,6 +73,11 @@ typedef struct model_options {
                             * features within cosine 0.99 of fp32 (MobileNetV2: errors
                             * up to a few % of the largest value). For benchmarks; the
                             * identity's pool part gets "-bf16". */
+    int flip;              /* test-time augmentation: each image is also run mirrored
+                            * left-right, and its feature is the sum of the two
+                            * L2-normalised features (so an image and its mirror
+                            * image get the same vector). Twice the forwards; the
+                            * identity's pool part gets "-flip". */
 } model_options;
 
 void model_options_init(model_options *o);
@@ -91,13 +96,15 @@ int model_load_buffer(const void *buf, size_t len, const char *name,
 void model_free(model *m);
 
 /* Runs n prepared images (n x 3 x S x S floats, NCHW) and writes n x dim
- * raw (not normalised) features to out. Activation memory is allocated, and
+ * raw (not normalised) features to out; with options.flip, each the sum of
+ * the L2-normalised features of the image and of its mirror image. Activation memory is allocated, and
  * every primitive created, once per batch size, then reused: a steady-state
  * forward allocates nothing and faults no page in. Returns 0 or MS_EINVAL
  * (n outside 1..4096), MS_ENOMEM / MS_EINTERNAL. */
 int model_forward(model *m, const float *input, int n, float *out, ms_err *err);
 
-/* Runs n images and copies the named tensor (any graph tensor, e.g.
+/* Runs n images (never mirrored: options.flip is for model_forward) and
+ * copies the named tensor (any graph tensor, e.g.
  * "logits") flattened per image, in NCHW order, into out (n x
  * model_tensor_size floats). A tensor fused into another node at load (a
  * Conv's output feeding a fused Relu) is MS_ENOTFOUND: name it in

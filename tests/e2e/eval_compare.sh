@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `medsearch eval --compare` with configurations that change the vectors:
-# a scratch collection re-embedded with GeM pooling (or another model) must
+# a scratch collection re-embedded with GeM pooling (or another model, or
+# with --flip) must
 # give exactly the figures of a collection ingested that way directly, the
 # unchanged side must equal a plain eval, and --workdir must keep and reuse
 # the scratch collection. Uses a patient-complete subset of the NIH 64 px
@@ -15,13 +16,14 @@ devset_require "$DATA" "$TUNED"
 $PY tests/tools/patient_subset.py "$DATA" "$MOD" >"$tmp/files" || fail "cannot list the subset"
 echo "subset: $(wc -l <"$tmp/files") images"
 
-ingest() {  # DB MODEL POOL
-  xargs -d '\n' "$BIN" ingest --db "$1" --model "$2" --pool "$3" --labels "$DATA/labels.csv" \
+ingest() {  # DB MODEL POOL [OPTION...]
+  xargs -d '\n' "$BIN" ingest --db "$1" --model "$2" --pool "$3" "${@:4}" --labels "$DATA/labels.csv" \
     <"$tmp/files" >"$tmp/ingest.log" 2>&1 || { tail -5 "$tmp/ingest.log"; fail "ingest $3"; }
 }
 ingest "$tmp/avg.db" "$MODEL" avg
 ingest "$tmp/gem.db" "$MODEL" gem
 ingest "$tmp/tuned.db" "$TUNED" avg
+ingest "$tmp/gemflip.db" "$MODEL" gem --flip
 
 evaljson() {  # OUT DB ARGS...
   local out=$1 db=$2; shift 2
@@ -31,11 +33,14 @@ evaljson() {  # OUT DB ARGS...
 evaljson "$tmp/avg.json" "$tmp/avg.db"
 evaljson "$tmp/gem_qe.json" "$tmp/gem.db" --qe 1
 evaljson "$tmp/tuned.json" "$tmp/tuned.db"
+evaljson "$tmp/gemflip.json" "$tmp/gemflip.db"
 
 # A = the stored avg vectors (no re-embedding), B = GeM re-embedded + QE 1.
 evaljson "$tmp/cmp.json" "$tmp/avg.db" --model "$MODEL" --compare "pool=avg" "pool=gem,qe=1" --workdir "$tmp/work"
 # A = the ImageNet model as stored, B = the fine-tuned model re-embedded.
 evaljson "$tmp/cmp2.json" "$tmp/avg.db" --model "$MODEL" --compare "" "model=$TUNED"
+# A = GeM as stored, B = GeM with each image's mirror image added.
+evaljson "$tmp/cmp3.json" "$tmp/gem.db" --model "$MODEL" --pool gem --compare "" "flip=on"
 ls "$tmp"/work/eval-*.db >/dev/null 2>&1 || fail "--workdir kept no scratch collection"
 # Reuse: the second run finds the kept collection and gives the same figures.
 "$BIN" eval --db "$tmp/avg.db" --rule any --json --model "$MODEL" --compare "pool=avg" "pool=gem,qe=1" \
@@ -47,6 +52,7 @@ import json, sys
 d = sys.argv[1]
 j = lambda n: json.load(open(f"{d}/{n}.json"))
 avg, gem_qe, tuned, cmp, cmp2, again = (j(n) for n in ("avg", "gem_qe", "tuned", "cmp", "cmp2", "cmp_again"))
+gemflip, cmp3 = j("gemflip"), j("cmp3")
 def same(a, b, what):
     assert a["queries"] == b["queries"], (what, a["queries"], b["queries"])
     for part in ("metrics", "chance"):
@@ -59,6 +65,10 @@ assert A["model"].endswith(":avg") and B["model"].endswith(":gem3"), (A["model"]
 same(cmp2["configs"][0], avg, "A = stored")
 same(cmp2["configs"][1], tuned, "B = fine-tuned re-embedded")
 assert "cxr_finetuned" in cmp2["configs"][1]["model"], cmp2["configs"][1]["model"]
+same(cmp3["configs"][1], gemflip, "B = GeM + flip re-embedded")
+assert cmp3["configs"][1]["model"].endswith(":gem3-flip"), cmp3["configs"][1]["model"]
+assert cmp3["configs"][0]["model"].endswith(":gem3"), cmp3["configs"][0]["model"]
+assert cmp3["paired"]["mAP@10"]["diff"] != 0, "flip changed nothing"
 for k in ("mAP@10", "P@10"):
     assert again["paired"][k] == cmp["paired"][k], (k, again["paired"][k], cmp["paired"][k])
 p = cmp["paired"]["mAP@10"]
@@ -66,6 +76,17 @@ assert abs(p["diff"] - (gem_qe["metrics"]["mAP@10"] - avg["metrics"]["mAP@10"]))
 print(f"GeM+QE1 - avg: {p['diff']:+.4f} (SE {p['se']:.4f}); fine-tuned - ImageNet: "
       f"{cmp2['paired']['mAP@10']['diff']:+.4f} (SE {cmp2['paired']['mAP@10']['se']:.4f}), n {p['n']}")
 EOF
+# A --flip collection: a stored image searched with --flip scores 1.0, and
+# searching it without --flip is refused (its vectors are another model's).
+q=$(head -1 "$tmp/files")
+"$BIN" search --db "$tmp/gemflip.db" --model "$MODEL" --pool gem --flip -k 1 --json "$q" >"$tmp/s.json" 2>"$tmp/s.err" ||
+  { cat "$tmp/s.err"; fail "search with --flip"; }
+$PY -c 'import json,sys; r=json.load(open(sys.argv[1]))["results"][0]; assert r["score"] > 0.99999, r' "$tmp/s.json" ||
+  fail "a stored image does not score 1.0 with --flip"
+if "$BIN" search --db "$tmp/gemflip.db" --model "$MODEL" --pool gem -k 1 "$q" >/dev/null 2>"$tmp/s2.err"; then
+  fail "search without --flip was accepted on a --flip collection"
+fi
+grep -q "holds vectors of model .*gem3-flip, not of .*gem3:" "$tmp/s2.err" || fail "unclear message without --flip: $(cat "$tmp/s2.err")"
 # Without --workdir nothing is left behind in TMPDIR.
 mkdir "$tmp/t"
 TMPDIR=$tmp/t "$BIN" eval --db "$tmp/avg.db" --rule any --quiet --model "$MODEL" --compare "" "pool=max" \

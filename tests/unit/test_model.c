@@ -631,6 +631,63 @@ static void test_pooling(void **state)
     pool_free();
 }
 
+/* Each of n images (3 planes of side x side) reversed left-right. */
+static void mirror_planes(const float *in, int n, int side, float *out)
+{
+    for (int r = 0; r < n * 3 * side; r++)
+        for (int x = 0; x < side; x++)
+            out[r * side + x] = in[r * side + side - 1 - x];
+}
+
+/* options.flip: each image's feature is l2(f(image)) + l2(f(mirror image)),
+ * checked against two plain forwards, for the graph's own output and for a
+ * pooling of ours, at batch 1 and then 2 (the mirrored batch's buffer grows);
+ * an image and its mirror image get the same vector; the identity says so. */
+static void test_flip(void **state)
+{
+    (void)state;
+    mb b;
+    base(&b);
+    size_t len;
+    uint8_t *buf = mb_pack(&b, &len);
+    float in[2 * 3 * 64], mirrored[2 * 3 * 64];
+    for (int i = 0; i < 2 * 3 * 64; i++)
+        in[i] = (float)((i * 37) % 29) / 9.0f - 1.2f;
+    mirror_planes(in, 2, 8, mirrored);
+    const model_pool pools[] = {MODEL_POOL_OUTPUT, MODEL_POOL_GEM};
+    const char *suffixes[] = {":output-flip", ":gem3-flip"};
+    for (int k = 0; k < 2; k++) {
+        model_options o;
+        model_options_init(&o);
+        o.pool = pools[k];
+        model *plain, *flip;
+        ms_err err = {0};
+        assert_int_equal(model_load_buffer(buf, len, "m.onnx", &o, &plain, &err), 0);
+        o.flip = 1;
+        assert_int_equal(model_load_buffer(buf, len, "m.onnx", &o, &flip, &err), 0);
+        assert_int_equal(model_dim(flip), 4);
+        float f[2 * 4], fm[2 * 4], got[2 * 4], got_mirrored[2 * 4];
+        assert_int_equal(model_forward(plain, in, 2, f, &err), 0);
+        assert_int_equal(model_forward(plain, mirrored, 2, fm, &err), 0);
+        model_l2_normalise(f, 2, 4);
+        model_l2_normalise(fm, 2, 4);
+        assert_true(mt_max_abs_diff(f, fm, 8) > 1e-3); /* the input is not symmetric */
+        assert_int_equal(model_forward(flip, in, 1, got, &err), 0);
+        assert_int_equal(model_forward(flip, in, 2, got, &err), 0);
+        assert_int_equal(model_forward(flip, mirrored, 2, got_mirrored, &err), 0);
+        for (int i = 0; i < 8; i++) {
+            assert_true(fabsf(got[i] - (f[i] + fm[i])) <= 1e-5f);
+            assert_true(fabsf(got[i] - got_mirrored[i]) <= 1e-6f);
+        }
+        const char *id = model_identity(flip);
+        assert_string_equal(id + strlen(id) - strlen(suffixes[k]), suffixes[k]);
+        assert_null(strstr(model_identity(plain), "flip"));
+        model_free(plain);
+        model_free(flip);
+    }
+    pool_free();
+}
+
 static void test_l2_normalise(void **state)
 {
     (void)state;
@@ -725,6 +782,7 @@ int main(void)
         cmocka_unit_test(test_valid_model),  cmocka_unit_test(test_bad_bytes),
         cmocka_unit_test(test_nesting_bomb), cmocka_unit_test(test_graph_errors),
         cmocka_unit_test(test_metadata),     cmocka_unit_test(test_pooling),
+        cmocka_unit_test(test_flip),
         cmocka_unit_test(test_l2_normalise), cmocka_unit_test(test_no_page_faults),
         cmocka_unit_test(test_mutations),
     };
