@@ -94,6 +94,12 @@ int lanczos3_reduce_gray8(const uint8_t *in, int in_w, int in_h, uint8_t *out, i
  * which hold both to the same pixels. */
 void lanczos3_allow_avx2(int allow);
 
+/* n 16-bit samples to 8 bits as the 16-bit path scales them: out =
+ * min(255, gain * in + 0.5) truncated (0.5 only when gain > 0), in float,
+ * exactly as libvips' vips_linear1(gain, 0.5, "uchar", TRUE) computes it.
+ * gain is 255 / the image's maximum (image.c). */
+void image_gray16_to_gray8(const uint16_t *in, size_t n, float gain, uint8_t *out);
+
 /* Encodes an 8-bit gray image (w x h, rows packed) as a baseline JPEG at
  * quality 1..100 with no JFIF or other marker (jpeg_encode.c). *out is
  * malloc'd, the caller frees it. Returns 0, MS_EINVAL (sizes, quality),
