@@ -48,8 +48,9 @@ int png_bomb_error(unsigned width, unsigned height, unsigned long long expected,
 
 /* Undoes the PNG row filters (0-4) of height rows in place: raw holds
  * height * (1 + row_bytes) bytes, each row its filter type byte and then
- * row_bytes bytes; bpp is the bytes of one pixel (1-8). One-byte pixels go
- * 16 rows at a time through AVX2 where the CPU has it (png_unfilter.c).
+ * row_bytes bytes; bpp is the bytes of one pixel (1-8). Pixels of 1 and 2
+ * bytes go 16 or 32 rows at a time through AVX2 where the CPU has it
+ * (png_unfilter.c).
  * Returns 0, PNG_DIRECT_DECLINED (a filter type above 4, nothing changed)
  * or MS_ENOMEM. */
 int png_unfilter(uint8_t *raw, size_t row_bytes, size_t height, size_t bpp);

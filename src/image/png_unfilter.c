@@ -31,6 +31,10 @@
  * end compute garbage that no lane inside its row ever reads (lane j+1 at x
  * reads lane j at x and x-1) and that is never stored.
  *
+ * With 2-byte pixels (16-bit gray, 8-bit gray+alpha) a and c are the
+ * bytes two back, (j, x-2) and (j-1, x-2): the same wavefront, keeping the
+ * results and b's of the last two steps instead of one.
+ *
  * One step is itself a chain of about a dozen instructions, so 32 rows go
  * in two registers whose chains overlap, the second 16 rows below the
  * first (its lane 0 takes b from the first register's lane 15). Measured
@@ -230,20 +234,23 @@ AVX2 static inline void store_lane(uint8_t *data, size_t base, size_t j, size_t 
             data[base + i - j] = tmp[i];
 }
 
-/* Unfilters 16 * HALVES rows of n one-byte pixels in place (HALVES 1 or 2:
+/* Unfilters 16 * halves rows of n bytes in place, pixels of bpp bytes (1
+ * or 2: 8-bit gray, 16-bit gray or 8-bit gray+alpha). halves is 1 or 2:
  * two registers make two dependency chains that overlap, the second
- * running 16 rows below the first). first points at the first row's
- * filter byte (each 0-4), rows are stride bytes apart; prev is the
- * unfiltered row above the first (n bytes). */
+ * running 16 rows below the first. first points at the first row's filter
+ * byte (each 0-4), rows are stride bytes apart; prev is the unfiltered row
+ * above the first (n bytes). With bpp 2 a lane's a and c are two steps
+ * back instead of one, so the last two results and b's are kept. */
 AVX2 static inline __attribute__((always_inline)) void unfilter_block(uint8_t *first, size_t stride,
-                                                                    const uint8_t *prev, size_t n, int halves)
+                                                                    const uint8_t *prev, size_t n, int halves,
+                                                                    int bpp)
 {
     size_t rows = 16 * (size_t)halves;
     lane_filters f[2];
-    __m256i v[2], b_before[2];
+    __m256i v[2][2], b_hist[2][2]; /* [register][step % bpp]: results and b's of the last bpp steps */
     for (int h = 0; h < halves; h++) {
         f[h] = filters_of(first + 16 * (size_t)h * stride, stride);
-        v[h] = b_before[h] = _mm256_setzero_si256();
+        v[h][0] = v[h][1] = b_hist[h][0] = b_hist[h][1] = _mm256_setzero_si256();
     }
     size_t tiles = (n + rows - 1 + 15) / 16; /* steps 0 .. n + rows - 2 */
     for (size_t k = 0; k < tiles; k++) {
@@ -258,20 +265,25 @@ AVX2 static inline __attribute__((always_inline)) void unfilter_block(uint8_t *f
         }
         for (int i = 0; i < 16; i++) {
             size_t t = base + (size_t)i;
+            /* base is a multiple of 16, so t % bpp = i % bpp */
+            int now = bpp == 1 ? 0 : i & 1, before = bpp == 1 ? 0 : (i + 1) & 1;
             __m256i above = _mm256_set1_epi16(t < n ? prev[t] : 0);
-            /* b: every lane's upper neighbour, one lane up; lane 0 of the
-             * first register takes the row above the block, lane 0 of the
-             * second the first register's lane 15 */
-            __m256i b0 = _mm256_alignr_epi8(v[0], _mm256_permute2x128_si256(above, v[0], 0x20), 14);
+            /* b: every lane's upper neighbour, one lane up, from the previous
+             * step; lane 0 of the first register takes the row above the
+             * block, lane 0 of the second the first register's lane 15. a
+             * (the lane's own result) and c (its b) are bpp steps back. */
+            __m256i last0 = v[0][before];
+            __m256i b0 = _mm256_alignr_epi8(last0, _mm256_permute2x128_si256(above, last0, 0x20), 14);
             if (halves == 2) {
-                __m256i b1 = _mm256_alignr_epi8(v[1], _mm256_permute2x128_si256(v[0], v[1], 0x21), 14);
-                v[1] = step(&f[1], _mm256_cvtepu8_epi16(in[1][i]), v[1], b1, b_before[1]);
-                b_before[1] = b1;
-                out[1][i] = _mm_packus_epi16(_mm256_castsi256_si128(v[1]), _mm256_extracti128_si256(v[1], 1));
+                __m256i last1 = v[1][before];
+                __m256i b1 = _mm256_alignr_epi8(last1, _mm256_permute2x128_si256(last0, last1, 0x21), 14);
+                v[1][now] = step(&f[1], _mm256_cvtepu8_epi16(in[1][i]), v[1][now], b1, b_hist[1][now]);
+                b_hist[1][now] = b1;
+                out[1][i] = _mm_packus_epi16(_mm256_castsi256_si128(v[1][now]), _mm256_extracti128_si256(v[1][now], 1));
             }
-            v[0] = step(&f[0], _mm256_cvtepu8_epi16(in[0][i]), v[0], b0, b_before[0]);
-            b_before[0] = b0;
-            out[0][i] = _mm_packus_epi16(_mm256_castsi256_si128(v[0]), _mm256_extracti128_si256(v[0], 1));
+            v[0][now] = step(&f[0], _mm256_cvtepu8_epi16(in[0][i]), v[0][now], b0, b_hist[0][now]);
+            b_hist[0][now] = b0;
+            out[0][i] = _mm_packus_epi16(_mm256_castsi256_si128(v[0][now]), _mm256_extracti128_si256(v[0][now], 1));
         }
         for (int h = 0; h < halves; h++) {
             transpose16(out[h], tile);
@@ -283,14 +295,33 @@ AVX2 static inline __attribute__((always_inline)) void unfilter_block(uint8_t *f
     }
 }
 
-AVX2 static void unfilter_16_rows(uint8_t *first, size_t stride, const uint8_t *prev, size_t n)
+/* The four shapes, each compiled with its constants. */
+AVX2 static void unfilter_16_rows_bpp1(uint8_t *first, size_t stride, const uint8_t *prev, size_t n)
 {
-    unfilter_block(first, stride, prev, n, 1);
+    unfilter_block(first, stride, prev, n, 1, 1);
 }
 
-AVX2 static void unfilter_32_rows(uint8_t *first, size_t stride, const uint8_t *prev, size_t n)
+AVX2 static void unfilter_32_rows_bpp1(uint8_t *first, size_t stride, const uint8_t *prev, size_t n)
 {
-    unfilter_block(first, stride, prev, n, 2);
+    unfilter_block(first, stride, prev, n, 2, 1);
+}
+
+AVX2 static void unfilter_16_rows_bpp2(uint8_t *first, size_t stride, const uint8_t *prev, size_t n)
+{
+    unfilter_block(first, stride, prev, n, 1, 2);
+}
+
+AVX2 static void unfilter_32_rows_bpp2(uint8_t *first, size_t stride, const uint8_t *prev, size_t n)
+{
+    unfilter_block(first, stride, prev, n, 2, 2);
+}
+
+static void unfilter_rows(uint8_t *first, size_t stride, const uint8_t *prev, size_t n, size_t rows, size_t bpp)
+{
+    if (rows == 32)
+        (bpp == 1 ? unfilter_32_rows_bpp1 : unfilter_32_rows_bpp2)(first, stride, prev, n);
+    else
+        (bpp == 1 ? unfilter_16_rows_bpp1 : unfilter_16_rows_bpp2)(first, stride, prev, n);
 }
 
 static bool use_avx2(void)
@@ -298,11 +329,10 @@ static bool use_avx2(void)
     return simd_allowed && __builtin_cpu_supports("avx2");
 }
 #else
-static void unfilter_16_rows(uint8_t *first, size_t stride, const uint8_t *prev, size_t n)
+static void unfilter_rows(uint8_t *first, size_t stride, const uint8_t *prev, size_t n, size_t rows, size_t bpp)
 {
-    (void)first, (void)stride, (void)prev, (void)n;
+    (void)first, (void)stride, (void)prev, (void)n, (void)rows, (void)bpp;
 }
-#define unfilter_32_rows unfilter_16_rows
 static bool use_avx2(void)
 {
     (void)simd_allowed;
@@ -316,12 +346,13 @@ static bool use_avx2(void)
  * cost next to nothing (vector adds), Sub 0.5, Average 0.9 and Paeth 2.8
  * ns a byte. So a block of Up rows with a Paeth row or two goes row by
  * row, and a block of mostly Paeth rows through the wavefront. */
-static bool wavefront_pays(const uint8_t *first, size_t stride, size_t rows)
+static bool wavefront_pays(const uint8_t *first, size_t stride, size_t rows, size_t bpp)
 {
-    static const unsigned row_cost[5] = {0, 5, 0, 9, 28}, wavefront_cost = 5; /* tenths of ns a byte */
+    /* tenths of ns a byte, by filter type, for 1- and 2-byte pixels */
+    static const unsigned row_cost[2][5] = {{0, 5, 0, 9, 28}, {0, 8, 0, 10, 20}}, wavefront_cost = 5;
     unsigned sum = 0;
     for (size_t j = 0; j < rows; j++)
-        sum += row_cost[first[j * stride]];
+        sum += row_cost[bpp - 1][first[j * stride]];
     return sum > wavefront_cost * rows;
 }
 
@@ -334,16 +365,17 @@ int png_unfilter(uint8_t *raw, size_t row_bytes, size_t height, size_t bpp)
     uint8_t *zero = calloc(1, row_bytes ? row_bytes : 1);
     if (!zero)
         return MS_ENOMEM;
-    bool blocks = bpp == 1 && use_avx2();
+    bool blocks = bpp <= 2 && use_avx2();
     const uint8_t *prev = zero;
     for (size_t y = 0; y < height;) {
         uint8_t *line = raw + y * stride;
-        if (blocks && height - y >= 32 && wavefront_pays(line, stride, 32)) {
-            unfilter_32_rows(line, stride, prev, row_bytes);
-            y += 32;
-        } else if (blocks && height - y >= 16 && wavefront_pays(line, stride, 16)) {
-            unfilter_16_rows(line, stride, prev, row_bytes);
-            y += 16;
+        size_t rows = !blocks                                                    ? 1
+                      : height - y >= 32 && wavefront_pays(line, stride, 32, bpp) ? 32
+                      : height - y >= 16 && wavefront_pays(line, stride, 16, bpp) ? 16
+                                                                                   : 1;
+        if (rows > 1) {
+            unfilter_rows(line, stride, prev, row_bytes, rows, bpp);
+            y += rows;
         } else {
             unfilter_row(line + 1, prev, row_bytes, bpp, line[0]);
             y++;

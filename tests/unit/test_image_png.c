@@ -4,7 +4,7 @@
  * byte by byte: every filter type on every row pattern, every colour type
  * and depth it takes, widths that leave a partial last pixel group, IDAT
  * split at odd places, ancillary chunks around the data; the 16- and 32-row
- * blocks of 8-bit gray rows that png_unfilter.c unfilters together, with
+ * blocks of 1- and 2-byte pixel rows that png_unfilter.c unfilters together, with
  * any mix of filters, at every width around the 16-byte tiles, with its
  * AVX2 path and without; png_unfilter itself against the filters'
  * definition for every pixel size. Then every layout
@@ -257,30 +257,37 @@ static void test_split_idat_and_ancillary_chunks(void **state)
     expect_same_as_libpng(&big);
 }
 
-/* The 8-bit gray rows go through png_unfilter.c's wavefront blocks of 16
- * and 32 rows: every width around its 16-byte tiles (edges where some
- * lanes are outside their row), heights that leave 1-31 rows to the
- * one-row code, blocks of None and Up only (done row by row) next to
- * chained ones, random filters per row; with the AVX2 path and without. */
+/* Rows of 1- and 2-byte pixels (8-bit gray; 16-bit gray and 8-bit
+ * gray+alpha) go through png_unfilter.c's wavefront blocks of 16 and 32
+ * rows: every width around its 16-byte tiles (edges where some lanes are
+ * outside their row), heights that leave 1-31 rows to the one-row code,
+ * blocks of None and Up only (done row by row) next to chained ones, random
+ * filters per row; with the AVX2 path and without. */
 static void test_row_blocks_same_as_libpng(void **state)
 {
     (void)state;
-    static const int widths[] = {1, 2, 15, 16, 17, 31, 32, 33, 47, 48, 63, 100};
+    static const int widths[] = {1, 2, 7, 8, 9, 15, 16, 17, 31, 32, 33, 47, 48, 63, 100};
     static const int heights[] = {15, 16, 17, 31, 32, 33, 48, 49, 64, 95};
     static const int filters[] = {-2, -1, 0, 1, 2, 3, 4};
+    static const int layouts[][2] = {{0, 8}, {0, 16}, {4, 8}}; /* colour type, depth */
     rng_state = 5;
     for (int simd = 1; simd >= 0; simd--) {
         png_unfilter_allow_simd(simd);
-        for (size_t wi = 0; wi < sizeof widths / sizeof *widths; wi++)
-            for (size_t hi = 0; hi < sizeof heights / sizeof *heights; hi++)
-                for (size_t fi = 0; fi < sizeof filters / sizeof *filters; fi++)
-                    for (int smooth = 0; smooth <= 1; smooth++) {
-                        png_spec s = {.colour = 0, .depth = 8, .w = widths[wi], .h = heights[hi],
-                                      .filter = filters[fi], .smooth = smooth};
-                        expect_same_as_libpng(&s);
+        for (size_t li = 0; li < 3; li++)
+            for (size_t wi = 0; wi < sizeof widths / sizeof *widths; wi++)
+                for (size_t hi = 0; hi < sizeof heights / sizeof *heights; hi++)
+                    for (size_t fi = 0; fi < sizeof filters / sizeof *filters; fi++) {
+                        /* 8-bit gray: both contents; the 2-byte layouts: one each */
+                        for (int smooth = li ? (int)(fi % 2) : 0; smooth <= (li ? (int)(fi % 2) : 1); smooth++) {
+                            png_spec s = {.colour = layouts[li][0], .depth = layouts[li][1], .w = widths[wi],
+                                          .h = heights[hi], .filter = filters[fi], .smooth = smooth};
+                            expect_same_as_libpng(&s);
+                        }
                     }
         png_spec big = {.colour = 0, .depth = 8, .w = 1024, .h = 200, .filter = -2, .smooth = 1};
         expect_same_as_libpng(&big);
+        png_spec big16 = {.colour = 0, .depth = 16, .w = 512, .h = 100, .filter = -2, .smooth = 1};
+        expect_same_as_libpng(&big16);
     }
     png_unfilter_allow_simd(1);
 }
