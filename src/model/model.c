@@ -426,10 +426,10 @@ static bool grow_zeroed(float **buf, size_t *cap, size_t need)
 {
     if (need <= *cap)
         return true;
-    float *p = calloc(need, sizeof *p);
+    float *p = malloc(need * sizeof *p);
     if (!p)
         return false;
-    memset(p, 0, need * sizeof *p); /* calloc may hand back untouched zero pages */
+    memset(p, 0, need * sizeof *p);
     free(*buf);
     *buf = p;
     *cap = need;
