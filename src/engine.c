@@ -424,6 +424,21 @@ static int use_model(engine *e, store *s, ms_err *err)
     return rc;
 }
 
+/* With pooling_from_collection: the pooling part of the collection's
+ * recorded identity (pooling, GeM p, bf16, flip) replaces the options', so
+ * that a collection ingested with --pool gem --flip is searched the same way
+ * without the flags being repeated. A new collection keeps the options. */
+static int adopt_collection_pooling(engine *e, store *s, ms_err *err)
+{
+    char *have = NULL;
+    int have_dim = 0;
+    int rc = store_get_model(s, &have, &have_dim, err);
+    if (!rc && have)
+        (void)model_options_from_identity(have, &e->opt.model); /* not ours: use_model says so */
+    free(have);
+    return rc;
+}
+
 /* Without a model the collection's own identity and dimension are used. */
 static int adopt_collection_model(engine *e, store *s, ms_err *err)
 {
@@ -528,6 +543,8 @@ int engine_open(const engine_options *o, engine **out, engine_open_report *rep, 
         e->backend = store_backend(e->main_store);
         rc = choose_index_path(e, o, err);
     }
+    if (!rc && !o->no_model && o->pooling_from_collection)
+        rc = adopt_collection_pooling(e, e->main_store, err);
     if (!rc && !o->no_model)
         rc = load_model(e, rep, err);
     if (!rc)

@@ -92,6 +92,10 @@ typedef struct engine_options {
                                   export): functions that embed fail MS_EINVAL; the
                                   stored center is used as it is, never computed */
     engine_center_mode center; /* default ENGINE_CENTER_AUTO */
+    int pooling_from_collection; /* an existing collection is opened with the
+                                  pooling, GeM p and flip its model identity
+                                  records instead of model.pool/gem_p/flip (the
+                                  faces set it when none of those was asked for) */
 } engine_options;
 
 void engine_options_init(engine_options *o);

@@ -272,6 +272,8 @@ void cli_engine_options(const cli_common *c, engine_options *o)
     o->db = c->db;
     o->model_path = c->model;
     o->model = c->model_opt;
+    /* no pooling asked for: an existing collection's own is used */
+    o->pooling_from_collection = !c->pool && c->gem_p == 0 && !c->model_opt.flip;
 }
 
 int cli_exit_code(int code)

@@ -621,6 +621,8 @@ static void config_options(const eval_env *env, const eval_config *c, engine_opt
         o->model.gem_p = c->gem_p;
     if (c && c->flip >= 0)
         o->model.flip = c->flip;
+    if (c && (c->model_path || c->pool_set || c->gem_p > 0 || c->flip >= 0))
+        o->pooling_from_collection = 0; /* the configuration says how vectors are made */
     if (c && c->center == 0)
         o->center = ENGINE_CENTER_OFF;
     else if (c && c->center == 1)

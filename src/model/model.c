@@ -225,6 +225,44 @@ static const char *pool_name(model_pool p, float gem_p, char *buf, size_t len)
     }
 }
 
+int model_options_from_identity(const char *identity, model_options *o)
+{
+    const char *part = identity ? strrchr(identity, ':') : NULL;
+    if (!part)
+        return MS_EINVAL;
+    part++;
+    static const struct { const char *name; model_pool pool; } plain[] = {
+        {"output", MODEL_POOL_OUTPUT}, {"avg", MODEL_POOL_AVG}, {"max", MODEL_POOL_MAX},
+        {"topleft", MODEL_POOL_TOPLEFT}};
+    model_options got = *o;
+    size_t len = 0;
+    for (size_t i = 0; i < sizeof plain / sizeof *plain && !len; i++)
+        if (!strncmp(part, plain[i].name, strlen(plain[i].name))) {
+            len = strlen(plain[i].name);
+            got.pool = plain[i].pool;
+        }
+    if (!len && !strncmp(part, "gem", 3)) {
+        char *end;
+        errno = 0;
+        double p = strtod(part + 3, &end);
+        if (errno || end == part + 3 || !(p > 0 && p <= 100))
+            return MS_EINVAL;
+        got.pool = MODEL_POOL_GEM;
+        got.gem_p = (float)p;
+        len = (size_t)(end - part);
+    }
+    if (!len)
+        return MS_EINVAL;
+    const char *rest = part + len;
+    got.bf16 = !strncmp(rest, "-bf16", 5);
+    rest += got.bf16 ? 5 : 0;
+    got.flip = !strcmp(rest, "-flip");
+    if (*rest && !got.flip)
+        return MS_EINVAL;
+    *o = got;
+    return 0;
+}
+
 static int pick_feature(model *m, const model_options *o, ms_err *err)
 {
     graph *g = &m->g;

@@ -124,6 +124,12 @@ int model_prep_from_metadata(const model *m);  /* 1 when medsearch.* keys set it
 /* Identity recorded with every stored vector: "name:sha256hex:dim:pool".
  * name is the file's base name; pool is "output", "avg", "gem3", ... */
 const char *model_identity(const model *m);
+
+/* Reads the pooling part of an identity (what follows its last ':':
+ * "output", "avg", "gem3", ..., then "-bf16" and "-flip" when set) into
+ * o's pool, gem_p, bf16 and flip, leaving the rest of o as it is. Returns 0,
+ * or MS_EINVAL (nothing changed) when it is not one model_identity writes. */
+int model_options_from_identity(const char *identity, model_options *o);
 const char *model_name(const model *m);
 const char *model_sha256(const model *m);      /* 64 hex chars */
 

@@ -76,13 +76,22 @@ assert abs(p["diff"] - (gem_qe["metrics"]["mAP@10"] - avg["metrics"]["mAP@10"]))
 print(f"GeM+QE1 - avg: {p['diff']:+.4f} (SE {p['se']:.4f}); fine-tuned - ImageNet: "
       f"{cmp2['paired']['mAP@10']['diff']:+.4f} (SE {cmp2['paired']['mAP@10']['se']:.4f}), n {p['n']}")
 EOF
-# A --flip collection: a stored image searched with --flip scores 1.0, and
-# searching it without --flip is refused (its vectors are another model's).
+# A --flip collection: a stored image searched with --pool gem --flip, or
+# with no pooling option at all (the collection's own is used), scores 1.0;
+# searching it with a pooling that differs (--pool gem without --flip) is
+# refused (its vectors are another model's).
 q=$(head -1 "$tmp/files")
-"$BIN" search --db "$tmp/gemflip.db" --model "$MODEL" --pool gem --flip -k 1 --json "$q" >"$tmp/s.json" 2>"$tmp/s.err" ||
-  { cat "$tmp/s.err"; fail "search with --flip"; }
-$PY -c 'import json,sys; r=json.load(open(sys.argv[1]))["results"][0]; assert r["score"] > 0.99999, r' "$tmp/s.json" ||
-  fail "a stored image does not score 1.0 with --flip"
+for opts in "--pool gem --flip" ""; do
+  # shellcheck disable=SC2086
+  "$BIN" search --db "$tmp/gemflip.db" --model "$MODEL" $opts -k 1 --json "$q" >"$tmp/s.json" 2>"$tmp/s.err" ||
+    { cat "$tmp/s.err"; fail "search with '$opts'"; }
+  $PY -c 'import json,sys; r=json.load(open(sys.argv[1]))["results"][0]; assert r["score"] > 0.99999, r' "$tmp/s.json" ||
+    fail "a stored image does not score 1.0 with '$opts'"
+done
+# ingest again without pooling options: the collection's own, every image skipped
+xargs -d '\n' "$BIN" ingest --db "$tmp/gemflip.db" --model "$MODEL" --labels "$DATA/labels.csv" <"$tmp/files" \
+  >"$tmp/again.log" 2>&1 || { tail -5 "$tmp/again.log"; fail "ingest again without pooling options"; }
+grep -q "ingested 0," "$tmp/again.log" || fail "ingest again stored something: $(tail -2 "$tmp/again.log")"
 if "$BIN" search --db "$tmp/gemflip.db" --model "$MODEL" --pool gem -k 1 "$q" >/dev/null 2>"$tmp/s2.err"; then
   fail "search without --flip was accepted on a --flip collection"
 fi

@@ -688,6 +688,56 @@ static void test_flip(void **state)
     pool_free();
 }
 
+/* model_options_from_identity reads back what model_identity writes, and
+ * refuses what it never writes, changing nothing then. */
+static void test_options_from_identity(void **state)
+{
+    (void)state;
+    mb b;
+    base(&b);
+    size_t len;
+    uint8_t *buf = mb_pack(&b, &len);
+    const model_pool pools[] = {MODEL_POOL_OUTPUT, MODEL_POOL_AVG, MODEL_POOL_GEM, MODEL_POOL_MAX,
+                                MODEL_POOL_TOPLEFT};
+    for (int k = 0; k < 5; k++)
+        for (int flip = 0; flip <= 1; flip++) {
+            model_options o, back;
+            model_options_init(&o);
+            o.pool = pools[k];
+            o.gem_p = 2.5f;
+            o.flip = flip;
+            model *m;
+            ms_err err = {0};
+            assert_int_equal(model_load_buffer(buf, len, "a:b.onnx", &o, &m, &err), 0);
+            model_options_init(&back);
+            back.input_size = 99; /* left alone */
+            assert_int_equal(model_options_from_identity(model_identity(m), &back), 0);
+            assert_int_equal(back.pool, o.pool);
+            assert_int_equal(back.flip, flip);
+            assert_int_equal(back.bf16, 0);
+            assert_int_equal(back.input_size, 99);
+            if (o.pool == MODEL_POOL_GEM)
+                assert_true(back.gem_p == 2.5f);
+            model_free(m);
+        }
+    model_options o;
+    model_options_init(&o);
+    assert_int_equal(model_options_from_identity("m:ab:1280:gem3-bf16-flip", &o), 0);
+    assert_true(o.pool == MODEL_POOL_GEM && o.gem_p == 3.0f && o.bf16 == 1 && o.flip == 1);
+    static const char *bad[] = {"gem3", "m:ab:1:", "m:ab:1:gem", "m:ab:1:gemx", "m:ab:1:gem0", "m:ab:1:gem200",
+                                "m:ab:1:avg-flop", "m:ab:1:avg-flip-bf16", "m:ab:1:median", "m:ab:1:max-flip "};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        model_options before, after;
+        model_options_init(&before);
+        before.pool = MODEL_POOL_MAX;
+        after = before;
+        assert_int_equal(model_options_from_identity(bad[i], &after), MS_EINVAL);
+        assert_memory_equal(&after, &before, sizeof before);
+    }
+    assert_int_equal(model_options_from_identity(NULL, &o), MS_EINVAL);
+    pool_free();
+}
+
 static void test_l2_normalise(void **state)
 {
     (void)state;
@@ -782,7 +832,7 @@ int main(void)
         cmocka_unit_test(test_valid_model),  cmocka_unit_test(test_bad_bytes),
         cmocka_unit_test(test_nesting_bomb), cmocka_unit_test(test_graph_errors),
         cmocka_unit_test(test_metadata),     cmocka_unit_test(test_pooling),
-        cmocka_unit_test(test_flip),
+        cmocka_unit_test(test_flip),         cmocka_unit_test(test_options_from_identity),
         cmocka_unit_test(test_l2_normalise), cmocka_unit_test(test_no_page_faults),
         cmocka_unit_test(test_mutations),
     };
