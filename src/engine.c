@@ -399,60 +399,24 @@ static void set_identity(engine *e, const char *id)
     snprintf(e->identity, sizeof e->identity, "%s", id);
 }
 
-/* Compares the collection's model with ours; registers ours on a new one. */
-static int use_model(engine *e, store *s, ms_err *err)
+/* Compares the collection's model (have: its recorded identity, NULL for a
+ * new collection) with ours; registers ours on a new one. */
+static int use_model(engine *e, store *s, const char *have, ms_err *err)
 {
-    char *have = NULL;
-    int have_dim = 0;
-    int rc = store_get_model(s, &have, &have_dim, err);
-    if (rc)
-        return rc;
     const char *mine = model_identity(e->m);
     set_identity(e, mine);
     if (!have)
         return store_use_model(s, mine, e->dim, 0, err);
-    if (strcmp(have, mine) != 0) {
-        if (e->opt.reembed)
-            e->pending_reembed = 1; /* engine_reembed switches the collection */
-        else
-            rc = ms_err_set(err, MS_ECONFLICT,
-                            "%s holds vectors of model %s, not of %s: open it with its own model, or re-embed "
-                            "every image with this one: `medsearch reembed --db %s --model %s`",
-                            e->db, have, mine, e->db, e->model_path);
+    if (strcmp(have, mine) == 0)
+        return 0;
+    if (e->opt.reembed) {
+        e->pending_reembed = 1; /* engine_reembed switches the collection */
+        return 0;
     }
-    free(have);
-    return rc;
-}
-
-/* With pooling_from_collection: the pooling part of the collection's
- * recorded identity (pooling, GeM p, bf16, flip) replaces the options', so
- * that a collection ingested with --pool gem --flip is searched the same way
- * without the flags being repeated. A new collection keeps the options. */
-static int adopt_collection_pooling(engine *e, store *s, ms_err *err)
-{
-    char *have = NULL;
-    int have_dim = 0;
-    int rc = store_get_model(s, &have, &have_dim, err);
-    if (!rc && have)
-        (void)model_options_from_identity(have, &e->opt.model); /* not ours: use_model says so */
-    free(have);
-    return rc;
-}
-
-/* Without a model the collection's own identity and dimension are used. */
-static int adopt_collection_model(engine *e, store *s, ms_err *err)
-{
-    char *have = NULL;
-    int have_dim = 0;
-    int rc = store_get_model(s, &have, &have_dim, err);
-    if (rc)
-        return rc;
-    if (have) {
-        set_identity(e, have);
-        e->dim = have_dim;
-    }
-    free(have);
-    return 0;
+    return ms_err_set(err, MS_ECONFLICT,
+                      "%s holds vectors of model %s, not of %s: open it with its own model, or re-embed "
+                      "every image with this one: `medsearch reembed --db %s --model %s`",
+                      e->db, have, mine, e->db, e->model_path);
 }
 
 static int engine_alloc(const engine_options *o, engine **out, ms_err *err)
@@ -519,6 +483,33 @@ static int load_model(engine *e, engine_open_report *rep, ms_err *err)
     return 0;
 }
 
+/* Sets up the engine's model against the collection's record (its identity
+ * and dimension, read once). Without a model the collection's own identity
+ * and dimension are used. With pooling_from_collection the pooling part of
+ * the recorded identity (pooling, GeM p, bf16, flip) replaces the options',
+ * so that a collection ingested with --pool gem --flip is searched the same
+ * way without the flags being repeated; a new collection keeps the options. */
+static int open_model(engine *e, const engine_options *o, engine_open_report *rep, ms_err *err)
+{
+    char *have = NULL;
+    int have_dim = 0;
+    int rc = store_get_model(e->main_store, &have, &have_dim, err);
+    if (!rc && o->no_model) {
+        if (have) {
+            set_identity(e, have);
+            e->dim = have_dim;
+        }
+    } else if (!rc) {
+        if (have && o->pooling_from_collection)
+            (void)model_options_from_identity(have, &e->opt.model); /* not ours: use_model says so */
+        rc = load_model(e, rep, err);
+        if (!rc)
+            rc = use_model(e, e->main_store, have, err);
+    }
+    free(have);
+    return rc;
+}
+
 int engine_open(const engine_options *o, engine **out, engine_open_report *rep, ms_err *err)
 {
     engine_open_report local;
@@ -543,12 +534,8 @@ int engine_open(const engine_options *o, engine **out, engine_open_report *rep, 
         e->backend = store_backend(e->main_store);
         rc = choose_index_path(e, o, err);
     }
-    if (!rc && !o->no_model && o->pooling_from_collection)
-        rc = adopt_collection_pooling(e, e->main_store, err);
-    if (!rc && !o->no_model)
-        rc = load_model(e, rep, err);
     if (!rc)
-        rc = o->no_model ? adopt_collection_model(e, e->main_store, err) : use_model(e, e->main_store, err);
+        rc = open_model(e, o, rep, err);
     if (!rc && (rc = store_get_center_policy(e->main_store, &e->center_policy_off, err)) == MS_EFORMAT && err) {
         size_t n = strlen(err->msg);
         snprintf(err->msg + n, sizeof err->msg - n, "; set it again with `medsearch center auto|off --db %s`",

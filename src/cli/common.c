@@ -148,19 +148,10 @@ static void common_defaults(cli_common *c)
 /* Checks the model options' raw values and moves them into model_opt. */
 static int finish_model_options(const cli_command *cmd, cli_common *c)
 {
-    if (c->pool) {
-        static const char *names[] = {"output", "avg", "gem", "max", "topleft"};
-        static const model_pool pools[] = {MODEL_POOL_OUTPUT, MODEL_POOL_AVG, MODEL_POOL_GEM, MODEL_POOL_MAX,
-                                           MODEL_POOL_TOPLEFT};
-        int i = 0;
-        while (i < 5 && strcmp(c->pool, names[i]))
-            i++;
-        if (i == 5) {
-            fprintf(stderr, "medsearch %s: --pool must be output, avg, gem, max or topleft, not '%s'\n",
-                    cmd->name, c->pool);
-            return -1;
-        }
-        c->model_opt.pool = pools[i];
+    if (c->pool && model_pool_parse(c->pool, &c->model_opt.pool)) {
+        fprintf(stderr, "medsearch %s: --pool must be output, avg, gem, max or topleft, not '%s'\n", cmd->name,
+                c->pool);
+        return -1;
     }
     if (c->gem_p != 0) {
         if (!(c->gem_p >= 1 && c->gem_p <= 16)) {

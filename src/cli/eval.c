@@ -24,6 +24,7 @@
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -97,8 +98,8 @@ static const char ABOUT[] =
     "center=on|off (\"\" = the collection as stored). One that changes the vectors\n"
     "(model, pooling, GeM p, flip) re-embeds every stored image into a scratch SQLite\n"
     "collection (deleted afterwards, or kept and reused in --workdir); the model is\n"
-    "--model's unless model= says otherwise. Without center= the search is the product's, as the collection's\n"
-    "centering policy says (medsearch center). center=off ranks by plain cosine,\n"
+    "--model's unless model= says otherwise. Without center= the search is the\n"
+    "product's, as the collection's centering policy says (medsearch center). center=off ranks by plain cosine,\n"
     "center=on by centred cosine even when the policy is off (the center is then\n"
     "computed in memory); either opens the collection a second time and changes\n"
     "nothing in it. A collection of fewer than 256 images has no center either way.\n"
@@ -115,20 +116,6 @@ static int parse_int_in(const char *s, int lo, int hi, int *out)
         return -1;
     *out = (int)v;
     return 0;
-}
-
-static int parse_pool(const char *s, model_pool *out)
-{
-    static const struct { const char *name; model_pool pool; } pools[] = {
-        {"output", MODEL_POOL_OUTPUT}, {"avg", MODEL_POOL_AVG}, {"gem", MODEL_POOL_GEM},
-        {"max", MODEL_POOL_MAX}, {"topleft", MODEL_POOL_TOPLEFT},
-    };
-    for (size_t i = 0; i < sizeof pools / sizeof pools[0]; i++)
-        if (!strcmp(s, pools[i].name)) {
-            *out = pools[i].pool;
-            return 0;
-        }
-    return -1;
 }
 
 /* "pool=gem,gem_p=3,qe=2,model=PATH" -> config. Returns 0 or -1 with a
@@ -156,7 +143,7 @@ static int parse_config(const char *text, eval_config *c, char *why, size_t why_
         *eq = '\0';
         const char *key = item, *val = eq + 1;
         if (!strcmp(key, "pool")) {
-            if (parse_pool(val, &c->pool)) {
+            if (model_pool_parse(val, &c->pool)) {
                 snprintf(why, why_len, "unknown pooling '%s' (output, avg, gem, max, topleft)", val);
                 return -1;
             }
@@ -608,6 +595,13 @@ typedef struct eval_env {
     const eval_truth *truth;
 } eval_env;
 
+/* Whether the configuration makes other vectors than the collection's
+ * (another model, pooling, GeM p or flip): it is then re-embedded. */
+static bool config_changes_vectors(const eval_config *c)
+{
+    return c && (c->model_path || c->pool_set || c->gem_p > 0 || c->flip >= 0);
+}
+
 /* Engine options of a configuration: the command's model options, then
  * what the configuration changes. */
 static void config_options(const eval_env *env, const eval_config *c, engine_options *o)
@@ -621,7 +615,7 @@ static void config_options(const eval_env *env, const eval_config *c, engine_opt
         o->model.gem_p = c->gem_p;
     if (c && c->flip >= 0)
         o->model.flip = c->flip;
-    if (c && (c->model_path || c->pool_set || c->gem_p > 0 || c->flip >= 0))
+    if (config_changes_vectors(c))
         o->pooling_from_collection = 0; /* the configuration says how vectors are made */
     if (c && c->center == 0)
         o->center = ENGINE_CENTER_OFF;
@@ -754,7 +748,7 @@ static int evaluate_config(const eval_env *env, const eval_config *c, eval_outco
     if ((rc = engine_get_stats(env->main, &st)))
         goto out;
     snprintf(res->identity, sizeof res->identity, "%s", st.model_identity);
-    if (c && (c->model_path || c->pool_set || c->gem_p > 0 || c->flip >= 0)) {
+    if (config_changes_vectors(c)) {
         char want[256];
         if ((rc = config_identity(&o, want, sizeof want, err)))
             goto out;

@@ -214,15 +214,34 @@ static int resolve_prep(model *m, const model_options *o, int size, ms_err *err)
 
 /* ----------------------------------------------------------------- loading */
 
+/* The poolings by the names --pool takes; in an identity GeM's name is
+ * followed by its p ("gem3"). No name is the start of another. */
+static const struct {
+    const char *name;
+    model_pool pool;
+} pool_names[] = {{"output", MODEL_POOL_OUTPUT}, {"avg", MODEL_POOL_AVG}, {"gem", MODEL_POOL_GEM},
+                  {"max", MODEL_POOL_MAX}, {"topleft", MODEL_POOL_TOPLEFT}};
+
+int model_pool_parse(const char *name, model_pool *out)
+{
+    for (size_t i = 0; i < sizeof pool_names / sizeof *pool_names; i++)
+        if (!strcmp(name, pool_names[i].name)) {
+            *out = pool_names[i].pool;
+            return 0;
+        }
+    return MS_EINVAL;
+}
+
 static const char *pool_name(model_pool p, float gem_p, char *buf, size_t len)
 {
-    switch (p) {
-    case MODEL_POOL_AVG: return "avg";
-    case MODEL_POOL_MAX: return "max";
-    case MODEL_POOL_TOPLEFT: return "topleft";
-    case MODEL_POOL_GEM: snprintf(buf, len, "gem%g", (double)gem_p); return buf;
-    default: return "output";
+    if (p == MODEL_POOL_GEM) {
+        snprintf(buf, len, "gem%g", (double)gem_p);
+        return buf;
     }
+    for (size_t i = 0; i < sizeof pool_names / sizeof *pool_names; i++)
+        if (pool_names[i].pool == p)
+            return pool_names[i].name;
+    return "output";
 }
 
 int model_options_from_identity(const char *identity, model_options *o)
@@ -231,23 +250,19 @@ int model_options_from_identity(const char *identity, model_options *o)
     if (!part)
         return MS_EINVAL;
     part++;
-    static const struct { const char *name; model_pool pool; } plain[] = {
-        {"output", MODEL_POOL_OUTPUT}, {"avg", MODEL_POOL_AVG}, {"max", MODEL_POOL_MAX},
-        {"topleft", MODEL_POOL_TOPLEFT}};
     model_options got = *o;
     size_t len = 0;
-    for (size_t i = 0; i < sizeof plain / sizeof *plain && !len; i++)
-        if (!strncmp(part, plain[i].name, strlen(plain[i].name))) {
-            len = strlen(plain[i].name);
-            got.pool = plain[i].pool;
+    for (size_t i = 0; i < sizeof pool_names / sizeof *pool_names && !len; i++)
+        if (!strncmp(part, pool_names[i].name, strlen(pool_names[i].name))) {
+            len = strlen(pool_names[i].name);
+            got.pool = pool_names[i].pool;
         }
-    if (!len && !strncmp(part, "gem", 3)) {
+    if (got.pool == MODEL_POOL_GEM && len) {
         char *end;
         errno = 0;
-        double p = strtod(part + 3, &end);
-        if (errno || end == part + 3 || !(p > 0 && p <= 100))
+        double p = strtod(part + len, &end);
+        if (errno || end == part + len || !(p > 0 && p <= 100))
             return MS_EINVAL;
-        got.pool = MODEL_POOL_GEM;
         got.gem_p = (float)p;
         len = (size_t)(end - part);
     }

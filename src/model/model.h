@@ -97,15 +97,16 @@ void model_free(model *m);
 
 /* Runs n prepared images (n x 3 x S x S floats, NCHW) and writes n x dim
  * raw (not normalised) features to out; with options.flip, each the sum of
- * the L2-normalised features of the image and of its mirror image. Activation memory is allocated, and
- * every primitive created, once per batch size, then reused: a steady-state
- * forward allocates nothing and faults no page in. Returns 0 or MS_EINVAL
+ * the L2-normalised features of the image and of its mirror image.
+ * Activation memory is allocated, and every primitive created, once per
+ * batch size, then reused: a steady-state forward allocates nothing and
+ * faults no page in. Returns 0 or MS_EINVAL
  * (n outside 1..4096), MS_ENOMEM / MS_EINTERNAL. */
 int model_forward(model *m, const float *input, int n, float *out, ms_err *err);
 
 /* Runs n images (never mirrored: options.flip is for model_forward) and
- * copies the named tensor (any graph tensor, e.g.
- * "logits") flattened per image, in NCHW order, into out (n x
+ * copies the named tensor (any graph tensor, e.g. "logits") flattened per
+ * image, in NCHW order, into out (n x
  * model_tensor_size floats). A tensor fused into another node at load (a
  * Conv's output feeding a fused Relu) is MS_ENOTFOUND: name it in
  * options.output to keep it. out_per_image must be model_tensor_size. */
@@ -124,6 +125,10 @@ int model_prep_from_metadata(const model *m);  /* 1 when medsearch.* keys set it
 /* Identity recorded with every stored vector: "name:sha256hex:dim:pool".
  * name is the file's base name; pool is "output", "avg", "gem3", ... */
 const char *model_identity(const model *m);
+
+/* The pooling named "output", "avg", "gem", "max" or "topleft" (as --pool
+ * takes it) into *out. Returns 0, or MS_EINVAL for any other name. */
+int model_pool_parse(const char *name, model_pool *out);
 
 /* Reads the pooling part of an identity (what follows its last ':':
  * "output", "avg", "gem3", ..., then "-bf16" and "-flip" when set) into
