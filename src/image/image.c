@@ -196,6 +196,20 @@ static VipsImage *compute_here(VipsImage *in)
     return out;
 }
 
+/* A new w x h 8-bit gray memory image with its pixels allocated (not
+ * set), for the steps that compute their pixels themselves; NULL when out
+ * of memory. */
+static VipsImage *gray8_memory_image(int w, int h)
+{
+    VipsImage *im = vips_image_new_memory();
+    vips_image_init_fields(im, w, h, 1, VIPS_FORMAT_UCHAR, VIPS_CODING_NONE, VIPS_INTERPRETATION_B_W, 1.0, 1.0);
+    if (vips_image_write_prepare(im)) {
+        g_object_unref(im);
+        return NULL;
+    }
+    return im;
+}
+
 /* Eight lanes of each type (GCC and Clang vectors; without AVX each is two
  * SSE registers). gcc's -O2 does not vectorise the 16-bit loops below by itself. */
 typedef uint16_t u16x8 __attribute__((vector_size(16)));
@@ -309,15 +323,11 @@ static int luma8_from_rgb(pipeline *pl, image_format format, ms_err *err)
     if (!(*rgb_img = compute_here(decoded)))
         return vips_failed(err, MS_EFORMAT, decode_failed_text(format));
     VipsImage *rgb = *rgb_img;
-    VipsImage **gray_img = pipe_slot(pl);
-    *gray_img = vips_image_new_memory();
-    VipsImage *gray = *gray_img;
-    vips_image_init_fields(gray, rgb->Xsize, rgb->Ysize, 1, VIPS_FORMAT_UCHAR, VIPS_CODING_NONE,
-                           VIPS_INTERPRETATION_B_W, 1.0, 1.0);
+    VipsImage **gray = pipe_slot(pl);
     const uint8_t *src = vips_image_get_data(rgb);
-    if (!src || vips_image_write_prepare(gray))
+    if (!src || !(*gray = gray8_memory_image(rgb->Xsize, rgb->Ysize)))
         return vips_failed(err, MS_ENOMEM, "no memory for the gray image");
-    uint8_t *dst = VIPS_IMAGE_ADDR(gray, 0, 0);
+    uint8_t *dst = VIPS_IMAGE_ADDR(*gray, 0, 0);
     size_t n = (size_t)rgb->Xsize * (size_t)rgb->Ysize, stride = (size_t)rgb->Bands;
     for (size_t i = 0; i < n; i++, src += stride)
         dst[i] = (uint8_t)((19595u * src[0] + 38470u * src[1] + 7471u * src[2] + 32768u) >> 16);
@@ -351,8 +361,6 @@ static int to_luminance(pipeline *pl, image_format format, ms_err *err)
     return 0;
 }
 
-/* Luminance (any format) -> 8-bit, rounding to nearest. A 16-bit image is
- * scaled by its own maximum so a dim 12-bit X-ray still spans 0..255. */
 void image_gray16_to_gray8(const uint16_t *in, size_t n, float gain, uint8_t *out)
 {
     /* vips_linear1(gain, 0.5, uchar)'s arithmetic, to the bit: float
@@ -380,16 +388,15 @@ void image_gray16_to_gray8(const uint16_t *in, size_t n, float gain, uint8_t *ou
 static int gray16_to_gray8_here(pipeline *pl, VipsImage *in, double gain, ms_err *err)
 {
     VipsImage **out = pipe_slot(pl);
-    *out = vips_image_new_memory();
-    vips_image_init_fields(*out, in->Xsize, in->Ysize, 1, VIPS_FORMAT_UCHAR, VIPS_CODING_NONE,
-                           VIPS_INTERPRETATION_B_W, in->Xres, in->Yres);
-    if (vips_image_write_prepare(*out))
+    if (!(*out = gray8_memory_image(in->Xsize, in->Ysize)))
         return vips_failed(err, MS_ENOMEM, "no memory for the 8-bit image");
     image_gray16_to_gray8((const uint16_t *)VIPS_IMAGE_ADDR(in, 0, 0), (size_t)in->Xsize * (size_t)in->Ysize,
                           (float)gain, VIPS_IMAGE_ADDR(*out, 0, 0));
     return 0;
 }
 
+/* Luminance (any format) -> 8-bit, rounding to nearest. A 16-bit image is
+ * scaled by its own maximum so a dim 12-bit X-ray still spans 0..255. */
 static int to_uint8(pipeline *pl, bool sixteen_bit, ms_err *err)
 {
     VipsImage *in = pipe_last(pl);
@@ -482,12 +489,9 @@ static int reduce_here(pipeline *pl, VipsImage *in, int w, int h, ms_err *err)
     const uint8_t *src = vips_image_get_data(in);
     if (!src)
         return MS_EUNSUPPORTED;
-    VipsImage *out = vips_image_new_memory();
-    vips_image_init_fields(out, w, h, 1, VIPS_FORMAT_UCHAR, VIPS_CODING_NONE, VIPS_INTERPRETATION_B_W, 1.0, 1.0);
-    if (vips_image_write_prepare(out)) {
-        g_object_unref(out);
+    VipsImage *out = gray8_memory_image(w, h);
+    if (!out)
         return vips_failed(err, MS_ENOMEM, "no memory for the resized image");
-    }
     int rc = lanczos3_reduce_gray8(src, in->Xsize, in->Ysize, VIPS_IMAGE_ADDR(out, 0, 0), w, h);
     if (rc) {
         g_object_unref(out);
@@ -654,9 +658,7 @@ static int thumb_reduce(pipeline *pl, VipsImage *in, int w, int h, ms_err *err)
     const uint8_t *src = vips_image_get_data(in);
     if (!src || in->Bands != 1 || in->BandFmt != VIPS_FORMAT_UCHAR)
         return vips_failed(err, MS_EINTERNAL, "thumbnail source is not 8-bit gray in memory");
-    *slot = vips_image_new_memory();
-    vips_image_init_fields(*slot, w, h, 1, VIPS_FORMAT_UCHAR, VIPS_CODING_NONE, VIPS_INTERPRETATION_B_W, 1.0, 1.0);
-    if (vips_image_write_prepare(*slot))
+    if (!(*slot = gray8_memory_image(w, h)))
         return vips_failed(err, MS_ENOMEM, "no memory for the thumbnail");
     int rc = area_reduce_gray8(src, in->Xsize, in->Ysize, VIPS_IMAGE_ADDR(*slot, 0, 0), w, h);
     if (rc)

@@ -12,8 +12,8 @@
  * inflate to more stops at the first byte too many, so the bomb check costs
  * nothing extra, and libdeflate inflates whole buffers 2-3x faster than
  * zlib's streaming inflate. The rows are then unfiltered (png_unfilter.c)
- * and copied into a libvips memory image, which the rest of the pipeline takes as if libvips had
- * decoded it.
+ * and copied into a libvips memory image, which the rest of the pipeline
+ * takes as if libvips had decoded it.
  *
  * What it takes: non-interlaced 8- and 16-bit gray, gray+alpha, RGB and
  * RGBA, with every chunk in its place and every CRC right. Everything else
@@ -158,14 +158,14 @@ static int unfilter_into_image(uint8_t *raw, const png_layout *lay, size_t row_b
     int rc = png_unfilter(raw, row_bytes, lay->height, bpp);
     if (rc == PNG_DIRECT_DECLINED)
         return rc;
-    VipsImage *im = rc ? NULL : vips_image_new_memory();
-    if (im)
-        vips_image_init_fields(im, (int)lay->width, (int)lay->height, (int)lay->channels,
-                               lay->depth == 16 ? VIPS_FORMAT_USHORT : VIPS_FORMAT_UCHAR, VIPS_CODING_NONE,
-                               interpretation_of(lay), 1.0, 1.0);
-    if (!im || vips_image_write_prepare(im)) {
-        if (im)
-            g_object_unref(im);
+    if (rc)
+        return ms_err_set(err, MS_ENOMEM, "no memory for a %ux%u PNG", lay->width, lay->height);
+    VipsImage *im = vips_image_new_memory();
+    vips_image_init_fields(im, (int)lay->width, (int)lay->height, (int)lay->channels,
+                           lay->depth == 16 ? VIPS_FORMAT_USHORT : VIPS_FORMAT_UCHAR, VIPS_CODING_NONE,
+                           interpretation_of(lay), 1.0, 1.0);
+    if (vips_image_write_prepare(im)) {
+        g_object_unref(im);
         return ms_err_set(err, MS_ENOMEM, "no memory for a %ux%u PNG", lay->width, lay->height);
     }
     for (uint32_t y = 0; y < lay->height; y++)

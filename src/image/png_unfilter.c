@@ -344,7 +344,8 @@ static bool use_avx2(void)
  * wavefront than one row at a time. The wavefront costs about the same for
  * every filter (0.5 ns a byte here, Zen 5); one row at a time, None and Up
  * cost next to nothing (vector adds), Sub 0.5, Average 0.9 and Paeth 2.8
- * ns a byte. So a block of Up rows with a Paeth row or two goes row by
+ * ns a byte with 1-byte pixels, 0.8, 1.0 and 2.0 with 2-byte ones (two
+ * chains run side by side). So a block of Up rows with a Paeth row or two goes row by
  * row, and a block of mostly Paeth rows through the wavefront. */
 static bool wavefront_pays(const uint8_t *first, size_t stride, size_t rows, size_t bpp)
 {
