@@ -83,7 +83,7 @@ test_objs = $(if $(deps_$(call test_family,$(1))),\
 .SECONDEXPANSION:
 $(BUILD)/asan/tests/%: tests/unit/%.c $$(call test_objs,$$*)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS_BASE) -O1 $(SAN) -Itests -o $@ $< $(call test_objs,$*) $(PKG_LIBS) -lcmocka
+	$(CC) $(CFLAGS_BASE) -O1 $(SAN) -Itests -MMD -MP -MF $@.d -o $@ $< $(call test_objs,$*) $(PKG_LIBS) -lcmocka
 
 asan: $(BUILD)/medsearch-asan $(UNIT_BINS) $(BUILD)/medsearch-tsan
 

@@ -541,6 +541,10 @@ int engine_open(const engine_options *o, engine **out, engine_open_report *rep, 
         snprintf(err->msg + n, sizeof err->msg - n, "; set it again with `medsearch center auto|off --db %s`",
                  e->db);
     }
+    if (!rc && (rc = store_get_search_qe(e->main_store, &e->search_qe, err)) == MS_EFORMAT && err) {
+        size_t n = strlen(err->msg);
+        snprintf(err->msg + n, sizeof err->msg - n, "; set it again with `medsearch qe N --db %s`", e->db);
+    }
     uint64_t t1 = ms_now_ns();
     if (!rc)
         rc = engine_center_open(e, e->main_store, rep, err);
@@ -635,6 +639,7 @@ int engine_get_stats(engine *e, engine_stats *st)
     st->center_off = !engine_centering(e);
     st->center_mode = e->opt.center;
     st->center_policy_off = e->center_policy_off;
+    st->search_qe = e->search_qe;
     st->center_from = e->center ? e->center_n : 0;
     snprintf(st->center_tag, sizeof st->center_tag, "%s", e->center_tag[0] ? e->center_tag : "none");
     return 0;

@@ -36,6 +36,12 @@
  * is reused). engine_set_center_policy changes it; engine_options.center
  * overrides it for one open without changing it.
  *
+ * Query expansion: each collection stores how many neighbours a search
+ * averages with its query when the request leaves it to the collection
+ * (engine_query.qe = ENGINE_QE_COLLECTION): 0 (off) unless the operator
+ * set it after measuring (store_set_search_qe, `medsearch qe`). It is read
+ * at engine_open: a running server picks a change up when opened again.
+ *
  * Thread safety: every function except engine_close may be called from many
  * threads at once. Forwards of the model are serialised on one inference
  * thread that takes whatever queries are waiting and runs them as one batch
@@ -142,6 +148,10 @@ int engine_ingest(engine *e, const uint8_t *bytes, size_t len, const store_meta 
                   int64_t *id, int *was_new, ms_err *err);
 
 /* ---- search ---- */
+
+/* engine_query.qe for "as the collection says" (store_get_search_qe). */
+#define ENGINE_QE_COLLECTION (-1)
+
 typedef struct engine_query {
     const uint8_t *bytes;      /* image to search with, or NULL ... */
     size_t len;
@@ -149,7 +159,8 @@ typedef struct engine_query {
     int k;                     /* 1..1000 */
     const store_filter *filter;/* may be NULL */
     int one_per_patient;       /* best image per patient only */
-    int qe;                    /* query expansion with top-N, 0 = off */
+    int qe;                    /* query expansion with top-N, 0 = off,
+                                  ENGINE_QE_COLLECTION = the collection's default */
     int ef;                    /* HNSW efSearch override, 0 = default */
     int exclude_self;          /* by_id: leave the query image out */
 } engine_query;
@@ -220,6 +231,7 @@ typedef struct engine_stats {
     int center_policy_off;     /* the collection's stored policy: 1 off, 0 auto */
     size_t center_from;        /* vectors the center came from; 0 = not centred */
     char center_tag[20];       /* 16 hex digits of SHA-256 of the center, or "none" */
+    int search_qe;             /* the collection's query-expansion default, 0 = off */
 } engine_stats;
 int engine_get_stats(engine *e, engine_stats *st);
 
@@ -263,6 +275,10 @@ int engine_update_center(engine *e, int force, int *changed, ms_err *err);
  * The engine must be to itself, as for engine_update_center. Returns 0,
  * MS_EINVAL (off not 0 or 1) or a store error. */
 int engine_set_center_policy(engine *e, int off, ms_err *err);
+
+/* The neighbours a query with this engine_query.qe expands with: qe itself,
+ * or the collection's default for ENGINE_QE_COLLECTION (what faces report). */
+int engine_resolve_qe(const engine *e, int qe);
 
 /* The center the engine applies: copies its dim floats into c and the
  * number of vectors it came from into *from_n (may be NULL). Returns 0, or

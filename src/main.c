@@ -26,6 +26,7 @@ static const struct command {
     {"export", cmd_export, "export ids, vectors and metadata for research"},
     {"reembed", cmd_reembed, "re-embed every stored image with a new model"},
     {"center", cmd_center, "show or set a collection's centering policy (auto|off)"},
+    {"qe", cmd_qe, "show or set a collection's query-expansion default"},
 };
 
 static void usage(FILE *f)

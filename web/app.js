@@ -3,7 +3,8 @@
 'use strict';
 
 const TOKEN_KEY = 'medsearch.token';
-const QE_TOP = 2;              // query expansion with the top 2 matches (docs/evaluation.md)
+const QE_TOP = 2;              // query expansion with the top 2 matches (docs/evaluation.md),
+                               // unless the collection has its own default (medsearch qe)
 const MAX_UPLOAD = 32 << 20;   // the server's default limit; it has the last word
 const COMMON_FINDINGS = [
   'No Finding', 'Atelectasis', 'Cardiomegaly', 'Consolidation', 'Edema', 'Effusion',
@@ -27,6 +28,8 @@ const state = {
   objectUrls: [],       // blob: URLs of the current grid, revoked on re-render
   knownFindings: new Set(COMMON_FINDINGS),
   results: [],
+  qeTop: QE_TOP,        // neighbours the query-expansion toggle uses
+  qeTouched: false,     // the user set the toggle: the collection's default no longer moves it
 };
 
 // ---------- API ----------
@@ -134,6 +137,16 @@ function setupToken() {
   return open;
 }
 
+// The collection's own query-expansion default (medsearch qe) sets the
+// toggle's initial state and its number of neighbours; every search then
+// sends qe explicitly, so what the toggle shows is what runs.
+function applySearchDefaults(search) {
+  const qe = search && Number.isInteger(search.qe) ? search.qe : 0;
+  if (qe > 0) state.qeTop = qe;
+  $('qe-hint').textContent = `(re-query with the top ${state.qeTop} matches${qe > 0 ? ', this collection\'s default' : ''})`;
+  if (!state.qeTouched) $('qe-toggle').checked = qe > 0;
+}
+
 async function loadCollectionInfo(openToken) {
   const info = $('collection-info');
   try {
@@ -147,6 +160,7 @@ async function loadCollectionInfo(openToken) {
     // The identity is "file.onnx:sha256:dim:output": the file name says enough.
     const model = String(st.model || 'model').split(':')[0].split('/').pop().replace(/\.onnx$/i, '');
     info.textContent = `${Number(st.images).toLocaleString()} images · ${model} (${st.dim}-d) · ${st.index && st.index.kind}`;
+    applySearchDefaults(st.search);
   } catch (err) {
     info.textContent = err.status === 401 ? 'Token needed' : 'Collection unavailable';
   }
@@ -226,7 +240,7 @@ function setupDropzone() {
 function params() {
   const p = new URLSearchParams();
   p.set('k', $('k-select').value);
-  if ($('qe-toggle').checked) p.set('qe', String(QE_TOP));
+  p.set('qe', $('qe-toggle').checked ? String(state.qeTop) : '0');
   if (state.findings.length) p.set('labels', state.findings.join('|'));
   if ($('filter-sex').value) p.set('sex', $('filter-sex').value);
   if ($('filter-view').value) p.set('view', $('filter-view').value);
@@ -295,6 +309,7 @@ function setupFilters() {
       input.value = '';
     }
   });
+  $('qe-toggle').addEventListener('change', () => { state.qeTouched = true; });
   for (const id of ['k-select', 'qe-toggle', 'filter-sex', 'filter-view', 'filter-one-per-patient']) {
     $(id).addEventListener('change', runSearch);
   }

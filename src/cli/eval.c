@@ -72,6 +72,7 @@ typedef struct eval_outcome {
     eval_summary summary;
     char identity[256];
     int qe;
+    int qe_from_collection;   /* qe is the collection's default (medsearch qe) */
     int center_off;           /* evaluated with centering off */
     size_t center_from;       /* vectors of the center used; 0 = not centred */
     double seconds;
@@ -198,13 +199,15 @@ static int parse_args(int argc, char **argv, eval_args *a)
 {
     memset(a, 0, sizeof *a);
     a->k = 10;
+    a->qe = ENGINE_QE_COLLECTION;
     a->rule_name = "exact";
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     a->threads = cores > 0 ? (int)(cores < 8 ? cores : 8) : 2;
     const cli_option opts[] = {
         {"k", 'k', CLI_INT, &a->k, "N", "cut-off of P@k and mAP@k (default 10)", 1, EVAL_MAX_K},
         {"rule", 0, CLI_STRING, &a->rule_name, "R", "relevance: any, exact or single (default exact)", 0, 0},
-        {"qe", 0, CLI_INT, &a->qe, "N", "query expansion with the top N results (default 0 = off)", 0, EVAL_MAX_QE},
+        {"qe", 0, CLI_INT, &a->qe, "N", "query expansion with the top N results (default: the collection's)",
+         0, EVAL_MAX_QE},
         {"out", 'o', CLI_STRING, &a->out_md, "FILE", "also write a Markdown report to FILE", 0, 0},
         {"per-query", 0, CLI_STRING, &a->per_query, "FILE", "write each query's R, G, AP@k, P@k as CSV", 0, 0},
         {"threads", 0, CLI_INT, &a->threads, "N", "concurrent searches (default: cores, at most 8)", 1,
@@ -733,7 +736,11 @@ static int evaluate_config(const eval_env *env, const eval_config *c, eval_outco
     const eval_args *a = env->a;
     size_t n = eval_truth_count(env->truth);
     memset(res, 0, sizeof *res);
-    res->qe = c && c->qe >= 0 ? c->qe : a->qe;
+    /* What search would do: a configuration without qe= (and the command
+     * without --qe) expands as the collection says, also when its vectors
+     * are re-embedded into a scratch collection. */
+    res->qe = c && c->qe >= 0 ? c->qe : engine_resolve_qe(env->main, a->qe);
+    res->qe_from_collection = !(c && c->qe >= 0) && a->qe == ENGINE_QE_COLLECTION;
     res->scores = calloc(n ? n : 1, sizeof *res->scores);
     if (!res->scores)
         return ms_err_set(err, MS_ENOMEM, "out of memory for %zu query scores", n);
@@ -827,6 +834,7 @@ static json_t *summary_json(const eval_summary *s, const eval_outcome *r)
     json_object_set_new(o, "images", json_integer((json_int_t)s->images));
     json_object_set_new(o, "model", json_string(r->identity));
     json_object_set_new(o, "qe", json_integer(r->qe));
+    json_object_set_new(o, "qe_from_collection", json_boolean(r->qe_from_collection));
     json_object_set_new(o, "center", json_pack("{s:b,s:I}", "on", r->center_from > 0, "from",
                                                (json_int_t)r->center_from));
     json_object_set_new(o, "queries", json_pack("{s:I,s:I,s:I,s:I}", "total", (json_int_t)s->queries,
@@ -928,10 +936,10 @@ static json_t *report_json(const eval_args *a, const eval_outcome *r, int nr, co
     return root;
 }
 
-static void qe_text(int qe, char *out, size_t len)
+static void qe_text(const eval_outcome *r, char *out, size_t len)
 {
-    if (qe)
-        snprintf(out, len, "with the top %d", qe);
+    if (r->qe)
+        snprintf(out, len, "with the top %d%s", r->qe, r->qe_from_collection ? " (the collection's default)" : "");
     else
         snprintf(out, len, "off");
 }
@@ -985,8 +993,8 @@ static void print_text(const eval_args *a, const eval_outcome *r, int nr, const 
     for (int i = 0; i < nr; i++) {
         if (nr > 1)
             printf("\n== %s: %s ==\n", i ? "B" : "A", a->cfg[i].text[0] ? a->cfg[i].text : "(as stored)");
-        char qe[32];
-        qe_text(r[i].qe, qe, sizeof qe);
+        char qe[64];
+        qe_text(&r[i], qe, sizeof qe);
         char center[96];
         center_text(&r[i], center, sizeof center);
         printf("model: %s, query expansion %s, %s\n", r[i].identity, qe, center);
@@ -1006,8 +1014,8 @@ static void print_text(const eval_args *a, const eval_outcome *r, int nr, const 
 
 static void md_summary(FILE *f, const eval_summary *s, const eval_outcome *r)
 {
-    char qe[32], center[96];
-    qe_text(r->qe, qe, sizeof qe);
+    char qe[64], center[96];
+    qe_text(r, qe, sizeof qe);
     center_text(r, center, sizeof center);
     fprintf(f, "Model `%s`, query expansion %s, %s. %zu images; %zu queries scored, "
                "%zu without labels and %zu without a relevant image left out.\n\n",

@@ -89,6 +89,7 @@ static int describe_collection(const cli_command *cmd, const cli_common *c)
         json_object_set_new(o_js, "center_from", json_integer((json_int_t)st.center_from));
         json_object_set_new(o_js, "center_tag", json_string(st.center_tag));
         json_object_set_new(o_js, "center_state", json_string(center));
+        json_object_set_new(o_js, "search_qe", json_integer(st.search_qe));
         json_dumpf(o_js, stdout, JSON_INDENT(2));
         fputc('\n', stdout);
         json_decref(o_js);
@@ -100,6 +101,7 @@ static int describe_collection(const cli_command *cmd, const cli_common *c)
         printf("%-16s %s, %s\n", "index", st.index_kind, state);
         printf("%-16s %s\n", "center policy", in.center_policy_off ? "off" : "auto");
         printf("%-16s %s\n", "center", center);
+        printf("%-16s %d%s\n", "query expansion", st.search_qe, st.search_qe ? "" : " (off)");
         print_size("index memory", (long long)st.index_bytes);
         if (in.index_path[0])
             printf("%-16s %s\n", "index file", in.index_path);

@@ -25,13 +25,13 @@ static json_t *result_json(const engine_result *r, int rank)
                      "sex", m->sex ? sex : NULL, "view", m->view, "study_date", m->study_date, "extra", extra);
 }
 
-static void print_json(const char *query, int k, const engine_result *res, int n, const engine_timing *t,
+static void print_json(const char *query, int k, int qe, const engine_result *res, int n, const engine_timing *t,
                        double open_ms)
 {
     json_t *arr = json_array();
     for (int i = 0; i < n; i++)
         json_array_append_new(arr, result_json(&res[i], i + 1));
-    json_t *o = json_pack("{s:s, s:i, s:o, s:{s:f, s:f, s:f, s:f, s:f, s:f}}", "query", query, "k", k, "results",
+    json_t *o = json_pack("{s:s, s:i, s:i, s:o, s:{s:f, s:f, s:f, s:f, s:f, s:f}}", "query", query, "k", k, "qe", qe, "results",
                           arr, "timing_ms", "open", open_ms, "decode", t->decode_ms, "embed", t->embed_ms, "index",
                           t->index_ms, "store", t->store_ms, "total", t->total_ms);
     json_dumpf(o, stdout, JSON_INDENT(2));
@@ -71,7 +71,7 @@ static void print_table(const engine_result *res, int n)
 
 int cmd_search(int argc, char **argv)
 {
-    int k = 10, one_per_patient = 0, qe = 0, ef = 0, verbose = 0, by_id = 0;
+    int k = 10, one_per_patient = 0, qe = ENGINE_QE_COLLECTION, ef = 0, verbose = 0, by_id = 0;
     const char *filter_expr = NULL, *exclude_patient = NULL;
     const cli_option opts[] = {
         {"k", 'k', CLI_INT, &k, "N", "number of results (default 10)", 1, 1000},
@@ -79,7 +79,7 @@ int cmd_search(int argc, char **argv)
          "metadata filter, e.g. 'labels:Effusion sex:F age:40-60 view:PA'", 0, 0},
         {"exclude-patient", 0, CLI_STRING, &exclude_patient, "P", "leave out this patient's images", 0, 0},
         {"one-per-patient", 0, CLI_FLAG, &one_per_patient, NULL, "only the best image of each patient", 0, 0},
-        {"qe", 0, CLI_INT, &qe, "N", "query expansion: average the query with its top N, search again", 0, 100},
+        {"qe", 0, CLI_INT, &qe, "N", "query expansion: average the query with its top N, search again (default: the collection's, see medsearch qe)", 0, 100},
         {"ef", 0, CLI_INT, &ef, "N", "HNSW search breadth (default: the index's)", 1, 100000},
         {"id", 0, CLI_INT, &by_id, "ID", "search with a stored image instead of a file (it is left out)", 1,
          2147483647},
@@ -159,14 +159,14 @@ int cmd_search(int argc, char **argv)
         char label[32];
         snprintf(label, sizeof label, "id %d", by_id);
         if (c.json)
-            print_json(image ? image : label, k, res, n, &t, rep.open_ms);
+            print_json(image ? image : label, k, engine_resolve_qe(e, qe), res, n, &t, rep.open_ms);
         else
             print_table(res, n);
         if (verbose)
             fprintf(stderr,
-                    "timing: open %.1f ms (model %.1f, index %.1f); search: decode %.1f, embed %.1f, index %.2f, "
-                    "store %.2f, total %.1f ms\n",
-                    rep.open_ms, rep.model_ms, rep.index_ms, t.decode_ms, t.embed_ms, t.index_ms, t.store_ms,
+                    "query expansion: %d; timing: open %.1f ms (model %.1f, index %.1f); search: decode %.1f, "
+                    "embed %.1f, index %.2f, store %.2f, total %.1f ms\n",
+                    engine_resolve_qe(e, qe), rep.open_ms, rep.model_ms, rep.index_ms, t.decode_ms, t.embed_ms, t.index_ms, t.store_ms,
                     t.total_ms);
         rc = n > 0 ? 0 : 1;
         if (n == 0 && !c.json)

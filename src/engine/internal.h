@@ -109,6 +109,7 @@ struct engine {
     int center_unstored;          /* the store no longer holds it (a re-embed with the
                                      same model cleared it there): recompute */
     int center_policy_off;        /* the collection's stored policy (engine.h) */
+    int search_qe;                /* the collection's query-expansion default (engine.h) */
 
     infer_queue infer;
     pthread_mutex_t workers_mu;

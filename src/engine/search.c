@@ -16,7 +16,7 @@
 #include "util/timing.h"
 
 #define K_MAX 1000
-#define QE_MAX 100
+#define QE_MAX STORE_SEARCH_QE_MAX
 
 typedef struct search_ctx {
     engine *e;
@@ -184,7 +184,7 @@ static int check_query(const engine *e, const engine_query *q, ms_err *err)
 {
     if (q->k < 1 || q->k > K_MAX)
         return ms_err_set(err, MS_EINVAL, "k must be 1..%d, got %d", K_MAX, q->k);
-    if (q->qe < 0 || q->qe > QE_MAX)
+    if ((q->qe < 0 && q->qe != ENGINE_QE_COLLECTION) || q->qe > QE_MAX)
         return ms_err_set(err, MS_EINVAL, "query expansion must use 0..%d neighbours, got %d", QE_MAX, q->qe);
     if (q->ef < 0)
         return ms_err_set(err, MS_EINVAL, "ef must be >= 0, got %d", q->ef);
@@ -198,6 +198,9 @@ static int search_core(engine *e, const float *vec, const engine_query *q, engin
 {
     *res = NULL;
     *n = 0;
+    engine_query resolved = *q;
+    resolved.qe = engine_resolve_qe(e, q->qe);
+    q = &resolved;
     int rc = check_query(e, q, err);
     if (rc)
         return rc;
@@ -228,6 +231,11 @@ static int search_core(engine *e, const float *vec, const engine_query *q, engin
     free(expanded);
     free(c.allowed);
     return rc;
+}
+
+int engine_resolve_qe(const engine *e, int qe)
+{
+    return qe == ENGINE_QE_COLLECTION ? e->search_qe : qe;
 }
 
 static void count_search(engine *e, double total_ms, double embed_ms)

@@ -255,8 +255,9 @@ static int query_params(const api_ctx *c, const http_request *r, engine_query *q
                               "'%.40s'", MAX_K, s);
         q->k = (int)v;
     }
+    q->qe = ENGINE_QE_COLLECTION;
     if ((s = req_param(r, "qe")) && *s) {
-        if (parse_int(s, 0, 100, &v))
+        if (parse_int(s, 0, STORE_SEARCH_QE_MAX, &v))
             return ms_err_set(err, MS_EINVAL, "qe must be a whole number from 0 (off) to 100");
         q->qe = (int)v;
     }
@@ -305,6 +306,7 @@ static void run_search(api_ctx *c, const http_request *r, http_reply *rep, engin
     engine_results_free(res, n);
     json_t *doc = json_object();
     json_object_set_new(doc, "k", json_integer(q->k));
+    json_object_set_new(doc, "qe", json_integer(engine_resolve_qe(c->eng, q->qe)));
     if (q->by_id)
         json_object_set_new(doc, "query_id", json_integer(q->by_id));
     json_object_set_new(doc, "count", json_integer(n));
@@ -609,6 +611,9 @@ static void handle_stats(api_ctx *c, http_reply *rep)
                             json_pack("{s:s,s:b,s:I,s:s}", "policy", st.center_policy_off ? "off" : "auto",
                                       "centered", st.center_from > 0, "from", (json_int_t)st.center_from, "tag",
                                       st.center_tag));
+    /* The collection's defaults for a search that does not say. */
+    if (doc)
+        json_object_set_new(doc, "search", json_pack("{s:i}", "qe", st.search_qe));
     reply_json(rep, doc ? 200 : 500, doc);
 }
 

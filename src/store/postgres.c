@@ -74,12 +74,15 @@ static const char *const MIGRATIONS[] = {
     /* 3 -> 4: the centering policy, 'auto' or 'off' (see sqlite.c). */
     ("ALTER TABLE collection ADD COLUMN center_policy text NOT NULL DEFAULT 'auto'"
      "  CHECK (center_policy IN ('auto', 'off'));"),
+    /* 4 -> 5: the query-expansion default (see sqlite.c). */
+    ("ALTER TABLE collection ADD COLUMN search_qe integer NOT NULL DEFAULT 0"
+     "  CHECK (search_qe BETWEEN 0 AND 100);"),
 };
 #define SCHEMA_VERSION ((int)(sizeof MIGRATIONS / sizeof MIGRATIONS[0]))
 
 enum stmt {
     P_LOCK_MODEL, P_MODEL, P_MODEL_BY_IDENTITY, P_INS_MODEL, P_SET_MODEL, P_BUMP, P_BUMP_MODEL,
-    P_CENTER, P_SET_CENTER, P_POLICY, P_SET_POLICY,
+    P_CENTER, P_SET_CENTER, P_POLICY, P_SET_POLICY, P_SEARCH_QE, P_SET_SEARCH_QE,
     P_INGEST,
     P_FIND_SHA, P_HAS_NAME, P_INFO, P_ORIGINAL, P_THUMB, P_META, P_LABELS, P_KVS,
     P_GET_VEC, P_SET_VEC, P_DELETE, P_LIST, P_COUNT, P_GEN,
@@ -99,6 +102,8 @@ static const char *const SQL[N_STMTS] = {
     [P_SET_CENTER] = "UPDATE collection SET center = $1, center_n = $2 WHERE id = 1",
     [P_POLICY] = "SELECT center_policy FROM collection WHERE id = 1",
     [P_SET_POLICY] = "UPDATE collection SET center_policy = $1 WHERE id = 1",
+    [P_SEARCH_QE] = "SELECT search_qe FROM collection WHERE id = 1",
+    [P_SET_SEARCH_QE] = "UPDATE collection SET search_qe = $1 WHERE id = 1",
     [P_BUMP] = "UPDATE collection SET generation = generation + 1 WHERE id = 1",
     /* Locks the collection row for the batch: a concurrent model change waits. */
     [P_BUMP_MODEL] = "UPDATE collection SET generation = generation + 1 WHERE id = 1 "
@@ -560,6 +565,29 @@ static int pg_set_center_policy(store *base, int off, ms_err *err)
     if (rc == 0 && off)
         rc = write_center(s, NULL, 0, 0, err);
     return end_tx(s, rc, err);
+}
+
+static int pg_get_search_qe(store *base, int64_t *qe, int *is_int, ms_err *err)
+{
+    pg_store *s = impl(base);
+    PGresult *r;
+    int rc = query_collection_row(s, P_SEARCH_QE, "reading the query-expansion default", &r, err);
+    if (rc < 0)
+        return rc;
+    int n = PQgetlength(r, 0, 0);
+    *is_int = !PQgetisnull(r, 0, 0) && (n == 2 || n == 4 || n == 8);
+    *qe = col_int(r, 0, 0);
+    PQclear(r);
+    return 0;
+}
+
+static int pg_set_search_qe(store *base, int qe, ms_err *err)
+{
+    pg_store *s = impl(base);
+    params p = {0};
+    p_int(&p, qe);
+    int rc = ensure_conn(s, err);
+    return rc < 0 ? rc : exec_stmt(s, P_SET_SEARCH_QE, &p, PGRES_COMMAND_OK, "setting the query-expansion default", NULL, err);
 }
 
 /* The body of pg_use_model, inside its transaction. */
@@ -1434,6 +1462,8 @@ static const store_ops PG_OPS = {
     .set_center = pg_set_center,
     .get_center_policy = pg_get_center_policy,
     .set_center_policy = pg_set_center_policy,
+    .get_search_qe = pg_get_search_qe,
+    .set_search_qe = pg_set_search_qe,
     .ingest = pg_ingest,
     .find_sha256 = pg_find_sha256,
     .has_name = pg_has_name,

@@ -75,13 +75,18 @@ static const char *const MIGRATIONS[] = {
      * by the operator). Collections of version 3 become 'auto'. */
     ("ALTER TABLE collection ADD COLUMN center_policy TEXT NOT NULL DEFAULT 'auto'"
      "  CHECK (center_policy IN ('auto', 'off'));"),
+    /* 4 -> 5: the collection's query-expansion default, the neighbours a
+     * search averages with its query when the request does not say (0 =
+     * off, what version 4 did). */
+    ("ALTER TABLE collection ADD COLUMN search_qe INTEGER NOT NULL DEFAULT 0"
+     "  CHECK (search_qe BETWEEN 0 AND 100);"),
 };
 #define SCHEMA_VERSION ((int)(sizeof MIGRATIONS / sizeof MIGRATIONS[0]))
 
 /* Statements prepared once per connection, on first use. */
 enum stmt {
     S_MODEL, S_MODEL_BY_IDENTITY, S_INS_MODEL, S_SET_MODEL, S_BUMP, S_CENTER, S_SET_CENTER,
-    S_POLICY, S_SET_POLICY,
+    S_POLICY, S_SET_POLICY, S_SEARCH_QE, S_SET_SEARCH_QE,
     S_FIND_SHA, S_INS_IMAGE, S_INS_ORIGINAL, S_INS_THUMB, S_INS_VECTOR, S_UPSERT_META,
     S_DEL_LABELS, S_INS_LABEL, S_DEL_KV, S_INS_KV, S_INS_NAME,
     S_HAS_NAME, S_INFO, S_ORIGINAL, S_THUMB, S_META, S_LABELS, S_KVS,
@@ -100,6 +105,8 @@ static const char *const SQL[N_STMTS] = {
     [S_SET_CENTER] = "UPDATE collection SET center = ?1, center_n = ?2 WHERE id = 1",
     [S_POLICY] = "SELECT center_policy FROM collection WHERE id = 1",
     [S_SET_POLICY] = "UPDATE collection SET center_policy = ?1 WHERE id = 1",
+    [S_SEARCH_QE] = "SELECT search_qe FROM collection WHERE id = 1",
+    [S_SET_SEARCH_QE] = "UPDATE collection SET search_qe = ?1 WHERE id = 1",
     [S_BUMP] = "UPDATE collection SET generation = generation + 1 WHERE id = 1",
     [S_FIND_SHA] = "SELECT id FROM images WHERE sha256 = ?1",
     [S_INS_IMAGE] = "INSERT INTO images (sha256, bytes, mime, width, height, created, original_name) "
@@ -430,6 +437,31 @@ static int sq_set_center_policy(store *base, int off, ms_err *err)
         (off && (rc = write_center(s, NULL, 0, 0, err)) < 0) || (rc = commit(s, err)) < 0)
         return rollback(s, rc);
     return 0;
+}
+
+static int sq_get_search_qe(store *base, int64_t *qe, int *is_int, ms_err *err)
+{
+    sqlite_store *s = impl(base);
+    sqlite3_stmt *st = stmt(s, S_SEARCH_QE, err);
+    if (!st)
+        return err->code;
+    int rc = step_collection_row(s, st, "reading the query-expansion default", err);
+    if (rc)
+        return rc;
+    *is_int = sqlite3_column_type(st, 0) == SQLITE_INTEGER;
+    *qe = sqlite3_column_int64(st, 0);
+    sqlite3_reset(st);
+    return 0;
+}
+
+static int sq_set_search_qe(store *base, int qe, ms_err *err)
+{
+    sqlite_store *s = impl(base);
+    sqlite3_stmt *st = stmt(s, S_SET_SEARCH_QE, err);
+    if (!st)
+        return err->code;
+    sqlite3_bind_int(st, 1, qe);
+    return run(s, st, "setting the query-expansion default", err);
 }
 
 static int sq_use_model(store *base, const char *identity, int dim, int force, ms_err *err)
@@ -1246,6 +1278,8 @@ static const store_ops SQLITE_OPS = {
     .set_center = sq_set_center,
     .get_center_policy = sq_get_center_policy,
     .set_center_policy = sq_set_center_policy,
+    .get_search_qe = sq_get_search_qe,
+    .set_search_qe = sq_set_search_qe,
     .ingest = sq_ingest,
     .find_sha256 = sq_find_sha256,
     .has_name = sq_has_name,

@@ -470,6 +470,32 @@ int store_set_center_policy(store *s, int off, ms_err *err)
     return s->ops->set_center_policy(s, off, err);
 }
 
+int store_get_search_qe(store *s, int *qe, ms_err *err)
+{
+    CHECK_STORE(s);
+    if (!qe)
+        return ms_err_set(err, MS_EINVAL, "store_get_search_qe: NULL output");
+    *qe = 0;
+    int64_t v = 0;
+    int is_int = 0;
+    int rc = s->ops->get_search_qe(s, &v, &is_int, err);
+    if (rc < 0)
+        return rc;
+    if (!is_int || v < 0 || v > STORE_SEARCH_QE_MAX)
+        return ms_err_set(err, MS_EFORMAT, "%s: the query-expansion default is not a number of neighbours from 0 to %d",
+                          s->where, STORE_SEARCH_QE_MAX);
+    *qe = (int)v;
+    return 0;
+}
+
+int store_set_search_qe(store *s, int qe, ms_err *err)
+{
+    CHECK_STORE(s);
+    if (qe < 0 || qe > STORE_SEARCH_QE_MAX)
+        return ms_err_set(err, MS_EINVAL, "query expansion uses 0 to %d neighbours, not %d", STORE_SEARCH_QE_MAX, qe);
+    return s->ops->set_search_qe(s, qe, err);
+}
+
 int store_ingest(store *s, const store_item *items, size_t n, int64_t *ids,
                  int *was_new, ms_err *err)
 {
@@ -636,8 +662,8 @@ int store_check(store *s, ms_err *err)
         return rc;
     char *identity = NULL;
     int dim = 0;
-    int off;
-    if ((rc = store_get_center_policy(s, &off, err)) < 0)
+    int off, qe;
+    if ((rc = store_get_center_policy(s, &off, err)) < 0 || (rc = store_get_search_qe(s, &qe, err)) < 0)
         return rc;
     if ((rc = s->ops->get_model(s, &identity, &dim, err)) < 0)
         return rc;

@@ -156,6 +156,19 @@ int store_clear_center(store *s, ms_err *err);
 int store_get_center_policy(store *s, int *off, ms_err *err);
 int store_set_center_policy(store *s, int off, ms_err *err);
 
+/* The collection's query-expansion default (schema 5): how many of its top
+ * results a search averages with the query before searching again, when the
+ * request does not say (0 = off, the default; at most STORE_SEARCH_QE_MAX).
+ * The operator sets it after measuring (`medsearch eval`, docs/evaluation.md);
+ * search, serve and eval follow it. Like the centering policy it is the
+ * collection's, kept across model changes and re-embeds.
+ * store_get_search_qe returns 0, or MS_EFORMAT when the stored value is not
+ * an integer in range (a hand-edited database). store_set_search_qe returns
+ * 0, or MS_EINVAL for a value out of range. Neither changes the generation. */
+#define STORE_SEARCH_QE_MAX 100
+int store_get_search_qe(store *s, int *qe, ms_err *err);
+int store_set_search_qe(store *s, int qe, ms_err *err);
+
 /* Ingests n items; each image is atomic (bytes, thumbnail, metadata and
  * vector together or nothing). An item whose sha256 exists already gets
  * that id back with was_new[i] = 0 (its metadata replaced when meta is not
@@ -216,7 +229,8 @@ int store_generation(store *s, uint64_t *gen, ms_err *err);
 
 /* Integrity: every image has metadata and a vector of the collection's model
  * with the right dim, no orphans, a centering policy that
- * store_get_center_policy accepts, a center (when there is one) that
+ * store_get_center_policy accepts, a query-expansion default that
+ * store_get_search_qe accepts, a center (when there is one) that
  * store_get_center accepts (SQLite: plus PRAGMA quick_check). Returns 0
  * when sound, MS_EFORMAT with the first problem. */
 int store_check(store *s, ms_err *err);

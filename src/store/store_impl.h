@@ -34,6 +34,11 @@ typedef struct store_ops {
     /* Records 'off' or 'auto'; off also clears the center, in the same
      * transaction. */
     int (*set_center_policy)(store *s, int off, ms_err *err);
+    /* The query-expansion default as stored, unchecked (store.c checks the
+     * range); *is_int 0 when the column holds something else than an
+     * integer (a hand-edited file). */
+    int (*get_search_qe)(store *s, int64_t *qe, int *is_int, ms_err *err);
+    int (*set_search_qe)(store *s, int qe, ms_err *err);
     /* dim: the model dim the items were checked against; the backend
      * re-reads the model inside its transaction and refuses a mismatch. */
     int (*ingest)(store *s, const store_item *items, size_t n, int dim, int64_t *ids,

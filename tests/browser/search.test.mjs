@@ -110,6 +110,7 @@ try {
   ingest('nih_cxr14_fullres', listImages('nih_cxr14_fullres', 10));
   ingest('covid_chestxray_2020', listImages('covid_chestxray_2020', 200));
   const url = await startServer();
+  let origin = url; // the server's address (step 6 starts it again)
   console.log(`server at ${url}`);
   fs.mkdirSync(outDir, { recursive: true });
 
@@ -125,7 +126,7 @@ try {
   page.on('pageerror', (e) => problems.push('page error: ' + e.message));
   page.on('console', (m) => { if (m.type() === 'error') problems.push('console: ' + m.text()); });
   // Everything must come from the server itself: no CDN, no external font.
-  page.on('request', (r) => { if (!r.url().startsWith(url) && !/^(data|blob):/.test(r.url())) problems.push('external request ' + r.url()); });
+  page.on('request', (r) => { if (!r.url().startsWith(origin) && !/^(data|blob):/.test(r.url())) problems.push('external request ' + r.url()); });
 
   await page.goto(url);
   check((await page.title()).includes('MedSearch'), 'page loads with its title');
@@ -207,6 +208,34 @@ try {
   const errText = await page.textContent('#error');
   check(/PNG|JPEG|image/i.test(errText), `a non-image upload shows an error (${errText.trim()})`);
   await page.screenshot({ path: path.join(outDir, '5-error.png') });
+
+  // 6. The collection's query-expansion default (medsearch qe) turns the
+  // page's toggle on with its number of neighbours; the searches say so, and
+  // switching the toggle off sends qe=0 (the image itself first, 1.000).
+  const stopped = await stopServer();
+  check(stopped === 0, `server stopped cleanly before the qe step (${stopped})`);
+  const setQe = spawnSync(bin, ['qe', '3', '--db', db], { encoding: 'utf8' });
+  check(setQe.status === 0, `medsearch qe 3 (${setQe.status}: ${setQe.stderr})`);
+  origin = await startServer();
+  await page.goto(origin);
+  await page.waitForFunction(() => /images/.test(document.getElementById('collection-info').textContent));
+  await page.waitForFunction(() => document.getElementById('qe-toggle').checked, null, { timeout: 10000 })
+    .catch(() => {});
+  check(await page.isChecked('#qe-toggle'), 'the toggle is on for a collection whose default is qe 3');
+  const hint = await page.textContent('#qe-hint');
+  check(/top 3 matches/.test(hint), `the toggle says how many neighbours (${hint})`);
+  let searched = page.waitForRequest((r) => r.url().includes('/api/search'));
+  await page.setInputFiles('#file-input', queryImage);
+  check(new URL((await searched).url()).searchParams.get('qe') === '3', 'the search sends qe=3');
+  await waitForResults(page);
+  await page.screenshot({ path: path.join(outDir, '6-qe-default.png') });
+  searched = page.waitForRequest((r) => r.url().includes('/api/search'));
+  await page.uncheck('#qe-toggle');
+  check(new URL((await searched).url()).searchParams.get('qe') === '0', 'switched off, the search sends qe=0');
+  await waitForResults(page);
+  list = await cards(page);
+  check(list[0].name === path.basename(queryImage) && list[0].score === '1.000',
+    `without expansion the uploaded image is first with 1.000 (${list[0].name} ${list[0].score})`);
 
   const unexpected = problems.filter((p) => !/status of 400/.test(p));
   check(unexpected.length === 0, 'no page errors, console errors or external requests' +

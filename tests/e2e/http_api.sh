@@ -35,6 +35,7 @@ start_server --token-file "$WORK/token" --max-upload-mb 2
 expect 200 "GET /api/stats" "$URL/api/stats"
 check "stats: image count, 1280-d model, sqlite" "d['images']==$N_IMAGES and d['dim']==1280 and d['backend']=='sqlite' and d['index']['kind'] in ('flat','hnsw')"
 check "stats: centering (auto policy, $N_IMAGES images: under 256, not centred)" "d['center']['policy']=='auto' and d['center']['centered'] is False and d['center']['from']==0 and d['center']['tag']=='none'"
+check "stats: the collection's search defaults (query expansion off)" "d['search']=={'qe':0}"
 
 # The page and its files.
 expect 200 "GET / (the page)" "$URL/"
@@ -85,7 +86,11 @@ expect 200 "exclude_patient" -F "image=@$QUERY" "$URL/api/search?k=50&exclude_pa
 check "patient 1 left out" 'd["count"]>0 and all(r["patient_id"]!="1" for r in d["results"])'
 expect 200 "filter= expression" -F "image=@$QUERY" "$URL/api/search?k=50&filter=labels%3AEffusion%20sex%3AM%20age%3A30-70"
 check "expression applied" 'd["count"]>0 and all(r["sex"]=="M" and 30<=r["age"]<=70 and any(l.lower()=="effusion" for l in r["labels"]) for r in d["results"])'
+check "without qe=, the collection's default (off)" 'd["qe"]==0'
 expect 200 "query expansion qe=5" -F "image=@$QUERY" "$URL/api/search?qe=5&k=5"
+check "qe=5 is reported" 'd["qe"]==5'
+expect 400 "qe=101" -F "image=@$QUERY" "$URL/api/search?qe=101"
+expect 400 "qe=-1 (the collection's default is asked for by leaving qe out)" -F "image=@$QUERY" "$URL/api/search?qe=-1"
 expect 422 "bad filter expression" -F "image=@$QUERY" "$URL/api/search?filter=bogus::x"
 check "422 code is bad_filter" 'd["error"]["code"]=="bad_filter"'
 expect 422 "sex=X" -F "image=@$QUERY" "$URL/api/search?sex=X"
@@ -208,6 +213,24 @@ wait "${pids[@]}"
 [ "$(grep -c '^200$' "$WORK/inflight")" -eq 6 ] && ok "6 searches in flight at SIGTERM all answered 200" ||
     bad "in-flight searches at shutdown: $(tr '\n' ' ' <"$WORK/inflight")"
 [ -s "$WORK/c.db.index" ] && ok "index persisted on shutdown" || bad "no index file after shutdown"
+
+# ---- the collection's query-expansion default (medsearch qe) ----
+"$MEDSEARCH_BIN" qe 5 --db "$WORK/c.db" >"$WORK/qe.out" 2>&1 && grep -q "was 0" "$WORK/qe.out" &&
+    ok "medsearch qe 5 sets the default" || bad "medsearch qe 5: $(cat "$WORK/qe.out")"
+start_server --token-file "$WORK/token"
+expect 200 "GET /api/stats after medsearch qe 5" "$URL/api/stats"
+check "stats: search.qe is the collection's default" "d['search']=={'qe':5}"
+expect 200 "search without qe= uses the default" -F "image=@$QUERY" "$URL/api/search?k=5"
+check "reported as qe 5" 'd["qe"]==5'
+cp "$B" "$WORK/qe-default.json"
+expect 200 "the same search with qe=5" -F "image=@$QUERY" "$URL/api/search?k=5&qe=5"
+/usr/bin/python3 -c 'import json,sys; a=json.load(open(sys.argv[1])); b=json.load(open(sys.argv[2]));
+sys.exit(0 if [(r["id"],r["score"]) for r in a["results"]]==[(r["id"],r["score"]) for r in b["results"]] else 1)' \
+    "$B" "$WORK/qe-default.json" && ok "the same results as an explicit qe=5" || bad "default qe 5 differs from qe=5"
+expect 200 "qe=0 still turns it off" -F "image=@$QUERY" "$URL/api/search?qe=0&k=5"
+check "qe=0: the query image itself first, score 1" "d['qe']==0 and d['results'][0]['original_name']=='$QNAME' and d['results'][0]['score']>0.999"
+stop_server
+"$MEDSEARCH_BIN" qe 0 --db "$WORK/c.db" >/dev/null 2>&1 || bad "medsearch qe 0"
 
 # ---- --read-token: reads need the token too ----
 start_server --token-file "$WORK/token" --read-token

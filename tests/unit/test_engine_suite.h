@@ -306,6 +306,82 @@ static void test_by_id_and_qe(void **state)
     engine_results_free(r2, n2);
 }
 
+/* Searches v with query expansion qe and asserts the same ids and scores
+ * as a search with expect_qe. */
+static void assert_same_search(engine *e, const float *v, int qe, int expect_qe)
+{
+    engine_query a = {.k = 8, .qe = qe}, b = {.k = 8, .qe = expect_qe};
+    engine_result *ra, *rb;
+    int na, nb;
+    ms_err err = {0};
+    assert_int_equal(engine_search_vector(e, v, &a, &ra, &na, &err), 0);
+    assert_int_equal(engine_search_vector(e, v, &b, &rb, &nb, &err), 0);
+    assert_int_equal(na, nb);
+    for (int j = 0; j < na; j++) {
+        assert_int_equal(ra[j].id, rb[j].id);
+        assert_true(ra[j].score == rb[j].score);
+    }
+    engine_results_free(ra, na);
+    engine_results_free(rb, nb);
+}
+
+/* The collection's query-expansion default: 0 until set in the store, read
+ * at open, applied to ENGINE_QE_COLLECTION queries only (an explicit 0
+ * still means off), reported by engine_get_stats and engine_resolve_qe. */
+static void test_collection_qe(void **state)
+{
+    fixture *fx = *state;
+    float v[2048];
+    ms_err err = {0};
+    assert_int_equal(engine_embed(fx->e, G.s[3].bytes, G.s[3].len, v, &err), 0);
+    engine_stats st;
+    engine_get_stats(fx->e, &st);
+    assert_int_equal(st.search_qe, 0);
+    assert_int_equal(engine_resolve_qe(fx->e, ENGINE_QE_COLLECTION), 0);
+    assert_same_search(fx->e, v, ENGINE_QE_COLLECTION, 0);
+
+    /* Expanding must change this query's results, or the checks below could
+     * not tell the default from off. */
+    engine_query plain = {.k = 8}, expanded = {.k = 8, .qe = 3};
+    engine_result *rp, *rx;
+    int np, nx;
+    assert_int_equal(engine_search_vector(fx->e, v, &plain, &rp, &np, &err), 0);
+    assert_int_equal(engine_search_vector(fx->e, v, &expanded, &rx, &nx, &err), 0);
+    assert_true(np == nx && rp[0].score != rx[0].score);
+    engine_results_free(rp, np);
+    engine_results_free(rx, nx);
+
+    engine_close(fx->e);
+    store *s;
+    assert_int_equal(store_open(fx->db, &s, &err), 0);
+    assert_int_equal(store_set_search_qe(s, 3, &err), 0);
+    store_close(s);
+    fx->e = open_engine(fx->db, G.model, 0, NULL);
+    engine_get_stats(fx->e, &st);
+    assert_int_equal(st.search_qe, 3);
+    assert_int_equal(engine_resolve_qe(fx->e, ENGINE_QE_COLLECTION), 3);
+    assert_int_equal(engine_resolve_qe(fx->e, 0), 0);
+    assert_int_equal(engine_resolve_qe(fx->e, 5), 5);
+    assert_same_search(fx->e, v, ENGINE_QE_COLLECTION, 3);
+    engine_query off = {.k = 8, .qe = 0};
+    assert_int_equal(engine_search_vector(fx->e, v, &off, &rx, &nx, &err), 0);
+    assert_true(rx[0].score > 0.9999f); /* the image itself, unexpanded */
+    engine_results_free(rx, nx);
+    /* By bytes too (the CLI's and the API's path). */
+    engine_query by_bytes = {.bytes = G.s[3].bytes, .len = G.s[3].len, .k = 8, .qe = ENGINE_QE_COLLECTION};
+    engine_query by_vec = {.k = 8, .qe = 3};
+    int brc = engine_search(fx->e, &by_bytes, &rp, &np, NULL, &err);
+    if (brc)
+        print_message("search by bytes: %s\n", err.msg);
+    assert_int_equal(brc, 0);
+    assert_int_equal(engine_search_vector(fx->e, v, &by_vec, &rx, &nx, &err), 0);
+    assert_int_equal(np, nx);
+    for (int j = 0; j < np; j++)
+        assert_int_equal(rp[j].id, rx[j].id);
+    engine_results_free(rp, np);
+    engine_results_free(rx, nx);
+}
+
 static void test_reingest_is_skipped(void **state)
 {
     fixture *fx = *state;
@@ -510,7 +586,9 @@ static void test_bad_queries(void **state)
     q.k = 1001;
     assert_int_equal(engine_search(fx->e, &q, &res, &n, NULL, &err), MS_EINVAL);
     q.k = 5;
-    q.qe = -1;
+    q.qe = -2; /* -1 is ENGINE_QE_COLLECTION */
+    assert_int_equal(engine_search(fx->e, &q, &res, &n, NULL, &err), MS_EINVAL);
+    q.qe = STORE_SEARCH_QE_MAX + 1;
     assert_int_equal(engine_search(fx->e, &q, &res, &n, NULL, &err), MS_EINVAL);
     q.qe = 0;
     uint8_t junk[64] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
@@ -673,6 +751,7 @@ static int run_engine_suite(const char *group)
         cmocka_unit_test_setup_teardown(test_search_finds_itself, setup, teardown),
         cmocka_unit_test_setup_teardown(test_filter_and_grouping, setup, teardown),
         cmocka_unit_test_setup_teardown(test_by_id_and_qe, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_collection_qe, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reingest_is_skipped, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_item_fails_alone, setup, teardown),
         cmocka_unit_test_setup_teardown(test_persist_reload_stale_damaged, setup, teardown),

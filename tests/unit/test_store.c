@@ -296,7 +296,7 @@ static void t_open_schema(void **state)
     assert_int_equal(store_get_model(f->s, &identity, &dim, &err), 0);
     assert_null(identity);
     assert_int_equal(dim, 0);
-    assert_int_equal(raw_int(f, "SELECT version FROM schema_version"), 4);
+    assert_int_equal(raw_int(f, "SELECT version FROM schema_version"), 5);
     reopen(f);  /* an existing, current schema opens without migrating */
     assert_int_equal(raw_int(f, "SELECT count(*) FROM schema_version"), 1);
     if (f->kind == SQLITE) {
@@ -334,9 +334,10 @@ static void t_migrate_from_version_1(void **state)
     raw_exec(f, "ALTER TABLE collection DROP COLUMN center");
     raw_exec(f, "ALTER TABLE collection DROP COLUMN center_n");
     raw_exec(f, "ALTER TABLE collection DROP COLUMN center_policy");
+    raw_exec(f, "ALTER TABLE collection DROP COLUMN search_qe");
     raw_exec(f, "UPDATE schema_version SET version = 1");
     reopen(f);
-    assert_int_equal(raw_int(f, "SELECT version FROM schema_version"), 4);
+    assert_int_equal(raw_int(f, "SELECT version FROM schema_version"), 5);
     ms_err err = {0};
     store_meta got;
     assert_int_equal(store_get_meta(f->s, id, &got, &err), 0);
@@ -375,9 +376,10 @@ static void t_migrate_from_version_2(void **state)
     raw_exec(f, "ALTER TABLE collection DROP COLUMN center");
     raw_exec(f, "ALTER TABLE collection DROP COLUMN center_n");
     raw_exec(f, "ALTER TABLE collection DROP COLUMN center_policy");
+    raw_exec(f, "ALTER TABLE collection DROP COLUMN search_qe");
     raw_exec(f, "UPDATE schema_version SET version = 2");
     reopen(f);
-    assert_int_equal(raw_int(f, "SELECT version FROM schema_version"), 4);
+    assert_int_equal(raw_int(f, "SELECT version FROM schema_version"), 5);
     assert_int_equal(count(f), 3);
     assert_int_equal(generation(f), g);
     float c[CDIM], got[CDIM];
@@ -419,9 +421,10 @@ static void t_migrate_from_version_3(void **state)
     store_close(f->s);
     f->s = NULL;
     raw_exec(f, "ALTER TABLE collection DROP COLUMN center_policy");
+    raw_exec(f, "ALTER TABLE collection DROP COLUMN search_qe");
     raw_exec(f, "UPDATE schema_version SET version = 3");
     reopen(f);
-    assert_int_equal(raw_int(f, "SELECT version FROM schema_version"), 4);
+    assert_int_equal(raw_int(f, "SELECT version FROM schema_version"), 5);
     assert_int_equal(generation(f), g);
     int off = -1;
     assert_int_equal(store_get_center_policy(f->s, &off, &err), 0);
@@ -432,6 +435,125 @@ static void t_migrate_from_version_3(void **state)
     assert_int_equal(raw_int(f, "SELECT count(*) FROM collection WHERE center_policy = 'auto'"), 1);
     check_sound(f);
     titem_free(&t);
+}
+
+/* A collection of schema version 4 (a centering policy, no query-expansion
+ * default) is migrated on open: it keeps its policy, center and generation,
+ * and its query-expansion default is 0 (off, what search did). */
+static void t_migrate_from_version_4(void **state)
+{
+    fixture *f = fx(state);
+    use_model(f, CDIM);
+    titem t;
+    titem_make(&t, 75, 200, CDIM, NULL, 0);
+    int64_t id;
+    int was_new;
+    ingest_ok(f, &t, 1, &id, &was_new);
+    ms_err err = {0};
+    assert_int_equal(store_set_center_policy(f->s, 1, &err), 0);
+    uint64_t g = generation(f);
+    store_close(f->s);
+    f->s = NULL;
+    raw_exec(f, "ALTER TABLE collection DROP COLUMN search_qe");
+    raw_exec(f, "UPDATE schema_version SET version = 4");
+    reopen(f);
+    assert_int_equal(raw_int(f, "SELECT version FROM schema_version"), 5);
+    assert_int_equal(generation(f), g);
+    assert_int_equal(count(f), 1);
+    int off = -1, qe = -1;
+    assert_int_equal(store_get_center_policy(f->s, &off, &err), 0);
+    assert_int_equal(off, 1);
+    assert_int_equal(store_get_search_qe(f->s, &qe, &err), 0);
+    assert_int_equal(qe, 0);
+    check_sound(f);
+    titem_free(&t);
+}
+
+/* The query-expansion default: 0 by default, any value of 0..100 recorded
+ * and read back, kept across reopening, re-embeds and model changes,
+ * without touching the generation or the centering policy; out-of-range
+ * values refused with nothing changed. */
+static void t_search_qe(void **state)
+{
+    fixture *f = fx(state);
+    ms_err err = {0};
+    int qe = -1;
+    assert_int_equal(store_get_search_qe(f->s, &qe, &err), 0);
+    assert_int_equal(qe, 0);
+    assert_int_equal(store_get_search_qe(f->s, NULL, &err), MS_EINVAL);
+    assert_int_equal(store_set_search_qe(f->s, 2, &err), 0);  /* no model yet: fine */
+    const int bad[] = {-1, STORE_SEARCH_QE_MAX + 1, -2147483647 - 1, 2147483647};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        memset(&err, 0, sizeof err);
+        assert_int_equal(store_set_search_qe(f->s, bad[i], &err), MS_EINVAL);
+        assert_non_null(strstr(err.msg, "query expansion"));
+        assert_int_equal(store_get_search_qe(f->s, &qe, &err), 0);
+        assert_int_equal(qe, 2);
+    }
+    use_model(f, CDIM);
+    uint64_t g = generation(f);
+    for (int v = 0; v <= STORE_SEARCH_QE_MAX; v += 7) {
+        assert_int_equal(store_set_search_qe(f->s, v, &err), 0);
+        assert_int_equal(store_get_search_qe(f->s, &qe, &err), 0);
+        assert_int_equal(qe, v);
+    }
+    assert_int_equal(store_set_search_qe(f->s, STORE_SEARCH_QE_MAX, &err), 0);
+    assert_int_equal(store_get_search_qe(f->s, &qe, &err), 0);
+    assert_int_equal(qe, STORE_SEARCH_QE_MAX);
+    assert_int_equal(store_set_search_qe(f->s, 3, &err), 0);
+    assert_int_equal(generation(f), g);
+    reopen(f);
+    qe = -1;
+    assert_int_equal(store_get_search_qe(f->s, &qe, &err), 0);
+    assert_int_equal(qe, 3);
+    assert_int_equal(raw_int(f, "SELECT search_qe FROM collection"), 3);
+    /* The operator's choice outlives a re-embed and a model change, and is
+     * independent of the centering policy. */
+    assert_int_equal(store_use_model(f->s, "test-model sha256:00ff", CDIM, 1, &err), 0);
+    assert_int_equal(store_use_model(f->s, "other-model sha256:11ee", 2 * CDIM, 1, &err), 0);
+    assert_int_equal(store_set_center_policy(f->s, 1, &err), 0);
+    assert_int_equal(store_get_search_qe(f->s, &qe, &err), 0);
+    assert_int_equal(qe, 3);
+    int off = -1;
+    assert_int_equal(store_get_center_policy(f->s, &off, &err), 0);
+    assert_int_equal(off, 1);
+    check_sound(f);
+}
+
+/* A hand-edited default (the CHECK constraint bypassed; SQLite's STRICT
+ * typing still keeps it an integer) is refused with a message naming it,
+ * by store_get_search_qe and store_check alike; setting it again repairs
+ * it. */
+static void t_search_qe_hostile(void **state)
+{
+    fixture *f = fx(state);
+    use_model(f, CDIM);
+    int pg = f->kind == POSTGRES;
+    if (pg)
+        raw_exec(f, "ALTER TABLE collection DROP CONSTRAINT collection_search_qe_check");
+    const char *values[] = {"101", "-1", "2147483647", "-2147483648"};
+    for (size_t i = 0; i < sizeof values / sizeof values[0]; i++) {
+        char sql[200];
+        snprintf(sql, sizeof sql, "%sUPDATE collection SET search_qe = %s",
+                 pg ? "" : "PRAGMA ignore_check_constraints = ON; ", values[i]);
+        raw_exec(f, sql);
+        ms_err err = {0};
+        int qe = -1;
+        assert_int_equal(store_get_search_qe(f->s, &qe, &err), MS_EFORMAT);
+        if (!strstr(err.msg, "query-expansion default"))
+            fail_msg("value %s: '%s' does not name the default", values[i], err.msg);
+        assert_int_equal(qe, 0);
+        memset(&err, 0, sizeof err);
+        assert_int_equal(store_check(f->s, &err), MS_EFORMAT);
+        if (!strstr(err.msg, "query-expansion default") && !(!pg && strstr(err.msg, "CHECK constraint")))
+            fail_msg("value %s: store_check says '%s'", values[i], err.msg);
+    }
+    ms_err err = {0};
+    assert_int_equal(store_set_search_qe(f->s, 2, &err), 0);
+    int qe = -1;
+    assert_int_equal(store_get_search_qe(f->s, &qe, &err), 0);
+    assert_int_equal(qe, 2);
+    check_sound(f);
 }
 
 /* The centering policy: auto by default, off and back, kept across
@@ -2016,8 +2138,11 @@ static int group_postgres(void **state)
     cmocka_unit_test_setup_teardown(t_migrate_from_version_1, setup, teardown),       \
     cmocka_unit_test_setup_teardown(t_migrate_from_version_2, setup, teardown),       \
     cmocka_unit_test_setup_teardown(t_migrate_from_version_3, setup, teardown),       \
+    cmocka_unit_test_setup_teardown(t_migrate_from_version_4, setup, teardown),       \
     cmocka_unit_test_setup_teardown(t_center_policy, setup, teardown),                \
     cmocka_unit_test_setup_teardown(t_center_policy_hostile, setup, teardown),        \
+    cmocka_unit_test_setup_teardown(t_search_qe, setup, teardown),                    \
+    cmocka_unit_test_setup_teardown(t_search_qe_hostile, setup, teardown),            \
     cmocka_unit_test_setup_teardown(t_center, setup, teardown),                       \
     cmocka_unit_test_setup_teardown(t_center_hostile, setup, teardown),               \
     cmocka_unit_test_setup_teardown(t_model, setup, teardown),                        \
