@@ -483,12 +483,34 @@ static int load_model(engine *e, engine_open_report *rep, ms_err *err)
     return 0;
 }
 
+/* What the faces did not ask for is taken from the collection's identity
+ * (have), each group on its own: --pool gem on a collection ingested at
+ * --input-size 288 still searches at 288, and --input-size on a GeM
+ * collection still pools with GeM. An identity that is not one
+ * model_identity writes changes nothing: use_model then refuses it. */
+static void adopt_collection_options(engine *e, const engine_options *o, const char *have)
+{
+    model_options rec = e->opt.model;
+    if (!have || model_options_from_identity(have, &rec))
+        return;
+    model_options *mo = &e->opt.model;
+    if (o->pooling_from_collection) {
+        mo->pool = rec.pool;
+        mo->gem_p = rec.gem_p;
+        mo->bf16 = rec.bf16;
+        mo->flip = rec.flip;
+    }
+    if (o->prep_from_collection)
+        mo->input_size = rec.input_size;
+}
+
 /* Sets up the engine's model against the collection's record (its identity
  * and dimension, read once). Without a model the collection's own identity
- * and dimension are used. With pooling_from_collection the pooling part of
- * the recorded identity (pooling, GeM p, bf16, flip) replaces the options',
- * so that a collection ingested with --pool gem --flip is searched the same
- * way without the flags being repeated; a new collection keeps the options. */
+ * and dimension are used. With pooling_from_collection / prep_from_collection
+ * the recorded pooling (pooling, GeM p, bf16, flip) / input size replace the
+ * options', so that a collection ingested with --pool gem --flip
+ * --input-size 288 is searched the same way without the flags being
+ * repeated; a new collection keeps the options. */
 static int open_model(engine *e, const engine_options *o, engine_open_report *rep, ms_err *err)
 {
     char *have = NULL;
@@ -500,8 +522,7 @@ static int open_model(engine *e, const engine_options *o, engine_open_report *re
             e->dim = have_dim;
         }
     } else if (!rc) {
-        if (have && o->pooling_from_collection)
-            (void)model_options_from_identity(have, &e->opt.model); /* not ours: use_model says so */
+        adopt_collection_options(e, o, have);
         rc = load_model(e, rep, err);
         if (!rc)
             rc = use_model(e, e->main_store, have, err);

@@ -99,9 +99,16 @@ typedef struct engine_options {
                                   stored center is used as it is, never computed */
     engine_center_mode center; /* default ENGINE_CENTER_AUTO */
     int pooling_from_collection; /* an existing collection is opened with the
-                                  pooling, GeM p and flip its model identity
-                                  records instead of model.pool/gem_p/flip (the
-                                  faces set it when none of those was asked for) */
+                                  pooling, GeM p, bf16 and flip its model
+                                  identity records instead of model.pool/gem_p/
+                                  bf16/flip (the faces set it when none of
+                                  pooling, GeM p and flip was asked for) */
+    int prep_from_collection;  /* the same for the input size: the one the
+                                  identity records ("-in288", else the model's
+                                  own) replaces model.input_size (the faces set
+                                  it when no input size was asked for). Mean and
+                                  scale are never adopted: the identity holds
+                                  only a digest of them ("-norm...") */
 } engine_options;
 
 void engine_options_init(engine_options *o);

@@ -263,8 +263,9 @@ void cli_engine_options(const cli_common *c, engine_options *o)
     o->db = c->db;
     o->model_path = c->model;
     o->model = c->model_opt;
-    /* no pooling asked for: an existing collection's own is used */
+    /* what is not asked for (pooling; input size) is an existing collection's own */
     o->pooling_from_collection = !c->pool && c->gem_p == 0 && !c->model_opt.flip;
+    o->prep_from_collection = !c->input_size;
 }
 
 int cli_exit_code(int code)

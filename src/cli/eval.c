@@ -618,8 +618,10 @@ static void config_options(const eval_env *env, const eval_config *c, engine_opt
         o->model.gem_p = c->gem_p;
     if (c && c->flip >= 0)
         o->model.flip = c->flip;
-    if (config_changes_vectors(c))
-        o->pooling_from_collection = 0; /* the configuration says how vectors are made */
+    if (config_changes_vectors(c)) { /* the configuration and the flags say how vectors are made */
+        o->pooling_from_collection = 0;
+        o->prep_from_collection = 0;
+    }
     if (c && c->center == 0)
         o->center = ENGINE_CENTER_OFF;
     else if (c && c->center == 1)

@@ -115,21 +115,26 @@ static const char *meta_str(const graph *g, const char *key)
     return v && *v ? v : NULL;
 }
 
-static int resolve_size(model *m, const model_options *o, int *size, ms_err *err)
+/* Where a preprocessing value came from, for model_describe. */
+static const char src_flags[] = "flags", src_meta[] = "metadata";
+
+/* The input size: the flag (input_size > 0), else the metadata, else the
+ * input's declared H = W, else 224. *src says which. */
+static int resolve_size(const graph *g, int input_size, int *size, const char **src, ms_err *err)
 {
-    const graph *g = &m->g;
     const char *ms = meta_str(g, "medsearch.input_size");
-    if (o->input_size > 0) {
-        if (o->input_size < 8 || o->input_size > G_MAX_INPUT_SIZE)
-            return ms_err_set(err, MS_EINVAL, "input size %d is outside 8..%d", o->input_size, G_MAX_INPUT_SIZE);
-        *size = o->input_size;
+    if (input_size > 0) {
+        if (input_size < 8 || input_size > G_MAX_INPUT_SIZE)
+            return ms_err_set(err, MS_EINVAL, "input size %d is outside 8..%d", input_size, G_MAX_INPUT_SIZE);
+        *size = input_size;
+        *src = src_flags;
         return 0;
     }
     if (ms) {
         if (parse_size(ms, size))
             return ms_err_set(err, MS_EFORMAT, "metadata medsearch.input_size '%.40s' is not a size in 8..%d", ms,
                               G_MAX_INPUT_SIZE);
-        m->prep_meta = 1;
+        *src = src_meta;
         return 0;
     }
     int64_t h = g->input_decl[2], w = g->input_decl[3];
@@ -140,29 +145,29 @@ static int resolve_size(model *m, const model_options *o, int *size, ms_err *err
         return ms_err_set(err, MS_EUNSUPPORTED, "the model's input size %lld is outside 8..%d", (long long)h,
                           G_MAX_INPUT_SIZE);
     *size = h > 0 ? (int)h : w > 0 ? (int)w : 224;
+    *src = "the model input";
     return 0;
 }
 
 /* One of mean/scale: flag text, else metadata, else the ImageNet default
  * (stated in R,G,B order, so reversed for a BGR model). */
-static int resolve_triple(model *m, const char *flag, const char *flag_name, const char *meta_key,
+static int resolve_triple(const graph *g, int bgr, const char *flag, const char *flag_name, const char *meta_key,
                           const float def[3], int invert, float out[3], const char **src, ms_err *err)
 {
-    const char *meta = meta_str(&m->g, meta_key);
+    const char *meta = meta_str(g, meta_key);
     if (flag) {
         if (parse_triple(flag, out))
             return ms_err_set(err, MS_EINVAL, "--%s '%.60s' must be one number or three separated by commas",
                               flag_name, flag);
-        *src = "flags";
+        *src = src_flags;
     } else if (meta) {
         if (parse_triple(meta, out))
             return ms_err_set(err, MS_EFORMAT, "metadata %s '%.60s' must be one number or three separated by commas",
                               meta_key, meta);
-        *src = "metadata";
-        m->prep_meta = 1;
+        *src = src_meta;
     } else {
         for (int i = 0; i < 3; i++)
-            out[i] = def[m->bgr ? 2 - i : i];
+            out[i] = def[bgr ? 2 - i : i];
         *src = "ImageNet default";
         if (invert)
             for (int i = 0; i < 3; i++)
@@ -181,8 +186,31 @@ static int resolve_triple(model *m, const char *flag, const char *flag_name, con
     return 0;
 }
 
-static int resolve_prep(model *m, const model_options *o, int size, ms_err *err)
+/* Mean and scale from o's mean, scale and std (each NULL: the model's own).
+ * src[0] and src[1] say where each came from. */
+static int resolve_norm(const graph *g, int bgr, const model_options *o, float mean[3], float scale[3],
+                        const char *src[2], ms_err *err)
 {
+    int rc = resolve_triple(g, bgr, o->mean, "mean", "medsearch.mean", imagenet_mean, 0, mean, &src[0], err);
+    if (rc)
+        return rc;
+    /* scale: flag scale, flag std, metadata scale, metadata std, default */
+    if (o->scale || (!o->std && meta_str(g, "medsearch.scale")))
+        rc = resolve_triple(g, bgr, o->scale, "scale", "medsearch.scale", imagenet_std, 0, scale, &src[1], err);
+    else
+        rc = resolve_triple(g, bgr, o->std, "std", "medsearch.std", imagenet_std, 1, scale, &src[1], err);
+    for (int i = 0; i < 3 && !rc; i++)
+        if (!(scale[i] > 0 || scale[i] < 0))
+            rc = ms_err_set(err, o->scale ? MS_EINVAL : MS_EFORMAT, "the scale must not be zero");
+    return rc;
+}
+
+static int resolve_prep(model *m, const model_options *o, ms_err *err)
+{
+    const char *size_src = "?", *src[2] = {"?", "?"};
+    int rc = resolve_size(&m->g, o->input_size, &m->prep.size, &size_src, err);
+    if (rc)
+        return rc;
     const char *color = meta_str(&m->g, "medsearch.color");
     if (color) {
         if (!strcasecmp(color, "bgr"))
@@ -191,25 +219,55 @@ static int resolve_prep(model *m, const model_options *o, int size, ms_err *err)
             return ms_err_set(err, MS_EFORMAT, "metadata medsearch.color '%.20s' is neither rgb nor bgr", color);
         m->prep_meta = 1;
     }
-    m->prep.size = size;
-    const char *mean_src = "?", *scale_src = "?";
-    int rc = resolve_triple(m, o->mean, "mean", "medsearch.mean", imagenet_mean, 0, m->prep.mean, &mean_src, err);
-    if (rc)
+    if ((rc = resolve_norm(&m->g, m->bgr, o, m->prep.mean, m->prep.scale, src, err)))
         return rc;
-    /* scale: flag scale, flag std, metadata scale, metadata std, default */
-    if (o->scale || (!o->std && meta_str(&m->g, "medsearch.scale")))
-        rc = resolve_triple(m, o->scale, "scale", "medsearch.scale", imagenet_std, 0, m->prep.scale, &scale_src, err);
-    else
-        rc = resolve_triple(m, o->std, "std", "medsearch.std", imagenet_std, 1, m->prep.scale, &scale_src, err);
-    if (!rc)
-        for (int i = 0; i < 3; i++)
-            if (!(m->prep.scale[i] > 0 || m->prep.scale[i] < 0))
-                rc = ms_err_set(err, o->scale ? MS_EINVAL : MS_EFORMAT, "the scale must not be zero");
-    if (rc)
-        return rc;
-    snprintf(m->prep_note, sizeof m->prep_note, "mean from %s, scale from %s, size from %s", mean_src, scale_src,
-             o->input_size > 0 ? "flags" : meta_str(&m->g, "medsearch.input_size") ? "metadata" : "the model input");
+    if (size_src == src_meta || src[0] == src_meta || src[1] == src_meta)
+        m->prep_meta = 1;
+    snprintf(m->prep_note, sizeof m->prep_note, "mean from %s, scale from %s, size from %s", src[0], src[1],
+             size_src);
     return 0;
+}
+
+/* Whether preprocessing values agree to float rounding: --std 58.395 and
+ * --scale 0.017124754 make the same normalisation and the same vectors. */
+static bool same_values(const float *a, const float *b, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (fabsf(a[i] - b[i]) > 1e-6f * fmaxf(fabsf(a[i]), fabsf(b[i])))
+            return false;
+    return true;
+}
+
+/* What the identity records of the preprocessing flags: *size is the input
+ * size in force when it is not the model's own (0 when it is), and digest
+ * the first 8 hex digits of SHA-256 of the mean and scale in force when they
+ * are not the model's own ("" when they are). "%.9g" gives every float back
+ * exactly, so equal values always give the same text. A model whose own
+ * value cannot be resolved (its metadata is bad, its input not square) has
+ * none: a flag then always differs. */
+static void prep_identity(const model *m, const model_options *o, int *size, char digest[9])
+{
+    const image_prep *p = &m->prep;
+    const char *src[2];
+    int own_size;
+    *size = 0;
+    if (o->input_size > 0 && (resolve_size(&m->g, 0, &own_size, src, NULL) || own_size != p->size))
+        *size = p->size;
+    digest[0] = '\0';
+    model_options own;
+    model_options_init(&own);
+    float mean[3], scale[3];
+    if ((o->mean || o->scale || o->std) &&
+        (resolve_norm(&m->g, m->bgr, &own, mean, scale, src, NULL) || !same_values(mean, p->mean, 3) ||
+         !same_values(scale, p->scale, 3))) {
+        char text[192], hex[65];
+        int n = snprintf(text, sizeof text, "mean %.9g,%.9g,%.9g scale %.9g,%.9g,%.9g", (double)p->mean[0],
+                         (double)p->mean[1], (double)p->mean[2], (double)p->scale[0], (double)p->scale[1],
+                         (double)p->scale[2]);
+        ms_sha256_hex(text, (size_t)n, hex);
+        memcpy(digest, hex, 8);
+        digest[8] = '\0';
+    }
 }
 
 /* ----------------------------------------------------------------- loading */
@@ -244,6 +302,44 @@ static const char *pool_name(model_pool p, float gem_p, char *buf, size_t len)
     return "output";
 }
 
+/* An identity's last part: the pooling, then "-bf16", "-flip", "-in<size>"
+ * (size > 0) and "-norm<digest>" (digest not empty), in that order. Both
+ * model_identity and its reading back write it here, so that a reading
+ * accepts only what an identity can hold. */
+static void pool_part(char *buf, size_t len, const model_options *o, int size, const char *digest)
+{
+    char pb[32], in[24] = "";
+    if (size > 0)
+        snprintf(in, sizeof in, "-in%d", size);
+    snprintf(buf, len, "%s%s%s%s%s%s", pool_name(o->pool, o->gem_p, pb, sizeof pb), o->bf16 ? "-bf16" : "",
+             o->flip ? "-flip" : "", in, *digest ? "-norm" : "", digest);
+}
+
+/* One "-..." element of an identity's pooling part (t: after the '-', n
+ * characters) into got or digest. 0, or -1 for no element model_identity
+ * writes (its order and uniqueness are checked by the caller). */
+static int read_suffix(const char *t, size_t n, model_options *got, char digest[9])
+{
+    if (n == 4 && !strncmp(t, "bf16", 4))
+        got->bf16 = 1;
+    else if (n == 4 && !strncmp(t, "flip", 4))
+        got->flip = 1;
+    else if (n >= 3 && n <= 6 && !strncmp(t, "in", 2) && strspn(t + 2, "0123456789") >= n - 2) {
+        int v = 0;
+        for (size_t i = 2; i < n; i++)
+            v = v * 10 + (t[i] - '0');
+        if (v < 8 || v > G_MAX_INPUT_SIZE)
+            return -1;
+        got->input_size = v;
+    } else if (n == 12 && !strncmp(t, "norm", 4) && strspn(t + 4, "0123456789abcdef") >= 8) {
+        memcpy(digest, t + 4, 8);
+        digest[8] = '\0';
+    } else {
+        return -1;
+    }
+    return 0;
+}
+
 int model_options_from_identity(const char *identity, model_options *o)
 {
     const char *part = identity ? strrchr(identity, ':') : NULL;
@@ -251,6 +347,7 @@ int model_options_from_identity(const char *identity, model_options *o)
         return MS_EINVAL;
     part++;
     model_options got = *o;
+    got.bf16 = got.flip = got.input_size = 0;
     size_t len = 0;
     for (size_t i = 0; i < sizeof pool_names / sizeof *pool_names && !len; i++)
         if (!strncmp(part, pool_names[i].name, strlen(pool_names[i].name))) {
@@ -268,11 +365,18 @@ int model_options_from_identity(const char *identity, model_options *o)
     }
     if (!len)
         return MS_EINVAL;
-    const char *rest = part + len;
-    got.bf16 = !strncmp(rest, "-bf16", 5);
-    rest += got.bf16 ? 5 : 0;
-    got.flip = !strcmp(rest, "-flip");
-    if (*rest && !got.flip)
+    char digest[9] = "";
+    for (const char *t = part + len; *t;) {
+        size_t n = *t == '-' ? strcspn(t + 1, "-") : 0;
+        if (!n || read_suffix(t + 1, n, &got, digest))
+            return MS_EINVAL;
+        t += 1 + n;
+    }
+    /* Written back, it must be the same text: this refuses another order, a
+     * repeated element, "gem 3" or "-in0224". */
+    char canon[96];
+    pool_part(canon, sizeof canon, &got, got.input_size, digest);
+    if (strcmp(canon, part))
         return MS_EINVAL;
     *o = got;
     return 0;
@@ -323,10 +427,9 @@ static void describe(model *m);
 static int compile(model *m, const model_options *o, ms_err *err)
 {
     graph *g = &m->g;
-    int size = 0, rc;
-    if ((rc = graph_order(g, err)) || (rc = resolve_size(m, o, &size, err)) ||
-        (rc = resolve_prep(m, o, size, err)) || (rc = graph_infer_shapes(g, size, err)) ||
-        (rc = pick_feature(m, o, err)))
+    int rc;
+    if ((rc = graph_order(g, err)) || (rc = resolve_prep(m, o, err)) ||
+        (rc = graph_infer_shapes(g, m->prep.size, err)) || (rc = pick_feature(m, o, err)))
         return rc;
     int keep[2] = {m->feature, m->map};
     if ((rc = graph_optimise(g, keep, 2, err)))
@@ -353,9 +456,11 @@ static int compile(model *m, const model_options *o, ms_err *err)
     if ((rc = dnn_create(g, &dopt, &m->dnn, err)) || (rc = dnn_prepare(m->dnn, m->target, 1, err)))
         return rc;
     dnn_release_host_weights(m->dnn);
-    char pb[32];
-    snprintf(m->identity, sizeof m->identity, "%.300s:%s:%d:%s%s%s", m->name, m->sha, m->dim,
-             pool_name(m->pool, m->gem_p, pb, sizeof pb), o->bf16 ? "-bf16" : "", o->flip ? "-flip" : "");
+    int size;
+    char digest[9], part[96];
+    prep_identity(m, o, &size, digest);
+    pool_part(part, sizeof part, o, size, digest);
+    snprintf(m->identity, sizeof m->identity, "%.300s:%s:%d:%s", m->name, m->sha, m->dim, part);
     describe(m);
     return m->describe ? 0 : ms_err_set(err, MS_ENOMEM, "out of memory");
 }

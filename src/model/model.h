@@ -24,7 +24,8 @@
  * 123.675,116.28,103.53, std 58.395,57.12,57.375). Three-value means and
  * scales are in the model's input channel order, as written; only the
  * ImageNet defaults, stated R,G,B, are reversed for a model whose
- * medsearch.color is bgr. model_describe says where each value came from.
+ * medsearch.color is bgr. model_describe says where each value came from;
+ * model_identity records the flags that change the model's own values.
  *
  * Also accepted: Constant nodes (as initializers), Identity of an
  * initializer, opset-6 Clip attributes, a fixed batch of 1 in the file (any
@@ -59,7 +60,9 @@ typedef struct model_options {
     const char *output;    /* tensor name, or NULL */
     model_pool pool;
     float gem_p;           /* default 3 */
-    /* Preprocessing overrides (flags); <= 0 / NULL leaves the model's own. */
+    /* Preprocessing overrides (flags); <= 0 / NULL leaves the model's own.
+     * One that changes the model's own value is recorded in the identity's
+     * pool part ("-in288", "-norm<digest>"; see model_identity). */
     int input_size;
     const char *mean;      /* "m" or "m1,m2,m3" on the 0..255 scale */
     const char *scale;     /* "s" or "s1,s2,s3" */
@@ -123,17 +126,31 @@ const image_prep *model_prep(const model *m);  /* preprocessing in force */
 int model_prep_from_metadata(const model *m);  /* 1 when medsearch.* keys set it */
 
 /* Identity recorded with every stored vector: "name:sha256hex:dim:pool".
- * name is the file's base name; pool is "output", "avg", "gem3", ... */
+ * name is the file's base name; pool is "output", "avg", "gem3", ...,
+ * followed, in this order and only when they apply, by "-bf16", "-flip",
+ * "-in<N>" (the input size in force is N, not the model's own) and
+ * "-norm<8 hex>" (the mean or scale in force is not the model's own; the
+ * first 8 hex digits of SHA-256 of "mean %.9g,%.9g,%.9g scale %.9g,%.9g,%.9g"
+ * of the values in force, in the model's channel order). "The model's own"
+ * is what the same file gets without flags (metadata, else the declared
+ * input and the ImageNet defaults): flags that restate it, to float
+ * rounding (1e-6 relative), leave the identity as it is without them. So
+ * "m.onnx:<sha>:1280:gem3-flip-in288-norm1a2b3c4d". */
 const char *model_identity(const model *m);
 
 /* The pooling named "output", "avg", "gem", "max" or "topleft" (as --pool
  * takes it) into *out. Returns 0, or MS_EINVAL for any other name. */
 int model_pool_parse(const char *name, model_pool *out);
 
-/* Reads the pooling part of an identity (what follows its last ':':
- * "output", "avg", "gem3", ..., then "-bf16" and "-flip" when set) into
- * o's pool, gem_p, bf16 and flip, leaving the rest of o as it is. Returns 0,
- * or MS_EINVAL (nothing changed) when it is not one model_identity writes. */
+/* Reads the pooling part of an identity (what follows its last ':', as
+ * model_identity writes it) into o's pool, gem_p, bf16, flip and
+ * input_size ("-in<N>", else 0: the model's own), leaving the rest of o as
+ * it is. A "-norm" digest cannot be turned back into values: mean, scale
+ * and std are left as they are, so a model loaded with o has the
+ * normalisation they give, and its identity differs from this one unless
+ * they are the values the digest was made of. Returns 0, or MS_EINVAL
+ * (nothing changed) for any text model_identity never writes (another
+ * order, an element twice, "-in0", "-in99999", "-normXYZ", ...). */
 int model_options_from_identity(const char *identity, model_options *o);
 const char *model_name(const model *m);
 const char *model_sha256(const model *m);      /* 64 hex chars */

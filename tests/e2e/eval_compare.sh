@@ -4,7 +4,9 @@
 # with --flip) must
 # give exactly the figures of a collection ingested that way directly, the
 # unchanged side must equal a plain eval, and --workdir must keep and reuse
-# the scratch collection. Uses a patient-complete subset of the NIH 64 px
+# the scratch collection. Also: collections keep their pooling and input
+# size (later commands use them without the flags), and refuse vectors made
+# otherwise. Uses a patient-complete subset of the NIH 64 px
 # dev set (about 1 patient in EVAL_SUBSET_MOD, default 4).
 set -u
 . "$(dirname "$0")/devset/common.sh"
@@ -96,6 +98,38 @@ if "$BIN" search --db "$tmp/gemflip.db" --model "$MODEL" --pool gem -k 1 "$q" >/
   fail "search without --flip was accepted on a --flip collection"
 fi
 grep -q "holds vectors of model .*gem3-flip, not of .*gem3:" "$tmp/s2.err" || fail "unclear message without --flip: $(cat "$tmp/s2.err")"
+# The input size is part of the identity too, and adopted on its own: a
+# collection ingested with --input-size 160 is searched at 160 without the
+# flag, also when a pooling flag is given (a stored image scores 1.0); at
+# --input-size 224 it is refused with both identities named, and so is an
+# ingest with another --mean (which the identity records as a digest). Flags
+# that restate the model's own preprocessing (its metadata) change nothing.
+head -20 "$tmp/files" >"$tmp/few"
+xargs -d '\n' "$BIN" ingest --db "$tmp/in160.db" --model "$MODEL" --pool gem --input-size 160 <"$tmp/few" \
+  >"$tmp/in160.log" 2>&1 || { tail -5 "$tmp/in160.log"; fail "ingest --input-size 160"; }
+"$BIN" info --db "$tmp/in160.db" --json >"$tmp/in160.json" || fail "info on the --input-size 160 collection"
+$PY -c 'import json,sys; m=json.load(open(sys.argv[1]))["model"]; assert m.endswith(":gem3-in160"), m' \
+  "$tmp/in160.json" || fail "the identity does not record --input-size 160"
+for opts in "" "--pool gem" "--input-size 160"; do
+  # shellcheck disable=SC2086
+  "$BIN" search --db "$tmp/in160.db" --model "$MODEL" $opts -k 1 --json "$q" >"$tmp/s.json" 2>"$tmp/s.err" ||
+    { cat "$tmp/s.err"; fail "search the --input-size 160 collection with '$opts'"; }
+  $PY -c 'import json,sys; r=json.load(open(sys.argv[1]))["results"][0]; assert r["score"] > 0.99999, r' "$tmp/s.json" ||
+    fail "a stored image does not score 1.0 at input size 160 with '$opts'"
+done
+"$BIN" search --db "$tmp/in160.db" --model "$MODEL" --input-size 224 -k 1 "$q" >/dev/null 2>"$tmp/s3.err"
+rc=$?
+[ $rc -eq 3 ] || fail "search at --input-size 224 of a 160 collection: exit $rc, not 3"
+grep -q "holds vectors of model .*:gem3-in160, not of .*:gem3:" "$tmp/s3.err" ||
+  fail "unclear message at --input-size 224: $(cat "$tmp/s3.err")"
+"$BIN" ingest --db "$tmp/in160.db" --model "$MODEL" --mean 100 "$q" >/dev/null 2>"$tmp/i3.err"
+rc=$?
+[ $rc -eq 3 ] || fail "ingest with another --mean: exit $rc, not 3"
+grep -Eq "holds vectors of model .*:gem3-in160, not of .*:gem3-in160-norm[0-9a-f]{8}:" "$tmp/i3.err" ||
+  fail "unclear message with another --mean: $(cat "$tmp/i3.err")"
+xargs -d '\n' "$BIN" ingest --db "$tmp/gem.db" --model "$MODEL" --input-size 224 --mean 127.5 --std 127.5 \
+  <"$tmp/few" >"$tmp/own.log" 2>&1 || { tail -5 "$tmp/own.log"; fail "ingest with the model's own preprocessing"; }
+grep -q "ingested 0," "$tmp/own.log" || fail "ingest with the model's own preprocessing: $(tail -2 "$tmp/own.log")"
 # Without --workdir nothing is left behind in TMPDIR.
 mkdir "$tmp/t"
 TMPDIR=$tmp/t "$BIN" eval --db "$tmp/avg.db" --rule any --quiet --model "$MODEL" --compare "" "pool=max" \

@@ -228,6 +228,23 @@ static void test_parse(void **state)
     assert_int_equal(c.model_opt.input_size, 256);
     assert_true(c.json);
     free(args);
+    /* what is asked for is not taken from the collection, each group on its own */
+    engine_options eo;
+    cli_engine_options(&c, &eo);
+    assert_false(eo.pooling_from_collection);
+    assert_false(eo.prep_from_collection);
+    char *a_pool[] = {"test", "f", "--pool", "gem", NULL}, *a_size[] = {"test", "f", "--input-size", "288", NULL};
+    assert_int_equal(parse(4, a_pool, &c, &args, &n, &code), 1);
+    free(args);
+    cli_engine_options(&c, &eo);
+    assert_false(eo.pooling_from_collection);
+    assert_true(eo.prep_from_collection);
+    assert_int_equal(parse(4, a_size, &c, &args, &n, &code), 1);
+    free(args);
+    cli_engine_options(&c, &eo);
+    assert_true(eo.pooling_from_collection);
+    assert_false(eo.prep_from_collection);
+    assert_int_equal(eo.model.input_size, 288);
 
     char *a2[] = {"test", "--", "-odd-name.png", NULL};
     assert_int_equal(parse(3, a2, &c, &args, &n, &code), 1);

@@ -548,6 +548,80 @@ static void test_model_change_and_reembed(void **state)
     fx->e = open_engine(fx->db, G.model_ft, 0, NULL);
 }
 
+/* Opens db with the model at input size `size` (0: the model's own), GeM
+ * pooling or not, mean or not, adopting from the collection what the flags
+ * adopt/prep say; returns engine_open's code and the identity in force. */
+static int open_prep(const char *db, int size, int gem, const char *mean, int adopt_pool, int adopt_prep,
+                     engine **e, char *identity, ms_err *err)
+{
+    engine_options o;
+    engine_options_init(&o);
+    o.db = db;
+    o.model_path = G.model;
+    o.model.input_size = size;
+    o.model.pool = gem ? MODEL_POOL_GEM : MODEL_POOL_OUTPUT;
+    o.model.mean = mean;
+    o.pooling_from_collection = adopt_pool;
+    o.prep_from_collection = adopt_prep;
+    *e = NULL;
+    int rc = engine_open(&o, e, NULL, err);
+    if (!rc) {
+        engine_stats st;
+        engine_get_stats(*e, &st);
+        snprintf(identity, 256, "%s", st.model_identity);
+    }
+    return rc;
+}
+
+/* A collection made at --input-size 160 records it ("-in160") and is used
+ * at 160 by whoever does not ask for a size, pooling flags or not; asking
+ * for the model's own size, or for another mean ("-norm..."), is refused
+ * with both identities named. */
+static void test_collection_keeps_input_size(void **state)
+{
+    (void)state;
+    char *db = suite_new_db();
+    assert_non_null(db);
+    char id[256];
+    engine *e;
+    ms_err err = {0};
+    assert_int_equal(open_prep(db, 160, 1, NULL, 0, 0, &e, id, &err), 0);
+    assert_non_null(strstr(id, ":gem3-in160"));
+    engine_item items[4];
+    engine_item_result res[4];
+    for (int i = 0; i < 4; i++)
+        items[i] = (engine_item){G.s[i].bytes, G.s[i].len, &G.s[i].meta};
+    assert_int_equal(engine_ingest_batch(e, items, 4, res, &err), 0);
+    engine_close(e);
+
+    /* nothing asked: both adopted; a pooling asked: the size still adopted */
+    const int gem[] = {0, 1}, adopt_pool[] = {1, 0};
+    for (int k = 0; k < 2; k++) {
+        char now[256];
+        int rc = open_prep(db, 0, gem[k], NULL, adopt_pool[k], 1, &e, now, &err);
+        if (rc)
+            print_message("open: %s\n", err.msg);
+        assert_int_equal(rc, 0);
+        assert_string_equal(now, id);
+        engine_result *r;
+        int n = search_bytes(e, &G.s[2], 1, NULL, &r);
+        assert_int_equal(n, 1);
+        assert_int_equal(r[0].id, res[2].id);
+        assert_true(r[0].score >= 0.9999f);
+        engine_results_free(r, n);
+        engine_close(e);
+    }
+
+    /* a size asked for (the model's own 224), or another mean: refused */
+    assert_int_equal(open_prep(db, 224, 0, NULL, 1, 0, &e, id, &err), MS_ECONFLICT);
+    assert_null(e);
+    assert_non_null(strstr(err.msg, ":gem3-in160, not of "));
+    assert_non_null(strstr(err.msg, ":gem3:"));
+    assert_int_equal(open_prep(db, 0, 0, "100", 1, 1, &e, id, &err), MS_ECONFLICT);
+    assert_non_null(strstr(err.msg, ":gem3-in160-norm"));
+    free(db);
+}
+
 static void test_check_detects_mismatch(void **state)
 {
     fixture *fx = *state;
@@ -756,6 +830,7 @@ static int run_engine_suite(const char *group)
         cmocka_unit_test_setup_teardown(test_bad_item_fails_alone, setup, teardown),
         cmocka_unit_test_setup_teardown(test_persist_reload_stale_damaged, setup, teardown),
         cmocka_unit_test_setup_teardown(test_model_change_and_reembed, setup, teardown),
+        cmocka_unit_test(test_collection_keeps_input_size),
         cmocka_unit_test_setup_teardown(test_check_detects_mismatch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_delete, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_queries, setup, teardown),

@@ -710,12 +710,14 @@ static void test_options_from_identity(void **state)
             ms_err err = {0};
             assert_int_equal(model_load_buffer(buf, len, "a:b.onnx", &o, &m, &err), 0);
             model_options_init(&back);
-            back.input_size = 99; /* left alone */
+            back.input_size = 99; /* no "-in": the model's own */
+            back.mean = "7";      /* left alone */
             assert_int_equal(model_options_from_identity(model_identity(m), &back), 0);
             assert_int_equal(back.pool, o.pool);
             assert_int_equal(back.flip, flip);
             assert_int_equal(back.bf16, 0);
-            assert_int_equal(back.input_size, 99);
+            assert_int_equal(back.input_size, 0);
+            assert_string_equal(back.mean, "7");
             if (o.pool == MODEL_POOL_GEM)
                 assert_true(back.gem_p == 2.5f);
             model_free(m);
@@ -724,8 +726,25 @@ static void test_options_from_identity(void **state)
     model_options_init(&o);
     assert_int_equal(model_options_from_identity("m:ab:1280:gem3-bf16-flip", &o), 0);
     assert_true(o.pool == MODEL_POOL_GEM && o.gem_p == 3.0f && o.bf16 == 1 && o.flip == 1);
+    assert_int_equal(o.input_size, 0);
+    assert_int_equal(model_options_from_identity("m:ab:1280:gem1e-05-bf16-flip-in288-norm0123abcd", &o), 0);
+    assert_true(o.pool == MODEL_POOL_GEM && o.gem_p == 1e-5f && o.bf16 == 1 && o.flip == 1);
+    assert_int_equal(o.input_size, 288);
+    assert_null(o.mean); /* a digest is not values */
+    assert_int_equal(model_options_from_identity("m:ab:1280:avg-norm0123abcd", &o), 0);
+    assert_true(o.pool == MODEL_POOL_AVG && o.bf16 == 0 && o.flip == 0 && o.input_size == 0);
+    assert_int_equal(model_options_from_identity("m:ab:1280:output-in8", &o), 0);
+    assert_int_equal(o.input_size, 8);
     static const char *bad[] = {"gem3", "m:ab:1:", "m:ab:1:gem", "m:ab:1:gemx", "m:ab:1:gem0", "m:ab:1:gem200",
-                                "m:ab:1:avg-flop", "m:ab:1:avg-flip-bf16", "m:ab:1:median", "m:ab:1:max-flip "};
+                                "m:ab:1:avg-flop", "m:ab:1:avg-flip-bf16", "m:ab:1:median", "m:ab:1:max-flip ",
+                                "m:ab:1:gem 3", "m:ab:1:gem3.0", "m:ab:1:gem+3", "m:ab:1:avg-", "m:ab:1:avg--flip",
+                                "m:ab:1:avg-flip-flip", "m:ab:1:avg-in", "m:ab:1:avg-in0", "m:ab:1:avg-in7",
+                                "m:ab:1:avg-in4097", "m:ab:1:avg-in99999", "m:ab:1:avg-in0288", "m:ab:1:avg-in+288",
+                                "m:ab:1:avg-in 288", "m:ab:1:avg-in288x", "m:ab:1:avg-in288-in288",
+                                "m:ab:1:avg-in288-flip", "m:ab:1:avg-norm", "m:ab:1:avg-normXYZ",
+                                "m:ab:1:avg-norm0123abc", "m:ab:1:avg-norm0123abcde", "m:ab:1:avg-norm0123ABCD",
+                                "m:ab:1:avg-norm0123abcd-in288", "m:ab:1:avg-norm0123abcd-norm0123abcd",
+                                "m:ab:1:avg-norm0123abcd-flip", "m:ab:1:avg-in288-norm0123abcd-"};
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         model_options before, after;
         model_options_init(&before);
@@ -735,6 +754,122 @@ static void test_options_from_identity(void **state)
         assert_memory_equal(&after, &before, sizeof before);
     }
     assert_int_equal(model_options_from_identity(NULL, &o), MS_EINVAL);
+    pool_free();
+}
+
+/* The identity's part for a given pooling part and preprocessing flags. */
+static const char *prep_id(const uint8_t *buf, size_t len, const model_options *o, char *out, size_t out_len)
+{
+    model *m;
+    ms_err err = {0};
+    assert_int_equal(model_load_buffer(buf, len, "m.onnx", o, &m, &err), 0);
+    snprintf(out, out_len, "%s", strrchr(model_identity(m), ':') + 1);
+    model_free(m);
+    return out;
+}
+
+/* "-norm" and the first 8 hex digits of SHA-256 of the documented text of
+ * the mean and scale a model loaded with o uses. */
+static void norm_suffix(const uint8_t *buf, size_t len, const model_options *o, char out[16])
+{
+    model *m;
+    ms_err err = {0};
+    assert_int_equal(model_load_buffer(buf, len, "m.onnx", o, &m, &err), 0);
+    const image_prep *p = model_prep(m);
+    char text[192], hex[65];
+    snprintf(text, sizeof text, "mean %.9g,%.9g,%.9g scale %.9g,%.9g,%.9g", (double)p->mean[0], (double)p->mean[1],
+             (double)p->mean[2], (double)p->scale[0], (double)p->scale[1], (double)p->scale[2]);
+    ms_sha256_hex(text, strlen(text), hex);
+    snprintf(out, 16, "-norm%.8s", hex);
+    model_free(m);
+}
+
+/* Preprocessing flags that change the model's own preprocessing are in the
+ * identity ("-in<N>", "-norm<digest>"); flags that restate it are not, so
+ * that identities of collections made without flags never change. */
+static void test_prep_identity(void **state)
+{
+    (void)state;
+    mb b;
+    base(&b); /* no metadata: the declared 8 x 8 and the ImageNet convention */
+    size_t len;
+    uint8_t *buf = mb_pack(&b, &len);
+    char id[96], want[128], norm[16], norm2[16];
+    model_options o;
+
+    model_options_init(&o);
+    assert_string_equal(prep_id(buf, len, &o, id, sizeof id), "output");
+    o.input_size = 8;
+    o.mean = "123.675,116.28,103.53";
+    o.std = "58.395,57.12,57.375";
+    assert_string_equal(prep_id(buf, len, &o, id, sizeof id), "output");
+    o.std = NULL;
+    o.scale = "0.0171247538,0.0175070028,0.0174291939"; /* 1/std, to float rounding */
+    assert_string_equal(prep_id(buf, len, &o, id, sizeof id), "output");
+
+    model_options_init(&o);
+    o.input_size = 16;
+    assert_string_equal(prep_id(buf, len, &o, id, sizeof id), "output-in16");
+
+    model_options_init(&o);
+    o.mean = "100";
+    norm_suffix(buf, len, &o, norm);
+    snprintf(want, sizeof want, "output%s", norm);
+    assert_string_equal(prep_id(buf, len, &o, id, sizeof id), want);
+    assert_string_equal(prep_id(buf, len, &o, id, sizeof id), want); /* the same at every load */
+    o.mean = "100,100,100";
+    assert_string_equal(prep_id(buf, len, &o, id, sizeof id), want); /* the values, not the text */
+    o.mean = "101";
+    norm_suffix(buf, len, &o, norm2);
+    assert_string_not_equal(norm, norm2);
+    model_options_init(&o);
+    o.std = "50";
+    norm_suffix(buf, len, &o, norm2);
+    assert_string_not_equal(norm, norm2);
+    snprintf(want, sizeof want, "output%s", norm2);
+    assert_string_equal(prep_id(buf, len, &o, id, sizeof id), want);
+    o.std = NULL;
+    o.scale = "0.02"; /* = 1/50 */
+    assert_string_equal(prep_id(buf, len, &o, id, sizeof id), want);
+
+    /* everything at once, in the documented order, and read back */
+    model_options_init(&o);
+    o.pool = MODEL_POOL_GEM;
+    o.flip = 1;
+    o.input_size = 16;
+    o.mean = "100";
+    snprintf(want, sizeof want, "gem3-flip-in16%s", norm);
+    assert_string_equal(prep_id(buf, len, &o, id, sizeof id), want);
+    model_options back;
+    model_options_init(&back);
+    snprintf(want, sizeof want, "m:x:4:%s", id);
+    assert_int_equal(model_options_from_identity(want, &back), 0);
+    assert_true(back.pool == MODEL_POOL_GEM && back.gem_p == 3.0f && back.flip == 1 && back.bf16 == 0);
+    assert_int_equal(back.input_size, 16);
+    assert_null(back.mean);
+    back.mean = "100"; /* the digest's values, given again */
+    char again[128];
+    assert_string_equal(prep_id(buf, len, &back, again, sizeof again), id);
+
+    /* the model's own from its metadata; a bad value has no own: a flag then always differs */
+    base(&b);
+    mb_meta(&b, "medsearch.input_size", "16");
+    mb_meta(&b, "medsearch.mean", "1,2,3");
+    mb_meta(&b, "medsearch.scale", "0.25");
+    buf = mb_pack(&b, &len);
+    model_options_init(&o);
+    o.input_size = 16;
+    o.mean = "1,2,3";
+    o.std = "4";
+    assert_string_equal(prep_id(buf, len, &o, id, sizeof id), "output");
+    o.input_size = 8;
+    assert_string_equal(prep_id(buf, len, &o, id, sizeof id), "output-in8");
+    base(&b);
+    mb_meta(&b, "medsearch.input_size", "0");
+    buf = mb_pack(&b, &len);
+    model_options_init(&o);
+    o.input_size = 8;
+    assert_string_equal(prep_id(buf, len, &o, id, sizeof id), "output-in8");
     pool_free();
 }
 
@@ -833,6 +968,7 @@ int main(void)
         cmocka_unit_test(test_nesting_bomb), cmocka_unit_test(test_graph_errors),
         cmocka_unit_test(test_metadata),     cmocka_unit_test(test_pooling),
         cmocka_unit_test(test_flip),         cmocka_unit_test(test_options_from_identity),
+        cmocka_unit_test(test_prep_identity),
         cmocka_unit_test(test_l2_normalise), cmocka_unit_test(test_no_page_faults),
         cmocka_unit_test(test_mutations),
     };
