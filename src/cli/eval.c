@@ -35,49 +35,12 @@
 
 #include "cli/cli.h"
 #include "cli/common.h"
+#include "cli/eval_internal.h"
 #include "engine.h"
 #include "eval/metrics.h"
 #include "util/err.h"
 #include "util/timing.h"
 
-#define EVAL_MAX_K 1000
-#define EVAL_MAX_QE 100
-#define EVAL_MAX_THREADS 64
-
-/* One evaluated configuration: how vectors are made and how search runs. */
-typedef struct eval_config {
-    char text[256];           /* as the user wrote it, for the report */
-    const char *model_path;   /* NULL: --model's (or the default model) */
-    char model_buf[1024];
-    int pool_set;
-    model_pool pool;
-    float gem_p;              /* > 0 when set */
-    int flip;                 /* -1: the command's --flip; 0 off; 1 on */
-    int qe;                   /* -1: the command's --qe */
-    int center;               /* -1: as the collection is; 0 off; 1 on */
-} eval_config;
-
-typedef struct eval_args {
-    cli_common common;        /* --db, --model and its options, --json */
-    const char *db, *out_md, *per_query, *workdir, *rule_name, *compare_a;
-    int k, qe, json, threads, quiet;
-    eval_rule rule;
-    int compare;
-    eval_config cfg[2];
-} eval_args;
-
-/* The outcome of evaluating one configuration. */
-typedef struct eval_outcome {
-    eval_query_score *scores; /* one per truth image, in truth order */
-    eval_summary summary;
-    char identity[256];
-    int qe;
-    int qe_from_collection;   /* qe is the collection's default (medsearch qe) */
-    int center_off;           /* evaluated with centering off */
-    size_t center_from;       /* vectors of the center used; 0 = not centred */
-    double seconds;
-    size_t searched;
-} eval_outcome;
 
 static const char ABOUT[] =
     "Measures retrieval quality on a collection ingested with labels. Every labelled\n"
@@ -105,6 +68,14 @@ static const char ABOUT[] =
     "computed in memory); either opens the collection a second time and changes\n"
     "nothing in it. A collection of fewer than 256 images has no center either way.\n"
     "To choose the policy: medsearch eval --compare \"center=off\" \"center=on\".\n"
+    "\n"
+    "--tune tries the search settings a collection can change without re-embedding:\n"
+    "query expansion 0, 1, 2, 3 and 5, each with centering on and off, on the same\n"
+    "queries, each paired with the collection's current settings. The best is\n"
+    "recommended only when it gains more than two standard errors of mAP@k (it is\n"
+    "chosen on the queries it is scored on); --apply records it (medsearch qe,\n"
+    "medsearch center).\n"
+    "\n"
     "Example: medsearch eval --rule exact --compare \"pool=avg,center=off\" \"pool=gem,qe=2\"";
 
 /* Value checks shared by the flags and the --compare configurations. */
@@ -187,7 +158,7 @@ static int parse_config(const char *text, eval_config *c, char *why, size_t why_
 
 static const cli_command EVAL_CMD_BASE = {
     .name = "eval",
-    .args = "[--compare A B]",
+    .args = "[--compare A B | --tune [--apply]]",
     .about = ABOUT,
     .common = CLI_DB | CLI_MODEL | CLI_JSON,
     .min_args = 0,
@@ -214,6 +185,8 @@ static int parse_args(int argc, char **argv, eval_args *a)
          EVAL_MAX_THREADS},
         {"compare", 0, CLI_STRING, &a->compare_a, "A B", "evaluate configurations A and B on the same queries", 0, 0},
         {"workdir", 0, CLI_STRING, &a->workdir, "DIR", "keep and reuse --compare's scratch collections in DIR", 0, 0},
+        {"tune", 0, CLI_FLAG, &a->tune, NULL, "try query expansion 0-5 and centering on/off, recommend the best", 0, 0},
+        {"apply", 0, CLI_FLAG, &a->apply, NULL, "with --tune: make the recommendation the collection's defaults", 0, 0},
         {"quiet", 'q', CLI_FLAG, &a->quiet, NULL, "no progress on stderr", 0, 0},
         {0},
     };
@@ -240,6 +213,12 @@ static int parse_args(int argc, char **argv, eval_args *a)
         bad = 1;
     } else if (a->workdir && !a->compare_a) {
         snprintf(why, sizeof why, "--workdir only applies with --compare");
+        bad = 1;
+    } else if (a->apply && !a->tune) {
+        snprintf(why, sizeof why, "--apply only applies with --tune");
+        bad = 1;
+    } else if (a->tune && (a->compare_a || a->qe != ENGINE_QE_COLLECTION || a->out_md || a->per_query)) {
+        snprintf(why, sizeof why, "--tune tries its own settings: it takes none of --compare, --qe, --out, --per-query");
         bad = 1;
     }
     free(args);
@@ -592,11 +571,6 @@ static int remove_scratch(const char *dir, const char *db)
 
 /* ---- one configuration ---- */
 
-typedef struct eval_env {
-    const eval_args *a;
-    engine *main;
-    const eval_truth *truth;
-} eval_env;
 
 /* Whether the configuration makes other vectors than the collection's
  * (another model, pooling, GeM p or flip): it is then re-embedded. */
@@ -733,7 +707,7 @@ static int open_scratch(const eval_env *env, engine_options *o, const char *iden
     return rc;
 }
 
-static int evaluate_config(const eval_env *env, const eval_config *c, eval_outcome *res, ms_err *err)
+int evaluate_config(const eval_env *env, const eval_config *c, eval_outcome *res, ms_err *err)
 {
     const eval_args *a = env->a;
     size_t n = eval_truth_count(env->truth);
@@ -812,7 +786,7 @@ out:
     return rc;
 }
 
-static void outcome_free(eval_outcome *r)
+void outcome_free(eval_outcome *r)
 {
     free(r->scores);
     eval_summary_free(&r->summary);
@@ -825,7 +799,7 @@ static void metric_name(const eval_summary *s, int c, char *out, size_t len)
     snprintf(out, len, "P@%d", s->cuts[c]);
 }
 
-static json_t *jnum(double v)
+json_t *jnum(double v)
 {
     return isfinite(v) ? json_real(v) : json_null();
 }
@@ -875,12 +849,8 @@ static json_t *summary_json(const eval_summary *s, const eval_outcome *r)
     return o;
 }
 
-/* Paired differences B - A of AP@k and P@k over the queries both scored. */
-typedef struct eval_pairs {
-    eval_paired ap, pk;
-} eval_pairs;
 
-static int pair_outcomes(const eval_outcome *x, const eval_outcome *y, size_t n, eval_pairs *p, ms_err *err)
+int pair_outcomes(const eval_outcome *x, const eval_outcome *y, size_t n, eval_pairs *p, ms_err *err)
 {
     double *a = malloc((n ? n : 1) * 4 * sizeof *a);
     if (!a)
@@ -908,6 +878,13 @@ static json_t *paired_json(const eval_paired *p)
                      "b", jnum(p->mean_b), "diff", jnum(p->diff), "se", jnum(p->se));
 }
 
+json_t *protocol_json(const eval_args *a)
+{
+    return json_pack("{s:s,s:i,s:s,s:s,s:s}", "rule", eval_rule_name(a->rule), "k", a->k, "gallery",
+                     "every other image except the query's patient's", "similarity",
+                     "cosine (after subtracting the collection's center when it has one)", "ties", "smaller id first");
+}
+
 static json_t *report_json(const eval_args *a, const eval_outcome *r, int nr, const eval_pairs *pairs)
 {
     json_t *root;
@@ -930,11 +907,7 @@ static json_t *report_json(const eval_args *a, const eval_outcome *r, int nr, co
                                                       "diff", "B - A over queries scored by both"));
     }
     json_object_set_new(root, "db", json_string(a->db));
-    json_object_set_new(root, "protocol",
-                        json_pack("{s:s,s:i,s:s,s:s,s:s}", "rule", eval_rule_name(a->rule), "k", a->k,
-                                  "gallery", "every other image except the query's patient's",
-                                  "similarity", "cosine (after subtracting the collection's center when it has one)",
-                                  "ties", "smaller id first"));
+    json_object_set_new(root, "protocol", protocol_json(a));
     return root;
 }
 
@@ -1106,7 +1079,7 @@ static int write_per_query(const eval_args *a, const eval_truth *t, const eval_o
 
 /* ---- the command ---- */
 
-static int exit_code_for(int rc)
+int eval_exit_code(int rc)
 {
     return rc == MS_ENOTFOUND || rc == MS_EDB || rc == MS_EIO || rc == MS_ECONFLICT ? EXIT_ENV : 1;
 }
@@ -1142,15 +1115,20 @@ int cmd_eval(int argc, char **argv)
     eval_pairs pairs = {0};
     if ((rc = load_truth(env.main, a.rule, &truth, &err))) {
         fprintf(stderr, "medsearch eval: %s: %s\n", a.db, err.msg);
-        code = exit_code_for(rc);
+        code = eval_exit_code(rc);
         goto out;
     }
     env.truth = truth;
+    if (a.tune) {
+        nr = 0;
+        code = eval_tune(&env);
+        goto out;
+    }
     for (int i = 0; i < nr; i++)
         if ((rc = evaluate_config(&env, a.compare ? &a.cfg[i] : NULL, &res[i], &err))) {
             fprintf(stderr, "medsearch eval: %s%s%s\n", a.compare ? a.cfg[i].text : "",
                     a.compare ? ": " : "", err.msg);
-            code = exit_code_for(rc);
+            code = eval_exit_code(rc);
             goto out;
         }
     if (res[0].summary.scored == 0) {

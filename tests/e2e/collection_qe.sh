@@ -83,6 +83,15 @@ grep -q "query expansion with the top 2 (the collection's default)" "$tmp/eval.t
 [ "$(field "$tmp/info.json" 'd["search_qe"]')" = 2 ] || fail "info --json does not show the default"
 "$BIN" info --db "$db" 2>/dev/null | grep -Eq '^query expansion +2$' || fail "info (text) does not show the default"
 
+# eval --tune on a collection too small for a center: only query expansion
+# varies, and the current default (2) is among the candidates.
+"$BIN" eval --db "$db" --rule exact --tune --json -q >"$tmp/tune.json" 2>"$tmp/tune.err" || { cat "$tmp/tune.err"; fail "eval --tune"; }
+[ "$(field "$tmp/tune.json" '[(c["center"], c["qe"], c["current"]) for c in d["candidates"]]')" = \
+  "[('off', 0, False), ('off', 1, False), ('off', 2, True), ('off', 3, False), ('off', 5, False)]" ] ||
+  fail "--tune candidates on $N images: $(field "$tmp/tune.json" 'd["candidates"]')"
+"$BIN" eval --db "$db" --rule exact --tune -q 2>/dev/null | grep -q "no center, so only query expansion varies" ||
+  fail "--tune (text) does not say why the centering is not tried"
+
 # Bad arguments: usage errors, nothing created, nothing changed.
 for bad in -1 abc 101 1.5 "" 2x; do
   rc=0
