@@ -8,11 +8,17 @@ SHARED=${MEDSEARCH_SHARED:-$(cd .. && pwd)/shared}
 MODEL=$SHARED/models/mobilenet_v2_1.0_224_imagenet.onnx
 [ -f "$MODEL" ] || { echo "skip: $MODEL absent"; exit 77; }
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-mkdir "$tmp/imgs"; ls "$SHARED"/data/nih_cxr14_64px/images/*.png | head -8 | xargs -I{} cp {} "$tmp/imgs/"
+# The first 8 rows of the labels file: three patients share a finding with
+# another patient, so eval has queries to score.
+mkdir "$tmp/imgs"
+sed -n 2,9p "$SHARED/data/nih_cxr14_64px/labels.csv" | cut -d, -f1 | xargs -I{} cp "$SHARED/data/nih_cxr14_64px/{}" "$tmp/imgs/"
 vg="valgrind --error-exitcode=9 --leak-check=full --errors-for-leak-kinds=definite --quiet"
-$vg ./medsearch ingest --db "$tmp/c.db" --model "$MODEL" "$tmp/imgs"
+$vg ./medsearch ingest --db "$tmp/c.db" --model "$MODEL" --labels "$SHARED/data/nih_cxr14_64px/labels.csv" "$tmp/imgs"
 q=$(ls "$tmp"/imgs/*.png | head -1)
 $vg ./medsearch search --db "$tmp/c.db" --model "$MODEL" -k 3 "$q"
+$vg ./medsearch qe 2 --db "$tmp/c.db"
+$vg ./medsearch search --db "$tmp/c.db" --model "$MODEL" -k 3 --json "$q" >/dev/null
+$vg ./medsearch eval --db "$tmp/c.db" --rule any --tune --apply -q
 $vg ./medsearch check --db "$tmp/c.db"
 $vg ./medsearch info --db "$tmp/c.db"
 echo "valgrind: clean"

@@ -152,8 +152,13 @@ static int apply_pick(const eval_env *env, const tune_state *t, ms_err *err)
 {
     const candidate *p = &t->c[t->pick];
     int rc = 0;
-    if (p->qe != t->now_qe)
-        rc = store_set_search_qe(engine_store(env->main), p->qe, err);
+    if (p->qe != t->now_qe) {
+        store *s;
+        if ((rc = store_open(env->a->db, &s, err)) == 0) {
+            rc = store_set_search_qe(s, p->qe, err);
+            store_close(s);
+        }
+    }
     if (rc == 0 && p->center != t->now_center) {
         rc = engine_set_center_policy(env->main, !p->center, err);
         if (rc == 0)
