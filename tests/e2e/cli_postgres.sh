@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The collection commands on a real, throwaway PostgreSQL server
 # (tests/tools/pg_start.sh): ingest with labels, search finds the image first
-# with score 1.0, filters, check, delete, SIGKILL during ingest, resume.
+# with score 1.0, filters, the query-expansion default and eval --tune, check,
+# delete, SIGKILL during ingest, resume.
 set -u
 BIN=${MEDSEARCH_BIN:?MEDSEARCH_BIN is not set (tests/run.sh sets it)}
 SHARED=${MEDSEARCH_SHARED:-}
@@ -49,6 +50,21 @@ q=$T/set/images/$(ls "$T/set/images" | sed -n 100p)
 "$BIN" search "$q" --db "$URI" -k 10 --filter 'labels:Effusion' --json >"$T/f.json" || fail "filtered search"
 [ "$(json "$T/f.json" "len(d['results']) > 0 and all('Effusion' in r['labels'] for r in d['results'])")" = True ] ||
   fail "labels:Effusion returned other images"
+
+echo "== the query-expansion default and eval --tune on PostgreSQL"
+"$BIN" qe 2 --db "$URI" >/dev/null 2>&1 || fail "qe 2"
+"$BIN" qe --db "$URI" --json >"$T/qe.json" 2>/dev/null && [ "$(json "$T/qe.json" "(d['qe'], d['backend'])")" = "(2, 'postgresql')" ] ||
+  fail "qe --json on PostgreSQL: $(cat "$T/qe.json")"
+"$BIN" search "$q" --db "$URI" -k 5 --json >"$T/s2.json" || fail "search with the default"
+"$BIN" search "$q" --db "$URI" -k 5 --qe 2 --json >"$T/s3.json" || fail "search --qe 2"
+[ "$(json "$T/s2.json" "(d['qe'], [(r['id'], r['score']) for r in d['results']])")" = \
+  "$(json "$T/s3.json" "(d['qe'], [(r['id'], r['score']) for r in d['results']])")" ] || fail "the default 2 differs from --qe 2"
+"$BIN" eval --db "$URI" --rule any --tune --json -q >"$T/tune.json" 2>"$T/tune.err" || { cat "$T/tune.err"; fail "eval --tune"; }
+[ "$(json "$T/tune.json" "(d['current']['qe'], len(d['candidates']))")" = "(2, 5)" ] ||
+  fail "eval --tune on 240 images: $(head -c 300 "$T/tune.json")"
+"$BIN" qe 0 --db "$URI" >/dev/null 2>&1 || fail "qe 0"
+"$BIN" check --db "$URI" >/dev/null 2>&1 || fail "check after qe"
+
 id=$(json "$T/s.json" "d['results'][0]['id']")
 "$BIN" delete "$id" --db "$URI" >/dev/null || fail "delete"
 [ "$(count)" = 239 ] || fail "delete did not remove the image"
