@@ -531,6 +531,17 @@ static int open_model(engine *e, const engine_options *o, engine_open_report *re
     return rc;
 }
 
+/* A collection setting damaged by hand (MS_EFORMAT) is repaired by setting
+ * it again: the message says with which command. Returns rc. */
+static int with_repair_hint(int rc, ms_err *err, const char *db, const char *command)
+{
+    if (rc == MS_EFORMAT && err) {
+        size_t n = strlen(err->msg);
+        snprintf(err->msg + n, sizeof err->msg - n, "; set it again with `medsearch %s --db %s`", command, db);
+    }
+    return rc;
+}
+
 int engine_open(const engine_options *o, engine **out, engine_open_report *rep, ms_err *err)
 {
     engine_open_report local;
@@ -557,15 +568,11 @@ int engine_open(const engine_options *o, engine **out, engine_open_report *rep, 
     }
     if (!rc)
         rc = open_model(e, o, rep, err);
-    if (!rc && (rc = store_get_center_policy(e->main_store, &e->center_policy_off, err)) == MS_EFORMAT && err) {
-        size_t n = strlen(err->msg);
-        snprintf(err->msg + n, sizeof err->msg - n, "; set it again with `medsearch center auto|off --db %s`",
-                 e->db);
-    }
-    if (!rc && (rc = store_get_search_qe(e->main_store, &e->search_qe, err)) == MS_EFORMAT && err) {
-        size_t n = strlen(err->msg);
-        snprintf(err->msg + n, sizeof err->msg - n, "; set it again with `medsearch qe N --db %s`", e->db);
-    }
+    if (!rc)
+        rc = with_repair_hint(store_get_center_policy(e->main_store, &e->center_policy_off, err), err, e->db,
+                              "center auto|off");
+    if (!rc)
+        rc = with_repair_hint(store_get_search_qe(e->main_store, &e->search_qe, err), err, e->db, "qe N");
     uint64_t t1 = ms_now_ns();
     if (!rc)
         rc = engine_center_open(e, e->main_store, rep, err);

@@ -392,6 +392,23 @@ void cli_center_state(const engine_stats *st, char *out, size_t len)
                            "(ingest, search, serve) or by `medsearch center auto`");
 }
 
+int cli_parse_int_in(const char *s, int lo, int hi, int *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi)
+        return -1;
+    *out = (int)v;
+    return 0;
+}
+
+int cli_collection_missing(const char *db)
+{
+    struct stat st;
+    return strncmp(db, "postgres", 8) && stat(db, &st) != 0;
+}
+
 int cli_parse_center_policy(const char *text, int *off)
 {
     if (!text || (strcmp(text, "auto") && strcmp(text, "off")))

@@ -89,6 +89,15 @@ int cli_read_file(const char *path, size_t max, unsigned char **buf, size_t *len
  * none exists. */
 int cli_find_repo_file(const char *rel, char *out, size_t len);
 
+/* A whole number lo..hi written in full (no sign tricks, no trailing text)
+ * into *out. Returns 0, or -1 with *out unchanged. */
+int cli_parse_int_in(const char *s, int lo, int hi, int *out);
+
+/* Whether db names an SQLite file that does not exist (errno says why):
+ * commands that only read or tune a collection must not create an empty
+ * one as a side effect. A PostgreSQL URI is never "missing" here. */
+int cli_collection_missing(const char *db);
+
 /* A centering policy given on the command line: "auto" (*off = 0) or
  * "off" (*off = 1). Returns 0, or -1 for anything else. */
 int cli_parse_center_policy(const char *text, int *off);

@@ -78,18 +78,6 @@ static const char ABOUT[] =
     "\n"
     "Example: medsearch eval --rule exact --compare \"pool=avg,center=off\" \"pool=gem,qe=2\"";
 
-/* Value checks shared by the flags and the --compare configurations. */
-static int parse_int_in(const char *s, int lo, int hi, int *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi)
-        return -1;
-    *out = (int)v;
-    return 0;
-}
-
 /* "pool=gem,gem_p=3,qe=2,model=PATH" -> config. Returns 0 or -1 with a
  * message in why. */
 static int parse_config(const char *text, eval_config *c, char *why, size_t why_len)
@@ -131,7 +119,7 @@ static int parse_config(const char *text, eval_config *c, char *why, size_t why_
             }
             c->gem_p = (float)p;
         } else if (!strcmp(key, "qe")) {
-            if (parse_int_in(val, 0, EVAL_MAX_QE, &c->qe)) {
+            if (cli_parse_int_in(val, 0, EVAL_MAX_QE, &c->qe)) {
                 snprintf(why, why_len, "qe '%s' is not a whole number from 0 to %d", val, EVAL_MAX_QE);
                 return -1;
             }
@@ -1093,8 +1081,7 @@ int cmd_eval(int argc, char **argv)
     eval_env env = {.a = &a};
     ms_err err = {0};
     /* Evaluating must not create an empty collection as a side effect. */
-    struct stat st;
-    if (strncmp(a.db, "postgres", 8) && stat(a.db, &st)) {
+    if (cli_collection_missing(a.db)) {
         fprintf(stderr, "medsearch eval: no collection at %s (%s): ingest labelled images first, "
                         "e.g. medsearch ingest DIR --labels labels.csv --db %s\n", a.db, strerror(errno), a.db);
         return 1;

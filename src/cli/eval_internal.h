@@ -21,7 +21,7 @@
 #include "eval/metrics.h"
 
 #define EVAL_MAX_K 1000
-#define EVAL_MAX_QE 100
+#define EVAL_MAX_QE STORE_SEARCH_QE_MAX
 #define EVAL_MAX_THREADS 64
 
 /* One evaluated configuration: how vectors are made and how search runs. */

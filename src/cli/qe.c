@@ -15,7 +15,6 @@
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "cli/cli.h"
 #include "cli/common.h"
@@ -50,17 +49,6 @@ static void print_state(const char *db, const char *backend, int qe, int set, in
         printf("%-10s %s%s\n", "qe", now, set ? ", unchanged" : "");
 }
 
-static int parse_qe(const char *text, int *qe)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(text, &end, 10);
-    if (errno || end == text || *end || v < 0 || v > STORE_SEARCH_QE_MAX)
-        return -1;
-    *qe = (int)v;
-    return 0;
-}
-
 int cmd_qe(int argc, char **argv)
 {
     static const cli_command cmd = {
@@ -77,7 +65,7 @@ int cmd_qe(int argc, char **argv)
     if (!cli_parse(&cmd, argc, argv, &c, &args, &n_args, &code))
         return code;
     int set = n_args == 1, qe = 0;
-    if (set && parse_qe(args[0], &qe) != 0) {
+    if (set && cli_parse_int_in(args[0], 0, STORE_SEARCH_QE_MAX, &qe) != 0) {
         fprintf(stderr, "medsearch qe: N is a whole number of neighbours from 0 (off) to %d, not '%s'\n",
                 STORE_SEARCH_QE_MAX, args[0]);
         cli_usage(&cmd, stderr);
@@ -88,8 +76,7 @@ int cmd_qe(int argc, char **argv)
     engine_options o;
     cli_engine_options(&c, &o);
     /* Showing or setting a default must not create an empty collection. */
-    struct stat sb;
-    if (strncmp(o.db, "postgres", 8) && stat(o.db, &sb)) {
+    if (cli_collection_missing(o.db)) {
         fprintf(stderr, "medsearch qe: no collection at %s (%s)\n", o.db, strerror(errno));
         return 1;
     }

@@ -31,9 +31,9 @@ static void print_json(const char *query, int k, int qe, const engine_result *re
     json_t *arr = json_array();
     for (int i = 0; i < n; i++)
         json_array_append_new(arr, result_json(&res[i], i + 1));
-    json_t *o = json_pack("{s:s, s:i, s:i, s:o, s:{s:f, s:f, s:f, s:f, s:f, s:f}}", "query", query, "k", k, "qe", qe, "results",
-                          arr, "timing_ms", "open", open_ms, "decode", t->decode_ms, "embed", t->embed_ms, "index",
-                          t->index_ms, "store", t->store_ms, "total", t->total_ms);
+    json_t *o = json_pack("{s:s, s:i, s:i, s:o, s:{s:f, s:f, s:f, s:f, s:f, s:f}}", "query", query, "k", k, "qe",
+                          qe, "results", arr, "timing_ms", "open", open_ms, "decode", t->decode_ms, "embed",
+                          t->embed_ms, "index", t->index_ms, "store", t->store_ms, "total", t->total_ms);
     json_dumpf(o, stdout, JSON_INDENT(2));
     fputc('\n', stdout);
     json_decref(o);
@@ -79,7 +79,10 @@ int cmd_search(int argc, char **argv)
          "metadata filter, e.g. 'labels:Effusion sex:F age:40-60 view:PA'", 0, 0},
         {"exclude-patient", 0, CLI_STRING, &exclude_patient, "P", "leave out this patient's images", 0, 0},
         {"one-per-patient", 0, CLI_FLAG, &one_per_patient, NULL, "only the best image of each patient", 0, 0},
-        {"qe", 0, CLI_INT, &qe, "N", "query expansion: average the query with its top N, search again (default: the collection's, see medsearch qe)", 0, 100},
+        {"qe", 0, CLI_INT, &qe, "N",
+         "query expansion: average the query with its top N, search again (default: the collection's, see "
+         "medsearch qe)",
+         0, STORE_SEARCH_QE_MAX},
         {"ef", 0, CLI_INT, &ef, "N", "HNSW search breadth (default: the index's)", 1, 100000},
         {"id", 0, CLI_INT, &by_id, "ID", "search with a stored image instead of a file (it is left out)", 1,
          2147483647},
@@ -166,8 +169,8 @@ int cmd_search(int argc, char **argv)
             fprintf(stderr,
                     "query expansion: %d; timing: open %.1f ms (model %.1f, index %.1f); search: decode %.1f, "
                     "embed %.1f, index %.2f, store %.2f, total %.1f ms\n",
-                    engine_resolve_qe(e, qe), rep.open_ms, rep.model_ms, rep.index_ms, t.decode_ms, t.embed_ms, t.index_ms, t.store_ms,
-                    t.total_ms);
+                    engine_resolve_qe(e, qe), rep.open_ms, rep.model_ms, rep.index_ms, t.decode_ms, t.embed_ms,
+                    t.index_ms, t.store_ms, t.total_ms);
         rc = n > 0 ? 0 : 1;
         if (n == 0 && !c.json)
             fprintf(stderr, "medsearch search: nothing matches\n");
