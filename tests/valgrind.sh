@@ -19,6 +19,7 @@ $vg ./medsearch search --db "$tmp/c.db" --model "$MODEL" -k 3 "$q"
 $vg ./medsearch qe 2 --db "$tmp/c.db"
 $vg ./medsearch search --db "$tmp/c.db" --model "$MODEL" -k 3 --json "$q" >/dev/null
 $vg ./medsearch eval --db "$tmp/c.db" --rule any --tune --apply -q
+$vg ./medsearch eval --db "$tmp/c.db" --model "$MODEL" --rule any --tune --vectors --apply -q
 $vg ./medsearch check --db "$tmp/c.db"
 $vg ./medsearch info --db "$tmp/c.db"
 echo "valgrind: clean"

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
+#include "util/progress.h"
 
 /* The common groups, as option tables that write into a cli_common. */
 static void common_options(cli_common *c, unsigned groups, cli_option *out, int *n)
@@ -266,6 +267,32 @@ void cli_engine_options(const cli_common *c, engine_options *o)
     /* what is not asked for (pooling; input size) is an existing collection's own */
     o->pooling_from_collection = !c->pool && c->gem_p == 0 && !c->model_opt.flip;
     o->prep_from_collection = !c->input_size;
+}
+
+static void reembed_progress(void *ctx, size_t done, size_t total)
+{
+    progress *p = ctx;
+    p->total = total;
+    progress_update(p, done);
+}
+
+int cli_reembed_all(const cli_command *cmd, engine *e, int show_progress, size_t *done, ms_err *err)
+{
+    progress p;
+    progress_init(&p, stderr, "reembed", "images", 0, -1);
+    p.enabled = show_progress;
+    int rc = engine_reembed(e, reembed_progress, &p, err);
+    progress_finish(&p);
+    *done = p.done;
+    if (rc)
+        return rc;
+    ms_err later = {0};
+    if (engine_update_center(e, 0, NULL, &later) != 0)
+        cli_error(cmd, &later);
+    ms_err saving = {0};
+    if (engine_flush(e, &saving) != 0)
+        cli_error(cmd, &saving);
+    return 0;
 }
 
 int cli_exit_code(int code)

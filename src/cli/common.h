@@ -72,6 +72,14 @@ void cli_engine_options(const cli_common *c, engine_options *o);
  * 0 or the exit code to return. */
 int cli_open(const cli_command *cmd, const engine_options *o, engine **e, engine_open_report *rep, int verbose);
 
+/* Re-embeds every stored image through e (opened with reembed set), with a
+ * progress bar on stderr when show_progress, then computes the center as
+ * ingest does and persists the index. *done gets the images re-embedded.
+ * Returns 0 or engine_reembed's error. The vectors are then done: a failure
+ * of the center or of saving the index is said on stderr only (the next
+ * open repairs both). */
+int cli_reembed_all(const cli_command *cmd, engine *e, int show_progress, size_t *done, ms_err *err);
+
 /* Exit code for a library error: EXIT_USAGE for MS_EINVAL, EXIT_ENV for a
  * missing model or an unusable database, 1 otherwise. */
 int cli_exit_code(int code);

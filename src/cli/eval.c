@@ -74,7 +74,12 @@ static const char ABOUT[] =
     "queries, each paired with the collection's current settings. The best is\n"
     "recommended only when it gains more than two standard errors of mAP@k (it is\n"
     "chosen on the queries it is scored on); --apply records it (medsearch qe,\n"
-    "medsearch center).\n"
+    "medsearch center). --tune --vectors also tries the ways of making the vectors\n"
+    "from the collection's own model (give it with --model): its pooling and GeM,\n"
+    "each with and without flip, each re-embedded once into a scratch collection\n"
+    "(in --workdir when given) and searched with every candidate above. A\n"
+    "re-embedding must beat the best search setting by the same margin, and flip the\n"
+    "best without it; --apply then re-embeds the collection too (medsearch reembed).\n"
     "\n"
     "Example: medsearch eval --rule exact --compare \"pool=avg,center=off\" \"pool=gem,qe=2\"";
 
@@ -86,6 +91,7 @@ static int parse_config(const char *text, eval_config *c, char *why, size_t why_
     c->qe = -1;
     c->center = -1;
     c->flip = -1;
+    c->bf16 = -1;
     if (strlen(text) >= sizeof c->text) {
         snprintf(why, why_len, "configuration is longer than %zu characters", sizeof c->text - 1);
         return -1;
@@ -146,7 +152,7 @@ static int parse_config(const char *text, eval_config *c, char *why, size_t why_
 
 static const cli_command EVAL_CMD_BASE = {
     .name = "eval",
-    .args = "[--compare A B | --tune [--apply]]",
+    .args = "[--compare A B | --tune [--vectors] [--apply]]",
     .about = ABOUT,
     .common = CLI_DB | CLI_MODEL | CLI_JSON,
     .min_args = 0,
@@ -175,6 +181,8 @@ static int parse_args(int argc, char **argv, eval_args *a)
         {"workdir", 0, CLI_STRING, &a->workdir, "DIR", "keep and reuse --compare's scratch collections in DIR", 0, 0},
         {"tune", 0, CLI_FLAG, &a->tune, NULL, "try query expansion 0-5 and centering on/off, recommend the best", 0, 0},
         {"apply", 0, CLI_FLAG, &a->apply, NULL, "with --tune: make the recommendation the collection's defaults", 0, 0},
+        {"vectors", 0, CLI_FLAG, &a->tune_vectors, NULL,
+         "with --tune: also try GeM pooling and flip (re-embeds with the collection's model)", 0, 0},
         {"quiet", 'q', CLI_FLAG, &a->quiet, NULL, "no progress on stderr", 0, 0},
         {0},
     };
@@ -199,11 +207,11 @@ static int parse_args(int argc, char **argv, eval_args *a)
     } else if (a->compare_a && (parse_config(a->compare_a, &a->cfg[0], why, sizeof why) ||
                                 parse_config(args[0], &a->cfg[1], why, sizeof why))) {
         bad = 1;
-    } else if (a->workdir && !a->compare_a) {
-        snprintf(why, sizeof why, "--workdir only applies with --compare");
+    } else if (a->workdir && !a->compare_a && !a->tune_vectors) {
+        snprintf(why, sizeof why, "--workdir only applies with --compare or --tune --vectors");
         bad = 1;
-    } else if (a->apply && !a->tune) {
-        snprintf(why, sizeof why, "--apply only applies with --tune");
+    } else if ((a->apply || a->tune_vectors) && !a->tune) {
+        snprintf(why, sizeof why, "%s only applies with --tune", a->apply ? "--apply" : "--vectors");
         bad = 1;
     } else if (a->tune && (a->compare_a || a->qe != ENGINE_QE_COLLECTION || a->out_md || a->per_query)) {
         snprintf(why, sizeof why, "--tune tries its own settings: it takes none of --compare, --qe, --out, --per-query");
@@ -562,14 +570,15 @@ static int remove_scratch(const char *dir, const char *db)
 
 /* Whether the configuration makes other vectors than the collection's
  * (another model, pooling, GeM p or flip): it is then re-embedded. */
-static bool config_changes_vectors(const eval_config *c)
+bool eval_config_changes_vectors(const eval_config *c)
 {
-    return c && (c->model_path || c->pool_set || c->gem_p > 0 || c->flip >= 0);
+    return c && (c->model_path || c->pool_set || c->gem_p > 0 || c->flip >= 0 || c->bf16 >= 0 ||
+                 c->input_size > 0);
 }
 
 /* Engine options of a configuration: the command's model options, then
  * what the configuration changes. */
-static void config_options(const eval_env *env, const eval_config *c, engine_options *o)
+void eval_config_options(const eval_env *env, const eval_config *c, engine_options *o)
 {
     cli_engine_options(&env->a->common, o);
     if (c && c->model_path)
@@ -580,7 +589,11 @@ static void config_options(const eval_env *env, const eval_config *c, engine_opt
         o->model.gem_p = c->gem_p;
     if (c && c->flip >= 0)
         o->model.flip = c->flip;
-    if (config_changes_vectors(c)) { /* the configuration and the flags say how vectors are made */
+    if (c && c->bf16 >= 0)
+        o->model.bf16 = c->bf16;
+    if (c && c->input_size > 0)
+        o->model.input_size = c->input_size;
+    if (eval_config_changes_vectors(c)) { /* the configuration and the flags say how vectors are made */
         o->pooling_from_collection = 0;
         o->prep_from_collection = 0;
     }
@@ -603,6 +616,21 @@ static int config_identity(const engine_options *o, char *out, size_t len, ms_er
     snprintf(out, len, "%s", model_identity(m));
     model_free(m);
     return 0;
+}
+
+int eval_config_identity(const eval_env *env, const eval_config *c, char *out, size_t len, ms_err *err)
+{
+    engine_options o;
+    eval_config_options(env, c, &o);
+    return config_identity(&o, out, len, err);
+}
+
+void eval_scratch_remove(const char *workdir, const char *db, const char *identity)
+{
+    char name[64], path[1200];
+    scratch_name(db, identity, name, sizeof name);
+    snprintf(path, sizeof path, "%s/%s", workdir, name);
+    remove_scratch(NULL, path);
 }
 
 /* A scratch collection ranks as the collection it copies: the same
@@ -654,7 +682,7 @@ static int open_scratch(const eval_env *env, engine_options *o, const char *iden
     size_t have = 0, n = eval_truth_count(env->truth);
     store_count(engine_store(*out), &have, NULL);
     if (have == n && !map_by_hash(engine_store(env->main), engine_store(*out), env->truth, engine_id, NULL)) {
-        if (!a->quiet)
+        if (!a->quiet && !a->quiet_reuse)
             fprintf(stderr, "medsearch eval: reusing %s (%zu images)\n", db, n);
         if ((rc = scratch_policy(env, *out, err)) != 0) {
             engine_close(*out);
@@ -709,7 +737,7 @@ int evaluate_config(const eval_env *env, const eval_config *c, eval_outcome *res
     if (!res->scores)
         return ms_err_set(err, MS_ENOMEM, "out of memory for %zu query scores", n);
     engine_options o;
-    config_options(env, c, &o);
+    eval_config_options(env, c, &o);
     engine *e = env->main;
     id_map map = {0};
     int64_t *engine_id = NULL;
@@ -719,7 +747,7 @@ int evaluate_config(const eval_env *env, const eval_config *c, eval_outcome *res
     if ((rc = engine_get_stats(env->main, &st)))
         goto out;
     snprintf(res->identity, sizeof res->identity, "%s", st.model_identity);
-    if (config_changes_vectors(c)) {
+    if (eval_config_changes_vectors(c)) {
         char want[256];
         if ((rc = config_identity(&o, want, sizeof want, err)))
             goto out;
@@ -1089,7 +1117,7 @@ int cmd_eval(int argc, char **argv)
     /* The stored vectors are the queries: no model is needed unless a
      * configuration re-embeds. */
     engine_options o;
-    config_options(&env, NULL, &o);
+    eval_config_options(&env, NULL, &o);
     o.no_model = 1;
     engine_open_report rep;
     cli_command cmd = EVAL_CMD_BASE;

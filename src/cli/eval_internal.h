@@ -14,6 +14,7 @@
 #define MS_CLI_EVAL_INTERNAL_H
 
 #include <jansson.h>
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "cli/common.h"
@@ -33,6 +34,8 @@ typedef struct eval_config {
     model_pool pool;
     float gem_p;              /* > 0 when set */
     int flip;                 /* -1: the command's --flip; 0 off; 1 on */
+    int bf16;                 /* -1: the command's --bf16; 0 off; 1 on */
+    int input_size;           /* 0: the command's --input-size */
     int qe;                   /* -1: the command's --qe */
     int center;               /* -1: as the collection is; 0 off; 1 on */
 } eval_config;
@@ -44,6 +47,8 @@ typedef struct eval_args {
     eval_rule rule;
     int compare;
     int tune, apply;          /* --tune, --apply */
+    int tune_vectors;         /* --vectors: --tune also re-embeds (pooling, flip) */
+    int quiet_reuse;          /* not a flag: say nothing when a scratch collection is reused */
     eval_config cfg[2];
 } eval_args;
 
@@ -75,6 +80,16 @@ typedef struct eval_pairs {
 /* c NULL: the command's own settings (the collection as stored). */
 int evaluate_config(const eval_env *env, const eval_config *c, eval_outcome *res, ms_err *err);
 void outcome_free(eval_outcome *r);
+/* Whether c makes other vectors than the collection's, and then the model
+ * identity they would carry (the model is loaded to tell). */
+bool eval_config_changes_vectors(const eval_config *c);
+int eval_config_identity(const eval_env *env, const eval_config *c, char *out, size_t len, ms_err *err);
+/* The engine options c opens a collection with (the command's, then what c
+ * changes). */
+void eval_config_options(const eval_env *env, const eval_config *c, engine_options *o);
+/* Removes the scratch collection a configuration of that identity made in
+ * workdir (kept there by evaluate_config). */
+void eval_scratch_remove(const char *workdir, const char *db, const char *identity);
 int pair_outcomes(const eval_outcome *x, const eval_outcome *y, size_t n, eval_pairs *p, ms_err *err);
 
 /* A JSON number, or null for NaN/infinity (jansson refuses those). */

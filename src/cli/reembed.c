@@ -8,14 +8,6 @@
 
 #include "cli/cli.h"
 #include "cli/common.h"
-#include "util/progress.h"
-
-static void on_progress(void *ctx, size_t done, size_t total)
-{
-    progress *p = ctx;
-    p->total = total;
-    progress_update(p, done);
-}
 
 int cmd_reembed(int argc, char **argv)
 {
@@ -50,23 +42,13 @@ int cmd_reembed(int argc, char **argv)
     int rc = cli_open(&cmd, &o, &e, &rep, !quiet);
     if (rc)
         return rc;
-    progress p;
-    progress_init(&p, stderr, "reembed", "images", 0, -1);
-    p.enabled = !quiet;
     ms_err err = {0};
-    rc = engine_reembed(e, on_progress, &p, &err);
-    progress_finish(&p);
-    engine_stats st;
-    engine_get_stats(e, &st);
-    if (rc == 0 && (rc = engine_update_center(e, 0, NULL, &err)) != 0) {
-        cli_error(&cmd, &err); /* the vectors are done; the next open computes the center */
-        rc = 0;
-    }
+    size_t done = 0;
+    rc = cli_reembed_all(&cmd, e, !quiet, &done, &err);
     if (rc == 0) {
-        ms_err ferr = {0};
-        if (engine_flush(e, &ferr) != 0)
-            cli_error(&cmd, &ferr);
-        printf("re-embedded %zu images with %s\n", p.done, st.model_identity);
+        engine_stats st;
+        engine_get_stats(e, &st);
+        printf("re-embedded %zu images with %s\n", done, st.model_identity);
     } else {
         cli_error(&cmd, &err);
         rc = cli_exit_code(rc) == EXIT_ENV ? EXIT_ENV : 1;

@@ -290,16 +290,21 @@ int model_pool_parse(const char *name, model_pool *out)
     return MS_EINVAL;
 }
 
+const char *model_pool_name(model_pool p)
+{
+    for (size_t i = 0; i < sizeof pool_names / sizeof *pool_names; i++)
+        if (pool_names[i].pool == p)
+            return pool_names[i].name;
+    return "output";
+}
+
 static const char *pool_name(model_pool p, float gem_p, char *buf, size_t len)
 {
     if (p == MODEL_POOL_GEM) {
         snprintf(buf, len, "gem%g", (double)gem_p);
         return buf;
     }
-    for (size_t i = 0; i < sizeof pool_names / sizeof *pool_names; i++)
-        if (pool_names[i].pool == p)
-            return pool_names[i].name;
-    return "output";
+    return model_pool_name(p);
 }
 
 /* An identity's last part: the pooling, then "-bf16", "-flip", "-in<size>"

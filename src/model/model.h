@@ -141,6 +141,8 @@ const char *model_identity(const model *m);
 /* The pooling named "output", "avg", "gem", "max" or "topleft" (as --pool
  * takes it) into *out. Returns 0, or MS_EINVAL for any other name. */
 int model_pool_parse(const char *name, model_pool *out);
+/* The name --pool takes for p ("gem" for GeM, whatever its p). Static. */
+const char *model_pool_name(model_pool p);
 
 /* Reads the pooling part of an identity (what follows its last ':', as
  * model_identity writes it) into o's pool, gem_p, bf16, flip and

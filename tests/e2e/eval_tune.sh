@@ -24,7 +24,7 @@ field() {  # FILE EXPR-ON-d
 "$BIN" eval --db "$db" --rule any --tune --json -q >"$tmp/tune.json" 2>"$tmp/tune.err" ||
   { cat "$tmp/tune.err"; fail "eval --tune"; }
 [ "$(field "$tmp/tune.json" 'len(d["candidates"])')" = 10 ] || fail "not 10 candidates: $(head -c 600 "$tmp/tune.json")"
-[ "$(field "$tmp/tune.json" 'd["current"]')" = "{'center': 'off', 'qe': 0, 'policy': 'off'}" ] ||
+[ "$(field "$tmp/tune.json" 'd["current"]')" = "{'vectors': 'output', 'center': 'off', 'qe': 0, 'policy': 'off'}" ] ||
   fail "current settings: $(field "$tmp/tune.json" 'd["current"]')"
 
 # Each candidate is what eval --compare measures for it, paired with the current settings.
