@@ -23,6 +23,7 @@
 #include <errno.h>
 #include <math.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -82,6 +83,36 @@ static const char ABOUT[] =
     "best without it; --apply then re-embeds the collection too (medsearch reembed).\n"
     "\n"
     "Example: medsearch eval --rule exact --compare \"pool=avg,center=off\" \"pool=gem,qe=2\"";
+
+/* Ctrl-C (or SIGTERM) stops the searches and the re-embedding of a scratch
+ * collection at the next image, so that the normal error path removes the
+ * temporary scratch collections; a second signal ends the process at once. */
+static volatile sig_atomic_t interrupted; /* the signal, or 0 */
+
+static void on_signal(int sig)
+{
+    interrupted = sig;
+    signal(SIGINT, SIG_DFL);
+    signal(SIGTERM, SIG_DFL);
+}
+
+/* A signal the process was started with ignored (a background job of a
+ * script ignores Ctrl-C) stays ignored. */
+static void catch_one(int sig, int on)
+{
+    struct sigaction old;
+    if (sigaction(sig, NULL, &old) == 0 && old.sa_handler == SIG_IGN)
+        return;
+    struct sigaction sa = {.sa_handler = on ? on_signal : SIG_DFL};
+    sigemptyset(&sa.sa_mask);
+    sigaction(sig, &sa, NULL);
+}
+
+void eval_catch_signals(int on)
+{
+    catch_one(SIGINT, on);
+    catch_one(SIGTERM, on);
+}
 
 /* "pool=gem,gem_p=3,qe=2,model=PATH" -> config. Returns 0 or -1 with a
  * message in why. */
@@ -374,6 +405,11 @@ static void *run_worker(void *arg)
     }
     size_t n = eval_truth_count(c->t);
     while (!atomic_load(&c->failed)) {
+        if (interrupted) {
+            ms_err_set(&err, MS_EINTR, "interrupted");
+            run_fail(c, &err);
+            break;
+        }
         size_t q = atomic_fetch_add(&c->next, 1);
         if (q >= n)
             break;
@@ -463,6 +499,8 @@ typedef struct copy_item {
 static int copy_next(void *ctx, engine_item *item, void **token, ms_err *err)
 {
     copy_ctx *c = ctx;
+    if (interrupted)
+        return ms_err_set(err, MS_EINTR, "interrupted");
     if (c->next >= eval_truth_count(c->t))
         return 0;
     copy_item *ci = calloc(1, sizeof *ci);
@@ -1097,6 +1135,8 @@ static int write_per_query(const eval_args *a, const eval_truth *t, const eval_o
 
 int eval_exit_code(int rc)
 {
+    if (rc == MS_EINTR)
+        return 128 + (interrupted ? (int)interrupted : SIGINT);
     return rc == MS_ENOTFOUND || rc == MS_EDB || rc == MS_EIO || rc == MS_ECONFLICT ? EXIT_ENV : 1;
 }
 
@@ -1123,6 +1163,7 @@ int cmd_eval(int argc, char **argv)
     cli_command cmd = EVAL_CMD_BASE;
     if ((rc = cli_open(&cmd, &o, &env.main, &rep, 0)))
         return rc;
+    eval_catch_signals(1);
     eval_truth *truth = NULL;
     eval_outcome res[2];
     memset(res, 0, sizeof res);
@@ -1174,6 +1215,7 @@ int cmd_eval(int argc, char **argv)
     if (a.per_query && write_per_query(&a, truth, res, nr))
         code = 1;
 out:
+    eval_catch_signals(0);
     for (int i = 0; i < nr; i++)
         outcome_free(&res[i]);
     eval_truth_free(truth);

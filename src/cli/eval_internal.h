@@ -98,8 +98,16 @@ json_t *jnum(double v);
 json_t *protocol_json(const eval_args *a);
 
 /* The command's exit code for an error code: 3 for the environment (no
- * collection, database, model), else 1. */
+ * collection, database, model), 128 + the signal for MS_EINTR (130 after
+ * Ctrl-C, 143 after SIGTERM, as shells report a process they killed), else
+ * 1. */
 int eval_exit_code(int rc);
+/* on: Ctrl-C and SIGTERM make searches and re-embeddings stop with MS_EINTR
+ * at the next image (a second signal ends the process); one the process
+ * was started with ignored stays ignored. off: the default handling again
+ * (for steps that are safe to kill, such as a re-embedding of the
+ * collection, which resumes). */
+void eval_catch_signals(int on);
 
 /* --tune: returns the command's exit code (the engine in env stays open). */
 int eval_tune(const eval_env *env);

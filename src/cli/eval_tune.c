@@ -636,6 +636,9 @@ int eval_tune(const eval_env *env)
     if (rc == 0) {
         pick_commands(t, commands, sizeof commands);
         if (t->args.apply && t->pick != t->now) {
+            /* Killing a re-embedding is safe (it resumes), and a half-done
+             * apply is better stopped at once than at the next image. */
+            eval_catch_signals(0);
             if ((rc = apply_pick(t, &err)) == 0)
                 applied = 1;
         }

@@ -266,6 +266,7 @@ unsigned http_status_for(int ms_code)
     case MS_ECONFLICT: return 409;
     case MS_EBUSY: return 503;
     case MS_ENOMEM: return 503;
+    case MS_EINTR: return 503;
     default: return 500;   /* MS_EIO, MS_EDB, MS_EINTERNAL: our fault, not the client's */
     }
 }

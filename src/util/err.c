@@ -61,6 +61,7 @@ const char *ms_code_name(int code)
     case MS_ECONFLICT: return "conflict";
     case MS_EBUSY: return "busy";
     case MS_EDB: return "database_error";
+    case MS_EINTR: return "interrupted";
     default: return "internal_error";
     }
 }

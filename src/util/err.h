@@ -25,6 +25,7 @@ enum ms_code {
     MS_EBUSY = -9,         /* queue full, try later */
     MS_EDB = -10,          /* database error */
     MS_EINTERNAL = -11,    /* a bug: an invariant did not hold */
+    MS_EINTR = -12,        /* stopped at the user's request (Ctrl-C, SIGTERM) */
 };
 
 typedef struct ms_err {

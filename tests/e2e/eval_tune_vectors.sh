@@ -8,7 +8,7 @@
 # - a re-embedded candidate has exactly the figures and paired difference
 #   `eval --compare` gives it, and the scratch collections are reused from
 #   --workdir (nothing re-embedded the second time) or, without it, nothing
-#   is left in $TMPDIR;
+#   is left in $TMPDIR, also after SIGTERM (exit 143);
 # - the pick climbs the tiers (search settings, re-embedding, flip) only by
 #   more than two standard errors each, and the report's steps say so;
 # - --apply re-embeds the collection and records the query-expansion
@@ -91,6 +91,20 @@ pick_vectors=$(field "$tmp/tune.json" 'd["recommended"]["vectors"]')
 pick_qe=$(field "$tmp/tune.json" 'd["recommended"]["qe"]')
 pick_center=$(field "$tmp/tune.json" 'd["recommended"]["center"]')
 pick_map=$(field "$tmp/tune.json" '[c["mAP@10"] for c in d["candidates"] if (c["vectors"], c["center"], c["qe"]) == (d["recommended"]["vectors"], d["recommended"]["center"], d["recommended"]["qe"])][0]')
+
+# SIGTERM while a scratch collection is being re-embedded (Ctrl-C is handled
+# the same way, but a background job of a script ignores SIGINT, and eval
+# leaves it ignored): exit 143, the temporary folder removed.
+mkdir "$tmp/t3"
+TMPDIR=$tmp/t3 "$BIN" eval --db "$db" --rule any --tune --vectors --model "$MODEL" -q >/dev/null 2>"$tmp/int.err" &
+pid=$!
+for _ in $(seq 1 600); do ls "$tmp"/t3/*/eval-*.db >/dev/null 2>&1 && break; sleep 0.1; done
+ls "$tmp"/t3/*/eval-*.db >/dev/null 2>&1 || fail "no scratch collection appeared in \$TMPDIR"
+kill -TERM "$pid"
+rc=0
+wait "$pid" || rc=$?
+[ "$rc" -eq 143 ] && grep -q "interrupted" "$tmp/int.err" || fail "SIGTERM: exit $rc: $(cat "$tmp/int.err")"
+[ -z "$(ls -A "$tmp/t3")" ] || fail "left in \$TMPDIR after SIGTERM: $(ls -AR "$tmp/t3")"
 
 # Without --apply nothing changed; without --workdir nothing is left behind.
 "$BIN" info --db "$db" >"$tmp/info.txt" 2>&1 && grep -q ':topleft$' "$tmp/info.txt" || fail "--tune alone re-embedded"
