@@ -663,6 +663,17 @@ int eval_config_identity(const eval_env *env, const eval_config *c, char *out, s
     return config_identity(&o, out, len, err);
 }
 
+int eval_make_temp_dir(const char *prefix, char *out, size_t len, ms_err *err)
+{
+    const char *base = getenv("TMPDIR");
+    if (!base || !base[0])
+        base = "/tmp";
+    snprintf(out, len, "%s/%s-XXXXXX", base, prefix);
+    if (!mkdtemp(out))
+        return ms_err_set(err, MS_EIO, "cannot create a temporary directory in %s: %s", base, strerror(errno));
+    return 0;
+}
+
 void eval_scratch_remove(const char *workdir, const char *db, const char *identity)
 {
     char name[64], path[1200];
@@ -698,12 +709,10 @@ static int open_scratch(const eval_env *env, engine_options *o, const char *iden
             return ms_err_set(err, MS_EIO, "cannot create --workdir %s: %s", a->workdir, strerror(errno));
         snprintf(db, db_len, "%s/%s", a->workdir, name);
     } else {
-        const char *base = getenv("TMPDIR");
         char tmpl[1024];
-        snprintf(tmpl, sizeof tmpl, "%s/medsearch-eval-XXXXXX", base && base[0] ? base : "/tmp");
-        if (!mkdtemp(tmpl))
-            return ms_err_set(err, MS_EIO, "cannot create a temporary directory in %s: %s",
-                              base && base[0] ? base : "/tmp", strerror(errno));
+        int rc = eval_make_temp_dir("medsearch-eval", tmpl, sizeof tmpl, err);
+        if (rc)
+            return rc;
         *tmpdir = strdup(tmpl);
         if (!*tmpdir) {
             rmdir(tmpl);

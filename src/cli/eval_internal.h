@@ -87,6 +87,9 @@ int eval_config_identity(const eval_env *env, const eval_config *c, char *out, s
 /* The engine options c opens a collection with (the command's, then what c
  * changes). */
 void eval_config_options(const eval_env *env, const eval_config *c, engine_options *o);
+/* Makes the folder "$TMPDIR/<prefix>-XXXXXX" (/tmp without TMPDIR), its path
+ * in out. Returns 0 or MS_EIO. */
+int eval_make_temp_dir(const char *prefix, char *out, size_t len, ms_err *err);
 /* Removes the scratch collection a configuration of that identity made in
  * workdir (kept there by evaluate_config). */
 void eval_scratch_remove(const char *workdir, const char *db, const char *identity);

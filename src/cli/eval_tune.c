@@ -180,18 +180,16 @@ static int list_vector_variants(tune_state *t, const engine_stats *st, ms_err *e
     return 0;
 }
 
-static int list_vectors(tune_state *t, ms_err *err)
+static int list_vectors(tune_state *t, const engine_stats *st, ms_err *err)
 {
-    engine_stats st;
-    engine_get_stats(t->env.main, &st);
     vectors *v = &t->v[0];
     memset(v, 0, sizeof *v);
     v->cfg.flip = v->cfg.bf16 = v->cfg.qe = v->cfg.center = -1; /* as stored */
     v->stored = 1;
-    snprintf(v->identity, sizeof v->identity, "%s", st.model_identity);
+    snprintf(v->identity, sizeof v->identity, "%s", st->model_identity);
     v->label = pool_part(v->identity);
     t->nv = 1;
-    return t->args.tune_vectors ? list_vector_variants(t, &st, err) : 0;
+    return t->args.tune_vectors ? list_vector_variants(t, st, err) : 0;
 }
 
 static candidate *add_candidate(tune_state *t, int vec, int center, int qe)
@@ -206,14 +204,12 @@ static candidate *add_candidate(tune_state *t, int vec, int center, int qe)
 
 /* The candidates, the current settings among them. Centred ones come first
  * for each vectors, so a scratch collection is built with its center. */
-static void list_candidates(tune_state *t)
+static void list_candidates(tune_state *t, const engine_stats *st)
 {
-    engine_stats st;
-    engine_get_stats(t->env.main, &st);
-    t->center_varies = st.images >= ENGINE_CENTER_MIN;
-    t->now_center = st.center_from > 0;
-    t->now_qe = st.search_qe;
-    t->policy_off = st.center_policy_off;
+    t->center_varies = st->images >= ENGINE_CENTER_MIN;
+    t->now_center = st->center_from > 0;
+    t->now_qe = st->search_qe;
+    t->policy_off = st->center_policy_off;
     t->n = 0;
     for (int v = 0; v < t->nv; v++)
         for (int centred = 1; centred >= 0; centred--) {
@@ -351,8 +347,7 @@ static int apply_vectors(tune_state *t, const candidate *p, ms_err *err)
     if (rc)
         return rc;
     engine_options o;
-    eval_config cfg = t->v[p->vec].cfg;
-    eval_config_options(&t->env, &cfg, &o);
+    eval_config_options(&t->env, &t->v[p->vec].cfg, &o);
     o.reembed = 1;
     o.no_model = 0;
     o.center = ENGINE_CENTER_AUTO;
@@ -592,10 +587,9 @@ static int make_workdir(tune_state *t, ms_err *err)
 {
     if (!t->args.tune_vectors || t->args.workdir)
         return 0;
-    const char *base = getenv("TMPDIR");
-    snprintf(t->workdir, sizeof t->workdir, "%s/medsearch-tune-XXXXXX", base && base[0] ? base : "/tmp");
-    if (!mkdtemp(t->workdir))
-        return ms_err_set(err, MS_EIO, "cannot create a temporary directory in %s", base && base[0] ? base : "/tmp");
+    int rc = eval_make_temp_dir("medsearch-tune", t->workdir, sizeof t->workdir, err);
+    if (rc)
+        return rc;
     t->own_workdir = 1;
     t->args.workdir = t->workdir;
     return 0;
@@ -622,11 +616,13 @@ int eval_tune(const eval_env *env)
     t->env = *env;
     t->env.a = &t->args;
     ms_err err = {0};
+    engine_stats st; /* the collection as it is now */
+    engine_get_stats(t->env.main, &st);
     int rc = make_workdir(t, &err);
     if (rc == 0)
-        rc = list_vectors(t, &err);
+        rc = list_vectors(t, &st, &err);
     if (rc == 0) {
-        list_candidates(t);
+        list_candidates(t, &st);
         rc = evaluate_candidates(t, &err);
     }
     int code = 0, applied = 0;
