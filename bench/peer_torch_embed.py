@@ -8,8 +8,8 @@ python3-torch and torchvision are visible only to it).
       on `threads` threads (set explicitly: torch starts with 1 here). Prints one line
       per batch size:
         peer batch=N median_ms=... images_per_s=... faults_per_forward=... iters=...
-      --arch builds torchvision's own model (random weights: weights do not change
-      speed; classifier removed, pooled features out). --onnx rebuilds the ONNX graph
+      --arch builds torchvision's own model, any of torchvision.models (random
+      weights: weights do not change speed; classifier removed, pooled features out). --onnx rebuilds the ONNX graph
       op by op with torch.nn.functional, so the peer runs exactly the same network.
 
   peer_torch_embed.py serve (--arch A | --onnx FILE) [--batch 1,16] [--threads 2] [--size 224]
@@ -34,14 +34,15 @@ def torchvision_model(arch):
     import torchvision
 
     torch.manual_seed(0)
-    if arch == "resnet50":
-        m = torchvision.models.resnet50(weights=None)
-        m.fc = torch.nn.Identity()
-    elif arch == "mobilenet_v2":
-        m = torchvision.models.mobilenet_v2(weights=None)
-        m.classifier = torch.nn.Identity()
-    else:
-        raise SystemExit(f"unknown --arch {arch}")
+    build = getattr(torchvision.models, arch, None)
+    if arch.startswith("_") or not callable(build):
+        raise SystemExit(f"unknown --arch {arch}: not a torchvision.models model")
+    m = build(weights=None, **({"aux_logits": False, "init_weights": True} if arch == "googlenet" else {}))
+    # the pooled feature: the classification layer removed (SqueezeNet's is a
+    # convolution then the global pooling, kept)
+    for head in ("fc", "classifier"):
+        if hasattr(m, head) and not arch.startswith("squeezenet"):
+            setattr(m, head, torch.nn.Identity())
     return m.eval()
 
 
@@ -131,8 +132,23 @@ def onnx_model(path):
                                  ins[2] * a.get("beta", 1.0) if len(ins) > 2 and ins[2] is not None else None)
                 elif op == "Concat":
                     y = torch.cat(ins, a["axis"])
-                elif op == "Identity":
+                elif op in ("Identity", "Dropout"):
                     y = ins[0]
+                elif op == "Sub":
+                    y = ins[0] - ins[1]
+                elif op == "Div":
+                    y = ins[0] / ins[1]
+                elif op == "HardSigmoid":
+                    y = torch.clamp(a.get("alpha", 0.2) * ins[0] + a.get("beta", 0.5), 0, 1)
+                elif op == "HardSwish":
+                    y = F.hardswish(ins[0])
+                elif op == "Pad":
+                    p = [int(v) for v in (ins[1] if len(ins) > 1 and ins[1] is not None else a["pads"])]
+                    y = F.pad(ins[0], (p[3], p[7], p[2], p[6]))
+                elif op == "ReduceMean":
+                    y = ins[0].mean((2, 3), keepdim=bool(a.get("keepdims", 1)))
+                elif op == "GlobalMaxPool":
+                    y = F.adaptive_max_pool2d(ins[0], 1)
                 else:
                     raise SystemExit(f"peer: op {op} not rebuilt")
                 env[n.output[0]] = y

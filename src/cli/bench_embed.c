@@ -73,7 +73,7 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: medsearch bench embed [--model M.onnx] [--batch 1,16] [--seconds S] [--rounds R]\n"
-            "                             [--no-peer] [--peer-arch resnet50|mobilenet_v2] [--bf16] [--json]\n"
+            "                             [--no-peer] [--peer-arch NAME] [--bf16] [--json]\n"
             "\n"
             "Times the CNN forward per batch size (median of repeated forwards after warm-up),\n"
             "with GFLOP/s as a share of the fp32 peak measured here, minor page faults per\n"
@@ -87,7 +87,8 @@ static void usage(FILE *f)
             "  --seconds S      timing per batch size and side (default 6)\n"
             "  --rounds R       alternations of ours and the peer per batch size (default 3)\n"
             "  --no-peer        skip PyTorch\n"
-            "  --peer-arch A    peer runs torchvision's own A instead of the ONNX graph\n"
+            "  --peer-arch NAME peer runs torchvision's own model NAME (resnet50, densenet121, ...)\n"
+            "                   instead of the ONNX graph rebuilt in PyTorch\n"
             "  --bf16           let convolutions compute in bf16 (fp32 is the reference)\n"
             "  --json           one JSON object on stdout\n"
             "\n"

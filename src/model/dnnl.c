@@ -211,16 +211,19 @@ static int new_buffer(plan *pl, const dnnl_memory_desc_t *md, ms_err *err)
     return pl->nb++;
 }
 
-/* A value in buffer buf (a new buffer when buf == -3). Returns its index. */
+/* A value in buffer buf (a new buffer when buf == -3). Returns its index.
+ * md may point into pl->v itself (another value's layout): it is copied
+ * before the array grows. */
 static int new_value(plan *pl, const dnnl_memory_desc_t *md, int buf, ms_err *err)
 {
+    dnnl_memory_desc_t layout = *md;
     int rc = grow((void **)&pl->v, &pl->cap_v, pl->nv + 1, sizeof *pl->v, err);
     if (rc)
         return rc;
-    if (buf == -3 && (buf = new_buffer(pl, md, err)) < 0)
+    if (buf == -3 && (buf = new_buffer(pl, &layout, err)) < 0)
         return buf;
     value *v = &pl->v[pl->nv];
-    v->md = *md;
+    v->md = layout;
     v->buf = buf;
     v->from = -1;
     v->mem = NULL;
@@ -263,6 +266,11 @@ static void step_arg(step *s, int kind, int val, dnnl_memory_t mem)
     a->mem = mem;
 }
 
+/* Hard swish is x * clip(x / 6 + 1/2, 0, 1). oneDNN 2.x fixes these values
+ * and ignores its alpha and beta; oneDNN 3 reads them. */
+#define HSW_ALPHA (1.0f / 6.0f)
+#define HSW_BETA 0.5f
+
 static dnnl_primitive_attr_t new_attr(const dnn *d, const g_node *nd, int with_posts)
 {
     dnnl_primitive_attr_t attr = NULL;
@@ -287,6 +295,11 @@ static dnnl_primitive_attr_t new_attr(const dnn *d, const g_node *nd, int with_p
         case G_ACT_CLIP: dnnl_post_ops_append_eltwise(po, 1.0f, dnnl_eltwise_clip, p->lo, p->hi); break;
         case G_ACT_SIGMOID: dnnl_post_ops_append_eltwise(po, 1.0f, dnnl_eltwise_logistic, 0, 0); break;
         case G_ACT_SWISH: dnnl_post_ops_append_eltwise(po, 1.0f, dnnl_eltwise_swish, 1.0f, 0); break;
+        case G_ACT_HARDSIGMOID: /* clip(alpha x + beta, 0, 1) */
+            dnnl_post_ops_append_eltwise(po, 1.0f, dnnl_eltwise_linear, p->lo, p->hi);
+            dnnl_post_ops_append_eltwise(po, 1.0f, dnnl_eltwise_clip, 0.0f, 1.0f);
+            break;
+        case G_ACT_HARDSWISH: dnnl_post_ops_append_eltwise(po, 1.0f, dnnl_eltwise_hardswish, HSW_ALPHA, HSW_BETA); break;
         }
     }
     dnnl_primitive_attr_set_post_ops(attr, po);
@@ -693,6 +706,27 @@ static int finish_unary(const ctx *c, const g_node *nd, dnnl_primitive_desc_t pd
     return 0;
 }
 
+/* One eltwise step from value sv; dv_buf: the buffer to write (-3: decide
+ * here, in place when sv dies at this node). The new value, or a code. */
+static int eltwise_step(const ctx *c, const g_node *nd, int sv, dnnl_alg_kind_t alg, float alpha, float beta,
+                        int dv_buf, ms_err *err)
+{
+    dnnl_eltwise_desc_t ed;
+    DN(dnnl_eltwise_forward_desc_init(&ed, dnnl_forward_inference, alg, &c->pl->v[sv].md, alpha, beta),
+       nd, "describe the activation");
+    dnnl_primitive_desc_t pd;
+    int rc = make_pd(&pd, &ed, new_attr(c->d, nd, 0), c->d, nd, "create the activation", err);
+    if (rc)
+        return rc;
+    int dv = dv_buf == -3 ? same_layout_dst(c, sv, err) : new_value(c->pl, &c->pl->v[sv].md, dv_buf, err);
+    if (dv < 0) {
+        dnnl_primitive_desc_destroy(pd);
+        return dv;
+    }
+    rc = finish_unary(c, nd, pd, sv, dv, 0, NULL, NULL, err);
+    return rc ? rc : dv;
+}
+
 static int build_eltwise(const ctx *c, int node, ms_err *err)
 {
     const g_node *nd = &c->g->n[node];
@@ -701,29 +735,20 @@ static int build_eltwise(const ctx *c, int node, ms_err *err)
         return sv;
     dnnl_alg_kind_t alg = dnnl_eltwise_relu;
     float alpha = 0, beta = 0;
-    if (nd->op == G_CLIP) {
-        alg = dnnl_eltwise_clip;
-        alpha = nd->clip_lo;
-        beta = nd->clip_hi;
-    } else if (nd->op == G_SIGMOID) {
-        alg = dnnl_eltwise_logistic;
-    } else if (nd->op == G_SWISH) {
-        alg = dnnl_eltwise_swish;
-        alpha = 1.0f;
+    switch (nd->op) {
+    case G_CLIP: alg = dnnl_eltwise_clip; alpha = nd->clip_lo; beta = nd->clip_hi; break;
+    case G_SIGMOID: alg = dnnl_eltwise_logistic; break;
+    case G_SWISH: alg = dnnl_eltwise_swish; alpha = 1.0f; break;
+    case G_HARDSWISH: alg = dnnl_eltwise_hardswish; alpha = HSW_ALPHA; beta = HSW_BETA; break;
+    case G_HARDSIGMOID: alg = dnnl_eltwise_linear; alpha = nd->alpha; beta = nd->beta; break;
+    default: break;
     }
-    dnnl_eltwise_desc_t ed;
-    DN(dnnl_eltwise_forward_desc_init(&ed, dnnl_forward_inference, alg, &c->pl->v[sv].md, alpha, beta),
-       nd, "describe the activation");
-    dnnl_primitive_desc_t pd;
-    int rc = make_pd(&pd, &ed, new_attr(c->d, nd, 0), c->d, nd, "create the activation", err);
-    if (rc)
-        return rc;
-    int dv = same_layout_dst(c, sv, err);
-    if (dv < 0) {
-        dnnl_primitive_desc_destroy(pd);
-        return dv;
-    }
-    return finish_unary(c, nd, pd, sv, dv, 0, NULL, NULL, err);
+    int dv = eltwise_step(c, nd, sv, alg, alpha, beta, -3, err);
+    if (dv < 0 || nd->op != G_HARDSIGMOID)
+        return dv < 0 ? dv : 0;
+    /* then clip to [0, 1], in place */
+    dv = eltwise_step(c, nd, dv, dnnl_eltwise_clip, 0.0f, 1.0f, c->pl->v[dv].buf, err);
+    return dv < 0 ? dv : 0;
 }
 
 static int build_bn(const ctx *c, int node, ms_err *err)
@@ -758,6 +783,32 @@ static int build_bn(const ctx *c, int node, ms_err *err)
     return finish_unary(c, nd, pd, sv, dv, 4, kinds, r->bn, err);
 }
 
+/* Binds nd's [N, K] output to a view of value sv (rank, batch dims), made
+ * plain (NCHW) first when it is not. */
+static int flat_view(const ctx *c, const g_node *nd, int sv, int rank, const int64_t *dims, ms_err *err)
+{
+    plan *pl = c->pl;
+    const g_tensor *o = &c->g->t[nd->out];
+    int rc;
+    if (!md_is_plain(&pl->v[sv].md)) {
+        dnnl_memory_desc_t plain;
+        if ((rc = md_init(&plain, rank, dims, plain_tag(rank), err)))
+            return rc;
+        if ((sv = value_as(c->d, pl, sv, &plain, err)) < 0)
+            return sv;
+    }
+    int64_t od[2] = {pl->n, o->dims[1]};
+    dnnl_memory_desc_t view;
+    if ((rc = md_init(&view, 2, od, dnnl_ab, err)))
+        return rc;
+    int dv = new_value(pl, &view, pl->v[sv].buf, err);
+    if (dv < 0)
+        return dv;
+    pl->v[dv].from = -2;
+    bind_tensor(c, nd->out, dv);
+    return 0;
+}
+
 static int build_pool(const ctx *c, int node, ms_err *err)
 {
     const g_node *nd = &c->g->n[node];
@@ -766,8 +817,10 @@ static int build_pool(const ctx *c, int node, ms_err *err)
     if (sv < 0)
         return sv;
     const g_tensor *x = &c->g->t[nd->in[0]], *o = &c->g->t[nd->out];
-    int64_t od[4];
-    batch_dims(o, pl->n, od);
+    int global = nd->op == G_GAP || nd->op == G_GMP;
+    int64_t od[4] = {pl->n, x->dims[1], 1, 1}; /* global: [N, C] outputs pool to [N, C, 1, 1] first */
+    if (!global)
+        batch_dims(o, pl->n, od);
     dnnl_memory_desc_t dst_md;
     int rc = md_init_dt(&dst_md, 4, od, dnnl_format_tag_any, pl->v[sv].md.data_type, err);
     if (rc)
@@ -778,8 +831,8 @@ static int build_pool(const ctx *c, int node, ms_err *err)
     dnnl_dims_t pl_ = {nd->pad_l[0], nd->pad_l[1]}, pr = {nd->pad_r[0], nd->pad_r[1]};
     if (nd->op == G_AVGPOOL)
         alg = nd->count_include_pad ? dnnl_pooling_avg_include_padding : dnnl_pooling_avg_exclude_padding;
-    if (nd->op == G_GAP) {
-        alg = dnnl_pooling_avg_exclude_padding;
+    if (global) {
+        alg = nd->op == G_GAP ? dnnl_pooling_avg_exclude_padding : dnnl_pooling_max;
         k[0] = x->dims[2];
         k[1] = x->dims[3];
         s[0] = s[1] = 1;
@@ -798,7 +851,9 @@ static int build_pool(const ctx *c, int node, ms_err *err)
         dnnl_primitive_desc_destroy(pd);
         return dv;
     }
-    return finish_unary(c, nd, pd, sv, dv, 0, NULL, NULL, err);
+    if ((rc = finish_unary(c, nd, pd, sv, dv, 0, NULL, NULL, err)))
+        return rc;
+    return o->rank == 2 ? flat_view(c, nd, dv, 4, od, err) : 0;
 }
 
 /* The constant operand of Add/Mul as a plain memory with the activation's
@@ -861,8 +916,9 @@ static int build_binary(const ctx *c, int node, ms_err *err)
         md1 = pl->v[sv1].md;
     }
     dnnl_binary_desc_t bd;
-    DN(dnnl_binary_desc_init(&bd, nd->op == G_ADD ? dnnl_binary_add : dnnl_binary_mul, md0, &md1, md0), nd,
-       "describe the binary op");
+    dnnl_alg_kind_t alg = nd->op == G_ADD ? dnnl_binary_add : nd->op == G_SUB ? dnnl_binary_sub
+                        : nd->op == G_MUL ? dnnl_binary_mul : dnnl_binary_div;
+    DN(dnnl_binary_desc_init(&bd, alg, md0, &md1, md0), nd, "describe the binary op");
     dnnl_primitive_desc_t pd;
     if ((rc = make_pd(&pd, &bd, new_attr(d, nd, 1), d, nd, "create the binary op", err)))
         return rc;
@@ -928,31 +984,14 @@ static int build_concat(const ctx *c, int node, ms_err *err)
 /* Flatten and Reshape to [N, K]: a view of a plain (NCHW) buffer. */
 static int build_flatten(const ctx *c, int node, ms_err *err)
 {
-    plan *pl = c->pl;
     const g_node *nd = &c->g->n[node];
-    const g_tensor *x = &c->g->t[nd->in[0]], *o = &c->g->t[nd->out];
-    int sv = value_of(c, nd->in[0], nd, err), rc;
+    const g_tensor *x = &c->g->t[nd->in[0]];
+    int sv = value_of(c, nd->in[0], nd, err);
     if (sv < 0)
         return sv;
-    if (!md_is_plain(&pl->v[sv].md)) {
-        int64_t dims[G_MAX_RANK];
-        dnnl_memory_desc_t plain;
-        batch_dims(x, pl->n, dims);
-        if ((rc = md_init(&plain, x->rank, dims, plain_tag(x->rank), err)))
-            return rc;
-        if ((sv = value_as(c->d, pl, sv, &plain, err)) < 0)
-            return sv;
-    }
-    int64_t od[2] = {pl->n, o->dims[1]};
-    dnnl_memory_desc_t view;
-    if ((rc = md_init(&view, 2, od, dnnl_ab, err)))
-        return rc;
-    int dv = new_value(pl, &view, pl->v[sv].buf, err);
-    if (dv < 0)
-        return dv;
-    pl->v[dv].from = -2;
-    bind_tensor(c, nd->out, dv);
-    return 0;
+    int64_t dims[G_MAX_RANK];
+    batch_dims(x, c->pl->n, dims);
+    return flat_view(c, nd, sv, x->rank, dims, err);
 }
 
 static int build_node(const ctx *c, int node, ms_err *err)
@@ -965,12 +1004,17 @@ static int build_node(const ctx *c, int node, ms_err *err)
     case G_RELU:
     case G_CLIP:
     case G_SIGMOID:
-    case G_SWISH: return build_eltwise(c, node, err);
+    case G_SWISH:
+    case G_HARDSIGMOID:
+    case G_HARDSWISH: return build_eltwise(c, node, err);
     case G_ADD:
-    case G_MUL: return build_binary(c, node, err);
+    case G_SUB:
+    case G_MUL:
+    case G_DIV: return build_binary(c, node, err);
     case G_MAXPOOL:
     case G_AVGPOOL:
-    case G_GAP: return build_pool(c, node, err);
+    case G_GAP:
+    case G_GMP: return build_pool(c, node, err);
     case G_CONCAT: return build_concat(c, node, err);
     case G_FLATTEN:
     case G_RESHAPE: return build_flatten(c, node, err);

@@ -17,7 +17,8 @@ const char *graph_op_name(g_op op)
     static const char *const names[G_OP_COUNT] = {
         "Conv", "BatchNormalization", "Relu", "Clip", "Sigmoid", "Swish", "Add", "Mul",
         "MaxPool", "AveragePool", "GlobalAveragePool", "Flatten", "Reshape", "Gemm",
-        "Concat", "Identity"};
+        "Concat", "Identity", "HardSigmoid", "HardSwish", "Sub", "Div", "Pad", "GlobalMaxPool",
+        "ReduceMean", "Dropout"};
     return op >= 0 && op < G_OP_COUNT ? names[op] : "?";
 }
 
@@ -585,13 +586,19 @@ static int shape_clip(graph *g, g_node *nd, ms_err *err)
     return set_out(g, nd, x->rank, x->dims, err);
 }
 
-/* Add and Mul: numpy broadcasting, with the result shaped like one operand. */
+/* Add, Sub, Mul, Div: numpy broadcasting, with the result shaped like one
+ * operand. Sub and Div do not commute: their first operand must be that one. */
 static int shape_binary(graph *g, g_node *nd, ms_err *err)
 {
     const g_tensor *a = &g->t[nd->in[0]], *b = &g->t[nd->in[1]];
     if (a->is_const && b->is_const)
         return need_act(g, nd, 0, 0, err);
     if (a->is_const || (!b->is_const && graph_elems(b) > graph_elems(a))) {
+        if (nd->op == G_SUB || nd->op == G_DIV)
+            return ms_err_set(err, MS_EUNSUPPORTED,
+                              "node '%s' (%s): only the full-size activation as the first operand is supported "
+                              "('%s' is a constant or smaller than '%s')",
+                              nd->name, nd->op_type, a->name, b->name);
         const g_tensor *s = a;
         a = b;
         b = s;
@@ -704,6 +711,100 @@ static int shape_concat(graph *g, g_node *nd, ms_err *err)
     return set_out(g, nd, x->rank, dims, err);
 }
 
+/* Opset >= 11: pads (INT64, begin values then end values, one pair per axis
+ * of input 3's axes or of every axis) and the constant value from inputs. */
+static int pad_from_inputs(graph *g, g_node *nd, int rank, ms_err *err)
+{
+    int t = nd->n_in > 1 ? nd->in[1] : -1, ta = nd->n_in > 3 ? nd->in[3] : -1;
+    const g_tensor *p = t >= 0 ? &g->t[t] : NULL, *ax = ta >= 0 ? &g->t[ta] : NULL;
+    if (!p)
+        return ms_err_set(err, MS_EFORMAT, "node '%s' (Pad) has no pads", nd->name);
+    if (!p->is_const || p->elem_type != 7 || (ax && (!ax->is_const || ax->elem_type != 7)))
+        return ms_err_set(err, MS_EUNSUPPORTED, "node '%s' (Pad): its pads and axes must be constant INT64 tensors",
+                          nd->name);
+    int64_t n = ax ? ax->count : rank;
+    if (n > rank || p->count != 2 * n)
+        return ms_err_set(err, MS_EFORMAT, "node '%s' (Pad): %lld pads for %lld axes", nd->name,
+                          (long long)p->count, (long long)n);
+    for (int64_t i = 0; i < n; i++) {
+        int64_t a = ax ? ax->i64[i] : i, lo = p->i64[i], hi = p->i64[n + i];
+        a = a < 0 ? a + rank : a;
+        if (a < 0 || a >= rank)
+            return ms_err_set(err, MS_EFORMAT, "node '%s' (Pad): axis %lld is out of range", nd->name,
+                              (long long)(ax ? ax->i64[i] : i));
+        if (a < 2 && (lo || hi))
+            nd->from_attrs = -1;
+        if (a >= 2 && (lo < -G_MAX_KERNEL || lo > G_MAX_KERNEL || hi < -G_MAX_KERNEL || hi > G_MAX_KERNEL))
+            return ms_err_set(err, MS_EFORMAT, "node '%s' (Pad): padding %lld / %lld is out of range", nd->name,
+                              (long long)lo, (long long)hi);
+        if (a >= 2) {
+            nd->pad_l[a - 2] = (int)lo;
+            nd->pad_r[a - 2] = (int)hi;
+        }
+    }
+    if (nd->n_in > 2 && nd->in[2] >= 0) {
+        int rc = need_const(g, nd, 2, -1, 1, err);
+        if (rc)
+            return rc;
+        nd->beta = g->t[nd->in[2]].f[0];
+    }
+    return 0;
+}
+
+static int shape_pad(graph *g, g_node *nd, ms_err *err)
+{
+    int rc = need_act(g, nd, 0, 4, err);
+    if (rc || (!nd->from_attrs && (rc = pad_from_inputs(g, nd, 4, err))))
+        return rc;
+    if (nd->from_attrs < 0)
+        return ms_err_set(err, MS_EUNSUPPORTED, "node '%s' (Pad): only padding of height and width is supported",
+                          nd->name);
+    if (nd->beta != 0.0f)
+        return ms_err_set(err, MS_EUNSUPPORTED, "node '%s' (Pad): padding with %g; only zero padding is supported",
+                          nd->name, (double)nd->beta);
+    const g_tensor *x = &g->t[nd->in[0]];
+    int64_t dims[4] = {1, x->dims[1], x->dims[2], x->dims[3]};
+    for (int ax = 0; ax < 2; ax++) {
+        if (nd->pad_l[ax] < 0 || nd->pad_r[ax] < 0)
+            return ms_err_set(err, MS_EUNSUPPORTED, "node '%s' (Pad): negative padding (cropping) is not supported",
+                              nd->name);
+        dims[2 + ax] += nd->pad_l[ax] + nd->pad_r[ax];
+    }
+    return set_out(g, nd, 4, dims, err);
+}
+
+/* ReduceMean over height and width: a global average pool, [N, C, 1, 1],
+ * or [N, C] without keepdims. Any other axes are refused. */
+static int shape_reduce_mean(graph *g, g_node *nd, ms_err *err)
+{
+    int rc = need_act(g, nd, 0, 4, err);
+    if (rc)
+        return rc;
+    int64_t axes[G_MAX_RANK];
+    int n = nd->n_reduce_axes;
+    for (int i = 0; i < n; i++)
+        axes[i] = nd->reduce_axes[i];
+    if (n < 0) {
+        const g_tensor *a = nd->n_in > 1 && nd->in[1] >= 0 ? &g->t[nd->in[1]] : NULL;
+        if (a && (!a->is_const || a->elem_type != 7 || a->count > G_MAX_RANK))
+            return ms_err_set(err, MS_EUNSUPPORTED, "node '%s' (ReduceMean): its axes must be a constant INT64 list",
+                              nd->name);
+        n = a ? (int)a->count : 0;
+        for (int i = 0; i < n; i++)
+            axes[i] = a->i64[i];
+    }
+    unsigned mask = 0;
+    for (int i = 0; i < n; i++)
+        if (axes[i] >= -4 && axes[i] < 4)
+            mask |= 1u << (axes[i] < 0 ? axes[i] + 4 : axes[i]);
+    if (n != 2 || mask != 0xCu)
+        return ms_err_set(err, MS_EUNSUPPORTED,
+                          "node '%s' (ReduceMean): only the mean over height and width (axes 2 and 3) is supported",
+                          nd->name);
+    int64_t dims[4] = {1, g->t[nd->in[0]].dims[1], 1, 1};
+    return set_out(g, nd, nd->keepdims ? 4 : 2, dims, err);
+}
+
 static int shape_node(graph *g, g_node *nd, ms_err *err)
 {
     int rc;
@@ -716,6 +817,8 @@ static int shape_node(graph *g, g_node *nd, ms_err *err)
     case G_RELU:
     case G_SIGMOID:
     case G_SWISH:
+    case G_HARDSIGMOID:
+    case G_HARDSWISH:
     case G_IDENTITY:
         if ((rc = need_act(g, nd, 0, 0, err)))
             return rc;
@@ -723,14 +826,21 @@ static int shape_node(graph *g, g_node *nd, ms_err *err)
     case G_CLIP:
         return shape_clip(g, nd, err);
     case G_ADD:
+    case G_SUB:
     case G_MUL:
+    case G_DIV:
         if (nd->in[0] < 0 || nd->in[1] < 0)
             return ms_err_set(err, MS_EFORMAT, "node '%s' (%s) lacks an input", nd->name, nd->op_type);
         return shape_binary(g, nd, err);
     case G_MAXPOOL:
     case G_AVGPOOL:
         return shape_pool(g, nd, err);
-    case G_GAP: {
+    case G_PAD:
+        return shape_pad(g, nd, err);
+    case G_GAP:
+    case G_GMP: {
+        if (!strcmp(nd->op_type, "ReduceMean"))
+            return shape_reduce_mean(g, nd, err);
         if ((rc = need_act(g, nd, 0, 4, err)))
             return rc;
         int64_t dims[4] = {1, x->dims[1], 1, 1};
@@ -904,11 +1014,24 @@ static int eltwise_post(const g_node *e, g_post *p)
     case G_CLIP: p->act = G_ACT_CLIP; p->lo = e->clip_lo; p->hi = e->clip_hi; return 1;
     case G_SIGMOID: p->act = G_ACT_SIGMOID; return 1;
     case G_SWISH: p->act = G_ACT_SWISH; return 1;
+    case G_HARDSIGMOID: p->act = G_ACT_HARDSIGMOID; p->lo = e->alpha; p->hi = e->beta; return 1;
+    case G_HARDSWISH: p->act = G_ACT_HARDSWISH; return 1;
     default: return 0;
     }
 }
 
-/* Relu/Clip/Sigmoid/Swish after a Conv, Gemm or binary node becomes its post-op. */
+static int is_eltwise(g_op op)
+{
+    return op == G_RELU || op == G_CLIP || op == G_SIGMOID || op == G_SWISH || op == G_HARDSIGMOID ||
+           op == G_HARDSWISH;
+}
+
+static int is_binary(g_op op)
+{
+    return op == G_ADD || op == G_SUB || op == G_MUL || op == G_DIV;
+}
+
+/* An activation after a Conv, Gemm or binary node becomes its post-op. */
 static void fuse_eltwise(graph *g, g_node *e, const unsigned char *keep)
 {
     g_post post;
@@ -916,33 +1039,134 @@ static void fuse_eltwise(graph *g, g_node *e, const unsigned char *keep)
     if (!eltwise_post(e, &post) || !can_fuse_into(g, x, keep, 1))
         return;
     g_node *p = &g->n[graph_producer(g, x)];
-    if ((p->op != G_CONV && p->op != G_GEMM && p->op != G_ADD && p->op != G_MUL) ||
-        p->n_post >= G_MAX_POST)
+    if ((p->op != G_CONV && p->op != G_GEMM && !is_binary(p->op)) || p->n_post >= G_MAX_POST)
         return;
     p->post[p->n_post++] = post;
     take_output(g, p, e);
     g->stats.act_fused++;
 }
 
-/* x * Sigmoid(x) -> swish, fused into x's Conv when it can be. */
+/* The op x * gate(x) is, for the gate node: swish for Sigmoid, hard swish for
+ * HardSigmoid with ONNX HardSwish's alpha 1/6 and beta 1/2 (PyTorch exports
+ * Hardswish that way before opset 14); G_OP_COUNT for anything else. */
+static g_op self_gated(const g_node *gate)
+{
+    if (gate->op == G_SIGMOID)
+        return G_SWISH;
+    if (gate->op == G_HARDSIGMOID && fabsf(gate->alpha - 1.0f / 6.0f) < 1e-6f && gate->beta == 0.5f)
+        return G_HARDSWISH;
+    return G_OP_COUNT;
+}
+
+/* x * Sigmoid(x) -> swish and x * HardSigmoid(x) -> hard swish, fused into
+ * x's Conv when they can be. */
 static void fuse_swish(graph *g, g_node *mul, const unsigned char *keep)
 {
     for (int side = 0; side < 2; side++) {
         int s = mul->in[side], x = mul->in[1 - side];
         int sp = graph_producer(g, s);
-        if (sp < 0 || g->n[sp].op != G_SIGMOID || g->n[sp].in[0] != x || !can_fuse_into(g, s, keep, 1) ||
-            g->t[x].is_const)
+        g_op op = sp < 0 ? G_OP_COUNT : self_gated(&g->n[sp]);
+        if (op == G_OP_COUNT || g->n[sp].in[0] != x || !can_fuse_into(g, s, keep, 1) || g->t[x].is_const)
             continue;
         g_node *sig = &g->n[sp];
         sig->dead = 1;
         g->t[s].consumers = 0;
-        g->t[x].consumers--; /* the Sigmoid no longer reads x */
-        mul->op = G_SWISH;
+        g->t[x].consumers--; /* the gate no longer reads x */
+        mul->op = op;
         mul->in[0] = x;
         mul->n_in = 1;
         g->stats.swish_fused++;
         return;
     }
+}
+
+/* ------------------------------------------------------------ Pad folding */
+
+/* The one live node reading t, when it reads it once as input 0; else -1. */
+static int sole_reader(const graph *g, int t, const unsigned char *keep)
+{
+    if (keep[t] || g->t[t].consumers != 1)
+        return -1;
+    for (int i = 0; i < g->n_order; i++) {
+        const g_node *nd = &g->n[g->order[i]];
+        for (int k = 0; !nd->dead && k < nd->n_in; k++)
+            if (nd->in[k] == t)
+                return k == 0 ? g->order[i] : -1;
+    }
+    return -1;
+}
+
+/* Whether every value of t is >= 0: made by Relu, Sigmoid, HardSigmoid or a
+ * Clip at or above 0, possibly through pools, Pad and Identity. */
+static int nonnegative(const graph *g, int t)
+{
+    for (int p = graph_producer(g, t); p >= 0; p = graph_producer(g, g->n[p].in[0])) {
+        const g_node *nd = &g->n[p];
+        if (nd->op == G_RELU || nd->op == G_SIGMOID || nd->op == G_HARDSIGMOID)
+            return 1;
+        if (nd->op == G_CLIP)
+            return nd->clip_lo >= 0.0f;
+        if (nd->op != G_MAXPOOL && nd->op != G_AVGPOOL && nd->op != G_GAP && nd->op != G_GMP &&
+            nd->op != G_IDENTITY && nd->op != G_PAD)
+            return 0;
+    }
+    return 0;
+}
+
+/* Why zero padding cannot become the reader's own padding; NULL when it can.
+ * A Conv pads with zeros; an AveragePool does when it counts its padding (or
+ * has none, and then counts the Pad's); a MaxPool ignores its padding, which
+ * equals zero padding only when no value is negative. Pools also need their
+ * padding smaller than the kernel. */
+static const char *pad_fold_refusal(const graph *g, const g_node *pad, const g_node *r)
+{
+    if (!r)
+        return "its output is read by more than one node, or is a graph output";
+    if (r->op == G_CONV)
+        return NULL;
+    if (r->op != G_AVGPOOL && r->op != G_MAXPOOL)
+        return "it is read by a node that is not a Conv, AveragePool or MaxPool";
+    int own = r->pad_l[0] || r->pad_l[1] || r->pad_r[0] || r->pad_r[1];
+    if (r->op == G_AVGPOOL && own && !r->count_include_pad)
+        return "the AveragePool reading it has padding of its own that it does not count";
+    if (r->op == G_MAXPOOL && !nonnegative(g, pad->in[0]))
+        return "the MaxPool reading it may see negative values, where zeros would win";
+    for (int ax = 0; ax < 2; ax++) {
+        int dk = (r->kernel[ax] - 1) * r->dilation[ax] + 1;
+        if (r->pad_l[ax] + pad->pad_l[ax] >= dk || r->pad_r[ax] + pad->pad_r[ax] >= dk)
+            return "the padding would not be smaller than the pool's kernel";
+    }
+    return NULL;
+}
+
+/* A Pad node becomes an Identity when it pads nothing, else it is folded into
+ * the one Conv or pool reading it. MedSearch has no padding primitive: a Pad
+ * that cannot be folded is refused. */
+static int fold_pad(graph *g, g_node *pad, const unsigned char *keep, ms_err *err)
+{
+    if (!pad->pad_l[0] && !pad->pad_l[1] && !pad->pad_r[0] && !pad->pad_r[1]) {
+        pad->op = G_IDENTITY;
+        pad->n_in = 1;
+        return 0;
+    }
+    int ri = sole_reader(g, pad->out, keep);
+    g_node *r = ri >= 0 ? &g->n[ri] : NULL;
+    const char *why = pad_fold_refusal(g, pad, r);
+    if (why)
+        return ms_err_set(err, MS_EUNSUPPORTED,
+                          "node '%s' (Pad): MedSearch runs zero padding only as the padding of the Conv or pool "
+                          "that reads it, and cannot here: %s", pad->name, why);
+    for (int ax = 0; ax < 2; ax++) {
+        r->pad_l[ax] += pad->pad_l[ax];
+        r->pad_r[ax] += pad->pad_r[ax];
+    }
+    if (r->op == G_AVGPOOL)
+        r->count_include_pad = 1;
+    r->auto_pad = 0; /* resolved into pad_l / pad_r by shape inference */
+    r->in[0] = pad->in[0];
+    g->t[pad->out].consumers = 0;
+    pad->dead = 1;
+    return 0;
 }
 
 static int order_index(const graph *g, int node)
@@ -1024,6 +1248,9 @@ int graph_optimise(graph *g, const int *keep_list, int n_keep, ms_err *err)
             rc = prepare_gemm(g, nd, err);
         }
     }
+    for (int i = 0; i < g->n_order && !rc; i++)
+        if (g->n[g->order[i]].op == G_PAD)
+            rc = fold_pad(g, &g->n[g->order[i]], keep, err);
     /* BatchNorm right after a Conv whose output nothing else reads */
     for (int i = 0; i < g->n_order && !rc; i++) {
         g_node *bn = &g->n[g->order[i]];
@@ -1047,7 +1274,7 @@ int graph_optimise(graph *g, const int *keep_list, int n_keep, ms_err *err)
             fuse_swish(g, nd, keep);
         if (nd->op == G_ADD)
             fuse_sum(g, nd, i, keep);
-        else if (nd->op == G_RELU || nd->op == G_CLIP || nd->op == G_SIGMOID || nd->op == G_SWISH)
+        else if (is_eltwise(nd->op))
             fuse_eltwise(g, nd, keep);
     }
     compact_order(g);
@@ -1181,7 +1408,7 @@ int graph_gap_source(const graph *g, int t)
     int p = graph_producer(g, t);
     while (p >= 0 && (g->n[p].op == G_FLATTEN || g->n[p].op == G_RESHAPE || g->n[p].op == G_IDENTITY))
         p = graph_producer(g, g->n[p].in[0]);
-    if (p < 0 || g->n[p].op != G_GAP)
+    if (p < 0 || (g->n[p].op != G_GAP && g->n[p].op != G_GMP))
         return -1;
     return g->n[p].in[0];
 }

@@ -51,17 +51,27 @@ typedef enum {
     G_GEMM,
     G_CONCAT,
     G_IDENTITY,
+    G_HARDSIGMOID, /* max(0, min(1, alpha * x + beta)) */
+    G_HARDSWISH,   /* x * HardSigmoid(x) with alpha 1/6, beta 1/2; also a fused pair */
+    G_SUB,
+    G_DIV,
+    G_PAD,         /* zero padding of H and W, folded into the Conv or pool reading it */
+    G_GMP,         /* GlobalMaxPool */
+    /* Counted under their own name in op_count, run as another op:
+     * ReduceMean over H and W as G_GAP, Dropout (inference) as G_IDENTITY. */
+    G_REDUCEMEAN,
+    G_DROPOUT,
     G_OP_COUNT
 } g_op;
 
 typedef enum { G_POST_ELTWISE = 1, G_POST_SUM } g_post_kind;
-typedef enum { G_ACT_RELU = 1, G_ACT_CLIP, G_ACT_SIGMOID, G_ACT_SWISH } g_act;
+typedef enum { G_ACT_RELU = 1, G_ACT_CLIP, G_ACT_SIGMOID, G_ACT_SWISH, G_ACT_HARDSIGMOID, G_ACT_HARDSWISH } g_act;
 
 /* One post-op fused into a Conv, Gemm or binary node, applied in order. */
 typedef struct g_post {
     g_post_kind kind;
     g_act act;           /* G_POST_ELTWISE */
-    float lo, hi;        /* G_ACT_CLIP bounds */
+    float lo, hi;        /* G_ACT_CLIP bounds; G_ACT_HARDSIGMOID alpha, beta */
     int tensor;          /* G_POST_SUM: the residual added to the result */
 } g_post;
 
@@ -96,9 +106,12 @@ typedef struct g_node {
     float clip_lo, clip_hi;
     int clip_from_attrs; /* Clip bounds given as attributes (opset < 11) */
     float eps;
-    float alpha, beta;
+    float alpha, beta;   /* Gemm; HardSigmoid; Pad: beta is the constant value */
     int trans_a, trans_b;
     int axis;
+    int from_attrs;      /* Pad: pads and value were attributes (opset < 11) */
+    int keepdims;        /* ReduceMean (run as G_GAP): 0 gives [N, C] */
+    int reduce_axes[G_MAX_RANK], n_reduce_axes; /* ReduceMean; -1 axes: from input 1 */
     /* Filled by compilation. */
     int dead;            /* folded or fused into another node */
     int weights, bias;   /* Conv/Gemm constants after folding (bias may be -1) */
@@ -114,7 +127,7 @@ typedef struct g_stats {
     int bn_folded;       /* BatchNormalization folded into a Conv */
     int act_fused;       /* activations fused as eltwise post-ops */
     int add_fused;       /* residual Adds fused as sum post-ops */
-    int swish_fused;     /* Sigmoid+Mul pairs turned into swish */
+    int swish_fused;     /* Sigmoid+Mul (HardSigmoid+Mul) pairs turned into (hard) swish */
 } g_stats;
 
 typedef struct graph {
@@ -199,8 +212,9 @@ int64_t graph_live_bytes(const graph *g, int target);
 /* The node that produces tensor t after fusion, or -1. */
 int graph_producer(const graph *g, int t);
 
-/* The tensor feeding the GlobalAveragePool that (through Flatten, Reshape or
- * Identity) produces t; -1 when there is none. */
+/* The tensor feeding the global pooling (GlobalAveragePool, ReduceMean over
+ * H and W, GlobalMaxPool) that, through Flatten, Reshape or Identity,
+ * produces t; -1 when there is none. */
 int graph_gap_source(const graph *g, int t);
 
 /* Frees a constant's float data once nothing needs it on the host. */

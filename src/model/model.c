@@ -409,8 +409,9 @@ static int pick_feature(model *m, const model_options *o, ms_err *err)
     if (m->map < 0) {
         int p = graph_producer(g, t);
         return ms_err_set(err, MS_EUNSUPPORTED,
-                          "pooling '%s' needs the feature '%s' to come from a GlobalAveragePool (through Flatten, "
-                          "Reshape or Identity); it comes from %s node '%s'",
+                          "pooling '%s' needs the feature '%s' to come from a global pooling (GlobalAveragePool, "
+                          "ReduceMean over height and width or GlobalMaxPool, through Flatten, Reshape or Identity); "
+                          "it comes from %s node '%s'",
                           pool_name(m->pool, m->gem_p, pb, sizeof pb), g->t[t].name,
                           p >= 0 ? g->n[p].op_type : "no", p >= 0 ? g->n[p].name : "-");
     }
@@ -785,7 +786,7 @@ static void describe(model *m)
         }
     sb_printf(&s, "\nparameters  %lld\n", (long long)g->params);
     sb_printf(&s, "flops       %.3f GFLOP per image (multiply-add = 2)\n", m->flops / 1e9);
-    sb_printf(&s, "compiled    %d BatchNorm folded, %d activations and %d residual adds fused, %d swish; %d nodes\n",
+    sb_printf(&s, "compiled    %d BatchNorm folded, %d activations and %d residual adds fused, %d swish or hard swish; %d nodes\n",
               g->stats.bn_folded, g->stats.act_fused, g->stats.add_fused, g->stats.swish_fused, g->n_order);
     sb_printf(&s, "runtime     %s\n", model_runtime_info(m));
     m->describe = s.p;

@@ -3,17 +3,21 @@
  * into feature vectors.
  *
  * model_load parses the ONNX protobuf (protobuf-c), validates every node
- * against the supported ops (Conv, BatchNormalization, Relu, Clip, Add,
- * MaxPool, AveragePool, GlobalAveragePool, Flatten, Reshape to 2-D, Gemm,
- * Concat, Sigmoid, Mul, Identity), folds BatchNorm into convolutions, fuses
- * activations and residual adds into the producing Conv, and plans activation
- * memory. Anything unsupported is an error at load time naming the op and
- * node. oneDNN is called from dnnl.c only.
+ * against the supported ops (Conv, BatchNormalization, Relu, Clip, Sigmoid,
+ * HardSigmoid, HardSwish, Add, Sub, Mul, Div, Pad of H and W with zeros,
+ * MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, ReduceMean over H
+ * and W, Flatten, Reshape to 2-D, Gemm, Concat, Identity, Dropout; the exact
+ * limits are in docs/models.md), folds BatchNorm into convolutions and Pads
+ * into the Conv or pool reading them, fuses activations and residual adds
+ * into the producing Conv, and plans activation memory. Anything unsupported
+ * is an error at load time naming the op and node. oneDNN is called from
+ * dnnl.c only.
  *
  * The feature tensor is chosen by options.output, else the metadata key
  * medsearch.feature_output, else the graph's first output. With a pooling
  * other than MODEL_POOL_OUTPUT the runtime instead takes the 4-D map that
- * feeds the GlobalAveragePool producing that output and pools it itself
+ * feeds the global pooling (GlobalAveragePool, ReduceMean over H and W,
+ * GlobalMaxPool) producing that output and pools it itself
  * (GeM, max, average, or the legacy top-left cell).
  *
  * Preprocessing (model_prep): each of input size, mean and scale comes from
@@ -88,8 +92,8 @@ void model_options_init(model_options *o);
 /* Loads, validates and compiles. Returns 0 or MS_ENOTFOUND (no file, or no
  * tensor named options.output), MS_EIO, MS_EFORMAT (bad protobuf, missing
  * initializer, shape mismatch, absurd dims, bad medsearch.* metadata),
- * MS_EUNSUPPORTED (op, attribute, external data, pooling without a
- * GlobalAveragePool), MS_ETOOBIG (file or activations over a limit),
+ * MS_EUNSUPPORTED (op, attribute, external data, a Pad that cannot be
+ * folded, pooling without a global pooling node), MS_ETOOBIG (file or activations over a limit),
  * MS_EINVAL (bad option), MS_ENOMEM. Every oneDNN primitive of a batch-1
  * forward is created here, so a model that loads also runs.
  * *out is owned by the caller: model_free(). */

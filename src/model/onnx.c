@@ -221,6 +221,66 @@ static int parse_window(const node_ctx *c, g_node *nd, int kernel_required, int 
     return attr_auto_pad(c, &nd->auto_pad, err);
 }
 
+/* Whether string attribute `name` is absent (then `def` applies) or equals want. */
+static int attr_string_is(const node_ctx *c, const char *name, const char *def, const char *want)
+{
+    const Onnx__AttributeProto *a = attr_find(c, name);
+    if (!a)
+        return !strcmp(def, want);
+    return a->s.len == strlen(want) && !memcmp(a->s.data, want, a->s.len);
+}
+
+/* Pad: only mode "constant". Opset < 11 gives pads and value as attributes;
+ * later opsets as inputs, read by shape inference once constants are known. */
+static int parse_pad(const node_ctx *c, g_node *nd, ms_err *err)
+{
+    if (!attr_string_is(c, "mode", "constant", "constant")) {
+        const Onnx__AttributeProto *a = attr_find(c, "mode");
+        return ms_err_set(err, MS_EUNSUPPORTED,
+                          "node '%s' (Pad): mode '%.*s' is not supported; only constant (zero) padding is",
+                          c->name, (int)(a->s.len > 20 ? 20 : a->s.len), (const char *)a->s.data);
+    }
+    int pads[8], present, rc;
+    nd->beta = 0.0f; /* the padding value, 0 unless the file says otherwise */
+    if ((rc = attr_ints(c, "pads", 8, -G_MAX_KERNEL, G_MAX_KERNEL, pads, &present, err)))
+        return rc;
+    if (!present)
+        return 0;
+    nd->from_attrs = 1;
+    for (int ax = 0; ax < 2; ax++) {
+        nd->pad_l[ax] = pads[2 + ax];
+        nd->pad_r[ax] = pads[6 + ax];
+    }
+    if (pads[0] || pads[1] || pads[4] || pads[5])
+        nd->from_attrs = -1; /* pads the batch or channels: refused with the shape */
+    return attr_float(c, "value", 0.0f, &nd->beta, NULL, err);
+}
+
+/* ReduceMean: axes as an attribute (opset < 18) or input 1; keepdims. */
+static int parse_reduce_mean(const node_ctx *c, g_node *nd, ms_err *err)
+{
+    int64_t v;
+    int rc;
+    if ((rc = attr_int(c, "keepdims", 1, 0, 1, &v, err)))
+        return rc;
+    nd->keepdims = (int)v;
+    if ((rc = attr_int(c, "noop_with_empty_axes", 0, 0, 1, &v, err)))
+        return rc;
+    const Onnx__AttributeProto *a = attr_find(c, "axes");
+    nd->n_reduce_axes = -1;
+    if (!a)
+        return 0;
+    if (a->n_ints > G_MAX_RANK)
+        return attr_bad(c, "axes", "a list of at most 6 axes", err);
+    nd->n_reduce_axes = (int)a->n_ints;
+    for (size_t i = 0; i < a->n_ints; i++) {
+        if (a->ints[i] < -G_MAX_RANK || a->ints[i] >= G_MAX_RANK)
+            return attr_bad(c, "axes", "a list of axes in [-6, 5]", err);
+        nd->reduce_axes[i] = (int)a->ints[i];
+    }
+    return 0;
+}
+
 static int parse_attributes(const node_ctx *c, g_node *nd, ms_err *err)
 {
     int64_t v;
@@ -300,6 +360,15 @@ static int parse_attributes(const node_ctx *c, g_node *nd, ms_err *err)
             return rc;
         nd->axis = (int)v; /* allowzero, kept for shape inference */
         return 0;
+    case G_HARDSIGMOID:
+        if ((rc = attr_float(c, "alpha", 0.2f, &nd->alpha, NULL, err)) ||
+            (rc = attr_float(c, "beta", 0.5f, &nd->beta, NULL, err)))
+            return rc;
+        return 0;
+    case G_PAD:
+        return parse_pad(c, nd, err);
+    case G_GAP:
+        return strcmp(c->op, "ReduceMean") ? 0 : parse_reduce_mean(c, nd, err);
     default:
         return 0;
     }
@@ -472,26 +541,35 @@ static int add_constant_node(graph *g, const node_ctx *c, ms_err *err)
 
 /* -------------------------------------------------------------------- nodes */
 
+/* ONNX op -> the op that runs it, and the op it is counted as in op_count. */
 static const struct {
     const char *name;
-    g_op op;
+    g_op op, counted;
     int min_in, max_in;
 } op_table[] = {
-    {"Conv", G_CONV, 2, 3},
-    {"BatchNormalization", G_BN, 5, 5},
-    {"Relu", G_RELU, 1, 1},
-    {"Clip", G_CLIP, 1, 3},
-    {"Sigmoid", G_SIGMOID, 1, 1},
-    {"Add", G_ADD, 2, 2},
-    {"Mul", G_MUL, 2, 2},
-    {"MaxPool", G_MAXPOOL, 1, 1},
-    {"AveragePool", G_AVGPOOL, 1, 1},
-    {"GlobalAveragePool", G_GAP, 1, 1},
-    {"Flatten", G_FLATTEN, 1, 1},
-    {"Reshape", G_RESHAPE, 2, 2},
-    {"Gemm", G_GEMM, 2, 3},
-    {"Concat", G_CONCAT, 1, ONNX_MAX_INPUTS},
-    {"Identity", G_IDENTITY, 1, 1},
+    {"Conv", G_CONV, G_CONV, 2, 3},
+    {"BatchNormalization", G_BN, G_BN, 5, 5},
+    {"Relu", G_RELU, G_RELU, 1, 1},
+    {"Clip", G_CLIP, G_CLIP, 1, 3},
+    {"Sigmoid", G_SIGMOID, G_SIGMOID, 1, 1},
+    {"HardSigmoid", G_HARDSIGMOID, G_HARDSIGMOID, 1, 1},
+    {"HardSwish", G_HARDSWISH, G_HARDSWISH, 1, 1},
+    {"Add", G_ADD, G_ADD, 2, 2},
+    {"Sub", G_SUB, G_SUB, 2, 2},
+    {"Mul", G_MUL, G_MUL, 2, 2},
+    {"Div", G_DIV, G_DIV, 2, 2},
+    {"Pad", G_PAD, G_PAD, 1, 4},
+    {"MaxPool", G_MAXPOOL, G_MAXPOOL, 1, 1},
+    {"AveragePool", G_AVGPOOL, G_AVGPOOL, 1, 1},
+    {"GlobalAveragePool", G_GAP, G_GAP, 1, 1},
+    {"GlobalMaxPool", G_GMP, G_GMP, 1, 1},
+    {"ReduceMean", G_GAP, G_REDUCEMEAN, 1, 2},
+    {"Flatten", G_FLATTEN, G_FLATTEN, 1, 1},
+    {"Reshape", G_RESHAPE, G_RESHAPE, 2, 2},
+    {"Gemm", G_GEMM, G_GEMM, 2, 3},
+    {"Concat", G_CONCAT, G_CONCAT, 1, ONNX_MAX_INPUTS},
+    {"Identity", G_IDENTITY, G_IDENTITY, 1, 1},
+    {"Dropout", G_IDENTITY, G_DROPOUT, 1, 3},
 };
 
 static int unsupported_op(const node_ctx *c, const char *domain, ms_err *err)
@@ -502,6 +580,21 @@ static int unsupported_op(const node_ctx *c, const char *domain, ms_err *err)
         used += (size_t)snprintf(list + used, sizeof list - used, "%s%s", i ? ", " : "", op_table[i].name);
     return ms_err_set(err, MS_EUNSUPPORTED, "node '%s' uses op '%s%s%s', which MedSearch does not support (supported: %s)",
                       c->name, domain && *domain ? domain : "", domain && *domain ? "." : "", c->op, list);
+}
+
+/* Dropout runs as Identity: it must not be in training mode. Its ratio is
+ * not read; its mask (output 1), like any extra output, is never computed. */
+static int dropout_for_inference(const node_ctx *c, const Onnx__NodeProto *np, ms_err *err)
+{
+    if (np->n_input > 2 && np->input[2] && *np->input[2])
+        return ms_err_set(err, MS_EUNSUPPORTED,
+                          "node '%s' (Dropout) has a training_mode input; export the model in eval mode", c->name);
+    int64_t v;
+    int rc = attr_int(c, "is_test", 1, 0, 1, &v, err);
+    if (!rc && !v)
+        rc = ms_err_set(err, MS_EUNSUPPORTED, "node '%s' (Dropout) has is_test = 0; export the model in eval mode",
+                        c->name);
+    return rc;
 }
 
 static int add_node(graph *g, const Onnx__NodeProto *np, int index, ms_err *err)
@@ -535,13 +628,18 @@ static int add_node(graph *g, const Onnx__NodeProto *np, int index, ms_err *err)
     int ni = graph_add_node(g, op_table[k].op, c.name, c.op, err);
     if (ni < 0)
         return ni;
-    g->op_count[op_table[k].op]++;
+    g->op_count[op_table[k].counted]++;
+    if (op_table[k].counted == G_DROPOUT) {
+        int rc = dropout_for_inference(&c, np, err);
+        if (rc)
+            return rc;
+    }
     g_node *nd = &g->n[ni];
     nd->in = malloc(np->n_input * sizeof *nd->in);
     if (!nd->in)
         return ms_err_set(err, MS_ENOMEM, "out of memory");
-    nd->n_in = (int)np->n_input;
-    for (size_t i = 0; i < np->n_input; i++) {
+    nd->n_in = op_table[k].counted == G_DROPOUT ? 1 : (int)np->n_input;
+    for (size_t i = 0; i < (size_t)nd->n_in; i++) {
         const char *in = np->input[i];
         if (!in || !*in) {
             nd->in[i] = -1;

@@ -294,7 +294,183 @@ def cases(outdir, mf):
     y = c.node("Conv", [i1, w], F.conv2d(c.t(i1), c.env[w]), kernel_shape=[1, 1])
     c.write(outdir, c.node("Identity", [y], c.t(y)), mf)
 
+    # Pad: folded into the Conv or pool that reads it (inputs from opset 11,
+    # attributes before, an axes input from opset 18)
+    def pad(case, x, p, opset_attrs=False, axes=None):
+        """p: (top, left, bottom, right) zero padding of H and W."""
+        ref = F.pad(case.t(x), (p[1], p[3], p[0], p[2]))
+        if opset_attrs:
+            return case.node("Pad", [x], ref, mode="constant", pads=[0, 0, p[0], p[1], 0, 0, p[2], p[3]], value=0.0)
+        if axes is not None:
+            pads = case.const(np.array([p[0], p[1], p[2], p[3]], dtype=np.int64), dtype=np.int64)
+            return case.node("Pad", [x, pads, "", case.const(np.array(axes, dtype=np.int64), dtype=np.int64)], ref)
+        pads = case.const(np.array([0, 0, p[0], p[1], 0, 0, p[2], p[3]], dtype=np.int64), dtype=np.int64)
+        return case.node("Pad", [x, pads, case.const(np.float32(0.0))], ref, mode="constant")
+
+    c = Case("pad_conv", size=15)
+    x = pad(c, c.conv("input", 3, 8), (1, 2, 2, 0))
+    c.write(outdir, c.conv(x, 8, 8, pads=(0, 0, 0, 0)), mf)
+    c = Case("pad_conv_attrs_opset2", size=15, opset=2)
+    x = pad(c, "input", (2, 1, 0, 3), opset_attrs=True)
+    c.write(outdir, c.conv(x, 3, 8, stride=2, pads=(1, 1, 1, 1)), mf)
+    c = Case("pad_conv_axes_opset18", size=15, opset=18)
+    x = pad(c, "input", (1, 0, 1, 2), axes=[-2, 3])
+    c.write(outdir, c.conv(x, 3, 8, pads=(0, 0, 0, 0)), mf)
+    c = Case("pad_zero_avgpool")  # what PyTorch exports for DenseNet's AvgPool2d(2, 2)
+    x = c.conv("input", 3, 8)
+    x = pad(c, x, (0, 0, 0, 0))
+    c.write(outdir, c.node("AveragePool", [x], F.avg_pool2d(c.t(x), 2, 2), kernel_shape=[2, 2], strides=[2, 2]), mf)
+    c = Case("pad_avgpool_counts_zeros", size=15)
+    x = pad(c, c.conv("input", 3, 8), (1, 1, 2, 0))
+    c.write(outdir, c.node("AveragePool", [x], F.avg_pool2d(c.t(x), 3, 2), kernel_shape=[3, 3], strides=[2, 2]), mf)
+    c = Case("pad_maxpool_after_relu", size=15)
+    x = c.conv("input", 3, 8)
+    x = c.node("Relu", [x], F.relu(c.t(x)))
+    x = pad(c, x, (1, 0, 1, 1))
+    c.write(outdir, c.node("MaxPool", [x], F.max_pool2d(c.t(x), 3, 2, 1), kernel_shape=[3, 3], strides=[2, 2],
+                           pads=[1, 1, 1, 1]), mf)
+
+    # HardSigmoid and HardSwish: standalone, fused into a Conv, the HardSigmoid
+    # x Mul pair PyTorch exports for Hardswish before opset 14, and the gate of
+    # MobileNetV3's squeeze-excite
+    c = Case("hardsigmoid_input")
+    c.write(outdir, c.node("HardSigmoid", ["input"], torch.clamp(0.5 * c.t("input") + 0.4, 0, 1), alpha=0.5,
+                           beta=0.4), mf)
+    c = Case("hardsigmoid_conv_defaults")
+    x = c.conv("input", 3, 8)
+    c.write(outdir, c.node("HardSigmoid", [x], torch.clamp(0.2 * c.t(x) + 0.5, 0, 1)), mf)
+    c = Case("hardswish_op_opset14", opset=14)
+    x = c.conv("input", 3, 8)
+    y = c.node("HardSwish", [x], F.hardswish(c.t(x)))
+    c.write(outdir, c.conv(y, 8, 8), mf)
+    c = Case("hardswish_input_opset14", opset=14)
+    c.write(outdir, c.node("HardSwish", ["input"], F.hardswish(c.t("input"))), mf)
+    c = Case("hardswish_pair")
+    x = c.conv("input", 3, 24)
+    h = c.node("HardSigmoid", [x], F.hardsigmoid(c.t(x)), alpha=1.0 / 6, beta=0.5)
+    y = c.node("Mul", [x, h], c.t(x) * c.t(h))
+    c.write(outdir, c.conv(y, 24, 8), mf)
+    c = Case("hardsigmoid_other_times_x")  # not hard swish: alpha 0.2
+    x = c.conv("input", 3, 8)
+    h = c.node("HardSigmoid", [x], torch.clamp(0.2 * c.t(x) + 0.5, 0, 1))
+    c.write(outdir, c.node("Mul", [h, x], c.t(h) * c.t(x)), mf)
+    c = Case("squeeze_excite_hardsigmoid")
+    x = c.conv("input", 3, 32)
+    g = c.node("GlobalAveragePool", [x], F.adaptive_avg_pool2d(c.t(x), 1))
+    r = c.node("Relu", [c.conv(g, 32, 8, k=1, pads=(0, 0, 0, 0))], None)
+    c.env[r] = F.relu(c.t(c.nodes[-1].input[0]))
+    e = c.conv(r, 8, 32, k=1, pads=(0, 0, 0, 0))
+    gate = c.node("HardSigmoid", [e], F.hardsigmoid(c.t(e)), alpha=1.0 / 6, beta=0.5)
+    c.write(outdir, c.node("Mul", [x, gate], c.t(x) * c.t(gate)), mf)
+
+    # Sub and Div: the normalisation some exporters put in the graph, and
+    # between activations
+    c = Case("sub_div_normalise")
+    mean, std = rand(3, 1, 1), rand(3, 1, 1, lo=0.2, hi=0.5)
+    x = c.node("Sub", ["input", c.const(mean)], c.t("input") - torch.from_numpy(mean))
+    x = c.node("Div", [x, c.const(std)], c.t(x) / torch.from_numpy(std))
+    c.write(outdir, c.conv(x, 3, 8), mf)
+    c = Case("sub_div_activations")
+    a = c.conv("input", 3, 8)
+    b = c.conv("input", 3, 8, k=1, pads=(0, 0, 0, 0))
+    d = c.node("Sub", [a, b], c.t(a) - c.t(b))
+    s = c.node("Sigmoid", [b], torch.sigmoid(c.t(b)))
+    s1 = c.node("Add", [s, c.const(np.float32(1.0))], c.t(s) + 1.0)
+    q = c.node("Div", [d, s1], c.t(d) / c.t(s1))
+    c.write(outdir, c.node("Relu", [q], F.relu(c.t(q))), mf)
+    c = Case("div_by_gate")  # Div of [N,C,H,W] by a [N,C,1,1] activation
+    x = c.conv("input", 3, 16)
+    g = c.node("GlobalAveragePool", [x], F.adaptive_avg_pool2d(c.t(x), 1))
+    g = c.node("Sigmoid", [g], torch.sigmoid(c.t(g)))
+    c.write(outdir, c.node("Div", [x, g], c.t(x) / c.t(g)), mf)
+
+    # global pools: ReduceMean over H and W (axes as attribute or input, with
+    # and without keepdims), GlobalMaxPool; Dropout in inference
+    c = Case("reducemean_keepdims0_gemm")
+    x = c.node("Relu", [c.conv("input", 3, 16)], None)
+    c.env[x] = F.relu(c.t(c.nodes[-1].input[0]))
+    m = c.node("ReduceMean", [x], c.t(x).mean((2, 3)), axes=[2, 3], keepdims=0)
+    w = rand(6, 16)
+    c.write(outdir, c.node("Gemm", [m, c.const(w)], F.linear(c.t(m), torch.from_numpy(w)), transB=1), mf)
+    c = Case("reducemean_keepdims_negative_axes")
+    x = c.conv("input", 3, 16)
+    m = c.node("ReduceMean", [x], c.t(x).mean((2, 3), keepdim=True), axes=[-1, -2])
+    c.write(outdir, c.node("Flatten", [m], torch.flatten(c.t(m), 1), axis=1), mf)
+    c = Case("reducemean_axes_input_opset18", opset=18)
+    x = c.conv("input", 3, 16)
+    c.write(outdir, c.node("ReduceMean", [x, c.const(np.array([2, 3], dtype=np.int64), dtype=np.int64)],
+                           c.t(x).mean((2, 3)), keepdims=0), mf)
+    c = Case("globalmaxpool")
+    x = c.conv("input", 3, 24)
+    g = c.node("GlobalMaxPool", [x], F.adaptive_max_pool2d(c.t(x), 1))
+    c.write(outdir, c.node("Flatten", [g], torch.flatten(c.t(g), 1), axis=1), mf)
+    c = Case("dropout_opset10_mask_unused", opset=10)
+    x = c.conv("input", 3, 8)
+    c.nodes.append(helper.make_node("Dropout", [x], ["d", "mask"], name="drop", ratio=0.5))
+    c.env["d"] = c.t(x)
+    c.write(outdir, c.conv("d", 8, 4), mf)
+    c = Case("dropout_opset13_ratio_input")
+    x = c.conv("input", 3, 8)
+    c.write(outdir, c.node("Dropout", [x, c.const(np.float32(0.3))], c.t(x)), mf)
+
     # errors at load time
+    def refused(name, build, code, words, opset=13):
+        case = Case(name, opset=opset)
+        out = build(case)
+        case.env.setdefault(out, torch.zeros(N, 1))
+        write_error(case, outdir, out, mf, code, words)
+
+    def pad_node(case, x, pads, mode=None, value=None, name="pd"):
+        ins = [x, case.const(np.array(pads, dtype=np.int64), dtype=np.int64)]
+        if value is not None:
+            ins.append(case.const(np.float32(value)))
+        attrs = {"mode": mode} if mode else {}
+        case.nodes.append(helper.make_node("Pad", ins, ["padded"], name=name, **attrs))
+        return "padded"
+
+    def conv_after(case, x, ch=3):
+        case.nodes.append(helper.make_node("Conv", [x, case.const(rand(4, ch, 3, 3))], ["y"], name="cv",
+                                           kernel_shape=[3, 3]))
+        return "y"
+
+    refused("pad_reflect", lambda c: conv_after(c, pad_node(c, "input", [0, 0, 1, 1, 0, 0, 1, 1], "reflect")),
+            "UNSUPPORTED", ["reflect", "pd"])
+    refused("pad_channels", lambda c: conv_after(c, pad_node(c, "input", [0, 1, 0, 0, 0, 0, 0, 0]), 4),
+            "UNSUPPORTED", ["height", "pd"])
+    refused("pad_value_one", lambda c: conv_after(c, pad_node(c, "input", [0, 0, 1, 1, 0, 0, 1, 1], value=1.0)),
+            "UNSUPPORTED", ["zero", "pd"])
+    refused("pad_negative", lambda c: conv_after(c, pad_node(c, "input", [0, 0, -1, 0, 0, 0, 0, 0])),
+            "UNSUPPORTED", ["negative", "pd"])
+
+    def pad_maxpool_signed(c):
+        x = pad_node(c, "input", [0, 0, 1, 1, 0, 0, 1, 1])
+        c.nodes.append(helper.make_node("MaxPool", [x], ["y"], name="mp", kernel_shape=[3, 3]))
+        return "y"
+    refused("pad_maxpool_signed", pad_maxpool_signed, "UNSUPPORTED", ["MaxPool", "negative", "pd"])
+
+    def pad_two_readers(c):
+        x = pad_node(c, "input", [0, 0, 1, 1, 0, 0, 1, 1])
+        c.nodes.append(helper.make_node("Conv", [x, c.const(rand(4, 3, 3, 3))], ["a"], name="c1", kernel_shape=[3, 3]))
+        c.nodes.append(helper.make_node("Conv", [x, c.const(rand(4, 3, 3, 3))], ["b"], name="c2", kernel_shape=[3, 3]))
+        c.nodes.append(helper.make_node("Add", ["a", "b"], ["y"], name="sum"))
+        return "y"
+    refused("pad_two_readers", pad_two_readers, "UNSUPPORTED", ["more than one", "pd"])
+
+    def sub_constant_first(c):
+        c.nodes.append(helper.make_node("Sub", [c.const(rand(3, 1, 1)), "input"], ["y"], name="neg"))
+        return "y"
+    refused("sub_constant_first", sub_constant_first, "UNSUPPORTED", ["first operand", "neg"])
+
+    def reducemean_channels(c):
+        c.nodes.append(helper.make_node("ReduceMean", ["input"], ["y"], name="rm", axes=[1], keepdims=0))
+        return "y"
+    refused("reducemean_channels", reducemean_channels, "UNSUPPORTED", ["height and width", "rm"])
+
+    def dropout_training(c):
+        c.nodes.append(helper.make_node("Dropout", ["input", c.const(np.float32(0.5)), "train"], ["y"], name="dr"))
+        return "y"
+    refused("dropout_training_mode", dropout_training, "UNSUPPORTED", ["training_mode", "dr"])
+
     c = Case("unsupported_lstm")
     x = c.conv("input", 3, 4)
     c.nodes.append(helper.make_node("LSTM", [x, "w", "r"], ["y"], name="my_lstm", hidden_size=4))

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# CNN topologies users bring, end to end against PyTorch: torchvision's
+# DenseNet-121, MobileNetV3-Small, MNASNet, EfficientNet-B0, RegNetY, SqueezeNet
+# and GoogLeNet with seeded random weights, exported to ONNX as users export
+# them (tests/tools/torchvision_zoo.py). For each, `medsearch embed --raw` of
+# four images in one batch must match PyTorch run on the very inputs MedSearch
+# prepared (--dump-input) within 1e-4 of the largest value, and each image alone
+# must give its batch row. Where the feature is a global average pool, `--pool
+# avg` (pooled by MedSearch from the map feeding it) must equal the graph's own
+# output. Skips when /usr/bin/python3 lacks torch, torchvision or onnx.
+set -u
+BIN=${MEDSEARCH_BIN:?MEDSEARCH_BIN is not set (tests/run.sh sets it)}
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+PY=/usr/bin/python3
+TOOL=$ROOT/tests/tools/torchvision_zoo.py
+"$PY" -c "import torch, torchvision, onnx, PIL, numpy" 2>/dev/null ||
+    { echo "skip: $PY lacks torch, torchvision, onnx, PIL or numpy (Debian python3-torch, python3-torchvision, python3-onnx)"; exit 77; }
+T=$(mktemp -d "${TMPDIR:-/tmp}/medsearch-zoo.XXXXXX")
+trap 'rm -rf "$T"' EXIT
+fails=0
+fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
+
+MODELS="densenet121 mobilenet_v3_small mnasnet0_5 efficientnet_b0 regnet_y_400mf squeezenet1_1 googlenet"
+echo "== export: $MODELS"
+"$PY" "$TOOL" export "$T" $MODELS >"$T/ops.txt" 2>"$T/export.err" || { cat "$T/export.err"; echo "FAIL: export"; exit 1; }
+cat "$T/ops.txt"
+# the exports must really contain what each model is here for
+need_ops() { grep -q "^$1 .*$2" "$T/ops.txt" || fail "$1's export lacks $2 (torch exports differently now?)"; }
+need_ops densenet121 Pad
+need_ops densenet121 BatchNormalization
+need_ops mobilenet_v3_small HardSigmoid
+need_ops mnasnet0_5 ReduceMean
+need_ops efficientnet_b0 Sigmoid
+
+# random grey images: exact size, down-scaled, up-scaled, non-square
+"$PY" - "$T" <<'EOF' || { echo "FAIL: images"; exit 1; }
+import sys
+import numpy as np
+from PIL import Image
+rng = np.random.default_rng(5)
+for i, (w, h) in enumerate([(224, 224), (300, 260), (97, 120), (180, 240)]):
+    Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8), "L").save(f"{sys.argv[1]}/img{i}.png")
+EOF
+IMGS=("$T/img0.png" "$T/img1.png" "$T/img2.png" "$T/img3.png")
+
+for m in $MODELS; do
+    echo "== $m"
+    M=$T/$m.onnx
+    if ! "$BIN" embed --model "$M" --raw -b 4 -o "$T/$m.got" --dump-input "$T/$m.in" "${IMGS[@]}" >/dev/null 2>"$T/$m.err"; then
+        fail "$m: embed failed: $(cat "$T/$m.err")"
+        continue
+    fi
+    "$PY" "$TOOL" forward "$T" "$m" "$T/$m.in" 4 224 "$T/$m.want" 2>/dev/null || { fail "$m: PyTorch forward"; continue; }
+    "$PY" "$TOOL" compare "$T/$m.got" "$T/$m.want" 4 1e-4 || fail "$m: MedSearch differs from PyTorch"
+    # each image alone gives its row of the batch
+    for i in 0 3; do
+        "$BIN" embed --model "$M" --raw -o "$T/$m.one" "${IMGS[$i]}" >/dev/null 2>&1 || { fail "$m: embed of one image"; continue; }
+        "$PY" - "$T/$m.one" "$T/$m.got" "$i" <<'EOF' || fail "$m: image $i alone differs from its batch row"
+import sys
+import numpy as np
+one = np.fromfile(sys.argv[1], dtype=np.float32)
+row = np.fromfile(sys.argv[2], dtype=np.float32).reshape(4, -1)[int(sys.argv[3])]
+assert np.abs(one - row).max() <= 1e-5 * np.abs(row).max(), np.abs(one - row).max()
+EOF
+    done
+    # the graph's own global average pool against MedSearch's pooling of its input map
+    if [ "$m" != squeezenet1_1 ]; then
+        "$BIN" embed --model "$M" --raw --pool avg -b 4 -o "$T/$m.avg" "${IMGS[@]}" >/dev/null 2>"$T/$m.err" ||
+            fail "$m: --pool avg failed: $(cat "$T/$m.err")"
+        "$PY" "$TOOL" compare "$T/$m.avg" "$T/$m.got" 4 1e-5 >/dev/null || fail "$m: --pool avg differs from the graph's pooling"
+        "$BIN" embed --model "$M" --pool gem -o "$T/$m.gem" "${IMGS[0]}" >/dev/null 2>"$T/$m.err" ||
+            fail "$m: --pool gem failed: $(cat "$T/$m.err")"
+    fi
+done
+
+echo "== info names what was run"
+"$BIN" info --model "$T/mobilenet_v3_small.onnx" >"$T/info" 2>&1 || fail "info on mobilenet_v3_small"
+grep -q "HardSigmoid" "$T/info" || fail "info does not count HardSigmoid: $(cat "$T/info")"
+grep -Eq "[1-9][0-9]* swish" "$T/info" || fail "info: no hard swish fused in mobilenet_v3_small: $(grep compiled "$T/info")"
+"$BIN" info --model "$T/mnasnet0_5.onnx" 2>&1 | grep -q "ReduceMean 1" || fail "info does not count ReduceMean"
+
+[ "$fails" -eq 0 ] && echo "model zoo: all passed" || { echo "model zoo: $fails failure(s)"; exit 1; }

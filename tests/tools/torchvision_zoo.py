@@ -1,0 +1,127 @@
+#!/usr/bin/python3
+"""Reference side of tests/e2e/model_zoo.sh: CNN topologies users bring, exported
+from torchvision with random weights, run by PyTorch on the inputs MedSearch prepared.
+
+Run with /usr/bin/python3 (Debian's python3-torch, torchvision, onnx, PIL).
+
+  torchvision_zoo.py export DIR NAME...
+        builds each torchvision model NAME with seeded random weights and realistic
+        BatchNorm statistics (make_resnet50.py's calibration, unperturbed), its
+        classification layer removed where the pooled feature is what search uses,
+        exports it to DIR/NAME.onnx the way users do (torch.onnx.export, opset 13,
+        dynamic batch), saves the weights to DIR/NAME.pt and prints one line
+        "NAME op1,op2,..." with the ONNX ops of the file.
+  torchvision_zoo.py forward DIR NAME IN N S OUT
+        runs DIR/NAME.pt in float64 on N prepared images (float32 N x 3 x S x S,
+        from `medsearch embed --dump-input`) and writes the N x K outputs as float32.
+  torchvision_zoo.py compare GOT WANT N TOL
+        exits 1 unless the two N-row float32 files agree within TOL times the
+        largest absolute reference value; prints the error either way.
+"""
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+# What each topology brings (checked by the test against the exported ops):
+HEADS = {
+    # the DenseNet-121 chest X-ray models are built on: standalone BatchNorm,
+    # Concat, AveragePool behind a zero Pad
+    "densenet121": "classifier",
+    # HardSwish (HardSigmoid x Mul at opset 13), HardSigmoid squeeze-excite gates
+    "mobilenet_v3_small": "classifier",
+    # ReduceMean over height and width as its global pooling
+    "mnasnet0_5": "classifier",
+    # SiLU (Sigmoid x Mul), squeeze-excite
+    "efficientnet_b0": "classifier",
+    # grouped convolutions, squeeze-excite with ReLU
+    "regnet_y_400mf": "fc",
+    # Concat of parallel branches, ceil-mode MaxPool; its classifier is a Conv
+    # then a global average pool, kept
+    "squeezenet1_1": None,
+    # Inception branches, ceil-mode pools
+    "googlenet": "fc",
+}
+
+
+# One seed for every model; with it each export is well conditioned: PyTorch's
+# float32 output is within 1e-5 of its float64 output (some other seeds give
+# EfficientNet activations in the hundreds and a float32 error of 2e-4).
+SEED = 11
+
+
+def build(name, seed):
+    import torch
+    import torchvision
+
+    torch.manual_seed(seed)
+    kwargs = {"aux_logits": False, "init_weights": True} if name == "googlenet" else {}
+    model = getattr(torchvision.models, name)(weights=None, **kwargs)
+    head = HEADS[name]
+    if head:
+        setattr(model, head, torch.nn.Identity())
+    return model
+
+
+def cmd_export(d, names):
+    import onnx
+    import torch
+    from make_resnet50 import calibrate
+
+    torch.set_num_threads(2)
+    for name in names:
+        model = build(name, SEED)
+        # measured statistics, not perturbed ones: perturbed, EfficientNet becomes so
+        # ill-conditioned that PyTorch's own float32 and float64 outputs differ by 1e-2
+        calibrate(model, SEED, perturb=False)
+        torch.save(model.state_dict(), os.path.join(d, name + ".pt"))
+        path = os.path.join(d, name + ".onnx")
+        torch.onnx.export(model, torch.zeros(1, 3, 224, 224), path, opset_version=13,
+                          input_names=["input"], output_names=["features"],
+                          dynamic_axes={"input": {0: "batch"}, "features": {0: "batch"}})
+        ops = sorted({n.op_type for n in onnx.load(path).graph.node})
+        print(name, ",".join(ops))
+
+
+def cmd_forward(d, name, inp, n, s, out):
+    import torch
+
+    torch.set_num_threads(2)
+    model = build(name, 0)
+    model.load_state_dict(torch.load(os.path.join(d, name + ".pt")))
+    model.eval()
+    x = torch.from_numpy(np.fromfile(inp, dtype=np.float32).reshape(n, 3, s, s))
+    with torch.no_grad():  # in float64: the reference, not another float32 rounding
+        y = model.double()(x.double()).reshape(n, -1).numpy().astype(np.float32)
+    y.tofile(out)
+
+
+def cmd_compare(got, want, n, tol):
+    g = np.fromfile(got, dtype=np.float32).reshape(n, -1)
+    w = np.fromfile(want, dtype=np.float32).reshape(n, -1)
+    if g.shape != w.shape:
+        print(f"shapes differ: {g.shape} against {w.shape}")
+        return 1
+    scale = float(np.abs(w).max())
+    err = float(np.abs(g - w).max()) / scale if scale > 0 else float(np.abs(g - w).max())
+    print(f"{g.shape[1]}-d, max error {err:.2e} of the largest value ({scale:.3g})")
+    return 0 if err <= tol and np.isfinite(g).all() else 1
+
+
+def main(argv):
+    if len(argv) >= 3 and argv[1] == "export":
+        cmd_export(argv[2], argv[3:])
+        return 0
+    if len(argv) == 8 and argv[1] == "forward":
+        cmd_forward(argv[2], argv[3], argv[4], int(argv[5]), int(argv[6]), argv[7])
+        return 0
+    if len(argv) == 6 and argv[1] == "compare":
+        return cmd_compare(argv[2], argv[3], int(argv[4]), float(argv[5]))
+    sys.stderr.write(__doc__)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
