@@ -26,6 +26,7 @@ void graph_init(graph *g)
 {
     memset(g, 0, sizeof *g);
     g->input = -1;
+    g->input_channels = 3;
 }
 
 void graph_free(graph *g)
@@ -406,6 +407,59 @@ out:
     free(edge);
     free(queue);
     return rc;
+}
+
+/* ------------------------------------------------------------ grey input */
+
+/* Replaces Conv node nd's [M, 1, kh, kw] weights by [M, 3, kh, kw] with a
+ * third in each channel. */
+static int spread_grey_weights(graph *g, g_node *nd, ms_err *err)
+{
+    g_tensor *w = nd->n_in > 1 && nd->in[1] >= 0 ? &g->t[nd->in[1]] : NULL;
+    if (!w || !w->is_const || w->elem_type != 1 || w->rank != 4 || w->dims[1] != 1 || !w->f)
+        return ms_err_set(err, MS_EUNSUPPORTED,
+                          "node '%s' (Conv) reads the one-channel input but its weights are not a constant [M, 1, kh, kw]",
+                          nd->name);
+    if (w->consumers != 1 || nd->group != 1)
+        return ms_err_set(err, MS_EUNSUPPORTED, "node '%s' (Conv) reads the one-channel input with %s", nd->name,
+                          nd->group != 1 ? "groups" : "weights another node shares");
+    int64_t m = w->dims[0], k = w->dims[2] * w->dims[3];
+    if (w->count > G_MAX_CONST_ELEMS / 3)
+        return ms_err_set(err, MS_ETOOBIG, "node '%s' (Conv): its weights are too large to spread over 3 channels",
+                          nd->name);
+    float *f = malloc((size_t)(m * 3 * k) * sizeof *f);
+    if (!f)
+        return ms_err_set(err, MS_ENOMEM, "out of memory");
+    for (int64_t o = 0; o < m; o++)
+        for (int c = 0; c < 3; c++)
+            for (int64_t i = 0; i < k; i++)
+                f[(o * 3 + c) * k + i] = w->f[o * k + i] / 3.0f;
+    free(w->f);
+    w->f = f;
+    w->dims[1] = 3;
+    w->count = m * 3 * k;
+    return 0;
+}
+
+int graph_grey_input(graph *g, ms_err *err)
+{
+    if (g->input_channels == 3)
+        return 0;
+    for (int i = 0; i < g->n_order; i++) {
+        g_node *nd = &g->n[g->order[i]];
+        for (int k = 0; k < nd->n_in; k++) {
+            if (nd->in[k] != g->input)
+                continue;
+            if (nd->op != G_CONV || k != 0)
+                return ms_err_set(err, MS_EUNSUPPORTED,
+                                  "the model takes one grey channel, and node '%s' (%s) reads it; MedSearch runs such "
+                                  "a model only when its input goes straight into Conv nodes", nd->name, nd->op_type);
+            int rc = spread_grey_weights(g, nd, err);
+            if (rc)
+                return rc;
+        }
+    }
+    return 0;
 }
 
 /* ---------------------------------------------------------------- shapes */

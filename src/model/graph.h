@@ -146,6 +146,7 @@ typedef struct graph {
     int64_t ir_version;
     char *producer;      /* producer_name + version, may be "" */
     int64_t input_decl[4]; /* the input shape the file declares, -1 symbolic */
+    int input_channels;  /* 3, or 1 for a model of one grey channel (graph_grey_input) */
     int op_count[G_OP_COUNT + 1]; /* nodes per op in the file ([G_OP_COUNT]: Constant) */
     int64_t params;      /* float constant elements in the file */
     g_stats stats;
@@ -185,6 +186,13 @@ typedef struct graph_config {
  * for an S x S input, checks every node against its inputs, then folds
  * BatchNorm and fuses post-ops. Returns 0 or a negative code naming the node. */
 int graph_order(graph *g, ms_err *err);
+/* For a model taking one grey channel (input_channels 1): MedSearch still
+ * feeds 3 identical channels, and each Conv reading the input gets weights
+ * [M, 3, kh, kw] holding a third of its [M, 1, kh, kw] in each channel, which
+ * gives the same sums. Needs every reader of the input to be a Conv with its
+ * own weights; MS_EUNSUPPORTED otherwise. 0 and nothing done for 3 channels.
+ * Call once, after graph_order. */
+int graph_grey_input(graph *g, ms_err *err);
 int graph_infer_shapes(graph *g, int input_size, ms_err *err);
 int graph_optimise(graph *g, const int *keep, int n_keep, ms_err *err);
 

@@ -28,6 +28,10 @@
 /* torchvision's ImageNet convention, in R, G, B order, on the 0..255 scale */
 static const float imagenet_mean[3] = {123.675f, 116.28f, 103.53f};
 static const float imagenet_std[3] = {58.395f, 57.12f, 57.375f};
+/* for a model of one grey channel, the usual single-channel form of it: the
+ * means of the three, 0.449 and 0.226 on the 0..1 scale */
+static const float grey_mean[3] = {114.495f, 114.495f, 114.495f};
+static const float grey_std[3] = {57.63f, 57.63f, 57.63f};
 
 struct model {
     graph g;
@@ -152,7 +156,8 @@ static int resolve_size(const graph *g, int input_size, int *size, const char **
 /* One of mean/scale: flag text, else metadata, else the ImageNet default
  * (stated in R,G,B order, so reversed for a BGR model). */
 static int resolve_triple(const graph *g, int bgr, const char *flag, const char *flag_name, const char *meta_key,
-                          const float def[3], int invert, float out[3], const char **src, ms_err *err)
+                          const float def[3], const char *def_name, int invert, float out[3], const char **src,
+                          ms_err *err)
 {
     const char *meta = meta_str(g, meta_key);
     if (flag) {
@@ -168,7 +173,7 @@ static int resolve_triple(const graph *g, int bgr, const char *flag, const char 
     } else {
         for (int i = 0; i < 3; i++)
             out[i] = def[bgr ? 2 - i : i];
-        *src = "ImageNet default";
+        *src = def_name;
         if (invert)
             for (int i = 0; i < 3; i++)
                 out[i] = 1.0f / out[i];
@@ -191,17 +196,24 @@ static int resolve_triple(const graph *g, int bgr, const char *flag, const char 
 static int resolve_norm(const graph *g, int bgr, const model_options *o, float mean[3], float scale[3],
                         const char *src[2], ms_err *err)
 {
-    int rc = resolve_triple(g, bgr, o->mean, "mean", "medsearch.mean", imagenet_mean, 0, mean, &src[0], err);
+    int grey = g->input_channels == 1;
+    const float *dm = grey ? grey_mean : imagenet_mean, *ds = grey ? grey_std : imagenet_std;
+    const char *dn = grey ? "ImageNet default for one channel" : "ImageNet default";
+    int rc = resolve_triple(g, bgr, o->mean, "mean", "medsearch.mean", dm, dn, 0, mean, &src[0], err);
     if (rc)
         return rc;
     /* scale: flag scale, flag std, metadata scale, metadata std, default */
     if (o->scale || (!o->std && meta_str(g, "medsearch.scale")))
-        rc = resolve_triple(g, bgr, o->scale, "scale", "medsearch.scale", imagenet_std, 0, scale, &src[1], err);
+        rc = resolve_triple(g, bgr, o->scale, "scale", "medsearch.scale", ds, dn, 0, scale, &src[1], err);
     else
-        rc = resolve_triple(g, bgr, o->std, "std", "medsearch.std", imagenet_std, 1, scale, &src[1], err);
+        rc = resolve_triple(g, bgr, o->std, "std", "medsearch.std", ds, dn, 1, scale, &src[1], err);
     for (int i = 0; i < 3 && !rc; i++)
         if (!(scale[i] > 0 || scale[i] < 0))
             rc = ms_err_set(err, o->scale ? MS_EINVAL : MS_EFORMAT, "the scale must not be zero");
+    /* the three channels fed to a grey model must stay identical */
+    if (!rc && grey && (mean[1] != mean[0] || mean[2] != mean[0] || scale[1] != scale[0] || scale[2] != scale[0]))
+        rc = ms_err_set(err, o->mean || o->scale || o->std ? MS_EINVAL : MS_EFORMAT,
+                        "the model takes one grey channel: its mean and scale must be one value each, not three");
     return rc;
 }
 
@@ -434,7 +446,7 @@ static int compile(model *m, const model_options *o, ms_err *err)
 {
     graph *g = &m->g;
     int rc;
-    if ((rc = graph_order(g, err)) || (rc = resolve_prep(m, o, err)) ||
+    if ((rc = graph_order(g, err)) || (rc = graph_grey_input(g, err)) || (rc = resolve_prep(m, o, err)) ||
         (rc = graph_infer_shapes(g, m->prep.size, err)) || (rc = pick_feature(m, o, err)))
         return rc;
     int keep[2] = {m->feature, m->map};
@@ -770,8 +782,12 @@ static void describe(model *m)
               pool_name(m->pool, m->gem_p, pb, sizeof pb), m->map >= 0 ? " of " : "",
               m->map >= 0 ? g->t[m->map].name : "");
     const image_prep *p = &m->prep;
-    sb_printf(&s, "preprocess  grey -> %dx%d, replicated to 3 channels (%s), x = (pixel - mean) * scale\n", p->size,
-              p->size, m->bgr ? "BGR" : "RGB");
+    if (g->input_channels == 1)
+        sb_printf(&s, "preprocess  grey -> %dx%d, one channel (fed as 3 identical ones, the first Conv's weights "
+                  "spread over them), x = (pixel - mean) * scale\n", p->size, p->size);
+    else
+        sb_printf(&s, "preprocess  grey -> %dx%d, replicated to 3 channels (%s), x = (pixel - mean) * scale\n",
+                  p->size, p->size, m->bgr ? "BGR" : "RGB");
     sb_printf(&s, "            mean %g,%g,%g  scale %g,%g,%g\n", (double)p->mean[0], (double)p->mean[1],
               (double)p->mean[2], (double)p->scale[0], (double)p->scale[1], (double)p->scale[2]);
     sb_printf(&s, "            %s (%s)\n",

@@ -706,9 +706,11 @@ static int parse_input(graph *g, const Onnx__ValueInfoProto *vi, ms_err *err)
             g->input_decl[i] = d->dim_value;
         }
     }
-    if (g->input_decl[1] != -1 && g->input_decl[1] != 3)
-        return ms_err_set(err, MS_EUNSUPPORTED, "input '%s' has %lld channels; MedSearch feeds 3 (grey replicated)",
+    if (g->input_decl[1] != -1 && g->input_decl[1] != 3 && g->input_decl[1] != 1)
+        return ms_err_set(err, MS_EUNSUPPORTED,
+                          "input '%s' has %lld channels; MedSearch feeds 3 (grey replicated) or one grey channel",
                           vi->name, (long long)g->input_decl[1]);
+    g->input_channels = g->input_decl[1] == 1 ? 1 : 3;
     return 0;
 }
 

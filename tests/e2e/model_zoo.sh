@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # CNN topologies users bring, end to end against PyTorch: torchvision's
-# DenseNet-121, MobileNetV3-Small, MNASNet, EfficientNet-B0, RegNetY, SqueezeNet
-# and GoogLeNet with seeded random weights, exported to ONNX as users export
+# DenseNet-121 (also taking one grey channel, as torchxrayvision's models do),
+# MobileNetV3-Small, MNASNet, EfficientNet-B0, RegNetY, SqueezeNet and
+# GoogLeNet with seeded random weights, exported to ONNX as users export
 # them (tests/tools/torchvision_zoo.py). For each, `medsearch embed --raw` of
 # four images in one batch must match PyTorch run on the very inputs MedSearch
 # prepared (--dump-input) within 1e-4 of the largest value, and each image alone
@@ -20,7 +21,7 @@ trap 'rm -rf "$T"' EXIT
 fails=0
 fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
 
-MODELS="densenet121 mobilenet_v3_small mnasnet0_5 efficientnet_b0 regnet_y_400mf squeezenet1_1 googlenet"
+MODELS="densenet121 densenet121_grey mobilenet_v3_small mnasnet0_5 efficientnet_b0 regnet_y_400mf squeezenet1_1 googlenet"
 echo "== export: $MODELS"
 "$PY" "$TOOL" export "$T" $MODELS >"$T/ops.txt" 2>"$T/export.err" || { cat "$T/export.err"; echo "FAIL: export"; exit 1; }
 cat "$T/ops.txt"
@@ -72,6 +73,16 @@ EOF
             fail "$m: --pool gem failed: $(cat "$T/$m.err")"
     fi
 done
+
+echo "== a model of one grey channel"
+"$BIN" info --model "$T/densenet121_grey.onnx" >"$T/info" 2>&1 || fail "info on densenet121_grey"
+grep -q "one channel" "$T/info" || fail "info does not say the model takes one channel: $(grep preprocess "$T/info")"
+grep -q "mean 114.495,114.495,114.495" "$T/info" || fail "grey default mean: $(grep mean "$T/info")"
+"$BIN" embed --model "$T/densenet121_grey.onnx" --mean 120,110,100 "${IMGS[0]}" >/dev/null 2>"$T/err" &&
+    fail "three different means accepted for a one-channel model"
+grep -q "one grey channel" "$T/err" || fail "message for three means: $(cat "$T/err")"
+"$BIN" embed --model "$T/densenet121_grey.onnx" --mean 127.5 --scale 0.0157 "${IMGS[0]}" >/dev/null 2>"$T/err" ||
+    fail "one mean and scale refused: $(cat "$T/err")"
 
 echo "== info names what was run"
 "$BIN" info --model "$T/mobilenet_v3_small.onnx" >"$T/info" 2>&1 || fail "info on mobilenet_v3_small"

@@ -33,11 +33,14 @@ def rand(*shape, lo=-1.0, hi=1.0):
 class Case:
     """Builds one graph and its PyTorch reference side by side."""
 
-    def __init__(self, name, size=16, opset=13):
-        self.name, self.size, self.opset = name, size, opset
+    def __init__(self, name, size=16, opset=13, grey=False):
+        """grey: the graph takes one channel; MedSearch is fed it three times."""
+        self.name, self.size, self.opset, self.channels = name, size, opset, 1 if grey else 3
         self.nodes, self.inits = [], []
-        self.x = rand(N, 3, size, size, lo=-2, hi=2)
+        self.x = rand(N, self.channels, size, size, lo=-2, hi=2)
         self.env = {"input": torch.from_numpy(self.x)}
+        if grey:
+            self.x = np.repeat(self.x, 3, axis=1)
         self.count = 0
 
     def const(self, arr, name=None, dtype=None):
@@ -89,7 +92,8 @@ class Case:
 
     def write(self, outdir, out, manifest, opset_imports=None):
         g = helper.make_graph(self.nodes, self.name,
-                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, self.size, self.size])],
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                             ["batch", self.channels, self.size, self.size])],
                               [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)], self.inits)
         m = helper.make_model(g, opset_imports=opset_imports or [helper.make_opsetid("", self.opset)])
         m.ir_version = 7
@@ -413,9 +417,18 @@ def cases(outdir, mf):
     x = c.conv("input", 3, 8)
     c.write(outdir, c.node("Dropout", [x, c.const(np.float32(0.3))], c.t(x)), mf)
 
+    # a model of one grey channel (as torchxrayvision's): MedSearch feeds three
+    # identical channels and spreads the first Convs' weights over them
+    c = Case("grey_conv", grey=True)
+    c.write(outdir, c.conv("input", 1, 8, stride=2), mf)
+    c = Case("grey_two_convs", grey=True)
+    a = c.conv("input", 1, 8)
+    b = c.conv("input", 1, 8, k=1, pads=(0, 0, 0, 0))
+    c.write(outdir, c.node("Add", [a, b], c.t(a) + c.t(b)), mf)
+
     # errors at load time
-    def refused(name, build, code, words, opset=13):
-        case = Case(name, opset=opset)
+    def refused(name, build, code, words, opset=13, grey=False):
+        case = Case(name, opset=opset, grey=grey)
         out = build(case)
         case.env.setdefault(out, torch.zeros(N, 1))
         write_error(case, outdir, out, mf, code, words)
@@ -471,6 +484,19 @@ def cases(outdir, mf):
         return "y"
     refused("dropout_training_mode", dropout_training, "UNSUPPORTED", ["training_mode", "dr"])
 
+    def grey_relu(c):
+        c.nodes.append(helper.make_node("Relu", ["input"], ["y"], name="r0"))
+        return "y"
+    refused("grey_input_not_conv", grey_relu, "UNSUPPORTED", ["one grey channel", "r0"], grey=True)
+
+    def grey_shared_weights(c):
+        w = c.const(rand(4, 1, 3, 3))
+        c.nodes.append(helper.make_node("Conv", ["input", w], ["a"], name="c1", kernel_shape=[3, 3]))
+        c.nodes.append(helper.make_node("Conv", ["input", w], ["b"], name="c2", kernel_shape=[3, 3]))
+        c.nodes.append(helper.make_node("Add", ["a", "b"], ["y"], name="sum"))
+        return "y"
+    refused("grey_shared_weights", grey_shared_weights, "UNSUPPORTED", ["one-channel", "shares"], grey=True)
+
     c = Case("unsupported_lstm")
     x = c.conv("input", 3, 4)
     c.nodes.append(helper.make_node("LSTM", [x, "w", "r"], ["y"], name="my_lstm", hidden_size=4))
@@ -494,7 +520,8 @@ def cases(outdir, mf):
 
 def write_error(case, outdir, out, mf, code, words, opsets=None):
     g = helper.make_graph(case.nodes, case.name,
-                          [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, case.size, case.size])],
+                          [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                         ["batch", case.channels, case.size, case.size])],
                           [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)], case.inits)
     m = helper.make_model(g, opset_imports=opsets or [helper.make_opsetid("", case.opset)])
     m.ir_version = 7

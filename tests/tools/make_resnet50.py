@@ -34,7 +34,7 @@ def build_model(seed):
     return model
 
 
-def calibrate(model, seed, perturb=True):
+def calibrate(model, seed, perturb=True, channels=3):
     """Gives every BatchNorm realistic running statistics (one training-mode pass over
     random images, so activations stay finite through 50 layers), then, with perturb,
     perturbs them so that folding them into the convolutions is really exercised.
@@ -52,7 +52,7 @@ def calibrate(model, seed, perturb=True):
                 m.bias.uniform_(-0.2, 0.2, generator=gen)
     model.train()
     with torch.no_grad():
-        model(torch.randn(8, 3, 224, 224, generator=gen))
+        model(torch.randn(8, channels, 224, 224, generator=gen))
         for m in model.modules():
             if perturb and isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.add_(0.1 * torch.randn(m.running_mean.shape, generator=gen))

@@ -13,7 +13,8 @@ Run with /usr/bin/python3 (Debian's python3-torch, torchvision, onnx, PIL).
         "NAME op1,op2,..." with the ONNX ops of the file.
   torchvision_zoo.py forward DIR NAME IN N S OUT
         runs DIR/NAME.pt in float64 on N prepared images (float32 N x 3 x S x S,
-        from `medsearch embed --dump-input`) and writes the N x K outputs as float32.
+        from `medsearch embed --dump-input`; a one-channel model gets the first)
+        and writes the N x K outputs as float32.
   torchvision_zoo.py compare GOT WANT N TOL
         exits 1 unless the two N-row float32 files agree within TOL times the
         largest absolute reference value; prints the error either way.
@@ -43,7 +44,13 @@ HEADS = {
     "squeezenet1_1": None,
     # Inception branches, ceil-mode pools
     "googlenet": "fc",
+    # DenseNet-121 taking one grey channel, as torchxrayvision's chest X-ray models do
+    "densenet121_grey": "classifier",
 }
+
+
+def channels(name):
+    return 1 if name.endswith("_grey") else 3
 
 
 # One seed for every model; with it each export is well conditioned: PyTorch's
@@ -58,7 +65,9 @@ def build(name, seed):
 
     torch.manual_seed(seed)
     kwargs = {"aux_logits": False, "init_weights": True} if name == "googlenet" else {}
-    model = getattr(torchvision.models, name)(weights=None, **kwargs)
+    model = getattr(torchvision.models, name.replace("_grey", ""))(weights=None, **kwargs)
+    if channels(name) == 1:
+        model.features.conv0 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)
     head = HEADS[name]
     if head:
         setattr(model, head, torch.nn.Identity())
@@ -75,10 +84,10 @@ def cmd_export(d, names):
         model = build(name, SEED)
         # measured statistics, not perturbed ones: perturbed, EfficientNet becomes so
         # ill-conditioned that PyTorch's own float32 and float64 outputs differ by 1e-2
-        calibrate(model, SEED, perturb=False)
+        calibrate(model, SEED, perturb=False, channels=channels(name))
         torch.save(model.state_dict(), os.path.join(d, name + ".pt"))
         path = os.path.join(d, name + ".onnx")
-        torch.onnx.export(model, torch.zeros(1, 3, 224, 224), path, opset_version=13,
+        torch.onnx.export(model, torch.zeros(1, channels(name), 224, 224), path, opset_version=13,
                           input_names=["input"], output_names=["features"],
                           dynamic_axes={"input": {0: "batch"}, "features": {0: "batch"}})
         ops = sorted({n.op_type for n in onnx.load(path).graph.node})
@@ -93,6 +102,8 @@ def cmd_forward(d, name, inp, n, s, out):
     model.load_state_dict(torch.load(os.path.join(d, name + ".pt")))
     model.eval()
     x = torch.from_numpy(np.fromfile(inp, dtype=np.float32).reshape(n, 3, s, s))
+    if channels(name) == 1:  # MedSearch feeds the grey channel three times
+        x = x[:, :1]
     with torch.no_grad():  # in float64: the reference, not another float32 rounding
         y = model.double()(x.double()).reshape(n, -1).numpy().astype(np.float32)
     y.tofile(out)

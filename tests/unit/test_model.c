@@ -474,11 +474,17 @@ static void test_graph_errors(void **state)
     buf = mb_pack(&b, &len);
     expect_error(buf, len, MS_EUNSUPPORTED, "2 inputs", NULL);
 
-    /* a one-channel input */
+    /* a two-channel input */
+    base(&b);
+    b.inputs[0] = value_info("input", 4, (int64_t[]){-1, 2, 8, 8});
+    buf = mb_pack(&b, &len);
+    expect_error(buf, len, MS_EUNSUPPORTED, "channels", NULL);
+
+    /* a one-channel input read by a Conv with weights for three */
     base(&b);
     b.inputs[0] = value_info("input", 4, (int64_t[]){-1, 1, 8, 8});
     buf = mb_pack(&b, &len);
-    expect_error(buf, len, MS_EUNSUPPORTED, "channels", NULL);
+    expect_error(buf, len, MS_EUNSUPPORTED, "one-channel input", "conv");
 
     /* kernel_shape as a float */
     base(&b);
