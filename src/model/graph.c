@@ -18,7 +18,7 @@ const char *graph_op_name(g_op op)
         "Conv", "BatchNormalization", "Relu", "Clip", "Sigmoid", "Swish", "Add", "Mul",
         "MaxPool", "AveragePool", "GlobalAveragePool", "Flatten", "Reshape", "Gemm",
         "Concat", "Identity", "HardSigmoid", "HardSwish", "Sub", "Div", "Pad", "GlobalMaxPool",
-        "ReduceMean", "Dropout"};
+        "Shape", "Gather", "Unsqueeze", "ReduceMean", "Dropout"};
     return op >= 0 && op < G_OP_COUNT ? names[op] : "?";
 }
 
@@ -693,6 +693,8 @@ static int shape_reshape(graph *g, g_node *nd, ms_err *err)
     int rc = need_act(g, nd, 0, 0, err);
     if (rc)
         return rc;
+    if (nd->in[1] < 0)
+        return ms_err_set(err, MS_EFORMAT, "node '%s' (Reshape) has no shape input", nd->name);
     const g_tensor *x = &g->t[nd->in[0]], *s = &g->t[nd->in[1]];
     if (!s->is_const || s->elem_type != 7)
         return ms_err_set(err, MS_EUNSUPPORTED, "node '%s' (Reshape): the shape must be a constant INT64 tensor", nd->name);
@@ -700,7 +702,7 @@ static int shape_reshape(graph *g, g_node *nd, ms_err *err)
     int ok = s->count == 2 && s->i64 != NULL;
     if (ok) {
         int64_t d0 = s->i64[0], d1 = s->i64[1], batch = g->input_decl[0];
-        ok = (d0 == -1 || d0 == 1 || (d0 == 0 && !nd->axis) || (batch > 0 && d0 == batch)) &&
+        ok = (d0 == -1 || d0 == 1 || d0 == G_BATCH_DIM || (d0 == 0 && !nd->axis) || (batch > 0 && d0 == batch)) &&
              (d1 == k || (d1 == -1 && d0 != -1) || (d1 == 0 && !nd->axis && x->rank >= 2 && x->dims[1] == k));
     }
     if (!ok)
@@ -835,9 +837,9 @@ static int shape_reduce_mean(graph *g, g_node *nd, ms_err *err)
     if (rc)
         return rc;
     int64_t axes[G_MAX_RANK];
-    int n = nd->n_reduce_axes;
+    int n = nd->n_axes;
     for (int i = 0; i < n; i++)
-        axes[i] = nd->reduce_axes[i];
+        axes[i] = nd->axes[i];
     if (n < 0) {
         const g_tensor *a = nd->n_in > 1 && nd->in[1] >= 0 ? &g->t[nd->in[1]] : NULL;
         if (a && (!a->is_const || a->elem_type != 7 || a->count > G_MAX_RANK))
@@ -918,6 +920,137 @@ static int shape_node(graph *g, g_node *nd, ms_err *err)
     }
 }
 
+/* -------------------------------------------------- folding shape arithmetic */
+
+/* Makes tensor t an INT64 constant of the given dims holding vals (copied). */
+static int make_int_constant(graph *g, int t, int rank, const int64_t *dims, const int64_t *vals, int64_t n,
+                             ms_err *err)
+{
+    g_tensor *o = &g->t[t];
+    int64_t *v = malloc((size_t)(n ? n : 1) * sizeof *v);
+    if (!v)
+        return ms_err_set(err, MS_ENOMEM, "out of memory");
+    memcpy(v, vals, (size_t)n * sizeof *v);
+    free(o->i64);
+    o->i64 = v;
+    o->is_const = 1;
+    o->elem_type = 7;
+    o->rank = rank;
+    memcpy(o->dims, dims, (size_t)rank * sizeof *dims);
+    o->count = n;
+    o->shaped = 1;
+    o->producer = -1;
+    return 0;
+}
+
+/* Input slot of nd as a small INT64 constant (at most G_MAX_RANK values), or NULL. */
+static const g_tensor *small_ints(const graph *g, const g_node *nd, int slot)
+{
+    int t = slot < nd->n_in ? nd->in[slot] : -1;
+    const g_tensor *x = t >= 0 ? &g->t[t] : NULL;
+    return x && x->is_const && x->elem_type == 7 && x->count <= G_MAX_RANK && x->rank <= 1 ? x : NULL;
+}
+
+static int fold_refused(const g_node *nd, const char *why, ms_err *err)
+{
+    return ms_err_set(err, MS_EUNSUPPORTED, "node '%s' (%s): %s; MedSearch runs %s only on tensor shapes",
+                      nd->name, nd->op_type, why, nd->op_type);
+}
+
+/* Shape: [batch, C, H, W] of an activation, sliced by start and end. */
+static int fold_shape(graph *g, g_node *nd, ms_err *err)
+{
+    int rc = need_act(g, nd, 0, 0, err);
+    if (rc)
+        return rc;
+    const g_tensor *x = &g->t[nd->in[0]];
+    int r = x->rank, lo = nd->shape_start < 0 ? nd->shape_start + r : nd->shape_start;
+    int hi = nd->shape_end < 0 ? nd->shape_end + r : nd->shape_end;
+    lo = lo < 0 ? 0 : lo > r ? r : lo;
+    hi = hi < lo ? lo : hi > r ? r : hi;
+    int64_t vals[G_MAX_RANK], n = hi - lo;
+    for (int i = lo; i < hi; i++)
+        vals[i - lo] = i == 0 ? G_BATCH_DIM : x->dims[i];
+    return make_int_constant(g, nd->out, 1, &n, vals, n, err);
+}
+
+/* Gather on axis 0 of a 1-D INT64 constant, by constant indices. */
+static int fold_gather(graph *g, g_node *nd, ms_err *err)
+{
+    const g_tensor *d = small_ints(g, nd, 0), *ix = small_ints(g, nd, 1);
+    if (!d || !ix || d->rank != 1 || nd->axis != 0)
+        return fold_refused(nd, "its data and indices are not small constant INT64 lists (gathering on axis 0)", err);
+    int64_t vals[G_MAX_RANK];
+    for (int64_t i = 0; i < ix->count; i++) {
+        int64_t k = ix->i64[i] < 0 ? ix->i64[i] + d->count : ix->i64[i];
+        if (k < 0 || k >= d->count)
+            return ms_err_set(err, MS_EFORMAT, "node '%s' (Gather): index %lld is out of range", nd->name,
+                              (long long)ix->i64[i]);
+        vals[i] = d->i64[k];
+    }
+    return make_int_constant(g, nd->out, ix->rank, ix->dims, vals, ix->count, err);
+}
+
+/* Unsqueeze of an INT64 constant: the same values, dimensions of 1 inserted. */
+static int fold_unsqueeze(graph *g, g_node *nd, ms_err *err)
+{
+    const g_tensor *d = small_ints(g, nd, 0), *ax = nd->n_axes < 0 ? small_ints(g, nd, 1) : NULL;
+    int n = nd->n_axes < 0 ? (ax ? (int)ax->count : -1) : nd->n_axes;
+    if (!d || n < 1 || d->rank + n > 2)
+        return fold_refused(nd, "its input is not a constant INT64 scalar or list, or its axes not constant", err);
+    int r = d->rank + n;
+    int64_t dims[2] = {0, 0};
+    for (int i = 0; i < n; i++) {
+        int64_t a = ax ? ax->i64[i] : nd->axes[i];
+        a = a < 0 ? a + r : a;
+        if (a < 0 || a >= r || dims[a])
+            return ms_err_set(err, MS_EFORMAT, "node '%s' (Unsqueeze): bad axes", nd->name);
+        dims[a] = 1;
+    }
+    for (int i = 0, k = 0; i < r; i++)
+        dims[i] = dims[i] ? 1 : d->dims[k++];
+    return make_int_constant(g, nd->out, r, dims, d->i64, d->count, err);
+}
+
+/* Concat of 1-D INT64 constants. */
+static int fold_concat(graph *g, g_node *nd, ms_err *err)
+{
+    int64_t vals[G_MAX_RANK], n = 0;
+    for (int i = 0; i < nd->n_in; i++) {
+        const g_tensor *x = small_ints(g, nd, i);
+        if (!x || x->rank != 1 || n + x->count > G_MAX_RANK)
+            return fold_refused(nd, "it mixes constants and activations, or joins more than 6 values", err);
+        memcpy(vals + n, x->i64, (size_t)x->count * sizeof *vals);
+        n += x->count;
+    }
+    return make_int_constant(g, nd->out, 1, &n, vals, n, err);
+}
+
+/* Folds shape arithmetic into a constant and marks the node dead: 1 when
+ * it did, 0 when nd is not shape arithmetic, or a negative code. */
+static int fold_shape_node(graph *g, g_node *nd, ms_err *err)
+{
+    int rc;
+    switch (nd->op) {
+    case G_SHAPE: rc = fold_shape(g, nd, err); break;
+    case G_GATHER: rc = fold_gather(g, nd, err); break;
+    case G_UNSQUEEZE: rc = fold_unsqueeze(g, nd, err); break;
+    case G_CONCAT: {
+        const g_tensor *x = nd->n_in && nd->in[0] >= 0 ? &g->t[nd->in[0]] : NULL;
+        if (!x || !x->is_const || x->elem_type != 7)
+            return 0;
+        rc = fold_concat(g, nd, err);
+        break;
+    }
+    default:
+        return 0;
+    }
+    if (rc)
+        return rc;
+    nd->dead = 1;
+    return 1;
+}
+
 int graph_infer_shapes(graph *g, int input_size, ms_err *err)
 {
     g_tensor *in = &g->t[g->input];
@@ -927,8 +1060,12 @@ int graph_infer_shapes(graph *g, int input_size, ms_err *err)
     in->shaped = 1;
     for (int i = 0; i < g->n_order; i++) {
         g_node *nd = &g->n[g->order[i]];
-        int rc = shape_node(g, nd, err);
-        if (rc)
+        int rc = fold_shape_node(g, nd, err);
+        if (rc < 0)
+            return rc;
+        if (rc > 0 || nd->dead)
+            continue;
+        if ((rc = shape_node(g, nd, err)))
             return rc;
         const g_tensor *o = &g->t[nd->out];
         if (o->rank != 2 && o->rank != 4)
@@ -1289,6 +1426,7 @@ int graph_optimise(graph *g, const int *keep_list, int n_keep, ms_err *err)
     for (int i = 0; i < n_keep; i++)
         if (keep_list[i] >= 0)
             keep[keep_list[i]] = 1;
+    count_consumers(g); /* shape arithmetic folded by shape inference reads nothing now */
     for (int i = 0; i < g->n_outputs; i++)
         keep[g->outputs[i]] = 1;
     int rc = 0;

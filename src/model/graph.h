@@ -34,6 +34,10 @@
 #define G_MAX_KERNEL 1024
 #define G_MAX_INPUT_SIZE 4096
 
+/* In an INT64 constant folded from a Shape: "the batch", unknown until run
+ * time. Only a Reshape's first dimension may hold it. */
+#define G_BATCH_DIM INT64_MIN
+
 typedef enum {
     G_CONV = 0,
     G_BN,
@@ -57,6 +61,11 @@ typedef enum {
     G_DIV,
     G_PAD,         /* zero padding of H and W, folded into the Conv or pool reading it */
     G_GMP,         /* GlobalMaxPool */
+    /* Shape arithmetic, folded into constants by shape inference (a Reshape to
+     * [x.size(0), -1] exports as Shape, Gather, Unsqueeze, Concat): */
+    G_SHAPE,
+    G_GATHER,
+    G_UNSQUEEZE,
     /* Counted under their own name in op_count, run as another op:
      * ReduceMean over H and W as G_GAP, Dropout (inference) as G_IDENTITY. */
     G_REDUCEMEAN,
@@ -111,7 +120,8 @@ typedef struct g_node {
     int axis;
     int from_attrs;      /* Pad: pads and value were attributes (opset < 11) */
     int keepdims;        /* ReduceMean (run as G_GAP): 0 gives [N, C] */
-    int reduce_axes[G_MAX_RANK], n_reduce_axes; /* ReduceMean; -1 axes: from input 1 */
+    int axes[G_MAX_RANK], n_axes; /* ReduceMean, Unsqueeze; -1 axes: from input 1 */
+    int shape_start, shape_end;   /* Shape (opset 15); end INT_MAX: to the last axis */
     /* Filled by compilation. */
     int dead;            /* folded or fused into another node */
     int weights, bias;   /* Conv/Gemm constants after folding (bias may be -1) */

@@ -256,7 +256,26 @@ static int parse_pad(const node_ctx *c, g_node *nd, ms_err *err)
     return attr_float(c, "value", 0.0f, &nd->beta, NULL, err);
 }
 
-/* ReduceMean: axes as an attribute (opset < 18) or input 1; keepdims. */
+/* An axes attribute (ReduceMean before opset 18, Unsqueeze before 13); absent,
+ * n_axes is -1 and the axes are input 1. */
+static int parse_axes(const node_ctx *c, g_node *nd, ms_err *err)
+{
+    const Onnx__AttributeProto *a = attr_find(c, "axes");
+    nd->n_axes = -1;
+    if (!a)
+        return 0;
+    if (a->n_ints > G_MAX_RANK)
+        return attr_bad(c, "axes", "a list of at most 6 axes", err);
+    nd->n_axes = (int)a->n_ints;
+    for (size_t i = 0; i < a->n_ints; i++) {
+        if (a->ints[i] < -G_MAX_RANK || a->ints[i] >= G_MAX_RANK)
+            return attr_bad(c, "axes", "a list of axes in [-6, 5]", err);
+        nd->axes[i] = (int)a->ints[i];
+    }
+    return 0;
+}
+
+/* ReduceMean: axes (parse_axes) and keepdims. */
 static int parse_reduce_mean(const node_ctx *c, g_node *nd, ms_err *err)
 {
     int64_t v;
@@ -266,19 +285,7 @@ static int parse_reduce_mean(const node_ctx *c, g_node *nd, ms_err *err)
     nd->keepdims = (int)v;
     if ((rc = attr_int(c, "noop_with_empty_axes", 0, 0, 1, &v, err)))
         return rc;
-    const Onnx__AttributeProto *a = attr_find(c, "axes");
-    nd->n_reduce_axes = -1;
-    if (!a)
-        return 0;
-    if (a->n_ints > G_MAX_RANK)
-        return attr_bad(c, "axes", "a list of at most 6 axes", err);
-    nd->n_reduce_axes = (int)a->n_ints;
-    for (size_t i = 0; i < a->n_ints; i++) {
-        if (a->ints[i] < -G_MAX_RANK || a->ints[i] >= G_MAX_RANK)
-            return attr_bad(c, "axes", "a list of axes in [-6, 5]", err);
-        nd->reduce_axes[i] = (int)a->ints[i];
-    }
-    return 0;
+    return parse_axes(c, nd, err);
 }
 
 static int parse_attributes(const node_ctx *c, g_node *nd, ms_err *err)
@@ -369,6 +376,21 @@ static int parse_attributes(const node_ctx *c, g_node *nd, ms_err *err)
         return parse_pad(c, nd, err);
     case G_GAP:
         return strcmp(c->op, "ReduceMean") ? 0 : parse_reduce_mean(c, nd, err);
+    case G_UNSQUEEZE:
+        return parse_axes(c, nd, err);
+    case G_GATHER:
+        if ((rc = attr_int(c, "axis", 0, -G_MAX_RANK, G_MAX_RANK, &v, err)))
+            return rc;
+        nd->axis = (int)v;
+        return 0;
+    case G_SHAPE:
+        if ((rc = attr_int(c, "start", 0, -G_MAX_RANK, G_MAX_RANK, &v, err)))
+            return rc;
+        nd->shape_start = (int)v;
+        if ((rc = attr_int(c, "end", G_MAX_RANK, -G_MAX_RANK, INT64_MAX, &v, err)))
+            return rc;
+        nd->shape_end = v > G_MAX_RANK ? G_MAX_RANK : (int)v;
+        return 0;
     default:
         return 0;
     }
@@ -563,6 +585,9 @@ static const struct {
     {"AveragePool", G_AVGPOOL, G_AVGPOOL, 1, 1},
     {"GlobalAveragePool", G_GAP, G_GAP, 1, 1},
     {"GlobalMaxPool", G_GMP, G_GMP, 1, 1},
+    {"Shape", G_SHAPE, G_SHAPE, 1, 1},
+    {"Gather", G_GATHER, G_GATHER, 2, 2},
+    {"Unsqueeze", G_UNSQUEEZE, G_UNSQUEEZE, 1, 2},
     {"ReduceMean", G_GAP, G_REDUCEMEAN, 1, 2},
     {"Flatten", G_FLATTEN, G_FLATTEN, 1, 1},
     {"Reshape", G_RESHAPE, G_RESHAPE, 2, 2},

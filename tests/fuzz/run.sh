@@ -133,7 +133,8 @@ g = helper.make_graph(nodes, "tiny",
                       [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])],
                       [helper.make_tensor_value_info("feature", TensorProto.FLOAT, [1, 4, 1, 1])], [w, b])
 onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), sys.argv[1] + "/tiny.onnx")
-# the ops whose inputs are read at shape time: Pad (pads, value), ReduceMean, Sub/Div
+# the ops whose inputs are read at shape time: Pad (pads, value), ReduceMean, Sub/Div,
+# and the shape arithmetic of x.view(x.size(0), -1)
 k = lambda a, n, t=np.float32: numpy_helper.from_array(np.array(a, dtype=t), n)
 nodes = [helper.make_node("Sub", ["input", "mean"], ["s"]),
          helper.make_node("Div", ["s", "std"], ["d"]),
@@ -141,9 +142,15 @@ nodes = [helper.make_node("Sub", ["input", "mean"], ["s"]),
          helper.make_node("Conv", ["p", "w"], ["c"]),
          helper.make_node("HardSigmoid", ["c"], ["h"], alpha=1.0 / 6, beta=0.5),
          helper.make_node("Mul", ["c", "h"], ["m"]),
-         helper.make_node("ReduceMean", ["m"], ["feature"], axes=[2, 3], keepdims=0)]
+         helper.make_node("ReduceMean", ["m"], ["r"], axes=[2, 3], keepdims=1),
+         helper.make_node("Shape", ["r"], ["shp"]),
+         helper.make_node("Gather", ["shp", "i0"], ["b"], axis=0),
+         helper.make_node("Unsqueeze", ["b", "ax0"], ["b1"]),
+         helper.make_node("Concat", ["b1", "minus1"], ["newshape"], axis=0),
+         helper.make_node("Reshape", ["r", "newshape"], ["feature"])]
 inits = [w, k([[[0.5]], [[0.4]], [[0.3]]], "mean"), k([[[0.2]], [[0.25]], [[0.3]]], "std"),
-         k([0, 0, 1, 1, 0, 0, 1, 1], "pads", np.int64), k(0.0, "zero")]
+         k([0, 0, 1, 1, 0, 0, 1, 1], "pads", np.int64), k(0.0, "zero"), k(0, "i0", np.int64),
+         k([0], "ax0", np.int64), k([-1], "minus1", np.int64)]
 g = helper.make_graph(nodes, "ops", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])],
                       [helper.make_tensor_value_info("feature", TensorProto.FLOAT, [1, 4])], inits)
 onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), sys.argv[1] + "/ops.onnx")

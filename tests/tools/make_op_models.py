@@ -426,6 +426,37 @@ def cases(outdir, mf):
     b = c.conv("input", 1, 8, k=1, pads=(0, 0, 0, 0))
     c.write(outdir, c.node("Add", [a, b], c.t(a) + c.t(b)), mf)
 
+    # x.view(x.size(0), -1) exported with a dynamic batch: Shape, Gather,
+    # Unsqueeze and Concat compute the Reshape's shape, folded at load
+    def view_head(case, unsqueeze_attr=False, shape_slice=False):
+        x = case.node("Relu", [case.conv("input", 3, 16)], None)
+        case.env[x] = F.relu(case.t(case.nodes[-1].input[0]))
+        g = case.node("GlobalAveragePool", [x], F.adaptive_avg_pool2d(case.t(x), 1))
+        nodes = case.nodes
+        if shape_slice:  # opset 15: Shape(start=0, end=1) is already [batch]
+            nodes.append(helper.make_node("Shape", [g], ["shp"], name="shape", start=0, end=1))
+            first = "shp"
+        else:
+            nodes.append(helper.make_node("Shape", [g], ["shp"], name="shape"))
+            nodes.append(helper.make_node("Constant", [], ["zero"], value=numpy_helper.from_array(np.int64(0), "z")))
+            nodes.append(helper.make_node("Gather", ["shp", "zero"], ["b"], name="gather", axis=0))
+            if unsqueeze_attr:
+                nodes.append(helper.make_node("Unsqueeze", ["b"], ["b1"], name="unsq", axes=[0]))
+            else:
+                axes = case.const(np.array([0], dtype=np.int64), dtype=np.int64)
+                nodes.append(helper.make_node("Unsqueeze", ["b", axes], ["b1"], name="unsq"))
+            first = "b1"
+        minus1 = case.const(np.array([-1], dtype=np.int64), dtype=np.int64)
+        nodes.append(helper.make_node("Concat", [first, minus1], ["newshape"], name="cat", axis=0))
+        return case.node("Reshape", [g, "newshape"], case.t(g).reshape(N, -1))
+
+    c = Case("reshape_view_dynamic_batch")
+    c.write(outdir, view_head(c), mf)
+    c = Case("reshape_view_unsqueeze_attr_opset11", opset=11)
+    c.write(outdir, view_head(c, unsqueeze_attr=True), mf)
+    c = Case("reshape_view_shape_slice_opset15", opset=15)
+    c.write(outdir, view_head(c, shape_slice=True), mf)
+
     # errors at load time
     def refused(name, build, code, words, opset=13, grey=False):
         case = Case(name, opset=opset, grey=grey)
@@ -496,6 +527,27 @@ def cases(outdir, mf):
         c.nodes.append(helper.make_node("Add", ["a", "b"], ["y"], name="sum"))
         return "y"
     refused("grey_shared_weights", grey_shared_weights, "UNSUPPORTED", ["one-channel", "shares"], grey=True)
+
+    def gather_activation(c):
+        idx = c.const(np.array([0], dtype=np.int64), dtype=np.int64)
+        c.nodes.append(helper.make_node("Gather", ["input", idx], ["y"], name="gth", axis=1))
+        return "y"
+    refused("gather_activation", gather_activation, "UNSUPPORTED", ["shapes", "gth"])
+
+    def reshape_batch_last(c):
+        c.nodes.append(helper.make_node("GlobalAveragePool", ["input"], ["g"], name="gap"))
+        c.nodes.append(helper.make_node("Shape", ["g"], ["shp"], name="shape", start=0, end=1))
+        c.nodes.append(helper.make_node("Concat", [c.const(np.array([-1], dtype=np.int64), dtype=np.int64), "shp"],
+                                        ["ns"], name="cat", axis=0))
+        c.nodes.append(helper.make_node("Reshape", ["g", "ns"], ["y"], name="rs"))
+        return "y"
+    refused("reshape_batch_last", reshape_batch_last, "UNSUPPORTED", ["batch", "rs"], opset=15)
+
+    def reshape_no_shape(c):  # found by fuzz_onnx: an omitted shape input was read as tensor -1
+        c.nodes.append(helper.make_node("GlobalAveragePool", ["input"], ["g"], name="gap"))
+        c.nodes.append(helper.make_node("Reshape", ["g", ""], ["y"], name="rs"))
+        return "y"
+    refused("reshape_no_shape", reshape_no_shape, "FORMAT", ["shape", "rs"])
 
     c = Case("unsupported_lstm")
     x = c.conv("input", 3, 4)

@@ -46,7 +46,11 @@ HEADS = {
     "googlenet": "fc",
     # DenseNet-121 taking one grey channel, as torchxrayvision's chest X-ray models do
     "densenet121_grey": "classifier",
+    # ResNet-18 flattened by x.view(x.size(0), -1), as much hand-written code does:
+    # with a dynamic batch, Shape, Gather, Unsqueeze and Concat compute the shape
+    "resnet18_view": "fc",
 }
+
 
 
 def channels(name):
@@ -65,9 +69,14 @@ def build(name, seed):
 
     torch.manual_seed(seed)
     kwargs = {"aux_logits": False, "init_weights": True} if name == "googlenet" else {}
-    model = getattr(torchvision.models, name.replace("_grey", ""))(weights=None, **kwargs)
+    model = getattr(torchvision.models, name.replace("_grey", "").replace("_view", ""))(weights=None, **kwargs)
     if channels(name) == 1:
         model.features.conv0 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)
+    if name.endswith("_view"):
+        class View(torch.nn.Module):
+            def forward(self, x):
+                return x.view(x.size(0), -1)
+        model.avgpool = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), View())
     head = HEADS[name]
     if head:
         setattr(model, head, torch.nn.Identity())
