@@ -3,9 +3,11 @@
  *
  * onnx.c turns an ONNX file into a `graph`: tensors (the image input,
  * constants, activations) and nodes with their attributes already parsed and
- * checked. graph.c orders the nodes, infers every shape, folds BatchNorm into
- * convolutions and fuses activations and residual adds into the node that
- * produces their input. dnnl.c turns a compiled graph into oneDNN primitives.
+ * checked. graph.c orders the nodes; shapes.c infers every shape (folding
+ * shape arithmetic into constants); graph.c then folds BatchNorm and Pad into
+ * convolutions and pools and fuses activations and residual adds into the
+ * node that produces their input. dnnl.c turns a compiled graph into oneDNN
+ * primitives.
  *
  * Shapes of activations are per image: dims[0] is always 1 and stands for
  * the batch, whatever the file declares (a fixed batch of 1 included).
@@ -192,9 +194,10 @@ typedef struct graph_config {
     int n_keep;
 } graph_config;
 
-/* Orders the nodes (rejecting cycles and undefined inputs), infers shapes
- * for an S x S input, checks every node against its inputs, then folds
- * BatchNorm and fuses post-ops. Returns 0 or a negative code naming the node. */
+/* Orders the nodes (rejecting cycles and undefined inputs; graph.c), infers
+ * shapes for an S x S input and checks every node against its inputs
+ * (shapes.c), then folds BatchNorm and Pad and fuses post-ops (graph.c).
+ * Each returns 0 or a negative code with a message naming the node. */
 int graph_order(graph *g, ms_err *err);
 /* For a model taking one grey channel (input_channels 1): MedSearch still
  * feeds 3 identical channels, and each Conv reading the input gets weights
