@@ -19,7 +19,7 @@ const char *graph_op_name(g_op op)
         "Conv", "BatchNormalization", "Relu", "Clip", "Sigmoid", "Swish", "Add", "Mul",
         "MaxPool", "AveragePool", "GlobalAveragePool", "Flatten", "Reshape", "Gemm",
         "Concat", "Identity", "HardSigmoid", "HardSwish", "Sub", "Div", "Pad", "GlobalMaxPool",
-        "Shape", "Gather", "Unsqueeze", "ReduceMean", "Dropout"};
+        "Shape", "Gather", "Unsqueeze", "unsupported (not run)", "ReduceMean", "Dropout"};
     return op >= 0 && op < G_OP_COUNT ? names[op] : "?";
 }
 
@@ -846,6 +846,39 @@ void graph_mark_needed(const graph *g, int target, unsigned char *need)
     }
     free(stack);
     free(seen);
+}
+
+int graph_prune(graph *g, int feature, ms_err *err)
+{
+    unsigned char *need = calloc((size_t)g->nn + 1, 1);
+    if (!need)
+        return ms_err_set(err, MS_ENOMEM, "out of memory");
+    graph_mark_needed(g, feature, need);
+    int rc = 0, dropped = 0;
+    for (int i = 0; i < g->n_order && !rc; i++) {
+        g_node *nd = &g->n[g->order[i]];
+        if (nd->op == G_UNSUPPORTED && need[g->order[i]])
+            rc = onnx_unsupported(g, nd, feature, err);
+    }
+    /* in order, so a node's producers are settled before it */
+    for (int i = 0; i < g->n_order && !rc; i++) {
+        g_node *nd = &g->n[g->order[i]];
+        int tainted = nd->op == G_UNSUPPORTED;
+        for (int k = 0; k < nd->n_in && !tainted; k++) {
+            int p = nd->in[k] >= 0 ? g->t[nd->in[k]].producer : -1;
+            tainted = p >= 0 && g->n[p].dead;
+        }
+        if (tainted) {
+            nd->dead = 1;
+            dropped++;
+        }
+    }
+    free(need);
+    if (rc || !dropped)
+        return rc;
+    compact_order(g);
+    count_consumers(g);
+    return 0;
 }
 
 int graph_max_reads(const graph *g)

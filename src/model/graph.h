@@ -68,6 +68,10 @@ typedef enum {
     G_SHAPE,
     G_GATHER,
     G_UNSQUEEZE,
+    /* An op MedSearch does not run: kept so that the graph is whole, and
+     * refused (onnx_unsupported) only when the feature depends on it;
+     * otherwise graph_prune drops it and what is computed from it. */
+    G_UNSUPPORTED,
     /* Counted under their own name in op_count, run as another op:
      * ReduceMean over H and W as G_GAP, Dropout (inference) as G_IDENTITY. */
     G_REDUCEMEAN,
@@ -186,6 +190,10 @@ const char *graph_meta(const graph *g, const char *key);
  * g with tensors, nodes, metadata, the input and outputs, without ordering or
  * shapes. Returns 0, MS_EFORMAT, MS_EUNSUPPORTED, MS_ETOOBIG or MS_ENOMEM. */
 int onnx_parse(const void *buf, size_t len, graph *g, ms_err *err);
+/* The error for a G_UNSUPPORTED node the tensor `feature` depends on: it
+ * names the node, its op, the supported ops and the feature. Returns
+ * MS_EUNSUPPORTED. */
+int onnx_unsupported(const graph *g, const g_node *nd, int feature, ms_err *err);
 
 /* What compilation needs to know from the caller. */
 typedef struct graph_config {
@@ -212,6 +220,14 @@ int graph_optimise(graph *g, const int *keep, int n_keep, ms_err *err);
 /* Marks in need[] (g->nn entries, zeroed by the caller) every live node the
  * tensor `target` depends on. */
 void graph_mark_needed(const graph *g, int target, unsigned char *need);
+
+/* Drops the nodes of ops MedSearch does not run (G_UNSUPPORTED) and every
+ * node computed from them, as long as the tensor `feature` does not depend
+ * on them (a Softmax after the feature); other nodes stay, so any tensor they
+ * compute (logits) can still be asked for. Returns 0, MS_EUNSUPPORTED
+ * (onnx_unsupported) when the feature depends on an op MedSearch does not
+ * run, or MS_ENOMEM. Call after graph_order, before shape inference. */
+int graph_prune(graph *g, int feature, ms_err *err);
 
 /* The tensors node reads, post-op sums included: fills in[] (capacity cap)
  * and returns the count; -1 entries (omitted inputs) are skipped. */

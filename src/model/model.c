@@ -446,8 +446,9 @@ static int compile(model *m, const model_options *o, ms_err *err)
 {
     graph *g = &m->g;
     int rc;
-    if ((rc = graph_order(g, err)) || (rc = graph_grey_input(g, err)) || (rc = resolve_prep(m, o, err)) ||
-        (rc = graph_infer_shapes(g, m->prep.size, err)) || (rc = pick_feature(m, o, err)))
+    if ((rc = graph_order(g, err)) || (rc = resolve_prep(m, o, err)) || (rc = pick_feature(m, o, err)) ||
+        (rc = graph_prune(g, m->feature, err)) || (rc = graph_grey_input(g, err)) ||
+        (rc = graph_infer_shapes(g, m->prep.size, err)))
         return rc;
     int keep[2] = {m->feature, m->map};
     if ((rc = graph_optimise(g, keep, 2, err)))
@@ -775,7 +776,10 @@ static void describe(model *m)
     sb_printf(&s, " float32, NCHW\n");
     for (int i = 0; i < g->n_outputs; i++) {
         sb_printf(&s, "%s %s ", i ? "           " : "outputs    ", g->t[g->outputs[i]].name);
-        sb_shape(&s, &g->t[g->outputs[i]]);
+        if (g->t[g->outputs[i]].shaped)
+            sb_shape(&s, &g->t[g->outputs[i]]);
+        else
+            sb_printf(&s, "(not computed: it depends on an op MedSearch does not run)");
         sb_printf(&s, "\n");
     }
     sb_printf(&s, "feature     %s, %d values, pooling %s%s%s\n", g->t[m->feature].name, m->dim,

@@ -10,9 +10,10 @@
  * Shape, Gather, Unsqueeze and Concat of shapes; the exact limits are in
  * docs/models.md), folds shape arithmetic into constants, BatchNorm into
  * convolutions and Pads into the Conv or pool reading them, fuses activations and residual adds
- * into the producing Conv, and plans activation memory. Anything unsupported
- * is an error at load time naming the op and node. oneDNN is called from
- * dnnl.c only.
+ * into the producing Conv, and plans activation memory. An op MedSearch does
+ * not run is an error at load time naming the op and node when the feature
+ * depends on it; otherwise it and what is computed from it are dropped.
+ * oneDNN is called from dnnl.c only.
  *
  * The feature tensor is chosen by options.output, else the metadata key
  * medsearch.feature_output, else the graph's first output. With a pooling

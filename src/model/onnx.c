@@ -597,14 +597,16 @@ static const struct {
     {"Dropout", G_IDENTITY, G_DROPOUT, 1, 3},
 };
 
-static int unsupported_op(const node_ctx *c, const char *domain, ms_err *err)
+int onnx_unsupported(const graph *g, const g_node *nd, int feature, ms_err *err)
 {
     char list[400];
     size_t used = 0;
     for (size_t i = 0; i < sizeof op_table / sizeof op_table[0] && used < sizeof list; i++)
         used += (size_t)snprintf(list + used, sizeof list - used, "%s%s", i ? ", " : "", op_table[i].name);
-    return ms_err_set(err, MS_EUNSUPPORTED, "node '%s' uses op '%s%s%s', which MedSearch does not support (supported: %s)",
-                      c->name, domain && *domain ? domain : "", domain && *domain ? "." : "", c->op, list);
+    return ms_err_set(err, MS_EUNSUPPORTED,
+                      "node '%s' uses op '%s', which MedSearch does not support (supported: %s); the feature '%s' "
+                      "depends on it (--output can name a tensor computed before it)",
+                      nd->name, nd->op_type, list, g->t[feature].name);
 }
 
 /* Dropout runs as Identity: it must not be in training mode. Its ratio is
@@ -633,28 +635,31 @@ static int add_node(graph *g, const Onnx__NodeProto *np, int index, ms_err *err)
     if (strlen(c.name) > ONNX_MAX_NAME || strlen(c.op) > ONNX_MAX_NAME)
         return ms_err_set(err, MS_EFORMAT, "node #%d has a name longer than %d bytes", index, ONNX_MAX_NAME);
     const char *domain = np->domain ? np->domain : "";
-    if (*domain && strcmp(domain, "ai.onnx"))
-        return unsupported_op(&c, domain, err);
-    if (!strcmp(c.op, "Constant")) {
+    int foreign = *domain && strcmp(domain, "ai.onnx");
+    if (!foreign && !strcmp(c.op, "Constant")) {
         g->op_count[G_OP_COUNT]++;
         return add_constant_node(g, &c, err);
     }
-    size_t k = 0;
-    while (k < sizeof op_table / sizeof op_table[0] && strcmp(op_table[k].name, c.op))
+    size_t k = 0, n_ops = sizeof op_table / sizeof op_table[0];
+    while (!foreign && k < n_ops && strcmp(op_table[k].name, c.op))
         k++;
-    if (k == sizeof op_table / sizeof op_table[0])
-        return unsupported_op(&c, domain, err);
-    if ((int)np->n_input < op_table[k].min_in || (int)np->n_input > op_table[k].max_in)
+    /* An op MedSearch does not run is kept as G_UNSUPPORTED, refused only if
+     * the feature needs it (graph_prune); its name keeps a foreign domain. */
+    int known = !foreign && k < n_ops;
+    int min_in = known ? op_table[k].min_in : 0, max_in = known ? op_table[k].max_in : ONNX_MAX_INPUTS;
+    if ((int)np->n_input < min_in || (int)np->n_input > max_in)
         return ms_err_set(err, MS_EFORMAT, "node '%s' (%s) has %zu inputs; it takes %d to %d",
-                          c.name, c.op, np->n_input, op_table[k].min_in, op_table[k].max_in);
+                          c.name, c.op, np->n_input, min_in, max_in);
     if (np->n_output < 1 || !np->output[0] || !*np->output[0])
         return ms_err_set(err, MS_EFORMAT, "node '%s' (%s) has no output", c.name, c.op);
+    char qualified[2 * ONNX_MAX_NAME + 2];
+    snprintf(qualified, sizeof qualified, "%s%s%s", foreign ? domain : "", foreign ? "." : "", c.op);
 
-    int ni = graph_add_node(g, op_table[k].op, c.name, c.op, err);
+    int ni = graph_add_node(g, known ? op_table[k].op : G_UNSUPPORTED, c.name, qualified, err);
     if (ni < 0)
         return ni;
-    g->op_count[op_table[k].counted]++;
-    if (op_table[k].counted == G_DROPOUT) {
+    g->op_count[known ? op_table[k].counted : G_UNSUPPORTED]++;
+    if (known && op_table[k].counted == G_DROPOUT) {
         int rc = dropout_for_inference(&c, np, err);
         if (rc)
             return rc;
@@ -663,7 +668,7 @@ static int add_node(graph *g, const Onnx__NodeProto *np, int index, ms_err *err)
     nd->in = malloc(np->n_input * sizeof *nd->in);
     if (!nd->in)
         return ms_err_set(err, MS_ENOMEM, "out of memory");
-    nd->n_in = op_table[k].counted == G_DROPOUT ? 1 : (int)np->n_input;
+    nd->n_in = known && op_table[k].counted == G_DROPOUT ? 1 : (int)np->n_input;
     for (size_t i = 0; i < (size_t)nd->n_in; i++) {
         const char *in = np->input[i];
         if (!in || !*in) {

@@ -549,11 +549,17 @@ def cases(outdir, mf):
         return "y"
     refused("reshape_no_shape", reshape_no_shape, "FORMAT", ["shape", "rs"])
 
+    # ops MedSearch does not run are refused only when the feature needs them
+    c = Case("softmax_after_feature_ignored")
+    f = head(c)
+    c.nodes.append(helper.make_node("Softmax", [f], ["probs"], name="sm", axis=1))
+    c.write(outdir, f, mf)
     c = Case("unsupported_lstm")
     x = c.conv("input", 3, 4)
-    c.nodes.append(helper.make_node("LSTM", [x, "w", "r"], ["y"], name="my_lstm", hidden_size=4))
+    w, r = c.const(rand(1, 16, 4)), c.const(rand(1, 16, 4))
+    c.nodes.append(helper.make_node("LSTM", [x, w, r], ["y"], name="my_lstm", hidden_size=4))
     c.env["y"] = torch.zeros(N, 1)
-    write_error(c, outdir, "y", mf, "UNSUPPORTED", ["LSTM", "my_lstm"])
+    write_error(c, outdir, "y", mf, "UNSUPPORTED", ["LSTM", "my_lstm", "depends"])
     c = Case("unsupported_domain")
     c.nodes.append(helper.make_node("FusedConv", ["input"], ["y"], name="fc1", domain="com.microsoft"))
     c.env["y"] = torch.zeros(N, 1)
