@@ -131,7 +131,7 @@ def onnx_model(path):
                     y = F.linear(ins[0], w * a.get("alpha", 1.0),
                                  ins[2] * a.get("beta", 1.0) if len(ins) > 2 and ins[2] is not None else None)
                 elif op == "Concat":
-                    y = torch.cat(ins, a["axis"])
+                    y = torch.cat([i.reshape(-1) if i.dim() == 0 else i for i in ins], a["axis"])
                 elif op in ("Identity", "Dropout"):
                     y = ins[0]
                 elif op == "Sub":
@@ -149,6 +149,14 @@ def onnx_model(path):
                     y = ins[0].mean((2, 3), keepdim=bool(a.get("keepdims", 1)))
                 elif op == "GlobalMaxPool":
                     y = F.adaptive_max_pool2d(ins[0], 1)
+                elif op == "Shape":
+                    y = torch.tensor(ins[0].shape, dtype=torch.int64)[a.get("start", 0):a.get("end", None)]
+                elif op == "Gather":
+                    y = torch.index_select(ins[0], a.get("axis", 0), ins[1].reshape(-1)).reshape(ins[1].shape)
+                elif op == "Unsqueeze":
+                    y = ins[0]
+                    for ax in sorted(int(v) for v in (ins[1] if len(ins) > 1 else a["axes"])):
+                        y = y.unsqueeze(ax)
                 else:
                     raise SystemExit(f"peer: op {op} not rebuilt")
                 env[n.output[0]] = y
