@@ -665,7 +665,7 @@ static int add_node(graph *g, const Onnx__NodeProto *np, int index, ms_err *err)
             return rc;
     }
     g_node *nd = &g->n[ni];
-    nd->in = malloc(np->n_input * sizeof *nd->in);
+    nd->in = malloc((np->n_input ? np->n_input : 1) * sizeof *nd->in); /* an unsupported op may have none */
     if (!nd->in)
         return ms_err_set(err, MS_ENOMEM, "out of memory");
     nd->n_in = known && op_table[k].counted == G_DROPOUT ? 1 : (int)np->n_input;

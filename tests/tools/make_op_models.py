@@ -553,6 +553,8 @@ def cases(outdir, mf):
     c = Case("softmax_after_feature_ignored")
     f = head(c)
     c.nodes.append(helper.make_node("Softmax", [f], ["probs"], name="sm", axis=1))
+    # an unsupported op without inputs, also not needed
+    c.nodes.append(helper.make_node("RandomNormal", [], ["noise"], name="rn", shape=[1, 4]))
     c.write(outdir, f, mf)
     c = Case("unsupported_lstm")
     x = c.conv("input", 3, 4)
