@@ -783,8 +783,8 @@ static int build_bn(const ctx *c, int node, ms_err *err)
     return finish_unary(c, nd, pd, sv, dv, 4, kinds, r->bn, err);
 }
 
-/* Binds nd's [N, K] output to a view of value sv (rank, batch dims), made
- * plain (NCHW) first when it is not. */
+/* Binds nd's output (rank 2, or 3 for a Squeeze) to a plain view of value
+ * sv (rank, batch dims), made plain (NCHW) first when it is not. */
 static int flat_view(const ctx *c, const g_node *nd, int sv, int rank, const int64_t *dims, ms_err *err)
 {
     plan *pl = c->pl;
@@ -797,9 +797,10 @@ static int flat_view(const ctx *c, const g_node *nd, int sv, int rank, const int
         if ((sv = value_as(c->d, pl, sv, &plain, err)) < 0)
             return sv;
     }
-    int64_t od[2] = {pl->n, o->dims[1]};
+    int64_t od[G_MAX_RANK];
+    batch_dims(o, pl->n, od);
     dnnl_memory_desc_t view;
-    if ((rc = md_init(&view, 2, od, dnnl_ab, err)))
+    if ((rc = md_init(&view, o->rank, od, plain_tag(o->rank), err)))
         return rc;
     int dv = new_value(pl, &view, pl->v[sv].buf, err);
     if (dv < 0)
@@ -1017,7 +1018,8 @@ static int build_node(const ctx *c, int node, ms_err *err)
     case G_GMP: return build_pool(c, node, err);
     case G_CONCAT: return build_concat(c, node, err);
     case G_FLATTEN:
-    case G_RESHAPE: return build_flatten(c, node, err);
+    case G_RESHAPE:
+    case G_SQUEEZE: return build_flatten(c, node, err);
     case G_IDENTITY: {
         int v = value_of(c, nd->in[0], nd, err);
         if (v < 0)

@@ -19,7 +19,7 @@ const char *graph_op_name(g_op op)
         "Conv", "BatchNormalization", "Relu", "Clip", "Sigmoid", "Swish", "Add", "Mul",
         "MaxPool", "AveragePool", "GlobalAveragePool", "Flatten", "Reshape", "Gemm",
         "Concat", "Identity", "HardSigmoid", "HardSwish", "Sub", "Div", "Pad", "GlobalMaxPool",
-        "Shape", "Gather", "Unsqueeze", "unsupported (not run)", "ReduceMean", "Dropout"};
+        "Shape", "Gather", "Unsqueeze", "Squeeze", "unsupported (not run)", "ReduceMean", "Dropout"};
     return op >= 0 && op < G_OP_COUNT ? names[op] : "?";
 }
 
@@ -966,7 +966,8 @@ int64_t graph_live_bytes(const graph *g, int target)
 int graph_gap_source(const graph *g, int t)
 {
     int p = graph_producer(g, t);
-    while (p >= 0 && (g->n[p].op == G_FLATTEN || g->n[p].op == G_RESHAPE || g->n[p].op == G_IDENTITY))
+    while (p >= 0 && (g->n[p].op == G_FLATTEN || g->n[p].op == G_RESHAPE || g->n[p].op == G_SQUEEZE ||
+                      g->n[p].op == G_IDENTITY))
         p = graph_producer(g, g->n[p].in[0]);
     if (p < 0 || (g->n[p].op != G_GAP && g->n[p].op != G_GMP))
         return -1;

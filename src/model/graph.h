@@ -68,6 +68,9 @@ typedef enum {
     G_SHAPE,
     G_GATHER,
     G_UNSQUEEZE,
+    /* Squeeze of size-1 dimensions of an activation (x.squeeze() after a
+     * global pool): a view, as Flatten. The batch is never squeezed. */
+    G_SQUEEZE,
     /* An op MedSearch does not run: kept so that the graph is whole, and
      * refused (onnx_unsupported) only when the feature depends on it;
      * otherwise graph_prune drops it and what is computed from it. */
@@ -250,8 +253,8 @@ int64_t graph_live_bytes(const graph *g, int target);
 int graph_producer(const graph *g, int t);
 
 /* The tensor feeding the global pooling (GlobalAveragePool, ReduceMean over
- * H and W, GlobalMaxPool) that, through Flatten, Reshape or Identity,
- * produces t; -1 when there is none. */
+ * H and W, GlobalMaxPool) that, through Flatten, Reshape, Squeeze or
+ * Identity, produces t; -1 when there is none. */
 int graph_gap_source(const graph *g, int t);
 
 /* Frees a constant's float data once nothing needs it on the host. */

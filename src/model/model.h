@@ -6,7 +6,7 @@
  * against the supported ops (Conv, BatchNormalization, Relu, Clip, Sigmoid,
  * HardSigmoid, HardSwish, Add, Sub, Mul, Div, Pad of H and W with zeros,
  * MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, ReduceMean over H
- * and W, Flatten, Reshape to 2-D, Gemm, Concat, Identity, Dropout, and
+ * and W, Flatten, Reshape to 2-D, Squeeze, Gemm, Concat, Identity, Dropout, and
  * Shape, Gather, Unsqueeze and Concat of shapes; the exact limits are in
  * docs/models.md), folds shape arithmetic into constants, BatchNorm into
  * convolutions and Pads into the Conv or pool reading them, fuses activations and residual adds

@@ -256,7 +256,7 @@ static int parse_pad(const node_ctx *c, g_node *nd, ms_err *err)
     return attr_float(c, "value", 0.0f, &nd->beta, NULL, err);
 }
 
-/* An axes attribute (ReduceMean before opset 18, Unsqueeze before 13); absent,
+/* An axes attribute (ReduceMean before opset 18, (Un)squeeze before 13); absent,
  * n_axes is -1 and the axes are input 1. */
 static int parse_axes(const node_ctx *c, g_node *nd, ms_err *err)
 {
@@ -377,6 +377,7 @@ static int parse_attributes(const node_ctx *c, g_node *nd, ms_err *err)
     case G_GAP:
         return strcmp(c->op, "ReduceMean") ? 0 : parse_reduce_mean(c, nd, err);
     case G_UNSQUEEZE:
+    case G_SQUEEZE:
         return parse_axes(c, nd, err);
     case G_GATHER:
         if ((rc = attr_int(c, "axis", 0, -G_MAX_RANK, G_MAX_RANK, &v, err)))
@@ -588,6 +589,7 @@ static const struct {
     {"Shape", G_SHAPE, G_SHAPE, 1, 1},
     {"Gather", G_GATHER, G_GATHER, 2, 2},
     {"Unsqueeze", G_UNSQUEEZE, G_UNSQUEEZE, 1, 2},
+    {"Squeeze", G_SQUEEZE, G_SQUEEZE, 1, 2},
     {"ReduceMean", G_GAP, G_REDUCEMEAN, 1, 2},
     {"Flatten", G_FLATTEN, G_FLATTEN, 1, 1},
     {"Reshape", G_RESHAPE, G_RESHAPE, 2, 2},

@@ -434,6 +434,43 @@ static int shape_pad(graph *g, g_node *nd, ms_err *err)
     return set_out(g, nd, 4, dims, err);
 }
 
+/* Squeeze: the listed size-1 dimensions dropped (axes as attribute or input
+ * 1), or without axes every size-1 dimension but the batch, which MedSearch
+ * never squeezes. The result keeps the batch and at least one dimension. */
+static int shape_squeeze(graph *g, g_node *nd, ms_err *err)
+{
+    int rc = need_act(g, nd, 0, 0, err);
+    if (rc)
+        return rc;
+    const g_tensor *x = &g->t[nd->in[0]];
+    int r = x->rank, drop[G_MAX_RANK] = {0}, n = nd->n_axes;
+    const g_tensor *ax = n < 0 && nd->n_in > 1 && nd->in[1] >= 0 ? &g->t[nd->in[1]] : NULL;
+    if (ax && (!ax->is_const || ax->elem_type != 7 || ax->count > G_MAX_RANK))
+        return ms_err_set(err, MS_EUNSUPPORTED, "node '%s' (Squeeze): its axes must be a constant INT64 list",
+                          nd->name);
+    n = ax ? (int)ax->count : n < 0 ? 0 : n;
+    for (int i = 0; i < n; i++) {
+        int64_t a = ax ? ax->i64[i] : nd->axes[i];
+        a = a < 0 ? a + r : a;
+        if (a < 0 || a >= r || x->dims[a] != 1 || drop[a])
+            return ms_err_set(err, MS_EFORMAT, "node '%s' (Squeeze): axis %lld is not a dimension of size 1",
+                              nd->name, (long long)(ax ? ax->i64[i] : nd->axes[i]));
+        if (a == 0)
+            return ms_err_set(err, MS_EUNSUPPORTED, "node '%s' (Squeeze): the batch is never squeezed", nd->name);
+        drop[a] = 1;
+    }
+    for (int a = 1; a < r && n == 0; a++)
+        drop[a] = x->dims[a] == 1;
+    int64_t dims[G_MAX_RANK];
+    int k = 0;
+    for (int a = 0; a < r; a++)
+        if (!drop[a])
+            dims[k++] = x->dims[a];
+    if (k < 2)
+        return ms_err_set(err, MS_EUNSUPPORTED, "node '%s' (Squeeze) would leave only the batch", nd->name);
+    return set_out(g, nd, k, dims, err);
+}
+
 /* ReduceMean over height and width: a global average pool, [N, C, 1, 1],
  * or [N, C] without keepdims. Any other axes are refused. */
 static int shape_reduce_mean(graph *g, g_node *nd, ms_err *err)
@@ -498,6 +535,8 @@ static int shape_node(graph *g, g_node *nd, ms_err *err)
         return shape_pool(g, nd, err);
     case G_PAD:
         return shape_pad(g, nd, err);
+    case G_SQUEEZE:
+        return shape_squeeze(g, nd, err);
     case G_GAP:
     case G_GMP: {
         if (!strcmp(nd->op_type, "ReduceMean"))
@@ -673,7 +712,7 @@ int graph_infer_shapes(graph *g, int input_size, ms_err *err)
         if ((rc = shape_node(g, nd, err)))
             return rc;
         const g_tensor *o = &g->t[nd->out];
-        if (o->rank != 2 && o->rank != 4)
+        if (o->rank != 2 && o->rank != 4 && !(o->rank == 3 && nd->op == G_SQUEEZE)) /* x.squeeze(-1).squeeze(-1) */
             return ms_err_set(err, MS_EUNSUPPORTED, "node '%s' (%s) produces a rank-%d tensor; only rank 2 and 4 are supported",
                               nd->name, nd->op_type, o->rank);
     }

@@ -2,9 +2,10 @@
 # CNN topologies users bring, end to end against PyTorch: torchvision's
 # DenseNet-121 (also taking one grey channel, as torchxrayvision's models do),
 # MobileNetV3-Small, MNASNet, EfficientNet-B0, RegNetY, SqueezeNet, GoogLeNet
-# and a ResNet-18 flattened by x.view(x.size(0), -1) (its shape computed by
-# Shape, Gather, Unsqueeze, Concat) with seeded random weights, exported to ONNX
-# as users export them (tests/tools/torchvision_zoo.py). For each, `medsearch embed --raw` of
+# and ResNet-18s flattened by x.view(x.size(0), -1) (its shape computed by
+# Shape, Gather, Unsqueeze, Concat) and by x.squeeze(-1).squeeze(-1), with
+# seeded random weights, exported to ONNX as users export them
+# (tests/tools/torchvision_zoo.py). For each, `medsearch embed --raw` of
 # four images in one batch must match PyTorch run on the very inputs MedSearch
 # prepared (--dump-input) within 1e-4 of the largest value, and each image alone
 # must give its batch row. Where the feature is a global average pool, `--pool
@@ -22,7 +23,7 @@ trap 'rm -rf "$T"' EXIT
 fails=0
 fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
 
-MODELS="densenet121 densenet121_grey mobilenet_v3_small mnasnet0_5 efficientnet_b0 regnet_y_400mf squeezenet1_1 googlenet resnet18_view"
+MODELS="densenet121 densenet121_grey mobilenet_v3_small mnasnet0_5 efficientnet_b0 regnet_y_400mf squeezenet1_1 googlenet resnet18_view resnet18_squeeze"
 echo "== export: $MODELS"
 "$PY" "$TOOL" export "$T" $MODELS >"$T/ops.txt" 2>"$T/export.err" || { cat "$T/export.err"; echo "FAIL: export"; exit 1; }
 cat "$T/ops.txt"
@@ -34,6 +35,7 @@ need_ops mobilenet_v3_small HardSigmoid
 need_ops mnasnet0_5 ReduceMean
 need_ops efficientnet_b0 Sigmoid
 need_ops resnet18_view Shape
+need_ops resnet18_squeeze Squeeze
 
 # random grey images: exact size, down-scaled, up-scaled, non-square
 "$PY" - "$T" <<'EOF' || { echo "FAIL: images"; exit 1; }

@@ -457,6 +457,30 @@ def cases(outdir, mf):
     c = Case("reshape_view_shape_slice_opset15", opset=15)
     c.write(outdir, view_head(c, shape_slice=True), mf)
 
+    # Squeeze after a global pool: x.squeeze(-1).squeeze(-1) (axes as inputs),
+    # squeeze(3).squeeze(2) before opset 13 (attributes), x.squeeze() (no axes)
+    def squeeze_head(case, axes_lists, attrs=False):
+        x = case.conv("input", 3, 16)
+        y = case.node("GlobalAveragePool", [x], F.adaptive_avg_pool2d(case.t(x), 1))
+        for axes in axes_lists:
+            ref = case.t(y)
+            for a in sorted(axes or [2, 3], reverse=True):
+                ref = ref.squeeze(a)
+            if attrs:
+                y = case.node("Squeeze", [y], ref, axes=axes)
+            elif axes is None:
+                y = case.node("Squeeze", [y], ref)
+            else:
+                y = case.node("Squeeze", [y, case.const(np.array(axes, dtype=np.int64), dtype=np.int64)], ref)
+        return y
+
+    c = Case("squeeze_twice_axes_input")
+    c.write(outdir, squeeze_head(c, [[-1], [-1]]), mf)
+    c = Case("squeeze_axes_attr_opset11", opset=11)
+    c.write(outdir, squeeze_head(c, [[3], [2]], attrs=True), mf)
+    c = Case("squeeze_no_axes")
+    c.write(outdir, squeeze_head(c, [None]), mf)
+
     # errors at load time
     def refused(name, build, code, words, opset=13, grey=False):
         case = Case(name, opset=opset, grey=grey)
@@ -542,6 +566,20 @@ def cases(outdir, mf):
         c.nodes.append(helper.make_node("Reshape", ["g", "ns"], ["y"], name="rs"))
         return "y"
     refused("reshape_batch_last", reshape_batch_last, "UNSUPPORTED", ["batch", "rs"], opset=15)
+
+    def squeeze_batch(c):
+        c.nodes.append(helper.make_node("GlobalAveragePool", ["input"], ["g"], name="gap"))
+        c.nodes.append(helper.make_node("Squeeze", ["g", c.const(np.array([0, 2, 3], dtype=np.int64),
+                                                                 dtype=np.int64)], ["y"], name="sq"))
+        return "y"
+    refused("squeeze_batch", squeeze_batch, "UNSUPPORTED", ["batch", "sq"])
+
+    def squeeze_channels(c):
+        c.nodes.append(helper.make_node("GlobalAveragePool", ["input"], ["g"], name="gap"))
+        c.nodes.append(helper.make_node("Squeeze", ["g", c.const(np.array([1], dtype=np.int64), dtype=np.int64)],
+                                        ["y"], name="sq"))
+        return "y"
+    refused("squeeze_channels", squeeze_channels, "FORMAT", ["size 1", "sq"])
 
     def reshape_no_shape(c):  # found by fuzz_onnx: an omitted shape input was read as tensor -1
         c.nodes.append(helper.make_node("GlobalAveragePool", ["input"], ["g"], name="gap"))

@@ -49,6 +49,8 @@ HEADS = {
     # ResNet-18 flattened by x.view(x.size(0), -1), as much hand-written code does:
     # with a dynamic batch, Shape, Gather, Unsqueeze and Concat compute the shape
     "resnet18_view": "fc",
+    # ... and one squeezed by x.squeeze(-1).squeeze(-1): two Squeeze nodes
+    "resnet18_squeeze": "fc",
 }
 
 
@@ -69,7 +71,8 @@ def build(name, seed):
 
     torch.manual_seed(seed)
     kwargs = {"aux_logits": False, "init_weights": True} if name == "googlenet" else {}
-    model = getattr(torchvision.models, name.replace("_grey", "").replace("_view", ""))(weights=None, **kwargs)
+    base = name.replace("_grey", "").replace("_view", "").replace("_squeeze", "")
+    model = getattr(torchvision.models, base)(weights=None, **kwargs)
     if channels(name) == 1:
         model.features.conv0 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)
     if name.endswith("_view"):
@@ -77,6 +80,11 @@ def build(name, seed):
             def forward(self, x):
                 return x.view(x.size(0), -1)
         model.avgpool = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), View())
+    if name.endswith("_squeeze"):
+        class Squeeze(torch.nn.Module):
+            def forward(self, x):
+                return x.squeeze(-1).squeeze(-1)
+        model.avgpool = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), Squeeze())
     head = HEADS[name]
     if head:
         setattr(model, head, torch.nn.Identity())
