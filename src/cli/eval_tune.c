@@ -337,6 +337,14 @@ static int choose(tune_state *t, ms_err *err)
     return 0;
 }
 
+/* Gives the collection behind e a centering policy (the engine computes or
+ * drops the center and rebuilds the index) and persists it. */
+static int record_center(engine *e, int centred, ms_err *err)
+{
+    int rc = engine_set_center_policy(e, !centred, err);
+    return rc ? rc : engine_flush(e, err);
+}
+
 /* Re-embeds the collection as the pick's vectors are made, through an
  * engine of its own, and gives it the pick's centering policy. The
  * command's engine is flushed first and is only read afterwards, so its
@@ -358,11 +366,8 @@ static int apply_vectors(tune_state *t, const candidate *p, ms_err *err)
     static const cli_command reembed_cmd = {"eval --tune --apply", NULL, NULL, 0, NULL, 0, 0};
     size_t done = 0;
     rc = cli_reembed_all(&reembed_cmd, e, !t->args.quiet, &done, err);
-    if (rc == 0 && p->center != t->now_center) {
-        rc = engine_set_center_policy(e, !p->center, err);
-        if (rc == 0)
-            rc = engine_flush(e, err);
-    }
+    if (rc == 0 && p->center != t->now_center)
+        rc = record_center(e, p->center, err);
     engine_close(e);
     return rc;
 }
@@ -385,11 +390,8 @@ static int apply_pick(tune_state *t, ms_err *err)
             store_close(s);
         }
     }
-    if (rc == 0 && !reembed && p->center != t->now_center) {
-        rc = engine_set_center_policy(t->env.main, !p->center, err);
-        if (rc == 0)
-            rc = engine_flush(t->env.main, err);
-    }
+    if (rc == 0 && !reembed && p->center != t->now_center)
+        rc = record_center(t->env.main, p->center, err);
     return rc;
 }
 

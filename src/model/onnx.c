@@ -221,20 +221,18 @@ static int parse_window(const node_ctx *c, g_node *nd, int kernel_required, int 
     return attr_auto_pad(c, &nd->auto_pad, err);
 }
 
-/* Whether string attribute `name` is absent (then `def` applies) or equals want. */
-static int attr_string_is(const node_ctx *c, const char *name, const char *def, const char *want)
+/* Whether string attribute `name` is absent or equals want. */
+static int attr_absent_or(const node_ctx *c, const char *name, const char *want)
 {
     const Onnx__AttributeProto *a = attr_find(c, name);
-    if (!a)
-        return !strcmp(def, want);
-    return a->s.len == strlen(want) && !memcmp(a->s.data, want, a->s.len);
+    return !a || (a->s.len == strlen(want) && !memcmp(a->s.data, want, a->s.len));
 }
 
 /* Pad: only mode "constant". Opset < 11 gives pads and value as attributes;
  * later opsets as inputs, read by shape inference once constants are known. */
 static int parse_pad(const node_ctx *c, g_node *nd, ms_err *err)
 {
-    if (!attr_string_is(c, "mode", "constant", "constant")) {
+    if (!attr_absent_or(c, "mode", "constant")) { /* absent: constant */
         const Onnx__AttributeProto *a = attr_find(c, "mode");
         return ms_err_set(err, MS_EUNSUPPORTED,
                           "node '%s' (Pad): mode '%.*s' is not supported; only constant (zero) padding is",

@@ -434,6 +434,26 @@ static int shape_pad(graph *g, g_node *nd, ms_err *err)
     return set_out(g, nd, 4, dims, err);
 }
 
+/* The axes of a ReduceMean or Squeeze: its attribute (parse_axes), else the
+ * constant INT64 list of input 1, else none (*n = 0). Returns 0, or
+ * MS_EUNSUPPORTED when input 1 is not such a list. */
+static int node_axes(const graph *g, const g_node *nd, int64_t axes[G_MAX_RANK], int *n, ms_err *err)
+{
+    *n = nd->n_axes;
+    for (int i = 0; i < *n; i++)
+        axes[i] = nd->axes[i];
+    if (*n >= 0)
+        return 0;
+    const g_tensor *a = nd->n_in > 1 && nd->in[1] >= 0 ? &g->t[nd->in[1]] : NULL;
+    if (a && (!a->is_const || a->elem_type != 7 || a->count > G_MAX_RANK))
+        return ms_err_set(err, MS_EUNSUPPORTED, "node '%s' (%s): its axes must be a constant INT64 list", nd->name,
+                          nd->op_type);
+    *n = a ? (int)a->count : 0;
+    for (int i = 0; i < *n; i++)
+        axes[i] = a->i64[i];
+    return 0;
+}
+
 /* Squeeze: the listed size-1 dimensions dropped (axes as attribute or input
  * 1), or without axes every size-1 dimension but the batch, which MedSearch
  * never squeezes. The result keeps the batch and at least one dimension. */
@@ -443,18 +463,15 @@ static int shape_squeeze(graph *g, g_node *nd, ms_err *err)
     if (rc)
         return rc;
     const g_tensor *x = &g->t[nd->in[0]];
-    int r = x->rank, drop[G_MAX_RANK] = {0}, n = nd->n_axes;
-    const g_tensor *ax = n < 0 && nd->n_in > 1 && nd->in[1] >= 0 ? &g->t[nd->in[1]] : NULL;
-    if (ax && (!ax->is_const || ax->elem_type != 7 || ax->count > G_MAX_RANK))
-        return ms_err_set(err, MS_EUNSUPPORTED, "node '%s' (Squeeze): its axes must be a constant INT64 list",
-                          nd->name);
-    n = ax ? (int)ax->count : n < 0 ? 0 : n;
+    int r = x->rank, drop[G_MAX_RANK] = {0}, n;
+    int64_t axes[G_MAX_RANK];
+    if ((rc = node_axes(g, nd, axes, &n, err)))
+        return rc;
     for (int i = 0; i < n; i++) {
-        int64_t a = ax ? ax->i64[i] : nd->axes[i];
-        a = a < 0 ? a + r : a;
+        int64_t a = axes[i] < 0 ? axes[i] + r : axes[i];
         if (a < 0 || a >= r || x->dims[a] != 1 || drop[a])
             return ms_err_set(err, MS_EFORMAT, "node '%s' (Squeeze): axis %lld is not a dimension of size 1",
-                              nd->name, (long long)(ax ? ax->i64[i] : nd->axes[i]));
+                              nd->name, (long long)axes[i]);
         if (a == 0)
             return ms_err_set(err, MS_EUNSUPPORTED, "node '%s' (Squeeze): the batch is never squeezed", nd->name);
         drop[a] = 1;
@@ -479,18 +496,9 @@ static int shape_reduce_mean(graph *g, g_node *nd, ms_err *err)
     if (rc)
         return rc;
     int64_t axes[G_MAX_RANK];
-    int n = nd->n_axes;
-    for (int i = 0; i < n; i++)
-        axes[i] = nd->axes[i];
-    if (n < 0) {
-        const g_tensor *a = nd->n_in > 1 && nd->in[1] >= 0 ? &g->t[nd->in[1]] : NULL;
-        if (a && (!a->is_const || a->elem_type != 7 || a->count > G_MAX_RANK))
-            return ms_err_set(err, MS_EUNSUPPORTED, "node '%s' (ReduceMean): its axes must be a constant INT64 list",
-                              nd->name);
-        n = a ? (int)a->count : 0;
-        for (int i = 0; i < n; i++)
-            axes[i] = a->i64[i];
-    }
+    int n;
+    if ((rc = node_axes(g, nd, axes, &n, err)))
+        return rc;
     unsigned mask = 0;
     for (int i = 0; i < n; i++)
         if (axes[i] >= -4 && axes[i] < 4)
