@@ -25,7 +25,8 @@ static void common_options(cli_common *c, unsigned groups, cli_option *out, int 
                                    "feature tensor (default: the model's medsearch.feature_output or first output)",
                                    0, 0};
         out[(*n)++] = (cli_option){"pool", 0, CLI_STRING, &c->pool, "P",
-                                   "pooling of the last feature map: output|avg|gem|max|topleft", 0, 0};
+                                   "pooling: auto (default: GeM of the map behind a global average pool, else the "
+                                   "graph's output)|output|avg|gem|max|topleft", 0, 0};
         out[(*n)++] = (cli_option){"gem-p", 0, CLI_DOUBLE, &c->gem_p, "P", "GeM exponent (default 3)", 0, 0};
         out[(*n)++] = (cli_option){"flip", 0, CLI_FLAG, &c->model_opt.flip, NULL,
                                    "also embed each image mirrored left-right and add the two (twice the forwards)",
@@ -141,6 +142,7 @@ static void common_defaults(cli_common *c)
 {
     memset(c, 0, sizeof *c);
     model_options_init(&c->model_opt);
+    c->model_opt.pool = MODEL_POOL_AUTO; /* a new collection's; an existing one keeps its own */
     const char *db = getenv("MEDSEARCH_DB");
     c->db = db && *db ? db : "medsearch.db";
     c->db_given = db && *db;
@@ -150,7 +152,7 @@ static void common_defaults(cli_common *c)
 static int finish_model_options(const cli_command *cmd, cli_common *c)
 {
     if (c->pool && model_pool_parse(c->pool, &c->model_opt.pool)) {
-        fprintf(stderr, "medsearch %s: --pool must be output, avg, gem, max or topleft, not '%s'\n", cmd->name,
+        fprintf(stderr, "medsearch %s: --pool must be auto, output, avg, gem, max or topleft, not '%s'\n", cmd->name,
                 c->pool);
         return -1;
     }

@@ -11,7 +11,8 @@
  * paired with the collection's current settings, query by query.
  *
  * --vectors also varies how the vectors are made from the collection's own
- * model: pooling (the collection's own, or GeM of the last feature map) and
+ * model: pooling (the collection's own, and GeM of the last feature map or,
+ * for a GeM collection, the graph's own output) and
  * flip (each image also embedded mirrored), at the collection's input size.
  * Each variant is re-embedded once into a scratch collection (evaluate_config
  * keeps it in a work folder, so its ten searches reuse it) and searched with
@@ -138,11 +139,12 @@ static int list_vector_variants(tune_state *t, const engine_stats *st, ms_err *e
     if (model_options_from_identity(st->model_identity, &stored))
         return ms_err_set(err, MS_EINVAL, "the collection's model identity '%s' cannot be read back",
                           st->model_identity);
-    /* The collection's own pooling against GeM; the prototype's top-left
-     * cell is a baseline, never worth keeping, so the graph's output stands
-     * in for it. */
+    /* The collection's own pooling against GeM, or a GeM collection's
+     * against the graph's output (its average pool, for the models GeM
+     * applies to); the prototype's top-left cell is a baseline, never worth
+     * keeping, so the graph's output stands in for it. */
     model_pool own = stored.pool == MODEL_POOL_TOPLEFT ? MODEL_POOL_OUTPUT : stored.pool;
-    const model_pool pools[] = {own, MODEL_POOL_GEM};
+    const model_pool pools[] = {own, own == MODEL_POOL_GEM ? MODEL_POOL_OUTPUT : MODEL_POOL_GEM};
     for (int p = 0; p < 2; p++)
         for (int flip = 0; flip <= 1; flip++) {
             vectors *v = &t->v[t->nv];

@@ -963,13 +963,17 @@ int64_t graph_live_bytes(const graph *g, int target)
     return peak;
 }
 
-int graph_gap_source(const graph *g, int t)
+int graph_global_pool_node(const graph *g, int t)
 {
     int p = graph_producer(g, t);
     while (p >= 0 && (g->n[p].op == G_FLATTEN || g->n[p].op == G_RESHAPE || g->n[p].op == G_SQUEEZE ||
                       g->n[p].op == G_IDENTITY))
         p = graph_producer(g, g->n[p].in[0]);
-    if (p < 0 || (g->n[p].op != G_GAP && g->n[p].op != G_GMP))
-        return -1;
-    return g->n[p].in[0];
+    return p >= 0 && (g->n[p].op == G_GAP || g->n[p].op == G_GMP) ? p : -1;
+}
+
+int graph_gap_source(const graph *g, int t)
+{
+    int p = graph_global_pool_node(g, t);
+    return p < 0 ? -1 : g->n[p].in[0];
 }

@@ -252,9 +252,11 @@ int64_t graph_live_bytes(const graph *g, int target);
 /* The node that produces tensor t after fusion, or -1. */
 int graph_producer(const graph *g, int t);
 
-/* The tensor feeding the global pooling (GlobalAveragePool, ReduceMean over
- * H and W, GlobalMaxPool) that, through Flatten, Reshape, Squeeze or
- * Identity, produces t; -1 when there is none. */
+/* The global pooling node (GlobalAveragePool, ReduceMean over H and W,
+ * GlobalMaxPool) that, through Flatten, Reshape, Squeeze or Identity,
+ * produces t; -1 when there is none. */
+int graph_global_pool_node(const graph *g, int t);
+/* The tensor feeding that node, or -1. */
 int graph_gap_source(const graph *g, int t);
 
 /* Frees a constant's float data once nothing needs it on the host. */

@@ -294,6 +294,10 @@ static const struct {
 
 int model_pool_parse(const char *name, model_pool *out)
 {
+    if (!strcmp(name, "auto")) { /* never in an identity: not in pool_names */
+        *out = MODEL_POOL_AUTO;
+        return 0;
+    }
     for (size_t i = 0; i < sizeof pool_names / sizeof *pool_names; i++)
         if (!strcmp(name, pool_names[i].name)) {
             *out = pool_names[i].pool;
@@ -304,6 +308,8 @@ int model_pool_parse(const char *name, model_pool *out)
 
 const char *model_pool_name(model_pool p)
 {
+    if (p == MODEL_POOL_AUTO)
+        return "auto";
     for (size_t i = 0; i < sizeof pool_names / sizeof *pool_names; i++)
         if (pool_names[i].pool == p)
             return pool_names[i].name;
@@ -399,6 +405,20 @@ int model_options_from_identity(const char *identity, model_options *o)
     return 0;
 }
 
+/* MODEL_POOL_AUTO for feature t: GeM of the map when t is the graph's global
+ * average pool, which retrieves better with ImageNet features (more weight
+ * on the strongest activations of each channel); the graph's own output
+ * otherwise: a max pool is kept, and a head after the pool (a projection, a
+ * classifier) is the model's feature and is not skipped. A tensor named by
+ * options.output is taken as it is. */
+static model_pool auto_pooling(const graph *g, int t, const model_options *o)
+{
+    if (o->output)
+        return MODEL_POOL_OUTPUT;
+    int p = graph_global_pool_node(g, t);
+    return p >= 0 && g->n[p].op == G_GAP ? MODEL_POOL_GEM : MODEL_POOL_OUTPUT;
+}
+
 static int pick_feature(model *m, const model_options *o, ms_err *err)
 {
     graph *g = &m->g;
@@ -414,6 +434,8 @@ static int pick_feature(model *m, const model_options *o, ms_err *err)
     m->feature = t;
     m->map = -1;
     m->target = t;
+    if (m->pool == MODEL_POOL_AUTO)
+        m->pool = auto_pooling(g, t, o);
     if (m->pool == MODEL_POOL_OUTPUT)
         return 0;
     char pb[32];
@@ -433,9 +455,9 @@ static int pick_feature(model *m, const model_options *o, ms_err *err)
 
 static int check_options(const model_options *o, ms_err *err)
 {
-    if (o->pool < MODEL_POOL_OUTPUT || o->pool > MODEL_POOL_TOPLEFT)
+    if (o->pool < MODEL_POOL_OUTPUT || o->pool > MODEL_POOL_AUTO)
         return ms_err_set(err, MS_EINVAL, "unknown pooling %d", (int)o->pool);
-    if (o->pool == MODEL_POOL_GEM && !(o->gem_p > 0 && o->gem_p <= 100))
+    if ((o->pool == MODEL_POOL_GEM || o->pool == MODEL_POOL_AUTO) && !(o->gem_p > 0 && o->gem_p <= 100))
         return ms_err_set(err, MS_EINVAL, "GeM p must be in (0, 100], got %g", (double)o->gem_p);
     return 0;
 }
@@ -478,7 +500,10 @@ static int compile(model *m, const model_options *o, ms_err *err)
     int size;
     char digest[9], part[96];
     prep_identity(m, o, &size, digest);
-    pool_part(part, sizeof part, o, size, digest);
+    model_options in_force = *o; /* the pooling resolved */
+    in_force.pool = m->pool;
+    in_force.gem_p = m->gem_p;
+    pool_part(part, sizeof part, &in_force, size, digest);
     snprintf(m->identity, sizeof m->identity, "%.300s:%s:%d:%s", m->name, m->sha, m->dim, part);
     describe(m);
     return m->describe ? 0 : ms_err_set(err, MS_ENOMEM, "out of memory");
@@ -700,6 +725,7 @@ size_t model_tensor_size(const model *m, const char *tensor)
 int model_dim(const model *m) { return m->dim; }
 const image_prep *model_prep(const model *m) { return &m->prep; }
 int model_prep_from_metadata(const model *m) { return m->prep_meta; }
+model_pool model_pooling(const model *m) { return m->pool; }
 const char *model_identity(const model *m) { return m->identity; }
 const char *model_name(const model *m) { return m->name; }
 const char *model_sha256(const model *m) { return m->sha; }

@@ -60,6 +60,12 @@ typedef enum {
     MODEL_POOL_GEM,        /* (mean x^p)^(1/p), x clamped at >= 1e-6 */
     MODEL_POOL_MAX,        /* max over H x W */
     MODEL_POOL_TOPLEFT,    /* the prototype's bug, a baseline only: first C values of the flattened NCHW map */
+    MODEL_POOL_AUTO,       /* resolved at load: GeM when the feature is a global
+                            * average pool (GlobalAveragePool or ReduceMean over H
+                            * and W, through Flatten, Reshape, Squeeze or Identity)
+                            * and options.output does not name it, else OUTPUT.
+                            * The faces' default: GeM p=3 retrieved better than
+                            * the average with ImageNet models (docs/evaluation.md) */
 } model_pool;
 
 typedef struct model_options {
@@ -144,11 +150,14 @@ int model_prep_from_metadata(const model *m);  /* 1 when medsearch.* keys set it
  * "m.onnx:<sha>:1280:gem3-flip-in288-norm1a2b3c4d". */
 const char *model_identity(const model *m);
 
-/* The pooling named "output", "avg", "gem", "max" or "topleft" (as --pool
- * takes it) into *out. Returns 0, or MS_EINVAL for any other name. */
+/* The pooling named "output", "avg", "gem", "max", "topleft" or "auto" (as
+ * --pool takes it) into *out. Returns 0, or MS_EINVAL for any other name. */
 int model_pool_parse(const char *name, model_pool *out);
 /* The name --pool takes for p ("gem" for GeM, whatever its p). Static. */
 const char *model_pool_name(model_pool p);
+/* The pooling in force: options.pool, with MODEL_POOL_AUTO resolved (never
+ * AUTO). The identity records this one. */
+model_pool model_pooling(const model *m);
 
 /* Reads the pooling part of an identity (what follows its last ':', as
  * model_identity writes it) into o's pool, gem_p, bf16, flip and

@@ -26,6 +26,9 @@ ingest "$tmp/avg.db" "$MODEL" avg
 ingest "$tmp/gem.db" "$MODEL" gem
 ingest "$tmp/tuned.db" "$TUNED" avg
 ingest "$tmp/gemflip.db" "$MODEL" gem --flip
+# without --pool (auto): GeM for a model whose feature is its global average pool
+xargs -d '\n' "$BIN" ingest --db "$tmp/default.db" --model "$MODEL" --labels "$DATA/labels.csv" <"$tmp/files" \
+  >"$tmp/ingest.log" 2>&1 || { tail -5 "$tmp/ingest.log"; fail "ingest without --pool"; }
 
 evaljson() {  # OUT DB ARGS...
   local out=$1 db=$2; shift 2
@@ -36,11 +39,12 @@ evaljson "$tmp/avg.json" "$tmp/avg.db"
 evaljson "$tmp/gem_qe.json" "$tmp/gem.db" --qe 1
 evaljson "$tmp/tuned.json" "$tmp/tuned.db"
 evaljson "$tmp/gemflip.json" "$tmp/gemflip.db"
+evaljson "$tmp/default.json" "$tmp/default.db" --qe 1
 
 # A = the stored avg vectors (no re-embedding), B = GeM re-embedded + QE 1.
 evaljson "$tmp/cmp.json" "$tmp/avg.db" --model "$MODEL" --compare "pool=avg" "pool=gem,qe=1" --workdir "$tmp/work"
 # A = the ImageNet model as stored, B = the fine-tuned model re-embedded.
-evaljson "$tmp/cmp2.json" "$tmp/avg.db" --model "$MODEL" --compare "" "model=$TUNED"
+evaljson "$tmp/cmp2.json" "$tmp/avg.db" --model "$MODEL" --compare "" "model=$TUNED,pool=avg"
 # A = GeM as stored, B = GeM with each image's mirror image added.
 evaljson "$tmp/cmp3.json" "$tmp/gem.db" --model "$MODEL" --pool gem --compare "" "flip=on"
 ls "$tmp"/work/eval-*.db >/dev/null 2>&1 || fail "--workdir kept no scratch collection"
@@ -54,7 +58,7 @@ import json, sys
 d = sys.argv[1]
 j = lambda n: json.load(open(f"{d}/{n}.json"))
 avg, gem_qe, tuned, cmp, cmp2, again = (j(n) for n in ("avg", "gem_qe", "tuned", "cmp", "cmp2", "cmp_again"))
-gemflip, cmp3 = j("gemflip"), j("cmp3")
+gemflip, cmp3, default = j("gemflip"), j("cmp3"), j("default")
 def same(a, b, what):
     assert a["queries"] == b["queries"], (what, a["queries"], b["queries"])
     for part in ("metrics", "chance"):
@@ -71,6 +75,8 @@ same(cmp3["configs"][1], gemflip, "B = GeM + flip re-embedded")
 assert cmp3["configs"][1]["model"].endswith(":gem3-flip"), cmp3["configs"][1]["model"]
 assert cmp3["configs"][0]["model"].endswith(":gem3"), cmp3["configs"][0]["model"]
 assert cmp3["paired"]["mAP@10"]["diff"] != 0, "flip changed nothing"
+same(default, gem_qe, "a collection ingested without --pool = GeM")
+assert default["model"].endswith(":gem3") and default["model"] == gem_qe["model"], default["model"]
 for k in ("mAP@10", "P@10"):
     assert again["paired"][k] == cmp["paired"][k], (k, again["paired"][k], cmp["paired"][k])
 p = cmp["paired"]["mAP@10"]

@@ -14,7 +14,7 @@ DATA=$SHARED/data/nih_cxr14_64px
 devset_require "$DATA"
 
 db=$tmp/t.db
-"$BIN" ingest "$DATA/images" --labels "$DATA/labels.csv" --db "$db" --model "$MODEL" --quiet \
+"$BIN" ingest "$DATA/images" --labels "$DATA/labels.csv" --db "$db" --model "$MODEL" --pool output --quiet \
   >"$tmp/ingest.log" 2>&1 || { tail -5 "$tmp/ingest.log"; fail "ingest"; }
 "$BIN" center off --db "$db" >/dev/null 2>&1 || fail "center off"
 

@@ -212,7 +212,9 @@ static uint8_t *mb_pack(mb *b, size_t *len)
 
 /* The base model: input [N,3,8,8] -> Conv 3x3 (4 ch, pads 1) + bias -> Relu
  * "r" -> GlobalAveragePool -> Flatten "features". */
-static void base(mb *b)
+/* input -> Conv -> Relu ("r", a 4 x 8 x 8 map) -> global_op -> Flatten
+ * ("features"), or with a Gemm head, Flatten -> Gemm (5 values). */
+static void base_with(mb *b, const char *global_op, int gemm_head)
 {
     mb_init(b);
     mb_input(b, "input", 3, 8);
@@ -223,12 +225,26 @@ static void base(mb *b)
     int64_t pads[4] = {1, 1, 1, 1};
     attr_ints(c, "pads", 4, pads);
     mb_node(b, "Relu", "relu", "c", NULL, NULL, "r");
-    mb_node(b, "GlobalAveragePool", "gap", "r", NULL, NULL, "g");
-    Onnx__NodeProto *f = mb_node(b, "Flatten", "flat", "g", NULL, NULL, "features");
+    mb_node(b, global_op, "gap", "r", NULL, NULL, "g");
+    Onnx__NodeProto *f = mb_node(b, "Flatten", "flat", "g", NULL, NULL, gemm_head ? "pooled" : "features");
     Onnx__AttributeProto *ax = attr(f, "axis", ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__INT);
     ax->has_i = 1;
     ax->i = 1;
+    if (gemm_head) {
+        int64_t hw[2] = {5, 4}, hb[1] = {5};
+        mb_const(b, "HW", 2, hw);
+        mb_const(b, "HB", 1, hb);
+        Onnx__NodeProto *h = mb_node(b, "Gemm", "head", "pooled", "HW", "HB", "features");
+        Onnx__AttributeProto *tb = attr(h, "transB", ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__INT);
+        tb->has_i = 1;
+        tb->i = 1;
+    }
     mb_output(b, "features");
+}
+
+static void base(mb *b)
+{
+    base_with(b, "GlobalAveragePool", 0);
 }
 
 /* Loads bytes; returns the code and keeps the message in *err. */
@@ -643,6 +659,83 @@ static void test_pooling(void **state)
     pool_free();
 }
 
+/* The pooling of the first (and only) image of a forward, into got. */
+static void forward_one(const uint8_t *buf, size_t len, const model_options *o, const float *in, float *got,
+                        int dim, char *identity, size_t id_len, model_pool *in_force)
+{
+    model *m;
+    ms_err err = {0};
+    assert_int_equal(model_load_buffer(buf, len, "m.onnx", o, &m, &err), 0);
+    assert_int_equal(model_dim(m), dim);
+    assert_int_equal(model_forward(m, in, 1, got, &err), 0);
+    snprintf(identity, id_len, "%s", strrchr(model_identity(m), ':') + 1);
+    *in_force = model_pooling(m);
+    model_free(m);
+}
+
+/* MODEL_POOL_AUTO: GeM of the map behind a global average pool, identical to
+ * asking for GeM; the graph's output behind a global max pool, a head after
+ * the pool, or a tensor named by options.output. Never "auto" in an identity. */
+static void test_pooling_auto(void **state)
+{
+    (void)state;
+    float in[3 * 64], got[5], want[5];
+    for (int i = 0; i < 3 * 64; i++)
+        in[i] = (float)((i * 31) % 17) / 5.0f - 1.5f;
+    char id[64], want_id[64];
+    model_pool in_force;
+    struct {
+        const char *global_op;
+        int head;
+        const char *output;
+        model_pool resolved;
+        int dim;
+        const char *identity;
+    } cases[] = {
+        {"GlobalAveragePool", 0, NULL, MODEL_POOL_GEM, 4, "gem2.5"},
+        {"GlobalAveragePool", 0, "features", MODEL_POOL_OUTPUT, 4, "output"},
+        {"GlobalMaxPool", 0, NULL, MODEL_POOL_OUTPUT, 4, "output"},
+        {"GlobalAveragePool", 1, NULL, MODEL_POOL_OUTPUT, 5, "output"},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
+        mb b;
+        base_with(&b, cases[k].global_op, cases[k].head);
+        size_t len;
+        uint8_t *buf = mb_pack(&b, &len);
+        model_options o;
+        model_options_init(&o);
+        o.pool = MODEL_POOL_AUTO;
+        o.gem_p = 2.5f;
+        o.output = cases[k].output;
+        forward_one(buf, len, &o, in, got, cases[k].dim, id, sizeof id, &in_force);
+        assert_string_equal(id, cases[k].identity);
+        assert_int_equal(in_force, cases[k].resolved);
+        o.pool = cases[k].resolved; /* the same vector as asking for it */
+        forward_one(buf, len, &o, in, want, cases[k].dim, want_id, sizeof want_id, &in_force);
+        assert_string_equal(want_id, id);
+        assert_memory_equal(got, want, (size_t)cases[k].dim * sizeof *got);
+        pool_free();
+    }
+    model_pool p = MODEL_POOL_OUTPUT;
+    assert_int_equal(model_pool_parse("auto", &p), 0);
+    assert_int_equal(p, MODEL_POOL_AUTO);
+    assert_string_equal(model_pool_name(MODEL_POOL_AUTO), "auto");
+    assert_int_equal(model_pool_parse("Auto", &p), MS_EINVAL);
+    model_options o;
+    model_options_init(&o);
+    o.pool = MODEL_POOL_AUTO;
+    o.gem_p = 0;
+    mb b;
+    base(&b);
+    size_t len;
+    uint8_t *buf = mb_pack(&b, &len);
+    model *m;
+    ms_err err = {0};
+    assert_int_equal(model_load_buffer(buf, len, "m.onnx", &o, &m, &err), MS_EINVAL);
+    assert_non_null(strstr(err.msg, "GeM p"));
+    pool_free();
+}
+
 /* Each of n images (3 planes of side x side) reversed left-right. */
 static void mirror_planes(const float *in, int n, int side, float *out)
 {
@@ -756,7 +849,8 @@ static void test_options_from_identity(void **state)
                                 "m:ab:1:avg-in288-flip", "m:ab:1:avg-norm", "m:ab:1:avg-normXYZ",
                                 "m:ab:1:avg-norm0123abc", "m:ab:1:avg-norm0123abcde", "m:ab:1:avg-norm0123ABCD",
                                 "m:ab:1:avg-norm0123abcd-in288", "m:ab:1:avg-norm0123abcd-norm0123abcd",
-                                "m:ab:1:avg-norm0123abcd-flip", "m:ab:1:avg-in288-norm0123abcd-"};
+                                "m:ab:1:avg-norm0123abcd-flip", "m:ab:1:avg-in288-norm0123abcd-", "m:ab:1:auto",
+                                "m:ab:1:auto-flip"};
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         model_options before, after;
         model_options_init(&before);
@@ -979,7 +1073,7 @@ int main(void)
         cmocka_unit_test(test_valid_model),  cmocka_unit_test(test_bad_bytes),
         cmocka_unit_test(test_nesting_bomb), cmocka_unit_test(test_graph_errors),
         cmocka_unit_test(test_metadata),     cmocka_unit_test(test_pooling),
-        cmocka_unit_test(test_flip),         cmocka_unit_test(test_options_from_identity),
+        cmocka_unit_test(test_pooling_auto), cmocka_unit_test(test_flip),         cmocka_unit_test(test_options_from_identity),
         cmocka_unit_test(test_prep_identity),
         cmocka_unit_test(test_l2_normalise), cmocka_unit_test(test_no_page_faults),
         cmocka_unit_test(test_mutations),
