@@ -25,8 +25,8 @@ static void common_options(cli_common *c, unsigned groups, cli_option *out, int 
                                    "feature tensor (default: the model's medsearch.feature_output or first output)",
                                    0, 0};
         out[(*n)++] = (cli_option){"pool", 0, CLI_STRING, &c->pool, "P",
-                                   "pooling: auto (default: GeM of the map behind a global average pool, else the "
-                                   "graph's output)|output|avg|gem|max|topleft", 0, 0};
+                                   "pooling: auto (GeM of the map behind a global average pool, else the graph's "
+                                   "output; the default but for embed)|output|avg|gem|max|topleft", 0, 0};
         out[(*n)++] = (cli_option){"gem-p", 0, CLI_DOUBLE, &c->gem_p, "P", "GeM exponent (default 3)", 0, 0};
         out[(*n)++] = (cli_option){"flip", 0, CLI_FLAG, &c->model_opt.flip, NULL,
                                    "also embed each image mirrored left-right and add the two (twice the forwards)",

@@ -38,7 +38,9 @@ static const char about[] =
     "Prints the feature vector of each image, computed by the CNN of the model as for search:\n"
     "the image is prepared as the model asks (grey, resized whole to the input size, the\n"
     "model's normalisation) and its vector L2-normalised (unless --raw). One line per image\n"
-    "(PATH, a tab, then the values), JSON with --json, or raw float32 to a file with --out.";
+    "(PATH, a tab, then the values), JSON with --json, or raw float32 to a file with --out.\n"
+    "The feature is the model's own output unless --pool says otherwise (--pool auto: what a\n"
+    "new collection stores, GeM where the model ends in a global average pool).";
 
 /* A JSON string literal (escaped by jansson), malloc'd; "\"?\"" when s is not UTF-8. */
 static char *jstr(const char *s)
@@ -199,6 +201,10 @@ int cmd_embed(int argc, char **argv)
     int n_args, code;
     if (!cli_parse(&cmd, argc, argv, &c, &args, &n_args, &code))
         return code;
+    /* The model's feature as the graph computes it, as PyTorch or any runtime
+     * would give it; --pool auto asks for a new collection's pooling. */
+    if (!c.pool)
+        c.model_opt.pool = MODEL_POOL_OUTPUT;
     r.json = c.json;
     if ((code = load_model(&r, &c))) {
         free(args);

@@ -2,8 +2,8 @@
 # `medsearch embed` on real X-rays of shared/data with the shared MobileNetV2:
 # every format and size embeds (PNG, JPEG, RGB-stored grey, 64 px to ~4000 px),
 # vectors are unit length, the same image gives the same vector in any batch
-# position, --raw/--out/--dump-input/--output/--pool behave (the default pooling
-# is GeM for this model), bad files and bad
+# position, --raw/--out/--dump-input/--output/--pool behave (embed's default is
+# the graph's output; --pool auto, a new collection's, is GeM for this model), bad files and bad
 # models fail with clear messages. With the release binary next to the ASan
 # one, `bench embed` must report zero page faults per forward in steady state.
 set -u
@@ -69,23 +69,25 @@ for name, pos in (("abc.f32", 0), ("cba.f32", 2), ("b2.f32", 2)):
 EOF
 
 echo "== --raw, --dump-input, --output, --pool"
-"$BIN" embed --pool output --raw -o "$T/raw.f32" --dump-input "$T/in.f32" "$A" "$B" >"$T/raw.out" || fail "embed --raw"
+"$BIN" embed --raw -o "$T/raw.f32" --dump-input "$T/in.f32" "$A" "$B" >"$T/raw.out" || fail "embed --raw"
 grep -q "wrote 2 vectors of 1280 float32 (raw)" "$T/raw.out" || fail "--out summary: $(cat "$T/raw.out")"
 [ "$(stat -c %s "$T/in.f32")" = $((2 * 3 * 224 * 224 * 4)) ] || fail "--dump-input size"
 "$BIN" embed --output logits --raw -o "$T/logits.f32" "$A" >/dev/null || fail "--output logits"
 [ "$(stat -c %s "$T/logits.f32")" = $((1001 * 4)) ] || fail "logits are 1001 values"
 "$BIN" embed --pool gem -o "$T/gem.f32" "$A" >/dev/null || fail "--pool gem"
 "$BIN" embed --pool avg --raw -o "$T/avg.f32" "$A" >/dev/null || fail "--pool avg"
+"$BIN" embed --pool auto -o "$T/auto.f32" "$A" >/dev/null || fail "--pool auto"
 "$PY" - "$T" <<'EOF' || fail "--raw / --pool values"
 import math, struct, sys
 d = sys.argv[1]
 f = lambda n: struct.unpack(f"<{1280}f", open(f"{d}/{n}", "rb").read()[:1280 * 4])
-raw, one, gem, avg = f("raw.f32"), f("one.f32"), f("gem.f32"), f("avg.f32")
+raw, one, gem, avg, auto = f("raw.f32"), f("one.f32"), f("gem.f32"), f("avg.f32"), f("auto.f32")
 n = math.sqrt(sum(x * x for x in raw))
 assert n > 2, n                                   # the raw MobileNet feature is far from unit length
+assert max(abs(x / n - y) for x, y in zip(raw, one)) < 1e-5                  # embed's default: the graph's output
 assert max(abs(x - y) for x, y in zip(raw, avg)) < 1e-4 * max(map(abs, raw))  # avg pooling = the GAP output
-assert max(abs(x / n - y) for x, y in zip(raw, gem)) > 1e-3                   # GeM differs
-assert one == gem                          # the default (auto) is GeM for a model ending in a global average pool
+assert max(abs(x - y) for x, y in zip(gem, one)) > 1e-3                       # GeM differs
+assert auto == gem                         # --pool auto (a new collection's) is GeM for this model
 EOF
 
 echo "== bad images and bad models"

@@ -10,7 +10,8 @@
 # prepared (--dump-input) within 1e-4 of the largest value, and each image alone
 # must give its batch row. Where the feature is a global average pool, `--pool
 # avg` (pooled by MedSearch from the map feeding it) must equal the graph's own
-# output, and the default pooling (auto) must be GeM's. Skips when /usr/bin/python3 lacks torch, torchvision or onnx.
+# output, and --pool auto (a new collection's default) must be GeM's. Skips
+# when /usr/bin/python3 lacks torch, torchvision or onnx.
 set -u
 BIN=${MEDSEARCH_BIN:?MEDSEARCH_BIN is not set (tests/run.sh sets it)}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -51,7 +52,7 @@ IMGS=("$T/img0.png" "$T/img1.png" "$T/img2.png" "$T/img3.png")
 for m in $MODELS; do
     echo "== $m"
     M=$T/$m.onnx
-    if ! "$BIN" embed --model "$M" --pool output --raw -b 4 -o "$T/$m.got" --dump-input "$T/$m.in" "${IMGS[@]}" >/dev/null 2>"$T/$m.err"; then
+    if ! "$BIN" embed --model "$M" --raw -b 4 -o "$T/$m.got" --dump-input "$T/$m.in" "${IMGS[@]}" >/dev/null 2>"$T/$m.err"; then
         fail "$m: embed failed: $(cat "$T/$m.err")"
         continue
     fi
@@ -59,7 +60,7 @@ for m in $MODELS; do
     "$PY" "$TOOL" compare "$T/$m.got" "$T/$m.want" 4 1e-4 || fail "$m: MedSearch differs from PyTorch"
     # each image alone gives its row of the batch
     for i in 0 3; do
-        "$BIN" embed --model "$M" --pool output --raw -o "$T/$m.one" "${IMGS[$i]}" >/dev/null 2>&1 || { fail "$m: embed of one image"; continue; }
+        "$BIN" embed --model "$M" --raw -o "$T/$m.one" "${IMGS[$i]}" >/dev/null 2>&1 || { fail "$m: embed of one image"; continue; }
         "$PY" - "$T/$m.one" "$T/$m.got" "$i" <<'EOF' || fail "$m: image $i alone differs from its batch row"
 import sys
 import numpy as np
@@ -75,10 +76,10 @@ EOF
         "$PY" "$TOOL" compare "$T/$m.avg" "$T/$m.got" 4 1e-5 >/dev/null || fail "$m: --pool avg differs from the graph's pooling"
         "$BIN" embed --model "$M" --pool gem -o "$T/$m.gem" "${IMGS[0]}" >/dev/null 2>"$T/$m.err" ||
             fail "$m: --pool gem failed: $(cat "$T/$m.err")"
-        # without --pool (auto), a model ending in a global average pool is pooled by GeM
-        "$BIN" embed --model "$M" -o "$T/$m.auto" "${IMGS[0]}" >/dev/null 2>"$T/$m.err" ||
-            fail "$m: embed without --pool failed: $(cat "$T/$m.err")"
-        cmp -s "$T/$m.auto" "$T/$m.gem" || fail "$m: the default pooling is not GeM"
+        # --pool auto (a new collection's default) pools a model ending in a global average pool by GeM
+        "$BIN" embed --model "$M" --pool auto -o "$T/$m.auto" "${IMGS[0]}" >/dev/null 2>"$T/$m.err" ||
+            fail "$m: embed --pool auto failed: $(cat "$T/$m.err")"
+        cmp -s "$T/$m.auto" "$T/$m.gem" || fail "$m: --pool auto is not GeM"
     fi
 done
 
