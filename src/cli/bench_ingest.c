@@ -50,6 +50,7 @@ typedef struct bench_cfg {
     char **files;
     int n_files;
     double mean_file_kb;   /* of the PNGs ingested, for the report */
+    model_pool pooling;    /* in force (--pool auto resolved), for the report */
 } bench_cfg;
 
 /* ---- test images ---- */
@@ -229,6 +230,7 @@ static int pure_throughput(bench_cfg *b, double *ips, ms_err *err)
     int rc = model_load(b->model, &b->c.model_opt, &m, err);
     if (rc)
         return rc;
+    b->pooling = model_pooling(m);
     const image_prep *prep = model_prep(m);
     size_t per = (size_t)3 * (size_t)prep->size * (size_t)prep->size;
     float *in = malloc(per * (size_t)b->batch * sizeof(float));
@@ -634,8 +636,8 @@ static void report(bench_cfg *b, int dim, const rounds_t *r, double pure, double
 {
     double ratio = median(r->ratio, b->rounds);
     if (b->c.json) {
-        json_t *o = json_pack("{s:s, s:i, s:i, s:i, s:i, s:i, s:f, s:f, s:f, s:f, s:o, s:o, s:o}", "model", b->model,
-                              "dim", dim, "images", b->n, "batch", b->batch, "size", b->size, "rounds", b->rounds,
+        json_t *o = json_pack("{s:s, s:s, s:i, s:i, s:i, s:i, s:i, s:f, s:f, s:f, s:f, s:o, s:o, s:o}", "model",
+                              b->model, "pooling", model_pool_name(b->pooling), "dim", dim, "images", b->n, "batch", b->batch, "size", b->size, "rounds", b->rounds,
                               "pure_images_per_s", pure, "ingest_images_per_s", e2e, "ingest_vs_pure", ratio,
                               "engine_open_s", open_s, "pure_rounds", json_doubles(r->pure, b->rounds),
                               "ingest_rounds", json_doubles(r->ingest, b->rounds), "ingest_vs_pure_rounds",
@@ -661,8 +663,9 @@ static void report(bench_cfg *b, int dim, const rounds_t *r, double pure, double
         json_decref(o);
         return;
     }
-    printf("model %s (dim %d), %d images %dx%d PNG (mean %.0f KB), batch %d, %ld cores\n", b->model, dim, b->n,
-           b->size, b->size, b->mean_file_kb, b->batch, sysconf(_SC_NPROCESSORS_ONLN));
+    printf("model %s (dim %d, pooling %s), %d images %dx%d PNG (mean %.0f KB), batch %d, %ld cores\n", b->model,
+           dim, model_pool_name(b->pooling), b->n, b->size, b->size, b->mean_file_kb, b->batch,
+           sysconf(_SC_NPROCESSORS_ONLN));
     printf("pure feature extraction   %8.1f images/s\n", pure);
     printf("ingest, SQLite            %8.1f images/s   %.0f%% of pure (target >= 85%%); open %.2f s not counted\n",
            e2e, 100 * ratio, open_s);
