@@ -72,6 +72,7 @@ typedef struct tune_state {
     int own_workdir;
     vectors v[TUNE_MAX_VECTORS];
     int nv;
+    char not_tried[600];      /* a pooling the model cannot make, and why; "" when none */
     candidate c[TUNE_MAX];
     int n;
     int now, best, pick;      /* indexes into c */
@@ -159,6 +160,13 @@ static int list_vector_variants(tune_state *t, const engine_stats *st, ms_err *e
             if (pools[p] == MODEL_POOL_GEM && a->common.gem_p == 0 && stored.pool == MODEL_POOL_GEM)
                 c->gem_p = stored.gem_p;
             int rc = eval_config_identity(&t->env, c, v->identity, sizeof v->identity, err);
+            if (rc == MS_EUNSUPPORTED && p > 0) {
+                /* a feature not behind a global pool (a projection or
+                 * classifier head): only its own pooling is tried */
+                snprintf(t->not_tried, sizeof t->not_tried, "%s: %s", model_pool_name(pools[p]), err->msg);
+                *err = (ms_err){0};
+                break;
+            }
             if (rc)
                 return rc;
             if (!same_model(v->identity, st->model_identity))
@@ -486,10 +494,12 @@ static void print_json(const tune_state *t, int applied, const char *commands)
                                                "center", to->center ? "on" : "off", "qe", to->qe, "diff",
                                                jnum(st->ap.diff), "se", jnum(st->ap.se), "taken", st->taken));
     }
-    if (root)
+    if (root) {
         json_object_set_new(root, "steps", steps);
-    else
+        json_object_set_new(root, "not_tried", t->not_tried[0] ? json_string(t->not_tried) : json_null());
+    } else {
         json_decref(steps);
+    }
     /* Why the best was not recommended, when it beats now but not the pick. */
     if (root && t->best != t->pick && t->pick != t->now)
         json_object_set_new(root, "best_vs_recommended",
@@ -556,7 +566,10 @@ static void print_text(const tune_state *t, int applied, const char *commands)
     printf("tuning the defaults on %zu queries (rule %s, k %d); now: %s cosine, query expansion %d\n",
            now->vs_now.ap.n, eval_rule_name(a->rule), a->k, center_name(t->now_center), t->now_qe);
     if (t->nv > 1)
-        printf("vectors: %s as stored; %d other ways re-embedded with the same model\n", t->v[0].label, t->nv - 1);
+        printf("vectors: %s as stored; %d other way%s re-embedded with the same model\n", t->v[0].label, t->nv - 1,
+               t->nv == 2 ? "" : "s");
+    if (t->not_tried[0])
+        printf("not tried: %s\n", t->not_tried);
     if (!t->center_varies)
         printf("(fewer than %d images: no center, so only query expansion varies)\n", ENGINE_CENTER_MIN);
     print_table(t);

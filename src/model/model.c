@@ -444,7 +444,8 @@ static int pick_feature(model *m, const model_options *o, ms_err *err)
         int p = graph_producer(g, t);
         return ms_err_set(err, MS_EUNSUPPORTED,
                           "pooling '%s' needs the feature '%s' to come from a global pooling (GlobalAveragePool, "
-                          "ReduceMean over height and width or GlobalMaxPool, through Flatten, Reshape or Identity); "
+                          "ReduceMean over height and width or GlobalMaxPool, through Flatten, Reshape, Squeeze or "
+                          "Identity); "
                           "it comes from %s node '%s'",
                           pool_name(m->pool, m->gem_p, pb, sizeof pb), g->t[t].name,
                           p >= 0 ? g->n[p].op_type : "no", p >= 0 ? g->n[p].name : "-");

@@ -160,6 +160,23 @@ assert [l[: -len(digest)] for l in labels] == ["gem3", "gem3-flip", "output", "o
 assert len(d["candidates"]) == 20, "40 images: no center, only query expansion varies"
 PYEOF
 
+# A feature that is not behind a global pool (here the classifier's logits)
+# cannot be pooled by GeM: only its own pooling, with and without flip, is
+# tried, and the report says why GeM was not.
+logits=$tmp/logits.db
+"$BIN" ingest "$tmp/small/images" --labels "$DATA/labels.csv" --db "$logits" --model "$MODEL" --output logits \
+  --quiet >/dev/null 2>&1 || fail "ingest --output logits"
+"$BIN" eval --db "$logits" --rule any --tune --vectors --model "$MODEL" --output logits --json -q >"$tmp/logits.json" \
+  2>"$tmp/logits.err" || { cat "$tmp/logits.err"; fail "--tune --vectors on a logits collection"; }
+$PY - "$tmp/logits.json" <<'PYEOF' || fail "logits variants: $(head -c 800 "$tmp/logits.json")"
+import json, sys
+d = json.load(open(sys.argv[1]))
+assert [v["vectors"] for v in d["vectors"]] == ["output", "output-flip"], d["vectors"]
+assert d["not_tried"].startswith("gem: ") and "global pooling" in d["not_tried"] and "Gemm" in d["not_tried"], d["not_tried"]
+assert len(d["candidates"]) == 10
+PYEOF
+[ "$(field "$tmp/norm.json" 'd["not_tried"]')" = None ] || fail "not_tried set for a model GeM applies to"
+
 # Usage errors.
 for args in "--vectors" "--tune --workdir $tmp/w" "--compare '' qe=2 --vectors"; do
   rc=0
