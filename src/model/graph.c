@@ -971,9 +971,3 @@ int graph_global_pool_node(const graph *g, int t)
         p = graph_producer(g, g->n[p].in[0]);
     return p >= 0 && (g->n[p].op == G_GAP || g->n[p].op == G_GMP) ? p : -1;
 }
-
-int graph_gap_source(const graph *g, int t)
-{
-    int p = graph_global_pool_node(g, t);
-    return p < 0 ? -1 : g->n[p].in[0];
-}

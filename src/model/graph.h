@@ -256,8 +256,6 @@ int graph_producer(const graph *g, int t);
  * GlobalMaxPool) that, through Flatten, Reshape, Squeeze or Identity,
  * produces t; -1 when there is none. */
 int graph_global_pool_node(const graph *g, int t);
-/* The tensor feeding that node, or -1. */
-int graph_gap_source(const graph *g, int t);
 
 /* Frees a constant's float data once nothing needs it on the host. */
 void graph_release_constant(graph *g, int t);

@@ -405,18 +405,15 @@ int model_options_from_identity(const char *identity, model_options *o)
     return 0;
 }
 
-/* MODEL_POOL_AUTO for feature t: GeM of the map when t is the graph's global
- * average pool, which retrieves better with ImageNet features (more weight
- * on the strongest activations of each channel); the graph's own output
- * otherwise: a max pool is kept, and a head after the pool (a projection, a
- * classifier) is the model's feature and is not skipped. A tensor named by
- * options.output is taken as it is. */
-static model_pool auto_pooling(const graph *g, int t, const model_options *o)
+/* MODEL_POOL_AUTO for a feature produced by global pooling node gp (-1:
+ * none): GeM of the map when gp is a global average pool, which retrieves
+ * better with ImageNet features (more weight on the strongest activations of
+ * each channel); the graph's own output otherwise: a max pool is kept, and a
+ * head after the pool (a projection, a classifier) is the model's feature and
+ * is not skipped. A tensor named by options.output is taken as it is. */
+static model_pool auto_pooling(const graph *g, int gp, const model_options *o)
 {
-    if (o->output)
-        return MODEL_POOL_OUTPUT;
-    int p = graph_global_pool_node(g, t);
-    return p >= 0 && g->n[p].op == G_GAP ? MODEL_POOL_GEM : MODEL_POOL_OUTPUT;
+    return !o->output && gp >= 0 && g->n[gp].op == G_GAP ? MODEL_POOL_GEM : MODEL_POOL_OUTPUT;
 }
 
 static int pick_feature(model *m, const model_options *o, ms_err *err)
@@ -434,22 +431,22 @@ static int pick_feature(model *m, const model_options *o, ms_err *err)
     m->feature = t;
     m->map = -1;
     m->target = t;
+    int gp = graph_global_pool_node(g, t);
     if (m->pool == MODEL_POOL_AUTO)
-        m->pool = auto_pooling(g, t, o);
+        m->pool = auto_pooling(g, gp, o);
     if (m->pool == MODEL_POOL_OUTPUT)
         return 0;
     char pb[32];
-    m->map = graph_gap_source(g, t);
-    if (m->map < 0) {
+    if (gp < 0) {
         int p = graph_producer(g, t);
         return ms_err_set(err, MS_EUNSUPPORTED,
                           "pooling '%s' needs the feature '%s' to come from a global pooling (GlobalAveragePool, "
                           "ReduceMean over height and width or GlobalMaxPool, through Flatten, Reshape, Squeeze or "
-                          "Identity); "
-                          "it comes from %s node '%s'",
+                          "Identity); it comes from %s node '%s'",
                           pool_name(m->pool, m->gem_p, pb, sizeof pb), g->t[t].name,
                           p >= 0 ? g->n[p].op_type : "no", p >= 0 ? g->n[p].name : "-");
     }
+    m->map = g->n[gp].in[0];
     m->target = m->map;
     return 0;
 }

@@ -210,10 +210,9 @@ static uint8_t *mb_pack(mb *b, size_t *len)
     return buf;
 }
 
-/* The base model: input [N,3,8,8] -> Conv 3x3 (4 ch, pads 1) + bias -> Relu
- * "r" -> GlobalAveragePool -> Flatten "features". */
-/* input -> Conv -> Relu ("r", a 4 x 8 x 8 map) -> global_op -> Flatten
- * ("features"), or with a Gemm head, Flatten -> Gemm (5 values). */
+/* input [N,3,8,8] -> Conv 3x3 (4 ch, pads 1) + bias -> Relu "r" (a 4 x 8 x 8
+ * map) -> global_op -> Flatten "features", or with a Gemm head, Flatten ->
+ * Gemm "features" (5 values). */
 static void base_with(mb *b, const char *global_op, int gemm_head)
 {
     mb_init(b);
@@ -242,6 +241,7 @@ static void base_with(mb *b, const char *global_op, int gemm_head)
     mb_output(b, "features");
 }
 
+/* The base model: base_with a GlobalAveragePool and no head. */
 static void base(mb *b)
 {
     base_with(b, "GlobalAveragePool", 0);
@@ -1073,8 +1073,8 @@ int main(void)
         cmocka_unit_test(test_valid_model),  cmocka_unit_test(test_bad_bytes),
         cmocka_unit_test(test_nesting_bomb), cmocka_unit_test(test_graph_errors),
         cmocka_unit_test(test_metadata),     cmocka_unit_test(test_pooling),
-        cmocka_unit_test(test_pooling_auto), cmocka_unit_test(test_flip),         cmocka_unit_test(test_options_from_identity),
-        cmocka_unit_test(test_prep_identity),
+        cmocka_unit_test(test_pooling_auto), cmocka_unit_test(test_flip),
+        cmocka_unit_test(test_options_from_identity), cmocka_unit_test(test_prep_identity),
         cmocka_unit_test(test_l2_normalise), cmocka_unit_test(test_no_page_faults),
         cmocka_unit_test(test_mutations),
     };
