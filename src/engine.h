@@ -38,9 +38,11 @@
  *
  * Query expansion: each collection stores how many neighbours a search
  * averages with its query when the request leaves it to the collection
- * (engine_query.qe = ENGINE_QE_COLLECTION): 0 (off) unless the operator
- * set it after measuring (store_set_search_qe, `medsearch qe`). It is read
- * at engine_open: a running server picks a change up when opened again.
+ * (engine_query.qe = ENGINE_QE_COLLECTION): STORE_NEW_COLLECTION_QE for a
+ * collection created by this version, 0 (off) for one from before, until
+ * the operator sets it after measuring (store_set_search_qe, `medsearch qe`,
+ * `ingest --qe`). It is read at engine_open: a running server picks a change
+ * up when opened again.
  *
  * Thread safety: every function except engine_close may be called from many
  * threads at once. Forwards of the model are serialised on one inference
@@ -286,6 +288,12 @@ int engine_set_center_policy(engine *e, int off, ms_err *err);
 /* The neighbours a query with this engine_query.qe expands with: qe itself,
  * or the collection's default for ENGINE_QE_COLLECTION (what faces report). */
 int engine_resolve_qe(const engine *e, int qe);
+
+/* Records the collection's query-expansion default (store_set_search_qe)
+ * and makes it this engine's for later searches (`ingest --qe`). The engine
+ * must be to itself, as for engine_set_center_policy. Returns 0, MS_EINVAL
+ * (out of range) or a store error. */
+int engine_set_search_qe(engine *e, int qe, ms_err *err);
 
 /* The center the engine applies: copies its dim floats into c and the
  * number of vectors it came from into *from_n (may be NULL). Returns 0, or

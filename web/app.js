@@ -3,7 +3,7 @@
 'use strict';
 
 const TOKEN_KEY = 'medsearch.token';
-const QE_TOP = 2;              // query expansion with the top 2 matches (docs/evaluation.md),
+const QE_TOP = 3;              // query expansion with the top 3 matches (docs/evaluation.md),
                                // unless the collection has its own default (medsearch qe)
 const MAX_UPLOAD = 32 << 20;   // the server's default limit; it has the last word
 const COMMON_FINDINGS = [

@@ -6,7 +6,8 @@
  * access log), reports its idle RSS, then drives it with its own client
  * threads over plain keep-alive sockets, each sending multipart
  * POST /api/search requests with the same image (a 1024x1024 PNG by
- * default) for a fixed time after a warm-up:
+ * default; qe=0, since the peer does no query expansion, whatever the
+ * collection's default) for a fixed time after a warm-up:
  *   1. one client: latency p50/p99 and requests/s;
  *   2. N clients (default 8): requests/s and its ratio to one client.
  * Then the same two runs against bench/peer_flask.py (Flask + torch.jit.freeze
@@ -262,7 +263,7 @@ static char *build_request(const unsigned char *img, size_t len, const char *nam
                       "filename=\"%.100s\"\r\nContent-Type: image/png\r\n\r\n", name);
     size_t body = (size_t)pn + len + strlen(tail);
     int hn = snprintf(head, sizeof head,
-                      "POST /api/search?k=%d HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                      "POST /api/search?k=%d&qe=0 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                       "Content-Type: multipart/form-data; boundary=" BOUNDARY "\r\n"
                       "Content-Length: %zu\r\n\r\n", k, body);
     char *req = malloc((size_t)hn + body);
@@ -514,7 +515,7 @@ int bench_serve(int argc, char **argv)
     if (!c.json) {
         printf("medsearch bench serve: %zu images, %d-d, %s index, model %s\n", st.images, st.dim,
                st.index_kind, info.model_path);
-        printf("  query %s (%zu bytes, multipart upload), k=%d, %g s warm-up + %g s per run, "
+        printf("  query %s (%zu bytes, multipart upload), k=%d, no query expansion, %g s warm-up + %g s per run, "
                "server %d threads + %d workers, %ld CPUs\n", image, img_len, k, warmup, seconds,
                threads, workers, sysconf(_SC_NPROCESSORS_ONLN));
         printf("  idle server RSS (model + index + store, in this process): %.0f MB\n", idle_rss);

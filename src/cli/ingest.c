@@ -349,10 +349,27 @@ static int set_policy(const cli_command *cmd, engine *e, int off, int quiet)
     return 0;
 }
 
+/* --qe: records the collection's query-expansion default before the images
+ * go in. 0 or the exit code. */
+static int set_qe(const cli_command *cmd, engine *e, int qe, int quiet)
+{
+    int was = engine_resolve_qe(e, ENGINE_QE_COLLECTION);
+    if (was == qe)
+        return 0;
+    ms_err err = {0};
+    if (engine_set_search_qe(e, qe, &err) != 0) {
+        cli_error(cmd, &err);
+        return cli_exit_code(err.code);
+    }
+    if (!quiet)
+        fprintf(stderr, "medsearch %s: query-expansion default %d (was %d)\n", cmd->name, qe, was);
+    return 0;
+}
+
 int cmd_ingest(int argc, char **argv)
 {
     const char *labels_path = NULL, *center = NULL;
-    int batch = 0, threads = 0, quiet = 0;
+    int batch = 0, threads = 0, quiet = 0, qe = -1;
     const cli_option opts[] = {
         {"labels", 0, CLI_STRING, &labels_path, "CSV",
          "metadata: NIH Data_Entry_2017.csv or a MedSearch labels.csv", 0, 0},
@@ -361,6 +378,8 @@ int cmd_ingest(int argc, char **argv)
         {"quiet", 'q', CLI_FLAG, &quiet, NULL, "no progress and no per-file notes (errors still shown)", 0, 0},
         {"center", 0, CLI_STRING, &center, "auto|off",
          "set the collection's centering policy first (see medsearch center)", 0, 0},
+        {"qe", 0, CLI_INT, &qe, "N",
+         "set the collection's query-expansion default first, 0 = off (see medsearch qe)", 0, STORE_SEARCH_QE_MAX},
         {0},
     };
     static const cli_command cmd = {
@@ -410,7 +429,8 @@ int cmd_ingest(int argc, char **argv)
     engine_open_report rep;
     if ((rc = cli_open(&me, &o, &e, &rep, !quiet)) != 0)
         goto out;
-    if (center && (rc = set_policy(&me, e, center_off, quiet)) != 0) {
+    if ((center && (rc = set_policy(&me, e, center_off, quiet)) != 0) ||
+        (qe >= 0 && (rc = set_qe(&me, e, qe, quiet)) != 0)) {
         engine_close(e);
         goto out;
     }

@@ -55,9 +55,11 @@ int cmd_qe(int argc, char **argv)
         "qe", "[N]",
         "Shows the collection's query-expansion default: how many of its top results a search averages\n"
         "with the query before searching again, when the search does not say (--qe, the API's qe=).\n"
-        "With N (0 = off, up to 100) it sets it; search, eval and the web page follow it, and a running\n"
-        "server when it is started again. Measure first: medsearch eval --compare \"\" \"qe=2\".\n"
-        "With query expansion on, an image searched again no longer scores exactly 1.",
+        "A new collection's is 3 (one made before 2026-11-26: 0). With N (0 = off, up to 100) it sets\n"
+        "it; search, eval and the web page follow it, and a running server when it is started again.\n"
+        "Measure first: medsearch eval --compare \"\" \"qe=0\", or medsearch eval --tune.\n"
+        "With query expansion on, a score is the similarity to the expanded query: an image searched\n"
+        "again ranks first but no longer scores exactly 1.",
         CLI_DB | CLI_JSON, NULL, 0, 1};
     cli_common c;
     char **args;

@@ -53,7 +53,8 @@ static const char *cell(const char *s, char *buf, size_t width)
     return buf;
 }
 
-static void print_table(const engine_result *res, int n)
+/* qe > 0: the scores are not plain similarities, so the table says so. */
+static void print_table(const engine_result *res, int n, int qe)
 {
     printf("%4s  %8s  %6s  %-32s  %-28s  %-10s  %3s  %3s  %-4s\n", "rank", "id", "score", "name", "labels", "patient",
            "age", "sex", "view");
@@ -67,6 +68,10 @@ static void print_table(const engine_result *res, int n)
                (double)res[i].score, cell(m->original_name, b1, 32), cell(labels, b2, 28),
                cell(m->patient_id, b3, 10), m->age >= 0 ? age : "-", sex, cell(m->view, b4, 4));
     }
+    if (qe > 0 && n > 0)
+        printf("scores: similarity to the query expanded with its top %d result%s (--qe 0: to the query "
+               "itself)\n",
+               qe, qe == 1 ? "" : "s");
 }
 
 int cmd_search(int argc, char **argv)
@@ -164,7 +169,7 @@ int cmd_search(int argc, char **argv)
         if (c.json)
             print_json(image ? image : label, k, engine_resolve_qe(e, qe), res, n, &t, rep.open_ms);
         else
-            print_table(res, n);
+            print_table(res, n, engine_resolve_qe(e, qe));
         if (verbose)
             fprintf(stderr,
                     "query expansion: %d; timing: open %.1f ms (model %.1f, index %.1f); search: decode %.1f, "

@@ -238,6 +238,14 @@ int engine_resolve_qe(const engine *e, int qe)
     return qe == ENGINE_QE_COLLECTION ? e->search_qe : qe;
 }
 
+int engine_set_search_qe(engine *e, int qe, ms_err *err)
+{
+    int rc = store_set_search_qe(e->main_store, qe, err);
+    if (rc == 0)
+        e->search_qe = qe;
+    return rc;
+}
+
 static void count_search(engine *e, double total_ms, double embed_ms)
 {
     pthread_mutex_lock(&e->stats_mu);

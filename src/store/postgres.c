@@ -1430,6 +1430,11 @@ static int migrate_tx(pg_store *s, ms_err *err)
             (rc = exec_sql(s, bump, "recording the schema version", err)) < 0)
             return rc;
     }
+    if (version == 0) {  /* a new collection (store.h: STORE_NEW_COLLECTION_QE) */
+        char qe[80];
+        snprintf(qe, sizeof qe, "UPDATE collection SET search_qe = %d", STORE_NEW_COLLECTION_QE);
+        return exec_sql(s, qe, "setting the query-expansion default", err);
+    }
     return 0;
 }
 

@@ -1216,9 +1216,11 @@ static int migrate(sqlite_store *s, ms_err *err)
             return rollback(s, rc);
     }
     if (version == 0) {
-        char mark[64];
+        char mark[64], qe[80];
         snprintf(mark, sizeof mark, "PRAGMA application_id = %d", APPLICATION_ID);
-        if ((rc = exec(s, mark, "marking the file", err)) < 0)
+        snprintf(qe, sizeof qe, "UPDATE collection SET search_qe = %d", STORE_NEW_COLLECTION_QE);
+        if ((rc = exec(s, mark, "marking the file", err)) < 0 ||
+            (rc = exec(s, qe, "setting the query-expansion default", err)) < 0)
             return rollback(s, rc);
     }
     if ((rc = commit(s, err)) < 0)

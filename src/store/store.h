@@ -158,14 +158,18 @@ int store_set_center_policy(store *s, int off, ms_err *err);
 
 /* The collection's query-expansion default (schema 5): how many of its top
  * results a search averages with the query before searching again, when the
- * request does not say (0 = off, the default; at most STORE_SEARCH_QE_MAX).
- * The operator sets it after measuring (`medsearch eval`, docs/evaluation.md);
- * search, serve and eval follow it. Like the centering policy it is the
- * collection's, kept across model changes and re-embeds.
+ * request does not say (0 = off; at most STORE_SEARCH_QE_MAX). A collection
+ * created by this version starts at STORE_NEW_COLLECTION_QE, the setting
+ * that won on the labelled dev sets (docs/evaluation.md, "Defaults chosen");
+ * one migrated from an older schema keeps 0, what it searched with before.
+ * The operator changes it after measuring (`medsearch eval --tune`,
+ * `medsearch qe N`); search, serve and eval follow it. Like the centering
+ * policy it is the collection's, kept across model changes and re-embeds.
  * store_get_search_qe returns 0, or MS_EFORMAT when the stored value is not
  * an integer in range (a hand-edited database). store_set_search_qe returns
  * 0, or MS_EINVAL for a value out of range. Neither changes the generation. */
 #define STORE_SEARCH_QE_MAX 100
+#define STORE_NEW_COLLECTION_QE 3
 int store_get_search_qe(store *s, int *qe, ms_err *err);
 int store_set_search_qe(store *s, int qe, ms_err *err);
 

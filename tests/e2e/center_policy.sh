@@ -21,8 +21,8 @@ xargs -d '\n' "$BIN" ingest --db "$db" --model "$MODEL" --labels "$DATA/labels.c
 state() {  # OUT: `medsearch center --json`
   "$BIN" center --db "$db" --json >"$1" 2>"$tmp/center.err" || { cat "$tmp/center.err"; fail "center --json"; }
 }
-search() {  # OUT
-  "$BIN" search "$query" --db "$db" --model "$MODEL" -k 10 --json >"$1" 2>"$tmp/search.err" ||
+search() {  # OUT: without query expansion, so that scores are the cosines numpy computes
+  "$BIN" search "$query" --db "$db" --model "$MODEL" -k 10 --qe 0 --json >"$1" 2>"$tmp/search.err" ||
     { cat "$tmp/search.err"; fail "search"; }
 }
 field() {  # FILE KEY

@@ -43,11 +43,18 @@ grep -q "skip: .*README.md: not a PNG, JPEG or TIFF" "$T/ing2.err" || fail "non-
 
 echo "== search with images of the set"
 for img in "$(ls "$T/kermany/images" | sed -n 7p)" "$(ls "$T/kermany/images" | sed -n 201p)"; do
+  # The collection's default expands the query (top 3): the image itself is
+  # still first, scored against the expanded query; plain, it scores 1.
   "$BIN" search "$T/kermany/images/$img" --db "$DB" -k 5 --json >"$T/s.json" || fail "search $img"
+  [ "$(json "$T/s.json" "d['qe']")" = 3 ] || fail "search $img: not expanded by the new collection's default"
   name=$(json "$T/s.json" "d['results'][0]['original_name']")
-  score=$(json "$T/s.json" "d['results'][0]['score']")
   [ "$name" = "images/$img" ] || fail "search $img: first result is $name"
-  $PY -c "import sys; sys.exit(0 if float('$score') >= 0.9999 else 1)" || fail "search $img: score $score < 0.9999"
+  score=$(json "$T/s.json" "d['results'][0]['score']")
+  $PY -c "import sys; sys.exit(0 if 0.5 < float('$score') < 0.9999 else 1)" || fail "search $img: expanded score $score"
+  "$BIN" search "$T/kermany/images/$img" --db "$DB" -k 5 --qe 0 --json >"$T/s0.json" || fail "search $img --qe 0"
+  [ "$(json "$T/s0.json" "d['results'][0]['original_name']")" = "images/$img" ] || fail "search $img --qe 0: not first"
+  score=$(json "$T/s0.json" "d['results'][0]['score']")
+  $PY -c "import sys; sys.exit(0 if float('$score') >= 0.9999 else 1)" || fail "search $img --qe 0: score $score < 0.9999"
   row=$(grep "^images/$img," "$KER/labels.csv")
   want="$(echo "$row" | cut -d, -f2 | tr '|' '\n' | sort | paste -sd'|'),$(echo "$row" | cut -d, -f4)"
   got=$(json "$T/s.json" "'|'.join(sorted(d['results'][0]['labels'])) + ',' + d['results'][0]['patient_id']")

@@ -45,7 +45,8 @@ for set in "$KER" "$NIH"; do
   awk -F, -v step=$(($(wc -l <"$set/labels.csv") / 20)) 'NR > 1 && NR % step == 0 {print $1}' "$set/labels.csv" |
     head -n 20 >"$T/queries"
   while read -r img; do
-    "$BIN" search "$set/$img" --db "$DB" -k 3 --json >"$T/s.json" || { fail "search $img"; continue; }
+    # --qe 0: plain similarity, in which the image itself scores 1.
+    "$BIN" search "$set/$img" --db "$DB" -k 3 --qe 0 --json >"$T/s.json" || { fail "search $img"; continue; }
     $PY - "$T/s.json" "$img" "$set/labels.csv" "$set" <<'PYEOF' || fail "search $img"
 import csv, json, os, sys
 d, img, folder = json.load(open(sys.argv[1])), sys.argv[2], sys.argv[4]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The collection commands on a real, throwaway PostgreSQL server
 # (tests/tools/pg_start.sh): ingest with labels, search finds the image first
-# with score 1.0, filters, the query-expansion default, eval --tune (also
+# with score 1.0 (--qe 0), filters, the query-expansion default (3 when new), eval --tune (also
 # --vectors --apply, which re-embeds), check,
 # delete, SIGKILL during ingest, resume.
 set -u
@@ -45,7 +45,7 @@ echo "== resume, search, filter"
 [ "$(count)" = 240 ] || fail "expected 240 images, $(count) stored"
 "$BIN" check --db "$URI" >/dev/null 2>&1 || fail "check"
 q=$T/set/images/$(ls "$T/set/images" | sed -n 100p)
-"$BIN" search "$q" --db "$URI" -k 5 --json >"$T/s.json" || fail "search"
+"$BIN" search "$q" --db "$URI" -k 5 --qe 0 --json >"$T/s.json" || fail "search"
 [ "$(json "$T/s.json" "d['results'][0]['original_name']")" = "images/$(basename "$q")" ] || fail "not first"
 [ "$(json "$T/s.json" "d['results'][0]['score'] >= 0.9999")" = True ] || fail "score below 0.9999"
 "$BIN" search "$q" --db "$URI" -k 10 --filter 'labels:Effusion' --json >"$T/f.json" || fail "filtered search"
@@ -53,6 +53,8 @@ q=$T/set/images/$(ls "$T/set/images" | sed -n 100p)
   fail "labels:Effusion returned other images"
 
 echo "== the query-expansion default and eval --tune on PostgreSQL"
+"$BIN" qe --db "$URI" --json >"$T/qe0.json" 2>/dev/null && [ "$(json "$T/qe0.json" "d['qe']")" = 3 ] ||
+  fail "a new PostgreSQL collection's query-expansion default is not 3: $(cat "$T/qe0.json")"
 "$BIN" qe 2 --db "$URI" >/dev/null 2>&1 || fail "qe 2"
 "$BIN" qe --db "$URI" --json >"$T/qe.json" 2>/dev/null && [ "$(json "$T/qe.json" "(d['qe'], d['backend'])")" = "(2, 'postgresql')" ] ||
   fail "qe --json on PostgreSQL: $(cat "$T/qe.json")"

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The per-collection query-expansion default (`medsearch qe`): 0 (off) for a
-# new collection; once set, search (CLI), eval and info follow it, and give
-# exactly what an explicit --qe gives; --qe 0 still turns it off (the image
-# itself first, score 1); bad arguments exit 2 and create nothing; a value
+# The per-collection query-expansion default (`medsearch qe`): 3 for a new
+# collection, `ingest --qe N` sets it before the images go in; once set,
+# search (CLI), eval and info follow it, and give exactly what an explicit
+# --qe gives; --qe 0 still turns it off (the image itself first, score 1);
+# bad arguments exit 2 and create nothing; a value
 # damaged by hand is refused by search and check with the command that
 # repairs it, and `medsearch qe N` repairs it. (The API and the page: see
 # http_api.sh and tests/browser.)
@@ -37,19 +38,46 @@ map_of() {  # FILE: mAP@10 of an eval --json report
   field "$1" 'd["metrics"]["mAP@10"]'
 }
 
-# A new collection: off.
+# A new collection: 3, what an explicit --qe 3 gives.
 "$BIN" qe --db "$db" >"$tmp/show.txt" 2>&1 || { cat "$tmp/show.txt"; fail "qe"; }
-grep -Eq '^qe +0 ' "$tmp/show.txt" || fail "a new collection's default is not 0: $(cat "$tmp/show.txt")"
+grep -Eq '^qe +3 ' "$tmp/show.txt" || fail "a new collection's default is not 3: $(cat "$tmp/show.txt")"
 "$BIN" qe --db "$db" --json >"$tmp/show.json" || fail "qe --json"
-[ "$(field "$tmp/show.json" 'd["qe"]')" = 0 ] || fail "qe --json: $(cat "$tmp/show.json")"
-search "$tmp/default0.json"
-[ "$(field "$tmp/default0.json" 'd["qe"]')" = 0 ] || fail "search does not report qe 0"
+[ "$(field "$tmp/show.json" 'd["qe"]')" = 3 ] || fail "qe --json: $(cat "$tmp/show.json")"
+search "$tmp/default3.json"
+[ "$(field "$tmp/default3.json" 'd["qe"]')" = 3 ] || fail "search does not report qe 3"
+search "$tmp/explicit3.json" --qe 3
+same_results "$tmp/default3.json" "$tmp/explicit3.json" || fail "the new collection's default differs from --qe 3"
+search "$tmp/default0.json" --qe 0
 search "$tmp/explicit2.json" --qe 2
 same_results "$tmp/default0.json" "$tmp/explicit2.json" && fail "qe 2 changes nothing on this query: the test cannot tell"
+same_results "$tmp/default3.json" "$tmp/explicit2.json" && fail "qe 2 and 3 agree on this query: the test cannot tell"
+# The text table says what its scores are when they are not plain similarities.
+"$BIN" search "$query" --db "$db" --model "$MODEL" -k 3 >"$tmp/t3.txt" 2>/dev/null || fail "search (text)"
+grep -q "^scores: similarity to the query expanded with its top 3 results" "$tmp/t3.txt" ||
+  fail "the text table does not say the scores are expanded: $(cat "$tmp/t3.txt")"
+"$BIN" search "$query" --db "$db" --model "$MODEL" -k 3 --qe 0 >"$tmp/t0.txt" 2>/dev/null || fail "search --qe 0 (text)"
+grep -q "^scores:" "$tmp/t0.txt" && fail "the plain table has a note on expanded scores"
+
+# ingest --qe N: a new collection's default set before its images go in;
+# given again with the value it has, it says nothing; a bad value exits 2.
+db0=$tmp/q0.db
+head -n 3 "$tmp/files" | xargs -d '\n' "$BIN" ingest --db "$db0" --model "$MODEL" --qe 0 \
+  >"$tmp/ingest0.log" 2>&1 || { cat "$tmp/ingest0.log"; fail "ingest --qe 0"; }
+grep -q "query-expansion default 0 (was 3)" "$tmp/ingest0.log" || fail "ingest --qe 0 said nothing: $(cat "$tmp/ingest0.log")"
+"$BIN" qe --db "$db0" --json >"$tmp/q0.json" && [ "$(field "$tmp/q0.json" 'd["qe"]')" = 0 ] ||
+  fail "ingest --qe 0: $(cat "$tmp/q0.json")"
+sed -n 4p "$tmp/files" | xargs -d '\n' "$BIN" ingest --db "$db0" --model "$MODEL" --qe 0 \
+  >"$tmp/ingest0b.log" 2>&1 || { cat "$tmp/ingest0b.log"; fail "ingest --qe 0 again"; }
+grep -q "query-expansion default" "$tmp/ingest0b.log" && fail "ingest --qe 0 again said it changed"
+for bad in -1 101 x; do
+  rc=0
+  "$BIN" ingest --db "$tmp/bad.db" --model "$MODEL" --qe "$bad" "$query" >/dev/null 2>"$tmp/badi.err" || rc=$?
+  [ "$rc" -eq 2 ] && [ ! -e "$tmp/bad.db" ] || fail "ingest --qe '$bad': exit $rc, $(cat "$tmp/badi.err")"
+done
 
 # Set to 2: search, eval and info follow it.
 "$BIN" qe 2 --db "$db" >"$tmp/set.txt" 2>&1 || { cat "$tmp/set.txt"; fail "qe 2"; }
-grep -q "was 0" "$tmp/set.txt" || fail "qe 2 does not say what changed: $(cat "$tmp/set.txt")"
+grep -q "was 3" "$tmp/set.txt" || fail "qe 2 does not say what changed: $(cat "$tmp/set.txt")"
 "$BIN" qe 2 --db "$db" --json >"$tmp/again.json" 2>&1 || fail "qe 2 again"
 [ "$(field "$tmp/again.json" 'd["changed"]')" = False ] && [ "$(field "$tmp/again.json" 'd["previous"]')" = 2 ] ||
   fail "qe 2 twice: $(cat "$tmp/again.json")"

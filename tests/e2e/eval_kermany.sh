@@ -24,7 +24,8 @@ $PY tests/tools/patient_subset.py "$DATA" "$MOD" >"$tmp/files" || fail "cannot l
 echo "subset: $(wc -l <"$tmp/files") images (1 patient in $MOD)"
 
 db=$tmp/k.db
-xargs -d '\n' "$BIN" ingest --db "$db" --model "$MODEL" --pool avg --labels "$DATA/labels.csv" \
+# --qe 0: the collection's own settings ("" below) are then the runs with --qe 0.
+xargs -d '\n' "$BIN" ingest --db "$db" --model "$MODEL" --pool avg --qe 0 --labels "$DATA/labels.csv" \
   <"$tmp/files" >"$tmp/ingest.log" 2>&1 || { tail -5 "$tmp/ingest.log"; fail "ingest"; }
 "$BIN" export --vectors --db "$db" --out "$tmp/vec" 2>"$tmp/export.log" || { cat "$tmp/export.log"; fail "export"; }
 

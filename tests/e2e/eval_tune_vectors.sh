@@ -23,7 +23,7 @@ FT=$SHARED/models/mobilenet_v2_cxr_finetuned.onnx
 devset_require "$DATA"
 
 db=$tmp/t.db
-"$BIN" ingest "$DATA/images" --labels "$DATA/labels.csv" --db "$db" --model "$MODEL" --pool topleft --quiet \
+"$BIN" ingest "$DATA/images" --labels "$DATA/labels.csv" --db "$db" --model "$MODEL" --pool topleft --qe 0 --quiet \
   >"$tmp/ingest.log" 2>&1 || { tail -5 "$tmp/ingest.log"; fail "ingest"; }
 
 field() {  # FILE EXPR-ON-d

@@ -35,7 +35,7 @@ start_server --token-file "$WORK/token" --max-upload-mb 2
 expect 200 "GET /api/stats" "$URL/api/stats"
 check "stats: image count, 1280-d model, sqlite" "d['images']==$N_IMAGES and d['dim']==1280 and d['backend']=='sqlite' and d['index']['kind'] in ('flat','hnsw')"
 check "stats: centering (auto policy, $N_IMAGES images: under 256, not centred)" "d['center']['policy']=='auto' and d['center']['centered'] is False and d['center']['from']==0 and d['center']['tag']=='none'"
-check "stats: the collection's search defaults (query expansion off)" "d['search']=={'qe':0}"
+check "stats: the collection's search defaults (a new collection's query expansion: 3)" "d['search']=={'qe':3}"
 
 # The page and its files.
 expect 200 "GET / (the page)" "$URL/"
@@ -52,7 +52,7 @@ expect 404 "an asset that is not embedded" "$URL/missing.js"
 # Search: multipart and raw body.
 expect 200 "POST /api/search multipart" -F "image=@$QUERY" "$URL/api/search"
 check "default k is 10" 'd["k"]==10 and d["count"]==10 and len(d["results"])==10'
-check "first result is the query image itself, score 1" "d['results'][0]['original_name']=='$QNAME' and d['results'][0]['score']>0.999"
+check "first result is the query image itself, scored against the expanded query (qe 3)" "d['qe']==3 and d['results'][0]['original_name']=='$QNAME' and 0.5<d['results'][0]['score']<0.999"
 check "scores decrease" 'all(a["score"]>=b["score"] for a,b in zip(d["results"],d["results"][1:]))'
 check "results carry metadata and URLs" 'all(set(["id","score","labels","patient_id","age","sex","view","thumbnail_url","image_url"])<=set(r) for r in d["results"])'
 check "timing is reported" '"embed" in d["timing_ms"] and d["timing_ms"]["server"]>0'
@@ -60,8 +60,8 @@ QID=$(json 'd["results"][0]["id"]')
 expect 200 "POST /api/search raw image/png body" -H "Content-Type: image/png" --data-binary "@$QUERY" "$URL/api/search?k=3"
 check "raw body: k=3 and same first result" "d['count']==3 and d['results'][0]['id']==$QID"
 expect 200 "POST /api/search application/octet-stream body" -H "Content-Type: application/octet-stream" --data-binary "@$QUERY" "$URL/api/search?k=1"
-expect 200 "search with a 1024x1024 PNG" -F "image=@$BIG" "$URL/api/search?k=5"
-check "the full-size image finds itself" "d['results'][0]['original_name']=='00000001_000.png' and d['results'][0]['score']>0.999"
+expect 200 "search with a 1024x1024 PNG, without query expansion" -F "image=@$BIG" "$URL/api/search?k=5&qe=0"
+check "the full-size image finds itself, score 1" "d['results'][0]['original_name']=='00000001_000.png' and d['results'][0]['score']>0.999"
 
 # Parameters: k and filters.
 expect 400 "k=0" -F "image=@$QUERY" "$URL/api/search?k=0"
@@ -86,7 +86,7 @@ expect 200 "exclude_patient" -F "image=@$QUERY" "$URL/api/search?k=50&exclude_pa
 check "patient 1 left out" 'd["count"]>0 and all(r["patient_id"]!="1" for r in d["results"])'
 expect 200 "filter= expression" -F "image=@$QUERY" "$URL/api/search?k=50&filter=labels%3AEffusion%20sex%3AM%20age%3A30-70"
 check "expression applied" 'd["count"]>0 and all(r["sex"]=="M" and 30<=r["age"]<=70 and any(l.lower()=="effusion" for l in r["labels"]) for r in d["results"])'
-check "without qe=, the collection's default (off)" 'd["qe"]==0'
+check "without qe=, the collection's default (3)" 'd["qe"]==3'
 expect 200 "query expansion qe=5" -F "image=@$QUERY" "$URL/api/search?qe=5&k=5"
 check "qe=5 is reported" 'd["qe"]==5'
 expect 400 "qe=101" -F "image=@$QUERY" "$URL/api/search?qe=101"
@@ -215,7 +215,7 @@ wait "${pids[@]}"
 [ -s "$WORK/c.db.index" ] && ok "index persisted on shutdown" || bad "no index file after shutdown"
 
 # ---- the collection's query-expansion default (medsearch qe) ----
-"$MEDSEARCH_BIN" qe 5 --db "$WORK/c.db" >"$WORK/qe.out" 2>&1 && grep -q "was 0" "$WORK/qe.out" &&
+"$MEDSEARCH_BIN" qe 5 --db "$WORK/c.db" >"$WORK/qe.out" 2>&1 && grep -q "was 3" "$WORK/qe.out" &&
     ok "medsearch qe 5 sets the default" || bad "medsearch qe 5: $(cat "$WORK/qe.out")"
 start_server --token-file "$WORK/token"
 expect 200 "GET /api/stats after medsearch qe 5" "$URL/api/stats"

@@ -325,9 +325,10 @@ static void assert_same_search(engine *e, const float *v, int qe, int expect_qe)
     engine_results_free(rb, nb);
 }
 
-/* The collection's query-expansion default: 0 until set in the store, read
- * at open, applied to ENGINE_QE_COLLECTION queries only (an explicit 0
- * still means off), reported by engine_get_stats and engine_resolve_qe. */
+/* The collection's query-expansion default: STORE_NEW_COLLECTION_QE for a
+ * new collection, changed by engine_set_search_qe (at once) or in the store
+ * (read at open), applied to ENGINE_QE_COLLECTION queries only (an explicit
+ * 0 still means off), reported by engine_get_stats and engine_resolve_qe. */
 static void test_collection_qe(void **state)
 {
     fixture *fx = *state;
@@ -335,6 +336,14 @@ static void test_collection_qe(void **state)
     ms_err err = {0};
     assert_int_equal(engine_embed(fx->e, G.s[3].bytes, G.s[3].len, v, &err), 0);
     engine_stats st;
+    engine_get_stats(fx->e, &st);
+    assert_int_equal(st.search_qe, STORE_NEW_COLLECTION_QE);
+    assert_int_equal(engine_resolve_qe(fx->e, ENGINE_QE_COLLECTION), STORE_NEW_COLLECTION_QE);
+    assert_same_search(fx->e, v, ENGINE_QE_COLLECTION, STORE_NEW_COLLECTION_QE);
+
+    assert_int_equal(engine_set_search_qe(fx->e, 0, &err), 0);
+    assert_int_equal(engine_set_search_qe(fx->e, STORE_SEARCH_QE_MAX + 1, &err), MS_EINVAL);
+    assert_int_equal(engine_set_search_qe(fx->e, -1, &err), MS_EINVAL);
     engine_get_stats(fx->e, &st);
     assert_int_equal(st.search_qe, 0);
     assert_int_equal(engine_resolve_qe(fx->e, ENGINE_QE_COLLECTION), 0);

@@ -469,7 +469,8 @@ static void t_migrate_from_version_4(void **state)
     titem_free(&t);
 }
 
-/* The query-expansion default: 0 by default, any value of 0..100 recorded
+/* The query-expansion default: STORE_NEW_COLLECTION_QE for a new
+ * collection (kept when it is opened again), any value of 0..100 recorded
  * and read back, kept across reopening, re-embeds and model changes,
  * without touching the generation or the centering policy; out-of-range
  * values refused with nothing changed. */
@@ -478,6 +479,10 @@ static void t_search_qe(void **state)
     fixture *f = fx(state);
     ms_err err = {0};
     int qe = -1;
+    assert_int_equal(store_get_search_qe(f->s, &qe, &err), 0);
+    assert_int_equal(qe, STORE_NEW_COLLECTION_QE);
+    assert_int_equal(store_set_search_qe(f->s, 0, &err), 0);
+    reopen(f);  /* no longer new: opening it again does not reset the default */
     assert_int_equal(store_get_search_qe(f->s, &qe, &err), 0);
     assert_int_equal(qe, 0);
     assert_int_equal(store_get_search_qe(f->s, NULL, &err), MS_EINVAL);
