@@ -448,6 +448,8 @@ function renderResults(data) {
   const frag = document.createDocumentFragment();
   frag.append(strong);
   const parts = [];
+  // With query expansion a score is the similarity to the expanded query, not to the upload.
+  if (data.qe > 0) parts.push(`scores against the query expanded with its top ${data.qe}`);
   if (t.server !== undefined) parts.push(`${Math.round(t.server)} ms`);
   if (t.embed) parts.push(`model ${Math.round(t.embed)} ms`);
   frag.append(document.createTextNode(parts.length ? ' · ' + parts.join(' · ') : ''));

@@ -150,6 +150,8 @@ try {
   check(list[0].name === path.basename(queryImage), `first result is the uploaded image (${list[0].name})`);
   check(Number(list[0].score) > 0.5 && Number(list[0].score) < 1,
     `with expansion the first result's score is below 1 (got ${list[0].score})`);
+  const status = await page.textContent('#status');
+  check(/scores against the query expanded with its top 3/.test(status), `the status line says the scores are expanded (${status})`);
   check(list.every((c, i) => i === 0 || Number(c.score) <= Number(list[i - 1].score)), 'scores are in decreasing order');
   await page.waitForFunction(() => [...document.querySelectorAll('#grid .thumb img')].slice(0, 8).every((i) => i.complete && i.naturalWidth > 0));
   await page.screenshot({ path: path.join(outDir, '1-results.png') });
@@ -242,6 +244,7 @@ try {
   list = await cards(page);
   check(list[0].name === path.basename(queryImage) && list[0].score === '1.000',
     `without expansion the uploaded image is first with 1.000 (${list[0].name} ${list[0].score})`);
+  check(!/expanded/.test(await page.textContent('#status')), 'without expansion the status line does not mention it');
   await page.screenshot({ path: path.join(outDir, '6-qe-off.png') });
   searched = page.waitForRequest((r) => r.url().includes('/api/search'));
   await page.check('#qe-toggle');
