@@ -80,7 +80,7 @@ int cmd_center(int argc, char **argv)
         "Shows the collection's centering policy, whether search ranks by centred cosine and from how many\n"
         "vectors the center came. With auto or off it sets the policy and applies it at once:\n"
         "  auto  (the default) rank by cos(l2(q - c), l2(v - c)), c the collection's mean, once the\n"
-        "        collection has 256 vectors; the center is computed now when it is due\n"
+        "        collection has " ENGINE_CENTER_MIN_TEXT " vectors; the center is computed now when it is due\n"
         "  off   rank by plain cosine; the stored center is removed\n"
         "Measure first: medsearch eval --compare \"center=off\" \"\". No model is needed; with --model the\n"
         "collection is opened with it (it must be the collection's model). A running server picks the\n"

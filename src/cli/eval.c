@@ -67,7 +67,7 @@ static const char ABOUT[] =
     "product's, as the collection's centering policy says (medsearch center). center=off ranks by plain cosine,\n"
     "center=on by centred cosine even when the policy is off (the center is then\n"
     "computed in memory); either opens the collection a second time and changes\n"
-    "nothing in it. A collection of fewer than 256 images has no center either way.\n"
+    "nothing in it. A collection of fewer than " ENGINE_CENTER_MIN_TEXT " images has no center either way.\n"
     "To choose the policy: medsearch eval --compare \"center=off\" \"center=on\".\n"
     "\n"
     "--tune tries the search settings a collection can change without re-embedding:\n"

@@ -314,7 +314,7 @@ int cmd_export(int argc, char **argv)
         "and metadata. CSV columns: id, original_name, patient_id, study_date, age, sex, view, labels\n"
         "(pipe-separated), extra (key=value;...). It needs no model.\n"
         "Search ranks by cos(l2(q - c), l2(v - c)), c the collection's center (the mean of its vectors,\n"
-        "once it has 256): c is written to OUT.center.npy (float32 [dim]) or OUT.center.csv, and\n"
+        "once it has " ENGINE_CENTER_MIN_TEXT "): c is written to OUT.center.npy (float32 [dim]) or OUT.center.csv, and\n"
         "absent when the collection has none.",
         CLI_DB, NULL, 0, 0};
     cli_command cmd = base;

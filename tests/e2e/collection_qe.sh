@@ -111,13 +111,25 @@ grep -q "query expansion with the top 2 (the collection's default)" "$tmp/eval.t
 [ "$(field "$tmp/info.json" 'd["search_qe"]')" = 2 ] || fail "info --json does not show the default"
 "$BIN" info --db "$db" 2>/dev/null | grep -Eq '^query expansion +2$' || fail "info (text) does not show the default"
 
-# eval --tune on a collection too small for a center: only query expansion
-# varies, and the current default (2) is among the candidates.
+# eval --tune on a centred collection: every QE with centering on and off,
+# the current default (2, centred) among them.
 "$BIN" eval --db "$db" --rule exact --tune --json -q >"$tmp/tune.json" 2>"$tmp/tune.err" || { cat "$tmp/tune.err"; fail "eval --tune"; }
 [ "$(field "$tmp/tune.json" '[(c["center"], c["qe"], c["current"]) for c in d["candidates"]]')" = \
-  "[('off', 0, False), ('off', 1, False), ('off', 2, True), ('off', 3, False), ('off', 5, False)]" ] ||
+  "[('on', 0, False), ('on', 1, False), ('on', 2, True), ('on', 3, False), ('on', 5, False), ('off', 0, False), ('off', 1, False), ('off', 2, False), ('off', 3, False), ('off', 5, False)]" ] ||
   fail "--tune candidates on $N images: $(field "$tmp/tune.json" 'd["candidates"]')"
-"$BIN" eval --db "$db" --rule exact --tune -q 2>/dev/null | grep -q "no center, so only query expansion varies" ||
+# ... and on a collection too small for a center (12 images, under
+# ENGINE_CENTER_MIN): only query expansion varies.
+awk 'NR % 6 == 1' "$tmp/files" | head -n 12 >"$tmp/small"
+[ "$(wc -l <"$tmp/small")" -eq 12 ] || fail "fewer than 12 files for the small collection"
+small=$tmp/small.db
+xargs -d '\n' "$BIN" ingest --db "$small" --model "$MODEL" --labels "$DATA/labels.csv" --quiet --qe 2 \
+  <"$tmp/small" >"$tmp/ingest-small.log" 2>&1 || { tail -5 "$tmp/ingest-small.log"; fail "ingest (12 images)"; }
+"$BIN" eval --db "$small" --rule exact --tune --json -q >"$tmp/tune-small.json" 2>"$tmp/tune.err" ||
+  { cat "$tmp/tune.err"; fail "eval --tune (12 images)"; }
+[ "$(field "$tmp/tune-small.json" '[(c["center"], c["qe"], c["current"]) for c in d["candidates"]]')" = \
+  "[('off', 0, False), ('off', 1, False), ('off', 2, True), ('off', 3, False), ('off', 5, False)]" ] ||
+  fail "--tune candidates on 12 images: $(field "$tmp/tune-small.json" 'd["candidates"]')"
+"$BIN" eval --db "$small" --rule exact --tune -q 2>/dev/null | grep -q "no center, so only query expansion varies" ||
   fail "--tune (text) does not say why the centering is not tried"
 
 # Bad arguments: usage errors, nothing created, nothing changed.

@@ -4,7 +4,7 @@
 # 1e-9, for every rule, with and without query expansion, per query and in
 # total; the checker must notice figures of another rule (negative control);
 # --compare's paired figures equal the separate runs.
-# The subset has more than 256 images, so the collection is centred: the
+# The subset has more than 16 images, so the collection is centred: the
 # export writes the center (vec.center.npy) and the checker ranks by
 # cos(l2(q - c), l2(v - c)) itself, in float64. Negative control: the
 # checker without the center must disagree. center=off (eval --compare)
@@ -29,7 +29,7 @@ xargs -d '\n' "$BIN" ingest --db "$db" --model "$MODEL" --pool avg --qe 0 --labe
   <"$tmp/files" >"$tmp/ingest.log" 2>&1 || { tail -5 "$tmp/ingest.log"; fail "ingest"; }
 "$BIN" export --vectors --db "$db" --out "$tmp/vec" 2>"$tmp/export.log" || { cat "$tmp/export.log"; fail "export"; }
 
-[ -f "$tmp/vec.center.npy" ] || fail "the export wrote no center for a collection of more than 256 images"
+[ -f "$tmp/vec.center.npy" ] || fail "the export wrote no center for a collection of more than 16 images"
 grep -q "center" "$tmp/export.log" || fail "export does not mention the center: $(cat "$tmp/export.log")"
 
 checks=0
@@ -80,6 +80,24 @@ $PY tests/tools/eval_check.py "$tmp/vec.npy" --no-center --rule exact --compare 
   --tolerance 1e-9 >"$tmp/check.out" 2>&1 ||
   { grep -E 'DIFFERS|eval_check' "$tmp/check.out" | head -20; fail "checker disagrees with center=off"; }
 grep 'eval_check:' "$tmp/check.out" | sed "s/^/center=off: /"
+
+# tests/tools/center_sizes.py (the measurement behind ENGINE_CENTER_MIN):
+# one draw of the whole collection must give the product's figures, plain
+# (center=off) and centred on its own mean.
+n=$($PY -c 'import numpy,sys; print(len(numpy.load(sys.argv[1])))' "$tmp/vec.npy")
+$PY tests/tools/center_sizes.py "$tmp/vec.npy" --rule exact --qe 0 --sizes "$n:1" >"$tmp/sizes.out" 2>&1 ||
+  { cat "$tmp/sizes.out"; fail "center_sizes.py"; }
+$PY - "$tmp/sizes.out" "$tmp/off_a.json" "$tmp/eval_exact_0.json" "$n" <<'EOF' || fail "center_sizes.py: $(cat "$tmp/sizes.out")"
+import json, re, sys
+line = open(sys.argv[1]).read()
+m = re.search(r"size +(\d+) +draws +1 +plain (\S+) +centred (\S+) ", line)
+assert m and int(m.group(1)) == int(sys.argv[4]), line
+plain = json.load(open(sys.argv[2]))["metrics"]["mAP@10"]
+centred = json.load(open(sys.argv[3]))["metrics"]["mAP@10"]
+# printed to 4 decimals
+assert abs(float(m.group(2)) - plain) <= 5e-5 and abs(float(m.group(3)) - centred) <= 5e-5, (line, plain, centred)
+print(f"center_sizes.py on the whole collection: plain {m.group(2)}, centred {m.group(3)}, as eval")
+EOF
 
 # The figures are not trivial: well above chance with a pretrained model.
 $PY - "$tmp/eval_exact_0.json" <<'EOF' || fail "exact-rule figures look wrong"

@@ -157,7 +157,7 @@ digest = labels[0][labels[0].index("-norm"):]
 assert len(labels) == 4 and all(l.endswith(digest) for l in labels), labels
 # ingested without --pool: GeM (auto), so the other pooling tried is the graph's output
 assert [l[: -len(digest)] for l in labels] == ["gem3", "gem3-flip", "output", "output-flip"], labels
-assert len(d["candidates"]) == 20, "40 images: no center, only query expansion varies"
+assert len(d["candidates"]) == 40, "40 images (centred): 4 vectors x QE 0, 1, 2, 3, 5 x centering on and off"
 PYEOF
 
 # A feature that is not behind a global pool (here the classifier's logits)
@@ -173,7 +173,7 @@ import json, sys
 d = json.load(open(sys.argv[1]))
 assert [v["vectors"] for v in d["vectors"]] == ["output", "output-flip"], d["vectors"]
 assert d["not_tried"].startswith("gem: ") and "global pooling" in d["not_tried"] and "Gemm" in d["not_tried"], d["not_tried"]
-assert len(d["candidates"]) == 10
+assert len(d["candidates"]) == 20, "2 vectors x QE 0, 1, 2, 3, 5 x centering on and off"
 PYEOF
 [ "$(field "$tmp/norm.json" 'd["not_tried"]')" = None ] || fail "not_tried set for a model GeM applies to"
 

@@ -2,8 +2,8 @@
  * test_engine_center.c - collection-mean centering in the engine (engine.h,
  * "Centering"), on SQLite collections with the real ImageNet MobileNetV2.
  *
- * To reach ENGINE_CENTER_MIN (256) vectors without running the model 256
- * times under ASan, most images are written straight into the store: real
+ * To reach ENGINE_CENTER_MIN vectors (and the hundreds of the growth and
+ * policy tests) without running the model that often under ASan, most images are written straight into the store: real
  * Kermany files (so that a re-embed can decode them) with synthetic vectors
  * that share a large positive component, as ReLU features do. A few images
  * go through engine_ingest, so that searching with the same bytes must find
@@ -36,6 +36,7 @@
 #define DIM 1280
 #define N_FILES 620   /* Kermany files read: the largest collection here has 600 */
 #define N_REAL 6      /* images that go through engine_ingest */
+_Static_assert(ENGINE_CENTER_MIN > N_REAL + 1, "t_center_lifecycle needs synthetic vectors between the real ones");
 
 static struct {
     char tmp[256];
@@ -345,7 +346,8 @@ static char *file_digest(const char *path)
 
 /* ---- tests ---- */
 
-/* Below 256 vectors: no center; at 256, after engine_update_center, the
+/* Below ENGINE_CENTER_MIN vectors: no center; at it, after
+ * engine_update_center, the
  * ranking is the brute-force centred one, an identical image scores 1,
  * the index file is reused on reopen, engine_check passes and catches an
  * index that disagrees with the centred store. */
@@ -365,7 +367,7 @@ static void t_center_lifecycle(void **state)
     assert_int_equal(changed, 0);
     engine_close(e);
 
-    add_synthetic(db, ENGINE_CENTER_MIN - N_REAL, 1); /* 255 vectors */
+    add_synthetic(db, ENGINE_CENTER_MIN - N_REAL, 1); /* one short of the minimum */
     e = open_engine(db, G.model, ENGINE_CENTER_AUTO, 0, 0, &rep);
     engine_stats st;
     stats(e, &st);
@@ -386,7 +388,7 @@ static void t_center_lifecycle(void **state)
     engine_results_free(res, n);
     raw_free(&r);
 
-    /* The 256th vector: due now, and computed by engine_update_center. */
+    /* The last vector needed: due now, and computed by engine_update_center. */
     ingest_real(e, 1, &real[N_REAL - 1], &bytes[N_REAL - 1], &lens[N_REAL - 1]);
     stats(e, &st);
     assert_int_equal(st.center_from, 0);
@@ -417,14 +419,14 @@ static void t_center_lifecycle(void **state)
         engine_results_free(res, n);
     }
     /* A synthetic one by id, and by its raw stored vector: the same. */
-    int64_t sid = r.ids[100];
+    int64_t sid = r.ids[N_REAL]; /* real ones are the first N_REAL - 1 and the last */
     engine_query q = {.by_id = sid, .k = 12};
     assert_int_equal(engine_search(e, &q, &res, &n, NULL, &err), 0);
     assert_brute_ranking(&r, mean, sid, res, n, 12);
     assert_int_equal(res[0].id, sid);
     float raw[DIM];
     for (int i = 0; i < DIM; i++)
-        raw[i] = (float)r.v[100 * DIM + i];
+        raw[i] = (float)r.v[N_REAL * DIM + i];
     engine_result *res2;
     int n2;
     engine_query qv = {.k = 12};
@@ -457,7 +459,8 @@ static void t_center_lifecycle(void **state)
     assert_true(fabs(res[0].score - 1.0) <= 1e-6);
     engine_results_free(res, n);
     assert_int_equal(engine_check(e, &err), 0);
-    /* Not due (256 < 2 x 256): nothing changes unless forced. */
+    /* Not due (fewer than twice the vectors it came from): nothing changes
+     * unless forced. */
     assert_int_equal(engine_update_center(e, 0, &changed, &err), 0);
     assert_int_equal(changed, 0);
     /* An index holding a raw vector (as if built without the center) is
