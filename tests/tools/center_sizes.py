@@ -26,15 +26,19 @@ import numpy as np  # noqa: E402
 import eval_check  # noqa: E402
 
 
-def draw(rng, patients, size):
-    """Indices of whole patients, in random order, cut to `size` images."""
+def group_by_patient(patients):
+    """Each patient's image indices; an image of unknown patient is its own."""
     by_patient = {}
     for i, p in enumerate(patients):
         by_patient.setdefault(p if p is not None else f"_{i}", []).append(i)
-    keys = list(by_patient)
+    return list(by_patient.values())
+
+
+def draw(rng, groups, size):
+    """Indices of whole patients, in random order, cut to `size` images."""
     picked = []
-    for j in rng.permutation(len(keys)):
-        picked += by_patient[keys[j]]
+    for j in rng.permutation(len(groups)):
+        picked += groups[j]
         if len(picked) >= size:
             break
     return picked[:size]
@@ -62,6 +66,7 @@ def main():
     if len(ids) != len(vec):
         sys.exit(f"center_sizes: {len(vec)} vectors but {len(ids)} rows in {csv_path}")
     rng = np.random.default_rng(a.seed)
+    groups = group_by_patient(patients)
     for qe in (int(x) for x in a.qe.split(",")):
         for item in a.sizes.split(","):
             size, draws = (int(x) for x in item.split(":"))
@@ -69,7 +74,7 @@ def main():
                 sys.exit(f"center_sizes: size {size} must be above k={a.k} and at most {len(ids)}")
             plain, centred = [], []
             for _ in range(draws):
-                pick = draw(rng, patients, size)
+                pick = draw(rng, groups, size)
                 v = vec[pick]
                 sub = ([ids[i] for i in pick], [patients[i] for i in pick], [labels[i] for i in pick])
                 p = map_at_k(v, *sub, a.rule, a.k, qe, None)

@@ -3,9 +3,10 @@
  * "Centering"), on SQLite collections with the real ImageNet MobileNetV2.
  *
  * To reach ENGINE_CENTER_MIN vectors (and the hundreds of the growth and
- * policy tests) without running the model that often under ASan, most images are written straight into the store: real
- * Kermany files (so that a re-embed can decode them) with synthetic vectors
- * that share a large positive component, as ReLU features do. A few images
+ * policy tests) without running the model that often under ASan, most
+ * images are written straight into the store: real Kermany files (so that
+ * a re-embed can decode them) with synthetic vectors that share a large
+ * positive component, as ReLU features do. A few images
  * go through engine_ingest, so that searching with the same bytes must find
  * them at cosine 1. Every ranking is compared with a brute-force one
  * computed here, in double, from the store's raw vectors.
@@ -347,10 +348,10 @@ static char *file_digest(const char *path)
 /* ---- tests ---- */
 
 /* Below ENGINE_CENTER_MIN vectors: no center; at it, after
- * engine_update_center, the
- * ranking is the brute-force centred one, an identical image scores 1,
- * the index file is reused on reopen, engine_check passes and catches an
- * index that disagrees with the centred store. */
+ * engine_update_center, the ranking is the brute-force centred one, an
+ * identical image scores 1, the index file is reused on reopen,
+ * engine_check passes and catches an index that disagrees with the centred
+ * store. */
 static void t_center_lifecycle(void **state)
 {
     (void)state;
