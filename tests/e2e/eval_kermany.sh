@@ -99,6 +99,34 @@ assert abs(float(m.group(2)) - plain) <= 5e-5 and abs(float(m.group(3)) - centre
 print(f"center_sizes.py on the whole collection: plain {m.group(2)}, centred {m.group(3)}, as eval")
 EOF
 
+# tests/tools/heldout_draws.py (the held-out projection under "The issue's
+# targets"): a --compose of every label set at its full count draws the whole
+# collection, so plain and centred must again be eval's figures.
+compose=$($PY -c '
+import collections, sys
+sys.path.insert(0, "tests/tools")
+import eval_check
+_, _, labels = eval_check.read_metadata(sys.argv[1])
+print(",".join(f"{k}={v}" for k, v in collections.Counter("|".join(sorted(x)) for x in labels).items()))
+' "$tmp/vec.csv") || fail "label counts of the export"
+$PY tests/tools/heldout_draws.py "$tmp/vec.npy" "$tmp/vec.npy" --rule exact --compose "$compose" --draws 1 \
+  --base-center off --base-qe 0 --cand-center on --cand-qe 0 >"$tmp/heldout.out" 2>&1 ||
+  { cat "$tmp/heldout.out"; fail "heldout_draws.py"; }
+$PY - "$tmp/heldout.out" "$tmp/off_a.json" "$tmp/eval_exact_0.json" "$n" <<'EOF' || fail "heldout_draws.py: $(cat "$tmp/heldout.out")"
+import json, re, sys
+line = open(sys.argv[1]).read()
+m = re.search(r"draws 1 +images (\d+) +chance (\S+) +base (\S+) +cand (\S+) ", line)
+assert m and int(m.group(1)) == int(sys.argv[4]), line
+plain = json.load(open(sys.argv[2]))
+centred = json.load(open(sys.argv[3]))
+# printed to 4 decimals; the chance is the gallery's, the same either way
+assert abs(float(m.group(3)) - plain["metrics"]["mAP@10"]) <= 5e-5, (line, plain["metrics"])
+assert abs(float(m.group(4)) - centred["metrics"]["mAP@10"]) <= 5e-5, (line, centred["metrics"])
+assert abs(float(m.group(2)) - centred["chance"]["mAP@10"]) <= 5e-5, (line, centred["chance"])
+print(f"heldout_draws.py composing the whole collection: plain {m.group(3)}, centred {m.group(4)}, "
+      f"chance {m.group(2)}, as eval")
+EOF
+
 # The figures are not trivial: well above chance with a pretrained model.
 $PY - "$tmp/eval_exact_0.json" <<'EOF' || fail "exact-rule figures look wrong"
 import json, sys
