@@ -67,7 +67,7 @@ typedef struct engine engine;
 
 /* Fewest vectors a center is computed from. Measured on random
  * patient-disjoint subsets of the dev sets with an ImageNet model (12 to
- * 256 images, docs/evaluation.md "Centering"), centering ranked better at
+ * 256 images, docs/evaluation.md "Defaults chosen"), centering ranked better at
  * every size; below 16 the mean is mostly the few images themselves and
  * mAP@10 cannot be measured, so such a collection keeps plain cosine. */
 #define ENGINE_CENTER_MIN 16
