@@ -81,27 +81,15 @@ $PY tests/tools/eval_check.py "$tmp/vec.npy" --no-center --rule exact --compare 
   { grep -E 'DIFFERS|eval_check' "$tmp/check.out" | head -20; fail "checker disagrees with center=off"; }
 grep 'eval_check:' "$tmp/check.out" | sed "s/^/center=off: /"
 
-# tests/tools/center_sizes.py (the measurement behind ENGINE_CENTER_MIN):
-# one draw of the whole collection must give the product's figures, plain
-# (center=off) and centred on its own mean.
+# tests/tools/center_sizes.py (the measurement behind ENGINE_CENTER_MIN) and
+# tests/tools/heldout_draws.py (the held-out projection under "The issue's
+# targets") on the whole collection must give the product's figures, plain
+# (center=off) and centred on its own mean: center_sizes.py with one draw of
+# all n images, heldout_draws.py with a --compose of every label set at its
+# full count.
 n=$($PY -c 'import numpy,sys; print(len(numpy.load(sys.argv[1])))' "$tmp/vec.npy")
 $PY tests/tools/center_sizes.py "$tmp/vec.npy" --rule exact --qe 0 --sizes "$n:1" >"$tmp/sizes.out" 2>&1 ||
   { cat "$tmp/sizes.out"; fail "center_sizes.py"; }
-$PY - "$tmp/sizes.out" "$tmp/off_a.json" "$tmp/eval_exact_0.json" "$n" <<'EOF' || fail "center_sizes.py: $(cat "$tmp/sizes.out")"
-import json, re, sys
-line = open(sys.argv[1]).read()
-m = re.search(r"size +(\d+) +draws +1 +plain (\S+) +centred (\S+) ", line)
-assert m and int(m.group(1)) == int(sys.argv[4]), line
-plain = json.load(open(sys.argv[2]))["metrics"]["mAP@10"]
-centred = json.load(open(sys.argv[3]))["metrics"]["mAP@10"]
-# printed to 4 decimals
-assert abs(float(m.group(2)) - plain) <= 5e-5 and abs(float(m.group(3)) - centred) <= 5e-5, (line, plain, centred)
-print(f"center_sizes.py on the whole collection: plain {m.group(2)}, centred {m.group(3)}, as eval")
-EOF
-
-# tests/tools/heldout_draws.py (the held-out projection under "The issue's
-# targets"): a --compose of every label set at its full count draws the whole
-# collection, so plain and centred must again be eval's figures.
 compose=$($PY -c '
 import collections, sys
 sys.path.insert(0, "tests/tools")
@@ -112,20 +100,25 @@ print(",".join(f"{k}={v}" for k, v in collections.Counter("|".join(sorted(x)) fo
 $PY tests/tools/heldout_draws.py "$tmp/vec.npy" "$tmp/vec.npy" --rule exact --compose "$compose" --draws 1 \
   --base-center off --base-qe 0 --cand-center on --cand-qe 0 >"$tmp/heldout.out" 2>&1 ||
   { cat "$tmp/heldout.out"; fail "heldout_draws.py"; }
-$PY - "$tmp/heldout.out" "$tmp/off_a.json" "$tmp/eval_exact_0.json" "$n" <<'EOF' || fail "heldout_draws.py: $(cat "$tmp/heldout.out")"
+$PY - "$tmp/sizes.out" "$tmp/heldout.out" "$tmp/off_a.json" "$tmp/eval_exact_0.json" "$n" <<'EOF' ||
 import json, re, sys
-line = open(sys.argv[1]).read()
-m = re.search(r"draws 1 +images (\d+) +chance (\S+) +base (\S+) +cand (\S+) ", line)
-assert m and int(m.group(1)) == int(sys.argv[4]), line
-plain = json.load(open(sys.argv[2]))
-centred = json.load(open(sys.argv[3]))
+sizes, held = (open(p).read() for p in sys.argv[1:3])
+plain, centred = (json.load(open(p)) for p in sys.argv[3:5])
+n = int(sys.argv[5])
+want = {"plain": plain["metrics"]["mAP@10"], "centred": centred["metrics"]["mAP@10"],
+        "chance": centred["chance"]["mAP@10"]}
+m = re.search(r"size +(\d+) +draws +1 +plain (\S+) +centred (\S+) ", sizes)
+assert m and int(m.group(1)) == n, sizes
+from_sizes = {"plain": float(m.group(2)), "centred": float(m.group(3))}
+m = re.search(r"draws 1 +images (\d+) +chance (\S+) +base (\S+) +cand (\S+) ", held)
+assert m and int(m.group(1)) == n, held
+from_held = {"plain": float(m.group(3)), "centred": float(m.group(4)), "chance": float(m.group(2))}
 # printed to 4 decimals; the chance is the gallery's, the same either way
-assert abs(float(m.group(3)) - plain["metrics"]["mAP@10"]) <= 5e-5, (line, plain["metrics"])
-assert abs(float(m.group(4)) - centred["metrics"]["mAP@10"]) <= 5e-5, (line, centred["metrics"])
-assert abs(float(m.group(2)) - centred["chance"]["mAP@10"]) <= 5e-5, (line, centred["chance"])
-print(f"heldout_draws.py composing the whole collection: plain {m.group(3)}, centred {m.group(4)}, "
-      f"chance {m.group(2)}, as eval")
+for tool, got in (("center_sizes.py", from_sizes), ("heldout_draws.py", from_held)):
+    assert all(abs(v - want[k]) <= 5e-5 for k, v in got.items()), (tool, got, want)
+    print(f"{tool} on the whole collection: " + ", ".join(f"{k} {v:.4f}" for k, v in got.items()) + ", as eval")
 EOF
+  fail "center_sizes.py / heldout_draws.py: $(cat "$tmp/sizes.out" "$tmp/heldout.out")"
 
 # The figures are not trivial: well above chance with a pretrained model.
 $PY - "$tmp/eval_exact_0.json" <<'EOF' || fail "exact-rule figures look wrong"

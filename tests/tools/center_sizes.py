@@ -54,17 +54,16 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("vectors")
     ap.add_argument("--csv")
-    ap.add_argument("--rule", default="exact", choices=("any", "exact", "single"))
-    ap.add_argument("-k", type=int, default=10)
+    eval_check.add_protocol_args(ap)
     ap.add_argument("--qe", default="0,3")
     ap.add_argument("--sizes", default="12:100,16:100,24:80,32:60,48:40,64:40,128:16,256:10")
     ap.add_argument("--seed", type=int, default=1)
     a = ap.parse_args()
-    csv_path = a.csv or os.path.splitext(a.vectors)[0] + ".csv"
-    vec = np.load(a.vectors).astype(np.float64)
-    ids, patients, labels = eval_check.read_metadata(csv_path)
-    if len(ids) != len(vec):
-        sys.exit(f"center_sizes: {len(vec)} vectors but {len(ids)} rows in {csv_path}")
+    try:
+        vec, ids, patients, labels = eval_check.read_export(a.vectors, a.csv)
+    except (OSError, ValueError) as e:
+        sys.exit(f"center_sizes: {e}")
+    vec = vec.astype(np.float64)
     rng = np.random.default_rng(a.seed)
     groups = group_by_patient(patients)
     for qe in (int(x) for x in a.qe.split(",")):

@@ -74,6 +74,31 @@ def read_metadata(path):
     return ids, patients, labels
 
 
+class ExportError(ValueError):
+    """An export whose files do not fit together (shape, row count)."""
+
+
+def read_export(vectors_path, csv_path=None):
+    """The vectors (float32 [n, dim]) and the ids, patients and labels that
+    `medsearch export --vectors` wrote; csv_path defaults to VECTORS with
+    .csv. Raises ExportError when the two do not fit together, OSError or
+    ValueError when a file cannot be read."""
+    csv_path = csv_path or os.path.splitext(vectors_path)[0] + ".csv"
+    vec = np.load(vectors_path, allow_pickle=False)
+    ids, patients, labels = read_metadata(csv_path)
+    if vec.ndim != 2 or vec.dtype != np.float32:
+        raise ExportError(f"{vectors_path} is {vec.dtype} {vec.shape}, want float32 [n, dim]")
+    if len(ids) != vec.shape[0]:
+        raise ExportError(f"{csv_path} has {len(ids)} rows for {vec.shape[0]} vectors")
+    return vec, ids, patients, labels
+
+
+def add_protocol_args(ap):
+    """The options every tool over an export shares: relevance rule and k."""
+    ap.add_argument("--rule", default="exact", choices=("any", "exact", "single"))
+    ap.add_argument("-k", type=int, default=10)
+
+
 def relevant(rule, a, b):
     if not a or not b:
         return False
@@ -271,8 +296,7 @@ def main():
     ap.add_argument("--csv", help="ids and metadata (default: VECTORS with .csv)")
     ap.add_argument("--center", help="the collection's center (default: VECTORS with .center.npy, if present)")
     ap.add_argument("--no-center", action="store_true", help="rank by plain cosine even if a center file exists")
-    ap.add_argument("--rule", default="exact", choices=("any", "exact", "single"))
-    ap.add_argument("-k", type=int, default=10)
+    add_protocol_args(ap)
     ap.add_argument("--qe", type=int, default=0)
     ap.add_argument("--compare", help="JSON written by medsearch eval --json")
     ap.add_argument("--per-query", help="CSV written by medsearch eval --per-query (single configuration)")
@@ -281,7 +305,6 @@ def main():
     if a.k < 1 or a.qe < 0:
         print("eval_check: k must be >= 1 and qe >= 0", file=sys.stderr)
         return 2
-    csv_path = a.csv or os.path.splitext(a.vectors)[0] + ".csv"
     center_path = None
     if not a.no_center:
         center_path = a.center or os.path.splitext(a.vectors)[0] + ".center.npy"
@@ -289,18 +312,14 @@ def main():
             center_path = None
     center = None
     try:
-        vec = np.load(a.vectors, allow_pickle=False)
-        ids, patients, labels = read_metadata(csv_path)
+        vec, ids, patients, labels = read_export(a.vectors, a.csv)
         if center_path:
             center = np.load(center_path, allow_pickle=False)
+    except ExportError as e:
+        print(f"eval_check: {e}", file=sys.stderr)
+        return 2
     except (OSError, ValueError, KeyError) as e:
         print(f"eval_check: cannot read the export: {e}", file=sys.stderr)
-        return 2
-    if vec.ndim != 2 or vec.dtype != np.float32:
-        print(f"eval_check: {a.vectors} is {vec.dtype} {vec.shape}, want float32 [n, dim]", file=sys.stderr)
-        return 2
-    if len(ids) != vec.shape[0]:
-        print(f"eval_check: {csv_path} has {len(ids)} rows for {vec.shape[0]} vectors", file=sys.stderr)
         return 2
     if center is not None and (center.dtype != np.float32 or center.shape != (vec.shape[1],)
                                or not np.all(np.isfinite(center))):

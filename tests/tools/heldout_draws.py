@@ -43,12 +43,11 @@ from center_sizes import draw, group_by_patient  # noqa: E402
 
 
 def load_export(path):
-    vec = np.load(path).astype(np.float64)
-    csv_path = os.path.splitext(path)[0] + ".csv"
-    ids, patients, labels = eval_check.read_metadata(csv_path)
-    if len(ids) != len(vec):
-        sys.exit(f"heldout_draws: {len(vec)} vectors but {len(ids)} rows in {csv_path}")
-    return vec, ids, patients, labels
+    try:
+        vec, ids, patients, labels = eval_check.read_export(path)
+    except (OSError, ValueError) as e:
+        sys.exit(f"heldout_draws: {e}")
+    return vec.astype(np.float64), ids, patients, labels
 
 
 def label_key(labels):
@@ -85,8 +84,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("base")
     ap.add_argument("cand")
-    ap.add_argument("--rule", default="exact", choices=("any", "exact", "single"))
-    ap.add_argument("-k", type=int, default=10)
+    eval_check.add_protocol_args(ap)
     how = ap.add_mutually_exclusive_group(required=True)
     how.add_argument("--size", type=int)
     how.add_argument("--compose")
