@@ -98,7 +98,7 @@ unit: $(UNIT_BINS)
 bench: medsearch
 	bench/run.sh
 
-# Bounded fuzzing of the image decoder and the ONNX loader (clang, libFuzzer).
+# Bounded fuzzing of the image decoder, the ONNX loader and index files (clang, libFuzzer).
 FUZZ_SECONDS ?= 60
 fuzz:
 	BUILD=$(BUILD) FUZZ_SECONDS=$(FUZZ_SECONDS) tests/fuzz/run.sh

@@ -146,8 +146,8 @@ size_t index_memory_bytes(const vindex *ix);
 int index_save(const vindex *ix, const char *path, const char *model_identity,
                uint64_t generation, ms_err *err);
 /* Returns 0, MS_ENOTFOUND (no file), MS_EFORMAT (damaged, truncated,
- * checksum, impossible graph), MS_ECONFLICT (dimension or model identity
- * differs), MS_EIO. *generation (may be NULL) receives the saved
+ * checksum, impossible graph, a NaN or infinite number), MS_ECONFLICT
+ * (dimension or model identity differs), MS_EIO. *generation (may be NULL) receives the saved
  * generation. The structure (kind, M, efConstruction, quantisation, graph)
  * comes from the file; p (may be NULL) only supplies run-time settings:
  * ef_search (when > 0), threads and graph_f32. The file is mapped privately: it must

@@ -23,8 +23,9 @@
  * Every section's size follows from the header, so a file of the wrong
  * size is rejected before anything is read; the payload CRC catches
  * flipped bytes; and the structure is validated (links in range, counts
- * within capacity, unique ids) so that even a file with a correct
- * checksum cannot make a search read out of bounds.
+ * within capacity, unique ids, every number finite) so that even a file
+ * with a correct checksum cannot make a search read out of bounds or feed
+ * NaN to the kernels (tests/fuzz/fuzz_index.c forges such files).
  *
  * Loading maps the file privately (MAP_POPULATE) and points the index's
  * full chunks into it; later inserts copy-on-write the pages they touch.
@@ -347,8 +348,48 @@ int index_save(const vindex *ix, const char *path, const char *model_identity, u
 /* load                                                                 */
 /* ------------------------------------------------------------------ */
 
+/* Are n floats (4-aligned) all finite? An all-ones exponent carries into
+ * the sign bit; no other does. It runs over every vector of the file at
+ * load time, so the blocks have a fixed length: -O2 vectorises the loop
+ * only when its trip count is known. */
+static bool floats_finite(const uint8_t *p, size_t n)
+{
+    enum { BLOCK = 1024 };
+    const uint32_t *w = (const uint32_t *)(const void *)p;
+    uint32_t bad = 0;
+    size_t i = 0;
+    for (; i + BLOCK <= n; i += BLOCK)
+        for (size_t j = 0; j < BLOCK; j++)
+            bad |= (w[i + j] & 0x7F800000u) + 0x00800000u;
+    for (; i < n; i++)
+        bad |= (w[i] & 0x7F800000u) + 0x00800000u;
+    return !(bad & 0x80000000u);
+}
+
+/* The payload's CRC32C, and whether its vector section is all finite, in
+ * one pass: the file is read from memory once, each block checked for both
+ * while it is in cache (a second pass over a large index's vectors would
+ * add half again to the load time). */
+static uint32_t payload_crc_and_finite(const uint8_t *p, uint64_t bytes, const layout *L, uint64_t vec_bytes,
+                                       bool *finite)
+{
+    enum { BLOCK = 1 << 16 }; /* a multiple of 64: vector boundaries stay 4-aligned */
+    uint32_t crc = 0;
+    *finite = true;
+    for (uint64_t off = 0; off < bytes; off += BLOCK) {
+        uint64_t len = bytes - off < BLOCK ? bytes - off : BLOCK;
+        crc = ix_crc32c(crc, p + off, len);
+        uint64_t lo = off > L->vec ? off : L->vec, hi = off + len < L->vec + vec_bytes ? off + len : L->vec + vec_bytes;
+        if (lo < hi && !floats_finite(p + lo, (hi - lo) / 4))
+            *finite = false;
+    }
+    return crc;
+}
+
+/* Also tells whether the vectors are all finite (check_numbers' first step,
+ * done here in the checksum's pass). */
 static int check_header(const uint8_t *base, size_t size, const char *path, int dim, const char *model_identity,
-                        file_header *h, layout *L, ms_err *err)
+                        file_header *h, layout *L, bool *vectors_finite, ms_err *err)
 {
     if (size < HEADER_BYTES)
         return ms_err_set(err, MS_EFORMAT, "%s: truncated index file (%zu bytes, header alone is %d)", path,
@@ -383,7 +424,9 @@ static int check_header(const uint8_t *base, size_t size, const char *path, int 
     if (h->payload_bytes != size - HEADER_BYTES || h->payload_bytes < L->upper)
         return ms_err_set(err, MS_EFORMAT, "%s: truncated or padded index file (%zu bytes, header says %llu)",
                           path, size, (unsigned long long)(h->payload_bytes + HEADER_BYTES));
-    if (ix_crc32c(0, base + HEADER_BYTES, h->payload_bytes) != h->payload_crc)
+    uint64_t vec_bytes = h->n_slots * h->dim * 4; /* within payload_bytes, checked above */
+    if (payload_crc_and_finite(base + HEADER_BYTES, h->payload_bytes, L, vec_bytes, vectors_finite) !=
+        h->payload_crc)
         return ms_err_set(err, MS_EFORMAT, "%s: index data is damaged (checksum mismatch)", path);
     return 0;
 }
@@ -437,6 +480,40 @@ static int check_graph(const uint8_t *p, const file_header *h, layout *L, const 
     } else if (h->kind_now == INDEX_HNSW && h->n_live > 0) {
         return ms_err_set(err, MS_EFORMAT, "%s: graph index without an entry point", path);
     }
+    return 0;
+}
+
+/* index_add refuses NaN and infinite components, so a file holding one is
+ * forged or damaged past its checksum; refused too because such a value
+ * would reach the quantisers and the scan kernels, whose float-to-integer
+ * conversions it would make undefined. The compressed copies are checked
+ * alike: int8 and int4 offsets and steps finite (steps not negative),
+ * float16 halves not NaN (a finite component above 65504 is stored as an
+ * infinite half). Every slot counts, dead ones too: the graph still walks
+ * through tombstones. */
+static int check_numbers(const uint8_t *p, const file_header *h, const layout *L, bool vectors_finite,
+                         const char *path, ms_err *err)
+{
+    size_t n = h->n_slots, d = h->dim;
+    if (!vectors_finite) /* find the slot to name */
+        for (size_t s = 0; s < n; s++)
+            if (!floats_finite(p + L->vec + s * d * 4, d))
+                return ms_err_set(err, MS_EFORMAT, "%s: vector at slot %zu has a NaN or infinite component", path,
+                                  s);
+    if (ix_has_qparams((index_quant)h->quant))
+        for (size_t s = 0; s < n; s++) {
+            float step;
+            memcpy(&step, p + L->qparams + s * 8 + 4, 4);
+            if (!floats_finite(p + L->qparams + s * 8, 2) || step < 0)
+                return ms_err_set(err, MS_EFORMAT, "%s: quantisation range at slot %zu is impossible", path, s);
+        }
+    if (h->quant == INDEX_QUANT_F16)
+        for (size_t i = 0; i < n * d; i++) {
+            uint16_t half;
+            memcpy(&half, p + L->codes + 2 * i, 2);
+            if ((half & 0x7C00u) == 0x7C00u && (half & 0x03FFu))
+                return ms_err_set(err, MS_EFORMAT, "%s: float16 copy at slot %zu holds a NaN", path, i / d);
+        }
     return 0;
 }
 
@@ -554,11 +631,14 @@ int index_load(const char *path, int dim, const char *model_identity, const inde
     }
     file_header h;
     layout L;
-    int rc = check_header(base, size, path, dim, model_identity, &h, &L, err);
+    bool vectors_finite = false;
+    int rc = check_header(base, size, path, dim, model_identity, &h, &L, &vectors_finite, err);
     if (!rc && h.graph)
         rc = check_graph(base + HEADER_BYTES, &h, &L, path, err);
     else if (!rc && L.upper != h.payload_bytes)
         rc = ms_err_set(err, MS_EFORMAT, "%s: index file size does not match its header", path);
+    if (!rc)
+        rc = check_numbers(base + HEADER_BYTES, &h, &L, vectors_finite, path, err);
     if (rc) {
         munmap(base, size);
         return rc;

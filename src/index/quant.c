@@ -17,6 +17,7 @@
  * its dequantised values offset + step * c are requantised symmetrically
  * in one SIMD pass over the codes (simd.c's requant).
  */
+#include <float.h>
 #include <math.h>
 #include <string.h>
 
@@ -50,7 +51,11 @@ void ix_quant_encode(const vindex *ix, const float *v, uint8_t *codes, float *qp
         ix_quant_encode_int8(dim, v, codes, qparams);
 }
 
-/* The smallest and largest component of v. */
+/* The smallest and largest component of v. The encoders below take the
+ * range in double: a finite vector's max - min can overflow a float, and a
+ * range of a few denormals has a reciprocal that does, either of which
+ * would turn a code into NaN and its conversion to an integer into
+ * undefined behaviour. */
 static void value_range(int dim, const float *v, float *lo, float *hi)
 {
     *lo = *hi = v[0];
@@ -67,16 +72,16 @@ void ix_quant_encode_int4(int dim, const float *v, uint8_t *codes, float *qparam
 {
     float lo, hi;
     value_range(dim, v, &lo, &hi);
-    float step = (hi - lo) / 15.0f;
+    double range = (double)hi - lo;
     qparams[0] = lo;
-    qparams[1] = step;
+    qparams[1] = (float)(range / 15.0);
     int h = (dim + 1) / 2;
     memset(codes, 0, (size_t)h);
-    if (!(step > 0))
+    if (!(range > 0))
         return;
-    float inv = 1.0f / step;
+    double inv = 15.0 / range;
     for (int j = 0; j < dim; j++) {
-        float c = round_even((v[j] - lo) * inv);
+        float c = round_even((float)(((double)v[j] - lo) * inv));
         uint8_t n = (uint8_t)(c < 0 ? 0 : c > 15 ? 15 : c);
         codes[j % h] |= (uint8_t)(j < h ? n : n << 4);
     }
@@ -86,19 +91,22 @@ void ix_quant_encode_int8(int dim, const float *v, uint8_t *codes, float *qparam
 {
     float lo, hi;
     value_range(dim, v, &lo, &hi);
-    float step = (hi - lo) / 255.0f;
+    double range = (double)hi - lo;
     qparams[0] = lo;
-    qparams[1] = step;
-    if (!(step > 0)) {
+    qparams[1] = (float)(range / 255.0);
+    if (!(range > 0)) {
         memset(codes, 0, (size_t)dim);
         return;
     }
-    float inv = 1.0f / step;
+    double inv = 255.0 / range;
     for (int j = 0; j < dim; j++) {
-        float c = round_even((v[j] - lo) * inv);
+        float c = round_even((float)(((double)v[j] - lo) * inv));
         codes[j] = (uint8_t)(c < 0 ? 0 : c > 255 ? 255 : c);
     }
 }
+
+/* Below this largest magnitude a vector quantises to zeros. */
+#define QUANT_TINY 1e-30f
 
 void ix_quant_query(const float *q, int dim, ix_qquery *out)
 {
@@ -107,11 +115,21 @@ void ix_quant_query(const float *q, int dim, ix_qquery *out)
         amax = fabsf(q[j]) > amax ? fabsf(q[j]) : amax;
         sum += q[j];
     }
-    out->scale = amax > 0 ? amax / 127.0f : 1.0f;
     out->sum = sum;
-    float inv = 1.0f / out->scale;
-    for (int j = 0; j < dim; j++)
-        out->qq[j] = (int8_t)round_even(q[j] * inv);
+    out->scale = 1.0f;
+    /* Near zero, 127 / amax overflows: such a query quantises to zeros (its
+     * int8 scores are then all equal and the exact re-rank orders). A unit
+     * vector's largest component is at least 1 / sqrt(dim), far above. */
+    if (!(amax >= QUANT_TINY)) {
+        memset(out->qq, 0, (size_t)dim + (dim & 1));
+        return;
+    }
+    out->scale = amax / 127.0f;
+    float inv = 127.0f / amax;
+    for (int j = 0; j < dim; j++) {
+        float c = round_even(q[j] * inv);
+        out->qq[j] = (int8_t)(c < -127 ? -127 : c > 127 ? 127 : c);
+    }
     if (dim & 1)
         out->qq[dim] = 0; /* the int4 kernel's pad */
 }
@@ -120,8 +138,14 @@ void ix_quant_query_codes(const uint8_t *codes, const float *qparams, int dim, i
 {
     float lo = qparams[0], step = qparams[1], hi = lo + 255.0f * step;
     float amax = fabsf(lo) > fabsf(hi) ? fabsf(lo) : fabsf(hi);
-    out->scale = amax > 0 ? amax / 127.0f : 1.0f;
-    float inv = 1.0f / out->scale;
+    if (!(amax >= QUANT_TINY) || !(amax <= FLT_MAX)) { /* as in ix_quant_query */
+        out->scale = 1.0f;
+        out->sum = 0;
+        memset(out->qq, 0, (size_t)dim + (dim & 1));
+        return;
+    }
+    out->scale = amax / 127.0f;
+    float inv = 127.0f / amax;
     /* (lo + step * c) / scale, as one multiply-add per component */
     int32_t csum = ix_kern()->requant(codes, dim, lo * inv, step * inv, out->qq);
     out->sum = (float)dim * lo + step * (float)csum;

@@ -157,13 +157,20 @@ onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), sys
 EOF
 }
 
+# Valid index files come from the index code itself: the target writes them.
+seeds_index() {
+  local dir=$1 bin=$2
+  FUZZ_INDEX_SEEDS="$dir" "$bin" >/dev/null 2>&1 || true
+}
+
 make_seeds() {
-  local family=$1 dir=$2
+  local family=$1 dir=$2 bin=$3
   rm -rf "$dir"
   mkdir -p "$dir"
   case $family in
     image) seeds_image "$dir" ;;
     onnx | model) seeds_onnx "$dir" ;;
+    index) seeds_index "$dir" "$bin" ;;
   esac
 }
 
@@ -194,7 +201,7 @@ for src in "${targets[@]}"; do
     continue
   fi
   corpus=$out/corpus_$name
-  make_seeds "$family" "$corpus"
+  make_seeds "$family" "$corpus" "$bin"
   t0=$SECONDS
   ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1} UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1} \
     "$bin" -max_total_time="$FUZZ_SECONDS" -timeout=20 -rss_limit_mb=2048 -max_len=65536 \

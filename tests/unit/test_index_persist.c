@@ -290,6 +290,113 @@ static void test_forged_graph_refused(void **state)
     free(qs);
 }
 
+/* Byte offset of a section in a saved file of n slots (64-aligned each). */
+static size_t section_at(size_t n, int dim, index_quant quant, int which)
+{
+    size_t sizes[5] = {n * 8, n, n * (size_t)dim * 4, 0, 0}; /* ids, dead, vectors, codes, qparams */
+    sizes[3] = n * (quant == INDEX_QUANT_F16 ? 2 * (size_t)dim : quant == INDEX_QUANT_INT8 ? (size_t)dim : 0);
+    size_t at = 512;
+    for (int i = 0; i < which; i++)
+        at += (sizes[i] + 63) / 64 * 64;
+    return at;
+}
+
+/* A forged file (checksums right) holding a NaN where index_add would
+ * never have let one in: refused with MS_EFORMAT, never handed to the
+ * quantisers (found by tests/fuzz/fuzz_index.c). */
+static void forged_number_refused(index_quant quant, int section, size_t slot_byte, const unsigned char *bad_bytes,
+                                  size_t bad_len, const char *expect)
+{
+    ms_err err;
+    float *data, *qs;
+    int dim = 8;
+    size_t n = 100;
+    vindex *ix = build(INDEX_HNSW, quant, dim, n, &data, &qs);
+    char p[400];
+    snprintf(p, sizeof p, "%s/n.idx", dir);
+    assert_int_equal(index_save(ix, p, MODEL, 1, &err), 0);
+    size_t len;
+    unsigned char *b = slurp(p, &len);
+    memcpy(b + section_at(n, dim, quant, section) + slot_byte, bad_bytes, bad_len);
+    refresh_crcs(b, len);
+    spit(p, b, len);
+    vindex *lx = NULL;
+    assert_int_equal(index_load(p, dim, MODEL, NULL, &lx, NULL, &err), MS_EFORMAT);
+    assert_null(lx);
+    if (!strstr(err.msg, expect))
+        fail_msg("message '%s' lacks '%s'", err.msg, expect);
+    free(b);
+    index_free(ix);
+    free(data);
+    free(qs);
+}
+
+static void test_forged_numbers_refused(void **state)
+{
+    const float nan = __builtin_nanf(""), inf = __builtin_inff();
+    const uint16_t half_nan = 0x7E00;
+    /* a component of slot 5, of a dead slot (0: the graph walks tombstones), an infinity */
+    forged_number_refused(INDEX_QUANT_NONE, 2, 5 * 8 * 4 + 12, (const void *)&nan, 4, "slot 5 has a NaN");
+    forged_number_refused(INDEX_QUANT_NONE, 2, 0, (const void *)&nan, 4, "slot 0 has a NaN");
+    forged_number_refused(INDEX_QUANT_NONE, 2, 99 * 8 * 4, (const void *)&inf, 4, "slot 99 has a NaN or infinite");
+    /* an int8 step, a float16 half */
+    forged_number_refused(INDEX_QUANT_INT8, 4, 3 * 8 + 4, (const void *)&nan, 4, "range at slot 3");
+    float negative = -1.0f;
+    forged_number_refused(INDEX_QUANT_INT8, 4, 7 * 8 + 4, (const void *)&negative, 4, "range at slot 7");
+    forged_number_refused(INDEX_QUANT_F16, 3, 2 * 8 * 2 + 6, (const void *)&half_nan, 2, "slot 2 holds a NaN");
+}
+
+/* Finite vectors the quantisers once turned into NaN codes (undefined
+ * behaviour on the conversion to an integer; UBSan in this build): a range
+ * wider than FLT_MAX, a range of denormals, a near-zero query. Each index
+ * takes them, searches, and its file loads again. */
+static void test_extreme_finite_vectors(void **state)
+{
+    const index_quant quants[] = {INDEX_QUANT_INT8, INDEX_QUANT_INT4, INDEX_QUANT_F16};
+    const int dim = 8;
+    float v[4][8] = {
+        {3e38f, -3e38f, 1, 0, 0, 0, 0, 0},           /* max - min overflows a float */
+        {1e-41f, -1e-41f, 0, 0, 0, 0, 0, 2e-41f},    /* denormals: 1 / step overflows */
+        {1e5f, 0, 0, 0, 0, 0, 0, -7e4f},             /* beyond float16's range */
+        {0.5f, 0.5f, 0.5f, 0.5f, 0, 0, 0, 0},        /* an ordinary unit vector */
+    };
+    const float tiny_query[8] = {1e-38f, 0, 0, 0, 0, 0, 0, -1e-38f};
+    for (size_t qi = 0; qi < sizeof quants / sizeof quants[0]; qi++) {
+        index_params p;
+        index_params_init(&p);
+        p.kind = INDEX_HNSW;
+        p.quant = quants[qi];
+        p.threads = 1;
+        vindex *ix;
+        ms_err err;
+        assert_int_equal(index_create(dim, &p, &ix, &err), 0);
+        int64_t ids[4] = {1, 2, 3, 4};
+        assert_int_equal(index_add(ix, ids, &v[0][0], 4, &err), 0);
+        index_hit h[4];
+        int nh;
+        assert_int_equal(index_search(ix, v[3], 4, 0, h, &nh, &err), 0);
+        assert_int_equal(nh, 4);
+        assert_int_equal(index_search(ix, tiny_query, 4, 0, h, &nh, &err), 0);
+        assert_int_equal(nh, 4);
+        assert_int_equal(index_rebuild(ix, &err), 0);
+        char path[400];
+        snprintf(path, sizeof path, "%s/extreme.idx", dir);
+        assert_int_equal(index_save(ix, path, MODEL, 1, &err), 0);
+        vindex *lx = NULL;
+        if (index_load(path, dim, MODEL, NULL, &lx, NULL, &err))
+            fail_msg("quant %d: saved file refused: %s", (int)quants[qi], err.msg);
+        index_hit h2[4];
+        int nh2;
+        assert_int_equal(index_search(ix, v[3], 4, 0, h, &nh, &err), 0);
+        assert_int_equal(index_search(lx, v[3], 4, 0, h2, &nh2, &err), 0);
+        assert_int_equal(nh2, nh);
+        for (int i = 0; i < nh; i++)
+            assert_true(h[i].id == h2[i].id && h[i].score == h2[i].score);
+        index_free(lx);
+        index_free(ix);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -297,6 +404,8 @@ int main(void)
         cmocka_unit_test(test_round_trip_hnsw),
         cmocka_unit_test(test_damage_detected),
         cmocka_unit_test(test_forged_graph_refused),
+        cmocka_unit_test(test_forged_numbers_refused),
+        cmocka_unit_test(test_extreme_finite_vectors),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
