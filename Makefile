@@ -98,7 +98,7 @@ unit: $(UNIT_BINS)
 bench: medsearch
 	bench/run.sh
 
-# Bounded fuzzing of the image decoder, the ONNX loader and index files (clang, libFuzzer).
+# Bounded fuzzing of every parser of outside bytes: images, ONNX, index files, labels CSV, filters (clang, libFuzzer).
 FUZZ_SECONDS ?= 60
 fuzz:
 	BUILD=$(BUILD) FUZZ_SECONDS=$(FUZZ_SECONDS) tests/fuzz/run.sh

@@ -234,7 +234,14 @@ static int has_column(char **names, int n, const char *want)
     return 0;
 }
 
-static int read_header(labels *t, const char *path, char **names, int n, int *roles, ms_err *err)
+/* Can the store take this column name as a key (store_check_text)? */
+static int key_storable(const char *name)
+{
+    size_t len = strlen(name);
+    return len <= STORE_MAX_TEXT && store_utf8_valid((const unsigned char *)name, len);
+}
+
+static int read_header(labels *t, const char *path, size_t line, char **names, int n, int *roles, ms_err *err)
 {
     for (int i = 0; i < n; i++)
         names[i] = trim(names[i]);
@@ -257,11 +264,17 @@ static int read_header(labels *t, const char *path, char **names, int n, int *ro
         for (int j = 0; j < i; j++)
             if (roles[i] != COL_IGNORE && !strcasecmp(names[i], names[j]))
                 return ms_err_set(err, MS_EFORMAT, "%s: column '%s' appears twice", path, names[i]);
+        if (roles[i] == COL_KV && !key_storable(names[i])) {
+            /* the store would refuse the key, and with it every image */
+            add_warning(t, "line %zu: column %d's name is not UTF-8 text of at most %d bytes; column ignored",
+                        line, i + 1, STORE_MAX_TEXT);
+            roles[i] = COL_IGNORE;
+        }
         if (roles[i] == COL_KV && ++kv > STORE_MAX_KV)
             roles[i] = COL_IGNORE;
     }
     if (kv > STORE_MAX_KV)
-        add_warning(t, "%s: only the first %d extra columns are kept", path, STORE_MAX_KV);
+        add_warning(t, "line %zu: only the first %d extra columns are kept", line, STORE_MAX_KV);
     return 0;
 }
 
@@ -519,7 +532,7 @@ static int parse_all(labels *t, const char *path, char *text, size_t len, ms_err
         rc = ms_err_set(err, MS_EFORMAT, "%s: %s", path, ncol == 0 ? "empty file, no header" : "unreadable header");
         goto out;
     }
-    if ((rc = read_header(t, path, names, ncol, roles, err)) != 0)
+    if ((rc = read_header(t, path, line, names, ncol, roles, err)) != 0)
         goto out;
     for (;;) {
         int n = csv_record(&c, fields, &line);

@@ -25,9 +25,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <unistd.h>
 
+#include "fuzz_file.h"
 #include "index/index.h"
 #include "index/internal.h"
 
@@ -199,14 +199,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (size < 1 || size > (8u << 20))
         return 0;
     size_t len = size - 1;
-    int fd = memfd_create("fuzz.idx", MFD_CLOEXEC);
-    if (fd < 0)
-        return 0;
     uint8_t *b = malloc(len ? len : 1);
-    if (!b) {
-        close(fd);
+    if (!b)
         return 0;
-    }
     memcpy(b, data + 1, len);
     forge(b, len, data[0]);
 
@@ -223,22 +218,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             model[id_len] = '\0';
         }
     }
-    size_t off = 0;
-    while (off < len) {
-        ssize_t w = write(fd, b + off, len - off);
-        if (w <= 0)
-            break;
-        off += (size_t)w;
-    }
-    free(b);
     char path[64];
-    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+    int fd = fuzz_file_open(b, len, path);
+    free(b);
+    if (fd < 0)
+        return 0;
     index_params p;
     index_params_init(&p);
     p.threads = 1;
     vindex *ix = NULL;
     ms_err err;
-    if (off == len && index_load(path, dim, model, &p, &ix, NULL, &err) == 0) {
+    if (index_load(path, dim, model, &p, &ix, NULL, &err) == 0) {
         use_index(ix, dim);
         index_free(ix);
     }

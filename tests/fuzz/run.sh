@@ -163,6 +163,26 @@ seeds_index() {
   FUZZ_INDEX_SEEDS="$dir" "$bin" >/dev/null 2>&1 || true
 }
 
+seeds_store() {
+  local dir=$1 i=0 e
+  for e in 'labels:Effusion|Mass sex:F age:40-60' 'labels:"No Finding"' 'labels:effusion+mass view:PA|AP' \
+    'patient:p1 -patient:p2' 'site=A study="x y"' 'age:-60 age:45-' 'labels:"a\"b" labels:"%_"'; do
+    printf '%s' "$e" >"$dir/filter$((i += 1))"
+  done
+}
+
+seeds_cli() {
+  local dir=$1
+  cat >"$dir/generic.csv" <<'CSV'
+image,labels,patient_id,age,sex,view,study_date,site
+a.png,Effusion|Mass,p1,45,F,PA,2017-01-31,A
+"images/b.png","No Finding",p2,058Y,male,ap,,"x, ""y"""
+c.jpg,,p3,,,,,
+CSV
+  printf '\xef\xbb\xbfImage Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position\r\n00000001_000.png,Cardiomegaly|Emphysema,0,1,57,M,PA\r\n' \
+    >"$dir/nih.csv"
+}
+
 make_seeds() {
   local family=$1 dir=$2 bin=$3
   rm -rf "$dir"
@@ -171,6 +191,8 @@ make_seeds() {
     image) seeds_image "$dir" ;;
     onnx | model) seeds_onnx "$dir" ;;
     index) seeds_index "$dir" "$bin" ;;
+    store) seeds_store "$dir" ;;
+    cli) seeds_cli "$dir" ;;
   esac
 }
 

@@ -172,7 +172,25 @@ static void test_bad_headers(void **state)
     assert_null(load("d.csv", "", MS_EFORMAT, &err));
     assert_null(load("e.csv", "image,labels,labels\nx,y,z\n", MS_EFORMAT, &err));
     assert_non_null(strstr(err.msg, "twice"));
-    labels *t = NULL;
+    /* a column name the store cannot take as a key (not UTF-8, over
+     * STORE_MAX_TEXT bytes) is dropped with a warning, not handed on to
+     * make every image's ingest fail (found by tests/fuzz/fuzz_cli_labels.c) */
+    char *long_name = malloc(STORE_MAX_TEXT + 64);
+    memset(long_name, 'k', STORE_MAX_TEXT + 1);
+    long_name[STORE_MAX_TEXT + 1] = '\0';
+    char text[STORE_MAX_TEXT + 256];
+    snprintf(text, sizeof text, "\nimage,labels,site,\xff\xfe,%s\nx.png,Mass,A,B,C\n", long_name);
+    free(long_name);
+    labels *t = load("f.csv", text, 0, &err);
+    assert_non_null(t);
+    assert_true(has_warning(t, "line 2: column 4's name is not UTF-8 text"));
+    assert_true(has_warning(t, "line 2: column 5's name is not UTF-8 text"));
+    const store_meta *m = labels_find(t, "x.png");
+    assert_non_null(m);
+    assert_int_equal(m->n_kv, 1);
+    assert_string_equal(m->kv[0].key, "site");
+    labels_free(t);
+    t = NULL;
     assert_int_equal(labels_load("/nonexistent/labels.csv", &t, &err), MS_ENOTFOUND);
     assert_non_null(strstr(err.msg, "/nonexistent/labels.csv"));
     /* binary junk: an error or rows skipped, never a crash */
