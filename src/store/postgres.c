@@ -391,7 +391,7 @@ static int end_tx(pg_store *s, int rc, ms_err *err)
 /* ---- model ---- */
 
 /* The collection's model from a P_MODEL / P_LOCK_MODEL result. */
-static int model_from(const PGresult *r, int64_t *id, char **identity, int *dim, ms_err *err)
+static int model_from(const pg_store *s, const PGresult *r, int64_t *id, char **identity, int *dim, ms_err *err)
 {
     *id = 0;
     *dim = 0;
@@ -399,8 +399,12 @@ static int model_from(const PGresult *r, int64_t *id, char **identity, int *dim,
         *identity = NULL;
     if (PQntuples(r) != 1 || PQgetisnull(r, 0, 0))
         return 0;
+    int64_t d = col_int(r, 0, 2);
+    if (d < 1 || d > STORE_MAX_DIM) /* the store never writes one; every reader allocates dim floats */
+        return ms_err_set(err, MS_EFORMAT, "%s: the collection's model has dimension %lld, outside 1..%d",
+                          s->base.where, (long long)d, STORE_MAX_DIM);
     *id = col_int(r, 0, 0);
-    *dim = (int)col_int(r, 0, 2);
+    *dim = (int)d;
     return identity ? store_strdup(col_text(r, 0, 1), identity, err) : 0;
 }
 
@@ -412,7 +416,7 @@ static int pg_get_model(store *base, char **identity, int *dim, ms_err *err)
     int rc = ensure_conn(s, err);
     if (rc == 0 && (rc = exec_stmt(s, P_MODEL, NULL, PGRES_TUPLES_OK, "reading the collection's model",
                                    &r, err)) == 0) {
-        rc = model_from(r, &id, identity, dim, err);
+        rc = model_from(s, r, &id, identity, dim, err);
         PQclear(r);
     }
     return rc;
@@ -508,7 +512,7 @@ static int lock_model(pg_store *s, int64_t *id, char **identity, int *dim, ms_er
     int rc = exec_stmt(s, P_LOCK_MODEL, NULL, PGRES_TUPLES_OK, "reading the collection's model", &r, err);
     if (rc < 0)
         return rc;
-    rc = model_from(r, id, identity, dim, err);
+    rc = model_from(s, r, id, identity, dim, err);
     PQclear(r);
     return rc;
 }
@@ -1249,7 +1253,7 @@ static int scan_vectors(pg_store *s, store_vector_fn fn, void *ctx, ms_err *err)
     int rc = exec_stmt(s, P_MODEL, NULL, PGRES_TUPLES_OK, "reading the collection's model", &r, err);
     if (rc < 0)
         return rc;
-    rc = model_from(r, &model_id, NULL, &dim, err);
+    rc = model_from(s, r, &model_id, NULL, &dim, err);
     PQclear(r);
     if (rc < 0 || model_id == 0)
         return rc;
@@ -1404,6 +1408,16 @@ static int newer_schema(pg_store *s, int64_t version, ms_err *err)
                       s->base.where, (long long)version, SCHEMA_VERSION);
 }
 
+/* A version this program cannot migrate from: newer, or (a tampered
+ * file) negative, which would index MIGRATIONS out of bounds. */
+static int unusable_schema(pg_store *s, int64_t version, ms_err *err)
+{
+    if (version < 0)
+        return ms_err_set(err, MS_EDB, "%s: the collection has schema version %lld, which no medsearch writes",
+                          s->base.where, (long long)version);
+    return newer_schema(s, version, err);
+}
+
 /* The body of migrate, inside its transaction and advisory lock. */
 static int migrate_tx(pg_store *s, ms_err *err)
 {
@@ -1421,8 +1435,8 @@ static int migrate_tx(pg_store *s, ms_err *err)
     if (!no_table && (rc = query_int(s, "SELECT max(version)::int8 FROM schema_version", &version,
                                      &no_table, err)) < 0)
         return rc;
-    if (version > SCHEMA_VERSION)
-        return newer_schema(s, version, err);
+    if (version < 0 || version > SCHEMA_VERSION)
+        return unusable_schema(s, version, err);
     for (int64_t v = version; v < SCHEMA_VERSION; v++) {
         char bump[64];
         snprintf(bump, sizeof bump, "UPDATE schema_version SET version = %d", (int)v + 1);

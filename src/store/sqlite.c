@@ -276,8 +276,14 @@ static int read_model(sqlite_store *s, int64_t *id, char **identity, int *dim, m
         *identity = NULL;
     int rc = sqlite3_step(st);
     if (rc == SQLITE_ROW) {
+        int64_t d = sqlite3_column_int64(st, 2);
+        if (d < 1 || d > STORE_MAX_DIM) { /* the store never writes one; every reader allocates dim floats */
+            sqlite3_reset(st);
+            return ms_err_set(err, MS_EFORMAT, "%s: the collection's model has dimension %lld, outside 1..%d",
+                              s->base.where, (long long)d, STORE_MAX_DIM);
+        }
         *id = sqlite3_column_int64(st, 0);
-        *dim = sqlite3_column_int(st, 2);
+        *dim = (int)d;
         if (identity && column_strdup(st, 1, identity, err) < 0) {
             sqlite3_reset(st);
             return err->code;
@@ -792,7 +798,8 @@ static int sq_get_blob(store *base, int64_t id, int thumb, uint8_t **bytes, size
         sqlite3_reset(st);
         return ms_err_set(err, MS_ENOMEM, "out of memory for %zu bytes of image %lld", n, (long long)id);
     }
-    memcpy(*bytes, data, n);
+    if (n) /* an empty blob comes back as NULL */
+        memcpy(*bytes, data, n);
     *len = n;
     sqlite3_reset(st);
     return 0;
@@ -1190,14 +1197,24 @@ static int newer_schema(sqlite_store *s, int64_t version, ms_err *err)
                       s->base.where, (long long)version, SCHEMA_VERSION);
 }
 
+/* A version this program cannot migrate from: newer, or (a tampered
+ * file) negative, which would index MIGRATIONS out of bounds. */
+static int unusable_schema(sqlite_store *s, int64_t version, ms_err *err)
+{
+    if (version < 0)
+        return ms_err_set(err, MS_EDB, "%s: the collection has schema version %lld, which no medsearch writes",
+                          s->base.where, (long long)version);
+    return newer_schema(s, version, err);
+}
+
 static int migrate(sqlite_store *s, ms_err *err)
 {
     int64_t version;
     int rc = schema_version(s, &version, err);
     if (rc < 0)
         return rc;
-    if (version > SCHEMA_VERSION)
-        return newer_schema(s, version, err);
+    if (version < 0 || version > SCHEMA_VERSION)
+        return unusable_schema(s, version, err);
     if (version == SCHEMA_VERSION)
         return 0;
     /* Take the write lock, then look again: another process may have
@@ -1206,8 +1223,8 @@ static int migrate(sqlite_store *s, ms_err *err)
         return rc;
     if ((rc = schema_version(s, &version, err)) < 0)
         return rollback(s, rc);
-    if (version > SCHEMA_VERSION)
-        return rollback(s, newer_schema(s, version, err));
+    if (version < 0 || version > SCHEMA_VERSION)
+        return rollback(s, unusable_schema(s, version, err));
     for (int64_t v = version; v < SCHEMA_VERSION; v++) {
         char bump[64];
         snprintf(bump, sizeof bump, "UPDATE schema_version SET version = %d", (int)v + 1);

@@ -183,6 +183,12 @@ CSV
     >"$dir/nih.csv"
 }
 
+# Edits of a valid collection, aimed by column name, come from the target.
+seeds_store_db() {
+  local dir=$1 bin=$2
+  FUZZ_STORE_DB_SEEDS="$dir" "$bin" >/dev/null 2>&1 || true
+}
+
 make_seeds() {
   local family=$1 dir=$2 bin=$3
   rm -rf "$dir"
@@ -191,7 +197,10 @@ make_seeds() {
     image) seeds_image "$dir" ;;
     onnx | model) seeds_onnx "$dir" ;;
     index) seeds_index "$dir" "$bin" ;;
-    store) seeds_store "$dir" ;;
+    store) case $bin in
+        *fuzz_store_db) seeds_store_db "$dir" "$bin" ;;
+        *) seeds_store "$dir" ;;
+      esac ;;
     cli) seeds_cli "$dir" ;;
   esac
 }
@@ -214,7 +223,7 @@ for src in "${targets[@]}"; do
   log=$out/$name.log
   mapfile -t srcs < <(sources_for "$family") || { echo "FAIL  $name (its sources could not be prepared)"; failed+=("$name"); continue; }
   # shellcheck disable=SC2086
-  if ! "$CLANG" -std=c17 -D_GNU_SOURCE -g -O1 -Wall -Wextra -Wno-unused-parameter \
+  if ! "$CLANG" -std=c17 -D_GNU_SOURCE -g -O1 -Wall -Wextra -Werror -Wno-unused-parameter \
       -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer \
       -Isrc -I"$BUILD/gen" $PKG_CFLAGS -o "$bin" "$src" "${srcs[@]}" $PKG_LIBS >"$log" 2>&1; then
     echo "FAIL  $name (build; see $log)"

@@ -1583,6 +1583,60 @@ static void t_schema_newer_refused(void **state)
     assert_non_null(strstr(err.msg, "newer"));
 }
 
+static int count_vectors(void *ctx, int64_t id, const float *vec, int dim)
+{
+    (void)id;
+    (void)vec;
+    (void)dim;
+    ++*(int *)ctx;
+    return 0;
+}
+
+/* Values no store writes, as a tampered file or database holds them; each
+ * was found by tests/fuzz/fuzz_store_db.c to crash a read or to make it
+ * undefined: an empty blob (memcpy from NULL), a model dimension of 2^29
+ * (a 2 GB allocation per scan, int overflow in dim * 4), a negative schema
+ * version (MIGRATIONS[-1]). */
+static void t_tampered_values(void **state)
+{
+    fixture *f = fx(state);
+    use_model(f, DIM);
+    titem t;
+    int64_t id;
+    int was_new;
+    titem_make(&t, 900, 64, DIM, NULL, 1);
+    ingest_ok(f, &t, 1, &id, &was_new);
+    titem_free(&t);
+    ms_err err = {0};
+
+    raw_exec(f, f->kind == SQLITE ? "UPDATE thumbnails SET data = x''" : "UPDATE thumbnails SET data = ''::bytea");
+    uint8_t *bytes = NULL;
+    size_t len = 99;
+    char mime[32];
+    assert_int_equal(store_get_thumbnail(f->s, id, &bytes, &len, mime, &err), 0);
+    assert_int_equal(len, 0);
+    free(bytes);
+
+    raw_exec(f, "UPDATE models SET dim = 536936448");
+    char *identity = NULL;
+    int dim = 0, seen = 0;
+    assert_int_equal(store_get_model(f->s, &identity, &dim, &err), MS_EFORMAT);
+    assert_null(identity);
+    assert_non_null(strstr(err.msg, "dimension 536936448, outside 1..65536"));
+    assert_int_equal(store_each_vector(f->s, count_vectors, &seen, &err), MS_EFORMAT);
+    assert_int_equal(seen, 0);
+    raw_exec(f, "UPDATE models SET dim = 8");
+    assert_int_equal(store_each_vector(f->s, count_vectors, &seen, &err), 0);
+    assert_int_equal(seen, 1);
+
+    raw_exec(f, "UPDATE schema_version SET version = -1");
+    store_close(f->s);
+    f->s = NULL;
+    assert_int_equal(store_open(f->uri, &f->s, &err), MS_EDB);
+    assert_null(f->s);
+    assert_non_null(strstr(err.msg, "schema version -1, which no medsearch writes"));
+}
+
 static void t_not_a_collection(void **state)
 {
     fixture *f = fx(state);
@@ -2165,6 +2219,7 @@ static int group_postgres(void **state)
     cmocka_unit_test_setup_teardown(t_bad_items_store_nothing, setup, teardown),      \
     cmocka_unit_test_setup_teardown(t_sigkill_leaves_whole_batches, setup, teardown), \
     cmocka_unit_test_setup_teardown(t_schema_newer_refused, setup, teardown),         \
+    cmocka_unit_test_setup_teardown(t_tampered_values, setup, teardown),              \
     cmocka_unit_test_setup_teardown(t_not_a_collection, setup, teardown)
 
 int main(void)
