@@ -367,9 +367,9 @@ static bool floats_finite(const uint8_t *p, size_t n)
 }
 
 /* The payload's CRC32C, and whether its vector section is all finite, in
- * one pass: the file is read from memory once, each block checked for both
- * while it is in cache (a second pass over a large index's vectors would
- * add half again to the load time). */
+ * one pass: each block is checked for both while it is in cache. On a
+ * 512 MB file (100,000 x 1,280) the check adds 0.014 s to a 0.077 s load
+ * this way, 0.018 s as a second pass (medians, quiet machine). */
 static uint32_t payload_crc_and_finite(const uint8_t *p, uint64_t bytes, const layout *L, uint64_t vec_bytes,
                                        bool *finite)
 {
