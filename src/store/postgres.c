@@ -400,9 +400,8 @@ static int model_from(const pg_store *s, const PGresult *r, int64_t *id, char **
     if (PQntuples(r) != 1 || PQgetisnull(r, 0, 0))
         return 0;
     int64_t d = col_int(r, 0, 2);
-    if (d < 1 || d > STORE_MAX_DIM) /* the store never writes one; every reader allocates dim floats */
-        return ms_err_set(err, MS_EFORMAT, "%s: the collection's model has dimension %lld, outside 1..%d",
-                          s->base.where, (long long)d, STORE_MAX_DIM);
+    if (store_check_model_dim(s->base.where, d, err) < 0)
+        return err->code;
     *id = col_int(r, 0, 0);
     *dim = (int)d;
     return identity ? store_strdup(col_text(r, 0, 1), identity, err) : 0;
@@ -1400,24 +1399,6 @@ static int query_int(pg_store *s, const char *sql, int64_t *v, int *is_null, ms_
     return rc;
 }
 
-static int newer_schema(pg_store *s, int64_t version, ms_err *err)
-{
-    return ms_err_set(err, MS_EDB,
-                      "%s: the collection has schema version %lld, newer than this program's %d; "
-                      "use a newer medsearch",
-                      s->base.where, (long long)version, SCHEMA_VERSION);
-}
-
-/* A version this program cannot migrate from: newer, or (a tampered
- * file) negative, which would index MIGRATIONS out of bounds. */
-static int unusable_schema(pg_store *s, int64_t version, ms_err *err)
-{
-    if (version < 0)
-        return ms_err_set(err, MS_EDB, "%s: the collection has schema version %lld, which no medsearch writes",
-                          s->base.where, (long long)version);
-    return newer_schema(s, version, err);
-}
-
 /* The body of migrate, inside its transaction and advisory lock. */
 static int migrate_tx(pg_store *s, ms_err *err)
 {
@@ -1435,8 +1416,8 @@ static int migrate_tx(pg_store *s, ms_err *err)
     if (!no_table && (rc = query_int(s, "SELECT max(version)::int8 FROM schema_version", &version,
                                      &no_table, err)) < 0)
         return rc;
-    if (version < 0 || version > SCHEMA_VERSION)
-        return unusable_schema(s, version, err);
+    if ((rc = store_check_schema_version(s->base.where, version, SCHEMA_VERSION, err)) < 0)
+        return rc;
     for (int64_t v = version; v < SCHEMA_VERSION; v++) {
         char bump[64];
         snprintf(bump, sizeof bump, "UPDATE schema_version SET version = %d", (int)v + 1);

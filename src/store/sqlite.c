@@ -277,10 +277,9 @@ static int read_model(sqlite_store *s, int64_t *id, char **identity, int *dim, m
     int rc = sqlite3_step(st);
     if (rc == SQLITE_ROW) {
         int64_t d = sqlite3_column_int64(st, 2);
-        if (d < 1 || d > STORE_MAX_DIM) { /* the store never writes one; every reader allocates dim floats */
+        if (store_check_model_dim(s->base.where, d, err) < 0) {
             sqlite3_reset(st);
-            return ms_err_set(err, MS_EFORMAT, "%s: the collection's model has dimension %lld, outside 1..%d",
-                              s->base.where, (long long)d, STORE_MAX_DIM);
+            return err->code;
         }
         *id = sqlite3_column_int64(st, 0);
         *dim = (int)d;
@@ -1189,32 +1188,14 @@ static int schema_version(sqlite_store *s, int64_t *version, ms_err *err)
     return query_int(s, "SELECT version FROM schema_version", version, err);
 }
 
-static int newer_schema(sqlite_store *s, int64_t version, ms_err *err)
-{
-    return ms_err_set(err, MS_EDB,
-                      "%s: the collection has schema version %lld, newer than this program's %d; "
-                      "use a newer medsearch",
-                      s->base.where, (long long)version, SCHEMA_VERSION);
-}
-
-/* A version this program cannot migrate from: newer, or (a tampered
- * file) negative, which would index MIGRATIONS out of bounds. */
-static int unusable_schema(sqlite_store *s, int64_t version, ms_err *err)
-{
-    if (version < 0)
-        return ms_err_set(err, MS_EDB, "%s: the collection has schema version %lld, which no medsearch writes",
-                          s->base.where, (long long)version);
-    return newer_schema(s, version, err);
-}
-
 static int migrate(sqlite_store *s, ms_err *err)
 {
     int64_t version;
     int rc = schema_version(s, &version, err);
     if (rc < 0)
         return rc;
-    if (version < 0 || version > SCHEMA_VERSION)
-        return unusable_schema(s, version, err);
+    if ((rc = store_check_schema_version(s->base.where, version, SCHEMA_VERSION, err)) < 0)
+        return rc;
     if (version == SCHEMA_VERSION)
         return 0;
     /* Take the write lock, then look again: another process may have
@@ -1223,8 +1204,8 @@ static int migrate(sqlite_store *s, ms_err *err)
         return rc;
     if ((rc = schema_version(s, &version, err)) < 0)
         return rollback(s, rc);
-    if (version < 0 || version > SCHEMA_VERSION)
-        return rollback(s, unusable_schema(s, version, err));
+    if ((rc = store_check_schema_version(s->base.where, version, SCHEMA_VERSION, err)) < 0)
+        return rollback(s, rc);
     for (int64_t v = version; v < SCHEMA_VERSION; v++) {
         char bump[64];
         snprintf(bump, sizeof bump, "UPDATE schema_version SET version = %d", (int)v + 1);

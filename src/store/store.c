@@ -181,6 +181,27 @@ int store_utf8_valid(const unsigned char *s, size_t n)
     return 1;
 }
 
+int store_check_schema_version(const char *where, int64_t version, int supported, ms_err *err)
+{
+    if (version < 0)
+        return ms_err_set(err, MS_EDB, "%s: the collection has schema version %lld, which no medsearch writes",
+                          where, (long long)version);
+    if (version > supported)
+        return ms_err_set(err, MS_EDB,
+                          "%s: the collection has schema version %lld, newer than this program's %d; "
+                          "use a newer medsearch",
+                          where, (long long)version, supported);
+    return 0;
+}
+
+int store_check_model_dim(const char *where, int64_t dim, ms_err *err)
+{
+    if (dim < 1 || dim > STORE_MAX_DIM)
+        return ms_err_set(err, MS_EFORMAT, "%s: the collection's model has dimension %lld, outside 1..%d", where,
+                          (long long)dim, STORE_MAX_DIM);
+    return 0;
+}
+
 int store_check_text(const char *s, int optional, int allow_empty, const char *what, ms_err *err)
 {
     if (!s)

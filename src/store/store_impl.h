@@ -102,6 +102,15 @@ int store_check_text(const char *s, int optional, int allow_empty, const char *w
 /* Copies a string into a fresh malloc'd one; NULL in, NULL out. */
 int store_strdup(const char *s, char **out, ms_err *err);
 
+/* Read-back checks both backends share, for values only a tampered
+ * database holds. A schema version this program cannot migrate from
+ * (newer than supported, or negative, which would index the migrations
+ * out of bounds): MS_EDB naming where. A model dimension outside
+ * 1..STORE_MAX_DIM (every reader allocates dim floats): MS_EFORMAT.
+ * Each returns 0 when the value is usable. */
+int store_check_schema_version(const char *where, int64_t version, int supported, ms_err *err);
+int store_check_model_dim(const char *where, int64_t dim, ms_err *err);
+
 /* ---- integrity checks ----
  * Queries both backends run for store_check, in order. Each returns the id
  * of the first image with the problem, or no row. "$1", where used, is the
