@@ -366,6 +366,23 @@ static bool floats_finite(const uint8_t *p, size_t n)
     return !(bad & 0x80000000u);
 }
 
+/* Is any of n float16 halves (2-aligned) a NaN (all-ones exponent, a
+ * mantissa)? Exactly those carry into bit 15 here; fixed-length blocks for
+ * the same reason as above. */
+static bool halves_have_nan(const uint8_t *p, size_t n)
+{
+    enum { BLOCK = 2048 };
+    const uint16_t *h = (const uint16_t *)(const void *)p;
+    uint32_t bad = 0;
+    size_t i = 0;
+    for (; i + BLOCK <= n; i += BLOCK)
+        for (size_t j = 0; j < BLOCK; j++)
+            bad |= ((h[i + j] & 0x7FFFu) + 0x03FFu) & 0x8000u;
+    for (; i < n; i++)
+        bad |= ((h[i] & 0x7FFFu) + 0x03FFu) & 0x8000u;
+    return bad != 0;
+}
+
 /* The payload's CRC32C, and whether its vector section is all finite, in
  * one pass: each block is checked for both while it is in cache. On a
  * 512 MB file (100,000 x 1,280) the check adds 0.014 s to a 0.077 s load
@@ -507,13 +524,10 @@ static int check_numbers(const uint8_t *p, const file_header *h, const layout *L
             if (!floats_finite(p + L->qparams + s * 8, 2) || step < 0)
                 return ms_err_set(err, MS_EFORMAT, "%s: quantisation range at slot %zu is impossible", path, s);
         }
-    if (h->quant == INDEX_QUANT_F16)
-        for (size_t i = 0; i < n * d; i++) {
-            uint16_t half;
-            memcpy(&half, p + L->codes + 2 * i, 2);
-            if ((half & 0x7C00u) == 0x7C00u && (half & 0x03FFu))
-                return ms_err_set(err, MS_EFORMAT, "%s: float16 copy at slot %zu holds a NaN", path, i / d);
-        }
+    if (h->quant == INDEX_QUANT_F16 && halves_have_nan(p + L->codes, n * d))
+        for (size_t s = 0; s < n; s++) /* find the slot to name */
+            if (halves_have_nan(p + L->codes + s * d * 2, d))
+                return ms_err_set(err, MS_EFORMAT, "%s: float16 copy at slot %zu holds a NaN", path, s);
     return 0;
 }
 

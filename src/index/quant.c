@@ -105,8 +105,18 @@ void ix_quant_encode_int8(int dim, const float *v, uint8_t *codes, float *qparam
     }
 }
 
-/* Below this largest magnitude a vector quantises to zeros. */
+/* Below this largest magnitude a vector quantises to zeros: near zero,
+ * 127 / amax overflows. Its int8 scores are then all equal and the exact
+ * re-rank orders. A unit vector's largest component is at least
+ * 1 / sqrt(dim), far above. */
 #define QUANT_TINY 1e-30f
+
+static void quantise_to_zeros(ix_qquery *out, int dim, float sum)
+{
+    out->scale = 1.0f;
+    out->sum = sum;
+    memset(out->qq, 0, (size_t)dim + (dim & 1)); /* with the int4 kernel's pad */
+}
 
 void ix_quant_query(const float *q, int dim, ix_qquery *out)
 {
@@ -115,15 +125,11 @@ void ix_quant_query(const float *q, int dim, ix_qquery *out)
         amax = fabsf(q[j]) > amax ? fabsf(q[j]) : amax;
         sum += q[j];
     }
-    out->sum = sum;
-    out->scale = 1.0f;
-    /* Near zero, 127 / amax overflows: such a query quantises to zeros (its
-     * int8 scores are then all equal and the exact re-rank orders). A unit
-     * vector's largest component is at least 1 / sqrt(dim), far above. */
     if (!(amax >= QUANT_TINY)) {
-        memset(out->qq, 0, (size_t)dim + (dim & 1));
+        quantise_to_zeros(out, dim, sum);
         return;
     }
+    out->sum = sum;
     out->scale = amax / 127.0f;
     float inv = 127.0f / amax;
     for (int j = 0; j < dim; j++) {
@@ -138,10 +144,8 @@ void ix_quant_query_codes(const uint8_t *codes, const float *qparams, int dim, i
 {
     float lo = qparams[0], step = qparams[1], hi = lo + 255.0f * step;
     float amax = fabsf(lo) > fabsf(hi) ? fabsf(lo) : fabsf(hi);
-    if (!(amax >= QUANT_TINY) || !(amax <= FLT_MAX)) { /* as in ix_quant_query */
-        out->scale = 1.0f;
-        out->sum = 0;
-        memset(out->qq, 0, (size_t)dim + (dim & 1));
+    if (!(amax >= QUANT_TINY) || !(amax <= FLT_MAX)) {
+        quantise_to_zeros(out, dim, 0);
         return;
     }
     out->scale = amax / 127.0f;
