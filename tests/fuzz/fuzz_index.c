@@ -15,7 +15,7 @@
  * (graph, exact, filtered, batched), read back, added to, removed from,
  * rebuilt, saved and loaded again; the copy must load.
  *
- * Seeds: with FUZZ_INDEX_SEEDS=DIR set, the target writes a few valid
+ * Seeds: with FUZZ_WRITE_SEEDS=DIR set, the target writes a few valid
  * index files (flat and graph, every quantisation) into DIR, each with
  * flag byte 3, and exits; tests/fuzz/run.sh does that before fuzzing.
  */
@@ -124,7 +124,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc;
     (void)argv;
-    const char *seeds = getenv("FUZZ_INDEX_SEEDS");
+    const char *seeds = getenv("FUZZ_WRITE_SEEDS");
     if (seeds) {
         write_seeds(seeds);
         exit(0);

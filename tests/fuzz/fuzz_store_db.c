@@ -14,7 +14,7 @@
  *   byte 3  the value's length in bytes, which follow
  * Edits the schema refuses (STRICT types, CHECKs) simply fail. The store
  * is then opened and every read of its interface is made.
- * With FUZZ_STORE_DB_SEEDS=DIR set, the target writes seed inputs (one
+ * With FUZZ_WRITE_SEEDS=DIR set, the target writes seed inputs (one
  * edit each, aimed by column name) into DIR and exits; tests/fuzz/run.sh
  * does that before fuzzing.
  */
@@ -160,7 +160,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     snprintf(work_path, sizeof work_path, "%s/w.db", dir);
     make_template();
     list_columns();
-    const char *seed_dir = getenv("FUZZ_STORE_DB_SEEDS");
+    const char *seed_dir = getenv("FUZZ_WRITE_SEEDS");
     if (seed_dir) {
         write_seeds(seed_dir);
         exit(0);

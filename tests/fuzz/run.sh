@@ -157,12 +157,6 @@ onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), sys
 EOF
 }
 
-# Valid index files come from the index code itself: the target writes them.
-seeds_index() {
-  local dir=$1 bin=$2
-  FUZZ_INDEX_SEEDS="$dir" "$bin" >/dev/null 2>&1 || true
-}
-
 seeds_store() {
   local dir=$1 i=0 e
   for e in 'labels:Effusion|Mass sex:F age:40-60' 'labels:"No Finding"' 'labels:effusion+mass view:PA|AP' \
@@ -183,24 +177,21 @@ CSV
     >"$dir/nih.csv"
 }
 
-# Edits of a valid collection, aimed by column name, come from the target.
-seeds_store_db() {
-  local dir=$1 bin=$2
-  FUZZ_STORE_DB_SEEDS="$dir" "$bin" >/dev/null 2>&1 || true
-}
-
+# A target whose source reads FUZZ_WRITE_SEEDS writes its own seeds (valid
+# inputs only its code can make: index files, edits aimed by column name)
+# into that folder and exits; the others get their family's.
 make_seeds() {
-  local family=$1 dir=$2 bin=$3
+  local family=$1 dir=$2 bin=$3 src=$4
   rm -rf "$dir"
   mkdir -p "$dir"
+  if grep -q FUZZ_WRITE_SEEDS "$src"; then
+    FUZZ_WRITE_SEEDS="$dir" "$bin" >/dev/null 2>&1 || true
+    return
+  fi
   case $family in
     image) seeds_image "$dir" ;;
     onnx | model) seeds_onnx "$dir" ;;
-    index) seeds_index "$dir" "$bin" ;;
-    store) case $bin in
-        *fuzz_store_db) seeds_store_db "$dir" "$bin" ;;
-        *) seeds_store "$dir" ;;
-      esac ;;
+    store) seeds_store "$dir" ;;
     cli) seeds_cli "$dir" ;;
   esac
 }
@@ -232,7 +223,7 @@ for src in "${targets[@]}"; do
     continue
   fi
   corpus=$out/corpus_$name
-  make_seeds "$family" "$corpus" "$bin"
+  make_seeds "$family" "$corpus" "$bin" "$src"
   t0=$SECONDS
   ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1} UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1} \
     "$bin" -max_total_time="$FUZZ_SECONDS" -timeout=20 -rss_limit_mb=2048 -max_len=65536 \
