@@ -42,8 +42,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 #define OFF_MODEL_ID (OFF_PAYLOAD_BYTES + 8)
 #define SEED_MODEL "fuzz-model"
 
-static char save_dir[] = "/tmp/fuzz_index_XXXXXX";
-static char save_path[sizeof save_dir + 16];
+static char save_path[4096 + 16];
 
 static void unit_vector(float *v, int dim, unsigned seed)
 {
@@ -129,9 +128,10 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
         write_seeds(seeds);
         exit(0);
     }
-    if (!mkdtemp(save_dir))
+    const char *dir = fuzz_scratch_dir("fuzz_index");
+    if (!dir)
         abort();
-    snprintf(save_path, sizeof save_path, "%s/copy.idx", save_dir);
+    snprintf(save_path, sizeof save_path, "%s/copy.idx", dir);
     return 0;
 }
 

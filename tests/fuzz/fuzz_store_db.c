@@ -25,6 +25,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "fuzz_file.h"
 #include "store/store.h"
 #include "util/sha256.h"
 
@@ -33,8 +34,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 enum { DIM = 4, N_IMAGES = 3, MAX_COLUMNS = 128 };
 
-static char dir[] = "/tmp/fuzz_store_db_XXXXXX";
-static char template_path[sizeof dir + 16], work_path[sizeof dir + 16];
+static char template_path[4096 + 16], work_path[4096 + 16];
 static uint8_t *template_bytes;
 static size_t template_len;
 static struct {
@@ -154,7 +154,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc;
     (void)argv;
-    if (!mkdtemp(dir))
+    const char *dir = fuzz_scratch_dir("fuzz_store_db");
+    if (!dir)
         abort();
     snprintf(template_path, sizeof template_path, "%s/t.db", dir);
     snprintf(work_path, sizeof work_path, "%s/w.db", dir);

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fuzz_file.h"
 #include "store/store.h"
 #include "store/store_impl.h"
 #include "util/sha256.h"
@@ -24,7 +25,6 @@ enum { N_IMAGES = 6, DIM = 4 };
 
 static store *collection;
 static int64_t stored[N_IMAGES];
-static char db_dir[] = "/tmp/fuzz_store_filter_XXXXXX";
 
 /* The collection, as stored; the reference below reads it from here. */
 static const struct image {
@@ -141,11 +141,12 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc;
     (void)argv;
-    char path[sizeof db_dir + 16];
+    char path[4096 + 16];
     ms_err err;
-    if (!mkdtemp(db_dir))
+    const char *dir = fuzz_scratch_dir("fuzz_store_filter");
+    if (!dir)
         abort();
-    snprintf(path, sizeof path, "%s/f.db", db_dir);
+    snprintf(path, sizeof path, "%s/f.db", dir);
     if (store_open(path, &collection, &err) || store_use_model(collection, "fuzz", DIM, 0, &err)) {
         fprintf(stderr, "fuzz_store_filter: %s\n", err.msg);
         abort();
