@@ -764,11 +764,17 @@ static int start_daemon(http_server *s, const listen_addr *la, ms_err *err)
     if (la->v6)
         flags |= MHD_USE_IPv6;
     const http_options *o = &s->opt;
+    /* One polling thread is the daemon's internal one: the pool option is
+     * left out, as libmicrohttpd logs a warning for a pool size of 1 or 0. */
+    struct MHD_OptionItem pool[] = {
+        {o->threads > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END, (intptr_t)o->threads, NULL},
+        {MHD_OPTION_END, 0, NULL},
+    };
     s->d = MHD_start_daemon(
         flags, 0, NULL, NULL, on_request, s,
         MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s,   /* first, or early messages bypass it */
         MHD_OPTION_SOCK_ADDR, (const struct sockaddr *)&la->sa,
-        MHD_OPTION_THREAD_POOL_SIZE, (unsigned int)o->threads,
+        MHD_OPTION_ARRAY, pool,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned int)o->max_connections,
         MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned int)o->per_ip_connections,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)o->timeout_s,

@@ -22,12 +22,15 @@ else
 fi
 
 # ---- server without a token: reads work, writes are disabled ----
-start_server --max-upload-mb 2
+# (one polling thread: libmicrohttpd's own thread, no pool)
+start_server --max-upload-mb 2 --threads 1
 expect 200 "GET /api/health" "$URL/api/health"
 check "health says ok and which routes need a token" 'd["status"]=="ok" and d["auth"]=={"reads":False,"writes":False}'
 expect 403 "POST /api/images without a configured token" "${AUTH[@]}" -F "image=@$QUERY" "$URL/api/images"
 expect 403 "DELETE without a configured token" -X DELETE "${AUTH[@]}" "$URL/api/images/1"
 stop_server
+grep -qi "warning" "$WORK/server.err" && bad "--threads 1 logged a warning: $(grep -i warning "$WORK/server.err")" \
+    || ok "--threads 1 starts without a libmicrohttpd warning"
 
 # ---- the main server: a token for writes ----
 start_server --token-file "$WORK/token" --max-upload-mb 2
