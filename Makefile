@@ -99,7 +99,7 @@ bench: medsearch
 	bench/run.sh
 
 # Bounded fuzzing of every parser of outside bytes: images, ONNX, index files, labels CSV, filters,
-# collection files (clang, libFuzzer).
+# collection files, HTTP requests (clang, libFuzzer).
 FUZZ_SECONDS ?= 60
 fuzz:
 	BUILD=$(BUILD) FUZZ_SECONDS=$(FUZZ_SECONDS) tests/fuzz/run.sh
