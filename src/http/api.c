@@ -118,12 +118,17 @@ static int set_string(char **dst, const char *value, const char *what, ms_err *e
     return *dst ? 0 : ms_err_set(err, MS_ENOMEM, "out of memory");
 }
 
-static int add_list(const http_request *r, const char *key, char ***list, int *n, ms_err *err)
+/* An any-of list (labels, view) given both in filter= and as a parameter is
+ * refused: the filter holds one any-of set per field. An all-of list
+ * (labels_all) adds to the filter's: every label of both is required (the
+ * store folds duplicates). */
+static int add_list(const http_request *r, const char *key, int all_of, char ***list, int *n,
+                    ms_err *err)
 {
     const char *v = req_param(r, key);
-    if (!v)
-        return 0;
-    if (*n)
+    if (!v || !v[strspn(v, "|,")])
+        return 0; /* empty: no constraint */
+    if (*n && !all_of)
         return ms_err_set(err, MS_EINVAL, "%s is given twice (in filter= and as a parameter)",
                           key);
     return split_list(v, list, n, key, err);
@@ -135,6 +140,9 @@ static int add_age(const http_request *r, const char *key, int *dst, ms_err *err
     long age;
     if (!v || !*v)
         return 0;
+    if (*dst >= 0)
+        return ms_err_set(err, MS_EINVAL, "%s is given twice (in filter= and as a parameter)",
+                          key);
     if (parse_int(v, 0, 200, &age))
         return ms_err_set(err, MS_EINVAL, "%s must be a whole number of years from 0 to 200",
                           key);
@@ -165,13 +173,18 @@ static int build_filter(const http_request *r, store_filter *f, ms_err *err)
         if (rc)
             return rc;
     }
-    int rc = add_list(r, "labels", &f->labels_any, &f->n_labels_any, err);
+    int rc = add_list(r, "labels", 0, &f->labels_any, &f->n_labels_any, err);
     if (!rc)
-        rc = add_list(r, "labels_all", &f->labels_all, &f->n_labels_all, err);
+        rc = add_list(r, "labels_all", 1, &f->labels_all, &f->n_labels_all, err);
     if (!rc)
-        rc = add_list(r, "view", &f->views, &f->n_views, err);
-    if (!rc && req_param(r, "sex") && parse_sex(req_param(r, "sex"), &f->sex))
+        rc = add_list(r, "view", 0, &f->views, &f->n_views, err);
+    char sex = 0;
+    if (!rc && req_param(r, "sex") && parse_sex(req_param(r, "sex"), &sex))
         rc = ms_err_set(err, MS_EINVAL, "sex must be M or F, got '%.40s'", req_param(r, "sex"));
+    if (!rc && sex && f->sex)   /* "" and "any" ask for nothing, so cannot clash */
+        rc = ms_err_set(err, MS_EINVAL, "sex is given twice (in filter= and as a parameter)");
+    if (!rc && sex)
+        f->sex = sex;
     if (!rc)
         rc = add_age(r, "age_min", &f->age_min, err);
     if (!rc)

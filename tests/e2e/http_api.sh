@@ -102,6 +102,15 @@ expect 422 "sex=X" -F "image=@$QUERY" "$URL/api/search?sex=X"
 expect 422 "age_min=abc" -F "image=@$QUERY" "$URL/api/search?age_min=abc"
 expect 422 "age_min above age_max" -F "image=@$QUERY" "$URL/api/search?age_min=70&age_max=20"
 expect 400 "one_per_patient=maybe" -F "image=@$QUERY" "$URL/api/search?one_per_patient=maybe"
+# A field in filter= and as its own parameter: 422, but labels_all adds up.
+expect 422 "sex in filter= and as a parameter" -F "image=@$QUERY" "$URL/api/search?filter=sex%3AM&sex=F"
+check "the 422 names the field given twice" 'd["error"]["code"]=="bad_filter" and d["error"]["message"].startswith("sex is given twice")'
+expect 422 "age_min in filter= and as a parameter" -F "image=@$QUERY" "$URL/api/search?filter=age%3A30-50&age_min=60"
+check "the 422 names age_min" 'd["error"]["message"].startswith("age_min is given twice")'
+expect 200 "sex=any next to filter= sex:M asks for nothing more" -F "image=@$QUERY" "$URL/api/search?k=50&filter=sex%3AM&sex=any"
+check "every result is M" 'd["count"]>0 and all(r["sex"]=="M" for r in d["results"])'
+expect 200 "labels_all adds to the filter's labels" -F "image=@$QUERY" "$URL/api/search?k=50&filter=labels%3AEffusion&labels_all=Mass"
+check "every result has Effusion and Mass" 'd["count"]>0 and all({"effusion","mass"}<={l.lower() for l in r["labels"]} for r in d["results"])'
 
 # Bad uploads.
 # Random bytes behind a 0x01: random bytes alone start with '<' (read as

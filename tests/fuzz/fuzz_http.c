@@ -22,6 +22,8 @@
  * JSON reply parses, an error is {"error":{"code":"...","message":"..."}},
  * and a list of results has ranks 1..n in order of non-increasing score.
  *
+ * FUZZ_HTTP_TRACE=1 prints each request line with its status.
+ *
  * The target writes its own seeds (FUZZ_WRITE_SEEDS=DIR): one request of
  * each route with the parameters docs/api.md gives, uploads as multipart and
  * as raw bodies. The collection is made afresh at each start, in a scratch
@@ -287,14 +289,23 @@ static void build_request(const uint8_t *data, size_t size, buf *req)
 
 /* ---- one exchange ---- */
 
+/* A new connection; one interrupted by a signal (libFuzzer's SIGALRM for its
+ * -timeout) is made again on a fresh socket. */
 static int connect_server(void)
 {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a))
-        die("connect", strerror(errno));
-    return fd;
+    for (;;) {
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+            die("socket", strerror(errno));
+        if (connect(fd, (struct sockaddr *)&a, sizeof a) == 0)
+            return fd;
+        int e = errno;
+        close(fd);
+        if (e != EINTR)
+            die("connect", strerror(e));
+    }
 }
 
 /* Waits for fd to be ready for events; 0 on time-out. */
@@ -401,6 +412,8 @@ static void check_reply(const buf *req, const buf *reply, int head)
     int status = 0;
     if (reply->len < 12 || sscanf(reply->p, "HTTP/1.%*1[01] %3d", &status) != 1)
         fail("no status line");
+    if (getenv("FUZZ_HTTP_TRACE")) /* to see what a corpus does: one line per request */
+        fprintf(stderr, "%.*s -> %d\n", (int)strcspn(req->p, "\r"), req->p, status);
     if (status == 500)
         fail("500 for a client's request");
     if (!status_documented(status))
