@@ -127,6 +127,14 @@ int cmd_search(int argc, char **argv)
         have_filter = 1;
     }
     if (exclude_patient) {
+        if (filter.exclude_patient && strcmp(filter.exclude_patient, exclude_patient)) {
+            /* the filter holds one excluded patient: the flag must not silently drop
+             * the expression's */
+            fprintf(stderr, "medsearch search: --exclude-patient %s and the filter's -patient:%s "
+                    "name different patients; give one of them\n", exclude_patient, filter.exclude_patient);
+            store_filter_free(&filter);
+            return EXIT_USAGE;
+        }
         free(filter.exclude_patient);
         if (!(filter.exclude_patient = strdup(exclude_patient))) {
             store_filter_free(&filter);

@@ -79,6 +79,12 @@ echo "== filters"
 [ "$(json "$T/f.json" "len(set(r['patient_id'] for r in d['results'])) == len(d['results']) == 10")" = True ] ||
   fail "one-per-patient repeated a patient"
 [ "$(json "$T/f.json" "'13' not in [r['patient_id'] for r in d['results']]")" = True ] || fail "--exclude-patient"
+"$BIN" search "$q" --db "$DB" -k 10 --filter '-patient:12' --exclude-patient 13 >/dev/null 2>"$T/e"
+[ $? -eq 2 ] && grep -q "name different patients" "$T/e" ||
+  fail "--exclude-patient next to the filter's -patient: of another patient must be a usage error"
+"$BIN" search "$q" --db "$DB" -k 10 --filter '-patient:13' --exclude-patient 13 --json >"$T/f.json" ||
+  fail "the same patient in -patient: and --exclude-patient"
+[ "$(json "$T/f.json" "'13' not in [r['patient_id'] for r in d['results']]")" = True ] || fail "-patient: with --exclude-patient"
 "$BIN" search "$q" --db "$DB" --filter 'labels:NoSuchFinding' >/dev/null 2>&1
 [ $? -eq 1 ] || fail "a search that finds nothing must exit 1"
 "$BIN" search "$q" --db "$DB" --filter 'age:abc' >/dev/null 2>"$T/e"
