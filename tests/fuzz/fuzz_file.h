@@ -60,8 +60,9 @@ static inline void fuzz_scratch_remove(void)
  * returns its path, which lives as long as the process. The directory and
  * what the target wrote into it are removed at a normal exit: libFuzzer ends
  * a run of -max_total_time with exit(), so bounded runs leave nothing behind,
- * while a crash (_exit) keeps the files for its reproduction. A process has
- * one such directory. Returns NULL when it could not be made. */
+ * while a crash (_Exit) keeps the files (run.sh points TMPDIR into the build
+ * folder for that). A process has one such directory. Returns NULL when it
+ * could not be made. */
 static inline const char *fuzz_scratch_dir(const char *name)
 {
     char *path = fuzz_scratch_path();

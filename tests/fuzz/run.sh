@@ -7,6 +7,9 @@
 # deps_FAMILY in the Makefile), given a small seed corpus generated under
 # $BUILD/fuzz/, and run for $FUZZ_SECONDS seconds. Crashes are written to
 # $BUILD/fuzz/crash-<target>-*; reproduce one with: $BUILD/fuzz/<target> FILE
+# A target's scratch files (fuzz_file.h's fuzz_scratch_dir) go under
+# $BUILD/fuzz/tmp-<target>, emptied before each run: a target removes them at
+# a normal exit, and what a crash leaves stays there, not in /tmp.
 #
 # Usage: tests/fuzz/run.sh [TARGET...]     (default: all; TARGET like fuzz_image)
 # Environment: BUILD (default build), FUZZ_SECONDS (default 60), CLANG (default clang).
@@ -224,8 +227,12 @@ for src in "${targets[@]}"; do
   fi
   corpus=$out/corpus_$name
   make_seeds "$family" "$corpus" "$bin" "$src"
+  scratch=$out/tmp-$name
+  rm -rf "$scratch"
+  mkdir -p "$scratch"
+  scratch=$(cd "$scratch" && pwd)
   t0=$SECONDS
-  ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1} UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1} \
+  TMPDIR=$scratch ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1} UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1} \
     "$bin" -max_total_time="$FUZZ_SECONDS" -timeout=20 -rss_limit_mb=2048 -max_len=65536 \
     -print_final_stats=1 -artifact_prefix="$out/crash-$name-" "$corpus" >>"$log" 2>&1
   rc=$?
