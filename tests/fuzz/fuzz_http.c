@@ -20,7 +20,8 @@
  * it comes within 10 s; its status is one docs/api.md lists and not 500 (a
  * 500 is "never the client's fault": hostile input must not cause one); a
  * JSON reply parses, an error is {"error":{"code":"...","message":"..."}},
- * and a list of results has ranks 1..n in order of non-increasing score.
+ * and a list of results has at most k entries, ranks 1..n in order of
+ * non-increasing score, and (similar) not the query image unless asked.
  *
  * FUZZ_HTTP_TRACE=1 prints each request line with its status.
  *
@@ -380,13 +381,22 @@ static int status_documented(int s)
     return 0;
 }
 
-static void check_results(const json_t *doc)
+/* The results of a search or similar reply. A similar reply keeps its query
+ * image out unless the request has include_self somewhere. */
+static void check_results(const json_t *doc, const buf *req)
 {
     const json_t *results = json_object_get(doc, "results");
     if (!results)
         return;
     if (!json_is_array(results))
         fail("\"results\" is not an array");
+    const json_t *k = json_object_get(doc, "k");
+    if (!json_is_integer(k) || json_integer_value(k) < 1 || json_integer_value(k) > 1000 ||
+        json_array_size(results) > (size_t)json_integer_value(k))
+        fail("more results than \"k\", or k outside 1..1000");
+    const json_t *query = json_object_get(doc, "query_id");
+    json_int_t self = json_is_integer(query) && !memmem(req->p, req->len, "include_self", 12)
+                          ? json_integer_value(query) : 0;
     double last = 1e300;
     for (size_t i = 0; i < json_array_size(results); i++) {
         const json_t *r = json_array_get(results, i);
@@ -396,6 +406,8 @@ static void check_results(const json_t *doc)
             fail("result ranks are not 1..n");
         if (!json_is_integer(id) || json_integer_value(id) <= 0)
             fail("a result without a positive id");
+        if (self && json_integer_value(id) == self)
+            fail("a similar list holds its query image without include_self");
         if (!json_is_number(score) || json_number_value(score) > last + 1e-6)
             fail("result scores are not in non-increasing order");
         last = json_number_value(score);
@@ -443,7 +455,7 @@ static void check_reply(const buf *req, const buf *reply, int head)
         if (!json_is_string(json_object_get(e, "code")) || !json_is_string(json_object_get(e, "message")))
             fail("an error without {\"error\":{\"code\",\"message\"}}");
     } else {
-        check_results(doc);
+        check_results(doc, req);
     }
     json_decref(doc);
 }
