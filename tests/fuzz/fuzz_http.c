@@ -2,14 +2,16 @@
  * fuzz_http.c - libFuzzer target for the HTTP face: a real server
  * (http_server_start over an engine with a tiny ONNX network and a SQLite
  * collection of 24 images) on 127.0.0.1, and each input sent to it as one
- * request over a new connection.
+ * request over a new connection. A second server over the same engine has
+ * the other settings: reads need the token, small upload limits.
  *
  * The input describes the request rather than being its raw bytes, so that
  * the fuzzer spends its time in our routes, parameters, filters, uploads and
  * replies instead of in libmicrohttpd's request-line parser:
  *
  *   byte 0      flags: 1 = "Authorization: Bearer <the token>",
- *               2 = a wrong bearer token, 4 = HTTP/1.0
+ *               2 = a wrong bearer token, 4 = HTTP/1.0, 8 = to the second
+ *               server (reads need the token, uploads capped at 4 KiB)
  *   line        the method (bytes that cannot be in a request line dropped)
  *   line        the request target, path and query string (the same)
  *   lines       header lines "Name: value" up to an empty line; Host,
@@ -59,8 +61,11 @@ enum { N_IMAGES = 24, SIDE = 16, REPLY_MAX = 1 << 22, WAIT_MS = 10000 };
 static const char TOKEN[] = "fuzz-token-8c1f";
 
 static engine *eng;
-static http_server *srv;
-static unsigned port;
+/* Two servers over the one engine: [0] as `serve --token-file`, [1] with
+ * --read-token and uploads capped at 4 KiB (413 before the body is read;
+ * 429 when the 8 KiB budget of bodies in flight is spent). */
+static http_server *srv[2];
+static unsigned port[2];
 
 static void die(const char *what, const char *msg)
 {
@@ -148,11 +153,12 @@ static void ingest_collection(void)
 
 static void stop_server(void)
 {
-    if (srv)
-        http_server_stop(srv, 1000);
+    for (int i = 0; i < 2; i++)
+        if (srv[i])
+            http_server_stop(srv[i], 1000);
     if (eng)
         engine_close(eng);
-    srv = NULL;
+    srv[0] = srv[1] = NULL;
     eng = NULL;
 }
 
@@ -186,9 +192,15 @@ static void start_server(void)
     ho.upload_budget = 1024 * 1024;
     ho.timeout_s = 5;
     ho.access_log = 0;
-    if (http_server_start(eng, &ho, &srv, &err))
+    if (http_server_start(eng, &ho, &srv[0], &err))
         die("http_server_start", err.msg);
-    port = http_server_port(srv);
+    ho.read_token = 1;
+    ho.max_upload = 4096;
+    ho.upload_budget = 8192;
+    if (http_server_start(eng, &ho, &srv[1], &err))
+        die("http_server_start (second)", err.msg);
+    for (int i = 0; i < 2; i++)
+        port[i] = http_server_port(srv[i]);
     atexit(stop_server); /* runs before the scratch directory's removal */
 }
 
@@ -292,9 +304,9 @@ static void build_request(const uint8_t *data, size_t size, buf *req)
 
 /* A new connection; one interrupted by a signal (libFuzzer's SIGALRM for its
  * -timeout) is made again on a fresh socket. */
-static int connect_server(void)
+static int connect_server(unsigned to_port)
 {
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)to_port)};
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     for (;;) {
         int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -323,9 +335,9 @@ static int wait_fd(int fd, short events)
 /* Sends the request and reads the reply up to the server's close. Returns 1
  * with the reply, 0 when the connection was reset (the server may answer
  * and close before the body is sent: 413, 401, ...). */
-static int exchange(const buf *req, buf *reply)
+static int exchange(unsigned to_port, const buf *req, buf *reply)
 {
-    int fd = connect_server();
+    int fd = connect_server(to_port);
     for (size_t off = 0; off < req->len;) {
         if (!wait_fd(fd, POLLOUT))
             die("send", "the server accepts no bytes for 10 s");
@@ -466,7 +478,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return -1;
     buf req = {0}, reply = {0};
     build_request(data, size, &req);
-    if (exchange(&req, &reply))
+    if (exchange(port[(data[0] >> 3) & 1], &req, &reply))
         check_reply(&req, &reply, !strncmp(req.p, "HEAD ", 5));
     free(req.p);
     free(reply.p);
@@ -529,6 +541,9 @@ static void write_seeds(const char *dir)
         {"delete_no_token", "DELETE\n/api/images/7\n\n", 2},
         {"form_no_image", "POST\n/api/search\nContent-Type: application/x-www-form-urlencoded\n\nk=3&qe=1", 0},
         {"method", "PUT\n/api/stats\n\n", 0},
+        {"read_token_missing", "GET\n/api/images/3/metadata\n\n", 8},
+        {"read_token_given", "GET\n/api/stats\n\n", 8 | 1},
+        {"read_token_health", "GET\n/api/health\n\n", 8},
     };
     for (size_t i = 0; i < sizeof plain / sizeof plain[0]; i++)
         write_seed(dir, plain[i].name, plain[i].flags, plain[i].head, NULL, 0);
@@ -536,6 +551,11 @@ static void write_seeds(const char *dir)
     size_t len;
     uint8_t *jpeg = synthetic_jpeg(N_IMAGES + 1, &len);
     write_seed(dir, "search_raw", 0, "POST\n/api/search?k=3&patient=P2\nContent-Type: image/jpeg\n\n", jpeg, len);
+    write_seed(dir, "search_raw_small_cap", 8 | 1, "POST\n/api/search?k=3\nContent-Type: image/jpeg\n\n", jpeg, len);
+    uint8_t over[5000]; /* over the second server's 4 KiB cap: 413 */
+    for (size_t i = 0; i < sizeof over; i++)
+        over[i] = jpeg[i % len];
+    write_seed(dir, "search_over_cap", 8 | 1, "POST\n/api/search\nContent-Type: image/jpeg\n\n", over, sizeof over);
     write_seed(dir, "ingest_raw", 1,
                "POST\n/api/images?patient_id=P9&age=44&sex=F&view=PA&labels=Effusion|Mass&meta.site=x\n"
                "Content-Type: application/octet-stream\n\n",
