@@ -106,11 +106,16 @@ static int split_list(const char *s, char ***list, int *n, const char *what, ms_
     return 0;
 }
 
+/* A filter field set by filter= and again by its own parameter. */
+static int given_twice(const char *key, ms_err *err)
+{
+    return ms_err_set(err, MS_EINVAL, "%s is given twice (in filter= and as a parameter)", key);
+}
+
 static int set_string(char **dst, const char *value, const char *what, ms_err *err)
 {
     if (*dst)
-        return ms_err_set(err, MS_EINVAL, "%s is given twice (in filter= and as a parameter)",
-                          what);
+        return given_twice(what, err);
     if (!text_ok(value, MAX_TEXT))
         return ms_err_set(err, MS_EINVAL, "%s is empty, too long or has control characters",
                           what);
@@ -129,8 +134,7 @@ static int add_list(const http_request *r, const char *key, int all_of, char ***
     if (!v || !v[strspn(v, "|,")])
         return 0; /* empty: no constraint */
     if (*n && !all_of)
-        return ms_err_set(err, MS_EINVAL, "%s is given twice (in filter= and as a parameter)",
-                          key);
+        return given_twice(key, err);
     return split_list(v, list, n, key, err);
 }
 
@@ -141,8 +145,7 @@ static int add_age(const http_request *r, const char *key, int *dst, ms_err *err
     if (!v || !*v)
         return 0;
     if (*dst >= 0)
-        return ms_err_set(err, MS_EINVAL, "%s is given twice (in filter= and as a parameter)",
-                          key);
+        return given_twice(key, err);
     if (parse_int(v, 0, 200, &age))
         return ms_err_set(err, MS_EINVAL, "%s must be a whole number of years from 0 to 200",
                           key);
@@ -182,7 +185,7 @@ static int build_filter(const http_request *r, store_filter *f, ms_err *err)
     if (!rc && req_param(r, "sex") && parse_sex(req_param(r, "sex"), &sex))
         rc = ms_err_set(err, MS_EINVAL, "sex must be M or F, got '%.40s'", req_param(r, "sex"));
     if (!rc && sex && f->sex)   /* "" and "any" ask for nothing, so cannot clash */
-        rc = ms_err_set(err, MS_EINVAL, "sex is given twice (in filter= and as a parameter)");
+        rc = given_twice("sex", err);
     if (!rc && sex)
         f->sex = sex;
     if (!rc)
