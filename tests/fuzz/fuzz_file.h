@@ -1,8 +1,8 @@
 /*
  * fuzz_file.h - for targets whose code under test opens a path: the input
- * as an anonymous in-memory file (memfd), reachable as /proc/self/fd/N, and
- * a scratch directory for the files a target writes itself, removed when the
- * target exits.
+ * as an anonymous in-memory file (memfd), reachable as /proc/self/fd/N; a
+ * scratch directory for the files a target writes itself, removed when the
+ * target exits; and the seed mode of targets that write their own seeds.
  */
 #ifndef MS_FUZZ_FILE_H
 #define MS_FUZZ_FILE_H
@@ -72,6 +72,19 @@ static inline const char *fuzz_scratch_dir(const char *name)
         return NULL;
     atexit(fuzz_scratch_remove);
     return path;
+}
+
+/* Seed mode: with FUZZ_WRITE_SEEDS=DIR set, write(DIR) writes the target's
+ * own seeds (valid inputs only its code can make) and the process exits.
+ * tests/fuzz/run.sh finds the targets that call this by its name in their
+ * source and runs each so before fuzzing it. */
+static inline void fuzz_write_seeds_if_asked(void (*write)(const char *dir))
+{
+    const char *dir = getenv("FUZZ_WRITE_SEEDS");
+    if (dir) {
+        write(dir);
+        exit(0);
+    }
 }
 
 #endif

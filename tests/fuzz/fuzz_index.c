@@ -123,11 +123,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc;
     (void)argv;
-    const char *seeds = getenv("FUZZ_WRITE_SEEDS");
-    if (seeds) {
-        write_seeds(seeds);
-        exit(0);
-    }
+    fuzz_write_seeds_if_asked(write_seeds);
     const char *dir = fuzz_scratch_dir("fuzz_index");
     if (!dir)
         abort();

@@ -161,11 +161,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     snprintf(work_path, sizeof work_path, "%s/w.db", dir);
     make_template();
     list_columns();
-    const char *seed_dir = getenv("FUZZ_WRITE_SEEDS");
-    if (seed_dir) {
-        write_seeds(seed_dir);
-        exit(0);
-    }
+    fuzz_write_seeds_if_asked(write_seeds);
     FILE *f = fopen(template_path, "rb");
     if (!f || fseek(f, 0, SEEK_END) || (template_len = (size_t)ftell(f)) == 0 || fseek(f, 0, SEEK_SET))
         die("template", "cannot read it back");

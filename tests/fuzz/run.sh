@@ -180,14 +180,15 @@ CSV
     >"$dir/nih.csv"
 }
 
-# A target whose source reads FUZZ_WRITE_SEEDS writes its own seeds (valid
-# inputs only its code can make: index files, edits aimed by column name)
-# into that folder and exits; the others get their family's.
+# A target whose source calls fuzz_write_seeds_if_asked (fuzz_file.h)
+# writes its own seeds (valid inputs only its code can make: index files,
+# edits aimed by column name, requests) into that folder and exits; the
+# others get their family's.
 make_seeds() {
   local family=$1 dir=$2 bin=$3 src=$4
   rm -rf "$dir"
   mkdir -p "$dir"
-  if grep -q FUZZ_WRITE_SEEDS "$src"; then
+  if grep -q fuzz_write_seeds_if_asked "$src"; then
     FUZZ_WRITE_SEEDS="$dir" "$bin" >/dev/null 2>&1 || true
     return
   fi
@@ -225,12 +226,12 @@ for src in "${targets[@]}"; do
     failed+=("$name")
     continue
   fi
-  corpus=$out/corpus_$name
-  make_seeds "$family" "$corpus" "$bin" "$src"
   scratch=$out/tmp-$name
   rm -rf "$scratch"
   mkdir -p "$scratch"
   scratch=$(cd "$scratch" && pwd)
+  corpus=$out/corpus_$name
+  TMPDIR=$scratch make_seeds "$family" "$corpus" "$bin" "$src"
   t0=$SECONDS
   TMPDIR=$scratch ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1} UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1} \
     "$bin" -max_total_time="$FUZZ_SECONDS" -timeout=20 -rss_limit_mb=2048 -max_len=65536 \
