@@ -247,11 +247,12 @@ static void put_token(buf *b, const uint8_t *s, size_t n)
             put(b, s + i, 1);
 }
 
-static int ours(const uint8_t *name, size_t n)
+/* Is this header name one the harness writes itself? */
+static int ours(const char *name, size_t n)
 {
     static const char *const reserved[] = {"host", "connection", "content-length", "transfer-encoding"};
     for (size_t i = 0; i < sizeof reserved / sizeof reserved[0]; i++)
-        if (n == strlen(reserved[i]) && !strncasecmp((const char *)name, reserved[i], n))
+        if (n == strlen(reserved[i]) && !strncasecmp(name, reserved[i], n))
             return 1;
     return 0;
 }
@@ -289,7 +290,7 @@ static void build_request(const uint8_t *data, size_t size, buf *req)
             if (line[i] != '\r' && line[i] != 0)
                 h[hn++] = (char)line[i];
         const char *colon = memchr(h, ':', hn);
-        if (!colon || colon == h || ours((const uint8_t *)h, (size_t)(colon - h)))
+        if (!colon || colon == h || ours(h, (size_t)(colon - h)))
             continue;
         put(req, h, hn);
         puts_(req, "\r\n");
@@ -359,8 +360,11 @@ static int exchange(unsigned to_port, const buf *req, buf *reply)
         if (r < 0 && (errno == EAGAIN || errno == EINTR))
             continue;
         if (r < 0) {
+            int e = errno; /* before close() may change it */
             close(fd);
-            return errno == ECONNRESET ? 0 : (die("recv", strerror(errno)), 0);
+            if (e != ECONNRESET)
+                die("recv", strerror(e));
+            return 0;
         }
         if (r == 0)
             break;
