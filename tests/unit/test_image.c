@@ -729,9 +729,10 @@ static void test_timed_stages(void **state)
     uint64_t wall = ms_now_ns() - t0;
     assert_memory_equal(want, got, sizeof(float) * 3 * 224 * 224);
     assert_true(t.decode_ns > 0 && t.resize_ns > 0 && t.normalise_ns > 0);
+    /* No ordering between the stages is asserted: which one is slower depends on the build
+     * (sanitisers, coverage) and on what else the machine runs; `medsearch bench decode` reports
+     * them. */
     assert_true(t.decode_ns + t.resize_ns + t.normalise_ns <= wall);
-    /* decoding a 1 Mpx noise PNG costs more than normalising 150k floats */
-    assert_true(t.decode_ns > t.normalise_ns);
     free(want);
     free(got);
     blob_free(&b);
