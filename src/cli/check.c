@@ -8,6 +8,7 @@
 
 #include "cli/cli.h"
 #include "cli/common.h"
+#include "util/text.h"
 
 int cmd_check(int argc, char **argv)
 {
@@ -37,8 +38,9 @@ int cmd_check(int argc, char **argv)
     engine_get_stats(e, &st);
     rc = engine_check(e, &err);
     if (rc == 0) {
+        char shown[1024];
         printf("ok: %zu images, model %s, the index matches the store\n", st.images,
-               st.model_identity[0] ? st.model_identity : "(none yet)");
+               st.model_identity[0] ? ms_text_printable(shown, sizeof shown, st.model_identity) : "(none yet)");
     } else {
         printf("problem: %s\n", err.msg);
         rc = rc == MS_EFORMAT ? 1 : cli_exit_code(rc);

@@ -40,6 +40,7 @@
 #include "engine.h"
 #include "eval/metrics.h"
 #include "util/err.h"
+#include "util/text.h"
 #include "util/timing.h"
 
 
@@ -993,8 +994,18 @@ static void center_text(const eval_outcome *r, char *out, size_t len)
         snprintf(out, len, "plain cosine (the collection has no center)");
 }
 
+/* Labels and the model's file name are stored text: any of them may hold
+ * control characters, which reach the terminal only as '?'. */
+typedef char shown_buf[1024];
+
+static const char *shown(const char *s, shown_buf buf)
+{
+    return ms_text_printable(buf, sizeof(shown_buf), s);
+}
+
 static void print_summary_text(FILE *f, const eval_summary *s, const eval_outcome *r)
 {
+    shown_buf b;
     fprintf(f, "queries: %zu images, %zu scored, %zu without labels, %zu without a relevant image\n",
             s->images, s->scored, s->unlabelled, s->no_relevant);
     fprintf(f, "\n  %-8s %8s %8s\n", "metric", "value", "chance");
@@ -1011,7 +1022,7 @@ static void print_summary_text(FILE *f, const eval_summary *s, const eval_outcom
         snprintf(pk, sizeof pk, "P@%d", s->k);
         fprintf(f, "\n  %-24s %8s %8s %8s\n", "label", "queries", pk, "chance");
         for (size_t i = 0; i < s->n_labels; i++)
-            fprintf(f, "  %-24s %8zu %8.4f %8.4f\n", s->labels[i].label, s->labels[i].queries,
+            fprintf(f, "  %-24s %8zu %8.4f %8.4f\n", shown(s->labels[i].label, b), s->labels[i].queries,
                     s->labels[i].p_k, s->labels[i].chance_p_k);
     }
     fprintf(f, "\ntime: %.2f s for %zu searches (%.0f queries/s)\n", r->seconds, r->searched,
@@ -1025,17 +1036,18 @@ static void print_paired_text(FILE *f, const char *name, const eval_paired *p)
 
 static void print_text(const eval_args *a, const eval_outcome *r, int nr, const eval_pairs *pairs)
 {
-    printf("collection: %s\n", a->db);
+    shown_buf b;
+    printf("collection: %s\n", shown(a->db, b));
     printf("protocol: rule %s, k %d, gallery = every other image except the query's patient's,"
            " cosine, ties to the smaller id\n", eval_rule_name(a->rule), a->k);
     for (int i = 0; i < nr; i++) {
         if (nr > 1)
-            printf("\n== %s: %s ==\n", i ? "B" : "A", a->cfg[i].text[0] ? a->cfg[i].text : "(as stored)");
+            printf("\n== %s: %s ==\n", i ? "B" : "A", a->cfg[i].text[0] ? shown(a->cfg[i].text, b) : "(as stored)");
         char qe[64];
         qe_text(&r[i], qe, sizeof qe);
         char center[96];
         center_text(&r[i], center, sizeof center);
-        printf("model: %s, query expansion %s, %s\n", r[i].identity, qe, center);
+        printf("model: %s, query expansion %s, %s\n", shown(r[i].identity, b), qe, center);
         print_summary_text(stdout, &r[i].summary, &r[i]);
     }
     if (nr > 1) {
@@ -1050,14 +1062,37 @@ static void print_text(const eval_args *a, const eval_outcome *r, int nr, const 
     }
 }
 
+/* A label in a Markdown table cell: printable, each '|' escaped so that the
+ * cell stays one cell. */
+static void md_cell(FILE *f, const char *s)
+{
+    shown_buf b;
+    for (const char *p = shown(s, b); *p; p++) {
+        if (*p == '|')
+            fputc('\\', f);
+        fputc(*p, f);
+    }
+}
+
+/* A code span in running text: printable, between one backtick, or two
+ * when the text holds one. */
+static void md_code(FILE *f, const char *s)
+{
+    shown_buf b;
+    const char *fence = strchr(s, '`') ? "``" : "`", *pad = fence[1] ? " " : "";
+    fprintf(f, "%s%s%s%s%s", fence, pad, shown(s, b), pad, fence);
+}
+
 static void md_summary(FILE *f, const eval_summary *s, const eval_outcome *r)
 {
     char qe[64], center[96];
     qe_text(r, qe, sizeof qe);
     center_text(r, center, sizeof center);
-    fprintf(f, "Model `%s`, query expansion %s, %s. %zu images; %zu queries scored, "
+    fputs("Model ", f);
+    md_code(f, r->identity);
+    fprintf(f, ", query expansion %s, %s. %zu images; %zu queries scored, "
                "%zu without labels and %zu without a relevant image left out.\n\n",
-            r->identity, qe, center, s->images, s->scored, s->unlabelled, s->no_relevant);
+            qe, center, s->images, s->scored, s->unlabelled, s->no_relevant);
     fprintf(f, "| metric | value | chance |\n| --- | ---: | ---: |\n");
     char name[32];
     for (int c = 0; c < EVAL_N_CUTS; c++)
@@ -1068,9 +1103,12 @@ static void md_summary(FILE *f, const eval_summary *s, const eval_outcome *r)
     fprintf(f, "| mAP@%d | %.4f | %.4f |\n\n", s->k, s->map, s->chance_map);
     if (s->n_labels) {
         fprintf(f, "| label | queries | P@%d | chance |\n| --- | ---: | ---: | ---: |\n", s->k);
-        for (size_t i = 0; i < s->n_labels; i++)
-            fprintf(f, "| %s | %zu | %.4f | %.4f |\n", s->labels[i].label, s->labels[i].queries,
-                    s->labels[i].p_k, s->labels[i].chance_p_k);
+        for (size_t i = 0; i < s->n_labels; i++) {
+            fputs("| ", f);
+            md_cell(f, s->labels[i].label);
+            fprintf(f, " | %zu | %.4f | %.4f |\n", s->labels[i].queries, s->labels[i].p_k,
+                    s->labels[i].chance_p_k);
+        }
         fputc('\n', f);
     }
 }
@@ -1082,14 +1120,19 @@ static int write_markdown(const eval_args *a, const eval_outcome *r, int nr, con
         fprintf(stderr, "medsearch eval: cannot write %s: %s\n", a->out_md, strerror(errno));
         return -1;
     }
-    fprintf(f, "# Retrieval evaluation of `%s`\n\n", a->db);
+    fputs("# Retrieval evaluation of ", f);
+    md_code(f, a->db);
+    fputs("\n\n", f);
     fprintf(f, "Protocol: every labelled image is a query; its gallery is every other image except "
                "those of the same patient; cosine similarity, ties to the smaller id; relevance rule "
                "`%s`; cut-off k = %d. Chance = expected value under a random ranking of the same "
                "gallery.\n\n", eval_rule_name(a->rule), a->k);
     for (int i = 0; i < nr; i++) {
-        if (nr > 1)
-            fprintf(f, "## %s: `%s`\n\n", i ? "B" : "A", a->cfg[i].text[0] ? a->cfg[i].text : "(as stored)");
+        if (nr > 1) {
+            fprintf(f, "## %s: ", i ? "B" : "A");
+            md_code(f, a->cfg[i].text[0] ? a->cfg[i].text : "(as stored)");
+            fputs("\n\n", f);
+        }
         md_summary(f, &r[i].summary, &r[i]);
     }
     if (nr > 1) {

@@ -39,6 +39,7 @@
 
 #include "cli/cli.h"
 #include "cli/eval_internal.h"
+#include "util/text.h"
 
 static const int TUNE_QE[] = {0, 1, 2, 3, 5};
 #define TUNE_N_QE ((int)(sizeof TUNE_QE / sizeof TUNE_QE[0]))
@@ -511,7 +512,8 @@ static void print_json(const tune_state *t, int applied, const char *commands)
 }
 
 /* "gem3-flip, centred cosine, query expansion 2" (the vectors only when
- * --vectors varied them). */
+ * --vectors varied them). The stored vectors' label comes from the
+ * collection, so the text is made printable. */
 static void describe(const tune_state *t, const candidate *c, char *out, size_t len)
 {
     if (t->nv > 1)
@@ -519,6 +521,7 @@ static void describe(const tune_state *t, const candidate *c, char *out, size_t 
                  t->v[c->vec].stored ? " (stored)" : "", center_name(c->center), c->qe);
     else
         snprintf(out, len, "%s cosine, qe %d", center_name(c->center), c->qe);
+    ms_text_make_printable(out);
 }
 
 static void print_table(const tune_state *t)
@@ -532,7 +535,9 @@ static void print_table(const tune_state *t)
            "vs now", "SE");
     for (int i = 0; i < t->n; i++) {
         const candidate *c = &t->c[i];
-        printf("  %-*s%-8s %3d %8.4f %8.4f ", wide ? 18 : 0, wide ? t->v[c->vec].label : "", center_name(c->center),
+        char label[64];
+        ms_text_printable(label, sizeof label, wide ? t->v[c->vec].label : "");
+        printf("  %-*s%-8s %3d %8.4f %8.4f ", wide ? 18 : 0, label, center_name(c->center),
                c->qe, c->out.summary.map, c->out.summary.p[EVAL_N_CUTS - 1]);
         if (c->is_now)
             printf("%9s %8s\n", "now", "");
@@ -566,7 +571,8 @@ static void print_text(const tune_state *t, int applied, const char *commands)
     printf("tuning the defaults on %zu queries (rule %s, k %d); now: %s cosine, query expansion %d\n",
            now->vs_now.ap.n, eval_rule_name(a->rule), a->k, center_name(t->now_center), t->now_qe);
     if (t->nv > 1)
-        printf("vectors: %s as stored; %d other way%s re-embedded with the same model\n", t->v[0].label, t->nv - 1,
+        printf("vectors: %s as stored; %d other way%s re-embedded with the same model\n",
+               ms_text_printable(what, sizeof what, t->v[0].label), t->nv - 1,
                t->nv == 2 ? "" : "s");
     if (t->not_tried[0])
         printf("not tried: %s\n", t->not_tried);

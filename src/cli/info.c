@@ -8,6 +8,7 @@
 
 #include "cli/cli.h"
 #include "cli/common.h"
+#include "util/text.h"
 
 static int describe_model(const cli_command *cmd, const cli_common *c)
 {
@@ -26,10 +27,22 @@ static int describe_model(const cli_command *cmd, const cli_common *c)
         fputc('\n', stdout);
         json_decref(o);
     } else {
-        printf("model: %s\nidentity: %s\n%s", path, model_identity(m), model_describe(m));
-        size_t len = strlen(model_describe(m));
-        if (len && model_describe(m)[len - 1] != '\n')
-            putchar('\n');
+        /* The identity holds the file's name and the description its tensor
+         * names: text from outside, shown printable line by line. */
+        char shown[1024];
+        printf("model: %s\n", ms_text_printable(shown, sizeof shown, path));
+        printf("identity: %s\n", ms_text_printable(shown, sizeof shown, model_identity(m)));
+        const char *d = model_describe(m);
+        while (*d) {
+            size_t n = strcspn(d, "\n");
+            char *line = strndup(d, n);
+            if (line) {
+                ms_text_make_printable(line);
+                puts(line);
+            }
+            free(line);
+            d += n + (d[n] == '\n');
+        }
     }
     model_free(m);
     return 0;
@@ -96,7 +109,9 @@ static int describe_collection(const cli_command *cmd, const cli_common *c)
     } else {
         printf("%-16s %s (%s)\n", "collection", in.db, in.backend);
         printf("%-16s %zu\n", "images", st.images);
-        printf("%-16s %s\n", "model", st.model_identity[0] ? st.model_identity : "(none yet)");
+        char shown[1024];
+        printf("%-16s %s\n", "model",
+               st.model_identity[0] ? ms_text_printable(shown, sizeof shown, st.model_identity) : "(none yet)");
         printf("%-16s %d\n", "dimension", st.dim);
         printf("%-16s %s, %s\n", "index", st.index_kind, state);
         printf("%-16s %s\n", "center policy", in.center_policy_off ? "off" : "auto");

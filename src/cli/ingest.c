@@ -25,6 +25,7 @@
 #include "cli/common.h"
 #include "cli/labels.h"
 #include "util/progress.h"
+#include "util/text.h"
 #include "util/timing.h"
 
 typedef struct file_entry {
@@ -96,10 +97,13 @@ static void list_free(file_list *l)
     free(l->v);
 }
 
+/* a is a file name found in a folder, b a reason that may quote one: both are
+ * shown printable (a name may hold terminal control sequences). */
 static void say(ingest_run *r, const char *fmt, const char *a, const char *b)
 {
+    char sa[4096], sb[1024];
     progress_clear(&r->prog);
-    fprintf(stderr, fmt, r->cmd->name, a, b);
+    fprintf(stderr, fmt, r->cmd->name, ms_text_printable(sa, sizeof sa, a), ms_text_printable(sb, sizeof sb, b));
 }
 
 static void record_error(ingest_run *r, const char *file, const char *msg)
@@ -278,8 +282,9 @@ static void print_labels_warnings(const cli_command *cmd, const labels *lab, con
     size_t n = labels_n_warnings(lab);
     fprintf(stderr, "medsearch %s: %s: %zu rows (%s format)%s\n", cmd->name, path, labels_rows(lab),
             labels_format_name(labels_get_format(lab)), n ? ", problems:" : "");
-    for (size_t i = 0; i < n && i < 20; i++)
-        fprintf(stderr, "  %s: %s\n", path, labels_warning(lab, i));
+    char shown[1024];
+    for (size_t i = 0; i < n && i < 20; i++) /* a warning may quote the file's text */
+        fprintf(stderr, "  %s: %s\n", path, ms_text_printable(shown, sizeof shown, labels_warning(lab, i)));
     if (n > 20)
         fprintf(stderr, "  ... and %zu more\n", n - 20);
 }

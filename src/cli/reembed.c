@@ -8,6 +8,7 @@
 
 #include "cli/cli.h"
 #include "cli/common.h"
+#include "util/text.h"
 
 int cmd_reembed(int argc, char **argv)
 {
@@ -48,7 +49,8 @@ int cmd_reembed(int argc, char **argv)
     if (rc == 0) {
         engine_stats st;
         engine_get_stats(e, &st);
-        printf("re-embedded %zu images with %s\n", done, st.model_identity);
+        char shown[1024];
+        printf("re-embedded %zu images with %s\n", done, ms_text_printable(shown, sizeof shown, st.model_identity));
     } else {
         cli_error(&cmd, &err);
         rc = cli_exit_code(rc) == EXIT_ENV ? EXIT_ENV : 1;

@@ -8,6 +8,7 @@
 
 #include "cli/cli.h"
 #include "cli/common.h"
+#include "util/text.h"
 #include "util/timing.h"
 
 static json_t *result_json(const engine_result *r, int rank)
@@ -39,17 +40,24 @@ static void print_json(const char *query, int k, int qe, const engine_result *re
     json_decref(o);
 }
 
-/* Keeps a table cell to width columns, marking a cut with '~'. */
-static const char *cell(const char *s, char *buf, size_t width)
+/* A table cell: the stored text made printable (a file name or label may
+ * hold terminal control sequences), kept to width bytes with '~' marking a
+ * cut, which never falls inside a UTF-8 character. */
+typedef char cell_buf[STORE_MAX_TEXT + 1];
+
+static const char *cell(const char *s, cell_buf buf, size_t width)
 {
     if (!s || !*s)
         return "-";
-    size_t n = strlen(s);
+    ms_text_printable(buf, sizeof(cell_buf), s);
+    size_t n = strlen(buf);
     if (n <= width)
-        return s;
-    memcpy(buf, s, width - 1);
-    buf[width - 1] = '~';
-    buf[width] = '\0';
+        return buf;
+    size_t keep = width - 1;
+    while (keep > 0 && ((unsigned char)buf[keep] & 0xC0) == 0x80)
+        keep--; /* back to the start of the character the cut would split */
+    buf[keep] = '~';
+    buf[keep + 1] = '\0';
     return buf;
 }
 
@@ -60,7 +68,8 @@ static void print_table(const engine_result *res, int n, int qe)
            "age", "sex", "view");
     for (int i = 0; i < n; i++) {
         const store_meta *m = &res[i].meta;
-        char labels[512], b1[40], b2[40], b3[16], b4[8], age[8];
+        char labels[512], age[8];
+        cell_buf b1, b2, b3, b4;
         cli_join_labels(m, labels, sizeof labels);
         snprintf(age, sizeof age, "%d", m->age);
         char sex[2] = {m->sex ? m->sex : '-', 0};

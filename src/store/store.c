@@ -11,6 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "util/text.h"
+
 /* ---- small helpers ---- */
 
 void store_fold_label(const char *label, char *out, size_t cap)
@@ -150,33 +152,12 @@ const int STORE_N_CHECKS = (int)(sizeof STORE_CHECKS / sizeof STORE_CHECKS[0]);
 /* Is s well-formed UTF-8 (no overlongs, no surrogates, <= U+10FFFF)? */
 int store_utf8_valid(const unsigned char *s, size_t n)
 {
-    size_t i = 0;
-    while (i < n) {
-        unsigned c = s[i];
-        size_t len;
-        unsigned min;
-        if (c < 0x80) {
-            i++;
-            continue;
-        } else if ((c & 0xE0) == 0xC0) {
-            len = 2, min = 0x80, c &= 0x1F;
-        } else if ((c & 0xF0) == 0xE0) {
-            len = 3, min = 0x800, c &= 0x0F;
-        } else if ((c & 0xF8) == 0xF0) {
-            len = 4, min = 0x10000, c &= 0x07;
-        } else {
+    for (size_t i = 0; i < n;) {
+        unsigned cp;
+        int len = ms_utf8_char(s + i, n - i, &cp);
+        if (len <= 0)
             return 0;
-        }
-        if (n - i < len)
-            return 0;
-        for (size_t k = 1; k < len; k++) {
-            if ((s[i + k] & 0xC0) != 0x80)
-                return 0;
-            c = (c << 6) | (s[i + k] & 0x3F);
-        }
-        if (c < min || c > 0x10FFFF || (c >= 0xD800 && c <= 0xDFFF))
-            return 0;
-        i += len;
+        i += (size_t)len;
     }
     return 1;
 }

@@ -1,5 +1,7 @@
 #include "util/err.h"
 
+#include "util/text.h"
+
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -11,6 +13,8 @@ int ms_err_set(ms_err *err, int code, const char *fmt, ...)
         va_start(ap, fmt);
         vsnprintf(err->msg, sizeof err->msg, fmt, ap);
         va_end(ap);
+        /* The message is one line whatever the text it quotes (a file name, a label). */
+        ms_text_make_printable(err->msg);
         err->code = code;
     }
     return code;
@@ -36,6 +40,7 @@ int ms_err_prefix(ms_err *err, const char *fmt, ...)
         rest = sizeof err->msg - 1 - n;
     memcpy(err->msg + n, old, rest);
     err->msg[n + rest] = '\0';
+    ms_text_make_printable(err->msg);
     return err->code;
 }
 

@@ -6,6 +6,9 @@
  * message naming the problem ("image is 30000x30000, over the 50 Mpx limit").
  * Library code never prints and never exits: the faces (CLI, HTTP) decide how
  * to show the message. A NULL ms_err is allowed: the message is then dropped.
+ * The message is always printable, one-line UTF-8: control characters and
+ * malformed bytes of the text it quotes become '?' (util/text.h), so a face
+ * may show it on a terminal as it is.
  */
 #ifndef MS_ERR_H
 #define MS_ERR_H

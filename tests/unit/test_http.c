@@ -750,7 +750,7 @@ static void test_reply_ms_err(void **state)
         ms_err_set(&err, ms_codes[i].code, "image %d: \"%s\" \xff", 12, "x\ny");
         reply_ms_err(&rep, &err);
         char *msg = check_error_reply(&rep, ms_codes[i].status, ms_codes[i].name);
-        assert_string_equal(msg, "image 12: \"x\ny\" ?");
+        assert_string_equal(msg, "image 12: \"x?y\" ?"); /* ms_err keeps a message on one line */
         free(msg);
         assert_int_equal(rep.retry_after, ms_codes[i].status == 503 ? 1u : 0u);
         reply_free(&rep);
