@@ -1,6 +1,7 @@
 #include "cli/common.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -458,4 +459,100 @@ double cli_median(double *v, int n)
         return 0;
     qsort(v, (size_t)n, sizeof *v, cli_cmp_double);
     return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+/* ---- output files written whole ---- */
+
+/* The temporary file beside final: ".NAME.XXXXXX" in final's folder, with
+ * the mode the final file should have. Returns its descriptor or -1. */
+static int out_make_tmp(cli_out_file *o, mode_t mode)
+{
+    const char *slash = strrchr(o->final, '/');
+    int dir_len = slash ? (int)(slash - o->final + 1) : 0;
+    if (asprintf(&o->tmp, "%.*s.%s.XXXXXX", dir_len, o->final, slash ? slash + 1 : o->final) < 0) {
+        o->tmp = NULL;
+        errno = ENOMEM;
+        return -1;
+    }
+    int fd = mkstemp(o->tmp);
+    if (fd < 0 || fchmod(fd, mode) == 0)
+        return fd;
+    int saved = errno;
+    close(fd);
+    unlink(o->tmp);
+    errno = saved;
+    return -1;
+}
+
+int cli_out_open(cli_out_file *o, const char *path)
+{
+    memset(o, 0, sizeof *o);
+    if (!strcmp(path, "-")) {
+        o->f = stdout;
+        return 0;
+    }
+    struct stat st;
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
+        errno = EISDIR;
+        return -1;
+    }
+    if (stat(path, &st) == 0 && !S_ISREG(st.st_mode)) {
+        /* A device or a FIFO: there is nothing to replace. */
+        if (!(o->final = strdup(path)) || !(o->f = fopen(path, "w"))) {
+            int saved = errno;
+            cli_out_close(o, 0);
+            errno = saved;
+            return -1;
+        }
+        return 0;
+    }
+    mode_t mode;
+    if (stat(path, &st) == 0) {
+        o->final = realpath(path, NULL); /* through a symbolic link: replace its target */
+        mode = st.st_mode & 07777;
+    } else if (errno == ENOENT) {
+        o->final = strdup(path);
+        mode_t mask = umask(0); /* reading the umask means setting it; single-threaded here */
+        umask(mask);
+        mode = 0666 & ~mask;
+    } else {
+        return -1;
+    }
+    int fd = o->final ? out_make_tmp(o, mode) : -1;
+    if (fd < 0 || !(o->f = fdopen(fd, "w"))) {
+        int saved = errno;
+        if (fd >= 0) {
+            close(fd);
+            unlink(o->tmp);
+        }
+        free(o->final);
+        free(o->tmp);
+        memset(o, 0, sizeof *o);
+        errno = saved;
+        return -1;
+    }
+    return 0;
+}
+
+int cli_out_close(cli_out_file *o, int ok)
+{
+    int failed = !ok, saved = 0;
+    if (o->f == stdout) {
+        if (fflush(stdout) != 0)
+            failed = 1, saved = errno;
+    } else if (o->f) {
+        if (fflush(o->f) != 0 || ferror(o->f))
+            failed = 1, saved = errno;
+        if (fclose(o->f) != 0 && !saved)
+            failed = 1, saved = errno;
+        if (o->tmp && !failed && rename(o->tmp, o->final) != 0)
+            failed = 1, saved = errno;
+        if (o->tmp && failed)
+            unlink(o->tmp);
+    }
+    free(o->final);
+    free(o->tmp);
+    memset(o, 0, sizeof *o);
+    errno = saved;
+    return failed ? -1 : 0;
 }

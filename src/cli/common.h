@@ -122,4 +122,28 @@ double cli_median(double *v, int n);
 /* "Effusion|Mass" from a store_meta's labels into buf. */
 void cli_join_labels(const store_meta *m, char *buf, size_t len);
 
+/* An output file written whole or not at all (`export`, `eval --out`). The
+ * text goes to a temporary file made beside the path, renamed over it by
+ * cli_out_close(o, 1): a failed or interrupted command leaves what was at
+ * the path as it was, never half a file. The file keeps the mode of the one
+ * it replaces (a new one gets 0666 less the umask), and a path that is a
+ * symbolic link is replaced where the link points. "-" is standard output.
+ * A path that exists and is not a regular file (/dev/stdout, a FIFO) is
+ * written directly; a folder is refused. Opening first tells an unwritable
+ * path before a command's long work, not after it. */
+typedef struct cli_out_file {
+    char *final;   /* where the file ends up (owned) */
+    char *tmp;     /* the temporary file (owned); NULL when writing directly */
+    FILE *f;       /* NULL when not open */
+} cli_out_file;
+
+/* Opens o for path. Returns 0, or -1 with errno saying why (EISDIR for a folder). */
+int cli_out_open(cli_out_file *o, const char *path);
+
+/* Flushes and closes o; with ok, renames the temporary file into place,
+ * else removes it. Frees o's strings; a zeroed or closed o is a no-op.
+ * Returns 0 when ok and all of it worked, else -1 (errno says why after a
+ * failed write, close or rename). */
+int cli_out_close(cli_out_file *o, int ok);
+
 #endif

@@ -245,6 +245,9 @@ static int parse_args(int argc, char **argv, eval_args *a)
     } else if ((a->apply || a->tune_vectors) && !a->tune) {
         snprintf(why, sizeof why, "%s only applies with --tune", a->apply ? "--apply" : "--vectors");
         bad = 1;
+    } else if (a->out_md && a->per_query && !strcmp(a->out_md, a->per_query)) {
+        snprintf(why, sizeof why, "--out and --per-query name the same file, %s", a->out_md);
+        bad = 1;
     } else if (a->tune && (a->compare_a || a->qe != ENGINE_QE_COLLECTION || a->out_md || a->per_query)) {
         snprintf(why, sizeof why, "--tune tries its own settings: it takes none of --compare, --qe, --out, --per-query");
         bad = 1;
@@ -1113,13 +1116,8 @@ static void md_summary(FILE *f, const eval_summary *s, const eval_outcome *r)
     }
 }
 
-static int write_markdown(const eval_args *a, const eval_outcome *r, int nr, const eval_pairs *pairs)
+static void write_markdown(FILE *f, const eval_args *a, const eval_outcome *r, int nr, const eval_pairs *pairs)
 {
-    FILE *f = fopen(a->out_md, "w");
-    if (!f) {
-        fprintf(stderr, "medsearch eval: cannot write %s: %s\n", a->out_md, strerror(errno));
-        return -1;
-    }
     fputs("# Retrieval evaluation of ", f);
     md_code(f, a->db);
     fputs("\n\n", f);
@@ -1144,20 +1142,10 @@ static int write_markdown(const eval_args *a, const eval_outcome *r, int nr, con
         fprintf(f, "| P@%d | %.4f | %.4f | %+.4f | %.4f |\n", a->k, pairs->pk.mean_a, pairs->pk.mean_b,
                 pairs->pk.diff, pairs->pk.se);
     }
-    if (fclose(f)) {
-        fprintf(stderr, "medsearch eval: cannot write %s: %s\n", a->out_md, strerror(errno));
-        return -1;
-    }
-    return 0;
 }
 
-static int write_per_query(const eval_args *a, const eval_truth *t, const eval_outcome *r, int nr)
+static void write_per_query(FILE *f, const eval_args *a, const eval_truth *t, const eval_outcome *r, int nr)
 {
-    FILE *f = fopen(a->per_query, "w");
-    if (!f) {
-        fprintf(stderr, "medsearch eval: cannot write %s: %s\n", a->per_query, strerror(errno));
-        return -1;
-    }
     fprintf(f, "id,R,G");
     for (int i = 0; i < nr; i++) {
         const char *sfx = nr == 1 ? "" : i ? "_B" : "_A";
@@ -1176,11 +1164,39 @@ static int write_per_query(const eval_args *a, const eval_truth *t, const eval_o
         }
         fputc('\n', f);
     }
-    if (fclose(f)) {
-        fprintf(stderr, "medsearch eval: cannot write %s: %s\n", a->per_query, strerror(errno));
-        return -1;
-    }
+}
+
+/* --out and --per-query, opened before the evaluation (cli_out_open). */
+typedef struct eval_reports {
+    cli_out_file md, csv;
+} eval_reports;
+
+static int reports_open(const eval_args *a, eval_reports *rp)
+{
+    memset(rp, 0, sizeof *rp);
+    const char *paths[2] = {a->out_md, a->per_query};
+    cli_out_file *files[2] = {&rp->md, &rp->csv};
+    for (int i = 0; i < 2; i++)
+        if (paths[i] && cli_out_open(files[i], paths[i])) {
+            fprintf(stderr, "medsearch eval: cannot write %s: %s\n", paths[i], strerror(errno));
+            cli_out_close(&rp->md, 0);
+            return -1;
+        }
     return 0;
+}
+
+/* Puts the written reports in place (ok) or removes them. Returns 0 or -1, having said why. */
+static int reports_close(const eval_args *a, eval_reports *rp, int ok)
+{
+    const char *paths[2] = {a->out_md, a->per_query};
+    cli_out_file *files[2] = {&rp->md, &rp->csv};
+    int rc = 0;
+    for (int i = 0; i < 2; i++)
+        if (files[i]->f && cli_out_close(files[i], ok) && ok) {
+            fprintf(stderr, "medsearch eval: cannot write %s: %s\n", paths[i], strerror(errno));
+            rc = -1;
+        }
+    return rc;
 }
 
 /* ---- the command ---- */
@@ -1215,6 +1231,11 @@ int cmd_eval(int argc, char **argv)
     cli_command cmd = EVAL_CMD_BASE;
     if ((rc = cli_open(&cmd, &o, &env.main, &rep, 0)))
         return rc;
+    eval_reports reports;
+    if (reports_open(&a, &reports)) {
+        engine_close(env.main);
+        return EXIT_ENV;
+    }
     eval_catch_signals(1);
     eval_truth *truth = NULL;
     eval_outcome res[2];
@@ -1262,11 +1283,14 @@ int cmd_eval(int argc, char **argv)
     } else {
         print_text(&a, res, nr, &pairs);
     }
-    if (a.out_md && write_markdown(&a, res, nr, &pairs))
-        code = 1;
-    if (a.per_query && write_per_query(&a, truth, res, nr))
-        code = 1;
+    if (reports.md.f)
+        write_markdown(reports.md.f, &a, res, nr, &pairs);
+    if (reports.csv.f)
+        write_per_query(reports.csv.f, &a, truth, res, nr);
+    if (reports_close(&a, &reports, 1))
+        code = EXIT_ENV;
 out:
+    reports_close(&a, &reports, 0); /* after a failure: removes what was begun */
     eval_catch_signals(0);
     for (int i = 0; i < nr; i++)
         outcome_free(&res[i]);

@@ -117,43 +117,20 @@ static int npy_header_1d(FILE *f, int n)
     return fwrite(h, 1, sizeof h, f) == sizeof h ? 0 : -1;
 }
 
-typedef struct out_file {
-    char *final, *tmp;
-    FILE *f;
-} out_file;
-
-static int out_open(out_file *o, const char *base, const char *ext)
+/* OUT + ext through cli_out_open ("-" is standard output). */
+static int out_open(cli_out_file *o, const char *base, const char *ext)
 {
-    memset(o, 0, sizeof *o);
-    if (!strcmp(base, "-")) {
-        o->f = stdout;
-        return 0;
-    }
-    if (asprintf(&o->final, "%s%s", base, ext) < 0 || asprintf(&o->tmp, "%s.tmp", o->final) < 0)
+    if (!strcmp(base, "-"))
+        return cli_out_open(o, "-");
+    char *path = NULL;
+    if (asprintf(&path, "%s%s", base, ext) < 0) {
+        memset(o, 0, sizeof *o);
+        errno = ENOMEM;
         return -1;
-    o->f = fopen(o->tmp, "wb");
-    return o->f ? 0 : -1;
-}
-
-/* Closes and renames into place (ok) or removes the partial file. */
-static int out_close(out_file *o, int ok)
-{
-    int rc = 0;
-    if (o->f && o->f != stdout) {
-        if (fflush(o->f) != 0 || ferror(o->f))
-            ok = 0;
-        if (fclose(o->f) != 0)
-            ok = 0;
-        if (ok && rename(o->tmp, o->final) != 0)
-            ok = 0;
-        if (!ok)
-            remove(o->tmp);
-        rc = ok ? 0 : -1;
-    } else if (o->f == stdout) {
-        rc = fflush(stdout) == 0 && ok ? 0 : -1;
     }
-    free(o->final);
-    free(o->tmp);
+    int rc = cli_out_open(o, path), saved = errno;
+    free(path);
+    errno = saved;
     return rc;
 }
 
@@ -183,7 +160,7 @@ static int export_center(engine *e, const char *base, int dim, int npy, ms_err *
         free(path);
         return rc;
     }
-    out_file o;
+    cli_out_file o;
     char ext[16];
     snprintf(ext, sizeof ext, ".center.%s", npy ? "npy" : "csv");
     if (rc == 0 && out_open(&o, base, ext) != 0)
@@ -200,7 +177,7 @@ static int export_center(engine *e, const char *base, int dim, int npy, ms_err *
                 fprintf(o.f, "%s%.9g", d ? "," : "", (double)c[d]);
             ok = fputc('\n', o.f) != EOF;
         }
-        if (out_close(&o, ok) != 0)
+        if (cli_out_close(&o, ok) != 0)
             rc = ms_err_set(err, MS_EIO, "writing %s: %s", path, strerror(errno));
     }
     free(c);
@@ -211,7 +188,7 @@ static int export_center(engine *e, const char *base, int dim, int npy, ms_err *
 typedef struct export_job {
     store *s;
     int dim, npy;
-    out_file vec, meta;
+    cli_out_file vec, meta;
     size_t rows;
     float *v;
 } export_job;
@@ -273,9 +250,9 @@ static int run_export(const cli_command *cmd, engine *e, const char *out, int np
         rc = ms_err_set(&err, MS_EIO, "write error: %s", strerror(errno));
     if (rc == 0 && strcmp(out, "-"))
         rc = export_center(e, base, st.dim, npy, &err);
-    int closed = out_close(&j.meta, rc == 0);
+    int closed = cli_out_close(&j.meta, rc == 0);
     if (npy)
-        closed |= out_close(&j.vec, rc == 0);
+        closed |= cli_out_close(&j.vec, rc == 0);
     if (rc == 0 && closed != 0)
         rc = ms_err_set(&err, MS_EIO, "writing %s: %s", base, strerror(errno));
     if (rc)

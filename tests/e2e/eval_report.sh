@@ -4,6 +4,10 @@
 # - the report's tables carry the figures of `eval --json` (to its 4
 #   decimals), one row per label, and with --compare the paired difference;
 #   the per-query CSV's mean AP is the JSON's mAP@10 to 1e-9;
+# - an output path that cannot be written fails before the evaluation (exit
+#   3), a report of a failed run is never written (an earlier one is left as
+#   it was, no temporary file is left), and both options naming one file is
+#   a usage error;
 # - labels, patient ids and file names holding control characters (an ESC
 #   sequence, a line break) reach neither the terminal nor the report raw:
 #   ingest, search, eval and info print them with '?' instead; the JSON
@@ -58,6 +62,30 @@ assert m.group(3) == f"{p['diff']:+.4f}" and m.group(4) == f"{p['se']:.4f}", (m.
 print(f"report: mAP@10 {j['metrics']['mAP@10']:.4f}, {len(labels)} labels, paired {p['diff']:+.4f} (SE {p['se']:.4f})")
 PYEOF
 
+# ---- output paths ----
+cp "$tmp/r.md" "$tmp/keep.md"
+start=$SECONDS
+"$BIN" eval --db "$db" --rule any --quiet --out "$tmp/missing/r.md" >/dev/null 2>"$tmp/e1"
+rc=$?
+[ $rc -eq 3 ] || fail "--out in a missing folder: exit $rc, not 3"
+grep -q "cannot write $tmp/missing/r.md: No such file or directory" "$tmp/e1" || fail "unclear: $(cat "$tmp/e1")"
+"$BIN" eval --db "$db" --rule any --quiet --per-query "$tmp" >/dev/null 2>"$tmp/e2"
+rc=$?
+[ $rc -eq 3 ] || fail "--per-query naming a folder: exit $rc, not 3"
+grep -q "Is a directory" "$tmp/e2" || fail "unclear: $(cat "$tmp/e2")"
+"$BIN" eval --db "$db" --rule any --quiet --out "$tmp/x" --per-query "$tmp/x" >/dev/null 2>"$tmp/e3"
+rc=$?
+[ $rc -eq 2 ] || fail "--out and --per-query on one file: exit $rc, not 2"
+[ ! -e "$tmp/x" ] || fail "a usage error wrote $tmp/x"
+# A run that fails after the files are opened (the configuration's model is
+# missing) leaves the earlier report as it was and no temporary file.
+"$BIN" eval --db "$db" --rule any --quiet --compare "" "model=$tmp/none.onnx" --out "$tmp/r.md" \
+  --per-query "$tmp/new.csv" >/dev/null 2>"$tmp/e4" && fail "a configuration with a missing model succeeded"
+cmp -s "$tmp/r.md" "$tmp/keep.md" || fail "a failed run changed the earlier report"
+[ ! -e "$tmp/new.csv" ] || fail "a failed run wrote the per-query file"
+ls -A "$tmp" | grep -q '^\.' && fail "temporary files left: $(ls -A "$tmp" | grep '^\.')"
+echo "output paths: refused or kept as they were ($((SECONDS - start)) s)"
+
 # ---- control characters in labels, patient ids and file names ----
 mkdir "$tmp/h"
 ESC=$'\033'
@@ -106,4 +134,4 @@ def strings(x):
 labels = set(strings(json.load(open(sys.argv[1]))["results"]))
 assert "X\x1b]0;title\x07Y" in labels and "Mass\nsplit" in labels, labels
 PYEOF
-echo "ok: reports match the JSON; control characters are shown as '?'"
+echo "ok: reports match the JSON; bad output paths fail first; control characters are shown as '?'"

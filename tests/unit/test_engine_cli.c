@@ -1,6 +1,7 @@
 /*
  * test_engine_cli.c - the collection commands' helpers: the labels CSV
- * reader (both formats, hostile rows) and the shared option parser.
+ * reader (both formats, hostile rows), the shared option parser, and the
+ * output files written whole (cli_out_open / cli_out_close).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -8,6 +9,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <dirent.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -313,6 +316,104 @@ static void test_exit_codes(void **state)
     assert_int_equal(cli_exit_code(MS_EFORMAT), 1);
 }
 
+static char *read_text(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    static char buf[256];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    buf[n] = '\0';
+    fclose(f);
+    return buf;
+}
+
+/* Nothing but the names given is left in the folder (no temporary file). */
+static void assert_only(const char *dir, int n, const char *const *names)
+{
+    DIR *d = opendir(dir);
+    assert_non_null(d);
+    int seen = 0;
+    for (struct dirent *e; (e = readdir(d));) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+            continue;
+        int known = 0;
+        for (int i = 0; i < n; i++)
+            known |= !strcmp(e->d_name, names[i]);
+        if (!known)
+            fail_msg("unexpected file %s in %s", e->d_name, dir);
+        seen++;
+    }
+    closedir(d);
+    assert_int_equal(seen, n);
+}
+
+static void write_out(const char *path, const char *text, int ok)
+{
+    cli_out_file o;
+    assert_int_equal(cli_out_open(&o, path), 0);
+    assert_non_null(o.f);
+    fputs(text, o.f);
+    assert_int_equal(cli_out_close(&o, ok), ok ? 0 : -1);
+}
+
+static void test_out_file(void **state)
+{
+    (void)state;
+    char dir[300], path[400], link[400];
+    snprintf(dir, sizeof dir, "%s/out", tmp);
+    assert_int_equal(mkdir(dir, 0755), 0);
+    snprintf(path, sizeof path, "%s/report.md", dir);
+    mode_t mask = umask(022);
+
+    /* a new file: all of it or nothing, with the umask's mode */
+    write_out(path, "abandoned", 0);
+    assert_only(dir, 0, NULL);
+    write_out(path, "first", 1);
+    assert_string_equal(read_text(path), "first");
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0644);
+    const char *only_report[] = {"report.md"};
+    assert_only(dir, 1, only_report);
+
+    /* replacing: an abandoned write leaves the old file; a finished one keeps its mode */
+    assert_int_equal(chmod(path, 0640), 0);
+    write_out(path, "never seen", 0);
+    assert_string_equal(read_text(path), "first");
+    write_out(path, "second", 1);
+    assert_string_equal(read_text(path), "second");
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0640);
+    assert_only(dir, 1, only_report);
+
+    /* through a symbolic link: the target is replaced, the link stays */
+    snprintf(link, sizeof link, "%s/link.md", dir);
+    assert_int_equal(symlink("report.md", link), 0);
+    write_out(link, "third", 1);
+    assert_string_equal(read_text(path), "third");
+    assert_int_equal(lstat(link, &st), 0);
+    assert_true(S_ISLNK(st.st_mode));
+    const char *both[] = {"report.md", "link.md"};
+    assert_only(dir, 2, both);
+
+    /* a folder, or a path in a missing folder, fails at open with errno */
+    cli_out_file o;
+    assert_int_equal(cli_out_open(&o, dir), -1);
+    assert_int_equal(errno, EISDIR);
+    snprintf(path, sizeof path, "%s/missing/report.md", dir);
+    assert_int_equal(cli_out_open(&o, path), -1);
+    assert_int_equal(errno, ENOENT);
+    assert_null(o.f);
+    assert_int_equal(cli_out_close(&o, 1), 0); /* a closed o is a no-op */
+
+    /* a device is written directly */
+    write_out("/dev/null", "gone", 1);
+    assert_int_equal(stat("/dev/null", &st), 0);
+    assert_true(S_ISCHR(st.st_mode));
+    umask(mask);
+}
+
 int main(void)
 {
     snprintf(tmp, sizeof tmp, "%s/medsearch-cli-XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
@@ -322,6 +423,7 @@ int main(void)
         cmocka_unit_test(test_nih_format),     cmocka_unit_test(test_generic_format),
         cmocka_unit_test(test_bad_headers),    cmocka_unit_test(test_parse),
         cmocka_unit_test(test_parse_mistakes), cmocka_unit_test(test_exit_codes),
+        cmocka_unit_test(test_out_file),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     char cmd_rm[300];
