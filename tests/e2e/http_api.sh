@@ -21,6 +21,41 @@ else
     bad "non-loopback without token: exit $rc, $(cat "$WORK/refused.err")"
 fi
 
+# ---- a token that cannot be had is a usage error (exit 2) before anything loads ----
+: >"$WORK/empty.token"
+chmod 600 "$WORK/empty.token"
+printf 'x%.0s' $(seq 1 5000) >"$WORK/long.env"
+refused() {  # WHAT GREP [NAME=VALUE...] -- SERVE ARGS...
+    local what=$1 want=$2 rc=0 vars=()
+    shift 2
+    while [ "$1" != -- ]; do vars+=("$1"); shift; done
+    shift
+    env "${vars[@]}" "$MEDSEARCH_BIN" serve --db "$WORK/c.db" --model "$MODEL" --listen 127.0.0.1:0 "$@" \
+        >/dev/null 2>"$WORK/refused.err" || rc=$?
+    if [ "$rc" -eq 2 ] && grep -q -- "$want" "$WORK/refused.err"; then
+        ok "$what refused (exit 2, says why)"
+    else
+        bad "$what: exit $rc, $(cat "$WORK/refused.err")"
+    fi
+}
+refused "a missing token file" "cannot read token file $WORK/none: No such file" \
+    MEDSEARCH_TOKEN= -- --token-file "$WORK/none"
+refused "an empty token file" "token file $WORK/empty.token is empty" -- --token-file "$WORK/empty.token"
+refused "--read-token without a token" "--read-token needs a token" MEDSEARCH_TOKEN= -- --read-token
+refused "a MEDSEARCH_TOKEN that is too long" "MEDSEARCH_TOKEN is too long" "MEDSEARCH_TOKEN=$(cat "$WORK/long.env")" --
+# A token file others can read works, with a warning naming the fix.
+cp "$WORK/token" "$WORK/open.token"
+chmod 644 "$WORK/open.token"
+start_server --token-file "$WORK/open.token"
+expect 200 "a server with a world-readable token file starts" "$URL/api/health"
+if grep -q "token file $WORK/open.token is readable by other users (chmod 600" "$WORK/server.err"; then
+    ok "a world-readable token file is warned about"
+else
+    bad "no warning for a world-readable token file: $(head -3 "$WORK/server.err")"
+fi
+stop_server
+: >"$WORK/server.err" # the next server's log starts empty (--threads 1 checks it)
+
 # ---- server without a token: reads work, writes are disabled ----
 # (one polling thread: libmicrohttpd's own thread, no pool)
 start_server --max-upload-mb 2 --threads 1
