@@ -91,6 +91,44 @@ static int parse_efs(const char *s, bench_opts *o)
     return o->n_efs ? 0 : -1;
 }
 
+/* Each numeric option is a whole number (or, for --spread, a number) in its
+ * range, written in full: "10x" or "-1" is a usage error, not 10 or a
+ * default taken in silence. Returns 0, or -1 having said why. */
+static int int_option(const char *name, const char *v, int lo, int hi, int *out)
+{
+    if (cli_parse_int_in(v, lo, hi, out) == 0)
+        return 0;
+    fprintf(stderr, "bench index: --%s wants a whole number from %d to %d, not '%s'\n", name, lo, hi, v);
+    return -1;
+}
+
+static int u64_option(const char *name, const char *v, uint64_t lo, uint64_t hi, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long x = strtoull(v, &end, 10);
+    if (errno || end == v || *end || v[0] == '-' || x < lo || x > hi) {
+        fprintf(stderr, "bench index: --%s wants a whole number from %llu to %llu, not '%s'\n", name,
+                (unsigned long long)lo, (unsigned long long)hi, v);
+        return -1;
+    }
+    *out = x;
+    return 0;
+}
+
+static int spread_option(const char *v, double *out)
+{
+    char *end;
+    errno = 0;
+    double x = strtod(v, &end);
+    if (errno || end == v || *end || !(x > 0 && x <= 100)) {
+        fprintf(stderr, "bench index: --spread wants a number above 0 and at most 100, not '%s'\n", v);
+        return -1;
+    }
+    *out = x;
+    return 0;
+}
+
 static int parse_args(int argc, char **argv, bench_opts *o)
 {
     *o = (bench_opts){.n = 100000, .dim = 1280, .queries = 200, .k = 10, .centres = 300, .spread = 1.0, .M = 16, .efc = 200,
@@ -109,24 +147,27 @@ static int parse_args(int argc, char **argv, bench_opts *o)
         {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
     optind = 1;
     int c;
+    uint64_t n = o->n;
     while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
+        int bad = 0;
         switch (c) {
-        case 'n': o->n = strtoull(optarg, NULL, 10); break;
-        case 'd': o->dim = atoi(optarg); break;
-        case 'q': o->queries = atoi(optarg); break;
-        case 'k': o->k = atoi(optarg); break;
-        case 'c': o->centres = atoi(optarg); break;
-        case 'p': o->spread = atof(optarg); break;
-        case 'M': o->M = atoi(optarg); break;
-        case 'E': o->efc = atoi(optarg); break;
+        /* The index's own limits (index.h) for M, efConstruction and k. */
+        case 'n': bad = u64_option("n", optarg, 1, 100000000, &n); o->n = (size_t)n; break;
+        case 'd': bad = int_option("dim", optarg, 1, 65536, &o->dim); break;
+        case 'q': bad = int_option("queries", optarg, 1, 1000000, &o->queries); break;
+        case 'k': bad = int_option("k", optarg, 1, 1000, &o->k); break;
+        case 'c': bad = int_option("centres", optarg, 1, 1000000, &o->centres); break;
+        case 'p': bad = spread_option(optarg, &o->spread); break;
+        case 'M': bad = int_option("M", optarg, 2, 128, &o->M); break;
+        case 'E': bad = int_option("efc", optarg, 1, 100000, &o->efc); break;
         case 'e':
             if (parse_efs(optarg, o)) {
                 fprintf(stderr, "bench index: --ef wants a comma-separated list of 1..100000\n");
                 return EXIT_USAGE;
             }
             break;
-        case 't': o->threads = atoi(optarg); break;
-        case 's': o->seed = strtoull(optarg, NULL, 10); break;
+        case 't': bad = int_option("threads", optarg, 1, 256, &o->threads); break;
+        case 's': bad = u64_option("seed", optarg, 0, UINT64_MAX, &o->seed); break;
         case 'P': o->peers = true; break;
         case 'S': o->peer_script = optarg; break;
         case 'G': o->peer_engines = optarg; break;
@@ -149,10 +190,11 @@ static int parse_args(int argc, char **argv, bench_opts *o)
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return EXIT_USAGE;
         }
+        if (bad)
+            return EXIT_USAGE;
     }
-    if (o->n < 1 || o->dim < 1 || o->dim > 65536 || o->queries < 1 || o->k < 1 || o->centres < 1 ||
-        o->threads < 1) {
-        fprintf(stderr, "bench index: --n, --dim (1..65536), --queries, --k, --centres and --threads must be positive\n");
+    if (optind < argc) {
+        fprintf(stderr, "bench index: unexpected argument '%s'\n", argv[optind]);
         return EXIT_USAGE;
     }
     return -1;
@@ -257,6 +299,10 @@ static int run_single(vindex *ix, search_fn fn, const float *qs, int nq, int dim
     double *lat = malloc((size_t)nq * sizeof *lat);
     ms_err err;
     double total = 0;
+    if (!lat) {
+        fprintf(stderr, "bench index: out of memory for %d latencies\n", nq);
+        return -1;
+    }
     for (int q = 0; q < nq; q++) {
         uint64_t t0 = ms_now_ns();
         if (fn(ix, qs + (size_t)q * dim, k, ef, hits + (size_t)q * k, &n_hits[q], &err)) {
@@ -313,8 +359,11 @@ static vindex *build(const bench_opts *o, index_kind kind, index_quant quant, co
     ms_err err;
     double rss0 = rss_mb();
     uint64_t t0 = ms_now_ns();
-    if (index_create(o->dim, &p, &ix, &err) || index_add(ix, ids, data, o->n, &err)) {
+    if (index_create(o->dim, &p, &ix, &err))
+        ix = NULL;
+    if (!ix || index_add(ix, ids, data, o->n, &err)) {
         fprintf(stderr, "bench index: build failed: %s\n", err.msg);
+        index_free(ix);
         return NULL;
     }
     row->build_s = (double)(ms_now_ns() - t0) / 1e9;
@@ -428,8 +477,11 @@ static int run_hnsw(const bench_opts *po, index_quant quant, const int64_t *ids,
             r->ef = o.efs[e];
             r->build_s = hb->build_s;
             r->mem_mb = hb->mem_mb;
-            run_single(ix, index_search, qs, o.queries, o.dim, o.k, o.efs[e], hits, n_hits, &r->p50_ms,
-                       &r->p99_ms, &mean);
+            if (run_single(ix, index_search, qs, o.queries, o.dim, o.k, o.efs[e], hits, n_hits, &r->p50_ms,
+                           &r->p99_ms, &mean)) {
+                index_free(ix);
+                return 1;
+            }
             r->recall = recall_vs(hits, n_hits, truth, o.queries, o.k);
             r->qps = run_batches(ix, qs, o.queries, o.dim, o.k, o.efs[e], hits, n_hits);
             printf("    ef %4d  recall@%d %.4f  p50 %8.3f ms  p99 %8.3f ms  %9.1f q/s\n", r->ef, o.k, r->recall,
@@ -578,11 +630,15 @@ int bench_index(int argc, char **argv)
     index_hit *hits = malloc((size_t)o.queries * o.k * sizeof *hits);
     int *n_hits = malloc((size_t)o.queries * sizeof *n_hits);
     ix_synth *syn = NULL;
-    if (!data || !qs || !ids || !truth || !hits || !n_hits ||
-        ix_synth_open(o.dim, o.centres, o.spread, o.seed, &syn, &err)) {
+    vindex *flat = NULL;
+    int code = 1;
+    if (!data || !qs || !ids || !truth || !hits || !n_hits) {
         fprintf(stderr, "bench index: out of memory for %zu x %d floats\n", o.n, o.dim);
-        free(data), free(qs), free(ids), free(truth), free(hits), free(n_hits);
-        return 1;
+        goto out;
+    }
+    if (ix_synth_open(o.dim, o.centres, o.spread, o.seed, &syn, &err)) {
+        fprintf(stderr, "bench index: %s\n", err.msg);
+        goto out;
     }
     uint64_t t0 = ms_now_ns();
     ix_synth_points(syn, 0, o.n, data);
@@ -595,11 +651,11 @@ int bench_index(int argc, char **argv)
 
     /* ground truth and the exact scan */
     engine_row *fr = add_row("medsearch flat f32");
-    vindex *flat = build(&o, INDEX_FLAT, INDEX_QUANT_NONE, ids, data, fr);
-    if (!flat)
-        return 1;
+    if (!(flat = build(&o, INDEX_FLAT, INDEX_QUANT_NONE, ids, data, fr)))
+        goto out;
     double mean;
-    run_single(flat, exact_fn, qs, o.queries, o.dim, o.k, 0, hits, n_hits, &fr->p50_ms, &fr->p99_ms, &mean);
+    if (run_single(flat, exact_fn, qs, o.queries, o.dim, o.k, 0, hits, n_hits, &fr->p50_ms, &fr->p99_ms, &mean))
+        goto out;
     for (int q = 0; q < o.queries; q++)
         for (int i = 0; i < o.k; i++)
             truth[(size_t)q * o.k + i] = i < n_hits[q] ? hits[(size_t)q * o.k + i].id : -1;
@@ -619,13 +675,21 @@ int bench_index(int argc, char **argv)
         engine_row *r = add_row(qn[t]);
         vindex *ix = build(&o, INDEX_FLAT, qk[t], ids, data, r);
         if (!ix)
-            return 1;
-        run_single(ix, index_search, qs, o.queries, o.dim, o.k, 0, hits, n_hits, &r->p50_ms, &r->p99_ms, &mean);
+            goto out;
+        if (run_single(ix, index_search, qs, o.queries, o.dim, o.k, 0, hits, n_hits, &r->p50_ms, &r->p99_ms, &mean)) {
+            index_free(ix);
+            goto out;
+        }
         r->recall = recall_vs(hits, n_hits, truth, o.queries, o.k);
         r->qps = run_batches(ix, qs, o.queries, o.dim, o.k, 0, hits, n_hits);
         /* Paired timing: each query on f32 then on the compressed copy, so
          * both see the same machine load; the median of the ratios. */
         double *ratio = malloc((size_t)o.queries * sizeof *ratio);
+        if (!ratio) {
+            fprintf(stderr, "bench index: out of memory\n");
+            index_free(ix);
+            goto out;
+        }
         for (int q = 0; q < o.queries; q++) {
             index_hit h1[1024];
             int n1;
@@ -646,14 +710,15 @@ int bench_index(int argc, char **argv)
         index_free(ix);
     }
     index_free(flat);
+    flat = NULL;
 
     print_load("before the graphs");
     if (o.hnsw && o.hnsw_f32 && run_hnsw(&o, INDEX_QUANT_NONE, ids, data, qs, truth, hits, n_hits))
-        return 1;
+        goto out;
     if (o.hnsw && o.hnsw_int8 && run_hnsw(&o, INDEX_QUANT_INT8, ids, data, qs, truth, hits, n_hits))
-        return 1;
+        goto out;
     if (o.hnsw && o.hnsw_int4 && run_hnsw(&o, INDEX_QUANT_INT4, ids, data, qs, truth, hits, n_hits))
-        return 1;
+        goto out;
     fflush(stdout);
     if (o.peers) {
         print_load("before the peers");
@@ -663,11 +728,14 @@ int bench_index(int argc, char **argv)
     print_rows(o.k);
     if (o.hnsw)
         print_curves(&o);
+    code = 0;
+out:
+    index_free(flat);
     free(data);
     free(qs);
     free(ids);
     free(truth);
     free(hits);
     free(n_hits);
-    return 0;
+    return code;
 }

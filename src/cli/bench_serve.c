@@ -466,6 +466,12 @@ int bench_serve(int argc, char **argv)
     ms_err err = {0};
     unsigned char *img = NULL;
     size_t img_len = 0;
+    /* A mistyped --db must not become an empty collection measured as if it were the one meant. */
+    if (cli_collection_missing(c.db)) {
+        fprintf(stderr, "medsearch bench serve: no collection at %s (%s): it measures an existing one, "
+                        "e.g. medsearch ingest DIR --db %s first\n", c.db, strerror(errno), c.db);
+        return EXIT_ENV;
+    }
     if (cli_read_file(image, 64u << 20, &img, &img_len, &err)) {
         fprintf(stderr, "medsearch bench serve: %s: %s\n", image, err.msg);
         return EXIT_USAGE;
