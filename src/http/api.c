@@ -480,26 +480,33 @@ static void handle_delete(api_ctx *c, const http_request *r, http_reply *rep)
 
 /* ---- ingest ---- */
 
-/* The free key/values of an ingest: fields named "meta.KEY". */
-static int collect_kv(const http_request *r, store_kv *kv, int max)
+/* The free key/values of an ingest: fields named "meta.KEY" (from the form,
+ * then from the query string for names the form does not have). KEY is 1 to
+ * 64 characters, a value at most STORE_MAX_TEXT bytes (it may be empty),
+ * neither with control characters, and at most max of them: anything else
+ * is refused, never dropped in silence. Returns the count, or -1 with err
+ * set. */
+static int collect_kv(const http_request *r, store_kv *kv, int max, ms_err *err)
 {
+    const kv_list *lists[2] = {&r->form, &r->args};
     int n = 0;
-    for (int i = 0; i < r->form.n && n < max; i++) {
-        const char *k = r->form.items[i].key;
-        if (strncmp(k, "meta.", 5) || !text_ok(k + 5, 64))
-            continue;
-        kv[n].key = (char *)k + 5;
-        kv[n].value = r->form.items[i].value;
-        n++;
-    }
-    for (int i = 0; i < r->args.n && n < max; i++) {
-        const char *k = r->args.items[i].key;
-        if (strncmp(k, "meta.", 5) || !text_ok(k + 5, 64) || kv_get(&r->form, k))
-            continue;
-        kv[n].key = (char *)k + 5;
-        kv[n].value = r->args.items[i].value;
-        n++;
-    }
+    for (int l = 0; l < 2; l++)
+        for (int i = 0; i < lists[l]->n; i++) {
+            const char *k = lists[l]->items[i].key, *v = lists[l]->items[i].value;
+            if (strncmp(k, "meta.", 5) || (l == 1 && kv_get(&r->form, k)))
+                continue;
+            if (!text_ok(k + 5, 64))
+                return ms_err_set(err, MS_EINVAL, "field '%.80s': a meta. name is 1 to 64 characters "
+                                  "without control characters", k);
+            if (*v && !text_ok(v, STORE_MAX_TEXT))
+                return ms_err_set(err, MS_EINVAL, "%s is longer than %d bytes or has control characters", k,
+                                  STORE_MAX_TEXT);
+            if (n == max)
+                return ms_err_set(err, MS_EINVAL, "more than %d meta. fields", max);
+            kv[n].key = (char *)k + 5;
+            kv[n].value = (char *)v;
+            n++;
+        }
     return n;
 }
 
@@ -557,7 +564,10 @@ static int ingest_meta(const http_request *r, store_meta *m, store_kv *kv, int m
     clean_name(v && *v ? v : r->upload_name, name, name_cap);
     m->original_name = name[0] ? name : NULL;
     m->kv = kv;
-    m->n_kv = collect_kv(r, kv, max_kv);
+    if ((m->n_kv = collect_kv(r, kv, max_kv, err)) < 0) {
+        m->n_kv = 0;
+        return err->code;
+    }
     return 0;
 }
 

@@ -226,6 +226,30 @@ check "ingested metadata stored (name without its path)" "d['patient_id']=='P-77
 expect 200 "the ingested image is searchable" -F "image=@$WORK/new.jpg" "$URL/api/search?k=1"
 check "it is found first" "d['results'][0]['id']==$NID"
 expect 400 "ingest with a bad age" "${AUTH[@]}" -F "image=@$QUERY" -F age=old "$URL/api/images"
+# A raw image body takes its metadata from the query string, meta.KEY included.
+cp "$DATA/covid_chestxray_2020/images/$(ls "$DATA/covid_chestxray_2020/images" | sort | sed -n 2p)" "$WORK/raw.jpg"
+expect 201 "ingest of a raw image/jpeg body with metadata in the query" "${AUTH[@]}" -H "Content-Type: image/jpeg" \
+    --data-binary "@$WORK/raw.jpg" "$URL/api/images?patient_id=P-78&age=51&sex=M&labels=Mass%7CEffusion&meta.site=ward%205&original_name=raw%20one.jpg"
+RID=$(json 'd["id"]')
+expect 200 "metadata of the raw-body image" "$URL/api/images/$RID/metadata"
+check "the query's metadata stored" "d['patient_id']=='P-78' and d['age']==51 and d['sex']=='M' and sorted(d['labels'])==['Effusion','Mass'] and d['extra']=={'site':'ward 5'} and d['original_name']=='raw one.jpg'"
+# The same bytes again with other metadata: 200, the stored metadata kept;
+# fields are still checked (the 400s below are for an image stored already).
+expect 200 "the raw-body image again with other metadata" "${AUTH[@]}" -H "Content-Type: image/jpeg" \
+    --data-binary "@$WORK/raw.jpg" "$URL/api/images?age=12&meta.site=elsewhere"
+check "existing id, created false" "d['id']==$RID and d['created'] is False"
+expect 200 "metadata after the second upload" "$URL/api/images/$RID/metadata"
+check "the first upload's metadata is kept" "d['age']==51 and d['extra']=={'site':'ward 5'}"
+LONGV=$(printf 'a%.0s' $(seq 1 1500))
+expect 400 "a meta value over 1024 bytes" "${AUTH[@]}" -F "image=@$WORK/raw.jpg" -F "meta.note=$LONGV" "$URL/api/images"
+check "the 400 names the field" "'meta.note' in d['error']['message'] and '1024' in d['error']['message']"
+expect 400 "a meta name with a control character" "${AUTH[@]}" -H "Content-Type: image/jpeg" \
+    --data-binary "@$WORK/raw.jpg" "$URL/api/images?meta.a%0Ab=x"
+expect 400 "an empty meta name" "${AUTH[@]}" -F "image=@$WORK/raw.jpg" -F "meta.=x" "$URL/api/images"
+MANY=(); for i in $(seq 1 33); do MANY+=(-F "meta.k$i=v"); done
+expect 400 "33 meta fields" "${AUTH[@]}" -F "image=@$WORK/raw.jpg" "${MANY[@]}" "$URL/api/images"
+check "the 400 gives the limit" "'more than 32 meta. fields' in d['error']['message']"
+expect 200 "delete the raw-body image" -X DELETE "${AUTH[@]}" "$URL/api/images/$RID"
 expect 400 "ingest of random bytes" "${AUTH[@]}" -F "image=@$WORK/noise.png" "$URL/api/images"
 expect 400 "ingest without an image" "${AUTH[@]}" -F "age=3" "$URL/api/images"
 expect 401 "delete without a token" -X DELETE "$URL/api/images/$NID"
