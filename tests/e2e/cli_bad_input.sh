@@ -67,6 +67,38 @@ grep -q "line 3: the age is not a number; row skipped" "$T/r.err" || fail "bad a
 grep -q "line 4: 5 fields where the header has 7; row skipped" "$T/r.err" || fail "short row not reported by line"
 "$BIN" search "$T/mixed/00000001_000.png" --db "$T/r.db" -k 1 --json >"$T/r.json"
 grep -q '"age": 58' "$T/r.json" && grep -q '"Cardiomegaly"' "$T/r.json" || fail "good row's metadata missing"
+# A labels "file" that is a folder or a FIFO is refused at once (a FIFO
+# would otherwise block the read), before any collection is made.
+mkdir "$T/labels-dir"
+mkfifo "$T/labels-fifo"
+for l in labels-dir labels-fifo; do
+  rc=0
+  timeout 30 "$BIN" ingest "$T/mixed" --labels "$T/$l" --db "$T/l.db" >/dev/null 2>"$T/l.err" || rc=$?
+  [ $rc -ne 0 ] && [ $rc -ne 124 ] || fail "--labels $l: exit $rc"
+  grep -q "$T/$l: not a regular file" "$T/l.err" || fail "--labels $l: unclear: $(cat "$T/l.err")"
+  [ ! -e "$T/l.db" ] || fail "--labels $l created the collection"
+done
+# More than 256 extra columns: the first 256 are kept, with a note.
+{
+  printf 'image,labels,patient_id'
+  for i in $(seq 1 300); do printf ',c%d' "$i"; done
+  printf '\n00000001_000.png,Mass,1'
+  for i in $(seq 1 300); do printf ',v%d' "$i"; done
+  printf '\n'
+} >"$T/wide.csv"
+"$BIN" ingest "$T/mixed/00000001_000.png" --labels "$T/wide.csv" --db "$T/w.db" >/dev/null 2>"$T/w.err" ||
+  fail "ingest with 300 extra columns: $(cat "$T/w.err")"
+grep -q "only the first 256 extra columns are kept" "$T/w.err" || fail "no note on the extra columns: $(cat "$T/w.err")"
+"$BIN" search "$T/mixed/00000001_000.png" --db "$T/w.db" -k 1 --json >"$T/w.json"
+python3 -c 'import json,sys; e=json.load(open(sys.argv[1]))["results"][0]["extra"]; assert len(e)==256 and e["c1"]=="v1" and e["c256"]=="v256" and "c257" not in e, len(e)' \
+  "$T/w.json" || fail "the first 256 extra columns are not what was kept"
+
+echo "== filters that are refused"
+for f in 'age:30-40 age:50|age is given twice' '-sex:F|only patient can be negated' '-labels:Mass|only patient can be negated'; do
+  rc=0
+  "$BIN" search "$T/mixed/00000001_000.png" --db "$T/r.db" --filter "${f%%|*}" >/dev/null 2>"$T/f.err" || rc=$?
+  [ $rc -eq 2 ] && grep -q "${f#*|}" "$T/f.err" || fail "filter '${f%%|*}': exit $rc, $(cat "$T/f.err")"
+done
 
 echo "== unreachable PostgreSQL"
 start=$SECONDS
