@@ -79,6 +79,27 @@ echo "== filters"
 [ "$(json "$T/f.json" "len(set(r['patient_id'] for r in d['results'])) == len(d['results']) == 10")" = True ] ||
   fail "one-per-patient repeated a patient"
 [ "$(json "$T/f.json" "'13' not in [r['patient_id'] for r in d['results']]")" = True ] || fail "--exclude-patient"
+# One patient owning most of a collection: the engine's first candidates
+# (64) are nearly all that patient's, so it must ask the index for more
+# until k distinct patients are found, and stop when the candidates run out.
+mkdir "$T/opp"
+ls "$NIH/images" | sort | head -90 >"$T/opp.txt"
+{
+  echo "image,labels,patient_id"
+  i=0
+  while read -r f; do
+    i=$((i + 1))
+    ln -s "$NIH/images/$f" "$T/opp/$f"
+    if [ $i -le 80 ]; then echo "$f,Mass,A"; else echo "$f,Mass,P$i"; fi
+  done <"$T/opp.txt"
+} >"$T/opp.csv"
+"$BIN" ingest "$T/opp" --labels "$T/opp.csv" --db "$T/opp.db" -q >/dev/null 2>&1 || fail "ingest of the one-patient set"
+oq=$T/opp/$(head -1 "$T/opp.txt")
+for k in 11 20; do
+  "$BIN" search "$oq" --db "$T/opp.db" -k $k --qe 0 --one-per-patient --json >"$T/o.json" || fail "one per patient, k $k"
+  [ "$(json "$T/o.json" "sorted(r['patient_id'] for r in d['results']) == sorted(['A'] + ['P%d' % i for i in range(81, 91)])")" = True ] ||
+    fail "one per patient, k $k: not the 11 patients: $(json "$T/o.json" "[r['patient_id'] for r in d['results']]")"
+done
 "$BIN" search "$q" --db "$DB" -k 10 --filter '-patient:12' --exclude-patient 13 >/dev/null 2>"$T/e"
 [ $? -eq 2 ] && grep -q "name different patients" "$T/e" ||
   fail "--exclude-patient next to the filter's -patient: of another patient must be a usage error"
