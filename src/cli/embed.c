@@ -20,6 +20,7 @@
 #include "cli/common.h"
 #include "image/image.h"
 #include "model/model.h"
+#include "util/text.h"
 
 typedef struct embed_run {
     const cli_command *cmd;
@@ -53,8 +54,9 @@ static char *jstr(const char *s)
 
 static void report_error(embed_run *r, const char *path, const ms_err *err)
 {
+    char shown[4096];
     r->failed++;
-    fprintf(stderr, "medsearch embed: %s: %s\n", path, err->msg);
+    fprintf(stderr, "medsearch embed: %s: %s\n", ms_text_printable(shown, sizeof shown, path), err->msg);
     if (r->json && !r->out) {
         json_t *o = json_pack("{s:s, s:{s:s, s:s}}", "image", path, "error", "code", ms_code_name(err->code),
                               "message", err->msg);
@@ -78,7 +80,8 @@ static void print_vector(embed_run *r, const char *path, const float *v)
         free(ps);
         return;
     }
-    printf("%s\t", path);
+    char shown[4096]; /* the text output shows a name's control characters as '?' (docs/cli.md) */
+    printf("%s\t", ms_text_printable(shown, sizeof shown, path));
     for (int k = 0; k < r->dim; k++)
         printf("%s%.9g", k ? " " : "", (double)v[k]);
     printf("\n");
@@ -182,7 +185,7 @@ int cmd_embed(int argc, char **argv)
     memset(&r, 0, sizeof r);
     r.batch = 16;
     static const cli_option opts[] = {
-        {"out", 'o', CLI_STRING, NULL, "FILE", "write raw float32 vectors (n x dim, little-endian) to FILE", 0, 0},
+        {"out", 'o', CLI_STRING, NULL, "FILE", "write raw float32 vectors (n x dim, little-endian) to FILE, one row per image that succeeded, in the order given", 0, 0},
         {"raw", 0, CLI_FLAG, NULL, NULL, "do not L2-normalise (the network's output as it is)", 0, 0},
         {"batch", 'b', CLI_INT, NULL, "N", "images per forward (default 16)", 1, 256},
         {"dump-input", 0, CLI_STRING, NULL, "FILE", "also write the prepared inputs (n x 3 x S x S float32)", 0, 0},

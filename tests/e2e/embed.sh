@@ -99,6 +99,35 @@ head -c 300 "$A" >"$T/truncated.png"
 for f in notes.png missing.png truncated.png; do
   grep -q "$T/$f: ." "$T/mixed.err" || fail "$f not reported: $(cat "$T/mixed.err")"
 done
+# --out holds one row per image that succeeded, in the order given: a failure
+# between two good images leaves no gap; the rows equal the text output's.
+B="${IMGS[1]}"
+"$BIN" embed --out "$T/mixed.f32" "$A" "$T/notes.png" "$B" >/dev/null 2>&1
+[ $? -eq 1 ] || fail "--out with a bad image must exit 1"
+"$BIN" embed "$A" "$B" >"$T/two.out" || fail "embed of two good images"
+$PY - "$T/mixed.f32" "$T/two.out" <<'PYEOF' || fail "--out rows are not the good images in order"
+import struct, sys
+raw = open(sys.argv[1], "rb").read()
+rows = [line.split("\t")[1].split() for line in open(sys.argv[2])]
+dim = len(rows[0])
+assert len(raw) == 2 * dim * 4, (len(raw), dim)
+got = struct.unpack("<%df" % (2 * dim), raw)
+for r in range(2):
+    for k in range(dim):
+        assert abs(got[r * dim + k] - float(rows[r][k])) <= 1e-6 * max(1.0, abs(float(rows[r][k]))), (r, k)
+PYEOF
+# A name with control characters is shown with '?' in the text output and
+# on stderr; the JSON keeps it, escaped.
+ESCNAME=$T/$'esc\033[2Jname.png'
+cp "$A" "$ESCNAME"
+BADNAME=$T/$'bad\033]0;t\a.png'
+"$BIN" embed "$ESCNAME" "$BADNAME" >"$T/esc.out" 2>"$T/esc.err"
+LC_ALL=C grep -q $'[\033\a]' "$T/esc.out" "$T/esc.err" && fail "a control character reached the text output"
+grep -q "esc?\[2Jname.png	" "$T/esc.out" || fail "the name is not shown with '?': $(cat -A "$T/esc.out" | cut -c1-80)"
+grep -q "bad?\]0;t?.png: " "$T/esc.err" || fail "the failing name is not shown with '?': $(cat -A "$T/esc.err")"
+"$BIN" embed --json "$ESCNAME" >"$T/esc.json" || fail "embed --json of the escaped name"
+$PY -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["vectors"][0]["image"].endswith("esc\x1b[2Jname.png")' \
+  "$T/esc.json" || fail "the JSON does not keep the name"
 head -c 100000 "$MODEL" >"$T/cut.onnx"
 "$BIN" embed --model "$T/cut.onnx" "$A" >/dev/null 2>"$T/cut.err"
 rc=$?
