@@ -156,6 +156,11 @@ int cmd_search(int argc, char **argv)
     size_t len = 0;
     engine_options o;
     cli_engine_options(&c, &o);
+    /* A stored image is searched with its stored vector: nothing is embedded, so
+     * the model is not needed (nor loaded) unless --model names one to check
+     * against the collection's. */
+    if (by_id && !c.model)
+        o.no_model = 1;
     if (image && cli_read_file(image, o.limits.max_bytes, &bytes, &len, &err) != 0) {
         fprintf(stderr, "medsearch search: %s: %s\n", image, err.msg);
         store_filter_free(&filter);

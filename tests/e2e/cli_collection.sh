@@ -79,6 +79,13 @@ echo "== filters"
 [ "$(json "$T/f.json" "len(set(r['patient_id'] for r in d['results'])) == len(d['results']) == 10")" = True ] ||
   fail "one-per-patient repeated a patient"
 [ "$(json "$T/f.json" "'13' not in [r['patient_id'] for r in d['results']]")" = True ] || fail "--exclude-patient"
+# --id needs no model: the stored vector is the query. Without any model
+# the results equal those with the collection's model.
+"$BIN" search --db "$DB" --id 5 -k 5 --json >"$T/id1.json" || fail "search --id with the model"
+env -u MEDSEARCH_MODEL "$BIN" search --db "$DB" --id 5 -k 5 --json >"$T/id2.json" 2>"$T/id2.err" ||
+  fail "search --id without a model: $(cat "$T/id2.err")"
+[ "$(json "$T/id1.json" "[(r['id'], round(r['score'], 6)) for r in d['results']]")" = \
+  "$(json "$T/id2.json" "[(r['id'], round(r['score'], 6)) for r in d['results']]")" ] || fail "search --id differs without the model"
 # One patient owning most of a collection: the engine's first candidates
 # (64) are nearly all that patient's, so it must ask the index for more
 # until k distinct patients are found, and stop when the candidates run out.
