@@ -19,7 +19,7 @@ static const struct command {
     {"serve", cmd_serve, "run the HTTP API and the web page"},
     {"embed", cmd_embed, "print the feature vector of images"},
     {"eval", cmd_eval, "measure retrieval quality on a labelled collection"},
-    {"bench", cmd_bench, "measure speed: bench embed|index|ingest|serve"},
+    {"bench", cmd_bench, "measure speed: bench embed|index|ingest|serve|decode"},
     {"info", cmd_info, "describe a collection, or a model with --model"},
     {"check", cmd_check, "verify a collection's integrity"},
     {"delete", cmd_delete, "remove images from a collection"},

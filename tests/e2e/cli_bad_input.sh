@@ -23,6 +23,19 @@ fails=0
 fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
 count() { "$BIN" info --db "$1" --json 2>/dev/null | sed -n 's/.*"images": \([0-9]*\).*/\1/p'; }
 
+echo "== the command line itself"
+rc=0; "$BIN" >/dev/null 2>"$T/u.err" || rc=$?
+[ $rc -eq 2 ] && grep -q "usage: medsearch COMMAND" "$T/u.err" || fail "no command: exit $rc, $(head -2 "$T/u.err")"
+rc=0; "$BIN" frobnicate >/dev/null 2>"$T/u.err" || rc=$?
+[ $rc -eq 2 ] && grep -q "unknown command 'frobnicate'" "$T/u.err" || fail "unknown command: exit $rc"
+"$BIN" --help >"$T/help.out" || fail "--help must exit 0"
+for c in ingest search serve embed eval bench info check delete export reembed center qe; do
+  grep -q "^  $c " "$T/help.out" || fail "--help does not list $c"
+  "$BIN" $c --help >/dev/null 2>&1 || fail "$c --help must exit 0"
+done
+grep -q "bench embed|index|ingest|serve|decode" "$T/help.out" || fail "--help does not list every benchmark"
+"$BIN" --version | grep -Eq '^medsearch [0-9]+\.[0-9]+\.[0-9]+$' || fail "--version"
+
 echo "== corrupt images in a folder"
 mkdir -p "$T/mixed/sub"
 cp "$NIH/images/00000001_000.png" "$NIH/images/00000002_000.png" "$T/mixed/"
