@@ -492,11 +492,14 @@ int cli_out_open(cli_out_file *o, const char *path)
         return 0;
     }
     struct stat st;
-    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
+    int exists = stat(path, &st) == 0;
+    if (!exists && errno != ENOENT)
+        return -1;
+    if (exists && S_ISDIR(st.st_mode)) {
         errno = EISDIR;
         return -1;
     }
-    if (stat(path, &st) == 0 && !S_ISREG(st.st_mode)) {
+    if (exists && !S_ISREG(st.st_mode)) {
         /* A device or a FIFO: there is nothing to replace. */
         if (!(o->final = strdup(path)) || !(o->f = fopen(path, "w"))) {
             int saved = errno;
@@ -507,16 +510,14 @@ int cli_out_open(cli_out_file *o, const char *path)
         return 0;
     }
     mode_t mode;
-    if (stat(path, &st) == 0) {
+    if (exists) {
         o->final = realpath(path, NULL); /* through a symbolic link: replace its target */
         mode = st.st_mode & 07777;
-    } else if (errno == ENOENT) {
+    } else {
         o->final = strdup(path);
         mode_t mask = umask(0); /* reading the umask means setting it; single-threaded here */
         umask(mask);
         mode = 0666 & ~mask;
-    } else {
-        return -1;
     }
     int fd = o->final ? out_make_tmp(o, mode) : -1;
     if (fd < 0 || !(o->f = fdopen(fd, "w"))) {
