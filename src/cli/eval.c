@@ -191,6 +191,13 @@ static const cli_command EVAL_CMD_BASE = {
     .max_args = 1,
 };
 
+/* A report written to "-" takes standard output's place: the text tables would interleave with
+ * it, and JSON could not be parsed out of the mixture. */
+static int report_to_stdout(const eval_args *a)
+{
+    return (a->out_md && !strcmp(a->out_md, "-")) || (a->per_query && !strcmp(a->per_query, "-"));
+}
+
 /* Returns -1 to go on, or the exit code to return now. */
 static int parse_args(int argc, char **argv, eval_args *a)
 {
@@ -205,8 +212,8 @@ static int parse_args(int argc, char **argv, eval_args *a)
         {"rule", 0, CLI_STRING, &a->rule_name, "R", "relevance: any, exact or single (default exact)", 0, 0},
         {"qe", 0, CLI_INT, &a->qe, "N", "query expansion with the top N results (default: the collection's)",
          0, EVAL_MAX_QE},
-        {"out", 'o', CLI_STRING, &a->out_md, "FILE", "also write a Markdown report to FILE", 0, 0},
-        {"per-query", 0, CLI_STRING, &a->per_query, "FILE", "write each query's R, G, AP@k, P@k as CSV", 0, 0},
+        {"out", 'o', CLI_STRING, &a->out_md, "FILE", "also write a Markdown report to FILE (-: instead of the text)", 0, 0},
+        {"per-query", 0, CLI_STRING, &a->per_query, "FILE", "write each query's R, G, AP@k, P@k as CSV (-: instead of the text)", 0, 0},
         {"threads", 0, CLI_INT, &a->threads, "N", "concurrent searches (default: cores, at most 8)", 1,
          EVAL_MAX_THREADS},
         {"compare", 0, CLI_STRING, &a->compare_a, "A B", "evaluate configurations A and B on the same queries", 0, 0},
@@ -247,6 +254,10 @@ static int parse_args(int argc, char **argv, eval_args *a)
         bad = 1;
     } else if (a->out_md && a->per_query && !strcmp(a->out_md, a->per_query)) {
         snprintf(why, sizeof why, "--out and --per-query name the same file, %s", a->out_md);
+        bad = 1;
+    } else if (a->common.json && report_to_stdout(a)) {
+        snprintf(why, sizeof why, "--json and --%s - both write to standard output",
+                 a->out_md && !strcmp(a->out_md, "-") ? "out" : "per-query");
         bad = 1;
     } else if (a->tune && (a->compare_a || a->qe != ENGINE_QE_COLLECTION || a->out_md || a->per_query)) {
         snprintf(why, sizeof why, "--tune tries its own settings: it takes none of --compare, --qe, --out, --per-query");
@@ -1280,7 +1291,7 @@ int cmd_eval(int argc, char **argv)
             code = 1;
         }
         json_decref(root);
-    } else {
+    } else if (!report_to_stdout(&a)) {
         print_text(&a, res, nr, &pairs);
     }
     if (reports.md.f)

@@ -77,6 +77,19 @@ grep -q "Is a directory" "$tmp/e2" || fail "unclear: $(cat "$tmp/e2")"
 rc=$?
 [ $rc -eq 2 ] || fail "--out and --per-query on one file: exit $rc, not 2"
 [ ! -e "$tmp/x" ] || fail "a usage error wrote $tmp/x"
+# "-" puts that report on standard output in place of the text tables, so the
+# output is the Markdown (or CSV) alone; with --json the two would mix.
+"$BIN" eval --db "$db" --rule any --quiet --out - >"$tmp/stdout.md" || fail "eval --out -"
+cmp -s "$tmp/stdout.md" "$tmp/r.md" || fail "--out - is not the report --out FILE wrote"
+"$BIN" eval --db "$db" --rule any --quiet --per-query - --out "$tmp/o.md" >"$tmp/stdout.csv" ||
+  fail "eval --per-query -"
+cmp -s "$tmp/stdout.csv" "$tmp/q.csv" || fail "--per-query - is not the CSV --per-query FILE wrote"
+cmp -s "$tmp/o.md" "$tmp/r.md" || fail "--out FILE beside --per-query - differs"
+"$BIN" eval --db "$db" --rule any --quiet --json --out - >"$tmp/j" 2>"$tmp/e5"
+rc=$?
+[ $rc -eq 2 ] || fail "--json with --out -: exit $rc, not 2"
+[ -s "$tmp/j" ] && fail "--json with --out - wrote to standard output"
+grep -q -- "--json and --out - both write to standard output" "$tmp/e5" || fail "unclear: $(cat "$tmp/e5")"
 # A run that fails after the files are opened (the configuration's model is
 # missing) leaves the earlier report as it was and no temporary file.
 "$BIN" eval --db "$db" --rule any --quiet --compare "" "model=$tmp/none.onnx" --out "$tmp/r.md" \
