@@ -290,6 +290,47 @@ def cases(outdir, mf):
     y = c.conv(x, 16, 16)
     c.write(outdir, c.node("Add", [y, x], c.t(y) + c.t(x)), mf)
 
+    # tensor encodings other exporters write: float_data / int32_data instead of
+    # raw_data, and Constant nodes given by value_floats / value_ints / value_int
+    c = Case("tensors_not_raw")
+    w, b = rand(8, 3, 3, 3, lo=-0.5, hi=0.5), rand(8, lo=-0.2, hi=0.2)
+    c.inits.append(helper.make_tensor("w_list", TensorProto.FLOAT, w.shape, w.flatten().tolist()))
+    c.inits.append(helper.make_tensor("b_list", TensorProto.FLOAT, b.shape, b.flatten().tolist()))
+    assert not c.inits[-1].raw_data and len(c.inits[-1].float_data) == 8
+    x = c.node("Conv", ["input", "w_list", "b_list"],
+               F.conv2d(c.t("input"), torch.from_numpy(w), torch.from_numpy(b), padding=1),
+               kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    c.nodes.append(helper.make_node("Constant", [], ["quarter"], value_floats=[0.25]))
+    y = c.node("Add", [x, "quarter"], c.t(x) + 0.25)
+    c.nodes.append(helper.make_node("Constant", [], ["twice"], value_float=2.0))
+    y = c.node("Mul", [y, "twice"], 2.0 * c.t(y))
+    g = c.node("GlobalAveragePool", [y], F.adaptive_avg_pool2d(c.t(y), 1))
+    c.nodes.append(helper.make_node("Constant", [], ["flat"], value_ints=[0, -1]))
+    c.write(outdir, c.node("Reshape", [g, "flat"], c.t(g).reshape(N, -1)), mf)
+
+    c = Case("shape_index_int32")
+    x = c.conv("input", 3, 16)
+    g = c.node("GlobalAveragePool", [x], F.adaptive_avg_pool2d(c.t(x), 1))
+    c.nodes.append(helper.make_node("Shape", [g], ["shp"], name="shape"))
+    c.inits.append(helper.make_tensor("zero32", TensorProto.INT32, [], [0]))
+    assert not c.inits[-1].raw_data and len(c.inits[-1].int32_data) == 1
+    c.nodes.append(helper.make_node("Gather", ["shp", "zero32"], ["b"], name="gather", axis=0))
+    c.nodes.append(helper.make_node("Constant", [], ["ax0"], value_ints=[0]))
+    c.nodes.append(helper.make_node("Unsqueeze", ["b", "ax0"], ["b1"], name="unsq"))
+    c.nodes.append(helper.make_node("Constant", [], ["minus1"], value_ints=[-1]))
+    c.nodes.append(helper.make_node("Concat", ["b1", "minus1"], ["newshape"], name="cat", axis=0))
+    c.write(outdir, c.node("Reshape", [g, "newshape"], c.t(g).reshape(N, -1)), mf)
+
+    c = Case("shape_index_int32_raw")
+    x = c.conv("input", 3, 16)
+    g = c.node("GlobalAveragePool", [x], F.adaptive_avg_pool2d(c.t(x), 1))
+    c.nodes.append(helper.make_node("Shape", [g], ["shp"], name="shape"))
+    c.const(np.array([1], dtype=np.int32), name="one32", dtype=np.int32)
+    c.nodes.append(helper.make_node("Gather", ["shp", "one32"], ["ch"], name="gather", axis=0))
+    c.nodes.append(helper.make_node("Constant", [], ["minus1"], value_ints=[-1]))
+    c.nodes.append(helper.make_node("Concat", ["minus1", "ch"], ["newshape"], name="cat", axis=0))
+    c.write(outdir, c.node("Reshape", [g, "newshape"], c.t(g).reshape(N, -1)), mf)
+
     c = Case("identity_chain")
     x = c.conv("input", 3, 8)
     i1 = c.node("Identity", [x], c.t(x))
@@ -586,6 +627,58 @@ def cases(outdir, mf):
         c.nodes.append(helper.make_node("Reshape", ["g", ""], ["y"], name="rs"))
         return "y"
     refused("reshape_no_shape", reshape_no_shape, "FORMAT", ["shape", "rs"])
+
+    # attributes a model exported for training, or a corrupt file, carries
+    def bn_node(case, **attrs):
+        ins = ["input"] + [case.const(np.ones(3, np.float32)) for _ in range(4)]
+        case.nodes.append(helper.make_node("BatchNormalization", ins, ["y"], name="bn", **attrs))
+        return "y"
+    refused("bn_training_mode", lambda c: bn_node(c, training_mode=1), "UNSUPPORTED", ["training mode", "bn"],
+            opset=14)
+    refused("bn_epsilon_negative", lambda c: bn_node(c, epsilon=-1.0), "FORMAT", ["epsilon", "bn"])
+    refused("bn_epsilon_nan", lambda c: bn_node(c, epsilon=float("nan")), "FORMAT", ["epsilon", "NaN"])
+    refused("bn_epsilon_string", lambda c: bn_node(c, epsilon="tiny"), "FORMAT", ["epsilon", "float"])
+
+    def conv_attrs(case, **attrs):
+        case.nodes.append(helper.make_node("Conv", ["input", case.const(rand(4, 3, 3, 3))], ["y"], name="cv",
+                                           **attrs))
+        return "y"
+    refused("conv_auto_pad_unknown", lambda c: conv_attrs(c, auto_pad="SAME_MIDDLE"), "FORMAT",
+            ["auto_pad", "SAME_MIDDLE", "cv"])
+    refused("conv_auto_pad_int", lambda c: conv_attrs(c, auto_pad=1), "FORMAT", ["auto_pad", "string", "cv"])
+    refused("conv_stride_zero", lambda c: conv_attrs(c, strides=[0, 1]), "FORMAT", ["strides", "range", "cv"])
+    refused("conv_group_float", lambda c: conv_attrs(c, group=1.5), "FORMAT", ["group", "integer", "cv"])
+    refused("conv_group_huge", lambda c: conv_attrs(c, group=1 << 40), "FORMAT", ["group", "range", "cv"])
+
+    def maxpool_no_kernel(case):
+        case.nodes.append(helper.make_node("MaxPool", ["input"], ["y"], name="mp"))
+        return "y"
+    refused("maxpool_no_kernel", maxpool_no_kernel, "FORMAT", ["kernel_shape", "mp"])
+
+    def dropout_not_test(case):
+        case.nodes.append(helper.make_node("Dropout", ["input"], ["y"], name="dr", is_test=0))
+        return "y"
+    refused("dropout_is_test_0", dropout_not_test, "UNSUPPORTED", ["is_test", "dr"], opset=6)
+
+    def constant_string(case):
+        case.nodes.append(helper.make_node("Constant", [], ["k"], name="kc", value_string="abc"))
+        case.nodes.append(helper.make_node("Add", ["input", "k"], ["y"], name="add"))
+        return "y"
+    refused("constant_string", constant_string, "UNSUPPORTED", ["Constant", "kc"])
+
+    def double_weights(case):
+        w = case.const(rand(4, 3, 3, 3).astype(np.float64), dtype=np.float64)
+        case.nodes.append(helper.make_node("Conv", ["input", w], ["y"], name="cv"))
+        return "y"
+    refused("weights_double", double_weights, "UNSUPPORTED", ["DOUBLE"])
+
+    def weights_short(case):
+        t = helper.make_tensor("w_short", TensorProto.FLOAT, [4, 3, 3, 3], rand(108).tolist())
+        del t.float_data[100:]  # onnx's helper refuses to write it short; a corrupt file is
+        case.inits.append(t)
+        case.nodes.append(helper.make_node("Conv", ["input", "w_short"], ["y"], name="cv"))
+        return "y"
+    refused("weights_fewer_than_shape", weights_short, "FORMAT", ["w_short", "108", "100"])
 
     # ops MedSearch does not run are refused only when the feature needs them
     c = Case("softmax_after_feature_ignored")
