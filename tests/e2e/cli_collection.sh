@@ -144,6 +144,14 @@ fi
 
 echo "== delete, resume, exit codes"
 id=$(json "$T/s.json" "d['results'][0]['id']")
+# An id that is not a positive whole number is a usage error, and nothing of
+# the command line is deleted (the valid id beside it stays).
+for bad in abc 0 -5 1x 99999999999999999999 ""; do
+  "$BIN" delete --db "$DB" -- "$id" "$bad" >/dev/null 2>"$T/del.err"
+  [ $? -eq 2 ] || fail "delete '$bad' must exit 2"
+  grep -q "is not an image id" "$T/del.err" || fail "delete '$bad': $(cat "$T/del.err")"
+done
+"$BIN" search --id "$id" --db "$DB" >/dev/null || fail "a refused delete removed image $id"
 "$BIN" delete "$id" --db "$DB" >/dev/null || fail "delete"
 "$BIN" delete "$id" --db "$DB" >/dev/null 2>&1
 [ $? -eq 1 ] || fail "deleting a missing id must exit 1"
