@@ -19,6 +19,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,6 +34,7 @@
 
 #include "http/http_internal.h"
 #include "util/sha256.h"
+#include "util/text.h"
 #include "util/timing.h"
 
 enum phase { P_NEW, P_BODY, P_WORK, P_READY };
@@ -51,6 +53,7 @@ typedef struct conn_ctx {
     size_t reserved;             /* bytes taken from the upload budget */
     size_t received;             /* body bytes seen */
     struct MHD_PostProcessor *pp;
+    uint64_t field_received;     /* bytes of the last form field's value so far */
     int form_error;              /* the multipart body was malformed */
     char form_error_msg[160];
     int body_too_big;
@@ -363,10 +366,18 @@ static int body_append(conn_ctx *x, const char *data, size_t size)
     return 0;
 }
 
-static void form_fail(conn_ctx *x, const char *msg)
+/* Records the first problem of a multipart body; a field name in it comes
+ * from the client, so the message is made printable. */
+static void form_fail(conn_ctx *x, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void form_fail(conn_ctx *x, const char *fmt, ...)
 {
-    if (!x->form_error)
-        snprintf(x->form_error_msg, sizeof x->form_error_msg, "%s", msg);
+    if (!x->form_error) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(x->form_error_msg, sizeof x->form_error_msg, fmt, ap);
+        va_end(ap);
+        ms_text_make_printable(x->form_error_msg);
+    }
     x->form_error = 1;
 }
 
@@ -376,7 +387,7 @@ static int form_append(conn_ctx *x, const char *data, size_t size)
     kv_pair *last = &x->req.form.items[x->req.form.n - 1];
     size_t have = strlen(last->value);
     if (have + size > HTTP_MAX_FIELD) {
-        form_fail(x, "a form field is longer than 4096 bytes");
+        form_fail(x, "form field '%.64s' is longer than %d bytes", last->key, HTTP_MAX_FIELD);
         return -1;
     }
     char *nv = realloc(last->value, have + size + 1);
@@ -411,14 +422,32 @@ static enum MHD_Result on_form_data(void *cls, enum MHD_ValueKind kind, const ch
         return (size && body_append(x, data, size)) ? MHD_NO : MHD_YES;
     }
     /* Other fields: short text values (metadata, filters, k). */
-    int same_field = off > 0 && x->req.form.n > 0 &&
-                     !strcmp(x->req.form.items[x->req.form.n - 1].key, key);
-    if (same_field)
-        return form_append(x, data, size) ? MHD_NO : MHD_YES;
+    if (size && memchr(data, '\0', size)) {
+        form_fail(x, "form field '%.64s' holds a NUL byte", key);
+        return MHD_NO;
+    }
+    /* libmicrohttpd hands a value over in pieces as the body arrives, and may
+     * open a field with an empty piece at offset 0 before its bytes (when the
+     * part's headers end a read). A piece continues the last field when it
+     * has that field's name and starts where the field's bytes end; a field
+     * whose name came before is a second field of that name. */
+    int continues = x->req.form.n > 0 && off == x->field_received &&
+                    !strcmp(x->req.form.items[x->req.form.n - 1].key, key);
+    if (continues) {
+        if (form_append(x, data, size))
+            return MHD_NO;
+        x->field_received += size;
+        return MHD_YES;
+    }
+    if (kv_get(&x->req.form, key)) {
+        form_fail(x, "form field '%.64s' is given twice", key);
+        return MHD_NO;
+    }
     if (kv_add(&x->req.form, key, strlen(key), data, size)) {
         form_fail(x, "too many form fields or a field too long");
         return MHD_NO;
     }
+    x->field_received = size;
     return MHD_YES;
 }
 
