@@ -342,6 +342,16 @@ check "health says reads need the token" 'd["auth"]["reads"] is True'
 expect 200 "the page stays open (it asks for the token)" "$URL/"
 stop_server
 
+# ---- the budget of bodies in flight: 429 over it, back when they close ----
+start_server --max-upload-mb 64 --quiet
+if /usr/bin/python3 "$(dirname "$0")/http/upload_budget.py" "$PORT" "$QUERY" 64 >"$WORK/budget.out" 2>&1; then
+    ok "upload budget: $(grep -c '^ok' "$WORK/budget.out") checks"
+else
+    bad "upload budget: $(grep -v '^ok' "$WORK/budget.out")"
+fi
+expect 200 "the server works after the budget checks" -F "image=@$QUERY" "$URL/api/search"
+stop_server
+
 # ---- a full queue answers 503 with Retry-After ----
 start_server --queue-depth 1 --max-batch 1 --quiet
 for round in 1 2 3; do
