@@ -17,6 +17,7 @@
  *   READY    the reply is built and is queued.
  */
 #include <arpa/inet.h>
+#include <errno.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -85,6 +86,8 @@ struct http_server {
     _Atomic size_t in_flight;
     _Atomic size_t upload_bytes;
     _Atomic int stopping;
+    _Atomic int starting;        /* libmicrohttpd's messages are kept, not printed */
+    char start_msg[200];         /* its last message while starting */
 };
 
 void http_options_init(http_options *o)
@@ -719,6 +722,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 
 static void on_mhd_log(void *cls, const char *fmt, va_list ap)
 {
+    http_server *s = cls;
     char msg[400];
     vsnprintf(msg, sizeof msg, fmt, ap);
     char *html = strstr(msg, " ('<html>");   /* the canned error page adds nothing */
@@ -727,6 +731,12 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap)
     size_t n = strlen(msg);
     while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
         msg[--n] = '\0';
+    if (atomic_load(&s->starting)) {
+        /* A failed start is reported once, by start_daemon: libmicrohttpd's
+         * own words would name port 0 (the address is given as a sockaddr). */
+        snprintf(s->start_msg, sizeof s->start_msg, "%.199s", msg);
+        return;
+    }
     char line[480];
     int len = snprintf(line, sizeof line, "medsearch: http: %s\n", msg);
     if (len > 0) {
@@ -786,6 +796,24 @@ static void server_free(http_server *s)
     free(s);
 }
 
+/* Why the address cannot be bound, found by binding it the way libmicrohttpd
+ * does: an errno, or 0 when it can be (libmicrohttpd failed for another
+ * reason). Only used to explain a failed start. */
+static int bind_error(const listen_addr *la)
+{
+    int fd = socket(la->v6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return errno;
+    int one = 1;
+    (void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (la->v6)
+        (void)setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+    socklen_t len = la->v6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+    int e = bind(fd, (const struct sockaddr *)&la->sa, len) ? errno : 0;
+    close(fd);
+    return e;
+}
+
 static int start_daemon(http_server *s, const listen_addr *la, ms_err *err)
 {
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
@@ -799,6 +827,7 @@ static int start_daemon(http_server *s, const listen_addr *la, ms_err *err)
         {o->threads > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END, (intptr_t)o->threads, NULL},
         {MHD_OPTION_END, 0, NULL},
     };
+    atomic_store(&s->starting, 1);
     s->d = MHD_start_daemon(
         flags, 0, NULL, NULL, on_request, s,
         MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s,   /* first, or early messages bypass it */
@@ -812,9 +841,20 @@ static int start_daemon(http_server *s, const listen_addr *la, ms_err *err)
         MHD_OPTION_URI_LOG_CALLBACK, on_uri, s,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
         MHD_OPTION_END);
-    if (!s->d)
-        return ms_err_set(err, MS_EIO, "cannot listen on %s (address in use, or not an "
-                          "address of this machine?)", o->listen);
+    atomic_store(&s->starting, 0);
+    if (!s->d) {
+        int e = bind_error(la);
+        if (e == EADDRINUSE)
+            return ms_err_set(err, MS_EIO, "cannot listen on %s: the port is in use (another "
+                              "server?); choose another with --listen HOST:PORT", o->listen);
+        if (e == EADDRNOTAVAIL)
+            return ms_err_set(err, MS_EIO, "cannot listen on %s: that is not an address of "
+                              "this machine", o->listen);
+        if (e)
+            return ms_err_set(err, MS_EIO, "cannot listen on %s: %s", o->listen, strerror(e));
+        return ms_err_set(err, MS_EIO, "cannot listen on %s: %s", o->listen,
+                          s->start_msg[0] ? s->start_msg : "the HTTP library could not start");
+    }
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_BIND_PORT);
     s->port = di ? di->port : 0;
     char host[INET6_ADDRSTRLEN] = "127.0.0.1";

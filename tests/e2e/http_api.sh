@@ -48,6 +48,15 @@ cp "$WORK/token" "$WORK/open.token"
 chmod 644 "$WORK/open.token"
 start_server --token-file "$WORK/open.token"
 expect 200 "a server with a world-readable token file starts" "$URL/api/health"
+# A second server on the same port fails at start (exit 3) and says why, once.
+rc=0
+"$MEDSEARCH_BIN" serve --db "$WORK/c.db" --model "$MODEL" --listen "127.0.0.1:$PORT" >/dev/null 2>"$WORK/inuse.err" || rc=$?
+if [ "$rc" -eq 3 ] && grep -q "cannot listen on 127.0.0.1:$PORT: the port is in use" "$WORK/inuse.err" &&
+    ! grep -q "port 0" "$WORK/inuse.err"; then
+    ok "a port in use is refused (exit 3, says why)"
+else
+    bad "a port in use: exit $rc, $(cat "$WORK/inuse.err")"
+fi
 if grep -q "token file $WORK/open.token is readable by other users (chmod 600" "$WORK/server.err"; then
     ok "a world-readable token file is warned about"
 else
