@@ -20,8 +20,9 @@
  * ENGINE_CENTER_MIN vectors has no center (the transform is the identity);
  * once it has that many, the center is computed, stored and frozen, and
  * computed again when the collection has grown to twice the count it came
- * from (each recomputation rebuilds the index, so doubling keeps the total
- * cost linear). That check runs in engine_open (not for no_model opens,
+ * from or shrunk (by deletes) to half of it, and removed when it falls
+ * under ENGINE_CENTER_MIN (each recomputation rebuilds the index, so
+ * doubling keeps the total cost linear). That check runs in engine_open (not for no_model opens,
  * which never write) and in engine_update_center. The persisted index
  * records the center it was built with (a tag in its identity), so a file
  * built with another center is rebuilt.
@@ -262,8 +263,8 @@ int engine_reembed(engine *e, void (*progress)(void *ctx, size_t done, size_t to
 
 /* Computes the center again when the collection needs it: it has at least
  * ENGINE_CENTER_MIN vectors and no center, or twice as many vectors as the
- * center came from, or force is set (then also below the minimum, where it
- * removes the center). A recomputation is the mean of the stored vectors
+ * center came from, or half as many or fewer, or force is set; below the
+ * minimum it removes a center. A recomputation is the mean of the stored vectors
  * (double sums), recorded in the store, and the index rebuilt from the store
  * with it (persisted at the next flush or close). *changed (may be NULL)
  * tells whether anything changed. ingest and reembed call it when done, so a

@@ -138,12 +138,16 @@ static int compute_mean(engine *e, store *s, float **out, size_t *n, ms_err *err
 
 enum center_plan { PLAN_KEEP, PLAN_COMPUTE, PLAN_NONE };
 
+/* A center is due when there is none, when the collection has doubled since
+ * it was computed, or when deletes have halved it: the mean of the images a
+ * collection no longer holds is no longer its common part. Below the minimum
+ * a center left by a larger collection is removed. */
 static enum center_plan plan(const engine *e, size_t count, int force)
 {
     int redo = force || e->center_unstored;
     if (count < ENGINE_CENTER_MIN)
-        return redo && (e->center || e->center_unstored) ? PLAN_NONE : PLAN_KEEP;
-    if (redo || !e->center || count >= 2 * e->center_n)
+        return e->center || e->center_unstored ? PLAN_NONE : PLAN_KEEP;
+    if (redo || !e->center || count >= 2 * e->center_n || 2 * count <= e->center_n)
         return PLAN_COMPUTE;
     return PLAN_KEEP;
 }

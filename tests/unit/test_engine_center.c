@@ -482,6 +482,31 @@ static void t_center_lifecycle(void **state)
     free(db);
 }
 
+/* The collection's stored center is the mean, in double, of its `from`
+ * stored vectors, and a search by the id at position `at` ranks as brute
+ * force does around that mean; the index agrees with the store. */
+static void assert_center_is_mean(engine *e, const char *db, size_t from, size_t at)
+{
+    float c[DIM];
+    assert_int_equal(stored_center(db, c), from);
+    raw_set r;
+    raw_load(db, &r);
+    assert_int_equal(r.n, from);
+    double mean[DIM];
+    raw_mean(&r, mean);
+    for (int i = 0; i < DIM; i++)
+        assert_true(fabs(mean[i] - c[i]) < 1e-6);
+    engine_result *res;
+    int n;
+    ms_err err = {0};
+    engine_query q = {.by_id = r.ids[at], .k = 10};
+    assert_int_equal(engine_search(e, &q, &res, &n, NULL, &err), 0);
+    assert_brute_ranking(&r, mean, r.ids[at], res, n, 10);
+    engine_results_free(res, n);
+    assert_int_equal(engine_check(e, &err), 0);
+    raw_free(&r);
+}
+
 /* Growth: at twice the count the center came from, opening recomputes it
  * and the index file built with the old one is reported and rebuilt; an
  * open without a model never writes a center. */
@@ -533,25 +558,72 @@ static void t_center_growth(void **state)
     stats(e, &st);
     assert_int_equal(st.center_from, 600);
     assert_string_not_equal(st.center_tag, tag300);
-    assert_int_equal(stored_center(db, c), 600);
-    raw_set r;
-    raw_load(db, &r);
-    double mean[DIM];
-    raw_mean(&r, mean);
-    for (int i = 0; i < DIM; i++)
-        assert_true(fabs(mean[i] - c[i]) < 1e-6);
-    engine_result *res;
-    int n;
-    engine_query q = {.by_id = r.ids[450], .k = 10};
-    assert_int_equal(engine_search(e, &q, &res, &n, NULL, &err), 0);
-    assert_brute_ranking(&r, mean, r.ids[450], res, n, 10);
-    engine_results_free(res, n);
-    assert_int_equal(engine_check(e, &err), 0);
+    assert_center_is_mean(e, db, 600, 450);
     engine_close(e);
     e = open_engine(db, G.model, ENGINE_CENTER_AUTO, 0, 0, &rep);
     assert_int_equal(rep.index_loaded, 1);
     engine_close(e);
+    free(db);
+}
+
+/* Shrinking: once deletes leave half the vectors the center came from or
+ * fewer, the next open with a model recomputes it from what is left; under
+ * ENGINE_CENTER_MIN it is removed and the ranking is plain cosine. */
+static void t_center_shrink(void **state)
+{
+    (void)state;
+    char *db = new_db();
+    engine_open_report rep;
+    engine *e = open_engine(db, G.model, ENGINE_CENTER_AUTO, 0, 0, &rep); /* registers the model */
+    engine_close(e);
+    add_synthetic(db, 200, 5);
+    e = open_engine(db, G.model, ENGINE_CENTER_AUTO, 0, 0, &rep);
+    assert_non_null(strstr(rep.center_note, "computed from 200 vectors"));
+    engine_close(e);
+    raw_set r;
+    raw_load(db, &r);
+    ms_err err = {0};
+    /* 101 left: more than half, not due. */
+    e = open_engine(db, NULL, ENGINE_CENTER_AUTO, 1, 0, &rep);
+    for (size_t i = 0; i < 99; i++)
+        assert_int_equal(engine_delete(e, r.ids[i], &err), 0);
+    engine_close(e);
+    e = open_engine(db, G.model, ENGINE_CENTER_AUTO, 0, 0, &rep);
+    assert_string_equal(rep.center_note, "");
+    engine_stats st;
+    stats(e, &st);
+    assert_int_equal(st.center_from, 200);
+    /* 100 left: half, due. */
+    assert_int_equal(engine_delete(e, r.ids[99], &err), 0);
+    engine_close(e);
+    e = open_engine(db, G.model, ENGINE_CENTER_AUTO, 0, 0, &rep);
+    assert_non_null(strstr(rep.center_note, "recomputed from 100 vectors (was from 200)"));
+    stats(e, &st);
+    assert_int_equal(st.center_from, 100);
+    assert_center_is_mean(e, db, 100, 10);
+    /* Under the minimum: the center goes, the ranking is plain cosine. */
+    for (size_t i = 100; i < 200 - (ENGINE_CENTER_MIN - 1); i++)
+        assert_int_equal(engine_delete(e, r.ids[i], &err), 0);
+    engine_close(e);
+    e = open_engine(db, G.model, ENGINE_CENTER_AUTO, 0, 0, &rep);
+    assert_non_null(strstr(rep.center_note, "center removed"));
+    stats(e, &st);
+    assert_int_equal(st.center_from, 0);
+    float c[DIM];
+    assert_int_equal(stored_center(db, c), 0);
+    raw_set few;
+    raw_load(db, &few);
+    assert_int_equal(few.n, ENGINE_CENTER_MIN - 1);
+    engine_result *res;
+    int n;
+    engine_query q = {.by_id = few.ids[3], .k = 10};
+    assert_int_equal(engine_search(e, &q, &res, &n, NULL, &err), 0);
+    assert_brute_ranking(&few, NULL, few.ids[3], res, n, 10);
+    engine_results_free(res, n);
+    assert_int_equal(engine_check(e, &err), 0);
+    engine_close(e);
     raw_free(&r);
+    raw_free(&few);
     free(db);
 }
 
@@ -886,6 +958,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(t_center_lifecycle),
         cmocka_unit_test(t_center_growth),
+        cmocka_unit_test(t_center_shrink),
         cmocka_unit_test(t_center_off),
         cmocka_unit_test(t_center_reembed),
         cmocka_unit_test(t_center_policy),
