@@ -55,6 +55,7 @@ typedef struct conn_ctx {
     size_t received;             /* body bytes seen */
     struct MHD_PostProcessor *pp;
     uint64_t field_received;     /* bytes of the last form field's value so far */
+    char dup_arg[72];            /* a query parameter given twice, shown printable */
     int form_error;              /* the multipart body was malformed */
     char form_error_msg[160];
     int body_too_big;
@@ -458,6 +459,12 @@ static enum MHD_Result on_query_arg(void *cls, enum MHD_ValueKind kind, const ch
                                     const char *value)
 {
     conn_ctx *x = cls;
+    if (kv_get(&x->req.args, key)) {
+        /* Which one would count is a guess either way: refused, named. */
+        snprintf(x->dup_arg, sizeof x->dup_arg, "%.64s", key);
+        ms_text_make_printable(x->dup_arg);
+        return MHD_NO;
+    }
     if (kv_add(&x->req.args, key, strlen(key), value, value ? strlen(value) : 0))
         return MHD_NO;
     return MHD_YES;
@@ -551,6 +558,10 @@ static enum MHD_Result begin(conn_ctx *x, const char *url, const char *method)
     if (MHD_get_connection_values(x->conn, MHD_GET_ARGUMENT_KIND, on_query_arg, x) < 0 ||
         req->args.overflow)
         return send_error(x, 400, "bad_request", "too many or too long query parameters");
+    if (x->dup_arg[0]) {
+        reply_error(&x->rep, 400, "bad_request", "query parameter '%s' is given twice", x->dup_arg);
+        return send_reply(x);
+    }
     if (req->match.wants_body && accept_body(x))
         return send_reply(x);
     atomic_store(&x->phase, P_BODY);

@@ -151,6 +151,14 @@ expect 422 "sex in filter= and as a parameter" -F "image=@$QUERY" "$URL/api/sear
 check "the 422 names the field given twice" 'd["error"]["code"]=="bad_filter" and d["error"]["message"].startswith("sex is given twice")'
 expect 422 "age_min in filter= and as a parameter" -F "image=@$QUERY" "$URL/api/search?filter=age%3A30-50&age_min=60"
 check "the 422 names age_min" 'd["error"]["message"].startswith("age_min is given twice")'
+# A parameter twice in the query string: which one counts would be a guess.
+expect 400 "k given twice in the query" -F "image=@$QUERY" "$URL/api/search?k=1&k=7"
+check "the 400 names k" "d['error']['message']==\"query parameter 'k' is given twice\""
+expect 400 "a meta. field given twice in an ingest's query" "${AUTH[@]}" -H "Content-Type: image/png" \
+    --data-binary "@$QUERY" "$URL/api/images?meta.site=a&meta.site=b"
+# One name in the form and in the query string: the form's counts.
+expect 200 "k in the form and in the query" -F "image=@$QUERY" -F k=2 "$URL/api/search?k=5"
+check "the form's k counts" 'd["count"]==2'
 expect 200 "sex=any next to filter= sex:M asks for nothing more" -F "image=@$QUERY" "$URL/api/search?k=50&filter=sex%3AM&sex=any"
 check "every result is M" 'd["count"]>0 and all(r["sex"]=="M" for r in d["results"])'
 expect 200 "labels_all adds to the filter's labels" -F "image=@$QUERY" "$URL/api/search?k=50&filter=labels%3AEffusion&labels_all=Mass"
