@@ -88,7 +88,8 @@ struct http_server {
     _Atomic size_t upload_bytes;
     _Atomic int stopping;
     _Atomic int starting;        /* libmicrohttpd's messages are kept, not printed */
-    char start_msg[200];         /* its last message while starting */
+    char start_msg[200];         /* its last message while starting (printed after a
+                                    start that went through) */
 };
 
 void http_options_init(http_options *o)
@@ -731,6 +732,16 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     atomic_fetch_sub(&s->in_flight, 1);
 }
 
+static void log_line(const char *msg)
+{
+    char line[480];
+    int len = snprintf(line, sizeof line, "medsearch: http: %s\n", msg);
+    if (len > 0) {
+        ssize_t w = write(STDERR_FILENO, line, (size_t)len < sizeof line ? (size_t)len : sizeof line - 1);
+        (void)w;
+    }
+}
+
 static void on_mhd_log(void *cls, const char *fmt, va_list ap)
 {
     http_server *s = cls;
@@ -748,12 +759,7 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap)
         snprintf(s->start_msg, sizeof s->start_msg, "%.199s", msg);
         return;
     }
-    char line[480];
-    int len = snprintf(line, sizeof line, "medsearch: http: %s\n", msg);
-    if (len > 0) {
-        ssize_t w = write(STDERR_FILENO, line, (size_t)len < sizeof line ? (size_t)len : sizeof line - 1);
-        (void)w;
-    }
+    log_line(msg);
 }
 
 /* ---- start and stop ---- */
@@ -866,6 +872,8 @@ static int start_daemon(http_server *s, const listen_addr *la, ms_err *err)
         return ms_err_set(err, MS_EIO, "cannot listen on %s: %s", o->listen,
                           s->start_msg[0] ? s->start_msg : "the HTTP library could not start");
     }
+    if (s->start_msg[0])
+        log_line(s->start_msg); /* a warning of a start that went through */
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_BIND_PORT);
     s->port = di ? di->port : 0;
     char host[INET6_ADDRSTRLEN] = "127.0.0.1";
