@@ -129,8 +129,11 @@ static int add_image(embed_run *r, const char *path)
         rc = image_prepare(bytes, len, &r->lim, model_prep(r->m), r->in + (size_t)r->n * per_in, NULL, &err);
     free(bytes);
     if (rc) {
+        /* The JSON lists the images in the order given: the batch before
+         * this failure goes out first. */
+        int code = r->json && !r->out ? flush(r) : 0;
         report_error(r, path, &err);
-        return 0;
+        return code;
     }
     r->names[r->n++] = path;
     return r->n == r->batch ? flush(r) : 0;

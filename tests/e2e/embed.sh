@@ -116,6 +116,15 @@ for r in range(2):
     for k in range(dim):
         assert abs(got[r * dim + k] - float(rows[r][k])) <= 1e-6 * max(1.0, abs(float(rows[r][k]))), (r, k)
 PYEOF
+# The JSON lists every image in the order given, failures in their place.
+"$BIN" embed --json "$A" "$T/notes.png" "$B" "$T/missing.png" >"$T/mixed.json" 2>/dev/null
+[ $? -eq 1 ] || fail "--json with bad images must exit 1"
+$PY - "$T/mixed.json" "$A" "$T/notes.png" "$B" "$T/missing.png" <<'PYEOF' || fail "the JSON is not in the order given"
+import json, sys
+d = json.load(open(sys.argv[1]))
+got = [(v["image"], "vector" in v) for v in d["vectors"]]
+assert got == [(sys.argv[2], True), (sys.argv[3], False), (sys.argv[4], True), (sys.argv[5], False)], got
+PYEOF
 # A name with control characters is shown with '?' in the text output and
 # on stderr; the JSON keeps it, escaped.
 ESCNAME=$T/$'esc\033[2Jname.png'
