@@ -15,6 +15,8 @@ import socket
 import sys
 import time
 
+from raw_http import read_reply
+
 
 def main(argv):
     port, path, token, image = int(argv[1]), argv[2], argv[3], argv[4]
@@ -44,14 +46,8 @@ def main(argv):
             s.sendall(p[i:i + step])
             if trickled:
                 time.sleep(0.002)
-    resp = b""
-    while True:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        resp += chunk
-    head, _, body = resp.partition(b"\r\n\r\n")
-    print(head.split(b"\r\n")[0].split(b" ")[1].decode(), body.decode())
+    status, resp = read_reply(s)
+    print(status, resp.partition(b"\r\n\r\n")[2].decode())
     return 0
 
 

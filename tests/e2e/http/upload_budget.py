@@ -18,6 +18,8 @@ import socket
 import sys
 import time
 
+from raw_http import read_reply
+
 fails = 0
 
 
@@ -25,17 +27,6 @@ def check(ok, what):
     global fails
     print(("ok: " if ok else "FAIL: ") + what)
     fails += 0 if ok else 1
-
-
-def read_reply(s):
-    resp = b""
-    while True:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        resp += chunk
-    line = resp.split(b"\r\n", 1)[0].split(b" ")
-    return (int(line[1]) if len(line) > 1 and line[1].isdigit() else 0), resp
 
 
 def post(port, body=None, declared=None, chunked=False, send_body=True):
