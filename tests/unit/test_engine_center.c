@@ -507,6 +507,21 @@ static void assert_center_is_mean(engine *e, const char *db, size_t from, size_t
     raw_free(&r);
 }
 
+/* A new collection db of n synthetic vectors (seed), opened with the model:
+ * the open computes its center from all n. */
+static engine *open_centred_synthetic(const char *db, int n, uint64_t seed, engine_open_report *rep)
+{
+    engine *e = open_engine(db, G.model, ENGINE_CENTER_AUTO, 0, 0, rep); /* registers the model */
+    engine_close(e);
+    add_synthetic(db, n, seed);
+    e = open_engine(db, G.model, ENGINE_CENTER_AUTO, 0, 0, rep); /* open computes it */
+    char want[64];
+    snprintf(want, sizeof want, "computed from %d vectors", n);
+    if (!strstr(rep->center_note, want))
+        fail_msg("center note: %s", rep->center_note);
+    return e;
+}
+
 /* Growth: at twice the count the center came from, opening recomputes it
  * and the index file built with the old one is reported and rebuilt; an
  * open without a model never writes a center. */
@@ -515,11 +530,7 @@ static void t_center_growth(void **state)
     (void)state;
     char *db = new_db();
     engine_open_report rep;
-    engine *e = open_engine(db, G.model, ENGINE_CENTER_AUTO, 0, 0, &rep); /* registers the model */
-    engine_close(e);
-    add_synthetic(db, 300, 2);
-    e = open_engine(db, G.model, ENGINE_CENTER_AUTO, 0, 0, &rep); /* open computes it */
-    assert_non_null(strstr(rep.center_note, "computed from 300 vectors"));
+    engine *e = open_centred_synthetic(db, 300, 2, &rep);
     engine_stats st;
     stats(e, &st);
     assert_int_equal(st.center_from, 300);
@@ -574,11 +585,7 @@ static void t_center_shrink(void **state)
     (void)state;
     char *db = new_db();
     engine_open_report rep;
-    engine *e = open_engine(db, G.model, ENGINE_CENTER_AUTO, 0, 0, &rep); /* registers the model */
-    engine_close(e);
-    add_synthetic(db, 200, 5);
-    e = open_engine(db, G.model, ENGINE_CENTER_AUTO, 0, 0, &rep);
-    assert_non_null(strstr(rep.center_note, "computed from 200 vectors"));
+    engine *e = open_centred_synthetic(db, 200, 5, &rep);
     engine_close(e);
     raw_set r;
     raw_load(db, &r);
