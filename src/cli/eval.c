@@ -192,10 +192,13 @@ static const cli_command EVAL_CMD_BASE = {
 };
 
 /* A report written to "-" takes standard output's place: the text tables would interleave with
- * it, and JSON could not be parsed out of the mixture. */
-static int report_to_stdout(const eval_args *a)
+ * it, and JSON could not be parsed out of the mixture. Returns the option that sends one there
+ * ("out" or "per-query"), or NULL. */
+static const char *report_to_stdout(const eval_args *a)
 {
-    return (a->out_md && !strcmp(a->out_md, "-")) || (a->per_query && !strcmp(a->per_query, "-"));
+    if (a->out_md && !strcmp(a->out_md, "-"))
+        return "out";
+    return a->per_query && !strcmp(a->per_query, "-") ? "per-query" : NULL;
 }
 
 /* Returns -1 to go on, or the exit code to return now. */
@@ -256,8 +259,7 @@ static int parse_args(int argc, char **argv, eval_args *a)
         snprintf(why, sizeof why, "--out and --per-query name the same file, %s", a->out_md);
         bad = 1;
     } else if (a->common.json && report_to_stdout(a)) {
-        snprintf(why, sizeof why, "--json and --%s - both write to standard output",
-                 a->out_md && !strcmp(a->out_md, "-") ? "out" : "per-query");
+        snprintf(why, sizeof why, "--json and --%s - both write to standard output", report_to_stdout(a));
         bad = 1;
     } else if (a->tune && (a->compare_a || a->qe != ENGINE_QE_COLLECTION || a->out_md || a->per_query)) {
         snprintf(why, sizeof why, "--tune tries its own settings: it takes none of --compare, --qe, --out, --per-query");
