@@ -36,7 +36,7 @@ typedef struct node_res {
     int nw;
     dnnl_memory_t bias;
     dnnl_memory_t bn[4];     /* mean, variance, scale, shift */
-    dnnl_memory_t konst;     /* a constant operand of Add/Mul */
+    dnnl_memory_t konst;     /* a constant operand of Add/Mul, PRelu's slope */
     dnnl_memory_desc_t konst_md;
 } node_res;
 
@@ -300,6 +300,14 @@ static dnnl_primitive_attr_t new_attr(const dnn *d, const g_node *nd, int with_p
             dnnl_post_ops_append_eltwise(po, 1.0f, dnnl_eltwise_clip, 0.0f, 1.0f);
             break;
         case G_ACT_HARDSWISH: dnnl_post_ops_append_eltwise(po, 1.0f, dnnl_eltwise_hardswish, HSW_ALPHA, HSW_BETA); break;
+        case G_ACT_LEAKYRELU: dnnl_post_ops_append_eltwise(po, 1.0f, dnnl_eltwise_relu, p->lo, 0); break;
+        case G_ACT_ELU: dnnl_post_ops_append_eltwise(po, 1.0f, dnnl_eltwise_elu, p->lo, 0); break;
+        case G_ACT_SELU: /* gamma * elu(x, alpha) */
+            dnnl_post_ops_append_eltwise(po, 1.0f, dnnl_eltwise_elu, p->lo, 0);
+            dnnl_post_ops_append_eltwise(po, 1.0f, dnnl_eltwise_linear, p->hi, 0);
+            break;
+        case G_ACT_TANH: dnnl_post_ops_append_eltwise(po, 1.0f, dnnl_eltwise_tanh, 0, 0); break;
+        case G_ACT_SOFTPLUS: dnnl_post_ops_append_eltwise(po, 1.0f, dnnl_eltwise_soft_relu, 0, 0); break;
         }
     }
     dnnl_primitive_attr_set_post_ops(attr, po);
@@ -741,13 +749,21 @@ static int build_eltwise(const ctx *c, int node, ms_err *err)
     case G_SWISH: alg = dnnl_eltwise_swish; alpha = 1.0f; break;
     case G_HARDSWISH: alg = dnnl_eltwise_hardswish; alpha = HSW_ALPHA; beta = HSW_BETA; break;
     case G_HARDSIGMOID: alg = dnnl_eltwise_linear; alpha = nd->alpha; beta = nd->beta; break;
+    case G_LEAKYRELU: alpha = nd->alpha; break;
+    case G_ELU:
+    case G_SELU: alg = dnnl_eltwise_elu; alpha = nd->alpha; break;
+    case G_TANH: alg = dnnl_eltwise_tanh; break;
+    case G_SOFTPLUS: alg = dnnl_eltwise_soft_relu; break;
     default: break;
     }
     int dv = eltwise_step(c, nd, sv, alg, alpha, beta, -3, err);
-    if (dv < 0 || nd->op != G_HARDSIGMOID)
+    if (dv < 0 || (nd->op != G_HARDSIGMOID && nd->op != G_SELU))
         return dv < 0 ? dv : 0;
-    /* then clip to [0, 1], in place */
-    dv = eltwise_step(c, nd, dv, dnnl_eltwise_clip, 0.0f, 1.0f, c->pl->v[dv].buf, err);
+    /* the second step, in place: HardSigmoid clips to [0, 1], Selu scales by gamma */
+    if (nd->op == G_HARDSIGMOID)
+        dv = eltwise_step(c, nd, dv, dnnl_eltwise_clip, 0.0f, 1.0f, c->pl->v[dv].buf, err);
+    else
+        dv = eltwise_step(c, nd, dv, dnnl_eltwise_linear, nd->beta, 0.0f, c->pl->v[dv].buf, err);
     return dv < 0 ? dv : 0;
 }
 
@@ -937,6 +953,33 @@ static int build_binary(const ctx *c, int node, ms_err *err)
     return 0;
 }
 
+/* PRelu: oneDNN's prelu with the slope as its weights, broadcast from the
+ * constant's plain layout whatever the layout of the activation. */
+static int build_prelu(const ctx *c, int node, ms_err *err)
+{
+    const g_node *nd = &c->g->n[node];
+    node_res *r = &c->d->res[node];
+    int sv = value_of(c, nd->in[0], nd, err);
+    if (sv < 0)
+        return sv;
+    int rc = binary_const(c, node, nd->in[1], c->pl->v[sv].md.ndims, err);
+    if (rc)
+        return rc;
+    dnnl_prelu_desc_t desc;
+    DN(dnnl_prelu_forward_desc_init(&desc, dnnl_forward_inference, &c->pl->v[sv].md, &r->konst_md), nd,
+       "describe the PRelu");
+    dnnl_primitive_desc_t pd;
+    if ((rc = make_pd(&pd, &desc, new_attr(c->d, nd, 0), c->d, nd, "create the PRelu", err)))
+        return rc;
+    int dv = same_layout_dst(c, sv, err);
+    if (dv < 0) {
+        dnnl_primitive_desc_destroy(pd);
+        return dv;
+    }
+    const int kind = DNNL_ARG_WEIGHTS;
+    return finish_unary(c, nd, pd, sv, dv, 1, &kind, &r->konst, err);
+}
+
 static int build_concat(const ctx *c, int node, ms_err *err)
 {
     plan *pl = c->pl;
@@ -1007,7 +1050,13 @@ static int build_node(const ctx *c, int node, ms_err *err)
     case G_SIGMOID:
     case G_SWISH:
     case G_HARDSIGMOID:
-    case G_HARDSWISH: return build_eltwise(c, node, err);
+    case G_HARDSWISH:
+    case G_LEAKYRELU:
+    case G_ELU:
+    case G_SELU:
+    case G_TANH:
+    case G_SOFTPLUS: return build_eltwise(c, node, err);
+    case G_PRELU: return build_prelu(c, node, err);
     case G_ADD:
     case G_SUB:
     case G_MUL:

@@ -19,7 +19,8 @@ const char *graph_op_name(g_op op)
         "Conv", "BatchNormalization", "Relu", "Clip", "Sigmoid", "Swish", "Add", "Mul",
         "MaxPool", "AveragePool", "GlobalAveragePool", "Flatten", "Reshape", "Gemm",
         "Concat", "Identity", "HardSigmoid", "HardSwish", "Sub", "Div", "Pad", "GlobalMaxPool",
-        "Shape", "Gather", "Unsqueeze", "Squeeze", "unsupported (not run)", "ReduceMean", "Dropout"};
+        "Shape", "Gather", "Unsqueeze", "Squeeze", "unsupported (not run)", "ReduceMean", "Dropout",
+        "LeakyRelu", "PRelu", "Elu", "Selu", "Tanh", "Softplus"};
     return op >= 0 && op < G_OP_COUNT ? names[op] : "?";
 }
 
@@ -542,6 +543,11 @@ static int eltwise_post(const g_node *e, g_post *p)
     case G_SWISH: p->act = G_ACT_SWISH; return 1;
     case G_HARDSIGMOID: p->act = G_ACT_HARDSIGMOID; p->lo = e->alpha; p->hi = e->beta; return 1;
     case G_HARDSWISH: p->act = G_ACT_HARDSWISH; return 1;
+    case G_LEAKYRELU: p->act = G_ACT_LEAKYRELU; p->lo = e->alpha; return 1;
+    case G_ELU: p->act = G_ACT_ELU; p->lo = e->alpha; return 1;
+    case G_SELU: p->act = G_ACT_SELU; p->lo = e->alpha; p->hi = e->beta; return 1;
+    case G_TANH: p->act = G_ACT_TANH; return 1;
+    case G_SOFTPLUS: p->act = G_ACT_SOFTPLUS; return 1;
     default: return 0;
     }
 }
@@ -549,7 +555,8 @@ static int eltwise_post(const g_node *e, g_post *p)
 static int is_eltwise(g_op op)
 {
     return op == G_RELU || op == G_CLIP || op == G_SIGMOID || op == G_SWISH || op == G_HARDSIGMOID ||
-           op == G_HARDSWISH;
+           op == G_HARDSWISH || op == G_LEAKYRELU || op == G_ELU || op == G_SELU || op == G_TANH ||
+           op == G_SOFTPLUS;
 }
 
 static int is_binary(g_op op)
@@ -582,6 +589,19 @@ static g_op self_gated(const g_node *gate)
     if (gate->op == G_HARDSIGMOID && fabsf(gate->alpha - 1.0f / 6.0f) < 1e-6f && gate->beta == 0.5f)
         return G_HARDSWISH;
     return G_OP_COUNT;
+}
+
+/* For a Mul of x and gate(x) that is a swish or hard swish: the side (0 or 1)
+ * holding x; -1 for any other Mul. */
+static int gated_input(const graph *g, const g_node *mul)
+{
+    for (int side = 0; side < 2; side++) {
+        int s = mul->in[side], x = mul->in[1 - side];
+        int sp = s < 0 || x < 0 ? -1 : graph_producer(g, s);
+        if (sp >= 0 && self_gated(&g->n[sp]) != G_OP_COUNT && g->n[sp].in[0] == x)
+            return 1 - side;
+    }
+    return -1;
 }
 
 /* x * Sigmoid(x) -> swish and x * HardSigmoid(x) -> hard swish, fused into
@@ -622,21 +642,62 @@ static int sole_reader(const graph *g, int t, const unsigned char *keep)
     return -1;
 }
 
-/* Whether every value of t is >= 0: made by Relu, Sigmoid, HardSigmoid or a
- * Clip at or above 0, possibly through pools, Pad and Identity. */
+/* What the ops that made a tensor tell of its sign, from best to worst. */
+typedef enum { SIGN_NONNEGATIVE, SIGN_NEARLY_NONNEGATIVE, SIGN_ANY } value_sign;
+
+/* Relu, Sigmoid, HardSigmoid, Softplus and a Clip at or above 0 make values
+ * >= 0; swish and hard swish (a fused op, or still the Mul of x and its gate)
+ * values >= -0.28 and -0.375; pools, Pad and Identity keep their input's
+ * sign and a Concat the worst of its inputs'. Anything else may be negative.
+ * *budget bounds the nodes visited: a hostile graph of Concats reading
+ * Concats would otherwise be walked along every path, exponentially many,
+ * and deeply recursed into; past the budget the answer is the safe one,
+ * SIGN_ANY. */
+static value_sign sign_of(const graph *g, int t, int *budget)
+{
+    for (int p = graph_producer(g, t); p >= 0 && --*budget > 0; p = graph_producer(g, g->n[p].in[0])) {
+        const g_node *nd = &g->n[p];
+        switch (nd->op) {
+        case G_RELU:
+        case G_SIGMOID:
+        case G_HARDSIGMOID:
+        case G_SOFTPLUS: return SIGN_NONNEGATIVE;
+        case G_CLIP: return nd->clip_lo >= 0.0f ? SIGN_NONNEGATIVE : SIGN_ANY;
+        case G_SWISH:
+        case G_HARDSWISH: return SIGN_NEARLY_NONNEGATIVE;
+        case G_MUL: return gated_input(g, nd) >= 0 ? SIGN_NEARLY_NONNEGATIVE : SIGN_ANY;
+        case G_CONCAT: {
+            value_sign worst = SIGN_NONNEGATIVE;
+            for (int i = 0; i < nd->n_in && worst != SIGN_ANY; i++) {
+                value_sign s = nd->in[i] < 0 ? SIGN_ANY : sign_of(g, nd->in[i], budget);
+                worst = s > worst ? s : worst;
+            }
+            return worst;
+        }
+        case G_MAXPOOL:
+        case G_AVGPOOL:
+        case G_GAP:
+        case G_GMP:
+        case G_IDENTITY:
+        case G_PAD: continue;
+        default: return SIGN_ANY;
+        }
+    }
+    return SIGN_ANY;
+}
+
+#define SIGN_WALK_BUDGET 256 /* nodes: more than any real network's last Concat needs */
+
 static int nonnegative(const graph *g, int t)
 {
-    for (int p = graph_producer(g, t); p >= 0; p = graph_producer(g, g->n[p].in[0])) {
-        const g_node *nd = &g->n[p];
-        if (nd->op == G_RELU || nd->op == G_SIGMOID || nd->op == G_HARDSIGMOID)
-            return 1;
-        if (nd->op == G_CLIP)
-            return nd->clip_lo >= 0.0f;
-        if (nd->op != G_MAXPOOL && nd->op != G_AVGPOOL && nd->op != G_GAP && nd->op != G_GMP &&
-            nd->op != G_IDENTITY && nd->op != G_PAD)
-            return 0;
-    }
-    return 0;
+    int budget = SIGN_WALK_BUDGET;
+    return sign_of(g, t, &budget) == SIGN_NONNEGATIVE;
+}
+
+int graph_nearly_nonnegative(const graph *g, int t)
+{
+    int budget = SIGN_WALK_BUDGET;
+    return sign_of(g, t, &budget) != SIGN_ANY;
 }
 
 /* Why zero padding cannot become the reader's own padding; NULL when it can.

@@ -79,17 +79,37 @@ typedef enum {
      * ReduceMean over H and W as G_GAP, Dropout (inference) as G_IDENTITY. */
     G_REDUCEMEAN,
     G_DROPOUT,
+    /* Activations of other CNN families (Darknet, PReLU networks, older
+     * Keras models): one value in, one out, alpha/beta as below. */
+    G_LEAKYRELU,   /* x < 0 ? alpha x : x */
+    G_PRELU,       /* the same with a constant slope per channel (input 1) */
+    G_ELU,         /* x < 0 ? alpha (e^x - 1) : x */
+    G_SELU,        /* beta (gamma) * Elu(alpha) */
+    G_TANH,
+    G_SOFTPLUS,    /* log(1 + e^x) */
     G_OP_COUNT
 } g_op;
 
 typedef enum { G_POST_ELTWISE = 1, G_POST_SUM } g_post_kind;
-typedef enum { G_ACT_RELU = 1, G_ACT_CLIP, G_ACT_SIGMOID, G_ACT_SWISH, G_ACT_HARDSIGMOID, G_ACT_HARDSWISH } g_act;
+typedef enum {
+    G_ACT_RELU = 1,
+    G_ACT_CLIP,
+    G_ACT_SIGMOID,
+    G_ACT_SWISH,
+    G_ACT_HARDSIGMOID,
+    G_ACT_HARDSWISH,
+    G_ACT_LEAKYRELU,
+    G_ACT_ELU,
+    G_ACT_SELU,
+    G_ACT_TANH,
+    G_ACT_SOFTPLUS
+} g_act;
 
 /* One post-op fused into a Conv, Gemm or binary node, applied in order. */
 typedef struct g_post {
     g_post_kind kind;
     g_act act;           /* G_POST_ELTWISE */
-    float lo, hi;        /* G_ACT_CLIP bounds; G_ACT_HARDSIGMOID alpha, beta */
+    float lo, hi;        /* G_ACT_CLIP bounds; the node's alpha, beta for the others */
     int tensor;          /* G_POST_SUM: the residual added to the result */
 } g_post;
 
@@ -124,7 +144,8 @@ typedef struct g_node {
     float clip_lo, clip_hi;
     int clip_from_attrs; /* Clip bounds given as attributes (opset < 11) */
     float eps;
-    float alpha, beta;   /* Gemm; HardSigmoid; Pad: beta is the constant value */
+    float alpha, beta;   /* Gemm; HardSigmoid; LeakyRelu, Elu: alpha; Selu: alpha, gamma as beta;
+                          * Pad: beta is the constant value */
     int trans_a, trans_b;
     int axis;
     int from_attrs;      /* Pad: pads and value were attributes (opset < 11) */
@@ -256,6 +277,13 @@ int graph_producer(const graph *g, int t);
  * GlobalMaxPool) that, through Flatten, Reshape, Squeeze or Identity,
  * produces t; -1 when there is none. */
 int graph_global_pool_node(const graph *g, int t);
+
+/* Whether the values of t cannot be negative, or only slightly (swish, hard
+ * swish), as far as the ops that made it tell (before graph_optimise, after
+ * graph_infer_shapes: Clip bounds given as inputs are read then). GeM, which
+ * clamps at a small floor, suits such a map and would drop the rest of a
+ * signed one. */
+int graph_nearly_nonnegative(const graph *g, int t);
 
 /* Frees a constant's float data once nothing needs it on the host. */
 void graph_release_constant(graph *g, int t);

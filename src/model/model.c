@@ -40,6 +40,7 @@ struct model {
     float gem_p;
     int feature;           /* tensor the vector comes from */
     int map;               /* GAP source for pooled features, else -1 */
+    int signed_map;        /* the map --pool auto left to the graph's pool, as it may be negative; else -1 */
     int target;            /* what the backend produces: map or feature */
     int dim, map_c, map_hw;
     image_prep prep;
@@ -406,14 +407,34 @@ int model_options_from_identity(const char *identity, model_options *o)
 }
 
 /* MODEL_POOL_AUTO for a feature produced by global pooling node gp (-1:
- * none): GeM of the map when gp is a global average pool, which retrieves
- * better with ImageNet features (more weight on the strongest activations of
- * each channel); the graph's own output otherwise: a max pool is kept, and a
- * head after the pool (a projection, a classifier) is the model's feature and
- * is not skipped. A tensor named by options.output is taken as it is. */
+ * none), first step: GeM of the map is a candidate when gp is a global
+ * average pool (GeM retrieves better with ImageNet features: more weight on
+ * the strongest activations of each channel); the graph's own output
+ * otherwise: a max pool is kept, and a head after the pool (a projection, a
+ * classifier) is the model's feature and is not skipped. A tensor named by
+ * options.output is taken as it is. resolve_auto_pooling decides the rest. */
 static model_pool auto_pooling(const graph *g, int gp, const model_options *o)
 {
-    return !o->output && gp >= 0 && g->n[gp].op == G_GAP ? MODEL_POOL_GEM : MODEL_POOL_OUTPUT;
+    return !o->output && gp >= 0 && g->n[gp].op == G_GAP ? MODEL_POOL_AUTO : MODEL_POOL_OUTPUT;
+}
+
+/* Second step, once shapes are known: GeM clamps each value at a small
+ * floor, which suits a map made by Relu, ReLU6, Sigmoid, swish and the like
+ * and would throw away the negative half of a signed one (after LeakyRelu,
+ * PRelu, Elu, Tanh, or no activation at all): such a map keeps the graph's
+ * own average pool. */
+static void resolve_auto_pooling(model *m)
+{
+    if (m->pool != MODEL_POOL_AUTO)
+        return;
+    if (graph_nearly_nonnegative(&m->g, m->map)) {
+        m->pool = MODEL_POOL_GEM;
+        return;
+    }
+    m->pool = MODEL_POOL_OUTPUT;
+    m->signed_map = m->map;
+    m->map = -1;
+    m->target = m->feature;
 }
 
 static int pick_feature(model *m, const model_options *o, ms_err *err)
@@ -429,7 +450,7 @@ static int pick_feature(model *m, const model_options *o, ms_err *err)
                           name);
     }
     m->feature = t;
-    m->map = -1;
+    m->map = m->signed_map = -1;
     m->target = t;
     int gp = graph_global_pool_node(g, t);
     if (m->pool == MODEL_POOL_AUTO)
@@ -470,6 +491,7 @@ static int compile(model *m, const model_options *o, ms_err *err)
         (rc = graph_prune(g, m->feature, err)) || (rc = graph_grey_input(g, err)) ||
         (rc = graph_infer_shapes(g, m->prep.size, err)))
         return rc;
+    resolve_auto_pooling(m);
     int keep[2] = {m->feature, m->map};
     if ((rc = graph_optimise(g, keep, 2, err)))
         return rc;
@@ -809,6 +831,9 @@ static void describe(model *m)
     sb_printf(&s, "feature     %s, %d values, pooling %s%s%s\n", g->t[m->feature].name, m->dim,
               pool_name(m->pool, m->gem_p, pb, sizeof pb), m->map >= 0 ? " of " : "",
               m->map >= 0 ? g->t[m->map].name : "");
+    if (m->signed_map >= 0)
+        sb_printf(&s, "            (not GeM: --pool auto keeps the graph's average of '%s', which may be negative, "
+                  "where GeM would clamp it)\n", g->t[m->signed_map].name);
     const image_prep *p = &m->prep;
     if (g->input_channels == 1)
         sb_printf(&s, "preprocess  grey -> %dx%d, one channel (fed as 3 identical ones, the first Conv's weights "

@@ -4,7 +4,8 @@
  *
  * model_load parses the ONNX protobuf (protobuf-c), validates every node
  * against the supported ops (Conv, BatchNormalization, Relu, Clip, Sigmoid,
- * HardSigmoid, HardSwish, Add, Sub, Mul, Div, Pad of H and W with zeros,
+ * HardSigmoid, HardSwish, LeakyRelu, PRelu, Elu, Selu, Tanh, Softplus, Add,
+ * Sub, Mul, Div, Pad of H and W with zeros,
  * MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, ReduceMean over H
  * and W, Flatten, Reshape to 2-D, Squeeze, Gemm, Concat, Identity, Dropout, and
  * Shape, Gather, Unsqueeze and Concat of shapes; the exact limits are in
@@ -62,10 +63,13 @@ typedef enum {
     MODEL_POOL_TOPLEFT,    /* the prototype's bug, a baseline only: first C values of the flattened NCHW map */
     MODEL_POOL_AUTO,       /* resolved at load: GeM when the feature is a global
                             * average pool (GlobalAveragePool or ReduceMean over H
-                            * and W, through Flatten, Reshape, Squeeze or Identity)
-                            * and options.output does not name it, else OUTPUT.
-                            * The faces' default: GeM p=3 retrieved better than
-                            * the average with ImageNet models (docs/evaluation.md) */
+                            * and W, through Flatten, Reshape, Squeeze or Identity),
+                            * options.output does not name it and the map it pools
+                            * cannot be negative, or only slightly (made by Relu,
+                            * ReLU6, Sigmoid, Softplus, swish, hard swish), else
+                            * OUTPUT. The faces' default: GeM p=3 retrieved better
+                            * than the average with ImageNet models
+                            * (docs/evaluation.md); it clamps negative values */
 } model_pool;
 
 typedef struct model_options {

@@ -7,6 +7,7 @@
  * element count is checked against its data, every attribute against its
  * type and range, and every op against the supported list.
  */
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -147,6 +148,16 @@ static int attr_float(const node_ctx *c, const char *name, float def, float *out
         return attr_bad(c, name, "a number (it is NaN)", err);
     *out = a->f;
     return 0;
+}
+
+/* A float attribute that must be finite: an activation's slope or scale,
+ * where infinity would turn every feature into inf or NaN. */
+static int attr_finite(const node_ctx *c, const char *name, float def, float *out, ms_err *err)
+{
+    int rc = attr_float(c, name, def, out, NULL, err);
+    if (!rc && !isfinite(*out))
+        return attr_bad(c, name, "a finite number", err);
+    return rc;
 }
 
 /* A list of exactly `want` ints in [lo, hi]; absent leaves out[] as is and
@@ -370,6 +381,14 @@ static int parse_attributes(const node_ctx *c, g_node *nd, ms_err *err)
             (rc = attr_float(c, "beta", 0.5f, &nd->beta, NULL, err)))
             return rc;
         return 0;
+    case G_LEAKYRELU:
+        return attr_finite(c, "alpha", 0.01f, &nd->alpha, err);
+    case G_ELU:
+        return attr_finite(c, "alpha", 1.0f, &nd->alpha, err);
+    case G_SELU: /* the defaults are the ONNX spec's (Klambauer et al.'s constants) */
+        if ((rc = attr_finite(c, "alpha", 1.67326319217681884765625f, &nd->alpha, err)))
+            return rc;
+        return attr_finite(c, "gamma", 1.05070102214813232421875f, &nd->beta, err);
     case G_PAD:
         return parse_pad(c, nd, err);
     case G_GAP:
@@ -575,6 +594,12 @@ static const struct {
     {"Sigmoid", G_SIGMOID, G_SIGMOID, 1, 1},
     {"HardSigmoid", G_HARDSIGMOID, G_HARDSIGMOID, 1, 1},
     {"HardSwish", G_HARDSWISH, G_HARDSWISH, 1, 1},
+    {"LeakyRelu", G_LEAKYRELU, G_LEAKYRELU, 1, 1},
+    {"PRelu", G_PRELU, G_PRELU, 2, 2},
+    {"Elu", G_ELU, G_ELU, 1, 1},
+    {"Selu", G_SELU, G_SELU, 1, 1},
+    {"Tanh", G_TANH, G_TANH, 1, 1},
+    {"Softplus", G_SOFTPLUS, G_SOFTPLUS, 1, 1},
     {"Add", G_ADD, G_ADD, 2, 2},
     {"Sub", G_SUB, G_SUB, 2, 2},
     {"Mul", G_MUL, G_MUL, 2, 2},
@@ -599,7 +624,7 @@ static const struct {
 
 int onnx_unsupported(const graph *g, const g_node *nd, int feature, ms_err *err)
 {
-    char list[400];
+    char list[512];
     size_t used = 0;
     for (size_t i = 0; i < sizeof op_table / sizeof op_table[0] && used < sizeof list; i++)
         used += (size_t)snprintf(list + used, sizeof list - used, "%s%s", i ? ", " : "", op_table[i].name);

@@ -245,6 +245,29 @@ static int shape_clip(graph *g, g_node *nd, ms_err *err)
     return set_out(g, nd, x->rank, x->dims, err);
 }
 
+/* PRelu: the slope is a float constant that broadcasts to the input one way
+ * (numpy rules): one value, one per channel ([C, 1, 1] as PyTorch exports
+ * nn.PReLU), or any shape whose dimensions are 1 or the input's. */
+static int shape_prelu(graph *g, g_node *nd, ms_err *err)
+{
+    int rc = need_act(g, nd, 0, 0, err);
+    if (rc)
+        return rc;
+    const g_tensor *x = &g->t[nd->in[0]], *s = nd->in[1] >= 0 ? &g->t[nd->in[1]] : NULL;
+    if (!s)
+        return ms_err_set(err, MS_EFORMAT, "node '%s' (PRelu) lacks its slope", nd->name);
+    if (!s->is_const || s->elem_type != 1)
+        return ms_err_set(err, MS_EUNSUPPORTED, "node '%s' (PRelu): the slope '%s' must be a float constant",
+                          nd->name, s->name);
+    int fits = s->rank <= x->rank;
+    for (int i = 0; fits && i < s->rank; i++) /* x's batch is 1 here, so a slope never varies over it */
+        fits = s->dims[i] == 1 || s->dims[i] == x->dims[x->rank - s->rank + i];
+    if (!fits)
+        return ms_err_set(err, MS_EFORMAT, "node '%s' (PRelu): the slope '%s' does not broadcast to the shape of '%s'",
+                          nd->name, s->name, x->name);
+    return set_out(g, nd, x->rank, x->dims, err);
+}
+
 /* Add, Sub, Mul, Div: numpy broadcasting, with the result shaped like one
  * operand. Sub and Div do not commute: their first operand must be that one. */
 static int shape_binary(graph *g, g_node *nd, ms_err *err)
@@ -525,12 +548,19 @@ static int shape_node(graph *g, g_node *nd, ms_err *err)
     case G_SWISH:
     case G_HARDSIGMOID:
     case G_HARDSWISH:
+    case G_LEAKYRELU:
+    case G_ELU:
+    case G_SELU:
+    case G_TANH:
+    case G_SOFTPLUS:
     case G_IDENTITY:
         if ((rc = need_act(g, nd, 0, 0, err)))
             return rc;
         return set_out(g, nd, x->rank, x->dims, err);
     case G_CLIP:
         return shape_clip(g, nd, err);
+    case G_PRELU:
+        return shape_prelu(g, nd, err);
     case G_ADD:
     case G_SUB:
     case G_MUL:

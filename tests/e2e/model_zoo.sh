@@ -3,14 +3,17 @@
 # DenseNet-121 (also taking one grey channel, as torchxrayvision's models do),
 # MobileNetV3-Small, MNASNet, EfficientNet-B0, RegNetY, SqueezeNet, GoogLeNet
 # and ResNet-18s flattened by x.view(x.size(0), -1) (its shape computed by
-# Shape, Gather, Unsqueeze, Concat) and by x.squeeze(-1).squeeze(-1), with
+# Shape, Gather, Unsqueeze, Concat), by x.squeeze(-1).squeeze(-1), and with
+# its ReLUs swapped for PReLU, LeakyReLU, ELU, SELU, Softplus and Tanh, with
 # seeded random weights, exported to ONNX as users export them
 # (tests/tools/torchvision_zoo.py). For each, `medsearch embed --raw` of
 # four images in one batch must match PyTorch run on the very inputs MedSearch
 # prepared (--dump-input) within 1e-4 of the largest value, and each image alone
 # must give its batch row. Where the feature is a global average pool, `--pool
 # avg` (pooled by MedSearch from the map feeding it) must equal the graph's own
-# output, and --pool auto (a new collection's default) must be GeM's. Skips
+# output, and --pool auto (a new collection's default) must be GeM's, except
+# on a map that may be negative (the swapped ResNet-18 ends in a PReLU): there
+# it keeps the graph's own average. Skips
 # when /usr/bin/python3 lacks torch, torchvision or onnx.
 set -u
 BIN=${MEDSEARCH_BIN:?MEDSEARCH_BIN is not set (tests/run.sh sets it)}
@@ -24,7 +27,7 @@ trap 'rm -rf "$T"' EXIT
 fails=0
 fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
 
-MODELS="densenet121 densenet121_grey mobilenet_v3_small mnasnet0_5 efficientnet_b0 regnet_y_400mf squeezenet1_1 googlenet resnet18_view resnet18_squeeze"
+MODELS="densenet121 densenet121_grey mobilenet_v3_small mnasnet0_5 efficientnet_b0 regnet_y_400mf squeezenet1_1 googlenet resnet18_view resnet18_squeeze resnet18_acts"
 echo "== export: $MODELS"
 "$PY" "$TOOL" export "$T" $MODELS >"$T/ops.txt" 2>"$T/export.err" || { cat "$T/export.err"; echo "FAIL: export"; exit 1; }
 cat "$T/ops.txt"
@@ -37,6 +40,7 @@ need_ops mnasnet0_5 ReduceMean
 need_ops efficientnet_b0 Sigmoid
 need_ops resnet18_view Shape
 need_ops resnet18_squeeze Squeeze
+for op in PRelu LeakyRelu Elu Selu Softplus Tanh; do need_ops resnet18_acts $op; done
 
 # random grey images: exact size, down-scaled, up-scaled, non-square
 "$PY" - "$T" <<'EOF' || { echo "FAIL: images"; exit 1; }
@@ -76,10 +80,17 @@ EOF
         "$PY" "$TOOL" compare "$T/$m.avg" "$T/$m.got" 4 1e-5 >/dev/null || fail "$m: --pool avg differs from the graph's pooling"
         "$BIN" embed --model "$M" --pool gem -o "$T/$m.gem" "${IMGS[0]}" >/dev/null 2>"$T/$m.err" ||
             fail "$m: --pool gem failed: $(cat "$T/$m.err")"
-        # --pool auto (a new collection's default) pools a model ending in a global average pool by GeM
+        # --pool auto (a new collection's default) pools a model ending in a global average pool by GeM,
+        # unless the map may be negative: then the graph's own average
         "$BIN" embed --model "$M" --pool auto -o "$T/$m.auto" "${IMGS[0]}" >/dev/null 2>"$T/$m.err" ||
             fail "$m: embed --pool auto failed: $(cat "$T/$m.err")"
-        cmp -s "$T/$m.auto" "$T/$m.gem" || fail "$m: --pool auto is not GeM"
+        if [ "$m" = resnet18_acts ]; then
+            "$BIN" embed --model "$M" -o "$T/$m.own" "${IMGS[0]}" >/dev/null 2>&1 || fail "$m: embed failed"
+            cmp -s "$T/$m.auto" "$T/$m.own" || fail "$m: --pool auto is not the graph's average on a signed map"
+            cmp -s "$T/$m.auto" "$T/$m.gem" && fail "$m: --pool auto is GeM on a signed map"
+        else
+            cmp -s "$T/$m.auto" "$T/$m.gem" || fail "$m: --pool auto is not GeM"
+        fi
     fi
 done
 
@@ -98,5 +109,9 @@ echo "== info names what was run"
 grep -q "HardSigmoid" "$T/info" || fail "info does not count HardSigmoid: $(cat "$T/info")"
 grep -Eq "[1-9][0-9]* swish" "$T/info" || fail "info: no hard swish fused in mobilenet_v3_small: $(grep compiled "$T/info")"
 "$BIN" info --model "$T/mnasnet0_5.onnx" 2>&1 | grep -q "ReduceMean 1" || fail "info does not count ReduceMean"
+"$BIN" info --model "$T/resnet18_acts.onnx" >"$T/info" 2>&1 || fail "info on resnet18_acts"
+grep -q "PRelu 3" "$T/info" || fail "info does not count PRelu: $(grep ops "$T/info")"
+grep -q "not GeM.*may be negative" "$T/info" || fail "info does not say why --pool auto is not GeM: $(cat "$T/info")"
+"$BIN" info --model "$T/googlenet.onnx" 2>&1 | grep -q "pooling gem3" || fail "googlenet (a Concat of ReLU branches) is not GeM"
 
 [ "$fails" -eq 0 ] && echo "model zoo: all passed" || { echo "model zoo: $fails failure(s)"; exit 1; }

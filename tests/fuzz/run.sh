@@ -121,7 +121,7 @@ EOF
 
 seeds_onnx() {
   local dir=$1
-  # Two tiny conv nets when Debian's python3-onnx is there; else libFuzzer starts empty.
+  # Three tiny conv nets when Debian's python3-onnx is there; else libFuzzer starts empty.
   "$PY" - "$dir" <<'EOF' 2>/dev/null || true
 import sys
 import numpy as np
@@ -157,6 +157,25 @@ inits = [w, k([[[0.5]], [[0.4]], [[0.3]]], "mean"), k([[[0.2]], [[0.25]], [[0.3]
 g = helper.make_graph(nodes, "ops", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])],
                       [helper.make_tensor_value_info("feature", TensorProto.FLOAT, [1, 4])], inits)
 onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), sys.argv[1] + "/ops.onnx")
+# the activations with attributes and PRelu's slope, and a Concat whose sign decides
+# whether a Pad folds into the MaxPool after it and whether --pool auto is GeM
+nodes = [helper.make_node("Conv", ["input", "w"], ["c"], pads=[1, 1, 1, 1]),
+         helper.make_node("PRelu", ["c", "slope"], ["p"]),
+         helper.make_node("LeakyRelu", ["p"], ["l"], alpha=0.1),
+         helper.make_node("Elu", ["l"], ["e"], alpha=0.5),
+         helper.make_node("Selu", ["e"], ["s"], alpha=1.5, gamma=0.7),
+         helper.make_node("Tanh", ["s"], ["t"]),
+         helper.make_node("Softplus", ["t"], ["sp"]),
+         helper.make_node("Relu", ["c"], ["r"]),
+         helper.make_node("Concat", ["sp", "r"], ["cat"], axis=1),
+         helper.make_node("Pad", ["cat", "pads"], ["pd"]),
+         helper.make_node("MaxPool", ["pd"], ["mp"], kernel_shape=[3, 3]),
+         helper.make_node("GlobalAveragePool", ["mp"], ["g"]),
+         helper.make_node("Flatten", ["g"], ["feature"])]
+inits = [w, k([[[0.1]], [[-0.2]], [[0.3]], [[0.0]]], "slope"), k([0, 0, 1, 1, 0, 0, 1, 1], "pads", np.int64)]
+g = helper.make_graph(nodes, "acts", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])],
+                      [helper.make_tensor_value_info("feature", TensorProto.FLOAT, [1, 8])], inits)
+onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), sys.argv[1] + "/acts.onnx")
 EOF
 }
 

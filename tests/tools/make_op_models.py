@@ -375,6 +375,15 @@ def cases(outdir, mf):
     c.write(outdir, c.node("MaxPool", [x], F.max_pool2d(c.t(x), 3, 2, 1), kernel_shape=[3, 3], strides=[2, 2],
                            pads=[1, 1, 1, 1]), mf)
 
+    c = Case("pad_maxpool_after_concat", size=15)  # a Concat of branches that cannot be negative
+    a = c.node("Relu", [c.conv("input", 3, 4)], None)
+    c.env[a] = F.relu(c.t(c.nodes[-1].input[0]))
+    b = c.node("Sigmoid", [c.conv("input", 3, 4)], None)
+    c.env[b] = torch.sigmoid(c.t(c.nodes[-1].input[0]))
+    x = c.node("Concat", [a, b], torch.cat([c.t(a), c.t(b)], 1), axis=1)
+    x = pad(c, x, (1, 1, 1, 1))
+    c.write(outdir, c.node("MaxPool", [x], F.max_pool2d(c.t(x), 3, 2), kernel_shape=[3, 3], strides=[2, 2]), mf)
+
     # HardSigmoid and HardSwish: standalone, fused into a Conv, the HardSigmoid
     # x Mul pair PyTorch exports for Hardswish before opset 14, and the gate of
     # MobileNetV3's squeeze-excite
@@ -407,6 +416,53 @@ def cases(outdir, mf):
     e = c.conv(r, 8, 32, k=1, pads=(0, 0, 0, 0))
     gate = c.node("HardSigmoid", [e], F.hardsigmoid(c.t(e)), alpha=1.0 / 6, beta=0.5)
     c.write(outdir, c.node("Mul", [x, gate], c.t(x) * c.t(gate)), mf)
+
+    # LeakyRelu, Elu, Selu, Tanh, Softplus: fused into the Conv before them (the
+    # Conv also feeding a second Conv after them), and standalone on the input,
+    # with the ONNX defaults and with attributes given
+    acts = [("LeakyRelu", {}, lambda v: F.leaky_relu(v, 0.01)),
+            ("LeakyRelu", {"alpha": 0.2}, lambda v: F.leaky_relu(v, 0.2)),
+            ("Elu", {}, lambda v: F.elu(v, 1.0)),
+            ("Elu", {"alpha": 0.3}, lambda v: F.elu(v, 0.3)),
+            ("Selu", {}, F.selu),
+            ("Selu", {"alpha": 1.5, "gamma": 0.7}, lambda v: 0.7 * F.elu(v, 1.5)),
+            ("Tanh", {}, torch.tanh),
+            ("Softplus", {}, F.softplus)]
+    for i, (op, attrs, fn) in enumerate(acts):
+        tag = f"{op.lower()}_{'attrs' if attrs else 'defaults'}"
+        c = Case(f"{tag}_conv")
+        x = c.conv("input", 3, 24)
+        y = c.node(op, [x], fn(c.t(x)), **attrs)
+        c.write(outdir, c.conv(y, 24, 8), mf)
+        c = Case(f"{tag}_input")
+        c.write(outdir, c.node(op, ["input"], fn(c.t("input")), **attrs), mf)
+    # Softplus is never negative: a zero Pad before a MaxPool folds into it
+    c = Case("softplus_pad_maxpool")
+    x = c.node("Softplus", [c.conv("input", 3, 8)], None)
+    c.env[x] = F.softplus(c.t(c.nodes[-1].input[0]))
+    pads = c.const(np.array([0, 0, 1, 1, 0, 0, 1, 1], dtype=np.int64), dtype=np.int64)
+    p = c.node("Pad", [x, pads], F.pad(c.t(x), (1, 1, 1, 1)))
+    c.write(outdir, c.node("MaxPool", [p], F.max_pool2d(c.t(p), 3, 2), kernel_shape=[3, 3], strides=[2, 2]), mf)
+
+    # PRelu: a slope per channel as PyTorch exports nn.PReLU(C) ([C, 1, 1]),
+    # [1, C, 1, 1], one slope ([1] and 0-d), and [C] on a flattened feature
+    for shape, tag in (((8, 1, 1), "c11"), ((1, 8, 1, 1), "1c11"), ((1,), "scalar1"), ((), "scalar0")):
+        c = Case(f"prelu_{tag}")
+        x = c.conv("input", 3, 8)
+        slope = rand(*shape, lo=-0.5, hi=0.8)
+        y = c.node("PRelu", [x, c.const(slope)], F.prelu(c.t(x), torch.from_numpy(slope.reshape(-1))))
+        c.write(outdir, c.conv(y, 8, 4), mf)
+    c = Case("prelu_input_per_row", size=8)  # a slope per row of the image: [H, 1]
+    slope = rand(8, 1, lo=-0.5, hi=0.5)
+    xt = c.t("input")
+    c.write(outdir, c.node("PRelu", ["input", c.const(slope)],
+                           torch.where(xt >= 0, xt, xt * torch.from_numpy(slope))), mf)
+    c = Case("prelu_flattened")
+    x = c.node("GlobalAveragePool", [c.conv("input", 3, 16)], None)
+    c.env[x] = F.adaptive_avg_pool2d(c.t(c.nodes[-1].input[0]), 1)
+    f = c.node("Flatten", [x], torch.flatten(c.t(x), 1))
+    slope = rand(16, lo=-0.5, hi=0.5)
+    c.write(outdir, c.node("PRelu", [f, c.const(slope)], F.prelu(c.t(f), torch.from_numpy(slope))), mf)
 
     # Sub and Div: the normalisation some exporters put in the graph, and
     # between activations
@@ -557,6 +613,16 @@ def cases(outdir, mf):
         return "y"
     refused("pad_maxpool_signed", pad_maxpool_signed, "UNSUPPORTED", ["MaxPool", "negative", "pd"])
 
+    def pad_maxpool_concat_signed(c):  # one branch of the Concat may be negative
+        c.nodes.append(helper.make_node("Conv", ["input", c.const(rand(4, 3, 3, 3))], ["y"], name="cv",
+                                        kernel_shape=[3, 3], pads=[1, 1, 1, 1]))
+        c.nodes.append(helper.make_node("Relu", ["y"], ["r"], name="re"))
+        c.nodes.append(helper.make_node("Concat", ["r", "input"], ["cat"], name="cat", axis=1))
+        x = pad_node(c, "cat", [0, 0, 1, 1, 0, 0, 1, 1])
+        c.nodes.append(helper.make_node("MaxPool", [x], ["mp_out"], name="mp", kernel_shape=[3, 3]))
+        return "mp_out"
+    refused("pad_maxpool_concat_signed", pad_maxpool_concat_signed, "UNSUPPORTED", ["MaxPool", "negative", "pd"])
+
     def pad_two_readers(c):
         x = pad_node(c, "input", [0, 0, 1, 1, 0, 0, 1, 1])
         c.nodes.append(helper.make_node("Conv", [x, c.const(rand(4, 3, 3, 3))], ["a"], name="c1", kernel_shape=[3, 3]))
@@ -679,6 +745,24 @@ def cases(outdir, mf):
         case.nodes.append(helper.make_node("Conv", ["input", "w_short"], ["y"], name="cv"))
         return "y"
     refused("weights_fewer_than_shape", weights_short, "FORMAT", ["w_short", "108", "100"])
+
+    def prelu_slope(case, slope):
+        case.nodes.append(helper.make_node("PRelu", ["input", slope], ["y"], name="pr"))
+        return "y"
+    refused("prelu_slope_activation", lambda c: prelu_slope(c, "input"), "UNSUPPORTED",
+            ["PRelu", "float constant", "pr"])
+    refused("prelu_slope_shape", lambda c: prelu_slope(c, c.const(rand(2, 1, 1))), "FORMAT",
+            ["PRelu", "broadcast", "pr"])
+    refused("prelu_slope_rank5", lambda c: prelu_slope(c, c.const(rand(1, 1, 3, 1, 1))), "FORMAT",
+            ["PRelu", "broadcast", "pr"])
+
+    def act_attr(case, op, **attrs):
+        case.nodes.append(helper.make_node(op, ["input"], ["y"], name="act", **attrs))
+        return "y"
+    refused("leakyrelu_alpha_inf", lambda c: act_attr(c, "LeakyRelu", alpha=float("inf")), "FORMAT",
+            ["alpha", "finite", "act"])
+    refused("selu_gamma_nan", lambda c: act_attr(c, "Selu", gamma=float("nan")), "FORMAT", ["gamma", "NaN", "act"])
+    refused("elu_alpha_string", lambda c: act_attr(c, "Elu", alpha="one"), "FORMAT", ["alpha", "float", "act"])
 
     # ops MedSearch does not run are refused only when the feature needs them
     c = Case("softmax_after_feature_ignored")

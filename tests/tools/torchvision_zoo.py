@@ -51,6 +51,9 @@ HEADS = {
     "resnet18_view": "fc",
     # ... and one squeezed by x.squeeze(-1).squeeze(-1): two Squeeze nodes
     "resnet18_squeeze": "fc",
+    # ResNet-18 with its ReLUs swapped for the activations of other CNN
+    # families (PReLU per channel and shared, LeakyReLU, ELU, SELU, Softplus, Tanh)
+    "resnet18_acts": "fc",
 }
 
 
@@ -71,7 +74,7 @@ def build(name, seed):
 
     torch.manual_seed(seed)
     kwargs = {"aux_logits": False, "init_weights": True} if name == "googlenet" else {}
-    base = name.replace("_grey", "").replace("_view", "").replace("_squeeze", "")
+    base = name.replace("_grey", "").replace("_view", "").replace("_squeeze", "").replace("_acts", "")
     model = getattr(torchvision.models, base)(weights=None, **kwargs)
     if channels(name) == 1:
         model.features.conv0 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)
@@ -85,6 +88,20 @@ def build(name, seed):
             def forward(self, x):
                 return x.squeeze(-1).squeeze(-1)
         model.avgpool = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), Squeeze())
+    if name.endswith("_acts"):
+        nn = torch.nn
+        model.relu = nn.PReLU(64)
+        with torch.no_grad():  # a different slope per channel, some negative
+            model.relu.weight.uniform_(-0.3, 0.6)
+        swaps = [(model.layer1, lambda: nn.LeakyReLU(0.1)), (model.layer2, lambda: nn.ELU(0.5)),
+                 (model.layer3[0], None, nn.SELU()), (model.layer3[1], None, nn.Softplus()),
+                 (model.layer4[0], None, nn.Tanh()), (model.layer4[1], None, nn.PReLU(1, init=0.3))]
+        for swap in swaps:
+            if len(swap) == 2:
+                for block in swap[0]:
+                    block.relu = swap[1]()
+            else:
+                swap[0].relu = swap[2]
     head = HEADS[name]
     if head:
         setattr(model, head, torch.nn.Identity())
