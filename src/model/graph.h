@@ -87,6 +87,9 @@ typedef enum {
     G_SELU,        /* beta (gamma) * Elu(alpha) */
     G_TANH,
     G_SOFTPLUS,    /* log(1 + e^x) */
+    /* Only [N, H, W, C] -> [N, C, H, W] of the image input (perm in axes),
+     * folded at parse (onnx.c): MedSearch feeds NCHW. Any other is refused. */
+    G_TRANSPOSE,
     G_OP_COUNT
 } g_op;
 
@@ -150,7 +153,8 @@ typedef struct g_node {
     int axis;
     int from_attrs;      /* Pad: pads and value were attributes (opset < 11) */
     int keepdims;        /* ReduceMean (run as G_GAP): 0 gives [N, C] */
-    int axes[G_MAX_RANK], n_axes; /* ReduceMean, Unsqueeze; -1 axes: from input 1 */
+    int axes[G_MAX_RANK], n_axes; /* ReduceMean, Unsqueeze; -1 axes: from input 1; Transpose: perm,
+                                   * -1: none (reverse the axes) */
     int shape_start, shape_end;   /* Shape (opset 15); end INT_MAX: to the last axis */
     /* Filled by compilation. */
     int dead;            /* folded or fused into another node */
@@ -187,6 +191,7 @@ typedef struct graph {
     char *producer;      /* producer_name + version, may be "" */
     int64_t input_decl[4]; /* the input shape the file declares, -1 symbolic */
     int input_channels;  /* 3, or 1 for a model of one grey channel (graph_grey_input) */
+    int input_nhwc;      /* the file's input was [N, H, W, C], transposed first; input_decl is NCHW */
     int op_count[G_OP_COUNT + 1]; /* nodes per op in the file ([G_OP_COUNT]: Constant) */
     int64_t params;      /* float constant elements in the file */
     g_stats stats;

@@ -443,6 +443,9 @@ static int pick_feature(model *m, const model_options *o, ms_err *err)
     const char *meta = meta_str(g, "medsearch.feature_output");
     const char *name = o->output ? o->output : meta;
     int t = name ? graph_find(g, name) : g->outputs[0];
+    if (t >= 0 && g->t[t].producer >= 0 && g->n[g->t[t].producer].dead)
+        return ms_err_set(err, MS_EUNSUPPORTED, "the feature '%.200s' is the NHWC input transposed, which MedSearch "
+                          "folds away; name a tensor computed from it", g->t[t].name);
     if (t < 0 || g->t[t].is_const || (g->t[t].producer < 0 && !g->t[t].is_input)) {
         if (o->output)
             return ms_err_set(err, MS_ENOTFOUND, "the model has no tensor named '%.200s'", o->output);
@@ -819,7 +822,7 @@ static void describe(model *m)
               g->producer && *g->producer ? "\"" : "");
     sb_printf(&s, "input       %s ", g->t[g->input].name);
     sb_shape(&s, &g->t[g->input]);
-    sb_printf(&s, " float32, NCHW\n");
+    sb_printf(&s, " float32, %s\n", g->input_nhwc ? "NCHW (NHWC in the file: its Transpose to NCHW is folded)" : "NCHW");
     for (int i = 0; i < g->n_outputs; i++) {
         sb_printf(&s, "%s %s ", i ? "           " : "outputs    ", g->t[g->outputs[i]].name);
         if (g->t[g->outputs[i]].shaped)

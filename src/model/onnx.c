@@ -284,6 +284,27 @@ static int parse_axes(const node_ctx *c, g_node *nd, ms_err *err)
     return 0;
 }
 
+/* Transpose: perm, a permutation of at most 6 axes, into axes / n_axes
+ * (-1 without one: the axes reversed). */
+static int parse_perm(const node_ctx *c, g_node *nd, ms_err *err)
+{
+    const Onnx__AttributeProto *a = attr_find(c, "perm");
+    nd->n_axes = -1;
+    if (!a)
+        return 0;
+    if (a->n_ints == 0 || a->n_ints > G_MAX_RANK)
+        return attr_bad(c, "perm", "a list of 1 to 6 axes", err);
+    unsigned seen = 0;
+    for (size_t i = 0; i < a->n_ints; i++) {
+        if (a->ints[i] < 0 || a->ints[i] >= (int64_t)a->n_ints || (seen >> a->ints[i] & 1u))
+            return attr_bad(c, "perm", "a permutation of the axes", err);
+        seen |= 1u << a->ints[i];
+        nd->axes[i] = (int)a->ints[i];
+    }
+    nd->n_axes = (int)a->n_ints;
+    return 0;
+}
+
 /* ReduceMean: axes (parse_axes) and keepdims. */
 static int parse_reduce_mean(const node_ctx *c, g_node *nd, ms_err *err)
 {
@@ -396,6 +417,8 @@ static int parse_attributes(const node_ctx *c, g_node *nd, ms_err *err)
     case G_UNSQUEEZE:
     case G_SQUEEZE:
         return parse_axes(c, nd, err);
+    case G_TRANSPOSE:
+        return parse_perm(c, nd, err);
     case G_GATHER:
         if ((rc = attr_int(c, "axis", 0, -G_MAX_RANK, G_MAX_RANK, &v, err)))
             return rc;
@@ -600,6 +623,7 @@ static const struct {
     {"Selu", G_SELU, G_SELU, 1, 1},
     {"Tanh", G_TANH, G_TANH, 1, 1},
     {"Softplus", G_SOFTPLUS, G_SOFTPLUS, 1, 1},
+    {"Transpose", G_TRANSPOSE, G_TRANSPOSE, 1, 1},
     {"Add", G_ADD, G_ADD, 2, 2},
     {"Sub", G_SUB, G_SUB, 2, 2},
     {"Mul", G_MUL, G_MUL, 2, 2},
@@ -627,11 +651,15 @@ int onnx_unsupported(const graph *g, const g_node *nd, int feature, ms_err *err)
     char list[512];
     size_t used = 0;
     for (size_t i = 0; i < sizeof op_table / sizeof op_table[0] && used < sizeof list; i++)
-        used += (size_t)snprintf(list + used, sizeof list - used, "%s%s", i ? ", " : "", op_table[i].name);
+        if (op_table[i].op != G_TRANSPOSE)
+            used += (size_t)snprintf(list + used, sizeof list - used, "%s%s", i ? ", " : "", op_table[i].name);
+    int transpose = !strcmp(nd->op_type, "Transpose");
     return ms_err_set(err, MS_EUNSUPPORTED,
-                      "node '%s' uses op '%s', which MedSearch does not support (supported: %s); the feature '%s' "
+                      "node '%s' uses op '%s', which MedSearch does not support%s (supported: %s); the feature '%s' "
                       "depends on it (--output can name a tensor computed before it)",
-                      nd->name, nd->op_type, list, g->t[feature].name);
+                      nd->name, nd->op_type,
+                      transpose ? " other than as the first node, from an NHWC image input to NCHW" : "", list,
+                      g->t[feature].name);
 }
 
 /* Dropout runs as Identity: it must not be in training mode. Its ratio is
@@ -731,15 +759,71 @@ static int add_node(graph *g, const Onnx__NodeProto *np, int index, ms_err *err)
 
 /* -------------------------------------------------------------------- input */
 
-static int parse_input(graph *g, const Onnx__ValueInfoProto *vi, ms_err *err)
+static int is_nhwc_to_nchw(const g_node *nd)
 {
-    int idx = graph_intern(g, vi->name, err);
-    if (idx < 0)
-        return idx;
-    g->input = idx;
-    g->t[idx].is_input = 1;
-    for (int i = 0; i < 4; i++)
-        g->input_decl[i] = -1;
+    return nd->op == G_TRANSPOSE && nd->n_axes == 4 && nd->axes[0] == 0 && nd->axes[1] == 3 && nd->axes[2] == 1 &&
+           nd->axes[3] == 2;
+}
+
+/* A model written for channels-last images (Keras through tf2onnx, or
+ * x.permute(0, 3, 1, 2) first thing in PyTorch) takes [N, H, W, C] and
+ * transposes it to NCHW before anything else. MedSearch feeds NCHW, so when
+ * every node reading the input is that Transpose, their readers read the
+ * input itself instead and the Transposes are dead (kept as an Identity
+ * only when their output is also a graph output); the caller permutes the
+ * declared shape. Returns 0 when there is no such Transpose, 1 when folded,
+ * or an error code. */
+static int fold_input_transpose(graph *g, ms_err *err)
+{
+    int folded = 0;
+    const g_node *other = NULL, *first = NULL;
+    for (int i = 0; i < g->nn; i++)
+        for (int k = 0; k < g->n[i].n_in; k++)
+            if (g->n[i].in[k] == g->input) {
+                if (k == 0 && is_nhwc_to_nchw(&g->n[i]))
+                    first = first ? first : &g->n[i];
+                else
+                    other = other ? other : &g->n[i];
+            }
+    if (!first)
+        return 0;
+    if (other)
+        return ms_err_set(err, MS_EUNSUPPORTED,
+                          "node '%s' (Transpose) turns the input '%s' from NHWC into NCHW, and node '%s' (%s) reads "
+                          "it as it is; MedSearch feeds NCHW and folds the Transpose only when nothing else reads "
+                          "the input", first->name, g->t[g->input].name, other->name, other->op_type);
+    for (int i = 0; i < g->nn; i++) {
+        g_node *t = &g->n[i];
+        if (t->n_in < 1 || t->in[0] != g->input || !is_nhwc_to_nchw(t))
+            continue;
+        for (int j = 0; j < g->nn; j++)
+            for (int k = 0; k < g->n[j].n_in; k++)
+                if (g->n[j].in[k] == t->out)
+                    g->n[j].in[k] = g->input;
+        t->op = G_IDENTITY;
+        for (int o = 0; o < g->n_outputs && !t->dead; o++)
+            t->dead = g->outputs[o] == t->out;
+        t->dead = !t->dead;
+        folded = 1;
+    }
+    return folded;
+}
+
+/* Every Transpose not folded above is an op MedSearch does not run. */
+static void refuse_other_transposes(graph *g)
+{
+    for (int i = 0; i < g->nn; i++)
+        if (g->n[i].op == G_TRANSPOSE) {
+            g->n[i].op = G_UNSUPPORTED;
+            g->op_count[G_TRANSPOSE]--;
+            g->op_count[G_UNSUPPORTED]++;
+        }
+}
+
+/* The declared shape of the image input into g->input_decl (-1 where
+ * symbolic or not given). */
+static int read_input_shape(graph *g, const Onnx__ValueInfoProto *vi, ms_err *err)
+{
     const Onnx__TypeProto *tp = vi->type;
     if (!tp || tp->value_case != ONNX__TYPE_PROTO__VALUE_TENSOR_TYPE || !tp->tensor_type)
         return 0; /* no type: assume [N, 3, S, S] float */
@@ -761,10 +845,41 @@ static int parse_input(graph *g, const Onnx__ValueInfoProto *vi, ms_err *err)
             g->input_decl[i] = d->dim_value;
         }
     }
+    return 0;
+}
+
+static int parse_input(graph *g, const Onnx__ValueInfoProto *vi, ms_err *err)
+{
+    int idx = graph_intern(g, vi->name, err);
+    if (idx < 0)
+        return idx;
+    g->input = idx;
+    g->t[idx].is_input = 1;
+    for (int i = 0; i < 4; i++)
+        g->input_decl[i] = -1;
+    return read_input_shape(g, vi, err);
+}
+
+/* Once nodes, input and outputs are known: the NHWC input's Transpose
+ * folded, and the channel count checked. */
+static int settle_input_layout(graph *g, ms_err *err)
+{
+    int rc = fold_input_transpose(g, err);
+    if (rc < 0)
+        return rc;
+    refuse_other_transposes(g);
+    if (rc == 1) {
+        int64_t nhwc[4] = {g->input_decl[0], g->input_decl[1], g->input_decl[2], g->input_decl[3]};
+        g->input_decl[1] = nhwc[3];
+        g->input_decl[2] = nhwc[1];
+        g->input_decl[3] = nhwc[2];
+        g->input_nhwc = 1;
+    }
     if (g->input_decl[1] != -1 && g->input_decl[1] != 3 && g->input_decl[1] != 1)
         return ms_err_set(err, MS_EUNSUPPORTED,
-                          "input '%s' has %lld channels; MedSearch feeds 3 (grey replicated) or one grey channel",
-                          vi->name, (long long)g->input_decl[1]);
+                          "input '%s' has %lld channels%s; MedSearch feeds 3 (grey replicated) or one grey channel",
+                          g->t[g->input].name, (long long)g->input_decl[1],
+                          g->input_nhwc ? " (NHWC, as its Transpose reads it)" : "");
     g->input_channels = g->input_decl[1] == 1 ? 1 : 3;
     return 0;
 }
@@ -876,7 +991,7 @@ static int build_graph(graph *g, Onnx__ModelProto *mp, ms_err *err)
             return t;
         g->outputs[g->n_outputs++] = t;
     }
-    return 0;
+    return settle_input_layout(g, err);
 }
 
 int onnx_parse(const void *buf, size_t len, graph *g, ms_err *err)

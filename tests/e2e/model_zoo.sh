@@ -4,7 +4,8 @@
 # MobileNetV3-Small, MNASNet, EfficientNet-B0, RegNetY, SqueezeNet, GoogLeNet
 # and ResNet-18s flattened by x.view(x.size(0), -1) (its shape computed by
 # Shape, Gather, Unsqueeze, Concat), by x.squeeze(-1).squeeze(-1), and with
-# its ReLUs swapped for PReLU, LeakyReLU, ELU, SELU, Softplus and Tanh, with
+# its ReLUs swapped for PReLU, LeakyReLU, ELU, SELU, Softplus and Tanh, and
+# one taking channels-last images (a Transpose to NCHW first), with
 # seeded random weights, exported to ONNX as users export them
 # (tests/tools/torchvision_zoo.py). For each, `medsearch embed --raw` of
 # four images in one batch must match PyTorch run on the very inputs MedSearch
@@ -27,7 +28,7 @@ trap 'rm -rf "$T"' EXIT
 fails=0
 fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
 
-MODELS="densenet121 densenet121_grey mobilenet_v3_small mnasnet0_5 efficientnet_b0 regnet_y_400mf squeezenet1_1 googlenet resnet18_view resnet18_squeeze resnet18_acts"
+MODELS="densenet121 densenet121_grey mobilenet_v3_small mnasnet0_5 efficientnet_b0 regnet_y_400mf squeezenet1_1 googlenet resnet18_view resnet18_squeeze resnet18_acts resnet18_nhwc"
 echo "== export: $MODELS"
 "$PY" "$TOOL" export "$T" $MODELS >"$T/ops.txt" 2>"$T/export.err" || { cat "$T/export.err"; echo "FAIL: export"; exit 1; }
 cat "$T/ops.txt"
@@ -41,6 +42,7 @@ need_ops efficientnet_b0 Sigmoid
 need_ops resnet18_view Shape
 need_ops resnet18_squeeze Squeeze
 for op in PRelu LeakyRelu Elu Selu Softplus Tanh; do need_ops resnet18_acts $op; done
+need_ops resnet18_nhwc Transpose
 
 # random grey images: exact size, down-scaled, up-scaled, non-square
 "$PY" - "$T" <<'EOF' || { echo "FAIL: images"; exit 1; }
@@ -112,6 +114,7 @@ grep -Eq "[1-9][0-9]* swish" "$T/info" || fail "info: no hard swish fused in mob
 "$BIN" info --model "$T/resnet18_acts.onnx" >"$T/info" 2>&1 || fail "info on resnet18_acts"
 grep -q "PRelu 3" "$T/info" || fail "info does not count PRelu: $(grep ops "$T/info")"
 grep -q "not GeM.*may be negative" "$T/info" || fail "info does not say why --pool auto is not GeM: $(cat "$T/info")"
+"$BIN" info --model "$T/resnet18_nhwc.onnx" 2>&1 | grep -q "NHWC in the file" || fail "info does not say the input was NHWC"
 "$BIN" info --model "$T/googlenet.onnx" 2>&1 | grep -q "pooling gem3" || fail "googlenet (a Concat of ReLU branches) is not GeM"
 
 [ "$fails" -eq 0 ] && echo "model zoo: all passed" || { echo "model zoo: $fails failure(s)"; exit 1; }

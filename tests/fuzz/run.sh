@@ -121,7 +121,7 @@ EOF
 
 seeds_onnx() {
   local dir=$1
-  # Three tiny conv nets when Debian's python3-onnx is there; else libFuzzer starts empty.
+  # Four tiny conv nets when Debian's python3-onnx is there; else libFuzzer starts empty.
   "$PY" - "$dir" <<'EOF' 2>/dev/null || true
 import sys
 import numpy as np
@@ -176,6 +176,13 @@ inits = [w, k([[[0.1]], [[-0.2]], [[0.3]], [[0.0]]], "slope"), k([0, 0, 1, 1, 0,
 g = helper.make_graph(nodes, "acts", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])],
                       [helper.make_tensor_value_info("feature", TensorProto.FLOAT, [1, 8])], inits)
 onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), sys.argv[1] + "/acts.onnx")
+# a channels-last input whose Transpose to NCHW is folded
+nodes = [helper.make_node("Transpose", ["input"], ["nchw"], perm=[0, 3, 1, 2]),
+         helper.make_node("Conv", ["nchw", "w"], ["c"], pads=[1, 1, 1, 1]),
+         helper.make_node("GlobalAveragePool", ["c"], ["feature"])]
+g = helper.make_graph(nodes, "nhwc", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 8, 8, 3])],
+                      [helper.make_tensor_value_info("feature", TensorProto.FLOAT, [1, 4, 1, 1])], [w])
+onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), sys.argv[1] + "/nhwc.onnx")
 EOF
 }
 

@@ -33,15 +33,22 @@ def rand(*shape, lo=-1.0, hi=1.0):
 class Case:
     """Builds one graph and its PyTorch reference side by side."""
 
-    def __init__(self, name, size=16, opset=13, grey=False):
-        """grey: the graph takes one channel; MedSearch is fed it three times."""
+    def __init__(self, name, size=16, opset=13, grey=False, nhwc=False):
+        """grey: the graph takes one channel; MedSearch is fed it three times.
+        nhwc: the graph takes [N, H, W, C] and its first node transposes it to
+        "input_nchw", the tensor the rest of the case reads; MedSearch, which
+        folds that Transpose, is fed NCHW."""
         self.name, self.size, self.opset, self.channels = name, size, opset, 1 if grey else 3
         self.nodes, self.inits = [], []
         self.x = rand(N, self.channels, size, size, lo=-2, hi=2)
         self.env = {"input": torch.from_numpy(self.x)}
+        self.nhwc, self.count = nhwc, 0
+        if nhwc:
+            self.env["input"] = torch.from_numpy(self.x).permute(0, 2, 3, 1)
+            self.node("Transpose", ["input"], torch.from_numpy(self.x), out="input_nchw", name="to_nchw",
+                      perm=[0, 3, 1, 2])
         if grey:
             self.x = np.repeat(self.x, 3, axis=1)
-        self.count = 0
 
     def const(self, arr, name=None, dtype=None):
         name = name or f"c{len(self.inits)}"
@@ -90,10 +97,14 @@ class Case:
                        torch.from_numpy(b) if bias else None, tuple(st), 0, dil, group)
         return self.node("Conv", ins, ref, **attrs)
 
+    def input_dims(self):
+        if self.nhwc:
+            return ["batch", self.size, self.size, self.channels]
+        return ["batch", self.channels, self.size, self.size]
+
     def write(self, outdir, out, manifest, opset_imports=None):
         g = helper.make_graph(self.nodes, self.name,
-                              [helper.make_tensor_value_info("input", TensorProto.FLOAT,
-                                                             ["batch", self.channels, self.size, self.size])],
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, self.input_dims())],
                               [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)], self.inits)
         m = helper.make_model(g, opset_imports=opset_imports or [helper.make_opsetid("", self.opset)])
         m.ir_version = 7
@@ -464,6 +475,19 @@ def cases(outdir, mf):
     slope = rand(16, lo=-0.5, hi=0.5)
     c.write(outdir, c.node("PRelu", [f, c.const(slope)], F.prelu(c.t(f), torch.from_numpy(slope))), mf)
 
+    # an NHWC input transposed to NCHW first (Keras through tf2onnx,
+    # x.permute(0, 3, 1, 2) in PyTorch): the Transpose is folded
+    c = Case("nhwc_input", nhwc=True)
+    x = c.node("Relu", [c.conv("input_nchw", 3, 8)], None)
+    c.env[x] = F.relu(c.t(c.nodes[-1].input[0]))
+    c.write(outdir, c.conv(x, 8, 4), mf)
+    c = Case("nhwc_grey", nhwc=True, grey=True)
+    c.write(outdir, c.conv("input_nchw", 1, 8), mf)
+    c = Case("nhwc_two_transposes", nhwc=True)
+    c.node("Transpose", ["input"], c.t("input_nchw"), out="input_nchw2", name="to_nchw2", perm=[0, 3, 1, 2])
+    a, b = c.conv("input_nchw", 3, 8), c.conv("input_nchw2", 3, 8, k=1, pads=(0, 0, 0, 0))
+    c.write(outdir, c.node("Add", [a, b], c.t(a) + c.t(b)), mf)
+
     # Sub and Div: the normalisation some exporters put in the graph, and
     # between activations
     c = Case("sub_div_normalise")
@@ -579,8 +603,8 @@ def cases(outdir, mf):
     c.write(outdir, squeeze_head(c, [None]), mf)
 
     # errors at load time
-    def refused(name, build, code, words, opset=13, grey=False):
-        case = Case(name, opset=opset, grey=grey)
+    def refused(name, build, code, words, opset=13, grey=False, nhwc=False):
+        case = Case(name, opset=opset, grey=grey, nhwc=nhwc)
         out = build(case)
         case.env.setdefault(out, torch.zeros(N, 1))
         write_error(case, outdir, out, mf, code, words)
@@ -764,6 +788,25 @@ def cases(outdir, mf):
     refused("selu_gamma_nan", lambda c: act_attr(c, "Selu", gamma=float("nan")), "FORMAT", ["gamma", "NaN", "act"])
     refused("elu_alpha_string", lambda c: act_attr(c, "Elu", alpha="one"), "FORMAT", ["alpha", "float", "act"])
 
+    def nhwc_read_raw(case):  # the NHWC input is also read untransposed
+        case.nodes.append(helper.make_node("Mul", ["input", case.const(np.float32(2.0))], ["raw2"], name="scale"))
+        return "raw2"
+    refused("nhwc_read_raw", nhwc_read_raw, "UNSUPPORTED", ["to_nchw", "NHWC", "scale"], nhwc=True)
+
+    def transpose_after(case, x, perm, name="tp"):
+        case.nodes.append(helper.make_node("Transpose", [x], ["tp_out"], name=name, perm=perm))
+        return "tp_out"
+    refused("transpose_input_other_perm", lambda c: transpose_after(c, "input", [0, 2, 3, 1]), "UNSUPPORTED",
+            ["Transpose", "tp", "NHWC"])
+    refused("transpose_activation", lambda c: transpose_after(c, conv_after(c, "input"), [0, 2, 3, 1]),
+            "UNSUPPORTED", ["Transpose", "tp", "first node"])
+    refused("transpose_perm_repeated", lambda c: transpose_after(c, "input", [0, 3, 3, 2]), "FORMAT",
+            ["perm", "permutation", "tp"])
+    def nhwc_five_channels(case):
+        case.channels = 5
+        return conv_after(case, "input_nchw", 5)
+    refused("nhwc_five_channels", nhwc_five_channels, "UNSUPPORTED", ["5 channels", "NHWC"], nhwc=True)
+
     # ops MedSearch does not run are refused only when the feature needs them
     c = Case("softmax_after_feature_ignored")
     f = head(c)
@@ -795,8 +838,7 @@ def cases(outdir, mf):
 
 def write_error(case, outdir, out, mf, code, words, opsets=None):
     g = helper.make_graph(case.nodes, case.name,
-                          [helper.make_tensor_value_info("input", TensorProto.FLOAT,
-                                                         ["batch", case.channels, case.size, case.size])],
+                          [helper.make_tensor_value_info("input", TensorProto.FLOAT, case.input_dims())],
                           [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)], case.inits)
     m = helper.make_model(g, opset_imports=opsets or [helper.make_opsetid("", case.opset)])
     m.ir_version = 7

@@ -54,12 +54,19 @@ HEADS = {
     # ResNet-18 with its ReLUs swapped for the activations of other CNN
     # families (PReLU per channel and shared, LeakyReLU, ELU, SELU, Softplus, Tanh)
     "resnet18_acts": "fc",
+    # ResNet-18 taking channels-last images [N, H, W, 3], permuted to NCHW first
+    # (how Keras models come through tf2onnx): a Transpose on the input
+    "resnet18_nhwc": "fc",
 }
 
 
 
 def channels(name):
     return 1 if name.endswith("_grey") else 3
+
+
+def nhwc(name):
+    return name.endswith("_nhwc")
 
 
 # One seed for every model; with it each export is well conditioned: PyTorch's
@@ -74,7 +81,7 @@ def build(name, seed):
 
     torch.manual_seed(seed)
     kwargs = {"aux_logits": False, "init_weights": True} if name == "googlenet" else {}
-    base = name.replace("_grey", "").replace("_view", "").replace("_squeeze", "").replace("_acts", "")
+    base = name.replace("_grey", "").replace("_view", "").replace("_squeeze", "").replace("_acts", "").replace("_nhwc", "")
     model = getattr(torchvision.models, base)(weights=None, **kwargs)
     if channels(name) == 1:
         model.features.conv0 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)
@@ -105,6 +112,15 @@ def build(name, seed):
     head = HEADS[name]
     if head:
         setattr(model, head, torch.nn.Identity())
+    if nhwc(name):
+        class ChannelsLast(torch.nn.Module):
+            def __init__(self, inner):
+                super().__init__()
+                self.inner = inner
+
+            def forward(self, x):
+                return self.inner(x.permute(0, 3, 1, 2))
+        model = ChannelsLast(model)
     return model
 
 
@@ -118,10 +134,11 @@ def cmd_export(d, names):
         model = build(name, SEED)
         # measured statistics, not perturbed ones: perturbed, EfficientNet becomes so
         # ill-conditioned that PyTorch's own float32 and float64 outputs differ by 1e-2
-        calibrate(model, SEED, perturb=False, channels=channels(name))
+        calibrate(model.inner if nhwc(name) else model, SEED, perturb=False, channels=channels(name))
         torch.save(model.state_dict(), os.path.join(d, name + ".pt"))
         path = os.path.join(d, name + ".onnx")
-        torch.onnx.export(model, torch.zeros(1, channels(name), 224, 224), path, opset_version=13,
+        shape = (1, 224, 224, channels(name)) if nhwc(name) else (1, channels(name), 224, 224)
+        torch.onnx.export(model, torch.zeros(*shape), path, opset_version=13,
                           input_names=["input"], output_names=["features"],
                           dynamic_axes={"input": {0: "batch"}, "features": {0: "batch"}})
         ops = sorted({n.op_type for n in onnx.load(path).graph.node})
@@ -138,6 +155,8 @@ def cmd_forward(d, name, inp, n, s, out):
     x = torch.from_numpy(np.fromfile(inp, dtype=np.float32).reshape(n, 3, s, s))
     if channels(name) == 1:  # MedSearch feeds the grey channel three times
         x = x[:, :1]
+    if nhwc(name):  # MedSearch feeds NCHW, having folded the model's Transpose
+        x = x.permute(0, 2, 3, 1)
     with torch.no_grad():  # in float64: the reference, not another float32 rounding
         y = model.double()(x.double()).reshape(n, -1).numpy().astype(np.float32)
     y.tofile(out)
