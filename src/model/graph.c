@@ -1030,5 +1030,22 @@ int graph_global_pool_node(const graph *g, int t)
     while (p >= 0 && (g->n[p].op == G_FLATTEN || g->n[p].op == G_RESHAPE || g->n[p].op == G_SQUEEZE ||
                       g->n[p].op == G_IDENTITY))
         p = graph_producer(g, g->n[p].in[0]);
-    return p >= 0 && (g->n[p].op == G_GAP || g->n[p].op == G_GMP) ? p : -1;
+    return p >= 0 && (g->n[p].op == G_GAP || g->n[p].op == G_GMP || g->n[p].op == G_AVGPOOL ||
+                      g->n[p].op == G_MAXPOOL) ? p : -1;
+}
+
+int graph_pool_is_global(const graph *g, int node)
+{
+    const g_node *nd = &g->n[node];
+    if (nd->op == G_GAP || nd->op == G_GMP)
+        return 1;
+    if (nd->op != G_AVGPOOL && nd->op != G_MAXPOOL)
+        return 0;
+    const g_tensor *x = &g->t[nd->in[0]];
+    if (!x->shaped || x->rank != 4)
+        return 0;
+    for (int ax = 0; ax < 2; ax++)
+        if (nd->kernel[ax] != x->dims[2 + ax] || nd->pad_l[ax] || nd->pad_r[ax] || nd->dilation[ax] != 1)
+            return 0;
+    return 1;
 }

@@ -280,8 +280,16 @@ int graph_producer(const graph *g, int t);
 
 /* The global pooling node (GlobalAveragePool, ReduceMean over H and W,
  * GlobalMaxPool) that, through Flatten, Reshape, Squeeze or Identity,
- * produces t; -1 when there is none. */
+ * produces t; -1 when there is none. An AveragePool or MaxPool found there
+ * is returned too: it is a global pool when its kernel covers the whole map
+ * (older exports, TF-slim's 7x7 AvgPool), which graph_pool_is_global tells
+ * once shapes are known. */
 int graph_global_pool_node(const graph *g, int t);
+/* Whether pooling node `node` pools its whole input map into one value per
+ * channel: always for the global pools, and for an AveragePool or MaxPool
+ * whose kernel equals the map's height and width, without padding or
+ * dilation. Needs shapes (graph_infer_shapes). */
+int graph_pool_is_global(const graph *g, int node);
 
 /* Whether the values of t cannot be negative, or only slightly (swish, hard
  * swish), as far as the ops that made it tell (before graph_optimise, after

@@ -41,6 +41,7 @@ struct model {
     int feature;           /* tensor the vector comes from */
     int map;               /* GAP source for pooled features, else -1 */
     int signed_map;        /* the map --pool auto left to the graph's pool, as it may be negative; else -1 */
+    int pool_node;         /* the graph's pooling node replaced by `pool`, when map >= 0 */
     int target;            /* what the backend produces: map or feature */
     int dim, map_c, map_hw;
     image_prep prep;
@@ -415,7 +416,34 @@ int model_options_from_identity(const char *identity, model_options *o)
  * options.output is taken as it is. resolve_auto_pooling decides the rest. */
 static model_pool auto_pooling(const graph *g, int gp, const model_options *o)
 {
-    return !o->output && gp >= 0 && g->n[gp].op == G_GAP ? MODEL_POOL_AUTO : MODEL_POOL_OUTPUT;
+    return !o->output && gp >= 0 && (g->n[gp].op == G_GAP || g->n[gp].op == G_AVGPOOL) ? MODEL_POOL_AUTO
+                                                                                       : MODEL_POOL_OUTPUT;
+}
+
+/* Once shapes are known: an AveragePool or MaxPool taken for the feature's
+ * pooling must cover its whole map (a 7x7 kernel on a 7x7 map; at another
+ * --input-size the same node may not). If it does not, --pool auto keeps
+ * the graph's own output, and an explicit pooling is an error. */
+static int check_pool_covers_map(model *m, ms_err *err)
+{
+    if (m->map < 0 || graph_pool_is_global(&m->g, m->pool_node))
+        return 0;
+    const graph *g = &m->g;
+    const g_node *nd = &g->n[m->pool_node];
+    const g_tensor *x = &g->t[nd->in[0]];
+    if (m->pool == MODEL_POOL_AUTO) {
+        m->pool = MODEL_POOL_OUTPUT;
+        m->map = -1;
+        m->target = m->feature;
+        return 0;
+    }
+    char pb[32];
+    return ms_err_set(err, MS_EUNSUPPORTED,
+                      "pooling '%s' needs the feature '%s' to come from a global pooling; node '%s' (%s) pools "
+                      "'%s' of %lldx%lld with a %dx%d kernel%s, not the whole map",
+                      pool_name(m->pool, m->gem_p, pb, sizeof pb), g->t[m->feature].name, nd->name, nd->op_type,
+                      x->name, (long long)x->dims[2], (long long)x->dims[3], nd->kernel[0], nd->kernel[1],
+                      nd->pad_l[0] || nd->pad_l[1] || nd->pad_r[0] || nd->pad_r[1] ? " and padding" : "");
 }
 
 /* Second step, once shapes are known: GeM clamps each value at a small
@@ -465,12 +493,13 @@ static int pick_feature(model *m, const model_options *o, ms_err *err)
         int p = graph_producer(g, t);
         return ms_err_set(err, MS_EUNSUPPORTED,
                           "pooling '%s' needs the feature '%s' to come from a global pooling (GlobalAveragePool, "
-                          "ReduceMean over height and width or GlobalMaxPool, through Flatten, Reshape, Squeeze or "
-                          "Identity); it comes from %s node '%s'",
+                          "ReduceMean over height and width, GlobalMaxPool, or an AveragePool or MaxPool covering the "
+                          "whole map, through Flatten, Reshape, Squeeze or Identity); it comes from %s node '%s'",
                           pool_name(m->pool, m->gem_p, pb, sizeof pb), g->t[t].name,
                           p >= 0 ? g->n[p].op_type : "no", p >= 0 ? g->n[p].name : "-");
     }
     m->map = g->n[gp].in[0];
+    m->pool_node = gp;
     m->target = m->map;
     return 0;
 }
@@ -493,6 +522,8 @@ static int compile(model *m, const model_options *o, ms_err *err)
     if ((rc = graph_order(g, err)) || (rc = resolve_prep(m, o, err)) || (rc = pick_feature(m, o, err)) ||
         (rc = graph_prune(g, m->feature, err)) || (rc = graph_grey_input(g, err)) ||
         (rc = graph_infer_shapes(g, m->prep.size, err)))
+        return rc;
+    if ((rc = check_pool_covers_map(m, err)))
         return rc;
     resolve_auto_pooling(m);
     int keep[2] = {m->feature, m->map};

@@ -21,7 +21,8 @@
  * medsearch.feature_output, else the graph's first output. With a pooling
  * other than MODEL_POOL_OUTPUT the runtime instead takes the 4-D map that
  * feeds the global pooling (GlobalAveragePool, ReduceMean over H and W,
- * GlobalMaxPool) producing that output and pools it itself
+ * GlobalMaxPool, or an AveragePool or MaxPool whose kernel covers the whole
+ * map; any other is MS_EUNSUPPORTED) producing that output and pools it itself
  * (GeM, max, average, or the legacy top-left cell).
  *
  * Preprocessing (model_prep): each of input size, mean and scale comes from
@@ -63,8 +64,9 @@ typedef enum {
     MODEL_POOL_MAX,        /* max over H x W */
     MODEL_POOL_TOPLEFT,    /* the prototype's bug, a baseline only: first C values of the flattened NCHW map */
     MODEL_POOL_AUTO,       /* resolved at load: GeM when the feature is a global
-                            * average pool (GlobalAveragePool or ReduceMean over H
-                            * and W, through Flatten, Reshape, Squeeze or Identity),
+                            * average pool (GlobalAveragePool, ReduceMean over H
+                            * and W, or an AveragePool whose kernel covers the
+                            * map, through Flatten, Reshape, Squeeze or Identity),
                             * options.output does not name it and the map it pools
                             * cannot be negative, or only slightly (made by Relu,
                             * ReLU6, Sigmoid, Softplus, swish, hard swish), else

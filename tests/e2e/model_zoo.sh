@@ -5,7 +5,8 @@
 # and ResNet-18s flattened by x.view(x.size(0), -1) (its shape computed by
 # Shape, Gather, Unsqueeze, Concat), by x.squeeze(-1).squeeze(-1), and with
 # its ReLUs swapped for PReLU, LeakyReLU, ELU, SELU, Softplus and Tanh, and
-# one taking channels-last images (a Transpose to NCHW first), with
+# one taking channels-last images (a Transpose to NCHW first), and one pooled
+# by a 7x7 AveragePool instead of a global pool, with
 # seeded random weights, exported to ONNX as users export them
 # (tests/tools/torchvision_zoo.py). For each, `medsearch embed --raw` of
 # four images in one batch must match PyTorch run on the very inputs MedSearch
@@ -28,7 +29,7 @@ trap 'rm -rf "$T"' EXIT
 fails=0
 fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
 
-MODELS="densenet121 densenet121_grey mobilenet_v3_small mnasnet0_5 efficientnet_b0 regnet_y_400mf squeezenet1_1 googlenet resnet18_view resnet18_squeeze resnet18_acts resnet18_nhwc"
+MODELS="densenet121 densenet121_grey mobilenet_v3_small mnasnet0_5 efficientnet_b0 regnet_y_400mf squeezenet1_1 googlenet resnet18_view resnet18_squeeze resnet18_acts resnet18_nhwc resnet18_avgpool7"
 echo "== export: $MODELS"
 "$PY" "$TOOL" export "$T" $MODELS >"$T/ops.txt" 2>"$T/export.err" || { cat "$T/export.err"; echo "FAIL: export"; exit 1; }
 cat "$T/ops.txt"
@@ -43,6 +44,7 @@ need_ops resnet18_view Shape
 need_ops resnet18_squeeze Squeeze
 for op in PRelu LeakyRelu Elu Selu Softplus Tanh; do need_ops resnet18_acts $op; done
 need_ops resnet18_nhwc Transpose
+need_ops resnet18_avgpool7 AveragePool
 
 # random grey images: exact size, down-scaled, up-scaled, non-square
 "$PY" - "$T" <<'EOF' || { echo "FAIL: images"; exit 1; }
@@ -95,6 +97,15 @@ EOF
         fi
     fi
 done
+
+echo "== a 7x7 AveragePool is a global pool only where it covers the map"
+M=$T/resnet18_avgpool7.onnx
+"$BIN" info --model "$M" 2>&1 | grep -q "pooling gem3 of" || fail "avgpool7 at 224 is not GeM by default"
+"$BIN" info --model "$M" --input-size 256 2>&1 | grep -q "pooling output" ||
+    fail "avgpool7 at 256 (an 8x8 map) is not left to the graph's own pool"
+"$BIN" embed --model "$M" --input-size 256 --pool gem "${IMGS[0]}" >/dev/null 2>"$T/err" &&
+    fail "--pool gem accepted where the AveragePool does not cover the map"
+grep -q "7x7 kernel, not the whole map" "$T/err" || fail "message for a partial AveragePool: $(cat "$T/err")"
 
 echo "== a model of one grey channel"
 "$BIN" info --model "$T/densenet121_grey.onnx" >"$T/info" 2>&1 || fail "info on densenet121_grey"

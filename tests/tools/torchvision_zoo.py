@@ -57,6 +57,9 @@ HEADS = {
     # ResNet-18 taking channels-last images [N, H, W, 3], permuted to NCHW first
     # (how Keras models come through tf2onnx): a Transpose on the input
     "resnet18_nhwc": "fc",
+    # ResNet-18 pooled by nn.AvgPool2d(7), as older code and TF-slim's 7x7
+    # AvgPool do: an AveragePool whose kernel covers the 7x7 map at 224
+    "resnet18_avgpool7": "fc",
 }
 
 
@@ -81,7 +84,7 @@ def build(name, seed):
 
     torch.manual_seed(seed)
     kwargs = {"aux_logits": False, "init_weights": True} if name == "googlenet" else {}
-    base = name.replace("_grey", "").replace("_view", "").replace("_squeeze", "").replace("_acts", "").replace("_nhwc", "")
+    base = name.replace("_grey", "").replace("_view", "").replace("_squeeze", "").replace("_acts", "").replace("_nhwc", "").replace("_avgpool7", "")
     model = getattr(torchvision.models, base)(weights=None, **kwargs)
     if channels(name) == 1:
         model.features.conv0 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)
@@ -95,6 +98,8 @@ def build(name, seed):
             def forward(self, x):
                 return x.squeeze(-1).squeeze(-1)
         model.avgpool = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), Squeeze())
+    if name.endswith("_avgpool7"):
+        model.avgpool = torch.nn.AvgPool2d(7)
     if name.endswith("_acts"):
         nn = torch.nn
         model.relu = nn.PReLU(64)

@@ -26,7 +26,10 @@
 /* input [N,3,8,8] -> Conv 3x3 (4 ch, pads 1) + bias -> Relu "r" (a 4 x 8 x 8
  * map) -> global_op -> Flatten "features", or with a Gemm head, Flatten ->
  * Gemm "features" (5 values). */
-static void base_with(mb *b, const char *global_op, int gemm_head)
+/* Conv (4 channels, 8x8) -> act -> pool_op -> Flatten ("features", or
+ * "pooled" then a Gemm head of 5). pool_op is a global pool, or with
+ * kernel > 0 an AveragePool or MaxPool of that kernel and stride. */
+static void base_full(mb *b, const char *act, const char *pool_op, int kernel, int gemm_head)
 {
     mb_init(b);
     mb_input(b, "input", 3, 8);
@@ -36,8 +39,13 @@ static void base_with(mb *b, const char *global_op, int gemm_head)
     Onnx__NodeProto *c = mb_node(b, "Conv", "conv", "input", "W", "B", "c");
     int64_t pads[4] = {1, 1, 1, 1};
     attr_ints(c, "pads", 4, pads);
-    mb_node(b, "Relu", "relu", "c", NULL, NULL, "r");
-    mb_node(b, global_op, "gap", "r", NULL, NULL, "g");
+    mb_node(b, act, "act", "c", NULL, NULL, "r");
+    Onnx__NodeProto *gp = mb_node(b, pool_op, "gap", "r", NULL, NULL, "g");
+    if (kernel) {
+        int64_t k[2] = {kernel, kernel};
+        attr_ints(gp, "kernel_shape", 2, k);
+        attr_ints(gp, "strides", 2, k);
+    }
     Onnx__NodeProto *f = mb_node(b, "Flatten", "flat", "g", NULL, NULL, gemm_head ? "pooled" : "features");
     Onnx__AttributeProto *ax = attr(f, "axis", ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__INT);
     ax->has_i = 1;
@@ -52,6 +60,11 @@ static void base_with(mb *b, const char *global_op, int gemm_head)
         tb->i = 1;
     }
     mb_output(b, "features");
+}
+
+static void base_with(mb *b, const char *global_op, int gemm_head)
+{
+    base_full(b, "Relu", global_op, 0, gemm_head);
 }
 
 /* The base model: base_with a GlobalAveragePool and no head. */
@@ -486,33 +499,43 @@ static void forward_one(const uint8_t *buf, size_t len, const model_options *o, 
     model_free(m);
 }
 
-/* MODEL_POOL_AUTO: GeM of the map behind a global average pool, identical to
- * asking for GeM; the graph's output behind a global max pool, a head after
- * the pool, or a tensor named by options.output. Never "auto" in an identity. */
+/* MODEL_POOL_AUTO: GeM of the map behind a global average pool (or an
+ * AveragePool covering the map) when the map cannot be negative, identical
+ * to asking for GeM; the graph's output behind a global max pool, a head
+ * after the pool, a pool not covering the map, a map that may be negative,
+ * or a tensor named by options.output. Never "auto" in an identity. */
 static void test_pooling_auto(void **state)
 {
     (void)state;
-    float in[3 * 64], got[5], want[5];
+    float in[3 * 64], got[16], want[16];
     for (int i = 0; i < 3 * 64; i++)
         in[i] = (float)((i * 31) % 17) / 5.0f - 1.5f;
     char id[64], want_id[64];
     model_pool in_force;
     struct {
-        const char *global_op;
-        int head;
+        const char *act, *global_op;
+        int kernel, head;
         const char *output;
         model_pool resolved;
         int dim;
         const char *identity;
     } cases[] = {
-        {"GlobalAveragePool", 0, NULL, MODEL_POOL_GEM, 4, "gem2.5"},
-        {"GlobalAveragePool", 0, "features", MODEL_POOL_OUTPUT, 4, "output"},
-        {"GlobalMaxPool", 0, NULL, MODEL_POOL_OUTPUT, 4, "output"},
-        {"GlobalAveragePool", 1, NULL, MODEL_POOL_OUTPUT, 5, "output"},
+        {"Relu", "GlobalAveragePool", 0, 0, NULL, MODEL_POOL_GEM, 4, "gem2.5"},
+        {"Relu", "GlobalAveragePool", 0, 0, "features", MODEL_POOL_OUTPUT, 4, "output"},
+        {"Relu", "GlobalMaxPool", 0, 0, NULL, MODEL_POOL_OUTPUT, 4, "output"},
+        {"Relu", "GlobalAveragePool", 0, 1, NULL, MODEL_POOL_OUTPUT, 5, "output"},
+        {"Softplus", "GlobalAveragePool", 0, 0, NULL, MODEL_POOL_GEM, 4, "gem2.5"},
+        {"Sigmoid", "GlobalAveragePool", 0, 0, NULL, MODEL_POOL_GEM, 4, "gem2.5"},
+        {"LeakyRelu", "GlobalAveragePool", 0, 0, NULL, MODEL_POOL_OUTPUT, 4, "output"},
+        {"Tanh", "GlobalAveragePool", 0, 0, NULL, MODEL_POOL_OUTPUT, 4, "output"},
+        {"Identity", "GlobalAveragePool", 0, 0, NULL, MODEL_POOL_OUTPUT, 4, "output"},
+        {"Relu", "AveragePool", 8, 0, NULL, MODEL_POOL_GEM, 4, "gem2.5"},
+        {"Relu", "AveragePool", 4, 0, NULL, MODEL_POOL_OUTPUT, 16, "output"},
+        {"Relu", "MaxPool", 8, 0, NULL, MODEL_POOL_OUTPUT, 4, "output"},
     };
     for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
         mb b;
-        base_with(&b, cases[k].global_op, cases[k].head);
+        base_full(&b, cases[k].act, cases[k].global_op, cases[k].kernel, cases[k].head);
         size_t len;
         uint8_t *buf = mb_pack(&b, &len);
         model_options o;
@@ -527,6 +550,22 @@ static void test_pooling_auto(void **state)
         forward_one(buf, len, &o, in, want, cases[k].dim, want_id, sizeof want_id, &in_force);
         assert_string_equal(want_id, id);
         assert_memory_equal(got, want, (size_t)cases[k].dim * sizeof *got);
+        pool_free();
+    }
+    /* asked for by name, GeM behind a pool that does not cover the map is an error */
+    {
+        mb b;
+        base_full(&b, "Relu", "AveragePool", 4, 0);
+        size_t len;
+        uint8_t *buf = mb_pack(&b, &len);
+        model_options o;
+        model_options_init(&o);
+        o.pool = MODEL_POOL_GEM;
+        model *m = NULL;
+        ms_err err = {0};
+        assert_int_equal(model_load_buffer(buf, len, "m.onnx", &o, &m, &err), MS_EUNSUPPORTED);
+        print_message("  %s\n", err.msg);
+        assert_non_null(strstr(err.msg, "4x4 kernel, not the whole map"));
         pool_free();
     }
     model_pool p = MODEL_POOL_OUTPUT;
