@@ -1034,6 +1034,56 @@ int graph_global_pool_node(const graph *g, int t)
                       g->n[p].op == G_MAXPOOL) ? p : -1;
 }
 
+/* After a classifier's logits: what turns them into scores, and views. */
+static int after_logits(const g_node *nd)
+{
+    if (nd->op == G_FLATTEN || nd->op == G_RESHAPE || nd->op == G_SQUEEZE || nd->op == G_IDENTITY ||
+        nd->op == G_SIGMOID)
+        return 1;
+    return nd->op == G_UNSUPPORTED && (!strcmp(nd->op_type, "Softmax") || !strcmp(nd->op_type, "LogSoftmax"));
+}
+
+/* A constant operand of a two-input node: the other input's index, or -1. */
+static int other_than_constant(const graph *g, const g_node *nd)
+{
+    if (nd->n_in != 2 || nd->in[0] < 0 || nd->in[1] < 0)
+        return -1;
+    if (g->t[nd->in[1]].is_const && !g->t[nd->in[0]].is_const)
+        return nd->in[0];
+    if (g->t[nd->in[0]].is_const && !g->t[nd->in[1]].is_const)
+        return nd->in[1];
+    return -1;
+}
+
+int graph_classifier_head(const graph *g, int t, int *head)
+{
+    int p = graph_producer(g, t);
+    while (p >= 0 && after_logits(&g->n[p]))
+        p = g->n[p].n_in ? graph_producer(g, g->n[p].in[0]) : -1;
+    if (p < 0)
+        return -1;
+    const g_node *nd = &g->n[p];
+    int x = -1;
+    if (nd->op == G_GEMM && nd->n_in >= 2 && nd->in[0] >= 0 && !g->t[nd->in[0]].is_const && nd->in[1] >= 0 &&
+        g->t[nd->in[1]].is_const) {
+        x = nd->in[0];
+    } else {
+        /* MatMul (not run by MedSearch), possibly followed by the Add of its bias */
+        if (nd->op == G_ADD && (x = other_than_constant(g, nd)) >= 0) {
+            p = graph_producer(g, x);
+            nd = p >= 0 ? &g->n[p] : NULL;
+        }
+        x = nd && nd->op == G_UNSUPPORTED && !strcmp(nd->op_type, "MatMul") ? other_than_constant(g, nd) : -1;
+    }
+    /* only a pool that is global whatever the input size: an AveragePool may
+     * not be, and the head's output would then be the feature after all */
+    int gp = x < 0 ? -1 : graph_global_pool_node(g, x);
+    if (gp < 0 || (g->n[gp].op != G_GAP && g->n[gp].op != G_GMP))
+        return -1;
+    *head = p;
+    return x;
+}
+
 int graph_pool_is_global(const graph *g, int node)
 {
     const g_node *nd = &g->n[node];

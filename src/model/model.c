@@ -42,6 +42,8 @@ struct model {
     int map;               /* GAP source for pooled features, else -1 */
     int signed_map;        /* the map --pool auto left to the graph's pool, as it may be negative; else -1 */
     int pool_node;         /* the graph's pooling node replaced by `pool`, when map >= 0 */
+    int head_node;         /* the classifier head left out of the default feature, else -1 */
+    int head_output;       /* that head's output, the graph's first output (when head_node >= 0) */
     int target;            /* what the backend produces: map or feature */
     int dim, map_c, map_hw;
     image_prep prep;
@@ -411,8 +413,9 @@ int model_options_from_identity(const char *identity, model_options *o)
  * none), first step: GeM of the map is a candidate when gp is a global
  * average pool (GeM retrieves better with ImageNet features: more weight on
  * the strongest activations of each channel); the graph's own output
- * otherwise: a max pool is kept, and a head after the pool (a projection, a
- * classifier) is the model's feature and is not skipped. A tensor named by
+ * otherwise: a max pool is kept, and a head after the pool (a projection;
+ * a classifier on the first output was already left out by pick_feature)
+ * is the model's feature and is not skipped. A tensor named by
  * options.output is taken as it is. resolve_auto_pooling decides the rest. */
 static model_pool auto_pooling(const graph *g, int gp, const model_options *o)
 {
@@ -479,6 +482,14 @@ static int pick_feature(model *m, const model_options *o, ms_err *err)
             return ms_err_set(err, MS_ENOTFOUND, "the model has no tensor named '%.200s'", o->output);
         return ms_err_set(err, MS_EFORMAT, "metadata medsearch.feature_output names '%.200s', which the model does not compute",
                           name);
+    }
+    m->head_node = -1;
+    if (!name) { /* the first output by default: behind a classifier head, the pooled vector it reads */
+        int pooled = graph_classifier_head(g, t, &m->head_node);
+        if (pooled >= 0) {
+            m->head_output = t;
+            t = pooled;
+        }
     }
     m->feature = t;
     m->map = m->signed_map = -1;
@@ -865,6 +876,10 @@ static void describe(model *m)
     sb_printf(&s, "feature     %s, %d values, pooling %s%s%s\n", g->t[m->feature].name, m->dim,
               pool_name(m->pool, m->gem_p, pb, sizeof pb), m->map >= 0 ? " of " : "",
               m->map >= 0 ? g->t[m->map].name : "");
+    if (m->head_node >= 0)
+        sb_printf(&s, "            (the pooled vector: the classifier head '%s' (%s) giving '%s' is left out; "
+                  "--output %s keeps it)\n", g->n[m->head_node].name, g->n[m->head_node].op_type,
+                  g->t[m->head_output].name, g->t[m->head_output].name);
     if (m->signed_map >= 0)
         sb_printf(&s, "            (not GeM: --pool auto keeps the graph's average of '%s', which may be negative, "
                   "where GeM would clamp it)\n", g->t[m->signed_map].name);

@@ -6,7 +6,8 @@
 # Shape, Gather, Unsqueeze, Concat), by x.squeeze(-1).squeeze(-1), and with
 # its ReLUs swapped for PReLU, LeakyReLU, ELU, SELU, Softplus and Tanh, and
 # one taking channels-last images (a Transpose to NCHW first), and one pooled
-# by a 7x7 AveragePool instead of a global pool, with
+# by a 7x7 AveragePool instead of a global pool, and one with its classifier
+# (whose head the default feature leaves out), with
 # seeded random weights, exported to ONNX as users export them
 # (tests/tools/torchvision_zoo.py). For each, `medsearch embed --raw` of
 # four images in one batch must match PyTorch run on the very inputs MedSearch
@@ -106,6 +107,25 @@ M=$T/resnet18_avgpool7.onnx
 "$BIN" embed --model "$M" --input-size 256 --pool gem "${IMGS[0]}" >/dev/null 2>"$T/err" &&
     fail "--pool gem accepted where the AveragePool does not cover the map"
 grep -q "7x7 kernel, not the whole map" "$T/err" || fail "message for a partial AveragePool: $(cat "$T/err")"
+
+echo "== a classifier head after the global pool is left out of the default feature"
+"$PY" "$TOOL" export "$T" resnet18_classifier >/dev/null 2>"$T/export.err" || { cat "$T/export.err"; fail "export resnet18_classifier"; }
+M=$T/resnet18_classifier.onnx
+if "$BIN" embed --model "$M" --raw --output features -b 4 -o "$T/cls.logits" --dump-input "$T/cls.in" "${IMGS[@]}" \
+    >/dev/null 2>"$T/err"; then
+    "$PY" "$TOOL" forward "$T" resnet18_classifier "$T/cls.in" 4 224 "$T/cls.want" 2>/dev/null || fail "classifier: PyTorch forward"
+    "$PY" "$TOOL" compare "$T/cls.logits" "$T/cls.want" 4 1e-4 || fail "classifier: --output features differs from PyTorch's logits"
+else
+    fail "classifier: embed --output features: $(cat "$T/err")"
+fi
+"$BIN" embed --model "$M" --raw -o "$T/cls.default" "${IMGS[0]}" >/dev/null 2>&1 || fail "classifier: embed"
+"$BIN" embed --model "$M" --raw --pool avg -o "$T/cls.avg" "${IMGS[0]}" >/dev/null 2>&1 || fail "classifier: embed --pool avg"
+[ "$(stat -c %s "$T/cls.default" 2>/dev/null)" = 2048 ] || fail "classifier: the default feature is not the 512-d pooled vector"
+"$PY" "$TOOL" compare "$T/cls.avg" "$T/cls.default" 1 1e-5 >/dev/null || fail "classifier: the default feature is not the graph's pool"
+"$BIN" embed --model "$M" --pool auto -o "$T/cls.auto" "${IMGS[0]}" >/dev/null 2>&1 || fail "classifier: embed --pool auto"
+"$BIN" embed --model "$M" --pool gem -o "$T/cls.gem" "${IMGS[0]}" >/dev/null 2>&1 || fail "classifier: embed --pool gem"
+cmp -s "$T/cls.auto" "$T/cls.gem" || fail "classifier: --pool auto is not GeM of the map behind the head"
+"$BIN" info --model "$M" 2>&1 | grep -q "classifier head '/fc/Gemm'.*left out" || fail "classifier: info does not say the head is left out"
 
 echo "== a model of one grey channel"
 "$BIN" info --model "$T/densenet121_grey.onnx" >"$T/info" 2>&1 || fail "info on densenet121_grey"

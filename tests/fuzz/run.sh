@@ -121,7 +121,7 @@ EOF
 
 seeds_onnx() {
   local dir=$1
-  # Four tiny conv nets when Debian's python3-onnx is there; else libFuzzer starts empty.
+  # Five tiny conv nets when Debian's python3-onnx is there; else libFuzzer starts empty.
   "$PY" - "$dir" <<'EOF' 2>/dev/null || true
 import sys
 import numpy as np
@@ -183,6 +183,18 @@ nodes = [helper.make_node("Transpose", ["input"], ["nchw"], perm=[0, 3, 1, 2]),
 g = helper.make_graph(nodes, "nhwc", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 8, 8, 3])],
                       [helper.make_tensor_value_info("feature", TensorProto.FLOAT, [1, 4, 1, 1])], [w])
 onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), sys.argv[1] + "/nhwc.onnx")
+# a Keras-style classifier head (MatMul, Add, Softmax) that the default feature leaves out
+nodes = [helper.make_node("Conv", ["input", "w"], ["c"], pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["c"], ["r"]),
+         helper.make_node("GlobalAveragePool", ["r"], ["g"]),
+         helper.make_node("Flatten", ["g"], ["f"]),
+         helper.make_node("MatMul", ["f", "hw"], ["mm"]),
+         helper.make_node("Add", ["mm", "hb"], ["logits"]),
+         helper.make_node("Softmax", ["logits"], ["probs"], axis=1)]
+inits = [w, k(np.ones((4, 2)), "hw"), k([0.5, -0.5], "hb")]
+g = helper.make_graph(nodes, "head", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])],
+                      [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [1, 2])], inits)
+onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), sys.argv[1] + "/head.onnx")
 EOF
 }
 

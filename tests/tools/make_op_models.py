@@ -112,7 +112,7 @@ class Case:
         y = self.t(out).detach().numpy().astype(np.float32).reshape(N, -1)
         self.x.tofile(os.path.join(outdir, self.name + ".in.f32"))
         y.tofile(os.path.join(outdir, self.name + ".out.f32"))
-        manifest.write(f"ok {self.name} {N} {self.size} {y.shape[1]}\n")
+        manifest.write(f"ok {self.name} {N} {self.size} {y.shape[1]} {out}\n")
 
 
 def cases(outdir, mf):

@@ -60,6 +60,9 @@ HEADS = {
     # ResNet-18 pooled by nn.AvgPool2d(7), as older code and TF-slim's 7x7
     # AvgPool do: an AveragePool whose kernel covers the 7x7 map at 224
     "resnet18_avgpool7": "fc",
+    # ResNet-18 with its ImageNet classifier kept (fc, 1000 logits), as users
+    # export whole classifiers: the head is left out of the default feature
+    "resnet18_classifier": None,
 }
 
 
@@ -84,7 +87,7 @@ def build(name, seed):
 
     torch.manual_seed(seed)
     kwargs = {"aux_logits": False, "init_weights": True} if name == "googlenet" else {}
-    base = name.replace("_grey", "").replace("_view", "").replace("_squeeze", "").replace("_acts", "").replace("_nhwc", "").replace("_avgpool7", "")
+    base = name.replace("_grey", "").replace("_view", "").replace("_squeeze", "").replace("_acts", "").replace("_nhwc", "").replace("_avgpool7", "").replace("_classifier", "")
     model = getattr(torchvision.models, base)(weights=None, **kwargs)
     if channels(name) == 1:
         model.features.conv0 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)

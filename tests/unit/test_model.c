@@ -27,7 +27,8 @@
  * map) -> global_op -> Flatten "features", or with a Gemm head, Flatten ->
  * Gemm "features" (5 values). */
 /* Conv (4 channels, 8x8) -> act -> pool_op -> Flatten ("features", or
- * "pooled" then a Gemm head of 5). pool_op is a global pool, or with
+ * "pooled" then a head of 5: gemm_head 1 a Gemm, 2 a MatMul, Add and
+ * Softmax as Keras models come). pool_op is a global pool, or with
  * kernel > 0 an AveragePool or MaxPool of that kernel and stride. */
 static void base_full(mb *b, const char *act, const char *pool_op, int kernel, int gemm_head)
 {
@@ -50,7 +51,14 @@ static void base_full(mb *b, const char *act, const char *pool_op, int kernel, i
     Onnx__AttributeProto *ax = attr(f, "axis", ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__INT);
     ax->has_i = 1;
     ax->i = 1;
-    if (gemm_head) {
+    if (gemm_head == 2) {
+        int64_t hw[2] = {4, 5}, hb[1] = {5};
+        mb_const(b, "HW", 2, hw);
+        mb_const(b, "HB", 1, hb);
+        mb_node(b, "MatMul", "dense", "pooled", "HW", NULL, "mm");
+        mb_node(b, "Add", "dense_bias", "mm", "HB", NULL, "logits");
+        mb_node(b, "Softmax", "probs", "logits", NULL, NULL, "features");
+    } else if (gemm_head) {
         int64_t hw[2] = {5, 4}, hb[1] = {5};
         mb_const(b, "HW", 2, hw);
         mb_const(b, "HB", 1, hb);
@@ -499,11 +507,29 @@ static void forward_one(const uint8_t *buf, size_t len, const model_options *o, 
     model_free(m);
 }
 
+/* base_full(Relu, pool_op, kernel, head) loaded with o: MS_EUNSUPPORTED
+ * with `words` in the message. */
+static void expect_base_refused(const char *pool_op, int kernel, int head, const model_options *o, const char *words)
+{
+    mb b;
+    base_full(&b, "Relu", pool_op, kernel, head);
+    size_t len;
+    uint8_t *buf = mb_pack(&b, &len);
+    model *m = NULL;
+    ms_err err = {0};
+    assert_int_equal(model_load_buffer(buf, len, "m.onnx", o, &m, &err), MS_EUNSUPPORTED);
+    print_message("  %s\n", err.msg);
+    assert_non_null(strstr(err.msg, words));
+    pool_free();
+}
+
 /* MODEL_POOL_AUTO: GeM of the map behind a global average pool (or an
  * AveragePool covering the map) when the map cannot be negative, identical
- * to asking for GeM; the graph's output behind a global max pool, a head
- * after the pool, a pool not covering the map, a map that may be negative,
- * or a tensor named by options.output. Never "auto" in an identity. */
+ * to asking for GeM; the graph's output behind a global max pool, a pool not
+ * covering the map, a map that may be negative, or a tensor named by
+ * options.output. A classifier head on a global pool is left out of the
+ * default feature, kept when options.output names it, and kept behind an
+ * AveragePool. Never "auto" in an identity. */
 static void test_pooling_auto(void **state)
 {
     (void)state;
@@ -523,7 +549,11 @@ static void test_pooling_auto(void **state)
         {"Relu", "GlobalAveragePool", 0, 0, NULL, MODEL_POOL_GEM, 4, "gem2.5"},
         {"Relu", "GlobalAveragePool", 0, 0, "features", MODEL_POOL_OUTPUT, 4, "output"},
         {"Relu", "GlobalMaxPool", 0, 0, NULL, MODEL_POOL_OUTPUT, 4, "output"},
-        {"Relu", "GlobalAveragePool", 0, 1, NULL, MODEL_POOL_OUTPUT, 5, "output"},
+        {"Relu", "GlobalAveragePool", 0, 1, "features", MODEL_POOL_OUTPUT, 5, "output"},
+        {"Relu", "GlobalAveragePool", 0, 1, NULL, MODEL_POOL_GEM, 4, "gem2.5"},
+        {"Relu", "GlobalAveragePool", 0, 2, NULL, MODEL_POOL_GEM, 4, "gem2.5"},
+        {"Relu", "GlobalMaxPool", 0, 1, NULL, MODEL_POOL_OUTPUT, 4, "output"},
+        {"Relu", "AveragePool", 8, 1, NULL, MODEL_POOL_OUTPUT, 5, "output"},
         {"Softplus", "GlobalAveragePool", 0, 0, NULL, MODEL_POOL_GEM, 4, "gem2.5"},
         {"Sigmoid", "GlobalAveragePool", 0, 0, NULL, MODEL_POOL_GEM, 4, "gem2.5"},
         {"LeakyRelu", "GlobalAveragePool", 0, 0, NULL, MODEL_POOL_OUTPUT, 4, "output"},
@@ -552,28 +582,20 @@ static void test_pooling_auto(void **state)
         assert_memory_equal(got, want, (size_t)cases[k].dim * sizeof *got);
         pool_free();
     }
-    /* asked for by name, GeM behind a pool that does not cover the map is an error */
-    {
-        mb b;
-        base_full(&b, "Relu", "AveragePool", 4, 0);
-        size_t len;
-        uint8_t *buf = mb_pack(&b, &len);
-        model_options o;
-        model_options_init(&o);
-        o.pool = MODEL_POOL_GEM;
-        model *m = NULL;
-        ms_err err = {0};
-        assert_int_equal(model_load_buffer(buf, len, "m.onnx", &o, &m, &err), MS_EUNSUPPORTED);
-        print_message("  %s\n", err.msg);
-        assert_non_null(strstr(err.msg, "4x4 kernel, not the whole map"));
-        pool_free();
-    }
+    /* asked for by name, GeM behind a pool that does not cover the map is an
+     * error; so is a Keras head named as the feature: MedSearch does not run MatMul */
+    model_options o;
+    model_options_init(&o);
+    o.pool = MODEL_POOL_GEM;
+    expect_base_refused("AveragePool", 4, 0, &o, "4x4 kernel, not the whole map");
+    model_options_init(&o);
+    o.output = "features";
+    expect_base_refused("GlobalAveragePool", 0, 2, &o, "MatMul");
     model_pool p = MODEL_POOL_OUTPUT;
     assert_int_equal(model_pool_parse("auto", &p), 0);
     assert_int_equal(p, MODEL_POOL_AUTO);
     assert_string_equal(model_pool_name(MODEL_POOL_AUTO), "auto");
     assert_int_equal(model_pool_parse("Auto", &p), MS_EINVAL);
-    model_options o;
     model_options_init(&o);
     o.pool = MODEL_POOL_AUTO;
     o.gem_p = 0;
