@@ -20,7 +20,7 @@ const char *graph_op_name(g_op op)
         "MaxPool", "AveragePool", "GlobalAveragePool", "Flatten", "Reshape", "Gemm",
         "Concat", "Identity", "HardSigmoid", "HardSwish", "Sub", "Div", "Pad", "GlobalMaxPool",
         "Shape", "Gather", "Unsqueeze", "Squeeze", "unsupported (not run)", "ReduceMean", "Dropout",
-        "LeakyRelu", "PRelu", "Elu", "Selu", "Tanh", "Softplus", "Transpose"};
+        "LeakyRelu", "PRelu", "Elu", "Selu", "Tanh", "Softplus", "Cast", "Transpose"};
     return op >= 0 && op < G_OP_COUNT ? names[op] : "?";
 }
 

@@ -87,6 +87,9 @@ typedef enum {
     G_SELU,        /* beta (gamma) * Elu(alpha) */
     G_TANH,
     G_SOFTPLUS,    /* log(1 + e^x) */
+    /* Counted under its own name, run as G_IDENTITY when it casts between
+     * float types (MedSearch computes in float32 whatever the file says). */
+    G_CAST,
     /* Only [N, H, W, C] -> [N, C, H, W] of the image input (perm in axes),
      * folded at parse (onnx.c): MedSearch feeds NCHW. Any other is refused. */
     G_TRANSPOSE,
@@ -122,7 +125,7 @@ typedef struct g_tensor {
     int64_t dims[G_MAX_RANK];
     int is_const;
     int is_input;        /* the image input */
-    int elem_type;       /* constants: ONNX FLOAT (1) or INT64 (7) */
+    int elem_type;       /* constants: ONNX FLOAT (1; FLOAT16 and BFLOAT16 are widened to it) or INT64 (7) */
     float *f;            /* constant floats, owned */
     int64_t *i64;        /* constant int64s, owned */
     int64_t count;       /* elements of a constant */

@@ -8,8 +8,9 @@
  * Sub, Mul, Div, Pad of H and W with zeros,
  * MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, ReduceMean over H
  * and W, Flatten, Reshape to 2-D, Squeeze, Gemm, Concat, Identity, Dropout,
- * Shape, Gather, Unsqueeze and Concat of shapes, and the Transpose of an NHWC
- * input to NCHW, which is folded away; the exact limits are in
+ * Shape, Gather, Unsqueeze and Concat of shapes, Cast between float types,
+ * and the Transpose of an NHWC input to NCHW, which is folded away; float16
+ * and bfloat16 weights are widened to float32; the exact limits are in
  * docs/models.md), folds shape arithmetic into constants, BatchNorm into
  * convolutions and Pads into the Conv or pool reading them, fuses activations and residual adds
  * into the producing Conv, and plans activation memory. An op MedSearch does

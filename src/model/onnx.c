@@ -463,6 +463,42 @@ static void *take_raw(Onnx__TensorProto *tp)
     return copy;
 }
 
+/* IEEE half precision bits to float: exact, as every half is a float. */
+static float half_to_float(uint16_t h)
+{
+    unsigned exp = (h >> 10) & 0x1fu, man = h & 0x3ffu;
+    float f = exp == 0    ? ldexpf((float)man, -24) /* zero and subnormals */
+              : exp == 31 ? (man ? NAN : INFINITY)
+                          : ldexpf((float)(man | 0x400u), (int)exp - 25);
+    return (h & 0x8000u) ? -f : f;
+}
+
+/* A FLOAT16 or BFLOAT16 tensor (fp16-converted models, bf16 exports),
+ * widened to float32: from raw_data (2 bytes each, little-endian) or from
+ * int32_data, which holds each value's 16 bits. */
+static int half_constant(g_tensor *t, const Onnx__TensorProto *tp, int has_raw, int bf16, ms_err *err)
+{
+    size_t n = (size_t)t->count;
+    size_t held = has_raw ? tp->raw_data.len / 2 : tp->n_int32_data;
+    if ((has_raw && tp->raw_data.len != n * 2) || held != n)
+        return ms_err_set(err, MS_EFORMAT, "tensor '%s' claims %lld 16-bit floats but holds %zu", t->name,
+                          (long long)t->count, held);
+    t->elem_type = ONNX__TENSOR_PROTO__DATA_TYPE__FLOAT;
+    if (!(t->f = malloc((n ? n : 1) * sizeof *t->f)))
+        return ms_err_set(err, MS_ENOMEM, "out of memory reading tensor '%s'", t->name);
+    for (size_t i = 0; i < n; i++) {
+        uint16_t h = has_raw ? (uint16_t)(tp->raw_data.data[2 * i] | tp->raw_data.data[2 * i + 1] << 8)
+                             : (uint16_t)tp->int32_data[i];
+        if (bf16) {
+            uint32_t bits = (uint32_t)h << 16;
+            memcpy(&t->f[i], &bits, sizeof bits);
+        } else {
+            t->f[i] = half_to_float(h);
+        }
+    }
+    return 0;
+}
+
 static int constant_data(g_tensor *t, Onnx__TensorProto *tp, int may_take, ms_err *err)
 {
     int32_t dt = tp->has_data_type ? tp->data_type : 0;
@@ -514,9 +550,11 @@ static int constant_data(g_tensor *t, Onnx__TensorProto *tp, int may_take, ms_er
         }
         return 0;
     }
+    if (dt == ONNX__TENSOR_PROTO__DATA_TYPE__FLOAT16 || dt == ONNX__TENSOR_PROTO__DATA_TYPE__BFLOAT16)
+        return half_constant(t, tp, has_raw, dt == ONNX__TENSOR_PROTO__DATA_TYPE__BFLOAT16, err);
     return ms_err_set(err, MS_EUNSUPPORTED,
-                      "tensor '%s' has data type %s; MedSearch reads FLOAT tensors (and INT64 shapes)",
-                      t->name, type_name(dt));
+                      "tensor '%s' has data type %s; MedSearch reads FLOAT, FLOAT16 and BFLOAT16 tensors (and INT64 "
+                      "shapes)", t->name, type_name(dt));
 }
 
 static int add_constant(graph *g, Onnx__TensorProto *tp, const char *name, int may_take, ms_err *err)
@@ -644,6 +682,7 @@ static const struct {
     {"Concat", G_CONCAT, G_CONCAT, 1, ONNX_MAX_INPUTS},
     {"Identity", G_IDENTITY, G_IDENTITY, 1, 1},
     {"Dropout", G_IDENTITY, G_DROPOUT, 1, 3},
+    {"Cast", G_IDENTITY, G_CAST, 1, 1},
 };
 
 int onnx_unsupported(const graph *g, const g_node *nd, int feature, ms_err *err)
@@ -653,13 +692,15 @@ int onnx_unsupported(const graph *g, const g_node *nd, int feature, ms_err *err)
     for (size_t i = 0; i < sizeof op_table / sizeof op_table[0] && used < sizeof list; i++)
         if (op_table[i].op != G_TRANSPOSE)
             used += (size_t)snprintf(list + used, sizeof list - used, "%s%s", i ? ", " : "", op_table[i].name);
-    int transpose = !strcmp(nd->op_type, "Transpose");
+    /* ops MedSearch runs in one form only say which */
+    const char *only = !strcmp(nd->op_type, "Transpose") ? " other than as the first node, from an NHWC image input "
+                                                            "to NCHW"
+                       : !strcmp(nd->op_type, "Cast") ? " other than to a float type"
+                                                       : "";
     return ms_err_set(err, MS_EUNSUPPORTED,
                       "node '%s' uses op '%s', which MedSearch does not support%s (supported: %s); the feature '%s' "
                       "depends on it (--output can name a tensor computed before it)",
-                      nd->name, nd->op_type,
-                      transpose ? " other than as the first node, from an NHWC image input to NCHW" : "", list,
-                      g->t[feature].name);
+                      nd->name, nd->op_type, only, list, g->t[feature].name);
 }
 
 /* Dropout runs as Identity: it must not be in training mode. Its ratio is
@@ -675,6 +716,19 @@ static int dropout_for_inference(const node_ctx *c, const Onnx__NodeProto *np, m
         rc = ms_err_set(err, MS_EUNSUPPORTED, "node '%s' (Dropout) has is_test = 0; export the model in eval mode",
                         c->name);
     return rc;
+}
+
+/* Whether a Cast node casts to a float type: then it changes nothing here,
+ * where everything is computed in float32 (a model converted to float16
+ * casts its input and output). A cast to an integer or other type is an op
+ * MedSearch does not run. */
+static int casts_to_float(const node_ctx *c)
+{
+    const Onnx__AttributeProto *a = attr_find(c, "to");
+    if (!a)
+        return 0;
+    return a->i == ONNX__TENSOR_PROTO__DATA_TYPE__FLOAT || a->i == ONNX__TENSOR_PROTO__DATA_TYPE__FLOAT16 ||
+           a->i == ONNX__TENSOR_PROTO__DATA_TYPE__BFLOAT16 || a->i == ONNX__TENSOR_PROTO__DATA_TYPE__DOUBLE;
 }
 
 static int add_node(graph *g, const Onnx__NodeProto *np, int index, ms_err *err)
@@ -708,10 +762,13 @@ static int add_node(graph *g, const Onnx__NodeProto *np, int index, ms_err *err)
     char qualified[2 * ONNX_MAX_NAME + 2];
     snprintf(qualified, sizeof qualified, "%s%s%s", foreign ? domain : "", foreign ? "." : "", c.op);
 
-    int ni = graph_add_node(g, known ? op_table[k].op : G_UNSUPPORTED, c.name, qualified, err);
+    g_op op = known ? op_table[k].op : G_UNSUPPORTED, counted = known ? op_table[k].counted : G_UNSUPPORTED;
+    if (counted == G_CAST && !casts_to_float(&c))
+        op = counted = G_UNSUPPORTED;
+    int ni = graph_add_node(g, op, c.name, qualified, err);
     if (ni < 0)
         return ni;
-    g->op_count[known ? op_table[k].counted : G_UNSUPPORTED]++;
+    g->op_count[counted]++;
     if (known && op_table[k].counted == G_DROPOUT) {
         int rc = dropout_for_inference(&c, np, err);
         if (rc)
@@ -828,7 +885,10 @@ static int read_input_shape(graph *g, const Onnx__ValueInfoProto *vi, ms_err *er
     if (!tp || tp->value_case != ONNX__TYPE_PROTO__VALUE_TENSOR_TYPE || !tp->tensor_type)
         return 0; /* no type: assume [N, 3, S, S] float */
     const Onnx__TypeProto__Tensor *tt = tp->tensor_type;
-    if (tt->has_elem_type && tt->elem_type != ONNX__TENSOR_PROTO__DATA_TYPE__FLOAT)
+    /* A FLOAT16 or BFLOAT16 input is fed float32: every op here runs in float32. */
+    if (tt->has_elem_type && tt->elem_type != ONNX__TENSOR_PROTO__DATA_TYPE__FLOAT &&
+        tt->elem_type != ONNX__TENSOR_PROTO__DATA_TYPE__FLOAT16 &&
+        tt->elem_type != ONNX__TENSOR_PROTO__DATA_TYPE__BFLOAT16)
         return ms_err_set(err, MS_EUNSUPPORTED, "input '%s' has element type %s; MedSearch feeds FLOAT",
                           vi->name, type_name(tt->elem_type));
     if (!tt->shape)

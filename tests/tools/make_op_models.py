@@ -97,6 +97,9 @@ class Case:
                        torch.from_numpy(b) if bias else None, tuple(st), 0, dil, group)
         return self.node("Conv", ins, ref, **attrs)
 
+    def input_type(self):
+        return getattr(self, "in_type", TensorProto.FLOAT)
+
     def input_dims(self):
         if self.nhwc:
             return ["batch", self.size, self.size, self.channels]
@@ -104,7 +107,7 @@ class Case:
 
     def write(self, outdir, out, manifest, opset_imports=None):
         g = helper.make_graph(self.nodes, self.name,
-                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, self.input_dims())],
+                              [helper.make_tensor_value_info("input", self.input_type(), self.input_dims())],
                               [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)], self.inits)
         m = helper.make_model(g, opset_imports=opset_imports or [helper.make_opsetid("", self.opset)])
         m.ir_version = 7
@@ -488,6 +491,47 @@ def cases(outdir, mf):
     a, b = c.conv("input_nchw", 3, 8), c.conv("input_nchw2", 3, 8, k=1, pads=(0, 0, 0, 0))
     c.write(outdir, c.node("Add", [a, b], c.t(a) + c.t(b)), mf)
 
+    # 16-bit float weights, widened to float32 at load: FLOAT16 in raw_data
+    # with the Casts an fp16 conversion puts around the graph, FLOAT16 in
+    # int32_data behind a FLOAT16 input, BFLOAT16 in int32_data and raw_data
+    def conv16(case, x, cin, cout, dtype, how):
+        w = rand(cout, cin, 3, 3, lo=-0.5, hi=0.5)
+        b = rand(cout, lo=-0.2, hi=0.2)
+        if dtype == "bf16":  # bfloat16: the top 16 bits of each float32
+            wb, bb = (np.frombuffer(a.tobytes(), np.uint32) >> 16 for a in (w, b))
+            w, b = ((v.astype(np.uint32) << 16).view(np.float32).reshape(a.shape) for v, a in ((wb, w), (bb, b)))
+            tw = helper.make_tensor(f"w{case.count}", TensorProto.BFLOAT16, w.shape, w.flatten().tolist()) \
+                if how == "int32" else None  # the helper writes each value's 16 bits into int32_data
+            tb = helper.make_tensor(f"b{case.count}", TensorProto.BFLOAT16, b.shape, bb.astype(np.uint16).tobytes(),
+                                    raw=True)
+            if tw is None:
+                tw = helper.make_tensor(f"w{case.count}", TensorProto.BFLOAT16, w.shape,
+                                        wb.astype(np.uint16).tobytes(), raw=True)
+        else:
+            w, b = w.astype(np.float16), b.astype(np.float16)
+            if how == "int32":
+                tw = helper.make_tensor(f"w{case.count}", TensorProto.FLOAT16, w.shape, w.flatten())
+                tb = helper.make_tensor(f"b{case.count}", TensorProto.FLOAT16, b.shape, b)
+            else:
+                tw, tb = numpy_helper.from_array(w, f"w{case.count}"), numpy_helper.from_array(b, f"b{case.count}")
+        case.inits += [tw, tb]
+        ref = F.conv2d(case.t(x), torch.from_numpy(w.astype(np.float32)), torch.from_numpy(b.astype(np.float32)),
+                       padding=1)
+        return case.node("Conv", [x, tw.name, tb.name], ref, kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+
+    c = Case("fp16_weights_casts")
+    x = c.node("Cast", ["input"], c.t("input"), to=TensorProto.FLOAT16)
+    x = c.node("Relu", [conv16(c, x, 3, 8, "fp16", "raw")], None)
+    c.env[x] = F.relu(c.t(c.nodes[-1].input[0]))
+    y = conv16(c, x, 8, 4, "fp16", "raw")
+    c.write(outdir, c.node("Cast", [y], c.t(y), to=TensorProto.FLOAT), mf)
+    c = Case("fp16_input_int32_data")
+    c.in_type = TensorProto.FLOAT16
+    c.write(outdir, conv16(c, "input", 3, 8, "fp16", "int32"), mf)
+    for how in ("int32", "raw"):
+        c = Case(f"bf16_weights_{how}")
+        c.write(outdir, conv16(c, "input", 3, 8, "bf16", how), mf)
+
     # Sub and Div: the normalisation some exporters put in the graph, and
     # between activations
     c = Case("sub_div_normalise")
@@ -807,6 +851,20 @@ def cases(outdir, mf):
         return conv_after(case, "input_nchw", 5)
     refused("nhwc_five_channels", nhwc_five_channels, "UNSUPPORTED", ["5 channels", "NHWC"], nhwc=True)
 
+    def cast_to_int(case):
+        x = conv_after(case, "input")
+        case.nodes.append(helper.make_node("Cast", [x], ["as_int"], name="to_int", to=TensorProto.INT64))
+        return "as_int"
+    refused("cast_to_int64", cast_to_int, "UNSUPPORTED", ["Cast", "to_int", "float type"])
+
+    def fp16_short(case):
+        t = helper.make_tensor("w16", TensorProto.FLOAT16, [4, 3, 3, 3], np.zeros(108, np.float16).tobytes(), raw=True)
+        t.raw_data = t.raw_data[:200]  # onnx's helper refuses to write it short; a corrupt file is
+        case.inits.append(t)
+        case.nodes.append(helper.make_node("Conv", ["input", "w16"], ["y"], name="cv", kernel_shape=[3, 3]))
+        return "y"
+    refused("fp16_weights_short", fp16_short, "FORMAT", ["w16", "108", "16-bit"])
+
     # ops MedSearch does not run are refused only when the feature needs them
     c = Case("softmax_after_feature_ignored")
     f = head(c)
@@ -838,7 +896,7 @@ def cases(outdir, mf):
 
 def write_error(case, outdir, out, mf, code, words, opsets=None):
     g = helper.make_graph(case.nodes, case.name,
-                          [helper.make_tensor_value_info("input", TensorProto.FLOAT, case.input_dims())],
+                          [helper.make_tensor_value_info("input", case.input_type(), case.input_dims())],
                           [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)], case.inits)
     m = helper.make_model(g, opset_imports=opsets or [helper.make_opsetid("", case.opset)])
     m.ir_version = 7
