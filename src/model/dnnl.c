@@ -767,6 +767,31 @@ static int build_eltwise(const ctx *c, int node, ms_err *err)
     return dv < 0 ? dv : 0;
 }
 
+/* LRN across channels. oneDNN divides alpha by the local size as ONNX
+ * does, and its k is ONNX's bias. */
+static int build_lrn(const ctx *c, int node, ms_err *err)
+{
+    const g_node *nd = &c->g->n[node];
+    int sv = value_of(c, nd->in[0], nd, err);
+    if (sv < 0)
+        return sv;
+    dnnl_lrn_desc_t ld;
+    DN(dnnl_lrn_forward_desc_init(&ld, dnnl_forward_inference, dnnl_lrn_across_channels, &c->pl->v[sv].md,
+                                  nd->kernel[0], nd->alpha, nd->beta, nd->eps),
+       nd, "describe the LRN");
+    dnnl_primitive_desc_t pd;
+    int rc = make_pd(&pd, &ld, new_attr(c->d, nd, 0), c->d, nd, "create the LRN", err);
+    if (rc)
+        return rc;
+    /* LRN reads neighbouring channels of each value it writes: never in place */
+    int dv = new_value(c->pl, &c->pl->v[sv].md, -3, err);
+    if (dv < 0) {
+        dnnl_primitive_desc_destroy(pd);
+        return dv;
+    }
+    return finish_unary(c, nd, pd, sv, dv, 0, NULL, NULL, err);
+}
+
 static int build_bn(const ctx *c, int node, ms_err *err)
 {
     dnn *d = c->d;
@@ -1057,6 +1082,7 @@ static int build_node(const ctx *c, int node, ms_err *err)
     case G_TANH:
     case G_SOFTPLUS: return build_eltwise(c, node, err);
     case G_PRELU: return build_prelu(c, node, err);
+    case G_LRN: return build_lrn(c, node, err);
     case G_ADD:
     case G_SUB:
     case G_MUL:

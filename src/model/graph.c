@@ -20,7 +20,7 @@ const char *graph_op_name(g_op op)
         "MaxPool", "AveragePool", "GlobalAveragePool", "Flatten", "Reshape", "Gemm",
         "Concat", "Identity", "HardSigmoid", "HardSwish", "Sub", "Div", "Pad", "GlobalMaxPool",
         "Shape", "Gather", "Unsqueeze", "Squeeze", "unsupported (not run)", "ReduceMean", "Dropout",
-        "LeakyRelu", "PRelu", "Elu", "Selu", "Tanh", "Softplus", "Cast", "Transpose"};
+        "LeakyRelu", "PRelu", "Elu", "Selu", "Tanh", "Softplus", "LRN", "Cast", "Transpose"};
     return op >= 0 && op < G_OP_COUNT ? names[op] : "?";
 }
 
@@ -647,7 +647,7 @@ typedef enum { SIGN_NONNEGATIVE, SIGN_NEARLY_NONNEGATIVE, SIGN_ANY } value_sign;
 
 /* Relu, Sigmoid, HardSigmoid, Softplus and a Clip at or above 0 make values
  * >= 0; swish and hard swish (a fused op, or still the Mul of x and its gate)
- * values >= -0.28 and -0.375; pools, Pad and Identity keep their input's
+ * values >= -0.28 and -0.375; pools, Pad, LRN and Identity keep their input's
  * sign and a Concat the worst of its inputs'. Anything else may be negative.
  * *budget bounds the nodes visited: a hostile graph of Concats reading
  * Concats would otherwise be walked along every path, exponentially many,
@@ -679,6 +679,7 @@ static value_sign sign_of(const graph *g, int t, int *budget)
         case G_GAP:
         case G_GMP:
         case G_IDENTITY:
+        case G_LRN: /* divides by a positive number */
         case G_PAD: continue;
         default: return SIGN_ANY;
         }

@@ -87,6 +87,7 @@ typedef enum {
     G_SELU,        /* beta (gamma) * Elu(alpha) */
     G_TANH,
     G_SOFTPLUS,    /* log(1 + e^x) */
+    G_LRN,         /* across channels: x / (eps + alpha / kernel[0] * sum x^2)^beta (eps: ONNX's bias) */
     /* Counted under its own name, run as G_IDENTITY when it casts between
      * float types (MedSearch computes in float32 whatever the file says). */
     G_CAST,

@@ -4,7 +4,7 @@
  *
  * model_load parses the ONNX protobuf (protobuf-c), validates every node
  * against the supported ops (Conv, BatchNormalization, Relu, Clip, Sigmoid,
- * HardSigmoid, HardSwish, LeakyRelu, PRelu, Elu, Selu, Tanh, Softplus, Add,
+ * HardSigmoid, HardSwish, LeakyRelu, PRelu, Elu, Selu, Tanh, Softplus, LRN, Add,
  * Sub, Mul, Div, Pad of H and W with zeros,
  * MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, ReduceMean over H
  * and W, Flatten, Reshape to 2-D, Squeeze, Gemm, Concat, Identity, Dropout,

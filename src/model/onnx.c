@@ -305,6 +305,27 @@ static int parse_perm(const node_ctx *c, g_node *nd, ms_err *err)
     return 0;
 }
 
+/* LRN: size (required), alpha, beta and bias. alpha >= 0 and bias > 0 keep
+ * the base of the power positive, so no NaN comes out of a finite input. */
+static int parse_lrn(const node_ctx *c, g_node *nd, ms_err *err)
+{
+    if (!attr_find(c, "size"))
+        return ms_err_set(err, MS_EFORMAT, "node '%s' (LRN) has no size", c->name);
+    int64_t v;
+    int rc = attr_int(c, "size", 1, 1, G_MAX_KERNEL, &v, err);
+    if (rc || (rc = attr_finite(c, "alpha", 1e-4f, &nd->alpha, err)) ||
+        (rc = attr_finite(c, "beta", 0.75f, &nd->beta, err)) || (rc = attr_finite(c, "bias", 1.0f, &nd->eps, err)))
+        return rc;
+    nd->kernel[0] = (int)v;
+    if (v % 2 == 0) /* the window is then uneven, and oneDNN's would not be ONNX's */
+        return ms_err_set(err, MS_EUNSUPPORTED, "node '%s' (LRN): size %lld; MedSearch runs odd sizes", c->name,
+                          (long long)v);
+    if (nd->alpha < 0 || nd->eps <= 0)
+        return ms_err_set(err, MS_EUNSUPPORTED, "node '%s' (LRN): alpha %g and bias %g; MedSearch runs alpha >= 0 "
+                          "and bias > 0", c->name, (double)nd->alpha, (double)nd->eps);
+    return 0;
+}
+
 /* ReduceMean: axes (parse_axes) and keepdims. */
 static int parse_reduce_mean(const node_ctx *c, g_node *nd, ms_err *err)
 {
@@ -410,6 +431,8 @@ static int parse_attributes(const node_ctx *c, g_node *nd, ms_err *err)
         if ((rc = attr_finite(c, "alpha", 1.67326319217681884765625f, &nd->alpha, err)))
             return rc;
         return attr_finite(c, "gamma", 1.05070102214813232421875f, &nd->beta, err);
+    case G_LRN:
+        return parse_lrn(c, nd, err);
     case G_PAD:
         return parse_pad(c, nd, err);
     case G_GAP:
@@ -661,6 +684,7 @@ static const struct {
     {"Selu", G_SELU, G_SELU, 1, 1},
     {"Tanh", G_TANH, G_TANH, 1, 1},
     {"Softplus", G_SOFTPLUS, G_SOFTPLUS, 1, 1},
+    {"LRN", G_LRN, G_LRN, 1, 1},
     {"Transpose", G_TRANSPOSE, G_TRANSPOSE, 1, 1},
     {"Add", G_ADD, G_ADD, 2, 2},
     {"Sub", G_SUB, G_SUB, 2, 2},

@@ -553,8 +553,9 @@ static int shape_node(graph *g, g_node *nd, ms_err *err)
     case G_SELU:
     case G_TANH:
     case G_SOFTPLUS:
+    case G_LRN:
     case G_IDENTITY:
-        if ((rc = need_act(g, nd, 0, 0, err)))
+        if ((rc = need_act(g, nd, 0, nd->op == G_LRN ? 4 : 0, err)))
             return rc;
         return set_out(g, nd, x->rank, x->dims, err);
     case G_CLIP:

@@ -532,6 +532,26 @@ def cases(outdir, mf):
         c = Case(f"bf16_weights_{how}")
         c.write(outdir, conv16(c, "input", 3, 8, "bf16", how), mf)
 
+    # LRN across channels (GoogLeNet and AlexNet as the ONNX model zoo has
+    # them): against the ONNX definition computed in float64, which torch's
+    # local_response_norm equals for odd sizes; after Relu and MaxPool, with a
+    # zero Pad before a MaxPool after it (LRN keeps the sign), and on the
+    # signed input
+    def lrn_ref(v, size, alpha, beta, bias):
+        v = v.double()
+        sq = F.pad(v * v, (0, 0, 0, 0, (size - 1) // 2, size // 2)).unfold(1, size, 1).sum(-1)
+        return (v / (bias + alpha / size * sq) ** beta).float()
+    c = Case("lrn_relu_maxpool", size=17)
+    x = c.node("Relu", [c.conv("input", 3, 12)], None)
+    c.env[x] = F.relu(c.t(c.nodes[-1].input[0]))
+    x = c.node("MaxPool", [x], F.max_pool2d(c.t(x), 3, 2, 1), kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    x = c.node("LRN", [x], lrn_ref(c.t(x), 5, 0.5, 0.75, 1.0), size=5, alpha=0.5)
+    x = pad(c, x, (1, 1, 1, 1))
+    c.write(outdir, c.node("MaxPool", [x], F.max_pool2d(c.t(x), 3, 2), kernel_shape=[3, 3], strides=[2, 2]), mf)
+    c = Case("lrn_input_attrs")
+    c.write(outdir, c.node("LRN", ["input"], lrn_ref(c.t("input"), 3, 0.2, 0.6, 2.0), size=3, alpha=0.2, beta=0.6,
+                           bias=2.0), mf)
+
     # Sub and Div: the normalisation some exporters put in the graph, and
     # between activations
     c = Case("sub_div_normalise")
@@ -864,6 +884,10 @@ def cases(outdir, mf):
         case.nodes.append(helper.make_node("Conv", ["input", "w16"], ["y"], name="cv", kernel_shape=[3, 3]))
         return "y"
     refused("fp16_weights_short", fp16_short, "FORMAT", ["w16", "108", "16-bit"])
+
+    refused("lrn_no_size", lambda c: act_attr(c, "LRN"), "FORMAT", ["LRN", "size", "act"])
+    refused("lrn_even_size", lambda c: act_attr(c, "LRN", size=4), "UNSUPPORTED", ["LRN", "odd", "act"])
+    refused("lrn_bias_zero", lambda c: act_attr(c, "LRN", size=3, bias=0.0), "UNSUPPORTED", ["LRN", "bias", "act"])
 
     # ops MedSearch does not run are refused only when the feature needs them
     c = Case("softmax_after_feature_ignored")
