@@ -271,6 +271,39 @@ static void step_arg(step *s, int kind, int val, dnnl_memory_t mem)
 #define HSW_ALPHA (1.0f / 6.0f)
 #define HSW_BETA 0.5f
 
+/* One oneDNN eltwise step of an activation. */
+typedef struct act_step {
+    dnnl_alg_kind_t alg;
+    float alpha, beta;
+} act_step;
+
+/* The eltwise steps, applied in order, that activation p runs as: the same
+ * whether it is fused as post-ops or runs as a node of its own. Returns
+ * how many (1 or 2; 0 for a post-op that is not an activation). */
+static int act_steps(const g_post *p, act_step s[2])
+{
+    switch (p->act) {
+    case G_ACT_RELU: s[0] = (act_step){dnnl_eltwise_relu, 0, 0}; return 1;
+    case G_ACT_CLIP: s[0] = (act_step){dnnl_eltwise_clip, p->lo, p->hi}; return 1;
+    case G_ACT_SIGMOID: s[0] = (act_step){dnnl_eltwise_logistic, 0, 0}; return 1;
+    case G_ACT_SWISH: s[0] = (act_step){dnnl_eltwise_swish, 1.0f, 0}; return 1;
+    case G_ACT_HARDSIGMOID: /* clip(alpha x + beta, 0, 1) */
+        s[0] = (act_step){dnnl_eltwise_linear, p->lo, p->hi};
+        s[1] = (act_step){dnnl_eltwise_clip, 0.0f, 1.0f};
+        return 2;
+    case G_ACT_HARDSWISH: s[0] = (act_step){dnnl_eltwise_hardswish, HSW_ALPHA, HSW_BETA}; return 1;
+    case G_ACT_LEAKYRELU: s[0] = (act_step){dnnl_eltwise_relu, p->lo, 0}; return 1;
+    case G_ACT_ELU: s[0] = (act_step){dnnl_eltwise_elu, p->lo, 0}; return 1;
+    case G_ACT_SELU: /* gamma * elu(x, alpha) */
+        s[0] = (act_step){dnnl_eltwise_elu, p->lo, 0};
+        s[1] = (act_step){dnnl_eltwise_linear, p->hi, 0};
+        return 2;
+    case G_ACT_TANH: s[0] = (act_step){dnnl_eltwise_tanh, 0, 0}; return 1;
+    case G_ACT_SOFTPLUS: s[0] = (act_step){dnnl_eltwise_soft_relu, 0, 0}; return 1;
+    }
+    return 0;
+}
+
 static dnnl_primitive_attr_t new_attr(const dnn *d, const g_node *nd, int with_posts)
 {
     dnnl_primitive_attr_t attr = NULL;
@@ -290,25 +323,9 @@ static dnnl_primitive_attr_t new_attr(const dnn *d, const g_node *nd, int with_p
             dnnl_post_ops_append_sum(po, 1.0f);
             continue;
         }
-        switch (p->act) {
-        case G_ACT_RELU: dnnl_post_ops_append_eltwise(po, 1.0f, dnnl_eltwise_relu, 0, 0); break;
-        case G_ACT_CLIP: dnnl_post_ops_append_eltwise(po, 1.0f, dnnl_eltwise_clip, p->lo, p->hi); break;
-        case G_ACT_SIGMOID: dnnl_post_ops_append_eltwise(po, 1.0f, dnnl_eltwise_logistic, 0, 0); break;
-        case G_ACT_SWISH: dnnl_post_ops_append_eltwise(po, 1.0f, dnnl_eltwise_swish, 1.0f, 0); break;
-        case G_ACT_HARDSIGMOID: /* clip(alpha x + beta, 0, 1) */
-            dnnl_post_ops_append_eltwise(po, 1.0f, dnnl_eltwise_linear, p->lo, p->hi);
-            dnnl_post_ops_append_eltwise(po, 1.0f, dnnl_eltwise_clip, 0.0f, 1.0f);
-            break;
-        case G_ACT_HARDSWISH: dnnl_post_ops_append_eltwise(po, 1.0f, dnnl_eltwise_hardswish, HSW_ALPHA, HSW_BETA); break;
-        case G_ACT_LEAKYRELU: dnnl_post_ops_append_eltwise(po, 1.0f, dnnl_eltwise_relu, p->lo, 0); break;
-        case G_ACT_ELU: dnnl_post_ops_append_eltwise(po, 1.0f, dnnl_eltwise_elu, p->lo, 0); break;
-        case G_ACT_SELU: /* gamma * elu(x, alpha) */
-            dnnl_post_ops_append_eltwise(po, 1.0f, dnnl_eltwise_elu, p->lo, 0);
-            dnnl_post_ops_append_eltwise(po, 1.0f, dnnl_eltwise_linear, p->hi, 0);
-            break;
-        case G_ACT_TANH: dnnl_post_ops_append_eltwise(po, 1.0f, dnnl_eltwise_tanh, 0, 0); break;
-        case G_ACT_SOFTPLUS: dnnl_post_ops_append_eltwise(po, 1.0f, dnnl_eltwise_soft_relu, 0, 0); break;
-        }
+        act_step steps[2];
+        for (int k = 0, n = act_steps(p, steps); k < n; k++)
+            dnnl_post_ops_append_eltwise(po, 1.0f, steps[k].alg, steps[k].alpha, steps[k].beta);
     }
     dnnl_primitive_attr_set_post_ops(attr, po);
     dnnl_post_ops_destroy(po);
@@ -738,32 +755,15 @@ static int eltwise_step(const ctx *c, const g_node *nd, int sv, dnnl_alg_kind_t 
 static int build_eltwise(const ctx *c, int node, ms_err *err)
 {
     const g_node *nd = &c->g->n[node];
-    int sv = value_of(c, nd->in[0], nd, err);
-    if (sv < 0)
-        return sv;
-    dnnl_alg_kind_t alg = dnnl_eltwise_relu;
-    float alpha = 0, beta = 0;
-    switch (nd->op) {
-    case G_CLIP: alg = dnnl_eltwise_clip; alpha = nd->clip_lo; beta = nd->clip_hi; break;
-    case G_SIGMOID: alg = dnnl_eltwise_logistic; break;
-    case G_SWISH: alg = dnnl_eltwise_swish; alpha = 1.0f; break;
-    case G_HARDSWISH: alg = dnnl_eltwise_hardswish; alpha = HSW_ALPHA; beta = HSW_BETA; break;
-    case G_HARDSIGMOID: alg = dnnl_eltwise_linear; alpha = nd->alpha; beta = nd->beta; break;
-    case G_LEAKYRELU: alpha = nd->alpha; break;
-    case G_ELU:
-    case G_SELU: alg = dnnl_eltwise_elu; alpha = nd->alpha; break;
-    case G_TANH: alg = dnnl_eltwise_tanh; break;
-    case G_SOFTPLUS: alg = dnnl_eltwise_soft_relu; break;
-    default: break;
-    }
-    int dv = eltwise_step(c, nd, sv, alg, alpha, beta, -3, err);
-    if (dv < 0 || (nd->op != G_HARDSIGMOID && nd->op != G_SELU))
-        return dv < 0 ? dv : 0;
-    /* the second step, in place: HardSigmoid clips to [0, 1], Selu scales by gamma */
-    if (nd->op == G_HARDSIGMOID)
-        dv = eltwise_step(c, nd, dv, dnnl_eltwise_clip, 0.0f, 1.0f, c->pl->v[dv].buf, err);
-    else
-        dv = eltwise_step(c, nd, dv, dnnl_eltwise_linear, nd->beta, 0.0f, c->pl->v[dv].buf, err);
+    g_post post;
+    act_step steps[2];
+    int n = graph_eltwise_post(nd, &post) ? act_steps(&post, steps) : 0;
+    if (!n)
+        return ms_err_set(err, MS_EINTERNAL, "node '%s' (%s) is not an activation", nd->name, nd->op_type);
+    int dv = value_of(c, nd->in[0], nd, err);
+    /* the first step in place when its source dies here, the second in place on the first's output */
+    for (int k = 0; k < n && dv >= 0; k++)
+        dv = eltwise_step(c, nd, dv, steps[k].alg, steps[k].alpha, steps[k].beta, k ? c->pl->v[dv].buf : -3, err);
     return dv < 0 ? dv : 0;
 }
 

@@ -532,7 +532,7 @@ static void take_output(graph *g, g_node *into, g_node *from)
     from->dead = 1;
 }
 
-static int eltwise_post(const g_node *e, g_post *p)
+int graph_eltwise_post(const g_node *e, g_post *p)
 {
     memset(p, 0, sizeof *p);
     p->kind = G_POST_ELTWISE;
@@ -552,24 +552,20 @@ static int eltwise_post(const g_node *e, g_post *p)
     }
 }
 
-static int is_eltwise(g_op op)
-{
-    return op == G_RELU || op == G_CLIP || op == G_SIGMOID || op == G_SWISH || op == G_HARDSIGMOID ||
-           op == G_HARDSWISH || op == G_LEAKYRELU || op == G_ELU || op == G_SELU || op == G_TANH ||
-           op == G_SOFTPLUS;
-}
-
 static int is_binary(g_op op)
 {
     return op == G_ADD || op == G_SUB || op == G_MUL || op == G_DIV;
 }
 
-/* An activation after a Conv, Gemm or binary node becomes its post-op. */
+/* An activation after a Conv, Gemm or binary node becomes its post-op; any
+ * other node is left as it is. */
 static void fuse_eltwise(graph *g, g_node *e, const unsigned char *keep)
 {
     g_post post;
+    if (!graph_eltwise_post(e, &post))
+        return;
     int x = e->in[0];
-    if (!eltwise_post(e, &post) || !can_fuse_into(g, x, keep, 1))
+    if (!can_fuse_into(g, x, keep, 1))
         return;
     g_node *p = &g->n[graph_producer(g, x)];
     if ((p->op != G_CONV && p->op != G_GEMM && !is_binary(p->op)) || p->n_post >= G_MAX_POST)
@@ -863,7 +859,7 @@ int graph_optimise(graph *g, const int *keep_list, int n_keep, ms_err *err)
             fuse_swish(g, nd, keep);
         if (nd->op == G_ADD)
             fuse_sum(g, nd, i, keep);
-        else if (is_eltwise(nd->op))
+        else
             fuse_eltwise(g, nd, keep);
     }
     compact_order(g);

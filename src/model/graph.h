@@ -305,6 +305,12 @@ int graph_classifier_head(const graph *g, int t, int *head);
  * dilation. Needs shapes (graph_infer_shapes). */
 int graph_pool_is_global(const graph *g, int node);
 
+/* The activation node e as a post-op (its act and parameters) into *p:
+ * 1, or 0 when e is not an activation that fuses (Relu, Clip, Sigmoid,
+ * swish, HardSigmoid, hard swish, LeakyRelu, Elu, Selu, Tanh, Softplus). The
+ * runtime runs a standalone activation from the same description. */
+int graph_eltwise_post(const g_node *e, g_post *p);
+
 /* Whether the values of t cannot be negative, or only slightly (swish, hard
  * swish), as far as the ops that made it tell (before graph_optimise, after
  * graph_infer_shapes: Clip bounds given as inputs are read then). GeM, which

@@ -423,6 +423,14 @@ static model_pool auto_pooling(const graph *g, int gp, const model_options *o)
                                                                                        : MODEL_POOL_OUTPUT;
 }
 
+/* The feature as the graph computes it, instead of a pooling of its map. */
+static void use_graph_output(model *m)
+{
+    m->pool = MODEL_POOL_OUTPUT;
+    m->map = -1;
+    m->target = m->feature;
+}
+
 /* Once shapes are known: an AveragePool or MaxPool taken for the feature's
  * pooling must cover its whole map (a 7x7 kernel on a 7x7 map; at another
  * --input-size the same node may not). If it does not, --pool auto keeps
@@ -435,9 +443,7 @@ static int check_pool_covers_map(model *m, ms_err *err)
     const g_node *nd = &g->n[m->pool_node];
     const g_tensor *x = &g->t[nd->in[0]];
     if (m->pool == MODEL_POOL_AUTO) {
-        m->pool = MODEL_POOL_OUTPUT;
-        m->map = -1;
-        m->target = m->feature;
+        use_graph_output(m);
         return 0;
     }
     char pb[32];
@@ -462,10 +468,8 @@ static void resolve_auto_pooling(model *m)
         m->pool = MODEL_POOL_GEM;
         return;
     }
-    m->pool = MODEL_POOL_OUTPUT;
     m->signed_map = m->map;
-    m->map = -1;
-    m->target = m->feature;
+    use_graph_output(m);
 }
 
 static int pick_feature(model *m, const model_options *o, ms_err *err)

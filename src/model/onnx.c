@@ -882,9 +882,10 @@ static int fold_input_transpose(graph *g, ms_err *err)
                 if (g->n[j].in[k] == t->out)
                     g->n[j].in[k] = g->input;
         t->op = G_IDENTITY;
-        for (int o = 0; o < g->n_outputs && !t->dead; o++)
-            t->dead = g->outputs[o] == t->out;
-        t->dead = !t->dead;
+        t->dead = 1;
+        for (int o = 0; o < g->n_outputs; o++)
+            if (g->outputs[o] == t->out)
+                t->dead = 0;
         folded = 1;
     }
     return folded;
