@@ -494,29 +494,29 @@ def cases(outdir, mf):
     # 16-bit float weights, widened to float32 at load: FLOAT16 in raw_data
     # with the Casts an fp16 conversion puts around the graph, FLOAT16 in
     # int32_data behind a FLOAT16 input, BFLOAT16 in int32_data and raw_data
+    def tensor16(name, a, dtype, how):
+        """a (float32 values exact in dtype) as a FLOAT16 or BFLOAT16 tensor: raw_data, or
+        int32_data where onnx's helper writes each value's 16 bits."""
+        kind = TensorProto.BFLOAT16 if dtype == "bf16" else TensorProto.FLOAT16
+        if how == "int32":
+            return helper.make_tensor(name, kind, a.shape, a.flatten().tolist())
+        bits = (np.frombuffer(a.tobytes(), np.uint32) >> 16).astype(np.uint16) if dtype == "bf16" \
+            else a.astype(np.float16)
+        return helper.make_tensor(name, kind, a.shape, bits.tobytes(), raw=True)
+
     def conv16(case, x, cin, cout, dtype, how):
+        """A Conv whose weights and bias are 16-bit floats (a bfloat16 bias always in raw_data)."""
         w = rand(cout, cin, 3, 3, lo=-0.5, hi=0.5)
         b = rand(cout, lo=-0.2, hi=0.2)
         if dtype == "bf16":  # bfloat16: the top 16 bits of each float32
-            wb, bb = (np.frombuffer(a.tobytes(), np.uint32) >> 16 for a in (w, b))
-            w, b = ((v.astype(np.uint32) << 16).view(np.float32).reshape(a.shape) for v, a in ((wb, w), (bb, b)))
-            tw = helper.make_tensor(f"w{case.count}", TensorProto.BFLOAT16, w.shape, w.flatten().tolist()) \
-                if how == "int32" else None  # the helper writes each value's 16 bits into int32_data
-            tb = helper.make_tensor(f"b{case.count}", TensorProto.BFLOAT16, b.shape, bb.astype(np.uint16).tobytes(),
-                                    raw=True)
-            if tw is None:
-                tw = helper.make_tensor(f"w{case.count}", TensorProto.BFLOAT16, w.shape,
-                                        wb.astype(np.uint16).tobytes(), raw=True)
+            w, b = ((np.frombuffer(a.tobytes(), np.uint32) & 0xFFFF0000).view(np.float32).reshape(a.shape)
+                    for a in (w, b))
         else:
-            w, b = w.astype(np.float16), b.astype(np.float16)
-            if how == "int32":
-                tw = helper.make_tensor(f"w{case.count}", TensorProto.FLOAT16, w.shape, w.flatten())
-                tb = helper.make_tensor(f"b{case.count}", TensorProto.FLOAT16, b.shape, b)
-            else:
-                tw, tb = numpy_helper.from_array(w, f"w{case.count}"), numpy_helper.from_array(b, f"b{case.count}")
+            w, b = w.astype(np.float16).astype(np.float32), b.astype(np.float16).astype(np.float32)
+        tw = tensor16(f"w{case.count}", w, dtype, how)
+        tb = tensor16(f"b{case.count}", b, dtype, "raw" if dtype == "bf16" else how)
         case.inits += [tw, tb]
-        ref = F.conv2d(case.t(x), torch.from_numpy(w.astype(np.float32)), torch.from_numpy(b.astype(np.float32)),
-                       padding=1)
+        ref = F.conv2d(case.t(x), torch.from_numpy(w), torch.from_numpy(b), padding=1)
         return case.node("Conv", [x, tw.name, tb.name], ref, kernel_shape=[3, 3], pads=[1, 1, 1, 1])
 
     c = Case("fp16_weights_casts")
