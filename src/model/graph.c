@@ -1052,32 +1052,70 @@ static int other_than_constant(const graph *g, const g_node *nd)
     return -1;
 }
 
-int graph_classifier_head(const graph *g, int t, int *head)
+/* The tensor one dense layer of a head reads, with *layer set to its Gemm
+ * (constant weights) or MatMul (constant weights, then possibly the Add of
+ * a constant bias) node p; -1 when p is no such layer. */
+static int dense_layer_input(const graph *g, int p, int *layer)
+{
+    const g_node *nd = &g->n[p];
+    if (nd->op == G_GEMM && nd->n_in >= 2 && nd->in[0] >= 0 && !g->t[nd->in[0]].is_const && nd->in[1] >= 0 &&
+        g->t[nd->in[1]].is_const) {
+        *layer = p;
+        return nd->in[0];
+    }
+    /* MatMul (not run by MedSearch), possibly followed by the Add of its bias */
+    int x;
+    if (nd->op == G_ADD && (x = other_than_constant(g, nd)) >= 0) {
+        p = graph_producer(g, x);
+        nd = p >= 0 ? &g->n[p] : NULL;
+    }
+    if (!nd || nd->op != G_UNSUPPORTED || strcmp(nd->op_type, "MatMul"))
+        return -1;
+    *layer = p;
+    return other_than_constant(g, nd);
+}
+
+/* Tensor t with the activations and Dropouts (Identity once loaded) that
+ * made it undone: what a hidden layer of a head computed. Before fusion, so
+ * a swish or hard swish is still a Mul of x and its gate. */
+static int before_activations(const graph *g, int t)
+{
+    for (int p = graph_producer(g, t); p >= 0; p = graph_producer(g, t)) {
+        const g_node *nd = &g->n[p];
+        g_post post;
+        int side;
+        if (graph_eltwise_post(nd, &post) || nd->op == G_IDENTITY)
+            t = nd->in[0];
+        else if (nd->op == G_MUL && (side = gated_input(g, nd)) >= 0)
+            t = nd->in[side];
+        else
+            break;
+    }
+    return t;
+}
+
+int graph_classifier_head(const graph *g, int t, int *head, int *layers)
 {
     int p = graph_producer(g, t);
     while (p >= 0 && after_logits(&g->n[p]))
         p = g->n[p].n_in ? graph_producer(g, g->n[p].in[0]) : -1;
-    if (p < 0)
-        return -1;
-    const g_node *nd = &g->n[p];
-    int x = -1;
-    if (nd->op == G_GEMM && nd->n_in >= 2 && nd->in[0] >= 0 && !g->t[nd->in[0]].is_const && nd->in[1] >= 0 &&
-        g->t[nd->in[1]].is_const) {
-        x = nd->in[0];
-    } else {
-        /* MatMul (not run by MedSearch), possibly followed by the Add of its bias */
-        if (nd->op == G_ADD && (x = other_than_constant(g, nd)) >= 0) {
-            p = graph_producer(g, x);
-            nd = p >= 0 ? &g->n[p] : NULL;
-        }
-        x = nd && nd->op == G_UNSUPPORTED && !strcmp(nd->op_type, "MatMul") ? other_than_constant(g, nd) : -1;
+    /* dense layers, the last first: the logits' layer, then any hidden ones
+     * (MobileNetV3's Linear, Hardswish, Dropout, Linear) down to the pool */
+    int x = -1, n = 0, layer = -1;
+    for (int d = p; d >= 0 && n < G_MAX_HEAD_LAYERS; n++) {
+        int in = dense_layer_input(g, d, &layer);
+        if (in < 0)
+            break;
+        x = in;
+        d = graph_producer(g, before_activations(g, x));
     }
     /* only a pool that is global whatever the input size: an AveragePool may
      * not be, and the head's output would then be the feature after all */
-    int gp = x < 0 ? -1 : graph_global_pool_node(g, x);
+    int gp = n == 0 || x < 0 ? -1 : graph_global_pool_node(g, x);
     if (gp < 0 || (g->n[gp].op != G_GAP && g->n[gp].op != G_GMP))
         return -1;
-    *head = p;
+    *head = layer;
+    *layers = n;
     return x;
 }
 

@@ -291,13 +291,16 @@ int graph_producer(const graph *g, int t);
 int graph_global_pool_node(const graph *g, int t);
 /* When tensor t is a classifier's output on top of a global pool
  * (GlobalAveragePool, ReduceMean over H and W or GlobalMaxPool, possibly
- * viewed by Flatten, Reshape, Squeeze or Identity, then a Gemm with
- * constant weights or a MatMul with constant weights and an optional
- * constant Add, then possibly Softmax, LogSoftmax, Sigmoid and views): the
- * pooled tensor the head reads, with *head set to the Gemm or MatMul node.
- * -1 otherwise. Before shapes; MatMul and Softmax are found even though
- * MedSearch does not run them. */
-int graph_classifier_head(const graph *g, int t, int *head);
+ * viewed by Flatten, Reshape, Squeeze or Identity, then up to
+ * G_MAX_HEAD_LAYERS dense layers, each a Gemm with constant weights or a
+ * MatMul with constant weights and an optional constant Add, with
+ * activations and Dropouts between them, then possibly Softmax, LogSoftmax,
+ * Sigmoid and views): the pooled tensor the head reads, with *head set to
+ * its first dense layer's node and *layers to the number of dense layers.
+ * -1 otherwise. Before shapes and fusion; MatMul and Softmax are found even
+ * though MedSearch does not run them. */
+#define G_MAX_HEAD_LAYERS 4
+int graph_classifier_head(const graph *g, int t, int *head, int *layers);
 
 /* Whether pooling node `node` pools its whole input map into one value per
  * channel: always for the global pools, and for an AveragePool or MaxPool

@@ -44,6 +44,7 @@ struct model {
     int pool_node;         /* the graph's pooling node replaced by `pool`, when map >= 0 */
     int head_node;         /* the classifier head left out of the default feature, else -1 */
     int head_output;       /* that head's output, the graph's first output (when head_node >= 0) */
+    int head_layers;       /* its dense layers (MobileNetV3's has 2) */
     int target;            /* what the backend produces: map or feature */
     int dim, map_c, map_hw;
     image_prep prep;
@@ -489,7 +490,7 @@ static int pick_feature(model *m, const model_options *o, ms_err *err)
     }
     m->head_node = -1;
     if (!name) { /* the first output by default: behind a classifier head, the pooled vector it reads */
-        int pooled = graph_classifier_head(g, t, &m->head_node);
+        int pooled = graph_classifier_head(g, t, &m->head_node, &m->head_layers);
         if (pooled >= 0) {
             m->head_output = t;
             t = pooled;
@@ -881,9 +882,10 @@ static void describe(model *m)
               pool_name(m->pool, m->gem_p, pb, sizeof pb), m->map >= 0 ? " of " : "",
               m->map >= 0 ? g->t[m->map].name : "");
     if (m->head_node >= 0)
-        sb_printf(&s, "            (the pooled vector: the classifier head '%s' (%s) giving '%s' is left out; "
-                  "--output %s keeps it)\n", g->n[m->head_node].name, g->n[m->head_node].op_type,
-                  g->t[m->head_output].name, g->t[m->head_output].name);
+        sb_printf(&s, "            (the pooled vector: the classifier head of %d dense layer%s from '%s' (%s) "
+                  "giving '%s' is left out; --output %s keeps it)\n", m->head_layers, m->head_layers == 1 ? "" : "s",
+                  g->n[m->head_node].name, g->n[m->head_node].op_type, g->t[m->head_output].name,
+                  g->t[m->head_output].name);
     if (m->signed_map >= 0)
         sb_printf(&s, "            (not GeM: --pool auto keeps the graph's average of '%s', which may be negative, "
                   "where GeM would clamp it)\n", g->t[m->signed_map].name);

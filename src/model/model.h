@@ -20,8 +20,9 @@
  *
  * The feature tensor is chosen by options.output, else the metadata key
  * medsearch.feature_output, else the graph's first output; when that is a
- * classifier head (Gemm, or MatMul and Add, then any Softmax) on a global
- * pool, the pooled vector the head reads instead. With a pooling
+ * classifier head on a global pool (up to four dense layers, each a Gemm or
+ * a MatMul and Add, activations and Dropout between them, then any
+ * Softmax), the pooled vector the head reads instead. With a pooling
  * other than MODEL_POOL_OUTPUT the runtime instead takes the 4-D map that
  * feeds the global pooling (GlobalAveragePool, ReduceMean over H and W,
  * GlobalMaxPool, or an AveragePool or MaxPool whose kernel covers the whole

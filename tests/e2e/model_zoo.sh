@@ -109,23 +109,30 @@ M=$T/resnet18_avgpool7.onnx
 grep -q "7x7 kernel, not the whole map" "$T/err" || fail "message for a partial AveragePool: $(cat "$T/err")"
 
 echo "== a classifier head after the global pool is left out of the default feature"
-"$PY" "$TOOL" export "$T" resnet18_classifier >/dev/null 2>"$T/export.err" || { cat "$T/export.err"; fail "export resnet18_classifier"; }
-M=$T/resnet18_classifier.onnx
-if "$BIN" embed --model "$M" --raw --output features -b 4 -o "$T/cls.logits" --dump-input "$T/cls.in" "${IMGS[@]}" \
-    >/dev/null 2>"$T/err"; then
-    "$PY" "$TOOL" forward "$T" resnet18_classifier "$T/cls.in" 4 224 "$T/cls.want" 2>/dev/null || fail "classifier: PyTorch forward"
-    "$PY" "$TOOL" compare "$T/cls.logits" "$T/cls.want" 4 1e-4 || fail "classifier: --output features differs from PyTorch's logits"
-else
-    fail "classifier: embed --output features: $(cat "$T/err")"
-fi
-"$BIN" embed --model "$M" --raw -o "$T/cls.default" "${IMGS[0]}" >/dev/null 2>&1 || fail "classifier: embed"
-"$BIN" embed --model "$M" --raw --pool avg -o "$T/cls.avg" "${IMGS[0]}" >/dev/null 2>&1 || fail "classifier: embed --pool avg"
-[ "$(stat -c %s "$T/cls.default" 2>/dev/null)" = 2048 ] || fail "classifier: the default feature is not the 512-d pooled vector"
-"$PY" "$TOOL" compare "$T/cls.avg" "$T/cls.default" 1 1e-5 >/dev/null || fail "classifier: the default feature is not the graph's pool"
-"$BIN" embed --model "$M" --pool auto -o "$T/cls.auto" "${IMGS[0]}" >/dev/null 2>&1 || fail "classifier: embed --pool auto"
-"$BIN" embed --model "$M" --pool gem -o "$T/cls.gem" "${IMGS[0]}" >/dev/null 2>&1 || fail "classifier: embed --pool gem"
-cmp -s "$T/cls.auto" "$T/cls.gem" || fail "classifier: --pool auto is not GeM of the map behind the head"
-"$BIN" info --model "$M" 2>&1 | grep -q "classifier head '/fc/Gemm'.*left out" || fail "classifier: info does not say the head is left out"
+# name, pooled values, the head's first dense layer and its layers
+for spec in "resnet18_classifier 512 /fc/Gemm 1 dense layer" \
+    "mobilenet_v3_small_classifier 576 /classifier/classifier.0/Gemm 2 dense layers"; do
+    read -r m dim layer head <<<"$spec"
+    "$PY" "$TOOL" export "$T" "$m" >/dev/null 2>"$T/export.err" || { cat "$T/export.err"; fail "export $m"; }
+    M=$T/$m.onnx
+    if "$BIN" embed --model "$M" --raw --output features -b 4 -o "$T/cls.logits" --dump-input "$T/cls.in" "${IMGS[@]}" \
+        >/dev/null 2>"$T/err"; then
+        "$PY" "$TOOL" forward "$T" "$m" "$T/cls.in" 4 224 "$T/cls.want" 2>/dev/null || fail "$m: PyTorch forward"
+        "$PY" "$TOOL" compare "$T/cls.logits" "$T/cls.want" 4 1e-4 || fail "$m: --output features differs from PyTorch's logits"
+    else
+        fail "$m: embed --output features: $(cat "$T/err")"
+    fi
+    "$BIN" embed --model "$M" --raw -o "$T/cls.default" "${IMGS[0]}" >/dev/null 2>&1 || fail "$m: embed"
+    "$BIN" embed --model "$M" --raw --pool avg -o "$T/cls.avg" "${IMGS[0]}" >/dev/null 2>&1 || fail "$m: embed --pool avg"
+    [ "$(stat -c %s "$T/cls.default" 2>/dev/null)" = $((dim * 4)) ] ||
+        fail "$m: the default feature is not the $dim-d pooled vector"
+    "$PY" "$TOOL" compare "$T/cls.avg" "$T/cls.default" 1 1e-5 >/dev/null || fail "$m: the default feature is not the graph's pool"
+    "$BIN" embed --model "$M" --pool auto -o "$T/cls.auto" "${IMGS[0]}" >/dev/null 2>&1 || fail "$m: embed --pool auto"
+    "$BIN" embed --model "$M" --pool gem -o "$T/cls.gem" "${IMGS[0]}" >/dev/null 2>&1 || fail "$m: embed --pool gem"
+    cmp -s "$T/cls.auto" "$T/cls.gem" || fail "$m: --pool auto is not GeM of the map behind the head"
+    "$BIN" info --model "$M" 2>&1 | grep -q "classifier head of $head from '$layer'.*left out" ||
+        fail "$m: info does not say the head of $head is left out"
+done
 
 echo "== a model of one grey channel"
 "$BIN" info --model "$T/densenet121_grey.onnx" >"$T/info" 2>&1 || fail "info on densenet121_grey"

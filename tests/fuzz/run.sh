@@ -121,7 +121,7 @@ EOF
 
 seeds_onnx() {
   local dir=$1
-  # Five tiny conv nets when Debian's python3-onnx is there; else libFuzzer starts empty.
+  # Six tiny conv nets when Debian's python3-onnx is there; else libFuzzer starts empty.
   "$PY" - "$dir" <<'EOF' 2>/dev/null || true
 import sys
 import numpy as np
@@ -195,6 +195,20 @@ inits = [w, k(np.ones((4, 2)), "hw"), k([0.5, -0.5], "hb")]
 g = helper.make_graph(nodes, "head", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])],
                       [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [1, 2])], inits)
 onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), sys.argv[1] + "/head.onnx")
+# a classifier of two dense layers with a hard swish and a Dropout between them (MobileNetV3's)
+nodes = [helper.make_node("Conv", ["input", "w"], ["c"], pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["c"], ["r"]),
+         helper.make_node("GlobalAveragePool", ["r"], ["g"]),
+         helper.make_node("Flatten", ["g"], ["f"]),
+         helper.make_node("Gemm", ["f", "h1", "b1"], ["h"], transB=1),
+         helper.make_node("HardSigmoid", ["h"], ["hs"], alpha=1.0 / 6, beta=0.5),
+         helper.make_node("Mul", ["h", "hs"], ["a"]),
+         helper.make_node("Dropout", ["a"], ["d"]),
+         helper.make_node("Gemm", ["d", "h2", "b2"], ["logits"], transB=1)]
+inits = [w, k(np.ones((6, 4)), "h1"), k(np.zeros(6), "b1"), k(np.ones((2, 6)), "h2"), k([0.5, -0.5], "b2")]
+g = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])],
+                      [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 2])], inits)
+onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), sys.argv[1] + "/mlp.onnx")
 EOF
 }
 

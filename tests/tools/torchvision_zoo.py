@@ -63,6 +63,9 @@ HEADS = {
     # ResNet-18 with its ImageNet classifier kept (fc, 1000 logits), as users
     # export whole classifiers: the head is left out of the default feature
     "resnet18_classifier": None,
+    # MobileNetV3-Small whole: its classifier is two dense layers (Linear,
+    # Hardswish, Dropout, Linear), all left out of the default feature
+    "mobilenet_v3_small_classifier": None,
 }
 
 

@@ -23,14 +23,29 @@
 #include "util/sha256.h"
 
 
-/* input [N,3,8,8] -> Conv 3x3 (4 ch, pads 1) + bias -> Relu "r" (a 4 x 8 x 8
- * map) -> global_op -> Flatten "features", or with a Gemm head, Flatten ->
- * Gemm "features" (5 values). */
+/* A Gemm "name" of `out` values (transB, weights "name_W", bias "name_B")
+ * reading `x` of `in` values. */
+static void gemm_layer(mb *b, const char *name, const char *x, int in, int out, const char *y)
+{
+    char w[32], bias[32];
+    snprintf(w, sizeof w, "%s_W", name);
+    snprintf(bias, sizeof bias, "%s_B", name);
+    int64_t wd[2] = {out, in}, bd[1] = {out};
+    mb_const(b, w, 2, wd);
+    mb_const(b, bias, 1, bd);
+    Onnx__NodeProto *h = mb_node(b, "Gemm", name, x, w, bias, y);
+    Onnx__AttributeProto *tb = attr(h, "transB", ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__INT);
+    tb->has_i = 1;
+    tb->i = 1;
+}
+
 /* Conv (4 channels, 8x8) -> act -> pool_op -> Flatten ("features", or
- * "pooled" then a head of 5: gemm_head 1 a Gemm, 2 a MatMul, Add and
- * Softmax as Keras models come). pool_op is a global pool, or with
- * kernel > 0 an AveragePool or MaxPool of that kernel and stride. */
-static void base_full(mb *b, const char *act, const char *pool_op, int kernel, int gemm_head)
+ * "pooled" then a head of 5 values: head 1 a Gemm; 2 a MatMul, Add and
+ * Softmax as Keras models come; 3 Gemm, Relu, Dropout, Gemm, Softmax; 4
+ * Gemm, hard swish as HardSigmoid and Mul, Dropout, Gemm, as MobileNetV3's
+ * classifier). pool_op is a global pool, or with kernel > 0 an AveragePool
+ * or MaxPool of that kernel and stride. */
+static void base_full(mb *b, const char *act, const char *pool_op, int kernel, int head)
 {
     mb_init(b);
     mb_input(b, "input", 3, 8);
@@ -47,25 +62,34 @@ static void base_full(mb *b, const char *act, const char *pool_op, int kernel, i
         attr_ints(gp, "kernel_shape", 2, k);
         attr_ints(gp, "strides", 2, k);
     }
-    Onnx__NodeProto *f = mb_node(b, "Flatten", "flat", "g", NULL, NULL, gemm_head ? "pooled" : "features");
+    Onnx__NodeProto *f = mb_node(b, "Flatten", "flat", "g", NULL, NULL, head ? "pooled" : "features");
     Onnx__AttributeProto *ax = attr(f, "axis", ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__INT);
     ax->has_i = 1;
     ax->i = 1;
-    if (gemm_head == 2) {
+    if (head == 2) {
         int64_t hw[2] = {4, 5}, hb[1] = {5};
         mb_const(b, "HW", 2, hw);
         mb_const(b, "HB", 1, hb);
         mb_node(b, "MatMul", "dense", "pooled", "HW", NULL, "mm");
         mb_node(b, "Add", "dense_bias", "mm", "HB", NULL, "logits");
         mb_node(b, "Softmax", "probs", "logits", NULL, NULL, "features");
-    } else if (gemm_head) {
-        int64_t hw[2] = {5, 4}, hb[1] = {5};
-        mb_const(b, "HW", 2, hw);
-        mb_const(b, "HB", 1, hb);
-        Onnx__NodeProto *h = mb_node(b, "Gemm", "head", "pooled", "HW", "HB", "features");
-        Onnx__AttributeProto *tb = attr(h, "transB", ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__INT);
-        tb->has_i = 1;
-        tb->i = 1;
+    } else if (head == 3) {
+        gemm_layer(b, "hidden", "pooled", 4, 6, "h");
+        mb_node(b, "Relu", "hidden_act", "h", NULL, NULL, "ha");
+        mb_node(b, "Dropout", "drop", "ha", NULL, NULL, "hd");
+        gemm_layer(b, "head", "hd", 6, 5, "logits");
+        mb_node(b, "Softmax", "probs", "logits", NULL, NULL, "features");
+    } else if (head == 4) {
+        gemm_layer(b, "hidden", "pooled", 4, 6, "h");
+        Onnx__NodeProto *hs = mb_node(b, "HardSigmoid", "gate", "h", NULL, NULL, "hg");
+        Onnx__AttributeProto *a = attr(hs, "alpha", ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__FLOAT);
+        a->has_f = 1;
+        a->f = 1.0f / 6.0f;
+        mb_node(b, "Mul", "swish", "h", "hg", NULL, "ha");
+        mb_node(b, "Dropout", "drop", "ha", NULL, NULL, "hd");
+        gemm_layer(b, "head", "hd", 6, 5, "features");
+    } else if (head) {
+        gemm_layer(b, "head", "pooled", 4, 5, "features");
     }
     mb_output(b, "features");
 }
@@ -554,6 +578,10 @@ static void test_pooling_auto(void **state)
         {"Relu", "GlobalAveragePool", 0, 2, NULL, MODEL_POOL_GEM, 4, "gem2.5"},
         {"Relu", "GlobalMaxPool", 0, 1, NULL, MODEL_POOL_OUTPUT, 4, "output"},
         {"Relu", "AveragePool", 8, 1, NULL, MODEL_POOL_OUTPUT, 5, "output"},
+        {"Relu", "GlobalAveragePool", 0, 3, NULL, MODEL_POOL_GEM, 4, "gem2.5"},
+        {"Relu", "GlobalAveragePool", 0, 4, NULL, MODEL_POOL_GEM, 4, "gem2.5"},
+        {"Relu", "GlobalAveragePool", 0, 4, "features", MODEL_POOL_OUTPUT, 5, "output"},
+        {"Relu", "AveragePool", 8, 4, NULL, MODEL_POOL_OUTPUT, 5, "output"},
         {"Softplus", "GlobalAveragePool", 0, 0, NULL, MODEL_POOL_GEM, 4, "gem2.5"},
         {"Sigmoid", "GlobalAveragePool", 0, 0, NULL, MODEL_POOL_GEM, 4, "gem2.5"},
         {"LeakyRelu", "GlobalAveragePool", 0, 0, NULL, MODEL_POOL_OUTPUT, 4, "output"},
@@ -580,6 +608,29 @@ static void test_pooling_auto(void **state)
         forward_one(buf, len, &o, in, want, cases[k].dim, want_id, sizeof want_id, &in_force);
         assert_string_equal(want_id, id);
         assert_memory_equal(got, want, (size_t)cases[k].dim * sizeof *got);
+        pool_free();
+    }
+    /* info names the head left out, from its first dense layer */
+    const struct {
+        int head;
+        const char *words;
+    } told[] = {{1, "head of 1 dense layer from 'head' (Gemm) giving 'features'"},
+                {2, "head of 1 dense layer from 'dense' (MatMul) giving 'features'"},
+                {3, "head of 2 dense layers from 'hidden' (Gemm) giving 'features'"},
+                {4, "head of 2 dense layers from 'hidden' (Gemm) giving 'features'"}};
+    for (size_t k = 0; k < sizeof told / sizeof *told; k++) {
+        mb b;
+        base_with(&b, "GlobalAveragePool", told[k].head);
+        size_t len;
+        uint8_t *buf = mb_pack(&b, &len);
+        model_options o;
+        model_options_init(&o);
+        model *m;
+        ms_err err = {0};
+        assert_int_equal(model_load_buffer(buf, len, "m.onnx", &o, &m, &err), 0);
+        if (!strstr(model_describe(m), told[k].words))
+            fail_msg("head %d: '%s' not in:\n%s", told[k].head, told[k].words, model_describe(m));
+        model_free(m);
         pool_free();
     }
     /* asked for by name, GeM behind a pool that does not cover the map is an
