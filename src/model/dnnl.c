@@ -300,6 +300,8 @@ static int act_steps(const g_post *p, act_step s[2])
         return 2;
     case G_ACT_TANH: s[0] = (act_step){dnnl_eltwise_tanh, 0, 0}; return 1;
     case G_ACT_SOFTPLUS: s[0] = (act_step){dnnl_eltwise_soft_relu, 0, 0}; return 1;
+    case G_ACT_GELU_ERF: s[0] = (act_step){dnnl_eltwise_gelu_erf, 0, 0}; return 1;
+    case G_ACT_GELU_TANH: s[0] = (act_step){dnnl_eltwise_gelu_tanh, 0, 0}; return 1;
     }
     return 0;
 }
@@ -824,6 +826,70 @@ static int build_bn(const ctx *c, int node, ms_err *err)
     return finish_unary(c, nd, pd, sv, dv, 4, kinds, r->bn, err);
 }
 
+/* A view of value v's buffer in layout md (no copy). Its index or a code. */
+static int view_of(plan *pl, int v, const dnnl_memory_desc_t *md, ms_err *err)
+{
+    int w = new_value(pl, md, pl->v[v].buf, err);
+    if (w >= 0)
+        pl->v[w].from = -2;
+    return w;
+}
+
+/* Layer normalisation over the channels: oneDNN normalises the last axis,
+ * so the map is laid out NHWC (a reorder unless the producer chose it) and
+ * normalised as [N * H * W, C] rows; the result is that buffer seen as NHWC. */
+static int build_layer_norm(const ctx *c, int node, ms_err *err)
+{
+    dnn *d = c->d;
+    plan *pl = c->pl;
+    const g_node *nd = &c->g->n[node];
+    int sv = value_of(c, nd->in[0], nd, err);
+    if (sv < 0)
+        return sv;
+    int64_t dims[4], rd[2];
+    batch_dims(&c->g->t[nd->in[0]], pl->n, dims);
+    rd[0] = dims[0] * dims[2] * dims[3];
+    rd[1] = dims[1];
+    dnnl_memory_desc_t nhwc, rows;
+    int rc;
+    if ((rc = md_init(&nhwc, 4, dims, dnnl_nhwc, err)) || (rc = md_init(&rows, 2, rd, dnnl_ab, err)))
+        return rc;
+    if ((sv = value_as(d, pl, sv, &nhwc, err)) < 0 || (sv = view_of(pl, sv, &rows, err)) < 0)
+        return sv;
+    node_res *r = &d->res[node];
+    unsigned flags = 0;
+    int kinds[2], n = 0;
+    dnnl_memory_t extra[2];
+    for (int slot = 1; slot < 3 && slot < nd->n_in; slot++) {
+        if (nd->in[slot] < 0)
+            continue;
+        dnnl_memory_t *mem = &r->bn[slot + 1]; /* bn[2] scale, bn[3] shift, as BatchNorm's */
+        if ((rc = const_mem(d, nd->in[slot], mem, nd, err)))
+            return rc;
+        flags |= slot == 1 ? dnnl_use_scale : dnnl_use_shift;
+        kinds[n] = slot == 1 ? DNNL_ARG_SCALE : DNNL_ARG_SHIFT;
+        extra[n++] = *mem;
+    }
+    dnnl_layer_normalization_desc_t ld;
+    DN(dnnl_layer_normalization_forward_desc_init(&ld, dnnl_forward_inference, &rows, NULL, nd->eps, flags), nd,
+       "describe the layer normalization");
+    dnnl_primitive_desc_t pd;
+    if ((rc = make_pd(&pd, &ld, new_attr(d, nd, 0), d, nd, "create the layer normalization", err)))
+        return rc;
+    int dv = new_value(pl, &rows, -3, err);
+    if (dv < 0) {
+        dnnl_primitive_desc_destroy(pd);
+        return dv;
+    }
+    if ((rc = finish_unary(c, nd, pd, sv, dv, n, kinds, extra, err)))
+        return rc;
+    int ov = view_of(pl, dv, &nhwc, err);
+    if (ov < 0)
+        return ov;
+    bind_tensor(c, nd->out, ov);
+    return 0;
+}
+
 /* Binds nd's output (rank 2, or 3 for a Squeeze) to a plain view of value
  * sv (rank, batch dims), made plain (NCHW) first when it is not. */
 static int flat_view(const ctx *c, const g_node *nd, int sv, int rank, const int64_t *dims, ms_err *err)
@@ -843,10 +909,9 @@ static int flat_view(const ctx *c, const g_node *nd, int sv, int rank, const int
     dnnl_memory_desc_t view;
     if ((rc = md_init(&view, o->rank, od, plain_tag(o->rank), err)))
         return rc;
-    int dv = new_value(pl, &view, pl->v[sv].buf, err);
+    int dv = view_of(pl, sv, &view, err);
     if (dv < 0)
         return dv;
-    pl->v[dv].from = -2;
     bind_tensor(c, nd->out, dv);
     return 0;
 }
@@ -1080,7 +1145,10 @@ static int build_node(const ctx *c, int node, ms_err *err)
     case G_ELU:
     case G_SELU:
     case G_TANH:
-    case G_SOFTPLUS: return build_eltwise(c, node, err);
+    case G_SOFTPLUS:
+    case G_GELU:
+    case G_GELU_TANH: return build_eltwise(c, node, err);
+    case G_LAYERNORM: return build_layer_norm(c, node, err);
     case G_PRELU: return build_prelu(c, node, err);
     case G_LRN: return build_lrn(c, node, err);
     case G_ADD:

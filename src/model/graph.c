@@ -20,7 +20,8 @@ const char *graph_op_name(g_op op)
         "MaxPool", "AveragePool", "GlobalAveragePool", "Flatten", "Reshape", "Gemm",
         "Concat", "Identity", "HardSigmoid", "HardSwish", "Sub", "Div", "Pad", "GlobalMaxPool",
         "Shape", "Gather", "Unsqueeze", "Squeeze", "unsupported (not run)", "ReduceMean", "Dropout",
-        "LeakyRelu", "PRelu", "Elu", "Selu", "Tanh", "Softplus", "LRN", "Cast", "Transpose"};
+        "LeakyRelu", "PRelu", "Elu", "Selu", "Tanh", "Softplus", "LRN", "Cast", "Transpose",
+        "LayerNormalization", "Gelu", "Gelu (tanh)", "MatMul", "Erf", "Pow", "Sqrt"};
     return op >= 0 && op < G_OP_COUNT ? names[op] : "?";
 }
 
@@ -337,11 +338,12 @@ static int node_on_cycle(const graph *g, const int *indeg)
 }
 
 /* Consumers of each producing node as compressed rows (start[], edge[]),
- * and each node's count of produced inputs (indeg[]). */
+ * and each node's count of produced inputs (indeg[]). Dead nodes (folded,
+ * or rewritten into another) take no part. */
 static void build_edges(const graph *g, int *start, int *edge, int *indeg, int *cursor)
 {
     for (int i = 0; i < g->nn; i++)
-        for (int k = 0; k < g->n[i].n_in; k++) {
+        for (int k = 0; !g->n[i].dead && k < g->n[i].n_in; k++) {
             int t = g->n[i].in[k];
             if (t >= 0 && g->t[t].producer >= 0) {
                 start[g->t[t].producer + 1]++;
@@ -353,7 +355,7 @@ static void build_edges(const graph *g, int *start, int *edge, int *indeg, int *
         cursor[i] = start[i];
     }
     for (int i = 0; i < g->nn; i++)
-        for (int k = 0; k < g->n[i].n_in; k++) {
+        for (int k = 0; !g->n[i].dead && k < g->n[i].n_in; k++) {
             int t = g->n[i].in[k];
             if (t >= 0 && g->t[t].producer >= 0)
                 edge[cursor[g->t[t].producer]++] = i;
@@ -548,6 +550,8 @@ int graph_eltwise_post(const g_node *e, g_post *p)
     case G_SELU: p->act = G_ACT_SELU; p->lo = e->alpha; p->hi = e->beta; return 1;
     case G_TANH: p->act = G_ACT_TANH; return 1;
     case G_SOFTPLUS: p->act = G_ACT_SOFTPLUS; return 1;
+    case G_GELU: p->act = G_ACT_GELU_ERF; return 1;
+    case G_GELU_TANH: p->act = G_ACT_GELU_TANH; return 1;
     default: return 0;
     }
 }
@@ -643,7 +647,7 @@ typedef enum { SIGN_NONNEGATIVE, SIGN_NEARLY_NONNEGATIVE, SIGN_ANY } value_sign;
 
 /* Relu, Sigmoid, HardSigmoid, Softplus and a Clip at or above 0 make values
  * >= 0; swish and hard swish (a fused op, or still the Mul of x and its gate)
- * values >= -0.28 and -0.375; pools, Pad, LRN and Identity keep their input's
+ * values >= -0.28 and -0.375, GELU >= -0.17; pools, Pad, LRN and Identity keep their input's
  * sign and a Concat the worst of its inputs'. Anything else may be negative.
  * *budget bounds the nodes visited: a hostile graph of Concats reading
  * Concats would otherwise be walked along every path, exponentially many,
@@ -660,7 +664,9 @@ static value_sign sign_of(const graph *g, int t, int *budget)
         case G_SOFTPLUS: return SIGN_NONNEGATIVE;
         case G_CLIP: return nd->clip_lo >= 0.0f ? SIGN_NONNEGATIVE : SIGN_ANY;
         case G_SWISH:
-        case G_HARDSWISH: return SIGN_NEARLY_NONNEGATIVE;
+        case G_HARDSWISH:
+        case G_GELU: /* >= -0.17 */
+        case G_GELU_TANH: return SIGN_NEARLY_NONNEGATIVE;
         case G_MUL: return gated_input(g, nd) >= 0 ? SIGN_NEARLY_NONNEGATIVE : SIGN_ANY;
         case G_CONCAT: {
             value_sign worst = SIGN_NONNEGATIVE;
@@ -1021,12 +1027,20 @@ int64_t graph_live_bytes(const graph *g, int target)
     return peak;
 }
 
-int graph_global_pool_node(const graph *g, int t)
+/* The node that computes t, seen through Flatten, Reshape, Squeeze and
+ * Identity; -1 for none. */
+static int producer_through_views(const graph *g, int t)
 {
     int p = graph_producer(g, t);
     while (p >= 0 && (g->n[p].op == G_FLATTEN || g->n[p].op == G_RESHAPE || g->n[p].op == G_SQUEEZE ||
                       g->n[p].op == G_IDENTITY))
         p = graph_producer(g, g->n[p].in[0]);
+    return p;
+}
+
+int graph_global_pool_node(const graph *g, int t)
+{
+    int p = producer_through_views(g, t);
     return p >= 0 && (g->n[p].op == G_GAP || g->n[p].op == G_GMP || g->n[p].op == G_AVGPOOL ||
                       g->n[p].op == G_MAXPOOL) ? p : -1;
 }
@@ -1109,9 +1123,13 @@ int graph_classifier_head(const graph *g, int t, int *head, int *layers)
         x = in;
         d = graph_producer(g, before_activations(g, x));
     }
+    /* ConvNeXt normalises the pooled vector before its classifier: the
+     * feature is then the normalised vector the first layer reads */
+    int ln = n == 0 || x < 0 ? -1 : producer_through_views(g, x);
+    int pooled = ln >= 0 && g->n[ln].op == G_LAYERNORM ? g->n[ln].in[0] : x;
     /* only a pool that is global whatever the input size: an AveragePool may
      * not be, and the head's output would then be the feature after all */
-    int gp = n == 0 || x < 0 ? -1 : graph_global_pool_node(g, x);
+    int gp = n == 0 || x < 0 ? -1 : graph_global_pool_node(g, pooled);
     if (gp < 0 || (g->n[gp].op != G_GAP && g->n[gp].op != G_GMP))
         return -1;
     *head = layer;

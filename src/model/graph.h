@@ -94,6 +94,21 @@ typedef enum {
     /* Only [N, H, W, C] -> [N, C, H, W] of the image input (perm in axes),
      * folded at parse (onnx.c): MedSearch feeds NCHW. Any other is refused. */
     G_TRANSPOSE,
+    /* Layer normalisation over the channels of an NCHW map, with an optional
+     * constant scale (in[1]) and shift (in[2]) of C values; eps as below.
+     * From LayerNormalization over the last axis of a channels-last tensor
+     * (lifted, see rewrite.c) or from its decomposition into ReduceMean,
+     * Sub, Pow, ReduceMean, Add, Sqrt and Div, as PyTorch exports it.
+     * axis: 1 the channels; -1 the last axis, valid only until lifted. */
+    G_LAYERNORM,
+    G_GELU,        /* x * Phi(x), from the Gelu op or Erf as PyTorch exports it */
+    G_GELU_TANH,   /* Gelu with approximate = "tanh" */
+    /* Counted under their own name, run only as part of what rewrite.c
+     * turns them into (a 1x1 Conv, GELU, LayerNorm); otherwise unsupported. */
+    G_MATMUL,
+    G_ERF,
+    G_POW,
+    G_SQRT,
     G_OP_COUNT
 } g_op;
 
@@ -109,7 +124,9 @@ typedef enum {
     G_ACT_ELU,
     G_ACT_SELU,
     G_ACT_TANH,
-    G_ACT_SOFTPLUS
+    G_ACT_SOFTPLUS,
+    G_ACT_GELU_ERF,
+    G_ACT_GELU_TANH
 } g_act;
 
 /* One post-op fused into a Conv, Gemm or binary node, applied in order. */
@@ -176,6 +193,9 @@ typedef struct g_stats {
     int act_fused;       /* activations fused as eltwise post-ops */
     int add_fused;       /* residual Adds fused as sum post-ops */
     int swish_fused;     /* Sigmoid+Mul (HardSigmoid+Mul) pairs turned into (hard) swish */
+    int gelu_rewritten;  /* Erf chains run as GELU (rewrite.c) */
+    int norm_rewritten;  /* ReduceMean ... Div chains run as a layer norm */
+    int transposes_lifted, matmuls_lifted; /* of channels-last regions run in NCHW */
 } g_stats;
 
 typedef struct graph {
@@ -279,6 +299,12 @@ double graph_flops(const graph *g, int target);
  * in plain layout (a bound used to refuse absurd models); -1 without memory. */
 int64_t graph_live_bytes(const graph *g, int target);
 
+/* Load-time rewrites (rewrite.c), after graph_order and before the feature
+ * is chosen: GELU from Erf, layer normalisation over channels from its
+ * decomposition, and channels-last regions between Transposes (ConvNeXt's
+ * blocks) lifted to NCHW. Leaves the graph ordered; 0 or a code. */
+int graph_rewrite(graph *g, ms_err *err);
+
 /* The node that produces tensor t after fusion, or -1. */
 int graph_producer(const graph *g, int t);
 
@@ -295,7 +321,9 @@ int graph_global_pool_node(const graph *g, int t);
  * G_MAX_HEAD_LAYERS dense layers, each a Gemm with constant weights or a
  * MatMul with constant weights and an optional constant Add, with
  * activations and Dropouts between them, then possibly Softmax, LogSoftmax,
- * Sigmoid and views): the pooled tensor the head reads, with *head set to
+ * Sigmoid and views): the pooled tensor the head reads (normalised, when
+ * a layer normalisation over the channels comes between the pool and the
+ * first layer, as in ConvNeXt), with *head set to
  * its first dense layer's node and *layers to the number of dense layers.
  * -1 otherwise. Before shapes and fusion; MatMul and Softmax are found even
  * though MedSearch does not run them. */

@@ -535,7 +535,8 @@ static int compile(model *m, const model_options *o, ms_err *err)
 {
     graph *g = &m->g;
     int rc;
-    if ((rc = graph_order(g, err)) || (rc = resolve_prep(m, o, err)) || (rc = pick_feature(m, o, err)) ||
+    if ((rc = graph_order(g, err)) || (rc = graph_rewrite(g, err)) || (rc = resolve_prep(m, o, err)) ||
+        (rc = pick_feature(m, o, err)) ||
         (rc = graph_prune(g, m->feature, err)) || (rc = graph_grey_input(g, err)) ||
         (rc = graph_infer_shapes(g, m->prep.size, err)))
         return rc;
@@ -912,6 +913,11 @@ static void describe(model *m)
     sb_printf(&s, "flops       %.3f GFLOP per image (multiply-add = 2)\n", m->flops / 1e9);
     sb_printf(&s, "compiled    %d BatchNorm folded, %d activations and %d residual adds fused, %d swish or hard swish; %d nodes\n",
               g->stats.bn_folded, g->stats.act_fused, g->stats.add_fused, g->stats.swish_fused, g->n_order);
+    const g_stats *st = &g->stats;
+    if (st->gelu_rewritten || st->norm_rewritten || st->transposes_lifted)
+        sb_printf(&s, "rewritten   %d GELU from Erf, %d layer norms from their formula, %d Transposes and %d MatMuls "
+                  "of channels-last regions run in NCHW\n", st->gelu_rewritten, st->norm_rewritten,
+                  st->transposes_lifted, st->matmuls_lifted);
     sb_printf(&s, "runtime     %s\n", model_runtime_info(m));
     m->describe = s.p;
 }

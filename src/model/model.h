@@ -9,7 +9,10 @@
  * MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, ReduceMean over H
  * and W, Flatten, Reshape to 2-D, Squeeze, Gemm, Concat, Identity, Dropout,
  * Shape, Gather, Unsqueeze and Concat of shapes, Cast between float types,
- * and the Transpose of an NHWC input to NCHW, which is folded away; float16
+ * Gelu, LayerNormalization over channels, and the Transpose of an NHWC input
+ * to NCHW, which is folded away; rewrite.c turns GELU's Erf formula, a
+ * layer norm's ReduceMean ... Div formula and ConvNeXt's channels-last
+ * blocks (Transposes around MatMuls) into those ops; float16
  * and bfloat16 weights are widened to float32; the exact limits are in
  * docs/models.md), folds shape arithmetic into constants, BatchNorm into
  * convolutions and Pads into the Conv or pool reading them, fuses activations and residual adds

@@ -339,6 +339,21 @@ static int parse_reduce_mean(const node_ctx *c, g_node *nd, ms_err *err)
     return parse_axes(c, nd, err);
 }
 
+/* LayerNormalization: axis and epsilon. MedSearch runs it over the last
+ * axis of a channels-last tensor only (rewrite.c lifts it to the channels);
+ * other axes are kept as 0 and refused there. */
+static int parse_layer_norm(const node_ctx *c, g_node *nd, ms_err *err)
+{
+    int64_t v;
+    int rc = attr_int(c, "axis", -1, -G_MAX_RANK, G_MAX_RANK - 1, &v, err);
+    if (rc)
+        return rc;
+    nd->axis = v == -1 || v == 3 ? -1 : 0;
+    if ((rc = attr_finite(c, "epsilon", 1e-5f, &nd->eps, err)))
+        return rc;
+    return nd->eps < 0 ? attr_bad(c, "epsilon", "a number >= 0", err) : 0;
+}
+
 static int parse_attributes(const node_ctx *c, g_node *nd, ms_err *err)
 {
     int64_t v;
@@ -433,6 +448,15 @@ static int parse_attributes(const node_ctx *c, g_node *nd, ms_err *err)
         return attr_finite(c, "gamma", 1.05070102214813232421875f, &nd->beta, err);
     case G_LRN:
         return parse_lrn(c, nd, err);
+    case G_LAYERNORM:
+        return parse_layer_norm(c, nd, err);
+    case G_GELU:
+        if (attr_absent_or(c, "approximate", "none"))
+            return 0;
+        if (!attr_absent_or(c, "approximate", "tanh"))
+            return attr_bad(c, "approximate", "\"none\" or \"tanh\"", err);
+        nd->op = G_GELU_TANH;
+        return 0;
     case G_PAD:
         return parse_pad(c, nd, err);
     case G_GAP:
@@ -707,6 +731,13 @@ static const struct {
     {"Identity", G_IDENTITY, G_IDENTITY, 1, 1},
     {"Dropout", G_IDENTITY, G_DROPOUT, 1, 3},
     {"Cast", G_IDENTITY, G_CAST, 1, 1},
+    {"LayerNormalization", G_LAYERNORM, G_LAYERNORM, 2, 3},
+    {"Gelu", G_GELU, G_GELU, 1, 1},
+    /* run only as what rewrite.c makes of them */
+    {"MatMul", G_UNSUPPORTED, G_MATMUL, 2, 2},
+    {"Erf", G_UNSUPPORTED, G_ERF, 1, 1},
+    {"Pow", G_UNSUPPORTED, G_POW, 2, 2},
+    {"Sqrt", G_UNSUPPORTED, G_SQRT, 1, 1},
 };
 
 int onnx_unsupported(const graph *g, const g_node *nd, int feature, ms_err *err)
@@ -714,13 +745,26 @@ int onnx_unsupported(const graph *g, const g_node *nd, int feature, ms_err *err)
     char list[512];
     size_t used = 0;
     for (size_t i = 0; i < sizeof op_table / sizeof op_table[0] && used < sizeof list; i++)
-        if (op_table[i].op != G_TRANSPOSE)
+        if (op_table[i].op != G_TRANSPOSE && op_table[i].op != G_UNSUPPORTED)
             used += (size_t)snprintf(list + used, sizeof list - used, "%s%s", i ? ", " : "", op_table[i].name);
     /* ops MedSearch runs in one form only say which */
-    const char *only = !strcmp(nd->op_type, "Transpose") ? " other than as the first node, from an NHWC image input "
-                                                            "to NCHW"
-                       : !strcmp(nd->op_type, "Cast") ? " other than to a float type"
-                                                       : "";
+    static const struct {
+        const char *op, *only;
+    } forms[] = {
+        {"Transpose", " other than from an NHWC image input to NCHW, or around ops on the channels of a channels-last "
+                      "tensor (ConvNeXt)"},
+        {"Cast", " other than to a float type"},
+        {"LayerNormalization", " other than over the channels (the last axis of a channels-last tensor between "
+                               "Transposes)"},
+        {"MatMul", " other than on the channels of a channels-last tensor (ConvNeXt's pointwise layers)"},
+        {"Erf", " other than in GELU (x * 0.5 * (1 + Erf(x / sqrt(2))))"},
+        {"Pow", " other than in a layer normalisation over the channels"},
+        {"Sqrt", " other than in a layer normalisation over the channels"},
+    };
+    const char *only = "";
+    for (size_t i = 0; i < sizeof forms / sizeof *forms; i++)
+        if (!strcmp(nd->op_type, forms[i].op))
+            only = forms[i].only;
     return ms_err_set(err, MS_EUNSUPPORTED,
                       "node '%s' uses op '%s', which MedSearch does not support%s (supported: %s); the feature '%s' "
                       "depends on it (--output can name a tensor computed before it)",

@@ -302,6 +302,20 @@ static int shape_binary(graph *g, g_node *nd, ms_err *err)
     return set_out(g, nd, a->rank, a->dims, err);
 }
 
+/* Layer normalisation over the channels of an NCHW map; its scale and
+ * shift (optional) hold one value per channel. */
+static int shape_layer_norm(graph *g, g_node *nd, ms_err *err)
+{
+    int rc = need_act(g, nd, 0, 4, err);
+    if (rc)
+        return rc;
+    const g_tensor *x = &g->t[nd->in[0]];
+    for (int slot = 1; slot < 3 && slot < nd->n_in; slot++)
+        if (nd->in[slot] >= 0 && (rc = need_const(g, nd, slot, -1, x->dims[1], err)))
+            return rc;
+    return set_out(g, nd, 4, x->dims, err);
+}
+
 static int shape_bn(graph *g, g_node *nd, ms_err *err)
 {
     int rc = need_act(g, nd, 0, 0, err);
@@ -554,12 +568,16 @@ static int shape_node(graph *g, g_node *nd, ms_err *err)
     case G_TANH:
     case G_SOFTPLUS:
     case G_LRN:
+    case G_GELU:
+    case G_GELU_TANH:
     case G_IDENTITY:
         if ((rc = need_act(g, nd, 0, nd->op == G_LRN ? 4 : 0, err)))
             return rc;
         return set_out(g, nd, x->rank, x->dims, err);
     case G_CLIP:
         return shape_clip(g, nd, err);
+    case G_LAYERNORM:
+        return shape_layer_norm(g, nd, err);
     case G_PRELU:
         return shape_prelu(g, nd, err);
     case G_ADD:

@@ -108,20 +108,27 @@ M=$T/resnet18_avgpool7.onnx
     fail "--pool gem accepted where the AveragePool does not cover the map"
 grep -q "7x7 kernel, not the whole map" "$T/err" || fail "message for a partial AveragePool: $(cat "$T/err")"
 
+# export_and_check_logits NAME: exports the whole classifier NAME to $T/NAME.onnx and
+# checks that --output naming its logits gives PyTorch's, for the four images in one batch
+export_and_check_logits() {
+    local m=$1
+    "$PY" "$TOOL" export "$T" "$m" >/dev/null 2>"$T/export.err" || { cat "$T/export.err"; fail "export $m"; }
+    if "$BIN" embed --model "$T/$m.onnx" --raw --output features -b 4 -o "$T/$m.logits" --dump-input "$T/$m.in" \
+        "${IMGS[@]}" >/dev/null 2>"$T/err"; then
+        "$PY" "$TOOL" forward "$T" "$m" "$T/$m.in" 4 224 "$T/$m.want" 2>/dev/null || fail "$m: PyTorch forward"
+        "$PY" "$TOOL" compare "$T/$m.logits" "$T/$m.want" 4 1e-4 || fail "$m: --output features differs from PyTorch's logits"
+    else
+        fail "$m: embed --output features: $(cat "$T/err")"
+    fi
+}
+
 echo "== a classifier head after the global pool is left out of the default feature"
 # name, pooled values, the head's first dense layer and its layers
 for spec in "resnet18_classifier 512 /fc/Gemm 1 dense layer" \
     "mobilenet_v3_small_classifier 576 /classifier/classifier.0/Gemm 2 dense layers"; do
     read -r m dim layer head <<<"$spec"
-    "$PY" "$TOOL" export "$T" "$m" >/dev/null 2>"$T/export.err" || { cat "$T/export.err"; fail "export $m"; }
+    export_and_check_logits "$m"
     M=$T/$m.onnx
-    if "$BIN" embed --model "$M" --raw --output features -b 4 -o "$T/cls.logits" --dump-input "$T/cls.in" "${IMGS[@]}" \
-        >/dev/null 2>"$T/err"; then
-        "$PY" "$TOOL" forward "$T" "$m" "$T/cls.in" 4 224 "$T/cls.want" 2>/dev/null || fail "$m: PyTorch forward"
-        "$PY" "$TOOL" compare "$T/cls.logits" "$T/cls.want" 4 1e-4 || fail "$m: --output features differs from PyTorch's logits"
-    else
-        fail "$m: embed --output features: $(cat "$T/err")"
-    fi
     "$BIN" embed --model "$M" --raw -o "$T/cls.default" "${IMGS[0]}" >/dev/null 2>&1 || fail "$m: embed"
     "$BIN" embed --model "$M" --raw --pool avg -o "$T/cls.avg" "${IMGS[0]}" >/dev/null 2>&1 || fail "$m: embed --pool avg"
     [ "$(stat -c %s "$T/cls.default" 2>/dev/null)" = $((dim * 4)) ] ||
@@ -133,6 +140,23 @@ for spec in "resnet18_classifier 512 /fc/Gemm 1 dense layer" \
     "$BIN" info --model "$M" 2>&1 | grep -q "classifier head of $head from '$layer'.*left out" ||
         fail "$m: info does not say the head of $head is left out"
 done
+
+echo "== ConvNeXt: channels-last blocks run in NCHW, the head's LayerNorm kept in the feature"
+m=convnext_tiny
+export_and_check_logits "$m"
+M=$T/$m.onnx
+"$BIN" info --model "$M" >"$T/info" 2>&1 || fail "info on $m"
+grep -q "feature     /classifier/classifier.1/Flatten_output_0, 768 values, pooling output" "$T/info" ||
+    fail "$m: the default feature is not the normalised pooled vector: $(grep -A1 '^feature' "$T/info")"
+grep -q "head of 1 dense layer from '/classifier/classifier.2/Gemm'" "$T/info" || fail "$m: info does not name the head left out"
+grep -q "Transpose 46" "$T/info" || fail "$m: info does not count the file's Transposes: $(grep ops "$T/info")"
+grep -q "rewritten   18 GELU from Erf, 23 layer norms from their formula, 46 Transposes and 36 MatMuls" "$T/info" ||
+    fail "$m: info does not say what was rewritten: $(grep rewritten "$T/info")"
+grep -Eq "1[0-9] activations" "$T/info" || fail "$m: GELU is not fused into the 1x1 convolutions: $(grep compiled "$T/info")"
+"$BIN" embed --model "$M" --raw -o "$T/cx.default" "${IMGS[0]}" >/dev/null 2>&1 || fail "$m: embed"
+"$BIN" embed --model "$M" --raw --output /classifier/classifier.1/Flatten_output_0 -o "$T/cx.named" "${IMGS[0]}" \
+    >/dev/null 2>&1 || fail "$m: embed --output the normalised pooled vector"
+cmp -s "$T/cx.default" "$T/cx.named" || fail "$m: the default feature is not the normalised pooled vector"
 
 echo "== a model of one grey channel"
 "$BIN" info --model "$T/densenet121_grey.onnx" >"$T/info" 2>&1 || fail "info on densenet121_grey"

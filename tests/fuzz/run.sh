@@ -121,7 +121,7 @@ EOF
 
 seeds_onnx() {
   local dir=$1
-  # Six tiny conv nets when Debian's python3-onnx is there; else libFuzzer starts empty.
+  # Seven tiny conv nets when Debian's python3-onnx is there; else libFuzzer starts empty.
   "$PY" - "$dir" <<'EOF' 2>/dev/null || true
 import sys
 import numpy as np
@@ -209,6 +209,36 @@ inits = [w, k(np.ones((6, 4)), "h1"), k(np.zeros(6), "b1"), k(np.ones((2, 6)), "
 g = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])],
                       [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 2])], inits)
 onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), sys.argv[1] + "/mlp.onnx")
+# a ConvNeXt block as PyTorch exports it at opset 13: the channels-last region between two
+# Transposes, its LayerNorm as ReduceMean, Sub, Pow, Sqrt, Div, its Linears as MatMul, GELU as Erf
+nodes = [helper.make_node("Conv", ["input", "w"], ["c"], pads=[1, 1, 1, 1]),
+         helper.make_node("Transpose", ["c"], ["t"], perm=[0, 2, 3, 1]),
+         helper.make_node("ReduceMean", ["t"], ["m"], axes=[-1]),
+         helper.make_node("Sub", ["t", "m"], ["d"]),
+         helper.make_node("Pow", ["d", "two"], ["p"]),
+         helper.make_node("ReduceMean", ["p"], ["v"], axes=[-1]),
+         helper.make_node("Add", ["v", "eps"], ["ve"]),
+         helper.make_node("Sqrt", ["ve"], ["s"]),
+         helper.make_node("Div", ["d", "s"], ["n"]),
+         helper.make_node("Mul", ["n", "gamma"], ["nw"]),
+         helper.make_node("Add", ["nw", "beta"], ["nb"]),
+         helper.make_node("MatMul", ["nb", "w1"], ["h"]),
+         helper.make_node("Add", ["b1", "h"], ["hb"]),
+         helper.make_node("Div", ["hb", "sqrt2"], ["hs"]),
+         helper.make_node("Erf", ["hs"], ["e"]),
+         helper.make_node("Add", ["e", "one"], ["e1"]),
+         helper.make_node("Mul", ["hb", "e1"], ["g0"]),
+         helper.make_node("Mul", ["g0", "half"], ["g"]),
+         helper.make_node("MatMul", ["g", "w2"], ["o"]),
+         helper.make_node("Transpose", ["o"], ["back"], perm=[0, 3, 1, 2]),
+         helper.make_node("Add", ["back", "c"], ["res"]),
+         helper.make_node("GlobalAveragePool", ["res"], ["feature"])]
+inits = [w, k(2.0, "two"), k(1e-6, "eps"), k(np.ones(4), "gamma"), k(np.zeros(4), "beta"),
+         k(np.ones((4, 8)) / 8, "w1"), k(np.zeros(8), "b1"), k(np.sqrt(2.0), "sqrt2"), k(1.0, "one"),
+         k(0.5, "half"), k(np.ones((8, 4)) / 4, "w2")]
+g = helper.make_graph(nodes, "convnext", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])],
+                      [helper.make_tensor_value_info("feature", TensorProto.FLOAT, [1, 4, 1, 1])], inits)
+onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), sys.argv[1] + "/convnext.onnx")
 EOF
 }
 

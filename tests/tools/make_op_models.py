@@ -666,6 +666,115 @@ def cases(outdir, mf):
     c = Case("squeeze_no_axes")
     c.write(outdir, squeeze_head(c, [None]), mf)
 
+    # Channels-last blocks (ConvNeXt) and what PyTorch exports them to before
+    # opset 17/20: GELU as Erf, LayerNorm as ReduceMean, Sub, Pow, ReduceMean,
+    # Add, Sqrt, Div, nn.Linear on the channels as MatMul, all between
+    # Transposes. MedSearch rewrites them (rewrite.c) and lifts the region to NCHW.
+    def gelu_chain(case, x, form="torch"):
+        xt = case.t(x)
+        if form == "rsqrt2":
+            s = case.node("Mul", [x, case.const(np.float32(1 / np.sqrt(2)))], xt / np.sqrt(2))
+        else:
+            s = case.node("Div", [x, case.const(np.float32(np.sqrt(2)))], xt / np.sqrt(2))
+        e = case.node("Erf", [s], torch.erf(case.t(s)))
+        a = case.node("Add", [e, case.const(np.float32(1))], case.t(e) + 1)
+        if form == "half_first":
+            h = case.node("Mul", [case.const(np.float32(0.5)), x], xt * 0.5)
+            return case.node("Mul", [h, a], F.gelu(xt))
+        m = case.node("Mul", [x, a], xt * case.t(a))
+        return case.node("Mul", [m, case.const(np.float32(0.5))], F.gelu(xt))
+
+    def layer_norm_chain(case, x, axis, eps=1e-6, square="Pow", affine=True, weight_first=False):
+        xt = case.t(x)
+        dim = xt.dim() - 1 if axis in (-1, 3) else axis
+        mean = xt.mean(dim, keepdim=True)
+        m1 = case.node("ReduceMean", [x], mean, axes=[axis], keepdims=1)
+        d = case.node("Sub", [x, m1], xt - mean)
+        if square == "Pow":
+            p = case.node("Pow", [d, case.const(np.float32(2))], case.t(d) ** 2)
+        else:
+            p = case.node("Mul", [d, d], case.t(d) ** 2)
+        var = case.t(p).mean(dim, keepdim=True)
+        m2 = case.node("ReduceMean", [p], var, axes=[axis], keepdims=1)
+        ad = case.node("Add", [m2, case.const(np.float32(eps))], var + eps)
+        sq = case.node("Sqrt", [ad], torch.sqrt(case.t(ad)))
+        y = case.node("Div", [d, sq], case.t(d) / case.t(sq))
+        if not affine:
+            return y
+        ch = xt.shape[dim]
+        shape = (ch,) if dim == xt.dim() - 1 else (ch, 1, 1)
+        w, b = rand(*shape, lo=0.5, hi=1.5), rand(*shape, lo=-0.3, hi=0.3)
+        yt = case.t(y) * torch.from_numpy(w)
+        y = case.node("Mul", [case.const(w), y] if weight_first else [y, case.const(w)], yt)
+        return case.node("Add", [y, case.const(b)], yt + torch.from_numpy(b))
+
+    def to_last(case, x):
+        return case.node("Transpose", [x], case.t(x).permute(0, 2, 3, 1), perm=[0, 2, 3, 1])
+
+    def to_first(case, x):
+        return case.node("Transpose", [x], case.t(x).permute(0, 3, 1, 2), perm=[0, 3, 1, 2])
+
+    def linear_last(case, x, cin, cout, bias_first=True):
+        w, b = rand(cin, cout, lo=-0.4, hi=0.4), rand(cout, lo=-0.2, hi=0.2)
+        mm = case.node("MatMul", [x, case.const(w)], case.t(x) @ torch.from_numpy(w))
+        ins = [case.const(b), mm] if bias_first else [mm, case.const(b)]
+        return case.node("Add", ins, case.t(mm) + torch.from_numpy(b))
+
+    c = Case("gelu_erf_after_conv")
+    c.write(outdir, gelu_chain(c, c.conv("input", 3, 8)), mf)
+    c = Case("gelu_half_first_rsqrt2")
+    x = c.conv("input", 3, 8)
+    c.write(outdir, gelu_chain(c, gelu_chain(c, x, "half_first"), "rsqrt2"), mf)
+    c = Case("gelu_op_opset20", opset=20)
+    x = c.conv("input", 3, 8)
+    x = c.node("Gelu", [x], F.gelu(c.t(x)))
+    c.write(outdir, c.node("Gelu", [x], F.gelu(c.t(x), approximate="tanh"), approximate="tanh"), mf)
+
+    c = Case("layernorm_channels_first")  # ConvNeXt's own LayerNorm, written for NCHW
+    x = c.conv("input", 3, 8)
+    c.write(outdir, layer_norm_chain(c, x, 1, weight_first=True), mf)
+    c = Case("layernorm_channels_first_plain")
+    x = c.conv("input", 3, 8)
+    c.write(outdir, layer_norm_chain(c, x, 1, eps=1e-5, square="Mul", affine=False), mf)
+
+    def convnext_block(case, x, ch, square="Pow"):
+        dw = case.conv(x, ch, ch, k=7, pads=(3, 3, 3, 3), group=ch)
+        t = to_last(case, dw)
+        t = layer_norm_chain(case, t, -1, square=square)
+        t = linear_last(case, t, ch, 4 * ch)
+        t = gelu_chain(case, t)
+        t = linear_last(case, t, 4 * ch, ch, bias_first=False)
+        t = to_first(case, t)
+        scale = rand(ch, 1, 1, lo=0.2, hi=1.0)
+        t = case.node("Mul", [case.const(scale), t], torch.from_numpy(scale) * case.t(t))
+        return case.node("Add", [t, x], case.t(t) + case.t(x))
+
+    c = Case("convnext_block", size=14)
+    x = c.conv("input", 3, 8, k=2, stride=2, pads=(0, 0, 0, 0))
+    x = convnext_block(c, x, 8)
+    x = convnext_block(c, x, 8, square="Mul")
+    c.write(outdir, c.node("GlobalAveragePool", [x], F.adaptive_avg_pool2d(c.t(x), 1)), mf)
+
+    c = Case("convnext_downsample_head")  # LayerNorm2d before a strided Conv; the head's LayerNorm on the pooled map
+    x = c.conv("input", 3, 8)
+    t = to_first(c, layer_norm_chain(c, to_last(c, x), 3))
+    x = c.conv(t, 8, 16, k=2, stride=2, pads=(0, 0, 0, 0))
+    g = c.node("GlobalAveragePool", [x], F.adaptive_avg_pool2d(c.t(x), 1))
+    t = to_first(c, layer_norm_chain(c, to_last(c, g), -1, affine=False))
+    c.write(outdir, c.node("Flatten", [t], torch.flatten(c.t(t), 1), axis=1), mf)
+
+    c = Case("layernorm_op_opset17", opset=17)
+    x = to_last(c, c.conv("input", 3, 8))
+    w, b = rand(8, lo=0.5, hi=1.5), rand(8, lo=-0.3, hi=0.3)
+    y = F.layer_norm(c.t(x), (8,), torch.from_numpy(w), torch.from_numpy(b), 1e-6)
+    x = c.node("LayerNormalization", [x, c.const(w), c.const(b)], y, axis=-1, epsilon=1e-6)
+    x = c.node("Relu", [x], F.relu(c.t(x)))  # and an activation inside the region
+    x = c.node("Mul", [x, c.const(np.float32(1.5))], c.t(x) * 1.5)  # and a scalar
+    w2 = rand(8, lo=0.5, hi=1.5)
+    y = F.layer_norm(c.t(x), (8,), torch.from_numpy(w2), None, 1e-5)
+    x = c.node("LayerNormalization", [x, c.const(w2)], y)  # defaults: axis -1, epsilon 1e-5, no bias
+    c.write(outdir, to_first(c, x), mf)
+
     # errors at load time
     def refused(name, build, code, words, opset=13, grey=False, nhwc=False):
         case = Case(name, opset=opset, grey=grey, nhwc=nhwc)
@@ -863,7 +972,62 @@ def cases(outdir, mf):
     refused("transpose_input_other_perm", lambda c: transpose_after(c, "input", [0, 2, 3, 1]), "UNSUPPORTED",
             ["Transpose", "tp", "NHWC"])
     refused("transpose_activation", lambda c: transpose_after(c, conv_after(c, "input"), [0, 2, 3, 1]),
-            "UNSUPPORTED", ["Transpose", "tp", "first node"])
+            "UNSUPPORTED", ["Transpose", "tp", "channels-last"])
+
+    # what the channels-last rewrites do not take: the graph stays as it is and
+    # the first op MedSearch does not run is named
+    def region_softmax(case):  # an op that is not per channel inside the region
+        x = transpose_after(case, conv_after(case, "input"), [0, 2, 3, 1], name="into")
+        case.nodes.append(helper.make_node("Softmax", [x], ["sm"], name="sm", axis=-1))
+        case.nodes.append(helper.make_node("Transpose", ["sm"], ["back"], name="out_of", perm=[0, 3, 1, 2]))
+        return "back"
+    refused("region_softmax", region_softmax, "UNSUPPORTED", ["Transpose", "into", "channels-last"])
+
+    def region_mixes_nchw(case):  # an op reading a channels-last and an NCHW tensor
+        y = conv_after(case, "input")
+        x = transpose_after(case, y, [0, 2, 3, 1], name="into")
+        case.nodes.append(helper.make_node("Add", [x, y], ["mixed"], name="mix"))
+        case.nodes.append(helper.make_node("Transpose", ["mixed"], ["back"], name="out_of", perm=[0, 3, 1, 2]))
+        return "back"
+    refused("region_mixes_nchw", region_mixes_nchw, "UNSUPPORTED", ["Transpose", "into", "channels-last"])
+
+    def region_matmul_activations(case):  # MatMul of two activations: not a 1x1 convolution
+        x = transpose_after(case, conv_after(case, "input"), [0, 2, 3, 1], name="into")
+        case.nodes.append(helper.make_node("MatMul", [x, x], ["mm"], name="mm"))
+        case.nodes.append(helper.make_node("Transpose", ["mm"], ["back"], name="out_of", perm=[0, 3, 1, 2]))
+        return "back"
+    refused("region_matmul_activations", region_matmul_activations, "UNSUPPORTED", ["Transpose", "into"])
+
+    def region_channel_constant(case):  # a constant varying along height: not per channel
+        x = transpose_after(case, conv_after(case, "input"), [0, 2, 3, 1], name="into")
+        case.nodes.append(helper.make_node("Mul", [x, case.const(rand(14, 1, 4))], ["m"], name="m"))
+        case.nodes.append(helper.make_node("Transpose", ["m"], ["back"], name="out_of", perm=[0, 3, 1, 2]))
+        return "back"
+    refused("region_height_constant", region_channel_constant, "UNSUPPORTED", ["Transpose", "into"])
+
+    def erf_alone(case):
+        case.nodes.append(helper.make_node("Erf", [conv_after(case, "input")], ["e"], name="erf1"))
+        return "e"
+    refused("erf_alone", erf_alone, "UNSUPPORTED", ["Erf", "erf1", "GELU"])
+
+    def layernorm_op_axis1(case):  # over C, H and W together, as ONNX defines axis 1
+        w = case.const(rand(4, 14, 14))
+        case.nodes.append(helper.make_node("LayerNormalization", [conv_after(case, "input"), w], ["ln"], name="ln1",
+                                           axis=1))
+        return "ln"
+    refused("layernorm_op_axis1", layernorm_op_axis1, "UNSUPPORTED", ["LayerNormalization", "ln1", "channels"],
+            opset=17)
+
+    def layernorm_last_axis_nchw(case):  # the decomposition over W of an NCHW map
+        x = conv_after(case, "input")
+        case.env[x] = torch.zeros(N, 4, 14, 14)
+        return layer_norm_chain(case, x, -1, affine=False)
+    refused("layernorm_last_axis_nchw", layernorm_last_axis_nchw, "UNSUPPORTED", ["LayerNormalization", "channels"])
+
+    def gelu_bad_approximate(case):
+        case.nodes.append(helper.make_node("Gelu", [conv_after(case, "input")], ["g"], name="g1", approximate="fast"))
+        return "g"
+    refused("gelu_bad_approximate", gelu_bad_approximate, "FORMAT", ["approximate", "g1"], opset=20)
     refused("transpose_perm_repeated", lambda c: transpose_after(c, "input", [0, 3, 3, 2]), "FORMAT",
             ["perm", "permutation", "tp"])
     def nhwc_five_channels(case):

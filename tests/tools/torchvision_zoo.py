@@ -66,6 +66,10 @@ HEADS = {
     # MobileNetV3-Small whole: its classifier is two dense layers (Linear,
     # Hardswish, Dropout, Linear), all left out of the default feature
     "mobilenet_v3_small_classifier": None,
+    # ConvNeXt-Tiny whole: channels-last blocks between Transposes (LayerNorm
+    # as ReduceMean, Sub, Pow, Sqrt, Div at opset 13; Linear as MatMul; GELU
+    # as Erf), a LayerNorm of the pooled vector before its classifier
+    "convnext_tiny": None,
 }
 
 
@@ -120,6 +124,17 @@ def build(name, seed):
                     block.relu = swap[1]()
             else:
                 swap[0].relu = swap[2]
+    if base.startswith("convnext"):
+        # torchvision starts layer scales at 1e-6 and LayerNorms at the identity,
+        # which would leave every block's own computation out of the comparison
+        with torch.no_grad():
+            for pname, p in model.named_parameters():
+                if pname.endswith("layer_scale"):
+                    p.uniform_(0.2, 1.0)
+            for module in model.modules():
+                if isinstance(module, torch.nn.LayerNorm):
+                    module.weight.uniform_(0.5, 1.5)
+                    module.bias.uniform_(-0.2, 0.2)
     head = HEADS[name]
     if head:
         setattr(model, head, torch.nn.Identity())
