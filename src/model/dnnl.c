@@ -836,25 +836,30 @@ static int view_of(plan *pl, int v, const dnnl_memory_desc_t *md, ms_err *err)
 }
 
 /* Layer normalisation over the channels: oneDNN normalises the last axis,
- * so the map is laid out NHWC (a reorder unless the producer chose it) and
- * normalised as [N * H * W, C] rows; the result is that buffer seen as NHWC. */
+ * so a map is laid out NHWC (a reorder unless the producer chose it) and
+ * normalised as [N * H * W, C] rows; the result is that buffer seen as
+ * NHWC. A [N, C] vector is its own rows. */
 static int build_layer_norm(const ctx *c, int node, ms_err *err)
 {
     dnn *d = c->d;
     plan *pl = c->pl;
     const g_node *nd = &c->g->n[node];
+    const g_tensor *x = &c->g->t[nd->in[0]];
     int sv = value_of(c, nd->in[0], nd, err);
     if (sv < 0)
         return sv;
     int64_t dims[4], rd[2];
-    batch_dims(&c->g->t[nd->in[0]], pl->n, dims);
-    rd[0] = dims[0] * dims[2] * dims[3];
+    batch_dims(x, pl->n, dims);
+    int map = x->rank == 4;
+    rd[0] = map ? dims[0] * dims[2] * dims[3] : dims[0];
     rd[1] = dims[1];
     dnnl_memory_desc_t nhwc, rows;
     int rc;
-    if ((rc = md_init(&nhwc, 4, dims, dnnl_nhwc, err)) || (rc = md_init(&rows, 2, rd, dnnl_ab, err)))
+    if ((rc = md_init(&rows, 2, rd, dnnl_ab, err)) || (map && (rc = md_init(&nhwc, 4, dims, dnnl_nhwc, err))))
         return rc;
-    if ((sv = value_as(d, pl, sv, &nhwc, err)) < 0 || (sv = view_of(pl, sv, &rows, err)) < 0)
+    if (map && ((sv = value_as(d, pl, sv, &nhwc, err)) < 0 || (sv = view_of(pl, sv, &rows, err)) < 0))
+        return sv;
+    if (!map && (sv = value_as(d, pl, sv, &rows, err)) < 0)
         return sv;
     node_res *r = &d->res[node];
     unsigned flags = 0;
@@ -881,7 +886,7 @@ static int build_layer_norm(const ctx *c, int node, ms_err *err)
         dnnl_primitive_desc_destroy(pd);
         return dv;
     }
-    if ((rc = finish_unary(c, nd, pd, sv, dv, n, kinds, extra, err)))
+    if ((rc = finish_unary(c, nd, pd, sv, dv, n, kinds, extra, err)) || !map)
         return rc;
     int ov = view_of(pl, dv, &nhwc, err);
     if (ov < 0)

@@ -94,12 +94,12 @@ typedef enum {
     /* Only [N, H, W, C] -> [N, C, H, W] of the image input (perm in axes),
      * folded at parse (onnx.c): MedSearch feeds NCHW. Any other is refused. */
     G_TRANSPOSE,
-    /* Layer normalisation over the channels of an NCHW map, with an optional
-     * constant scale (in[1]) and shift (in[2]) of C values; eps as below.
-     * From LayerNormalization over the last axis of a channels-last tensor
-     * (lifted, see rewrite.c) or from its decomposition into ReduceMean,
-     * Sub, Pow, ReduceMean, Add, Sqrt and Div, as PyTorch exports it.
-     * axis: 1 the channels; -1 the last axis, valid only until lifted. */
+    /* Layer normalisation over the channels of an NCHW map or of a [N, C]
+     * vector, with an optional constant scale (in[1]) and shift (in[2]) of C
+     * values; eps as below. From LayerNormalization (opset 17) or from its
+     * decomposition into ReduceMean, Sub, Pow, ReduceMean, Add, Sqrt and Div,
+     * as PyTorch exports it before. axis: one of G_LN_* below, settled to
+     * G_LN_CHANNELS by the lift (rewrite.c) or by shape inference. */
     G_LAYERNORM,
     G_GELU,        /* x * Phi(x), from the Gelu op or Erf as PyTorch exports it */
     G_GELU_TANH,   /* Gelu with approximate = "tanh" */
@@ -111,6 +111,15 @@ typedef enum {
     G_SQRT,
     G_OP_COUNT
 } g_op;
+
+/* What a G_LAYERNORM normalises over (its `axis`). */
+enum {
+    G_LN_REFUSED = 0,  /* anything else (ONNX's axis 2, say): never run */
+    G_LN_CHANNELS = 1, /* axis 1 of NCHW or of [N, C] */
+    G_LN_LAST = -1,    /* the last axis: channels-last (lifted) or [N, C] */
+    G_LN_ONNX_AXIS1 = 2 /* ONNX's axis 1, which normalises C, H and W of a map:
+                         * run only on [N, C], where it is the channels */
+};
 
 typedef enum { G_POST_ELTWISE = 1, G_POST_SUM } g_post_kind;
 typedef enum {

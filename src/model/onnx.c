@@ -339,16 +339,17 @@ static int parse_reduce_mean(const node_ctx *c, g_node *nd, ms_err *err)
     return parse_axes(c, nd, err);
 }
 
-/* LayerNormalization: axis and epsilon. MedSearch runs it over the last
- * axis of a channels-last tensor only (rewrite.c lifts it to the channels);
- * other axes are kept as 0 and refused there. */
+/* LayerNormalization: axis and epsilon. It normalises axis..last, which
+ * MedSearch runs when that is the channels: the last axis of a
+ * channels-last tensor (rewrite.c lifts it), or axis 1 or -1 of [N, C]
+ * (shapes.c tells once ranks are known). */
 static int parse_layer_norm(const node_ctx *c, g_node *nd, ms_err *err)
 {
     int64_t v;
     int rc = attr_int(c, "axis", -1, -G_MAX_RANK, G_MAX_RANK - 1, &v, err);
     if (rc)
         return rc;
-    nd->axis = v == -1 || v == 3 ? -1 : 0;
+    nd->axis = v == -1 || v == 3 ? G_LN_LAST : v == 1 ? G_LN_ONNX_AXIS1 : G_LN_REFUSED;
     if ((rc = attr_finite(c, "epsilon", 1e-5f, &nd->eps, err)))
         return rc;
     return nd->eps < 0 ? attr_bad(c, "epsilon", "a number >= 0", err) : 0;
@@ -754,8 +755,8 @@ int onnx_unsupported(const graph *g, const g_node *nd, int feature, ms_err *err)
         {"Transpose", " other than from an NHWC image input to NCHW, or around ops on the channels of a channels-last "
                       "tensor (ConvNeXt)"},
         {"Cast", " other than to a float type"},
-        {"LayerNormalization", " other than over the channels (the last axis of a channels-last tensor between "
-                               "Transposes)"},
+        {"LayerNormalization", " other than over the channels (of [N, C], or the last axis of a channels-last "
+                               "tensor between Transposes)"},
         {"MatMul", " other than on the channels of a channels-last tensor (ConvNeXt's pointwise layers)"},
         {"Erf", " other than in GELU (x * 0.5 * (1 + Erf(x / sqrt(2))))"},
         {"Pow", " other than in a layer normalisation over the channels"},

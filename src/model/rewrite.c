@@ -266,8 +266,8 @@ static int gelu_at(graph *g, const readers *r, int e, ms_err *err)
 /* ------------------------------------------------------------- LayerNorm */
 
 /* The axis a ReduceMean node averages over when it is one axis with
- * keepdims: -1 the last (3 counts as the last: layer norms read rank-4
- * tensors), 1 the channels; 0 for anything else. */
+ * keepdims, as a G_LN_* code: the last (-1, or 3 of a rank-4 tensor), the
+ * channels (1), or G_LN_REFUSED for anything else. */
 static int mean_axis(const graph *g, int node)
 {
     const g_node *nd = &g->n[node];
@@ -282,7 +282,7 @@ static int mean_axis(const graph *g, int node)
     } else {
         return 0;
     }
-    return a == -1 || a == 3 ? -1 : a == 1 ? 1 : 0;
+    return a == -1 || a == 3 ? G_LN_LAST : a == 1 ? G_LN_CHANNELS : G_LN_REFUSED;
 }
 
 /* From ReduceMean node m1: the layer normalisation it starts, its Div turned
@@ -342,7 +342,7 @@ static int64_t channel_vector(const graph *g, int t, int axis)
     if (t < 0 || !g->t[t].is_const || g->t[t].elem_type != 1 || !g->t[t].f || g->t[t].count < 2)
         return 0;
     const g_tensor *k = &g->t[t];
-    int at = axis == -1 ? k->rank - 1 : k->rank - 3;
+    int at = axis == G_LN_LAST ? k->rank - 1 : k->rank - 3;
     if (k->rank > 4 || at < 0)
         return 0;
     for (int i = 0; i < k->rank; i++)
@@ -432,7 +432,7 @@ static int liftable(const graph *g, int i, const unsigned char *in_cl)
     if (!acts)
         return 0;
     if (nd->op == G_LAYERNORM)
-        return nd->axis == -1 && in_cl[nd->in[0]];
+        return nd->axis == G_LN_LAST && in_cl[nd->in[0]];
     if (graph_eltwise_post(nd, &post) || nd->op == G_IDENTITY)
         return 1;
     if (nd->op == G_ADD || nd->op == G_SUB || nd->op == G_MUL || nd->op == G_DIV) {
@@ -563,7 +563,7 @@ static int lift_regions(graph *g, ms_err *err)
             nd->op = G_IDENTITY;
             g->stats.transposes_lifted++;
         } else if (nd->op == G_LAYERNORM) {
-            nd->axis = 1;
+            nd->axis = G_LN_CHANNELS;
         } else if (node_is(g, i, G_MATMUL)) {
             rc = matmul_to_conv(g, i, err);
             g->stats.matmuls_lifted++;
@@ -622,11 +622,12 @@ static int bias_into_conv_fn(graph *g, const readers *r, int node, ms_err *err)
     return bias_into_conv(g, r, node, err);
 }
 
-/* A layer norm over anything but the channels is not run. */
+/* A layer norm that cannot be over the channels is not run; shape
+ * inference tells about the others once ranks are known. */
 static void refuse_other_layer_norms(graph *g)
 {
     for (int i = 0; i < g->nn; i++)
-        if (!g->n[i].dead && g->n[i].op == G_LAYERNORM && g->n[i].axis != 1)
+        if (!g->n[i].dead && g->n[i].op == G_LAYERNORM && g->n[i].axis == G_LN_REFUSED)
             g->n[i].op = G_UNSUPPORTED;
 }
 

@@ -302,18 +302,26 @@ static int shape_binary(graph *g, g_node *nd, ms_err *err)
     return set_out(g, nd, a->rank, a->dims, err);
 }
 
-/* Layer normalisation over the channels of an NCHW map; its scale and
- * shift (optional) hold one value per channel. */
+/* Layer normalisation over the channels of an NCHW map or a [N, C]
+ * vector; its scale and shift (optional) hold one value per channel. The
+ * axis it was given must be the channels at the input's rank. */
 static int shape_layer_norm(graph *g, g_node *nd, ms_err *err)
 {
-    int rc = need_act(g, nd, 0, 4, err);
+    int rc = need_act(g, nd, 0, 0, err);
     if (rc)
         return rc;
     const g_tensor *x = &g->t[nd->in[0]];
+    if (!(x->rank == 2 || (x->rank == 4 && nd->axis == G_LN_CHANNELS)))
+        return ms_err_set(err, MS_EUNSUPPORTED,
+                          "node '%s' (LayerNormalization) normalises %s of its rank-%d input '%s'; MedSearch runs "
+                          "layer normalisation over the channels only (of [N, C], of NCHW, or the last axis of a "
+                          "channels-last tensor between Transposes)", nd->name,
+                          nd->axis == G_LN_LAST ? "the last axis" : "axes 1 and after", x->rank, x->name);
+    nd->axis = G_LN_CHANNELS;
     for (int slot = 1; slot < 3 && slot < nd->n_in; slot++)
         if (nd->in[slot] >= 0 && (rc = need_const(g, nd, slot, -1, x->dims[1], err)))
             return rc;
-    return set_out(g, nd, 4, x->dims, err);
+    return set_out(g, nd, x->rank, x->dims, err);
 }
 
 static int shape_bn(graph *g, g_node *nd, ms_err *err)

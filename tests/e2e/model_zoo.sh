@@ -157,6 +157,11 @@ grep -Eq "1[0-9] activations" "$T/info" || fail "$m: GELU is not fused into the 
 "$BIN" embed --model "$M" --raw --output /classifier/classifier.1/Flatten_output_0 -o "$T/cx.named" "${IMGS[0]}" \
     >/dev/null 2>&1 || fail "$m: embed --output the normalised pooled vector"
 cmp -s "$T/cx.default" "$T/cx.named" || fail "$m: the default feature is not the normalised pooled vector"
+m=convnext_tiny_flatnorm # its head normalises the flattened [N, 768] vector
+export_and_check_logits "$m"
+"$BIN" info --model "$T/$m.onnx" >"$T/info" 2>&1 || fail "info on $m"
+grep -q "768 values, pooling output" "$T/info" && grep -q "head of 1 dense layer from '/classifier/classifier.2/Gemm'" \
+    "$T/info" || fail "$m: the default feature is not the normalised pooled vector: $(grep -A1 '^feature' "$T/info")"
 
 echo "== a model of one grey channel"
 "$BIN" info --model "$T/densenet121_grey.onnx" >"$T/info" 2>&1 || fail "info on densenet121_grey"

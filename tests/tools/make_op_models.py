@@ -763,6 +763,18 @@ def cases(outdir, mf):
     t = to_first(c, layer_norm_chain(c, to_last(c, g), -1, affine=False))
     c.write(outdir, c.node("Flatten", [t], torch.flatten(c.t(t), 1), axis=1), mf)
 
+    c = Case("layernorm_pooled_vector")  # ConvNeXt's original head: norm(x.mean([-2, -1]))
+    x = c.conv("input", 3, 8)
+    v = c.node("ReduceMean", [x], c.t(x).mean((2, 3)), axes=[-2, -1], keepdims=0)
+    c.write(outdir, layer_norm_chain(c, v, -1), mf)
+    c = Case("layernorm_op_vector_axis1", opset=17)  # on [N, C], axis 1 is the channels
+    x = c.conv("input", 3, 8)
+    g = c.node("GlobalAveragePool", [x], F.adaptive_avg_pool2d(c.t(x), 1))
+    f = c.node("Flatten", [g], torch.flatten(c.t(g), 1), axis=1)
+    w, b = rand(8, lo=0.5, hi=1.5), rand(8, lo=-0.3, hi=0.3)
+    y = F.layer_norm(c.t(f), (8,), torch.from_numpy(w), torch.from_numpy(b), 1e-5)
+    c.write(outdir, c.node("LayerNormalization", [f, c.const(w), c.const(b)], y, axis=1), mf)
+
     c = Case("layernorm_op_opset17", opset=17)
     x = to_last(c, c.conv("input", 3, 8))
     w, b = rand(8, lo=0.5, hi=1.5), rand(8, lo=-0.3, hi=0.3)
@@ -1016,6 +1028,14 @@ def cases(outdir, mf):
                                            axis=1))
         return "ln"
     refused("layernorm_op_axis1", layernorm_op_axis1, "UNSUPPORTED", ["LayerNormalization", "ln1", "channels"],
+            opset=17)
+
+    def layernorm_op_axis2(case):  # height and width: never the channels
+        w = case.const(rand(14, 14))
+        case.nodes.append(helper.make_node("LayerNormalization", [conv_after(case, "input"), w], ["ln"], name="ln2",
+                                           axis=2))
+        return "ln"
+    refused("layernorm_op_axis2", layernorm_op_axis2, "UNSUPPORTED", ["LayerNormalization", "ln2", "[N, C]"],
             opset=17)
 
     def layernorm_last_axis_nchw(case):  # the decomposition over W of an NCHW map

@@ -70,6 +70,9 @@ HEADS = {
     # as ReduceMean, Sub, Pow, Sqrt, Div at opset 13; Linear as MatMul; GELU
     # as Erf), a LayerNorm of the pooled vector before its classifier
     "convnext_tiny": None,
+    # ConvNeXt-Tiny with its head's LayerNorm on the flattened vector, as the
+    # original ConvNeXt code has it (norm(x.mean([-2, -1]))): a layer norm of [N, C]
+    "convnext_tiny_flatnorm": None,
 }
 
 
@@ -94,7 +97,7 @@ def build(name, seed):
 
     torch.manual_seed(seed)
     kwargs = {"aux_logits": False, "init_weights": True} if name == "googlenet" else {}
-    base = name.replace("_grey", "").replace("_view", "").replace("_squeeze", "").replace("_acts", "").replace("_nhwc", "").replace("_avgpool7", "").replace("_classifier", "")
+    base = name.replace("_grey", "").replace("_view", "").replace("_squeeze", "").replace("_acts", "").replace("_nhwc", "").replace("_avgpool7", "").replace("_classifier", "").replace("_flatnorm", "")
     model = getattr(torchvision.models, base)(weights=None, **kwargs)
     if channels(name) == 1:
         model.features.conv0 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)
@@ -124,6 +127,9 @@ def build(name, seed):
                     block.relu = swap[1]()
             else:
                 swap[0].relu = swap[2]
+    if name.endswith("_flatnorm"):
+        model.classifier = torch.nn.Sequential(torch.nn.Flatten(1), torch.nn.LayerNorm(768, eps=1e-6),
+                                               torch.nn.Linear(768, 1000))
     if base.startswith("convnext"):
         # torchvision starts layer scales at 1e-6 and LayerNorms at the identity,
         # which would leave every block's own computation out of the comparison
