@@ -835,6 +835,34 @@ static int view_of(plan *pl, int v, const dnnl_memory_desc_t *md, ms_err *err)
     return w;
 }
 
+/* One channel: a view of it in the map laid out plain (NCHW), copied into
+ * a [N, 1, H, W] buffer of its own. */
+static int build_channel(const ctx *c, int node, ms_err *err)
+{
+    plan *pl = c->pl;
+    const g_node *nd = &c->g->n[node];
+    int sv = value_of(c, nd->in[0], nd, err);
+    if (sv < 0)
+        return sv;
+    int64_t dims[4], od[4];
+    batch_dims(&c->g->t[nd->in[0]], pl->n, dims);
+    batch_dims(&c->g->t[nd->out], pl->n, od);
+    dnnl_memory_desc_t plain, out;
+    int rc;
+    if ((rc = md_init(&plain, 4, dims, dnnl_nchw, err)) || (rc = md_init(&out, 4, od, dnnl_nchw, err)))
+        return rc;
+    if ((sv = value_as(c->d, pl, sv, &plain, err)) < 0)
+        return sv;
+    dnnl_memory_desc_t sub;
+    dnnl_dims_t sd = {od[0], 1, od[2], od[3]}, off = {0, nd->channel, 0, 0};
+    DN(dnnl_memory_desc_init_submemory(&sub, &plain, sd, off), nd, "describe the channel");
+    int v = view_of(pl, sv, &sub, err);
+    if (v < 0 || (v = copy_value(c->d, pl, v, &out, err)) < 0)
+        return v;
+    bind_tensor(c, nd->out, v);
+    return 0;
+}
+
 /* Layer normalisation over the channels: oneDNN normalises the last axis,
  * so a map is laid out NHWC (a reorder unless the producer chose it) and
  * normalised as [N * H * W, C] rows; the result is that buffer seen as
@@ -1154,6 +1182,7 @@ static int build_node(const ctx *c, int node, ms_err *err)
     case G_GELU:
     case G_GELU_TANH: return build_eltwise(c, node, err);
     case G_LAYERNORM: return build_layer_norm(c, node, err);
+    case G_CHANNEL: return build_channel(c, node, err);
     case G_PRELU: return build_prelu(c, node, err);
     case G_LRN: return build_lrn(c, node, err);
     case G_ADD:

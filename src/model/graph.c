@@ -21,7 +21,7 @@ const char *graph_op_name(g_op op)
         "Concat", "Identity", "HardSigmoid", "HardSwish", "Sub", "Div", "Pad", "GlobalMaxPool",
         "Shape", "Gather", "Unsqueeze", "Squeeze", "unsupported (not run)", "ReduceMean", "Dropout",
         "LeakyRelu", "PRelu", "Elu", "Selu", "Tanh", "Softplus", "LRN", "Cast", "Transpose",
-        "LayerNormalization", "Gelu", "Gelu (tanh)", "MatMul", "Erf", "Pow", "Sqrt"};
+        "LayerNormalization", "Gelu", "Gather of a channel", "Gelu (tanh)", "MatMul", "Erf", "Pow", "Sqrt"};
     return op >= 0 && op < G_OP_COUNT ? names[op] : "?";
 }
 

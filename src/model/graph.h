@@ -102,6 +102,10 @@ typedef enum {
      * G_LN_CHANNELS by the lift (rewrite.c) or by shape inference. */
     G_LAYERNORM,
     G_GELU,        /* x * Phi(x), from the Gelu op or Erf as PyTorch exports it */
+    /* Channel `channel` of an NCHW map as [N, 1, H, W]: a Gather of one index
+     * on axis 1 (then an Unsqueeze of axis 1 for a scalar index), as
+     * x[:, k:k+1] or torch.unsqueeze(x[:, k], 1) export (rewrite.c). */
+    G_CHANNEL,
     G_GELU_TANH,   /* Gelu with approximate = "tanh" */
     /* Counted under their own name, run only as part of what rewrite.c
      * turns them into (a 1x1 Conv, GELU, LayerNorm); otherwise unsupported. */
@@ -186,6 +190,7 @@ typedef struct g_node {
     int axes[G_MAX_RANK], n_axes; /* ReduceMean, Unsqueeze; -1 axes: from input 1; Transpose: perm,
                                    * -1: none (reverse the axes) */
     int shape_start, shape_end;   /* Shape (opset 15); end INT_MAX: to the last axis */
+    int channel;         /* G_CHANNEL: the channel taken (negative: from the end) */
     /* Filled by compilation. */
     int dead;            /* folded or fused into another node */
     int weights, bias;   /* Conv/Gemm constants after folding (bias may be -1) */

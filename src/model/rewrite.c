@@ -18,6 +18,13 @@
  * G_LAYERNORM; a Mul by and an Add of per-channel constants right after it
  * (the layer's weight and bias) become its scale and shift.
  *
+ * One channel. torchvision's Inception v3 and GoogLeNet with ImageNet weights
+ * rescale each channel of their input first, as
+ *     Concat(Add(Mul(Unsqueeze(Gather(x, 0, axis 1), 1), s0), b0), ...)
+ * A Gather of one index on axis 1 of an activation (shapes are 1-D, so
+ * never such a Gather) becomes a G_CHANNEL taking that channel, with the
+ * Unsqueeze after it when the index is a scalar.
+ *
  * Channels-last regions. ConvNeXt runs its blocks as
  *     Transpose(0,2,3,1) -> LayerNorm -> MatMul -> Add -> GELU -> MatMul -> Add -> Transpose(0,3,1,2)
  * Inside such a region every op works on the last axis, the channels, or
@@ -384,6 +391,52 @@ static int absorb_affine(graph *g, const readers *r, int ln, ms_err *err)
     return 0;
 }
 
+/* ---------------------------------------------------------------- channel */
+
+/* The one INT64 value of constant t (a scalar or [1]) into *v, and whether
+ * it is a scalar (rank 0) into *scalar. */
+static int one_index(const graph *g, int t, int64_t *v, int *scalar)
+{
+    if (t < 0 || !g->t[t].is_const || !g->t[t].i64 || g->t[t].count != 1 || g->t[t].rank > 1)
+        return 0;
+    *v = g->t[t].i64[0];
+    *scalar = g->t[t].rank == 0;
+    return 1;
+}
+
+/* Whether Unsqueeze node u inserts exactly axis 1. */
+static int unsqueezes_axis1(const graph *g, int u)
+{
+    const g_node *nd = &g->n[u];
+    int64_t a;
+    int scalar;
+    if (nd->n_axes == 1)
+        return nd->axes[0] == 1;
+    return nd->n_axes < 0 && nd->n_in > 1 && one_index(g, nd->in[1], &a, &scalar) && a == 1;
+}
+
+/* From Gather node i: one channel of an activation. 1 when rewritten. */
+static int channel_at(graph *g, const readers *r, int i, ms_err *err)
+{
+    g_node *nd = &g->n[i];
+    int64_t k;
+    int scalar;
+    if (nd->axis != 1 || nd->n_in != 2 || nd->in[0] < 0 || g->t[nd->in[0]].is_const ||
+        !one_index(g, nd->in[1], &k, &scalar) || k < -G_MAX_DIM || k >= G_MAX_DIM)
+        return 0;
+    int u = scalar ? sole_reader(g, r, nd->out) : -1;
+    if (scalar && (!node_is(g, u, G_UNSQUEEZE) || !unsqueezes_axis1(g, u)))
+        return 0;
+    int rc = set_inputs(nd, 1, nd->in[0], err);
+    if (rc)
+        return rc;
+    nd->op = G_CHANNEL;
+    nd->channel = (int)k;
+    if (scalar)
+        take_over_output(g, i, u);
+    return 1;
+}
+
 /* ------------------------------------------------- channels-last regions */
 
 static int is_perm(const g_node *nd, int a, int b, int c, int d)
@@ -592,6 +645,11 @@ static int each_node(graph *g, int (*match)(const graph *, int), rewrite_fn fn, 
     return rc;
 }
 
+static int match_gather(const graph *g, int i)
+{
+    return g->n[i].op == G_GATHER;
+}
+
 static int match_erf(const graph *g, int i)
 {
     return node_is(g, i, G_ERF);
@@ -634,7 +692,8 @@ static void refuse_other_layer_norms(graph *g)
 int graph_rewrite(graph *g, ms_err *err)
 {
     int rc, lifted;
-    if ((rc = each_node(g, match_erf, gelu_at, err)) || (rc = each_node(g, match_mean, layer_norm_at, err)) ||
+    if ((rc = each_node(g, match_gather, channel_at, err)) || (rc = each_node(g, match_erf, gelu_at, err)) ||
+        (rc = each_node(g, match_mean, layer_norm_at, err)) ||
         (rc = each_node(g, match_layer_norm, absorb_affine_fn, err)))
         return rc;
     if ((lifted = lift_regions(g, err)) < 0)

@@ -302,6 +302,23 @@ static int shape_binary(graph *g, g_node *nd, ms_err *err)
     return set_out(g, nd, a->rank, a->dims, err);
 }
 
+/* One channel of an NCHW map, [N, 1, H, W]; a negative index counts from
+ * the end, as Gather's does. */
+static int shape_channel(graph *g, g_node *nd, ms_err *err)
+{
+    int rc = need_act(g, nd, 0, 4, err);
+    if (rc)
+        return rc;
+    const g_tensor *x = &g->t[nd->in[0]];
+    int64_t c = x->dims[1], k = nd->channel;
+    if (k < -c || k >= c)
+        return ms_err_set(err, MS_EFORMAT, "node '%s' (Gather): index %lld is out of range for the %lld channels of '%s'",
+                          nd->name, (long long)k, (long long)c, x->name);
+    nd->channel = (int)(k < 0 ? k + c : k);
+    int64_t dims[4] = {1, 1, x->dims[2], x->dims[3]};
+    return set_out(g, nd, 4, dims, err);
+}
+
 /* Layer normalisation over the channels of an NCHW map or a [N, C]
  * vector; its scale and shift (optional) hold one value per channel. The
  * axis it was given must be the channels at the input's rank. */
@@ -586,6 +603,8 @@ static int shape_node(graph *g, g_node *nd, ms_err *err)
         return shape_clip(g, nd, err);
     case G_LAYERNORM:
         return shape_layer_norm(g, nd, err);
+    case G_CHANNEL:
+        return shape_channel(g, nd, err);
     case G_PRELU:
         return shape_prelu(g, nd, err);
     case G_ADD:
@@ -688,7 +707,8 @@ static int fold_gather(graph *g, g_node *nd, ms_err *err)
 {
     const g_tensor *d = small_ints(g, nd, 0), *ix = small_ints(g, nd, 1);
     if (!d || !ix || d->rank != 1 || nd->axis != 0)
-        return fold_refused(nd, "its data and indices are not small constant INT64 lists (gathering on axis 0)", err);
+        return fold_refused(nd, "its data and indices are not small constant INT64 lists (gathering on axis 0), nor one "
+                                "index on axis 1 (one channel; a scalar index then needs an Unsqueeze of axis 1)", err);
     int64_t vals[G_MAX_RANK];
     for (int64_t i = 0; i < ix->count; i++) {
         int64_t k = ix->i64[i] < 0 ? ix->i64[i] + d->count : ix->i64[i];

@@ -121,7 +121,7 @@ EOF
 
 seeds_onnx() {
   local dir=$1
-  # Seven tiny conv nets when Debian's python3-onnx is there; else libFuzzer starts empty.
+  # Eight tiny conv nets when Debian's python3-onnx is there; else libFuzzer starts empty.
   "$PY" - "$dir" <<'EOF' 2>/dev/null || true
 import sys
 import numpy as np
@@ -239,6 +239,20 @@ inits = [w, k(2.0, "two"), k(1e-6, "eps"), k(np.ones(4), "gamma"), k(np.zeros(4)
 g = helper.make_graph(nodes, "convnext", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])],
                       [helper.make_tensor_value_info("feature", TensorProto.FLOAT, [1, 4, 1, 1])], inits)
 onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), sys.argv[1] + "/convnext.onnx")
+# each input channel taken, rescaled and put back, as Inception v3's transform_input exports
+nodes, parts = [], []
+for c in range(3):
+    nodes += [helper.make_node("Gather", ["input", f"i{c}"], [f"g{c}"], axis=1),
+              helper.make_node("Unsqueeze", [f"g{c}", "ax1"], [f"u{c}"]),
+              helper.make_node("Mul", [f"u{c}", "half"], [f"m{c}"])]
+    parts.append(f"m{c}")
+nodes += [helper.make_node("Concat", parts, ["cat"], axis=1),
+          helper.make_node("Conv", ["cat", "w"], ["c"], pads=[1, 1, 1, 1]),
+          helper.make_node("GlobalAveragePool", ["c"], ["feature"])]
+inits = [w, k([1], "ax1", np.int64), k(0.5, "half")] + [k(c, f"i{c}", np.int64) for c in range(3)]
+g = helper.make_graph(nodes, "channels", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])],
+                      [helper.make_tensor_value_info("feature", TensorProto.FLOAT, [1, 4, 1, 1])], inits)
+onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), sys.argv[1] + "/channels.onnx")
 EOF
 }
 

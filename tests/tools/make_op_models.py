@@ -775,6 +775,34 @@ def cases(outdir, mf):
     y = F.layer_norm(c.t(f), (8,), torch.from_numpy(w), torch.from_numpy(b), 1e-5)
     c.write(outdir, c.node("LayerNormalization", [f, c.const(w), c.const(b)], y, axis=1), mf)
 
+    # one channel of an activation: torchvision's Inception v3 and GoogLeNet with
+    # ImageNet weights rescale each input channel, torch.unsqueeze(x[:, k], 1) * s + b,
+    # exported as Gather of a scalar index on axis 1 then Unsqueeze; x[:, k:k+1]-like
+    # indexing with a one-value index list keeps the axis
+    def channel_of(case, x, k, keep=False, unsqueeze_input=True):
+        xt = case.t(x)
+        if keep:
+            return case.node("Gather", [x, case.const(np.array([k], dtype=np.int64), dtype=np.int64)],
+                             xt[:, [k]], axis=1)
+        g = case.node("Gather", [x, case.const(np.array(k, dtype=np.int64), dtype=np.int64)], xt[:, k], axis=1)
+        if unsqueeze_input:
+            return case.node("Unsqueeze", [g, case.const(np.array([1], dtype=np.int64), dtype=np.int64)],
+                             xt[:, k:k + 1] if k != -1 else xt[:, -1:])
+        return case.node("Unsqueeze", [g], xt[:, k:k + 1] if k != -1 else xt[:, -1:], axes=[1])
+
+    c = Case("gather_channels_rescale")
+    parts = []
+    for k, (s_, b_) in enumerate([(0.458, -0.03), (0.448, -0.088), (0.45, -0.188)]):
+        ch = channel_of(c, "input", k)
+        ch = c.node("Mul", [ch, c.const(np.float32(s_))], c.t(ch) * s_)
+        parts.append(c.node("Add", [ch, c.const(np.float32(b_))], c.t(ch) + b_))
+    x = c.node("Concat", parts, torch.cat([c.t(p) for p in parts], 1), axis=1)
+    c.write(outdir, c.conv(x, 3, 8), mf)
+    c = Case("gather_channel_variants", opset=11)  # Unsqueeze axes as an attribute; a negative index; a kept axis
+    x = c.conv("input", 3, 6)
+    parts = [channel_of(c, x, -1, unsqueeze_input=False), channel_of(c, x, 2, keep=True)]
+    c.write(outdir, c.node("Concat", parts, torch.cat([c.t(p) for p in parts], 1), axis=1), mf)
+
     c = Case("layernorm_op_opset17", opset=17)
     x = to_last(c, c.conv("input", 3, 8))
     w, b = rand(8, lo=0.5, hi=1.5), rand(8, lo=-0.3, hi=0.3)
@@ -868,8 +896,8 @@ def cases(outdir, mf):
         return "y"
     refused("grey_shared_weights", grey_shared_weights, "UNSUPPORTED", ["one-channel", "shares"], grey=True)
 
-    def gather_activation(c):
-        idx = c.const(np.array([0], dtype=np.int64), dtype=np.int64)
+    def gather_activation(c):  # two channels: not one channel (G_CHANNEL), not shape arithmetic
+        idx = c.const(np.array([0, 2], dtype=np.int64), dtype=np.int64)
         c.nodes.append(helper.make_node("Gather", ["input", idx], ["y"], name="gth", axis=1))
         return "y"
     refused("gather_activation", gather_activation, "UNSUPPORTED", ["shapes", "gth"])
@@ -1029,6 +1057,19 @@ def cases(outdir, mf):
         return "ln"
     refused("layernorm_op_axis1", layernorm_op_axis1, "UNSUPPORTED", ["LayerNormalization", "ln1", "channels"],
             opset=17)
+
+    def gather_channel_out_of_range(case):
+        case.nodes.append(helper.make_node("Gather", ["input", case.const(np.array([3], dtype=np.int64),
+                                                                          dtype=np.int64)], ["ch"], name="g3", axis=1))
+        return conv_after(case, "ch", 1)
+    refused("gather_channel_out_of_range", gather_channel_out_of_range, "FORMAT", ["g3", "index 3", "3 channels"])
+
+    def gather_channel_no_unsqueeze(case):  # a scalar index leaves [N, H, W], which MedSearch does not run
+        case.nodes.append(helper.make_node("Gather", ["input", case.const(np.array(0, dtype=np.int64),
+                                                                          dtype=np.int64)], ["ch"], name="g0", axis=1))
+        case.nodes.append(helper.make_node("Relu", ["ch"], ["r"], name="r"))
+        return "r"
+    refused("gather_channel_no_unsqueeze", gather_channel_no_unsqueeze, "UNSUPPORTED", ["g0", "Gather"])
 
     def layernorm_op_axis2(case):  # height and width: never the channels
         w = case.const(rand(14, 14))

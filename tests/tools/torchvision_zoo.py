@@ -73,6 +73,9 @@ HEADS = {
     # ConvNeXt-Tiny with its head's LayerNorm on the flattened vector, as the
     # original ConvNeXt code has it (norm(x.mean([-2, -1]))): a layer norm of [N, C]
     "convnext_tiny_flatnorm": None,
+    # GoogLeNet as torchvision builds it for its ImageNet weights (transform_input):
+    # each input channel rescaled first, as Gather, Unsqueeze, Mul, Add, Concat
+    "googlenet_ti": "fc",
 }
 
 
@@ -96,8 +99,11 @@ def build(name, seed):
     import torchvision
 
     torch.manual_seed(seed)
-    kwargs = {"aux_logits": False, "init_weights": True} if name == "googlenet" else {}
+    kwargs = {"aux_logits": False, "init_weights": True} if name.startswith("googlenet") else {}
+    if name.endswith("_ti"):
+        kwargs["transform_input"] = True
     base = name.replace("_grey", "").replace("_view", "").replace("_squeeze", "").replace("_acts", "").replace("_nhwc", "").replace("_avgpool7", "").replace("_classifier", "").replace("_flatnorm", "")
+    base = base[:-len("_ti")] if base.endswith("_ti") else base
     model = getattr(torchvision.models, base)(weights=None, **kwargs)
     if channels(name) == 1:
         model.features.conv0 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)
