@@ -1137,6 +1137,47 @@ int graph_classifier_head(const graph *g, int t, int *head, int *layers)
     return x;
 }
 
+int graph_classifier_head_behind(const graph *g, int t, int *head, int *layers)
+{
+    int *stack = malloc(((size_t)g->nt + 1) * sizeof *stack);
+    unsigned char *seen = calloc((size_t)g->nt + 1, 1);
+    int sp = 0, pooled = -1, scores = -1, h, l;
+    if (!stack || !seen)
+        goto fail;
+    stack[sp++] = t;
+    seen[t] = 1;
+    while (sp) {
+        int u = stack[--sp], p = graph_producer(g, u);
+        if (p < 0) {
+            if (g->t[u].is_input)
+                goto fail; /* a path from the image around the head */
+            continue;
+        }
+        int x = graph_classifier_head(g, u, &h, &l);
+        if (x >= 0) { /* a head's scores: every walk must end at the same ones */
+            if (pooled >= 0 && (x != pooled || u != scores))
+                goto fail;
+            pooled = x, *head = h, *layers = l, scores = u;
+            continue;
+        }
+        const g_node *nd = &g->n[p];
+        for (int k = 0; k < nd->n_in; k++) {
+            int r = nd->in[k];
+            if (r >= 0 && !g->t[r].is_const && !seen[r]) {
+                seen[r] = 1;
+                stack[sp++] = r;
+            }
+        }
+    }
+    free(stack);
+    free(seen);
+    return pooled;
+fail:
+    free(stack);
+    free(seen);
+    return -1;
+}
+
 int graph_pool_is_global(const graph *g, int node)
 {
     const g_node *nd = &g->n[node];

@@ -281,7 +281,11 @@ int graph_order(graph *g, ms_err *err);
  * own weights; MS_EUNSUPPORTED otherwise. 0 and nothing done for 3 channels.
  * Call once, after graph_order. */
 int graph_grey_input(graph *g, ms_err *err);
-int graph_infer_shapes(graph *g, int input_size, ms_err *err);
+/* Shapes of every tensor at the given input size, shape arithmetic folded
+ * into constants. A node the tensor `target` does not need whose shape
+ * cannot be inferred (a classifier's post-processing, say) is dropped with
+ * what reads it; one it needs is an error. 0 or a code. */
+int graph_infer_shapes(graph *g, int input_size, int target, ms_err *err);
 int graph_optimise(graph *g, const int *keep, int n_keep, ms_err *err);
 
 /* Marks in need[] (g->nn entries, zeroed by the caller) every live node the
@@ -343,6 +347,12 @@ int graph_global_pool_node(const graph *g, int t);
  * though MedSearch does not run them. */
 #define G_MAX_HEAD_LAYERS 4
 int graph_classifier_head(const graph *g, int t, int *head, int *layers);
+/* The same when t is computed from a classifier's scores by any ops (the
+ * post-processing of a chest X-ray model's outputs, as torchxrayvision's
+ * op_norm exports): every path back from t, over all non-constant inputs,
+ * must end at the same scores (a tensor from which graph_classifier_head
+ * finds the head), never at the image input. Its pooled tensor, or -1. */
+int graph_classifier_head_behind(const graph *g, int t, int *head, int *layers);
 
 /* Whether pooling node `node` pools its whole input map into one value per
  * channel: always for the global pools, and for an AveragePool or MaxPool

@@ -473,6 +473,20 @@ static void resolve_auto_pooling(model *m)
     use_graph_output(m);
 }
 
+/* Whether computing tensor t needs a node MedSearch does not run. */
+static int needs_unsupported(const graph *g, int t)
+{
+    unsigned char *need = calloc((size_t)g->nn + 1, 1);
+    if (!need)
+        return 0;
+    graph_mark_needed(g, t, need);
+    int found = 0;
+    for (int i = 0; i < g->nn && !found; i++)
+        found = need[i] && g->n[i].op == G_UNSUPPORTED;
+    free(need);
+    return found;
+}
+
 static int pick_feature(model *m, const model_options *o, ms_err *err)
 {
     graph *g = &m->g;
@@ -491,6 +505,9 @@ static int pick_feature(model *m, const model_options *o, ms_err *err)
     m->head_node = -1;
     if (!name) { /* the first output by default: behind a classifier head, the pooled vector it reads */
         int pooled = graph_classifier_head(g, t, &m->head_node, &m->head_layers);
+        /* scores post-processed by ops MedSearch does not run: the head behind them */
+        if (pooled < 0 && needs_unsupported(g, t))
+            pooled = graph_classifier_head_behind(g, t, &m->head_node, &m->head_layers);
         if (pooled >= 0) {
             m->head_output = t;
             t = pooled;
@@ -538,7 +555,7 @@ static int compile(model *m, const model_options *o, ms_err *err)
     if ((rc = graph_order(g, err)) || (rc = graph_rewrite(g, err)) || (rc = resolve_prep(m, o, err)) ||
         (rc = pick_feature(m, o, err)) ||
         (rc = graph_prune(g, m->feature, err)) || (rc = graph_grey_input(g, err)) ||
-        (rc = graph_infer_shapes(g, m->prep.size, err)))
+        (rc = graph_infer_shapes(g, m->prep.size, m->feature, err)))
         return rc;
     if ((rc = check_pool_covers_map(m, err)))
         return rc;

@@ -25,7 +25,9 @@
  * medsearch.feature_output, else the graph's first output; when that is a
  * classifier head on a global pool (up to four dense layers, each a Gemm or
  * a MatMul and Add, activations and Dropout between them, then any
- * Softmax), the pooled vector the head reads instead. With a pooling
+ * Softmax; or any ops MedSearch does not run after such a head's scores,
+ * when every path back from the output ends there), the pooled vector the
+ * head reads instead. With a pooling
  * other than MODEL_POOL_OUTPUT the runtime instead takes the 4-D map that
  * feeds the global pooling (GlobalAveragePool, ReduceMean over H and W,
  * GlobalMaxPool, or an AveragePool or MaxPool whose kernel covers the whole

@@ -780,26 +780,60 @@ static int fold_shape_node(graph *g, g_node *nd, ms_err *err)
     return 1;
 }
 
-int graph_infer_shapes(graph *g, int input_size, ms_err *err)
+/* Whether a node reads a tensor no live node computes (its producer was
+ * dropped). */
+static int reads_dropped(const graph *g, const g_node *nd)
+{
+    for (int k = 0; k < nd->n_in; k++) {
+        int t = nd->in[k];
+        if (t >= 0 && !g->t[t].is_const && !g->t[t].is_input && graph_producer(g, t) < 0)
+            return 1;
+    }
+    return 0;
+}
+
+/* The shape of node nd's output, shape arithmetic folded. */
+static int shape_one(graph *g, g_node *nd, ms_err *err)
+{
+    int rc = fold_shape_node(g, nd, err);
+    if (rc)
+        return rc < 0 ? rc : 0;
+    if ((rc = shape_node(g, nd, err)))
+        return rc;
+    const g_tensor *o = &g->t[nd->out];
+    if (o->rank != 2 && o->rank != 4 && !(o->rank == 3 && nd->op == G_SQUEEZE)) /* x.squeeze(-1).squeeze(-1) */
+        return ms_err_set(err, MS_EUNSUPPORTED, "node '%s' (%s) produces a rank-%d tensor; only rank 2 and 4 are supported",
+                          nd->name, nd->op_type, o->rank);
+    return 0;
+}
+
+int graph_infer_shapes(graph *g, int input_size, int target, ms_err *err)
 {
     g_tensor *in = &g->t[g->input];
     int64_t dims[4] = {1, 3, input_size, input_size};
     in->rank = 4;
     memcpy(in->dims, dims, sizeof dims);
     in->shaped = 1;
-    for (int i = 0; i < g->n_order; i++) {
-        g_node *nd = &g->n[g->order[i]];
-        int rc = fold_shape_node(g, nd, err);
-        if (rc < 0)
-            return rc;
-        if (rc > 0 || nd->dead)
+    unsigned char *need = calloc((size_t)g->nn + 1, 1);
+    if (!need)
+        return ms_err_set(err, MS_ENOMEM, "out of memory");
+    graph_mark_needed(g, target, need);
+    int rc = 0, dropped = 0;
+    for (int i = 0; i < g->n_order && !rc; i++) {
+        int ni = g->order[i];
+        g_node *nd = &g->n[ni];
+        if (nd->dead)
             continue;
-        if ((rc = shape_node(g, nd, err)))
-            return rc;
-        const g_tensor *o = &g->t[nd->out];
-        if (o->rank != 2 && o->rank != 4 && !(o->rank == 3 && nd->op == G_SQUEEZE)) /* x.squeeze(-1).squeeze(-1) */
-            return ms_err_set(err, MS_EUNSUPPORTED, "node '%s' (%s) produces a rank-%d tensor; only rank 2 and 4 are supported",
-                              nd->name, nd->op_type, o->rank);
+        ms_err unneeded = {0};
+        if (!need[ni] && reads_dropped(g, nd)) {
+            nd->dead = 1;
+            dropped++;
+        } else if ((rc = shape_one(g, nd, need[ni] ? err : &unneeded)) && !need[ni]) {
+            nd->dead = 1; /* never computed: what the feature does not need may stay unshaped */
+            dropped++;
+            rc = 0;
+        }
     }
-    return 0;
+    free(need);
+    return rc ? rc : dropped ? graph_order(g, err) : 0;
 }

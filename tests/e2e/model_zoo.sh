@@ -163,6 +163,22 @@ export_and_check_logits "$m"
 grep -q "768 values, pooling output" "$T/info" && grep -q "head of 1 dense layer from '/classifier/classifier.2/Gemm'" \
     "$T/info" || fail "$m: the default feature is not the normalised pooled vector: $(grep -A1 '^feature' "$T/info")"
 
+echo "== a chest X-ray classifier whose scores are post-processed by ops MedSearch does not run"
+m=densenet121_xrv_grey # torchxrayvision's op_norm: NonZero, ScatterND, shape arithmetic
+"$PY" "$TOOL" export "$T" "$m" >/dev/null 2>"$T/export.err" || { cat "$T/export.err"; fail "export $m"; }
+M=$T/$m.onnx
+"$BIN" info --model "$M" >"$T/info" 2>&1 || fail "$m: refused: $(cat "$T/info")"
+grep -q "1024 values, pooling gem3 of" "$T/info" && grep -q "head of 1 dense layer from '/classifier/Gemm'" "$T/info" ||
+    fail "$m: the default feature is not the pooled vector behind the head: $(grep -A1 '^feature' "$T/info")"
+pooled=$(sed -n 's/^feature     \([^,]*\), .*/\1/p' "$T/info")
+"$BIN" embed --model "$M" --raw --pool avg -o "$T/xrv.avg" "${IMGS[0]}" >/dev/null 2>&1 || fail "$m: embed --pool avg"
+"$BIN" embed --model "$M" --raw --output "$pooled" -o "$T/xrv.pooled" "${IMGS[0]}" >/dev/null 2>"$T/err" ||
+    fail "$m: --output $pooled (its shape arithmetic after the head must not stop it): $(cat "$T/err")"
+"$PY" "$TOOL" compare "$T/xrv.avg" "$T/xrv.pooled" 1 1e-5 >/dev/null || fail "$m: --pool avg is not the graph's pool"
+"$BIN" embed --model "$M" --output features "${IMGS[0]}" >/dev/null 2>"$T/err" &&
+    fail "$m: its post-processed scores were computed"
+grep -q "does not support" "$T/err" || fail "$m: message for the scores: $(cat "$T/err")"
+
 echo "== a model of one grey channel"
 "$BIN" info --model "$T/densenet121_grey.onnx" >"$T/info" 2>&1 || fail "info on densenet121_grey"
 grep -q "one channel" "$T/info" || fail "info does not say the model takes one channel: $(grep preprocess "$T/info")"

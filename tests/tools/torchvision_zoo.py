@@ -76,6 +76,10 @@ HEADS = {
     # GoogLeNet as torchvision builds it for its ImageNet weights (transform_input):
     # each input channel rescaled first, as Gather, Unsqueeze, Mul, Add, Concat
     "googlenet_ti": "fc",
+    # a torchxrayvision-style chest X-ray classifier: DenseNet-121 on one grey
+    # channel, 18 findings, its sigmoid scores calibrated by op_norm (thresholds,
+    # boolean masks: NonZero, ScatterND and shape arithmetic MedSearch does not run)
+    "densenet121_xrv_grey": None,
 }
 
 
@@ -104,6 +108,7 @@ def build(name, seed):
         kwargs["transform_input"] = True
     base = name.replace("_grey", "").replace("_view", "").replace("_squeeze", "").replace("_acts", "").replace("_nhwc", "").replace("_avgpool7", "").replace("_classifier", "").replace("_flatnorm", "")
     base = base[:-len("_ti")] if base.endswith("_ti") else base
+    base = base.replace("_xrv", "")
     model = getattr(torchvision.models, base)(weights=None, **kwargs)
     if channels(name) == 1:
         model.features.conv0 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)
@@ -147,6 +152,8 @@ def build(name, seed):
                 if isinstance(module, torch.nn.LayerNorm):
                     module.weight.uniform_(0.5, 1.5)
                     module.bias.uniform_(-0.2, 0.2)
+    if "_xrv" in name:
+        model = ChestXrayClassifier(model)
     head = HEADS[name]
     if head:
         setattr(model, head, torch.nn.Identity())
@@ -160,6 +167,35 @@ def build(name, seed):
                 return self.inner(x.permute(0, 3, 1, 2))
         model = ChannelsLast(model)
     return model
+
+
+def op_norm(outputs, op_threshs):
+    """torchxrayvision's calibration of sigmoid scores against per-finding thresholds."""
+    import torch
+    op_threshs = op_threshs.expand(outputs.shape[0], -1)
+    outputs_new = torch.zeros(outputs.shape, device=outputs.device)
+    mask_leq = outputs < op_threshs
+    outputs_new[mask_leq] = outputs[mask_leq] / (op_threshs[mask_leq] * 2)
+    outputs_new[~mask_leq] = 1.0 - ((1.0 - outputs[~mask_leq]) / ((1 - op_threshs[~mask_leq]) * 2))
+    return outputs_new
+
+
+def ChestXrayClassifier(densenet):
+    import torch
+    import torch.nn.functional as F
+
+    class Classifier(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = densenet.features
+            self.classifier = torch.nn.Linear(1024, 18)
+            self.register_buffer("op_threshs", torch.rand(18) * 0.8 + 0.1)
+
+        def forward(self, x):
+            f = self.features(x)
+            out = F.adaptive_avg_pool2d(F.relu(f), (1, 1)).view(f.size(0), -1)
+            return op_norm(torch.sigmoid(self.classifier(out)), self.op_threshs)
+    return Classifier()
 
 
 def cmd_export(d, names):

@@ -43,8 +43,12 @@ static void gemm_layer(mb *b, const char *name, const char *x, int in, int out, 
  * "pooled" then a head of 5 values: head 1 a Gemm; 2 a MatMul, Add and
  * Softmax as Keras models come; 3 Gemm, Relu, Dropout, Gemm, Softmax; 4
  * Gemm, hard swish as HardSigmoid and Mul, Dropout, Gemm, as MobileNetV3's
- * classifier). pool_op is a global pool, or with kernel > 0 an AveragePool
- * or MaxPool of that kernel and stride. */
+ * classifier; 5 a Gemm and Sigmoid "probs" post-processed by ops MedSearch
+ * does not run, Where(Less(probs, THR), probs, Reshape(THR, THR)), as
+ * torchxrayvision's op_norm, with a Reshape of a constant that shape
+ * inference cannot take; 6 the same with "pooled" for the Reshape, a path
+ * around the head). pool_op is a global pool, or with kernel > 0 an
+ * AveragePool or MaxPool of that kernel and stride. */
 static void base_full(mb *b, const char *act, const char *pool_op, int kernel, int head)
 {
     mb_init(b);
@@ -88,6 +92,14 @@ static void base_full(mb *b, const char *act, const char *pool_op, int kernel, i
         mb_node(b, "Mul", "swish", "h", "hg", NULL, "ha");
         mb_node(b, "Dropout", "drop", "ha", NULL, NULL, "hd");
         gemm_layer(b, "head", "hd", 6, 5, "features");
+    } else if (head == 5 || head == 6) {
+        gemm_layer(b, "head", "pooled", 4, 5, "logits");
+        mb_node(b, "Sigmoid", "sig", "logits", NULL, NULL, "probs");
+        int64_t td[1] = {5};
+        mb_const(b, "THR", 1, td);
+        mb_node(b, "Less", "cmp", "probs", "THR", NULL, "mask");
+        mb_node(b, "Reshape", "odd", "THR", "THR", NULL, "thr2");
+        mb_node(b, "Where", "sel", "mask", "probs", head == 5 ? "thr2" : "pooled", "features");
     } else if (head) {
         gemm_layer(b, "head", "pooled", 4, 5, "features");
     }
@@ -582,6 +594,9 @@ static void test_pooling_auto(void **state)
         {"Relu", "GlobalAveragePool", 0, 4, NULL, MODEL_POOL_GEM, 4, "gem2.5"},
         {"Relu", "GlobalAveragePool", 0, 4, "features", MODEL_POOL_OUTPUT, 5, "output"},
         {"Relu", "AveragePool", 8, 4, NULL, MODEL_POOL_OUTPUT, 5, "output"},
+        {"Relu", "GlobalAveragePool", 0, 5, NULL, MODEL_POOL_GEM, 4, "gem2.5"},
+        {"Relu", "GlobalAveragePool", 0, 5, "pooled", MODEL_POOL_OUTPUT, 4, "output"},
+        {"Relu", "GlobalAveragePool", 0, 5, "probs", MODEL_POOL_OUTPUT, 5, "output"},
         {"Softplus", "GlobalAveragePool", 0, 0, NULL, MODEL_POOL_GEM, 4, "gem2.5"},
         {"Sigmoid", "GlobalAveragePool", 0, 0, NULL, MODEL_POOL_GEM, 4, "gem2.5"},
         {"LeakyRelu", "GlobalAveragePool", 0, 0, NULL, MODEL_POOL_OUTPUT, 4, "output"},
@@ -617,7 +632,8 @@ static void test_pooling_auto(void **state)
     } told[] = {{1, "head of 1 dense layer from 'head' (Gemm) giving 'features'"},
                 {2, "head of 1 dense layer from 'dense' (MatMul) giving 'features'"},
                 {3, "head of 2 dense layers from 'hidden' (Gemm) giving 'features'"},
-                {4, "head of 2 dense layers from 'hidden' (Gemm) giving 'features'"}};
+                {4, "head of 2 dense layers from 'hidden' (Gemm) giving 'features'"},
+                {5, "head of 1 dense layer from 'head' (Gemm) giving 'features'"}};
     for (size_t k = 0; k < sizeof told / sizeof *told; k++) {
         mb b;
         base_with(&b, "GlobalAveragePool", told[k].head);
@@ -642,6 +658,11 @@ static void test_pooling_auto(void **state)
     model_options_init(&o);
     o.output = "features";
     expect_base_refused("GlobalAveragePool", 0, 2, &o, "MatMul");
+    /* post-processed scores: named, they need ops MedSearch does not run; with
+     * a path around the head, the output is no head's and is refused too */
+    expect_base_refused("GlobalAveragePool", 0, 5, &o, "Less");
+    model_options_init(&o);
+    expect_base_refused("GlobalAveragePool", 0, 6, &o, "Less");
     model_pool p = MODEL_POOL_OUTPUT;
     assert_int_equal(model_pool_parse("auto", &p), 0);
     assert_int_equal(p, MODEL_POOL_AUTO);
