@@ -258,7 +258,7 @@ static int check_defined(const graph *g, ms_err *err)
 {
     for (int i = 0; i < g->nn; i++) {
         const g_node *nd = &g->n[i];
-        for (int k = 0; k < nd->n_in; k++) {
+        for (int k = 0; !nd->dead && k < nd->n_in; k++) {
             int t = nd->in[k];
             if (t < 0)
                 continue;
@@ -523,7 +523,7 @@ static int can_fuse_into(const graph *g, int t, const unsigned char *keep, int c
     return t >= 0 && !keep[t] && g->t[t].consumers == consumers && graph_producer(g, t) >= 0;
 }
 
-static void take_output(graph *g, g_node *into, g_node *from)
+void graph_take_output(graph *g, g_node *into, g_node *from)
 {
     g_tensor *mid = &g->t[into->out];
     mid->consumers = 0;
@@ -575,7 +575,7 @@ static void fuse_eltwise(graph *g, g_node *e, const unsigned char *keep)
     if ((p->op != G_CONV && p->op != G_GEMM && !is_binary(p->op)) || p->n_post >= G_MAX_POST)
         return;
     p->post[p->n_post++] = post;
-    take_output(g, p, e);
+    graph_take_output(g, p, e);
     g->stats.act_fused++;
 }
 
@@ -801,7 +801,7 @@ static void fuse_sum(graph *g, g_node *add, int add_pos, const unsigned char *ke
     memset(p, 0, sizeof *p);
     p->kind = G_POST_SUM;
     p->tensor = add->in[1 - best];
-    take_output(g, conv, add);
+    graph_take_output(g, conv, add);
     /* move the conv to the Add's slot */
     memmove(&g->order[best_pos], &g->order[best_pos + 1], (size_t)(add_pos - best_pos) * sizeof *g->order);
     g->order[add_pos] = conv_i;
@@ -851,7 +851,7 @@ int graph_optimise(graph *g, const int *keep_list, int n_keep, ms_err *err)
         if (conv->op != G_CONV || conv->n_post)
             continue;
         if (!(rc = fold_bn(g, conv, bn, err))) {
-            take_output(g, conv, bn);
+            graph_take_output(g, conv, bn);
             g->stats.bn_folded++;
         }
     }
@@ -912,20 +912,29 @@ void graph_mark_needed(const graph *g, int target, unsigned char *need)
     free(seen);
 }
 
-int graph_prune(graph *g, int feature, ms_err *err)
+int graph_first_unsupported(const graph *g, int t)
 {
     unsigned char *need = calloc((size_t)g->nn + 1, 1);
     if (!need)
+        return MS_ENOMEM;
+    graph_mark_needed(g, t, need);
+    int found = -1;
+    for (int i = 0; i < g->n_order && found < 0; i++)
+        if (g->n[g->order[i]].op == G_UNSUPPORTED && need[g->order[i]])
+            found = g->order[i];
+    free(need);
+    return found;
+}
+
+int graph_prune(graph *g, int feature, ms_err *err)
+{
+    int u = graph_first_unsupported(g, feature), dropped = 0;
+    if (u == MS_ENOMEM)
         return ms_err_set(err, MS_ENOMEM, "out of memory");
-    graph_mark_needed(g, feature, need);
-    int rc = 0, dropped = 0;
-    for (int i = 0; i < g->n_order && !rc; i++) {
-        g_node *nd = &g->n[g->order[i]];
-        if (nd->op == G_UNSUPPORTED && need[g->order[i]])
-            rc = onnx_unsupported(g, nd, feature, err);
-    }
+    if (u >= 0)
+        return onnx_unsupported(g, &g->n[u], feature, err);
     /* in order, so a node's producers are settled before it */
-    for (int i = 0; i < g->n_order && !rc; i++) {
+    for (int i = 0; i < g->n_order; i++) {
         g_node *nd = &g->n[g->order[i]];
         int tainted = nd->op == G_UNSUPPORTED;
         for (int k = 0; k < nd->n_in && !tainted; k++) {
@@ -937,9 +946,8 @@ int graph_prune(graph *g, int feature, ms_err *err)
             dropped++;
         }
     }
-    free(need);
-    if (rc || !dropped)
-        return rc;
+    if (!dropped)
+        return 0;
     compact_order(g);
     count_consumers(g);
     return 0;

@@ -299,6 +299,9 @@ void graph_mark_needed(const graph *g, int target, unsigned char *need);
  * (onnx_unsupported) when the feature depends on an op MedSearch does not
  * run, or MS_ENOMEM. Call after graph_order, before shape inference. */
 int graph_prune(graph *g, int feature, ms_err *err);
+/* The first node in order of an op MedSearch does not run that tensor t
+ * needs: its index, -1 for none, or MS_ENOMEM. */
+int graph_first_unsupported(const graph *g, int t);
 
 /* The tensors node reads, post-op sums included: fills in[] (capacity cap)
  * and returns the count; -1 entries (omitted inputs) are skipped. */
@@ -319,9 +322,15 @@ int64_t graph_live_bytes(const graph *g, int target);
 
 /* Load-time rewrites (rewrite.c), after graph_order and before the feature
  * is chosen: GELU from Erf, layer normalisation over channels from its
- * decomposition, and channels-last regions between Transposes (ConvNeXt's
- * blocks) lifted to NCHW. Leaves the graph ordered; 0 or a code. */
-int graph_rewrite(graph *g, ms_err *err);
+ * decomposition, one channel from a Gather, and channels-last regions
+ * between Transposes (ConvNeXt's blocks) lifted to NCHW. Tensor `keep` (the
+ * feature named by the caller, -1 for none) and the graph outputs stay as
+ * the file computes them. Leaves the graph ordered; 0 or a code. */
+int graph_rewrite(graph *g, int keep, ms_err *err);
+
+/* Node `into` takes over the output of node `from`, a node after it that it
+ * absorbed (now dead); into's own output is marked fused into it. */
+void graph_take_output(graph *g, g_node *into, g_node *from);
 
 /* The node that produces tensor t after fusion, or -1. */
 int graph_producer(const graph *g, int t);

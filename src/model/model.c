@@ -473,25 +473,17 @@ static void resolve_auto_pooling(model *m)
     use_graph_output(m);
 }
 
-/* Whether computing tensor t needs a node MedSearch does not run. */
-static int needs_unsupported(const graph *g, int t)
+/* The tensor named as the feature: options.output, else the model's
+ * medsearch.feature_output metadata; NULL for the default. */
+static const char *feature_name(const graph *g, const model_options *o)
 {
-    unsigned char *need = calloc((size_t)g->nn + 1, 1);
-    if (!need)
-        return 0;
-    graph_mark_needed(g, t, need);
-    int found = 0;
-    for (int i = 0; i < g->nn && !found; i++)
-        found = need[i] && g->n[i].op == G_UNSUPPORTED;
-    free(need);
-    return found;
+    return o->output ? o->output : meta_str(g, "medsearch.feature_output");
 }
 
 static int pick_feature(model *m, const model_options *o, ms_err *err)
 {
     graph *g = &m->g;
-    const char *meta = meta_str(g, "medsearch.feature_output");
-    const char *name = o->output ? o->output : meta;
+    const char *name = feature_name(g, o);
     int t = name ? graph_find(g, name) : g->outputs[0];
     if (t >= 0 && g->t[t].producer >= 0 && g->n[g->t[t].producer].dead)
         return ms_err_set(err, MS_EUNSUPPORTED, "the feature '%.200s' is the NHWC input transposed, which MedSearch "
@@ -506,7 +498,7 @@ static int pick_feature(model *m, const model_options *o, ms_err *err)
     if (!name) { /* the first output by default: behind a classifier head, the pooled vector it reads */
         int pooled = graph_classifier_head(g, t, &m->head_node, &m->head_layers);
         /* scores post-processed by ops MedSearch does not run: the head behind them */
-        if (pooled < 0 && needs_unsupported(g, t))
+        if (pooled < 0 && graph_first_unsupported(g, t) >= 0)
             pooled = graph_classifier_head_behind(g, t, &m->head_node, &m->head_layers);
         if (pooled >= 0) {
             m->head_output = t;
@@ -552,7 +544,9 @@ static int compile(model *m, const model_options *o, ms_err *err)
 {
     graph *g = &m->g;
     int rc;
-    if ((rc = graph_order(g, err)) || (rc = graph_rewrite(g, err)) || (rc = resolve_prep(m, o, err)) ||
+    const char *named = feature_name(g, o);
+    if ((rc = graph_order(g, err)) || (rc = graph_rewrite(g, named ? graph_find(g, named) : -1, err)) ||
+        (rc = resolve_prep(m, o, err)) ||
         (rc = pick_feature(m, o, err)) ||
         (rc = graph_prune(g, m->feature, err)) || (rc = graph_grey_input(g, err)) ||
         (rc = graph_infer_shapes(g, m->prep.size, m->feature, err)))

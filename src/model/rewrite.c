@@ -46,13 +46,17 @@
 
 /* The live readers of each tensor, built once per pass: readers of t are
  * node[start[t] .. start[t + 1]). Nodes killed during a pass stay listed;
- * callers check `dead`. */
+ * callers check `dead`. `keep`: the tensor named as the feature (-1 for
+ * none), which, like a graph output, counts as one more reader, so that no
+ * rewrite folds it away or changes its layout. */
 typedef struct readers {
     int *start, *node;
+    int keep;
 } readers;
 
-static int readers_build(const graph *g, readers *r, ms_err *err)
+static int readers_build(const graph *g, int keep, readers *r, ms_err *err)
 {
+    r->keep = keep;
     r->start = calloc((size_t)g->nt + 2, sizeof *r->start);
     int total = 0;
     for (int i = 0; i < g->nn; i++)
@@ -91,18 +95,19 @@ static void readers_free(readers *r)
     free(r->node);
 }
 
-static int is_graph_output(const graph *g, int t)
+/* Whether t must stay as the file computes it: a graph output, or `keep`. */
+static int is_kept(const graph *g, int keep, int t)
 {
     for (int i = 0; i < g->n_outputs; i++)
         if (g->outputs[i] == t)
             return 1;
-    return 0;
+    return t == keep;
 }
 
-/* How many live nodes read t (a graph output counts as one more). */
+/* How many live nodes read t (a kept tensor counts as one more). */
 static int n_readers(const graph *g, const readers *r, int t)
 {
-    int n = is_graph_output(g, t);
+    int n = is_kept(g, r->keep, t);
     for (int k = r->start[t]; k < r->start[t + 1]; k++)
         n += r->node[k] >= 0 && !g->n[r->node[k]].dead;
     return n;
@@ -194,15 +199,6 @@ static int set_inputs(g_node *nd, int n, int x, ms_err *err)
     for (int i = 1; i < n; i++)
         in[i] = -1;
     return 0;
-}
-
-/* Node `into` takes over the output of node `from` (a node after it that
- * it absorbed). */
-static void take_over_output(graph *g, int into, int from)
-{
-    g->n[into].out = g->n[from].out;
-    g->t[g->n[into].out].producer = into;
-    g->n[from].dead = 1;
 }
 
 /* A new float constant of the given shape (zeroed); its index or a code. */
@@ -386,7 +382,7 @@ static int absorb_affine(graph *g, const readers *r, int ln, ms_err *err)
         if (c < 0)
             return c;
         g->n[ln].in[slot[s]] = c;
-        take_over_output(g, ln, u);
+        graph_take_output(g, &g->n[ln], &g->n[u]);
     }
     return 0;
 }
@@ -433,7 +429,7 @@ static int channel_at(graph *g, const readers *r, int i, ms_err *err)
     nd->op = G_CHANNEL;
     nd->channel = (int)k;
     if (scalar)
-        take_over_output(g, i, u);
+        graph_take_output(g, nd, &g->n[u]);
     return 1;
 }
 
@@ -504,7 +500,7 @@ static int liftable(const graph *g, int i, const unsigned char *in_cl)
  * activation through the nodes reading them, in order. 1 when the region
  * can be lifted whole (marking region nodes in node_cl), 0 when not, or a
  * code. */
-static int find_regions(const graph *g, unsigned char *in_cl, unsigned char *node_cl)
+static int find_regions(const graph *g, int keep, unsigned char *in_cl, unsigned char *node_cl)
 {
     int found = 0;
     for (int o = 0; o < g->n_order; o++) {
@@ -529,8 +525,8 @@ static int find_regions(const graph *g, unsigned char *in_cl, unsigned char *nod
             node_cl[i] = 1;
         }
     }
-    for (int o = 0; o < g->n_outputs; o++)
-        if (in_cl[g->outputs[o]])
+    for (int t = 0; t < g->nt; t++)
+        if (in_cl[t] && is_kept(g, keep, t))
             return 0;
     return found;
 }
@@ -595,15 +591,15 @@ static int bias_into_conv(graph *g, const readers *r, int conv, ms_err *err)
     g->n[conv].in = in;
     g->n[conv].n_in = 3;
     in[2] = b;
-    take_over_output(g, conv, add);
+    graph_take_output(g, &g->n[conv], &g->n[add]);
     return 0;
 }
 
-static int lift_regions(graph *g, ms_err *err)
+static int lift_regions(graph *g, int keep, ms_err *err)
 {
     unsigned char *in_cl = calloc((size_t)g->nt + 1, 1), *node_cl = calloc((size_t)g->nn + 1, 1);
     int rc = in_cl && node_cl ? 0 : ms_err_set(err, MS_ENOMEM, "out of memory");
-    int nn = g->nn, lifted = !rc && find_regions(g, in_cl, node_cl) == 1;
+    int nn = g->nn, lifted = !rc && find_regions(g, keep, in_cl, node_cl) == 1;
     for (int i = 0; lifted && !rc && i < nn; i++) {
         g_node *nd = &g->n[i];
         if (!node_cl[i])
@@ -634,10 +630,10 @@ static int lift_regions(graph *g, ms_err *err)
 typedef int (*rewrite_fn)(graph *g, const readers *r, int node, ms_err *err);
 
 /* fn at every live node that `match` accepts, with readers built once. */
-static int each_node(graph *g, int (*match)(const graph *, int), rewrite_fn fn, ms_err *err)
+static int each_node(graph *g, int keep, int (*match)(const graph *, int), rewrite_fn fn, ms_err *err)
 {
     readers r;
-    int rc = readers_build(g, &r, err);
+    int rc = readers_build(g, keep, &r, err);
     for (int i = 0, nn = g->nn; !rc && i < nn; i++)
         if (!g->n[i].dead && match(g, i) && (rc = fn(g, &r, i, err)) > 0)
             rc = 0;
@@ -670,16 +666,6 @@ static int match_lifted_conv(const graph *g, int i)
     return g->n[i].op == G_CONV && !strcmp(g->n[i].op_type, "MatMul") && g->n[i].n_in == 2;
 }
 
-static int absorb_affine_fn(graph *g, const readers *r, int node, ms_err *err)
-{
-    return absorb_affine(g, r, node, err);
-}
-
-static int bias_into_conv_fn(graph *g, const readers *r, int node, ms_err *err)
-{
-    return bias_into_conv(g, r, node, err);
-}
-
 /* A layer norm that cannot be over the channels is not run; shape
  * inference tells about the others once ranks are known. */
 static void refuse_other_layer_norms(graph *g)
@@ -689,16 +675,16 @@ static void refuse_other_layer_norms(graph *g)
             g->n[i].op = G_UNSUPPORTED;
 }
 
-int graph_rewrite(graph *g, ms_err *err)
+int graph_rewrite(graph *g, int keep, ms_err *err)
 {
     int rc, lifted;
-    if ((rc = each_node(g, match_gather, channel_at, err)) || (rc = each_node(g, match_erf, gelu_at, err)) ||
-        (rc = each_node(g, match_mean, layer_norm_at, err)) ||
-        (rc = each_node(g, match_layer_norm, absorb_affine_fn, err)))
+    if ((rc = each_node(g, keep, match_gather, channel_at, err)) || (rc = each_node(g, keep, match_erf, gelu_at, err)) ||
+        (rc = each_node(g, keep, match_mean, layer_norm_at, err)) ||
+        (rc = each_node(g, keep, match_layer_norm, absorb_affine, err)))
         return rc;
-    if ((lifted = lift_regions(g, err)) < 0)
+    if ((lifted = lift_regions(g, keep, err)) < 0)
         return lifted;
-    if (lifted && (rc = each_node(g, match_lifted_conv, bias_into_conv_fn, err)))
+    if (lifted && (rc = each_node(g, keep, match_lifted_conv, bias_into_conv, err)))
         return rc;
     refuse_other_layer_norms(g);
     return graph_order(g, err);

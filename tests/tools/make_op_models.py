@@ -8,8 +8,9 @@ Run with /usr/bin/python3 (Debian's python3-onnx, torch, numpy). Writes, per cas
 OUTDIR/NAME.onnx, OUTDIR/NAME.in.f32 (N x 3 x S x S) and OUTDIR/NAME.out.f32 (N x K), and
 one line per case to OUTDIR/manifest.txt:
 
-  ok NAME N S K             the model must load; its feature output must match
+  ok NAME N S K OUT         the model must load with OUT named as the feature; its output must match
   error NAME CODE WORD...   loading must fail with MS_E<CODE> and a message holding each WORD
+  error_named NAME OUT CODE WORD...   the same with tensor OUT named as the feature
 
 MedSearch feeds [N, 3, S, S] images, so every graph starts from a 3-channel square input.
 """
@@ -105,10 +106,12 @@ class Case:
             return ["batch", self.size, self.size, self.channels]
         return ["batch", self.channels, self.size, self.size]
 
-    def write(self, outdir, out, manifest, opset_imports=None):
+    def write(self, outdir, out, manifest, opset_imports=None, graph_out=None):
+        """out: the tensor the test names as the feature; the graph's output
+        is graph_out when given (the feature then is an inner tensor)."""
         g = helper.make_graph(self.nodes, self.name,
                               [helper.make_tensor_value_info("input", self.input_type(), self.input_dims())],
-                              [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)], self.inits)
+                              [helper.make_tensor_value_info(graph_out or out, TensorProto.FLOAT, None)], self.inits)
         m = helper.make_model(g, opset_imports=opset_imports or [helper.make_opsetid("", self.opset)])
         m.ir_version = 7
         onnx.save(m, os.path.join(outdir, self.name + ".onnx"))
@@ -736,6 +739,14 @@ def cases(outdir, mf):
     c = Case("layernorm_channels_first_plain")
     x = c.conv("input", 3, 8)
     c.write(outdir, layer_norm_chain(c, x, 1, eps=1e-5, square="Mul", affine=False), mf)
+    # a tensor a rewrite would fold away, named as the feature, stays as the file
+    # computes it: here the normalised map before the layer's weight and bias
+    c = Case("layernorm_named_before_affine")
+    y = layer_norm_chain(c, c.conv("input", 3, 8), 1, affine=False)
+    w, b = rand(8, 1, 1, lo=0.5, hi=1.5), rand(8, 1, 1, lo=-0.3, hi=0.3)
+    m = c.node("Mul", [y, c.const(w)], c.t(y) * torch.from_numpy(w))
+    a = c.node("Add", [m, c.const(b)], c.t(m) + torch.from_numpy(b))
+    c.write(outdir, y, mf, graph_out=a)
 
     def convnext_block(case, x, ch, square="Pow"):
         dw = case.conv(x, ch, ch, k=7, pads=(3, 3, 3, 3), group=ch)
@@ -821,6 +832,13 @@ def cases(outdir, mf):
         out = build(case)
         case.env.setdefault(out, torch.zeros(N, 1))
         write_error(case, outdir, out, mf, code, words)
+
+    def refused_named(name, build, graph_out, code, words):
+        """As refused, with the tensor build returns named as the feature and
+        graph_out the graph's output."""
+        case = Case(name)
+        out = build(case)
+        write_error(case, outdir, out, mf, code, words, graph_out=graph_out, named=True)
 
     def pad_node(case, x, pads, mode=None, value=None, name="pd"):
         ins = [x, case.const(np.array(pads, dtype=np.int64), dtype=np.int64)]
@@ -1085,6 +1103,23 @@ def cases(outdir, mf):
         return layer_norm_chain(case, x, -1, affine=False)
     refused("layernorm_last_axis_nchw", layernorm_last_axis_nchw, "UNSUPPORTED", ["LayerNormalization", "channels"])
 
+    def region_tensor_named(case):  # channels-last: MedSearch cannot give it in the file's layout
+        x = transpose_after(case, conv_after(case, "input"), [0, 2, 3, 1], name="into")
+        case.nodes.append(helper.make_node("Relu", [x], ["r"], name="r"))
+        case.nodes.append(helper.make_node("Transpose", ["r"], ["back"], name="out_of", perm=[0, 3, 1, 2]))
+        return "r"
+    refused_named("region_tensor_named", region_tensor_named, "back", "UNSUPPORTED", ["Transpose", "into"])
+
+    def erf_named(case):  # the Erf of a GELU, named: the GELU is not rewritten and Erf does not run
+        x = conv_after(case, "input")
+        nodes = [("Div", [x, case.const(np.float32(np.sqrt(2)))], "s"), ("Erf", ["s"], "e"),
+                 ("Add", ["e", case.const(np.float32(1))], "a"), ("Mul", [x, "a"], "m"),
+                 ("Mul", ["m", case.const(np.float32(0.5))], "gelu")]
+        for op, ins, out in nodes:
+            case.nodes.append(helper.make_node(op, ins, [out], name=out + "_node"))
+        return "e"
+    refused_named("gelu_erf_named", erf_named, "gelu", "UNSUPPORTED", ["Erf", "e_node"])
+
     def gelu_bad_approximate(case):
         case.nodes.append(helper.make_node("Gelu", [conv_after(case, "input")], ["g"], name="g1", approximate="fast"))
         return "g"
@@ -1143,14 +1178,18 @@ def cases(outdir, mf):
     write_error(c, outdir, "y", mf, "UNSUPPORTED", ["axis", "cat"])
 
 
-def write_error(case, outdir, out, mf, code, words, opsets=None):
+def write_error(case, outdir, out, mf, code, words, opsets=None, graph_out=None, named=False):
+    """named: the test names `out` as the feature (graph_out is the graph's output)."""
     g = helper.make_graph(case.nodes, case.name,
                           [helper.make_tensor_value_info("input", case.input_type(), case.input_dims())],
-                          [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)], case.inits)
+                          [helper.make_tensor_value_info(graph_out or out, TensorProto.FLOAT, None)], case.inits)
     m = helper.make_model(g, opset_imports=opsets or [helper.make_opsetid("", case.opset)])
     m.ir_version = 7
     onnx.save(m, os.path.join(outdir, case.name + ".onnx"))
-    mf.write(f"error {case.name} {code} {' '.join(words)}\n")
+    if named:
+        mf.write(f"error_named {case.name} {out} {code} {' '.join(words)}\n")
+    else:
+        mf.write(f"error {case.name} {code} {' '.join(words)}\n")
 
 
 def main(argv):

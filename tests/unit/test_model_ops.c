@@ -87,13 +87,18 @@ static int check_ok(const char *name, int n, int s, int k, const char *out)
     return fails;
 }
 
-static int check_error(const char *name, const char *code, char *words)
+/* Loading case `name`, with `output` named as the feature (NULL: the
+ * default), must fail with `code` and a message holding each of `words`. */
+static int check_error(const char *name, const char *output, const char *code, char *words)
 {
     char p[1024];
     snprintf(p, sizeof p, "%s/%s.onnx", dir, name);
     model *m = NULL;
     ms_err err = {0};
-    int rc = model_load(p, NULL, &m, &err);
+    model_options o;
+    model_options_init(&o);
+    o.output = output;
+    int rc = model_load(p, &o, &m, &err);
     int fails = rc != code_of(code);
     for (char *w = strtok(words, " \n"); w; w = strtok(NULL, " \n"))
         if (!strstr(err.msg, w))
@@ -112,13 +117,16 @@ static void test_ops(void **state)
     assert_non_null(f);
     int cases = 0, fails = 0;
     while (fgets(line, sizeof line, f)) {
-        char kind[16], name[128], code[32], out[128];
+        char kind[16], name[128], code[32], out[128], named[128];
         int n, s, k, used;
         if (sscanf(line, "ok %127s %d %d %d %127s", name, &n, &s, &k, out) == 5) {
             fails += check_ok(name, n, s, k, out) != 0;
             cases++;
+        } else if (sscanf(line, "error_named %127s %127s %31s %n", name, named, code, &used) == 3) {
+            fails += check_error(name, named, code, line + used) != 0;
+            cases++;
         } else if (sscanf(line, "%15s %127s %31s %n", kind, name, code, &used) == 3 && !strcmp(kind, "error")) {
-            fails += check_error(name, code, line + used) != 0;
+            fails += check_error(name, NULL, code, line + used) != 0;
             cases++;
         }
     }
