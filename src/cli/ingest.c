@@ -112,10 +112,10 @@ static void record_error(ingest_run *r, const char *file, const char *msg)
         json_array_append_new(r->errors, json_pack("{s:s, s:s}", "file", file, "error", msg));
 }
 
-/* Is this file an image, by its first bytes? */
+/* Is this file an image, by its first bytes? (DICOM's mark is at byte 128.) */
 static int sniff_file(const char *path)
 {
-    unsigned char head[16];
+    unsigned char head[132];
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return -1;
@@ -133,7 +133,7 @@ static void add_file(ingest_run *r, const char *path, const char *name)
         r->failed++;
     } else if (s == 0) {
         if (!r->quiet)
-            say(r, "medsearch %s: skip: %s: %s\n", path, "not a PNG, JPEG or TIFF image (by content)");
+            say(r, "medsearch %s: skip: %s: %s\n", path, "not a PNG, JPEG, TIFF or DICOM image (by content)");
         r->not_images++;
     } else if (list_push(&r->files, path, name) != 0) {
         say(r, "medsearch %s: fail: %s: %s\n", path, "out of memory");

@@ -17,6 +17,7 @@
  * Re-embedding runs the same pipeline over the stored images, writing
  * vectors instead of new images.
  */
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -131,6 +132,10 @@ typedef struct slot_item {
     image_info info;
     uint8_t *thumb;
     size_t thumb_len;
+    int has_dicom_meta;    /* dicom_meta is what gets stored */
+    store_meta dicom_meta; /* the caller's metadata completed from a DICOM header */
+    image_dicom_meta dicom;
+    store_kv *dicom_kv;    /* dicom_meta.kv when extended (malloc'd) */
     engine_item_result res;
     work_task task;
     slot *owner;
@@ -164,6 +169,59 @@ typedef struct pipe {
     ms_err err;
 } pipe_t;
 
+static bool text_given(const char *s)
+{
+    return s && *s;
+}
+
+/* A DICOM file's own attributes fill in what the caller's metadata leaves
+ * unknown (patient, study date, age, sex, view), and its modality and body
+ * part become the key/values "modality" and "body_part" unless the caller
+ * gave those keys. The caller's values always win. */
+static void complete_from_dicom(slot_item *si)
+{
+    ms_err ignored = {0};
+    if (si->info.format != IMAGE_DICOM ||
+        image_dicom_metadata(si->item.bytes, si->item.len, &si->dicom, &ignored) != 0)
+        return;
+    store_meta *m = &si->dicom_meta;
+    if (si->item.meta)
+        *m = *si->item.meta;
+    else
+        store_meta_init(m);
+    image_dicom_meta *d = &si->dicom;
+    if (!text_given(m->patient_id) && d->patient_id[0])
+        m->patient_id = d->patient_id;
+    if (!text_given(m->study_date) && d->study_date[0])
+        m->study_date = d->study_date;
+    if (!text_given(m->view) && d->view[0])
+        m->view = d->view;
+    if (m->age < 0)
+        m->age = d->age;
+    if (!m->sex)
+        m->sex = d->sex;
+    si->has_dicom_meta = 1;
+
+    char *keys[2] = {"modality", "body_part"}, *values[2] = {d->modality, d->body_part};
+    int add = 0;
+    for (int k = 0; k < 2; k++) {
+        for (int i = 0; i < m->n_kv && values[k]; i++)
+            if (!strcmp(m->kv[i].key, keys[k]))
+                values[k] = NULL;
+        add += values[k] && values[k][0];
+    }
+    store_kv *kv = add ? malloc(((size_t)m->n_kv + (size_t)add) * sizeof *kv) : NULL;
+    if (!kv)
+        return; /* without memory the file's key/values are left out, not the image */
+    if (m->n_kv)
+        memcpy(kv, m->kv, (size_t)m->n_kv * sizeof *kv);
+    for (int k = 0; k < 2; k++)
+        if (values[k] && values[k][0])
+            kv[m->n_kv++] = (store_kv){.key = keys[k], .value = values[k]};
+    m->kv = kv;
+    si->dicom_kv = kv;
+}
+
 static void decode_task(void *arg)
 {
     slot_item *si = arg;
@@ -181,6 +239,8 @@ static void decode_task(void *arg)
     if (rc) {
         si->state = ITEM_FAILED;
         si->res.err.code = rc;
+    } else if (sl->pipe->mode == PIPE_INGEST) {
+        complete_from_dicom(si);
     }
     pthread_mutex_lock(&sl->mu);
     if (--sl->pending == 0)
@@ -385,7 +445,8 @@ static int store_new_images(pipe_t *p, slot *sl, ms_err *err)
             .bytes = it->item.bytes, .len = it->item.len, .sha256 = it->sha,
             .mime = image_format_mime(it->info.format), .width = it->info.width, .height = it->info.height,
             .thumb = it->thumb, .thumb_len = it->thumb_len, .thumb_mime = "image/jpeg",
-            .meta = it->item.meta, .vec = sl->feat + (size_t)it->row * dim,
+            .meta = it->has_dicom_meta ? &it->dicom_meta : it->item.meta,
+            .vec = sl->feat + (size_t)it->row * dim,
         };
     }
     engine_write_begin(e, p->s);
@@ -506,6 +567,8 @@ static void slot_finish(pipe_t *p, slot *sl)
         p->src->done(p->src->ctx, it->token, &it->item, &it->res);
         free(it->thumb);
         it->thumb = NULL;
+        free(it->dicom_kv);
+        it->dicom_kv = NULL;
     }
     pthread_mutex_lock(&e->stats_mu);
     e->ingests += stored;

@@ -507,14 +507,15 @@ static unsigned accept_body(conn_ctx *x)
         if (!x->pp)
             return reply_error(&x->rep, 400, "bad_request",
                                "multipart/form-data without a usable boundary"), 400;
-    } else if (ct && (!strncasecmp(ct, "image/", 6) ||
+    } else if (ct && (!strncasecmp(ct, "image/", 6) || content_type_is(ct, "application/dicom") ||
                       content_type_is(ct, "application/octet-stream"))) {
         x->req.body_is_image = 1;
         snprintf(x->req.body_type, sizeof x->req.body_type, "%s", ct);
     } else if (declared > 0 || te) {
         reply_error(&x->rep, 415, "unsupported_media_type",
                     "Content-Type '%.60s' is not accepted: send multipart/form-data with an "
-                    "'image' field, or the image itself as image/png or image/jpeg",
+                    "'image' field, or the image itself as image/png, image/jpeg, image/tiff or "
+                    "application/dicom",
                     ct ? ct : "(none)");
         return 415;
     }

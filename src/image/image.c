@@ -23,6 +23,7 @@
 
 #include <vips/vips.h>
 
+#include "image/dicom.h"
 #include "image/internal.h"
 #include "util/timing.h"
 
@@ -310,6 +311,13 @@ static int load(const void *buf, size_t len, const image_info *info, int shrink,
     return 0;
 }
 
+/* n pixels of `stride` interleaved 8-bit samples (R, G, B first) to luma. */
+static void luma8_pixels(const uint8_t *src, size_t stride, size_t n, uint8_t *dst)
+{
+    for (size_t i = 0; i < n; i++, src += stride)
+        dst[i] = (uint8_t)((19595u * src[0] + 38470u * src[1] + 7471u * src[2] + 32768u) >> 16);
+}
+
 /* 8-bit RGB(A) -> 8-bit Rec.601 luma in one pass over the decoded pixels,
  * in PIL's fixed point: (19595 R + 38470 G + 7471 B + 32768) >> 16, the
  * weights 0.299/0.587/0.114 in 1/65536 (summing to exactly 1), rounded to
@@ -327,10 +335,7 @@ static int luma8_from_rgb(pipeline *pl, image_format format, ms_err *err)
     const uint8_t *src = vips_image_get_data(rgb);
     if (!src || !(*gray = gray8_memory_image(rgb->Xsize, rgb->Ysize)))
         return vips_failed(err, MS_ENOMEM, "no memory for the gray image");
-    uint8_t *dst = VIPS_IMAGE_ADDR(*gray, 0, 0);
-    size_t n = (size_t)rgb->Xsize * (size_t)rgb->Ysize, stride = (size_t)rgb->Bands;
-    for (size_t i = 0; i < n; i++, src += stride)
-        dst[i] = (uint8_t)((19595u * src[0] + 38470u * src[1] + 7471u * src[2] + 32768u) >> 16);
+    luma8_pixels(src, (size_t)rgb->Bands, (size_t)rgb->Xsize * (size_t)rgb->Ysize, VIPS_IMAGE_ADDR(*gray, 0, 0));
     return 0;
 }
 
@@ -423,12 +428,78 @@ static int to_uint8(pipeline *pl, bool sixteen_bit, ms_err *err)
     return 0;
 }
 
+/* A DICOM frame's JPEG stream decoded into the gray image out (cols x
+ * rows): its samples, or the luma of its colour, then for one sample the
+ * DICOM display pipeline. */
+static int dicom_jpeg_gray8(const dicom_image *d, const uint8_t *frame, size_t len, uint8_t *out, ms_err *err)
+{
+    pipeline jp = {0};
+    int rc = 0;
+    if (vips_jpegload_buffer((void *)frame, len, pipe_slot(&jp), "access", VIPS_ACCESS_SEQUENTIAL, "fail_on",
+                             VIPS_FAIL_ON_ERROR, NULL))
+        rc = vips_failed(err, MS_EFORMAT, "JPEG decode of the DICOM frame failed");
+    VipsImage *im = rc ? NULL : compute_here(pipe_last(&jp));
+    if (!rc && !im)
+        rc = vips_failed(err, MS_EFORMAT, "JPEG decode of the DICOM frame failed");
+    if (im)
+        *pipe_slot(&jp) = im;
+    if (!rc && (im->Xsize != d->cols || im->Ysize != d->rows || im->BandFmt != VIPS_FORMAT_UCHAR ||
+                (im->Bands != 1 && im->Bands != 3)))
+        rc = ms_err_set(err, MS_EFORMAT, "DICOM is corrupt: its header says %dx%d with %d sample(s), its JPEG frame "
+                        "is %dx%d with %d", d->cols, d->rows, d->samples, im->Xsize, im->Ysize, im->Bands);
+    if (!rc) {
+        const uint8_t *px = vips_image_get_data(im);
+        size_t n = (size_t)d->cols * (size_t)d->rows;
+        if (im->Bands == 3) {
+            luma8_pixels(px, 3, n, out);
+        } else {
+            memcpy(out, px, n);
+            if (d->samples == 1)
+                rc = dicom_gray8_from_jpeg(d, out, err);
+        }
+    }
+    pipe_free(&jp);
+    return rc;
+}
+
+/* The first frame of a DICOM file, through its display pipeline, as the
+ * 8-bit gray memory image every format becomes (the last image of pl). */
+static int decode_dicom_gray8(const void *buf, size_t len, pipeline *pl, ms_err *err)
+{
+    dicom_image d;
+    int rc = dicom_parse(buf, len, &d, err);
+    if (rc)
+        return rc;
+    VipsImage **gray = pipe_slot(pl);
+    if (!(*gray = gray8_memory_image(d.cols, d.rows)))
+        return vips_failed(err, MS_ENOMEM, "no memory for the gray image");
+    uint8_t *out = VIPS_IMAGE_ADDR(*gray, 0, 0);
+    if (d.encoding == DICOM_NATIVE)
+        return dicom_gray8(&d, d.pixel_data, 0, out, err);
+    uint8_t *frame = NULL, *raw = NULL;
+    size_t frame_len = 0;
+    if ((rc = dicom_frame_bytes(&d, &frame, &frame_len, err)))
+        return rc;
+    if (d.encoding == DICOM_JPEG) {
+        rc = dicom_jpeg_gray8(&d, frame, frame_len, out, err);
+    } else if (!(raw = malloc(dicom_frame_size(&d)))) {
+        rc = ms_err_set(err, MS_ENOMEM, "no memory for a DICOM frame of %zu bytes", dicom_frame_size(&d));
+    } else if (!(rc = dicom_rle_decode(&d, frame, frame_len, raw, err))) {
+        rc = dicom_gray8(&d, raw, 1, out, err);
+    }
+    free(raw);
+    free(frame);
+    return rc;
+}
+
 /* Decodes buf (already probed into info) to an 8-bit one-band image in
  * memory, owned by pl (its last image). want_w x want_h is the size the
  * caller will resize to; it only lets JPEG decode at a reduced scale. */
 static int decode_gray8(const void *buf, size_t len, const image_info *info, int want_w, int want_h, pipeline *pl,
                         ms_err *err)
 {
+    if (info->format == IMAGE_DICOM)
+        return decode_dicom_gray8(buf, len, pl, err);
     int shrink = info->format == IMAGE_JPEG ? jpeg_shrink_for(info, want_w, want_h) : 1;
     int rc = load(buf, len, info, shrink, pl, err);
     if (!rc)

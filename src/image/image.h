@@ -4,9 +4,11 @@
  * Formats are chosen by magic bytes, never by file name: PNG (1/2/4/8/16-bit
  * gray, gray+alpha, RGB, RGBA, palette), JPEG (8-bit baseline, extended,
  * progressive, gray or colour; CMYK, lossless, hierarchical and 12-bit are
- * rejected) and TIFF (classic, 8/16-bit unsigned grayscale, MinIsBlack or
- * MinIsWhite; first page). DICOM, GIF, WebP, BMP, JPEG 2000, HEIF, PDF, ...
- * are recognised and refused with MS_EUNSUPPORTED and a message naming them;
+ * rejected), TIFF (classic, 8/16-bit unsigned grayscale, MinIsBlack or
+ * MinIsWhite; first page) and DICOM (a Part 10 file: uncompressed, RLE or
+ * 8-bit JPEG; monochrome of 8 or 16 bits, or 8-bit colour; first frame; read
+ * by dicom.c, see dicom.h). GIF, WebP, BMP, JPEG 2000, HEIF, PDF, ... are
+ * recognised and refused with MS_EUNSUPPORTED and a message naming them;
  * other bytes give MS_EFORMAT. Decoding uses libvips' PNG/JPEG/TIFF loaders
  * called by name, with its untrusted loaders blocked.
  *
@@ -33,7 +35,9 @@
  *      point;
  *   3. 16-bit images are scaled by their own maximum: v * 255 / max(image),
  *      not / 65535 (an all-zero image stays 0); everything is rounded to
- *      8-bit gray (round half up);
+ *      8-bit gray (round half up). A DICOM image instead goes through its
+ *      own display pipeline (rescale, VOI window or LUT, or its value range
+ *      without either; MONOCHROME1 inverted; dicom_gray8 in dicom.h);
  *   4. resize the whole image (no crop, aspect not kept) to size x size:
  *      Lanczos3 on each reducing axis (a true antialiasing low-pass filter
  *      over all source pixels; reductions beyond 8x are done in steps of at
@@ -60,7 +64,7 @@
 
 #include "util/err.h"
 
-typedef enum { IMAGE_UNKNOWN = 0, IMAGE_PNG, IMAGE_JPEG, IMAGE_TIFF } image_format;
+typedef enum { IMAGE_UNKNOWN = 0, IMAGE_PNG, IMAGE_JPEG, IMAGE_TIFF, IMAGE_DICOM } image_format;
 
 typedef struct image_limits {
     size_t max_bytes;     /* default 64 MiB */
@@ -114,7 +118,8 @@ const char *image_library_version(void);
 
 image_limits image_default_limits(void);
 
-/* "png", "jpeg", "tiff" or "unknown"; and the MIME type ("image/png", ...). */
+/* "png", "jpeg", "tiff", "dicom" or "unknown"; and the MIME type
+ * ("image/png", ..., "application/dicom"). */
 const char *image_format_name(image_format f);
 const char *image_format_mime(image_format f);
 
@@ -127,7 +132,8 @@ image_format image_sniff(const void *buf, size_t len);
  * MS_ETOOBIG (so the caller can report the size). bands counts alpha, and a
  * palette or tRNS transparency as the channels they decode to.
  * Returns 0, or MS_EINVAL (buf NULL with len > 0), MS_EFORMAT (empty,
- * unknown or corrupt), MS_EUNSUPPORTED (CMYK, DICOM, RGB TIFF, ...),
+ * unknown or corrupt), MS_EUNSUPPORTED (CMYK, RGB TIFF, compressed DICOM
+ * other than RLE and 8-bit JPEG, ...),
  * MS_ETOOBIG (over a limit). */
 int image_probe(const void *buf, size_t len, const image_limits *lim,
                 image_info *info, ms_err *err);
@@ -174,5 +180,23 @@ int image_prepare_with_thumbnail(const void *buf, size_t len, const image_limits
                                  const image_prep *prep, float *out, image_info *info,
                                  int longest_side, thumb_format fmt, uint8_t **thumb,
                                  size_t *thumb_len, ms_err *err);
+
+/* What a DICOM file says about its patient and study, for the collection's
+ * metadata. Each text is NUL-terminated and "" when the file does not
+ * have it or it is not printable ASCII of a valid length. */
+typedef struct image_dicom_meta {
+    char patient_id[65];   /* Patient ID (0010,0020) */
+    char study_date[17];   /* Study Date (0008,0020) as YYYY-MM-DD */
+    int age;               /* Patient's Age (0010,1010) in whole years, -1 unknown */
+    char sex;              /* Patient's Sex (0010,0040): 'M', 'F' or 0 (O and other values) */
+    char view[17];         /* View Position (0018,5101): PA, AP, LL, ... */
+    char modality[17];     /* Modality (0008,0060): CR, DX, ... */
+    char body_part[17];    /* Body Part Examined (0018,0015): CHEST, ... */
+} image_dicom_meta;
+
+/* Reads those attributes of the DICOM file in buf (top level, up to its
+ * Pixel Data). Needs no image_init(). Returns 0, or a code as image_probe
+ * (MS_EFORMAT for a file that is not DICOM). */
+int image_dicom_metadata(const void *buf, size_t len, image_dicom_meta *m, ms_err *err);
 
 #endif

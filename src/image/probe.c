@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "image/dicom.h"
 #include "image/internal.h"
 
 #define DEFAULT_MAX_BYTES ((size_t)64 << 20)
@@ -30,6 +31,7 @@ const char *image_format_name(image_format f)
     case IMAGE_PNG: return "png";
     case IMAGE_JPEG: return "jpeg";
     case IMAGE_TIFF: return "tiff";
+    case IMAGE_DICOM: return "dicom";
     default: return "unknown";
     }
 }
@@ -40,6 +42,7 @@ const char *image_format_mime(image_format f)
     case IMAGE_PNG: return "image/png";
     case IMAGE_JPEG: return "image/jpeg";
     case IMAGE_TIFF: return "image/tiff";
+    case IMAGE_DICOM: return "application/dicom";
     default: return "application/octet-stream";
     }
 }
@@ -62,6 +65,8 @@ image_format image_sniff(const void *buf, size_t len)
         return IMAGE_JPEG;
     if (starts_with(p, len, "II*\0", 4) || starts_with(p, len, "MM\0*", 4))
         return IMAGE_TIFF;
+    if (dicom_sniff(p, len))
+        return IMAGE_DICOM;
     return IMAGE_UNKNOWN;
 }
 
@@ -78,8 +83,6 @@ static uint16_t le16(const uint8_t *p) { return (uint16_t)(p[1] << 8 | p[0]); }
 /* Names a well-known format that is not an allowed input, or returns NULL. */
 static const char *unsupported_format_name(const uint8_t *p, size_t len)
 {
-    if (len >= 132 && memcmp(p + 128, "DICM", 4) == 0)
-        return "DICOM";
     if (starts_with(p, len, "GIF87a", 6) || starts_with(p, len, "GIF89a", 6))
         return "GIF";
     if (len >= 12 && memcmp(p, "RIFF", 4) == 0 && memcmp(p + 8, "WEBP", 4) == 0)
@@ -106,19 +109,15 @@ static const char *unsupported_format_name(const uint8_t *p, size_t len)
 static int unknown_format(const uint8_t *p, size_t len, ms_err *err)
 {
     const char *name = unsupported_format_name(p, len);
-    if (name && !strcmp(name, "DICOM"))
-        return ms_err_set(err, MS_EUNSUPPORTED,
-                          "DICOM files are not supported; convert to PNG first "
-                          "(e.g. dcmj2pnm --write-16-bit-png, or pydicom)");
     if (name)
         return ms_err_set(err, MS_EUNSUPPORTED,
-                          "%s files are not supported; convert to PNG, JPEG or TIFF", name);
+                          "%s files are not supported; convert to PNG, JPEG, TIFF or DICOM", name);
     char hex[3 * 8 + 1] = "";
     size_t at = 0;
     for (size_t i = 0; i < len && i < 8; i++)
         at += (size_t)snprintf(hex + at, sizeof hex - at, i ? " %02x" : "%02x", p[i]);
     return ms_err_set(err, MS_EFORMAT,
-                      "not a PNG, JPEG or TIFF image (first bytes: %s)", hex);
+                      "not a PNG, JPEG, TIFF or DICOM image (first bytes: %s)", hex);
 }
 
 /* ---- PNG ---- */
@@ -367,6 +366,22 @@ static void format_mpx(char *out, size_t n, uint64_t pixels)
         snprintf(out, n, "%.1f Mpx", (double)pixels / 1e6);
 }
 
+/* ---- DICOM ---- */
+
+static int probe_dicom(const uint8_t *p, size_t len, image_info *info, ms_err *err)
+{
+    info->format = IMAGE_DICOM;
+    dicom_image d;
+    int rc = dicom_parse(p, len, &d, err);
+    if (rc)
+        return rc;
+    info->width = d.cols;
+    info->height = d.rows;
+    info->bands = d.samples;
+    info->bits = d.bits_allocated;
+    return 0;
+}
+
 int image_probe(const void *buf, size_t len, const image_limits *lim, image_info *info, ms_err *err)
 {
     image_limits def = image_default_limits();
@@ -390,6 +405,7 @@ int image_probe(const void *buf, size_t len, const image_limits *lim, image_info
     case IMAGE_PNG: rc = probe_png(p, len, info, err); break;
     case IMAGE_JPEG: rc = probe_jpeg(p, len, info, err); break;
     case IMAGE_TIFF: rc = probe_tiff(p, len, info, err); break;
+    case IMAGE_DICOM: rc = probe_dicom(p, len, info, err); break;
     default: return unknown_format(p, len, err);
     }
     if (rc)

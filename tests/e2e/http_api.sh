@@ -173,7 +173,13 @@ check "400 says what is wrong" '"PNG" in d["error"]["message"] or "image" in d["
 expect 400 "multipart without an image field" -F k=3 "$URL/api/search"
 expect 400 "no body at all" -X POST "$URL/api/search"
 if [ -f "$DATA/dicom/siim_cxr_pa_jpegbaseline.dcm" ]; then
-    expect 415 "DICOM upload (well-formed, unsupported)" -H "Content-Type: application/octet-stream" --data-binary "@$DATA/dicom/siim_cxr_pa_jpegbaseline.dcm" "$URL/api/search"
+    expect 200 "DICOM upload (application/dicom)" -H "Content-Type: application/dicom" --data-binary "@$DATA/dicom/siim_cxr_pa_jpegbaseline.dcm" "$URL/api/search"
+    check "a DICOM query gets results" 'd["count"]>0'
+    # The same file declaring JPEG Lossless (a UID of the same length): a
+    # well-formed DICOM whose pixels MedSearch does not decode.
+    LC_ALL=C sed 's/1\.2\.840\.10008\.1\.2\.4\.50/1.2.840.10008.1.2.4.70/' "$DATA/dicom/siim_cxr_pa_jpegbaseline.dcm" >"$WORK/lossless.dcm"
+    expect 415 "DICOM upload in JPEG Lossless (well-formed, unsupported)" -H "Content-Type: application/octet-stream" --data-binary "@$WORK/lossless.dcm" "$URL/api/search"
+    check "415 names the transfer syntax" '"JPEG Lossless" in d["error"]["message"]'
 fi
 expect 415 "text/plain body" -H "Content-Type: text/plain" --data "hello" "$URL/api/search"
 expect 415 "JSON body" -H "Content-Type: application/json" --data '{"image":"x"}' "$URL/api/search"

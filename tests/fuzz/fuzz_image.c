@@ -2,7 +2,7 @@
  * fuzz_image.c - libFuzzer target for the image module: arbitrary bytes
  * through image_prepare, image_thumbnail and the ingest path that does both
  * from one decode (image_prepare_with_thumbnail), with small limits so every
- * input stays cheap. Any outcome is fine except a crash, a sanitizer
+ * input stays cheap, and image_dicom_metadata. Any outcome is fine except a crash, a sanitizer
  * report, a hang, or an error without its message. Then MedSearch's direct
  * PNG decoder against libpng (libvips' loader), on two PNGs made from the
  * input: the input itself with every chunk's CRC made right (when it is a
@@ -172,6 +172,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             if (!(out[i] >= -1.0f && out[i] <= 1.0f)) /* 0..255 mapped to -1..1 */
                 __builtin_trap();
     }
+
+    /* A DICOM file's metadata: texts NUL-terminated within their arrays. */
+    image_dicom_meta meta;
+    int mrc = image_dicom_metadata(data, size, &meta, &err);
+    check_error(mrc, &err);
+    if (mrc == 0 && (memchr(meta.patient_id, 0, sizeof meta.patient_id) == NULL ||
+                     memchr(meta.view, 0, sizeof meta.view) == NULL || meta.age < -1 || meta.age > 200))
+        __builtin_trap();
 
     uint8_t *thumb = NULL;
     size_t thumb_len = 0;

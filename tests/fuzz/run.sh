@@ -114,6 +114,11 @@ g.convert("I;16").save(d + "/gray16.tif")
 g.save(d + "/gray_lzw.tif", compression="tiff_lzw")
 EOF
   fi
+  # With pydicom: DICOM files of every layout and transfer syntax MedSearch reads.
+  if "$PY" tests/tools/dicom_cases.py "$dir/dicom" >/dev/null 2>&1; then
+    for f in "$dir"/dicom/*.dcm; do mv "$f" "$dir/$(basename "$f")"; done
+  fi
+  rm -rf "$dir/dicom"
   printf '\x89PNG\r\n\x1a\n' >"$dir/magic.png"
   printf '\xff\xd8\xff\xe0' >"$dir/magic.jpg"
   printf 'II*\0\x08\0\0\0' >"$dir/magic.tif"

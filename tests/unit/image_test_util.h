@@ -47,4 +47,14 @@ static inline blob encode_with(VipsImage *im, const char *suffix)
     return b;
 }
 
+/* xorshift64: deterministic pseudo-random numbers, so failures reproduce. */
+static inline uint64_t xorshift64(uint64_t *state)
+{
+    uint64_t x = *state;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return *state = x;
+}
+
 #endif

@@ -929,7 +929,33 @@ static void test_real_xrays(void **state)
     assert_true(prepare_folder(data, "kermany_pneumonia_224", 150) >= 25);
 }
 
-static void test_dicom_rejected_clearly(void **state)
+/* The shared DICOM samples: the same radiograph as JPEG Baseline and
+ * decompressed gives the same pixels; the MONOCHROME1 copy (same pixel
+ * data, one header byte changed) is its negative; the big-endian CT reads;
+ * the patient and study attributes come out. */
+static float *prepare_dicom_native(const char *data, const char *name, int size, image_info *info)
+{
+    char path[4400];
+    snprintf(path, sizeof path, "%s/dicom/%s", data, name);
+    blob b;
+    if (read_file(path, &b))
+        fail_msg("cannot read %s", path);
+    float *out = malloc(sizeof(float) * 3 * (size_t)size * (size_t)size);
+    assert_non_null(out);
+    ms_err err = {0};
+    image_prep prep = identity(size);
+    if (image_prepare(b.data, b.len, NULL, &prep, out, info, &err))
+        fail_msg("%s: %s", name, err.msg);
+    uint8_t *t = NULL;
+    size_t tlen = 0;
+    assert_int_equal(image_thumbnail(b.data, b.len, NULL, 64, THUMB_JPEG, &t, &tlen, &err), 0);
+    assert_true(tlen > 100);
+    free(t);
+    blob_free(&b);
+    return out;
+}
+
+static void test_dicom_shared_files(void **state)
 {
     (void)state;
     const char *data = shared_data();
@@ -937,24 +963,45 @@ static void test_dicom_rejected_clearly(void **state)
         print_message("skip: MEDSEARCH_SHARED not set; DICOM test not run\n");
         skip();
     }
-    const char *files[] = {"ct_abdomen_bigendian_not_cxr.dcm", "siim_cxr_pa_jpegbaseline.dcm",
-                           "siim_cxr_pa_jpegbaseline_monochrome1.dcm", "siim_cxr_pa_uncompressed_evrle.dcm"};
-    for (size_t i = 0; i < 4; i++) {
-        char path[4400];
-        snprintf(path, sizeof path, "%s/dicom/%s", data, files[i]);
-        blob b;
-        if (read_file(path, &b))
-            fail_msg("cannot read %s", path);
-        ms_err err = {0};
-        float out[3];
-        image_prep prep = identity(1);
-        assert_int_equal(image_prepare(b.data, b.len, NULL, &prep, out, NULL, &err), MS_EUNSUPPORTED);
-        assert_non_null(strstr(err.msg, "DICOM files are not supported"));
-        uint8_t *t = NULL;
-        size_t tlen;
-        assert_int_equal(image_thumbnail(b.data, b.len, NULL, 64, THUMB_JPEG, &t, &tlen, &err), MS_EUNSUPPORTED);
-        blob_free(&b);
+    image_info info;
+    const size_t n = 1024 * 1024;
+    float *jpeg = prepare_dicom_native(data, "siim_cxr_pa_jpegbaseline.dcm", 1024, &info);
+    assert_int_equal(info.format, IMAGE_DICOM);
+    assert_int_equal(info.width, 1024);
+    assert_int_equal(info.bits, 8);
+    float *plain = prepare_dicom_native(data, "siim_cxr_pa_uncompressed_evrle.dcm", 1024, &info);
+    float *mono1 = prepare_dicom_native(data, "siim_cxr_pa_jpegbaseline_monochrome1.dcm", 1024, &info);
+    float lo = 255, hi = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (jpeg[i] != plain[i] || mono1[i] != 255 - jpeg[i])
+            fail_msg("pixel %zu: JPEG %g, uncompressed %g, MONOCHROME1 %g", i, jpeg[i], plain[i], mono1[i]);
+        lo = jpeg[i] < lo ? jpeg[i] : lo;
+        hi = jpeg[i] > hi ? jpeg[i] : hi;
     }
+    assert_true(hi - lo > 200); /* a radiograph, not a flat frame */
+    free(jpeg);
+    free(plain);
+    free(mono1);
+    float *ct = prepare_dicom_native(data, "ct_abdomen_bigendian_not_cxr.dcm", 512, &info);
+    assert_int_equal(info.height, 512);
+    assert_int_equal(info.bits, 16);
+    free(ct);
+
+    char path[4400];
+    snprintf(path, sizeof path, "%s/dicom/siim_cxr_pa_jpegbaseline.dcm", data);
+    blob b;
+    assert_int_equal(read_file(path, &b), 0);
+    image_dicom_meta m;
+    ms_err err = {0};
+    assert_int_equal(image_dicom_metadata(b.data, b.len, &m, &err), 0);
+    assert_string_equal(m.patient_id, "16d7f894-55d7-4d95-8957-d18987f0e981");
+    assert_int_equal(m.sex, 'M');
+    assert_int_equal(m.age, 62);
+    assert_string_equal(m.view, "PA");
+    assert_string_equal(m.study_date, "1901-01-01");
+    assert_string_equal(m.modality, "CR");
+    assert_string_equal(m.body_part, "CHEST");
+    blob_free(&b);
 }
 
 /* Our 224 px preparation against PIL's LANCZOS resize of the same file (an
@@ -1072,7 +1119,7 @@ int main(void)
         cmocka_unit_test(test_buffer_reuse),
         cmocka_unit_test(test_version_and_threads),
         cmocka_unit_test(test_real_xrays),
-        cmocka_unit_test(test_dicom_rejected_clearly),
+        cmocka_unit_test(test_dicom_shared_files),
         cmocka_unit_test(test_matches_pil_lanczos),
     };
     int failed = cmocka_run_group_tests_name("image before init", before_init, NULL, NULL);

@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# DICOM end to end, against pydicom:
+#  - every case of tests/tools/dicom_cases.py (each native syntax, 12- and
+#    16-bit, signed, rescale, the three window functions, a VOI LUT,
+#    MONOCHROME1, RGB, RLE, JPEG Baseline grey and colour, two frames) and
+#    the square files of shared/data/dicom: `medsearch embed --dump-input`
+#    at the image's own size gives exactly the gray levels worked out in
+#    Python from pydicom's decoding;
+#  - ingest takes DICOM files from a folder (by content, any file name),
+#    fills patient, sex, age, view and study date from the file where the
+#    labels file says nothing, keeps what it says, and stores modality and
+#    body part as key/values; the original bytes come back as stored;
+#  - the JPEG and the uncompressed copy of the same radiograph find each
+#    other with a score of 1; a compressed syntax MedSearch does not decode
+#    is refused by name.
+set -u
+BIN=${MEDSEARCH_BIN:?MEDSEARCH_BIN is not set (tests/run.sh sets it)}
+SHARED=${MEDSEARCH_SHARED:-}
+MODEL=$SHARED/models/mobilenet_v2_1.0_224_imagenet.onnx
+DCM=$SHARED/data/dicom
+PY=/usr/bin/python3
+[ -r "$MODEL" ] && [ -d "$DCM" ] || { echo "skip: $MODEL or $DCM not found"; exit 77; }
+"$PY" -c 'import pydicom, numpy, PIL' 2>/dev/null || { echo "skip: $PY lacks pydicom, numpy or PIL (Debian python3-pydicom python3-numpy python3-pil)"; exit 77; }
+T=$(mktemp -d "${TMPDIR:-/tmp}/medsearch-dicom.XXXXXX")
+trap 'rm -rf "$T"' EXIT
+fails=0
+fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
+
+echo "== cases written by pydicom"
+"$PY" tests/tools/dicom_cases.py "$T/cases" "$DCM" || { echo "FAIL: dicom_cases.py"; exit 1; }
+n=0
+while IFS=$'\t' read -r name rows cols; do
+    [ "$rows" = "$cols" ] || continue
+    if ! "$BIN" embed --model "$MODEL" --input-size "$rows" --mean 0 --scale 1 \
+        --dump-input "$T/$name.in" "$T/cases/$name.dcm" >/dev/null 2>"$T/$name.err"; then
+        fail "$name: embed failed: $(cat "$T/$name.err")"
+        continue
+    fi
+    "$PY" - "$T/$name.in" "$T/cases/$name.gray" "$rows" "$name" <<'EOF' || fail "$name: pixels differ"
+import sys
+import numpy as np
+got = np.fromfile(sys.argv[1], dtype="<f4")
+want = np.fromfile(sys.argv[2], dtype=np.uint8).astype(np.float32)
+n = int(sys.argv[3]) ** 2
+assert got.size == 3 * n, got.size
+for c in range(3):
+    d = np.abs(got[c * n:(c + 1) * n] - want)
+    if d.max() != 0:
+        print(f"{sys.argv[4]}: channel {c}: {int((d > 0).sum())} of {n} pixels differ, largest by {d.max()}")
+        sys.exit(1)
+print(f"ok: {sys.argv[4]}: {n} pixels equal pydicom's (range {int(want.min())}..{int(want.max())})")
+EOF
+    n=$((n + 1))
+done <"$T/cases/cases.tsv"
+[ "$n" -ge 18 ] || fail "only $n cases ran"
+
+echo "== refused by name"
+LC_ALL=C sed 's/1\.2\.840\.10008\.1\.2\.4\.50/1.2.840.10008.1.2.4.70/' "$DCM/siim_cxr_pa_jpegbaseline.dcm" >"$T/lossless.dcm"
+rc=0
+"$BIN" embed --model "$MODEL" "$T/lossless.dcm" >/dev/null 2>"$T/ll.err" || rc=$?
+[ "$rc" -eq 1 ] && grep -q "JPEG Lossless (first-order prediction) transfer syntax (1.2.840.10008.1.2.4.70) is not supported" "$T/ll.err" ||
+    fail "JPEG Lossless: exit $rc, $(cat "$T/ll.err")"
+head -c 2000 "$DCM/siim_cxr_pa_uncompressed_evrle.dcm" >"$T/cut.dcm"
+rc=0
+"$BIN" embed --model "$MODEL" "$T/cut.dcm" >/dev/null 2>"$T/cut.err" || rc=$?
+[ "$rc" -eq 1 ] && grep -q "DICOM is truncated: its Pixel Data holds 1048576 bytes" "$T/cut.err" ||
+    fail "truncated DICOM: exit $rc, $(cat "$T/cut.err")"
+
+echo "== ingest: metadata from the files, the labels file first"
+mkdir -p "$T/in/sub"
+cp "$DCM/siim_cxr_pa_uncompressed_evrle.dcm" "$T/in/IM0001"       # no extension, as archives name them
+cp "$DCM/ct_abdomen_bigendian_not_cxr.dcm" "$T/in/sub/ct.dcm"
+cp "$T/cases/mono16_explicit.dcm" "$T/in/synthetic.dcm"
+cat >"$T/in/labels.csv" <<'EOF'
+image,labels,patient_id,age,sex,view,study_date
+sub/ct.dcm,Not CXR,,,F,,
+synthetic.dcm,No Finding,P-7,33,,LL,2020-02-02
+EOF
+"$BIN" ingest "$T/in" --labels "$T/in/labels.csv" --db "$T/c.db" --model "$MODEL" -q >"$T/ingest.out" 2>"$T/ingest.err" ||
+    fail "ingest failed: $(cat "$T/ingest.err")"
+"$BIN" export --vectors --db "$T/c.db" --format csv -o "$T/export" >/dev/null 2>&1 || fail "export failed"
+"$PY" - "$T/export.csv" <<'EOF' || fail "stored metadata wrong"
+import csv, sys
+rows = {r["original_name"].split("/")[-1]: r for r in csv.DictReader(open(sys.argv[1]))}
+assert set(rows) == {"IM0001", "ct.dcm", "synthetic.dcm"}, rows.keys()
+siim = rows["IM0001"]
+# all from the DICOM header
+assert siim["patient_id"] == "16d7f894-55d7-4d95-8957-d18987f0e981", siim
+assert (siim["sex"], siim["age"], siim["view"], siim["study_date"]) == ("M", "62", "PA", "1901-01-01"), siim
+assert "modality=CR" in siim["extra"] and "body_part=CHEST" in siim["extra"], siim["extra"]
+ct = rows["ct.dcm"]
+# the labels file's sex wins; the rest comes from the file
+assert ct["sex"] == "F" and ct["patient_id"] == "1690377420" and ct["study_date"] == "2013-01-09", ct
+assert "modality=CT" in ct["extra"] and "body_part=ABDOMEN" in ct["extra"], ct["extra"]
+syn = rows["synthetic.dcm"]
+assert (syn["patient_id"], syn["age"], syn["view"], syn["study_date"]) == ("P-7", "33", "LL", "2020-02-02"), syn
+assert "modality=DX" in syn["extra"], syn["extra"]
+print("ok: metadata of 3 DICOM files")
+EOF
+"$BIN" search "$DCM/siim_cxr_pa_jpegbaseline.dcm" --db "$T/c.db" --model "$MODEL" -k 1 --qe 0 --json >"$T/s.json" 2>"$T/s.err" ||
+    fail "search with a DICOM query failed: $(cat "$T/s.err")"
+"$PY" - "$T/s.json" <<'EOF' || fail "the JPEG copy does not find the uncompressed one"
+import json, sys
+r = json.load(open(sys.argv[1]))["results"][0]
+assert r["original_name"].endswith("IM0001") and r["score"] > 0.99999, r
+print("ok: JPEG query finds its uncompressed copy, score", r["score"])
+EOF
+"$BIN" search --filter "modality=CT" "$DCM/siim_cxr_pa_jpegbaseline.dcm" --db "$T/c.db" --model "$MODEL" --json >"$T/f.json" 2>/dev/null ||
+    fail "filter on modality failed"
+"$PY" -c 'import json,sys; r=json.load(open(sys.argv[1]))["results"]; assert [x["original_name"].split("/")[-1] for x in r]==["ct.dcm"], r' "$T/f.json" ||
+    fail "modality=CT filter"
+
+if [ "$fails" -gt 0 ]; then
+    echo "$fails check(s) failed"
+    exit 1
+fi
+echo "all DICOM checks passed"
