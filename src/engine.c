@@ -632,6 +632,34 @@ vindex *engine_index(engine *e)
     return e->ix;
 }
 
+int engine_preview(engine *e, const uint8_t *bytes, size_t len, int longest_side, uint8_t **png,
+                   size_t *png_len, ms_err *err)
+{
+    *png = NULL;
+    *png_len = 0;
+    return image_thumbnail(bytes, len, &e->opt.limits, longest_side, THUMB_PNG, png, png_len, err);
+}
+
+int engine_preview_stored(engine *e, int64_t id, int longest_side, uint8_t **png, size_t *png_len,
+                          ms_err *err)
+{
+    *png = NULL;
+    *png_len = 0;
+    store *s;
+    int rc = engine_store_acquire(e, &s, err);
+    if (rc)
+        return rc;
+    uint8_t *bytes = NULL;
+    size_t len = 0;
+    char mime[32];
+    rc = store_get_image(s, id, &bytes, &len, mime, err);
+    engine_store_release(e, s);
+    if (!rc)
+        rc = engine_preview(e, bytes, len, longest_side, png, png_len, err);
+    free(bytes);
+    return rc;
+}
+
 int engine_delete(engine *e, int64_t id, ms_err *err)
 {
     store *s;

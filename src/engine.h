@@ -227,6 +227,20 @@ typedef struct engine_ingest_source {
 int engine_ingest_stream(engine *e, const engine_ingest_source *src, ms_err *err);
 
 /* ---- the rest ---- */
+
+/* A lossless 8-bit gray PNG of the image in bytes as MedSearch sees it
+ * (decoded under the engine's limits; a DICOM file through its display
+ * pipeline), longest side at most longest_side (1..16383, never enlarged),
+ * for pages that cannot show the file itself (DICOM, TIFF). *png is
+ * malloc'd, the caller frees it. Needs no model. Returns 0 or a code as
+ * image_thumbnail. */
+int engine_preview(engine *e, const uint8_t *bytes, size_t len, int longest_side, uint8_t **png,
+                   size_t *png_len, ms_err *err);
+
+/* engine_preview of the stored image id: MS_ENOTFOUND when there is none. */
+int engine_preview_stored(engine *e, int64_t id, int longest_side, uint8_t **png, size_t *png_len,
+                          ms_err *err);
+
 int engine_delete(engine *e, int64_t id, ms_err *err);
 store *engine_store(engine *e);   /* the engine's store handle, for reads by one thread at a time */
 model *engine_model(engine *e);

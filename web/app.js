@@ -66,7 +66,7 @@ async function api(path, options = {}) {
 function explain(err) {
   if (err.status === 401) return 'This server needs an access token: ' + err.message + '. Use "Access token" at the top right.';
   if (err.status === 413) return 'The image is too large for this server: ' + err.message;
-  if (err.status === 415) return 'Unsupported file: ' + err.message + '. Use a PNG or JPEG X-ray.';
+  if (err.status === 415) return 'Unsupported file: ' + err.message + '. Use a PNG, JPEG, TIFF or DICOM X-ray.';
   if (err.status === 429 || err.status === 503) {
     return 'The server is busy (' + err.message + '). Try again in ' + (err.retryAfter || 'a few') + ' s.';
   }
@@ -168,11 +168,43 @@ async function loadCollectionInfo(openToken) {
 
 // ---------- query ----------
 
+// What the browser can show itself; anything else (DICOM, TIFF) is shown as
+// the server renders it (POST /api/preview).
+const BROWSER_SHOWS = (file) => /^image\/(png|jpeg)$/.test(file.type) || /\.(png|jpe?g)$/i.test(file.name);
+// Worth sending: the server decides by content, so a DICOM without an
+// extension (as archives name them) goes too; a file that is clearly
+// something else is stopped here with a clear message.
+const MAY_BE_XRAY = (file) => BROWSER_SHOWS(file) ||
+  /^(image\/tiff|application\/dicom)$/.test(file.type) || /\.(tiff?|dcm|dicom)$/i.test(file.name) ||
+  (!file.type && !/\.[a-z0-9]{1,5}$/i.test(file.name));
+
+async function showQueryPreview(file) {
+  const preview = $('query-preview');
+  if (preview.dataset.url) URL.revokeObjectURL(preview.dataset.url);
+  delete preview.dataset.url;
+  preview.alt = 'Query image ' + file.name;
+  preview.hidden = false;
+  let blob = file;
+  if (!BROWSER_SHOWS(file)) {
+    preview.removeAttribute('src');
+    try {
+      const res = await api('/api/preview?size=512', { method: 'POST', body: file,
+        headers: { 'Content-Type': 'application/octet-stream' } });
+      blob = await res.blob();
+    } catch (_) {
+      return; // the search reports what is wrong with the file
+    }
+    if (!state.query || state.query.file !== file) return; // another query since
+  }
+  const url = URL.createObjectURL(blob);
+  preview.dataset.url = url;
+  preview.src = url;
+}
+
 function acceptFile(file) {
   if (!file) return;
-  const okType = /^image\/(png|jpeg)$/.test(file.type) || /\.(png|jpe?g)$/i.test(file.name);
-  if (!okType) {
-    showError(`"${file.name}" is not a PNG or JPEG image.`);
+  if (!MAY_BE_XRAY(file)) {
+    showError(`"${file.name}" is not a PNG, JPEG, TIFF or DICOM image.`);
     return;
   }
   if (file.size > MAX_UPLOAD) {
@@ -180,13 +212,7 @@ function acceptFile(file) {
     return;
   }
   state.query = { kind: 'file', file, name: file.name };
-  const preview = $('query-preview');
-  if (preview.dataset.url) URL.revokeObjectURL(preview.dataset.url);
-  const url = URL.createObjectURL(file);
-  preview.dataset.url = url;
-  preview.src = url;
-  preview.alt = 'Query image ' + file.name;
-  preview.hidden = false;
+  showQueryPreview(file);
   $('drop-empty').hidden = true;
   $('query-caption').textContent = `${file.name} · ${(file.size / 1024).toFixed(0)} KB`;
   runSearch();
@@ -663,7 +689,12 @@ function renderViewerMeta(r, info) {
 }
 
 async function loadViewerImage(r, signal) {
-  const res = await api(r.image_url || `/api/images/${r.id}`, { signal });
+  let res = await api(r.image_url || `/api/images/${r.id}`, { signal });
+  // A stored DICOM or TIFF: the browser cannot decode it, so show the gray
+  // image MedSearch made of it (its DICOM window applied), at up to 2048 px.
+  if (!/^image\/(png|jpeg)/.test(res.headers.get('Content-Type') || '')) {
+    res = await api(`/api/images/${r.id}/preview?size=2048`, { signal });
+  }
   const bitmap = await createImageBitmap(await res.blob());
   const work = document.createElement('canvas');
   work.width = bitmap.width;

@@ -331,13 +331,20 @@ static void run_search(api_ctx *c, const http_request *r, http_reply *rep, engin
     reply_json(rep, 200, doc);
 }
 
+/* The request's image, or a 400 saying how to send one; 0 when there is none. */
+static int has_image(const http_request *r, http_reply *rep)
+{
+    if (r->body_is_image && r->body.len)
+        return 1;
+    reply_error(rep, 400, "bad_request", "no image: send it as the multipart field 'image' "
+                "or as a raw image/png, image/jpeg, image/tiff or application/dicom body");
+    return 0;
+}
+
 static void handle_search(api_ctx *c, const http_request *r, http_reply *rep)
 {
-    if (!r->body_is_image || !r->body.len) {
-        reply_error(rep, 400, "bad_request", "no image: send it as the multipart field 'image' "
-                    "or as a raw image/png or image/jpeg body");
+    if (!has_image(r, rep))
         return;
-    }
     engine_query q = {0};
     q.bytes = r->body.data;
     q.len = r->body.len;
@@ -356,6 +363,39 @@ static void handle_similar(api_ctx *c, const http_request *r, http_reply *rep)
     q.by_id = r->match.id;
     q.exclude_self = !include_self;
     run_search(c, r, rep, &q);
+}
+
+/* ---- previews: what MedSearch sees, for pages that cannot show the file ---- */
+
+#define PREVIEW_DEFAULT_SIDE 1024
+#define PREVIEW_MAX_SIDE 4096
+
+static void handle_preview(api_ctx *c, const http_request *r, http_reply *rep)
+{
+    long side = PREVIEW_DEFAULT_SIDE;
+    const char *s = req_param(r, "size");
+    if (s && parse_int(s, 16, PREVIEW_MAX_SIDE, &side)) {
+        reply_error(rep, 400, "invalid_argument", "size must be an integer in 16..%d", PREVIEW_MAX_SIDE);
+        return;
+    }
+    if (r->match.route == ROUTE_PREVIEW && !has_image(r, rep))
+        return;
+    uint8_t *png = NULL;
+    size_t len = 0;
+    ms_err err = {0};
+    int rc = r->match.route == ROUTE_PREVIEW
+                 ? engine_preview(c->eng, r->body.data, r->body.len, (int)side, &png, &len, &err)
+                 : engine_preview_stored(c->eng, r->match.id, (int)side, &png, &len, &err);
+    if (rc) {
+        reply_ms_err(rep, &err);
+        return;
+    }
+    reply_free(rep);
+    rep->status = 200;
+    rep->body = (char *)png;
+    rep->len = len;
+    snprintf(rep->content_type, sizeof rep->content_type, "image/png");
+    snprintf(rep->cache, sizeof rep->cache, "no-store"); /* a patient image, made on demand */
 }
 
 /* ---- stored images ---- */
@@ -716,6 +756,8 @@ void api_handle(api_ctx *c, const http_request *r, http_reply *rep)
     case ROUTE_THUMBNAIL: handle_image_bytes(c, r, rep, 1); break;
     case ROUTE_METADATA: handle_metadata(c, r, rep); break;
     case ROUTE_SIMILAR: handle_similar(c, r, rep); break;
+    case ROUTE_PREVIEW:
+    case ROUTE_IMAGE_PREVIEW: handle_preview(c, r, rep); break;
     case ROUTE_STATS: handle_stats(c, rep); break;
     case ROUTE_HEALTH: handle_health(c, rep); break;
     case ROUTE_METRICS: handle_metrics(c, rep); break;

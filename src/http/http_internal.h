@@ -30,6 +30,8 @@ typedef enum {
     ROUTE_THUMBNAIL,    /* GET /api/images/{id}/thumbnail */
     ROUTE_METADATA,     /* GET /api/images/{id}/metadata */
     ROUTE_SIMILAR,      /* GET /api/images/{id}/similar */
+    ROUTE_PREVIEW,      /* POST /api/preview */
+    ROUTE_IMAGE_PREVIEW, /* GET /api/images/{id}/preview */
     ROUTE_STATS,        /* GET /api/stats */
     ROUTE_HEALTH,       /* GET /api/health */
     ROUTE_METRICS,      /* GET /metrics */

@@ -694,7 +694,7 @@ static int check_thumb_args(int longest_side, thumb_format fmt, ms_err *err)
 {
     if (longest_side < 1 || longest_side > MAX_THUMB_SIDE)
         return ms_err_set(err, MS_EINVAL, "thumbnail size %d is out of range 1..%d", longest_side, MAX_THUMB_SIDE);
-    if (fmt != THUMB_JPEG && fmt != THUMB_WEBP)
+    if (fmt != THUMB_JPEG && fmt != THUMB_WEBP && fmt != THUMB_PNG)
         return ms_err_set(err, MS_EINVAL, "unknown thumbnail format %d", (int)fmt);
     return 0;
 }
@@ -747,12 +747,19 @@ static int encode(VipsImage *im, thumb_format fmt, uint8_t **out, size_t *out_le
             return ms_err_set(err, MS_EINTERNAL, "thumbnail is not 8-bit gray in memory");
         return jpeg_encode_gray8(px, im->Xsize, im->Ysize, THUMB_JPEG_QUALITY, out, out_len, err);
     }
-    if (!vips_type_find("VipsOperation", "webpsave_buffer"))
-        return ms_err_set(err, MS_EUNSUPPORTED, "this libvips was built without WebP; ask for JPEG thumbnails");
     void *vbuf = NULL;
     size_t vlen = 0;
-    if (vips_webpsave_buffer(im, &vbuf, &vlen, "Q", THUMB_WEBP_QUALITY, "strip", TRUE, NULL))
-        return vips_failed(err, MS_EINTERNAL, "thumbnail encoding failed");
+    if (fmt == THUMB_PNG) {
+        /* Level 1: a viewer-sized preview is sent once, and level 6 costs
+         * several times the time for a few percent of bytes. */
+        if (vips_pngsave_buffer(im, &vbuf, &vlen, "compression", 1, "strip", TRUE, NULL))
+            return vips_failed(err, MS_EINTERNAL, "preview encoding failed");
+    } else {
+        if (!vips_type_find("VipsOperation", "webpsave_buffer"))
+            return ms_err_set(err, MS_EUNSUPPORTED, "this libvips was built without WebP; ask for JPEG thumbnails");
+        if (vips_webpsave_buffer(im, &vbuf, &vlen, "Q", THUMB_WEBP_QUALITY, "strip", TRUE, NULL))
+            return vips_failed(err, MS_EINTERNAL, "thumbnail encoding failed");
+    }
     /* Hand back plain malloc() memory: the contract says free(). */
     *out = malloc(vlen);
     if (!*out) {

@@ -158,13 +158,14 @@ int image_prepare_timed(const void *buf, size_t len, const image_limits *lim,
                         const image_prep *prep, float *out, image_info *info,
                         image_timing *t, ms_err *err);
 
-typedef enum { THUMB_JPEG = 0, THUMB_WEBP } thumb_format;
+typedef enum { THUMB_JPEG = 0, THUMB_WEBP, THUMB_PNG } thumb_format;
 
 /* A thumbnail whose longest side is longest_side (1..16383; never
  * enlarged), aspect kept (the short side at least 1 pixel): 8-bit
  * grayscale made as steps 1-3 above, then reduced by area averaging (each
  * pixel the mean of the source area it covers; not Lanczos3), encoded as
- * JPEG (quality 85) or WebP (quality 80), metadata stripped. *out is
+ * JPEG (quality 85), WebP (quality 80) or PNG (lossless 8-bit gray, zlib
+ * level 1: the "preview" a viewer shows), metadata stripped. *out is
  * malloc'd and owned by the caller (free()); NULL on failure. Returns 0 or
  * a code as image_prepare; MS_EUNSUPPORTED for WebP when libvips was built
  * without it. */

@@ -3,8 +3,9 @@
 // $MEDSEARCH_SHARED/data with the shared MobileNetV2. Uploads a real X-ray,
 // checks the first result is that very image with score 1.000, applies a
 // findings filter and checks every card shows it, opens a result in the
-// viewer (window/level drag, zoom), runs "find similar", and saves
-// screenshots under tests/browser/out/.
+// viewer (window/level drag, zoom), runs "find similar", searches with a
+// DICOM file (shown as the server renders it) and opens a stored DICOM in the
+// viewer, and saves screenshots under tests/browser/out/.
 // Exit 0 pass, 77 skip (with the reason), 1 fail.
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -109,6 +110,12 @@ try {
   ingest('nih_cxr14_64px', listImages('nih_cxr14_64px', 200));
   ingest('nih_cxr14_fullres', listImages('nih_cxr14_fullres', 10));
   ingest('covid_chestxray_2020', listImages('covid_chestxray_2020', 200));
+  // One DICOM, stored uncompressed under an archive-like name (step 7).
+  const dicomDir = path.join(work, 'dicom');
+  fs.mkdirSync(dicomDir);
+  fs.copyFileSync(path.join(shared, 'data', 'dicom', 'siim_cxr_pa_uncompressed_evrle.dcm'), path.join(dicomDir, 'IM0001.dcm'));
+  const dicomIngest = spawnSync(bin, ['ingest', dicomDir, '--db', db, '--model', model], { encoding: 'utf8', timeout: 300000 });
+  if (dicomIngest.status !== 0) throw new Error(`ingest of the DICOM failed (${dicomIngest.status}): ${dicomIngest.stderr}`);
   const url = await startServer();
   let origin = url; // the server's address (step 6 starts it again)
   console.log(`server at ${url}`);
@@ -250,6 +257,35 @@ try {
   await page.check('#qe-toggle');
   check(new URL((await searched).url()).searchParams.get('qe') === '3', 'switched on, the search sends qe=3');
   await waitForResults(page);
+
+  // 7. A DICOM query: the browser cannot show the file, so the page shows the
+  // server's rendering of it (POST /api/preview); the first result is the same
+  // radiograph stored uncompressed; the viewer shows that stored DICOM
+  // through its preview (GET /api/images/{id}/preview).
+  const dicomQuery = path.join(shared, 'data', 'dicom', 'siim_cxr_pa_jpegbaseline.dcm');
+  const previewed = page.waitForResponse((r) => r.url().includes('/api/preview') && r.status() === 200);
+  searched = page.waitForRequest((r) => r.url().includes('/api/search'));
+  await page.setInputFiles('#file-input', dicomQuery);
+  await searched;
+  await previewed;
+  await page.waitForFunction(() => {
+    const i = document.getElementById('query-preview');
+    return !i.hidden && i.complete && i.naturalWidth === 512;
+  }, null, { timeout: 30000 });
+  check(true, 'the DICOM query is shown as the server renders it (512 px)');
+  await waitForResults(page);
+  list = await cards(page);
+  check(list[0].name === 'IM0001.dcm', `the first result is its uncompressed copy (${list[0].name} ${list[0].score})`);
+  await page.focus('#grid .card:nth-child(1)');
+  await page.keyboard.press('Enter');
+  await page.waitForSelector('#viewer:not([hidden])');
+  await page.waitForFunction(() => document.getElementById('v-loading').hidden &&
+    /W 256/.test(document.getElementById('v-readout').textContent), null, { timeout: 30000 });
+  const dicomMeta = await page.textContent('#v-meta');
+  check(dicomMeta.includes('1024 × 1024') && dicomMeta.includes('CR') && !(await page.$('#v-meta .error')),
+    `the viewer shows the stored DICOM and its header's metadata (${dicomMeta.slice(0, 160)})`);
+  await page.screenshot({ path: path.join(outDir, '7-dicom.png') });
+  await page.keyboard.press('Escape');
 
   const unexpected = problems.filter((p) => !/status of 400/.test(p));
   check(unexpected.length === 0, 'no page errors, console errors or external requests' +

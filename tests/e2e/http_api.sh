@@ -180,7 +180,23 @@ if [ -f "$DATA/dicom/siim_cxr_pa_jpegbaseline.dcm" ]; then
     LC_ALL=C sed 's/1\.2\.840\.10008\.1\.2\.4\.50/1.2.840.10008.1.2.4.70/' "$DATA/dicom/siim_cxr_pa_jpegbaseline.dcm" >"$WORK/lossless.dcm"
     expect 415 "DICOM upload in JPEG Lossless (well-formed, unsupported)" -H "Content-Type: application/octet-stream" --data-binary "@$WORK/lossless.dcm" "$URL/api/search"
     check "415 names the transfer syntax" '"JPEG Lossless" in d["error"]["message"]'
+    # What the page shows for a query it cannot display itself.
+    expect 200 "POST /api/preview of a DICOM" -H "Content-Type: application/dicom" \
+        --data-binary "@$DATA/dicom/siim_cxr_pa_jpegbaseline.dcm" "$URL/api/preview?size=300"
+    [ "$(header Content-Type)" = image/png ] && [ "$(png_size)" = 300x300 ] && [ "$(header Cache-Control)" = no-store ] &&
+        ok "the preview is a 300x300 PNG, not cached" || bad "preview: $(header Content-Type) $(png_size) $(header Cache-Control)"
+    expect 415 "preview of a JPEG Lossless DICOM" -H "Content-Type: application/dicom" --data-binary "@$WORK/lossless.dcm" "$URL/api/preview"
 fi
+expect 200 "POST /api/preview of a PNG (multipart), default size" -F "image=@$BIG" "$URL/api/preview"
+[ "$(png_size)" = 1024x1024 ] && ok "a 1024 px image previews at 1024 px" || bad "preview of $BIG is $(png_size)"
+expect 400 "preview size out of range" -F "image=@$QUERY" "$URL/api/preview?size=5"
+check "the 400 gives the range" "'16..4096' in d['error']['message']"
+expect 400 "preview without an image" -X POST "$URL/api/preview"
+expect 400 "preview of random bytes" -F "image=@$WORK/noise.png" "$URL/api/preview"
+expect 200 "GET /api/images/1/preview, never enlarged" "$URL/api/images/1/preview?size=512"
+[ "$(png_size)" = 64x64 ] && ok "a 64 px image previews at 64 px" || bad "preview of image 1 is $(png_size)"
+expect 404 "preview of an image that does not exist" "$URL/api/images/99999999/preview"
+expect 405 "POST to a stored image's preview" -X POST "$URL/api/images/1/preview"
 expect 415 "text/plain body" -H "Content-Type: text/plain" --data "hello" "$URL/api/search"
 expect 415 "JSON body" -H "Content-Type: application/json" --data '{"image":"x"}' "$URL/api/search"
 expect 415 "urlencoded form" --data "image=abc" "$URL/api/search"
@@ -296,6 +312,20 @@ trickled "a field given twice" "form field 'age' is given twice" '[["age","61"],
 trickled "a NUL byte in a field" "form field 'age' holds a NUL byte" '[["age","6\u00001"]]'
 trickled "a field over 4 KiB in pieces, its name shown printable" "form field 'meta.x?[31m' is longer than 4096 bytes" \
     '[["meta.x\u001b[31m","'"$(printf 'n%.0s' $(seq 1 5000))"'"]]'
+if [ -f "$DATA/dicom/siim_cxr_pa_uncompressed_evrle.dcm" ]; then
+    DCMFILE=$DATA/dicom/siim_cxr_pa_uncompressed_evrle.dcm
+    expect 201 "ingest a DICOM (raw application/dicom body, an age given)" "${AUTH[@]}" -H "Content-Type: application/dicom" \
+        --data-binary "@$DCMFILE" "$URL/api/images?age=63"
+    DID=$(json 'd["id"]')
+    expect 200 "metadata of the DICOM" "$URL/api/images/$DID/metadata"
+    check "its header fills what was not sent" "d['age']==63 and d['sex']=='M' and d['view']=='PA' and d['study_date']=='1901-01-01' and d['patient_id']=='16d7f894-55d7-4d95-8957-d18987f0e981' and d['extra']=={'modality':'CR','body_part':'CHEST'} and d['mime']=='application/dicom'"
+    expect 200 "the stored DICOM" "$URL/api/images/$DID"
+    cmp -s "$B" "$DCMFILE" && [ "$(header Content-Type)" = application/dicom ] &&
+        ok "comes back byte for byte as application/dicom" || bad "stored DICOM differs or is $(header Content-Type)"
+    expect 200 "its preview" "$URL/api/images/$DID/preview?size=256"
+    [ "$(png_size)" = 256x256 ] && ok "a 256 px preview of the stored DICOM" || bad "stored DICOM preview is $(png_size)"
+    expect 200 "delete the DICOM" -X DELETE "${AUTH[@]}" "$URL/api/images/$DID"
+fi
 expect 200 "delete the raw-body image" -X DELETE "${AUTH[@]}" "$URL/api/images/$RID"
 expect 400 "ingest of random bytes" "${AUTH[@]}" -F "image=@$WORK/noise.png" "$URL/api/images"
 expect 400 "ingest without an image" "${AUTH[@]}" -F "age=3" "$URL/api/images"

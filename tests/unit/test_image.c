@@ -571,7 +571,7 @@ static void test_thumbnails(void **state)
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         blob src = encode_with(constant_image(cases[i].w, cases[i].h, 3, 90), ".png");
-        for (int fmt = THUMB_JPEG; fmt <= THUMB_WEBP; fmt++) {
+        for (int fmt = THUMB_JPEG; fmt <= THUMB_PNG; fmt++) {
             uint8_t *t = NULL;
             size_t tlen = 0;
             ms_err err = {0};
@@ -582,6 +582,8 @@ static void test_thumbnails(void **state)
                 fail_msg("thumbnail %zu: %s", i, err.msg);
             if (fmt == THUMB_JPEG)
                 assert_true(tlen > 3 && t[0] == 0xff && t[1] == 0xd8);
+            else if (fmt == THUMB_PNG)
+                assert_true(tlen > 8 && !memcmp(t, "\x89PNG", 4));
             else
                 assert_true(tlen > 12 && !memcmp(t, "RIFF", 4) && !memcmp(t + 8, "WEBP", 4));
             blob tb = {t, tlen};
@@ -590,7 +592,7 @@ static void test_thumbnails(void **state)
             if (w != cases[i].want_w || h != cases[i].want_h)
                 fail_msg("thumbnail of %dx%d at %d is %dx%d, want %dx%d", cases[i].w, cases[i].h, cases[i].longest,
                          w, h, cases[i].want_w, cases[i].want_h);
-            if (fmt == THUMB_JPEG)
+            if (fmt != THUMB_WEBP)
                 assert_int_equal(bands, 1); /* 8-bit grayscale */
             free(t);
         }
@@ -605,6 +607,37 @@ static void test_thumbnails(void **state)
     assert_null(t);
     assert_int_equal(image_thumbnail(src.data, src.len, NULL, 100000, THUMB_JPEG, &t, &tlen, &err), MS_EINVAL);
     assert_int_equal(image_thumbnail(src.data, src.len, NULL, 64, (thumb_format)7, &t, &tlen, &err), MS_EINVAL);
+    blob_free(&src);
+}
+
+/* The PNG preview is lossless: at full size it holds exactly the gray
+ * image the model's preparation starts from. */
+static void test_png_preview_is_lossless(void **state)
+{
+    (void)state;
+    uint8_t px[37 * 23 * 3];
+    for (size_t i = 0; i < sizeof px; i++)
+        px[i] = (uint8_t)(i * 7 + i / 111);
+    blob src = encode_with(raw_image(px, 37, 23, 3, 1), ".png");
+    uint8_t *t = NULL;
+    size_t tlen = 0;
+    ms_err err = {0};
+    assert_int_equal(image_thumbnail(src.data, src.len, NULL, 37, THUMB_PNG, &t, &tlen, &err), 0);
+    VipsImage *back = vips_image_new_from_buffer(t, tlen, "", NULL);
+    assert_non_null(back);
+    assert_int_equal(back->Bands, 1);
+    size_t n = 0;
+    uint8_t *gray = vips_image_write_to_memory(back, &n);
+    assert_int_equal(n, 37 * 23);
+    for (size_t i = 0; i < 37 * 23; i++) {
+        const uint8_t *p = px + 3 * i;
+        uint8_t want = (uint8_t)((19595u * p[0] + 38470u * p[1] + 7471u * p[2] + 32768u) >> 16);
+        if (gray[i] != want)
+            fail_msg("pixel %zu: %u, want %u", i, gray[i], want);
+    }
+    g_free(gray);
+    g_object_unref(back);
+    free(t);
     blob_free(&src);
 }
 
@@ -1112,6 +1145,7 @@ int main(void)
         cmocka_unit_test(test_cmyk_jpeg_rejected),
         cmocka_unit_test(test_tiff_miniswhite),
         cmocka_unit_test(test_thumbnails),
+        cmocka_unit_test(test_png_preview_is_lossless),
         cmocka_unit_test(test_prepare_with_thumbnail_matches_separate_calls),
         cmocka_unit_test(test_bad_prep_arguments),
         cmocka_unit_test(test_timed_stages),

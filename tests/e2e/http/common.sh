@@ -107,6 +107,11 @@ check() {
     if [ "$v" = "True" ]; then ok "$1"; else bad "$1 ($2 -> ${v:-error}; body: $(head -c 300 "$B"))"; fi
 }
 
+# png_size: WxH of the last body when it is a PNG, else "not-png".
+png_size() {
+    /usr/bin/python3 -c 'import struct,sys; b=open(sys.argv[1],"rb").read(24); print("%dx%d" % struct.unpack(">II", b[16:24]) if b[:8]==b"\x89PNG\r\n\x1a\n" else "not-png")' "$B"
+}
+
 header() { grep -i "^$1:" "$H" | head -n 1 | cut -d' ' -f2- | tr -d '\r'; }
 
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
