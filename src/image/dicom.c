@@ -290,8 +290,8 @@ static const syntax SYNTAXES[] = {
     {"1.2.840.10008.1.2.4.50", "JPEG Baseline", 1, true, false, DICOM_JPEG},
     {"1.2.840.10008.1.2.4.51", "JPEG Extended", 1, true, false, DICOM_JPEG},
     {"1.2.840.10008.1.2.1.99", "Deflated Explicit VR Little Endian", 0, true, false, DICOM_NATIVE},
-    {"1.2.840.10008.1.2.4.57", "JPEG Lossless", 0, true, false, DICOM_JPEG},
-    {"1.2.840.10008.1.2.4.70", "JPEG Lossless (first-order prediction)", 0, true, false, DICOM_JPEG},
+    {"1.2.840.10008.1.2.4.57", "JPEG Lossless", 1, true, false, DICOM_JPEG_LOSSLESS},
+    {"1.2.840.10008.1.2.4.70", "JPEG Lossless (first-order prediction)", 1, true, false, DICOM_JPEG_LOSSLESS},
     {"1.2.840.10008.1.2.4.80", "JPEG-LS Lossless", 0, true, false, DICOM_JPEG},
     {"1.2.840.10008.1.2.4.81", "JPEG-LS Near-Lossless", 0, true, false, DICOM_JPEG},
     {"1.2.840.10008.1.2.4.90", "JPEG 2000 Lossless", 0, true, false, DICOM_JPEG},
@@ -319,7 +319,7 @@ static int choose_syntax(const char *uid, dicom_image *d, cursor *c, ms_err *err
         return 0;
     }
     return ms_err_set(err, MS_EUNSUPPORTED, "DICOM with transfer syntax %s is not supported; MedSearch reads "
-                      "uncompressed, RLE and 8-bit JPEG DICOM", uid);
+                      "uncompressed, RLE, JPEG Lossless and 8-bit JPEG DICOM", uid);
 }
 
 /* ---- the header ---- */
@@ -879,14 +879,14 @@ static int mono_to_gray8(const dicom_image *d, const uint8_t *frame, int bytes, 
     return 0;
 }
 
-int dicom_gray8(const dicom_image *d, const uint8_t *frame, int rle, uint8_t *out, ms_err *err)
+int dicom_gray8(const dicom_image *d, const uint8_t *frame, int decoded, uint8_t *out, ms_err *err)
 {
     int bytes = d->bits_allocated / 8;
     if (d->samples == 1)
-        return mono_to_gray8(d, frame, bytes, rle ? false : (bool)d->big_endian, out, err);
-    /* Three 8-bit samples, interleaved (RLE output is) or planar. */
+        return mono_to_gray8(d, frame, bytes, decoded ? false : (bool)d->big_endian, out, err);
+    /* Three 8-bit samples, interleaved (decoded frames are) or planar. */
     size_t n = (size_t)d->rows * (size_t)d->cols;
-    bool planar = d->planar && !rle;
+    bool planar = d->planar && !decoded;
     size_t step = planar ? 1 : 3, plane = planar ? n : 1;
     for (size_t i = 0; i < n; i++) {
         const uint8_t *p = frame + i * step;

@@ -6,10 +6,11 @@
  *
  * What is read:
  *   - transfer syntaxes: implicit VR little endian, explicit VR little and
- *     big endian (native pixels), RLE Lossless (decoded here) and JPEG
- *     Baseline / Extended (process 1 and 2/4, 8-bit: the frame's bytes are
- *     handed to libjpeg through libvips by image.c). Deflated data sets,
- *     JPEG Lossless, JPEG-LS, JPEG 2000 and video are refused by name;
+ *     big endian (native pixels), RLE Lossless (decoded here), JPEG
+ *     Lossless (process 14, jpeg_lossless.c) and JPEG Baseline / Extended
+ *     (process 1 and 2/4, 8-bit: the frame's bytes are handed to libjpeg
+ *     through libvips by image.c). Deflated data sets, JPEG-LS, JPEG 2000
+ *     and video are refused by name;
  *   - pixels: 1 sample (MONOCHROME1, MONOCHROME2) of 8 or 16 bits
  *     allocated, any bits stored up to that with any high bit, unsigned or
  *     two's complement; or 3 samples (RGB, YBR_FULL, and YBR_FULL_422 /
@@ -41,7 +42,7 @@
 
 #define DICOM_MAX_DEPTH 16
 
-typedef enum { DICOM_NATIVE = 0, DICOM_RLE, DICOM_JPEG } dicom_encoding;
+typedef enum { DICOM_NATIVE = 0, DICOM_RLE, DICOM_JPEG, DICOM_JPEG_LOSSLESS } dicom_encoding;
 
 typedef enum {
     DICOM_MONOCHROME1 = 1, DICOM_MONOCHROME2, DICOM_RGB, DICOM_YBR_FULL,
@@ -108,8 +109,9 @@ int dicom_frame_bytes(const dicom_image *d, uint8_t **out, size_t *out_len, ms_e
 
 /* Decodes an RLE Lossless frame (PS3.5 annex G) into out, the layout of a
  * native frame: dicom_frame_size(d) bytes, samples interleaved, 16-bit
- * values little endian. Returns 0 or MS_EFORMAT (a segment table that does
- * not fit the image, a segment that ends before its rows). */
+ * values little endian ("decoded" layout, as jpeg_lossless_decode writes
+ * too). Returns 0 or MS_EFORMAT (a segment table that does not fit the
+ * image, a segment that ends before its rows). */
 int dicom_rle_decode(const dicom_image *d, const uint8_t *frame, size_t len, uint8_t *out, ms_err *err);
 
 /* Native frame samples -> 8-bit gray (out: rows x cols bytes).
@@ -127,9 +129,10 @@ int dicom_rle_decode(const dicom_image *d, const uint8_t *frame, size_t len, uin
  * rounded half up; MONOCHROME1 then becomes 255 - y.
  * Three samples: RGB -> (19595 R + 38470 G + 7471 B + 32768) >> 16, as
  * the other formats' colour images; YBR_FULL -> its Y.
- * `native` is the frame in the file's layout (d->big_endian, d->planar),
- * or as dicom_rle_decode writes it when rle is set. Returns 0, MS_ENOMEM. */
-int dicom_gray8(const dicom_image *d, const uint8_t *frame, int rle, uint8_t *out, ms_err *err);
+ * `frame` is in the file's layout (d->big_endian, d->planar), or in the
+ * decoded layout (little endian, interleaved) when `decoded` is set.
+ * Returns 0, MS_ENOMEM. */
+int dicom_gray8(const dicom_image *d, const uint8_t *frame, int decoded, uint8_t *out, ms_err *err);
 
 /* An 8-bit gray image decoded from a JPEG frame (w x h = cols x rows)
  * through the same pipeline as an 8-bit native frame: rescale, window or

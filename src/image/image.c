@@ -484,8 +484,12 @@ static int decode_dicom_gray8(const void *buf, size_t len, pipeline *pl, ms_err 
         rc = dicom_jpeg_gray8(&d, frame, frame_len, out, err);
     } else if (!(raw = malloc(dicom_frame_size(&d)))) {
         rc = ms_err_set(err, MS_ENOMEM, "no memory for a DICOM frame of %zu bytes", dicom_frame_size(&d));
-    } else if (!(rc = dicom_rle_decode(&d, frame, frame_len, raw, err))) {
-        rc = dicom_gray8(&d, raw, 1, out, err);
+    } else {
+        rc = d.encoding == DICOM_RLE ? dicom_rle_decode(&d, frame, frame_len, raw, err)
+                                     : jpeg_lossless_decode(frame, frame_len, d.cols, d.rows, d.samples,
+                                                            d.bits_allocated / 8, raw, err);
+        if (!rc)
+            rc = dicom_gray8(&d, raw, 1, out, err);
     }
     free(raw);
     free(frame);

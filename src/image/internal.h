@@ -107,4 +107,15 @@ void image_gray16_to_gray8(const uint16_t *in, size_t n, float gain, uint8_t *ou
  * MS_ENOMEM or MS_EINTERNAL (libjpeg failed; its message in err). */
 int jpeg_encode_gray8(const uint8_t *px, int w, int h, int quality, uint8_t **out, size_t *out_len, ms_err *err);
 
+/* Decodes a lossless JPEG (ITU T.81 process 14, Huffman, one scan of all
+ * components, predictors 1-7, point transform, restart intervals of whole
+ * rows; jpeg_lossless.c) that must be width x height with `components`
+ * samples per pixel, into out: width x height x components samples of
+ * `bytes` (1 or 2; the precision must fit) each, little endian,
+ * interleaved. Returns 0, MS_EFORMAT (corrupt or truncated, or not the
+ * size the caller expects), MS_EUNSUPPORTED (another JPEG process, several
+ * scans) or MS_ENOMEM. */
+int jpeg_lossless_decode(const uint8_t *buf, size_t len, int width, int height, int components, int bytes,
+                         uint8_t *out, ms_err *err);
+
 #endif

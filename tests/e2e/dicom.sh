@@ -6,6 +6,10 @@
 #    the square files of shared/data/dicom: `medsearch embed --dump-input`
 #    at the image's own size gives exactly the gray levels worked out in
 #    Python from pydicom's decoding;
+#  - JPEG Lossless written by dcmtk's dcmcjpeg (every predictor, 8, 12 and
+#    16 bits, signed, colour, a point transform) gives the gray levels of
+#    the uncompressed file (of dcmdjpeg's decompression for the point
+#    transform, which drops bits);
 #  - ingest takes DICOM files from a folder (by content, any file name),
 #    fills patient, sex, age, view and study date from the file where the
 #    labels file says nothing, keeps what it says, and stores modality and
@@ -21,22 +25,22 @@ DCM=$SHARED/data/dicom
 PY=/usr/bin/python3
 [ -r "$MODEL" ] && [ -d "$DCM" ] || { echo "skip: $MODEL or $DCM not found"; exit 77; }
 "$PY" -c 'import pydicom, numpy, PIL' 2>/dev/null || { echo "skip: $PY lacks pydicom, numpy or PIL (Debian python3-pydicom python3-numpy python3-pil)"; exit 77; }
+command -v dcmcjpeg >/dev/null && command -v dcmdjpeg >/dev/null || { echo "skip: dcmtk's dcmcjpeg and dcmdjpeg not installed (Debian dcmtk)"; exit 77; }
 T=$(mktemp -d "${TMPDIR:-/tmp}/medsearch-dicom.XXXXXX")
 trap 'rm -rf "$T"' EXIT
 fails=0
 fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
 
-echo "== cases written by pydicom"
-"$PY" tests/tools/dicom_cases.py "$T/cases" "$DCM" || { echo "FAIL: dicom_cases.py"; exit 1; }
-n=0
-while IFS=$'\t' read -r name rows cols; do
-    [ "$rows" = "$cols" ] || continue
-    if ! "$BIN" embed --model "$MODEL" --input-size "$rows" --mean 0 --scale 1 \
-        --dump-input "$T/$name.in" "$T/cases/$name.dcm" >/dev/null 2>"$T/$name.err"; then
+# same_gray NAME DCM GRAY SIZE: MedSearch's gray levels of DCM (SIZE x SIZE)
+# must equal the uint8 file GRAY exactly.
+same_gray() {
+    local name=$1 dcm=$2 gray=$3 size=$4
+    if ! "$BIN" embed --model "$MODEL" --input-size "$size" --mean 0 --scale 1 \
+        --dump-input "$T/$name.in" "$dcm" >/dev/null 2>"$T/$name.err"; then
         fail "$name: embed failed: $(cat "$T/$name.err")"
-        continue
+        return
     fi
-    "$PY" - "$T/$name.in" "$T/cases/$name.gray" "$rows" "$name" <<'EOF' || fail "$name: pixels differ"
+    "$PY" - "$T/$name.in" "$gray" "$size" "$name" <<'EOF' || fail "$name: pixels differ"
 import sys
 import numpy as np
 got = np.fromfile(sys.argv[1], dtype="<f4")
@@ -48,18 +52,45 @@ for c in range(3):
     if d.max() != 0:
         print(f"{sys.argv[4]}: channel {c}: {int((d > 0).sum())} of {n} pixels differ, largest by {d.max()}")
         sys.exit(1)
-print(f"ok: {sys.argv[4]}: {n} pixels equal pydicom's (range {int(want.min())}..{int(want.max())})")
+print(f"ok: {sys.argv[4]}: {n} pixels equal the reference (range {int(want.min())}..{int(want.max())})")
 EOF
+}
+
+echo "== cases written by pydicom"
+"$PY" tests/tools/dicom_cases.py "$T/cases" "$DCM" || { echo "FAIL: dicom_cases.py"; exit 1; }
+n=0
+while IFS=$'\t' read -r name rows cols; do
+    [ "$rows" = "$cols" ] || continue
+    same_gray "$name" "$T/cases/$name.dcm" "$T/cases/$name.gray" "$rows"
     n=$((n + 1))
 done <"$T/cases/cases.tsv"
 [ "$n" -ge 18 ] || fail "only $n cases ran"
 
+echo "== JPEG Lossless written by dcmtk: the same gray levels as the uncompressed files"
+for src in mono16_explicit window_linear mono1_range mono8 voi_lut; do
+    for sv in 1 2 3 4 5 6 7; do
+        dcmcjpeg +el +sv "$sv" "$T/cases/$src.dcm" "$T/jl_${src}_$sv.dcm" 2>"$T/jl.err" ||
+            { fail "dcmcjpeg $src sv $sv: $(cat "$T/jl.err")"; continue; }
+        same_gray "jpeg_lossless_${src}_sv$sv" "$T/jl_${src}_$sv.dcm" "$T/cases/$src.gray" 48
+    done
+done
+dcmcjpeg +e1 "$T/cases/rgb.dcm" "$T/jl_rgb.dcm" && same_gray jpeg_lossless_rgb "$T/jl_rgb.dcm" "$T/cases/rgb.gray" 48
+dcmcjpeg +e1 "$DCM/siim_cxr_pa_uncompressed_evrle.dcm" "$T/jl_siim.dcm" &&
+    same_gray jpeg_lossless_siim "$T/jl_siim.dcm" "$T/cases/shared_siim_cxr_pa_uncompressed_evrle.gray" 1024
+# A point transform drops low bits: compare with dcmtk's own decompression.
+dcmcjpeg +el +sv 5 +pt 3 "$T/cases/mono16_explicit.dcm" "$T/jl_pt.dcm" && dcmdjpeg "$T/jl_pt.dcm" "$T/jl_pt_raw.dcm" &&
+    "$PY" -c 'import sys, pydicom
+sys.path.insert(0, "tests/tools")
+import dicom_cases
+dicom_cases.expected_gray(pydicom.dcmread(sys.argv[1])).tofile(sys.argv[2])' "$T/jl_pt_raw.dcm" "$T/jl_pt.gray" &&
+    same_gray jpeg_lossless_point_transform "$T/jl_pt.dcm" "$T/jl_pt.gray" 48
+
 echo "== refused by name"
-LC_ALL=C sed 's/1\.2\.840\.10008\.1\.2\.4\.50/1.2.840.10008.1.2.4.70/' "$DCM/siim_cxr_pa_jpegbaseline.dcm" >"$T/lossless.dcm"
+LC_ALL=C sed 's/1\.2\.840\.10008\.1\.2\.4\.50/1.2.840.10008.1.2.4.80/' "$DCM/siim_cxr_pa_jpegbaseline.dcm" >"$T/jpegls.dcm"
 rc=0
-"$BIN" embed --model "$MODEL" "$T/lossless.dcm" >/dev/null 2>"$T/ll.err" || rc=$?
-[ "$rc" -eq 1 ] && grep -q "JPEG Lossless (first-order prediction) transfer syntax (1.2.840.10008.1.2.4.70) is not supported" "$T/ll.err" ||
-    fail "JPEG Lossless: exit $rc, $(cat "$T/ll.err")"
+"$BIN" embed --model "$MODEL" "$T/jpegls.dcm" >/dev/null 2>"$T/ll.err" || rc=$?
+[ "$rc" -eq 1 ] && grep -q "JPEG-LS Lossless transfer syntax (1.2.840.10008.1.2.4.80) is not supported" "$T/ll.err" ||
+    fail "JPEG-LS: exit $rc, $(cat "$T/ll.err")"
 head -c 2000 "$DCM/siim_cxr_pa_uncompressed_evrle.dcm" >"$T/cut.dcm"
 rc=0
 "$BIN" embed --model "$MODEL" "$T/cut.dcm" >/dev/null 2>"$T/cut.err" || rc=$?

@@ -117,6 +117,11 @@ EOF
   # With pydicom: DICOM files of every layout and transfer syntax MedSearch reads.
   if "$PY" tests/tools/dicom_cases.py "$dir/dicom" >/dev/null 2>&1; then
     for f in "$dir"/dicom/*.dcm; do mv "$f" "$dir/$(basename "$f")"; done
+    # and with dcmtk, JPEG Lossless (predictor 6, and 1 with a point transform)
+    if command -v dcmcjpeg >/dev/null 2>&1; then
+      dcmcjpeg +el +sv 6 "$dir/mono16_explicit.dcm" "$dir/jpeg_lossless_sv6.dcm" 2>/dev/null || true
+      dcmcjpeg +el +sv 1 +pt 2 "$dir/mono8.dcm" "$dir/jpeg_lossless_pt.dcm" 2>/dev/null || true
+    fi
   fi
   rm -rf "$dir/dicom"
   printf '\x89PNG\r\n\x1a\n' >"$dir/magic.png"

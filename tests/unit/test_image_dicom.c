@@ -8,6 +8,7 @@
  */
 #include <math.h>
 #include <setjmp.h>
+#include <stdbool.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -20,6 +21,12 @@
 
 #include "image/image.h"
 #include "image_test_util.h"
+
+static uint64_t rng_state = 0x2545f4914f6cdd1du;
+static uint64_t rng(void)
+{
+    return xorshift64(&rng_state);
+}
 
 /* ---- a DICOM writer ---- */
 
@@ -541,6 +548,190 @@ static void test_sequences_are_skipped(void **state)
     free(d.b);
 }
 
+/* ---- JPEG Lossless ---- */
+
+/* A bit writer with JPEG's byte stuffing (0xFF is followed by 0x00). */
+typedef struct bits {
+    dcm *d;
+    uint32_t acc;
+    int n;
+} bits;
+
+static void put_bits(bits *b, uint32_t v, int n)
+{
+    for (int i = n - 1; i >= 0; i--) {
+        b->acc = b->acc << 1 | ((v >> i) & 1);
+        if (++b->n == 8) {
+            uint8_t byte = (uint8_t)b->acc;
+            put(b->d, &byte, 1);
+            if (byte == 0xff)
+                put(b->d, "", 1);
+            b->acc = 0;
+            b->n = 0;
+        }
+    }
+}
+
+static void flush_bits(bits *b)
+{
+    while (b->n)
+        put_bits(b, 1, 1); /* pad with ones */
+}
+
+static void marker(dcm *d, int m, const uint8_t *seg, size_t n)
+{
+    uint8_t h[4] = {0xff, (uint8_t)m, (uint8_t)((n + 2) >> 8), (uint8_t)(n + 2)};
+    put(d, h, m == 0xd8 || m == 0xd9 ? 2 : 4);
+    if (seg)
+        put(d, seg, n);
+}
+
+/* A lossless JPEG of w x h one-component samples of precision p, with
+ * predictor sv, point transform pt and a restart every `restart_rows`
+ * rows (0: none). Its Huffman table gives category k (0..16) the 5-bit
+ * code k: simple, and every category is used. This is an independent
+ * encoder written from T.81 H.1 for the decoder's edge cases; dicom.sh
+ * checks the decoder against dcmtk's encoder too. */
+static dcm lossless_jpeg(const uint16_t *v, int w, int h, int p, int sv, int pt, int restart_rows)
+{
+    dcm d = {0};
+    marker(&d, 0xd8, NULL, 0);
+    uint8_t sof[9] = {(uint8_t)p, (uint8_t)(h >> 8), (uint8_t)h, (uint8_t)(w >> 8), (uint8_t)w, 1, 1, 0x11, 0};
+    marker(&d, 0xc3, sof, sizeof sof);
+    uint8_t dht[17 + 17] = {0x00};
+    dht[5] = 17; /* 17 codes of length 5 */
+    for (int k = 0; k <= 16; k++)
+        dht[17 + k] = (uint8_t)k;
+    marker(&d, 0xc4, dht, sizeof dht);
+    if (restart_rows) {
+        uint8_t dri[2] = {(uint8_t)((restart_rows * w) >> 8), (uint8_t)(restart_rows * w)};
+        marker(&d, 0xdd, dri, 2);
+    }
+    uint8_t sos[6] = {1, 1, 0x00, (uint8_t)sv, 0, (uint8_t)pt};
+    marker(&d, 0xda, sos, sizeof sos);
+    bits b = {&d, 0, 0};
+    int rst = 0;
+    for (int y = 0; y < h; y++) {
+        bool first_row = y == 0 || (restart_rows && y % restart_rows == 0);
+        if (y > 0 && first_row) {
+            flush_bits(&b);
+            uint8_t m[2] = {0xff, (uint8_t)(0xd0 | (rst++ & 7))};
+            put(&d, m, 2);
+        }
+        for (int x = 0; x < w; x++) {
+            int32_t a = x ? v[y * w + x - 1] >> pt : 0, up = y ? v[(y - 1) * w + x] >> pt : 0;
+            int32_t c = x && y ? v[(y - 1) * w + x - 1] >> pt : 0, pred;
+            if (first_row)
+                pred = x ? a : 1 << (p - pt - 1);
+            else if (x == 0)
+                pred = up;
+            else
+                pred = sv == 1 ? a : sv == 2 ? up : sv == 3 ? c : sv == 4 ? a + up - c
+                     : sv == 5 ? a + ((up - c) >> 1) : sv == 6 ? up + ((a - c) >> 1) : (a + up) >> 1;
+            int32_t diff = (int32_t)(((v[y * w + x] >> pt) - pred) & 0xffff);
+            if (diff >= 32768)
+                diff -= 65536; /* the smaller of the two differences modulo 2^16 */
+            int cat = 0;
+            for (uint32_t m = (uint32_t)(diff < 0 ? -diff : diff); m; m >>= 1)
+                cat++;
+            put_bits(&b, (uint32_t)cat, 5);
+            if (cat && cat < 16)
+                put_bits(&b, (uint32_t)(diff < 0 ? diff + (1 << cat) - 1 : diff), cat);
+        }
+    }
+    flush_bits(&b);
+    marker(&d, 0xd9, NULL, 0);
+    return d;
+}
+
+/* A DICOM of JPEG Lossless frame j over w x h 16-bit samples. */
+static dcm lossless_dicom(const dcm *j, int w, int h, int stored)
+{
+    dcm d = dcm_begin("1.2.840.10008.1.2.4.70", 1, 0);
+    image_attrs(&d, w, h, 16, stored, stored - 1, 0, "MONOCHROME2");
+    encapsulate(&d, j);
+    return d;
+}
+
+static void test_jpeg_lossless(void **state)
+{
+    (void)state;
+    enum { N = 12 };
+    uint16_t v[N * N];
+    for (int i = 0; i < N * N; i++) /* smooth, with jumps to both ends of 16 bits */
+        v[i] = (uint16_t)(i % 17 == 0 ? 65535 : i % 23 == 0 ? 0 : 30000 + 97 * (i % N) - 211 * (i / N));
+    dcm native = dcm_begin(TS_EXPLICIT, 1, 0);
+    image_attrs(&native, N, N, 16, 16, 15, 0, "MONOCHROME2");
+    pixels16(&native, v, N * N);
+    uint8_t want[N * N], got[N * N];
+    gray_of(&native, N, want);
+    free(native.b);
+    for (int sv = 1; sv <= 7; sv++)
+        for (int restart = 0; restart <= 5; restart += 5) { /* every 5 rows: RST0, RST1 */
+            dcm j = lossless_jpeg(v, N, N, 16, sv, 0, restart);
+            dcm d = lossless_dicom(&j, N, N, 16);
+            gray_of(&d, N, got);
+            if (memcmp(got, want, sizeof want))
+                fail_msg("predictor %d, restart every %d rows: pixels differ", sv, restart);
+            free(j.b);
+            free(d.b);
+        }
+
+    /* A point transform of 3: the decoded samples are the low bits cleared. */
+    uint16_t shifted[N * N];
+    for (int i = 0; i < N * N; i++)
+        shifted[i] = (uint16_t)(v[i] & ~7u);
+    native = dcm_begin(TS_EXPLICIT, 1, 0);
+    image_attrs(&native, N, N, 16, 16, 15, 0, "MONOCHROME2");
+    pixels16(&native, shifted, N * N);
+    gray_of(&native, N, want);
+    free(native.b);
+    dcm j = lossless_jpeg(v, N, N, 16, 6, 3, 0);
+    dcm d = lossless_dicom(&j, N, N, 16);
+    gray_of(&d, N, got);
+    assert_memory_equal(got, want, sizeof want);
+
+    /* Cut at every length, and random changes: an error or an image, never more. */
+    for (size_t n = 0; n < d.n; n++) {
+        ms_err err = {0};
+        if (prepare_code(d.b, n, &err) == 0)
+            fail_msg("a JPEG Lossless DICOM cut to %zu of %zu bytes decoded", n, d.n);
+    }
+    uint8_t *copy = malloc(d.n);
+    assert_non_null(copy);
+    for (int round = 0; round < 3000; round++) {
+        memcpy(copy, d.b, d.n);
+        for (int k = 0; k < 1 + (int)(rng() % 3); k++)
+            copy[d.n - j.n - 8 + rng() % j.n] = (uint8_t)rng(); /* inside the JPEG stream */
+        ms_err err = {0};
+        int rc = prepare_code(copy, d.n, &err);
+        if (rc != 0 && !err.msg[0])
+            fail_msg("error %d without a message", rc);
+    }
+    free(copy);
+    free(d.b);
+
+    /* A missing restart marker; 16-bit samples declared as 8 bits allocated;
+     * a frame of another size than the header's. */
+    dcm bad = lossless_jpeg(v, N, N, 16, 1, 0, 5);
+    for (size_t i = 0; i + 1 < bad.n; i++)
+        if (bad.b[i] == 0xff && bad.b[i + 1] == 0xd0)
+            bad.b[i + 1] = 0xd3;
+    d = lossless_dicom(&bad, N, N, 16);
+    expect_refused(&d, MS_EFORMAT, "a restart marker is missing");
+    free(d.b);
+    d = dcm_begin("1.2.840.10008.1.2.4.70", 1, 0);
+    image_attrs(&d, N, N, 8, 8, 7, 0, "MONOCHROME2");
+    encapsulate(&d, &j);
+    expect_refused(&d, MS_EFORMAT, "16-bit JPEG Lossless samples in 8 bits allocated");
+    free(d.b);
+    d = lossless_dicom(&j, N + 1, N, 16);
+    expect_refused(&d, MS_EFORMAT, "its JPEG Lossless frame is 12x12");
+    free(d.b);
+    free(bad.b);
+    free(j.b);
+}
+
 /* ---- metadata ---- */
 
 static void meta_of(const char *age, const char *sex, const char *date, const char *pid, image_dicom_meta *m)
@@ -599,7 +790,7 @@ static void test_refusals_name_the_reason(void **state)
     const struct {
         const char *ts, *words;
     } syntaxes[] = {
-        {"1.2.840.10008.1.2.4.70", "JPEG Lossless (first-order prediction) transfer syntax"},
+        {"1.2.840.10008.1.2.4.81", "JPEG-LS Near-Lossless transfer syntax"},
         {"1.2.840.10008.1.2.4.90", "JPEG 2000 Lossless"},
         {"1.2.840.10008.1.2.4.80", "JPEG-LS"},
         {"1.2.840.10008.1.2.1.99", "Deflated"},
@@ -743,12 +934,6 @@ static void test_nesting_bomb(void **state)
     free(d.b);
 }
 
-static uint64_t rng_state = 0x2545f4914f6cdd1du;
-static uint64_t rng(void)
-{
-    return xorshift64(&rng_state);
-}
-
 /* Random byte changes of valid files: an image or an error, nothing else
  * (ASan and UBSan watch the rest). */
 static void test_mutations(void **state)
@@ -785,6 +970,7 @@ int main(void)
         cmocka_unit_test(test_voi_lut_sequence),
         cmocka_unit_test(test_colour),
         cmocka_unit_test(test_rle),
+        cmocka_unit_test(test_jpeg_lossless),
         cmocka_unit_test(test_first_frame_of_several),
         cmocka_unit_test(test_sequences_are_skipped),
         cmocka_unit_test(test_metadata),
