@@ -6,12 +6,12 @@ set -euo pipefail
 build_pkgs=(
   build-essential pkg-config clang libclang-rt-14-dev valgrind
   libdnnl-dev libprotobuf-c-dev protobuf-c-compiler libonnx-dev
-  libvips-dev libdeflate-dev libjpeg62-turbo-dev libjansson-dev libmicrohttpd-dev libsqlite3-dev libpq-dev libssl-dev
+  libvips-dev libdeflate-dev libjpeg62-turbo-dev libopenjp2-7-dev libcharls-dev libjansson-dev libmicrohttpd-dev libsqlite3-dev libpq-dev libssl-dev
   libcmocka-dev
 )
 test_pkgs=(
   postgresql curl chromium
-  python3-torch python3-torchvision python3-onnx python3-numpy python3-pil python3-pydicom dcmtk
+  python3-torch python3-torchvision python3-onnx python3-numpy python3-pil python3-pydicom dcmtk libgdcm-tools
   python3-faiss python3-hnswlib python3-flask
 )
 

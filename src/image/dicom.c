@@ -292,10 +292,10 @@ static const syntax SYNTAXES[] = {
     {"1.2.840.10008.1.2.1.99", "Deflated Explicit VR Little Endian", 0, true, false, DICOM_NATIVE},
     {"1.2.840.10008.1.2.4.57", "JPEG Lossless", 1, true, false, DICOM_JPEG_LOSSLESS},
     {"1.2.840.10008.1.2.4.70", "JPEG Lossless (first-order prediction)", 1, true, false, DICOM_JPEG_LOSSLESS},
-    {"1.2.840.10008.1.2.4.80", "JPEG-LS Lossless", 0, true, false, DICOM_JPEG},
-    {"1.2.840.10008.1.2.4.81", "JPEG-LS Near-Lossless", 0, true, false, DICOM_JPEG},
-    {"1.2.840.10008.1.2.4.90", "JPEG 2000 Lossless", 0, true, false, DICOM_JPEG},
-    {"1.2.840.10008.1.2.4.91", "JPEG 2000", 0, true, false, DICOM_JPEG},
+    {"1.2.840.10008.1.2.4.80", "JPEG-LS Lossless", 1, true, false, DICOM_JPEG_LS},
+    {"1.2.840.10008.1.2.4.81", "JPEG-LS Near-Lossless", 1, true, false, DICOM_JPEG_LS},
+    {"1.2.840.10008.1.2.4.90", "JPEG 2000 Lossless", 1, true, false, DICOM_J2K},
+    {"1.2.840.10008.1.2.4.91", "JPEG 2000", 1, true, false, DICOM_J2K},
     {"1.2.840.10008.1.2.4.201", "High-Throughput JPEG 2000 Lossless", 0, true, false, DICOM_JPEG},
     {"1.2.840.10008.1.2.4.202", "High-Throughput JPEG 2000 (RPCL)", 0, true, false, DICOM_JPEG},
     {"1.2.840.10008.1.2.4.203", "High-Throughput JPEG 2000", 0, true, false, DICOM_JPEG},
@@ -311,7 +311,7 @@ static int choose_syntax(const char *uid, dicom_image *d, cursor *c, ms_err *err
             continue;
         if (!s->supported)
             return ms_err_set(err, MS_EUNSUPPORTED, "DICOM with the %s transfer syntax (%s) is not supported; "
-                              "decompress it first (e.g. dcmdjpeg, dcmdjpls, gdcmconv --raw)", s->name, uid);
+                              "decompress it first (e.g. gdcmconv --raw, or dcmconv +te)", s->name, uid);
         d->encoding = s->encoding;
         d->big_endian = s->big_endian;
         c->explicit_vr = s->explicit_vr;
@@ -319,7 +319,7 @@ static int choose_syntax(const char *uid, dicom_image *d, cursor *c, ms_err *err
         return 0;
     }
     return ms_err_set(err, MS_EUNSUPPORTED, "DICOM with transfer syntax %s is not supported; MedSearch reads "
-                      "uncompressed, RLE, JPEG Lossless and 8-bit JPEG DICOM", uid);
+                      "uncompressed, RLE, JPEG Lossless, JPEG-LS, JPEG 2000 and 8-bit JPEG DICOM", uid);
 }
 
 /* ---- the header ---- */
@@ -496,8 +496,8 @@ static int read_pixel_data(cursor *c, const element *e, dicom_image *d, ms_err *
         return 0;
     }
     if (e->length != UNDEFINED_LENGTH)
-        return ms_err_set(err, MS_EFORMAT, "DICOM is corrupt: %s Pixel Data is not encapsulated",
-                          d->encoding == DICOM_RLE ? "RLE" : "JPEG");
+        return ms_err_set(err, MS_EFORMAT, "DICOM is corrupt: its compressed (%s) Pixel Data is not encapsulated",
+                          d->transfer_syntax);
     return read_fragments(c, d, err);
 }
 
@@ -606,7 +606,7 @@ static int check_layout(dicom_image *d, const header_values *h, ms_err *err)
     if (!mono && d->bits_allocated != 8)
         return ms_err_set(err, MS_EUNSUPPORTED, "DICOM colour images of %d bits are not supported; only 8",
                           d->bits_allocated);
-    if (d->photometric == DICOM_YBR_JPEG && d->encoding != DICOM_JPEG)
+    if (d->photometric == DICOM_YBR_JPEG && d->encoding != DICOM_JPEG && d->encoding != DICOM_J2K)
         return ms_err_set(err, MS_EUNSUPPORTED, "DICOM with %s pixels outside JPEG is not supported",
                           h->photometric);
     if (d->encoding == DICOM_JPEG && d->bits_stored > 8)

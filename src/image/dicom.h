@@ -7,15 +7,17 @@
  * What is read:
  *   - transfer syntaxes: implicit VR little endian, explicit VR little and
  *     big endian (native pixels), RLE Lossless (decoded here), JPEG
- *     Lossless (process 14, jpeg_lossless.c) and JPEG Baseline / Extended
+ *     Lossless (process 14, jpeg_lossless.c), JPEG 2000 (OpenJPEG) and
+ *     JPEG-LS (CharLS; both dicom_codecs.c), and JPEG Baseline / Extended
  *     (process 1 and 2/4, 8-bit: the frame's bytes are handed to libjpeg
- *     through libvips by image.c). Deflated data sets, JPEG-LS, JPEG 2000
- *     and video are refused by name;
+ *     through libvips by image.c). Deflated data sets, High-Throughput
+ *     JPEG 2000 and video are refused by name;
  *   - pixels: 1 sample (MONOCHROME1, MONOCHROME2) of 8 or 16 bits
  *     allocated, any bits stored up to that with any high bit, unsigned or
  *     two's complement; or 3 samples (RGB, YBR_FULL, and YBR_FULL_422 /
  *     YBR_ICT / YBR_RCT only as JPEG decodes them) of 8 bits, interleaved
- *     or planar. A multi-frame image gives its first frame;
+ *     or planar (YBR_ICT and YBR_RCT as JPEG 2000 decodes them to RGB).
+ *     A multi-frame image gives its first frame;
  *   - the grayscale pipeline of PS3.3 C.11 for one sample: the modality
  *     rescale (Rescale Slope, Intercept), then the first VOI window
  *     (Window Center, Width; VOI LUT Function LINEAR, LINEAR_EXACT or
@@ -42,7 +44,7 @@
 
 #define DICOM_MAX_DEPTH 16
 
-typedef enum { DICOM_NATIVE = 0, DICOM_RLE, DICOM_JPEG, DICOM_JPEG_LOSSLESS } dicom_encoding;
+typedef enum { DICOM_NATIVE = 0, DICOM_RLE, DICOM_JPEG, DICOM_JPEG_LOSSLESS, DICOM_J2K, DICOM_JPEG_LS } dicom_encoding;
 
 typedef enum {
     DICOM_MONOCHROME1 = 1, DICOM_MONOCHROME2, DICOM_RGB, DICOM_YBR_FULL,

@@ -485,9 +485,13 @@ static int decode_dicom_gray8(const void *buf, size_t len, pipeline *pl, ms_err 
     } else if (!(raw = malloc(dicom_frame_size(&d)))) {
         rc = ms_err_set(err, MS_ENOMEM, "no memory for a DICOM frame of %zu bytes", dicom_frame_size(&d));
     } else {
-        rc = d.encoding == DICOM_RLE ? dicom_rle_decode(&d, frame, frame_len, raw, err)
-                                     : jpeg_lossless_decode(frame, frame_len, d.cols, d.rows, d.samples,
-                                                            d.bits_allocated / 8, raw, err);
+        int bytes = d.bits_allocated / 8;
+        switch (d.encoding) {
+        case DICOM_RLE: rc = dicom_rle_decode(&d, frame, frame_len, raw, err); break;
+        case DICOM_J2K: rc = j2k_decode(frame, frame_len, d.cols, d.rows, d.samples, bytes, raw, err); break;
+        case DICOM_JPEG_LS: rc = jpegls_decode(frame, frame_len, d.cols, d.rows, d.samples, bytes, raw, err); break;
+        default: rc = jpeg_lossless_decode(frame, frame_len, d.cols, d.rows, d.samples, bytes, raw, err); break;
+        }
         if (!rc)
             rc = dicom_gray8(&d, raw, 1, out, err);
     }

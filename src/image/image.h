@@ -6,8 +6,8 @@
  * progressive, gray or colour; CMYK, lossless, hierarchical and 12-bit are
  * rejected), TIFF (classic, 8/16-bit unsigned grayscale, MinIsBlack or
  * MinIsWhite; first page) and DICOM (a Part 10 file: uncompressed, RLE,
- * JPEG Lossless or 8-bit JPEG; monochrome of 8 or 16 bits, or 8-bit colour;
- * first frame; read by dicom.c, see dicom.h). GIF, WebP, BMP, JPEG 2000, HEIF, PDF, ... are
+ * JPEG Lossless, JPEG 2000, JPEG-LS or 8-bit JPEG; monochrome of 8 or 16
+ * bits, or 8-bit colour; first frame; read by dicom.c, see dicom.h). GIF, WebP, BMP, JPEG 2000, HEIF, PDF, ... are
  * recognised and refused with MS_EUNSUPPORTED and a message naming them;
  * other bytes give MS_EFORMAT. Decoding uses libvips' PNG/JPEG/TIFF loaders
  * called by name, with its untrusted loaders blocked.
@@ -132,8 +132,8 @@ image_format image_sniff(const void *buf, size_t len);
  * MS_ETOOBIG (so the caller can report the size). bands counts alpha, and a
  * palette or tRNS transparency as the channels they decode to.
  * Returns 0, or MS_EINVAL (buf NULL with len > 0), MS_EFORMAT (empty,
- * unknown or corrupt), MS_EUNSUPPORTED (CMYK, RGB TIFF, compressed DICOM
- * other than RLE, JPEG Lossless and 8-bit JPEG, ...),
+ * unknown or corrupt), MS_EUNSUPPORTED (CMYK, RGB TIFF, a deflated or
+ * High-Throughput JPEG 2000 DICOM, ...),
  * MS_ETOOBIG (over a limit). */
 int image_probe(const void *buf, size_t len, const image_limits *lim,
                 image_info *info, ms_err *err);

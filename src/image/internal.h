@@ -118,4 +118,14 @@ int jpeg_encode_gray8(const uint8_t *px, int w, int h, int quality, uint8_t **ou
 int jpeg_lossless_decode(const uint8_t *buf, size_t len, int width, int height, int components, int bytes,
                          uint8_t *out, ms_err *err);
 
+/* The same for a JPEG 2000 codestream (or JP2 file) through OpenJPEG, and
+ * a JPEG-LS stream through CharLS (dicom_codecs.c): the frame's header is
+ * checked against width, height and components before anything is
+ * decoded. Returns 0, MS_EFORMAT (corrupt, truncated, not the expected
+ * size, a precision over 8 x bytes) or MS_ENOMEM. */
+int j2k_decode(const uint8_t *buf, size_t len, int width, int height, int components, int bytes, uint8_t *out,
+               ms_err *err);
+int jpegls_decode(const uint8_t *buf, size_t len, int width, int height, int components, int bytes, uint8_t *out,
+                  ms_err *err);
+
 #endif

@@ -10,6 +10,9 @@
 #    16 bits, signed, colour, a point transform) gives the gray levels of
 #    the uncompressed file (of dcmdjpeg's decompression for the point
 #    transform, which drops bits);
+#  - JPEG 2000 and JPEG-LS written by GDCM's gdcmconv: lossless ones give
+#    the gray levels of the uncompressed file, lossy ones those of GDCM's
+#    own decompression;
 #  - ingest takes DICOM files from a folder (by content, any file name),
 #    fills patient, sex, age, view and study date from the file where the
 #    labels file says nothing, keeps what it says, and stores modality and
@@ -26,6 +29,7 @@ PY=/usr/bin/python3
 [ -r "$MODEL" ] && [ -d "$DCM" ] || { echo "skip: $MODEL or $DCM not found"; exit 77; }
 "$PY" -c 'import pydicom, numpy, PIL' 2>/dev/null || { echo "skip: $PY lacks pydicom, numpy or PIL (Debian python3-pydicom python3-numpy python3-pil)"; exit 77; }
 command -v dcmcjpeg >/dev/null && command -v dcmdjpeg >/dev/null || { echo "skip: dcmtk's dcmcjpeg and dcmdjpeg not installed (Debian dcmtk)"; exit 77; }
+command -v gdcmconv >/dev/null || { echo "skip: GDCM's gdcmconv not installed (Debian libgdcm-tools)"; exit 77; }
 T=$(mktemp -d "${TMPDIR:-/tmp}/medsearch-dicom.XXXXXX")
 trap 'rm -rf "$T"' EXIT
 fails=0
@@ -77,6 +81,32 @@ done
 dcmcjpeg +e1 "$T/cases/rgb.dcm" "$T/jl_rgb.dcm" && same_gray jpeg_lossless_rgb "$T/jl_rgb.dcm" "$T/cases/rgb.gray" 48
 dcmcjpeg +e1 "$DCM/siim_cxr_pa_uncompressed_evrle.dcm" "$T/jl_siim.dcm" &&
     same_gray jpeg_lossless_siim "$T/jl_siim.dcm" "$T/cases/shared_siim_cxr_pa_uncompressed_evrle.gray" 1024
+
+echo "== JPEG 2000 and JPEG-LS written by GDCM: lossless ones equal the uncompressed files"
+for src in mono16_explicit window_linear mono1_range mono8 voi_lut rgb mono16_bigendian; do
+    for codec in j2k jpegls; do
+        gdcmconv "--$codec" "$T/cases/$src.dcm" "$T/${codec}_$src.dcm" 2>"$T/gdcm.err" ||
+            { fail "gdcmconv --$codec $src: $(cat "$T/gdcm.err")"; continue; }
+        same_gray "${codec}_$src" "$T/${codec}_$src.dcm" "$T/cases/$src.gray" 48
+    done
+done
+for codec in j2k jpegls; do
+    gdcmconv "--$codec" "$DCM/siim_cxr_pa_uncompressed_evrle.dcm" "$T/${codec}_siim.dcm" &&
+        same_gray "${codec}_siim" "$T/${codec}_siim.dcm" "$T/cases/shared_siim_cxr_pa_uncompressed_evrle.gray" 1024
+done
+# Lossy ones: the gray levels of GDCM's own decompression of the same file.
+gdcmconv --j2k --lossy -q 25 "$T/cases/mono16_explicit.dcm" "$T/j2k_lossy.dcm" >/dev/null 2>&1 &&
+    gdcmconv --jpegls --lossy -e 2 "$T/cases/mono16_explicit.dcm" "$T/jpegls_lossy.dcm" >/dev/null 2>&1 ||
+    fail "gdcmconv lossy"
+for f in j2k_lossy jpegls_lossy; do
+    gdcmconv --raw "$T/$f.dcm" "$T/${f}_raw.dcm" && "$PY" -c 'import sys, pydicom
+sys.path.insert(0, "tests/tools")
+import dicom_cases
+dicom_cases.expected_gray(pydicom.dcmread(sys.argv[1])).tofile(sys.argv[2])' "$T/${f}_raw.dcm" "$T/$f.gray" &&
+        same_gray "$f" "$T/$f.dcm" "$T/$f.gray" 48
+    cmp -s "$T/$f.gray" "$T/cases/mono16_explicit.gray" && fail "$f: the lossy file is not lossy, the check proves nothing"
+done
+
 # A point transform drops low bits: compare with dcmtk's own decompression.
 dcmcjpeg +el +sv 5 +pt 3 "$T/cases/mono16_explicit.dcm" "$T/jl_pt.dcm" && dcmdjpeg "$T/jl_pt.dcm" "$T/jl_pt_raw.dcm" &&
     "$PY" -c 'import sys, pydicom
@@ -86,11 +116,11 @@ dicom_cases.expected_gray(pydicom.dcmread(sys.argv[1])).tofile(sys.argv[2])' "$T
     same_gray jpeg_lossless_point_transform "$T/jl_pt.dcm" "$T/jl_pt.gray" 48
 
 echo "== refused by name"
-LC_ALL=C sed 's/1\.2\.840\.10008\.1\.2\.4\.50/1.2.840.10008.1.2.4.80/' "$DCM/siim_cxr_pa_jpegbaseline.dcm" >"$T/jpegls.dcm"
+LC_ALL=C sed 's/1\.2\.840\.10008\.1\.2\.4\.50/1.2.840.10008.1.2.1.99/' "$DCM/siim_cxr_pa_jpegbaseline.dcm" >"$T/deflated.dcm"
 rc=0
-"$BIN" embed --model "$MODEL" "$T/jpegls.dcm" >/dev/null 2>"$T/ll.err" || rc=$?
-[ "$rc" -eq 1 ] && grep -q "JPEG-LS Lossless transfer syntax (1.2.840.10008.1.2.4.80) is not supported" "$T/ll.err" ||
-    fail "JPEG-LS: exit $rc, $(cat "$T/ll.err")"
+"$BIN" embed --model "$MODEL" "$T/deflated.dcm" >/dev/null 2>"$T/ll.err" || rc=$?
+[ "$rc" -eq 1 ] && grep -q "Deflated Explicit VR Little Endian transfer syntax (1.2.840.10008.1.2.1.99) is not supported" "$T/ll.err" ||
+    fail "deflated: exit $rc, $(cat "$T/ll.err")"
 head -c 2000 "$DCM/siim_cxr_pa_uncompressed_evrle.dcm" >"$T/cut.dcm"
 rc=0
 "$BIN" embed --model "$MODEL" "$T/cut.dcm" >/dev/null 2>"$T/cut.err" || rc=$?

@@ -175,17 +175,17 @@ expect 400 "no body at all" -X POST "$URL/api/search"
 if [ -f "$DATA/dicom/siim_cxr_pa_jpegbaseline.dcm" ]; then
     expect 200 "DICOM upload (application/dicom)" -H "Content-Type: application/dicom" --data-binary "@$DATA/dicom/siim_cxr_pa_jpegbaseline.dcm" "$URL/api/search"
     check "a DICOM query gets results" 'd["count"]>0'
-    # The same file declaring JPEG-LS (a UID of the same length): a
+    # The same file declaring a deflated data set (a UID of the same length): a
     # well-formed DICOM whose pixels MedSearch does not decode.
-    LC_ALL=C sed 's/1\.2\.840\.10008\.1\.2\.4\.50/1.2.840.10008.1.2.4.80/' "$DATA/dicom/siim_cxr_pa_jpegbaseline.dcm" >"$WORK/jpegls.dcm"
-    expect 415 "DICOM upload in JPEG-LS (well-formed, unsupported)" -H "Content-Type: application/octet-stream" --data-binary "@$WORK/jpegls.dcm" "$URL/api/search"
-    check "415 names the transfer syntax" '"JPEG-LS Lossless" in d["error"]["message"]'
+    LC_ALL=C sed 's/1\.2\.840\.10008\.1\.2\.4\.50/1.2.840.10008.1.2.1.99/' "$DATA/dicom/siim_cxr_pa_jpegbaseline.dcm" >"$WORK/deflated.dcm"
+    expect 415 "DICOM upload of a deflated data set (well-formed, unsupported)" -H "Content-Type: application/octet-stream" --data-binary "@$WORK/deflated.dcm" "$URL/api/search"
+    check "415 names the transfer syntax" '"Deflated" in d["error"]["message"]'
     # What the page shows for a query it cannot display itself.
     expect 200 "POST /api/preview of a DICOM" -H "Content-Type: application/dicom" \
         --data-binary "@$DATA/dicom/siim_cxr_pa_jpegbaseline.dcm" "$URL/api/preview?size=300"
     [ "$(header Content-Type)" = image/png ] && [ "$(png_size)" = 300x300 ] && [ "$(header Cache-Control)" = no-store ] &&
         ok "the preview is a 300x300 PNG, not cached" || bad "preview: $(header Content-Type) $(png_size) $(header Cache-Control)"
-    expect 415 "preview of a JPEG-LS DICOM" -H "Content-Type: application/dicom" --data-binary "@$WORK/jpegls.dcm" "$URL/api/preview"
+    expect 415 "preview of a deflated DICOM" -H "Content-Type: application/dicom" --data-binary "@$WORK/deflated.dcm" "$URL/api/preview"
 fi
 expect 200 "POST /api/preview of a PNG (multipart), default size" -F "image=@$BIG" "$URL/api/preview"
 [ "$(png_size)" = 1024x1024 ] && ok "a 1024 px image previews at 1024 px" || bad "preview of $BIG is $(png_size)"

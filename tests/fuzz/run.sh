@@ -122,6 +122,12 @@ EOF
       dcmcjpeg +el +sv 6 "$dir/mono16_explicit.dcm" "$dir/jpeg_lossless_sv6.dcm" 2>/dev/null || true
       dcmcjpeg +el +sv 1 +pt 2 "$dir/mono8.dcm" "$dir/jpeg_lossless_pt.dcm" 2>/dev/null || true
     fi
+    # and with GDCM, JPEG 2000 and JPEG-LS
+    if command -v gdcmconv >/dev/null 2>&1; then
+      gdcmconv --j2k "$dir/mono16_explicit.dcm" "$dir/j2k.dcm" 2>/dev/null || true
+      gdcmconv --jpegls "$dir/mono16_explicit.dcm" "$dir/jpegls.dcm" 2>/dev/null || true
+      gdcmconv --j2k "$dir/rgb.dcm" "$dir/j2k_rgb.dcm" 2>/dev/null || true
+    fi
   fi
   rm -rf "$dir/dicom"
   printf '\x89PNG\r\n\x1a\n' >"$dir/magic.png"

@@ -16,7 +16,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <charls/charls.h>
 #include <cmocka.h>
+#include <openjpeg.h>
 #include <vips/vips.h>
 
 #include "image/image.h"
@@ -550,6 +552,17 @@ static void test_sequences_are_skipped(void **state)
 
 /* ---- JPEG Lossless ---- */
 
+/* The gray levels of an uncompressed n x n DICOM of 16-bit values v: what
+ * every lossless codec must give back. */
+static void native16_gray(const uint16_t *v, int n, uint8_t *gray)
+{
+    dcm native = dcm_begin(TS_EXPLICIT, 1, 0);
+    image_attrs(&native, n, n, 16, 16, 15, 0, "MONOCHROME2");
+    pixels16(&native, v, (size_t)n * (size_t)n);
+    gray_of(&native, n, gray);
+    free(native.b);
+}
+
 /* A bit writer with JPEG's byte stuffing (0xFF is followed by 0x00). */
 typedef struct bits {
     dcm *d;
@@ -660,12 +673,8 @@ static void test_jpeg_lossless(void **state)
     uint16_t v[N * N];
     for (int i = 0; i < N * N; i++) /* smooth, with jumps to both ends of 16 bits */
         v[i] = (uint16_t)(i % 17 == 0 ? 65535 : i % 23 == 0 ? 0 : 30000 + 97 * (i % N) - 211 * (i / N));
-    dcm native = dcm_begin(TS_EXPLICIT, 1, 0);
-    image_attrs(&native, N, N, 16, 16, 15, 0, "MONOCHROME2");
-    pixels16(&native, v, N * N);
     uint8_t want[N * N], got[N * N];
-    gray_of(&native, N, want);
-    free(native.b);
+    native16_gray(v, N, want);
     for (int sv = 1; sv <= 7; sv++)
         for (int restart = 0; restart <= 5; restart += 5) { /* every 5 rows: RST0, RST1 */
             dcm j = lossless_jpeg(v, N, N, 16, sv, 0, restart);
@@ -681,11 +690,7 @@ static void test_jpeg_lossless(void **state)
     uint16_t shifted[N * N];
     for (int i = 0; i < N * N; i++)
         shifted[i] = (uint16_t)(v[i] & ~7u);
-    native = dcm_begin(TS_EXPLICIT, 1, 0);
-    image_attrs(&native, N, N, 16, 16, 15, 0, "MONOCHROME2");
-    pixels16(&native, shifted, N * N);
-    gray_of(&native, N, want);
-    free(native.b);
+    native16_gray(shifted, N, want);
     dcm j = lossless_jpeg(v, N, N, 16, 6, 3, 0);
     dcm d = lossless_dicom(&j, N, N, 16);
     gray_of(&d, N, got);
@@ -730,6 +735,140 @@ static void test_jpeg_lossless(void **state)
     free(d.b);
     free(bad.b);
     free(j.b);
+}
+
+/* ---- JPEG 2000 and JPEG-LS (libraries) ---- */
+
+static OPJ_SIZE_T opj_write_to(void *buf, OPJ_SIZE_T n, void *user)
+{
+    put(user, buf, n);
+    return n;
+}
+
+static OPJ_OFF_T opj_skip_none(OPJ_OFF_T n, void *user)
+{
+    (void)user;
+    return n == 0 ? 0 : -1;
+}
+
+static OPJ_BOOL opj_seek_none(OPJ_OFF_T n, void *user)
+{
+    (void)n, (void)user;
+    return OPJ_FALSE;
+}
+
+/* A lossless JPEG 2000 codestream of w x h 16-bit samples (OpenJPEG's encoder). */
+static dcm j2k_stream(const uint16_t *v, int w, int h)
+{
+    opj_image_cmptparm_t cp = {.dx = 1, .dy = 1, .w = (OPJ_UINT32)w, .h = (OPJ_UINT32)h, .prec = 16, .sgnd = 0};
+    opj_image_t *im = opj_image_create(1, &cp, OPJ_CLRSPC_GRAY);
+    assert_non_null(im);
+    im->x1 = (OPJ_UINT32)w;
+    im->y1 = (OPJ_UINT32)h;
+    for (int i = 0; i < w * h; i++)
+        im->comps[0].data[i] = v[i];
+    opj_cparameters_t par;
+    opj_set_default_encoder_parameters(&par);
+    par.numresolution = 3;
+    opj_codec_t *codec = opj_create_compress(OPJ_CODEC_J2K);
+    assert_true(opj_setup_encoder(codec, &par, im));
+    dcm out = {0};
+    opj_stream_t *st = opj_stream_create(1 << 16, OPJ_FALSE);
+    opj_stream_set_user_data(st, &out, NULL);
+    opj_stream_set_write_function(st, opj_write_to);
+    opj_stream_set_skip_function(st, opj_skip_none);
+    opj_stream_set_seek_function(st, opj_seek_none);
+    assert_true(opj_start_compress(codec, im, st) && opj_encode(codec, st) && opj_end_compress(codec, st));
+    opj_stream_destroy(st);
+    opj_destroy_codec(codec);
+    opj_image_destroy(im);
+    return out;
+}
+
+/* A JPEG-LS stream of w x h 16-bit samples (CharLS), near 0 or lossy. */
+static dcm jpegls_stream(const uint16_t *v, int w, int h, int near)
+{
+    charls_jpegls_encoder *enc = charls_jpegls_encoder_create();
+    charls_frame_info fi = {(uint32_t)w, (uint32_t)h, 16, 1};
+    size_t cap = 0, n = 0;
+    assert_int_equal(charls_jpegls_encoder_set_frame_info(enc, &fi), 0);
+    assert_int_equal(charls_jpegls_encoder_set_near_lossless(enc, near), 0);
+    assert_int_equal(charls_jpegls_encoder_get_estimated_destination_size(enc, &cap), 0);
+    dcm out = {.b = malloc(cap), .cap = cap};
+    assert_non_null(out.b);
+    assert_int_equal(charls_jpegls_encoder_set_destination_buffer(enc, out.b, cap), 0);
+    assert_int_equal(charls_jpegls_encoder_encode_from_buffer(enc, v, (size_t)w * h * 2, 0), 0);
+    assert_int_equal(charls_jpegls_encoder_get_bytes_written(enc, &n), 0);
+    out.n = n;
+    charls_jpegls_encoder_destroy(enc);
+    return out;
+}
+
+/* Each library codec: exact on a lossless frame, and every truncation and
+ * 2000 random changes of the frame end in an error or an image, never
+ * made-up pixels for a cut stream or a crash. */
+static void test_library_codecs(void **state)
+{
+    (void)state;
+    enum { N = 16 };
+    uint16_t v[N * N];
+    for (int i = 0; i < N * N; i++)
+        v[i] = (uint16_t)(i % 13 == 0 ? 65535 : 1000 + 37 * (i % N) + 501 * (i / N));
+    uint8_t want[N * N], got[N * N];
+    native16_gray(v, N, want);
+    struct {
+        const char *ts, *name;
+        dcm frame;
+    } codecs[] = {
+        {"1.2.840.10008.1.2.4.90", "JPEG 2000", j2k_stream(v, N, N)},
+        {"1.2.840.10008.1.2.4.80", "JPEG-LS", jpegls_stream(v, N, N, 0)},
+    };
+    for (size_t c = 0; c < 2; c++) {
+        dcm d = dcm_begin(codecs[c].ts, 1, 0);
+        image_attrs(&d, N, N, 16, 16, 15, 0, "MONOCHROME2");
+        size_t frame_at = d.n + 12 + 8 + 8;
+        encapsulate(&d, &codecs[c].frame);
+        gray_of(&d, N, got);
+        if (memcmp(got, want, sizeof want))
+            fail_msg("%s: pixels differ from the uncompressed frame", codecs[c].name);
+        size_t flen = codecs[c].frame.n;
+        for (size_t cut = 0; cut < flen; cut++) {
+            dcm t = dcm_begin(codecs[c].ts, 1, 0);
+            image_attrs(&t, N, N, 16, 16, 15, 0, "MONOCHROME2");
+            dcm part = {.b = codecs[c].frame.b, .n = cut};
+            encapsulate(&t, &part);
+            ms_err err = {0};
+            if (prepare_code(t.b, t.n, &err) == 0)
+                fail_msg("%s cut to %zu of %zu bytes decoded", codecs[c].name, cut, flen);
+            free(t.b);
+        }
+        uint8_t *copy = malloc(d.n);
+        assert_non_null(copy);
+        for (int round = 0; round < 2000; round++) {
+            memcpy(copy, d.b, d.n);
+            for (int k = 0; k < 1 + (int)(rng() % 3); k++)
+                copy[frame_at + rng() % flen] = (uint8_t)rng();
+            ms_err err = {0};
+            int rc = prepare_code(copy, d.n, &err);
+            if (rc != 0 && !err.msg[0])
+                fail_msg("%s: error %d without a message", codecs[c].name, rc);
+        }
+        free(copy);
+        /* a frame of another size than the header's */
+        dcm wrong = dcm_begin(codecs[c].ts, 1, 0);
+        image_attrs(&wrong, N, N + 1, 16, 16, 15, 0, "MONOCHROME2");
+        encapsulate(&wrong, &codecs[c].frame);
+        expect_refused(&wrong, MS_EFORMAT, "frame is 16x16");
+        free(wrong.b);
+        /* 16-bit samples where the header allocates 8 */
+        wrong = dcm_begin(codecs[c].ts, 1, 0);
+        image_attrs(&wrong, N, N, 8, 8, 7, 0, "MONOCHROME2");
+        encapsulate(&wrong, &codecs[c].frame);
+        expect_refused(&wrong, MS_EFORMAT, "in 8 bits allocated");
+        free(wrong.b);
+        free(d.b);
+        free(codecs[c].frame.b);
+    }
 }
 
 /* ---- metadata ---- */
@@ -790,9 +929,8 @@ static void test_refusals_name_the_reason(void **state)
     const struct {
         const char *ts, *words;
     } syntaxes[] = {
-        {"1.2.840.10008.1.2.4.81", "JPEG-LS Near-Lossless transfer syntax"},
-        {"1.2.840.10008.1.2.4.90", "JPEG 2000 Lossless"},
-        {"1.2.840.10008.1.2.4.80", "JPEG-LS"},
+        {"1.2.840.10008.1.2.4.201", "High-Throughput JPEG 2000 Lossless transfer syntax"},
+        {"1.2.840.10008.1.2.4.100", "transfer syntax 1.2.840.10008.1.2.4.100 is not supported"},
         {"1.2.840.10008.1.2.1.99", "Deflated"},
         {"1.2.3.4", "transfer syntax 1.2.3.4 is not supported"},
     };
@@ -846,7 +984,7 @@ static void test_refusals_name_the_reason(void **state)
     d = dcm_begin(TS_RLE, 1, 0);
     image_attrs(&d, 2, 2, 8, 8, 7, 0, "MONOCHROME2");
     pixels8(&d, v, 2);
-    expect_refused(&d, MS_EFORMAT, "RLE Pixel Data is not encapsulated");
+    expect_refused(&d, MS_EFORMAT, "Pixel Data is not encapsulated");
     free(d.b);
     /* floating-point pixels */
     d = dcm_begin(TS_EXPLICIT, 1, 0);
@@ -971,6 +1109,7 @@ int main(void)
         cmocka_unit_test(test_colour),
         cmocka_unit_test(test_rle),
         cmocka_unit_test(test_jpeg_lossless),
+        cmocka_unit_test(test_library_codecs),
         cmocka_unit_test(test_first_frame_of_several),
         cmocka_unit_test(test_sequences_are_skipped),
         cmocka_unit_test(test_metadata),
