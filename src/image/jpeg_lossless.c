@@ -32,8 +32,12 @@
 
 #define MAX_COMPONENTS 4
 
+/* Codes of up to FAST_BITS bits are decoded by one table lookup. */
+#define FAST_BITS 9
+
 typedef struct huffman {
     bool defined;
+    uint16_t fast[1 << FAST_BITS]; /* length << 8 | symbol; 0: a longer code */
     /* T.81 F.2.2.3: codes of length l are mincode[l]..maxcode[l], their
      * symbols from values[valptr[l]]. */
     int32_t mincode[17], maxcode[18], valptr[17];
@@ -90,6 +94,11 @@ static int read_huffman_tables(const uint8_t *seg, size_t n, huffman tables[4], 
         for (int l = 1; l <= 16; l++) {
             h->valptr[l] = k;
             h->mincode[l] = code;
+            for (int j = 0; j < counts[l - 1] && l <= FAST_BITS; j++) {
+                int shift = FAST_BITS - l;
+                for (int32_t fill = 0; fill < (1 << shift); fill++)
+                    h->fast[(code + j) << shift | fill] = (uint16_t)(l << 8 | h->values[k + j]);
+            }
             code += counts[l - 1];
             k += counts[l - 1];
             h->maxcode[l] = counts[l - 1] ? code - 1 : -1;
@@ -141,6 +150,16 @@ static int32_t get_bits(bit_reader *r, int n)
  * is not in the table. */
 static int decode_symbol(bit_reader *r, const huffman *h)
 {
+    while (r->nbits < FAST_BITS && fill(r))
+        ;
+    if (r->nbits >= FAST_BITS) {
+        uint16_t e = h->fast[(r->acc >> (r->nbits - FAST_BITS)) & ((1u << FAST_BITS) - 1)];
+        if (e) {
+            r->nbits -= e >> 8;
+            return e & 0xff;
+        }
+    }
+    /* A longer code, or the last bits before a marker: bit by bit. */
     int32_t code = get_bits(r, 1);
     int l = 1;
     while (code >= 0 && code > h->maxcode[l]) {
