@@ -105,6 +105,7 @@ static OPJ_CODEC_FORMAT j2k_format(const uint8_t *buf, size_t len)
     return OPJ_CODEC_J2K;
 }
 
+/* width x height is the decoded size (the frame's, reduced). */
 static int j2k_samples(const opj_image_t *im, int width, int height, int components, int bytes, uint8_t *out,
                        ms_err *err)
 {
@@ -126,8 +127,25 @@ static int j2k_samples(const opj_image_t *im, int width, int height, int compone
     return 0;
 }
 
-int j2k_decode(const uint8_t *buf, size_t len, int width, int height, int components, int bytes, uint8_t *out,
-               ms_err *err)
+/* The fewest resolution levels of any component in the main header: a
+ * reduction must leave at least one. */
+static int j2k_levels(opj_codec_t *codec, int components)
+{
+    opj_codestream_info_v2_t *info = opj_get_cstr_info(codec);
+    int levels = 1;
+    if (info && info->m_default_tile_info.tccp_info) {
+        levels = 33;
+        for (int k = 0; k < components; k++) {
+            int n = (int)info->m_default_tile_info.tccp_info[k].numresolutions;
+            levels = n < levels ? n : levels;
+        }
+    }
+    opj_destroy_cstr_info(&info);
+    return levels < 1 ? 1 : levels;
+}
+
+static int j2k_decode_at(const uint8_t *buf, size_t len, int width, int height, int components, int bytes,
+                         int reduce, uint8_t **out, int *out_w, int *out_h, ms_err *err)
 {
     memory_stream m = {buf, len, 0};
     char why[200] = "";
@@ -157,17 +175,34 @@ int j2k_decode(const uint8_t *buf, size_t len, int width, int height, int compon
         goto out;
     }
     /* Check the size before the decoder allocates for it. */
-    if ((long)(im->x1 - im->x0) != width || (long)(im->y1 - im->y0) != height || (int)im->numcomps != components) {
+    if ((long)(im->x1 - im->x0) != width || (long)(im->y1 - im->y0) != height || (int)im->numcomps != components ||
+        im->x0 != 0 || im->y0 != 0) {
         rc = size_mismatch("JPEG 2000", width, height, components, (long)(im->x1 - im->x0), (long)(im->y1 - im->y0),
                            (long)im->numcomps, err);
         goto out;
     }
+    int levels = j2k_levels(codec, components);
+    reduce = reduce < levels ? reduce : levels - 1;
+    if (reduce > 0 && !opj_set_decoded_resolution_factor(codec, (OPJ_UINT32)reduce))
+        reduce = 0;
     if (!opj_decode(codec, stream, im) || !opj_end_decompress(codec, stream)) {
         rc = ms_err_set(err, MS_EFORMAT, "JPEG 2000 frame is corrupt or truncated: %s",
                         why[0] ? why : "OpenJPEG could not decode it");
         goto out;
     }
-    rc = j2k_samples(im, width, height, components, bytes, out, err);
+    /* Each level halves the size, rounding up (the image starts at 0, 0). */
+    *out_w = (int)(((uint32_t)width + (1u << reduce) - 1) >> reduce);
+    *out_h = (int)(((uint32_t)height + (1u << reduce) - 1) >> reduce);
+    size_t n = (size_t)*out_w * (size_t)*out_h * (size_t)components * (size_t)bytes;
+    if (!(*out = malloc(n))) {
+        rc = ms_err_set(err, MS_ENOMEM, "no memory for a JPEG 2000 frame of %zu bytes", n);
+        goto out;
+    }
+    rc = j2k_samples(im, *out_w, *out_h, components, bytes, *out, err);
+    if (rc) {
+        free(*out);
+        *out = NULL;
+    }
 out:
     if (im)
         opj_image_destroy(im);
@@ -175,6 +210,18 @@ out:
         opj_stream_destroy(stream);
     if (codec)
         opj_destroy_codec(codec);
+    return rc;
+}
+
+int j2k_decode(const uint8_t *buf, size_t len, int width, int height, int components, int bytes, int reduce,
+               uint8_t **out, int *out_w, int *out_h, ms_err *err)
+{
+    *out = NULL;
+    int rc = j2k_decode_at(buf, len, width, height, components, bytes, reduce, out, out_w, out_h, err);
+    /* A tile or component with fewer levels than the main header says
+     * fails the reduced decode: the whole frame still decodes. */
+    if (rc == MS_EFORMAT && reduce > 0)
+        rc = j2k_decode_at(buf, len, width, height, components, bytes, 0, out, out_w, out_h, err);
     return rc;
 }
 

@@ -462,39 +462,61 @@ static int dicom_jpeg_gray8(const dicom_image *d, const uint8_t *frame, size_t l
     return rc;
 }
 
+/* A frame decoded to the layout of dicom_rle_decode, w x h (the frame's
+ * size, or smaller when JPEG 2000 decoded it reduced), through the display
+ * pipeline into a new gray image, the last of pl. */
+static int dicom_decoded_gray8(pipeline *pl, const dicom_image *d, const uint8_t *raw, int w, int h, ms_err *err)
+{
+    dicom_image at = *d;
+    at.cols = w;
+    at.rows = h;
+    VipsImage **gray = pipe_slot(pl);
+    if (!(*gray = gray8_memory_image(w, h)))
+        return vips_failed(err, MS_ENOMEM, "no memory for the gray image");
+    return dicom_gray8(&at, raw, 1, VIPS_IMAGE_ADDR(*gray, 0, 0), err);
+}
+
 /* The first frame of a DICOM file, through its display pipeline, as the
- * 8-bit gray memory image every format becomes (the last image of pl). */
-static int decode_dicom_gray8(const void *buf, size_t len, pipeline *pl, ms_err *err)
+ * 8-bit gray memory image every format becomes (the last image of pl). A
+ * JPEG 2000 frame at least 4x larger than want_w x want_h is decoded 1 to
+ * 3 resolution levels down, as a large JPEG file is decoded at 1/2 to 1/8
+ * scale, leaving at least twice the wanted size for the resize. */
+static int decode_dicom_gray8(const void *buf, size_t len, const image_info *info, int want_w, int want_h,
+                              pipeline *pl, ms_err *err)
 {
     dicom_image d;
     int rc = dicom_parse(buf, len, &d, err);
     if (rc)
         return rc;
-    VipsImage **gray = pipe_slot(pl);
-    if (!(*gray = gray8_memory_image(d.cols, d.rows)))
-        return vips_failed(err, MS_ENOMEM, "no memory for the gray image");
-    uint8_t *out = VIPS_IMAGE_ADDR(*gray, 0, 0);
-    if (d.encoding == DICOM_NATIVE)
-        return dicom_gray8(&d, d.pixel_data, 0, out, err);
+    if (d.encoding == DICOM_NATIVE || d.encoding == DICOM_JPEG) {
+        VipsImage **gray = pipe_slot(pl);
+        if (!(*gray = gray8_memory_image(d.cols, d.rows)))
+            return vips_failed(err, MS_ENOMEM, "no memory for the gray image");
+        uint8_t *out = VIPS_IMAGE_ADDR(*gray, 0, 0);
+        if (d.encoding == DICOM_NATIVE)
+            return dicom_gray8(&d, d.pixel_data, 0, out, err);
+    }
     uint8_t *frame = NULL, *raw = NULL;
     size_t frame_len = 0;
     if ((rc = dicom_frame_bytes(&d, &frame, &frame_len, err)))
         return rc;
+    int bytes = d.bits_allocated / 8, w = d.cols, h = d.rows;
     if (d.encoding == DICOM_JPEG) {
-        rc = dicom_jpeg_gray8(&d, frame, frame_len, out, err);
+        rc = dicom_jpeg_gray8(&d, frame, frame_len, VIPS_IMAGE_ADDR(pipe_last(pl), 0, 0), err);
+    } else if (d.encoding == DICOM_J2K) {
+        int reduce = __builtin_ctz((unsigned)jpeg_shrink_for(info, want_w, want_h));
+        rc = j2k_decode(frame, frame_len, d.cols, d.rows, d.samples, bytes, reduce, &raw, &w, &h, err);
     } else if (!(raw = malloc(dicom_frame_size(&d)))) {
         rc = ms_err_set(err, MS_ENOMEM, "no memory for a DICOM frame of %zu bytes", dicom_frame_size(&d));
+    } else if (d.encoding == DICOM_RLE) {
+        rc = dicom_rle_decode(&d, frame, frame_len, raw, err);
+    } else if (d.encoding == DICOM_JPEG_LS) {
+        rc = jpegls_decode(frame, frame_len, d.cols, d.rows, d.samples, bytes, raw, err);
     } else {
-        int bytes = d.bits_allocated / 8;
-        switch (d.encoding) {
-        case DICOM_RLE: rc = dicom_rle_decode(&d, frame, frame_len, raw, err); break;
-        case DICOM_J2K: rc = j2k_decode(frame, frame_len, d.cols, d.rows, d.samples, bytes, raw, err); break;
-        case DICOM_JPEG_LS: rc = jpegls_decode(frame, frame_len, d.cols, d.rows, d.samples, bytes, raw, err); break;
-        default: rc = jpeg_lossless_decode(frame, frame_len, d.cols, d.rows, d.samples, bytes, raw, err); break;
-        }
-        if (!rc)
-            rc = dicom_gray8(&d, raw, 1, out, err);
+        rc = jpeg_lossless_decode(frame, frame_len, d.cols, d.rows, d.samples, bytes, raw, err);
     }
+    if (!rc && raw)
+        rc = dicom_decoded_gray8(pl, &d, raw, w, h, err);
     free(raw);
     free(frame);
     return rc;
@@ -502,12 +524,13 @@ static int decode_dicom_gray8(const void *buf, size_t len, pipeline *pl, ms_err 
 
 /* Decodes buf (already probed into info) to an 8-bit one-band image in
  * memory, owned by pl (its last image). want_w x want_h is the size the
- * caller will resize to; it only lets JPEG decode at a reduced scale. */
+ * caller will resize to; it only lets JPEG (and JPEG 2000 in DICOM) decode
+ * at a reduced scale. */
 static int decode_gray8(const void *buf, size_t len, const image_info *info, int want_w, int want_h, pipeline *pl,
                         ms_err *err)
 {
     if (info->format == IMAGE_DICOM)
-        return decode_dicom_gray8(buf, len, pl, err);
+        return decode_dicom_gray8(buf, len, info, want_w, want_h, pl, err);
     int shrink = info->format == IMAGE_JPEG ? jpeg_shrink_for(info, want_w, want_h) : 1;
     int rc = load(buf, len, info, shrink, pl, err);
     if (!rc)

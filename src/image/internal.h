@@ -118,14 +118,20 @@ int jpeg_encode_gray8(const uint8_t *px, int w, int h, int quality, uint8_t **ou
 int jpeg_lossless_decode(const uint8_t *buf, size_t len, int width, int height, int components, int bytes,
                          uint8_t *out, ms_err *err);
 
-/* The same for a JPEG 2000 codestream (or JP2 file) through OpenJPEG, and
- * a JPEG-LS stream through CharLS (dicom_codecs.c): the frame's header is
- * checked against width, height and components before anything is
- * decoded. Returns 0, MS_EFORMAT (corrupt, truncated, not the expected
- * size, a precision over 8 x bytes) or MS_ENOMEM. */
-int j2k_decode(const uint8_t *buf, size_t len, int width, int height, int components, int bytes, uint8_t *out,
-               ms_err *err);
+/* The same for a JPEG-LS stream through CharLS (dicom_codecs.c): the
+ * frame's header is checked against width, height and components before
+ * anything is decoded. Returns 0, MS_EFORMAT (corrupt, truncated, not the
+ * expected size, a precision over 8 x bytes) or MS_ENOMEM. */
 int jpegls_decode(const uint8_t *buf, size_t len, int width, int height, int components, int bytes, uint8_t *out,
                   ms_err *err);
+
+/* A JPEG 2000 codestream (or JP2 file) through OpenJPEG (dicom_codecs.c),
+ * checked like jpegls_decode, decoded `reduce` resolution levels down
+ * (each halves both sides, rounding up; at most the codestream's levels
+ * minus one; a frame that cannot be reduced is decoded whole) into a
+ * malloc'd *out of *out_w x *out_h samples in jpeg_lossless_decode's
+ * layout. Returns 0, MS_EFORMAT or MS_ENOMEM (*out NULL on failure). */
+int j2k_decode(const uint8_t *buf, size_t len, int width, int height, int components, int bytes, int reduce,
+               uint8_t **out, int *out_w, int *out_h, ms_err *err);
 
 #endif

@@ -94,6 +94,17 @@ for codec in j2k jpegls; do
     gdcmconv "--$codec" "$DCM/siim_cxr_pa_uncompressed_evrle.dcm" "$T/${codec}_siim.dcm" &&
         same_gray "${codec}_siim" "$T/${codec}_siim.dcm" "$T/cases/shared_siim_cxr_pa_uncompressed_evrle.gray" 1024
 done
+# At the model's 224 px a large JPEG 2000 frame is decoded a resolution level
+# or two down, as a large JPEG file is decoded at a reduced scale: the
+# prepared input stays within about a gray level of the full decode's.
+"$BIN" embed --model "$MODEL" --mean 0 --scale 1 --dump-input "$T/j2k224.in" "$T/j2k_siim.dcm" >/dev/null &&
+    "$BIN" embed --model "$MODEL" --mean 0 --scale 1 --dump-input "$T/raw224.in" "$DCM/siim_cxr_pa_uncompressed_evrle.dcm" >/dev/null &&
+    "$PY" -c 'import sys, numpy as np
+a = np.fromfile(sys.argv[1], "<f4"); b = np.fromfile(sys.argv[2], "<f4")
+d = np.abs(a - b)
+print("ok: JPEG 2000 decoded reduced for 224 px: mean |difference| %.2f, largest %.0f gray levels" % (d.mean(), d.max()))
+sys.exit(0 if 0 < d.mean() < 1.5 else 1)' "$T/j2k224.in" "$T/raw224.in" || fail "reduced JPEG 2000 decode strays from the full one"
+
 # Lossy ones: the gray levels of GDCM's own decompression of the same file.
 gdcmconv --j2k --lossy -q 25 "$T/cases/mono16_explicit.dcm" "$T/j2k_lossy.dcm" >/dev/null 2>&1 &&
     gdcmconv --jpegls --lossy -e 2 "$T/cases/mono16_explicit.dcm" "$T/jpegls_lossy.dcm" >/dev/null 2>&1 ||

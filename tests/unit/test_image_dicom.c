@@ -871,6 +871,46 @@ static void test_library_codecs(void **state)
     }
 }
 
+/* A JPEG 2000 frame four times the wanted size is decoded a level down:
+ * the thumbnail still has its exact size, and the model input stays close
+ * to the full decode's. */
+static void test_j2k_reduced_decode(void **state)
+{
+    (void)state;
+    enum { N = 64, S = 16 };
+    uint16_t v[N * N];
+    for (int i = 0; i < N * N; i++)
+        v[i] = (uint16_t)(20000 + 150 * (i % N) + 90 * (i / N) + (i % 7) * 40);
+    dcm native = dcm_begin(TS_EXPLICIT, 1, 0), j2k = dcm_begin("1.2.840.10008.1.2.4.90", 1, 0);
+    image_attrs(&native, N, N, 16, 16, 15, 0, "MONOCHROME2");
+    pixels16(&native, v, N * N);
+    image_attrs(&j2k, N, N, 16, 16, 15, 0, "MONOCHROME2");
+    dcm frame = j2k_stream(v, N, N);
+    encapsulate(&j2k, &frame);
+    float a[3 * S * S], b[3 * S * S];
+    image_prep prep = {S, {0, 0, 0}, {1, 1, 1}};
+    ms_err err = {0};
+    assert_int_equal(image_prepare(native.b, native.n, NULL, &prep, a, NULL, &err), 0);
+    assert_int_equal(image_prepare(j2k.b, j2k.n, NULL, &prep, b, NULL, &err), 0);
+    double diff = 0;
+    for (int i = 0; i < S * S; i++)
+        diff += fabs(a[i] - b[i]);
+    if (diff / (S * S) > 2.0)
+        fail_msg("reduced JPEG 2000 decode differs by %.2f gray levels on average", diff / (S * S));
+    uint8_t *t = NULL;
+    size_t tlen = 0;
+    assert_int_equal(image_thumbnail(j2k.b, j2k.n, NULL, S, THUMB_PNG, &t, &tlen, &err), 0);
+    VipsImage *im = vips_image_new_from_buffer(t, tlen, "", NULL);
+    assert_non_null(im);
+    assert_int_equal(im->Xsize, S);
+    assert_int_equal(im->Ysize, S);
+    g_object_unref(im);
+    free(t);
+    free(frame.b);
+    free(native.b);
+    free(j2k.b);
+}
+
 /* ---- metadata ---- */
 
 static void meta_of(const char *age, const char *sex, const char *date, const char *pid, image_dicom_meta *m)
@@ -1110,6 +1150,7 @@ int main(void)
         cmocka_unit_test(test_rle),
         cmocka_unit_test(test_jpeg_lossless),
         cmocka_unit_test(test_library_codecs),
+        cmocka_unit_test(test_j2k_reduced_decode),
         cmocka_unit_test(test_first_frame_of_several),
         cmocka_unit_test(test_sequences_are_skipped),
         cmocka_unit_test(test_metadata),
