@@ -78,14 +78,18 @@ static int read_huffman_tables(const uint8_t *seg, size_t n, huffman tables[4], 
         if (n - at < 17)
             return corrupt(err, "a Huffman table is cut short");
         int tc = seg[at] >> 4, th = seg[at] & 15;
-        if (tc != 0 || th > 3)
-            return corrupt(err, "a Huffman table is not a DC table 0..3");
+        if (tc > 1 || th > 3)
+            return corrupt(err, "a Huffman table is not a DC or AC table 0..3");
         const uint8_t *counts = seg + at + 1;
         int total = 0;
         for (int l = 0; l < 16; l++)
             total += counts[l];
         if (total > 256 || n - at - 17 < (size_t)total)
             return corrupt(err, "a Huffman table holds more codes than its segment");
+        if (tc == 1) { /* an AC table: lossless coding has no use for it */
+            at += 17 + (size_t)total;
+            continue;
+        }
         huffman *h = &tables[th];
         memset(h, 0, sizeof *h);
         memcpy(h->values, seg + at + 17, (size_t)total);

@@ -696,6 +696,19 @@ static void test_jpeg_lossless(void **state)
     gray_of(&d, N, got);
     assert_memory_equal(got, want, sizeof want);
 
+    /* An AC table defined beside the DC one (unused by lossless coding) is skipped. */
+    dcm with_ac = {0};
+    put(&with_ac, j.b, 2);
+    static const uint8_t ac_table[] = {0xff, 0xc4, 0x00, 0x14, 0x10, 1, 0, 0, 0, 0, 0, 0, 0,
+                                       0,    0,    0,    0,    0,    0, 0, 0, 0x01};
+    put(&with_ac, ac_table, sizeof ac_table);
+    put(&with_ac, j.b + 2, j.n - 2);
+    dcm d_ac = lossless_dicom(&with_ac, N, N, 16);
+    gray_of(&d_ac, N, got);
+    assert_memory_equal(got, want, sizeof want);
+    free(d_ac.b);
+    free(with_ac.b);
+
     /* Cut at every length, and random changes: an error or an image, never more. */
     for (size_t n = 0; n < d.n; n++) {
         ms_err err = {0};
