@@ -488,21 +488,33 @@ static int decode_dicom_gray8(const void *buf, size_t len, const image_info *inf
     int rc = dicom_parse(buf, len, &d, err);
     if (rc)
         return rc;
-    if (d.encoding == DICOM_NATIVE || d.encoding == DICOM_JPEG) {
+    if (d.encoding == DICOM_NATIVE) {
         VipsImage **gray = pipe_slot(pl);
         if (!(*gray = gray8_memory_image(d.cols, d.rows)))
             return vips_failed(err, MS_ENOMEM, "no memory for the gray image");
-        uint8_t *out = VIPS_IMAGE_ADDR(*gray, 0, 0);
-        if (d.encoding == DICOM_NATIVE)
-            return dicom_gray8(&d, d.pixel_data, 0, out, err);
+        return dicom_gray8(&d, d.pixel_data, 0, VIPS_IMAGE_ADDR(*gray, 0, 0), err);
     }
     uint8_t *frame = NULL, *raw = NULL;
     size_t frame_len = 0;
     if ((rc = dicom_frame_bytes(&d, &frame, &frame_len, err)))
         return rc;
+    /* The frame's own SOF marker decides between libjpeg and the lossless
+     * decoder: some writers label an 8-bit baseline frame JPEG Lossless, or
+     * the reverse. */
+    if (d.encoding == DICOM_JPEG || d.encoding == DICOM_JPEG_LOSSLESS) {
+        int process = jpeg_frame_process(frame, frame_len);
+        if (process == 3)
+            d.encoding = DICOM_JPEG_LOSSLESS;
+        else if ((process == 0 || process == 1) && d.bits_stored <= 8)
+            d.encoding = DICOM_JPEG;
+    }
     int bytes = d.bits_allocated / 8, w = d.cols, h = d.rows;
     if (d.encoding == DICOM_JPEG) {
-        rc = dicom_jpeg_gray8(&d, frame, frame_len, VIPS_IMAGE_ADDR(pipe_last(pl), 0, 0), err);
+        VipsImage **gray = pipe_slot(pl);
+        if (!(*gray = gray8_memory_image(d.cols, d.rows)))
+            rc = vips_failed(err, MS_ENOMEM, "no memory for the gray image");
+        else
+            rc = dicom_jpeg_gray8(&d, frame, frame_len, VIPS_IMAGE_ADDR(*gray, 0, 0), err);
     } else if (d.encoding == DICOM_J2K) {
         int reduce = __builtin_ctz((unsigned)jpeg_shrink_for(info, want_w, want_h));
         rc = j2k_decode(frame, frame_len, d.cols, d.rows, d.samples, bytes, reduce, &raw, &w, &h, err);

@@ -118,6 +118,11 @@ int jpeg_encode_gray8(const uint8_t *px, int w, int h, int quality, uint8_t **ou
 int jpeg_lossless_decode(const uint8_t *buf, size_t len, int width, int height, int components, int bytes,
                          uint8_t *out, ms_err *err);
 
+/* The n of a JPEG stream's first SOFn marker (0 baseline, 1 extended, 2
+ * progressive, 3 lossless, ...), or -1 when there is none before its scan
+ * or the stream is not JPEG. Reads only inside [buf, buf + len). */
+int jpeg_frame_process(const uint8_t *buf, size_t len);
+
 /* The same for a JPEG-LS stream through CharLS (dicom_codecs.c): the
  * frame's header is checked against width, height and components before
  * anything is decoded. Returns 0, MS_EFORMAT (corrupt, truncated, not the

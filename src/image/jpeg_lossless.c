@@ -325,6 +325,27 @@ static int read_scan_header(const uint8_t *seg, size_t n, frame *f, const huffma
     return 0;
 }
 
+int jpeg_frame_process(const uint8_t *buf, size_t len)
+{
+    if (len < 4 || buf[0] != 0xff || buf[1] != 0xd8)
+        return -1;
+    for (size_t at = 2; at < len && len - at >= 4;) {
+        if (buf[at] != 0xff)
+            return -1;
+        int m = buf[at + 1];
+        if (m == 0xff) {
+            at++;
+            continue;
+        }
+        if (m >= 0xc0 && m <= 0xcf && m != 0xc4 && m != 0xc8 && m != 0xcc)
+            return m - 0xc0;
+        if (m == 0xda || m == 0xd9)
+            return -1;
+        at += 2 + be16(buf + at + 2);
+    }
+    return -1;
+}
+
 int jpeg_lossless_decode(const uint8_t *buf, size_t len, int width, int height, int components, int bytes,
                          uint8_t *out, ms_err *err)
 {

@@ -750,6 +750,50 @@ static void test_jpeg_lossless(void **state)
     free(j.b);
 }
 
+/* Mislabelled frames: the frame's SOF marker picks the decoder. An 8-bit
+ * lossless stream under the JPEG Baseline syntax, and a baseline JPEG under
+ * JPEG Lossless, decode as what they are. */
+static void test_jpeg_process_from_the_frame(void **state)
+{
+    (void)state;
+    enum { N = 12 };
+    uint8_t v8[N * N];
+    uint16_t v[N * N];
+    for (int i = 0; i < N * N; i++)
+        v[i] = v8[i] = (uint8_t)(i * 5 + (i % 3) * 20);
+    dcm native = dcm_begin(TS_EXPLICIT, 1, 0);
+    image_attrs(&native, N, N, 8, 8, 7, 0, "MONOCHROME2");
+    pixels8(&native, v8, N * N);
+    uint8_t want[N * N], got[N * N];
+    gray_of(&native, N, want);
+    free(native.b);
+
+    dcm lossless = lossless_jpeg(v, N, N, 8, 1, 0, 0);
+    dcm d = dcm_begin("1.2.840.10008.1.2.4.50", 1, 0);
+    image_attrs(&d, N, N, 8, 8, 7, 0, "MONOCHROME2");
+    encapsulate(&d, &lossless);
+    gray_of(&d, N, got);
+    assert_memory_equal(got, want, sizeof want);
+    free(d.b);
+    free(lossless.b);
+
+    blob jpg = encode_with(vips_image_new_from_memory_copy(v8, sizeof v8, N, N, 1, VIPS_FORMAT_UCHAR), ".jpg[Q=90]");
+    dcm frame = {.b = jpg.data, .n = jpg.len};
+    uint8_t as_baseline[N * N];
+    d = dcm_begin("1.2.840.10008.1.2.4.50", 1, 0);
+    image_attrs(&d, N, N, 8, 8, 7, 0, "MONOCHROME2");
+    encapsulate(&d, &frame);
+    gray_of(&d, N, as_baseline);
+    free(d.b);
+    d = dcm_begin("1.2.840.10008.1.2.4.70", 1, 0);
+    image_attrs(&d, N, N, 8, 8, 7, 0, "MONOCHROME2");
+    encapsulate(&d, &frame);
+    gray_of(&d, N, got);
+    assert_memory_equal(got, as_baseline, sizeof got);
+    free(d.b);
+    blob_free(&jpg);
+}
+
 /* ---- JPEG 2000 and JPEG-LS (libraries) ---- */
 
 static OPJ_SIZE_T opj_write_to(void *buf, OPJ_SIZE_T n, void *user)
@@ -1162,6 +1206,7 @@ int main(void)
         cmocka_unit_test(test_colour),
         cmocka_unit_test(test_rle),
         cmocka_unit_test(test_jpeg_lossless),
+        cmocka_unit_test(test_jpeg_process_from_the_frame),
         cmocka_unit_test(test_library_codecs),
         cmocka_unit_test(test_j2k_reduced_decode),
         cmocka_unit_test(test_first_frame_of_several),
