@@ -3,7 +3,7 @@
  * collection.
  *
  * Folders are walked recursively in name order; files are taken as images
- * by their content (PNG, JPEG, TIFF), never by their name, and other files
+ * by their content (PNG, JPEG, TIFF, DICOM), never by their name, and other files
  * are reported and skipped. The files are streamed through the engine's
  * ingest pipeline, so memory stays bounded whatever their number. An image
  * stored already (same bytes) is skipped cheaply, which makes a re-run
@@ -390,7 +390,7 @@ int cmd_ingest(int argc, char **argv)
     static const cli_command cmd = {
         "ingest", "PATH...",
         "Adds X-ray images (files, and folders searched recursively) to a collection with their metadata.\n"
-        "Images are recognised by content: PNG, JPEG, TIFF; other files are reported and skipped.\n"
+        "Images are recognised by content: PNG, JPEG, TIFF, DICOM; other files are reported and skipped.\n"
         "Images stored already (same bytes) are skipped, so running it again resumes an interrupted run.\n"
         "A file that cannot be read or decoded is reported and skipped; the exit code is then 1.",
         CLI_DB | CLI_MODEL | CLI_JSON, NULL, 1, -1};
