@@ -390,11 +390,7 @@ static void handle_preview(api_ctx *c, const http_request *r, http_reply *rep)
         reply_ms_err(rep, &err);
         return;
     }
-    reply_free(rep);
-    rep->status = 200;
-    rep->body = (char *)png;
-    rep->len = len;
-    snprintf(rep->content_type, sizeof rep->content_type, "image/png");
+    reply_bytes(rep, 200, "image/png", (char *)png, len);
     snprintf(rep->cache, sizeof rep->cache, "no-store"); /* a patient image, made on demand */
 }
 
@@ -461,12 +457,7 @@ static void handle_image_bytes(api_ctx *c, const http_request *r, http_reply *re
         reply_ms_err(rep, &err);
         return;
     }
-    reply_free(rep);
-    rep->status = 200;
-    rep->body = (char *)bytes;
-    rep->len = len;
-    snprintf(rep->content_type, sizeof rep->content_type, "%s",
-             mime[0] ? mime : "application/octet-stream");
+    reply_bytes(rep, 200, mime[0] ? mime : "application/octet-stream", (char *)bytes, len);
     snprintf(rep->etag, sizeof rep->etag, "%s", etag);
     /* Private: these are patient images; revalidation is cheap (304). */
     snprintf(rep->cache, sizeof rep->cache, "private, max-age=3600");
@@ -713,11 +704,7 @@ static void handle_metrics(api_ctx *c, http_reply *rep)
         reply_error(rep, 503, "out_of_memory", "out of memory rendering metrics");
         return;
     }
-    reply_free(rep);
-    rep->status = 200;
-    rep->body = text;
-    rep->len = len;
-    snprintf(rep->content_type, sizeof rep->content_type, "text/plain; version=0.0.4; charset=utf-8");
+    reply_bytes(rep, 200, "text/plain; version=0.0.4; charset=utf-8", text, len);
 }
 
 static void handle_asset(const http_request *r, http_reply *rep)

@@ -119,6 +119,9 @@ json_t *json_text(const char *s);
 
 void reply_init(http_reply *r);
 void reply_free(http_reply *r);
+/* A malloc'd body of len bytes (ownership passes to r) with its status and
+ * Content-Type. */
+void reply_bytes(http_reply *r, unsigned status, const char *type, char *body, size_t len);
 /* JSON body (the reference is stolen) with status. */
 void reply_json(http_reply *r, unsigned status, json_t *doc);
 /* {"error":{"code":code,"message":msg}} */

@@ -203,14 +203,19 @@ void reply_free(http_reply *r)
     r->len = 0;
 }
 
-static void reply_set_text(http_reply *r, unsigned status, const char *type, char *body)
+void reply_bytes(http_reply *r, unsigned status, const char *type, char *body, size_t len)
 {
     reply_free(r);
     r->status = status;
     r->body = body;
-    r->len = body ? strlen(body) : 0;
+    r->len = len;
     r->body_static = 0;
     snprintf(r->content_type, sizeof r->content_type, "%s", type);
+}
+
+static void reply_set_text(http_reply *r, unsigned status, const char *type, char *body)
+{
+    reply_bytes(r, status, type, body, body ? strlen(body) : 0);
 }
 
 void reply_json(http_reply *r, unsigned status, json_t *doc)
