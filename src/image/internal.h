@@ -9,6 +9,19 @@
 
 #include "util/err.h"
 
+/* A big-endian 16-bit value (JPEG's lengths and sizes); the caller has
+ * checked the bounds. */
+static inline uint16_t read_be16(const uint8_t *p)
+{
+    return (uint16_t)(p[0] << 8 | p[1]);
+}
+
+/* A JPEG SOFn marker (a frame header: C0-CF but DHT, JPG and DAC). */
+static inline int jpeg_is_sof(int marker)
+{
+    return marker >= 0xc0 && marker <= 0xcf && marker != 0xc4 && marker != 0xc8 && marker != 0xcc;
+}
+
 /* A big-endian 32-bit value (PNG's lengths and sizes); the caller has
  * checked the bounds. */
 static inline uint32_t read_be32(const uint8_t *p)

@@ -64,11 +64,6 @@ static int corrupt(ms_err *err, const char *what)
     return ms_err_set(err, MS_EFORMAT, "JPEG Lossless data is corrupt: %s", what);
 }
 
-static uint16_t be16(const uint8_t *p)
-{
-    return (uint16_t)(p[0] << 8 | p[1]);
-}
-
 /* ---- Huffman tables (T.81 annex C and F.2.2.3) ---- */
 
 static int read_huffman_tables(const uint8_t *seg, size_t n, huffman tables[4], ms_err *err)
@@ -290,8 +285,8 @@ static int read_frame_header(const uint8_t *seg, size_t n, frame *f, ms_err *err
     if (n < 6)
         return corrupt(err, "its frame header is cut short");
     f->precision = seg[0];
-    f->height = be16(seg + 1);
-    f->width = be16(seg + 3);
+    f->height = read_be16(seg + 1);
+    f->width = read_be16(seg + 3);
     f->ncomp = seg[5];
     if (f->ncomp < 1 || f->ncomp > MAX_COMPONENTS || n < 6 + 3 * (size_t)f->ncomp)
         return corrupt(err, "its frame header lists no or too many components");
@@ -337,11 +332,11 @@ int jpeg_frame_process(const uint8_t *buf, size_t len)
             at++;
             continue;
         }
-        if (m >= 0xc0 && m <= 0xcf && m != 0xc4 && m != 0xc8 && m != 0xcc)
+        if (jpeg_is_sof(m))
             return m - 0xc0;
         if (m == 0xda || m == 0xd9)
             return -1;
-        at += 2 + be16(buf + at + 2);
+        at += 2 + read_be16(buf + at + 2);
     }
     return -1;
 }
@@ -365,7 +360,7 @@ int jpeg_lossless_decode(const uint8_t *buf, size_t len, int width, int height, 
             at++;
             continue;
         }
-        size_t n = be16(buf + at + 2);
+        size_t n = read_be16(buf + at + 2);
         if (n < 2 || len - at - 2 < n)
             return corrupt(err, "a marker segment runs past the end");
         const uint8_t *seg = buf + at + 4;
@@ -374,14 +369,14 @@ int jpeg_lossless_decode(const uint8_t *buf, size_t len, int width, int height, 
         if (m == 0xc3) {
             rc = read_frame_header(seg, seg_len, &f, err);
             have_frame = true;
-        } else if ((m >= 0xc0 && m <= 0xcf && m != 0xc4 && m != 0xc8 && m != 0xcc)) {
+        } else if (jpeg_is_sof(m)) {
             return ms_err_set(err, MS_EUNSUPPORTED, "JPEG Lossless holds a JPEG of another process (SOF%d), "
                               "not process 14 (SOF3)", m - 0xc0);
         } else if (m == 0xc4) {
             rc = read_huffman_tables(seg, seg_len, tables, err);
         } else if (m == 0xdd) {
             rc = seg_len < 2 ? corrupt(err, "its restart interval segment is cut short") : 0;
-            f.restart_interval = rc ? 0 : be16(seg);
+            f.restart_interval = rc ? 0 : read_be16(seg);
         } else if (m == 0xda) {
             if (!have_frame)
                 return corrupt(err, "its scan comes before its frame header");

@@ -71,7 +71,6 @@ image_format image_sniff(const void *buf, size_t len)
 }
 
 /* Big- and little-endian readers; callers have checked the bounds. */
-static uint16_t be16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
 static uint32_t le32(const uint8_t *p)
 {
     return (uint32_t)p[3] << 24 | (uint32_t)p[2] << 16 | (uint32_t)p[1] << 8 | p[0];
@@ -178,11 +177,6 @@ static int probe_png(const uint8_t *p, size_t len, image_info *info, ms_err *err
 
 /* ---- JPEG ---- */
 
-static bool is_sof(int m)
-{
-    return m >= 0xc0 && m <= 0xcf && m != 0xc4 && m != 0xc8 && m != 0xcc;
-}
-
 static int jpeg_frame(const uint8_t *seg, size_t seglen, int marker, image_info *info, ms_err *err)
 {
     if (seglen < 6)
@@ -194,7 +188,7 @@ static int jpeg_frame(const uint8_t *seg, size_t seglen, int marker, image_info 
         return ms_err_set(err, MS_EUNSUPPORTED, "hierarchical JPEG (SOF%d) is not supported; convert to PNG",
                           marker - 0xc0);
     int precision = seg[0];
-    uint16_t h = be16(seg + 1), w = be16(seg + 3);
+    uint16_t h = read_be16(seg + 1), w = read_be16(seg + 3);
     int ncomp = seg[5];
     if (precision != 8)
         return ms_err_set(err, MS_EUNSUPPORTED, "%d-bit JPEG is not supported; only 8-bit JPEG (use PNG for 16-bit)",
@@ -240,14 +234,14 @@ static int probe_jpeg(const uint8_t *p, size_t len, image_info *info, ms_err *er
                               have_frame ? "scan" : "frame header");
         if (off + 2 > len)
             break;
-        size_t seglen = be16(p + off);
+        size_t seglen = read_be16(p + off);
         if (seglen < 2)
             return ms_err_set(err, MS_EFORMAT, "JPEG is corrupt: segment length %zu", seglen);
         if (off + seglen > len)
             break;
         if (marker == 0xda)
             return off + seglen < len ? 0 : ms_err_set(err, MS_EFORMAT, "JPEG is truncated: no scan data");
-        if (is_sof(marker)) {
+        if (jpeg_is_sof(marker)) {
             if (have_frame)
                 return ms_err_set(err, MS_EFORMAT, "JPEG is corrupt: two frame headers");
             int rc = jpeg_frame(p + off + 2, seglen - 2, marker, info, err);
@@ -275,7 +269,7 @@ typedef struct tiff_reader {
 
 static uint16_t t16(const tiff_reader *t, size_t off)
 {
-    return t->big_endian ? be16(t->p + off) : le16(t->p + off);
+    return t->big_endian ? read_be16(t->p + off) : le16(t->p + off);
 }
 static uint32_t t32(const tiff_reader *t, size_t off)
 {
