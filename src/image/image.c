@@ -462,18 +462,27 @@ static int dicom_jpeg_gray8(const dicom_image *d, const uint8_t *frame, size_t l
     return rc;
 }
 
-/* A frame decoded to the layout of dicom_rle_decode, w x h (the frame's
- * size, or smaller when JPEG 2000 decoded it reduced), through the display
- * pipeline into a new gray image, the last of pl. */
-static int dicom_decoded_gray8(pipeline *pl, const dicom_image *d, const uint8_t *raw, int w, int h, ms_err *err)
+/* The pixels of a new w x h gray image, the last of pl; NULL (with the
+ * libvips error set) when out of memory. */
+static uint8_t *pipe_gray8(pipeline *pl, int w, int h)
+{
+    VipsImage **gray = pipe_slot(pl);
+    return (*gray = gray8_memory_image(w, h)) ? VIPS_IMAGE_ADDR(*gray, 0, 0) : NULL;
+}
+
+/* A frame w x h (the frame's size, or smaller when JPEG 2000 decoded it
+ * reduced) in the file's layout, or in dicom_rle_decode's when decoded is
+ * set, through the display pipeline into a new gray image, the last of pl. */
+static int dicom_frame_gray8(pipeline *pl, const dicom_image *d, const uint8_t *frame, int decoded, int w, int h,
+                             ms_err *err)
 {
     dicom_image at = *d;
     at.cols = w;
     at.rows = h;
-    VipsImage **gray = pipe_slot(pl);
-    if (!(*gray = gray8_memory_image(w, h)))
+    uint8_t *out = pipe_gray8(pl, w, h);
+    if (!out)
         return vips_failed(err, MS_ENOMEM, "no memory for the gray image");
-    return dicom_gray8(&at, raw, 1, VIPS_IMAGE_ADDR(*gray, 0, 0), err);
+    return dicom_gray8(&at, frame, decoded, out, err);
 }
 
 /* The first frame of a DICOM file, through its display pipeline, as the
@@ -488,12 +497,8 @@ static int decode_dicom_gray8(const void *buf, size_t len, const image_info *inf
     int rc = dicom_parse(buf, len, &d, err);
     if (rc)
         return rc;
-    if (d.encoding == DICOM_NATIVE) {
-        VipsImage **gray = pipe_slot(pl);
-        if (!(*gray = gray8_memory_image(d.cols, d.rows)))
-            return vips_failed(err, MS_ENOMEM, "no memory for the gray image");
-        return dicom_gray8(&d, d.pixel_data, 0, VIPS_IMAGE_ADDR(*gray, 0, 0), err);
-    }
+    if (d.encoding == DICOM_NATIVE)
+        return dicom_frame_gray8(pl, &d, d.pixel_data, 0, d.cols, d.rows, err);
     uint8_t *frame = NULL, *raw = NULL;
     size_t frame_len = 0;
     if ((rc = dicom_frame_bytes(&d, &frame, &frame_len, err)))
@@ -510,11 +515,9 @@ static int decode_dicom_gray8(const void *buf, size_t len, const image_info *inf
     }
     int bytes = d.bits_allocated / 8, w = d.cols, h = d.rows;
     if (d.encoding == DICOM_JPEG) {
-        VipsImage **gray = pipe_slot(pl);
-        if (!(*gray = gray8_memory_image(d.cols, d.rows)))
-            rc = vips_failed(err, MS_ENOMEM, "no memory for the gray image");
-        else
-            rc = dicom_jpeg_gray8(&d, frame, frame_len, VIPS_IMAGE_ADDR(*gray, 0, 0), err);
+        uint8_t *out = pipe_gray8(pl, d.cols, d.rows);
+        rc = out ? dicom_jpeg_gray8(&d, frame, frame_len, out, err)
+                 : vips_failed(err, MS_ENOMEM, "no memory for the gray image");
     } else if (d.encoding == DICOM_J2K) {
         int reduce = __builtin_ctz((unsigned)jpeg_shrink_for(info, want_w, want_h));
         rc = j2k_decode(frame, frame_len, d.cols, d.rows, d.samples, bytes, reduce, &raw, &w, &h, err);
@@ -528,7 +531,7 @@ static int decode_dicom_gray8(const void *buf, size_t len, const image_info *inf
         rc = jpeg_lossless_decode(frame, frame_len, d.cols, d.rows, d.samples, bytes, raw, err);
     }
     if (!rc && raw)
-        rc = dicom_decoded_gray8(pl, &d, raw, w, h, err);
+        rc = dicom_frame_gray8(pl, &d, raw, 1, w, h, err);
     free(raw);
     free(frame);
     return rc;
