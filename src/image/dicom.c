@@ -349,14 +349,15 @@ static int read_meta_group(cursor *c, dicom_image *d, ms_err *err)
     return choose_syntax(d->transfer_syntax, d, c, err);
 }
 
-/* The first item of the VOI LUT Sequence: its LUT Descriptor and Data. */
-static int read_voi_lut_item(cursor *c, size_t item_end, bool bounded, dicom_image *d, int depth, ms_err *err)
+/* The first item of the VOI LUT Sequence: its LUT Descriptor and Data. A
+ * bounded item ends at c->end, an unbounded one at its Item Delimitation. */
+static int read_voi_lut_item(cursor *c, bool bounded, dicom_image *d, ms_err *err)
 {
     int desc[3] = {-1, -1, -1};
     element data = {0};
     bool have_data = false;
     for (;;) {
-        if (bounded && c->pos >= item_end)
+        if (bounded && c->pos >= c->end)
             break;
         element e;
         int rc = read_element(c, &e, err);
@@ -371,7 +372,7 @@ static int read_voi_lut_item(cursor *c, size_t item_end, bool bounded, dicom_ima
             data = e;
             have_data = true;
         }
-        if ((rc = skip_value(c, &e, depth + 1, err)))
+        if ((rc = skip_value(c, &e, 2, err))) /* inside the sequence's item */
             return rc;
     }
     if (desc[0] < 0 || !have_data)
@@ -415,7 +416,7 @@ static int read_voi_lut_sequence(cursor *c, const element *seq, dicom_image *d, 
             cursor in_item = inner;
             if (bounded)
                 in_item.end = item.value + item.length;
-            if ((rc = read_voi_lut_item(&in_item, in_item.end, bounded, d, 1, err)))
+            if ((rc = read_voi_lut_item(&in_item, bounded, d, err)))
                 return rc;
             inner.pos = bounded ? item.value + item.length : in_item.pos;
             first = false;
