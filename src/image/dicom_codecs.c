@@ -105,13 +105,11 @@ static OPJ_CODEC_FORMAT j2k_format(const uint8_t *buf, size_t len)
     return OPJ_CODEC_J2K;
 }
 
-/* width x height is the decoded size (the frame's, reduced). */
+/* width x height is the decoded size (the frame's, reduced); the caller
+ * has checked the component count against the header. */
 static int j2k_samples(const opj_image_t *im, int width, int height, int components, int bytes, uint8_t *out,
                        ms_err *err)
 {
-    if ((int)im->numcomps != components)
-        return size_mismatch("JPEG 2000", width, height, components, (long)(im->x1 - im->x0),
-                             (long)(im->y1 - im->y0), (long)im->numcomps, err);
     for (int k = 0; k < components; k++) {
         const opj_image_comp_t *c = &im->comps[k];
         if ((int)c->w != width || (int)c->h != height || c->dx != 1 || c->dy != 1 || !c->data)
