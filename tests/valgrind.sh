@@ -24,11 +24,12 @@ $vg ./medsearch check --db "$tmp/c.db"
 $vg ./medsearch info --db "$tmp/c.db"
 # DICOM: the shared files (JPEG Baseline, uncompressed little and big
 # endian), and where dcmtk and GDCM are installed the same radiograph as
-# JPEG Lossless, JPEG 2000 and JPEG-LS.
+# JPEG Lossless, 12-bit JPEG, JPEG 2000 and JPEG-LS.
 mkdir "$tmp/dicom"
 cp "$SHARED"/data/dicom/*.dcm "$tmp/dicom/"
 src=$SHARED/data/dicom/siim_cxr_pa_uncompressed_evrle.dcm
-command -v dcmcjpeg >/dev/null && dcmcjpeg +e1 "$src" "$tmp/dicom/jpeg_lossless.dcm"
+command -v dcmcjpeg >/dev/null && dcmcjpeg +e1 "$src" "$tmp/dicom/jpeg_lossless.dcm" &&
+    dcmcjpeg +ee +bt "$src" "$tmp/dicom/jpeg12.dcm"
 command -v gdcmconv >/dev/null && gdcmconv --j2k "$src" "$tmp/dicom/j2k.dcm" && gdcmconv --jpegls "$src" "$tmp/dicom/jpegls.dcm"
 $vg ./medsearch ingest --db "$tmp/d.db" --model "$MODEL" "$tmp/dicom"
 $vg ./medsearch search --db "$tmp/d.db" --model "$MODEL" -k 3 "$SHARED/data/dicom/siim_cxr_pa_jpegbaseline.dcm" >/dev/null

@@ -319,7 +319,7 @@ static int choose_syntax(const char *uid, dicom_image *d, cursor *c, ms_err *err
         return 0;
     }
     return ms_err_set(err, MS_EUNSUPPORTED, "DICOM with transfer syntax %s is not supported; MedSearch reads "
-                      "uncompressed, RLE, JPEG Lossless, JPEG-LS, JPEG 2000 and 8-bit JPEG DICOM", uid);
+                      "uncompressed, RLE, JPEG (8 and 12 bits), JPEG Lossless, JPEG-LS and JPEG 2000 DICOM", uid);
 }
 
 /* ---- the header ---- */
@@ -610,9 +610,6 @@ static int check_layout(dicom_image *d, const header_values *h, ms_err *err)
     if (d->photometric == DICOM_YBR_JPEG && d->encoding != DICOM_JPEG && d->encoding != DICOM_J2K)
         return ms_err_set(err, MS_EUNSUPPORTED, "DICOM with %s pixels outside JPEG is not supported",
                           h->photometric);
-    if (d->encoding == DICOM_JPEG && d->bits_stored > 8)
-        return ms_err_set(err, MS_EUNSUPPORTED, "DICOM with %d-bit JPEG pixels is not supported; only 8-bit JPEG",
-                          d->bits_stored);
     if (d->encoding == DICOM_NATIVE && d->pixel_len / dicom_frame_size(d) < (size_t)d->frames)
         return ms_err_set(err, MS_EFORMAT, "DICOM is corrupt: its Pixel Data holds %zu bytes, %d frame(s) of %d x %d "
                           "need %zu", d->pixel_len, d->frames, d->cols, d->rows,

@@ -9,9 +9,9 @@
  *     big endian (native pixels), RLE Lossless (decoded here), JPEG
  *     Lossless (process 14, jpeg_lossless.c), JPEG 2000 (OpenJPEG) and
  *     JPEG-LS (CharLS; both dicom_codecs.c), and JPEG Baseline / Extended
- *     (process 1 and 2/4, 8-bit: the frame's bytes are handed to libjpeg
- *     through libvips by image.c). Deflated data sets, High-Throughput
- *     JPEG 2000 and video are refused by name;
+ *     (process 1 and 2/4: image.c hands an 8-bit frame's bytes to libjpeg
+ *     through libvips and decodes a 12-bit one with jpeg_dct.c). Deflated
+ *     data sets, High-Throughput JPEG 2000 and video are refused by name;
  *   - pixels: 1 sample (MONOCHROME1, MONOCHROME2) of 8 or 16 bits
  *     allocated, any bits stored up to that with any high bit, unsigned or
  *     two's complement; or 3 samples (RGB, YBR_FULL, and YBR_FULL_422 /

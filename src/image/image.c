@@ -503,18 +503,25 @@ static int decode_dicom_gray8(const void *buf, size_t len, const image_info *inf
     size_t frame_len = 0;
     if ((rc = dicom_frame_bytes(&d, &frame, &frame_len, err)))
         return rc;
-    /* The frame's own SOF marker decides between libjpeg and the lossless
-     * decoder: some writers label an 8-bit baseline frame JPEG Lossless, or
-     * the reverse. */
+    /* The frame's own SOF marker decides between libjpeg, the lossless
+     * decoder and the 12-bit DCT one: some writers label an 8-bit baseline
+     * frame JPEG Lossless, or the reverse. */
+    bool dct12 = false;
     if (d.encoding == DICOM_JPEG || d.encoding == DICOM_JPEG_LOSSLESS) {
-        int process = jpeg_frame_process(frame, frame_len);
+        int precision, process = jpeg_frame_process(frame, frame_len, &precision);
         if (process == 3)
             d.encoding = DICOM_JPEG_LOSSLESS;
-        else if ((process == 0 || process == 1) && d.bits_stored <= 8)
+        else if (process == 0 || process == 1)
             d.encoding = DICOM_JPEG;
+        dct12 = d.encoding == DICOM_JPEG && precision > 8;
+    }
+    if (d.encoding == DICOM_JPEG && !dct12 && d.bits_stored > 8) {
+        free(frame);
+        return ms_err_set(err, MS_EFORMAT, "DICOM is corrupt: its header says %d bits stored, its JPEG frame has "
+                          "8-bit samples", d.bits_stored);
     }
     int bytes = d.bits_allocated / 8, w = d.cols, h = d.rows;
-    if (d.encoding == DICOM_JPEG) {
+    if (d.encoding == DICOM_JPEG && !dct12) {
         uint8_t *out = pipe_gray8(pl, d.cols, d.rows);
         rc = out ? dicom_jpeg_gray8(&d, frame, frame_len, out, err)
                  : vips_failed(err, MS_ENOMEM, "no memory for the gray image");
@@ -527,6 +534,8 @@ static int decode_dicom_gray8(const void *buf, size_t len, const image_info *inf
         rc = dicom_rle_decode(&d, frame, frame_len, raw, err);
     } else if (d.encoding == DICOM_JPEG_LS) {
         rc = jpegls_decode(frame, frame_len, d.cols, d.rows, d.samples, bytes, raw, err);
+    } else if (dct12) {
+        rc = jpeg_dct_decode(frame, frame_len, d.cols, d.rows, d.samples, bytes, raw, err);
     } else {
         rc = jpeg_lossless_decode(frame, frame_len, d.cols, d.rows, d.samples, bytes, raw, err);
     }

@@ -6,8 +6,9 @@
  * progressive, gray or colour; CMYK, lossless, hierarchical and 12-bit are
  * rejected), TIFF (classic, 8/16-bit unsigned grayscale, MinIsBlack or
  * MinIsWhite; first page) and DICOM (a Part 10 file: uncompressed, RLE,
- * JPEG Lossless, JPEG 2000, JPEG-LS or 8-bit JPEG; monochrome of 8 or 16
- * bits, or 8-bit colour; first frame; read by dicom.c, see dicom.h). GIF, WebP, BMP, JPEG 2000, HEIF, PDF, ... are
+ * JPEG Lossless, JPEG 2000, JPEG-LS, or JPEG of 8 bits or 12-bit gray;
+ * monochrome of 8 or 16 bits, or 8-bit colour; first frame; read by
+ * dicom.c, see dicom.h). GIF, WebP, BMP, JPEG 2000, HEIF, PDF, ... are
  * recognised and refused with MS_EUNSUPPORTED and a message naming them;
  * other bytes give MS_EFORMAT. Decoding uses libvips' PNG/JPEG/TIFF loaders
  * called by name, with its untrusted loaders blocked.

@@ -131,10 +131,24 @@ int jpeg_encode_gray8(const uint8_t *px, int w, int h, int quality, uint8_t **ou
 int jpeg_lossless_decode(const uint8_t *buf, size_t len, int width, int height, int components, int bytes,
                          uint8_t *out, ms_err *err);
 
+/* Decodes a sequential DCT JPEG (ITU T.81 processes 1, 2 and 4: SOF0 or
+ * SOF1, Huffman coded) of 8- or 12-bit precision and one component, the
+ * 12-bit kind of DICOM's JPEG Extended transfer syntax, which Debian 12's
+ * libjpeg-turbo cannot read (jpeg_dct.c). The frame must be width x height
+ * with `components` (1) sample per pixel; out receives width x height
+ * samples of `bytes` (1 or 2; the precision must fit) each, little endian.
+ * Returns 0, MS_EFORMAT (corrupt or truncated, or not the size the caller
+ * expects), MS_EUNSUPPORTED (another process, several components) or
+ * MS_ENOMEM. */
+int jpeg_dct_decode(const uint8_t *buf, size_t len, int width, int height, int components, int bytes,
+                    uint8_t *out, ms_err *err);
+
 /* The n of a JPEG stream's first SOFn marker (0 baseline, 1 extended, 2
- * progressive, 3 lossless, ...), or -1 when there is none before its scan
- * or the stream is not JPEG. Reads only inside [buf, buf + len). */
-int jpeg_frame_process(const uint8_t *buf, size_t len);
+ * progressive, 3 lossless, ...), with its sample precision in *precision
+ * (0 when the stream ends inside the marker), or -1 when there is none
+ * before its scan or the stream is not JPEG (jpeg_stream.c). Reads only
+ * inside [buf, buf + len). */
+int jpeg_frame_process(const uint8_t *buf, size_t len, int *precision);
 
 /* The same for a JPEG-LS stream through CharLS (dicom_codecs.c): the
  * frame's header is checked against width, height and components before

@@ -117,10 +117,13 @@ EOF
   # With pydicom: DICOM files of every layout and transfer syntax MedSearch reads.
   if "$PY" tests/tools/dicom_cases.py "$dir/dicom" >/dev/null 2>&1; then
     for f in "$dir"/dicom/*.dcm; do mv "$f" "$dir/$(basename "$f")"; done
-    # and with dcmtk, JPEG Lossless (predictor 6, and 1 with a point transform)
+    # and with dcmtk, JPEG Lossless (predictor 6, and 1 with a point
+    # transform) and 12-bit JPEG Extended
     if command -v dcmcjpeg >/dev/null 2>&1; then
       dcmcjpeg +el +sv 6 "$dir/mono16_explicit.dcm" "$dir/jpeg_lossless_sv6.dcm" 2>/dev/null || true
       dcmcjpeg +el +sv 1 +pt 2 "$dir/mono8.dcm" "$dir/jpeg_lossless_pt.dcm" 2>/dev/null || true
+      dcmcjpeg +ee "$dir/mono16_explicit.dcm" "$dir/jpeg12.dcm" 2>/dev/null || true
+      dcmcjpeg +ee +q 100 "$dir/voi_lut.dcm" "$dir/jpeg12_q100.dcm" 2>/dev/null || true
     fi
     # and with GDCM, JPEG 2000 and JPEG-LS
     if command -v gdcmconv >/dev/null 2>&1; then

@@ -22,6 +22,7 @@
 #include <vips/vips.h>
 
 #include "image/image.h"
+#include "image/internal.h"
 #include "image_test_util.h"
 
 static uint64_t rng_state = 0x2545f4914f6cdd1du;
@@ -794,6 +795,398 @@ static void test_jpeg_process_from_the_frame(void **state)
     blob_free(&jpg);
 }
 
+/* ---- 12-bit JPEG (sequential DCT, jpeg_dct.c) ---- */
+
+/* T.81 figure A.6's zigzag order, written out from the figure (jpeg_dct.c
+ * computes it instead). */
+static const uint8_t ZIGZAG[64] = {0,  1,  8,  16, 9,  2,  3,  10, 17, 24, 32, 25, 18, 11, 4,  5,
+                                   12, 19, 26, 33, 40, 48, 41, 34, 27, 20, 13, 6,  7,  14, 21, 28,
+                                   35, 42, 49, 56, 57, 50, 43, 36, 29, 22, 15, 23, 30, 37, 44, 51,
+                                   58, 59, 52, 45, 38, 31, 39, 46, 53, 60, 61, 54, 47, 55, 62, 63};
+
+static double dct_basis(int x, int u)
+{
+    return (u ? 0.5 : 0.5 / sqrt(2.0)) * cos((2 * x + 1) * u * M_PI / 16.0);
+}
+
+/* The index of AC symbol rs in dct_encode's table: EOB, ZRL, then (run,
+ * size) for run 0..15 and size 1..14. */
+static uint32_t ac_code(int rs)
+{
+    return rs == 0x00 ? 0 : rs == 0xf0 ? 1 : 2 + (uint32_t)(rs >> 4) * 14 + (uint32_t)(rs & 15) - 1;
+}
+
+static void put_category(bits *b, int32_t value, int *category)
+{
+    int s = 0;
+    for (uint32_t m = (uint32_t)(value < 0 ? -value : value); m; m >>= 1)
+        s++;
+    *category = s;
+}
+
+static void put_extra(bits *b, int32_t value, int s)
+{
+    if (s)
+        put_bits(b, (uint32_t)(value < 0 ? value + (1 << s) - 1 : value), s);
+}
+
+typedef struct dct_jpeg {
+    dcm stream;
+    uint16_t *exact; /* an exact decoder's samples: the quantised coefficients back through the inverse DCT in double */
+} dct_jpeg;
+
+/* One 8x8 block of v (edges replicated) forward-transformed, quantised by q
+ * (zigzag order) into c (zigzag order), and its exact reconstruction
+ * written into exact. */
+static void dct_block(const uint16_t *v, int w, int h, int bx, int by, int p, const uint16_t q[64], int32_t c[64],
+                      uint16_t *exact)
+{
+    double s[8][8], shift = 1 << (p - 1);
+    for (int y = 0; y < 8; y++)
+        for (int x = 0; x < 8; x++) {
+            int sx = 8 * bx + x < w ? 8 * bx + x : w - 1, sy = 8 * by + y < h ? 8 * by + y : h - 1;
+            s[y][x] = v[sy * w + sx] - shift;
+        }
+    double r[64] = {0}; /* dequantised, natural order */
+    for (int k = 0; k < 64; k++) {
+        int n = ZIGZAG[k], vv = n / 8, u = n % 8;
+        double f = 0;
+        for (int y = 0; y < 8; y++)
+            for (int x = 0; x < 8; x++)
+                f += dct_basis(x, u) * dct_basis(y, vv) * s[y][x];
+        c[k] = (int32_t)lround(f / q[k]);
+        r[n] = (double)c[k] * q[k];
+    }
+    for (int y = 0; y < 8 && 8 * by + y < h; y++)
+        for (int x = 0; x < 8 && 8 * bx + x < w; x++) {
+            double f = shift;
+            for (int n = 0; n < 64; n++)
+                f += dct_basis(x, n % 8) * dct_basis(y, n / 8) * r[n];
+            double m = (1 << p) - 1;
+            exact[(8 * by + y) * w + 8 * bx + x] = (uint16_t)(f < 0 ? 0 : f > m ? m : floor(f + 0.5));
+        }
+}
+
+/* A sequential DCT JPEG (SOF1) of w x h one-component samples v of
+ * precision p (8 or 12), quantised by q (zigzag order), with a restart
+ * every `restart` blocks (0: none). Its Huffman tables give DC category k
+ * the 5-bit code k and the AC symbols of ac_code 8-bit codes: simple, and
+ * every symbol is defined. An independent encoder written from T.81 annex
+ * A and F.1; dicom.sh checks the decoder against dcmtk's encoder too. */
+static dct_jpeg dct_encode(const uint16_t *v, int w, int h, int p, const uint16_t q[64], int restart)
+{
+    dct_jpeg j = {{0}, malloc(sizeof(uint16_t) * (size_t)w * (size_t)h)};
+    assert_non_null(j.exact);
+    dcm *d = &j.stream;
+    marker(d, 0xd8, NULL, 0);
+    uint8_t dqt[1 + 128] = {(uint8_t)(p > 8 ? 0x10 : 0x00)};
+    for (int k = 0; k < 64; k++) {
+        if (p > 8) {
+            dqt[1 + 2 * k] = (uint8_t)(q[k] >> 8);
+            dqt[2 + 2 * k] = (uint8_t)q[k];
+        } else {
+            dqt[1 + k] = (uint8_t)q[k];
+        }
+    }
+    marker(d, 0xdb, dqt, p > 8 ? 129 : 65);
+    uint8_t sof[9] = {(uint8_t)p, (uint8_t)(h >> 8), (uint8_t)h, (uint8_t)(w >> 8), (uint8_t)w, 1, 1, 0x11, 0};
+    marker(d, 0xc1, sof, sizeof sof);
+    uint8_t dht_dc[17 + 16] = {0x00};
+    dht_dc[5] = 16; /* 16 codes of length 5 */
+    for (int k = 0; k < 16; k++)
+        dht_dc[17 + k] = (uint8_t)k;
+    marker(d, 0xc4, dht_dc, sizeof dht_dc);
+    uint8_t dht_ac[17 + 226] = {0x10};
+    dht_ac[8] = 226; /* 226 codes of length 8 */
+    dht_ac[17] = 0x00;
+    dht_ac[18] = 0xf0;
+    for (int r = 0; r < 16; r++)
+        for (int s = 1; s <= 14; s++)
+            dht_ac[17 + ac_code(r << 4 | s)] = (uint8_t)(r << 4 | s);
+    marker(d, 0xc4, dht_ac, sizeof dht_ac);
+    if (restart) {
+        uint8_t dri[2] = {(uint8_t)(restart >> 8), (uint8_t)restart};
+        marker(d, 0xdd, dri, 2);
+    }
+    uint8_t sos[6] = {1, 1, 0x00, 0, 63, 0};
+    marker(d, 0xda, sos, sizeof sos);
+    bits b = {d, 0, 0};
+    int bw = (w + 7) / 8, bh = (h + 7) / 8, count = 0, rst = 0;
+    int32_t pred = 0;
+    for (int by = 0; by < bh; by++)
+        for (int bx = 0; bx < bw; bx++) {
+            if (restart && count && count % restart == 0) {
+                flush_bits(&b);
+                uint8_t m[2] = {0xff, (uint8_t)(0xd0 | (rst++ & 7))};
+                put(d, m, 2);
+                pred = 0;
+            }
+            count++;
+            int32_t c[64];
+            dct_block(v, w, h, bx, by, p, q, c, j.exact);
+            int s;
+            put_category(&b, c[0] - pred, &s);
+            put_bits(&b, (uint32_t)s, 5);
+            put_extra(&b, c[0] - pred, s);
+            pred = c[0];
+            int run = 0;
+            for (int k = 1; k < 64; k++) {
+                if (!c[k]) {
+                    run++;
+                    continue;
+                }
+                for (; run > 15; run -= 16)
+                    put_bits(&b, ac_code(0xf0), 8);
+                put_category(&b, c[k], &s);
+                assert_true(s <= 14);
+                put_bits(&b, ac_code(run << 4 | s), 8);
+                put_extra(&b, c[k], s);
+                run = 0;
+            }
+            if (run)
+                put_bits(&b, ac_code(0x00), 8);
+        }
+    flush_bits(&b);
+    marker(d, 0xd9, NULL, 0);
+    return j;
+}
+
+/* Offset of the first marker m (its 0xFF) in the stream. */
+static size_t find_marker(const dcm *s, int m)
+{
+    for (size_t i = 0; i + 1 < s->n; i++)
+        if (s->b[i] == 0xff && s->b[i + 1] == m)
+            return i;
+    fail_msg("marker %02x not found", m);
+    return 0;
+}
+
+/* Largest difference of n little-endian 16-bit samples from want, and how
+ * many differ. */
+static int sample_diff(const uint8_t *got, const uint16_t *want, size_t n, size_t *differ)
+{
+    int worst = 0;
+    *differ = 0;
+    for (size_t i = 0; i < n; i++) {
+        int d = abs((int)(got[2 * i] | got[2 * i + 1] << 8) - (int)want[i]);
+        worst = d > worst ? d : worst;
+        *differ += d > 0;
+    }
+    return worst;
+}
+
+enum { DCT_W = 37, DCT_H = 29 }; /* neither a multiple of 8: partial edge blocks */
+
+/* A 12-bit picture: a smooth ramp, noise, and a sharp edge. */
+static void dct_picture(uint16_t *v, int w, int h, int max)
+{
+    for (int y = 0; y < h; y++)
+        for (int x = 0; x < w; x++) {
+            int base = (x * 3 + y * 5) * max / (3 * w + 5 * h) + (int)(rng() % 41) - 20;
+            base += x > w / 2 && y > h / 3 ? max / 4 : 0;
+            v[y * w + x] = (uint16_t)(base < 0 ? 0 : base > max ? max : base);
+        }
+}
+
+static void dct_quant(uint16_t q[64], int scale)
+{
+    for (int k = 0; k < 64; k++)
+        q[k] = (uint16_t)(scale * (1 + (k * 7) % 23));
+}
+
+/* The decoder gives an exact decoder's samples within 1 (its float inverse
+ * DCT rounds a few halves the other way), at 12 and 8 bits, with and
+ * without restart markers; and what it gives is close to the picture. */
+static void test_jpeg_12bit_samples(void **state)
+{
+    (void)state;
+    uint16_t v[DCT_W * DCT_H], q[64];
+    uint8_t out[2 * DCT_W * DCT_H];
+    const size_t n = DCT_W * DCT_H;
+    for (int p = 8; p <= 12; p += 4) {
+        dct_picture(v, DCT_W, DCT_H, (1 << p) - 1);
+        dct_quant(q, p == 12 ? 4 : 1);
+        for (int restart = 0; restart <= 5; restart += 5) {
+            dct_jpeg j = dct_encode(v, DCT_W, DCT_H, p, q, restart);
+            ms_err err = {0};
+            if (jpeg_dct_decode(j.stream.b, j.stream.n, DCT_W, DCT_H, 1, 2, out, &err))
+                fail_msg("%d-bit, restart %d: %s", p, restart, err.msg);
+            size_t differ;
+            int worst = sample_diff(out, j.exact, n, &differ);
+            if (worst > 1 || differ > n / 50)
+                fail_msg("%d-bit, restart %d: %zu samples differ from the exact decode, by up to %d", p, restart,
+                         differ, worst);
+            double err_sum = 0;
+            for (size_t i = 0; i < n; i++)
+                err_sum += abs((int)j.exact[i] - (int)v[i]);
+            if (err_sum / (double)n > (p == 12 ? 40.0 : 4.0))
+                fail_msg("%d-bit: the test's encoder strays from the picture (mean %.1f)", p, err_sum / (double)n);
+            free(j.stream.b);
+            free(j.exact);
+        }
+    }
+}
+
+/* 8-bit baseline JPEG from libjpeg, through this decoder and through
+ * libjpeg: the same samples within 1 (libjpeg's integer inverse DCT). */
+static void test_jpeg_dct_against_libjpeg(void **state)
+{
+    (void)state;
+    enum { W = 40, H = 33 };
+    uint16_t v16[W * H];
+    uint8_t v[W * H], ours[W * H];
+    dct_picture(v16, W, H, 255);
+    for (int i = 0; i < W * H; i++)
+        v[i] = (uint8_t)v16[i];
+    const int qualities[] = {20, 75, 95, 100};
+    for (size_t t = 0; t < sizeof qualities / sizeof *qualities; t++) {
+        uint8_t *jpg = NULL;
+        size_t len = 0;
+        ms_err err = {0};
+        if (jpeg_encode_gray8(v, W, H, qualities[t], &jpg, &len, &err))
+            fail_msg("jpeg_encode_gray8: %s", err.msg);
+        if (jpeg_dct_decode(jpg, len, W, H, 1, 1, ours, &err))
+            fail_msg("quality %d: %s", qualities[t], err.msg);
+        VipsImage *im = vips_image_new_from_buffer(jpg, len, "", NULL);
+        assert_non_null(im);
+        size_t size = 0;
+        uint8_t *theirs = vips_image_write_to_memory(im, &size);
+        assert_int_equal(size, W * H);
+        int worst = 0, differ = 0;
+        for (int i = 0; i < W * H; i++) {
+            int d = abs(ours[i] - theirs[i]);
+            worst = d > worst ? d : worst;
+            differ += d > 0;
+        }
+        if (worst > 1 || differ > W * H / 20)
+            fail_msg("quality %d: %d samples differ from libjpeg's, by up to %d", qualities[t], differ, worst);
+        g_free(theirs);
+        g_object_unref(im);
+        free(jpg);
+    }
+}
+
+static dcm jpeg12_dicom(const char *ts, const dcm *frame, int w, int alloc)
+{
+    dcm d = dcm_begin(ts, 1, 0);
+    int stored = alloc < 12 ? alloc : 12;
+    image_attrs(&d, w, w, alloc, stored, stored - 1, 0, "MONOCHROME2");
+    encapsulate(&d, frame);
+    return d;
+}
+
+/* In a DICOM: JPEG Extended and a 12-bit frame mislabelled JPEG Lossless
+ * give the gray levels of the uncompressed file of the decoded samples;
+ * the refusals of what this decoder does not take name the reason; cut and
+ * mutated streams end in an error or the same image. */
+static void test_jpeg_12bit_dicom(void **state)
+{
+    (void)state;
+    enum { N = 29 };
+    uint16_t v[N * N], q[64], decoded[N * N];
+    uint8_t out[2 * N * N], want[N * N], got[N * N];
+    dct_picture(v, N, N, 4095);
+    dct_quant(q, 3);
+    dct_jpeg j = dct_encode(v, N, N, 12, q, 4);
+    ms_err err = {0};
+    assert_int_equal(jpeg_dct_decode(j.stream.b, j.stream.n, N, N, 1, 2, out, &err), 0);
+    for (int i = 0; i < N * N; i++)
+        decoded[i] = (uint16_t)(out[2 * i] | out[2 * i + 1] << 8);
+    dcm native = dcm_begin(TS_EXPLICIT, 1, 0);
+    image_attrs(&native, N, N, 16, 12, 11, 0, "MONOCHROME2");
+    pixels16(&native, decoded, N * N);
+    gray_of(&native, N, want);
+    free(native.b);
+    const char *syntaxes[] = {"1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.70"};
+    for (int s = 0; s < 2; s++) {
+        dcm d = jpeg12_dicom(syntaxes[s], &j.stream, N, 16);
+        gray_of(&d, N, got);
+        if (memcmp(got, want, sizeof want))
+            fail_msg("%s: the gray levels differ from the decoded samples'", syntaxes[s]);
+        if (s == 0)
+            for (size_t n = 0; n < d.n; n++) {
+                ms_err e = {0};
+                if (prepare_code(d.b, n, &e) == 0)
+                    fail_msg("a 12-bit JPEG DICOM cut to %zu of %zu bytes decoded", n, d.n);
+            }
+        free(d.b);
+    }
+    dcm d = jpeg12_dicom("1.2.840.10008.1.2.4.51", &j.stream, N, 8);
+    expect_refused(&d, MS_EFORMAT, "12-bit JPEG samples in 8 bits allocated");
+    free(d.b);
+    d = jpeg12_dicom("1.2.840.10008.1.2.4.51", &j.stream, N + 1, 16);
+    expect_refused(&d, MS_EFORMAT, "its JPEG frame is 29x29");
+    free(d.b);
+
+    /* An 8-bit frame under a header of 12 bits stored is refused, not
+     * windowed with 12-bit values. */
+    uint8_t *jpg = NULL;
+    size_t len = 0;
+    uint8_t v8[N * N] = {0};
+    assert_int_equal(jpeg_encode_gray8(v8, N, N, 90, &jpg, &len, &err), 0);
+    dcm frame8 = {.b = jpg, .n = len};
+    d = jpeg12_dicom("1.2.840.10008.1.2.4.51", &frame8, N, 16);
+    expect_refused(&d, MS_EFORMAT, "12 bits stored, its JPEG frame has 8-bit samples");
+    free(d.b);
+    free(jpg);
+
+    /* What the decoder refuses, by changing one byte of the stream. */
+    const struct {
+        int marker, offset, value, code;
+        const char *words;
+    } changes[] = {
+        {0xc1, 1, 0xc2, MS_EUNSUPPORTED, "progressive JPEG of 12-bit samples"},
+        {0xc1, 1, 0xc3, MS_EUNSUPPORTED, "process SOF3"},
+        {0xc1, 1, 0xc9, MS_EUNSUPPORTED, "process SOF9"},
+        {0xc1, 4, 16, MS_EUNSUPPORTED, "16-bit sequential DCT JPEG is not supported"},
+        {0xc1, 12, 1, MS_EFORMAT, "quantisation table that is not defined"},
+        {0xda, 8, 62, MS_EFORMAT, "does not code all 64 coefficients"},
+        {0xda, 6, 0x11, MS_EFORMAT, "Huffman table that is not defined"},
+        {0xda, 5, 7, MS_EFORMAT, "component its frame does not have"},
+        {0xd0, 1, 0xd3, MS_EFORMAT, "a restart marker is missing"},
+        {0xc4, 4, 0x20, MS_EFORMAT, "not a DC or AC table"},
+        {0xdb, 4, 0x24, MS_EFORMAT, "not one of 8 or 16 bits"},
+    };
+    for (size_t c = 0; c < sizeof changes / sizeof *changes; c++) {
+        dcm bad = {0};
+        put(&bad, j.stream.b, j.stream.n);
+        bad.b[find_marker(&bad, changes[c].marker) + (size_t)changes[c].offset] = (uint8_t)changes[c].value;
+        ms_err e = {0};
+        int rc = jpeg_dct_decode(bad.b, bad.n, N, N, 1, 2, out, &e);
+        if (rc != changes[c].code || !strstr(e.msg, changes[c].words))
+            fail_msg("change %zu: expected %d \"%s\", got %d \"%s\"", c, changes[c].code, changes[c].words, rc, e.msg);
+        free(bad.b);
+    }
+    err = (ms_err){0};
+    assert_int_equal(jpeg_dct_decode(j.stream.b, j.stream.n, N, N, 3, 2, out, &err), MS_EUNSUPPORTED);
+    assert_non_null(strstr(err.msg, "12-bit JPEG with 1 components is not supported"));
+
+    /* Cut anywhere: an error, or (cut in the padding or EOI) the same image. */
+    uint8_t *cut = malloc(j.stream.n);
+    assert_non_null(cut);
+    for (size_t n = 0; n < j.stream.n; n++) {
+        memcpy(cut, j.stream.b, n);
+        ms_err e = {0};
+        uint8_t again[2 * N * N];
+        int rc = jpeg_dct_decode(cut, n, N, N, 1, 2, again, &e);
+        if (rc == 0 ? memcmp(again, out, sizeof again) != 0 : !e.msg[0])
+            fail_msg("cut to %zu of %zu bytes: %d \"%s\"", n, j.stream.n, rc, e.msg);
+    }
+    /* Random changes: an image or an error with its message. */
+    for (int round = 0; round < 3000; round++) {
+        memcpy(cut, j.stream.b, j.stream.n);
+        for (int k = 0; k < 1 + (int)(rng() % 3); k++)
+            cut[rng() % j.stream.n] = (uint8_t)rng();
+        ms_err e = {0};
+        int rc = jpeg_dct_decode(cut, j.stream.n, N, N, 1, 2, out, &e);
+        if (rc != 0 && !e.msg[0])
+            fail_msg("error %d without a message", rc);
+    }
+    free(cut);
+    free(j.stream.b);
+    free(j.exact);
+}
+
 /* ---- JPEG 2000 and JPEG-LS (libraries) ---- */
 
 static OPJ_SIZE_T opj_write_to(void *buf, OPJ_SIZE_T n, void *user)
@@ -1207,6 +1600,9 @@ int main(void)
         cmocka_unit_test(test_rle),
         cmocka_unit_test(test_jpeg_lossless),
         cmocka_unit_test(test_jpeg_process_from_the_frame),
+        cmocka_unit_test(test_jpeg_12bit_samples),
+        cmocka_unit_test(test_jpeg_dct_against_libjpeg),
+        cmocka_unit_test(test_jpeg_12bit_dicom),
         cmocka_unit_test(test_library_codecs),
         cmocka_unit_test(test_j2k_reduced_decode),
         cmocka_unit_test(test_first_frame_of_several),
