@@ -35,6 +35,9 @@ static int read_huffman_table(const uint8_t *seg, size_t n, jpeg_huffman *h, siz
     for (int l = 1; l <= 16; l++) {
         h->valptr[l] = k;
         h->mincode[l] = code;
+        /* Checked before the fast table is filled from these codes. */
+        if (code + counts[l - 1] > (1 << l))
+            return jpeg_corrupt(err, codec, "a Huffman table's code lengths overflow");
         for (int j = 0; j < counts[l - 1] && l <= JPEG_FAST_BITS; j++) {
             int shift = JPEG_FAST_BITS - l;
             for (int32_t fill = 0; fill < (1 << shift); fill++)
@@ -43,8 +46,6 @@ static int read_huffman_table(const uint8_t *seg, size_t n, jpeg_huffman *h, siz
         code += counts[l - 1];
         k += counts[l - 1];
         h->maxcode[l] = counts[l - 1] ? code - 1 : -1;
-        if (code > (1 << l))
-            return jpeg_corrupt(err, codec, "a Huffman table's code lengths overflow");
         code <<= 1;
     }
     h->maxcode[17] = INT32_MAX;

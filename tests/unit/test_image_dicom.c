@@ -1157,6 +1157,26 @@ static void test_jpeg_12bit_dicom(void **state)
             fail_msg("change %zu: expected %d \"%s\", got %d \"%s\"", c, changes[c].code, changes[c].words, rc, e.msg);
         free(bad.b);
     }
+    /* A Huffman table whose code lengths overflow (3 codes of length 1, 13
+     * of length 5) is refused before its lookup table is filled, in both
+     * decoders. */
+    dcm bad = {0};
+    put(&bad, j.stream.b, j.stream.n);
+    size_t dht = find_marker(&bad, 0xc4);
+    bad.b[dht + 5] = 3;
+    bad.b[dht + 9] = 13;
+    err = (ms_err){0};
+    assert_int_equal(jpeg_dct_decode(bad.b, bad.n, N, N, 1, 2, out, &err), MS_EFORMAT);
+    assert_non_null(strstr(err.msg, "code lengths overflow"));
+    free(bad.b);
+    dcm ll = lossless_jpeg(v, N, N, 12, 1, 0, 0);
+    dht = find_marker(&ll, 0xc4);
+    ll.b[dht + 5] = 3; /* 3 codes of length 1, 14 of length 5 */
+    ll.b[dht + 9] = 14;
+    err = (ms_err){0};
+    assert_int_equal(jpeg_lossless_decode(ll.b, ll.n, N, N, 1, 2, out, &err), MS_EFORMAT);
+    assert_non_null(strstr(err.msg, "code lengths overflow"));
+    free(ll.b);
     err = (ms_err){0};
     assert_int_equal(jpeg_dct_decode(j.stream.b, j.stream.n, N, N, 3, 2, out, &err), MS_EUNSUPPORTED);
     assert_non_null(strstr(err.msg, "12-bit JPEG with 1 components is not supported"));
