@@ -178,14 +178,17 @@ const MAY_BE_XRAY = (file) => BROWSER_SHOWS(file) ||
   /^(image\/tiff|application\/dicom)$/.test(file.type) || /\.(tiff?|dcm|dicom)$/i.test(file.name) ||
   (!file.type && !/\.[a-z0-9]{1,5}$/i.test(file.name));
 
-async function showQueryPreview(file) {
+// rendered: the server's rendering even of a PNG or JPEG (one the browser
+// failed to decode, such as a lossless or 12-bit JPEG).
+async function showQueryPreview(file, rendered = false) {
   const preview = $('query-preview');
   if (preview.dataset.url) URL.revokeObjectURL(preview.dataset.url);
   delete preview.dataset.url;
   preview.alt = 'Query image ' + file.name;
   preview.hidden = false;
+  preview.dataset.rendered = rendered || !BROWSER_SHOWS(file) ? '1' : '';
   let blob = file;
-  if (!BROWSER_SHOWS(file)) {
+  if (preview.dataset.rendered) {
     preview.removeAttribute('src');
     try {
       const res = await api('/api/preview?size=512', { method: 'POST', body: file,
@@ -233,9 +236,16 @@ async function queryById(id, name) {
 
 function setupDropzone() {
   const zone = $('dropzone');
-  // A file the browser cannot show (not an image after all): back to the prompt.
+  // A PNG or JPEG the browser cannot decode itself: the server's rendering;
+  // what the server cannot render either (not an image after all): back to
+  // the prompt.
   $('query-preview').addEventListener('error', () => {
-    $('query-preview').hidden = true;
+    const preview = $('query-preview');
+    if (!preview.dataset.rendered && state.query && state.query.kind === 'file') {
+      showQueryPreview(state.query.file, true);
+      return;
+    }
+    preview.hidden = true;
     $('drop-empty').hidden = false;
   });
   const input = $('file-input');
@@ -695,7 +705,16 @@ async function loadViewerImage(r, signal) {
   if (!/^image\/(png|jpeg)/.test(res.headers.get('Content-Type') || '')) {
     res = await api(`/api/images/${r.id}/preview?size=2048`, { signal });
   }
-  const bitmap = await createImageBitmap(await res.blob());
+  let bitmap;
+  try {
+    bitmap = await createImageBitmap(await res.blob());
+  } catch (e) {
+    // A JPEG the browser cannot decode (lossless or 12-bit): MedSearch's
+    // rendering of it.
+    if (signal && signal.aborted) throw e;
+    res = await api(`/api/images/${r.id}/preview?size=2048`, { signal });
+    bitmap = await createImageBitmap(await res.blob());
+  }
   const work = document.createElement('canvas');
   work.width = bitmap.width;
   work.height = bitmap.height;

@@ -263,6 +263,36 @@ static const char *decode_failed_text(image_format f)
     return f == IMAGE_PNG ? "PNG decode failed" : f == IMAGE_JPEG ? "JPEG decode failed" : "TIFF decode failed";
 }
 
+/* A JPEG file libjpeg cannot read (lossless, or 12-bit sequential; the
+ * probe let only those through) decoded by MedSearch's own decoders into a
+ * new memory image *out, as libvips' loader would have made it: 8-bit
+ * samples as uchar, any other precision as ushort (then scaled by its
+ * maximum like a 16-bit PNG), 1 or 3 bands. */
+static int load_jpeg_own(const uint8_t *buf, size_t len, const image_info *info, int process, int precision,
+                         VipsImage **out, ms_err *err)
+{
+    int bytes = precision == 8 ? 1 : 2, bands = info->bands;
+    VipsInterpretation type = bands == 3 ? (bytes == 2 ? VIPS_INTERPRETATION_RGB16 : VIPS_INTERPRETATION_sRGB)
+                                         : (bytes == 2 ? VIPS_INTERPRETATION_GREY16 : VIPS_INTERPRETATION_B_W);
+    *out = vips_image_new_memory();
+    vips_image_init_fields(*out, info->width, info->height, bands,
+                           bytes == 2 ? VIPS_FORMAT_USHORT : VIPS_FORMAT_UCHAR, VIPS_CODING_NONE, type, 1.0, 1.0);
+    if (vips_image_write_prepare(*out))
+        return vips_failed(err, MS_ENOMEM, "no memory for the decoded JPEG");
+    uint8_t *px = VIPS_IMAGE_ADDR(*out, 0, 0);
+    int rc = process == 3 ? jpeg_lossless_decode(buf, len, info->width, info->height, bands, bytes, px, err)
+                          : jpeg_dct_decode(buf, len, info->width, info->height, bands, bytes, px, err);
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    /* The decoders write little-endian samples; libvips' ushort is native. */
+    for (size_t i = 0; !rc && bytes == 2 && i < (size_t)info->width * info->height * bands; i++) {
+        uint8_t t = px[2 * i];
+        px[2 * i] = px[2 * i + 1];
+        px[2 * i + 1] = t;
+    }
+#endif
+    return rc;
+}
+
 static int load(const void *buf, size_t len, const image_info *info, int shrink, pipeline *pl, ms_err *err)
 {
     void *data = (void *)buf; /* libvips' loaders take non-const but only read */
@@ -281,10 +311,14 @@ static int load(const void *buf, size_t len, const image_info *info, int shrink,
             rc = vips_pngload_buffer(data, len, out, "access", VIPS_ACCESS_SEQUENTIAL, "fail_on",
                                      VIPS_FAIL_ON_ERROR, NULL);
         break;
-    case IMAGE_JPEG:
+    case IMAGE_JPEG: {
+        int precision, process = jpeg_frame_process(buf, len, &precision);
+        if (process == 3 || precision != 8)
+            return load_jpeg_own(buf, len, info, process, precision, out, err);
         rc = vips_jpegload_buffer(data, len, out, "access", VIPS_ACCESS_SEQUENTIAL, "fail_on", VIPS_FAIL_ON_ERROR,
                                   "shrink", shrink, NULL);
         break;
+    }
     case IMAGE_TIFF:
         rc = vips_tiffload_buffer(data, len, out, "access", VIPS_ACCESS_SEQUENTIAL, "fail_on", VIPS_FAIL_ON_ERROR,
                                   NULL);

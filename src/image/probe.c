@@ -181,18 +181,30 @@ static int jpeg_frame(const uint8_t *seg, size_t seglen, int marker, image_info 
 {
     if (seglen < 6)
         return ms_err_set(err, MS_EFORMAT, "JPEG is corrupt: frame header too short");
-    if (marker == 0xc3 || marker == 0xcb)
-        return ms_err_set(err, MS_EUNSUPPORTED, "lossless JPEG (SOF%d) is not supported; convert to PNG",
-                          marker - 0xc0);
+    if (marker == 0xcb)
+        return ms_err_set(err, MS_EUNSUPPORTED, "lossless JPEG with arithmetic coding (SOF11) is not supported; "
+                          "convert to PNG");
     if ((marker >= 0xc5 && marker <= 0xc7) || marker >= 0xcd)
         return ms_err_set(err, MS_EUNSUPPORTED, "hierarchical JPEG (SOF%d) is not supported; convert to PNG",
                           marker - 0xc0);
     int precision = seg[0];
     uint16_t h = read_be16(seg + 1), w = read_be16(seg + 3);
     int ncomp = seg[5];
-    if (precision != 8)
-        return ms_err_set(err, MS_EUNSUPPORTED, "%d-bit JPEG is not supported; only 8-bit JPEG (use PNG for 16-bit)",
+    /* libjpeg reads 8-bit DCT frames; MedSearch's own decoders lossless
+     * ones (SOF3, 2 to 16 bits, jpeg_lossless.c) and 12-bit sequential
+     * gray ones (SOF0/SOF1, jpeg_dct.c). */
+    bool lossless = marker == 0xc3, sequential = marker == 0xc0 || marker == 0xc1;
+    if (lossless && (precision < 2 || precision > 16))
+        return ms_err_set(err, MS_EFORMAT, "JPEG is corrupt: lossless sample precision %d is outside 2..16",
                           precision);
+    if (!lossless && precision == 12 && !sequential)
+        return ms_err_set(err, MS_EUNSUPPORTED, "12-bit JPEG of process SOF%d (progressive or arithmetic) is not "
+                          "supported; only sequential Huffman 12-bit JPEG (use PNG for 16-bit)", marker - 0xc0);
+    if (!lossless && precision == 12 && ncomp != 1)
+        return ms_err_set(err, MS_EUNSUPPORTED, "12-bit colour JPEG is not supported; only 12-bit grayscale");
+    if (!lossless && precision != 8 && precision != 12)
+        return ms_err_set(err, MS_EUNSUPPORTED, "%d-bit JPEG is not supported; only 8- and 12-bit JPEG (use PNG for "
+                          "16-bit)", precision);
     if (ncomp == 4)
         return ms_err_set(err, MS_EUNSUPPORTED,
                           "CMYK JPEG images are not supported; convert to grayscale or RGB first");
@@ -206,7 +218,7 @@ static int jpeg_frame(const uint8_t *seg, size_t seglen, int marker, image_info 
     info->width = w;
     info->height = h;
     info->bands = ncomp;
-    info->bits = 8;
+    info->bits = precision == 8 ? 8 : 16;
     return 0;
 }
 

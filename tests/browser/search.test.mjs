@@ -5,7 +5,8 @@
 // findings filter and checks every card shows it, opens a result in the
 // viewer (window/level drag, zoom), runs "find similar", searches with a
 // DICOM file (shown as the server renders it) and opens a stored DICOM in the
-// viewer, and saves screenshots under tests/browser/out/.
+// viewer, does the same with a 12-bit lossless JPEG (which the browser cannot
+// decode), and saves screenshots under tests/browser/out/.
 // Exit 0 pass, 77 skip (with the reason), 1 fail.
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -61,6 +62,58 @@ function ingest(folder, files) {
   if (r.status !== 0) throw new Error(`ingest ${folder} failed (${r.status}): ${r.stderr}`);
 }
 
+// A lossless JPEG (ITU T.81 process 14, predictor 1, one component) of
+// w x h samples of `precision` bits. Its Huffman table gives category k the
+// 5-bit code k. Browsers decode only 8-bit DCT JPEG, so the page must show
+// such a file as the server renders it.
+function losslessJpeg(samples, w, h, precision) {
+  const out = [0xff, 0xd8];
+  const segment = (marker, bytes) => out.push(0xff, marker, (bytes.length + 2) >> 8, (bytes.length + 2) & 255, ...bytes);
+  segment(0xc3, [precision, h >> 8, h & 255, w >> 8, w & 255, 1, 1, 0x11, 0]);
+  const counts = new Array(16).fill(0);
+  counts[4] = 17;
+  segment(0xc4, [0x00, ...counts, ...Array.from({ length: 17 }, (_, k) => k)]);
+  segment(0xda, [1, 1, 0x00, 1, 0, 0]);
+  let acc = 0;
+  let nbits = 0;
+  const put = (v, len) => {
+    for (let i = len - 1; i >= 0; i--) {
+      acc = (acc << 1) | ((v >> i) & 1);
+      if (++nbits === 8) {
+        out.push(acc);
+        if (acc === 0xff) out.push(0);
+        acc = 0;
+        nbits = 0;
+      }
+    }
+  };
+  for (let y = 0; y < h; y++) {
+    for (let x = 0; x < w; x++) {
+      const pred = x > 0 ? samples[y * w + x - 1] : y > 0 ? samples[(y - 1) * w] : 1 << (precision - 1);
+      const d = samples[y * w + x] - pred;
+      let cat = 0;
+      for (let m = Math.abs(d); m; m >>= 1) cat++;
+      put(cat, 5);
+      if (cat) put(d < 0 ? d + (1 << cat) - 1 : d, cat);
+    }
+  }
+  while (nbits) put(1, 1);
+  out.push(0xff, 0xd9);
+  return Buffer.from(out);
+}
+
+// The query X-ray as a 256 x 256 12-bit lossless JPEG: its gray levels as
+// MedSearch reads them (embed --dump-input), times 16.
+function lossless12FromQuery(file) {
+  const dump = path.join(work, 'query.f32');
+  const r = spawnSync(bin, ['embed', '--model', model, '--input-size', '256', '--mean', '0', '--scale', '1',
+    '--dump-input', dump, queryImage], { encoding: 'utf8', timeout: 120000 });
+  if (r.status !== 0) throw new Error(`embed --dump-input failed (${r.status}): ${r.stderr}`);
+  const f = new Float32Array(fs.readFileSync(dump).buffer.slice(0));
+  const samples = Array.from({ length: 256 * 256 }, (_, i) => Math.round(f[i]) * 16 + 8);
+  fs.writeFileSync(file, losslessJpeg(samples, 256, 256, 12));
+}
+
 function listImages(folder, n) {
   return fs.readdirSync(path.join(shared, 'data', folder, 'images')).sort().slice(0, n);
 }
@@ -105,6 +158,33 @@ async function cards(page) {
   })));
 }
 
+// Uploads file as the query; the page must show it as the server renders it
+// (POST /api/preview), width pixels wide. Returns the result cards.
+async function queryShownAsRendered(page, file, width) {
+  const rendered = page.waitForResponse((r) => r.url().includes('/api/preview') && r.status() === 200);
+  const searched = page.waitForRequest((r) => r.url().includes('/api/search'));
+  await page.setInputFiles('#file-input', file);
+  await searched;
+  await rendered;
+  await page.waitForFunction((w) => {
+    const i = document.getElementById('query-preview');
+    return !i.hidden && i.complete && i.naturalWidth === w;
+  }, width, { timeout: 30000 });
+  await waitForResults(page);
+  return await cards(page);
+}
+
+// Opens the first result in the viewer with the keyboard and waits for its
+// image. Returns the viewer's metadata text.
+async function openFirstResult(page) {
+  await page.focus('#grid .card:nth-child(1)');
+  await page.keyboard.press('Enter');
+  await page.waitForSelector('#viewer:not([hidden])');
+  await page.waitForFunction(() => document.getElementById('v-loading').hidden &&
+    /W 256/.test(document.getElementById('v-readout').textContent), null, { timeout: 30000 });
+  return await page.textContent('#v-meta');
+}
+
 let failed = false;
 try {
   ingest('nih_cxr14_64px', listImages('nih_cxr14_64px', 200));
@@ -116,6 +196,13 @@ try {
   fs.copyFileSync(path.join(shared, 'data', 'dicom', 'siim_cxr_pa_uncompressed_evrle.dcm'), path.join(dicomDir, 'IM0001.dcm'));
   const dicomIngest = spawnSync(bin, ['ingest', dicomDir, '--db', db, '--model', model], { encoding: 'utf8', timeout: 300000 });
   if (dicomIngest.status !== 0) throw new Error(`ingest of the DICOM failed (${dicomIngest.status}): ${dicomIngest.stderr}`);
+  // The query X-ray as a 12-bit lossless JPEG, stored (step 8).
+  const losslessDir = path.join(work, 'lossless');
+  fs.mkdirSync(losslessDir);
+  const losslessFile = path.join(losslessDir, 'query12.jpg');
+  lossless12FromQuery(losslessFile);
+  const losslessIngest = spawnSync(bin, ['ingest', losslessDir, '--db', db, '--model', model], { encoding: 'utf8', timeout: 300000 });
+  if (losslessIngest.status !== 0) throw new Error(`ingest of the lossless JPEG failed (${losslessIngest.status}): ${losslessIngest.stderr}`);
   const url = await startServer();
   let origin = url; // the server's address (step 6 starts it again)
   console.log(`server at ${url}`);
@@ -263,28 +350,27 @@ try {
   // radiograph stored uncompressed; the viewer shows that stored DICOM
   // through its preview (GET /api/images/{id}/preview).
   const dicomQuery = path.join(shared, 'data', 'dicom', 'siim_cxr_pa_jpegbaseline.dcm');
-  const previewed = page.waitForResponse((r) => r.url().includes('/api/preview') && r.status() === 200);
-  searched = page.waitForRequest((r) => r.url().includes('/api/search'));
-  await page.setInputFiles('#file-input', dicomQuery);
-  await searched;
-  await previewed;
-  await page.waitForFunction(() => {
-    const i = document.getElementById('query-preview');
-    return !i.hidden && i.complete && i.naturalWidth === 512;
-  }, null, { timeout: 30000 });
+  list = await queryShownAsRendered(page, dicomQuery, 512);
   check(true, 'the DICOM query is shown as the server renders it (512 px)');
-  await waitForResults(page);
-  list = await cards(page);
   check(list[0].name === 'IM0001.dcm', `the first result is its uncompressed copy (${list[0].name} ${list[0].score})`);
-  await page.focus('#grid .card:nth-child(1)');
-  await page.keyboard.press('Enter');
-  await page.waitForSelector('#viewer:not([hidden])');
-  await page.waitForFunction(() => document.getElementById('v-loading').hidden &&
-    /W 256/.test(document.getElementById('v-readout').textContent), null, { timeout: 30000 });
-  const dicomMeta = await page.textContent('#v-meta');
+  const dicomMeta = await openFirstResult(page);
   check(dicomMeta.includes('1024 × 1024') && dicomMeta.includes('CR') && !(await page.$('#v-meta .error')),
     `the viewer shows the stored DICOM and its header's metadata (${dicomMeta.slice(0, 160)})`);
   await page.screenshot({ path: path.join(outDir, '7-dicom.png') });
+  await page.keyboard.press('Escape');
+
+  // 8. A 12-bit lossless JPEG: a .jpg the browser fails to decode, so the
+  // page falls back to the server's rendering, for the query and in the
+  // viewer; the first result is the stored copy.
+  list = await queryShownAsRendered(page, losslessFile, 256);
+  check(true, 'the 12-bit lossless JPEG query is shown as the server renders it');
+  check(list[0].name === 'query12.jpg', `the first result is its stored copy (${list[0].name} ${list[0].score})`);
+  const renderedStored = page.waitForResponse((r) => /\/api\/images\/\d+\/preview/.test(r.url()) && r.status() === 200);
+  const losslessMeta = await openFirstResult(page);
+  await renderedStored;
+  check(losslessMeta.includes('256 × 256') && !(await page.$('#v-meta .error')),
+    `the viewer shows the stored lossless JPEG through its preview (${losslessMeta.slice(0, 120)})`);
+  await page.screenshot({ path: path.join(outDir, '8-lossless-jpeg.png') });
   await page.keyboard.press('Escape');
 
   const unexpected = problems.filter((p) => !/status of 400/.test(p));

@@ -124,6 +124,14 @@ EOF
       dcmcjpeg +el +sv 1 +pt 2 "$dir/mono8.dcm" "$dir/jpeg_lossless_pt.dcm" 2>/dev/null || true
       dcmcjpeg +ee "$dir/mono16_explicit.dcm" "$dir/jpeg12.dcm" 2>/dev/null || true
       dcmcjpeg +ee +q 100 "$dir/voi_lut.dcm" "$dir/jpeg12_q100.dcm" 2>/dev/null || true
+      # their frames as standalone .jpg files (lossless and 12-bit JPEG)
+      "$PY" - "$dir" <<'EOF' 2>/dev/null || true
+import sys, pydicom
+from pydicom.encaps import generate_pixel_data_frame
+for name in ("jpeg_lossless_sv6", "jpeg12"):
+    ds = pydicom.dcmread(f"{sys.argv[1]}/{name}.dcm")
+    open(f"{sys.argv[1]}/{name}_frame.jpg", "wb").write(next(generate_pixel_data_frame(ds.PixelData)))
+EOF
     fi
     # and with GDCM, JPEG 2000 and JPEG-LS
     if command -v gdcmconv >/dev/null 2>&1; then

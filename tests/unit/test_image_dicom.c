@@ -3,7 +3,9 @@
  * syntax, pixel layout and display-pipeline branch against values worked
  * out here by hand, the metadata, the refusals, and hostile files
  * (truncated at every length, lying lengths, nesting bombs, random
- * mutations) that must end in a clear error, never a crash or a hang.
+ * mutations) that must end in a clear error, never a crash or a hang;
+ * and MedSearch's own JPEG decoders (lossless, 12-bit sequential DCT)
+ * against encoders written here, in DICOM frames and standalone files.
  * tests/e2e/dicom.sh checks the same against pydicom's decoding.
  */
 #include <math.h>
@@ -1207,6 +1209,80 @@ static void test_jpeg_12bit_dicom(void **state)
     free(j.exact);
 }
 
+/* Standalone JPEG files of the kinds libjpeg cannot read here go to the
+ * same decoders: lossless (8-bit gray and colour, 16-bit) and 12-bit
+ * sequential. Samples of more or fewer than 8 bits are scaled by the
+ * image's maximum, as a 16-bit PNG's are. */
+static void scaled_by_max(const uint16_t *v, size_t n, uint8_t *out)
+{
+    uint16_t max = 0;
+    for (size_t i = 0; i < n; i++)
+        max = v[i] > max ? v[i] : max;
+    float gain = max ? (float)(255.0 / max) : 0.0f;
+    for (size_t i = 0; i < n; i++) {
+        float t = gain * (float)v[i] + (max ? 0.5f : 0.0f);
+        out[i] = t >= 255.0f ? 255 : (uint8_t)t;
+    }
+}
+
+static void test_standalone_jpeg_files(void **state)
+{
+    (void)state;
+    enum { N = 29 };
+    uint16_t v[N * N], v8[N * N], q[64], decoded[N * N];
+    uint8_t want[N * N], got[N * N], raw[2 * N * N];
+    dct_picture(v, N, N, 4095);
+    for (int i = 0; i < N * N; i++)
+        v8[i] = (uint16_t)(v[i] >> 4);
+
+    /* lossless, 16-bit (the 12-bit picture shifted up) and 8-bit */
+    uint16_t v16[N * N];
+    for (int i = 0; i < N * N; i++)
+        v16[i] = (uint16_t)(v[i] << 4 | 15);
+    dcm ll16 = lossless_jpeg(v16, N, N, 16, 4, 0, 0);
+    scaled_by_max(v16, N * N, want);
+    gray_of(&ll16, N, got);
+    assert_memory_equal(got, want, sizeof want);
+    image_info info;
+    ms_err err = {0};
+    assert_int_equal(image_probe(ll16.b, ll16.n, NULL, &info, &err), 0);
+    assert_int_equal(info.format, IMAGE_JPEG);
+    assert_int_equal(info.bits, 16);
+    dcm ll8 = lossless_jpeg(v8, N, N, 8, 7, 0, 0);
+    for (int i = 0; i < N * N; i++)
+        want[i] = (uint8_t)v8[i];
+    gray_of(&ll8, N, got);
+    assert_memory_equal(got, want, sizeof want);
+
+    /* 12-bit sequential: the decoder's own samples, scaled by their maximum */
+    dct_quant(q, 2);
+    dct_jpeg j = dct_encode(v, N, N, 12, q, 0);
+    assert_int_equal(jpeg_dct_decode(j.stream.b, j.stream.n, N, N, 1, 2, raw, &err), 0);
+    for (int i = 0; i < N * N; i++)
+        decoded[i] = (uint16_t)(raw[2 * i] | raw[2 * i + 1] << 8);
+    scaled_by_max(decoded, N * N, want);
+    gray_of(&j.stream, N, got);
+    assert_memory_equal(got, want, sizeof want);
+
+    /* Cut anywhere: an error with its message, or the whole image. */
+    dcm *files[] = {&ll16, &j.stream};
+    for (int f = 0; f < 2; f++)
+        for (size_t n = 0; n < files[f]->n; n++) {
+            ms_err e = {0};
+            float t[3 * 4 * 4];
+            image_prep prep = {4, {0, 0, 0}, {1, 1, 1}};
+            int rc = image_prepare(files[f]->b, n, NULL, &prep, t, NULL, &e);
+            if (rc != 0 && !e.msg[0])
+                fail_msg("file %d cut to %zu bytes: error %d without a message", f, n, rc);
+            if (rc == 0 && n + 2 < files[f]->n)
+                fail_msg("file %d cut to %zu of %zu bytes decoded", f, n, files[f]->n);
+        }
+    free(ll16.b);
+    free(ll8.b);
+    free(j.stream.b);
+    free(j.exact);
+}
+
 /* ---- JPEG 2000 and JPEG-LS (libraries) ---- */
 
 static OPJ_SIZE_T opj_write_to(void *buf, OPJ_SIZE_T n, void *user)
@@ -1623,6 +1699,7 @@ int main(void)
         cmocka_unit_test(test_jpeg_12bit_samples),
         cmocka_unit_test(test_jpeg_dct_against_libjpeg),
         cmocka_unit_test(test_jpeg_12bit_dicom),
+        cmocka_unit_test(test_standalone_jpeg_files),
         cmocka_unit_test(test_library_codecs),
         cmocka_unit_test(test_j2k_reduced_decode),
         cmocka_unit_test(test_first_frame_of_several),

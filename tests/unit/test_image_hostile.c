@@ -350,8 +350,12 @@ static void test_huge_claimed_size_refused_from_header(void **state)
     struct {
         uint8_t marker, precision, components;
         const char *says;
-    } frames[] = {{0xc3, 8, 1, "lossless JPEG"}, {0xc5, 8, 1, "hierarchical JPEG"},
-                  {0xc1, 12, 1, "12-bit JPEG"},  {0xc0, 8, 4, "CMYK"},
+    } frames[] = {{0xcb, 8, 1, "arithmetic coding (SOF11)"},
+                  {0xc5, 8, 1, "hierarchical JPEG"},
+                  {0xc2, 12, 1, "12-bit JPEG of process SOF2"},
+                  {0xc1, 12, 3, "12-bit colour JPEG"},
+                  {0xc1, 16, 1, "16-bit JPEG is not supported"},
+                  {0xc0, 8, 4, "CMYK"},
                   {0xc0, 8, 2, "2 colour components"}};
     for (size_t i = 0; i < sizeof frames / sizeof frames[0]; i++) {
         blob copy = {g_memdup2(jpg.data, jpg.len), jpg.len};
