@@ -193,8 +193,8 @@ typedef struct engine_timing {
     double decode_ms, embed_ms, index_ms, store_ms, total_ms;
 } engine_timing;
 
-/* Returns 0 or MS_EFORMAT/MS_EUNSUPPORTED/MS_ETOOBIG (bad image), MS_EINVAL
- * (bad k), MS_ENOTFOUND (by_id absent), MS_EBUSY (queue full). */
+/* Returns 0 or MS_EFORMAT/MS_EUNSUPPORTED/MS_ENOTIMAGE/MS_ETOOBIG (bad
+ * image), MS_EINVAL (bad k), MS_ENOTFOUND (by_id absent), MS_EBUSY (queue full). */
 int engine_search(engine *e, const engine_query *q, engine_result **res, int *n,
                   engine_timing *t, ms_err *err);
 /* Search with a ready vector (dim floats, L2-normalised, as the model makes

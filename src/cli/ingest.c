@@ -256,7 +256,13 @@ static void src_done(void *ctx, void *token, const engine_item *item, const engi
     ingest_run *r = ctx;
     item_token *t = token;
     const char *path = r->files.v[t->index].path;
-    if (res->err.code) {
+    if (res->err.code == MS_ENOTIMAGE) {
+        /* A DICOMDIR or report beside the images: skipped like any other
+         * file that is not an image, only found out later. */
+        if (!r->quiet)
+            say(r, "medsearch %s: skip: %s: %s\n", path, res->err.msg);
+        r->not_images++;
+    } else if (res->err.code) {
         /* A store failure (disk full, database gone) fails every image in
          * flight: say it once, not for each of them. */
         int env = res->err.code == MS_EIO || res->err.code == MS_EDB;

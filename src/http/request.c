@@ -276,6 +276,7 @@ unsigned http_status_for(int ms_code)
     case MS_EFORMAT: return 400;
     case MS_ETOOBIG: return 413;
     case MS_EUNSUPPORTED: return 415;
+    case MS_ENOTIMAGE: return 415;
     case MS_ENOTFOUND: return 404;
     case MS_ECONFLICT: return 409;
     case MS_EBUSY: return 503;

@@ -36,6 +36,7 @@
 #define TAG(g, e) ((uint32_t)(g) << 16 | (uint32_t)(e))
 
 /* Tags read at the top level, and the item delimiters. */
+#define T_SOP_CLASS TAG(0x0002, 0x0002)
 #define T_TRANSFER_SYNTAX TAG(0x0002, 0x0010)
 #define T_STUDY_DATE TAG(0x0008, 0x0020)
 #define T_MODALITY TAG(0x0008, 0x0060)
@@ -344,6 +345,8 @@ static int read_meta_group(cursor *c, dicom_image *d, ms_err *err)
             return ms_err_set(err, MS_EFORMAT, "DICOM is corrupt: an undefined length in its file meta information");
         if (e.tag == T_TRANSFER_SYNTAX)
             text_value(c, &e, d->transfer_syntax, sizeof d->transfer_syntax);
+        else if (e.tag == T_SOP_CLASS)
+            text_value(c, &e, d->sop_class, sizeof d->sop_class);
         c->pos += e.length;
     }
     return choose_syntax(d->transfer_syntax, d, c, err);
@@ -502,6 +505,35 @@ static int read_pixel_data(cursor *c, const element *e, dicom_image *d, ms_err *
     return read_fragments(c, d, err);
 }
 
+/* A DICOM file without Pixel Data: MS_ENOTIMAGE, named, when its SOP class
+ * is one of the non-image objects archives and CD exports hold beside the
+ * images; otherwise (an image class, an unknown one, none) a file cut
+ * before its pixels as far as can be told, MS_EFORMAT. */
+static int no_pixel_data(const dicom_image *d, ms_err *err)
+{
+    static const struct {
+        const char *prefix, *name;
+    } kinds[] = {
+        {"1.2.840.10008.1.3.10", "a DICOMDIR (the index of a DICOM folder)"},
+        {"1.2.840.10008.5.1.4.1.1.88.", "a structured report"},
+        {"1.2.840.10008.5.1.4.1.1.11.", "a presentation state"},
+        {"1.2.840.10008.5.1.4.1.1.104.", "an encapsulated document"},
+        {"1.2.840.10008.5.1.4.1.1.481.", "a radiotherapy object"},
+        {"1.2.840.10008.5.1.4.1.1.66", "a raw data, spatial registration or segmentation object"},
+        {"1.2.840.10008.5.1.4.1.1.9.", "a waveform"},
+        {"1.2.840.10008.5.1.4.38.", "a hanging protocol"},
+        {"1.2.840.10008.5.1.4.39.", "a colour palette"},
+    };
+    for (size_t i = 0; i < sizeof kinds / sizeof *kinds; i++)
+        if (!strncmp(d->sop_class, kinds[i].prefix, strlen(kinds[i].prefix)))
+            return ms_err_set(err, MS_ENOTIMAGE, "DICOM file is %s (SOP class %s), not an image", kinds[i].name,
+                              d->sop_class);
+    if (d->sop_class[0])
+        return ms_err_set(err, MS_EFORMAT, "DICOM file has no Pixel Data (SOP class %s): it is truncated, or holds "
+                          "no image", d->sop_class);
+    return ms_err_set(err, MS_EFORMAT, "DICOM file has no Pixel Data: it is truncated, or holds no image");
+}
+
 /* The attributes of the top level, up to the Pixel Data. */
 typedef struct header_values {
     int samples, rows, cols, bits_allocated, bits_stored, high_bit, pixel_rep, planar;
@@ -514,7 +546,7 @@ static int read_top_level(cursor *c, dicom_image *d, header_values *h, ms_err *e
 {
     for (;;) {
         if (c->pos >= c->end)
-            return ms_err_set(err, MS_EFORMAT, "DICOM has no Pixel Data: it holds no image");
+            return no_pixel_data(d, err);
         element e;
         int rc = read_element(c, &e, err);
         if (rc)

@@ -64,6 +64,7 @@ typedef struct dicom_voi_lut {
 
 typedef struct dicom_image {
     char transfer_syntax[65];
+    char sop_class[65];    /* Media Storage SOP Class UID; "" when absent */
     dicom_encoding encoding;
     int big_endian;        /* native pixels stored big endian */
     int rows, cols, samples, frames;

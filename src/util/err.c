@@ -67,6 +67,7 @@ const char *ms_code_name(int code)
     case MS_EBUSY: return "busy";
     case MS_EDB: return "database_error";
     case MS_EINTR: return "interrupted";
+    case MS_ENOTIMAGE: return "not_an_image";
     default: return "internal_error";
     }
 }

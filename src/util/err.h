@@ -29,7 +29,11 @@ enum ms_code {
     MS_EDB = -10,          /* database error */
     MS_EINTERNAL = -11,    /* a bug: an invariant did not hold */
     MS_EINTR = -12,        /* stopped at the user's request (Ctrl-C, SIGTERM) */
+    MS_ENOTIMAGE = -13,    /* well-formed, but holds no image (a DICOMDIR, a DICOM report) */
 };
+
+/* The last code of ms_code: every code is in MS_ELAST..-1. */
+#define MS_ELAST MS_ENOTIMAGE
 
 typedef struct ms_err {
     int code;

@@ -18,6 +18,7 @@
 #    the gray levels of the uncompressed file, lossy ones those of GDCM's
 #    own decompression;
 #  - ingest takes DICOM files from a folder (by content, any file name),
+#    skips a DICOMDIR and a structured report beside them by name,
 #    fills patient, sex, age, view and study date from the file where the
 #    labels file says nothing, keeps what it says, and stores modality and
 #    body part as key/values; the original bytes come back as stored;
@@ -178,13 +179,38 @@ mkdir -p "$T/in/sub"
 cp "$DCM/siim_cxr_pa_uncompressed_evrle.dcm" "$T/in/IM0001"       # no extension, as archives name them
 cp "$DCM/ct_abdomen_bigendian_not_cxr.dcm" "$T/in/sub/ct.dcm"
 cp "$T/cases/mono16_explicit.dcm" "$T/in/synthetic.dcm"
+# Beside the images, as CD and PACS exports have them: a DICOMDIR (dcmtk's
+# dcmmkdir) and a structured report (pydicom); both are skipped, not failed.
+mkdir "$T/cd" && cp "$DCM/siim_cxr_pa_uncompressed_evrle.dcm" "$T/cd/IM0001" &&
+    (cd "$T/cd" && dcmmkdir +I IM0001 >/dev/null 2>&1) && cp "$T/cd/DICOMDIR" "$T/in/DICOMDIR" ||
+    fail "dcmmkdir could not write a DICOMDIR"
+"$PY" - "$T/in/sub/report" <<'EOF' || fail "pydicom could not write a structured report"
+import sys
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+meta = FileMetaDataset()
+meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"  # Basic Text SR
+meta.MediaStorageSOPInstanceUID = generate_uid()
+meta.TransferSyntaxUID = ExplicitVRLittleEndian
+ds = Dataset()
+ds.file_meta = meta
+ds.SOPClassUID = meta.MediaStorageSOPClassUID
+ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+ds.Modality = "SR"
+ds.PatientID = "P-7"
+ds.save_as(sys.argv[1], write_like_original=False)
+EOF
 cat >"$T/in/labels.csv" <<'EOF'
 image,labels,patient_id,age,sex,view,study_date
 sub/ct.dcm,Not CXR,,,F,,
 synthetic.dcm,No Finding,P-7,33,,LL,2020-02-02
 EOF
-"$BIN" ingest "$T/in" --labels "$T/in/labels.csv" --db "$T/c.db" --model "$MODEL" -q >"$T/ingest.out" 2>"$T/ingest.err" ||
+"$BIN" ingest "$T/in" --labels "$T/in/labels.csv" --db "$T/c.db" --model "$MODEL" >"$T/ingest.out" 2>"$T/ingest.err" ||
     fail "ingest failed: $(cat "$T/ingest.err")"
+grep -q "ingested 3, skipped 3 (0 already stored, 3 not images), failed 0" "$T/ingest.out" &&
+    grep -q "skip: .*DICOMDIR: DICOM file is a DICOMDIR" "$T/ingest.err" &&
+    grep -q "skip: .*report: DICOM file is a structured report (SOP class 1.2.840.10008.5.1.4.1.1.88.11)" "$T/ingest.err" ||
+    fail "the DICOMDIR and the report are not skipped by name: $(cat "$T/ingest.out" "$T/ingest.err")"
 "$BIN" export --vectors --db "$T/c.db" --format csv -o "$T/export" >/dev/null 2>&1 || fail "export failed"
 "$PY" - "$T/export.csv" <<'EOF' || fail "stored metadata wrong"
 import csv, sys

@@ -186,6 +186,13 @@ if [ -f "$DATA/dicom/siim_cxr_pa_jpegbaseline.dcm" ]; then
     [ "$(header Content-Type)" = image/png ] && [ "$(png_size)" = 300x300 ] && [ "$(header Cache-Control)" = no-store ] &&
         ok "the preview is a 300x300 PNG, not cached" || bad "preview: $(header Content-Type) $(png_size) $(header Cache-Control)"
     expect 415 "preview of a deflated DICOM" -H "Content-Type: application/dicom" --data-binary "@$WORK/deflated.dcm" "$URL/api/preview"
+    # A DICOM file that holds no image: the file meta of a DICOMDIR (Media
+    # Storage Directory) and one element of its data set.
+    { head -c 128 /dev/zero
+      printf 'DICM\x02\x00\x02\x00UI\x14\x001.2.840.10008.1.3.10\x02\x00\x10\x00UI\x14\x001.2.840.10008.1.2.1\x00'
+      printf '\x04\x00\x30\x11CS\x00\x00'; } >"$WORK/DICOMDIR"
+    expect 415 "a DICOMDIR as the query" -H "Content-Type: application/dicom" --data-binary "@$WORK/DICOMDIR" "$URL/api/search"
+    check "415 not_an_image names it" 'd["error"]["code"]=="not_an_image" and "DICOMDIR" in d["error"]["message"]'
 fi
 expect 200 "POST /api/preview of a PNG (multipart), default size" -F "image=@$BIG" "$URL/api/preview"
 [ "$(png_size)" = 1024x1024 ] && ok "a 1024 px image previews at 1024 px" || bad "preview of $BIG is $(png_size)"

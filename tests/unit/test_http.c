@@ -724,26 +724,27 @@ static const struct {
     {MS_EDB, 500, "database_error"},
     {MS_EINTERNAL, 500, "internal_error"},
     {MS_EINTR, 503, "interrupted"},
+    {MS_ENOTIMAGE, 415, "not_an_image"},
 };
 #define N_MS_CODES (sizeof ms_codes / sizeof ms_codes[0])
 
 static void test_http_status_for_every_code(void **state)
 {
     /* the table above covers every code of err.h */
-    int seen[-MS_EINTR + 1];
+    int seen[-MS_ELAST + 1];
     memset(seen, 0, sizeof seen);
     for (size_t i = 0; i < N_MS_CODES; i++) {
-        assert_true(ms_codes[i].code <= -1 && ms_codes[i].code >= MS_EINTR);
+        assert_true(ms_codes[i].code <= -1 && ms_codes[i].code >= MS_ELAST);
         seen[-ms_codes[i].code]++;
     }
-    for (int c = 1; c <= -MS_EINTR; c++)
+    for (int c = 1; c <= -MS_ELAST; c++)
         assert_int_equal(seen[c], 1);
     for (size_t i = 0; i < N_MS_CODES; i++) {
         assert_int_equal(http_status_for(ms_codes[i].code), ms_codes[i].status);
         assert_string_equal(ms_code_name(ms_codes[i].code), ms_codes[i].name);
     }
     /* no code that is not an error is ever a success or the client's fault */
-    static const int others[] = {MS_OK, 1, 200, MS_EINTR - 1, -100, INT32_MIN, INT32_MAX};
+    static const int others[] = {MS_OK, 1, 200, MS_ELAST - 1, -100, INT32_MIN, INT32_MAX};
     for (size_t i = 0; i < sizeof others / sizeof others[0]; i++)
         assert_int_equal(http_status_for(others[i]), 500);
 }

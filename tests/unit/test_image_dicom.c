@@ -1550,7 +1550,37 @@ static void test_refusals_name_the_reason(void **state)
     }
     dcm d = dcm_begin(TS_EXPLICIT, 1, 0);
     image_attrs(&d, 2, 2, 8, 8, 7, 0, "MONOCHROME2");
-    expect_refused(&d, MS_EFORMAT, "no Pixel Data");
+    expect_refused(&d, MS_EFORMAT, "no Pixel Data: it is truncated, or holds no image");
+    free(d.b);
+    /* Objects without Pixel Data, named by their Media Storage SOP Class;
+     * an image class or an unknown one is a file cut before its pixels. */
+    const struct {
+        const char *sop_class;
+        int code;
+        const char *words;
+    } objects[] = {
+        {"1.2.840.10008.1.3.10", MS_ENOTIMAGE,
+         "is a DICOMDIR (the index of a DICOM folder) (SOP class 1.2.840.10008.1.3.10), not an image"},
+        {"1.2.840.10008.5.1.4.1.1.88.67", MS_ENOTIMAGE, "is a structured report"},
+        {"1.2.840.10008.5.1.4.1.1.11.1", MS_ENOTIMAGE, "is a presentation state"},
+        {"1.2.840.10008.5.1.4.1.1.104.1", MS_ENOTIMAGE, "is an encapsulated document"},
+        {"1.2.840.10008.5.1.4.1.1.1", MS_EFORMAT, "(SOP class 1.2.840.10008.5.1.4.1.1.1): it is truncated"},
+        {"1.2.3.4", MS_EFORMAT, "(SOP class 1.2.3.4): it is truncated, or holds no image"},
+    };
+    for (size_t i = 0; i < sizeof objects / sizeof *objects; i++) {
+        d = (dcm){0};
+        uint8_t pre[128] = {0};
+        put(&d, pre, sizeof pre);
+        put(&d, "DICM", 4);
+        el_text(&d, 0x0002, 0x0002, "UI", objects[i].sop_class);
+        el_text(&d, 0x0002, 0x0010, "UI", TS_EXPLICIT);
+        d.explicit_vr = 1;
+        el_text(&d, 0x0008, 0x0060, "CS", "SR");
+        expect_refused(&d, objects[i].code, objects[i].words);
+        free(d.b);
+    }
+    d = dcm_begin(TS_EXPLICIT, 1, 0);
+    image_attrs(&d, 2, 2, 8, 8, 7, 0, "MONOCHROME2");
     const uint8_t v[2] = {0};
     pixels8(&d, v, 2); /* 2 x 2 needs 4 */
     expect_refused(&d, MS_EFORMAT, "Pixel Data holds 2 bytes");
