@@ -55,6 +55,8 @@
 #define T_BITS_STORED TAG(0x0028, 0x0101)
 #define T_HIGH_BIT TAG(0x0028, 0x0102)
 #define T_PIXEL_REPRESENTATION TAG(0x0028, 0x0103)
+#define T_PIXEL_PADDING_VALUE TAG(0x0028, 0x0120)
+#define T_PIXEL_PADDING_LIMIT TAG(0x0028, 0x0121)
 #define T_WINDOW_CENTER TAG(0x0028, 0x1050)
 #define T_WINDOW_WIDTH TAG(0x0028, 0x1051)
 #define T_RESCALE_INTERCEPT TAG(0x0028, 0x1052)
@@ -537,6 +539,7 @@ static int no_pixel_data(const dicom_image *d, ms_err *err)
 /* The attributes of the top level, up to the Pixel Data. */
 typedef struct header_values {
     int samples, rows, cols, bits_allocated, bits_stored, high_bit, pixel_rep, planar;
+    int padding, padding_limit; /* the raw 16 bits of US or SS; -1 when absent */
     double frames;
     char photometric[17], voi_function[17];
     bool has_center, has_width;
@@ -579,6 +582,8 @@ static int read_top_level(cursor *c, dicom_image *d, header_values *h, ms_err *e
         case T_BITS_STORED: h->bits_stored = us_value(c, &e); break;
         case T_HIGH_BIT: h->high_bit = us_value(c, &e); break;
         case T_PIXEL_REPRESENTATION: h->pixel_rep = us_value(c, &e); break;
+        case T_PIXEL_PADDING_VALUE: h->padding = us_value(c, &e); break;
+        case T_PIXEL_PADDING_LIMIT: h->padding_limit = us_value(c, &e); break;
         case T_WINDOW_CENTER: h->has_center = number_value(c, &e, &d->window_center); break;
         case T_WINDOW_WIDTH: h->has_width = number_value(c, &e, &d->window_width); break;
         case T_RESCALE_INTERCEPT:
@@ -599,6 +604,19 @@ static int read_top_level(cursor *c, dicom_image *d, header_values *h, ms_err *e
         if ((rc = skip_value(c, &e, 1, err)))
             return rc;
     }
+}
+
+/* Pixel Padding Value and Range Limit (PS3.3 C.7.5.1.1.2) of a monochrome
+ * image: US or SS as Pixel Representation says, in stored values. */
+static void read_padding(dicom_image *d, const header_values *h)
+{
+    if (h->padding < 0 || d->samples != 1)
+        return;
+    int32_t a = d->is_signed ? (int16_t)h->padding : h->padding;
+    int32_t b = h->padding_limit < 0 ? a : d->is_signed ? (int16_t)h->padding_limit : h->padding_limit;
+    d->has_padding = 1;
+    d->padding_lo = a < b ? a : b;
+    d->padding_hi = a < b ? b : a;
 }
 
 /* Checks the image attributes against each other and the pixel data. */
@@ -646,6 +664,7 @@ static int check_layout(dicom_image *d, const header_values *h, ms_err *err)
         return ms_err_set(err, MS_EFORMAT, "DICOM is corrupt: its Pixel Data holds %zu bytes, %d frame(s) of %d x %d "
                           "need %zu", d->pixel_len, d->frames, d->cols, d->rows,
                           dicom_frame_size(d) * (size_t)d->frames);
+    read_padding(d, h);
     if (h->has_center && h->has_width) {
         d->voi_function = !strcmp(h->voi_function, "SIGMOID")        ? DICOM_VOI_SIGMOID
                           : !strcmp(h->voi_function, "LINEAR_EXACT") ? DICOM_VOI_LINEAR_EXACT
@@ -667,7 +686,8 @@ int dicom_parse(const uint8_t *buf, size_t len, dicom_image *d, ms_err *err)
     if (rc)
         return rc;
     header_values h = {.samples = -1, .rows = -1, .cols = -1, .bits_allocated = -1, .bits_stored = -1,
-                       .high_bit = -1, .pixel_rep = 0, .planar = 0, .frames = 1};
+                       .high_bit = -1, .pixel_rep = 0, .planar = 0, .padding = -1, .padding_limit = -1,
+                       .frames = 1};
     if ((rc = read_top_level(&c, d, &h, err)))
         return rc;
     if (!isfinite(d->slope) || !isfinite(d->intercept))
@@ -877,6 +897,13 @@ static uint8_t gray_of(const dicom_image *d, int32_t v, int32_t vmin, int32_t vm
     return d->photometric == DICOM_MONOCHROME1 ? (uint8_t)(255 - g) : g;
 }
 
+/* A stored value that marks padding: shown black, whatever the window and
+ * the photometric interpretation say. */
+static bool is_padding(const dicom_image *d, int32_t v)
+{
+    return d->has_padding && v >= d->padding_lo && v <= d->padding_hi;
+}
+
 /* Raw sample word i of a one-sample frame. */
 static uint32_t raw_word(const uint8_t *frame, size_t i, int bytes, bool be)
 {
@@ -888,21 +915,31 @@ static uint32_t raw_word(const uint8_t *frame, size_t i, int bytes, bool be)
 static int mono_to_gray8(const dicom_image *d, const uint8_t *frame, int bytes, bool be, uint8_t *out, ms_err *err)
 {
     size_t n = (size_t)d->rows * (size_t)d->cols;
-    int32_t vmin = INT32_MAX, vmax = INT32_MIN;
+    /* vmin..vmax: every value, the table's span; rmin..rmax: the image's
+     * own values, padding left out, for the range mapping. */
+    int32_t vmin = INT32_MAX, vmax = INT32_MIN, rmin = INT32_MAX, rmax = INT32_MIN;
     for (size_t i = 0; i < n; i++) {
         int32_t v = stored_value(d, raw_word(frame, i, bytes, be));
         vmin = v < vmin ? v : vmin;
         vmax = v > vmax ? v : vmax;
+        if (!is_padding(d, v)) {
+            rmin = v < rmin ? v : rmin;
+            rmax = v > rmax ? v : rmax;
+        }
     }
     if (vmax < vmin) /* no pixels */
         return 0;
+    if (rmax < rmin) /* padding only */
+        rmin = rmax = 0;
     /* Stored values have at most 16 bits, so the table has at most 2^16 entries. */
     size_t span = (size_t)((int64_t)vmax - vmin) + 1;
     uint8_t *lut = span <= 65536 ? malloc(span) : NULL;
     if (!lut)
         return ms_err_set(err, MS_ENOMEM, "no memory for a DICOM lookup table");
-    for (size_t k = 0; k < span; k++)
-        lut[k] = gray_of(d, vmin + (int32_t)k, vmin, vmax);
+    for (size_t k = 0; k < span; k++) {
+        int32_t v = vmin + (int32_t)k;
+        lut[k] = is_padding(d, v) ? 0 : gray_of(d, v, rmin, rmax);
+    }
     for (size_t i = 0; i < n; i++)
         out[i] = lut[stored_value(d, raw_word(frame, i, bytes, be)) - vmin];
     free(lut);

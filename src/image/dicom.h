@@ -23,7 +23,8 @@
  *     (Window Center, Width; VOI LUT Function LINEAR, LINEAR_EXACT or
  *     SIGMOID) or, without a window, the VOI LUT of the VOI LUT Sequence,
  *     or without either the full range of the frame's values, then
- *     MONOCHROME1's inversion; see dicom_gray8;
+ *     MONOCHROME1's inversion; Pixel Padding Value (and Range Limit) marks
+ *     pixels shown black and left out of that range; see dicom_gray8;
  *   - a few attributes for the collection's metadata (dicom_meta).
  *
  * Hostile input: every element's length is checked against the bytes left
@@ -76,6 +77,11 @@ typedef struct dicom_image {
     dicom_voi_function voi_function;
     int has_voi_lut;
     dicom_voi_lut voi_lut;
+    /* Pixel Padding Value (and Range Limit): stored values padding_lo ..
+     * padding_hi mark pixels outside the image, shown black and left out
+     * of the frame's range. */
+    int has_padding;
+    int32_t padding_lo, padding_hi;
     /* Native: the Pixel Data value (all frames). Encapsulated: the items
      * after the Basic Offset Table, up to the sequence's end. */
     const uint8_t *pixel_data;
@@ -127,9 +133,9 @@ int dicom_rle_decode(const dicom_image *d, const uint8_t *frame, size_t len, uin
  *   SIGMOID       255 / (1 + exp(-4 (m - c) / w))                (w > 0)
  * with a VOI LUT instead: the entry of m (clamped to the table) scaled
  * from 0..2^bits - 1 to 0..255; with neither: (m - min) / (max - min) * 255
- * over the frame's values (a flat frame gives 0), except that 8-bit
- * unsigned values without a rescale stay as they are. Each result is
- * rounded half up; MONOCHROME1 then becomes 255 - y.
+ * over the frame's values but padding (a flat frame gives 0), except that
+ * 8-bit unsigned values without a rescale stay as they are. Each result is
+ * rounded half up; MONOCHROME1 then becomes 255 - y; padding pixels 0.
  * Three samples: RGB -> (19595 R + 38470 G + 7471 B + 32768) >> 16, as
  * the other formats' colour images; YBR_FULL -> its Y.
  * `frame` is in the file's layout (d->big_endian, d->planar), or in the

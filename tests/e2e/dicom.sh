@@ -2,7 +2,8 @@
 # DICOM end to end, against pydicom:
 #  - every case of tests/tools/dicom_cases.py (each native syntax, 12- and
 #    16-bit, signed, rescale, the three window functions, a VOI LUT,
-#    MONOCHROME1, RGB, RLE, JPEG Baseline grey and colour, two frames) and
+#    MONOCHROME1, pixel padding, RGB, RLE, JPEG Baseline grey and colour,
+#    two frames) and
 #    the square files of shared/data/dicom: `medsearch embed --dump-input`
 #    at the image's own size gives exactly the gray levels worked out in
 #    Python from pydicom's decoding;

@@ -12,9 +12,9 @@ as shared_NAME).
 The pixels come from pydicom's own decoders (native, RLE, and JPEG through
 Pillow); the display pipeline below follows PS3.3 C.11 and
 docs/image.md ("DICOM"): rescale, then the first window (LINEAR,
-LINEAR_EXACT, SIGMOID) or the VOI LUT, or else the frame's value range,
-rounded half up, MONOCHROME1 inverted; colour to Rec.601 luma in PIL's
-fixed point. Needs Debian's python3-pydicom, python3-numpy, python3-pil.
+LINEAR_EXACT, SIGMOID) or the VOI LUT, or else the frame's value range
+(padding left out), rounded half up, MONOCHROME1 inverted, padding black;
+colour to Rec.601 luma in PIL's fixed point. Needs Debian's python3-pydicom, python3-numpy, python3-pil.
 """
 import io
 import math
@@ -87,6 +87,16 @@ def jpeg_as_rgb(ds):
     return np.asarray(Image.open(io.BytesIO(frame)).convert("RGB"))
 
 
+def padding_mask(ds, v):
+    """The pixels whose stored value is Pixel Padding Value (up to Pixel
+    Padding Range Limit): outside the image, PS3.3 C.7.5.1.1.2."""
+    p = ds.get("PixelPaddingValue")
+    if p is None:
+        return np.zeros(v.shape, dtype=bool)
+    limit = ds.get("PixelPaddingRangeLimit", p)
+    return (v >= min(p, limit)) & (v <= max(p, limit))
+
+
 def expected_gray(ds):
     arr = ds.pixel_array
     if int(ds.get("NumberOfFrames", 1)) > 1:
@@ -100,6 +110,7 @@ def expected_gray(ds):
             return a[..., 0].astype(np.uint8)
         return ((19595 * a[..., 0] + 38470 * a[..., 1] + 7471 * a[..., 2] + 32768) >> 16).astype(np.uint8)
     v = arr.astype(np.float64)
+    pad = padding_mask(ds, v)
     slope = float(ds.get("RescaleSlope", 1.0))
     intercept = float(ds.get("RescaleIntercept", 0.0))
     m = v * slope + intercept
@@ -111,10 +122,13 @@ def expected_gray(ds):
         if plain8:
             y = v
         else:
-            lo, hi = m.min(), m.max()
+            image = m[~pad] if (~pad).any() else np.zeros(1)
+            lo, hi = image.min(), image.max()
             y = (m - lo) * 255.0 / (hi - lo) if hi > lo else np.zeros_like(m)
     g = round_half_up(y).astype(np.uint8)
-    return (255 - g) if photo == "MONOCHROME1" else g
+    g = (255 - g) if photo == "MONOCHROME1" else g
+    g[pad] = 0
+    return g
 
 
 # ---- writing cases ----
@@ -189,6 +203,28 @@ def write_cases(out):
     ds = new_dataset(ExplicitVRLittleEndian, n, n, photo="MONOCHROME1", bits=16, stored=10)
     ds.PixelData = radiograph(n, n, 0, 1023, 3).astype("<u2").tobytes()
     save(ds, out, "mono1_range", cases)
+
+    # Pixel Padding Value: a MONOCHROME1 CR padded with 4095 around the
+    # collimated field, no window (the range leaves the padding out); and
+    # signed MONOCHROME1 values with a padding range under a window (which
+    # would show the padding white)
+    ds = new_dataset(ExplicitVRLittleEndian, n, n, photo="MONOCHROME1", bits=16, stored=12)
+    img = radiograph(n, n, 100, 3000, 12)
+    img[:, :6] = 4095
+    img[-5:, :] = 4095
+    ds.PixelData = img.astype("<u2").tobytes()
+    ds.add_new(0x00280120, "US", 4095)
+    save(ds, out, "padding_range", cases)
+    ds = new_dataset(ExplicitVRLittleEndian, n, n, photo="MONOCHROME1", bits=16, stored=16, signed=1)
+    img = radiograph(n, n, -1000, 3000, 13)
+    img[:4, :] = -2000
+    img[:, -7:] = -1950
+    ds.PixelData = img.astype("<i2").tobytes()
+    ds.add_new(0x00280120, "SS", -1900)
+    ds.add_new(0x00280121, "SS", -2048)
+    ds.RescaleSlope, ds.RescaleIntercept = "1", "-1024"
+    ds.WindowCenter, ds.WindowWidth = "0", "2000"
+    save(ds, out, "padding_window", cases)
 
     # a VOI LUT and no window
     ds = new_dataset(ExplicitVRLittleEndian, n, n, bits=16, stored=12)

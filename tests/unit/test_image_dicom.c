@@ -334,6 +334,44 @@ static void test_rescale_and_windows(void **state)
     free(d.b);
 }
 
+/* Pixel Padding Value: padding pixels are black, after MONOCHROME1's
+ * inversion too, and the frame's range leaves them out; with a Range
+ * Limit every stored value between the two is padding. */
+static void test_pixel_padding(void **state)
+{
+    (void)state;
+    static const uint16_t v[4] = {100, 1100, 4095, 2100};
+    static const uint8_t mono2[4] = {0, 128, 0, 255}; /* range 100..2100: (1100 - 100) * 255 / 2000 = 127.5 */
+    static const uint8_t mono1[4] = {255, 127, 0, 0};
+    const char *photos[2] = {"MONOCHROME2", "MONOCHROME1"};
+    const uint8_t *want[2] = {mono2, mono1};
+    uint8_t got[4];
+    for (int p = 0; p < 2; p++) {
+        dcm d = dcm_begin(TS_EXPLICIT, 1, 0);
+        image_attrs(&d, 2, 2, 16, 12, 11, 0, photos[p]);
+        el_us(&d, 0x0028, 0x0120, 4095);
+        pixels16(&d, v, 4);
+        gray_of(&d, 2, got);
+        assert_memory_equal(got, want[p], 4);
+        free(d.b);
+    }
+    /* Signed, a range given by its two ends in either order, under a window:
+     * -2000 and -1950 are padding (-2048..-1900), -1800 is not. */
+    static const int16_t s[4] = {-2000, -1950, -1800, 500};
+    dcm d = dcm_begin(TS_EXPLICIT, 1, 0);
+    image_attrs(&d, 2, 2, 16, 16, 15, 1, "MONOCHROME1");
+    int16_t pad = -1900, limit = -2048;
+    el(&d, 0x0028, 0x0120, "SS", &pad, 2);
+    el(&d, 0x0028, 0x0121, "SS", &limit, 2);
+    el_text(&d, 0x0028, 0x1050, "DS", "0");
+    el_text(&d, 0x0028, 0x1051, "DS", "2000");
+    pixels16(&d, (const uint16_t *)s, 4);
+    gray_of(&d, 2, got);
+    static const uint8_t windowed[4] = {0, 0, 255, 64}; /* -1800 below the window: 0, inverted 255 */
+    assert_memory_equal(got, windowed, 4);
+    free(d.b);
+}
+
 static void test_voi_lut_sequence(void **state)
 {
     (void)state;
@@ -1722,6 +1760,7 @@ int main(void)
         cmocka_unit_test(test_eight_bit_as_stored_and_monochrome1),
         cmocka_unit_test(test_rescale_and_windows),
         cmocka_unit_test(test_voi_lut_sequence),
+        cmocka_unit_test(test_pixel_padding),
         cmocka_unit_test(test_colour),
         cmocka_unit_test(test_rle),
         cmocka_unit_test(test_jpeg_lossless),
