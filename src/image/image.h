@@ -3,12 +3,13 @@
  *
  * Formats are chosen by magic bytes, never by file name: PNG (1/2/4/8/16-bit
  * gray, gray+alpha, RGB, RGBA, palette), JPEG (8-bit baseline, extended,
- * progressive, gray or colour; CMYK, lossless, hierarchical and 12-bit are
+ * progressive, gray or colour; 12-bit sequential gray and lossless through
+ * MedSearch's own decoders; CMYK, hierarchical and other 12-bit kinds are
  * rejected), TIFF (classic, 8/16-bit unsigned grayscale, MinIsBlack or
- * MinIsWhite; first page) and DICOM (a Part 10 file: uncompressed, RLE,
- * JPEG Lossless, JPEG 2000, JPEG-LS, or JPEG of 8 bits or 12-bit gray;
- * monochrome of 8 or 16 bits, or 8-bit colour; first frame; read by
- * dicom.c, see dicom.h). GIF, WebP, BMP, JPEG 2000, HEIF, PDF, ... are
+ * MinIsWhite, or RGB; 8-bit palette; first page) and DICOM (a Part 10
+ * file: uncompressed, RLE, JPEG Lossless, JPEG 2000, JPEG-LS, or JPEG of 8
+ * bits or 12-bit gray; monochrome of 8 or 16 bits, or 8-bit colour; first
+ * frame; read by dicom.c, see dicom.h). GIF, WebP, BMP, JPEG 2000, HEIF, PDF, ... are
  * recognised and refused with MS_EUNSUPPORTED and a message naming them;
  * other bytes give MS_EFORMAT. Decoding uses libvips' PNG/JPEG/TIFF loaders
  * called by name, with its untrusted loaders blocked.

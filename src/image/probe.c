@@ -340,14 +340,18 @@ static int probe_tiff(const uint8_t *p, size_t len, image_info *info, ms_err *er
         return ms_err_set(err, MS_EFORMAT, "TIFF is corrupt: invalid or missing size %ux%u", w, h);
     if (!have_photometric)
         return ms_err_set(err, MS_EFORMAT, "TIFF is corrupt: no photometric interpretation tag");
-    if (photometric > 1)
-        return ms_err_set(err, MS_EUNSUPPORTED,
-                          "TIFF with photometric interpretation %u is not supported; only grayscale TIFF "
-                          "(convert colour images to PNG or JPEG)", photometric);
-    if (samples != 1 && samples != 2)
-        return ms_err_set(err, MS_EUNSUPPORTED, "grayscale TIFF with %u samples per pixel is not supported", samples);
-    if (bits != 8 && bits != 16)
-        return ms_err_set(err, MS_EUNSUPPORTED, "%u-bit TIFF is not supported; only 8- and 16-bit grayscale", bits);
+    /* Grayscale (0 MinIsWhite, 1 MinIsBlack), RGB (2) and palette (3):
+     * libtiff, under libvips, gives gray or RGB(A) for those. */
+    const char *kind = photometric <= 1 ? "grayscale" : photometric == 2 ? "RGB" : photometric == 3 ? "palette" : NULL;
+    if (!kind)
+        return ms_err_set(err, MS_EUNSUPPORTED, "TIFF with photometric interpretation %u (%s) is not supported; only "
+                          "grayscale, RGB and palette TIFF", photometric,
+                          photometric == 5 ? "CMYK" : photometric == 6 ? "YCbCr" : "not gray or RGB");
+    if (photometric == 2 ? samples != 3 && samples != 4 : samples != 1 && samples != 2)
+        return ms_err_set(err, MS_EUNSUPPORTED, "%s TIFF with %u samples per pixel is not supported", kind, samples);
+    if (photometric == 3 ? bits != 8 : bits != 8 && bits != 16)
+        return ms_err_set(err, MS_EUNSUPPORTED, "%u-bit %s TIFF is not supported; only 8- and 16-bit grayscale or "
+                          "RGB, and 8-bit palette", bits, kind);
     if (sample_format != 1)
         return ms_err_set(err, MS_EUNSUPPORTED,
                           "TIFF with sample format %u is not supported; only unsigned integer samples",
@@ -355,7 +359,7 @@ static int probe_tiff(const uint8_t *p, size_t len, image_info *info, ms_err *er
     info->format = IMAGE_TIFF;
     info->width = (int)w;
     info->height = (int)h;
-    info->bands = (int)samples;
+    info->bands = photometric == 3 ? 3 : (int)samples; /* a palette decodes to RGB */
     info->bits = (int)bits;
     return 0;
 }

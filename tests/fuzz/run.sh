@@ -112,6 +112,8 @@ g.convert("RGB").save(d + "/progressive.jpg", quality=80, progressive=True)
 g.save(d + "/gray.tif")
 g.convert("I;16").save(d + "/gray16.tif")
 g.save(d + "/gray_lzw.tif", compression="tiff_lzw")
+g.convert("RGB").save(d + "/rgb.tif")
+g.convert("RGB").convert("P").save(d + "/palette.tif")
 EOF
   fi
   # With pydicom: DICOM files of every layout and transfer syntax MedSearch reads.

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 #include <vips/vips.h>
@@ -292,26 +293,38 @@ static void test_rgb_luminance_and_alpha(void **state)
         const void *px;
         int bands;
         const char *suffix;
-    } cases[] = {{rgb, 3, ".png"}, {rgba, 4, ".png"}, {rgb, 3, ".tif"}};
-    for (size_t k = 0; k < 3; k++) {
+    } cases[] = {{rgb, 3, ".png"}, {rgba, 4, ".png"}, {rgb, 3, ".tif"}, {rgba, 4, ".tif[compression=lzw]"}};
+    for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
         blob b = encode_with(raw_image(cases[k].px, 2, 2, cases[k].bands, 1), cases[k].suffix);
         image_prep prep = identity(2);
         ms_err err = {0};
         float out[12];
-        int rc = image_prepare(b.data, b.len, NULL, &prep, out, NULL, &err);
-        if (cases[k].suffix[1] == 't') {
-            /* RGB TIFF is outside the allow-list, with a message saying so. */
-            assert_int_equal(rc, MS_EUNSUPPORTED);
-            assert_non_null(strstr(err.msg, "grayscale TIFF"));
-        } else {
-            if (rc)
-                fail_msg("%zu: %s", k, err.msg);
-            for (int c = 0; c < 3; c++)
-                for (int i = 0; i < 4; i++)
-                    assert_true(out[c * 4 + i] == want[i]);
-        }
+        if (image_prepare(b.data, b.len, NULL, &prep, out, NULL, &err))
+            fail_msg("%zu: %s", k, err.msg);
+        for (int c = 0; c < 3; c++)
+            for (int i = 0; i < 4; i++)
+                assert_true(out[c * 4 + i] == want[i]);
         blob_free(&b);
     }
+    /* JPEG-compressed RGB TIFF (libvips keeps photometric RGB): lossy, so
+     * within a few levels of the same image as a lossless RGB TIFF. */
+    uint8_t smooth[16 * 16 * 3];
+    for (int i = 0; i < 16 * 16; i++) {
+        smooth[3 * i] = (uint8_t)(100 + i % 16 * 4);
+        smooth[3 * i + 1] = (uint8_t)(90 + i / 16 * 5);
+        smooth[3 * i + 2] = 120;
+    }
+    blob lossless = encode_with(raw_image(smooth, 16, 16, 3, 1), ".tif");
+    blob jpeg_tif = encode_with(raw_image(smooth, 16, 16, 3, 1), ".tif[compression=jpeg,Q=95]");
+    image_prep prep16 = identity(16);
+    float *plain = prepare_ok(&lossless, &prep16, NULL), *jpeg = prepare_ok(&jpeg_tif, &prep16, NULL);
+    for (int i = 0; i < 16 * 16; i++)
+        if (fabsf(plain[i] - jpeg[i]) > 4)
+            fail_msg("JPEG-compressed TIFF pixel %d: %g against %g", i, jpeg[i], plain[i]);
+    free(plain);
+    free(jpeg);
+    blob_free(&lossless);
+    blob_free(&jpeg_tif);
 
     /* gray+alpha: the gray values pass through unchanged */
     const uint8_t ga[4][2] = {{0, 0}, {60, 255}, {120, 10}, {250, 128}};
@@ -330,12 +343,15 @@ static void test_rgb_luminance_and_alpha(void **state)
         y[i] = 0.299 * rgb16[i][0] + 0.587 * rgb16[i][1] + 0.114 * rgb16[i][2];
         ymax = fmax(ymax, y[i]);
     }
-    b = encode_with(raw_image(rgb16, 2, 2, 3, 2), ".png");
-    out = prepare_ok(&b, &prep, NULL);
-    for (int i = 0; i < 4; i++)
-        assert_true(out[i] == round_half_up(y[i] * 255.0 / ymax));
-    free(out);
-    blob_free(&b);
+    const char *suffixes16[] = {".png", ".tif"};
+    for (int k = 0; k < 2; k++) {
+        b = encode_with(raw_image(rgb16, 2, 2, 3, 2), suffixes16[k]);
+        out = prepare_ok(&b, &prep, NULL);
+        for (int i = 0; i < 4; i++)
+            assert_true(out[i] == round_half_up(y[i] * 255.0 / ymax));
+        free(out);
+        blob_free(&b);
+    }
 }
 
 /* PNGs big enough to get the inflate-size check (over 254 KiB of pixel
@@ -1037,6 +1053,45 @@ static void test_dicom_shared_files(void **state)
     blob_free(&b);
 }
 
+/* A palette TIFF (libvips does not write one; PIL does) gives exactly the
+ * gray of the same palette image as PNG. */
+static void test_palette_tiff(void **state)
+{
+    (void)state;
+    if (system("/usr/bin/python3 -c 'import PIL.Image' >/dev/null 2>&1") != 0) {
+        print_message("skip: /usr/bin/python3 has no PIL; no palette TIFF to read\n");
+        skip();
+    }
+    char dir[] = "/tmp/medsearch-tiff-XXXXXX", cmd[1024];
+    assert_non_null(mkdtemp(dir));
+    snprintf(cmd, sizeof cmd,
+             "/usr/bin/python3 -c 'import sys; from PIL import Image\n"
+             "im = Image.new(\"RGB\", (32, 32))\n"
+             "im.putdata([(100 + 3 * (i %% 32), 90 + 4 * (i // 32), 120 + i %% 7) for i in range(1024)])\n"
+             "d = sys.argv[1]; p = im.convert(\"P\"); p.save(d + \"/pal.tif\"); p.save(d + \"/pal.png\")\n"
+             "assert Image.open(d + \"/pal.tif\").tag_v2[262] == 3' %s",
+             dir);
+    assert_int_equal(system(cmd), 0);
+    const char *names[2] = {"pal.png", "pal.tif"};
+    float *out[2];
+    image_prep prep = identity(32);
+    for (int k = 0; k < 2; k++) {
+        char path[256];
+        snprintf(path, sizeof path, "%s/%s", dir, names[k]);
+        blob b;
+        assert_int_equal(read_file(path, &b), 0);
+        out[k] = prepare_ok(&b, &prep, NULL);
+        blob_free(&b);
+        unlink(path);
+    }
+    rmdir(dir);
+    for (int i = 0; i < 32 * 32; i++)
+        if (out[0][i] != out[1][i])
+            fail_msg("palette TIFF pixel %d: %g against the palette PNG's %g", i, out[1][i], out[0][i]);
+    free(out[0]);
+    free(out[1]);
+}
+
 /* Our 224 px preparation against PIL's LANCZOS resize of the same file (an
  * independent implementation of the same filter): close, pixel for pixel. */
 static void test_matches_pil_lanczos(void **state)
@@ -1154,6 +1209,7 @@ int main(void)
         cmocka_unit_test(test_version_and_threads),
         cmocka_unit_test(test_real_xrays),
         cmocka_unit_test(test_dicom_shared_files),
+        cmocka_unit_test(test_palette_tiff),
         cmocka_unit_test(test_matches_pil_lanczos),
     };
     int failed = cmocka_run_group_tests_name("image before init", before_init, NULL, NULL);

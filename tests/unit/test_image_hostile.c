@@ -619,7 +619,19 @@ static void test_handmade_tiff_both_byte_orders(void **state)
         blob_free(&b);
         b = make_tiff(be, 4, 4, 8, 2, 1); /* RGB photometric with one sample */
         assert_int_equal(prepare_rc(b.data, b.len, NULL, 8, &err), MS_EUNSUPPORTED);
+        assert_non_null(strstr(err.msg, "RGB TIFF with 1 samples per pixel"));
         blob_free(&b);
+        const struct {
+            uint16_t photometric;
+            const char *says;
+        } refused[] = {{5, "(CMYK) is not supported"}, {6, "(YCbCr) is not supported"}, {8, "interpretation 8"}};
+        for (size_t k = 0; k < sizeof refused / sizeof *refused; k++) {
+            b = make_tiff(be, 4, 4, 8, refused[k].photometric, 1);
+            assert_int_equal(prepare_rc(b.data, b.len, NULL, 8, &err), MS_EUNSUPPORTED);
+            if (!strstr(err.msg, refused[k].says))
+                fail_msg("photometric %u: \"%s\"", refused[k].photometric, err.msg);
+            blob_free(&b);
+        }
         b = make_tiff(be, 4, 4, 8, 1, 1);
         tiff_writer t = {b.data, be};
         tw32(&t, 4, (uint32_t)b.len + 100); /* IFD outside the file */
