@@ -195,7 +195,13 @@ async function showQueryPreview(file, rendered = false) {
         headers: { 'Content-Type': 'application/octet-stream' } });
       blob = await res.blob();
     } catch (_) {
-      return; // the search reports what is wrong with the file
+      // Not an image the server reads either: back to the prompt (the
+      // search reports what is wrong with the file).
+      if (state.query && state.query.file === file) {
+        preview.hidden = true;
+        $('drop-empty').hidden = false;
+      }
+      return;
     }
     if (!state.query || state.query.file !== file) return; // another query since
   }

@@ -313,6 +313,10 @@ try {
   await page.waitForSelector('#error:not([hidden])');
   const errText = await page.textContent('#error');
   check(/PNG|JPEG|image/i.test(errText), `a non-image upload shows an error (${errText.trim()})`);
+  // The browser cannot show it and neither can the server: back to the prompt.
+  await page.waitForFunction(() => document.getElementById('query-preview').hidden &&
+    !document.getElementById('drop-empty').hidden, null, { timeout: 30000 });
+  check(true, 'the drop zone shows its prompt again, not an empty preview');
   await page.screenshot({ path: path.join(outDir, '5-error.png') });
 
   // 6. The collection's query-expansion default (medsearch qe) sets the
