@@ -197,6 +197,9 @@ static int jpeg_frame(const uint8_t *seg, size_t seglen, int marker, image_info 
     if (lossless && (precision < 2 || precision > 16))
         return ms_err_set(err, MS_EFORMAT, "JPEG is corrupt: lossless sample precision %d is outside 2..16",
                           precision);
+    if (lossless && ncomp == 3 && precision != 8)
+        return ms_err_set(err, MS_EUNSUPPORTED, "%d-bit colour lossless JPEG is not supported; only 8-bit colour "
+                          "or 2- to 16-bit grayscale", precision);
     if (!lossless && precision == 12 && !sequential)
         return ms_err_set(err, MS_EUNSUPPORTED, "12-bit JPEG of process SOF%d (progressive or arithmetic) is not "
                           "supported; only sequential Huffman 12-bit JPEG (use PNG for 16-bit)", marker - 0xc0);

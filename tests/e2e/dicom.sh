@@ -14,6 +14,7 @@
 #  - 12-bit JPEG Extended written by dcmcjpeg (five cases at two qualities,
 #    and the shared radiograph) gives the gray levels of dcmdjpeg's
 #    decompression within one level (integer against float inverse DCT);
+#    their frames as standalone .jpg files too (lossless colour, 12-bit);
 #    GDCM's 16-bit DCT JPEG is refused by name;
 #  - JPEG 2000 and JPEG-LS written by GDCM's gdcmconv: lossless ones give
 #    the gray levels of the uncompressed file, lossy ones those of GDCM's
@@ -117,6 +118,26 @@ done
 dcmcjpeg +ee +bt "$DCM/siim_cxr_pa_uncompressed_evrle.dcm" "$T/je_siim.dcm" &&
     dcmdjpeg "$T/je_siim.dcm" "$T/je_siim_raw.dcm" && reference_gray "$T/je_siim_raw.dcm" "$T/je_siim.gray" &&
     same_gray jpeg12_siim "$T/je_siim.dcm" "$T/je_siim.gray" 1024 near || fail "12-bit JPEG of the shared radiograph"
+# The same codecs in standalone .jpg files (the frames taken out of the
+# DICOM files): a lossless colour JPEG gives the luma of the RGB original
+# exactly; a 12-bit one dcmdjpeg's samples scaled by their maximum (as a
+# 16-bit PNG is), within a gray level.
+"$PY" - "$T/jl_rgb.dcm" "$T/je_mono16_explicit_q90.dcm" "$T/je_mono16_explicit_q90_raw.dcm" "$T" <<'EOF' ||
+import sys
+import numpy as np
+import pydicom
+from pydicom.encaps import generate_pixel_data_frame
+def frame_to(dcm, out):
+    open(out, "wb").write(next(generate_pixel_data_frame(pydicom.dcmread(dcm).PixelData)))
+frame_to(sys.argv[1], sys.argv[4] + "/lossless_rgb.jpg")
+frame_to(sys.argv[2], sys.argv[4] + "/jpeg12.jpg")
+v = pydicom.dcmread(sys.argv[3]).pixel_array.astype(np.float32)
+gain = np.float32(255.0 / v.max())
+np.minimum(255, np.floor(v * gain + np.float32(0.5))).astype(np.uint8).tofile(sys.argv[4] + "/jpeg12_file.gray")
+EOF
+    fail "could not take the frames out"
+same_gray lossless_rgb_file "$T/lossless_rgb.jpg" "$T/cases/rgb.gray" 48
+same_gray jpeg12_file "$T/jpeg12.jpg" "$T/jpeg12_file.gray" 48 near
 # GDCM's experimental lossy JPEG of 12-bit data has 16-bit DCT samples,
 # which T.81 does not define (dcmdjpeg refuses them too): refused by name.
 gdcmconv --jpeg --lossy -q 90 "$T/cases/mono16_explicit.dcm" "$T/je16.dcm" >/dev/null 2>&1

@@ -355,6 +355,7 @@ static void test_huge_claimed_size_refused_from_header(void **state)
                   {0xc2, 12, 1, "12-bit JPEG of process SOF2"},
                   {0xc1, 12, 3, "12-bit colour JPEG"},
                   {0xc1, 16, 1, "16-bit JPEG is not supported"},
+                  {0xc3, 12, 3, "12-bit colour lossless JPEG"},
                   {0xc0, 8, 4, "CMYK"},
                   {0xc0, 8, 2, "2 colour components"}};
     for (size_t i = 0; i < sizeof frames / sizeof frames[0]; i++) {
