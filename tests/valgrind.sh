@@ -31,6 +31,19 @@ src=$SHARED/data/dicom/siim_cxr_pa_uncompressed_evrle.dcm
 command -v dcmcjpeg >/dev/null && dcmcjpeg +e1 "$src" "$tmp/dicom/jpeg_lossless.dcm" &&
     dcmcjpeg +ee +bt "$src" "$tmp/dicom/jpeg12.dcm"
 command -v gdcmconv >/dev/null && gdcmconv --j2k "$src" "$tmp/dicom/j2k.dcm" && gdcmconv --jpegls "$src" "$tmp/dicom/jpegls.dcm"
+# The lossless and 12-bit frames as standalone .jpg files too (with pydicom),
+# and a DICOMDIR beside them, which ingest skips as not an image.
+if [ -f "$tmp/dicom/jpeg12.dcm" ] && /usr/bin/python3 -c 'import pydicom' 2>/dev/null; then
+    /usr/bin/python3 - "$tmp/dicom" <<'EOF'
+import sys, pydicom
+from pydicom.encaps import generate_pixel_data_frame
+for name in ("jpeg_lossless", "jpeg12"):
+    ds = pydicom.dcmread(f"{sys.argv[1]}/{name}.dcm")
+    open(f"{sys.argv[1]}/{name}_frame.jpg", "wb").write(next(generate_pixel_data_frame(ds.PixelData)))
+EOF
+fi
+command -v dcmmkdir >/dev/null && mkdir "$tmp/cd" && cp "$src" "$tmp/cd/IM0001" &&
+    (cd "$tmp/cd" && dcmmkdir +I IM0001 >/dev/null 2>&1) && cp "$tmp/cd/DICOMDIR" "$tmp/dicom/DICOMDIR"
 $vg ./medsearch ingest --db "$tmp/d.db" --model "$MODEL" "$tmp/dicom"
 $vg ./medsearch search --db "$tmp/d.db" --model "$MODEL" -k 3 "$SHARED/data/dicom/siim_cxr_pa_jpegbaseline.dcm" >/dev/null
 echo "valgrind: clean"
