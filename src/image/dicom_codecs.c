@@ -20,22 +20,14 @@
 
 #include "image/internal.h"
 
-/* A sample's low 16 bits (two's complement for a negative one), little endian. */
-static void put_sample(uint8_t *o, int32_t v, int bytes)
-{
-    o[0] = (uint8_t)v;
-    if (bytes == 2)
-        o[1] = (uint8_t)((uint32_t)v >> 8);
-}
-
-static int size_mismatch(const char *codec, int width, int height, int components, long w, long h, long nc,
-                         ms_err *err)
+int dicom_frame_size_mismatch(const char *codec, int width, int height, int components, long w, long h, long nc,
+                              ms_err *err)
 {
     return ms_err_set(err, MS_EFORMAT, "DICOM is corrupt: its header says %dx%d with %d sample(s), its %s frame "
                       "is %ldx%ld with %ld", width, height, components, codec, w, h, nc);
 }
 
-static int precision_too_high(const char *codec, int precision, int bytes, ms_err *err)
+int dicom_frame_precision_too_high(const char *codec, int precision, int bytes, ms_err *err)
 {
     return ms_err_set(err, MS_EFORMAT, "DICOM is corrupt: %d-bit %s samples in %d bits allocated", precision, codec,
                       8 * bytes);
@@ -113,15 +105,15 @@ static int j2k_samples(const opj_image_t *im, int width, int height, int compone
     for (int k = 0; k < components; k++) {
         const opj_image_comp_t *c = &im->comps[k];
         if ((int)c->w != width || (int)c->h != height || c->dx != 1 || c->dy != 1 || !c->data)
-            return size_mismatch("JPEG 2000", width, height, components, (long)c->w, (long)c->h, (long)im->numcomps,
+            return dicom_frame_size_mismatch("JPEG 2000", width, height, components, (long)c->w, (long)c->h, (long)im->numcomps,
                                  err);
         if (c->prec < 1 || (int)c->prec > 8 * bytes)
-            return precision_too_high("JPEG 2000", (int)c->prec, bytes, err);
+            return dicom_frame_precision_too_high("JPEG 2000", (int)c->prec, bytes, err);
     }
     size_t n = (size_t)width * (size_t)height;
     for (size_t i = 0; i < n; i++)
         for (int k = 0; k < components; k++)
-            put_sample(out + (i * (size_t)components + (size_t)k) * (size_t)bytes, im->comps[k].data[i], bytes);
+            put_sample_le(out + (i * (size_t)components + (size_t)k) * (size_t)bytes, im->comps[k].data[i], bytes);
     return 0;
 }
 
@@ -175,7 +167,7 @@ static int j2k_decode_at(const uint8_t *buf, size_t len, int width, int height, 
     /* Check the size before the decoder allocates for it. */
     if ((long)(im->x1 - im->x0) != width || (long)(im->y1 - im->y0) != height || (int)im->numcomps != components ||
         im->x0 != 0 || im->y0 != 0) {
-        rc = size_mismatch("JPEG 2000", width, height, components, (long)(im->x1 - im->x0), (long)(im->y1 - im->y0),
+        rc = dicom_frame_size_mismatch("JPEG 2000", width, height, components, (long)(im->x1 - im->x0), (long)(im->y1 - im->y0),
                            (long)im->numcomps, err);
         goto out;
     }
@@ -262,12 +254,12 @@ int jpegls_decode(const uint8_t *buf, size_t len, int width, int height, int com
         goto out;
     }
     if ((long)fi.width != width || (long)fi.height != height || fi.component_count != components) {
-        rc = size_mismatch("JPEG-LS", width, height, components, (long)fi.width, (long)fi.height,
+        rc = dicom_frame_size_mismatch("JPEG-LS", width, height, components, (long)fi.width, (long)fi.height,
                            (long)fi.component_count, err);
         goto out;
     }
     if (fi.bits_per_sample < 2 || fi.bits_per_sample > 8 * bytes) {
-        rc = precision_too_high("JPEG-LS", fi.bits_per_sample, bytes, err);
+        rc = dicom_frame_precision_too_high("JPEG-LS", fi.bits_per_sample, bytes, err);
         goto out;
     }
     if ((e = charls_jpegls_decoder_get_destination_size(dec, 0, &need))) {
@@ -297,7 +289,7 @@ int jpegls_decode(const uint8_t *buf, size_t len, int width, int height, int com
             } else {
                 v = raw[at];
             }
-            put_sample(out + (i * nc + k) * (size_t)bytes, v, bytes);
+            put_sample_le(out + (i * nc + k) * (size_t)bytes, v, bytes);
         }
 out:
     free(raw);

@@ -479,8 +479,7 @@ static int dicom_jpeg_gray8(const dicom_image *d, const uint8_t *frame, size_t l
         *pipe_slot(&jp) = im;
     if (!rc && (im->Xsize != d->cols || im->Ysize != d->rows || im->BandFmt != VIPS_FORMAT_UCHAR ||
                 (im->Bands != 1 && im->Bands != 3)))
-        rc = ms_err_set(err, MS_EFORMAT, "DICOM is corrupt: its header says %dx%d with %d sample(s), its JPEG frame "
-                        "is %dx%d with %d", d->cols, d->rows, d->samples, im->Xsize, im->Ysize, im->Bands);
+        rc = dicom_frame_size_mismatch("JPEG", d->cols, d->rows, d->samples, im->Xsize, im->Ysize, im->Bands, err);
     if (!rc) {
         const uint8_t *px = vips_image_get_data(im);
         size_t n = (size_t)d->cols * (size_t)d->rows;

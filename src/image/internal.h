@@ -120,6 +120,25 @@ void image_gray16_to_gray8(const uint16_t *in, size_t n, float gain, uint8_t *ou
  * MS_ENOMEM or MS_EINTERNAL (libjpeg failed; its message in err). */
 int jpeg_encode_gray8(const uint8_t *px, int w, int h, int quality, uint8_t **out, size_t *out_len, ms_err *err);
 
+/* Sample v's low 8 or 16 bits (`bytes` 1 or 2; two's complement for a
+ * negative one), little endian: the layout every frame decoder below
+ * writes. */
+static inline void put_sample_le(uint8_t *o, int32_t v, int bytes)
+{
+    o[0] = (uint8_t)v;
+    if (bytes == 2)
+        o[1] = (uint8_t)((uint32_t)v >> 8);
+}
+
+/* The MS_EFORMAT of a DICOM frame whose own header disagrees with the DICOM
+ * header: another size or sample count (w x h with nc samples where
+ * width x height with `components` was said), or a precision over
+ * 8 x bytes allocated. codec names the frame ("JPEG Lossless", ...)
+ * (dicom_codecs.c). */
+int dicom_frame_size_mismatch(const char *codec, int width, int height, int components, long w, long h, long nc,
+                              ms_err *err);
+int dicom_frame_precision_too_high(const char *codec, int precision, int bytes, ms_err *err);
+
 /* Decodes a lossless JPEG (ITU T.81 process 14, Huffman, one scan of all
  * components, predictors 1-7, point transform, restart intervals of whole
  * rows; jpeg_lossless.c) that must be width x height with `components`

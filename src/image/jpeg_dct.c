@@ -167,12 +167,8 @@ static void put_block(const int32_t px[64], int bx, int by, int width, int heigh
     int w = width - x0 < 8 ? width - x0 : 8, h = height - y0 < 8 ? height - y0 : 8;
     for (int y = 0; y < h; y++) {
         uint8_t *o = out + ((size_t)(y0 + y) * (size_t)width + (size_t)x0) * (size_t)bytes;
-        for (int x = 0; x < w; x++) {
-            uint32_t v = (uint32_t)px[8 * y + x];
-            o[bytes * x] = (uint8_t)v;
-            if (bytes == 2)
-                o[2 * x + 1] = (uint8_t)(v >> 8);
-        }
+        for (int x = 0; x < w; x++)
+            put_sample_le(o + bytes * x, px[8 * y + x], bytes);
     }
 }
 
@@ -215,11 +211,9 @@ static int check_frame(const jpeg_headers *h, int width, int height, int compone
         return ms_err_set(err, MS_EUNSUPPORTED, "%d-bit JPEG with %d components is not supported; only one "
                           "(grayscale)", h->precision, h->ncomp);
     if (h->width != width || h->height != height)
-        return ms_err_set(err, MS_EFORMAT, "DICOM is corrupt: its header says %dx%d, its JPEG frame is %dx%d",
-                          width, height, h->width, h->height);
+        return dicom_frame_size_mismatch(CODEC, width, height, components, h->width, h->height, h->ncomp, err);
     if (h->precision > 8 * bytes)
-        return ms_err_set(err, MS_EFORMAT, "DICOM is corrupt: %d-bit JPEG samples in %d bits allocated",
-                          h->precision, 8 * bytes);
+        return dicom_frame_precision_too_high(CODEC, h->precision, bytes, err);
     return 0;
 }
 

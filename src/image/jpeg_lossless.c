@@ -118,11 +118,7 @@ static int decode_scan(const frame *f, const jpeg_huffman tables[4], jpeg_bits *
                     pred = predict(f->predictor, cur[(x - 1) * nc + k], prev[x * nc + k], prev[(x - 1) * nc + k]);
                 int32_t v = (pred + diff) & 0xffff;
                 cur[x * nc + k] = v;
-                uint32_t sample = (uint32_t)v << f->point_transform;
-                uint8_t *o = out + (((size_t)y * w + x) * nc + k) * (size_t)bytes;
-                o[0] = (uint8_t)sample;
-                if (bytes == 2)
-                    o[1] = (uint8_t)(sample >> 8);
+                put_sample_le(out + (((size_t)y * w + x) * nc + k) * (size_t)bytes, v << f->point_transform, bytes);
             }
         }
         if (f->restart_interval)
@@ -180,12 +176,10 @@ int jpeg_lossless_decode(const uint8_t *buf, size_t len, int width, int height, 
     if ((rc = read_scan_header(&h, &f, err)))
         return rc;
     if (f.width != width || f.height != height || f.ncomp != components)
-        return ms_err_set(err, MS_EFORMAT, "DICOM is corrupt: its header says %dx%d with %d sample(s), its "
-                          "JPEG Lossless frame is %dx%d with %d", width, height, components, f.width,
-                          f.height, f.ncomp);
+        return dicom_frame_size_mismatch("JPEG Lossless", width, height, components, f.width, f.height, f.ncomp,
+                                         err);
     if (f.precision > 8 * bytes)
-        return ms_err_set(err, MS_EFORMAT, "DICOM is corrupt: %d-bit JPEG Lossless samples in %d bits "
-                          "allocated", f.precision, 8 * bytes);
+        return dicom_frame_precision_too_high("JPEG Lossless", f.precision, bytes, err);
     if (f.restart_interval && f.restart_interval % f.width)
         return ms_err_set(err, MS_EUNSUPPORTED, "JPEG Lossless with a restart interval of %d samples, "
                           "not whole rows of %d, is not supported", f.restart_interval, f.width);
