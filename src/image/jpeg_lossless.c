@@ -34,11 +34,11 @@
 #include "image/internal.h"
 #include "image/jpeg_stream.h"
 
-typedef struct frame {
-    int precision, width, height, ncomp;
-    int table[JPEG_MAX_COMPONENTS];
-    int predictor, point_transform, restart_interval;
-} frame;
+/* What the scan header adds to the frame's headers. */
+typedef struct scan {
+    int table[JPEG_MAX_COMPONENTS]; /* each component's DC table */
+    int predictor, point_transform;
+} scan;
 
 static int corrupt(ms_err *err, const char *what)
 {
@@ -76,10 +76,9 @@ static int32_t predict(int predictor, int32_t a, int32_t b, int32_t c)
 
 /* Decodes the scan into rows of 32-bit samples (the previous and current
  * row of each component), writing each finished sample to out. */
-static int decode_scan(const frame *f, const jpeg_huffman tables[4], jpeg_bits *r, int bytes, uint8_t *out,
-                       ms_err *err)
+static int decode_scan(const jpeg_headers *h, const scan *sc, jpeg_bits *r, int bytes, uint8_t *out, ms_err *err)
 {
-    size_t w = (size_t)f->width, nc = (size_t)f->ncomp;
+    size_t w = (size_t)h->width, nc = (size_t)h->ncomp;
     /* The previous and the current row, as decoded (before the point
      * transform's shift): the predictions are made from those. */
     int32_t *prev = NULL, *cur = NULL;
@@ -89,21 +88,21 @@ static int decode_scan(const frame *f, const jpeg_huffman tables[4], jpeg_bits *
         return ms_err_set(err, MS_ENOMEM, "no memory for two rows of %zu samples", row_len);
     prev = buf;
     cur = buf + row_len;
-    int32_t initial = 1 << (f->precision - f->point_transform - 1);
+    int32_t initial = 1 << (h->precision - sc->point_transform - 1);
     int restarts = 0;
-    size_t mcus_left = f->restart_interval ? (size_t)f->restart_interval : SIZE_MAX;
+    size_t mcus_left = h->restart_interval ? (size_t)h->restart_interval : SIZE_MAX;
     bool first_row = true;
     int rc = 0;
-    for (int y = 0; y < f->height && !rc; y++) {
+    for (int y = 0; y < h->height && !rc; y++) {
         if (mcus_left == 0) {
             if ((rc = jpeg_bits_restart(r, restarts++, "JPEG Lossless", err)))
                 break;
-            mcus_left = (size_t)f->restart_interval;
+            mcus_left = (size_t)h->restart_interval;
             first_row = true;
         }
         for (size_t x = 0; x < w && !rc; x++) {
             for (size_t k = 0; k < nc; k++) {
-                int s = jpeg_decode_symbol(r, &tables[f->table[k]]);
+                int s = jpeg_decode_symbol(r, &h->dc[sc->table[k]]);
                 int32_t diff;
                 if (s < 0 || !read_difference(r, s, &diff)) {
                     rc = corrupt(err, s == -2 ? "a Huffman code is not in its table" : "the data ends before the image");
@@ -115,13 +114,13 @@ static int decode_scan(const frame *f, const jpeg_huffman tables[4], jpeg_bits *
                 else if (x == 0)
                     pred = prev[k];
                 else
-                    pred = predict(f->predictor, cur[(x - 1) * nc + k], prev[x * nc + k], prev[(x - 1) * nc + k]);
+                    pred = predict(sc->predictor, cur[(x - 1) * nc + k], prev[x * nc + k], prev[(x - 1) * nc + k]);
                 int32_t v = (pred + diff) & 0xffff;
                 cur[x * nc + k] = v;
-                put_sample_le(out + (((size_t)y * w + x) * nc + k) * (size_t)bytes, v << f->point_transform, bytes);
+                put_sample_le(out + (((size_t)y * w + x) * nc + k) * (size_t)bytes, v << sc->point_transform, bytes);
             }
         }
-        if (f->restart_interval)
+        if (h->restart_interval)
             mcus_left -= w;
         first_row = false;
         int32_t *t = prev;
@@ -134,27 +133,27 @@ static int decode_scan(const frame *f, const jpeg_huffman tables[4], jpeg_bits *
 
 /* ---- the scan ---- */
 
-static int read_scan_header(const jpeg_headers *h, frame *f, ms_err *err)
+static int read_scan_header(const jpeg_headers *h, scan *sc, ms_err *err)
 {
     const uint8_t *seg = h->scan;
     size_t n = h->scan_len;
-    if (n < 1 || seg[0] != f->ncomp || n < 4 + 2 * (size_t)f->ncomp)
+    if (n < 1 || seg[0] != h->ncomp || n < 4 + 2 * (size_t)h->ncomp)
         return ms_err_set(err, MS_EUNSUPPORTED, "JPEG Lossless with several scans or a scan of some "
                           "components is not supported");
-    for (int k = 0; k < f->ncomp; k++) {
+    for (int k = 0; k < h->ncomp; k++) {
         int id = seg[1 + 2 * k], td = seg[2 + 2 * k] >> 4;
         if (id != h->comp[k].id)
             return corrupt(err, "its scan lists the components in another order than its frame");
         if (td > 3 || !h->dc[td].defined)
             return corrupt(err, "its scan uses a Huffman table that is not defined");
-        f->table[k] = td;
+        sc->table[k] = td;
     }
-    const uint8_t *tail = seg + 1 + 2 * f->ncomp;
-    f->predictor = tail[0];
-    f->point_transform = tail[2] & 15;
-    if (f->predictor < 1 || f->predictor > 7)
+    const uint8_t *tail = seg + 1 + 2 * h->ncomp;
+    sc->predictor = tail[0];
+    sc->point_transform = tail[2] & 15;
+    if (sc->predictor < 1 || sc->predictor > 7)
         return corrupt(err, "its predictor is not 1..7");
-    if (f->point_transform >= f->precision)
+    if (sc->point_transform >= h->precision)
         return corrupt(err, "its point transform is not below its precision");
     return 0;
 }
@@ -171,18 +170,17 @@ int jpeg_lossless_decode(const uint8_t *buf, size_t len, int width, int height, 
                           "not process 14 (SOF3)", h.process);
     if (h.precision < 2 || h.precision > 16)
         return corrupt(err, "its sample precision is outside 2..16 bits");
-    frame f = {.precision = h.precision, .width = h.width, .height = h.height, .ncomp = h.ncomp,
-               .restart_interval = h.restart_interval};
-    if ((rc = read_scan_header(&h, &f, err)))
+    scan sc = {0};
+    if ((rc = read_scan_header(&h, &sc, err)))
         return rc;
-    if (f.width != width || f.height != height || f.ncomp != components)
-        return dicom_frame_size_mismatch("JPEG Lossless", width, height, components, f.width, f.height, f.ncomp,
+    if (h.width != width || h.height != height || h.ncomp != components)
+        return dicom_frame_size_mismatch("JPEG Lossless", width, height, components, h.width, h.height, h.ncomp,
                                          err);
-    if (f.precision > 8 * bytes)
-        return dicom_frame_precision_too_high("JPEG Lossless", f.precision, bytes, err);
-    if (f.restart_interval && f.restart_interval % f.width)
+    if (h.precision > 8 * bytes)
+        return dicom_frame_precision_too_high("JPEG Lossless", h.precision, bytes, err);
+    if (h.restart_interval && h.restart_interval % h.width)
         return ms_err_set(err, MS_EUNSUPPORTED, "JPEG Lossless with a restart interval of %d samples, "
-                          "not whole rows of %d, is not supported", f.restart_interval, f.width);
+                          "not whole rows of %d, is not supported", h.restart_interval, h.width);
     jpeg_bits r = {.p = buf, .len = len, .pos = h.data};
-    return decode_scan(&f, h.dc, &r, bytes, out, err);
+    return decode_scan(&h, &sc, &r, bytes, out, err);
 }
