@@ -632,6 +632,23 @@ static void flush_bits(bits *b)
         put_bits(b, 1, 1); /* pad with ones */
 }
 
+/* T.81's category of a difference or coefficient: the bits its magnitude
+ * needs. */
+static int category_of(int32_t value)
+{
+    int s = 0;
+    for (uint32_t m = (uint32_t)(value < 0 ? -value : value); m; m >>= 1)
+        s++;
+    return s;
+}
+
+/* The s raw bits that follow category s (a negative value as value + 2^s - 1). */
+static void put_extra(bits *b, int32_t value, int s)
+{
+    if (s)
+        put_bits(b, (uint32_t)(value < 0 ? value + (1 << s) - 1 : value), s);
+}
+
 static void marker(dcm *d, int m, const uint8_t *seg, size_t n)
 {
     uint8_t h[4] = {0xff, (uint8_t)m, (uint8_t)((n + 2) >> 8), (uint8_t)(n + 2)};
@@ -685,12 +702,10 @@ static dcm lossless_jpeg(const uint16_t *v, int w, int h, int p, int sv, int pt,
             int32_t diff = (int32_t)(((v[y * w + x] >> pt) - pred) & 0xffff);
             if (diff >= 32768)
                 diff -= 65536; /* the smaller of the two differences modulo 2^16 */
-            int cat = 0;
-            for (uint32_t m = (uint32_t)(diff < 0 ? -diff : diff); m; m >>= 1)
-                cat++;
+            int cat = category_of(diff);
             put_bits(&b, (uint32_t)cat, 5);
-            if (cat && cat < 16)
-                put_bits(&b, (uint32_t)(diff < 0 ? diff + (1 << cat) - 1 : diff), cat);
+            if (cat < 16) /* 16 stands for 32768 alone */
+                put_extra(&b, diff, cat);
         }
     }
     flush_bits(&b);
@@ -856,20 +871,6 @@ static uint32_t ac_code(int rs)
     return rs == 0x00 ? 0 : rs == 0xf0 ? 1 : 2 + (uint32_t)(rs >> 4) * 14 + (uint32_t)(rs & 15) - 1;
 }
 
-static void put_category(bits *b, int32_t value, int *category)
-{
-    int s = 0;
-    for (uint32_t m = (uint32_t)(value < 0 ? -value : value); m; m >>= 1)
-        s++;
-    *category = s;
-}
-
-static void put_extra(bits *b, int32_t value, int s)
-{
-    if (s)
-        put_bits(b, (uint32_t)(value < 0 ? value + (1 << s) - 1 : value), s);
-}
-
 typedef struct dct_jpeg {
     dcm stream;
     uint16_t *exact; /* an exact decoder's samples: the quantised coefficients back through the inverse DCT in double */
@@ -964,8 +965,7 @@ static dct_jpeg dct_encode(const uint16_t *v, int w, int h, int p, const uint16_
             count++;
             int32_t c[64];
             dct_block(v, w, h, bx, by, p, q, c, j.exact);
-            int s;
-            put_category(&b, c[0] - pred, &s);
+            int s = category_of(c[0] - pred);
             put_bits(&b, (uint32_t)s, 5);
             put_extra(&b, c[0] - pred, s);
             pred = c[0];
@@ -977,7 +977,7 @@ static dct_jpeg dct_encode(const uint16_t *v, int w, int h, int p, const uint16_
                 }
                 for (; run > 15; run -= 16)
                     put_bits(&b, ac_code(0xf0), 8);
-                put_category(&b, c[k], &s);
+                s = category_of(c[k]);
                 assert_true(s <= 14);
                 put_bits(&b, ac_code(run << 4 | s), 8);
                 put_extra(&b, c[k], s);
