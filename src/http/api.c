@@ -17,6 +17,7 @@
 
 #include "http/http_internal.h"
 #include "util/timing.h"
+#include "util/text.h"
 
 #define MAX_K 1000
 #define MAX_LIST 32          /* labels or views in one filter parameter */
@@ -542,18 +543,28 @@ static int collect_kv(const http_request *r, store_kv *kv, int max, ms_err *err)
 }
 
 /* A name safe to keep: the base name of what the client sent, without
- * control characters. It is only ever stored as text, never used as a path. */
+ * control characters, as well-formed UTF-8 (a client may send its file
+ * system's Latin-1: each byte that is not UTF-8 becomes U+FFFD rather than
+ * failing the upload), cut to cap - 1 bytes between characters. It is only
+ * ever stored as text, never used as a path. */
 static void clean_name(const char *in, char *out, size_t cap)
 {
     const char *base = in;
     for (const char *p = in; *p; p++)
         if (*p == '/' || *p == '\\')
             base = p + 1;
+    char *kept = malloc(strlen(base) + 1);
     size_t n = 0;
-    for (; *base && n + 1 < cap; base++)
+    if (!kept) {
+        out[0] = '\0';
+        return;
+    }
+    for (; *base; base++)
         if ((unsigned char)*base >= 0x20 && *base != 0x7f)
-            out[n++] = *base;
-    out[n] = '\0';
+            kept[n++] = *base;
+    kept[n] = '\0';
+    ms_utf8_repair(out, cap, kept);
+    free(kept);
 }
 
 static int ingest_meta(const http_request *r, store_meta *m, store_kv *kv, int max_kv,

@@ -89,3 +89,24 @@ int ms_text_is_printable(const char *s, size_t n)
     }
     return 1;
 }
+
+size_t ms_utf8_repair(char *dst, size_t cap, const char *src)
+{
+    static const char replacement[] = "\xef\xbf\xbd"; /* U+FFFD */
+    const unsigned char *s = (const unsigned char *)(src ? src : "");
+    size_t n = strlen((const char *)s), i = 0, o = 0, replaced = 0;
+    while (i < n) {
+        unsigned cp;
+        int len = ms_utf8_char(s + i, n - i, &cp);
+        const char *piece = len > 0 ? (const char *)s + i : replacement;
+        size_t piece_len = len > 0 ? (size_t)len : 3;
+        if (o + piece_len > cap - 1)
+            break; /* never half a character */
+        memcpy(dst + o, piece, piece_len);
+        o += piece_len;
+        i += len > 0 ? (size_t)len : 1;
+        replaced += len <= 0;
+    }
+    dst[o] = '\0';
+    return replaced;
+}

@@ -40,4 +40,15 @@ int ms_text_is_printable(const char *s, size_t n);
  * surrogate, above U+10FFFF); -1 when the end of the text cuts it short. */
 int ms_utf8_char(const unsigned char *s, size_t n, unsigned *cp);
 
+/* For text that is kept or sent on rather than shown (a file name stored as
+ * an image's original name, a path in a JSON report): copies src (NULL reads
+ * as "") into dst as well-formed UTF-8. Each byte that is not part of a
+ * well-formed character, including a character cut short by the end of src,
+ * becomes U+FFFD, the replacement character; everything else, controls
+ * included, is kept. Writes at most cap - 1 bytes and a NUL, never ending
+ * inside a character; cap must be at least 1, and 3 * strlen(src) + 1 always
+ * holds the whole result. Returns how many bytes of src were replaced in
+ * what was copied (0 when src fits: src was well-formed UTF-8). */
+size_t ms_utf8_repair(char *dst, size_t cap, const char *src);
+
 #endif

@@ -286,6 +286,28 @@ expect 200 "the raw-body image again with other metadata" "${AUTH[@]}" -H "Conte
 check "existing id, created false" "d['id']==$RID and d['created'] is False"
 expect 200 "metadata after the second upload" "$URL/api/images/$RID/metadata"
 check "the first upload's metadata is kept" "d['age']==51 and d['extra']=={'site':'ward 5'}"
+# A client's file name in its file system's Latin-1, or one longer than the
+# 255 bytes kept: stored as UTF-8 (U+FFFD for each byte that is not), cut
+# between characters, never a 400 for the name.
+for n in 4 5 6; do
+    cp "$DATA/covid_chestxray_2020/images/$(ls "$DATA/covid_chestxray_2020/images" | sort | sed -n ${n}p)" "$WORK/name$n.jpg"
+done
+expect 201 "a multipart file name in Latin-1" "${AUTH[@]}" -F "image=@$WORK/name4.jpg;filename=$(printf 'R\xf6ntgen_\xe9t\xe9.jpg')" "$URL/api/images"
+LID=$(json 'd["id"]')
+expect 200 "its metadata" "$URL/api/images/$LID/metadata"
+check "stored with U+FFFD for each byte that is not UTF-8" "d['original_name']=='R\ufffdntgen_\ufffdt\ufffd.jpg'"
+expect 201 "original_name in Latin-1 in the query string" "${AUTH[@]}" -H "Content-Type: image/jpeg" \
+    --data-binary "@$WORK/name5.jpg" "$URL/api/images?original_name=caf%E9.jpg"
+LID2=$(json 'd["id"]')
+expect 200 "its metadata" "$URL/api/images/$LID2/metadata"
+check "stored as caf\ufffd.jpg" "d['original_name']=='caf\ufffd.jpg'"
+LONGNAME=$(printf '%%C3%%A9%.0s' $(seq 1 200))
+expect 201 "an original_name of 200 two-byte characters" "${AUTH[@]}" -H "Content-Type: image/jpeg" \
+    --data-binary "@$WORK/name6.jpg" "$URL/api/images?original_name=$LONGNAME"
+LID3=$(json 'd["id"]')
+expect 200 "its metadata" "$URL/api/images/$LID3/metadata"
+check "cut to 127 whole characters (254 bytes)" "d['original_name']=='\u00e9'*127"
+for id in $LID $LID2 $LID3; do expect 200 "delete $id" -X DELETE "${AUTH[@]}" "$URL/api/images/$id"; done
 LONGV=$(printf 'a%.0s' $(seq 1 1500))
 expect 400 "a meta value over 1024 bytes" "${AUTH[@]}" -F "image=@$WORK/raw.jpg" -F "meta.note=$LONGV" "$URL/api/images"
 check "the 400 names the field" "'meta.note' in d['error']['message'] and '1024' in d['error']['message']"

@@ -115,6 +115,66 @@ static void test_random_bytes(void **state)
     }
 }
 
+/* Repair for kept text: only ill-formed bytes change, each into U+FFFD. */
+static void test_utf8_repair(void **state)
+{
+    (void)state;
+    char b[64];
+    const char *kept[] = {"", "plain.png", "\xc3\xa9panchement", "\xf4\x8f\xbf\xbf", "tab\there\x1b[2J\x7f"};
+    for (size_t i = 0; i < sizeof kept / sizeof kept[0]; i++) {
+        assert_int_equal(ms_utf8_repair(b, sizeof b, kept[i]), 0);
+        assert_string_equal(b, kept[i]); /* controls are kept: this is not for showing */
+    }
+    assert_int_equal(ms_utf8_repair(b, sizeof b, NULL), 0);
+    assert_string_equal(b, "");
+    /* Latin-1 "Röntgen_é.png": two bytes, two replacement characters */
+    assert_int_equal(ms_utf8_repair(b, sizeof b, "R\xf6ntgen_\xe9.png"), 2);
+    assert_string_equal(b, "R\xef\xbf\xbdntgen_\xef\xbf\xbd.png");
+    assert_int_equal(ms_utf8_repair(b, sizeof b, "\xc0\xaf"), 2); /* overlong: per byte */
+    assert_string_equal(b, "\xef\xbf\xbd\xef\xbf\xbd");
+    assert_int_equal(ms_utf8_repair(b, sizeof b, "\xed\xa0\x80"), 3); /* a surrogate */
+    /* a character cut short by the end of the text is replaced, not dropped */
+    assert_int_equal(ms_utf8_repair(b, sizeof b, "ab\xe4\xb8"), 2);
+    assert_string_equal(b, "ab\xef\xbf\xbd\xef\xbf\xbd");
+    /* cut by capacity: never inside a character, replacement or not */
+    assert_int_equal(ms_utf8_repair(b, 3, "a\xff"), 0);
+    assert_string_equal(b, "a");
+    ms_utf8_repair(b, 4, "a\xc3\xa9");
+    assert_string_equal(b, "a\xc3\xa9");
+    ms_utf8_repair(b, 1, "abc");
+    assert_string_equal(b, "");
+}
+
+/* Random bytes: the repair is well-formed, a fixed point, fits in 3n + 1, and
+ * keeps every well-formed character in order. */
+static void test_utf8_repair_random(void **state)
+{
+    (void)state;
+    srand(11);
+    char in[64], out[3 * 64 + 1], again[3 * 64 + 1];
+    for (int t = 0; t < 20000; t++) {
+        size_t n = (size_t)(rand() % 63);
+        for (size_t i = 0; i < n; i++) {
+            int r = rand() % 3;
+            in[i] = (char)(r == 0 ? 0x80 + rand() % 0x40 : r == 1 ? 0xc0 + rand() % 0x40 : 1 + rand() % 0x7f);
+        }
+        in[n] = '\0';
+        size_t replaced = ms_utf8_repair(out, sizeof out, in);
+        size_t m = strlen(out), kept = 0;
+        assert_true(m <= 3 * n);
+        for (size_t i = 0; i < m;) { /* well-formed throughout */
+            unsigned cp;
+            int len = ms_utf8_char((const unsigned char *)out + i, m - i, &cp);
+            assert_true(len > 0);
+            kept += cp == 0xFFFD ? 0 : (size_t)len;
+            i += (size_t)len;
+        }
+        assert_int_equal(kept + replaced, n); /* every input byte kept or replaced (no U+FFFD in the input) */
+        assert_int_equal(ms_utf8_repair(again, sizeof again, out), 0);
+        assert_string_equal(again, out);
+    }
+}
+
 /* ms_err messages are one printable line whatever they quote. */
 static void test_err_messages_are_printable(void **state)
 {
@@ -140,6 +200,7 @@ int main(void)
         cmocka_unit_test(test_printable_text_is_kept),   cmocka_unit_test(test_controls_become_question_marks),
         cmocka_unit_test(test_malformed_utf8),           cmocka_unit_test(test_cut_by_capacity),
         cmocka_unit_test(test_random_bytes),             cmocka_unit_test(test_err_messages_are_printable),
+        cmocka_unit_test(test_utf8_repair),              cmocka_unit_test(test_utf8_repair_random),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
