@@ -437,7 +437,7 @@ static void print_text(const bench_opts *o, model *m, const result *r, const sum
 static void print_json(const bench_opts *o, model *m, const result *r, const summary *s)
 {
     json_t *root = json_object(), *rows = json_array();
-    json_object_set_new(root, "model", json_string(s->path));
+    json_object_set_new(root, "model", cli_json_text(s->path));
     json_object_set_new(root, "identity", json_string(model_identity(m)));
     json_object_set_new(root, "gflop_per_image", json_real(model_flops_per_image(m) / 1e9));
     json_object_set_new(root, "runtime", json_string(model_runtime_info(m)));

@@ -636,8 +636,8 @@ static void report(bench_cfg *b, int dim, const rounds_t *r, double pure, double
 {
     double ratio = median(r->ratio, b->rounds);
     if (b->c.json) {
-        json_t *o = json_pack("{s:s, s:s, s:i, s:i, s:i, s:i, s:i, s:f, s:f, s:f, s:f, s:o, s:o, s:o}", "model",
-                              b->model, "pooling", model_pool_name(b->pooling), "dim", dim, "images", b->n,
+        json_t *o = json_pack("{s:o, s:s, s:i, s:i, s:i, s:i, s:i, s:f, s:f, s:f, s:f, s:o, s:o, s:o}", "model",
+                              cli_json_text(b->model), "pooling", model_pool_name(b->pooling), "dim", dim, "images", b->n,
                               "batch", b->batch, "size", b->size, "rounds", b->rounds,
                               "pure_images_per_s", pure, "ingest_images_per_s", e2e, "ingest_vs_pure", ratio,
                               "engine_open_s", open_s, "pure_rounds", json_doubles(r->pure, b->rounds),

@@ -50,7 +50,7 @@ static void print_state(const engine_info *in, const engine_stats *st, int set, 
     char state[300];
     cli_center_state(st, state, sizeof state);
     if (json) {
-        json_t *o = json_pack("{s:s, s:s, s:s, s:b, s:I, s:s, s:I, s:s}", "db", in->db, "backend", in->backend,
+        json_t *o = json_pack("{s:o, s:s, s:s, s:b, s:I, s:s, s:I, s:s}", "db", cli_json_text(in->db), "backend", in->backend,
                               "policy", policy_name(st->center_policy_off), "centered", st->center_from > 0,
                               "center_from", (json_int_t)st->center_from, "center_tag", st->center_tag, "images",
                               (json_int_t)st->images, "state", state);

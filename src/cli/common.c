@@ -11,6 +11,7 @@
 
 #include "cli/cli.h"
 #include "util/progress.h"
+#include "util/text.h"
 
 /* The common groups, as option tables that write into a cli_common. */
 static void common_options(cli_common *c, unsigned groups, cli_option *out, int *n)
@@ -338,6 +339,18 @@ int cli_open(const cli_command *cmd, const engine_options *o, engine **e, engine
         fprintf(stderr, "medsearch %s: %s\n", cmd->name,
                 rep->index_loaded ? "index loaded from its file" : rep->index_note);
     return 0;
+}
+
+json_t *cli_json_text(const char *s)
+{
+    size_t cap = 3 * strlen(s ? s : "") + 1;
+    char *ok = malloc(cap);
+    if (!ok)
+        return NULL;
+    ms_utf8_repair(ok, cap, s);
+    json_t *j = json_string(ok);
+    free(ok);
+    return j;
 }
 
 int cli_read_file(const char *path, size_t max, unsigned char **buf, size_t *len, ms_err *err)

@@ -16,6 +16,7 @@
 #ifndef MS_CLI_COMMON_H
 #define MS_CLI_COMMON_H
 
+#include <jansson.h>
 #include <stdio.h>
 
 #include "engine.h"
@@ -88,6 +89,12 @@ void cli_error(const cli_command *cmd, const ms_err *err);
 
 /* Reads a whole file, at most max bytes. *buf malloc'd. 0, MS_ENOTFOUND,
  * MS_EIO, MS_ETOOBIG. */
+/* A JSON string of outside text (a path from the command line or from a
+ * folder, a message that may quote one), made well-formed UTF-8 first
+ * (ms_utf8_repair): jansson refuses anything else, and a report must not
+ * lose the file it is about. New reference; NULL only when out of memory. */
+json_t *cli_json_text(const char *s);
+
 int cli_read_file(const char *path, size_t max, unsigned char **buf, size_t *len, ms_err *err);
 
 /* A file of the repository (a peer script, a test tool) by its path from

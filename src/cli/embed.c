@@ -43,10 +43,10 @@ static const char about[] =
     "The feature is the model's own output unless --pool says otherwise (--pool auto: what a\n"
     "new collection stores, GeM where the model ends in a global average pool).";
 
-/* A JSON string literal (escaped by jansson), malloc'd; "\"?\"" when s is not UTF-8. */
+/* A JSON string literal (escaped by jansson), malloc'd; "\"?\"" when out of memory. */
 static char *jstr(const char *s)
 {
-    json_t *j = json_string(s);
+    json_t *j = cli_json_text(s);
     char *out = j ? json_dumps(j, JSON_ENCODE_ANY) : NULL;
     json_decref(j);
     return out ? out : strdup("\"?\"");
@@ -58,7 +58,7 @@ static void report_error(embed_run *r, const char *path, const ms_err *err)
     r->failed++;
     fprintf(stderr, "medsearch embed: %s: %s\n", ms_text_printable(shown, sizeof shown, path), err->msg);
     if (r->json && !r->out) {
-        json_t *o = json_pack("{s:s, s:{s:s, s:s}}", "image", path, "error", "code", ms_code_name(err->code),
+        json_t *o = json_pack("{s:o, s:{s:s, s:s}}", "image", cli_json_text(path), "error", "code", ms_code_name(err->code),
                               "message", err->msg);
         char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
         if (s)

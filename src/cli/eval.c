@@ -888,7 +888,7 @@ static json_t *summary_json(const eval_summary *s, const eval_outcome *r)
 {
     json_t *o = json_object();
     json_object_set_new(o, "images", json_integer((json_int_t)s->images));
-    json_object_set_new(o, "model", json_string(r->identity));
+    json_object_set_new(o, "model", cli_json_text(r->identity));
     json_object_set_new(o, "qe", json_integer(r->qe));
     json_object_set_new(o, "qe_from_collection", json_boolean(r->qe_from_collection));
     json_object_set_new(o, "center", json_pack("{s:b,s:I}", "on", r->center_from > 0, "from",
@@ -975,7 +975,7 @@ static json_t *report_json(const eval_args *a, const eval_outcome *r, int nr, co
         json_t *cfgs = json_array();
         for (int i = 0; i < nr; i++) {
             json_t *c = summary_json(&r[i].summary, &r[i]);
-            json_object_set_new(c, "config", json_string(a->cfg[i].text));
+            json_object_set_new(c, "config", cli_json_text(a->cfg[i].text));
             json_array_append_new(cfgs, c);
         }
         json_object_set_new(root, "configs", cfgs);
@@ -986,7 +986,7 @@ static json_t *report_json(const eval_args *a, const eval_outcome *r, int nr, co
                                                       pk, paired_json(&pairs->pk),
                                                       "diff", "B - A over queries scored by both"));
     }
-    json_object_set_new(root, "db", json_string(a->db));
+    json_object_set_new(root, "db", cli_json_text(a->db));
     json_object_set_new(root, "protocol", protocol_json(a));
     return root;
 }

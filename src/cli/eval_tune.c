@@ -477,9 +477,9 @@ static void print_json(const tune_state *t, int applied, const char *commands)
         json_array_append_new(list, candidate_json(t, &t->c[i], a->k));
     const candidate *b = &t->c[t->best], *p = &t->c[t->pick];
     json_t *root = json_pack(
-        "{s:s,s:o,s:I,s:{s:s,s:s,s:i,s:s},s:o,s:o,s:{s:s,s:s,s:i,s:o,s:o,s:b},s:{s:s,s:s,s:i,s:b,s:o,s:o},s:f,s:b,s:b,"
+        "{s:o,s:o,s:I,s:{s:s,s:s,s:i,s:s},s:o,s:o,s:{s:s,s:s,s:i,s:o,s:o,s:b},s:{s:s,s:s,s:i,s:b,s:o,s:o},s:f,s:b,s:b,"
         "s:s}",
-        "db", a->db, "protocol", protocol_json(a), "queries", (json_int_t)t->c[t->now].vs_now.ap.n, "current",
+        "db", cli_json_text(a->db), "protocol", protocol_json(a), "queries", (json_int_t)t->c[t->now].vs_now.ap.n, "current",
         "vectors", t->v[0].label, "center", t->now_center ? "on" : "off", "qe", t->now_qe, "policy",
         t->policy_off ? "off" : "auto", "vectors", vectors_json(t), "candidates", list, "best", "vectors",
         t->v[b->vec].label, "center", b->center ? "on" : "off", "qe", b->qe, "diff", jnum(b->vs_now.ap.diff), "se",

@@ -20,8 +20,9 @@ static int describe_model(const cli_command *cmd, const cli_common *c)
         return EXIT_ENV;
     }
     if (c->json) {
-        json_t *o = json_pack("{s:s, s:s, s:s, s:i, s:s, s:f}", "path", path, "name", model_name(m), "identity",
-                              model_identity(m), "dim", model_dim(m), "description", model_describe(m),
+        json_t *o = json_pack("{s:o, s:o, s:o, s:i, s:s, s:f}", "path", cli_json_text(path), "name",
+                              cli_json_text(model_name(m)), "identity", cli_json_text(model_identity(m)), "dim",
+                              model_dim(m), "description", model_describe(m),
                               "gflops_per_image", model_flops_per_image(m) / 1e9);
         json_dumpf(o, stdout, JSON_INDENT(2));
         fputc('\n', stdout);
@@ -90,10 +91,10 @@ static int describe_collection(const cli_command *cmd, const cli_common *c)
     char center[512];
     center_text(&st, &rep, center, sizeof center);
     if (c->json) {
-        json_t *o_js = json_pack("{s:s, s:s, s:I, s:s, s:i, s:s, s:I, s:s, s:I, s:I, s:I, s:s, s:b}", "db", in.db,
-                                 "backend", in.backend, "images", (json_int_t)st.images, "model", st.model_identity,
+        json_t *o_js = json_pack("{s:o, s:s, s:I, s:o, s:i, s:s, s:I, s:o, s:I, s:I, s:I, s:s, s:b}", "db", cli_json_text(in.db),
+                                 "backend", in.backend, "images", (json_int_t)st.images, "model", cli_json_text(st.model_identity),
                                  "dim", st.dim, "index_kind", st.index_kind, "index_memory_bytes",
-                                 (json_int_t)st.index_bytes, "index_path", in.index_path, "index_file_bytes",
+                                 (json_int_t)st.index_bytes, "index_path", cli_json_text(in.index_path), "index_file_bytes",
                                  (json_int_t)in.index_file_bytes, "db_bytes", (json_int_t)in.db_bytes, "generation",
                                  (json_int_t)in.generation, "index_state", state, "reembed_pending",
                                  in.pending_reembed);

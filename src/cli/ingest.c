@@ -109,7 +109,15 @@ static void say(ingest_run *r, const char *fmt, const char *a, const char *b)
 static void record_error(ingest_run *r, const char *file, const char *msg)
 {
     if (r->errors)
-        json_array_append_new(r->errors, json_pack("{s:s, s:s}", "file", file, "error", msg));
+        json_array_append_new(r->errors,
+                              json_pack("{s:o, s:o}", "file", cli_json_text(file), "error", cli_json_text(msg)));
+}
+
+static void fail_file(ingest_run *r, const char *path, const char *why)
+{
+    say(r, "medsearch %s: fail: %s: %s\n", path, why);
+    record_error(r, path, why);
+    r->failed++;
 }
 
 /* Is this file an image, by its first bytes? (DICOM's mark is at byte 128.) */
@@ -124,20 +132,54 @@ static int sniff_file(const char *path)
     return n > 0 && image_sniff(head, (size_t)n) != IMAGE_UNKNOWN;
 }
 
+/* The name a file is stored under: its path relative to the folder given,
+ * as well-formed UTF-8 (the store keeps only that; a name from an old
+ * Latin-1 archive gets U+FFFD for each byte that is not UTF-8) and, past the
+ * store's limit on text, U+2026 (an ellipsis) and its last bytes, so that the file's own
+ * name survives a deep folder. A note says so; an image is never failed for
+ * its name. malloc'd; NULL when out of memory. */
+static char *stored_name(ingest_run *r, const char *path, const char *name)
+{
+    size_t cap = 3 * strlen(name) + 1;
+    char *s = malloc(cap);
+    if (!s)
+        return NULL;
+    int repaired = ms_utf8_repair(s, cap, name) > 0;
+    size_t len = strlen(s);
+    char note[256] = "";
+    if (len > STORE_MAX_TEXT) {
+        static const char ellipsis[] = "\xe2\x80\xa6"; /* U+2026 */
+        size_t from = len - (STORE_MAX_TEXT - (sizeof ellipsis - 1));
+        while ((s[from] & 0xC0) == 0x80) /* to the start of a character */
+            from++;
+        memcpy(s, ellipsis, sizeof ellipsis - 1);
+        memmove(s + sizeof ellipsis - 1, s + from, len - from + 1);
+        snprintf(note, sizeof note, "the path is longer than %d bytes: stored as '\xe2\x80\xa6' and its last %zu bytes%s",
+                 STORE_MAX_TEXT, len - from, repaired ? " (U+FFFD for each byte that is not UTF-8)" : "");
+    } else if (repaired && strlen(s) < 128) {
+        snprintf(note, sizeof note, "the file name is not UTF-8: stored as '%.127s'", s);
+    } else if (repaired) {
+        snprintf(note, sizeof note, "the file name is not UTF-8: stored with U+FFFD for each byte that is not");
+    }
+    if (note[0] && !r->quiet)
+        say(r, "medsearch %s: note: %s: %s\n", path, note);
+    return s;
+}
+
 static void add_file(ingest_run *r, const char *path, const char *name)
 {
     int s = sniff_file(path);
     if (s < 0) {
-        say(r, "medsearch %s: fail: %s: %s\n", path, strerror(errno));
-        record_error(r, path, strerror(errno));
-        r->failed++;
+        fail_file(r, path, strerror(errno));
     } else if (s == 0) {
         if (!r->quiet)
             say(r, "medsearch %s: skip: %s: %s\n", path, "not a PNG, JPEG, TIFF or DICOM image (by content)");
         r->not_images++;
-    } else if (list_push(&r->files, path, name) != 0) {
-        say(r, "medsearch %s: fail: %s: %s\n", path, "out of memory");
-        r->failed++;
+    } else {
+        char *stored = stored_name(r, path, name);
+        if (!stored || list_push(&r->files, path, stored) != 0)
+            fail_file(r, path, "out of memory");
+        free(stored);
     }
 }
 
@@ -146,7 +188,33 @@ static int name_order(const struct dirent **a, const struct dirent **b)
     return strcmp((*a)->d_name, (*b)->d_name);
 }
 
-/* Walks a folder; symbolic links to folders are not followed (no loops). */
+static void walk(ingest_run *r, const char *dir, const char *rel, int depth);
+
+/* One entry of a folder. Symbolic links to folders are not followed (no
+ * loops); a link to a file is, and a broken one fails like a missing file
+ * named on the command line, so that no image is left out unsaid. FIFOs,
+ * sockets and devices are not images (a FIFO could block forever). */
+static void walk_entry(ingest_run *r, const char *path, const char *name, int depth)
+{
+    struct stat lst, st;
+    if (lstat(path, &lst) != 0) {
+        fail_file(r, path, strerror(errno));
+    } else if (S_ISDIR(lst.st_mode)) {
+        walk(r, path, name, depth + 1);
+    } else if (stat(path, &st) != 0) {
+        char why[300];
+        snprintf(why, sizeof why, "broken symbolic link (%s)", strerror(errno));
+        fail_file(r, path, why);
+    } else if (S_ISREG(st.st_mode)) {
+        add_file(r, path, name);
+    } else if (!S_ISDIR(st.st_mode)) {
+        if (!r->quiet)
+            say(r, "medsearch %s: skip: %s: %s\n", path, "not a regular file (a FIFO, socket or device)");
+        r->not_images++;
+    }
+}
+
+/* Walks a folder in name order, leaving out hidden entries. */
 static void walk(ingest_run *r, const char *dir, const char *rel, int depth)
 {
     if (depth > 64) {
@@ -156,22 +224,20 @@ static void walk(ingest_run *r, const char *dir, const char *rel, int depth)
     struct dirent **ents;
     int n = scandir(dir, &ents, NULL, name_order);
     if (n < 0) {
-        say(r, "medsearch %s: fail: %s: %s\n", dir, strerror(errno));
-        record_error(r, dir, strerror(errno));
-        r->failed++;
+        fail_file(r, dir, strerror(errno));
         return;
     }
     for (int i = 0; i < n; i++) {
         const char *d = ents[i]->d_name;
         if (d[0] != '.') { /* hidden files and . .. */
             char *path, *name;
-            if (asprintf(&path, "%s/%s", dir, d) >= 0) {
-                if (asprintf(&name, "%s%s%s", rel, *rel ? "/" : "", d) >= 0) {
-                    struct stat st, lst;
-                    if (lstat(path, &lst) == 0 && S_ISDIR(lst.st_mode))
-                        walk(r, path, name, depth + 1);
-                    else if (stat(path, &st) == 0 && S_ISREG(st.st_mode))
-                        add_file(r, path, name);
+            if (asprintf(&path, "%s/%s", dir, d) < 0) {
+                fail_file(r, dir, "out of memory");
+            } else {
+                if (asprintf(&name, "%s%s%s", rel, *rel ? "/" : "", d) < 0) {
+                    fail_file(r, path, "out of memory");
+                } else {
+                    walk_entry(r, path, name, depth);
                     free(name);
                 }
                 free(path);
@@ -188,13 +254,13 @@ static void collect(ingest_run *r, char **paths, int n)
         struct stat st;
         const char *p = paths[i];
         if (stat(p, &st) != 0) {
-            say(r, "medsearch %s: fail: %s: %s\n", p, strerror(errno));
-            record_error(r, p, strerror(errno));
-            r->failed++;
+            fail_file(r, p, strerror(errno));
         } else if (S_ISDIR(st.st_mode)) {
             char *dir = strdup(p);
-            if (!dir)
+            if (!dir) {
+                fail_file(r, p, "out of memory");
                 continue;
+            }
             size_t len = strlen(dir);
             while (len > 1 && dir[len - 1] == '/')
                 dir[--len] = '\0';
@@ -202,9 +268,7 @@ static void collect(ingest_run *r, char **paths, int n)
             free(dir);
         } else if (!S_ISREG(st.st_mode)) {
             /* a FIFO or a device could block or never end */
-            say(r, "medsearch %s: fail: %s: %s\n", p, "not a regular file or folder");
-            record_error(r, p, "not a regular file or folder");
-            r->failed++;
+            fail_file(r, p, "not a regular file or folder");
         } else {
             const char *slash = strrchr(p, '/');
             add_file(r, p, slash ? slash + 1 : p);
@@ -225,10 +289,7 @@ static int src_next(void *ctx, engine_item *item, void **token, ms_err *err)
         ms_err rerr = {0};
         size_t len = 0;
         if (!t || cli_read_file(f->path, r->max_bytes, &t->bytes, &len, &rerr) != 0) {
-            const char *why = t ? rerr.msg : "out of memory";
-            say(r, "medsearch %s: fail: %s: %s\n", f->path, why);
-            record_error(r, f->path, why);
-            r->failed++;
+            fail_file(r, f->path, t ? rerr.msg : "out of memory");
             r->processed++;
             progress_update(&r->prog, r->processed);
             free(t);
@@ -305,7 +366,7 @@ static void print_summary(ingest_run *r, double seconds, int stopped, const ms_e
                               (json_int_t)r->unlabelled, "seconds", seconds, "images_per_s", rate, "interrupted",
                               stopped, "errors", r->errors);
         if (stream_err && stream_err->code)
-            json_object_set_new(o, "error", json_string(stream_err->msg));
+            json_object_set_new(o, "error", cli_json_text(stream_err->msg));
         json_dumpf(o, stdout, JSON_INDENT(2));
         fputc('\n', stdout);
         json_decref(o);

@@ -23,7 +23,7 @@
 static void print_state(const char *db, const char *backend, int qe, int set, int was, int json)
 {
     if (json) {
-        json_t *o = json_pack("{s:s, s:s, s:i}", "db", db, "backend", backend, "qe", qe);
+        json_t *o = json_pack("{s:o, s:s, s:i}", "db", cli_json_text(db), "backend", backend, "qe", qe);
         if (set) {
             json_object_set_new(o, "previous", was < 0 ? json_string("damaged") : json_integer(was));
             json_object_set_new(o, "changed", json_boolean(was != qe));

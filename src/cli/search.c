@@ -32,7 +32,7 @@ static void print_json(const char *query, int k, int qe, const engine_result *re
     json_t *arr = json_array();
     for (int i = 0; i < n; i++)
         json_array_append_new(arr, result_json(&res[i], i + 1));
-    json_t *o = json_pack("{s:s, s:i, s:i, s:o, s:{s:f, s:f, s:f, s:f, s:f, s:f}}", "query", query, "k", k, "qe",
+    json_t *o = json_pack("{s:o, s:i, s:i, s:o, s:{s:f, s:f, s:f, s:f, s:f, s:f}}", "query", cli_json_text(query), "k", k, "qe",
                           qe, "results", arr, "timing_ms", "open", open_ms, "decode", t->decode_ms, "embed",
                           t->embed_ms, "index", t->index_ms, "store", t->store_ms, "total", t->total_ms);
     json_dumpf(o, stdout, JSON_INDENT(2));

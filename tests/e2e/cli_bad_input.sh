@@ -60,6 +60,62 @@ timeout 60 "$BIN" ingest "$T/fifo" --db "$T/m.db" >/dev/null 2>"$T/fifo.err"
 [ $? -eq 1 ] || fail "a FIFO argument must fail (exit 1), not block"
 grep -q "not a regular file" "$T/fifo.err" || fail "FIFO not reported"
 
+echo "== what a folder can hold besides images: odd names, links, FIFOs, deep paths"
+# Old archives name files in Latin-1; a link may point nowhere; a FIFO in a
+# folder must not block; a deep path may exceed what the store keeps (1024
+# bytes). Every image goes in, and every file that is not one is said.
+mkdir -p "$T/odd/sub"
+LATIN=$(printf 'R\xf6ntgen_\xe9.png')
+NIH_PNG=$(ls "$NIH/images" | sort | sed -n 5,7p)
+set -- $NIH_PNG
+cp "$NIH/images/$1" "$T/odd/$LATIN"
+ln -s "$T/nowhere.png" "$T/odd/broken.png"
+ln -s "$NIH/images/$2" "$T/odd/linked.png"
+ln -s .. "$T/odd/sub/up"
+mkfifo "$T/odd/sub/pipe.png"
+deep=$T/odd
+for i in 1 2 3 4 5 6; do deep=$deep/$(printf '\xc3\xa9%.0s' $(seq 1 100)); done
+mkdir -p "$deep" && cp "$NIH/images/$3" "$deep/last.png"
+FFFD=$(printf '\xef\xbf\xbd')
+ELLIPSIS=$(printf '\xe2\x80\xa6')
+rc=0
+timeout 120 "$BIN" ingest "$T/odd" --db "$T/o.db" --json >"$T/o.json" 2>"$T/o.err" || rc=$?
+[ $rc -eq 1 ] || fail "a folder with a broken link must exit 1, got $rc"
+grep -aq "fail: $T/odd/broken.png: broken symbolic link (No such file or directory)" "$T/o.err" || fail "broken link not said: $(cat "$T/o.err")"
+grep -aq "skip: $T/odd/sub/pipe.png: not a regular file (a FIFO, socket or device)" "$T/o.err" || fail "FIFO in a folder not said"
+grep -aq "note: $T/odd/R?ntgen_?.png: the file name is not UTF-8: stored as 'R${FFFD}ntgen_$FFFD.png'" "$T/o.err" ||
+  fail "Latin-1 name not said: $(cat "$T/o.err")"
+grep -aq "note: .*/last.png: the path is longer than 1024 bytes: stored as '$ELLIPSIS' and its last 1020 bytes" "$T/o.err" ||
+  fail "deep path not said"
+/usr/bin/python3 - "$T/o.json" <<'PY' || fail "ingest --json: $(cat "$T/o.json")"
+import json, sys
+d = json.load(open(sys.argv[1]))
+assert (d["ingested"], d["skipped_not_images"], d["failed"]) == (3, 1, 1), d
+assert [e["file"] for e in d["errors"]] == [sys.argv[1].rsplit("/", 1)[0] + "/odd/broken.png"], d["errors"]
+PY
+"$BIN" export --vectors --db "$T/o.db" --out "$T/o" >/dev/null 2>&1 || fail "export of the odd folder"
+/usr/bin/python3 - "$T/o.csv" <<'PY' || fail "names stored"
+import csv, sys
+names = sorted(r["original_name"] for r in csv.DictReader(open(sys.argv[1], encoding="utf-8")))
+rel = ("/".join(["\u00e9" * 100] * 6) + "/last.png").encode()  # 1214 bytes
+tail = rel[-1021:]
+while tail[0] & 0xC0 == 0x80:  # the whole characters of the last 1021 bytes
+    tail = tail[1:]
+assert names == ["R\ufffdntgen_\ufffd.png", "linked.png", "\u2026" + tail.decode()], names
+assert len(names[2].encode()) == 1023, len(names[2].encode())
+PY
+# A path that is not UTF-8 in a JSON report: kept, with U+FFFD, not dropped.
+"$BIN" search "$T/odd/$LATIN" --db "$T/o.db" -k 1 --json >"$T/s.json" 2>"$T/s.err" || fail "search by a Latin-1 path: $(cat "$T/s.err")"
+/usr/bin/python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["query"].endswith("/R\ufffdntgen_\ufffd.png") and d["results"][0]["original_name"]=="R\ufffdntgen_\ufffd.png", d' \
+  "$T/s.json" || fail "search --json with a Latin-1 path: $(head -c 300 "$T/s.json")"
+"$BIN" embed "$T/odd/$LATIN" "$T/odd/broken.png" --json >"$T/e.json" 2>/dev/null
+/usr/bin/python3 -c 'import json,sys; v=json.load(open(sys.argv[1]))["vectors"]; assert v[0]["image"].endswith("/R\ufffdntgen_\ufffd.png") and len(v[0]["vector"])==1280 and v[1]["image"].endswith("/broken.png") and "error" in v[1], v' \
+  "$T/e.json" || fail "embed --json with a Latin-1 path: $(head -c 300 "$T/e.json")"
+cp "$T/o.db" "$T/$LATIN.db"
+"$BIN" info --db "$T/$LATIN.db" --json >"$T/i.json" 2>"$T/i.err" || fail "info of a Latin-1 db path: $(cat "$T/i.err")"
+/usr/bin/python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["db"].endswith("/R\ufffdntgen_\ufffd.png.db") and d["images"]==3, d' \
+  "$T/i.json" || fail "info --json with a Latin-1 db path: $(cat "$T/i.json")"
+
 echo "== labels CSV: missing columns, bad rows"
 printf 'image,patient_id\nimages/00000001_000.png,1\n' >"$T/nolabels.csv"
 "$BIN" ingest "$T/mixed" --labels "$T/nolabels.csv" --db "$T/n.db" >/dev/null 2>"$T/n.err"
