@@ -347,8 +347,10 @@ static void src_done(void *ctx, void *token, const engine_item *item, const engi
 static void print_labels_warnings(const cli_command *cmd, const labels *lab, const char *path)
 {
     size_t n = labels_n_warnings(lab);
-    fprintf(stderr, "medsearch %s: %s: %zu rows (%s format)%s\n", cmd->name, path, labels_rows(lab),
-            labels_format_name(labels_get_format(lab)), n ? ", problems:" : "");
+    char sep = labels_separator(lab);
+    fprintf(stderr, "medsearch %s: %s: %zu rows (%s format%s)%s\n", cmd->name, path, labels_rows(lab),
+            labels_format_name(labels_get_format(lab)),
+            sep == ';' ? ", separated by ';'" : sep == '\t' ? ", separated by tabs" : "", n ? ", problems:" : "");
     char shown[1024];
     for (size_t i = 0; i < n && i < 20; i++) /* a warning may quote the file's text */
         fprintf(stderr, "  %s: %s\n", path, ms_text_printable(shown, sizeof shown, labels_warning(lab, i)));

@@ -35,6 +35,7 @@ typedef struct map {
 
 struct labels {
     labels_format format;
+    char separator;      /* ',', ';' or '\t', from the header */
     char *dir;           /* the CSV's folder, resolved */
     row *rows;
     size_t n, cap;
@@ -141,7 +142,35 @@ static void map_free(map *m)
 typedef struct csv {
     char *p, *end;
     size_t line;         /* line of the next record */
+    char sep;
 } csv;
+
+/* The field separator, from the first line that is not blank: ',' unless
+ * ';' or a tab comes more often outside quotes. A spreadsheet saves "CSV"
+ * with ';' where the comma is the decimal mark (much of Europe), and a
+ * tab-separated export is as common; the header's column names hold none of
+ * the three, so its counts decide. */
+static char detect_separator(const char *p, const char *end)
+{
+    static const char seps[] = {',', ';', '\t'};
+    size_t count[3] = {0, 0, 0};
+    int quoted = 0, seen_text = 0;
+    for (; p < end; p++) {
+        if (*p == '"')
+            quoted = !quoted;
+        else if (!quoted && *p == '\n' && seen_text)
+            break;
+        else if (!quoted && (*p == ',' || *p == ';' || *p == '\t'))
+            count[*p == ',' ? 0 : *p == ';' ? 1 : 2]++;
+        if (*p != '\n' && *p != '\r' && *p != ' ')
+            seen_text = 1;
+    }
+    int best = 0;
+    for (int i = 1; i < 3; i++)
+        if (count[i] > count[best])
+            best = i;
+    return seps[best];
+}
 
 /* Splits the next record in place into fields (NUL-terminated, quotes
  * removed). Returns the number of fields, 0 at the end, -1 for an
@@ -172,7 +201,7 @@ static int csv_record(csv *c, char **fields, size_t *line)
             }
         } else if (ch == '"') {
             quoted = 1;
-        } else if (ch == ',') {
+        } else if (ch == c->sep) {
             *out++ = '\0';
             if (n == MAX_FIELDS)
                 return -2;
@@ -292,6 +321,9 @@ static int parse_age(const char *s, int *age)
     double v = strtod(s, &end);
     if (end == s || errno || v < 0 || v != v)
         return -1;
+    if (*end == ',' && isdigit((unsigned char)end[1])) /* a decimal comma: "58,5" in a ';' file */
+        for (end++; isdigit((unsigned char)*end); end++)
+            ;
     char unit = (char)toupper((unsigned char)*end);
     if (unit == 'Y' || unit == 'M' || unit == 'W' || unit == 'D')
         end++;
@@ -515,6 +547,7 @@ static int parse_all(labels *t, const char *path, char *text, size_t len, ms_err
     csv c = {.p = text, .end = text + len, .line = 1};
     if (len >= 3 && !memcmp(text, "\xEF\xBB\xBF", 3))
         c.p += 3;
+    t->separator = c.sep = detect_separator(c.p, c.end);
     char **fields = malloc(MAX_FIELDS * sizeof *fields);
     char **names = malloc(MAX_FIELDS * sizeof *names);
     int *roles = malloc(MAX_FIELDS * sizeof *roles);
@@ -616,6 +649,11 @@ void labels_free(labels *t)
     map_free(&t->by_base);
     free(t->dir);
     free(t);
+}
+
+char labels_separator(const labels *t)
+{
+    return t->separator;
 }
 
 labels_format labels_get_format(const labels *t)

@@ -11,7 +11,10 @@
  *     "patient_id", "age", "sex", "view", "study_date"; every other column
  *     becomes a key/value.
  * Column names are matched without regard to case or surrounding spaces.
- * The file is RFC 4180 CSV (quotes, doubled quotes, CRLF, a UTF-8 BOM).
+ * The file is RFC 4180 CSV (quotes, doubled quotes, CRLF, a UTF-8 BOM),
+ * with its field separator taken from the header: ',' unless ';' (what a
+ * spreadsheet writes where the comma is the decimal mark; an age "58,5" is
+ * then read as 58) or a tab comes more often in it.
  *
  * A missing required column, or a header of neither format, is an error
  * (MS_EFORMAT naming what is missing). A bad row (wrong number of fields, no
@@ -43,6 +46,7 @@ int labels_load(const char *path, labels **out, ms_err *err);
 void labels_free(labels *t);
 
 labels_format labels_get_format(const labels *t);
+char labels_separator(const labels *t);       /* ',', ';' or '\t' */
 const char *labels_format_name(labels_format f);
 size_t labels_rows(const labels *t);          /* rows kept */
 

@@ -162,6 +162,15 @@ grep -q "only the first 256 extra columns are kept" "$T/w.err" || fail "no note 
 python3 -c 'import json,sys; e=json.load(open(sys.argv[1]))["results"][0]["extra"]; assert len(e)==256 and e["c1"]=="v1" and e["c256"]=="v256" and "c257" not in e, len(e)' \
   "$T/w.json" || fail "the first 256 extra columns are not what was kept"
 
+# A spreadsheet's "CSV" with ';' (the comma is the decimal mark there), CRLF and a BOM.
+printf '\xef\xbb\xbfimage;labels;patient_id;age;site\r\n00000001_000.png;"Mass|Effusion";7;58,5;ward 4, east\r\n' >"$T/semi.csv"
+"$BIN" ingest "$T/mixed/00000001_000.png" --labels "$T/semi.csv" --db "$T/semi.db" >/dev/null 2>"$T/semi.err" ||
+  fail "ingest with a ';' labels file: $(cat "$T/semi.err")"
+grep -q "semi.csv: 1 rows (MedSearch labels.csv format, separated by ';')" "$T/semi.err" || fail "separator not said: $(cat "$T/semi.err")"
+"$BIN" search "$T/mixed/00000001_000.png" --db "$T/semi.db" -k 1 --json >"$T/semi.json"
+python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["results"][0]; assert sorted(r["labels"])==["Effusion","Mass"] and r["patient_id"]=="7" and r["age"]==58 and r["extra"]=={"site":"ward 4, east"}, r' \
+  "$T/semi.json" || fail "the ';' row's metadata: $(cat "$T/semi.json")"
+
 echo "== filters that are refused"
 for f in 'age:30-40 age:50|age is given twice' '-sex:F|only patient can be negated' '-labels:Mass|only patient can be negated'; do
   rc=0

@@ -303,6 +303,8 @@ c.jpg,,p3,,,,,
 CSV
   printf '\xef\xbb\xbfImage Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position\r\n00000001_000.png,Cardiomegaly|Emphysema,0,1,57,M,PA\r\n' \
     >"$dir/nih.csv"
+  printf '\xef\xbb\xbfimage;labels;patient_id;age\r\na.png;"Effusion;x|Mass";p1;58,5\r\n' >"$dir/semicolon.csv"
+  printf 'Image Index\tFinding Labels\tPatient ID\tPatient Age\n00000001_000.png\tNo Finding\t1\t57\n' >"$dir/tabs.tsv"
 }
 
 # A target whose source calls fuzz_write_seeds_if_asked (fuzz_file.h)

@@ -162,6 +162,58 @@ static void test_generic_format(void **state)
     labels_free(t);
 }
 
+/* A spreadsheet's "CSV" where the comma is the decimal mark uses ';', and
+ * tab-separated exports are common: the header's counts pick the separator. */
+static void test_separators(void **state)
+{
+    (void)state;
+    ms_err err = {0};
+    labels *t = load("semicolon.csv",
+                     "\xEF\xBB\xBF\r\nimage;labels;patient_id;age;site\r\n"
+                     "a.png;\"Effusion|Mass\";P1;58,5;\"ward 4; east\"\r\n"
+                     "b.png;No Finding;P2;7;a,b\r\n"
+                     "c.png,Mass,P3,40,x\r\n",
+                     0, &err);
+    assert_non_null(t);
+    assert_int_equal(labels_separator(t), ';');
+    assert_int_equal(labels_rows(t), 2);
+    assert_true(has_warning(t, "line 5: 1 fields where the header has 5"));
+    const store_meta *m = labels_find(t, "a.png");
+    assert_non_null(m);
+    assert_int_equal(m->n_labels, 2);
+    assert_int_equal(m->age, 58); /* the decimal comma */
+    assert_string_equal(kv(m, "site"), "ward 4; east");
+    m = labels_find(t, "b.png");
+    assert_string_equal(m->labels[0], "No Finding");
+    assert_string_equal(kv(m, "site"), "a,b"); /* a comma is plain text here */
+    labels_free(t);
+
+    t = load("tabs.tsv", "Image Index\tFinding Labels\tPatient ID\tPatient Age\n00000001_000.png\tNo Finding\t1\t057Y\n",
+             0, &err);
+    assert_non_null(t);
+    assert_int_equal(labels_separator(t), '\t');
+    assert_int_equal(labels_get_format(t), LABELS_NIH);
+    m = labels_find(t, "00000001_000.png");
+    assert_non_null(m);
+    assert_string_equal(m->patient_id, "1");
+    assert_int_equal(m->age, 57);
+    labels_free(t);
+
+    /* separators inside quotes do not count */
+    t = load("quoted.csv", "image,labels,\"a;b;c\"\nd.png,Mass;z,1\n", 0, &err);
+    assert_non_null(t);
+    assert_int_equal(labels_separator(t), ',');
+    assert_string_equal(labels_find(t, "d.png")->labels[0], "Mass;z");
+    assert_string_equal(kv(labels_find(t, "d.png"), "a;b;c"), "1");
+    labels_free(t);
+    assert_null(load("mostly-semicolons.csv", "image,\"labels\";x;y\nd.png,Mass;z\n", MS_EFORMAT, &err));
+    assert_non_null(strstr(err.msg, "neither"));
+    t = load("age.csv", "image,labels,age\nd.png,Mass,\"58,5\"\n", 0, &err);
+    assert_non_null(t);
+    assert_int_equal(labels_find(t, "d.png")->age, 58);
+    labels_free(t);
+}
+
 static void test_bad_headers(void **state)
 {
     (void)state;
@@ -423,7 +475,7 @@ int main(void)
         cmocka_unit_test(test_nih_format),     cmocka_unit_test(test_generic_format),
         cmocka_unit_test(test_bad_headers),    cmocka_unit_test(test_parse),
         cmocka_unit_test(test_parse_mistakes), cmocka_unit_test(test_exit_codes),
-        cmocka_unit_test(test_out_file),
+        cmocka_unit_test(test_out_file),       cmocka_unit_test(test_separators),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     char cmd_rm[300];
