@@ -348,9 +348,12 @@ static void print_labels_warnings(const cli_command *cmd, const labels *lab, con
 {
     size_t n = labels_n_warnings(lab);
     char sep = labels_separator(lab);
-    fprintf(stderr, "medsearch %s: %s: %zu rows (%s format%s)%s\n", cmd->name, path, labels_rows(lab),
+    const char *enc = labels_encoding(lab);
+    int utf8 = !strcmp(enc, "UTF-8");
+    fprintf(stderr, "medsearch %s: %s: %zu rows (%s format%s%s%s)%s\n", cmd->name, path, labels_rows(lab),
             labels_format_name(labels_get_format(lab)),
-            sep == ';' ? ", separated by ';'" : sep == '\t' ? ", separated by tabs" : "", n ? ", problems:" : "");
+            sep == ';' ? ", separated by ';'" : sep == '\t' ? ", separated by tabs" : "", utf8 ? "" : ", read as ",
+            utf8 ? "" : enc, n ? ", problems:" : "");
     char shown[1024];
     for (size_t i = 0; i < n && i < 20; i++) /* a warning may quote the file's text */
         fprintf(stderr, "  %s: %s\n", path, ms_text_printable(shown, sizeof shown, labels_warning(lab, i)));

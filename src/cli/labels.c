@@ -18,6 +18,8 @@
 #include <strings.h>
 #include <sys/stat.h>
 
+#include "util/text.h"
+
 #define MAX_FIELDS 4096
 #define AMBIGUOUS ((size_t)-1)
 
@@ -36,6 +38,7 @@ typedef struct map {
 struct labels {
     labels_format format;
     char separator;      /* ',', ';' or '\t', from the header */
+    const char *encoding; /* the file's text encoding, by name */
     char *dir;           /* the CSV's folder, resolved */
     row *rows;
     size_t n, cap;
@@ -542,6 +545,115 @@ static int read_file(const char *path, char **buf, size_t *len, ms_err *err)
     return 0;
 }
 
+/* ---- text encodings ----
+ *
+ * Spreadsheets do not always save UTF-8. Excel's "CSV" on Windows is in the
+ * ANSI code page (Windows-1252 in Western Europe and the Americas), and its
+ * "Unicode Text" is UTF-16 with a byte-order mark. Read as UTF-8, every row
+ * with an accented name or label would be skipped. A UTF-16 file is known
+ * by its mark; a file that is not UTF-8 and holds no well-formed multibyte
+ * UTF-8 character either is taken as Windows-1252 (a file with both is
+ * UTF-8 with some damaged rows: those are skipped, and the rest is kept
+ * as it is rather than misread). Everything is converted to UTF-8 first. */
+
+typedef enum { TEXT_UTF8, TEXT_CP1252, TEXT_UTF16LE, TEXT_UTF16BE } text_encoding;
+
+static const char *const encoding_names[] = {"UTF-8", "Windows-1252", "UTF-16LE", "UTF-16BE"};
+
+/* Windows-1252's 0x80-0x9F, where it differs from Latin-1; 0 marks the five
+ * bytes it leaves undefined, read as U+FFFD. */
+static const unsigned short cp1252_80_9f[32] = {
+    0x20AC, 0,      0x201A, 0x0192, 0x201E, 0x2026, 0x2020, 0x2021, 0x02C6, 0x2030, 0x0160,
+    0x2039, 0x0152, 0,      0x017D, 0,      0,      0x2018, 0x2019, 0x201C, 0x201D, 0x2022,
+    0x2013, 0x2014, 0x02DC, 0x2122, 0x0161, 0x203A, 0x0153, 0,      0x017E, 0x0178,
+};
+
+static text_encoding detect_encoding(const unsigned char *s, size_t n)
+{
+    if (n >= 2 && s[0] == 0xFF && s[1] == 0xFE)
+        return TEXT_UTF16LE;
+    if (n >= 2 && s[0] == 0xFE && s[1] == 0xFF)
+        return TEXT_UTF16BE;
+    int multibyte = 0, bad = 0;
+    for (size_t i = 0; i < n;) {
+        unsigned cp;
+        int len = ms_utf8_char(s + i, n - i, &cp);
+        bad |= len <= 0;
+        multibyte |= len > 1;
+        i += len > 0 ? (size_t)len : 1;
+    }
+    return bad && !multibyte ? TEXT_CP1252 : TEXT_UTF8;
+}
+
+/* Writes cp as UTF-8 at out (when out is not NULL); returns its length. */
+static size_t put_utf8(char *out, unsigned cp)
+{
+    unsigned char b[4];
+    size_t n;
+    if (cp < 0x80) {
+        b[0] = (unsigned char)cp, n = 1;
+    } else if (cp < 0x800) {
+        b[0] = (unsigned char)(0xC0 | cp >> 6), b[1] = (unsigned char)(0x80 | (cp & 0x3F)), n = 2;
+    } else if (cp < 0x10000) {
+        b[0] = (unsigned char)(0xE0 | cp >> 12), b[1] = (unsigned char)(0x80 | (cp >> 6 & 0x3F));
+        b[2] = (unsigned char)(0x80 | (cp & 0x3F)), n = 3;
+    } else {
+        b[0] = (unsigned char)(0xF0 | cp >> 18), b[1] = (unsigned char)(0x80 | (cp >> 12 & 0x3F));
+        b[2] = (unsigned char)(0x80 | (cp >> 6 & 0x3F)), b[3] = (unsigned char)(0x80 | (cp & 0x3F)), n = 4;
+    }
+    if (out)
+        memcpy(out, b, n);
+    return n;
+}
+
+/* The code point at s[*i] (advanced past it) in encoding e, not UTF-8; a
+ * unit that cannot be read (an undefined byte, a lone surrogate, an odd
+ * last byte) is U+FFFD. */
+static unsigned next_code_point(text_encoding e, const unsigned char *s, size_t n, size_t *i)
+{
+    if (e == TEXT_CP1252) {
+        unsigned c = s[(*i)++];
+        return c < 0x80 || c > 0x9F ? c : cp1252_80_9f[c - 0x80] ? cp1252_80_9f[c - 0x80] : 0xFFFD;
+    }
+    int le = e == TEXT_UTF16LE;
+    if (n - *i < 2) {
+        *i = n;
+        return 0xFFFD;
+    }
+    unsigned u = le ? (unsigned)(s[*i] | s[*i + 1] << 8) : (unsigned)(s[*i] << 8 | s[*i + 1]);
+    *i += 2;
+    if (u < 0xD800 || u > 0xDFFF)
+        return u;
+    if (u > 0xDBFF || n - *i < 2)
+        return 0xFFFD;
+    unsigned lo = le ? (unsigned)(s[*i] | s[*i + 1] << 8) : (unsigned)(s[*i] << 8 | s[*i + 1]);
+    if (lo < 0xDC00 || lo > 0xDFFF)
+        return 0xFFFD; /* the next unit is read on its own */
+    *i += 2;
+    return 0x10000 + ((u - 0xD800) << 10) + (lo - 0xDC00);
+}
+
+/* Converts *text (*len bytes, e not UTF-8) to UTF-8 in a new buffer that
+ * replaces it. Two passes: the first measures, so the buffer is exact. */
+static int convert_to_utf8(text_encoding e, char **text, size_t *len, ms_err *err)
+{
+    const unsigned char *s = (const unsigned char *)*text;
+    size_t start = e == TEXT_CP1252 ? 0 : 2, need = 0;
+    for (size_t i = start; i < *len;)
+        need += put_utf8(NULL, next_code_point(e, s, *len, &i));
+    char *out = malloc(need + 1);
+    if (!out)
+        return ms_err_set(err, MS_ENOMEM, "no memory to convert the labels file from %s", encoding_names[e]);
+    size_t o = 0;
+    for (size_t i = start; i < *len;)
+        o += put_utf8(out + o, next_code_point(e, s, *len, &i));
+    out[o] = '\0';
+    free(*text);
+    *text = out;
+    *len = o;
+    return 0;
+}
+
 static int parse_all(labels *t, const char *path, char *text, size_t len, ms_err *err)
 {
     csv c = {.p = text, .end = text + len, .line = 1};
@@ -625,7 +737,12 @@ int labels_load(const char *path, labels **out, ms_err *err)
     if (slash == path)
         snprintf(dir, sizeof dir, "/");
     t->dir = realpath(dir, NULL);
-    rc = t->dir ? parse_all(t, path, text, len, err) : ms_err_set(err, MS_EIO, "%s: %s", dir, strerror(errno));
+    text_encoding enc = detect_encoding((const unsigned char *)text, len);
+    t->encoding = encoding_names[enc];
+    if (!t->dir)
+        rc = ms_err_set(err, MS_EIO, "%s: %s", dir, strerror(errno));
+    else if (enc == TEXT_UTF8 || (rc = convert_to_utf8(enc, &text, &len, err)) == 0)
+        rc = parse_all(t, path, text, len, err);
     free(text);
     if (rc) {
         labels_free(t);
@@ -649,6 +766,11 @@ void labels_free(labels *t)
     map_free(&t->by_base);
     free(t->dir);
     free(t);
+}
+
+const char *labels_encoding(const labels *t)
+{
+    return t->encoding;
 }
 
 char labels_separator(const labels *t)

@@ -14,7 +14,11 @@
  * The file is RFC 4180 CSV (quotes, doubled quotes, CRLF, a UTF-8 BOM),
  * with its field separator taken from the header: ',' unless ';' (what a
  * spreadsheet writes where the comma is the decimal mark; an age "58,5" is
- * then read as 58) or a tab comes more often in it.
+ * then read as 58) or a tab comes more often in it. Its text is UTF-8;
+ * UTF-16 with a byte-order mark (a spreadsheet's "Unicode Text"); or, when
+ * it is not UTF-8 and holds no multibyte UTF-8 character at all,
+ * Windows-1252 (a spreadsheet's "CSV" on Windows). It is converted to
+ * UTF-8 before parsing.
  *
  * A missing required column, or a header of neither format, is an error
  * (MS_EFORMAT naming what is missing). A bad row (wrong number of fields, no
@@ -47,6 +51,7 @@ void labels_free(labels *t);
 
 labels_format labels_get_format(const labels *t);
 char labels_separator(const labels *t);       /* ',', ';' or '\t' */
+const char *labels_encoding(const labels *t);  /* "UTF-8", "Windows-1252", "UTF-16LE", "UTF-16BE" */
 const char *labels_format_name(labels_format f);
 size_t labels_rows(const labels *t);          /* rows kept */
 

@@ -171,6 +171,27 @@ grep -q "semi.csv: 1 rows (MedSearch labels.csv format, separated by ';')" "$T/s
 python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["results"][0]; assert sorted(r["labels"])==["Effusion","Mass"] and r["patient_id"]=="7" and r["age"]==58 and r["extra"]=={"site":"ward 4, east"}, r' \
   "$T/semi.json" || fail "the ';' row's metadata: $(cat "$T/semi.json")"
 
+# Excel's "CSV" on Windows (Windows-1252) and its "Unicode Text" (UTF-16
+# with a byte-order mark, tabs), written by Python's own codecs.
+/usr/bin/python3 - "$T" <<'PY'
+import sys
+t = sys.argv[1]
+rows = "image;labels;patient_id;site\r\n00000001_000.png;\u00c9panchement|Mass;M\u00fcller;5 \u20ac \u2019x\r\n"
+open(t + "/cp1252.csv", "wb").write(rows.encode("cp1252"))
+open(t + "/utf16.txt", "wb").write(rows.replace(";", "\t").encode("utf-16"))
+PY
+for f in cp1252.csv:Windows-1252:"separated by ';'" utf16.txt:UTF-16LE:"separated by tabs"; do
+  IFS=: read -r name enc sep <<<"$f"
+  sep=${sep//\"/}
+  "$BIN" ingest "$T/mixed/00000001_000.png" --labels "$T/$name" --db "$T/$name.db" >/dev/null 2>"$T/enc.err" ||
+    fail "ingest with $name: $(cat "$T/enc.err")"
+  grep -q "$name: 1 rows (MedSearch labels.csv format, $sep, read as $enc)" "$T/enc.err" ||
+    fail "$name: encoding not said: $(cat "$T/enc.err")"
+  "$BIN" search "$T/mixed/00000001_000.png" --db "$T/$name.db" -k 1 --json >"$T/enc.json"
+  python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["results"][0]; assert sorted(r["labels"])==["Mass","\u00c9panchement"] and r["patient_id"]=="M\u00fcller" and r["extra"]=={"site":"5 \u20ac \u2019x"}, r' \
+    "$T/enc.json" || fail "$name: the row's text: $(cat "$T/enc.json")"
+done
+
 echo "== filters that are refused"
 for f in 'age:30-40 age:50|age is given twice' '-sex:F|only patient can be negated' '-labels:Mass|only patient can be negated'; do
   rc=0

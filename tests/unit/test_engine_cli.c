@@ -214,6 +214,78 @@ static void test_separators(void **state)
     labels_free(t);
 }
 
+/* Excel's "CSV" on Windows is Windows-1252; its "Unicode Text" is UTF-16
+ * with a byte-order mark and tabs. Both are read as what they are. */
+static labels *load_bytes(const char *name, const unsigned char *bytes, size_t len, ms_err *err)
+{
+    char *path = write_file(name, (const char *)bytes, len);
+    labels *t = NULL;
+    int rc = labels_load(path, &t, err);
+    free(path);
+    assert_int_equal(rc, 0);
+    return t;
+}
+
+/* ASCII text as UTF-16 (after a byte-order mark), with '~' standing for
+ * the extra code units given. */
+static size_t utf16(const char *ascii, int le, const unsigned *extra, unsigned char *out)
+{
+    size_t o = 0;
+    out[o++] = le ? 0xFF : 0xFE;
+    out[o++] = le ? 0xFE : 0xFF;
+    for (const char *p = ascii; *p; p++) {
+        unsigned u = *p == '~' ? *extra++ : (unsigned char)*p;
+        out[o++] = (unsigned char)(le ? u & 0xFF : u >> 8);
+        out[o++] = (unsigned char)(le ? u >> 8 : u & 0xFF);
+    }
+    return o;
+}
+
+static void test_encodings(void **state)
+{
+    (void)state;
+    ms_err err = {0};
+    /* Windows-1252: "Épanchement" (0xC9), "Müller" (0xFC), a euro sign
+     * (0x80), a curly quote (0x92) and an undefined byte (0x81) */
+    const char cp1252[] = "image;labels;patient_id;note\r\n"
+                          "a.png;\xc9panchement;M\xfcller;5 \x80 l\x92x\x81\r\n";
+    labels *t = load_bytes("cp1252.csv", (const unsigned char *)cp1252, sizeof cp1252 - 1, &err);
+    assert_string_equal(labels_encoding(t), "Windows-1252");
+    assert_int_equal(labels_separator(t), ';');
+    const store_meta *m = labels_find(t, "a.png");
+    assert_non_null(m);
+    assert_string_equal(m->labels[0], "\xc3\x89panchement");
+    assert_string_equal(m->patient_id, "M\xc3\xbcller");
+    assert_string_equal(kv(m, "note"), "5 \xe2\x82\xac l\xe2\x80\x99x\xef\xbf\xbd");
+    labels_free(t);
+
+    /* UTF-16LE and BE: "Épanchement" (U+00C9), an emoji as a surrogate
+     * pair (U+1FA7B), a lone high surrogate (U+FFFD) */
+    const unsigned extra[] = {0x00C9, 0xD83E, 0xDE7B, 0xD800};
+    for (int le = 1; le >= 0; le--) {
+        unsigned char buf[512];
+        size_t n = utf16("image\tlabels\tsite\r\nb.png\t~panchement\t~~ ~\r\n", le, extra, buf);
+        t = load_bytes(le ? "utf16le.txt" : "utf16be.txt", buf, n, &err);
+        assert_string_equal(labels_encoding(t), le ? "UTF-16LE" : "UTF-16BE");
+        assert_int_equal(labels_separator(t), '\t');
+        m = labels_find(t, "b.png");
+        assert_non_null(m);
+        assert_string_equal(m->labels[0], "\xc3\x89panchement");
+        assert_string_equal(kv(m, "site"), "\xf0\x9f\xa9\xbb \xef\xbf\xbd");
+        labels_free(t);
+    }
+
+    /* UTF-8 with one damaged row stays UTF-8: the other rows keep their
+     * characters, the damaged one is skipped */
+    const char mixed[] = "image,labels\nc.png,\xc3\x89panchement\nd.png,\xc9panchement\n";
+    t = load_bytes("mixed.csv", (const unsigned char *)mixed, sizeof mixed - 1, &err);
+    assert_string_equal(labels_encoding(t), "UTF-8");
+    assert_string_equal(labels_find(t, "c.png")->labels[0], "\xc3\x89panchement");
+    assert_null(labels_find(t, "d.png"));
+    assert_true(has_warning(t, "line 3: a field is not UTF-8 text"));
+    labels_free(t);
+}
+
 static void test_bad_headers(void **state)
 {
     (void)state;
@@ -234,7 +306,8 @@ static void test_bad_headers(void **state)
     memset(long_name, 'k', STORE_MAX_TEXT + 1);
     long_name[STORE_MAX_TEXT + 1] = '\0';
     char text[STORE_MAX_TEXT + 256];
-    snprintf(text, sizeof text, "\nimage,labels,site,\xff\xfe,%s\nx.png,Mass,A,B,C\n", long_name);
+    /* (the row's UTF-8 "\xc3\x85" keeps the file UTF-8, not Windows-1252) */
+    snprintf(text, sizeof text, "\nimage,labels,site,\xff\xfe,%s\nx.png,Mass,\xc3\x85,B,C\n", long_name);
     free(long_name);
     labels *t = load("f.csv", text, 0, &err);
     assert_non_null(t);
@@ -476,6 +549,7 @@ int main(void)
         cmocka_unit_test(test_bad_headers),    cmocka_unit_test(test_parse),
         cmocka_unit_test(test_parse_mistakes), cmocka_unit_test(test_exit_codes),
         cmocka_unit_test(test_out_file),       cmocka_unit_test(test_separators),
+        cmocka_unit_test(test_encodings),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     char cmd_rm[300];
