@@ -42,12 +42,20 @@ class ApiError extends Error {
   }
 }
 
+// The API's paths ('/api/search', and the image_url and thumbnail_url of its
+// replies) start at the server's root. The page asks for them relative to
+// itself instead, so that it also works behind a reverse proxy that serves
+// MedSearch under a prefix (https://host/medsearch/ -> http://server/).
+function local(path) {
+  return path.startsWith('/') ? path.slice(1) : path;
+}
+
 async function api(path, options = {}) {
   const headers = new Headers(options.headers || {});
   if (state.token) headers.set('Authorization', 'Bearer ' + state.token);
   let res;
   try {
-    res = await fetch(path, { ...options, headers });
+    res = await fetch(local(path), { ...options, headers });
   } catch (e) {
     if (e.name === 'AbortError') throw e;
     throw new ApiError(0, 'The server cannot be reached. Is medsearch serve still running?');
@@ -81,7 +89,7 @@ function explain(err) {
 // header and shown from a blob: URL; without one the browser loads and
 // caches them itself (the server sends ETags).
 async function imageUrl(path, signal) {
-  if (!state.token) return path;
+  if (!state.token) return local(path);
   const res = await api(path, { signal });
   const url = URL.createObjectURL(await res.blob());
   state.objectUrls.push(url);

@@ -6,10 +6,12 @@
 // viewer (window/level drag, zoom), runs "find similar", searches with a
 // DICOM file (shown as the server renders it) and opens a stored DICOM in the
 // viewer, does the same with a 12-bit lossless JPEG (which the browser cannot
-// decode), and saves screenshots under tests/browser/out/.
+// decode), uses the page behind a reverse proxy under a path prefix, and
+// saves screenshots under tests/browser/out/.
 // Exit 0 pass, 77 skip (with the reason), 1 fail.
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
+import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
@@ -139,6 +141,31 @@ async function stopServer() {
   const done = new Promise((resolve) => server.on('exit', (code) => resolve(code)));
   server.kill('SIGTERM');
   return await done;
+}
+
+// A reverse proxy that serves MedSearch under prefix, as a hospital's web
+// server would (https://host/medsearch/ -> http://server/). A request
+// outside the prefix is answered 404 and kept in `outside`: the page must
+// ask for nothing by its absolute path.
+async function startPrefixProxy(target, prefix) {
+  const t = new URL(target);
+  const outside = [];
+  const proxy = http.createServer((req, res) => {
+    if (!req.url.startsWith(prefix)) {
+      outside.push(req.url);
+      res.writeHead(404).end('outside the prefix');
+      return;
+    }
+    const up = http.request({ host: t.hostname, port: t.port, method: req.method,
+      path: req.url.slice(prefix.length - 1), headers: req.headers }, (r) => {
+      res.writeHead(r.statusCode, r.headers);
+      r.pipe(res);
+    });
+    up.on('error', (e) => res.writeHead(502).end(String(e)));
+    req.pipe(up);
+  });
+  await new Promise((resolve) => proxy.listen(0, '127.0.0.1', resolve));
+  return { proxy, outside, url: `http://127.0.0.1:${proxy.address().port}${prefix}` };
 }
 
 async function waitForResults(page) {
@@ -376,6 +403,32 @@ try {
     `the viewer shows the stored lossless JPEG through its preview (${losslessMeta.slice(0, 120)})`);
   await page.screenshot({ path: path.join(outDir, '8-lossless-jpeg.png') });
   await page.keyboard.press('Escape');
+
+  // 9. Behind a reverse proxy, under a path prefix: the page, its search,
+  // thumbnails and viewer all go through the prefix.
+  const behind = await startPrefixProxy(origin, '/medsearch/');
+  try {
+    origin = behind.url.replace(/\/medsearch\/$/, '');
+    await page.goto(behind.url);
+    await page.waitForFunction(() => /images/.test(document.getElementById('collection-info').textContent));
+    searched = page.waitForRequest((r) => r.url().includes('/api/search'));
+    await page.setInputFiles('#file-input', queryImage);
+    check((await searched).url().startsWith(behind.url + 'api/search'), 'behind the proxy the search goes through the prefix');
+    await waitForResults(page);
+    list = await cards(page);
+    check(list[0].name === path.basename(queryImage), `behind the proxy the first result is the query (${list[0].name})`);
+    await page.waitForFunction(() => [...document.querySelectorAll('#grid .thumb img')].slice(0, 8).every((i) => i.complete && i.naturalWidth > 0));
+    check(true, 'behind the proxy the thumbnails load');
+    const proxiedMeta = await openFirstResult(page);
+    check(proxiedMeta.includes(path.basename(queryImage)) && !(await page.$('#v-meta .error')),
+      `behind the proxy the viewer shows the image and its metadata (${proxiedMeta.slice(0, 80)})`);
+    await page.screenshot({ path: path.join(outDir, '9-behind-proxy.png') });
+    await page.keyboard.press('Escape');
+    check(behind.outside.length === 0, 'the page asked for nothing outside the prefix' +
+      (behind.outside.length ? ': ' + behind.outside.join(', ') : ''));
+  } finally {
+    behind.proxy.close();
+  }
 
   const unexpected = problems.filter((p) => !/status of 400/.test(p));
   check(unexpected.length === 0, 'no page errors, console errors or external requests' +

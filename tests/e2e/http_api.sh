@@ -90,7 +90,7 @@ check "stats: the collection's search defaults (a new collection's query expansi
 expect 200 "GET / (the page)" "$URL/"
 [ "$(header Content-Type)" = "text/html; charset=utf-8" ] && ok "page is text/html" || bad "page Content-Type $(header Content-Type)"
 header Content-Security-Policy | grep -q "default-src 'self'" && ok "page has a CSP" || bad "no CSP on the page"
-grep -q '<script src="/app.js"' "$B" && ok "page references app.js" || bad "page body unexpected"
+grep -q '<script src="app.js"' "$B" && ok "page references app.js" || bad "page body unexpected"
 ETAG=$(header ETag)
 expect 304 "page revalidation with If-None-Match" -H "If-None-Match: $ETAG" "$URL/"
 expect 200 "GET /app.js" "$URL/app.js"
