@@ -37,6 +37,7 @@
 
 /* Tags read at the top level, and the item delimiters. */
 #define T_SOP_CLASS TAG(0x0002, 0x0002)
+#define T_DATA_SET_SOP_CLASS TAG(0x0008, 0x0016)
 #define T_TRANSFER_SYNTAX TAG(0x0002, 0x0010)
 #define T_STUDY_DATE TAG(0x0008, 0x0020)
 #define T_MODALITY TAG(0x0008, 0x0060)
@@ -325,19 +326,88 @@ static int choose_syntax(const char *uid, dicom_image *d, cursor *c, ms_err *err
                       "uncompressed, RLE, JPEG (8 and 12 bits), JPEG Lossless, JPEG-LS and JPEG 2000 DICOM", uid);
 }
 
-/* ---- the header ---- */
+/* ---- the header ----
+ *
+ * A Part 10 file is a 128-byte preamble, "DICM", the file meta group
+ * (0002,xxxx) and the data set. Older modalities, ACR-NEMA archives and
+ * some PACS exports write the data set alone, without the preamble, and
+ * often without the meta group; dcmtk, GDCM and pydicom read those too.
+ * Such a bare data set is told by its first elements: a data set starts
+ * with the meta group or with group 0008 (Identifying: Specific Character
+ * Set, Image Type, SOP Class...), at a low element number, with small
+ * values, and its tags ascend. Without a meta group there is no transfer
+ * syntax to read: it is little endian, with explicit VR when the first
+ * element names a known VR, implicit otherwise (the default syntax). */
+
+typedef enum {
+    DATA_SET_NONE,
+    DATA_SET_PART10,         /* preamble, "DICM", meta group */
+    DATA_SET_BARE_META,      /* the meta group at byte 0 */
+    DATA_SET_BARE_IMPLICIT,  /* no meta group: implicit VR little endian */
+    DATA_SET_BARE_EXPLICIT,  /* no meta group: explicit VR little endian */
+} data_set_kind;
+
+static bool is_vr(const uint8_t *p)
+{
+    static const char vrs[] = "AEASATCSDADSDTFDFLISLOLTOBODOFOLOVOWPNSHSLSQSSSTSVTMUCUIULUNURUSUTUV";
+    for (size_t i = 0; i + 1 < sizeof vrs; i += 2)
+        if (p[0] == vrs[i] && p[1] == vrs[i + 1])
+            return true;
+    return false;
+}
+
+static data_set_kind bare_data_set_kind(const uint8_t *buf, size_t len)
+{
+    if (len < 8)
+        return DATA_SET_NONE;
+    unsigned group = rd16(buf, false), first_element = rd16(buf + 2, false);
+    bool explicit_vr = is_vr(buf + 4);
+    if ((group != 0x0002 && group != 0x0008) || first_element > 0x0020 || (group == 0x0002 && !explicit_vr))
+        return DATA_SET_NONE;
+    /* The first elements that lie whole in buf (a sniff sees only a head). */
+    cursor c = {.buf = buf, .end = len, .explicit_vr = explicit_vr};
+    uint32_t last = 0;
+    int whole = 0;
+    while (whole < 4 && c.end - c.pos >= 8) {
+        element e;
+        ms_err ignored;
+        if (group == 0x0002 && rd16(buf + c.pos, false) != 0x0002)
+            break; /* the data set after the meta group is in its own syntax */
+        if (explicit_vr && !is_vr(buf + c.pos + 4))
+            return DATA_SET_NONE;
+        if (read_element(&c, &e, &ignored) != 0)
+            break; /* runs past the head */
+        if ((whole > 0 && e.tag <= last) || e.length == UNDEFINED_LENGTH || (whole == 0 && e.length > 256))
+            return DATA_SET_NONE;
+        last = e.tag;
+        c.pos += e.length;
+        whole++;
+    }
+    if (whole < 2)
+        return DATA_SET_NONE;
+    return group == 0x0002 ? DATA_SET_BARE_META : explicit_vr ? DATA_SET_BARE_EXPLICIT : DATA_SET_BARE_IMPLICIT;
+}
+
+static data_set_kind data_set_kind_of(const uint8_t *buf, size_t len)
+{
+    if (!buf)
+        return DATA_SET_NONE;
+    if (len >= 132 && memcmp(buf + 128, "DICM", 4) == 0)
+        return DATA_SET_PART10;
+    return bare_data_set_kind(buf, len);
+}
 
 int dicom_sniff(const uint8_t *buf, size_t len)
 {
-    return buf && len >= 132 && memcmp(buf + 128, "DICM", 4) == 0;
+    return data_set_kind_of(buf, len) != DATA_SET_NONE;
 }
 
-/* The file meta group (0002,xxxx), always explicit VR little endian. */
-static int read_meta_group(cursor *c, dicom_image *d, ms_err *err)
+/* The file meta group (0002,xxxx) from byte at, always explicit VR little endian. */
+static int read_meta_group(cursor *c, size_t at, dicom_image *d, ms_err *err)
 {
     c->explicit_vr = true;
     c->big_endian = false;
-    c->pos = 132;
+    c->pos = at;
     while (c->end - c->pos >= 8 && rd16(c->buf + c->pos, false) == 0x0002) {
         element e;
         int rc = read_element(c, &e, err);
@@ -562,6 +632,10 @@ static int read_top_level(cursor *c, dicom_image *d, header_values *h, ms_err *e
             return ms_err_set(err, MS_EFORMAT, "DICOM is corrupt: a (fffe,%04x) item outside any sequence at byte %zu",
                               e.tag & 0xffff, e.value - 8);
         switch (e.tag) {
+        case T_DATA_SET_SOP_CLASS: /* the meta group's copy comes first; a bare data set has only this one */
+            if (!d->sop_class[0])
+                text_value(c, &e, d->sop_class, sizeof d->sop_class);
+            break;
         case T_STUDY_DATE: text_value(c, &e, d->study_date, sizeof d->study_date); break;
         case T_MODALITY: text_value(c, &e, d->modality, sizeof d->modality); break;
         case T_PATIENT_ID: text_value(c, &e, d->patient_id, sizeof d->patient_id); break;
@@ -647,12 +721,15 @@ static int check_layout(dicom_image *d, const header_values *h, ms_err *err)
     if (h->frames != h->frames || h->frames < 1 || h->frames > 1e6 || h->frames != floor(h->frames))
         return ms_err_set(err, MS_EFORMAT, "DICOM is corrupt: Number of Frames is not a count");
     d->frames = (int)h->frames;
-    int rc = read_photometric(h->photometric, d, err);
+    /* ACR-NEMA data sets may have no Photometric Interpretation; one sample
+     * is then grey with black at 0, as dcmtk reads them too. */
+    const char *photometric = !h->photometric[0] && d->bare && d->samples == 1 ? "MONOCHROME2" : h->photometric;
+    int rc = read_photometric(photometric, d, err);
     if (rc)
         return rc;
     bool mono = d->photometric == DICOM_MONOCHROME1 || d->photometric == DICOM_MONOCHROME2;
     if (d->samples != (mono ? 1 : 3))
-        return ms_err_set(err, MS_EFORMAT, "DICOM is corrupt: %s with %d samples per pixel", h->photometric,
+        return ms_err_set(err, MS_EFORMAT, "DICOM is corrupt: %s with %d samples per pixel", photometric,
                           d->samples);
     if (!mono && d->bits_allocated != 8)
         return ms_err_set(err, MS_EUNSUPPORTED, "DICOM colour images of %d bits are not supported; only 8",
@@ -679,10 +756,20 @@ int dicom_parse(const uint8_t *buf, size_t len, dicom_image *d, ms_err *err)
 {
     memset(d, 0, sizeof *d);
     d->slope = 1.0;
-    if (!dicom_sniff(buf, len))
-        return ms_err_set(err, MS_EFORMAT, "not a DICOM file: no \"DICM\" after the 128-byte preamble");
+    data_set_kind kind = data_set_kind_of(buf, len);
+    if (kind == DATA_SET_NONE)
+        return ms_err_set(err, MS_EFORMAT, "not a DICOM file: neither \"DICM\" after a 128-byte preamble nor a "
+                          "DICOM data set at its start");
     cursor c = {.buf = buf, .end = len};
-    int rc = read_meta_group(&c, d, err);
+    int rc;
+    if (kind == DATA_SET_PART10 || kind == DATA_SET_BARE_META) {
+        rc = read_meta_group(&c, kind == DATA_SET_PART10 ? 132 : 0, d, err);
+    } else {
+        snprintf(d->transfer_syntax, sizeof d->transfer_syntax, "%s",
+                 kind == DATA_SET_BARE_EXPLICIT ? "1.2.840.10008.1.2.1" : "1.2.840.10008.1.2");
+        rc = choose_syntax(d->transfer_syntax, d, &c, err);
+        d->bare = 1;
+    }
     if (rc)
         return rc;
     header_values h = {.samples = -1, .rows = -1, .cols = -1, .bits_allocated = -1, .bits_stored = -1,

@@ -65,7 +65,8 @@ typedef struct dicom_voi_lut {
 
 typedef struct dicom_image {
     char transfer_syntax[65];
-    char sop_class[65];    /* Media Storage SOP Class UID; "" when absent */
+    char sop_class[65];    /* Media Storage SOP Class UID (or the data set's SOP Class UID); "" when absent */
+    int bare;              /* a data set without the file meta group (no transfer syntax given) */
     dicom_encoding encoding;
     int big_endian;        /* native pixels stored big endian */
     int rows, cols, samples, frames;
@@ -94,7 +95,9 @@ typedef struct dicom_image {
     char study_date[17], modality[17], body_part[17];
 } dicom_image;
 
-/* True when buf is a Part 10 file ("DICM" after the preamble). */
+/* True when buf is a Part 10 file ("DICM" after the preamble), or starts
+ * with a bare data set as older modalities and archives write it (see
+ * dicom.c, "the header"). buf may be only the file's head. */
 int dicom_sniff(const uint8_t *buf, size_t len);
 
 /* Reads the file's header and the attributes above; finds the pixel data

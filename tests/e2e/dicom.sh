@@ -19,6 +19,9 @@
 #  - JPEG 2000 and JPEG-LS written by GDCM's gdcmconv: lossless ones give
 #    the gray levels of the uncompressed file, lossy ones those of GDCM's
 #    own decompression;
+#  - data sets without the Part 10 wrapper (dcmconv -F, implicit and
+#    explicit VR; a file without its preamble) give the same gray levels
+#    and are ingested from a folder by content;
 #  - ingest takes DICOM files from a folder (by content, any file name),
 #    skips a DICOMDIR and a structured report beside them by name,
 #    fills patient, sex, age, view and study date from the file where the
@@ -102,6 +105,29 @@ done
 dcmcjpeg +e1 "$T/cases/rgb.dcm" "$T/jl_rgb.dcm" && same_gray jpeg_lossless_rgb "$T/jl_rgb.dcm" "$T/cases/rgb.gray" 48
 dcmcjpeg +e1 "$DCM/siim_cxr_pa_uncompressed_evrle.dcm" "$T/jl_siim.dcm" &&
     same_gray jpeg_lossless_siim "$T/jl_siim.dcm" "$T/cases/shared_siim_cxr_pa_uncompressed_evrle.gray" 1024
+
+echo "== data sets without the Part 10 wrapper (dcmconv -F): the same gray levels, found by content"
+mkdir -p "$T/bare"
+for src in mono16_explicit window_linear mono1_range mono8 rgb; do
+    for ts in ti te; do
+        dcmconv -F +$ts "$T/cases/$src.dcm" "$T/bare/${src}_$ts" 2>"$T/bare.err" ||
+            { fail "dcmconv -F +$ts $src: $(cat "$T/bare.err")"; continue; }
+        head -c 4 "$T/bare/${src}_$ts" | od -An -tx1 | grep -q "08 00" || fail "${src}_$ts does not start with group 0008"
+        same_gray "bare_${src}_$ts" "$T/bare/${src}_$ts" "$T/cases/$src.gray" 48
+    done
+done
+dcmconv -F +ti "$DCM/siim_cxr_pa_uncompressed_evrle.dcm" "$T/bare/siim_ti" &&
+    same_gray bare_siim_ti "$T/bare/siim_ti" "$T/cases/shared_siim_cxr_pa_uncompressed_evrle.gray" 1024
+# the meta group at byte 0: a Part 10 file without its preamble and "DICM"
+tail -c +133 "$DCM/siim_cxr_pa_uncompressed_evrle.dcm" >"$T/bare/siim_meta"
+same_gray bare_siim_meta "$T/bare/siim_meta" "$T/cases/shared_siim_cxr_pa_uncompressed_evrle.gray" 1024
+rc=0
+"$BIN" ingest "$T/bare" --db "$T/bare.db" --model "$MODEL" >"$T/bare.out" 2>"$T/bare.err" || rc=$?
+[ $rc -eq 0 ] && grep -q "ingested 12, skipped 0 .*failed 0" "$T/bare.out" ||
+    fail "ingest of bare data sets: exit $rc, $(cat "$T/bare.out" "$T/bare.err")"
+"$BIN" search "$T/bare/siim_meta" --db "$T/bare.db" --model "$MODEL" -k 2 --qe 0 --json >"$T/bare.json" 2>/dev/null
+"$PY" -c 'import json,sys; r=json.load(open(sys.argv[1]))["results"]; assert {x["original_name"] for x in r}=={"siim_ti","siim_meta"} and r[1]["score"]>0.9999 and r[0]["patient_id"]=="16d7f894-55d7-4d95-8957-d18987f0e981", r' \
+    "$T/bare.json" || fail "the two bare copies of the radiograph: $(head -c 400 "$T/bare.json")"
 
 echo "== 12-bit JPEG Extended written by dcmtk: within a gray level of dcmdjpeg's decompression"
 for src in mono16_explicit window_linear window_sigmoid mono1_range voi_lut; do

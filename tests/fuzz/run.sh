@@ -126,6 +126,9 @@ EOF
       dcmcjpeg +el +sv 1 +pt 2 "$dir/mono8.dcm" "$dir/jpeg_lossless_pt.dcm" 2>/dev/null || true
       dcmcjpeg +ee "$dir/mono16_explicit.dcm" "$dir/jpeg12.dcm" 2>/dev/null || true
       dcmcjpeg +ee +q 100 "$dir/voi_lut.dcm" "$dir/jpeg12_q100.dcm" 2>/dev/null || true
+      # data sets without the Part 10 wrapper, implicit and explicit VR
+      dcmconv -F +ti "$dir/mono8.dcm" "$dir/bare_implicit" 2>/dev/null || true
+      dcmconv -F +te "$dir/mono16_explicit.dcm" "$dir/bare_explicit" 2>/dev/null || true
       # their frames as standalone .jpg files (lossless and 12-bit JPEG)
       "$PY" - "$dir" <<'EOF' 2>/dev/null || true
 import sys, pydicom

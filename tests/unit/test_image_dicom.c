@@ -1545,6 +1545,123 @@ static void test_metadata(void **state)
     assert_int_equal(image_dicom_metadata("hello", 5, &m, &err), MS_EFORMAT);
 }
 
+/* ---- data sets without the Part 10 wrapper ---- */
+
+/* ramp12's image as older modalities and archives write it: the data set
+ * alone, without preamble and "DICM", with the meta group at byte 0 or no
+ * meta group at all. */
+static dcm bare_ramp12(int explicit_vr, int meta)
+{
+    dcm d = {0};
+    if (meta) {
+        el_text(&d, 0x0002, 0x0002, "UI", "1.2.840.10008.5.1.4.1.1.1.1");
+        el_text(&d, 0x0002, 0x0003, "UI", "1.2.3.4");
+        el_text(&d, 0x0002, 0x0010, "UI", explicit_vr ? TS_EXPLICIT : TS_IMPLICIT);
+    }
+    d.explicit_vr = explicit_vr;
+    el_text(&d, 0x0008, 0x0005, "CS", "ISO_IR 100");
+    el_text(&d, 0x0008, 0x0016, "UI", "1.2.840.10008.5.1.4.1.1.1.1");
+    el_text(&d, 0x0008, 0x0060, "CS", "DX");
+    el_text(&d, 0x0010, 0x0020, "LO", "P-7");
+    image_attrs(&d, 2, 2, 16, 12, 11, 0, "MONOCHROME2");
+    pixels16(&d, RAMP12, 4);
+    return d;
+}
+
+static void expect_not_dicom(const dcm *d, const char *why)
+{
+    if (image_sniff(d->b, d->n) != IMAGE_UNKNOWN)
+        fail_msg("taken for an image: %s", why);
+}
+
+static void test_bare_data_sets(void **state)
+{
+    (void)state;
+    for (int explicit_vr = 0; explicit_vr < 2; explicit_vr++)
+        for (int meta = 0; meta < 2; meta++) {
+            dcm d = bare_ramp12(explicit_vr, meta);
+            /* told from its head alone, as ingest sniffs a file */
+            assert_int_equal(image_sniff(d.b, d.n < 132 ? d.n : 132), IMAGE_DICOM);
+            uint8_t g[4];
+            gray_of(&d, 2, g);
+            assert_memory_equal(g, RAMP12_GRAY, 4);
+            image_dicom_meta m;
+            ms_err err = {0};
+            assert_int_equal(image_dicom_metadata(d.b, d.n, &m, &err), 0);
+            assert_string_equal(m.patient_id, "P-7");
+            for (size_t n = 0; n < d.n; n++)
+                if (prepare_code(d.b, n, &err) == 0)
+                    fail_msg("a bare data set cut to %zu of %zu bytes decoded", n, d.n);
+            uint8_t *copy = malloc(d.n);
+            assert_non_null(copy);
+            for (int round = 0; round < 1000; round++) {
+                memcpy(copy, d.b, d.n);
+                for (int k = 1 + (int)(rng() % 4); k > 0; k--)
+                    copy[rng() % d.n] = (uint8_t)rng();
+                err.msg[0] = '\0';
+                int rc = prepare_code(copy, d.n, &err);
+                if (rc != 0 && !err.msg[0])
+                    fail_msg("error %d without a message", rc);
+            }
+            free(copy);
+            free(d.b);
+        }
+
+    /* ACR-NEMA 2.0: a group length first, and no Photometric
+     * Interpretation, read as MONOCHROME2 (a Part 10 file without one is
+     * refused: test_refusals_name_the_reason) */
+    dcm d = {0};
+    el(&d, 0x0008, 0x0000, "UL", "\x1a\0\0\0", 4);
+    el_text(&d, 0x0008, 0x0010, "SH", "ACR-NEMA 2.0");
+    el_us(&d, 0x0028, 0x0010, 2);
+    el_us(&d, 0x0028, 0x0011, 2);
+    el_us(&d, 0x0028, 0x0100, 16);
+    el_us(&d, 0x0028, 0x0101, 12);
+    el_us(&d, 0x0028, 0x0102, 11);
+    pixels16(&d, RAMP12, 4);
+    uint8_t g[4];
+    gray_of(&d, 2, g);
+    assert_memory_equal(g, RAMP12_GRAY, 4);
+    free(d.b);
+
+    /* a bare structured report: its data set's SOP Class names it */
+    d = (dcm){0};
+    el_text(&d, 0x0008, 0x0005, "CS", "ISO_IR 100");
+    el_text(&d, 0x0008, 0x0016, "UI", "1.2.840.10008.5.1.4.1.1.88.22");
+    el_text(&d, 0x0010, 0x0020, "LO", "P-7");
+    expect_refused(&d, MS_ENOTIMAGE, "is a structured report");
+    free(d.b);
+
+    /* near misses: binary that starts like a data set but is not one */
+    d = (dcm){0};
+    el_text(&d, 0x0008, 0x0016, "UI", "1.2");
+    el_text(&d, 0x0008, 0x0005, "CS", "ISO_IR 100"); /* tags going down */
+    expect_not_dicom(&d, "descending tags");
+    free(d.b);
+    d = (dcm){0};
+    el_text(&d, 0x0008, 0x0005, "CS", "ISO_IR 100"); /* one element only */
+    expect_not_dicom(&d, "a single element");
+    free(d.b);
+    d = (dcm){0};
+    el_text(&d, 0x0010, 0x0010, "PN", "Doe^J");      /* not group 0002 or 0008 first */
+    el_text(&d, 0x0010, 0x0020, "LO", "P-7");
+    expect_not_dicom(&d, "group 0010 first");
+    free(d.b);
+    d = (dcm){0};
+    header(&d, 0x0008, 0x0005, "CS", 300);           /* a first value too long for its kind */
+    for (int i = 0; i < 300; i++)
+        put(&d, "x", 1);
+    el_text(&d, 0x0008, 0x0016, "UI", "1.2");
+    expect_not_dicom(&d, "a 300-byte first value");
+    free(d.b);
+    d = (dcm){0};
+    d.explicit_vr = 1;
+    el_text(&d, 0x0008, 0x0005, "CS", "ISO_IR 100");
+    el_text(&d, 0x0008, 0x0016, "Q!", "1.2");        /* explicit, then no VR */
+    expect_not_dicom(&d, "a bad VR");
+    free(d.b);
+}
+
 /* ---- refusals ---- */
 
 static void test_refusals_name_the_reason(void **state)
@@ -1774,6 +1891,7 @@ int main(void)
         cmocka_unit_test(test_first_frame_of_several),
         cmocka_unit_test(test_sequences_are_skipped),
         cmocka_unit_test(test_metadata),
+        cmocka_unit_test(test_bare_data_sets),
         cmocka_unit_test(test_refusals_name_the_reason),
         cmocka_unit_test(test_pixel_limit),
         cmocka_unit_test(test_truncated_at_every_length),
