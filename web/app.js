@@ -721,7 +721,9 @@ async function loadViewerImage(r, signal) {
   }
   let bitmap;
   try {
-    bitmap = await createImageBitmap(await res.blob());
+    // turned as its EXIF Orientation says, as the browser shows the file
+    // and as the server made the thumbnail (explicit: older browsers default to 'none')
+    bitmap = await createImageBitmap(await res.blob(), { imageOrientation: 'from-image' });
   } catch (e) {
     // A JPEG the browser cannot decode (lossless or 12-bit): MedSearch's
     // rendering of it.

@@ -441,9 +441,11 @@ static int store_new_images(pipe_t *p, slot *sl, ms_err *err)
         slot_item *it = &sl->it[i];
         if (it->state != ITEM_DECODE)
             continue;
+        int w, h; /* as shown: what the thumbnail, the preview and a browser show */
+        image_info_shown_size(&it->info, &w, &h);
         items[it->row] = (store_item){
             .bytes = it->item.bytes, .len = it->item.len, .sha256 = it->sha,
-            .mime = image_format_mime(it->info.format), .width = it->info.width, .height = it->info.height,
+            .mime = image_format_mime(it->info.format), .width = w, .height = h,
             .thumb = it->thumb, .thumb_len = it->thumb_len, .thumb_mime = "image/jpeg",
             .meta = it->has_dicom_meta ? &it->dicom_meta : it->item.meta,
             .vec = sl->feat + (size_t)it->row * dim,

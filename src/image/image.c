@@ -252,8 +252,10 @@ static double max_value(VipsImage *im)
  * reduction from real detail. */
 static int jpeg_shrink_for(const image_info *info, int want_w, int want_h)
 {
+    int w, h;
+    image_info_shown_size(info, &w, &h); /* want_w x want_h is of the image as shown */
     for (int s = 8; s > 1; s /= 2)
-        if (info->width / s >= 2 * want_w && info->height / s >= 2 * want_h)
+        if (w / s >= 2 * want_w && h / s >= 2 * want_h)
             return s;
     return 1;
 }
@@ -583,6 +585,31 @@ static int decode_dicom_gray8(const void *buf, size_t len, const image_info *inf
  * memory, owned by pl (its last image). want_w x want_h is the size the
  * caller will resize to; it only lets JPEG (and JPEG 2000 in DICOM) decode
  * at a reduced scale. */
+/* Turns the gray image as its EXIF or TIFF Orientation says: 2 mirrored,
+ * 3 upside down, 4 mirrored upside down, 5 transposed, 6 turned a quarter
+ * clockwise, 7 transposed the other way, 8 a quarter anticlockwise. Each is
+ * a rotation, then for the even ones up to 4 and for 5 and 7 a mirror. */
+static int orient(pipeline *pl, int orientation, ms_err *err)
+{
+    static const struct {
+        VipsAngle angle;
+        bool mirror;
+    } turns[9] = {[2] = {VIPS_ANGLE_D0, true},   [3] = {VIPS_ANGLE_D180, false}, [4] = {VIPS_ANGLE_D180, true},
+                  [5] = {VIPS_ANGLE_D90, true},  [6] = {VIPS_ANGLE_D90, false},  [7] = {VIPS_ANGLE_D270, true},
+                  [8] = {VIPS_ANGLE_D270, false}};
+    if (orientation < 2 || orientation > 8)
+        return 0;
+    VipsImage *in = pipe_last(pl); /* before pipe_slot, which makes a new last */
+    if (turns[orientation].angle != VIPS_ANGLE_D0) {
+        if (vips_rot(in, pipe_slot(pl), turns[orientation].angle, NULL))
+            return vips_failed(err, MS_EINTERNAL, "turning the image to its orientation failed");
+        in = pipe_last(pl);
+    }
+    if (turns[orientation].mirror && vips_flip(in, pipe_slot(pl), VIPS_DIRECTION_HORIZONTAL, NULL))
+        return vips_failed(err, MS_EINTERNAL, "mirroring the image to its orientation failed");
+    return 0;
+}
+
 static int decode_gray8(const void *buf, size_t len, const image_info *info, int want_w, int want_h, pipeline *pl,
                         ms_err *err)
 {
@@ -594,6 +621,8 @@ static int decode_gray8(const void *buf, size_t len, const image_info *info, int
         rc = to_luminance(pl, info->format, err);
     if (!rc)
         rc = to_uint8(pl, pl->img[0]->BandFmt == VIPS_FORMAT_USHORT, err);
+    if (!rc)
+        rc = orient(pl, info->orientation, err);
     if (rc)
         return rc;
     VipsImage *gray = pipe_last(pl);
@@ -791,15 +820,17 @@ static int check_thumb_args(int longest_side, thumb_format fmt, ms_err *err)
  * already smaller; the other side keeps the aspect ratio, at least 1. */
 static void thumb_size(const image_info *info, int longest, int *w, int *h)
 {
-    int big = info->width > info->height ? info->width : info->height;
+    int iw, ih;
+    image_info_shown_size(info, &iw, &ih);
+    int big = iw > ih ? iw : ih;
     if (big <= longest) {
-        *w = info->width;
-        *h = info->height;
+        *w = iw;
+        *h = ih;
         return;
     }
     double s = (double)longest / big;
-    *w = info->width >= info->height ? longest : (int)fmax(1.0, lround(info->width * s));
-    *h = info->height >= info->width ? longest : (int)fmax(1.0, lround(info->height * s));
+    *w = iw >= ih ? longest : (int)fmax(1.0, lround(iw * s));
+    *h = ih >= iw ? longest : (int)fmax(1.0, lround(ih * s));
 }
 
 /* The thumbnail of the decoded 8-bit gray memory image `in`, w x h (never

@@ -29,7 +29,11 @@
  *   1. decode at full size, except that a JPEG at least 4x larger than the
  *      target on both axes is decoded at 1/2, 1/4 or 1/8 scale by libjpeg's
  *      DCT scaling (leaving at least 2x the target for step 4);
- *      EXIF orientation and ICC profiles are ignored (pixels as stored);
+ *      ICC profiles are ignored; the 8-bit gray image (step 3) is turned as a JPEG's
+ *      EXIF Orientation or a TIFF's Orientation tag says (image_info's
+ *      orientation), so that every face shows and embeds the X-ray the way
+ *      a browser or viewer shows the file (a phone's photo of a film is
+ *      often stored sideways with Orientation 6);
  *   2. drop alpha (ignored, not blended); RGB becomes Rec.601 luma
  *      Y = 0.299 R + 0.587 G + 0.114 B on the stored values, like PIL's
  *      convert("L"): for 8-bit in PIL's exact fixed point
@@ -75,10 +79,14 @@ typedef struct image_limits {
 
 typedef struct image_info {
     image_format format;
-    int width, height;
+    int width, height;    /* as stored, before the orientation is applied */
     int bands;            /* channels in the file, alpha included */
     int bits;             /* 8 or 16 */
+    int orientation;      /* EXIF/TIFF Orientation, 1 (as stored) to 8; 5-8 swap width and height */
 } image_info;
+
+/* The size of the image as shown: width and height after the orientation. */
+void image_info_shown_size(const image_info *info, int *width, int *height);
 
 /* How the model wants its input. */
 typedef struct image_prep {

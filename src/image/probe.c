@@ -229,6 +229,8 @@ static int jpeg_frame(const uint8_t *seg, size_t seglen, int marker, image_info 
  * header gives the size, and every table before the scan must be complete
  * (libjpeg would otherwise decode a file cut inside its Huffman tables with
  * default tables, silently). */
+static int exif_orientation(const uint8_t *p, size_t len);
+
 static int probe_jpeg(const uint8_t *p, size_t len, image_info *info, ms_err *err)
 {
     size_t off = 2; /* after SOI */
@@ -256,6 +258,9 @@ static int probe_jpeg(const uint8_t *p, size_t len, image_info *info, ms_err *er
             break;
         if (marker == 0xda)
             return off + seglen < len ? 0 : ms_err_set(err, MS_EFORMAT, "JPEG is truncated: no scan data");
+        /* The first EXIF block (APP1 "Exif\0\0" and a TIFF structure) gives the orientation. */
+        if (marker == 0xe1 && info->orientation == 0 && seglen >= 2 + 6 && !memcmp(p + off + 2, "Exif\0\0", 6))
+            info->orientation = exif_orientation(p + off + 8, seglen - 8);
         if (jpeg_is_sof(marker)) {
             if (have_frame)
                 return ms_err_set(err, MS_EFORMAT, "JPEG is corrupt: two frame headers");
@@ -308,6 +313,33 @@ static bool tiff_first_value(const tiff_reader *t, size_t entry, uint32_t *v)
     }
     *v = unit == 2 ? t16(t, at) : t32(t, at);
     return true;
+}
+
+/* Orientation (tag 274) from the first directory of the TIFF structure at
+ * p: how its grid is to be turned for display, 1 (as stored) to 8. Absent,
+ * unreadable or out of range, it is 1, as viewers take it. */
+static int orientation_in(const tiff_reader *t, uint32_t ifd)
+{
+    if (ifd < 8 || ifd > t->len || t->len - ifd < 2)
+        return 1;
+    uint16_t n = t16(t, ifd);
+    if ((uint64_t)n * 12 > t->len - ifd - 2)
+        return 1;
+    for (uint16_t i = 0; i < n; i++) {
+        size_t e = ifd + 2 + (size_t)i * 12;
+        uint32_t v;
+        if (t16(t, e) == 274 && tiff_first_value(t, e, &v))
+            return v >= 1 && v <= 8 ? (int)v : 1;
+    }
+    return 1;
+}
+
+static int exif_orientation(const uint8_t *p, size_t len)
+{
+    if (len < 8 || (memcmp(p, "II*\0", 4) && memcmp(p, "MM\0*", 4)))
+        return 1;
+    tiff_reader t = {.p = p, .len = len, .big_endian = p[0] == 'M'};
+    return orientation_in(&t, t32(&t, 4));
 }
 
 static int probe_tiff(const uint8_t *p, size_t len, image_info *info, ms_err *err)
@@ -364,6 +396,7 @@ static int probe_tiff(const uint8_t *p, size_t len, image_info *info, ms_err *er
     info->height = (int)h;
     info->bands = photometric == 3 ? 3 : (int)samples; /* a palette decodes to RGB */
     info->bits = (int)bits;
+    info->orientation = orientation_in(&t, ifd);
     return 0;
 }
 
@@ -395,6 +428,13 @@ static int probe_dicom(const uint8_t *p, size_t len, image_info *info, ms_err *e
     return 0;
 }
 
+void image_info_shown_size(const image_info *info, int *width, int *height)
+{
+    bool turned = info->orientation >= 5 && info->orientation <= 8;
+    *width = turned ? info->height : info->width;
+    *height = turned ? info->width : info->height;
+}
+
 int image_probe(const void *buf, size_t len, const image_limits *lim, image_info *info, ms_err *err)
 {
     image_limits def = image_default_limits();
@@ -423,6 +463,8 @@ int image_probe(const void *buf, size_t len, const image_limits *lim, image_info
     }
     if (rc)
         return rc;
+    if (info->orientation < 1)
+        info->orientation = 1; /* PNG, DICOM, a JPEG without EXIF */
 
     uint64_t pixels = (uint64_t)info->width * (uint64_t)info->height;
     if (pixels > lim->max_pixels) {

@@ -6,8 +6,9 @@
 // viewer (window/level drag, zoom), runs "find similar", searches with a
 // DICOM file (shown as the server renders it) and opens a stored DICOM in the
 // viewer, does the same with a 12-bit lossless JPEG (which the browser cannot
-// decode), uses the page behind a reverse proxy under a path prefix, and
-// saves screenshots under tests/browser/out/.
+// decode), uses the page behind a reverse proxy under a path prefix, shows a
+// JPEG stored sideways with EXIF Orientation 6 upright (thumbnail, viewer,
+// size), and saves screenshots under tests/browser/out/.
 // Exit 0 pass, 77 skip (with the reason), 1 fail.
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -114,6 +115,27 @@ function lossless12FromQuery(file) {
   const f = new Float32Array(fs.readFileSync(dump).buffer.slice(0));
   const samples = Array.from({ length: 256 * 256 }, (_, i) => Math.round(f[i]) * 16 + 8);
   fs.writeFileSync(file, losslessJpeg(samples, 256, 256, 12));
+}
+
+// The size in a JPEG's frame header, or null.
+function jpegSize(bytes) {
+  for (let i = 2; i + 9 < bytes.length && bytes[i] === 0xff;) {
+    const m = bytes[i + 1];
+    if (m >= 0xc0 && m <= 0xcf && m !== 0xc4 && m !== 0xc8 && m !== 0xcc) {
+      return { h: bytes[i + 5] << 8 | bytes[i + 6], w: bytes[i + 7] << 8 | bytes[i + 8] };
+    }
+    i += 2 + (bytes[i + 2] << 8 | bytes[i + 3]);
+  }
+  return null;
+}
+
+// The JPEG with an EXIF block saying Orientation 6 (stored a quarter turn
+// anticlockwise: shown turned clockwise) right after its SOI, as a phone writes it.
+function withOrientation6(bytes) {
+  const tiff = [0x49, 0x49, 0x2a, 0, 8, 0, 0, 0, 1, 0, 0x12, 0x01, 3, 0, 1, 0, 0, 0, 6, 0, 0, 0, 0, 0, 0, 0];
+  const payload = [0x45, 0x78, 0x69, 0x66, 0, 0, ...tiff];
+  const app1 = [0xff, 0xe1, (payload.length + 2) >> 8, (payload.length + 2) & 255, ...payload];
+  return Buffer.concat([bytes.subarray(0, 2), Buffer.from(app1), bytes.subarray(2)]);
 }
 
 function listImages(folder, n) {
@@ -230,6 +252,19 @@ try {
   lossless12FromQuery(losslessFile);
   const losslessIngest = spawnSync(bin, ['ingest', losslessDir, '--db', db, '--model', model], { encoding: 'utf8', timeout: 300000 });
   if (losslessIngest.status !== 0) throw new Error(`ingest of the lossless JPEG failed (${losslessIngest.status}): ${losslessIngest.stderr}`);
+  // A landscape COVID X-ray stored with EXIF Orientation 6, as a phone's
+  // photo of a film is (step 10).
+  const covidDir = path.join(shared, 'data', 'covid_chestxray_2020', 'images');
+  const landscape = listImages('covid_chestxray_2020', 200).map((f) => path.join(covidDir, f))
+    .find((f) => /\.jpe?g$/i.test(f) && (({ w, h } = jpegSize(fs.readFileSync(f)) || {}) => w > 1.2 * h)());
+  if (!landscape) throw new Error('no landscape JPEG among the COVID images for step 10');
+  const storedSize = jpegSize(fs.readFileSync(landscape));
+  const turnedDir = path.join(work, 'turned');
+  fs.mkdirSync(turnedDir);
+  const turnedFile = path.join(turnedDir, 'turned.jpg');
+  fs.writeFileSync(turnedFile, withOrientation6(fs.readFileSync(landscape)));
+  const turnedIngest = spawnSync(bin, ['ingest', turnedDir, '--db', db, '--model', model], { encoding: 'utf8', timeout: 300000 });
+  if (turnedIngest.status !== 0) throw new Error(`ingest of the turned JPEG failed (${turnedIngest.status}): ${turnedIngest.stderr}`);
   const url = await startServer();
   let origin = url; // the server's address (step 6 starts it again)
   console.log(`server at ${url}`);
@@ -406,6 +441,7 @@ try {
 
   // 9. Behind a reverse proxy, under a path prefix: the page, its search,
   // thumbnails and viewer all go through the prefix.
+  const direct = origin;
   const behind = await startPrefixProxy(origin, '/medsearch/');
   try {
     origin = behind.url.replace(/\/medsearch\/$/, '');
@@ -429,6 +465,31 @@ try {
   } finally {
     behind.proxy.close();
   }
+
+  // 10. A JPEG stored sideways with EXIF Orientation 6: its thumbnail and
+  // the viewer show it upright, as the browser shows the file, with the size
+  // as shown (the stored grid's width and height swapped).
+  origin = direct;
+  await page.goto(direct);
+  await page.waitForFunction(() => /images/.test(document.getElementById('collection-info').textContent));
+  searched = page.waitForRequest((r) => r.url().includes('/api/search'));
+  await page.setInputFiles('#file-input', turnedFile);
+  await searched;
+  await waitForResults(page);
+  list = await cards(page);
+  check(list[0].name === 'turned.jpg', `the turned JPEG finds its stored copy first (${list[0].name} ${list[0].score})`);
+  const thumb = await page.waitForFunction(() => {
+    const i = document.querySelector('#grid .card:nth-child(1) .thumb img');
+    return i && i.complete && i.naturalWidth > 0 && [i.naturalWidth, i.naturalHeight];
+  });
+  const [tw, th] = await thumb.jsonValue();
+  check(th > tw, `its thumbnail is upright, taller than wide (${tw} x ${th}; the stored grid is ${storedSize.w} x ${storedSize.h})`);
+  const turnedMeta = await openFirstResult(page);
+  check(turnedMeta.includes(`${storedSize.h} × ${storedSize.w}`), `the viewer gives the size as shown (${turnedMeta.slice(0, 120)})`);
+  const [vw, vh] = await page.evaluate(() => [viewer.w, viewer.h]); // app.js's viewer state
+  check(vw === storedSize.h && vh === storedSize.w, `the viewer's image is upright (${vw} x ${vh})`);
+  await page.screenshot({ path: path.join(outDir, '10-exif-orientation.png') });
+  await page.keyboard.press('Escape');
 
   const unexpected = problems.filter((p) => !/status of 400/.test(p));
   check(unexpected.length === 0, 'no page errors, console errors or external requests' +

@@ -114,6 +114,10 @@ g.convert("I;16").save(d + "/gray16.tif")
 g.save(d + "/gray_lzw.tif", compression="tiff_lzw")
 g.convert("RGB").save(d + "/rgb.tif")
 g.convert("RGB").convert("P").save(d + "/palette.tif")
+ex = Image.Exif()
+ex[0x0112] = 6
+g.save(d + "/exif_orientation.jpg", quality=80, exif=ex.tobytes())
+g.save(d + "/orientation.tif", tiffinfo={274: 8})
 EOF
   fi
   # With pydicom: DICOM files of every layout and transfer syntax MedSearch reads.

@@ -647,6 +647,121 @@ static void test_handmade_tiff_both_byte_orders(void **state)
     }
 }
 
+/* TIFF Orientation (tag 274): a 2x2 image of 0, 20 / 40, 60 comes out as
+ * shown, each of the eight turns worked out by hand. Entry 6 of make_tiff
+ * (SamplesPerPixel, 1 by default) becomes the Orientation, which keeps the
+ * tags in order. */
+static void test_tiff_orientation(void **state)
+{
+    (void)state;
+    static const float shown[9][4] = {
+        [1] = {0, 20, 40, 60}, [2] = {20, 0, 60, 40}, [3] = {60, 40, 20, 0}, [4] = {40, 60, 0, 20},
+        [5] = {0, 40, 20, 60}, [6] = {40, 0, 60, 20}, [7] = {60, 20, 40, 0}, [8] = {20, 60, 0, 40},
+    };
+    for (int be = 0; be < 2; be++)
+        for (uint32_t o = 0; o <= 9; o++) {
+            blob b = make_tiff(be, 2, 2, 8, 1, 20);
+            tiff_writer t = {b.data, be};
+            tiff_entry(&t, 8 + 2 + 6 * 12, 274, 3, o);
+            ms_err err = {0};
+            image_prep prep = {2, {0, 0, 0}, {1, 1, 1}};
+            float out[12];
+            image_info info;
+            assert_int_equal(image_prepare(b.data, b.len, NULL, &prep, out, &info, &err), 0);
+            int want = o >= 1 && o <= 8 ? (int)o : 1; /* out of range: as stored, as viewers take it */
+            assert_int_equal(info.orientation, want);
+            if (memcmp(out, shown[want], sizeof shown[want]))
+                fail_msg("orientation %u: %g %g / %g %g", o, out[0], out[1], out[2], out[3]);
+            blob_free(&b);
+        }
+    /* 3x2 turned a quarter: shown 2x3 */
+    blob b = make_tiff(0, 3, 2, 8, 1, 20);
+    tiff_writer t = {b.data, 0};
+    tiff_entry(&t, 8 + 2 + 6 * 12, 274, 3, 6);
+    image_info info;
+    ms_err err = {0};
+    assert_int_equal(image_probe(b.data, b.len, NULL, &info, &err), 0);
+    int w, h;
+    image_info_shown_size(&info, &w, &h);
+    assert_true(info.width == 3 && info.height == 2 && w == 2 && h == 3);
+    blob_free(&b);
+}
+
+/* An APP1 "Exif" block with a TIFF structure whose first directory holds
+ * n_entries, the first being Orientation of the given type and value. */
+static size_t exif_block(uint8_t *out, int big_endian, uint16_t type, uint32_t value, uint16_t n_entries,
+                         uint32_t ifd_offset)
+{
+    size_t payload = 6 + 8 + 2 + 12 + 4;
+    out[0] = 0xFF, out[1] = 0xE1, out[2] = (uint8_t)((payload + 2) >> 8), out[3] = (uint8_t)(payload + 2);
+    memcpy(out + 4, "Exif\0\0", 6);
+    tiff_writer t = {out + 10, big_endian};
+    memcpy(out + 10, big_endian ? "MM\0*" : "II*\0", 4);
+    tw32(&t, 4, ifd_offset);
+    tw16(&t, 8, n_entries);
+    tiff_entry(&t, 10, 274, type, value);
+    tw32(&t, 22, 0);
+    return 4 + payload;
+}
+
+/* A JPEG with blocks spliced in after its SOI. */
+static blob jpeg_with(const uint8_t *blocks, size_t n)
+{
+    blob plain = encode_with(vips_image_new_from_image1(vips_image_new_matrix(8, 8), 128), ".jpg[Q=90,strip]");
+    blob b = {g_malloc(plain.len + n), plain.len + n};
+    memcpy(b.data, plain.data, 2);
+    if (n)
+        memcpy(b.data + 2, blocks, n);
+    memcpy(b.data + 2 + n, plain.data + 2, plain.len - 2);
+    blob_free(&plain);
+    return b;
+}
+
+static int jpeg_orientation(const uint8_t *blocks, size_t n)
+{
+    blob b = jpeg_with(blocks, n);
+    image_info info;
+    ms_err err = {0};
+    if (image_probe(b.data, b.len, NULL, &info, &err))
+        fail_msg("probe: %s", err.msg);
+    blob_free(&b);
+    return info.orientation;
+}
+
+static void test_exif_orientation_read_safely(void **state)
+{
+    (void)state;
+    uint8_t blk[256];
+    size_t n = exif_block(blk, 0, 3, 6, 1, 8);
+    assert_int_equal(jpeg_orientation(blk, n), 6);
+    assert_int_equal(jpeg_orientation(blk, exif_block(blk, 1, 3, 8, 1, 8)), 8);
+    assert_int_equal(jpeg_orientation(blk, exif_block(blk, 0, 4, 5, 1, 8)), 5);    /* as a LONG */
+    assert_int_equal(jpeg_orientation(blk, exif_block(blk, 0, 3, 9, 1, 8)), 1);    /* out of range */
+    assert_int_equal(jpeg_orientation(blk, exif_block(blk, 0, 2, 6, 1, 8)), 1);    /* ASCII, not a number */
+    assert_int_equal(jpeg_orientation(blk, exif_block(blk, 0, 3, 6, 1, 9000)), 1); /* directory outside */
+    assert_int_equal(jpeg_orientation(blk, exif_block(blk, 0, 3, 6, 0xFFFF, 8)), 1); /* entries past the end */
+    assert_int_equal(jpeg_orientation(blk, exif_block(blk, 0, 3, 6, 1, 0)), 1);    /* directory in the header */
+    /* the first Exif block counts, after any other APP1 (XMP) */
+    static const char xmp[] = "\xFF\xE1\x00\x23http://ns.adobe.com/xap/1.0/\0<x/>";
+    memcpy(blk, xmp, sizeof xmp - 1);
+    n = sizeof xmp - 1;
+    n += exif_block(blk + n, 0, 3, 3, 1, 8);
+    n += exif_block(blk + n, 0, 3, 6, 1, 8);
+    assert_int_equal(jpeg_orientation(blk, n), 3);
+    /* an Exif block cut anywhere before the end of its Orientation entry
+     * (byte 32: 10 of marker and "Exif", 22 of TIFF header, count and
+     * entry) reads as 1; cut after it, in the next-directory pointer, the
+     * entry is whole and counts */
+    size_t full = exif_block(blk, 0, 3, 6, 1, 8);
+    for (size_t cut = 10; cut < full; cut++) {
+        uint8_t cutb[64];
+        memcpy(cutb, blk, cut);
+        cutb[2] = (uint8_t)((cut - 2) >> 8), cutb[3] = (uint8_t)(cut - 2);
+        assert_int_equal(jpeg_orientation(cutb, cut), cut < 32 ? 1 : 6);
+    }
+    assert_int_equal(jpeg_orientation(NULL, 0), 1); /* no Exif at all */
+}
+
 /* Random bytes, alone and behind each accepted magic number. */
 static void test_random_bytes(void **state)
 {
@@ -713,6 +828,8 @@ int main(void)
         cmocka_unit_test(test_decompression_bomb),
         cmocka_unit_test(test_png_stream_longer_than_header),
         cmocka_unit_test(test_handmade_tiff_both_byte_orders),
+        cmocka_unit_test(test_tiff_orientation),
+        cmocka_unit_test(test_exif_orientation_read_safely),
         cmocka_unit_test(test_random_bytes),
         cmocka_unit_test(test_mutated_files),
     };
