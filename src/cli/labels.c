@@ -414,6 +414,10 @@ static int parse_row(labels *t, char **names, const int *roles, char **f, int n,
         int rc = 0;
         switch (roles[i]) {
         case COL_IMAGE:
+            /* A spreadsheet made on Windows names files "images\a.png" */
+            for (char *c = v; *c; c++)
+                if (*c == '\\')
+                    *c = '/';
             while (v[0] == '.' && v[1] == '/')
                 v += 2;
             if (!*v) {

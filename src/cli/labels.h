@@ -28,6 +28,8 @@
  *
  * An image file is matched to its row by its path relative to the CSV's
  * folder, then by its base name (when that base name is in one row only).
+ * A backslash in a row's image path is a folder separator (a file made on
+ * Windows), so "images\a.png" and "C:\set\a.png" match too.
  */
 #ifndef MS_LABELS_H
 #define MS_LABELS_H

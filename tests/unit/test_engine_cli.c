@@ -214,6 +214,38 @@ static void test_separators(void **state)
     labels_free(t);
 }
 
+/* A labels file made on Windows names images with backslashes: relative
+ * paths match by path, absolute ones by base name. */
+static void test_windows_paths(void **state)
+{
+    (void)state;
+    ms_err err = {0};
+    char dir[300], path[400];
+    snprintf(dir, sizeof dir, "%s/win", tmp);
+    mkdir(dir, 0700);
+    snprintf(path, sizeof path, "%s/win/scans", tmp);
+    mkdir(path, 0700);
+    labels *t = load("win/labels.csv",
+                     "image,labels\r\n"
+                     "scans\\a.png,Mass\r\n"
+                     ".\\scans\\b.png,Effusion\r\n"
+                     "C:\\Users\\me\\x-rays\\c.png,Nodule\r\n",
+                     0, &err);
+    assert_non_null(t);
+    for (int i = 0; i < 2; i++) {
+        snprintf(path, sizeof path, "%s/win/scans/%c.png", tmp, "ab"[i]);
+        FILE *f = fopen(path, "w");
+        fclose(f);
+        const store_meta *m = labels_find(t, path);
+        assert_non_null(m);
+        assert_string_equal(m->labels[0], i ? "Effusion" : "Mass");
+    }
+    const store_meta *m = labels_find(t, "/anywhere/c.png");
+    assert_non_null(m);
+    assert_string_equal(m->labels[0], "Nodule");
+    labels_free(t);
+}
+
 /* Excel's "CSV" on Windows is Windows-1252; its "Unicode Text" is UTF-16
  * with a byte-order mark and tabs. Both are read as what they are. */
 static labels *load_bytes(const char *name, const unsigned char *bytes, size_t len, ms_err *err)
@@ -549,7 +581,7 @@ int main(void)
         cmocka_unit_test(test_bad_headers),    cmocka_unit_test(test_parse),
         cmocka_unit_test(test_parse_mistakes), cmocka_unit_test(test_exit_codes),
         cmocka_unit_test(test_out_file),       cmocka_unit_test(test_separators),
-        cmocka_unit_test(test_encodings),
+        cmocka_unit_test(test_encodings),      cmocka_unit_test(test_windows_paths),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     char cmd_rm[300];
