@@ -449,7 +449,7 @@ int cmd_ingest(int argc, char **argv)
     int batch = 0, threads = 0, quiet = 0, qe = -1;
     const cli_option opts[] = {
         {"labels", 0, CLI_STRING, &labels_path, "CSV",
-         "metadata: NIH Data_Entry_2017.csv or a MedSearch labels.csv", 0, 0},
+         "metadata: a MedSearch labels.csv, NIH's Data_Entry_2017.csv or CheXpert's train.csv", 0, 0},
         {"batch", 0, CLI_INT, &batch, "N", "images per inference batch (default 16)", 1, 256},
         {"threads", 0, CLI_INT, &threads, "N", "decode threads (default: one per core)", 1, 256},
         {"quiet", 'q', CLI_FLAG, &quiet, NULL, "no progress and no per-file notes (errors still shown)", 0, 0},

@@ -50,7 +50,7 @@ struct labels {
 /* Column roles. */
 enum {
     COL_KV = 0, COL_IMAGE, COL_LABELS, COL_PATIENT, COL_AGE, COL_SEX, COL_VIEW, COL_DATE, COL_FOLLOWUP,
-    COL_IGNORE
+    COL_FINDING, COL_FRONTAL, COL_IGNORE
 };
 
 /* ---- small helpers ---- */
@@ -234,6 +234,21 @@ static int blank_record(char **fields, int n)
 
 /* ---- header ---- */
 
+/* CheXpert's fourteen observations, each a column of 1.0, 0.0, -1.0 or empty. */
+static const char *const chexpert_findings[] = {
+    "No Finding",      "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion",
+    "Edema",           "Consolidation",              "Pneumonia",    "Atelectasis",  "Pneumothorax",
+    "Pleural Effusion", "Pleural Other",             "Fracture",     "Support Devices",
+};
+
+static int is_chexpert_finding(const char *name)
+{
+    for (size_t i = 0; i < sizeof chexpert_findings / sizeof *chexpert_findings; i++)
+        if (!strcasecmp(name, chexpert_findings[i]))
+            return 1;
+    return 0;
+}
+
 static int role_of(labels_format f, const char *name)
 {
     static const struct {
@@ -243,13 +258,21 @@ static int role_of(labels_format f, const char *name)
                    {"age", COL_AGE}, {"sex", COL_SEX}, {"view", COL_VIEW}, {"study_date", COL_DATE}},
       nih[] = {{"image index", COL_IMAGE}, {"finding labels", COL_LABELS}, {"patient id", COL_PATIENT},
                {"patient age", COL_AGE}, {"patient gender", COL_SEX}, {"view position", COL_VIEW},
-               {"follow-up #", COL_FOLLOWUP}};
+               {"follow-up #", COL_FOLLOWUP}},
+      chexpert[] = {{"path", COL_IMAGE}, {"sex", COL_SEX}, {"age", COL_AGE}, {"frontal/lateral", COL_FRONTAL},
+                    {"ap/pa", COL_VIEW}};
     if (!*name)
         return COL_IGNORE;
     if (f == LABELS_NIH) {
         for (size_t i = 0; i < sizeof nih / sizeof nih[0]; i++)
             if (!strcasecmp(name, nih[i].name))
                 return nih[i].role;
+    } else if (f == LABELS_CHEXPERT) {
+        for (size_t i = 0; i < sizeof chexpert / sizeof chexpert[0]; i++)
+            if (!strcasecmp(name, chexpert[i].name))
+                return chexpert[i].role;
+        if (is_chexpert_finding(name))
+            return COL_FINDING;
     } else {
         for (size_t i = 0; i < sizeof generic / sizeof generic[0]; i++)
             if (!strcasecmp(name, generic[i].name))
@@ -279,13 +302,19 @@ static int read_header(labels *t, const char *path, size_t line, char **names, i
         names[i] = trim(names[i]);
     int nih = has_column(names, n, "image index") || has_column(names, n, "finding labels");
     int generic = has_column(names, n, "image") || has_column(names, n, "labels");
-    if (!nih && !generic)
+    int findings = 0;
+    for (int i = 0; i < n; i++)
+        findings += is_chexpert_finding(names[i]);
+    int chexpert = !nih && !generic && has_column(names, n, "path") && findings > 0;
+    if (!nih && !generic && !chexpert)
         return ms_err_set(err, MS_EFORMAT,
-                          "%s: header names neither 'image,labels,...' (MedSearch labels.csv) nor "
-                          "'Image Index,Finding Labels,...' (NIH Data_Entry_2017.csv); it starts '%.60s'",
+                          "%s: header names neither 'image,labels,...' (MedSearch labels.csv), 'Image Index,Finding "
+                          "Labels,...' (NIH Data_Entry_2017.csv) nor 'Path,...' and CheXpert's observations; it "
+                          "starts '%.60s'",
                           path, n > 0 ? names[0] : "");
-    t->format = nih ? LABELS_NIH : LABELS_GENERIC;
-    const char *need[2] = {nih ? "Image Index" : "image", nih ? "Finding Labels" : "labels"};
+    t->format = nih ? LABELS_NIH : chexpert ? LABELS_CHEXPERT : LABELS_GENERIC;
+    const char *need[2] = {nih ? "Image Index" : chexpert ? "Path" : "image",
+                           nih ? "Finding Labels" : chexpert ? "Path" : "labels"};
     for (int k = 0; k < 2; k++)
         if (!has_column(names, n, need[k]))
             return ms_err_set(err, MS_EFORMAT, "%s: missing required column '%s' (%s format)", path, need[k],
@@ -400,10 +429,51 @@ static int set_string(char **dst, const char *v)
     return (*dst = strdup(v)) ? 0 : MS_ENOMEM;
 }
 
+/* A CheXpert observation: 1 positive, -1 uncertain, 0 or empty negative
+ * (or not mentioned). Returns 1, -1, 0, or 2 for anything else. */
+static int observation_value(const char *v)
+{
+    if (!*v)
+        return 0;
+    char *end;
+    double x = strtod(v, &end);
+    if (*end || (x != 1.0 && x != 0.0 && x != -1.0))
+        return 2;
+    return (int)x;
+}
+
+/* CheXpert names no patient: its paths hold one, .../patient00001/study1/... */
+static int patient_from_path(row *r)
+{
+    for (const char *p = r->key; (p = strstr(p, "patient")) != NULL; p++) {
+        size_t digits = strspn(p + 7, "0123456789");
+        if ((p == r->key || p[-1] == '/') && digits > 0 && (p[7 + digits] == '/' || !p[7 + digits]))
+            return (r->meta.patient_id = strndup(p, 7 + digits)) ? 0 : MS_ENOMEM;
+    }
+    return 0;
+}
+
+/* What a CheXpert row adds after its columns: the uncertain observations
+ * as the key/value uncertain_findings (A|B), LATERAL as the view of a
+ * lateral image, and the patient from the path. */
+static int finish_chexpert_row(row *r, const char *uncertain, int lateral)
+{
+    int rc = 0;
+    if (*uncertain)
+        rc = add_kv(&r->meta, "uncertain_findings", uncertain);
+    if (!rc && lateral && !r->meta.view)
+        rc = (r->meta.view = strdup("LATERAL")) ? 0 : MS_ENOMEM;
+    if (!rc && !r->meta.patient_id && r->key)
+        rc = patient_from_path(r);
+    return rc;
+}
+
 /* Fills r from a record. Returns 0, MS_ENOMEM, or MS_EFORMAT with *why. */
 static int parse_row(labels *t, char **names, const int *roles, char **f, int n, row *r, const char **why)
 {
     store_meta_init(&r->meta);
+    char uncertain[512] = "";
+    int lateral = 0;
     for (int i = 0; i < n; i++) {
         char *v = trim(f[i]);
         size_t len = strlen(v);
@@ -454,6 +524,20 @@ static int parse_row(labels *t, char **names, const int *roles, char **f, int n,
         case COL_FOLLOWUP:
             rc = *v ? add_kv(&r->meta, "follow_up", v) : 0;
             break;
+        case COL_FINDING:
+            switch (observation_value(v)) {
+            case 1: rc = add_label(&r->meta, names[i]); break;
+            case -1: /* the fourteen names fit the buffer */
+                snprintf(uncertain + strlen(uncertain), sizeof uncertain - strlen(uncertain), "%s%s",
+                         *uncertain ? "|" : "", names[i]);
+                break;
+            case 0: break;
+            default: *why = "an observation is not 1.0, 0.0, -1.0 or empty"; return MS_EFORMAT;
+            }
+            break;
+        case COL_FRONTAL:
+            lateral = !strcasecmp(v, "lateral");
+            break;
         case COL_KV:
             rc = *v ? add_kv(&r->meta, names[i], v) : 0;
             break;
@@ -463,7 +547,7 @@ static int parse_row(labels *t, char **names, const int *roles, char **f, int n,
         if (rc)
             return rc;
     }
-    return 0;
+    return t->format == LABELS_CHEXPERT ? finish_chexpert_row(r, uncertain, lateral) : 0;
 }
 
 static void row_free(row *r)
@@ -789,7 +873,7 @@ labels_format labels_get_format(const labels *t)
 
 const char *labels_format_name(labels_format f)
 {
-    return f == LABELS_NIH ? "NIH ChestX-ray14" : "MedSearch labels.csv";
+    return f == LABELS_NIH ? "NIH ChestX-ray14" : f == LABELS_CHEXPERT ? "CheXpert" : "MedSearch labels.csv";
 }
 
 size_t labels_rows(const labels *t)
@@ -823,6 +907,10 @@ const store_meta *labels_find(const labels *t, const char *file_path)
     size_t dl = strlen(t->dir);
     if (real && !strncmp(real, t->dir, dl) && (real[dl] == '/' || dl == 1))
         m = lookup(&t->by_key, t, real + (dl == 1 ? 1 : dl + 1));
+    /* the longest tail of the path that a row names, longest first */
+    for (const char *p = real; !m && p && (p = strchr(p, '/')) != NULL; p++)
+        if (p[1])
+            m = lookup(&t->by_key, t, p + 1);
     free(real);
     return m ? m : lookup(&t->by_base, t, base_name(file_path));
 }

@@ -10,6 +10,13 @@
  *     relative to the CSV's folder), "labels" (pipe-separated), then any of
  *     "patient_id", "age", "sex", "view", "study_date"; every other column
  *     becomes a key/value.
+ *   - CheXpert's train.csv / valid.csv: "Path" (from the folder above the
+ *     CSV's: CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg),
+ *     "Sex", "Age", "Frontal/Lateral", "AP/PA", and its fourteen
+ *     observations, each 1.0 (a label), -1.0 (uncertain: kept as the
+ *     key/value uncertain_findings, A|B), 0.0 or empty; the patient comes
+ *     from the path's patientNNNNN folder, a lateral image's view is
+ *     LATERAL. Told by a "Path" column beside at least one observation.
  * Column names are matched without regard to case or surrounding spaces.
  * The file is RFC 4180 CSV (quotes, doubled quotes, CRLF, a UTF-8 BOM),
  * with its field separator taken from the header: ',' unless ';' (what a
@@ -27,7 +34,9 @@
  * 150) is kept as unknown, with a warning.
  *
  * An image file is matched to its row by its path relative to the CSV's
- * folder, then by its base name (when that base name is in one row only).
+ * folder, then by the longest tail of its path that is a row's path (a row
+ * may start from a folder above the CSV's, as CheXpert's do), then by its
+ * base name (when that base name is in one row only).
  * A backslash in a row's image path is a folder separator (a file made on
  * Windows), so "images\a.png" and "C:\set\a.png" match too.
  */
@@ -41,7 +50,7 @@
 
 typedef struct labels labels;
 
-typedef enum { LABELS_GENERIC = 0, LABELS_NIH } labels_format;
+typedef enum { LABELS_GENERIC = 0, LABELS_NIH, LABELS_CHEXPERT } labels_format;
 
 /* Largest CSV accepted (the full NIH file is about 8 MB). */
 #define LABELS_MAX_BYTES ((size_t)1 << 30)

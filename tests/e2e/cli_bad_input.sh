@@ -192,6 +192,37 @@ for f in cp1252.csv:Windows-1252:"separated by ';'" utf16.txt:UTF-16LE:"separate
     "$T/enc.json" || fail "$name: the row's text: $(cat "$T/enc.json")"
 done
 
+# CheXpert's train.csv: paths from the folder above the CSV's, observations
+# as columns, the patient in the path.
+CX=$T/cx/CheXpert-v1.0-small
+mkdir -p "$CX/train/patient00007/study1" "$CX/train/patient00009/study2"
+set -- $(ls "$NIH/images" | sort | sed -n 8,10p)
+cp "$NIH/images/$1" "$CX/train/patient00007/study1/view1_frontal.jpg"
+cp "$NIH/images/$2" "$CX/train/patient00007/study1/view2_lateral.jpg"
+cp "$NIH/images/$3" "$CX/train/patient00009/study2/view1_frontal.jpg"
+{
+  echo "Path,Sex,Age,Frontal/Lateral,AP/PA,No Finding,Enlarged Cardiomediastinum,Cardiomegaly,Lung Opacity,Lung Lesion,Edema,Consolidation,Pneumonia,Atelectasis,Pneumothorax,Pleural Effusion,Pleural Other,Fracture,Support Devices"
+  echo "CheXpert-v1.0-small/train/patient00007/study1/view1_frontal.jpg,Female,68,Frontal,AP,,,1.0,,,-1.0,,,,,1.0,,,"
+  echo "CheXpert-v1.0-small/train/patient00007/study1/view2_lateral.jpg,Female,68,Lateral,,,,1.0,,,,,,,,,,,"
+  echo "CheXpert-v1.0-small/train/patient00009/study2/view1_frontal.jpg,Male,54,Frontal,PA,1.0,,,,,,,,,,,,,"
+} >"$CX/train.csv"
+"$BIN" ingest "$CX/train" --labels "$CX/train.csv" --db "$T/cx.db" >"$T/cx.out" 2>"$T/cx.err" ||
+  fail "ingest with CheXpert's train.csv: $(cat "$T/cx.err")"
+grep -q "train.csv: 3 rows (CheXpert format)" "$T/cx.err" || fail "CheXpert not named: $(cat "$T/cx.err")"
+grep -q "ingested 3," "$T/cx.out" && ! grep -q "no row" "$T/cx.err" || fail "CheXpert rows not matched: $(cat "$T/cx.out" "$T/cx.err")"
+"$BIN" export --vectors --db "$T/cx.db" --out "$T/cx" >/dev/null 2>&1 || fail "export of the CheXpert collection"
+python3 - "$T/cx.csv" <<'PY' || fail "CheXpert metadata: $(cat "$T/cx.csv")"
+import csv, sys
+rows = {r["original_name"]: r for r in csv.DictReader(open(sys.argv[1]))}
+a = rows["patient00007/study1/view1_frontal.jpg"]
+assert (a["patient_id"], a["sex"], a["age"], a["view"]) == ("patient00007", "F", "68", "AP"), a
+assert sorted(a["labels"].split("|")) == ["Cardiomegaly", "Pleural Effusion"] and a["extra"] == "uncertain_findings=Edema", a
+b = rows["patient00007/study1/view2_lateral.jpg"]
+assert (b["patient_id"], b["view"], b["labels"]) == ("patient00007", "LATERAL", "Cardiomegaly"), b
+c = rows["patient00009/study2/view1_frontal.jpg"]
+assert (c["patient_id"], c["sex"], c["view"], c["labels"]) == ("patient00009", "M", "PA", "No Finding"), c
+PY
+
 echo "== filters that are refused"
 for f in 'age:30-40 age:50|age is given twice' '-sex:F|only patient can be negated' '-labels:Mass|only patient can be negated'; do
   rc=0

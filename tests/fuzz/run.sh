@@ -313,6 +313,8 @@ CSV
   printf '\xef\xbb\xbfimage;labels;patient_id;age\r\na.png;"Effusion;x|Mass";p1;58,5\r\n' >"$dir/semicolon.csv"
   printf 'Image Index\tFinding Labels\tPatient ID\tPatient Age\n00000001_000.png\tNo Finding\t1\t57\n' >"$dir/tabs.tsv"
   printf 'image;labels;patient_id\r\na.png;\xc9panchement;M\xfcller \x80\x81\r\n' >"$dir/cp1252.csv"
+  printf 'Path,Sex,Age,Frontal/Lateral,AP/PA,No Finding,Cardiomegaly,Edema\nC/train/patient00002/study1/view2_lateral.jpg,Male,83,Lateral,,,-1.0,1.0\n' \
+    >"$dir/chexpert.csv"
   printf '\xff\xfei\0m\0a\0g\0e\0\t\0l\0a\0b\0e\0l\0s\0\n\0a\0\t\0>\xd8\x7b\xde\n\0' >"$dir/utf16le.txt"
 }
 

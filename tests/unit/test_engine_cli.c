@@ -214,6 +214,94 @@ static void test_separators(void **state)
     labels_free(t);
 }
 
+static void touch(const char *rel)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", tmp, rel);
+    for (char *p = strchr(path + strlen(tmp) + 1, '/'); p; p = strchr(p + 1, '/')) {
+        *p = '\0';
+        mkdir(path, 0700);
+        *p = '/';
+    }
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fclose(f);
+}
+
+static const store_meta *find_rel(const labels *t, const char *rel)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", tmp, rel);
+    return labels_find(t, path);
+}
+
+/* CheXpert's train.csv: paths from the folder above the CSV's, fourteen
+ * observation columns of 1.0 / -1.0 / 0.0 / empty, the patient in the path. */
+static void test_chexpert_format(void **state)
+{
+    (void)state;
+    static const char *const files[] = {
+        "CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg",
+        "CheXpert-v1.0-small/train/patient00002/study2/view1_frontal.jpg",
+        "CheXpert-v1.0-small/train/patient00002/study1/view2_lateral.jpg",
+        "CheXpert-v1.0-small/train/patient00003/study1/view1_frontal.jpg",
+    };
+    for (size_t i = 0; i < sizeof files / sizeof *files; i++)
+        touch(files[i]);
+    ms_err err = {0};
+    labels *t = load("CheXpert-v1.0-small/train.csv",
+                     "Path,Sex,Age,Frontal/Lateral,AP/PA,No Finding,Enlarged Cardiomediastinum,Cardiomegaly,"
+                     "Lung Opacity,Lung Lesion,Edema,Consolidation,Pneumonia,Atelectasis,Pneumothorax,"
+                     "Pleural Effusion,Pleural Other,Fracture,Support Devices\n"
+                     "CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg,Female,68,Frontal,AP,"
+                     "1.0,,,,,,,,,0.0,,,,1.0\n"
+                     "CheXpert-v1.0-small/train/patient00002/study2/view1_frontal.jpg,Male,87,Frontal,PA,"
+                     ",,-1.0,1.0,,-1.0,-1.0,,-1.0,,-1.0,,1.0,\n"
+                     "CheXpert-v1.0-small/train/patient00002/study1/view2_lateral.jpg,Male,83,Lateral,,"
+                     ",,,1.0,,,,,,,,,,\n"
+                     "CheXpert-v1.0-small/train/patient00003/study1/view1_frontal.jpg,Female,40,Frontal,AP,"
+                     ",,2.0,,,,,,,,,,,\n",
+                     0, &err);
+    assert_non_null(t);
+    assert_int_equal(labels_get_format(t), LABELS_CHEXPERT);
+    assert_string_equal(labels_format_name(LABELS_CHEXPERT), "CheXpert");
+    assert_int_equal(labels_rows(t), 3);
+    assert_true(has_warning(t, "line 5: an observation is not 1.0, 0.0, -1.0 or empty"));
+
+    const store_meta *m = find_rel(t, files[0]);
+    assert_non_null(m);
+    assert_int_equal(m->n_labels, 2);
+    assert_string_equal(m->labels[0], "No Finding");
+    assert_string_equal(m->labels[1], "Support Devices");
+    assert_string_equal(m->patient_id, "patient00001");
+    assert_int_equal(m->sex, 'F');
+    assert_int_equal(m->age, 68);
+    assert_string_equal(m->view, "AP");
+    assert_null(kv(m, "uncertain_findings"));
+
+    m = find_rel(t, files[1]);
+    assert_non_null(m);
+    assert_int_equal(m->n_labels, 2);
+    assert_string_equal(m->labels[0], "Lung Opacity");
+    assert_string_equal(m->labels[1], "Fracture");
+    assert_string_equal(kv(m, "uncertain_findings"), "Cardiomegaly|Edema|Consolidation|Atelectasis|Pleural Effusion");
+    assert_string_equal(m->patient_id, "patient00002");
+    assert_int_equal(m->sex, 'M');
+
+    m = find_rel(t, files[2]);
+    assert_non_null(m);
+    assert_string_equal(m->view, "LATERAL");
+    assert_string_equal(m->labels[0], "Lung Opacity");
+
+    assert_null(find_rel(t, files[3]));                       /* its row was bad */
+    assert_null(labels_find(t, "/elsewhere/view1_frontal.jpg")); /* a base name of several rows */
+    labels_free(t);
+
+    /* a CheXpert-like header without any observation is not CheXpert */
+    assert_null(load("CheXpert-v1.0-small/odd.csv", "Path,Sex,Age\nx.jpg,Male,3\n", MS_EFORMAT, &err));
+    assert_non_null(strstr(err.msg, "CheXpert"));
+}
+
 /* A labels file made on Windows names images with backslashes: relative
  * paths match by path, absolute ones by base name. */
 static void test_windows_paths(void **state)
@@ -582,6 +670,7 @@ int main(void)
         cmocka_unit_test(test_parse_mistakes), cmocka_unit_test(test_exit_codes),
         cmocka_unit_test(test_out_file),       cmocka_unit_test(test_separators),
         cmocka_unit_test(test_encodings),      cmocka_unit_test(test_windows_paths),
+        cmocka_unit_test(test_chexpert_format),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     char cmd_rm[300];
