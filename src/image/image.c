@@ -581,14 +581,10 @@ static int decode_dicom_gray8(const void *buf, size_t len, const image_info *inf
     return rc;
 }
 
-/* Decodes buf (already probed into info) to an 8-bit one-band image in
- * memory, owned by pl (its last image). want_w x want_h is the size the
- * caller will resize to; it only lets JPEG (and JPEG 2000 in DICOM) decode
- * at a reduced scale. */
 /* Turns the gray image as its EXIF or TIFF Orientation says: 2 mirrored,
  * 3 upside down, 4 mirrored upside down, 5 transposed, 6 turned a quarter
- * clockwise, 7 transposed the other way, 8 a quarter anticlockwise. Each is
- * a rotation, then for the even ones up to 4 and for 5 and 7 a mirror. */
+ * clockwise, 7 transposed the other way, 8 a quarter anticlockwise: a
+ * rotation, followed for 2, 4, 5 and 7 by a left-right mirror. */
 static int orient(pipeline *pl, int orientation, ms_err *err)
 {
     static const struct {
@@ -610,6 +606,10 @@ static int orient(pipeline *pl, int orientation, ms_err *err)
     return 0;
 }
 
+/* Decodes buf (already probed into info) to an 8-bit one-band image in
+ * memory, owned by pl (its last image). want_w x want_h is the size the
+ * caller will resize to; it only lets JPEG (and JPEG 2000 in DICOM) decode
+ * at a reduced scale. */
 static int decode_gray8(const void *buf, size_t len, const image_info *info, int want_w, int want_h, pipeline *pl,
                         ms_err *err)
 {
