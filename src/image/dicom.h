@@ -1,6 +1,7 @@
 /*
  * dicom.h - reading the one image of a DICOM file (PS3.10 "Part 10" file:
- * 128-byte preamble, "DICM", file meta group, data set), without libvips.
+ * 128-byte preamble, "DICM", file meta group, data set; or the data set
+ * alone, as older modalities and ACR-NEMA archives write it), without libvips.
  * Internal to the image module: image.c turns what this gives into the
  * 8-bit gray image every other format becomes.
  *

@@ -7,7 +7,7 @@
  * MedSearch's own decoders; CMYK, hierarchical and other 12-bit kinds are
  * rejected), TIFF (classic, 8/16-bit unsigned grayscale, MinIsBlack or
  * MinIsWhite, or RGB; 8-bit palette; first page) and DICOM (a Part 10
- * file: uncompressed, RLE, JPEG Lossless, JPEG 2000, JPEG-LS, or JPEG of 8
+ * file or a bare data set: uncompressed, RLE, JPEG Lossless, JPEG 2000, JPEG-LS, or JPEG of 8
  * bits or 12-bit gray; monochrome of 8 or 16 bits, or 8-bit colour; first
  * frame; read by dicom.c, see dicom.h). GIF, WebP, BMP, JPEG 2000, HEIF, PDF, ... are
  * recognised and refused with MS_EUNSUPPORTED and a message naming them;
