@@ -257,7 +257,8 @@ static int role_of(labels_format f, const char *name)
     } generic[] = {{"image", COL_IMAGE}, {"labels", COL_LABELS}, {"patient_id", COL_PATIENT},
                    {"age", COL_AGE}, {"sex", COL_SEX}, {"view", COL_VIEW}, {"study_date", COL_DATE}},
       nih[] = {{"image index", COL_IMAGE}, {"finding labels", COL_LABELS}, {"patient id", COL_PATIENT},
-               {"patient age", COL_AGE}, {"patient gender", COL_SEX}, {"view position", COL_VIEW},
+               {"patient age", COL_AGE}, {"patient gender", COL_SEX}, {"patient sex", COL_SEX},
+               {"view position", COL_VIEW},
                {"follow-up #", COL_FOLLOWUP}},
       chexpert[] = {{"path", COL_IMAGE}, {"sex", COL_SEX}, {"age", COL_AGE}, {"frontal/lateral", COL_FRONTAL},
                     {"ap/pa", COL_VIEW}};

@@ -5,7 +5,8 @@
  *   - NIH ChestX-ray14's Data_Entry_2017.csv: "Image Index" (a file's base
  *     name), "Finding Labels" (A|B, "No Finding" is a label), "Follow-up #",
  *     "Patient ID", "Patient Age" (a number, or "058Y" in some versions),
- *     "Patient Gender", "View Position"; other columns become key/values.
+ *     "Patient Gender" (or "Patient Sex", as its 2020 edition names it),
+ *     "View Position"; other columns become key/values.
  *   - the generic labels.csv of MedSearch's data folders: "image" (a path
  *     relative to the CSV's folder), "labels" (pipe-separated), then any of
  *     "patient_id", "age", "sex", "view", "study_date"; every other column

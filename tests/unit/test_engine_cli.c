@@ -235,6 +235,24 @@ static const store_meta *find_rel(const labels *t, const char *rel)
     return labels_find(t, path);
 }
 
+/* The 2020 edition of NIH's CSV names the sex column "Patient Sex". */
+static void test_nih_patient_sex(void **state)
+{
+    (void)state;
+    ms_err err = {0};
+    labels *t = load("Data_Entry_2017_v2020.csv",
+                     "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Sex,View Position\n"
+                     "00000001_000.png,Cardiomegaly,0,1,57,M,PA\n",
+                     0, &err);
+    assert_non_null(t);
+    assert_int_equal(labels_get_format(t), LABELS_NIH);
+    const store_meta *m = labels_find(t, "00000001_000.png");
+    assert_non_null(m);
+    assert_int_equal(m->sex, 'M');
+    assert_int_equal(m->n_kv, 1); /* follow_up only: the sex is not a key/value */
+    labels_free(t);
+}
+
 /* CheXpert's train.csv: paths from the folder above the CSV's, fourteen
  * observation columns of 1.0 / -1.0 / 0.0 / empty, the patient in the path. */
 static void test_chexpert_format(void **state)
@@ -670,7 +688,7 @@ int main(void)
         cmocka_unit_test(test_parse_mistakes), cmocka_unit_test(test_exit_codes),
         cmocka_unit_test(test_out_file),       cmocka_unit_test(test_separators),
         cmocka_unit_test(test_encodings),      cmocka_unit_test(test_windows_paths),
-        cmocka_unit_test(test_chexpert_format),
+        cmocka_unit_test(test_chexpert_format), cmocka_unit_test(test_nih_patient_sex),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     char cmd_rm[300];
