@@ -297,7 +297,7 @@ typedef struct peer {
     unsigned port;
     double rss_mb;
     char info[256];
-    char vec_path[64], ids_path[64];
+    char vec_path[4096], ids_path[4096];
 } peer;
 
 typedef struct vec_dump {
@@ -321,14 +321,15 @@ static int dump_vector(void *ctx, int64_t id, const float *vec, int dim)
 /* Writes the collection's vectors and ids for the peer's FAISS index. */
 static int dump_vectors(engine *e, peer *p, ms_err *err)
 {
-    snprintf(p->vec_path, sizeof p->vec_path, "/tmp/medsearch-bench-vecs-XXXXXX");
-    snprintf(p->ids_path, sizeof p->ids_path, "/tmp/medsearch-bench-ids-XXXXXX");
+    const char *tmp = getenv("TMPDIR") && *getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
+    snprintf(p->vec_path, sizeof p->vec_path, "%s/medsearch-bench-vecs-XXXXXX", tmp);
+    snprintf(p->ids_path, sizeof p->ids_path, "%s/medsearch-bench-ids-XXXXXX", tmp);
     int vfd = mkstemp(p->vec_path), ifd = vfd >= 0 ? mkstemp(p->ids_path) : -1;
     if (vfd < 0 || ifd < 0) {
         if (vfd >= 0)
             close(vfd);
         p->vec_path[0] = p->ids_path[0] = '\0';
-        return ms_err_set(err, MS_EIO, "cannot create temporary files for the peer");
+        return ms_err_set(err, MS_EIO, "cannot create temporary files for the peer in %s: %s", tmp, strerror(errno));
     }
     vec_dump d = {fdopen(vfd, "wb"), fdopen(ifd, "wb"), 0, 0};
     store *s = NULL;
