@@ -30,7 +30,7 @@
  *      target on both axes is decoded at 1/2, 1/4 or 1/8 scale by libjpeg's
  *      DCT scaling (leaving at least 2x the target for step 4);
  *      ICC profiles are ignored; the 8-bit gray image (step 3) is turned as a JPEG's
- *      EXIF Orientation or a TIFF's Orientation tag says (image_info's
+ *      EXIF Orientation, a TIFF's Orientation tag or a PNG's eXIf says (image_info's
  *      orientation), so that every face shows and embeds the X-ray the way
  *      a browser or viewer shows the file (a phone's photo of a film is
  *      often stored sideways with Orientation 6);

@@ -119,6 +119,9 @@ static int unknown_format(const uint8_t *p, size_t len, ms_err *err)
                       "not a PNG, JPEG, TIFF or DICOM image (first bytes: %s)", hex);
 }
 
+/* An EXIF block's Orientation, 1 when absent or unreadable (below, with the TIFF reader). */
+static int exif_orientation(const uint8_t *p, size_t len);
+
 /* ---- PNG ---- */
 
 static int probe_png(const uint8_t *p, size_t len, image_info *info, ms_err *err)
@@ -149,23 +152,30 @@ static int probe_png(const uint8_t *p, size_t len, image_info *info, ms_err *err
         return ms_err_set(err, MS_EFORMAT, "PNG is corrupt: bit depth %d is invalid for colour type %d",
                           depth, colour);
 
-    /* A palette or a gray/RGB image with a tRNS chunk decodes with alpha.
+    /* A palette or a gray/RGB image with a tRNS chunk decodes with alpha;
+     * an eXIf chunk (a TIFF structure, which some writers put after
+     * "Exif\0\0" as in a JPEG) may turn the image, as browsers turn it.
      * Walk the chunk headers up to the first IDAT; each step moves forward. */
     size_t off = 8 + 8 + 13 + 4;
+    bool trns = false;
     while (off + 8 <= len) {
         uint32_t clen = read_be32(p + off);
         if (clen > 0x7fffffffu)
             break;
         if (memcmp(p + off + 4, "IDAT", 4) == 0)
             break;
-        if (memcmp(p + off + 4, "tRNS", 4) == 0 && (colour == 0 || colour == 2 || colour == 3)) {
-            bands++;
-            break;
-        }
+        if (memcmp(p + off + 4, "tRNS", 4) == 0 && (colour == 0 || colour == 2 || colour == 3))
+            trns = true;
         if ((uint64_t)off + 12 + clen > len)
             break;
+        if (memcmp(p + off + 4, "eXIf", 4) == 0 && info->orientation == 0) {
+            const uint8_t *exif = p + off + 8;
+            bool prefixed = clen >= 6 && !memcmp(exif, "Exif\0\0", 6);
+            info->orientation = exif_orientation(exif + (prefixed ? 6 : 0), clen - (prefixed ? 6 : 0));
+        }
         off += 12 + (size_t)clen;
     }
+    bands += trns;
 
     info->format = IMAGE_PNG;
     info->width = (int)w;
@@ -229,8 +239,6 @@ static int jpeg_frame(const uint8_t *seg, size_t seglen, int marker, image_info 
  * header gives the size, and every table before the scan must be complete
  * (libjpeg would otherwise decode a file cut inside its Huffman tables with
  * default tables, silently). */
-static int exif_orientation(const uint8_t *p, size_t len);
-
 static int probe_jpeg(const uint8_t *p, size_t len, image_info *info, ms_err *err)
 {
     size_t off = 2; /* after SOI */

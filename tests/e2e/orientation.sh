@@ -2,10 +2,10 @@
 # EXIF and TIFF orientation. A phone's photo of a film is often stored
 # sideways with an Orientation tag, and browsers and viewers show it turned
 # upright; MedSearch turns it the same way before anything else:
-#  - the model input of a JPEG (EXIF) and a TIFF (tag 274) of each
-#    orientation 1-8 is exactly the gray image PIL's ImageOps.exif_transpose
-#    gives (for TIFF, of the same pixels: Pillow's TIFF decoder has already
-#    turned the image it returns);
+#  - the model input of a JPEG (EXIF), a TIFF (tag 274) and a PNG (eXIf) of
+#    each orientation 1-8 is exactly the gray image PIL's
+#    ImageOps.exif_transpose gives (for TIFF, of the same pixels: Pillow's
+#    TIFF decoder has already turned the image it returns);
 #  - one non-square picture stored eight ways (each file holding the grid
 #    its orientation turns back into the picture) is stored eight times with
 #    the picture's width and height, each thumbnail showing it upright;
@@ -46,7 +46,9 @@ for o in range(1, 9):
     ex[0x0112] = o
     base.save(f"{t}/sq_j{o}.jpg", quality=100, exif=ex.tobytes())
     base.save(f"{t}/sq_t{o}.tif", tiffinfo={274: o})
+    base.save(f"{t}/sq_p{o}.png", exif=ex.tobytes())
     np.asarray(ImageOps.exif_transpose(Image.open(f"{t}/sq_j{o}.jpg")).convert("L")).tofile(f"{t}/sq_j{o}.gray")
+    np.asarray(ImageOps.exif_transpose(Image.open(f"{t}/sq_p{o}.png")).convert("L")).tofile(f"{t}/sq_p{o}.gray")
     np.asarray(turned(base, o)).tofile(f"{t}/sq_t{o}.gray")
 
 # One upright 40x24 picture stored eight ways: each file holds the grid that
@@ -61,9 +63,9 @@ for o in range(1, 9):
     stored.save(f"{t}/wide_t{o}.tif", tiffinfo={274: o})
 EOF
 
-echo "== the model input of each orientation, JPEG and TIFF"
-for kind in j t; do
-    ext=$([ $kind = j ] && echo jpg || echo tif)
+echo "== the model input of each orientation, JPEG, TIFF and PNG"
+for kind in j t p; do
+    ext=$(case $kind in j) echo jpg ;; t) echo tif ;; *) echo png ;; esac)
     for o in 1 2 3 4 5 6 7 8; do
         f=sq_$kind$o
         "$BIN" embed --model "$MODEL" --input-size 32 --mean 0 --scale 1 --dump-input "$T/$f.in" "$T/$f.$ext" \

@@ -118,6 +118,7 @@ ex = Image.Exif()
 ex[0x0112] = 6
 g.save(d + "/exif_orientation.jpg", quality=80, exif=ex.tobytes())
 g.save(d + "/orientation.tif", tiffinfo={274: 8})
+g.save(d + "/exif_orientation.png", exif=ex.tobytes())
 EOF
   fi
   # With pydicom: DICOM files of every layout and transfer syntax MedSearch reads.

@@ -762,6 +762,61 @@ static void test_exif_orientation_read_safely(void **state)
     assert_int_equal(jpeg_orientation(NULL, 0), 1); /* no Exif at all */
 }
 
+/* plain with a chunk of the given type and data inserted at byte at. */
+static blob png_with_chunk(const blob *plain, size_t at, const char *type, const uint8_t *data, size_t n)
+{
+    blob b = {g_malloc(plain->len + 12 + n), plain->len + 12 + n};
+    uint8_t *q = b.data;
+    memcpy(q, plain->data, at);
+    q += at;
+    put_be32(q, (uint32_t)n);
+    memcpy(q + 4, type, 4);
+    memcpy(q + 8, data, n);
+    put_be32(q + 8 + n, crc32_of(q + 4, 4 + n));
+    memcpy(q + 12 + n, plain->data + at, plain->len - at);
+    return b;
+}
+
+/* PNG's eXIf chunk before IDAT turns the image, as browsers turn it; with or
+ * without the "Exif\0\0" some writers put first; after IDAT it is not read. */
+static void test_png_exif_orientation(void **state)
+{
+    (void)state;
+    VipsImage *im = vips_image_new_matrix(4, 2);
+    for (int y = 0; y < 2; y++)
+        for (int x = 0; x < 4; x++)
+            *VIPS_MATRIX(im, x, y) = x * 40 + y * 120;
+    VipsImage *u8 = NULL;
+    assert_int_equal(vips_cast_uchar(im, &u8, NULL), 0);
+    g_object_unref(im);
+    blob plain = encode_with(u8, ".png[strip]");
+    uint8_t blk[64];
+    size_t n = exif_block(blk, 1, 3, 6, 1, 8) - 10; /* the TIFF structure alone */
+    const size_t after_ihdr = 8 + 25;
+    const struct {
+        size_t skip;   /* bytes of blk before the TIFF structure kept: 6 keeps "Exif\0\0" */
+        int after_idat;
+        int want;
+    } cases[] = {{10, 0, 6}, {4, 0, 6}, {10, 1, 1}};
+    for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
+        size_t at = after_ihdr;
+        if (cases[k].after_idat) /* before IEND, the last 12 bytes */
+            at = plain.len - 12;
+        blob b = png_with_chunk(&plain, at, "eXIf", blk + cases[k].skip, n + 10 - cases[k].skip);
+        image_info info;
+        ms_err err = {0};
+        image_prep prep = {2, {0, 0, 0}, {1, 1, 1}};
+        float out[12];
+        assert_int_equal(image_prepare(b.data, b.len, NULL, &prep, out, &info, &err), 0);
+        assert_int_equal(info.orientation, cases[k].want);
+        int w, h;
+        image_info_shown_size(&info, &w, &h);
+        assert_int_equal(w, cases[k].want == 6 ? 2 : 4);
+        blob_free(&b);
+    }
+    blob_free(&plain);
+}
+
 /* Random bytes, alone and behind each accepted magic number. */
 static void test_random_bytes(void **state)
 {
@@ -830,6 +885,7 @@ int main(void)
         cmocka_unit_test(test_handmade_tiff_both_byte_orders),
         cmocka_unit_test(test_tiff_orientation),
         cmocka_unit_test(test_exif_orientation_read_safely),
+        cmocka_unit_test(test_png_exif_orientation),
         cmocka_unit_test(test_random_bytes),
         cmocka_unit_test(test_mutated_files),
     };
