@@ -343,11 +343,9 @@ int cli_open(const cli_command *cmd, const engine_options *o, engine **e, engine
 
 json_t *cli_json_text(const char *s)
 {
-    size_t cap = 3 * strlen(s ? s : "") + 1;
-    char *ok = malloc(cap);
+    char *ok = ms_utf8_repaired(s, NULL);
     if (!ok)
         return NULL;
-    ms_utf8_repair(ok, cap, s);
     json_t *j = json_string(ok);
     free(ok);
     return j;

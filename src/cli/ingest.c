@@ -140,11 +140,10 @@ static int sniff_file(const char *path)
  * its name. malloc'd; NULL when out of memory. */
 static char *stored_name(ingest_run *r, const char *path, const char *name)
 {
-    size_t cap = 3 * strlen(name) + 1;
-    char *s = malloc(cap);
+    size_t repaired;
+    char *s = ms_utf8_repaired(name, &repaired);
     if (!s)
         return NULL;
-    int repaired = ms_utf8_repair(s, cap, name) > 0;
     size_t len = strlen(s);
     char note[256] = "";
     if (len > STORE_MAX_TEXT) {
@@ -156,7 +155,7 @@ static char *stored_name(ingest_run *r, const char *path, const char *name)
         memmove(s + sizeof ellipsis - 1, s + from, len - from + 1);
         snprintf(note, sizeof note, "the path is longer than %d bytes: stored as '\xe2\x80\xa6' and its last %zu bytes%s",
                  STORE_MAX_TEXT, len - from, repaired ? " (U+FFFD for each byte that is not UTF-8)" : "");
-    } else if (repaired && strlen(s) < 128) {
+    } else if (repaired && len < 128) {
         snprintf(note, sizeof note, "the file name is not UTF-8: stored as '%.127s'", s);
     } else if (repaired) {
         snprintf(note, sizeof note, "the file name is not UTF-8: stored with U+FFFD for each byte that is not");

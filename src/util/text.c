@@ -1,5 +1,6 @@
 #include "util/text.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 int ms_utf8_char(const unsigned char *s, size_t n, unsigned *cp)
@@ -109,4 +110,16 @@ size_t ms_utf8_repair(char *dst, size_t cap, const char *src)
     }
     dst[o] = '\0';
     return replaced;
+}
+
+char *ms_utf8_repaired(const char *src, size_t *replaced)
+{
+    size_t cap = 3 * strlen(src ? src : "") + 1; /* each byte at worst one U+FFFD */
+    char *out = malloc(cap);
+    if (!out)
+        return NULL;
+    size_t n = ms_utf8_repair(out, cap, src);
+    if (replaced)
+        *replaced = n;
+    return out;
 }

@@ -51,4 +51,8 @@ int ms_utf8_char(const unsigned char *s, size_t n, unsigned *cp);
  * what was copied (0 when src fits: src was well-formed UTF-8). */
 size_t ms_utf8_repair(char *dst, size_t cap, const char *src);
 
+/* The same into a new string of the whole result: malloc'd, the caller's to
+ * free; NULL when out of memory. *replaced (when not NULL) gets the count. */
+char *ms_utf8_repaired(const char *src, size_t *replaced);
+
 #endif

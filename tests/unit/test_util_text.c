@@ -143,6 +143,16 @@ static void test_utf8_repair(void **state)
     assert_string_equal(b, "a\xc3\xa9");
     ms_utf8_repair(b, 1, "abc");
     assert_string_equal(b, "");
+    /* the allocating form holds the whole result: every byte a U+FFFD */
+    size_t replaced = 0;
+    char *whole = ms_utf8_repaired("\xff\xfe\xfd", &replaced);
+    assert_non_null(whole);
+    assert_int_equal(replaced, 3);
+    assert_string_equal(whole, "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd");
+    free(whole);
+    whole = ms_utf8_repaired(NULL, NULL);
+    assert_string_equal(whole, "");
+    free(whole);
 }
 
 /* Random bytes: the repair is well-formed, a fixed point, fits in 3n + 1, and
