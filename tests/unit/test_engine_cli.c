@@ -59,6 +59,28 @@ static const char *kv(const store_meta *m, const char *key)
     return NULL;
 }
 
+/* Creates the empty file tmp/rel, and the folders on its way. */
+static void touch(const char *rel)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", tmp, rel);
+    for (char *p = strchr(path + strlen(tmp) + 1, '/'); p; p = strchr(p + 1, '/')) {
+        *p = '\0';
+        mkdir(path, 0700);
+        *p = '/';
+    }
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fclose(f);
+}
+
+static const store_meta *find_rel(const labels *t, const char *rel)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", tmp, rel);
+    return labels_find(t, path);
+}
+
 static void test_nih_format(void **state)
 {
     (void)state;
@@ -127,14 +149,9 @@ static void test_generic_format(void **state)
     assert_int_equal(labels_rows(t), 3);
     assert_true(has_warning(t, "line 6: no image name"));
     assert_true(has_warning(t, "line 7: a quoted field is never closed"));
-    char path[400];
     /* a relative path under the CSV's folder picks its own row */
-    snprintf(path, sizeof path, "%s/images", dir);
-    mkdir(path, 0700);
-    snprintf(path, sizeof path, "%s/images/b.jpeg", dir);
-    FILE *f = fopen(path, "w");
-    fclose(f);
-    const store_meta *m = labels_find(t, path);
+    touch("set/images/b.jpeg");
+    const store_meta *m = find_rel(t, "set/images/b.jpeg");
     assert_non_null(m);
     assert_string_equal(m->patient_id, "P2");
     assert_int_equal(m->n_labels, 2);
@@ -142,22 +159,16 @@ static void test_generic_format(void **state)
     assert_int_equal(m->sex, 'F');
     assert_string_equal(kv(m, "pneumonia_type"), "bacteria");
     /* two rows share the base name a.jpeg: only the relative path decides */
-    snprintf(path, sizeof path, "%s/images/a.jpeg", dir);
-    f = fopen(path, "w");
-    fclose(f);
-    m = labels_find(t, path);
+    touch("set/images/a.jpeg");
+    m = find_rel(t, "set/images/a.jpeg");
     assert_non_null(m);
     assert_string_equal(m->patient_id, "P1");
     assert_string_equal(m->study_date, "2017-01-31");
     assert_int_equal(m->age, -1);
     assert_int_equal(m->sex, 0);
     assert_null(labels_find(t, "/elsewhere/a.jpeg"));
-    snprintf(path, sizeof path, "%s/other", dir);
-    mkdir(path, 0700);
-    snprintf(path, sizeof path, "%s/other/a.jpeg", dir);
-    f = fopen(path, "w");
-    fclose(f);
-    m = labels_find(t, path);
+    touch("set/other/a.jpeg");
+    m = find_rel(t, "set/other/a.jpeg");
     assert_string_equal(m->labels[0], "say \"hi\", twice");
     labels_free(t);
 }
@@ -212,27 +223,6 @@ static void test_separators(void **state)
     assert_non_null(t);
     assert_int_equal(labels_find(t, "d.png")->age, 58);
     labels_free(t);
-}
-
-static void touch(const char *rel)
-{
-    char path[512];
-    snprintf(path, sizeof path, "%s/%s", tmp, rel);
-    for (char *p = strchr(path + strlen(tmp) + 1, '/'); p; p = strchr(p + 1, '/')) {
-        *p = '\0';
-        mkdir(path, 0700);
-        *p = '/';
-    }
-    FILE *f = fopen(path, "w");
-    assert_non_null(f);
-    fclose(f);
-}
-
-static const store_meta *find_rel(const labels *t, const char *rel)
-{
-    char path[512];
-    snprintf(path, sizeof path, "%s/%s", tmp, rel);
-    return labels_find(t, path);
 }
 
 /* The 2020 edition of NIH's CSV names the sex column "Patient Sex". */
@@ -326,11 +316,8 @@ static void test_windows_paths(void **state)
 {
     (void)state;
     ms_err err = {0};
-    char dir[300], path[400];
-    snprintf(dir, sizeof dir, "%s/win", tmp);
-    mkdir(dir, 0700);
-    snprintf(path, sizeof path, "%s/win/scans", tmp);
-    mkdir(path, 0700);
+    touch("win/scans/a.png");
+    touch("win/scans/b.png");
     labels *t = load("win/labels.csv",
                      "image,labels\r\n"
                      "scans\\a.png,Mass\r\n"
@@ -339,10 +326,7 @@ static void test_windows_paths(void **state)
                      0, &err);
     assert_non_null(t);
     for (int i = 0; i < 2; i++) {
-        snprintf(path, sizeof path, "%s/win/scans/%c.png", tmp, "ab"[i]);
-        FILE *f = fopen(path, "w");
-        fclose(f);
-        const store_meta *m = labels_find(t, path);
+        const store_meta *m = find_rel(t, i ? "win/scans/b.png" : "win/scans/a.png");
         assert_non_null(m);
         assert_string_equal(m->labels[0], i ? "Effusion" : "Mass");
     }
