@@ -5,7 +5,7 @@
 
 CC      ?= cc
 BUILD   ?= build
-PKGS    := vips libdeflate libjpeg libopenjp2 charls jansson libmicrohttpd sqlite3 libpq libcrypto libprotobuf-c
+PKGS    := vips libwebp libdeflate libjpeg libopenjp2 charls jansson libmicrohttpd sqlite3 libpq libcrypto libprotobuf-c
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -ldnnl -lpthread -lm
 

@@ -6,7 +6,7 @@ set -euo pipefail
 build_pkgs=(
   build-essential pkg-config clang libclang-rt-14-dev valgrind
   libdnnl-dev libprotobuf-c-dev protobuf-c-compiler libonnx-dev
-  libvips-dev libdeflate-dev libjpeg62-turbo-dev libopenjp2-7-dev libcharls-dev libjansson-dev libmicrohttpd-dev libsqlite3-dev libpq-dev libssl-dev
+  libvips-dev libwebp-dev libdeflate-dev libjpeg62-turbo-dev libopenjp2-7-dev libcharls-dev libjansson-dev libmicrohttpd-dev libsqlite3-dev libpq-dev libssl-dev
   libcmocka-dev
 )
 test_pkgs=(

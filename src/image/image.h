@@ -9,13 +9,20 @@
  * MinIsWhite, or RGB; 8-bit palette; first page) and DICOM (a Part 10
  * file or a bare data set: uncompressed, RLE, JPEG Lossless, JPEG 2000, JPEG-LS, or JPEG of 8
  * bits or 12-bit gray; monochrome of 8 or 16 bits, or 8-bit colour; first
- * frame; read by dicom.c, see dicom.h). GIF, WebP, BMP, JPEG 2000, HEIF, PDF, ... are
+ * frame; read by dicom.c, see dicom.h) and WebP (lossy, lossless, extended;
+ * with or without alpha; first frame; its EXIF orientation is not applied,
+ * as browsers do not apply it) and JPEG 2000 (a JP2 file or a bare
+ * codestream, through OpenJPEG as DICOM's frames: gray or RGB, with or
+ * without alpha, 1 to 16 bits; no HTJ2K, palette or YCC). GIF, BMP, HEIF, PDF, ... are
  * recognised and refused with MS_EUNSUPPORTED and a message naming them;
- * other bytes give MS_EFORMAT. Decoding uses libvips' PNG/JPEG/TIFF loaders
- * called by name, with its untrusted loaders blocked.
+ * other bytes give MS_EFORMAT. Decoding uses libvips' PNG/JPEG/TIFF/WebP
+ * loaders called by name, with its untrusted loaders blocked, where
+ * MedSearch does not call the codec itself (plain PNG through libdeflate,
+ * lossless and 12-bit JPEG, still WebP through libwebp, JPEG 2000 through
+ * OpenJPEG, DICOM).
  *
  * Hostile input: the byte limit, then the width x height of the PNG IHDR /
- * JPEG frame header / first TIFF directory (parsed here by a bounded parser)
+ * JPEG frame header / first TIFF directory / WebP first chunk / JPEG 2000 SIZ (parsed here by a bounded parser)
  * against the pixel limit, are checked before any pixel is decoded, so a
  * lying header or a decompression bomb is refused without allocating its
  * pixels. A PNG whose compressed pixel data inflates to more than its
@@ -28,7 +35,8 @@
  * Preparation, exactly (documented for users in docs/image.md):
  *   1. decode at full size, except that a JPEG at least 4x larger than the
  *      target on both axes is decoded at 1/2, 1/4 or 1/8 scale by libjpeg's
- *      DCT scaling (leaving at least 2x the target for step 4);
+ *      DCT scaling, and a JPEG 2000 (file or DICOM frame) 1 to 3 resolution
+ *      levels down (leaving at least 2x the target for step 4);
  *      ICC profiles are ignored; the 8-bit gray image (step 3) is turned as a JPEG's
  *      EXIF Orientation, a TIFF's Orientation tag or a PNG's eXIf says (image_info's
  *      orientation), so that every face shows and embeds the X-ray the way
@@ -39,7 +47,8 @@
  *      convert("L"): for 8-bit in PIL's exact fixed point
  *      (19595 R + 38470 G + 7471 B + 32768) >> 16, for 16-bit in floating
  *      point;
- *   3. 16-bit images are scaled by their own maximum: v * 255 / max(image),
+ *   3. 16-bit images (and JPEG 2000 of other precisions than 8 bits) are
+ *      scaled by their own maximum: v * 255 / max(image),
  *      not / 65535 (an all-zero image stays 0); everything is rounded to
  *      8-bit gray (round half up). A DICOM image instead goes through its
  *      own display pipeline (rescale, VOI window or LUT, or its value range
@@ -70,7 +79,18 @@
 
 #include "util/err.h"
 
-typedef enum { IMAGE_UNKNOWN = 0, IMAGE_PNG, IMAGE_JPEG, IMAGE_TIFF, IMAGE_DICOM } image_format;
+/* JP2 is the JPEG 2000 file format (boxes around a codestream), J2K a bare
+ * JPEG 2000 codestream; both are read the same way. */
+typedef enum {
+    IMAGE_UNKNOWN = 0,
+    IMAGE_PNG,
+    IMAGE_JPEG,
+    IMAGE_TIFF,
+    IMAGE_DICOM,
+    IMAGE_WEBP,
+    IMAGE_JP2,
+    IMAGE_J2K
+} image_format;
 
 typedef struct image_limits {
     size_t max_bytes;     /* default 64 MiB */

@@ -32,6 +32,9 @@ const char *image_format_name(image_format f)
     case IMAGE_JPEG: return "jpeg";
     case IMAGE_TIFF: return "tiff";
     case IMAGE_DICOM: return "dicom";
+    case IMAGE_WEBP: return "webp";
+    case IMAGE_JP2: return "jp2";
+    case IMAGE_J2K: return "j2k";
     default: return "unknown";
     }
 }
@@ -43,11 +46,17 @@ const char *image_format_mime(image_format f)
     case IMAGE_JPEG: return "image/jpeg";
     case IMAGE_TIFF: return "image/tiff";
     case IMAGE_DICOM: return "application/dicom";
+    case IMAGE_WEBP: return "image/webp";
+    case IMAGE_JP2: return "image/jp2";
+    case IMAGE_J2K: return "image/j2c";
     default: return "application/octet-stream";
     }
 }
 
 static const uint8_t PNG_MAGIC[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+/* JPEG 2000: the JP2 signature box, and a codestream's SOC then SIZ */
+static const uint8_t JP2_MAGIC[12] = {0, 0, 0, 0x0c, 'j', 'P', ' ', ' ', '\r', '\n', 0x87, '\n'};
+static const uint8_t J2K_MAGIC[4] = {0xff, 0x4f, 0xff, 0x51};
 
 static bool starts_with(const uint8_t *p, size_t len, const void *magic, size_t n)
 {
@@ -65,6 +74,12 @@ image_format image_sniff(const void *buf, size_t len)
         return IMAGE_JPEG;
     if (starts_with(p, len, "II*\0", 4) || starts_with(p, len, "MM\0*", 4))
         return IMAGE_TIFF;
+    if (len >= 12 && memcmp(p, "RIFF", 4) == 0 && memcmp(p + 8, "WEBP", 4) == 0)
+        return IMAGE_WEBP;
+    if (starts_with(p, len, JP2_MAGIC, sizeof JP2_MAGIC))
+        return IMAGE_JP2;
+    if (starts_with(p, len, J2K_MAGIC, sizeof J2K_MAGIC))
+        return IMAGE_J2K;
     if (dicom_sniff(p, len))
         return IMAGE_DICOM;
     return IMAGE_UNKNOWN;
@@ -84,12 +99,8 @@ static const char *unsupported_format_name(const uint8_t *p, size_t len)
 {
     if (starts_with(p, len, "GIF87a", 6) || starts_with(p, len, "GIF89a", 6))
         return "GIF";
-    if (len >= 12 && memcmp(p, "RIFF", 4) == 0 && memcmp(p + 8, "WEBP", 4) == 0)
-        return "WebP";
     if (starts_with(p, len, "II+\0", 4) || starts_with(p, len, "MM\0+", 4))
         return "BigTIFF";
-    if (starts_with(p, len, "\0\0\0\x0cjP  \r\n\x87\n", 12) || starts_with(p, len, "\xff\x4f\xff\x51", 4))
-        return "JPEG 2000";
     if (starts_with(p, len, "\xff\x0a", 2) || starts_with(p, len, "\0\0\0\x0cJXL \r\n\x87\n", 12))
         return "JPEG XL";
     if (len >= 12 && memcmp(p + 4, "ftyp", 4) == 0)
@@ -110,13 +121,13 @@ static int unknown_format(const uint8_t *p, size_t len, ms_err *err)
     const char *name = unsupported_format_name(p, len);
     if (name)
         return ms_err_set(err, MS_EUNSUPPORTED,
-                          "%s files are not supported; convert to PNG, JPEG, TIFF or DICOM", name);
+                          "%s files are not supported; convert to PNG, JPEG, JPEG 2000, TIFF, WebP or DICOM", name);
     char hex[3 * 8 + 1] = "";
     size_t at = 0;
     for (size_t i = 0; i < len && i < 8; i++)
         at += (size_t)snprintf(hex + at, sizeof hex - at, i ? " %02x" : "%02x", p[i]);
     return ms_err_set(err, MS_EFORMAT,
-                      "not a PNG, JPEG, TIFF or DICOM image (first bytes: %s)", hex);
+                      "not a PNG, JPEG, JPEG 2000, TIFF, WebP or DICOM image (first bytes: %s)", hex);
 }
 
 /* An EXIF block's Orientation, 1 when absent or unreadable (below, with the TIFF reader). */
@@ -408,6 +419,230 @@ static int probe_tiff(const uint8_t *p, size_t len, image_info *info, ms_err *er
     return 0;
 }
 
+/* ---- WebP ---- */
+
+/* The fourcc of a chunk, printable, for a message. */
+static void fourcc_text(const uint8_t *p, char out[5])
+{
+    for (int i = 0; i < 4; i++)
+        out[i] = p[i] >= 0x20 && p[i] < 0x7f ? (char)p[i] : '?';
+    out[4] = '\0';
+}
+
+/* A WebP file is a RIFF container: "RIFF", the size of what follows as a
+ * 32-bit little-endian number, "WEBP", then chunks of a fourcc, a 32-bit
+ * size and the data. The first chunk tells the kind of file and its size:
+ * "VP8 " (lossy) in its key frame header, "VP8L" (lossless) in its 5-byte
+ * header, "VP8X" (extended: alpha, animation, metadata) as its canvas. An
+ * EXIF Orientation inside a WebP is not applied: browsers show the file as
+ * stored (Chromium 156 checked), and MedSearch shows what they show. An
+ * animated WebP is read as its first frame, like a multi-frame DICOM. */
+static int probe_webp(const uint8_t *p, size_t len, image_info *info, ms_err *err)
+{
+    if (len < 12 + 8)
+        return ms_err_set(err, MS_EFORMAT, "WebP is truncated: %zu bytes, no complete header", len);
+    uint32_t riff = le32(p + 4), clen = le32(p + 16);
+    if ((uint64_t)riff + 8 > len)
+        return ms_err_set(err, MS_EFORMAT, "WebP is truncated: its header says %llu bytes, the file has %zu",
+                          (unsigned long long)riff + 8, len);
+    if (riff < 12 || clen > riff - 12)
+        return ms_err_set(err, MS_EFORMAT, "WebP is corrupt: its first chunk of %u bytes is larger than the file",
+                          clen);
+    const uint8_t *d = p + 20;
+    uint32_t w, h;
+    int bands = 3;
+    if (!memcmp(p + 12, "VP8 ", 4)) {
+        /* a 3-byte frame tag (bit 0 clear for a key frame), the start code
+         * 9d 01 2a, then 14-bit width and height, each with 2 scale bits */
+        if (clen < 10 || (d[0] & 1) || d[3] != 0x9d || d[4] != 0x01 || d[5] != 0x2a)
+            return ms_err_set(err, MS_EFORMAT, "WebP is corrupt: its VP8 chunk does not start with a key frame");
+        w = le16(d + 6) & 0x3fffu;
+        h = le16(d + 8) & 0x3fffu;
+    } else if (!memcmp(p + 12, "VP8L", 4)) {
+        /* the signature byte 0x2f, then 14 bits of width - 1, 14 of height
+         * - 1, one alpha bit and a 3-bit version that must be 0 */
+        uint32_t bits = clen >= 5 ? le32(d + 1) : 0;
+        if (clen < 5 || d[0] != 0x2f || bits >> 29 != 0)
+            return ms_err_set(err, MS_EFORMAT, "WebP is corrupt: its VP8L chunk has no valid header");
+        w = (bits & 0x3fffu) + 1;
+        h = (bits >> 14 & 0x3fffu) + 1;
+        bands = bits >> 28 & 1 ? 4 : 3;
+    } else if (!memcmp(p + 12, "VP8X", 4)) {
+        /* flags (0x10 alpha, 0x02 animation), 3 reserved bytes, then the
+         * canvas width - 1 and height - 1 in 24 bits each */
+        if (clen < 10)
+            return ms_err_set(err, MS_EFORMAT, "WebP is corrupt: its VP8X chunk is %u bytes, not 10", clen);
+        w = (uint32_t)(d[4] | d[5] << 8 | d[6] << 16) + 1;
+        h = (uint32_t)(d[7] | d[8] << 8 | d[9] << 16) + 1;
+        bands = d[0] & 0x12 ? 4 : 3; /* libwebp gives an animation's canvas with alpha */
+    } else {
+        char name[5];
+        fourcc_text(p + 12, name);
+        return ms_err_set(err, MS_EFORMAT, "WebP is corrupt: its first chunk is '%s', not VP8, VP8L or VP8X", name);
+    }
+    if (w == 0 || h == 0)
+        return ms_err_set(err, MS_EFORMAT, "WebP is corrupt: invalid size %ux%u", w, h);
+    info->format = IMAGE_WEBP;
+    info->width = (int)w;
+    info->height = (int)h;
+    info->bands = bands;
+    info->bits = 8;
+    return 0;
+}
+
+/* ---- JPEG 2000 ---- */
+
+/* A codestream's main header starts with SOC (ff 4f) and the SIZ marker
+ * segment (ff 51): its length, capabilities (Rsiz), the reference grid's
+ * size and the image's offset in it, the tiling, then the component count
+ * and, for each component, its precision (bit 7: signed) and subsampling.
+ * OpenJPEG decodes what is read here (j2k_decode in dicom_codecs.c, as for
+ * DICOM's JPEG 2000 frames), checked again against it before it allocates. */
+static int probe_j2k_codestream(const uint8_t *p, size_t len, image_info *info, ms_err *err)
+{
+    if (len < 4 + 38 + 3)
+        return ms_err_set(err, MS_EFORMAT, "JPEG 2000 is truncated: %zu bytes, no complete header", len);
+    if (memcmp(p, J2K_MAGIC, sizeof J2K_MAGIC) != 0)
+        return ms_err_set(err, MS_EFORMAT, "JPEG 2000 is corrupt: its codestream does not start with SOC and SIZ");
+    uint32_t lsiz = read_be16(p + 4), rsiz = read_be16(p + 6), ncomp = read_be16(p + 40);
+    uint32_t xsiz = read_be32(p + 8), ysiz = read_be32(p + 12), x0 = read_be32(p + 16), y0 = read_be32(p + 20);
+    if (ncomp == 0 || lsiz != 38 + 3 * ncomp)
+        return ms_err_set(err, MS_EFORMAT, "JPEG 2000 is corrupt: its SIZ segment of %u bytes does not hold %u "
+                          "components", lsiz, ncomp);
+    if (len < 4 + (size_t)lsiz)
+        return ms_err_set(err, MS_EFORMAT, "JPEG 2000 is truncated inside its SIZ segment");
+    if (xsiz <= x0 || ysiz <= y0 || xsiz - x0 > 0x7fffffffu || ysiz - y0 > 0x7fffffffu)
+        return ms_err_set(err, MS_EFORMAT, "JPEG 2000 is corrupt: invalid size %ux%u at offset %u,%u", xsiz, ysiz,
+                          x0, y0);
+    if (rsiz & 0x4000)
+        return ms_err_set(err, MS_EUNSUPPORTED, "High-Throughput JPEG 2000 (HTJ2K) is not supported; convert it to "
+                          "classic JPEG 2000 (e.g. with OpenJPH's ojph_expand, then opj_compress) or to PNG");
+    if (x0 || y0)
+        return ms_err_set(err, MS_EUNSUPPORTED, "JPEG 2000 with its image at offset %u,%u of the reference grid is "
+                          "not supported", x0, y0);
+    if (ncomp > 4)
+        return ms_err_set(err, MS_EUNSUPPORTED, "JPEG 2000 with %u components is not supported; only gray or RGB, "
+                          "with or without alpha", ncomp);
+    int precision = 0;
+    for (uint32_t k = 0; k < ncomp; k++) {
+        const uint8_t *c = p + 42 + 3 * k;
+        int prec = (c[0] & 0x7f) + 1;
+        if (c[1] == 0 || c[2] == 0)
+            return ms_err_set(err, MS_EFORMAT, "JPEG 2000 is corrupt: component %u has a subsampling of 0", k);
+        if (c[1] != 1 || c[2] != 1)
+            return ms_err_set(err, MS_EUNSUPPORTED, "JPEG 2000 with subsampled components (%ux%u) is not supported",
+                              c[1], c[2]);
+        if (c[0] & 0x80)
+            return ms_err_set(err, MS_EUNSUPPORTED, "JPEG 2000 with signed samples is not supported");
+        if (prec > 16)
+            return ms_err_set(err, MS_EUNSUPPORTED, "%d-bit JPEG 2000 is not supported; at most 16 bits", prec);
+        if (k > 0 && prec != precision)
+            return ms_err_set(err, MS_EUNSUPPORTED, "JPEG 2000 with components of %d and %d bits is not supported",
+                              precision, prec);
+        precision = prec;
+    }
+    info->width = (int)(xsiz - x0);
+    info->height = (int)(ysiz - y0);
+    info->bands = (int)ncomp;
+    /* 8-bit samples are used as they are; any other precision is scaled
+     * by the image's maximum, as a 16-bit PNG or a 12-bit JPEG is */
+    info->bits = precision == 8 ? 8 : 16;
+    return 0;
+}
+
+/* A JP2 box at off: its type and where its content starts and ends. The
+ * length is 32 bits, or 1 and a 64-bit one after the type, or 0 for "to
+ * the end". Returns false when the box does not fit in [off, end). */
+typedef struct jp2_box {
+    const uint8_t *type;
+    size_t start, end;
+} jp2_box;
+
+static bool jp2_box_at(const uint8_t *p, size_t off, size_t end, jp2_box *b)
+{
+    if (end - off < 8)
+        return false;
+    uint64_t n = read_be32(p + off);
+    size_t head = 8;
+    if (n == 1) {
+        if (end - off < 16)
+            return false;
+        n = (uint64_t)read_be32(p + off + 8) << 32 | read_be32(p + off + 12);
+        head = 16;
+    } else if (n == 0) {
+        n = end - off;
+    }
+    if (n < head || n > end - off)
+        return false;
+    *b = (jp2_box){.type = p + off + 4, .start = off + head, .end = off + (size_t)n};
+    return true;
+}
+
+/* The name of an enumerated JP2/JPX colour space whose samples are not
+ * gray or RGB, or NULL. OpenJPEG decodes samples, not colours, so such a
+ * file would be read as if it were RGB. Unknown values pass: OpenJPEG
+ * writes 0 when its caller names no colour space, as libvips does for
+ * gray with alpha. */
+static const char *jp2_colour_space_not_rgb(uint32_t space)
+{
+    switch (space) {
+    case 1: case 3: case 4: return "YCbCr";
+    case 9: return "PhotoYCC";
+    case 11: return "CMY";
+    case 12: return "CMYK";
+    case 13: return "YCCK";
+    case 14: return "CIELab";
+    case 18: return "sYCC";
+    case 19: return "CIEJab";
+    case 22: case 23: return "YPbPr";
+    case 24: return "e-sYCC";
+    default: return NULL;
+    }
+}
+
+/* What the JP2 header box says that MedSearch cannot show as a browser
+ * would: a palette, or colours that are not gray or RGB (an ICC profile is
+ * ignored, as in every format). */
+static int jp2_header_check(const uint8_t *p, const jp2_box *header, ms_err *err)
+{
+    jp2_box b;
+    for (size_t off = header->start; off < header->end && jp2_box_at(p, off, header->end, &b); off = b.end) {
+        if (!memcmp(b.type, "pclr", 4))
+            return ms_err_set(err, MS_EUNSUPPORTED, "JPEG 2000 with a palette is not supported");
+        if (!memcmp(b.type, "colr", 4) && b.end - b.start >= 7 && p[b.start] == 1) {
+            uint32_t space = read_be32(p + b.start + 3);
+            const char *name = jp2_colour_space_not_rgb(space);
+            if (name)
+                return ms_err_set(err, MS_EUNSUPPORTED, "JPEG 2000 in colour space %u (%s) is not supported; only "
+                                  "gray and RGB", space, name);
+        }
+    }
+    return 0;
+}
+
+/* A JP2 file is a sequence of boxes: the signature, the file type, the
+ * header ("jp2h": image header, colour, optional palette) and the
+ * codestream ("jp2c"), whose main header gives the size. */
+static int probe_jp2(const uint8_t *p, size_t len, image_info *info, ms_err *err)
+{
+    jp2_box b;
+    size_t off = sizeof JP2_MAGIC;
+    while (off < len) {
+        if (!jp2_box_at(p, off, len, &b))
+            return ms_err_set(err, MS_EFORMAT, "JPEG 2000 is truncated: a box at byte %zu runs past the end of the "
+                              "file", off);
+        if (!memcmp(b.type, "jp2h", 4)) {
+            int rc = jp2_header_check(p, &b, err);
+            if (rc)
+                return rc;
+        } else if (!memcmp(b.type, "jp2c", 4)) {
+            return probe_j2k_codestream(p + b.start, b.end - b.start, info, err);
+        }
+        off = b.end;
+    }
+    return ms_err_set(err, MS_EFORMAT, "JPEG 2000 is truncated: its JP2 file has no codestream box");
+}
+
 /* ---- the public probe ---- */
 
 static void format_mpx(char *out, size_t n, uint64_t pixels)
@@ -467,6 +702,15 @@ int image_probe(const void *buf, size_t len, const image_limits *lim, image_info
     case IMAGE_JPEG: rc = probe_jpeg(p, len, info, err); break;
     case IMAGE_TIFF: rc = probe_tiff(p, len, info, err); break;
     case IMAGE_DICOM: rc = probe_dicom(p, len, info, err); break;
+    case IMAGE_WEBP: rc = probe_webp(p, len, info, err); break;
+    case IMAGE_JP2:
+        info->format = IMAGE_JP2;
+        rc = probe_jp2(p, len, info, err);
+        break;
+    case IMAGE_J2K:
+        info->format = IMAGE_J2K;
+        rc = probe_j2k_codestream(p, len, info, err);
+        break;
     default: return unknown_format(p, len, err);
     }
     if (rc)

@@ -8,7 +8,9 @@
 // viewer, does the same with a 12-bit lossless JPEG (which the browser cannot
 // decode), uses the page behind a reverse proxy under a path prefix, shows a
 // JPEG stored sideways with EXIF Orientation 6 upright (thumbnail, viewer,
-// size), and saves screenshots under tests/browser/out/.
+// size), shows a WebP query and a stored WebP as the browser decodes them
+// and a JPEG 2000 one as the server renders it, and saves screenshots under
+// tests/browser/out/.
 // Exit 0 pass, 77 skip (with the reason), 1 fail.
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -207,6 +209,19 @@ async function cards(page) {
   })));
 }
 
+// src mirrored left to right (op 'mirror') or upside down ('flip') and saved
+// by PIL (Debian python3-pil) as `format` ('WEBP', 'JPEG2000'), so that the
+// collection holds no other copy of it.
+function transformedCopy(src, dst, format, op) {
+  const r = spawnSync('/usr/bin/python3', ['-c', `import sys
+from PIL import Image, ImageOps
+im = Image.open(sys.argv[1]).convert("L")
+im = ImageOps.mirror(im) if sys.argv[4] == "mirror" else ImageOps.flip(im)
+im.save(sys.argv[2], sys.argv[3], **({"quality": 90} if sys.argv[3] == "WEBP" else {}))`, src, dst, format, op],
+  { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`writing ${dst} with PIL failed: ${r.stderr}`);
+}
+
 // Uploads file as the query; the page must show it as the server renders it
 // (POST /api/preview), width pixels wide. Returns the result cards.
 async function queryShownAsRendered(page, file, width) {
@@ -265,6 +280,16 @@ try {
   fs.writeFileSync(turnedFile, withOrientation6(fs.readFileSync(landscape)));
   const turnedIngest = spawnSync(bin, ['ingest', turnedDir, '--db', db, '--model', model], { encoding: 'utf8', timeout: 300000 });
   if (turnedIngest.status !== 0) throw new Error(`ingest of the turned JPEG failed (${turnedIngest.status}): ${turnedIngest.stderr}`);
+  // A COVID X-ray, mirrored, as a lossy WebP (step 11), and upside down as
+  // a JPEG 2000 file (step 12).
+  const webpDir = path.join(work, 'webp');
+  fs.mkdirSync(webpDir);
+  const webpFile = path.join(webpDir, 'mirrored.webp');
+  transformedCopy(landscape, webpFile, 'WEBP', 'mirror');
+  const jp2File = path.join(webpDir, 'flipped.jp2');
+  transformedCopy(landscape, jp2File, 'JPEG2000', 'flip');
+  const webpIngest = spawnSync(bin, ['ingest', webpDir, '--db', db, '--model', model], { encoding: 'utf8', timeout: 300000 });
+  if (webpIngest.status !== 0) throw new Error(`ingest of the WebP and JPEG 2000 failed (${webpIngest.status}): ${webpIngest.stderr}`);
   const url = await startServer();
   let origin = url; // the server's address (step 6 starts it again)
   console.log(`server at ${url}`);
@@ -489,6 +514,44 @@ try {
   const [vw, vh] = await page.evaluate(() => [viewer.w, viewer.h]); // app.js's viewer state
   check(vw === storedSize.h && vh === storedSize.w, `the viewer's image is upright (${vw} x ${vh})`);
   await page.screenshot({ path: path.join(outDir, '10-exif-orientation.png') });
+  await page.keyboard.press('Escape');
+
+  // 11. A WebP: the browser shows it itself, as the query and in the viewer,
+  // without asking the server to render it; the first result is its stored copy.
+  const previews = [];
+  const onPreview = (r) => { if (r.url().includes('/preview')) previews.push(r.url()); };
+  page.on('request', onPreview);
+  searched = page.waitForRequest((r) => r.url().includes('/api/search'));
+  await page.setInputFiles('#file-input', webpFile);
+  await searched;
+  await waitForResults(page);
+  await page.waitForFunction((w) => {
+    const i = document.getElementById('query-preview');
+    return !i.hidden && i.complete && i.naturalWidth === w;
+  }, storedSize.w, { timeout: 30000 });
+  list = await cards(page);
+  check(list[0].name === 'mirrored.webp', `the WebP finds its stored copy first (${list[0].name} ${list[0].score})`);
+  const webpMeta = await openFirstResult(page);
+  check(webpMeta.includes('image/webp') && webpMeta.includes(`${storedSize.w} × ${storedSize.h}`) &&
+    !(await page.$('#v-meta .error')), `the viewer shows the stored WebP (${webpMeta.slice(0, 160)})`);
+  check(previews.length === 0, 'the browser decoded the WebP itself, query and viewer' +
+    (previews.length ? ': ' + previews.join(', ') : ''));
+  page.off('request', onPreview);
+  await page.screenshot({ path: path.join(outDir, '11-webp.png') });
+  await page.keyboard.press('Escape');
+
+  // 12. A JPEG 2000 file, which browsers do not decode: the query is shown
+  // as the server renders it, the first result is its stored copy, and the
+  // viewer shows that through its preview.
+  list = await queryShownAsRendered(page, jp2File, 512);
+  check(true, 'the JPEG 2000 query is shown as the server renders it (512 px)');
+  check(list[0].name === 'flipped.jp2', `the first result is its stored copy (${list[0].name} ${list[0].score})`);
+  const jp2Rendered = page.waitForResponse((r) => /\/api\/images\/\d+\/preview/.test(r.url()) && r.status() === 200);
+  const jp2Meta = await openFirstResult(page);
+  await jp2Rendered;
+  check(jp2Meta.includes('image/jp2') && jp2Meta.includes(`${storedSize.w} × ${storedSize.h}`) &&
+    !(await page.$('#v-meta .error')), `the viewer shows the stored JPEG 2000 through its preview (${jp2Meta.slice(0, 160)})`);
+  await page.screenshot({ path: path.join(outDir, '12-jpeg2000.png') });
   await page.keyboard.press('Escape');
 
   const unexpected = problems.filter((p) => !/status of 400/.test(p));

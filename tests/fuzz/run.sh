@@ -119,6 +119,14 @@ ex[0x0112] = 6
 g.save(d + "/exif_orientation.jpg", quality=80, exif=ex.tobytes())
 g.save(d + "/orientation.tif", tiffinfo={274: 8})
 g.save(d + "/exif_orientation.png", exif=ex.tobytes())
+g.convert("RGB").save(d + "/lossy.webp", quality=80)
+g.convert("RGB").save(d + "/lossless.webp", lossless=True)
+g.convert("RGBA").save(d + "/alpha.webp", quality=80)
+g.convert("RGB").save(d + "/anim.webp", save_all=True, append_images=[g.convert("RGB").rotate(90)], duration=50)
+g.save(d + "/gray.jp2")
+g.save(d + "/gray_lossy.jp2", quality_mode="rates", quality_layers=[20])
+g.convert("RGB").save(d + "/rgb.j2k")
+g.convert("I;16").save(d + "/gray16.jp2")
 EOF
   fi
   # With pydicom: DICOM files of every layout and transfer syntax MedSearch reads.

@@ -106,12 +106,23 @@ static void test_sniff_and_names(void **state)
     assert_int_equal(image_sniff("MM\0*", 4), IMAGE_TIFF);
     assert_int_equal(image_sniff("\x89PNG\r\n\x1a", 7), IMAGE_UNKNOWN);
     assert_int_equal(image_sniff("GIF89a", 6), IMAGE_UNKNOWN);
+    assert_int_equal(image_sniff("RIFF\x10\0\0\0WEBP", 12), IMAGE_WEBP);
+    assert_int_equal(image_sniff("RIFF\x10\0\0\0WAVE", 12), IMAGE_UNKNOWN);
+    assert_int_equal(image_sniff("\0\0\0\x0cjP  \r\n\x87\n", 12), IMAGE_JP2);
+    assert_int_equal(image_sniff("\xff\x4f\xff\x51", 4), IMAGE_J2K);
+    assert_int_equal(image_sniff("\xff\x4f\xff\x52", 4), IMAGE_UNKNOWN);
     assert_int_equal(image_sniff(NULL, 0), IMAGE_UNKNOWN);
     assert_string_equal(image_format_name(IMAGE_PNG), "png");
     assert_string_equal(image_format_name(IMAGE_JPEG), "jpeg");
     assert_string_equal(image_format_name(IMAGE_TIFF), "tiff");
     assert_string_equal(image_format_mime(IMAGE_JPEG), "image/jpeg");
     assert_string_equal(image_format_mime(IMAGE_TIFF), "image/tiff");
+    assert_string_equal(image_format_name(IMAGE_WEBP), "webp");
+    assert_string_equal(image_format_mime(IMAGE_WEBP), "image/webp");
+    assert_string_equal(image_format_name(IMAGE_JP2), "jp2");
+    assert_string_equal(image_format_mime(IMAGE_JP2), "image/jp2");
+    assert_string_equal(image_format_name(IMAGE_J2K), "j2k");
+    assert_string_equal(image_format_mime(IMAGE_J2K), "image/j2c");
     image_limits lim = image_default_limits();
     assert_int_equal(lim.max_bytes, 64u << 20);
     assert_int_equal(lim.max_pixels, 50000000u);
@@ -145,6 +156,18 @@ static void test_probe_every_format(void **state)
         {"tiff gray 8 lzw", 1, 1, 1, 8, ".tif[compression=lzw]", IMAGE_TIFF},
         {"tiff gray 16 deflate", 1, 2, 1, 16, ".tif[compression=deflate]", IMAGE_TIFF},
         {"tiff gray+alpha", 2, 1, 2, 8, ".tif", IMAGE_TIFF},
+        /* WebP holds RGB: a gray image is stored as three equal channels */
+        {"webp lossy gray", 1, 1, 3, 8, ".webp", IMAGE_WEBP},
+        {"webp lossy rgb", 3, 1, 3, 8, ".webp[Q=90]", IMAGE_WEBP},
+        {"webp lossless rgb", 3, 1, 3, 8, ".webp[lossless]", IMAGE_WEBP},
+        {"webp lossless rgba", 4, 1, 4, 8, ".webp[lossless]", IMAGE_WEBP},
+        {"webp lossy rgba (VP8X)", 4, 1, 4, 8, ".webp", IMAGE_WEBP},
+        {"jp2 gray 8 lossless", 1, 1, 1, 8, ".jp2[lossless]", IMAGE_JP2},
+        {"jp2 gray 8 lossy", 1, 1, 1, 8, ".jp2[Q=40]", IMAGE_JP2},
+        {"jp2 gray 16", 1, 2, 1, 16, ".jp2[lossless]", IMAGE_JP2},
+        {"jp2 gray+alpha", 2, 1, 2, 8, ".jp2[lossless]", IMAGE_JP2},
+        {"jp2 rgb", 3, 1, 3, 8, ".jp2[lossless]", IMAGE_JP2},
+        {"jp2 rgba 16", 4, 2, 4, 16, ".jp2[lossless]", IMAGE_JP2},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         const probe_case *c = &cases[i];

@@ -150,10 +150,9 @@ static void test_named_unsupported_formats(void **state)
         const char *name;
     } cases[] = {
         {"GIF89a\x01\x00\x01\x00", 10, "GIF"},
-        {"RIFF\x10\0\0\0WEBPVP8 ", 16, "WebP"},
+        {"\xff\x0a\xfa\x7f\x01\x90", 6, "JPEG XL"},
         {"BM\x3a\0\0\0\0\0\0\0", 10, "BMP"},
         {"%PDF-1.4\n", 9, "PDF"},
-        {"\0\0\0\x0cjP  \r\n\x87\n", 12, "JPEG 2000"},
         {"\0\0\0\x18" "ftypheic\0\0\0\0", 16, "HEIF"},
         {"II+\0\x08\0\0\0", 8, "BigTIFF"},
         {"<svg xmlns=", 11, "SVG"},
@@ -257,6 +256,318 @@ static void test_truncated_at_every_length(void **state)
     assert_true(ifd > 16 * 16 && ifd + 2 < tif.len);
     check_every_prefix(&tif, ifd + 2 + 12 * (size_t)(tif.data[ifd] | tif.data[ifd + 1] << 8), "TIFF");
     blob_free(&tif);
+}
+
+/* Every cut of a WebP, with its RIFF size left as written (the probe sees
+ * the file is short) and with it set to the cut (only libwebp can tell). */
+static void test_webp_truncated(void **state)
+{
+    (void)state;
+    const char *suffixes[] = {".webp", ".webp[lossless]"};
+    for (size_t s = 0; s < 2; s++) {
+        blob b = encode_with(gradient(32, 32), suffixes[s]);
+        check_every_prefix(&b, b.len, suffixes[s]);
+        blob cut = {g_memdup2(b.data, b.len), 0};
+        int accepted = 0;
+        for (size_t n = 20; n < b.len; n += 1) {
+            memcpy(cut.data, b.data, b.len);
+            uint32_t riff = (uint32_t)n - 8, chunk = (uint32_t)n - 20;
+            for (int i = 0; i < 4; i++) {
+                cut.data[4 + i] = (uint8_t)(riff >> 8 * i);
+                cut.data[16 + i] = (uint8_t)(chunk >> 8 * i);
+            }
+            ms_err err = {0};
+            int rc = prepare_rc(cut.data, n, NULL, 8, &err);
+            if (rc)
+                assert_clean_error(rc, &err);
+            else
+                accepted++;
+        }
+        /* libwebp decodes nothing from a cut stream */
+        if (accepted)
+            fail_msg("%s: %d cuts with a matching RIFF size were accepted", suffixes[s], accepted);
+        blob_free(&cut);
+        blob_free(&b);
+    }
+}
+
+/* The codestream inside a JP2 file that libvips wrote: its "jp2c" box. */
+static blob j2k_codestream_of(const blob *jp2)
+{
+    for (size_t i = 4; i + 4 <= jp2->len; i++)
+        if (!memcmp(jp2->data + i, "jp2c", 4)) {
+            size_t start = i + 4;
+            return (blob){g_memdup2(jp2->data + start, jp2->len - start), jp2->len - start};
+        }
+    fail_msg("no jp2c box");
+    return (blob){0};
+}
+
+/* Every cut of a JPEG 2000 file and of its bare codestream fails: OpenJPEG
+ * runs in its strict mode, so no cut is decoded with blank code blocks. */
+static void test_jpeg2000_truncated(void **state)
+{
+    (void)state;
+    const char *suffixes[] = {".jp2[lossless]", ".jp2[Q=30]"};
+    for (size_t s = 0; s < 2; s++) {
+        blob jp2 = encode_with(gradient(32, 32), suffixes[s]);
+        check_every_prefix(&jp2, jp2.len, suffixes[s]);
+        blob j2k = j2k_codestream_of(&jp2);
+        assert_true(j2k.len > 4 && !memcmp(j2k.data + j2k.len - 2, "\xff\xd9", 2)); /* EOC */
+        check_every_prefix(&j2k, j2k.len - 2, "JPEG 2000 codestream");
+        blob_free(&j2k);
+        blob_free(&jp2);
+    }
+}
+
+/* A JP2 file around codestream: signature, file type, a header box with
+ * the image header, a colour box of colour space `space` and `extra` (a
+ * whole box, or NULL), then the codestream box. */
+static blob jp2_around(const blob *codestream, uint32_t space, const uint8_t *extra, size_t extra_len)
+{
+    static const uint8_t head[] = {0, 0, 0, 0x0c, 'j', 'P', ' ', ' ', '\r', '\n', 0x87, '\n',
+                                   0, 0, 0, 0x14, 'f', 't', 'y', 'p', 'j', 'p', '2', ' ', 0, 0, 0, 0, 'j', 'p', '2', ' '};
+    size_t jp2h = 8 + 22 + 15 + extra_len, n = sizeof head + jp2h + 8 + codestream->len;
+    blob b = {g_malloc0(n), n};
+    uint8_t *p = b.data;
+    memcpy(p, head, sizeof head);
+    p += sizeof head;
+    uint8_t box[8 + 22 + 15] = {0, 0, 0, 0, 'j', 'p', '2', 'h', 0, 0, 0, 22, 'i', 'h', 'd', 'r'};
+    box[3] = (uint8_t)jp2h;
+    /* ihdr: height, width, components, bits - 1, compression 7, two flags */
+    memcpy(box + 16, codestream->data + 12, 4);
+    memcpy(box + 20, codestream->data + 8, 4);
+    memcpy(box + 24, codestream->data + 40, 2);
+    box[26] = (uint8_t)(codestream->data[42] & 0x7f);
+    box[27] = 7;
+    static const uint8_t colr[7] = {0, 0, 0, 15, 'c', 'o', 'l'};
+    memcpy(box + 30, colr, sizeof colr);
+    box[37] = 'r';
+    box[38] = 1; /* enumerated colour space */
+    box[41] = (uint8_t)(space >> 24), box[42] = (uint8_t)(space >> 16), box[43] = (uint8_t)(space >> 8);
+    box[44] = (uint8_t)space;
+    memcpy(p, box, sizeof box);
+    p += sizeof box;
+    if (extra_len)
+        memcpy(p, extra, extra_len);
+    p += extra_len;
+    uint32_t jp2c = (uint32_t)(8 + codestream->len);
+    uint8_t cbox[8] = {(uint8_t)(jp2c >> 24), (uint8_t)(jp2c >> 16), (uint8_t)(jp2c >> 8), (uint8_t)jp2c,
+                       'j', 'p', '2', 'c'};
+    memcpy(p, cbox, 8);
+    memcpy(p + 8, codestream->data, codestream->len);
+    return b;
+}
+
+/* The SIZ segment and the JP2 boxes: what OpenJPEG would decode is
+ * measured from them, and what MedSearch does not read is named. */
+static void test_jpeg2000_headers(void **state)
+{
+    (void)state;
+    blob jp2 = encode_with(gradient(20, 12), ".jp2[lossless]");
+    blob j2k = j2k_codestream_of(&jp2);
+    blob_free(&jp2);
+    ms_err err = {0};
+    image_info info;
+    /* the hand-made JP2 around libvips' codestream decodes like it */
+    blob made = jp2_around(&j2k, 17, NULL, 0);
+    float a[3 * 8 * 8], b[3 * 8 * 8];
+    image_prep prep = {8, {0, 0, 0}, {1, 1, 1}};
+    assert_int_equal(image_prepare(j2k.data, j2k.len, NULL, &prep, a, &info, &err), 0);
+    assert_int_equal(info.format, IMAGE_J2K);
+    assert_int_equal(image_prepare(made.data, made.len, NULL, &prep, b, &info, &err), 0);
+    assert_int_equal(info.format, IMAGE_JP2);
+    assert_memory_equal(a, b, sizeof a);
+    assert_true(info.width == 20 && info.height == 12 && info.bands == 1 && info.bits == 8);
+    blob_free(&made);
+
+    /* SIZ: offsets 6 Rsiz, 8 Xsiz, 12 Ysiz, 16 XOsiz, 20 YOsiz, 40 Csiz,
+     * 42 the first component's Ssiz, XRsiz, YRsiz */
+    static const struct {
+        size_t at;
+        uint8_t value;
+        int rc;
+        const char *says;
+    } siz[] = {
+        {6, 0x40, MS_EUNSUPPORTED, "High-Throughput"},
+        {19, 3, MS_EUNSUPPORTED, "offset 3,0"},
+        {42, 0x88, MS_EUNSUPPORTED, "signed"},
+        {42, 16, MS_EUNSUPPORTED, "17-bit"},
+        {43, 2, MS_EUNSUPPORTED, "subsampled"},
+        {44, 0, MS_EFORMAT, "subsampling of 0"},
+        {5, 40, MS_EFORMAT, "does not hold 1 components"},
+        {11, 0, MS_EFORMAT, "invalid size 0x12"},
+        {9, 0xff, MS_ETOOBIG, "over the 50 Mpx limit"},
+    };
+    for (size_t i = 0; i < sizeof siz / sizeof siz[0]; i++) {
+        blob c = {g_memdup2(j2k.data, j2k.len), j2k.len};
+        c.data[siz[i].at] = siz[i].value;
+        if (siz[i].at == 9) /* 0x00ff0014 x 0x0000ff0c */
+            c.data[14] = 0xff;
+        for (int wrapped = 0; wrapped < 2; wrapped++) {
+            blob f = wrapped ? jp2_around(&c, 17, NULL, 0) : (blob){g_memdup2(c.data, c.len), c.len};
+            int rc = prepare_rc(f.data, f.len, NULL, 8, &err);
+            if (rc != siz[i].rc || !strstr(err.msg, siz[i].says))
+                fail_msg("SIZ case %zu%s: %d \"%s\", want %d and \"%s\"", i, wrapped ? " in JP2" : "", rc, err.msg,
+                         siz[i].rc, siz[i].says);
+            blob_free(&f);
+        }
+        blob_free(&c);
+    }
+    /* five components, and two of different precisions (a SIZ made longer) */
+    uint8_t longer[4 + 38 + 15];
+    memcpy(longer, j2k.data, 4 + 38 + 3);
+    for (int k = 1; k < 5; k++)
+        memcpy(longer + 42 + 3 * k, j2k.data + 42, 3);
+    longer[5] = 38 + 15, longer[41] = 5;
+    assert_int_equal(prepare_rc(longer, sizeof longer, NULL, 8, &err), MS_EUNSUPPORTED);
+    assert_non_null(strstr(err.msg, "5 components"));
+    longer[5] = 38 + 6, longer[41] = 2, longer[45] = 11;
+    assert_int_equal(prepare_rc(longer, 4 + 38 + 6, NULL, 8, &err), MS_EUNSUPPORTED);
+    assert_non_null(strstr(err.msg, "components of 8 and 12 bits"));
+    assert_int_equal(prepare_rc(longer, 4 + 38 + 5, NULL, 8, &err), MS_EFORMAT);
+    assert_non_null(strstr(err.msg, "truncated inside its SIZ"));
+    assert_int_equal(prepare_rc(longer, 20, NULL, 8, &err), MS_EFORMAT);
+    assert_non_null(strstr(err.msg, "no complete header"));
+
+    /* JP2 boxes: a palette, colour spaces, no codestream, a box past the end */
+    static const uint8_t pclr[] = {0, 0, 0, 8, 'p', 'c', 'l', 'r'};
+    blob f = jp2_around(&j2k, 17, pclr, sizeof pclr);
+    assert_int_equal(prepare_rc(f.data, f.len, NULL, 8, &err), MS_EUNSUPPORTED);
+    assert_non_null(strstr(err.msg, "palette"));
+    blob_free(&f);
+    const uint32_t spaces[] = {18, 12, 24, 3};
+    const char *names[] = {"sYCC", "CMYK", "e-sYCC", "YCbCr"};
+    for (int i = 0; i < 4; i++) {
+        f = jp2_around(&j2k, spaces[i], NULL, 0);
+        assert_int_equal(prepare_rc(f.data, f.len, NULL, 8, &err), MS_EUNSUPPORTED);
+        if (!strstr(err.msg, names[i]))
+            fail_msg("colour space %u: \"%s\" does not say %s", spaces[i], err.msg, names[i]);
+        blob_free(&f);
+    }
+    f = jp2_around(&j2k, 0, NULL, 0); /* unspecified, as OpenJPEG writes it for gray + alpha: read */
+    assert_int_equal(prepare_rc(f.data, f.len, NULL, 8, &err), 0);
+    blob_free(&f);
+    f = jp2_around(&j2k, 16, NULL, 0); /* sRGB: read, and gray data as gray */
+    assert_int_equal(prepare_rc(f.data, f.len, NULL, 8, &err), 0);
+    size_t jp2c = f.len - j2k.len - 8;
+    assert_true(!memcmp(f.data + jp2c + 4, "jp2c", 4));
+    assert_int_equal(prepare_rc(f.data, jp2c, NULL, 8, &err), MS_EFORMAT);
+    assert_non_null(strstr(err.msg, "no codestream box"));
+    uint32_t past = (uint32_t)(f.len - jp2c + 1); /* one byte longer than the file */
+    for (int i = 0; i < 4; i++)
+        f.data[jp2c + i] = (uint8_t)(past >> (24 - 8 * i));
+    assert_int_equal(prepare_rc(f.data, f.len, NULL, 8, &err), MS_EFORMAT);
+    assert_non_null(strstr(err.msg, "runs past the end"));
+    memset(f.data + jp2c, 0, 4); /* 0: to the end of the file */
+    assert_int_equal(prepare_rc(f.data, f.len, NULL, 8, &err), 0);
+    blob_free(&f);
+    /* a 64-bit box length (1, then the length after the type) */
+    f.len = jp2c + 16 + j2k.len;
+    f.data = g_malloc0(f.len);
+    blob plain = jp2_around(&j2k, 17, NULL, 0);
+    memcpy(f.data, plain.data, jp2c);
+    memcpy(f.data + jp2c, "\0\0\0\x01jp2c\0\0\0\0", 12);
+    uint32_t xl = (uint32_t)(16 + j2k.len);
+    for (int i = 0; i < 4; i++)
+        f.data[jp2c + 12 + i] = (uint8_t)(xl >> (24 - 8 * i));
+    memcpy(f.data + jp2c + 16, j2k.data, j2k.len);
+    assert_int_equal(prepare_rc(f.data, f.len, NULL, 8, &err), 0);
+    f.data[jp2c + 8] = 1; /* 2^56 bytes */
+    assert_int_equal(prepare_rc(f.data, f.len, NULL, 8, &err), MS_EFORMAT);
+    blob_free(&plain);
+    blob_free(&f);
+    blob_free(&j2k);
+}
+
+/* A hand-made WebP of one chunk: "RIFF", size, "WEBP", fourcc, size, data. */
+static blob webp_of_chunk(const char *fourcc, const uint8_t *data, uint32_t n)
+{
+    blob b = {g_malloc0(20 + n + 64), 20 + n + 64};
+    memcpy(b.data, "RIFF", 4);
+    memcpy(b.data + 8, "WEBP", 4);
+    memcpy(b.data + 12, fourcc, 4);
+    uint32_t riff = (uint32_t)b.len - 8;
+    for (int i = 0; i < 4; i++) {
+        b.data[4 + i] = (uint8_t)(riff >> 8 * i);
+        b.data[16 + i] = (uint8_t)(n >> 8 * i);
+    }
+    memcpy(b.data + 20, data, n);
+    return b;
+}
+
+/* The three kinds of first chunk give their size from the header alone;
+ * each kind of broken header is named. */
+static void test_webp_headers(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *fourcc;
+        uint8_t data[10];
+        uint32_t n;
+        int rc, w, h, bands;
+        const char *says;
+    } cases[] = {
+        /* lossy: key frame tag, start code, 14-bit sizes (the top 2 bits scale) */
+        {"VP8 ", {0x10, 0x02, 0x00, 0x9d, 0x01, 0x2a, 0x2c, 0xc1, 0x90, 0x41}, 10, 0, 300, 400, 3, NULL},
+        {"VP8 ", {0x11, 0x02, 0x00, 0x9d, 0x01, 0x2a, 0x2c, 0x01, 0x90, 0x01}, 10, MS_EFORMAT, 0, 0, 0, "key frame"},
+        {"VP8 ", {0x10, 0x02, 0x00, 0x9d, 0x01, 0x2b, 0x2c, 0x01, 0x90, 0x01}, 10, MS_EFORMAT, 0, 0, 0, "key frame"},
+        {"VP8 ", {0x10, 0x02, 0x00, 0x9d, 0x01, 0x2a, 0x00, 0x00, 0x90, 0x01}, 10, MS_EFORMAT, 0, 0, 0, "0x400"},
+        {"VP8 ", {0x10, 0x02, 0x00, 0x9d, 0x01, 0x2a, 0x2c, 0x01}, 8, MS_EFORMAT, 0, 0, 0, "key frame"},
+        /* lossless: 0x2f, then (w - 1) | (h - 1) << 14 | alpha << 28 */
+        {"VP8L", {0x2f, 0xff, 0xff, 0xff, 0x1f}, 5, MS_ETOOBIG, 16384, 16384, 4, NULL},
+        {"VP8L", {0x2f, 0xff, 0xff, 0xff, 0x0f}, 5, MS_ETOOBIG, 16384, 16384, 3, NULL},
+        {"VP8L", {0x2e, 0x00, 0x00, 0x00, 0x00}, 5, MS_EFORMAT, 0, 0, 0, "no valid header"},
+        {"VP8L", {0x2f, 0x00, 0x00, 0x00, 0x20}, 5, MS_EFORMAT, 0, 0, 0, "no valid header"},
+        {"VP8L", {0x2f, 0x00, 0x00}, 3, MS_EFORMAT, 0, 0, 0, "no valid header"},
+        /* extended: flags, 3 reserved, 24-bit canvas width - 1 and height - 1 */
+        {"VP8X", {0x10, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, 10, MS_ETOOBIG, 16777216, 16777216, 4, NULL},
+        {"VP8X", {0x02, 0, 0, 0, 0x0f, 0x27, 0x00, 0x0f, 0x27, 0x00}, 10, MS_ETOOBIG, 10000, 10000, 4, NULL},
+        {"VP8X", {0x00, 0, 0, 0, 0x0f, 0x27, 0x00, 0x0f, 0x27, 0x00}, 10, MS_ETOOBIG, 10000, 10000, 3, NULL},
+        {"VP8X", {0x00, 0, 0, 0, 0x0f, 0x27, 0x00, 0x0f}, 8, MS_EFORMAT, 0, 0, 0, "not 10"},
+        {"ALPH", {0}, 10, MS_EFORMAT, 0, 0, 0, "first chunk is 'ALPH'"},
+        {"\x01\x02" "AB", {0}, 10, MS_EFORMAT, 0, 0, 0, "first chunk is '??AB'"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        blob b = webp_of_chunk(cases[i].fourcc, cases[i].data, cases[i].n);
+        image_info info;
+        ms_err err = {0};
+        int rc = image_probe(b.data, b.len, NULL, &info, &err);
+        if (rc != cases[i].rc)
+            fail_msg("case %zu: probe gave %d (%s), want %d", i, rc, err.msg, cases[i].rc);
+        if (cases[i].says && !strstr(err.msg, cases[i].says))
+            fail_msg("case %zu: \"%s\" does not say %s", i, err.msg, cases[i].says);
+        if (!cases[i].says) {
+            /* measured before anything was decoded: refused by its size, or
+             * its body (zeros) refused by libwebp */
+            assert_int_equal(info.format, IMAGE_WEBP);
+            if (info.width != cases[i].w || info.height != cases[i].h || info.bands != cases[i].bands)
+                fail_msg("case %zu: %dx%d, %d bands; want %dx%d, %d", i, info.width, info.height, info.bands,
+                         cases[i].w, cases[i].h, cases[i].bands);
+            rc = prepare_rc(b.data, b.len, NULL, 8, &err);
+            assert_int_equal(rc, cases[i].rc ? cases[i].rc : MS_EFORMAT);
+            assert_clean_error(rc, &err);
+        }
+        blob_free(&b);
+    }
+    /* the RIFF size: more than the file, and a first chunk larger than it */
+    blob b = webp_of_chunk("VP8L", (const uint8_t *)"\x2f\0\0\0\0", 5);
+    ms_err err = {0};
+    b.data[4] = 0xff;
+    assert_int_equal(prepare_rc(b.data, b.len, NULL, 8, &err), MS_EFORMAT);
+    assert_non_null(strstr(err.msg, "WebP is truncated: its header says"));
+    b.data[4] = (uint8_t)(b.len - 8);
+    b.data[16] = 0xff, b.data[17] = 0xff;
+    assert_int_equal(prepare_rc(b.data, b.len, NULL, 8, &err), MS_EFORMAT);
+    assert_non_null(strstr(err.msg, "larger than the file"));
+    assert_int_equal(prepare_rc(b.data, 19, NULL, 8, &err), MS_EFORMAT);
+    assert_non_null(strstr(err.msg, "no complete header"));
+    blob_free(&b);
+    /* a header that passes with a body of zeros: libwebp's error, clean */
+    b = webp_of_chunk("VP8L", (const uint8_t *)"\x2f\x1f\xc0\x07\x00", 5);
+    assert_int_equal(prepare_rc(b.data, b.len, NULL, 8, &err), MS_EFORMAT);
+    assert_non_null(strstr(err.msg, "WebP"));
+    blob_free(&b);
 }
 
 static void test_tiny_and_extreme_aspect(void **state)
@@ -824,7 +1135,10 @@ static void test_random_bytes(void **state)
     static const struct {
         const char *magic;
         size_t len;
-    } magics[] = {{"", 0}, {"\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR", 16}, {"\xff\xd8\xff", 3}, {"II*\0", 4}, {"MM\0*", 4}};
+    } magics[] = {{"", 0},           {"\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR", 16},
+                  {"\xff\xd8\xff", 3}, {"II*\0", 4},
+                  {"MM\0*", 4},       {"RIFF\xf8\x01\0\0WEBPVP8L\xe4\x01\0\0\x2f", 21},
+                  {"\xff\x4f\xff\x51\0\x29\0\0\0\0\0\x20\0\0\0\x20\0\0\0\0\0\0\0\0", 24}};
     uint8_t buf[2048];
     for (size_t m = 0; m < sizeof magics / sizeof magics[0]; m++)
         for (int round = 0; round < 150; round++) {
@@ -847,7 +1161,7 @@ static void test_mutated_files(void **state)
 {
     (void)state;
     const char *suffixes[] = {".png", ".jpg", ".jpg[interlace]", ".tif", ".tif[compression=lzw]",
-                              ".png[palette]"};
+                              ".png[palette]", ".webp", ".webp[lossless]", ".jp2[lossless]", ".jp2[Q=50]"};
     for (size_t s = 0; s < sizeof suffixes / sizeof suffixes[0]; s++) {
         blob b = encode_with(gradient(48, 40), suffixes[s]);
         uint8_t *m = malloc(b.len);
@@ -878,6 +1192,10 @@ int main(void)
         cmocka_unit_test(test_named_unsupported_formats),
         cmocka_unit_test(test_wrong_magic),
         cmocka_unit_test(test_truncated_at_every_length),
+        cmocka_unit_test(test_webp_truncated),
+        cmocka_unit_test(test_jpeg2000_truncated),
+        cmocka_unit_test(test_jpeg2000_headers),
+        cmocka_unit_test(test_webp_headers),
         cmocka_unit_test(test_tiny_and_extreme_aspect),
         cmocka_unit_test(test_huge_claimed_size_refused_from_header),
         cmocka_unit_test(test_decompression_bomb),
