@@ -349,10 +349,11 @@ static void print_labels_warnings(const cli_command *cmd, const labels *lab, con
     char sep = labels_separator(lab);
     const char *enc = labels_encoding(lab);
     int utf8 = !strcmp(enc, "UTF-8");
-    fprintf(stderr, "medsearch %s: %s: %zu rows (%s format%s%s%s)%s\n", cmd->name, path, labels_rows(lab),
-            labels_format_name(labels_get_format(lab)),
+    const char *joined = labels_joined(lab);
+    fprintf(stderr, "medsearch %s: %s: %zu rows (%s format%s%s%s%s%s%s)%s\n", cmd->name, path, labels_rows(lab),
+            labels_format_name(labels_get_format(lab)), labels_gzipped(lab) ? ", gzip" : "",
             sep == ';' ? ", separated by ';'" : sep == '\t' ? ", separated by tabs" : "", utf8 ? "" : ", read as ",
-            utf8 ? "" : enc, n ? ", problems:" : "");
+            utf8 ? "" : enc, joined ? ", joined with " : "", joined ? joined : "", n ? ", problems:" : "");
     char shown[1024];
     for (size_t i = 0; i < n && i < 20; i++) /* a warning may quote the file's text */
         fprintf(stderr, "  %s: %s\n", path, ms_text_printable(shown, sizeof shown, labels_warning(lab, i)));
@@ -448,7 +449,8 @@ int cmd_ingest(int argc, char **argv)
     int batch = 0, threads = 0, quiet = 0, qe = -1;
     const cli_option opts[] = {
         {"labels", 0, CLI_STRING, &labels_path, "CSV",
-         "metadata: a MedSearch labels.csv, NIH's Data_Entry_2017.csv or CheXpert's train.csv", 0, 0},
+         "metadata: a MedSearch labels.csv, NIH's Data_Entry_2017.csv, CheXpert's train.csv or MIMIC-CXR's "
+         "mimic-cxr-2.0.0-chexpert.csv(.gz)", 0, 0},
         {"batch", 0, CLI_INT, &batch, "N", "images per inference batch (default 16)", 1, 256},
         {"threads", 0, CLI_INT, &threads, "N", "decode threads (default: one per core)", 1, 256},
         {"quiet", 'q', CLI_FLAG, &quiet, NULL, "no progress and no per-file notes (errors still shown)", 0, 0},

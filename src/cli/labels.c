@@ -9,6 +9,8 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <glob.h>
+#include <libdeflate.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -24,7 +26,9 @@
 #define AMBIGUOUS ((size_t)-1)
 
 typedef struct row {
-    char *key;           /* image path as given (leading "./" removed) */
+    char *key;           /* image path as given (leading "./" removed); MIMIC-CXR: "s" and
+                          * the study id, or (metadata) the image's dicom_id */
+    char *study;         /* MIMIC-CXR metadata: "s" and the image's study id */
     store_meta meta;
     size_t line;
 } row;
@@ -39,6 +43,8 @@ struct labels {
     labels_format format;
     char separator;      /* ',', ';' or '\t', from the header */
     const char *encoding; /* the file's text encoding, by name */
+    int gzipped;         /* the file was gzip-compressed */
+    char *joined;        /* MIMIC-CXR: the metadata file joined in (its base name), or NULL */
     char *dir;           /* the CSV's folder, resolved */
     row *rows;
     size_t n, cap;
@@ -50,7 +56,7 @@ struct labels {
 /* Column roles. */
 enum {
     COL_KV = 0, COL_IMAGE, COL_LABELS, COL_PATIENT, COL_AGE, COL_SEX, COL_VIEW, COL_DATE, COL_FOLLOWUP,
-    COL_FINDING, COL_FRONTAL, COL_IGNORE
+    COL_FINDING, COL_FRONTAL, COL_STUDY, COL_IGNORE
 };
 
 /* ---- small helpers ---- */
@@ -138,6 +144,16 @@ static void map_free(map *m)
 {
     free(m->keys);
     free(m->rows);
+}
+
+/* The row that key names in m, or NULL (none, or several). */
+static const store_meta *lookup(const map *m, const labels *t, const char *key)
+{
+    if (!m->cap)
+        return NULL;
+    int found;
+    size_t *slot = map_slot(m, key, &found);
+    return found && *slot != AMBIGUOUS ? &t->rows[*slot].meta : NULL;
 }
 
 /* ---- CSV records ---- */
@@ -261,7 +277,10 @@ static int role_of(labels_format f, const char *name)
                {"view position", COL_VIEW},
                {"follow-up #", COL_FOLLOWUP}},
       chexpert[] = {{"path", COL_IMAGE}, {"sex", COL_SEX}, {"age", COL_AGE}, {"frontal/lateral", COL_FRONTAL},
-                    {"ap/pa", COL_VIEW}};
+                    {"ap/pa", COL_VIEW}},
+      mimic[] = {{"subject_id", COL_PATIENT}, {"study_id", COL_STUDY}},
+      mimic_meta[] = {{"dicom_id", COL_IMAGE}, {"subject_id", COL_PATIENT}, {"study_id", COL_STUDY},
+                      {"viewposition", COL_VIEW}, {"studydate", COL_DATE}};
     if (!*name)
         return COL_IGNORE;
     if (f == LABELS_NIH) {
@@ -274,6 +293,19 @@ static int role_of(labels_format f, const char *name)
                 return chexpert[i].role;
         if (is_chexpert_finding(name))
             return COL_FINDING;
+    } else if (f == LABELS_MIMIC) {
+        for (size_t i = 0; i < sizeof mimic / sizeof mimic[0]; i++)
+            if (!strcasecmp(name, mimic[i].name))
+                return mimic[i].role;
+        if (is_chexpert_finding(name))
+            return COL_FINDING;
+    } else if (f == LABELS_MIMIC_METADATA) {
+        for (size_t i = 0; i < sizeof mimic_meta / sizeof mimic_meta[0]; i++)
+            if (!strcasecmp(name, mimic_meta[i].name))
+                return mimic_meta[i].role;
+        /* the image's size and time, and DICOM code meanings that repeat
+         * the view: 377,110 rows of them would only take memory */
+        return COL_IGNORE;
     } else {
         for (size_t i = 0; i < sizeof generic / sizeof generic[0]; i++)
             if (!strcasecmp(name, generic[i].name))
@@ -307,15 +339,24 @@ static int read_header(labels *t, const char *path, size_t line, char **names, i
     for (int i = 0; i < n; i++)
         findings += is_chexpert_finding(names[i]);
     int chexpert = !nih && !generic && has_column(names, n, "path") && findings > 0;
-    if (!nih && !generic && !chexpert)
+    int other = nih || generic || chexpert;
+    int mimic_meta = !other && has_column(names, n, "dicom_id") && has_column(names, n, "study_id");
+    int mimic = !other && !mimic_meta && has_column(names, n, "study_id") && findings > 0;
+    if (!other && !mimic && !mimic_meta)
         return ms_err_set(err, MS_EFORMAT,
                           "%s: header names neither 'image,labels,...' (MedSearch labels.csv), 'Image Index,Finding "
-                          "Labels,...' (NIH Data_Entry_2017.csv) nor 'Path,...' and CheXpert's observations; it "
-                          "starts '%.60s'",
+                          "Labels,...' (NIH Data_Entry_2017.csv), 'Path,...' and CheXpert's observations, "
+                          "'subject_id,study_id,...' and the observations (MIMIC-CXR) nor 'dicom_id,subject_id,"
+                          "study_id,...' (MIMIC-CXR metadata); it starts '%.60s'",
                           path, n > 0 ? names[0] : "");
-    t->format = nih ? LABELS_NIH : chexpert ? LABELS_CHEXPERT : LABELS_GENERIC;
-    const char *need[2] = {nih ? "Image Index" : chexpert ? "Path" : "image",
-                           nih ? "Finding Labels" : chexpert ? "Path" : "labels"};
+    t->format = nih ? LABELS_NIH : chexpert ? LABELS_CHEXPERT : mimic ? LABELS_MIMIC
+              : mimic_meta ? LABELS_MIMIC_METADATA : LABELS_GENERIC;
+    static const char *const required[][2] = {[LABELS_GENERIC] = {"image", "labels"},
+                                              [LABELS_NIH] = {"Image Index", "Finding Labels"},
+                                              [LABELS_CHEXPERT] = {"Path", "Path"},
+                                              [LABELS_MIMIC] = {"study_id", "subject_id"},
+                                              [LABELS_MIMIC_METADATA] = {"dicom_id", "study_id"}};
+    const char *const *need = required[t->format];
     for (int k = 0; k < 2; k++)
         if (!has_column(names, n, need[k]))
             return ms_err_set(err, MS_EFORMAT, "%s: missing required column '%s' (%s format)", path, need[k],
@@ -520,7 +561,22 @@ static int parse_row(labels *t, char **names, const int *roles, char **f, int n,
             rc = set_string(&r->meta.view, v);
             break;
         case COL_DATE:
-            rc = set_string(&r->meta.study_date, v);
+            if (t->format == LABELS_MIMIC_METADATA && strlen(v) == 8 && strspn(v, "0123456789") == 8) {
+                char dashed[11]; /* DICOM's 20170131, written as every other date is */
+                snprintf(dashed, sizeof dashed, "%.4s-%.2s-%.2s", v, v + 4, v + 6);
+                rc = set_string(&r->meta.study_date, dashed);
+            } else {
+                rc = set_string(&r->meta.study_date, v);
+            }
+            break;
+        case COL_STUDY:
+            if (!*v || strlen(v) > 18 || strspn(v, "0123456789") != strlen(v)) {
+                *why = "the study_id is not a number";
+                return MS_EFORMAT;
+            }
+            /* the name of the study's folder in MIMIC-CXR's tree */
+            if (asprintf(t->format == LABELS_MIMIC ? &r->key : &r->study, "s%s", v) < 0)
+                rc = MS_ENOMEM;
             break;
         case COL_FOLLOWUP:
             rc = *v ? add_kv(&r->meta, "follow_up", v) : 0;
@@ -548,12 +604,19 @@ static int parse_row(labels *t, char **names, const int *roles, char **f, int n,
         if (rc)
             return rc;
     }
+    if (t->format == LABELS_MIMIC && *uncertain)
+        return add_kv(&r->meta, "uncertain_findings", uncertain);
+    if (t->format == LABELS_MIMIC_METADATA && !r->key) {
+        *why = "no dicom_id";
+        return MS_EFORMAT;
+    }
     return t->format == LABELS_CHEXPERT ? finish_chexpert_row(r, uncertain, lateral) : 0;
 }
 
 static void row_free(row *r)
 {
     free(r->key);
+    free(r->study);
     store_meta_free(&r->meta);
 }
 
@@ -806,14 +869,132 @@ out:
     return rc;
 }
 
+/* ---- gzip ----
+ *
+ * MIMIC-CXR ships its CSVs as .csv.gz. A gzip file (told by its magic
+ * bytes, not its name) is inflated whole, to the size its trailer states,
+ * which must be at most LABELS_MAX_BYTES: a small file that would inflate
+ * to more is refused before anything is allocated for it. */
+static int gunzip(const char *path, char **text, size_t *len, ms_err *err)
+{
+    const unsigned char *in = (const unsigned char *)*text;
+    if (*len < 18)
+        return ms_err_set(err, MS_EFORMAT, "%s: gzip file is truncated", path);
+    const unsigned char *trailer = in + *len - 4;
+    size_t size = (size_t)trailer[0] | (size_t)trailer[1] << 8 | (size_t)trailer[2] << 16 | (size_t)trailer[3] << 24;
+    if (size > LABELS_MAX_BYTES)
+        return ms_err_set(err, MS_ETOOBIG, "%s: inflates to %zu bytes, over the %zu MiB limit for a labels file",
+                          path, size, LABELS_MAX_BYTES >> 20);
+    char *out = malloc(size + 1);
+    struct libdeflate_decompressor *d = libdeflate_alloc_decompressor();
+    size_t got = 0, used = 0;
+    enum libdeflate_result r =
+        out && d ? libdeflate_gzip_decompress_ex(d, in, *len, out, size, &used, &got) : LIBDEFLATE_BAD_DATA;
+    libdeflate_free_decompressor(d);
+    if (!out || !d) {
+        free(out);
+        return ms_err_set(err, MS_ENOMEM, "no memory to inflate %s", path);
+    }
+    /* a second member after the first (cat a.gz b.gz) would be lost */
+    if (r != LIBDEFLATE_SUCCESS || got != size || used != *len) {
+        free(out);
+        return ms_err_set(err, MS_EFORMAT, "%s: not a readable gzip file (corrupt, cut short, or of several "
+                          "members: gunzip it first)", path);
+    }
+    out[size] = '\0';
+    free(*text);
+    *text = out;
+    *len = size;
+    return 0;
+}
+
+/* ---- MIMIC-CXR: labels per study, views and dates per image ---- */
+
+/* mimic-cxr-2.0.0-metadata.csv (or .csv.gz) beside the labels file, or NULL. */
+static char *metadata_beside(const char *dir)
+{
+    static const char *const patterns[] = {"/mimic-cxr-*-metadata.csv", "/mimic-cxr-*-metadata.csv.gz"};
+    for (size_t i = 0; i < 2; i++) {
+        char pattern[PATH_MAX];
+        if (snprintf(pattern, sizeof pattern, "%s%s", dir, patterns[i]) >= (int)sizeof pattern)
+            return NULL;
+        glob_t g;
+        char *found = NULL;
+        if (glob(pattern, 0, NULL, &g) == 0 && g.gl_pathc > 0)
+            found = strdup(g.gl_pathv[0]);
+        globfree(&g);
+        if (found)
+            return found;
+    }
+    return NULL;
+}
+
+static int copy_study(store_meta *to, const store_meta *study)
+{
+    int rc = 0;
+    for (int i = 0; !rc && i < study->n_labels; i++)
+        rc = add_label(to, study->labels[i]);
+    for (int i = 0; !rc && i < study->n_kv; i++)
+        rc = add_kv(to, study->kv[i].key, study->kv[i].value);
+    return rc;
+}
+
+/* Each image row of the metadata table gets its study's labels and
+ * uncertain findings and moves into t, where a file is looked for by its
+ * dicom_id before its study folder. The metadata's warnings come along. */
+static int join_metadata(labels *t, labels *meta, const char *meta_path, ms_err *err)
+{
+    const char *name = base_name(meta_path);
+    for (size_t i = 0; i < meta->n_warn; i++)
+        add_warning(t, "%s: %s", name, meta->warnings[i]);
+    for (size_t i = 0; i < meta->n; i++) {
+        row *r = &meta->rows[i];
+        const store_meta *study = r->study ? lookup(&t->by_key, t, r->study) : NULL;
+        if ((study && copy_study(&r->meta, study)) || push_row(t, r)) {
+            meta->n = i; /* the rows before i moved to t; r and those after stay meta's */
+            return ms_err_set(err, MS_ENOMEM, "no memory joining %s", meta_path);
+        }
+    }
+    meta->n = 0;
+    map_free(&t->by_key);
+    map_free(&t->by_base);
+    memset(&t->by_key, 0, sizeof t->by_key);
+    memset(&t->by_base, 0, sizeof t->by_base);
+    if (!(t->joined = strdup(name)))
+        return ms_err_set(err, MS_ENOMEM, "no memory");
+    return build_maps(t, err);
+}
+
+static int join_metadata_beside(labels *t, ms_err *err)
+{
+    char *meta_path = metadata_beside(t->dir);
+    if (!meta_path)
+        return 0;
+    labels *meta = NULL;
+    int rc = labels_load(meta_path, &meta, err);
+    if (!rc && meta->format != LABELS_MIMIC_METADATA)
+        rc = ms_err_set(err, MS_EFORMAT, "%s: beside MIMIC-CXR's labels but not its metadata (%s format)",
+                        meta_path, labels_format_name(meta->format));
+    if (!rc)
+        rc = join_metadata(t, meta, meta_path, err);
+    labels_free(meta);
+    free(meta_path);
+    return rc;
+}
+
 int labels_load(const char *path, labels **out, ms_err *err)
 {
     *out = NULL;
     char *text = NULL;
     size_t len = 0;
     int rc = read_file(path, &text, &len, err);
-    if (rc)
+    int gzipped = !rc && len >= 2 && (unsigned char)text[0] == 0x1f && (unsigned char)text[1] == 0x8b;
+    if (gzipped)
+        rc = gunzip(path, &text, &len, err);
+    if (rc) {
+        free(text);
         return rc;
+    }
     labels *t = calloc(1, sizeof *t);
     if (!t) {
         free(text);
@@ -833,6 +1014,9 @@ int labels_load(const char *path, labels **out, ms_err *err)
     else if (enc == TEXT_UTF8 || (rc = convert_to_utf8(enc, &text, &len, err)) == 0)
         rc = parse_all(t, path, text, len, err);
     free(text);
+    t->gzipped = gzipped;
+    if (!rc && t->format == LABELS_MIMIC)
+        rc = join_metadata_beside(t, err);
     if (rc) {
         labels_free(t);
         return rc;
@@ -854,7 +1038,18 @@ void labels_free(labels *t)
     map_free(&t->by_key);
     map_free(&t->by_base);
     free(t->dir);
+    free(t->joined);
     free(t);
+}
+
+const char *labels_joined(const labels *t)
+{
+    return t->joined;
+}
+
+int labels_gzipped(const labels *t)
+{
+    return t->gzipped;
 }
 
 const char *labels_encoding(const labels *t)
@@ -874,7 +1069,11 @@ labels_format labels_get_format(const labels *t)
 
 const char *labels_format_name(labels_format f)
 {
-    return f == LABELS_NIH ? "NIH ChestX-ray14" : f == LABELS_CHEXPERT ? "CheXpert" : "MedSearch labels.csv";
+    return f == LABELS_NIH               ? "NIH ChestX-ray14"
+           : f == LABELS_CHEXPERT        ? "CheXpert"
+           : f == LABELS_MIMIC           ? "MIMIC-CXR"
+           : f == LABELS_MIMIC_METADATA ? "MIMIC-CXR metadata"
+                                         : "MedSearch labels.csv";
 }
 
 size_t labels_rows(const labels *t)
@@ -892,17 +1091,42 @@ const char *labels_warning(const labels *t, size_t i)
     return i < t->n_warn ? t->warnings[i] : NULL;
 }
 
-static const store_meta *lookup(const map *m, const labels *t, const char *key)
+
+/* MIMIC-CXR: files/p10/p10000032/s50414267/02aa804e-....jpg is the image
+ * 02aa804e-... (its dicom_id, a metadata row) of study 50414267 (a labels
+ * row, keyed "s50414267"). */
+static const store_meta *find_mimic(const labels *t, const char *file_path)
 {
-    if (!m->cap)
-        return NULL;
-    int found;
-    size_t *slot = map_slot(m, key, &found);
-    return found && *slot != AMBIGUOUS ? &t->rows[*slot].meta : NULL;
+    const char *base = base_name(file_path), *dot = strrchr(base, '.');
+    size_t n = dot && dot > base ? (size_t)(dot - base) : strlen(base);
+    char key[256];
+    const store_meta *m = NULL;
+    /* (a dicom_id is hexadecimal: never a study's "s" and digits) */
+    if (n < sizeof key && !(base[0] == 's' && strspn(base + 1, "0123456789") == n - 1)) {
+        memcpy(key, base, n);
+        key[n] = '\0';
+        m = lookup(&t->by_key, t, key);
+    }
+    /* the nearest folder above the file named s and digits */
+    for (const char *end = base; !m && end > file_path + 1;) {
+        const char *start = end - 1; /* the '/' before the file or the folder below */
+        while (start > file_path && start[-1] != '/')
+            start--;
+        size_t len = (size_t)(end - 1 - start);
+        if (len > 1 && len < sizeof key && start[0] == 's' && strspn(start + 1, "0123456789") == len - 1) {
+            memcpy(key, start, len);
+            key[len] = '\0';
+            m = lookup(&t->by_key, t, key);
+        }
+        end = start;
+    }
+    return m;
 }
 
 const store_meta *labels_find(const labels *t, const char *file_path)
 {
+    if (t->format == LABELS_MIMIC || t->format == LABELS_MIMIC_METADATA)
+        return find_mimic(t, file_path);
     char *real = realpath(file_path, NULL);
     const store_meta *m = NULL;
     size_t dl = strlen(t->dir);

@@ -1,7 +1,7 @@
 /*
  * labels.h - reads the metadata CSV given to `medsearch ingest --labels`.
  *
- * Two formats, told apart by the header:
+ * Five formats, told apart by the header:
  *   - NIH ChestX-ray14's Data_Entry_2017.csv: "Image Index" (a file's base
  *     name), "Finding Labels" (A|B, "No Finding" is a label), "Follow-up #",
  *     "Patient ID", "Patient Age" (a number, or "058Y" in some versions),
@@ -18,6 +18,19 @@
  *     key/value uncertain_findings, A|B), 0.0 or empty; the patient comes
  *     from the path's patientNNNNN folder, a lateral image's view is
  *     LATERAL. Told by a "Path" column beside at least one observation.
+ *   - MIMIC-CXR's mimic-cxr-2.0.0-chexpert.csv (or -negbio.csv): "subject_id"
+ *     (the patient), "study_id" and the same fourteen observations, read as
+ *     CheXpert's. A row is a study: it matches every file under the folder
+ *     s<study_id> (files/p10/p10000032/s50414267/<dicom_id>.jpg). When
+ *     mimic-cxr-*-metadata.csv (or .csv.gz) lies beside it, that file is
+ *     joined in: each of its images gets its study's labels, and the view
+ *     ("ViewPosition") and date ("StudyDate", 20170131 written 2017-01-31)
+ *     of its own row, found by its file name without the extension.
+ *   - that metadata file alone: "dicom_id", "subject_id", "study_id",
+ *     "ViewPosition", "StudyDate"; its other columns (the image's size and
+ *     time, DICOM code meanings that repeat the view) are left out.
+ * Any of these may be gzip-compressed (told by its first bytes; MIMIC-CXR
+ * ships .csv.gz): it is inflated first, to at most LABELS_MAX_BYTES.
  * Column names are matched without regard to case or surrounding spaces.
  * The file is RFC 4180 CSV (quotes, doubled quotes, CRLF, a UTF-8 BOM),
  * with its field separator taken from the header: ',' unless ';' (what a
@@ -51,7 +64,7 @@
 
 typedef struct labels labels;
 
-typedef enum { LABELS_GENERIC = 0, LABELS_NIH, LABELS_CHEXPERT } labels_format;
+typedef enum { LABELS_GENERIC = 0, LABELS_NIH, LABELS_CHEXPERT, LABELS_MIMIC, LABELS_MIMIC_METADATA } labels_format;
 
 /* Largest CSV accepted (the full NIH file is about 8 MB). */
 #define LABELS_MAX_BYTES ((size_t)1 << 30)
@@ -65,6 +78,9 @@ labels_format labels_get_format(const labels *t);
 char labels_separator(const labels *t);       /* ',', ';' or '\t' */
 const char *labels_encoding(const labels *t);  /* "UTF-8", "Windows-1252", "UTF-16LE", "UTF-16BE" */
 const char *labels_format_name(labels_format f);
+int labels_gzipped(const labels *t);          /* 1 when the file was gzip-compressed */
+/* MIMIC-CXR: the base name of the metadata file joined in, or NULL. */
+const char *labels_joined(const labels *t);
 size_t labels_rows(const labels *t);          /* rows kept */
 
 /* Problems found in rows, "line 12: ...", in file order. */

@@ -223,6 +223,51 @@ c = rows["patient00009/study2/view1_frontal.jpg"]
 assert (c["patient_id"], c["sex"], c["view"], c["labels"]) == ("patient00009", "M", "PA", "No Finding"), c
 PY
 
+# MIMIC-CXR-JPG: labels per study in mimic-cxr-2.0.0-chexpert.csv.gz, views
+# and dates per image in the metadata file beside it, both gzip-compressed
+# as MIMIC ships them.
+MX=$T/mimic
+S1=$MX/files/p10/p10000032/s50414267
+S2=$MX/files/p10/p10000764/s57375967
+mkdir -p "$S1" "$S2"
+set -- $(ls "$NIH/images" | sort | sed -n 11,13p)
+cp "$NIH/images/$1" "$S1/02aa804e-bde0afdd-112c0b34-7bc16630-4e384014.jpg"
+cp "$NIH/images/$2" "$S1/174413ec-4ec4c1f7-34ea26b7-c5f994f8-79ef1962.jpg"
+cp "$NIH/images/$3" "$S2/096052b7-d256dc40-453a102b-fa7d01c6-1b22c6b4.jpg"
+python3 - "$MX" <<'PY' || fail "writing MIMIC's CSVs"
+import gzip, sys
+obs = ("Atelectasis,Cardiomegaly,Consolidation,Edema,Enlarged Cardiomediastinum,Fracture,Lung Lesion,"
+       "Lung Opacity,No Finding,Pleural Effusion,Pleural Other,Pneumonia,Pneumothorax,Support Devices")
+with gzip.open(sys.argv[1] + "/mimic-cxr-2.0.0-chexpert.csv.gz", "wt") as f:
+    f.write("subject_id,study_id," + obs + "\n")
+    f.write("10000032,50414267,,,,,,,,,1.0,,,,,\n")
+    f.write("10000764,57375967,,,1.0,,,,,,,,,-1.0,,\n")
+with gzip.open(sys.argv[1] + "/mimic-cxr-2.0.0-metadata.csv.gz", "wt") as f:
+    f.write("dicom_id,subject_id,study_id,PerformedProcedureStepDescription,ViewPosition,Rows,Columns,StudyDate,"
+            "StudyTime,ProcedureCodeSequence_CodeMeaning,ViewCodeSequence_CodeMeaning,"
+            "PatientOrientationCodeSequence_CodeMeaning\n")
+    f.write("02aa804e-bde0afdd-112c0b34-7bc16630-4e384014,10000032,50414267,CHEST (PA AND LAT),PA,3056,2544,"
+            "21800506,213014.531,CHEST (PA AND LAT),postero-anterior,Erect\n")
+    f.write("174413ec-4ec4c1f7-34ea26b7-c5f994f8-79ef1962,10000032,50414267,CHEST (PA AND LAT),LATERAL,3056,2544,"
+            "21800506,213014.531,CHEST (PA AND LAT),lateral,Erect\n")
+PY
+"$BIN" ingest "$MX/files" --labels "$MX/mimic-cxr-2.0.0-chexpert.csv.gz" --db "$T/mx.db" >"$T/mx.out" 2>"$T/mx.err" ||
+  fail "ingest with MIMIC-CXR's labels: $(cat "$T/mx.err")"
+grep -q "chexpert.csv.gz: 4 rows (MIMIC-CXR format, gzip, joined with mimic-cxr-2.0.0-metadata.csv.gz)" "$T/mx.err" ||
+  fail "MIMIC-CXR not named: $(cat "$T/mx.err")"
+grep -q "ingested 3," "$T/mx.out" && ! grep -q "no row" "$T/mx.err" || fail "MIMIC-CXR rows not matched: $(cat "$T/mx.out" "$T/mx.err")"
+"$BIN" export --vectors --db "$T/mx.db" --out "$T/mx" >/dev/null 2>&1 || fail "export of the MIMIC-CXR collection"
+python3 - "$T/mx.csv" <<'PY' || fail "MIMIC-CXR metadata: $(cat "$T/mx.csv")"
+import csv, sys
+rows = {r["original_name"].rsplit("/", 1)[-1][:8]: r for r in csv.DictReader(open(sys.argv[1]))}
+a = rows["02aa804e"]
+assert (a["patient_id"], a["view"], a["study_date"], a["labels"], a["extra"]) == ("10000032", "PA", "2180-05-06", "No Finding", ""), a
+b = rows["174413ec"]
+assert (b["patient_id"], b["view"], b["labels"]) == ("10000032", "LATERAL", "No Finding"), b
+c = rows["096052b7"]  # not in the metadata: its study's row alone
+assert (c["patient_id"], c["view"], c["labels"], c["extra"]) == ("10000764", "", "Consolidation", "uncertain_findings=Pneumonia"), c
+PY
+
 echo "== filters that are refused"
 for f in 'age:30-40 age:50|age is given twice' '-sex:F|only patient can be negated' '-labels:Mass|only patient can be negated'; do
   rc=0

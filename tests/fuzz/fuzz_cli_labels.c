@@ -52,7 +52,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         (void)labels_format_name(labels_get_format(t));
         /* names the seeds use, as paths beside the file and as base names */
         static const char *const asked[] = {"/proc/self/fd/a.png", "/proc/self/fd/images/b.png",
-                                            "/proc/self/fd/00000001_000.png", "elsewhere/a.png", "c.jpg", ""};
+                                            "/proc/self/fd/00000001_000.png", "elsewhere/a.png", "c.jpg", "",
+                                            "files/p10/p10000032/s50414267/02aa804e-bd.jpg", "s1/", "/s1/s",
+                                            "s50414267/.jpg"};
         for (size_t i = 0; i < sizeof asked / sizeof asked[0]; i++) {
             const store_meta *m = labels_find(t, asked[i]);
             if (m)

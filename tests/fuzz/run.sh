@@ -325,6 +325,15 @@ CSV
   printf 'Path,Sex,Age,Frontal/Lateral,AP/PA,No Finding,Cardiomegaly,Edema\nC/train/patient00002/study1/view2_lateral.jpg,Male,83,Lateral,,,-1.0,1.0\n' \
     >"$dir/chexpert.csv"
   printf '\xff\xfei\0m\0a\0g\0e\0\t\0l\0a\0b\0e\0l\0s\0\n\0a\0\t\0>\xd8\x7b\xde\n\0' >"$dir/utf16le.txt"
+  printf 'subject_id,study_id,Cardiomegaly,Edema,No Finding\n10000032,50414267,1.0,-1.0,\n10000764,5x,,,1.0\n' \
+    >"$dir/mimic.csv"
+  printf 'dicom_id,subject_id,study_id,ViewPosition,StudyDate,Rows\n02aa804e-bd,10000032,50414267,PA,21800506,3056\n' \
+    >"$dir/mimic_metadata.csv"
+  # gzip-compressed, as MIMIC-CXR ships its CSVs
+  if [ -x "$PY" ]; then
+    "$PY" -c 'import gzip, sys; open(sys.argv[2], "wb").write(gzip.compress(open(sys.argv[1], "rb").read()))' \
+      "$dir/mimic.csv" "$dir/mimic.csv.gz" 2>/dev/null || true
+  fi
 }
 
 # A target whose source calls fuzz_write_seeds_if_asked (fuzz_file.h)

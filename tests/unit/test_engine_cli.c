@@ -21,6 +21,8 @@
 #include "cli/common.h"
 #include "cli/labels.h"
 
+#include <libdeflate.h>
+
 static char tmp[256];
 
 static char *write_file(const char *name, const char *text, size_t len)
@@ -79,6 +81,22 @@ static const store_meta *find_rel(const labels *t, const char *rel)
     char path[512];
     snprintf(path, sizeof path, "%s/%s", tmp, rel);
     return labels_find(t, path);
+}
+
+/* Writes text gzip-compressed to tmp/name; returns the path (free()). */
+static char *write_gz(const char *name, const char *text)
+{
+    struct libdeflate_compressor *c = libdeflate_alloc_compressor(6);
+    assert_non_null(c);
+    size_t cap = libdeflate_gzip_compress_bound(c, strlen(text));
+    char *gz = malloc(cap);
+    assert_non_null(gz);
+    size_t n = libdeflate_gzip_compress(c, text, strlen(text), gz, cap);
+    assert_true(n > 0);
+    libdeflate_free_compressor(c);
+    char *path = write_file(name, gz, n);
+    free(gz);
+    return path;
 }
 
 static void test_nih_format(void **state)
@@ -245,6 +263,187 @@ static void test_nih_patient_sex(void **state)
 
 /* CheXpert's train.csv: paths from the folder above the CSV's, fourteen
  * observation columns of 1.0 / -1.0 / 0.0 / empty, the patient in the path. */
+/* MIMIC-CXR-JPG: a labels row per study, a metadata row per image. */
+static const char mimic_labels[] =
+    "subject_id,study_id,Atelectasis,Cardiomegaly,Consolidation,Edema,Enlarged Cardiomediastinum,Fracture,"
+    "Lung Lesion,Lung Opacity,No Finding,Pleural Effusion,Pleural Other,Pneumonia,Pneumothorax,Support Devices\n"
+    "10000032,50414267,,,,,,,,,1.0,,,,,\n"
+    "10000032,53189527,,1.0,,-1.0,,,,,,,,,,\n"
+    "10000764,57375967,,,1.0,,,,,,,,,-1.0,,\n"
+    "10000898,5x,,,,,,,,,1.0,,,,,\n";
+static const char mimic_metadata[] =
+    "dicom_id,subject_id,study_id,PerformedProcedureStepDescription,ViewPosition,Rows,Columns,StudyDate,"
+    "StudyTime,ProcedureCodeSequence_CodeMeaning,ViewCodeSequence_CodeMeaning,"
+    "PatientOrientationCodeSequence_CodeMeaning\n"
+    "02aa804e-bde0afdd-112c0b34-7bc16630-4e384014,10000032,50414267,CHEST (PA AND LAT),PA,3056,2544,21800506,"
+    "213014.531,CHEST (PA AND LAT),postero-anterior,Erect\n"
+    "174413ec-4ec4c1f7-34ea26b7-c5f994f8-79ef1962,10000032,50414267,CHEST (PA AND LAT),LATERAL,3056,2544,"
+    "21800506,213014.531,CHEST (PA AND LAT),lateral,Erect\n"
+    "2a2277a9-b0ded155-c0de8eb9-c124d10e-82c5caab,10000032,53189527,CHEST (PORTABLE AP),AP,2544,3056,21800626,"
+    "165500.312,CHEST (PORTABLE AP),antero-posterior,\n"
+    "0c4eb1e1-b801903c-bcebe8a4-3da9cd3c-3b94a27c,10009999,59999999,,PA,1,1,21900101,0,,,\n"
+    "1b2c3d4e,10009999,,,PA,1,1,21900101,0,,,\n";
+static const char *const mimic_files[] = {
+    "files/p10/p10000032/s50414267/02aa804e-bde0afdd-112c0b34-7bc16630-4e384014.jpg",
+    "files/p10/p10000032/s50414267/174413ec-4ec4c1f7-34ea26b7-c5f994f8-79ef1962.jpg",
+    "files/p10/p10000032/s53189527/2a2277a9-b0ded155-c0de8eb9-c124d10e-82c5caab.jpg",
+    "files/p10/p10000764/s57375967/096052b7-d256dc40-453a102b-fa7d01c6-1b22c6b4.jpg", /* not in the metadata */
+    "files/p10/p10009999/s59999999/0c4eb1e1-b801903c-bcebe8a4-3da9cd3c-3b94a27c.dcm", /* no labels row */
+    "files/p10/p10000898/s50771383/5d9b1b4c.jpg",                                     /* in neither */
+};
+
+static const store_meta *find_in(const labels *t, const char *dir, const char *rel)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s/%s", tmp, dir, rel);
+    return labels_find(t, path);
+}
+
+static void check_mimic_study_rows(const labels *t, const char *dir)
+{
+    const store_meta *m = find_in(t, dir, mimic_files[0]);
+    assert_non_null(m);
+    assert_int_equal(m->n_labels, 1);
+    assert_string_equal(m->labels[0], "No Finding");
+    assert_string_equal(m->patient_id, "10000032");
+    m = find_in(t, dir, mimic_files[2]);
+    assert_non_null(m);
+    assert_int_equal(m->n_labels, 1);
+    assert_string_equal(m->labels[0], "Cardiomegaly");
+    assert_string_equal(kv(m, "uncertain_findings"), "Edema");
+    m = find_in(t, dir, mimic_files[3]); /* by its study folder alone */
+    assert_non_null(m);
+    assert_string_equal(m->labels[0], "Consolidation");
+    assert_string_equal(kv(m, "uncertain_findings"), "Pneumonia");
+    assert_string_equal(m->patient_id, "10000764");
+    assert_null(m->view);
+    assert_null(find_in(t, dir, mimic_files[5]));
+    assert_null(labels_find(t, "s50414267.jpg")); /* a file name is not a folder */
+}
+
+static void test_mimic_format(void **state)
+{
+    (void)state;
+    ms_err err = {0};
+    /* the labels alone: rows per study, matched by the file's folder */
+    labels *t = load("mimic-cxr-2.0.0-chexpert.csv", mimic_labels, 0, &err);
+    assert_non_null(t);
+    assert_int_equal(labels_get_format(t), LABELS_MIMIC);
+    assert_string_equal(labels_format_name(LABELS_MIMIC), "MIMIC-CXR");
+    assert_null(labels_joined(t));
+    assert_int_equal(labels_rows(t), 3);
+    assert_true(has_warning(t, "line 5: the study_id is not a number"));
+    check_mimic_study_rows(t, "anywhere");
+    labels_free(t);
+
+    /* both, gzip-compressed as MIMIC-CXR-JPG ships them: joined per image */
+    for (size_t i = 0; i < sizeof mimic_files / sizeof *mimic_files; i++) {
+        char rel[256];
+        snprintf(rel, sizeof rel, "mimic/%s", mimic_files[i]);
+        touch(rel);
+    }
+    free(write_gz("mimic/mimic-cxr-2.0.0-metadata.csv.gz", mimic_metadata));
+    char *path = write_gz("mimic/mimic-cxr-2.0.0-chexpert.csv.gz", mimic_labels);
+    assert_int_equal(labels_load(path, &t, &err), 0);
+    free(path);
+    assert_int_equal(labels_get_format(t), LABELS_MIMIC);
+    assert_true(labels_gzipped(t));
+    assert_string_equal(labels_joined(t), "mimic-cxr-2.0.0-metadata.csv.gz");
+    assert_int_equal(labels_rows(t), 3 + 4);
+    assert_true(has_warning(t, "mimic-cxr-2.0.0-metadata.csv.gz: line 6: the study_id is not a number"));
+    check_mimic_study_rows(t, "mimic");
+    const store_meta *m = find_in(t, "mimic", mimic_files[0]);
+    assert_string_equal(m->view, "PA");
+    assert_string_equal(m->study_date, "2180-05-06");
+    assert_int_equal(m->n_kv, 0); /* the metadata's other columns are left out */
+    m = find_in(t, "mimic", mimic_files[1]);
+    assert_string_equal(m->view, "LATERAL");
+    assert_string_equal(m->labels[0], "No Finding");
+    m = find_in(t, "mimic", mimic_files[2]);
+    assert_string_equal(m->view, "AP");
+    assert_string_equal(m->study_date, "2180-06-26");
+    assert_string_equal(kv(m, "uncertain_findings"), "Edema");
+    m = find_in(t, "mimic", mimic_files[4]); /* a study without labels: its view and date */
+    assert_non_null(m);
+    assert_int_equal(m->n_labels, 0);
+    assert_string_equal(m->view, "PA");
+    assert_string_equal(m->patient_id, "10009999");
+    labels_free(t);
+
+    /* the metadata alone: views and dates by the file name */
+    path = write_gz("mimic-metadata-only.csv.gz", mimic_metadata);
+    assert_int_equal(labels_load(path, &t, &err), 0);
+    free(path);
+    assert_int_equal(labels_get_format(t), LABELS_MIMIC_METADATA);
+    m = labels_find(t, "/elsewhere/174413ec-4ec4c1f7-34ea26b7-c5f994f8-79ef1962.jpg");
+    assert_non_null(m);
+    assert_string_equal(m->view, "LATERAL");
+    assert_int_equal(m->n_labels, 0);
+    labels_free(t);
+
+    /* a file named as the metadata beside the labels, but of another format */
+    touch("mimic_bad/files/x.jpg");
+    free(write_file("mimic_bad/mimic-cxr-2.0.0-metadata.csv", "image,labels\na.png,A\n", 21));
+    path = write_file("mimic_bad/mimic-cxr-2.0.0-chexpert.csv", mimic_labels, strlen(mimic_labels));
+    assert_int_equal(labels_load(path, &t, &err), MS_EFORMAT);
+    assert_non_null(strstr(err.msg, "beside MIMIC-CXR's labels but not its metadata"));
+    free(path);
+}
+
+/* Any labels file may be gzip-compressed; a bad one is refused clearly. */
+static void test_gzip_labels(void **state)
+{
+    (void)state;
+    ms_err err = {0};
+    labels *t = NULL;
+    char *path = write_gz("gz_labels.csv", "image,labels\na.png,Mass|Nodule\n");
+    assert_int_equal(labels_load(path, &t, &err), 0);
+    free(path);
+    assert_true(labels_gzipped(t));
+    assert_int_equal(labels_find(t, "/x/a.png")->n_labels, 2);
+    labels_free(t);
+    /* cut short, damaged, two members, and a trailer claiming 4 GiB - 1 */
+    struct libdeflate_compressor *c = libdeflate_alloc_compressor(6);
+    const char *text = "image,labels\na.png,Mass\n";
+    uint8_t gz[256];
+    size_t n = libdeflate_gzip_compress(c, text, strlen(text), gz, sizeof gz);
+    libdeflate_free_compressor(c);
+    assert_true(n > 20 && 2 * n < sizeof gz);
+    uint8_t bad[256];
+    struct {
+        size_t len;
+        int at, value, rc;
+        const char *says;
+    } cases[] = {
+        {17, -1, 0, MS_EFORMAT, "truncated"},
+        {0, -4, 0, MS_EFORMAT, "not a readable gzip file"},  /* its stream cut, its trailer kept */
+        {0, 12, 0x55, MS_EFORMAT, "not a readable gzip file"}, /* a damaged byte */
+        {0, -2, 0, MS_EFORMAT, "several members"},
+        {0, -3, 0, MS_ETOOBIG, "over the 1024 MiB limit"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        size_t len = cases[i].len ? cases[i].len : n;
+        memcpy(bad, gz, n);
+        if (cases[i].at == -4) {
+            memcpy(bad + n / 2, gz + n - 8, 8);
+            len = n / 2 + 8;
+        }
+        if (cases[i].at >= 0)
+            bad[cases[i].at] ^= (uint8_t)cases[i].value;
+        if (cases[i].at == -2) {
+            memcpy(bad + n, gz, n);
+            len = 2 * n;
+        }
+        if (cases[i].at == -3)
+            memset(bad + n - 4, 0xff, 4);
+        path = write_file("gz_bad.csv.gz", (const char *)bad, len);
+        assert_int_equal(labels_load(path, &t, &err), cases[i].rc);
+        if (!strstr(err.msg, cases[i].says))
+            fail_msg("case %zu: \"%s\" does not say %s", i, err.msg, cases[i].says);
+        free(path);
+    }
+}
+
 static void test_chexpert_format(void **state)
 {
     (void)state;
@@ -673,6 +872,7 @@ int main(void)
         cmocka_unit_test(test_out_file),       cmocka_unit_test(test_separators),
         cmocka_unit_test(test_encodings),      cmocka_unit_test(test_windows_paths),
         cmocka_unit_test(test_chexpert_format), cmocka_unit_test(test_nih_patient_sex),
+        cmocka_unit_test(test_mimic_format),   cmocka_unit_test(test_gzip_labels),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     char cmd_rm[300];
