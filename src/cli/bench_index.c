@@ -228,13 +228,6 @@ static void print_load(const char *when)
     fflush(stdout);
 }
 
-static double percentile(double *v, int n, double p)
-{
-    qsort(v, (size_t)n, sizeof *v, cli_cmp_double);
-    int i = (int)ceil(p * n) - 1;
-    return v[i < 0 ? 0 : i >= n ? n - 1 : i];
-}
-
 /* STREAM-like: best of 5 copies of 256 MiB (bytes read + written), and
  * best of 5 reads. The read uses glibc's memchr for a byte that is not
  * there: a vectorised pure read written by others, the access pattern of a
@@ -314,8 +307,8 @@ static int run_single(vindex *ix, search_fn fn, const float *qs, int nq, int dim
         total += lat[q];
     }
     *mean = total / nq;
-    *p50 = percentile(lat, nq, 0.50);
-    *p99 = percentile(lat, nq, 0.99);
+    *p50 = cli_percentile(lat, (size_t)nq, 0.50);
+    *p99 = cli_percentile(lat, (size_t)nq, 0.99);
     free(lat);
     return 0;
 }
@@ -701,7 +694,7 @@ int bench_index(int argc, char **argv)
             uint64_t c = ms_now_ns();
             ratio[q] = (double)(b - a) / (double)(c - b);
         }
-        double med = percentile(ratio, o.queries, 0.5);
+        double med = cli_percentile(ratio, (size_t)o.queries, 0.5);
         free(ratio);
         double gbs = (double)nd * code_bytes[t] / (r->p50_ms / 1e3) / 1e9;
         printf("  %s: p50 %.2f ms; paired with f32 query by query: %.2fx faster (median); compressed scan %.1f GB/s "

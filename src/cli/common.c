@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -470,6 +471,16 @@ double cli_median(double *v, int n)
         return 0;
     qsort(v, (size_t)n, sizeof *v, cli_cmp_double);
     return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+double cli_percentile(double *v, size_t n, double p)
+{
+    if (n < 1)
+        return 0;
+    qsort(v, n, sizeof *v, cli_cmp_double);
+    double rank = ceil(p * (double)n);
+    size_t i = rank < 1 ? 0 : (size_t)rank - 1;
+    return v[i < n ? i : n - 1];
 }
 
 /* ---- output files written whole ---- */

@@ -125,6 +125,10 @@ void cli_center_state(const engine_stats *st, char *out, size_t len);
 int cli_cmp_double(const void *a, const void *b);
 /* The median of v[0..n) (sorting v in place); 0 when n < 1. */
 double cli_median(double *v, int n);
+/* The p-quantile (0 < p <= 1) of v[0..n) by nearest rank, the ceil(p n)-th
+ * smallest value (sorting v in place), so that p50 <= p99 for any n; 0
+ * when n < 1. */
+double cli_percentile(double *v, size_t n, double p);
 
 /* "Effusion|Mass" from a store_meta's labels into buf. */
 void cli_join_labels(const store_meta *m, char *buf, size_t len);

@@ -444,6 +444,34 @@ static void test_gzip_labels(void **state)
     }
 }
 
+/* Nearest rank: the ceil(p n)-th smallest, so p50 <= p99 for every n (bench
+ * serve's old pair gave p99 < p50 for two requests). */
+static void test_percentile(void **state)
+{
+    (void)state;
+    double two[2] = {540.8, 56.1};
+    assert_true(cli_percentile(two, 2, 0.50) == 56.1);
+    assert_true(cli_percentile(two, 2, 0.99) == 540.8);
+    double hundred[100];
+    for (int i = 0; i < 100; i++)
+        hundred[i] = 100 - i; /* 100..1 */
+    assert_true(cli_percentile(hundred, 100, 0.50) == 50);
+    assert_true(cli_percentile(hundred, 100, 0.99) == 99);
+    assert_true(cli_percentile(hundred, 100, 1.0) == 100);
+    assert_true(cli_percentile(hundred, 0, 0.5) == 0);
+    double one = 7;
+    assert_true(cli_percentile(&one, 1, 0.01) == 7 && cli_percentile(&one, 1, 0.99) == 7);
+    unsigned seed = 1;
+    for (size_t n = 1; n <= 64; n++) {
+        double v[64];
+        for (size_t i = 0; i < n; i++)
+            v[i] = rand_r(&seed) % 1000;
+        double p50 = cli_percentile(v, n, 0.50), p99 = cli_percentile(v, n, 0.99);
+        if (!(p50 <= p99) || p99 > v[n - 1] || p50 < v[0])
+            fail_msg("n %zu: p50 %g p99 %g", n, p50, p99);
+    }
+}
+
 static void test_chexpert_format(void **state)
 {
     (void)state;
@@ -873,6 +901,7 @@ int main(void)
         cmocka_unit_test(test_encodings),      cmocka_unit_test(test_windows_paths),
         cmocka_unit_test(test_chexpert_format), cmocka_unit_test(test_nih_patient_sex),
         cmocka_unit_test(test_mimic_format),   cmocka_unit_test(test_gzip_labels),
+        cmocka_unit_test(test_percentile),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     char cmd_rm[300];
