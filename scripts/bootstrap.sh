@@ -12,6 +12,7 @@ build_pkgs=(
 test_pkgs=(
   postgresql curl chromium
   python3-torch python3-torchvision python3-onnx python3-numpy python3-pil python3-pydicom dcmtk libgdcm-tools
+  libheif-examples
   python3-faiss python3-hnswlib python3-flask
 )
 

@@ -9,6 +9,7 @@ export MEDSEARCH_BIN=${MEDSEARCH_BIN:-$PWD/$BUILD/medsearch-asan}
 export MEDSEARCH_SHARED=${MEDSEARCH_SHARED:-$(cd .. && pwd)/shared}
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+export LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$PWD/tests/lsan.supp}
 what=${1:-all}
 pass=0 fail=0 skip=0 failed=()
 

@@ -74,7 +74,7 @@ async function api(path, options = {}) {
 function explain(err) {
   if (err.status === 401) return 'This server needs an access token: ' + err.message + '. Use "Access token" at the top right.';
   if (err.status === 413) return 'The image is too large for this server: ' + err.message;
-  if (err.status === 415) return 'Unsupported file: ' + err.message + '. Use a PNG, JPEG, JPEG 2000, TIFF, WebP or DICOM X-ray.';
+  if (err.status === 415) return 'Unsupported file: ' + err.message + '. Use a PNG, JPEG, JPEG 2000, TIFF, WebP, HEIC, AVIF or DICOM X-ray.';
   if (err.status === 429 || err.status === 503) {
     return 'The server is busy (' + err.message + '). Try again in ' + (err.retryAfter || 'a few') + ' s.';
   }
@@ -176,14 +176,15 @@ async function loadCollectionInfo(openToken) {
 
 // ---------- query ----------
 
-// What the browser can show itself; anything else (DICOM, TIFF, JPEG 2000) is shown as
+// What the browser can show itself; anything else (DICOM, TIFF, JPEG 2000, HEIC) is shown as
 // the server renders it (POST /api/preview).
-const BROWSER_SHOWS = (file) => /^image\/(png|jpeg|webp)$/.test(file.type) || /\.(png|jpe?g|webp)$/i.test(file.name);
+const BROWSER_SHOWS = (file) => /^image\/(png|jpeg|webp|avif)$/.test(file.type) || /\.(png|jpe?g|webp|avif)$/i.test(file.name);
 // Worth sending: the server decides by content, so a DICOM without an
 // extension (as archives name them) goes too; a file that is clearly
 // something else is stopped here with a clear message.
 const MAY_BE_XRAY = (file) => BROWSER_SHOWS(file) ||
-  /^(image\/(tiff|jp2|j2c)|application\/dicom)$/.test(file.type) || /\.(tiff?|jp2|j2k|j2c|dcm|dicom)$/i.test(file.name) ||
+  /^(image\/(tiff|jp2|j2c|heic|heif)|application\/dicom)$/.test(file.type) ||
+  /\.(tiff?|jp2|j2k|j2c|heic|heif|dcm|dicom)$/i.test(file.name) ||
   (!file.type && !/\.[a-z0-9]{1,5}$/i.test(file.name));
 
 // rendered: the server's rendering even of a PNG or JPEG (one the browser
@@ -221,7 +222,7 @@ async function showQueryPreview(file, rendered = false) {
 function acceptFile(file) {
   if (!file) return;
   if (!MAY_BE_XRAY(file)) {
-    showError(`"${file.name}" is not a PNG, JPEG, JPEG 2000, TIFF, WebP or DICOM image.`);
+    showError(`"${file.name}" is not a PNG, JPEG, JPEG 2000, TIFF, WebP, HEIC, AVIF or DICOM image.`);
     return;
   }
   if (file.size > MAX_UPLOAD) {
@@ -714,9 +715,9 @@ function renderViewerMeta(r, info) {
 
 async function loadViewerImage(r, signal) {
   let res = await api(r.image_url || `/api/images/${r.id}`, { signal });
-  // A stored DICOM, TIFF or JPEG 2000: the browser cannot decode it, so show the gray
+  // A stored DICOM, TIFF, JPEG 2000 or HEIC: the browser cannot decode it, so show the gray
   // image MedSearch made of it (its DICOM window applied), at up to 2048 px.
-  if (!/^image\/(png|jpeg|webp)/.test(res.headers.get('Content-Type') || '')) {
+  if (!/^image\/(png|jpeg|webp|avif)/.test(res.headers.get('Content-Type') || '')) {
     res = await api(`/api/images/${r.id}/preview?size=2048`, { signal });
   }
   let bitmap;

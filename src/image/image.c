@@ -267,6 +267,8 @@ static const char *decode_failed_text(image_format f)
            : f == IMAGE_JPEG                   ? "JPEG decode failed"
            : f == IMAGE_WEBP                   ? "WebP decode failed"
            : f == IMAGE_JP2 || f == IMAGE_J2K ? "JPEG 2000 decode failed"
+           : f == IMAGE_HEIC                   ? "HEIC decode failed"
+           : f == IMAGE_AVIF                   ? "AVIF decode failed"
                                                : "TIFF decode failed";
 }
 
@@ -397,6 +399,12 @@ static int load(const void *buf, size_t len, const image_info *info, int shrink,
     case IMAGE_JP2:
     case IMAGE_J2K:
         return load_j2k_own(buf, len, info, shrink, out, err);
+    case IMAGE_HEIC:
+    case IMAGE_AVIF:
+        /* the primary image, turned and mirrored as its irot and imir say
+         * (libheif applies them; the probe measured the size as shown) */
+        rc = vips_heifload_buffer(data, len, out, "fail_on", VIPS_FAIL_ON_ERROR, NULL);
+        break;
     case IMAGE_WEBP:
         if ((rc = load_webp_direct(buf, len, info, out, err)) <= 0)
             return rc;

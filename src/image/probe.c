@@ -35,6 +35,8 @@ const char *image_format_name(image_format f)
     case IMAGE_WEBP: return "webp";
     case IMAGE_JP2: return "jp2";
     case IMAGE_J2K: return "j2k";
+    case IMAGE_HEIC: return "heic";
+    case IMAGE_AVIF: return "avif";
     default: return "unknown";
     }
 }
@@ -49,6 +51,8 @@ const char *image_format_mime(image_format f)
     case IMAGE_WEBP: return "image/webp";
     case IMAGE_JP2: return "image/jp2";
     case IMAGE_J2K: return "image/j2c";
+    case IMAGE_HEIC: return "image/heic";
+    case IMAGE_AVIF: return "image/avif";
     default: return "application/octet-stream";
     }
 }
@@ -61,6 +65,26 @@ static const uint8_t J2K_MAGIC[4] = {0xff, 0x4f, 0xff, 0x51};
 static bool starts_with(const uint8_t *p, size_t len, const void *magic, size_t n)
 {
     return len >= n && memcmp(p, magic, n) == 0;
+}
+
+/* HEIF's file type box names its brands: AVIF, or HEIC (HEVC images; mif1
+ * alone is a HEIF image of either codec, and libheif reads both). Returns
+ * IMAGE_UNKNOWN for other ISO media (MP4 and QuickTime video). */
+static image_format heif_brand(const uint8_t *p, size_t len)
+{
+    if (len < 16 || memcmp(p + 4, "ftyp", 4) != 0)
+        return IMAGE_UNKNOWN;
+    size_t n = read_be32(p);
+    n = n < len ? n : len;
+    bool heif = false;
+    for (size_t at = 8; at + 4 <= n; at += at == 8 ? 8 : 4) { /* the major brand, a version, the others */
+        if (!memcmp(p + at, "avif", 4) || !memcmp(p + at, "avis", 4))
+            return IMAGE_AVIF;
+        static const char *const brands[] = {"heic", "heix", "heim", "heis", "hevc", "hevx", "mif1", "msf1"};
+        for (size_t i = 0; i < sizeof brands / sizeof *brands; i++)
+            heif |= !memcmp(p + at, brands[i], 4);
+    }
+    return heif ? IMAGE_HEIC : IMAGE_UNKNOWN;
 }
 
 image_format image_sniff(const void *buf, size_t len)
@@ -80,6 +104,9 @@ image_format image_sniff(const void *buf, size_t len)
         return IMAGE_JP2;
     if (starts_with(p, len, J2K_MAGIC, sizeof J2K_MAGIC))
         return IMAGE_J2K;
+    image_format heif = heif_brand(p, len);
+    if (heif != IMAGE_UNKNOWN)
+        return heif;
     if (dicom_sniff(p, len))
         return IMAGE_DICOM;
     return IMAGE_UNKNOWN;
@@ -104,7 +131,7 @@ static const char *unsupported_format_name(const uint8_t *p, size_t len)
     if (starts_with(p, len, "\xff\x0a", 2) || starts_with(p, len, "\0\0\0\x0cJXL \r\n\x87\n", 12))
         return "JPEG XL";
     if (len >= 12 && memcmp(p + 4, "ftyp", 4) == 0)
-        return "HEIF/AVIF";
+        return "MP4 or QuickTime (ISO media)";
     if (starts_with(p, len, "BM", 2))
         return "BMP";
     if (starts_with(p, len, "%PDF", 4))
@@ -121,13 +148,13 @@ static int unknown_format(const uint8_t *p, size_t len, ms_err *err)
     const char *name = unsupported_format_name(p, len);
     if (name)
         return ms_err_set(err, MS_EUNSUPPORTED,
-                          "%s files are not supported; convert to PNG, JPEG, JPEG 2000, TIFF, WebP or DICOM", name);
+                          "%s files are not supported; convert to PNG, JPEG, JPEG 2000, TIFF, WebP, HEIC, AVIF or DICOM", name);
     char hex[3 * 8 + 1] = "";
     size_t at = 0;
     for (size_t i = 0; i < len && i < 8; i++)
         at += (size_t)snprintf(hex + at, sizeof hex - at, i ? " %02x" : "%02x", p[i]);
     return ms_err_set(err, MS_EFORMAT,
-                      "not a PNG, JPEG, JPEG 2000, TIFF, WebP or DICOM image (first bytes: %s)", hex);
+                      "not a PNG, JPEG, JPEG 2000, TIFF, WebP, HEIC, AVIF or DICOM image (first bytes: %s)", hex);
 }
 
 /* An EXIF block's Orientation, 1 when absent or unreadable (below, with the TIFF reader). */
@@ -550,15 +577,16 @@ static int probe_j2k_codestream(const uint8_t *p, size_t len, image_info *info, 
     return 0;
 }
 
-/* A JP2 box at off: its type and where its content starts and ends. The
- * length is 32 bits, or 1 and a 64-bit one after the type, or 0 for "to
- * the end". Returns false when the box does not fit in [off, end). */
-typedef struct jp2_box {
+/* An ISO base media box (JP2 and HEIF are made of them) at off: its type
+ * and where its content starts and ends. The length is 32 bits, or 1 and a
+ * 64-bit one after the type, or 0 for "to the end". Returns false when the
+ * box does not fit in [off, end). */
+typedef struct iso_box {
     const uint8_t *type;
     size_t start, end;
-} jp2_box;
+} iso_box;
 
-static bool jp2_box_at(const uint8_t *p, size_t off, size_t end, jp2_box *b)
+static bool iso_box_at(const uint8_t *p, size_t off, size_t end, iso_box *b)
 {
     if (end - off < 8)
         return false;
@@ -574,7 +602,7 @@ static bool jp2_box_at(const uint8_t *p, size_t off, size_t end, jp2_box *b)
     }
     if (n < head || n > end - off)
         return false;
-    *b = (jp2_box){.type = p + off + 4, .start = off + head, .end = off + (size_t)n};
+    *b = (iso_box){.type = p + off + 4, .start = off + head, .end = off + (size_t)n};
     return true;
 }
 
@@ -603,10 +631,10 @@ static const char *jp2_colour_space_not_rgb(uint32_t space)
 /* What the JP2 header box says that MedSearch cannot show as a browser
  * would: a palette, or colours that are not gray or RGB (an ICC profile is
  * ignored, as in every format). */
-static int jp2_header_check(const uint8_t *p, const jp2_box *header, ms_err *err)
+static int jp2_header_check(const uint8_t *p, const iso_box *header, ms_err *err)
 {
-    jp2_box b;
-    for (size_t off = header->start; off < header->end && jp2_box_at(p, off, header->end, &b); off = b.end) {
+    iso_box b;
+    for (size_t off = header->start; off < header->end && iso_box_at(p, off, header->end, &b); off = b.end) {
         if (!memcmp(b.type, "pclr", 4))
             return ms_err_set(err, MS_EUNSUPPORTED, "JPEG 2000 with a palette is not supported");
         if (!memcmp(b.type, "colr", 4) && b.end - b.start >= 7 && p[b.start] == 1) {
@@ -625,10 +653,10 @@ static int jp2_header_check(const uint8_t *p, const jp2_box *header, ms_err *err
  * codestream ("jp2c"), whose main header gives the size. */
 static int probe_jp2(const uint8_t *p, size_t len, image_info *info, ms_err *err)
 {
-    jp2_box b;
+    iso_box b;
     size_t off = sizeof JP2_MAGIC;
     while (off < len) {
-        if (!jp2_box_at(p, off, len, &b))
+        if (!iso_box_at(p, off, len, &b))
             return ms_err_set(err, MS_EFORMAT, "JPEG 2000 is truncated: a box at byte %zu runs past the end of the "
                               "file", off);
         if (!memcmp(b.type, "jp2h", 4)) {
@@ -641,6 +669,129 @@ static int probe_jp2(const uint8_t *p, size_t len, image_info *info, ms_err *err
         off = b.end;
     }
     return ms_err_set(err, MS_EFORMAT, "JPEG 2000 is truncated: its JP2 file has no codestream box");
+}
+
+/* ---- HEIF: HEIC and AVIF ----
+ *
+ * A HEIF file is ISO media boxes: the file type, then "meta": its primary
+ * item ("pitm"), and the item properties ("iprp": the properties in
+ * "ipco", and in "ipma" which of them each item has). The primary item's
+ * "ispe" gives its size (a grid of tiles, as phones write, has its own),
+ * "irot" a rotation that libheif applies while decoding (so the size as
+ * shown is what MedSearch measures; nothing is left to turn), "pixi" its
+ * bit depth. Chromium shows AVIF turned the same way, and does not show
+ * HEIC, which the page then shows as the server renders it. */
+
+typedef struct heif_props {
+    uint32_t width, height;
+    bool have_size;
+    int rotation;      /* quarter turns anticlockwise, 0-3 */
+    int bits;          /* the deepest channel, 0 when not said */
+} heif_props;
+
+/* The index-th (1-based) box inside ipco, or false. */
+static bool ipco_child(const uint8_t *p, const iso_box *ipco, unsigned index, iso_box *b)
+{
+    size_t off = ipco->start;
+    for (unsigned i = 1; off < ipco->end && iso_box_at(p, off, ipco->end, b); i++, off = b->end)
+        if (i == index)
+            return true;
+    return false;
+}
+
+static void heif_property(const uint8_t *p, const iso_box *b, heif_props *h)
+{
+    size_t n = b->end - b->start;
+    const uint8_t *d = p + b->start;
+    if (!memcmp(b->type, "ispe", 4) && n >= 12) {
+        h->width = read_be32(d + 4);
+        h->height = read_be32(d + 8);
+        h->have_size = true;
+    } else if (!memcmp(b->type, "irot", 4) && n >= 1) {
+        h->rotation = d[0] & 3;
+    } else if (!memcmp(b->type, "pixi", 4) && n >= 5) {
+        for (unsigned c = 0; c < d[4] && 5 + c < n; c++)
+            h->bits = d[5 + c] > h->bits ? d[5 + c] : h->bits;
+    }
+}
+
+/* The properties ipma associates with the item, read from ipco. */
+static int heif_item_props(const uint8_t *p, const iso_box *ipma, const iso_box *ipco, uint32_t item,
+                           heif_props *h, ms_err *err)
+{
+    const uint8_t *d = p + ipma->start, *end = p + ipma->end;
+    if (end - d < 8)
+        return ms_err_set(err, MS_EFORMAT, "HEIF is corrupt: its ipma box is too short");
+    int version = d[0], wide_index = d[3] & 1;
+    uint32_t entries = read_be32(d + 4);
+    d += 8;
+    for (uint32_t e = 0; e < entries; e++) {
+        size_t id_bytes = version < 1 ? 2 : 4;
+        if ((size_t)(end - d) < id_bytes + 1)
+            break;
+        uint32_t id = id_bytes == 2 ? read_be16(d) : read_be32(d);
+        unsigned count = d[id_bytes];
+        d += id_bytes + 1;
+        size_t each = wide_index ? 2 : 1;
+        if ((size_t)(end - d) < count * each)
+            break;
+        for (unsigned a = 0; id == item && a < count; a++) {
+            unsigned index = wide_index ? read_be16(d + 2 * a) & 0x7fff : d[a] & 0x7f;
+            iso_box b;
+            if (index && ipco_child(p, ipco, index, &b))
+                heif_property(p, &b, h);
+        }
+        if (id == item)
+            return 0;
+        d += count * each;
+    }
+    return ms_err_set(err, MS_EFORMAT, "HEIF is corrupt: its primary item %u has no properties", item);
+}
+
+static int probe_heif(const uint8_t *p, size_t len, image_info *info, ms_err *err)
+{
+    const char *kind = info->format == IMAGE_AVIF ? "AVIF" : "HEIC";
+    iso_box b, meta = {0}, ipco = {0}, ipma = {0};
+    for (size_t off = 0; !meta.type; off = b.end) {
+        if (off >= len || !iso_box_at(p, off, len, &b))
+            return ms_err_set(err, MS_EFORMAT, "%s is truncated: no meta box before byte %zu", kind, off);
+        if (!memcmp(b.type, "meta", 4))
+            meta = b;
+    }
+    uint32_t primary = 0;
+    bool have_primary = false;
+    /* meta is a full box: 4 bytes of version and flags, then its boxes */
+    for (size_t off = meta.start + 4; off < meta.end; off = b.end) {
+        if (!iso_box_at(p, off, meta.end, &b))
+            return ms_err_set(err, MS_EFORMAT, "%s is corrupt: a box in its meta box runs past it", kind);
+        size_t n = b.end - b.start;
+        if (!memcmp(b.type, "pitm", 4) && n >= 6) {
+            primary = p[b.start] == 0 ? read_be16(p + b.start + 4) : n >= 8 ? read_be32(p + b.start + 4) : 0;
+            have_primary = true;
+        } else if (!memcmp(b.type, "iprp", 4)) {
+            iso_box c;
+            for (size_t at = b.start; at < b.end && iso_box_at(p, at, b.end, &c); at = c.end) {
+                if (!memcmp(c.type, "ipco", 4) && !ipco.type)
+                    ipco = c;
+                else if (!memcmp(c.type, "ipma", 4) && !ipma.type)
+                    ipma = c;
+            }
+        }
+    }
+    if (!have_primary || !ipco.type || !ipma.type)
+        return ms_err_set(err, MS_EFORMAT, "%s is corrupt: no primary item or no item properties", kind);
+    heif_props h = {0};
+    int rc = heif_item_props(p, &ipma, &ipco, primary, &h, err);
+    if (rc)
+        return rc;
+    if (!h.have_size || h.width == 0 || h.height == 0 || h.width > 0x7fffffffu || h.height > 0x7fffffffu)
+        return ms_err_set(err, MS_EFORMAT, "%s is corrupt: its primary item has no valid size (ispe)", kind);
+    bool turned = h.rotation == 1 || h.rotation == 3;
+    info->width = (int)(turned ? h.height : h.width);
+    info->height = (int)(turned ? h.width : h.height);
+    info->bands = 3;
+    info->bits = h.bits > 8 ? 16 : 8;
+    return 0;
 }
 
 /* ---- the public probe ---- */
@@ -710,6 +861,11 @@ int image_probe(const void *buf, size_t len, const image_limits *lim, image_info
     case IMAGE_J2K:
         info->format = IMAGE_J2K;
         rc = probe_j2k_codestream(p, len, info, err);
+        break;
+    case IMAGE_HEIC:
+    case IMAGE_AVIF:
+        info->format = image_sniff(p, len);
+        rc = probe_heif(p, len, info, err);
         break;
     default: return unknown_format(p, len, err);
     }

@@ -9,8 +9,8 @@
 // decode), uses the page behind a reverse proxy under a path prefix, shows a
 // JPEG stored sideways with EXIF Orientation 6 upright (thumbnail, viewer,
 // size), shows a WebP query and a stored WebP as the browser decodes them
-// and a JPEG 2000 one as the server renders it, and saves screenshots under
-// tests/browser/out/.
+// and JPEG 2000 and HEIC ones as the server renders them, and saves
+// screenshots under tests/browser/out/.
 // Exit 0 pass, 77 skip (with the reason), 1 fail.
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -209,14 +209,14 @@ async function cards(page) {
   })));
 }
 
-// src mirrored left to right (op 'mirror') or upside down ('flip') and saved
-// by PIL (Debian python3-pil) as `format` ('WEBP', 'JPEG2000'), so that the
-// collection holds no other copy of it.
+// src mirrored left to right (op 'mirror'), upside down ('flip') or both
+// ('turn') and saved by PIL (Debian python3-pil) as `format` ('WEBP',
+// 'JPEG2000', 'PNG'), so that the collection holds no other copy of it.
 function transformedCopy(src, dst, format, op) {
   const r = spawnSync('/usr/bin/python3', ['-c', `import sys
 from PIL import Image, ImageOps
 im = Image.open(sys.argv[1]).convert("L")
-im = ImageOps.mirror(im) if sys.argv[4] == "mirror" else ImageOps.flip(im)
+im = ImageOps.mirror(im) if sys.argv[4] == "mirror" else ImageOps.flip(im) if sys.argv[4] == "flip" else im.rotate(180)
 im.save(sys.argv[2], sys.argv[3], **({"quality": 90} if sys.argv[3] == "WEBP" else {}))`, src, dst, format, op],
   { encoding: 'utf8' });
   if (r.status !== 0) throw new Error(`writing ${dst} with PIL failed: ${r.stderr}`);
@@ -288,6 +288,12 @@ try {
   transformedCopy(landscape, webpFile, 'WEBP', 'mirror');
   const jp2File = path.join(webpDir, 'flipped.jp2');
   transformedCopy(landscape, jp2File, 'JPEG2000', 'flip');
+  // ... and turned half round as a HEIC, as an iPhone saves a photo (step 13).
+  const turnedPng = path.join(work, 'turned-half.png');
+  transformedCopy(landscape, turnedPng, 'PNG', 'turn');
+  const heicFile = path.join(webpDir, 'phone.heic');
+  const heicEnc = spawnSync('heif-enc', ['-q', '90', turnedPng, '-o', heicFile], { encoding: 'utf8' });
+  if (heicEnc.status !== 0) throw new Error(`heif-enc (Debian libheif-examples) failed: ${heicEnc.stderr || heicEnc.error}`);
   const webpIngest = spawnSync(bin, ['ingest', webpDir, '--db', db, '--model', model], { encoding: 'utf8', timeout: 300000 });
   if (webpIngest.status !== 0) throw new Error(`ingest of the WebP and JPEG 2000 failed (${webpIngest.status}): ${webpIngest.stderr}`);
   const url = await startServer();
@@ -552,6 +558,17 @@ try {
   check(jp2Meta.includes('image/jp2') && jp2Meta.includes(`${storedSize.w} × ${storedSize.h}`) &&
     !(await page.$('#v-meta .error')), `the viewer shows the stored JPEG 2000 through its preview (${jp2Meta.slice(0, 160)})`);
   await page.screenshot({ path: path.join(outDir, '12-jpeg2000.png') });
+  await page.keyboard.press('Escape');
+
+  // 13. A HEIC file, which Chromium does not decode either: the same, through
+  // the server's rendering.
+  list = await queryShownAsRendered(page, heicFile, 512);
+  check(true, 'the HEIC query is shown as the server renders it (512 px)');
+  check(list[0].name === 'phone.heic', `the first result is its stored copy (${list[0].name} ${list[0].score})`);
+  const heicMeta = await openFirstResult(page);
+  check(heicMeta.includes('image/heic') && !(await page.$('#v-meta .error')),
+    `the viewer shows the stored HEIC through its preview (${heicMeta.slice(0, 160)})`);
+  await page.screenshot({ path: path.join(outDir, '13-heic.png') });
   await page.keyboard.press('Escape');
 
   const unexpected = problems.filter((p) => !/status of 400/.test(p));

@@ -11,6 +11,12 @@
 #    is exactly PIL's (both use OpenJPEG), a 16-bit one scaled by its maximum;
 #    a 1024x1024 X-ray decoded one resolution level down for the 224 px
 #    model input is still the same image to the model as its PNG;
+#  - HEIC (what an iPhone saves) and AVIF, written by libheif's heif-enc:
+#    lossy, lossless, gray, with alpha; the model input is exactly the gray
+#    image of heif-convert's PNG; a file turned and mirrored by its irot and
+#    imir properties (tests/tools/heif_rotate.py adds them, as a phone's
+#    file has them) is turned once, as heif-convert and Chromium turn it,
+#    and stored with its size as shown;
 #  - ingest stores each with its own MIME type and its size; search finds a
 #    lossless copy at score 1; the API takes the bytes as image/webp or
 #    image/jp2, serves the original back byte for byte with its type, and
@@ -21,6 +27,8 @@ require_all
 PY=/usr/bin/python3
 "$PY" -c 'import numpy, PIL.features as f; assert f.check("webp") and f.check("jpg_2000")' 2>/dev/null ||
     skip "$PY lacks numpy or PIL with WebP and JPEG 2000 (Debian python3-numpy python3-pil)"
+command -v heif-enc >/dev/null && command -v heif-convert >/dev/null ||
+    skip "heif-enc or heif-convert not installed (Debian libheif-examples)"
 
 SRC=$DATA/nih_cxr14_64px/images/$(ls "$DATA/nih_cxr14_64px/images" | sort | head -n 1)
 BIG=$DATA/nih_cxr14_fullres/images/00000001_000.png
@@ -65,19 +73,54 @@ assert (v == a.astype(np.float32) * 16 + 5).all()  # lossless, 16 bits
 # v * (255 / max) + 0.5, truncated, in single precision as MedSearch computes it
 np.floor(v * np.float32(255.0 / v.max()) + np.float32(0.5)).astype(np.uint8).tofile(f"{out}/j_16.gray")
 Image.open(big).convert("L").save(f"{out}/../big.jp2")
+rgba.save(f"{out}/../h_alpha.png")
+gray.save(f"{out}/../h_gray.png")
+rgb.save(f"{out}/../h_rgb.png")
+# 32 x 32 with a mark in one corner: no turn or mirror leaves it in place
+sq = (np.arange(32 * 32).reshape(32, 32) * 7 % 251).astype(np.uint8)
+sq[:8, :4] = 255
+Image.fromarray(sq, "L").save(f"{out}/../h_sq.png")
+Image.fromarray(sq[:, :24].copy(), "L").save(f"{out}/../h_wide.png")  # 24 wide, 32 high
 EOF
+# HEIC and AVIF by libheif's own encoder; turned ones by heif_rotate.py
+heif() { heif-enc "$@" >/dev/null 2>>"$WORK/heif.err" || { echo "FAIL: heif-enc $*: $(cat "$WORK/heif.err")"; exit 1; }; }
+heif -q 80 "$WORK/h_rgb.png" -o "$WORK/in/h_lossy.heic"
+heif -L "$WORK/h_gray.png" -o "$WORK/in/h_lossless.heic"
+heif -q 80 "$WORK/h_alpha.png" -o "$WORK/in/h_alpha.heic"
+heif -q 80 "$WORK/h_rgb.png" -o "$WORK/in/h_lossy.avif"
+heif -L "$WORK/h_gray.png" -o "$WORK/in/h_lossless.avif"
+heif -L "$WORK/h_sq.png" -o "$WORK/h_sq.heic"
+heif -L "$WORK/h_sq.png" -o "$WORK/h_sq.avif"
+heif -L "$WORK/h_wide.png" -o "$WORK/h_wide.heic"
+"$PY" tests/tools/heif_rotate.py "$WORK/h_sq.heic" "$WORK/in/h_turned.heic" 1 --mirror 1 &&
+    "$PY" tests/tools/heif_rotate.py "$WORK/h_sq.avif" "$WORK/in/h_turned.avif" 3 &&
+    "$PY" tests/tools/heif_rotate.py "$WORK/h_wide.heic" "$WORK/in/h_wide_turned.heic" 1 ||
+    { echo "FAIL: heif_rotate.py"; exit 1; }
+for f in h_lossy.heic h_lossless.heic h_alpha.heic h_lossy.avif h_lossless.avif h_turned.heic h_turned.avif; do
+    heif-convert "$WORK/in/$f" "$WORK/$f.png" >/dev/null 2>&1 || { echo "FAIL: heif-convert $f"; exit 1; }
+    "$PY" -c 'import sys, numpy as np; from PIL import Image
+np.asarray(Image.open(sys.argv[1]).convert("L")).tofile(sys.argv[2])' "$WORK/$f.png" "$WORK/in/${f%.*}_${f##*.}.gray"
+done
+"$PY" -c 'import sys, numpy as np; from PIL import Image
+a, b = (np.asarray(Image.open(f).convert("L")) for f in sys.argv[1:3])
+assert a.shape == b.shape and np.abs(a.astype(int) - b).max() > 100, "heif_rotate.py turned nothing"' \
+    "$WORK/h_sq.png" "$WORK/h_turned.heic.png" || { echo "FAIL: the turned HEIC is not turned"; exit 1; }
 
-echo "== the model input of each WebP and JPEG 2000 is PIL's gray image of it"
+echo "== the model input of each WebP, JPEG 2000, HEIC and AVIF is the reference's gray image"
 for file in lossy.webp lossless.webp alpha.webp alpha_lossy.webp gray.webp anim.webp \
-    j_lossless.jp2 j_lossy.jp2 j_code.j2k j_rgb.jp2 j_16.jp2; do
+    j_lossless.jp2 j_lossy.jp2 j_code.j2k j_rgb.jp2 j_16.jp2 \
+    h_lossy.heic h_lossless.heic h_alpha.heic h_lossy.avif h_lossless.avif h_turned.heic h_turned.avif; do
     f=${file%.*}
-    "$MEDSEARCH_BIN" embed --model "$MODEL" --input-size 64 --mean 0 --scale 1 --dump-input "$WORK/$f.in" \
+    case $file in h_*) f=${file%.*}_${file##*.} ;; esac
+    side=64
+    case $file in h_turned.*) side=32 ;; esac
+    "$MEDSEARCH_BIN" embed --model "$MODEL" --input-size $side --mean 0 --scale 1 --dump-input "$WORK/$f.in" \
         "$WORK/in/$file" >/dev/null 2>"$WORK/$f.err" || { bad "$file: embed: $(cat "$WORK/$f.err")"; continue; }
     "$PY" -c 'import sys, numpy as np
-got = np.fromfile(sys.argv[1], "<f4")[:64 * 64]
 want = np.fromfile(sys.argv[2], np.uint8).astype(np.float32)
+got = np.fromfile(sys.argv[1], "<f4")[:want.size]
 d = np.abs(got - want).max()
-print(f"ok: {sys.argv[3]}: equal to PIL" if d == 0 else f"FAIL: {sys.argv[3]}: differs by up to {d}")
+print(f"ok: {sys.argv[3]}: equal to the reference" if d == 0 else f"FAIL: {sys.argv[3]}: differs by up to {d}")
 sys.exit(int(d != 0))' "$WORK/$f.in" "$WORK/in/$f.gray" "$file" || fail=1
 done
 
@@ -93,19 +136,23 @@ want = {f"{n}.webp": ("image/webp", 40 if n == "turned" else 64, 24 if n == "tur
 want["xray.png"] = ("image/png", 64, 64)
 want.update({f"j_{n}.jp2": ("image/jp2", 64, 64) for n in ("lossless", "lossy", "rgb", "16")})
 want["j_code.j2k"] = ("image/j2c", 64, 64)
+want.update({f"h_{n}.heic": ("image/heic", 64, 64) for n in ("lossy", "lossless", "alpha")})
+want.update({f"h_{n}.avif": ("image/avif", 64, 64) for n in ("lossy", "lossless")})
+want.update({"h_turned.heic": ("image/heic", 32, 32), "h_turned.avif": ("image/avif", 32, 32)})
+want["h_wide_turned.heic"] = ("image/heic", 32, 24)  # 24 x 32 stored, a quarter turn: shown 32 x 24
 got = {n.rsplit("/", 1)[-1]: v for n, v in rows.items()}
 assert got == want, (got, want)
 EOF
 
-echo "== search: the lossless WebP, the lossless JPEG 2000 files and their PNG are one image"
-"$MEDSEARCH_BIN" search "$WORK/in/lossless.webp" --db "$WORK/c.db" --model "$MODEL" -k 4 --qe 0 --json \
+echo "== search: the lossless WebP, JPEG 2000, HEIC and AVIF files and their PNG are one image"
+"$MEDSEARCH_BIN" search "$WORK/in/lossless.webp" --db "$WORK/c.db" --model "$MODEL" -k 6 --qe 0 --json \
     >"$WORK/s.json" 2>"$WORK/s.err" || bad "search: $(cat "$WORK/s.err")"
 "$PY" -c 'import json, sys
 r = json.load(open(sys.argv[1]))["results"]
 names = sorted(x["original_name"].rsplit("/", 1)[-1] for x in r)
-assert names == ["j_code.j2k", "j_lossless.jp2", "lossless.webp", "xray.png"], names
+assert names == ["h_lossless.avif", "h_lossless.heic", "j_code.j2k", "j_lossless.jp2", "lossless.webp", "xray.png"], names
 assert min(x["score"] for x in r) > 0.9999, r' "$WORK/s.json" &&
-    ok "lossless.webp finds itself, xray.png, j_lossless.jp2 and j_code.j2k at score 1" || bad "search results: $(head -c 400 "$WORK/s.json")"
+    ok "lossless.webp finds itself, xray.png and the lossless JPEG 2000, HEIC and AVIF copies at score 1" || bad "search results: $(head -c 400 "$WORK/s.json")"
 
 echo "== a 1024x1024 JPEG 2000, decoded one level down (512x512), is its PNG to the model"
 mkdir -p "$WORK/big"
@@ -127,7 +174,7 @@ echo "== the API"
 search_and_fetch() {
     local type=$1 query=$2 stored=$3 mime=$4 id
     expect 200 "POST /api/search with the bytes as $type" -H "Content-Type: $type" --data-binary "@$query" \
-        "$URL/api/search?k=4&qe=0"
+        "$URL/api/search?k=8&qe=0"
     check "its first result has score 1" 'd["results"][0]["score"] > 0.9999'
     id=$(json "[x['id'] for x in d['results'] if x['original_name'].rsplit('/', 1)[-1] == '$(basename "$stored")'][0]")
     expect 200 "GET the stored $(basename "$stored")" "$URL/api/images/$id"
@@ -142,5 +189,9 @@ expect 200 "POST /api/preview of a WebP (multipart)" -F "image=@$WORK/in/alpha.w
 search_and_fetch image/jp2 "$WORK/in/j_lossless.jp2" "$WORK/in/j_code.j2k" image/j2c
 expect 200 "GET its preview, as the page shows a stored JPEG 2000" "$URL/api/images/$ID/preview?size=48"
 [ "$(png_size)" = 48x48 ] && ok "a 48x48 PNG preview" || bad "preview is $(png_size)"
+search_and_fetch image/heic "$WORK/in/h_lossless.heic" "$WORK/in/h_lossless.avif" image/avif
+expect 200 "POST /api/preview of a turned HEIC (raw)" -H 'Content-Type: image/heic' \
+    --data-binary "@$WORK/in/h_wide_turned.heic" "$URL/api/preview?size=64"
+[ "$(png_size)" = 32x24 ] && ok "a 32x24 PNG preview (never enlarged): turned, as shown" || bad "preview is $(png_size)"
 stop_server
 finish

@@ -159,6 +159,13 @@ EOF
     fi
   fi
   rm -rf "$dir/dicom"
+  # With libheif's encoder: HEIC and AVIF, one turned by an irot property
+  if command -v heif-enc >/dev/null 2>&1 && [ -f "$dir/rgb.png" ]; then
+    heif-enc -q 60 "$dir/rgb.png" -o "$dir/rgb.heic" >/dev/null 2>&1 || true
+    heif-enc -q 60 "$dir/rgba.png" -o "$dir/rgba.avif" >/dev/null 2>&1 || true
+    heif-enc -L "$dir/gray.png" -o "$dir/gray.heic" >/dev/null 2>&1 || true
+    "$PY" tests/tools/heif_rotate.py "$dir/gray.heic" "$dir/turned.heic" 1 --mirror 0 2>/dev/null || true
+  fi
   printf '\x89PNG\r\n\x1a\n' >"$dir/magic.png"
   printf '\xff\xd8\xff\xe0' >"$dir/magic.jpg"
   printf 'II*\0\x08\0\0\0' >"$dir/magic.tif"

@@ -111,6 +111,13 @@ static void test_sniff_and_names(void **state)
     assert_int_equal(image_sniff("\0\0\0\x0cjP  \r\n\x87\n", 12), IMAGE_JP2);
     assert_int_equal(image_sniff("\xff\x4f\xff\x51", 4), IMAGE_J2K);
     assert_int_equal(image_sniff("\xff\x4f\xff\x52", 4), IMAGE_UNKNOWN);
+    assert_int_equal(image_sniff("\0\0\0\x18" "ftypheic\0\0\0\0mif1heic", 24), IMAGE_HEIC);
+    assert_int_equal(image_sniff("\0\0\0\x18" "ftypmif1\0\0\0\0mif1miaf", 24), IMAGE_HEIC);
+    assert_int_equal(image_sniff("\0\0\0\x1c" "ftypavif\0\0\0\0avifmif1miaf", 28), IMAGE_AVIF);
+    assert_int_equal(image_sniff("\0\0\0\x18" "ftypmif1\0\0\0\0mif1avif", 24), IMAGE_AVIF);
+    assert_int_equal(image_sniff("\0\0\0\x18" "ftypisom\0\0\0\0isomavc1", 24), IMAGE_UNKNOWN);
+    /* a brand beyond the box's own length does not count */
+    assert_int_equal(image_sniff("\0\0\0\x10" "ftypisom\0\0\0\0heic", 20), IMAGE_UNKNOWN);
     assert_int_equal(image_sniff(NULL, 0), IMAGE_UNKNOWN);
     assert_string_equal(image_format_name(IMAGE_PNG), "png");
     assert_string_equal(image_format_name(IMAGE_JPEG), "jpeg");
@@ -123,6 +130,10 @@ static void test_sniff_and_names(void **state)
     assert_string_equal(image_format_mime(IMAGE_JP2), "image/jp2");
     assert_string_equal(image_format_name(IMAGE_J2K), "j2k");
     assert_string_equal(image_format_mime(IMAGE_J2K), "image/j2c");
+    assert_string_equal(image_format_name(IMAGE_HEIC), "heic");
+    assert_string_equal(image_format_mime(IMAGE_HEIC), "image/heic");
+    assert_string_equal(image_format_name(IMAGE_AVIF), "avif");
+    assert_string_equal(image_format_mime(IMAGE_AVIF), "image/avif");
     image_limits lim = image_default_limits();
     assert_int_equal(lim.max_bytes, 64u << 20);
     assert_int_equal(lim.max_pixels, 50000000u);
@@ -168,6 +179,12 @@ static void test_probe_every_format(void **state)
         {"jp2 gray+alpha", 2, 1, 2, 8, ".jp2[lossless]", IMAGE_JP2},
         {"jp2 rgb", 3, 1, 3, 8, ".jp2[lossless]", IMAGE_JP2},
         {"jp2 rgba 16", 4, 2, 4, 16, ".jp2[lossless]", IMAGE_JP2},
+        /* HEIF is measured as 3 bands: libheif gives RGB, or RGBA with alpha */
+        {"heic gray", 1, 1, 3, 8, ".heic", IMAGE_HEIC},
+        {"heic rgb lossless", 3, 1, 3, 8, ".heic[lossless]", IMAGE_HEIC},
+        {"heic rgba", 4, 1, 3, 8, ".heic", IMAGE_HEIC},
+        {"avif rgb", 3, 1, 3, 8, ".avif", IMAGE_AVIF},
+        {"avif 12-bit gray", 1, 2, 3, 16, ".avif", IMAGE_AVIF},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         const probe_case *c = &cases[i];

@@ -153,7 +153,7 @@ static void test_named_unsupported_formats(void **state)
         {"\xff\x0a\xfa\x7f\x01\x90", 6, "JPEG XL"},
         {"BM\x3a\0\0\0\0\0\0\0", 10, "BMP"},
         {"%PDF-1.4\n", 9, "PDF"},
-        {"\0\0\0\x18" "ftypheic\0\0\0\0", 16, "HEIF"},
+        {"\0\0\0\x18" "ftypisom\0\0\0\0isomavc1", 24, "MP4"},
         {"II+\0\x08\0\0\0", 8, "BigTIFF"},
         {"<svg xmlns=", 11, "SVG"},
     };
@@ -478,6 +478,132 @@ static void test_jpeg2000_headers(void **state)
     blob_free(&plain);
     blob_free(&f);
     blob_free(&j2k);
+}
+
+/* Every cut of a HEIC and of an AVIF fails cleanly: before the end of the
+ * meta box the probe finds no size, after it libheif finds the image data
+ * short. */
+static void test_heif_truncated(void **state)
+{
+    (void)state;
+    const char *suffixes[] = {".heic", ".avif"};
+    for (size_t s = 0; s < 2; s++) {
+        blob b = encode_with(gradient(24, 16), suffixes[s]);
+        check_every_prefix(&b, b.len, suffixes[s]);
+        blob_free(&b);
+    }
+}
+
+static size_t put_box(uint8_t *out, const char *type, const uint8_t *content, size_t n)
+{
+    uint32_t size = (uint32_t)(8 + n);
+    uint8_t head[8] = {(uint8_t)(size >> 24), (uint8_t)(size >> 16), (uint8_t)(size >> 8), (uint8_t)size};
+    memcpy(head + 4, type, 4);
+    memcpy(out, head, 8);
+    memcpy(out + 8, content, n);
+    return 8 + n;
+}
+
+/* The header of a HEIF file (no image data): ftyp, then meta with pitm
+ * (primary item 1) and iprp, whose ipco holds ispe (w x h), irot, pixi and
+ * whose ipma gives item `item` the properties of `index` (1-based, in that
+ * order; ipma version 0 with 8-bit indexes, or 1 with 32-bit ids and
+ * 16-bit indexes when wide). */
+typedef struct heif_spec {
+    uint32_t w, h, item;
+    int rotation, bits, wide, no_pitm;
+    uint8_t index[4];
+    int n_index;
+} heif_spec;
+
+static blob heif_header(const heif_spec *sp)
+{
+    uint8_t ipco[128], ipma[64], iprp[256], meta[512], prop[32];
+    size_t n = 0;
+    memset(prop, 0, sizeof prop);
+    put_be32(prop + 4, sp->w);
+    put_be32(prop + 8, sp->h);
+    n += put_box(ipco + n, "ispe", prop, 12);
+    prop[0] = (uint8_t)sp->rotation;
+    n += put_box(ipco + n, "irot", prop, 1);
+    uint8_t pixi[7] = {0, 0, 0, 0, 3, 8, (uint8_t)sp->bits};
+    n += put_box(ipco + n, "pixi", pixi, 6 + 1);
+    size_t ipco_n = n, m = 0;
+    ipma[m++] = sp->wide ? 1 : 0;
+    ipma[m++] = 0, ipma[m++] = 0, ipma[m++] = sp->wide ? 1 : 0; /* flags: 16-bit indexes */
+    put_be32(ipma + m, 1);
+    m += 4;
+    if (sp->wide) {
+        put_be32(ipma + m, sp->item);
+        m += 4;
+    } else {
+        ipma[m++] = (uint8_t)(sp->item >> 8), ipma[m++] = (uint8_t)sp->item;
+    }
+    ipma[m++] = (uint8_t)sp->n_index;
+    for (int i = 0; i < sp->n_index; i++) {
+        if (sp->wide)
+            ipma[m++] = 0x80, ipma[m++] = sp->index[i];
+        else
+            ipma[m++] = (uint8_t)(0x80 | sp->index[i]);
+    }
+    n = put_box(iprp, "ipco", ipco, ipco_n);
+    n += put_box(iprp + n, "ipma", ipma, m);
+    size_t k = 4; /* meta's version and flags */
+    memset(meta, 0, 4);
+    static const uint8_t pitm[6] = {0, 0, 0, 0, 0, 1};
+    if (!sp->no_pitm)
+        k += put_box(meta + k, "pitm", pitm, sizeof pitm);
+    k += put_box(meta + k, "iprp", iprp, n);
+    blob b = {g_malloc0(24 + 8 + k), 24 + 8 + k};
+    memcpy(b.data, "\0\0\0\x18" "ftypheic\0\0\0\0mif1heic", 24);
+    put_box(b.data + 24, "meta", meta, k);
+    return b;
+}
+
+/* The size comes from the primary item's own ispe, as shown after irot;
+ * what is missing or broken is named; libheif refuses the rest cleanly. */
+static void test_heif_headers(void **state)
+{
+    (void)state;
+    static const struct {
+        heif_spec sp;
+        int rc, w, h, bits;
+        const char *says;
+    } cases[] = {
+        {{40, 24, 1, 0, 8, 0, 0, {1, 2, 3}, 3}, 0, 40, 24, 8, NULL},
+        {{40, 24, 1, 1, 8, 0, 0, {1, 2, 3}, 3}, 0, 24, 40, 8, NULL},   /* a quarter turn */
+        {{40, 24, 1, 2, 10, 0, 0, {1, 2, 3}, 3}, 0, 40, 24, 16, NULL}, /* upside down; 10 bits */
+        {{40, 24, 1, 3, 8, 1, 0, {1, 2, 3}, 3}, 0, 24, 40, 8, NULL},   /* ipma v1, 16-bit indexes */
+        {{40, 24, 1, 0, 8, 0, 0, {2, 9, 1}, 3}, 0, 40, 24, 8, NULL},   /* an index past ipco: ignored */
+        {{60000, 60000, 1, 0, 8, 0, 0, {1}, 1}, MS_ETOOBIG, 60000, 60000, 8, "over the 50 Mpx limit"},
+        {{40, 24, 2, 0, 8, 0, 0, {1}, 1}, MS_EFORMAT, 0, 0, 0, "primary item 1 has no properties"},
+        {{40, 24, 1, 0, 8, 0, 0, {2, 3}, 2}, MS_EFORMAT, 0, 0, 0, "no valid size"},
+        {{0, 24, 1, 0, 8, 0, 0, {1}, 1}, MS_EFORMAT, 0, 0, 0, "no valid size"},
+        {{40, 24, 1, 0, 8, 0, 1, {1}, 1}, MS_EFORMAT, 0, 0, 0, "no primary item"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        blob b = heif_header(&cases[i].sp);
+        image_info info;
+        ms_err err = {0};
+        int rc = image_probe(b.data, b.len, NULL, &info, &err);
+        if (rc != cases[i].rc || (cases[i].says && !strstr(err.msg, cases[i].says)))
+            fail_msg("case %zu: %d \"%s\", want %d and \"%s\"", i, rc, err.msg, cases[i].rc,
+                     cases[i].says ? cases[i].says : "");
+        if (!rc && (info.format != IMAGE_HEIC || info.width != cases[i].w || info.height != cases[i].h ||
+                    info.bits != cases[i].bits || info.orientation != 1))
+            fail_msg("case %zu: %dx%d %d bits, orientation %d", i, info.width, info.height, info.bits,
+                     info.orientation);
+        if (!rc) { /* no image data: libheif's refusal, clean */
+            rc = prepare_rc(b.data, b.len, NULL, 8, &err);
+            assert_int_equal(rc, MS_EFORMAT);
+            assert_clean_error(rc, &err);
+        }
+        /* every cut of the header: an error, never a crash */
+        for (size_t cut = 0; cut < b.len; cut++)
+            if (image_probe(b.data, cut, NULL, &info, &err) == 0)
+                fail_msg("case %zu cut to %zu of %zu bytes was measured", i, cut, b.len);
+        blob_free(&b);
+    }
 }
 
 /* A hand-made WebP of one chunk: "RIFF", size, "WEBP", fourcc, size, data. */
@@ -1138,7 +1264,8 @@ static void test_random_bytes(void **state)
     } magics[] = {{"", 0},           {"\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR", 16},
                   {"\xff\xd8\xff", 3}, {"II*\0", 4},
                   {"MM\0*", 4},       {"RIFF\xf8\x01\0\0WEBPVP8L\xe4\x01\0\0\x2f", 21},
-                  {"\xff\x4f\xff\x51\0\x29\0\0\0\0\0\x20\0\0\0\x20\0\0\0\0\0\0\0\0", 24}};
+                  {"\xff\x4f\xff\x51\0\x29\0\0\0\0\0\x20\0\0\0\x20\0\0\0\0\0\0\0\0", 24},
+                  {"\0\0\0\x18" "ftypheic\0\0\0\0mif1heic\0\0\x01\0meta\0\0\0\0", 36}};
     uint8_t buf[2048];
     for (size_t m = 0; m < sizeof magics / sizeof magics[0]; m++)
         for (int round = 0; round < 150; round++) {
@@ -1161,7 +1288,7 @@ static void test_mutated_files(void **state)
 {
     (void)state;
     const char *suffixes[] = {".png", ".jpg", ".jpg[interlace]", ".tif", ".tif[compression=lzw]",
-                              ".png[palette]", ".webp", ".webp[lossless]", ".jp2[lossless]", ".jp2[Q=50]"};
+                              ".png[palette]", ".webp", ".webp[lossless]", ".jp2[lossless]", ".jp2[Q=50]", ".heic", ".avif"};
     for (size_t s = 0; s < sizeof suffixes / sizeof suffixes[0]; s++) {
         blob b = encode_with(gradient(48, 40), suffixes[s]);
         uint8_t *m = malloc(b.len);
@@ -1195,6 +1322,8 @@ int main(void)
         cmocka_unit_test(test_webp_truncated),
         cmocka_unit_test(test_jpeg2000_truncated),
         cmocka_unit_test(test_jpeg2000_headers),
+        cmocka_unit_test(test_heif_truncated),
+        cmocka_unit_test(test_heif_headers),
         cmocka_unit_test(test_webp_headers),
         cmocka_unit_test(test_tiny_and_extreme_aspect),
         cmocka_unit_test(test_huge_claimed_size_refused_from_header),
