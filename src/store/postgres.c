@@ -85,7 +85,7 @@ enum stmt {
     P_CENTER, P_SET_CENTER, P_POLICY, P_SET_POLICY, P_SEARCH_QE, P_SET_SEARCH_QE,
     P_INGEST,
     P_FIND_SHA, P_HAS_NAME, P_INFO, P_ORIGINAL, P_THUMB, P_META, P_LABELS, P_KVS,
-    P_GET_VEC, P_SET_VEC, P_DELETE, P_LIST, P_COUNT, P_GEN,
+    P_GET_VEC, P_SET_VEC, P_DELETE, P_LIST, P_COUNT, P_ID_PAST_MAX, P_GEN,
     N_STMTS
 };
 
@@ -115,6 +115,7 @@ static const char *const SQL[N_STMTS] = {
      *   $11 model id  $12 vector
      *   $13 has metadata  $14 patient  $15 date  $16 age  $17 sex  $18 view
      *   $19 label keys  $20 labels  $21 keys  $22 values (text[], no key twice)
+     *   $23 the id to take, or NULL for the next of the identity
      * A new image gets its bytes, thumbnail, vector and metadata row (empty
      * without metadata). With metadata, an existing image's metadata is
      * replaced: its labels and key/values become exactly the given ones.
@@ -124,8 +125,9 @@ static const char *const SQL[N_STMTS] = {
      * row. Returns (id, is_new). */
     [P_INGEST] =
         "WITH new_image AS ("
-        "  INSERT INTO images (sha256, bytes, mime, width, height, created, original_name)"
-        "  VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (sha256) DO NOTHING RETURNING id),"
+        "  INSERT INTO images (id, sha256, bytes, mime, width, height, created, original_name)"
+        "  VALUES (COALESCE($23::bigint, nextval(pg_get_serial_sequence('images', 'id'))),"
+        "  $1, $2, $3, $4, $5, $6, $7) ON CONFLICT (sha256) DO NOTHING RETURNING id),"
         " image AS (SELECT id, true AS is_new FROM new_image"
         "  UNION ALL SELECT id, false FROM images WHERE sha256 = $1),"
         " original AS (INSERT INTO originals (image_id, data) SELECT id, $8 FROM new_image),"
@@ -170,6 +172,8 @@ static const char *const SQL[N_STMTS] = {
     [P_DELETE] = "DELETE FROM images WHERE id = $1",
     [P_LIST] = "SELECT id FROM images ORDER BY id",
     [P_COUNT] = "SELECT count(*) FROM images",
+    [P_ID_PAST_MAX] = "SELECT setval(s, GREATEST((SELECT max(id) FROM images), nextval(s)))"
+                      " FROM pg_get_serial_sequence('images', 'id') AS s",
     [P_GEN] = "SELECT generation FROM collection WHERE id = 1",
 };
 
@@ -185,7 +189,7 @@ static pg_store *impl(store *s)
 
 /* ---- parameters and results ---- */
 
-#define MAX_PARAMS 22
+#define MAX_PARAMS 23
 
 /* Parameters of one statement: text (strings, decimal numbers) or binary
  * (bytea). The pointed-to values must live until the statement is sent. */
@@ -828,7 +832,7 @@ static void send_item(pipe *pp, const store_item *it, int64_t model_id, uint8_t 
     p_text(&p, it->mime);
     p_int(&p, it->width);
     p_int(&p, it->height);
-    p_int(&p, (int64_t)time(NULL));
+    p_int(&p, it->created ? it->created : (int64_t)time(NULL));
     p_text(&p, it->meta ? it->meta->original_name : NULL);
     p_bytes(&p, it->bytes, it->len);
     if (it->thumb_len > 0) {
@@ -843,7 +847,12 @@ static void send_item(pipe *pp, const store_item *it, int64_t model_id, uint8_t 
     p_bytes(&p, vec_bytes, (size_t)dim * 4);
     char sex[2], view[STORE_MAX_TEXT + 1];
     text_array arr[4] = {{0}};
-    if (meta_params(&p, it->meta, sex, view, arr) < 0) {
+    int meta_rc = meta_params(&p, it->meta, sex, view, arr);
+    if (it->id > 0)
+        p_int(&p, it->id);
+    else
+        p_text(&p, NULL);
+    if (meta_rc < 0) {
         if (pp->rc == 0)
             pp->rc = ms_err_set(pp->err, MS_ENOMEM, "out of memory sending metadata");
     } else {
@@ -913,11 +922,24 @@ static int ingest_pipelined(pg_store *s, const store_item *items, size_t n, int 
     int64_t model_id = 0;
     if (begin_ingest(&pp, dim, &model_id) < 0)
         return pp.rc;
+    int own_ids = 0;
     for (size_t from = 0; from < n && pp.rc == 0; from += PIPELINE_CHUNK) {
         size_t to = n - from > PIPELINE_CHUNK ? from + PIPELINE_CHUNK : n;
-        for (size_t i = from; i < to; i++)
+        for (size_t i = from; i < to; i++) {
             send_item(&pp, &items[i], model_id, vec_bytes, dim);
+            own_ids |= items[i].id > 0;
+        }
         read_items(&pp, from, to, ids, was_new);
+    }
+    /* Ids given by the caller do not move the identity: move it past them,
+     * or the next image would be given one of them. */
+    if (pp.rc == 0 && own_ids) {
+        params none = {0};
+        pipe_send(&pp, P_ID_PAST_MAX, &none);
+        if (pipe_sync(&pp) == 0) {
+            PQclear(pipe_read(&pp, PGRES_TUPLES_OK, "moving the id sequence past the ids given"));
+            pipe_drain(&pp);
+        }
     }
     if (pp.rc == 0 && PQsendQueryParams(s->conn, "COMMIT", 0, NULL, NULL, NULL, NULL, 0)) {
         pp.sent++;

@@ -109,8 +109,8 @@ static const char *const SQL[N_STMTS] = {
     [S_SET_SEARCH_QE] = "UPDATE collection SET search_qe = ?1 WHERE id = 1",
     [S_BUMP] = "UPDATE collection SET generation = generation + 1 WHERE id = 1",
     [S_FIND_SHA] = "SELECT id FROM images WHERE sha256 = ?1",
-    [S_INS_IMAGE] = "INSERT INTO images (sha256, bytes, mime, width, height, created, original_name) "
-                    "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    [S_INS_IMAGE] = "INSERT INTO images (id, sha256, bytes, mime, width, height, created, original_name) "
+                    "VALUES (?8, ?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     [S_INS_ORIGINAL] = "INSERT INTO originals (image_id, data) VALUES (?1, ?2)",
     [S_INS_THUMB] = "INSERT INTO thumbnails (image_id, mime, data) VALUES (?1, ?2, ?3)",
     [S_INS_VECTOR] = "INSERT INTO vectors (image_id, model_id, vector) VALUES (?1, ?2, ?3)",
@@ -602,8 +602,12 @@ static int insert_image(sqlite_store *s, const store_item *it, int64_t model_id,
     sqlite3_bind_text(st, 3, it->mime, -1, SQLITE_STATIC);
     sqlite3_bind_int(st, 4, it->width);
     sqlite3_bind_int(st, 5, it->height);
-    sqlite3_bind_int64(st, 6, (sqlite3_int64)time(NULL));
+    sqlite3_bind_int64(st, 6, (sqlite3_int64)(it->created ? it->created : time(NULL)));
     bind_text_or_null(st, 7, name);
+    if (it->id > 0) /* else NULL: the next id (AUTOINCREMENT stays above every id given) */
+        sqlite3_bind_int64(st, 8, (sqlite3_int64)it->id);
+    else
+        sqlite3_bind_null(st, 8);
     int rc = run(s, st, "storing an image", err);
     if (rc < 0)
         return rc;

@@ -80,6 +80,9 @@ typedef struct store_image_info {
 
 /* One image to ingest. The caller owns every pointer. */
 typedef struct store_item {
+    int64_t id;            /* 0: the store gives the next id; else this id (a copy of a
+                              collection keeps its ids; the id must be free) */
+    int64_t created;       /* unix seconds; 0: now */
     const uint8_t *bytes;
     size_t len;
     const char *sha256;    /* hex of bytes */
@@ -187,7 +190,9 @@ int store_set_search_qe(store *s, int qe, ms_err *err);
  * replaced: the first name stays the image's original_name, and every name
  * given is remembered for store_has_name. A sha256 repeated inside one batch
  * is stored once, the later item's metadata winning. The generation is
- * bumped once per successful call. */
+ * bumped once per successful call. An item with an id of its own takes
+ * it (an id already used by another image fails the batch, MS_EDB); the
+ * ids given later stay above it. */
 int store_ingest(store *s, const store_item *items, size_t n, int64_t *ids,
                  int *was_new, ms_err *err);
 

@@ -821,6 +821,53 @@ static void t_ingest_needs_model(void **state)
     titem_free(&t);
 }
 
+/* An item may bring its own id and creation time (medsearch copy keeps a
+ * collection's ids): they are taken, later ids stay above them, an id that
+ * is taken already fails the whole batch, and the same bytes again keep
+ * their first id. */
+static void t_ingest_own_ids(void **state)
+{
+    fixture *f = fx(state);
+    use_model(f, DIM);
+    titem t[5];
+    for (int i = 0; i < 5; i++)
+        titem_make(&t[i], 70 + (uint64_t)i, 100, DIM, NULL, 0);
+    t[1].it.id = 1000;
+    t[1].it.created = 1234567890;
+    int64_t ids[2];
+    int was_new[2];
+    ingest_ok(f, t, 2, ids, was_new);
+    assert_true(ids[0] > 0 && ids[0] < 1000);
+    assert_int_equal(ids[1], 1000);
+    ms_err err = {0};
+    store_image_info info;
+    assert_int_equal(store_get_info(f->s, 1000, &info, &err), 0);
+    assert_int_equal(info.created, 1234567890);
+    assert_string_equal(info.sha256, t[1].sha);
+    assert_int_equal(store_get_info(f->s, ids[0], &info, &err), 0);
+    assert_true(llabs((long long)info.created - (long long)time(NULL)) < 60);
+    /* the next id the store gives is above the one taken */
+    ingest_ok(f, &t[2], 1, ids, was_new);
+    assert_true(ids[0] > 1000);
+    /* an id in use: the batch fails whole */
+    uint64_t gen = generation(f);
+    t[3].it.id = 1000;
+    store_item items[2] = {t[4].it, t[3].it};
+    assert_true(store_ingest(f->s, items, 2, ids, was_new, &err) < 0);
+    assert_int_equal(count(f), 3);
+    assert_int_equal(generation(f), gen);
+    int64_t found;
+    assert_int_equal(store_find_sha256(f->s, t[4].sha, &found, &err), MS_ENOTFOUND);
+    /* the same bytes with another id: the image keeps its first one */
+    t[1].it.id = 2000;
+    ingest_ok(f, &t[1], 1, ids, was_new);
+    assert_int_equal(ids[0], 1000);
+    assert_int_equal(was_new[0], 0);
+    check_sound(f);
+    for (int i = 0; i < 5; i++)
+        titem_free(&t[i]);
+}
+
 static void t_ingest_and_dedup(void **state)
 {
     fixture *f = fx(state);
@@ -2207,6 +2254,7 @@ static int group_postgres(void **state)
     cmocka_unit_test_setup_teardown(t_model, setup, teardown),                        \
     cmocka_unit_test_setup_teardown(t_ingest_needs_model, setup, teardown),           \
     cmocka_unit_test_setup_teardown(t_ingest_and_dedup, setup, teardown),             \
+    cmocka_unit_test_setup_teardown(t_ingest_own_ids, setup, teardown),               \
     cmocka_unit_test_setup_teardown(t_metadata_update, setup, teardown),              \
     cmocka_unit_test_setup_teardown(t_label_set_and_batch_duplicates, setup, teardown), \
     cmocka_unit_test_setup_teardown(t_delete, setup, teardown),                       \
