@@ -636,7 +636,10 @@ static int push_row(labels *t, row *r)
 
 static int build_maps(labels *t, ms_err *err)
 {
-    if (map_init(&t->by_key, t->n) || map_init(&t->by_base, t->n))
+    /* MIMIC-CXR's rows are found by their key alone (find_mimic), and its
+     * 377,110 images would make the base-name map a large unused one */
+    int by_base = t->format != LABELS_MIMIC && t->format != LABELS_MIMIC_METADATA;
+    if (map_init(&t->by_key, t->n) || (by_base && map_init(&t->by_base, t->n)))
         return ms_err_set(err, MS_ENOMEM, "no memory for the labels index");
     size_t kept = 0;
     for (size_t i = 0; i < t->n; i++) {
@@ -650,7 +653,7 @@ static int build_maps(labels *t, ms_err *err)
         t->rows[kept++] = t->rows[i];
     }
     t->n = kept;
-    for (size_t i = 0; i < t->n; i++) {
+    for (size_t i = 0; by_base && i < t->n; i++) {
         /* A base name shared by several rows matches none of them. */
         char *base = (char *)base_name(t->rows[i].key);
         int found;
