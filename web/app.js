@@ -74,7 +74,7 @@ async function api(path, options = {}) {
 function explain(err) {
   if (err.status === 401) return 'This server needs an access token: ' + err.message + '. Use "Access token" at the top right.';
   if (err.status === 413) return 'The image is too large for this server: ' + err.message;
-  if (err.status === 415) return 'Unsupported file: ' + err.message + '. Use a PNG, JPEG, JPEG 2000, TIFF, WebP, HEIC, AVIF or DICOM X-ray.';
+  if (err.status === 415) return 'Unsupported file: ' + err.message + '. Use a PNG, JPEG, JPEG 2000, TIFF, WebP, HEIC, AVIF, GIF or DICOM X-ray.';
   if (err.status === 429 || err.status === 503) {
     return 'The server is busy (' + err.message + '). Try again in ' + (err.retryAfter || 'a few') + ' s.';
   }
@@ -178,7 +178,7 @@ async function loadCollectionInfo(openToken) {
 
 // What the browser can show itself; anything else (DICOM, TIFF, JPEG 2000, HEIC) is shown as
 // the server renders it (POST /api/preview).
-const BROWSER_SHOWS = (file) => /^image\/(png|jpeg|webp|avif)$/.test(file.type) || /\.(png|jpe?g|webp|avif)$/i.test(file.name);
+const BROWSER_SHOWS = (file) => /^image\/(png|jpeg|webp|avif|gif)$/.test(file.type) || /\.(png|jpe?g|webp|avif|gif)$/i.test(file.name);
 // Worth sending: the server decides by content, so a DICOM without an
 // extension (as archives name them) goes too; a file that is clearly
 // something else is stopped here with a clear message.
@@ -222,7 +222,7 @@ async function showQueryPreview(file, rendered = false) {
 function acceptFile(file) {
   if (!file) return;
   if (!MAY_BE_XRAY(file)) {
-    showError(`"${file.name}" is not a PNG, JPEG, JPEG 2000, TIFF, WebP, HEIC, AVIF or DICOM image.`);
+    showError(`"${file.name}" is not a PNG, JPEG, JPEG 2000, TIFF, WebP, HEIC, AVIF, GIF or DICOM image.`);
     return;
   }
   if (file.size > MAX_UPLOAD) {
@@ -717,7 +717,7 @@ async function loadViewerImage(r, signal) {
   let res = await api(r.image_url || `/api/images/${r.id}`, { signal });
   // A stored DICOM, TIFF, JPEG 2000 or HEIC: the browser cannot decode it, so show the gray
   // image MedSearch made of it (its DICOM window applied), at up to 2048 px.
-  if (!/^image\/(png|jpeg|webp|avif)/.test(res.headers.get('Content-Type') || '')) {
+  if (!/^image\/(png|jpeg|webp|avif|gif)/.test(res.headers.get('Content-Type') || '')) {
     res = await api(`/api/images/${r.id}/preview?size=2048`, { signal });
   }
   let bitmap;

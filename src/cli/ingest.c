@@ -172,7 +172,7 @@ static void add_file(ingest_run *r, const char *path, const char *name)
         fail_file(r, path, strerror(errno));
     } else if (s == 0) {
         if (!r->quiet)
-            say(r, "medsearch %s: skip: %s: %s\n", path, "not a PNG, JPEG, JPEG 2000, TIFF, WebP, HEIC, AVIF or DICOM image (by content)");
+            say(r, "medsearch %s: skip: %s: %s\n", path, "not a PNG, JPEG, JPEG 2000, TIFF, WebP, HEIC, AVIF, GIF or DICOM image (by content)");
         r->not_images++;
     } else {
         char *stored = stored_name(r, path, name);

@@ -105,7 +105,7 @@ int cmd_search(int argc, char **argv)
     };
     static const cli_command base = {
         "search", "IMAGE",
-        "Finds the stored X-rays most similar to IMAGE (PNG, JPEG, JPEG 2000, TIFF, WebP, HEIC, AVIF or DICOM), by cosine similarity of\n"
+        "Finds the stored X-rays most similar to IMAGE (PNG, JPEG, JPEG 2000, TIFF, WebP, HEIC, AVIF, GIF or DICOM), by cosine similarity of\n"
         "the model's features. Filter terms: labels:A|B (any) labels:A+B (all) sex:F age:40-60 view:PA\n"
         "patient:ID -patient:ID key=value. Exit code 1 when nothing matches.",
         CLI_DB | CLI_MODEL | CLI_JSON, NULL, 0, 1};

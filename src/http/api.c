@@ -338,7 +338,7 @@ static int has_image(const http_request *r, http_reply *rep)
     if (r->body_is_image && r->body.len)
         return 1;
     reply_error(rep, 400, "bad_request", "no image: send it as the multipart field 'image' "
-                "or as a raw image/* (PNG, JPEG, JPEG 2000, TIFF, WebP, HEIC, AVIF), application/dicom or "
+                "or as a raw image/* (PNG, JPEG, JPEG 2000, TIFF, WebP, HEIC, AVIF, GIF), application/dicom or "
                     "application/octet-stream body");
     return 0;
 }
@@ -625,7 +625,7 @@ static void handle_ingest(api_ctx *c, const http_request *r, http_reply *rep)
 {
     if (!r->body_is_image || !r->body.len) {
         reply_error(rep, 400, "bad_request", "no image: send it as the multipart field 'image' "
-                    "or as a raw image/* (PNG, JPEG, JPEG 2000, TIFF, WebP, HEIC, AVIF), application/dicom or "
+                    "or as a raw image/* (PNG, JPEG, JPEG 2000, TIFF, WebP, HEIC, AVIF, GIF), application/dicom or "
                     "application/octet-stream body");
         return;
     }

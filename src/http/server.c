@@ -514,7 +514,7 @@ static unsigned accept_body(conn_ctx *x)
     } else if (declared > 0 || te) {
         reply_error(&x->rep, 415, "unsupported_media_type",
                     "Content-Type '%.60s' is not accepted: send multipart/form-data with an "
-                    "'image' field, or the image itself as image/* (PNG, JPEG, JPEG 2000, TIFF, WebP, HEIC, AVIF) or "
+                    "'image' field, or the image itself as image/* (PNG, JPEG, JPEG 2000, TIFF, WebP, HEIC, AVIF, GIF) or "
                     "application/dicom",
                     ct ? ct : "(none)");
         return 415;

@@ -269,6 +269,7 @@ static const char *decode_failed_text(image_format f)
            : f == IMAGE_JP2 || f == IMAGE_J2K ? "JPEG 2000 decode failed"
            : f == IMAGE_HEIC                   ? "HEIC decode failed"
            : f == IMAGE_AVIF                   ? "AVIF decode failed"
+           : f == IMAGE_GIF                    ? "GIF decode failed"
                                                : "TIFF decode failed";
 }
 
@@ -399,6 +400,11 @@ static int load(const void *buf, size_t len, const image_info *info, int shrink,
     case IMAGE_JP2:
     case IMAGE_J2K:
         return load_j2k_own(buf, len, info, shrink, out, err);
+    case IMAGE_GIF:
+        /* the first frame, composed on the logical screen */
+        rc = vips_gifload_buffer(data, len, out, "access", VIPS_ACCESS_SEQUENTIAL, "fail_on", VIPS_FAIL_ON_ERROR,
+                                 NULL);
+        break;
     case IMAGE_HEIC:
     case IMAGE_AVIF:
         /* the primary image, turned and mirrored as its irot and imir say

@@ -15,9 +15,9 @@
  * codestream, through OpenJPEG as DICOM's frames: gray or RGB, with or
  * without alpha, 1 to 16 bits; no HTJ2K, palette or YCC) and HEIF (HEIC and
  * AVIF: the primary image, turned as its irot/imir say, by libheif through
- * libvips). GIF, BMP, JPEG XL, PDF, ... are
+ * libvips) and GIF (the first frame, on its canvas). BMP, JPEG XL, PDF, ... are
  * recognised and refused with MS_EUNSUPPORTED and a message naming them;
- * other bytes give MS_EFORMAT. Decoding uses libvips' PNG/JPEG/TIFF/WebP/HEIF
+ * other bytes give MS_EFORMAT. Decoding uses libvips' PNG/JPEG/TIFF/WebP/HEIF/GIF
  * loaders called by name, with its untrusted loaders blocked, where
  * MedSearch does not call the codec itself (plain PNG through libdeflate,
  * lossless and 12-bit JPEG, still WebP through libwebp, JPEG 2000 through
@@ -25,7 +25,7 @@
  *
  * Hostile input: the byte limit, then the width x height of the PNG IHDR /
  * JPEG frame header / first TIFF directory / WebP first chunk / JPEG 2000 SIZ /
- * HEIF primary item's ispe (parsed here by a bounded parser)
+ * HEIF primary item's ispe / GIF logical screen (parsed here by a bounded parser)
  * against the pixel limit, are checked before any pixel is decoded, so a
  * lying header or a decompression bomb is refused without allocating its
  * pixels. A PNG whose compressed pixel data inflates to more than its
@@ -94,7 +94,8 @@ typedef enum {
     IMAGE_JP2,
     IMAGE_J2K,
     IMAGE_HEIC, /* HEIF of HEVC images (what phones write), or of another codec but AV1 */
-    IMAGE_AVIF  /* HEIF of AV1 images */
+    IMAGE_AVIF, /* HEIF of AV1 images */
+    IMAGE_GIF
 } image_format;
 
 typedef struct image_limits {

@@ -37,6 +37,7 @@ const char *image_format_name(image_format f)
     case IMAGE_J2K: return "j2k";
     case IMAGE_HEIC: return "heic";
     case IMAGE_AVIF: return "avif";
+    case IMAGE_GIF: return "gif";
     default: return "unknown";
     }
 }
@@ -53,6 +54,7 @@ const char *image_format_mime(image_format f)
     case IMAGE_J2K: return "image/j2c";
     case IMAGE_HEIC: return "image/heic";
     case IMAGE_AVIF: return "image/avif";
+    case IMAGE_GIF: return "image/gif";
     default: return "application/octet-stream";
     }
 }
@@ -104,6 +106,8 @@ image_format image_sniff(const void *buf, size_t len)
         return IMAGE_JP2;
     if (starts_with(p, len, J2K_MAGIC, sizeof J2K_MAGIC))
         return IMAGE_J2K;
+    if (starts_with(p, len, "GIF87a", 6) || starts_with(p, len, "GIF89a", 6))
+        return IMAGE_GIF;
     image_format heif = heif_brand(p, len);
     if (heif != IMAGE_UNKNOWN)
         return heif;
@@ -124,8 +128,6 @@ static uint16_t le16(const uint8_t *p) { return (uint16_t)(p[1] << 8 | p[0]); }
 /* Names a well-known format that is not an allowed input, or returns NULL. */
 static const char *unsupported_format_name(const uint8_t *p, size_t len)
 {
-    if (starts_with(p, len, "GIF87a", 6) || starts_with(p, len, "GIF89a", 6))
-        return "GIF";
     if (starts_with(p, len, "II+\0", 4) || starts_with(p, len, "MM\0+", 4))
         return "BigTIFF";
     if (starts_with(p, len, "\xff\x0a", 2) || starts_with(p, len, "\0\0\0\x0cJXL \r\n\x87\n", 12))
@@ -148,13 +150,13 @@ static int unknown_format(const uint8_t *p, size_t len, ms_err *err)
     const char *name = unsupported_format_name(p, len);
     if (name)
         return ms_err_set(err, MS_EUNSUPPORTED,
-                          "%s files are not supported; convert to PNG, JPEG, JPEG 2000, TIFF, WebP, HEIC, AVIF or DICOM", name);
+                          "%s files are not supported; convert to PNG, JPEG, JPEG 2000, TIFF, WebP, HEIC, AVIF, GIF or DICOM", name);
     char hex[3 * 8 + 1] = "";
     size_t at = 0;
     for (size_t i = 0; i < len && i < 8; i++)
         at += (size_t)snprintf(hex + at, sizeof hex - at, i ? " %02x" : "%02x", p[i]);
     return ms_err_set(err, MS_EFORMAT,
-                      "not a PNG, JPEG, JPEG 2000, TIFF, WebP, HEIC, AVIF or DICOM image (first bytes: %s)", hex);
+                      "not a PNG, JPEG, JPEG 2000, TIFF, WebP, HEIC, AVIF, GIF or DICOM image (first bytes: %s)", hex);
 }
 
 /* An EXIF block's Orientation, 1 when absent or unreadable (below, with the TIFF reader). */
@@ -794,6 +796,27 @@ static int probe_heif(const uint8_t *p, size_t len, image_info *info, ms_err *er
     return 0;
 }
 
+/* ---- GIF ----
+ *
+ * Old teaching files and web pages hold X-rays as GIF: 8-bit palette
+ * images, gray or colour. The logical screen descriptor after the
+ * signature gives the canvas, which libvips' loader (libnsgif) composes
+ * the first frame on; an animation gives its first frame. */
+static int probe_gif(const uint8_t *p, size_t len, image_info *info, ms_err *err)
+{
+    if (len < 13)
+        return ms_err_set(err, MS_EFORMAT, "GIF is truncated: %zu bytes, no complete header", len);
+    int w = le16(p + 6), h = le16(p + 8);
+    if (w == 0 || h == 0)
+        return ms_err_set(err, MS_EFORMAT, "GIF is corrupt: invalid size %dx%d", w, h);
+    info->format = IMAGE_GIF;
+    info->width = w;
+    info->height = h;
+    info->bands = 3;
+    info->bits = 8;
+    return 0;
+}
+
 /* ---- the public probe ---- */
 
 static void format_mpx(char *out, size_t n, uint64_t pixels)
@@ -862,6 +885,7 @@ int image_probe(const void *buf, size_t len, const image_limits *lim, image_info
         info->format = IMAGE_J2K;
         rc = probe_j2k_codestream(p, len, info, err);
         break;
+    case IMAGE_GIF: rc = probe_gif(p, len, info, err); break;
     case IMAGE_HEIC:
     case IMAGE_AVIF:
         info->format = image_sniff(p, len);

@@ -76,7 +76,7 @@ bad 2 "unexpected argument 'extra'" index --n 100 extra
 bad 2 "--batch wants sizes 1..1024" embed --model "$MODEL" --batch 0 --no-peer
 bad 2 "--seconds wants a number in (0, 3600]" embed --model "$MODEL" --seconds -1 --no-peer
 bad 2 "--size needs a whole number from 1 to 8192" decode --size 0 --no-peer
-bad 1 "not a PNG, JPEG, JPEG 2000, TIFF, WebP, HEIC, AVIF or DICOM image" decode "$tmp/s.db" --no-peer
+bad 1 "not a PNG, JPEG, JPEG 2000, TIFF, WebP, HEIC, AVIF, GIF or DICOM image" decode "$tmp/s.db" --no-peer
 bad 3 "no collection at $tmp/none.db" serve --db "$tmp/none.db" --model "$MODEL" --no-peer
 [ ! -e "$tmp/none.db" ] || fail "bench serve created the collection it was pointed at"
 echo "ok: bench decode, embed, index and serve run and report; bad options are refused"

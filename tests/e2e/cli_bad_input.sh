@@ -50,7 +50,7 @@ rc=$?
 for f in truncated.png junk.png sub/fake.jpg; do
   grep -q "fail: $T/mixed/$f: ." "$T/m.err" || fail "$f not reported with a reason"
 done
-grep -q "skip: $T/mixed/notes.txt: not a PNG, JPEG, JPEG 2000, TIFF, WebP, HEIC, AVIF or DICOM" "$T/m.err" || fail "notes.txt not reported"
+grep -q "skip: $T/mixed/notes.txt: not a PNG, JPEG, JPEG 2000, TIFF, WebP, HEIC, AVIF, GIF or DICOM" "$T/m.err" || fail "notes.txt not reported"
 grep -q "ingested 3, skipped 1 .*, failed 3" "$T/m.out" || fail "summary: $(cat "$T/m.out")"
 [ "$(count "$T/m.db")" = 3 ] || fail "3 good images should be stored"
 "$BIN" check --db "$T/m.db" >/dev/null 2>&1 || fail "check after corrupt images"

@@ -39,7 +39,7 @@ rc=$?
 [ $? -eq 0 ] || { cat "$T/ing2.err"; fail "ingest nih"; }
 [ "$(json "$T/ing2.json" "d['ingested']")" = 750 ] || fail "nih: not 750 ingested"
 [ "$(json "$T/ing2.json" "d['skipped_not_images']")" = 2 ] || fail "nih: README.md and labels.csv not skipped"
-grep -q "skip: .*README.md: not a PNG, JPEG, JPEG 2000, TIFF, WebP, HEIC, AVIF or DICOM" "$T/ing2.err" || fail "non-image not reported"
+grep -q "skip: .*README.md: not a PNG, JPEG, JPEG 2000, TIFF, WebP, HEIC, AVIF, GIF or DICOM" "$T/ing2.err" || fail "non-image not reported"
 
 echo "== search with images of the set"
 for img in "$(ls "$T/kermany/images" | sed -n 7p)" "$(ls "$T/kermany/images" | sed -n 201p)"; do

@@ -17,6 +17,8 @@
 #    imir properties (tests/tools/heif_rotate.py adds them, as a phone's
 #    file has them) is turned once, as heif-convert and Chromium turn it,
 #    and stored with its size as shown;
+#  - GIF (old teaching files): palette, gray, animated (its first frame):
+#    the model input is exactly PIL's;
 #  - ingest stores each with its own MIME type and its size; search finds a
 #    lossless copy at score 1; the API takes the bytes as image/webp or
 #    image/jp2, serves the original back byte for byte with its type, and
@@ -73,6 +75,11 @@ assert (v == a.astype(np.float32) * 16 + 5).all()  # lossless, 16 bits
 # v * (255 / max) + 0.5, truncated, in single precision as MedSearch computes it
 np.floor(v * np.float32(255.0 / v.max()) + np.float32(0.5)).astype(np.uint8).tofile(f"{out}/j_16.gray")
 Image.open(big).convert("L").save(f"{out}/../big.jp2")
+rgb.quantize(200).save(f"{out}/palette.gif")
+gray.save(f"{out}/gray.gif")
+rgb.quantize(200).save(f"{out}/anim.gif", save_all=True, append_images=[rgb.quantize(100).rotate(90)], duration=100)
+for name in ("palette", "gray", "anim"):
+    np.asarray(Image.open(f"{out}/{name}.gif").convert("L")).tofile(f"{out}/{name}_gif.gray")
 rgba.save(f"{out}/../h_alpha.png")
 gray.save(f"{out}/../h_gray.png")
 rgb.save(f"{out}/../h_rgb.png")
@@ -106,12 +113,13 @@ a, b = (np.asarray(Image.open(f).convert("L")) for f in sys.argv[1:3])
 assert a.shape == b.shape and np.abs(a.astype(int) - b).max() > 100, "heif_rotate.py turned nothing"' \
     "$WORK/h_sq.png" "$WORK/h_turned.heic.png" || { echo "FAIL: the turned HEIC is not turned"; exit 1; }
 
-echo "== the model input of each WebP, JPEG 2000, HEIC and AVIF is the reference's gray image"
+echo "== the model input of each WebP, JPEG 2000, HEIC, AVIF and GIF is the reference's gray image"
 for file in lossy.webp lossless.webp alpha.webp alpha_lossy.webp gray.webp anim.webp \
     j_lossless.jp2 j_lossy.jp2 j_code.j2k j_rgb.jp2 j_16.jp2 \
-    h_lossy.heic h_lossless.heic h_alpha.heic h_lossy.avif h_lossless.avif h_turned.heic h_turned.avif; do
+    h_lossy.heic h_lossless.heic h_alpha.heic h_lossy.avif h_lossless.avif h_turned.heic h_turned.avif \
+    palette.gif gray.gif anim.gif; do
     f=${file%.*}
-    case $file in h_*) f=${file%.*}_${file##*.} ;; esac
+    case $file in h_* | *.gif) f=${file%.*}_${file##*.} ;; esac
     side=64
     case $file in h_turned.*) side=32 ;; esac
     "$MEDSEARCH_BIN" embed --model "$MODEL" --input-size $side --mean 0 --scale 1 --dump-input "$WORK/$f.in" \
@@ -139,20 +147,22 @@ want["j_code.j2k"] = ("image/j2c", 64, 64)
 want.update({f"h_{n}.heic": ("image/heic", 64, 64) for n in ("lossy", "lossless", "alpha")})
 want.update({f"h_{n}.avif": ("image/avif", 64, 64) for n in ("lossy", "lossless")})
 want.update({"h_turned.heic": ("image/heic", 32, 32), "h_turned.avif": ("image/avif", 32, 32)})
-want["h_wide_turned.heic"] = ("image/heic", 32, 24)  # 24 x 32 stored, a quarter turn: shown 32 x 24
+want["h_wide_turned.heic"] = ("image/heic", 32, 24)
+want.update({f"{n}.gif": ("image/gif", 64, 64) for n in ("palette", "gray", "anim")})  # 24 x 32 stored, a quarter turn: shown 32 x 24
 got = {n.rsplit("/", 1)[-1]: v for n, v in rows.items()}
 assert got == want, (got, want)
 EOF
 
-echo "== search: the lossless WebP, JPEG 2000, HEIC and AVIF files and their PNG are one image"
-"$MEDSEARCH_BIN" search "$WORK/in/lossless.webp" --db "$WORK/c.db" --model "$MODEL" -k 6 --qe 0 --json \
+echo "== search: the lossless WebP, JPEG 2000, HEIC, AVIF and gray GIF files and their PNG are one image"
+"$MEDSEARCH_BIN" search "$WORK/in/lossless.webp" --db "$WORK/c.db" --model "$MODEL" -k 7 --qe 0 --json \
     >"$WORK/s.json" 2>"$WORK/s.err" || bad "search: $(cat "$WORK/s.err")"
 "$PY" -c 'import json, sys
 r = json.load(open(sys.argv[1]))["results"]
 names = sorted(x["original_name"].rsplit("/", 1)[-1] for x in r)
-assert names == ["h_lossless.avif", "h_lossless.heic", "j_code.j2k", "j_lossless.jp2", "lossless.webp", "xray.png"], names
+assert names == ["gray.gif", "h_lossless.avif", "h_lossless.heic", "j_code.j2k", "j_lossless.jp2", "lossless.webp",
+                 "xray.png"], names
 assert min(x["score"] for x in r) > 0.9999, r' "$WORK/s.json" &&
-    ok "lossless.webp finds itself, xray.png and the lossless JPEG 2000, HEIC and AVIF copies at score 1" || bad "search results: $(head -c 400 "$WORK/s.json")"
+    ok "lossless.webp finds itself, xray.png and the lossless JPEG 2000, HEIC, AVIF and GIF copies at score 1" || bad "search results: $(head -c 400 "$WORK/s.json")"
 
 echo "== a 1024x1024 JPEG 2000, decoded one level down (512x512), is its PNG to the model"
 mkdir -p "$WORK/big"

@@ -127,6 +127,8 @@ g.save(d + "/gray.jp2")
 g.save(d + "/gray_lossy.jp2", quality_mode="rates", quality_layers=[20])
 g.convert("RGB").save(d + "/rgb.j2k")
 g.convert("I;16").save(d + "/gray16.jp2")
+g.save(d + "/gray.gif")
+g.convert("RGB").quantize(64).save(d + "/anim.gif", save_all=True, append_images=[g.convert("RGB").quantize(32).rotate(90)])
 EOF
   fi
   # With pydicom: DICOM files of every layout and transfer syntax MedSearch reads.

@@ -105,7 +105,9 @@ static void test_sniff_and_names(void **state)
     assert_int_equal(image_sniff("II*\0", 4), IMAGE_TIFF);
     assert_int_equal(image_sniff("MM\0*", 4), IMAGE_TIFF);
     assert_int_equal(image_sniff("\x89PNG\r\n\x1a", 7), IMAGE_UNKNOWN);
-    assert_int_equal(image_sniff("GIF89a", 6), IMAGE_UNKNOWN);
+    assert_int_equal(image_sniff("GIF89a", 6), IMAGE_GIF);
+    assert_int_equal(image_sniff("GIF87a", 6), IMAGE_GIF);
+    assert_int_equal(image_sniff("GIF88a", 6), IMAGE_UNKNOWN);
     assert_int_equal(image_sniff("RIFF\x10\0\0\0WEBP", 12), IMAGE_WEBP);
     assert_int_equal(image_sniff("RIFF\x10\0\0\0WAVE", 12), IMAGE_UNKNOWN);
     assert_int_equal(image_sniff("\0\0\0\x0cjP  \r\n\x87\n", 12), IMAGE_JP2);
@@ -134,6 +136,8 @@ static void test_sniff_and_names(void **state)
     assert_string_equal(image_format_mime(IMAGE_HEIC), "image/heic");
     assert_string_equal(image_format_name(IMAGE_AVIF), "avif");
     assert_string_equal(image_format_mime(IMAGE_AVIF), "image/avif");
+    assert_string_equal(image_format_name(IMAGE_GIF), "gif");
+    assert_string_equal(image_format_mime(IMAGE_GIF), "image/gif");
     image_limits lim = image_default_limits();
     assert_int_equal(lim.max_bytes, 64u << 20);
     assert_int_equal(lim.max_pixels, 50000000u);
@@ -185,6 +189,8 @@ static void test_probe_every_format(void **state)
         {"heic rgba", 4, 1, 3, 8, ".heic", IMAGE_HEIC},
         {"avif rgb", 3, 1, 3, 8, ".avif", IMAGE_AVIF},
         {"avif 12-bit gray", 1, 2, 3, 16, ".avif", IMAGE_AVIF},
+        {"gif gray", 1, 1, 3, 8, ".gif", IMAGE_GIF},
+        {"gif rgb", 3, 1, 3, 8, ".gif", IMAGE_GIF},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         const probe_case *c = &cases[i];

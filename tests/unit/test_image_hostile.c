@@ -149,7 +149,6 @@ static void test_named_unsupported_formats(void **state)
         size_t len;
         const char *name;
     } cases[] = {
-        {"GIF89a\x01\x00\x01\x00", 10, "GIF"},
         {"\xff\x0a\xfa\x7f\x01\x90", 6, "JPEG XL"},
         {"BM\x3a\0\0\0\0\0\0\0", 10, "BMP"},
         {"%PDF-1.4\n", 9, "PDF"},
@@ -604,6 +603,26 @@ static void test_heif_headers(void **state)
                 fail_msg("case %zu cut to %zu of %zu bytes was measured", i, cut, b.len);
         blob_free(&b);
     }
+}
+
+/* Every cut of a GIF before its trailer fails; so do a zero size and a
+ * header without its screen descriptor. */
+static void test_gif_truncated(void **state)
+{
+    (void)state;
+    blob b = encode_with(gradient(24, 16), ".gif");
+    assert_true(b.len > 13 && b.data[b.len - 1] == 0x3b); /* the trailer */
+    check_every_prefix(&b, b.len - 1, ".gif");
+    ms_err err = {0};
+    b.data[6] = b.data[7] = 0;
+    assert_int_equal(prepare_rc(b.data, b.len, NULL, 8, &err), MS_EFORMAT);
+    assert_non_null(strstr(err.msg, "invalid size 0x16"));
+    assert_int_equal(prepare_rc(b.data, 12, NULL, 8, &err), MS_EFORMAT);
+    assert_non_null(strstr(err.msg, "GIF is truncated"));
+    /* a screen of 65535 x 65535 (4.3 Gpx) is refused before decoding */
+    memset(b.data + 6, 0xff, 4);
+    assert_int_equal(prepare_rc(b.data, b.len, NULL, 8, &err), MS_ETOOBIG);
+    blob_free(&b);
 }
 
 /* A hand-made WebP of one chunk: "RIFF", size, "WEBP", fourcc, size, data. */
@@ -1265,7 +1284,8 @@ static void test_random_bytes(void **state)
                   {"\xff\xd8\xff", 3}, {"II*\0", 4},
                   {"MM\0*", 4},       {"RIFF\xf8\x01\0\0WEBPVP8L\xe4\x01\0\0\x2f", 21},
                   {"\xff\x4f\xff\x51\0\x29\0\0\0\0\0\x20\0\0\0\x20\0\0\0\0\0\0\0\0", 24},
-                  {"\0\0\0\x18" "ftypheic\0\0\0\0mif1heic\0\0\x01\0meta\0\0\0\0", 36}};
+                  {"\0\0\0\x18" "ftypheic\0\0\0\0mif1heic\0\0\x01\0meta\0\0\0\0", 36},
+                  {"GIF89a\x20\0\x20\0\xf7\0\0", 13}};
     uint8_t buf[2048];
     for (size_t m = 0; m < sizeof magics / sizeof magics[0]; m++)
         for (int round = 0; round < 150; round++) {
@@ -1288,7 +1308,8 @@ static void test_mutated_files(void **state)
 {
     (void)state;
     const char *suffixes[] = {".png", ".jpg", ".jpg[interlace]", ".tif", ".tif[compression=lzw]",
-                              ".png[palette]", ".webp", ".webp[lossless]", ".jp2[lossless]", ".jp2[Q=50]", ".heic", ".avif"};
+                              ".png[palette]", ".webp", ".webp[lossless]", ".jp2[lossless]", ".jp2[Q=50]", ".heic", ".avif",
+                              ".gif"};
     for (size_t s = 0; s < sizeof suffixes / sizeof suffixes[0]; s++) {
         blob b = encode_with(gradient(48, 40), suffixes[s]);
         uint8_t *m = malloc(b.len);
@@ -1323,6 +1344,7 @@ int main(void)
         cmocka_unit_test(test_jpeg2000_truncated),
         cmocka_unit_test(test_jpeg2000_headers),
         cmocka_unit_test(test_heif_truncated),
+        cmocka_unit_test(test_gif_truncated),
         cmocka_unit_test(test_heif_headers),
         cmocka_unit_test(test_webp_headers),
         cmocka_unit_test(test_tiny_and_extreme_aspect),
