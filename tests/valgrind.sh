@@ -22,6 +22,20 @@ $vg ./medsearch eval --db "$tmp/c.db" --rule any --tune --apply -q
 $vg ./medsearch eval --db "$tmp/c.db" --model "$MODEL" --rule any --tune --vectors --apply -q
 $vg ./medsearch check --db "$tmp/c.db"
 $vg ./medsearch info --db "$tmp/c.db"
+$vg ./medsearch copy --db "$tmp/c.db" --to "$tmp/copy.db" -q
+# WebP, JPEG 2000, GIF, HEIC and AVIF of one X-ray (PIL writes the first
+# three; libheif's heif-enc, where installed, the other two)
+mkdir "$tmp/formats"
+/usr/bin/python3 - "$q" "$tmp/formats" <<'EOF'
+import sys
+from PIL import Image
+im = Image.open(sys.argv[1]).convert("L")
+for ext in ("webp", "jp2", "j2k", "gif", "png"):
+    im.save(f"{sys.argv[2]}/x.{ext}")
+EOF
+command -v heif-enc >/dev/null && heif-enc -q 80 "$tmp/formats/x.png" -o "$tmp/formats/x.heic" >/dev/null &&
+    heif-enc -q 80 "$tmp/formats/x.png" -o "$tmp/formats/x.avif" >/dev/null
+$vg ./medsearch ingest --db "$tmp/f.db" --model "$MODEL" "$tmp/formats"
 # DICOM: the shared files (JPEG Baseline, uncompressed little and big
 # endian), and where dcmtk and GDCM are installed the same radiograph as
 # JPEG Lossless, 12-bit JPEG, JPEG 2000 and JPEG-LS.
