@@ -58,15 +58,12 @@ static void item_free(copy_item *c)
     memset(c, 0, sizeof *c);
 }
 
-/* Reads image id of src into c. Returns 0, or an error naming the image. */
+/* Reads the rest of image id of src into c, whose info is read. Returns
+ * 0, or an error naming the image. */
 static int item_read(copy_run *r, int64_t id, copy_item *c, ms_err *err)
 {
-    memset(c, 0, sizeof *c);
-    store_meta_init(&c->meta);
     size_t len = 0, thumb_len = 0;
-    int rc = store_get_info(r->src, id, &c->info, err);
-    if (!rc)
-        rc = store_get_image(r->src, id, &c->bytes, &len, c->mime, err);
+    int rc = store_get_image(r->src, id, &c->bytes, &len, c->mime, err);
     if (!rc) {
         rc = store_get_thumbnail(r->src, id, &c->thumb, &thumb_len, c->thumb_mime, err);
         if (rc == MS_ENOTFOUND) /* an image too small or odd for one */
@@ -89,19 +86,19 @@ static int item_read(copy_run *r, int64_t id, copy_item *c, ms_err *err)
     return 0;
 }
 
-/* Whether dst has the image already (by its bytes). Returns 0 or an error. */
-static int place_item(copy_run *r, copy_item *c, int *skip, ms_err *err)
+/* Reads the info of image id of src into c (set empty first), and says
+ * whether dst has the image already (by its bytes): then nothing more of
+ * it is read. Returns 0 or an error. */
+static int item_info(copy_run *r, int64_t id, copy_item *c, int *skip, ms_err *err)
 {
+    memset(c, 0, sizeof *c);
+    store_meta_init(&c->meta);
     int64_t there = 0;
-    int rc = store_find_sha256(r->dst, c->info.sha256, &there, err);
+    int rc = store_get_info(r->src, id, &c->info, err);
+    if (!rc)
+        rc = store_find_sha256(r->dst, c->info.sha256, &there, err);
     *skip = rc == 0;
-    if (rc && rc != MS_ENOTFOUND)
-        return rc;
-    if (!*skip && !r->keep_ids) {
-        c->it.id = 0; /* dst gives the next one */
-        r->renumbered++;
-    }
-    return 0;
+    return rc == MS_ENOTFOUND ? 0 : rc;
 }
 
 /* Ids can be kept when every image dst holds is an image of src under its
@@ -124,28 +121,42 @@ static int decide_ids(copy_run *r, ms_err *err)
     return rc;
 }
 
-static int copy_batch(copy_run *r, const int64_t *ids, size_t n, ms_err *err)
+/* Image bytes one transaction holds at most (a batch of large DICOM files
+ * would otherwise hold gigabytes); a single larger image goes alone. */
+#define COPY_BATCH_BYTES ((size_t)256 << 20)
+
+/* Copies images ids[0..n) in one transaction, or as many of them as fit in
+ * COPY_BATCH_BYTES (at least one): *used says how many were taken. */
+static int copy_batch(copy_run *r, const int64_t *ids, size_t n, size_t *used, ms_err *err)
 {
     copy_item *c = calloc(n, sizeof *c);
     store_item *items = calloc(n, sizeof *items);
     int64_t *got = calloc(n, sizeof *got);
     int *was_new = calloc(n, sizeof *was_new);
     int rc = c && items && got && was_new ? 0 : ms_err_set(err, MS_ENOMEM, "no memory");
-    size_t k = 0;
-    for (size_t i = 0; !rc && i < n; i++) {
+    size_t k = 0, bytes = 0, i = 0;
+    for (; !rc && i < n && bytes < COPY_BATCH_BYTES; i++) {
         int skip = 0;
-        rc = item_read(r, ids[i], &c[i], err);
-        if (!rc)
-            rc = place_item(r, &c[i], &skip, err);
-        if (!rc && skip)
+        if ((rc = item_info(r, ids[i], &c[i], &skip, err)) != 0)
+            break;
+        if (skip) {
             r->existing++;
-        else if (!rc)
-            items[k++] = c[i].it;
+            continue;
+        }
+        if ((rc = item_read(r, ids[i], &c[i], err)) != 0)
+            break;
+        if (!r->keep_ids) {
+            c[i].it.id = 0; /* dst gives the next one */
+            r->renumbered++;
+        }
+        items[k++] = c[i].it;
+        bytes += c[i].it.len;
     }
+    *used = i;
     if (!rc && k > 0 && (rc = store_ingest(r->dst, items, k, got, was_new, err)) == 0)
         r->copied += k;
-    for (size_t i = 0; c && i < n; i++)
-        item_free(&c[i]);
+    for (size_t j = 0; c && j < n; j++)
+        item_free(&c[j]);
     free(c);
     free(items);
     free(got);
@@ -270,11 +281,11 @@ static int run_copy(const cli_command *cmd, const char *src_uri, const char *dst
     progress prog;
     if (show)
         progress_init(&prog, stderr, "copy", "images", r.total, -1);
-    for (size_t i = 0; !rc && i < r.total; i += (size_t)batch) {
+    for (size_t i = 0, used = 0; !rc && i < r.total; i += used) {
         size_t n = r.total - i < (size_t)batch ? r.total - i : (size_t)batch;
-        rc = copy_batch(&r, ids + i, n, &err);
+        rc = copy_batch(&r, ids + i, n, &used, &err);
         if (show)
-            progress_update(&prog, i + n);
+            progress_update(&prog, i + used);
     }
     if (show)
         progress_finish(&prog);
@@ -301,7 +312,8 @@ int cmd_copy(int argc, char **argv)
     const cli_option opts[] = {
         {"to", 0, CLI_STRING, &to, "DST", "the collection to copy into: a SQLite file or a postgresql:// URI "
          "(created when absent)", 0, 0},
-        {"batch", 0, CLI_INT, &batch, "N", "images per transaction (default 64)", 1, 4096},
+        {"batch", 0, CLI_INT, &batch, "N", "images per transaction (default 64; fewer past 256 MiB of images)",
+         1, 4096},
         {"quiet", 'q', CLI_FLAG, &quiet, NULL, "no progress (errors still shown)", 0, 0},
         {0},
     };

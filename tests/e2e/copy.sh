@@ -112,7 +112,7 @@ new=$NIH/images/$(ls "$NIH/images" | sed -n 300p)
   --db "$URI" >/dev/null 2>&1 || fail "delete the new image"
 
 echo "== PostgreSQL -> SQLite, and an interrupted copy run again"
-"$BIN" copy --db "$URI" --to "$T/b.db" -q >"$T/c2.out" 2>&1 || fail "copy back: $(cat "$T/c2.out")"
+"$BIN" copy --db "$URI" --to "$T/b.db" --batch 7 -q >"$T/c2.out" 2>&1 || fail "copy back: $(cat "$T/c2.out")"
 images "$T/b.db" >"$T/b.images"
 cmp -s "$T/a.images" "$T/b.images" && ok "round trip: the same images under the same ids" || fail "round trip differs"
 same_searches "$T/a.db" "$T/b.db"
