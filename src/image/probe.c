@@ -217,7 +217,6 @@ static int probe_png(const uint8_t *p, size_t len, image_info *info, ms_err *err
     }
     bands += trns;
 
-    info->format = IMAGE_PNG;
     info->width = (int)w;
     info->height = (int)h;
     info->bands = bands;
@@ -267,7 +266,6 @@ static int jpeg_frame(const uint8_t *seg, size_t seglen, int marker, image_info 
         return ms_err_set(err, MS_EUNSUPPORTED, "JPEG whose height is given after the scan (DNL) is not supported");
     if (w == 0)
         return ms_err_set(err, MS_EFORMAT, "JPEG is corrupt: width is 0");
-    info->format = IMAGE_JPEG;
     info->width = w;
     info->height = h;
     info->bands = ncomp;
@@ -439,7 +437,6 @@ static int probe_tiff(const uint8_t *p, size_t len, image_info *info, ms_err *er
         return ms_err_set(err, MS_EUNSUPPORTED,
                           "TIFF with sample format %u is not supported; only unsigned integer samples",
                           sample_format);
-    info->format = IMAGE_TIFF;
     info->width = (int)w;
     info->height = (int)h;
     info->bands = photometric == 3 ? 3 : (int)samples; /* a palette decodes to RGB */
@@ -511,7 +508,6 @@ static int probe_webp(const uint8_t *p, size_t len, image_info *info, ms_err *er
     }
     if (w == 0 || h == 0)
         return ms_err_set(err, MS_EFORMAT, "WebP is corrupt: invalid size %ux%u", w, h);
-    info->format = IMAGE_WEBP;
     info->width = (int)w;
     info->height = (int)h;
     info->bands = bands;
@@ -809,7 +805,6 @@ static int probe_gif(const uint8_t *p, size_t len, image_info *info, ms_err *err
     int w = le16(p + 6), h = le16(p + 8);
     if (w == 0 || h == 0)
         return ms_err_set(err, MS_EFORMAT, "GIF is corrupt: invalid size %dx%d", w, h);
-    info->format = IMAGE_GIF;
     info->width = w;
     info->height = h;
     info->bands = 3;
@@ -833,7 +828,6 @@ static void format_mpx(char *out, size_t n, uint64_t pixels)
 
 static int probe_dicom(const uint8_t *p, size_t len, image_info *info, ms_err *err)
 {
-    info->format = IMAGE_DICOM;
     dicom_image d;
     int rc = dicom_parse(p, len, &d, err);
     if (rc)
@@ -871,26 +865,19 @@ int image_probe(const void *buf, size_t len, const image_limits *lim, image_info
 
     const uint8_t *p = buf;
     int rc;
-    switch (image_sniff(p, len)) {
+    /* the format is known from here on; each probe fills the rest */
+    info->format = image_sniff(p, len);
+    switch (info->format) {
     case IMAGE_PNG: rc = probe_png(p, len, info, err); break;
     case IMAGE_JPEG: rc = probe_jpeg(p, len, info, err); break;
     case IMAGE_TIFF: rc = probe_tiff(p, len, info, err); break;
     case IMAGE_DICOM: rc = probe_dicom(p, len, info, err); break;
     case IMAGE_WEBP: rc = probe_webp(p, len, info, err); break;
-    case IMAGE_JP2:
-        info->format = IMAGE_JP2;
-        rc = probe_jp2(p, len, info, err);
-        break;
-    case IMAGE_J2K:
-        info->format = IMAGE_J2K;
-        rc = probe_j2k_codestream(p, len, info, err);
-        break;
+    case IMAGE_JP2: rc = probe_jp2(p, len, info, err); break;
+    case IMAGE_J2K: rc = probe_j2k_codestream(p, len, info, err); break;
     case IMAGE_GIF: rc = probe_gif(p, len, info, err); break;
     case IMAGE_HEIC:
-    case IMAGE_AVIF:
-        info->format = image_sniff(p, len);
-        rc = probe_heif(p, len, info, err);
-        break;
+    case IMAGE_AVIF: rc = probe_heif(p, len, info, err); break;
     default: return unknown_format(p, len, err);
     }
     if (rc)
