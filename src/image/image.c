@@ -273,6 +273,22 @@ static const char *decode_failed_text(image_format f)
                                                : "TIFF decode failed";
 }
 
+/* MedSearch's own decoders (JPEG, JPEG 2000) write 16-bit samples little
+ * endian; libvips' ushort is native. Swaps the n samples at px on a
+ * big-endian machine, does nothing on a little-endian one. */
+static void samples16_to_native(uint8_t *px, size_t n)
+{
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    for (size_t i = 0; i < n; i++) {
+        uint8_t t = px[2 * i];
+        px[2 * i] = px[2 * i + 1];
+        px[2 * i + 1] = t;
+    }
+#else
+    (void)px, (void)n;
+#endif
+}
+
 /* A JPEG file libjpeg cannot read (lossless, or 12-bit sequential; the
  * probe let only those through) decoded by MedSearch's own decoders into a
  * new memory image *out, as libvips' loader would have made it: 8-bit
@@ -292,14 +308,8 @@ static int load_jpeg_own(const uint8_t *buf, size_t len, const image_info *info,
     uint8_t *px = VIPS_IMAGE_ADDR(*out, 0, 0);
     int rc = process == 3 ? jpeg_lossless_decode(buf, len, info->width, info->height, bands, bytes, px, err)
                           : jpeg_dct_decode(buf, len, info->width, info->height, bands, bytes, px, err);
-#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-    /* The decoders write little-endian samples; libvips' ushort is native. */
-    for (size_t i = 0; !rc && bytes == 2 && i < (size_t)info->width * info->height * bands; i++) {
-        uint8_t t = px[2 * i];
-        px[2 * i] = px[2 * i + 1];
-        px[2 * i + 1] = t;
-    }
-#endif
+    if (!rc && bytes == 2)
+        samples16_to_native(px, (size_t)info->width * (size_t)info->height * (size_t)bands);
     return rc;
 }
 
@@ -323,13 +333,8 @@ static int load_j2k_own(const uint8_t *buf, size_t len, const image_info *info, 
     if (rc)
         return rc;
     size_t n = (size_t)w * (size_t)h * (size_t)info->bands;
-#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-    for (size_t i = 0; bytes == 2 && i < n; i++) { /* the decoder writes little-endian samples */
-        uint8_t t = px[2 * i];
-        px[2 * i] = px[2 * i + 1];
-        px[2 * i + 1] = t;
-    }
-#endif
+    if (bytes == 2)
+        samples16_to_native(px, n);
     *out = vips_image_new_from_memory(px, n * (size_t)bytes, w, h, info->bands,
                                       bytes == 2 ? VIPS_FORMAT_USHORT : VIPS_FORMAT_UCHAR);
     if (!*out) {
