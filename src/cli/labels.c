@@ -1094,6 +1094,23 @@ const char *labels_warning(const labels *t, size_t i)
     return i < t->n_warn ? t->warnings[i] : NULL;
 }
 
+/* Is s[0..n) a study's folder name, "s" and digits? (n >= 1; the digits
+ * end with s[n], which is no digit.) */
+static int is_study_name(const char *s, size_t n)
+{
+    return s[0] == 's' && strspn(s + 1, "0123456789") == n - 1;
+}
+
+/* The row keyed by s[0..n), or NULL. */
+static const store_meta *lookup_span(const labels *t, const char *s, size_t n)
+{
+    char key[256];
+    if (n >= sizeof key)
+        return NULL;
+    memcpy(key, s, n);
+    key[n] = '\0';
+    return lookup(&t->by_key, t, key);
+}
 
 /* MIMIC-CXR: files/p10/p10000032/s50414267/02aa804e-....jpg is the image
  * 02aa804e-... (its dicom_id, a metadata row) of study 50414267 (a labels
@@ -1102,25 +1119,18 @@ static const store_meta *find_mimic(const labels *t, const char *file_path)
 {
     const char *base = base_name(file_path), *dot = strrchr(base, '.');
     size_t n = dot && dot > base ? (size_t)(dot - base) : strlen(base);
-    char key[256];
     const store_meta *m = NULL;
     /* (a dicom_id is hexadecimal: never a study's "s" and digits) */
-    if (n < sizeof key && !(base[0] == 's' && strspn(base + 1, "0123456789") == n - 1)) {
-        memcpy(key, base, n);
-        key[n] = '\0';
-        m = lookup(&t->by_key, t, key);
-    }
+    if (!(n >= 1 && is_study_name(base, n)))
+        m = lookup_span(t, base, n);
     /* the nearest folder above the file named s and digits */
     for (const char *end = base; !m && end > file_path + 1;) {
         const char *start = end - 1; /* the '/' before the file or the folder below */
         while (start > file_path && start[-1] != '/')
             start--;
         size_t len = (size_t)(end - 1 - start);
-        if (len > 1 && len < sizeof key && start[0] == 's' && strspn(start + 1, "0123456789") == len - 1) {
-            memcpy(key, start, len);
-            key[len] = '\0';
-            m = lookup(&t->by_key, t, key);
-        }
+        if (len > 1 && is_study_name(start, len))
+            m = lookup_span(t, start, len);
         end = start;
     }
     return m;
