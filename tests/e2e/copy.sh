@@ -10,28 +10,10 @@
 #  - into a collection of the same model holding other images, the copies
 #    get new ids and the center is left to the engine;
 #  - another model, the same collection twice, a missing source: refused.
-set -u
-BIN=${MEDSEARCH_BIN:?MEDSEARCH_BIN is not set (tests/run.sh sets it)}
-SHARED=${MEDSEARCH_SHARED:-}
-MODEL=$SHARED/models/mobilenet_v2_1.0_224_imagenet.onnx
-NIH=$SHARED/data/nih_cxr14_64px
-[ -r "$MODEL" ] && [ -r "$NIH/labels.csv" ] || { echo "skip: $MODEL or $NIH not found"; exit 77; }
-PY=/usr/bin/python3
-[ -x $PY ] || { echo "skip: /usr/bin/python3 not found"; exit 77; }
 command -v psql >/dev/null || { echo "skip: psql not installed"; exit 77; }
-cd "$(dirname "$0")/../.."
-T=$(mktemp -d "${TMPDIR:-/tmp}/medsearch-copy.XXXXXX")
-chmod 711 "$T" # as root the cluster belongs to another user
-URI=$(tests/tools/pg_start.sh "$T/pg")
-rc=$?
-[ $rc -eq 77 ] && { echo "skip: PostgreSQL is not installed"; rm -rf "$T"; exit 77; }
-[ $rc -eq 0 ] || { echo "could not start PostgreSQL"; rm -rf "$T"; exit 1; }
-trap 'tests/tools/pg_stop.sh "$T/pg" >/dev/null 2>&1; rm -rf "$T"' EXIT
-export MEDSEARCH_MODEL=$MODEL
-fails=0
-fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
+PG_NAME=copy
+. "$(dirname "$0")/pg/common.sh"
 ok() { echo "ok: $*"; }
-json() { $PY -c "import json,sys; d=json.load(open(sys.argv[1])); print($2)" "$1"; }
 
 # Every image of a collection as "id sha256 created mime w h md5(bytes) md5(thumbnail)", by id.
 images() {
