@@ -86,6 +86,7 @@ enum stmt {
     P_INGEST,
     P_FIND_SHA, P_HAS_NAME, P_INFO, P_ORIGINAL, P_THUMB, P_META, P_LABELS, P_KVS,
     P_GET_VEC, P_SET_VEC, P_DELETE, P_LIST, P_COUNT, P_ID_PAST_MAX, P_GEN,
+    P_LOCK_IMAGE, P_SET_META,
     N_STMTS
 };
 
@@ -175,6 +176,30 @@ static const char *const SQL[N_STMTS] = {
     [P_ID_PAST_MAX] = "SELECT setval(s, GREATEST((SELECT max(id) FROM images), nextval(s)))"
                       " FROM pg_get_serial_sequence('images', 'id') AS s",
     [P_GEN] = "SELECT generation FROM collection WHERE id = 1",
+    /* An edit's read-modify-write holds the image row from the read on: a
+     * second editor waits, then reads what the first one wrote. */
+    [P_LOCK_IMAGE] = "SELECT id FROM images WHERE id = $1 FOR UPDATE",
+    /* Replaces an image's metadata, as P_INGEST does for an image stored
+     * already: $1 the image, then $2..$11 as P_INGEST's $13..$22. */
+    [P_SET_META] =
+        "WITH image AS (SELECT id FROM images WHERE id = $1 AND $2::boolean),"
+        " meta AS (INSERT INTO metadata (image_id, patient_id, study_date, age, sex, view)"
+        "  SELECT id, $3, $4, $5, $6, $7 FROM image"
+        "  ON CONFLICT (image_id) DO UPDATE SET patient_id = EXCLUDED.patient_id,"
+        "  study_date = EXCLUDED.study_date, age = EXCLUDED.age, sex = EXCLUDED.sex, view = EXCLUDED.view),"
+        " stale_labels AS (DELETE FROM labels WHERE image_id = (SELECT id FROM image)"
+        "  AND label_key <> ALL ($8::text[])),"
+        " new_labels AS (INSERT INTO labels (image_id, label_key, label, position)"
+        "  SELECT i.id, u.k, u.l, u.n - 1 FROM image i,"
+        "  unnest($8::text[], $9::text[]) WITH ORDINALITY AS u (k, l, n)"
+        "  ON CONFLICT (image_id, label_key) DO UPDATE SET label = EXCLUDED.label,"
+        "  position = EXCLUDED.position),"
+        " stale_kv AS (DELETE FROM kv WHERE image_id = (SELECT id FROM image)"
+        "  AND key <> ALL ($10::text[])),"
+        " new_kv AS (INSERT INTO kv (image_id, key, value)"
+        "  SELECT i.id, u.k, u.v FROM image i, unnest($10::text[], $11::text[]) AS u (k, v)"
+        "  ON CONFLICT (image_id, key) DO UPDATE SET value = EXCLUDED.value)"
+        " SELECT count(*) FROM image",
 };
 
 typedef struct pg_store {
@@ -1128,6 +1153,53 @@ static int pg_get_meta(store *base, int64_t id, store_meta *m, ms_err *err)
     return rc < 0 ? rc : read_labels_kv(s, id, m, err);
 }
 
+static int write_meta(pg_store *s, int64_t id, const store_meta *m, ms_err *err)
+{
+    params p = {0};
+    char sex[2], view[STORE_MAX_TEXT + 1];
+    text_array arr[4] = {{0}};
+    p_int(&p, id);
+    int rc = meta_params(&p, m, sex, view, arr) < 0
+                 ? ms_err_set(err, MS_ENOMEM, "out of memory sending metadata")
+                 : exec_stmt(s, P_SET_META, &p, PGRES_TUPLES_OK, "storing metadata", NULL, err);
+    for (int i = 0; i < 4; i++)
+        free(arr[i].buf);
+    return rc;
+}
+
+/* The body of pg_edit_meta, inside its transaction. */
+static int edit_meta_tx(pg_store *s, int64_t id, store_meta_edit_fn edit, void *ctx, ms_err *err)
+{
+    PGresult *r;
+    int rc = query_by_id(s, P_LOCK_IMAGE, id, "locking an image", &r, err);
+    if (rc < 0)
+        return rc;
+    int found = PQntuples(r) == 1;
+    PQclear(r);
+    if (!found)
+        return not_found(s, id, err);
+    store_meta m;
+    store_meta_init(&m);
+    rc = pg_get_meta(&s->base, id, &m, err);
+    if (rc == 0)
+        rc = edit(ctx, &m, err);
+    if (rc == 0)
+        rc = write_meta(s, id, &m, err);
+    store_meta_free(&m);
+    return rc;
+}
+
+static int pg_edit_meta(store *base, int64_t id, store_meta_edit_fn edit, void *ctx, ms_err *err)
+{
+    pg_store *s = impl(base);
+    int rc = begin_tx(s, err);
+    if (rc == 0)
+        rc = edit_meta_tx(s, id, edit, ctx, err);
+    int body = rc;
+    rc = end_tx(s, rc, err);
+    return rc < 0 ? rc : body;
+}
+
 static int pg_get_vector(store *base, int64_t id, float *vec, int dim, ms_err *err)
 {
     pg_store *s = impl(base);
@@ -1492,6 +1564,7 @@ static const store_ops PG_OPS = {
     .get_info = pg_get_info,
     .get_blob = pg_get_blob,
     .get_meta = pg_get_meta,
+    .edit_meta = pg_edit_meta,
     .get_vector = pg_get_vector,
     .set_vector = pg_set_vector,
     .delete_image = pg_delete,

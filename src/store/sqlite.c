@@ -878,6 +878,34 @@ static int sq_get_meta(store *base, int64_t id, store_meta *m, ms_err *err)
     return read_kv(s, id, m, err);
 }
 
+/* The body of sq_edit_meta, inside its write transaction (BEGIN IMMEDIATE
+ * holds the write lock from the read on, so no other writer comes between
+ * the read and the write). */
+static int edit_meta_tx(sqlite_store *s, int64_t id, store_meta_edit_fn edit, void *ctx, ms_err *err)
+{
+    store_meta m;
+    store_meta_init(&m);
+    int rc = sq_get_meta(&s->base, id, &m, err);
+    if (rc == 0)
+        rc = edit(ctx, &m, err);
+    if (rc == 0)
+        rc = write_meta(s, id, &m, err);
+    store_meta_free(&m);
+    return rc;
+}
+
+static int sq_edit_meta(store *base, int64_t id, store_meta_edit_fn edit, void *ctx, ms_err *err)
+{
+    sqlite_store *s = impl(base);
+    int rc = begin_write(s, err);
+    if (rc == 0)
+        rc = edit_meta_tx(s, id, edit, ctx, err);
+    if (rc != 0)
+        return rollback(s, rc);
+    rc = commit(s, err);
+    return rc < 0 ? rollback(s, rc) : 0;
+}
+
 static int sq_get_vector(store *base, int64_t id, float *vec, int dim, ms_err *err)
 {
     sqlite_store *s = impl(base);
@@ -1290,6 +1318,7 @@ static const store_ops SQLITE_OPS = {
     .get_info = sq_get_info,
     .get_blob = sq_get_blob,
     .get_meta = sq_get_meta,
+    .edit_meta = sq_edit_meta,
     .get_vector = sq_get_vector,
     .set_vector = sq_set_vector,
     .delete_image = sq_delete,

@@ -225,14 +225,15 @@ static int check_mime(const char *mime, const char *what, ms_err *err)
     return 0;
 }
 
-static int check_meta(const store_meta *m, size_t item, ms_err *err)
+/* who names the metadata's owner in messages ("item 3", "image 17"). */
+static int check_meta(const store_meta *m, const char *who, ms_err *err)
 {
     char what[96];
     int rc;
 #define TEXT(field, optional, label)                                           \
     do {                                                                       \
-        snprintf(what, sizeof what, "item %zu %s", item, label);               \
-        if ((rc = store_check_text(field, optional, 0, what, err)) < 0)              \
+        snprintf(what, sizeof what, "%s %s", who, label);                      \
+        if ((rc = store_check_text(field, optional, 0, what, err)) < 0)        \
             return rc;                                                         \
     } while (0)
     TEXT(m->original_name, 1, "original name");
@@ -241,25 +242,25 @@ static int check_meta(const store_meta *m, size_t item, ms_err *err)
     TEXT(m->view, 1, "view position");
 #undef TEXT
     if (m->age < -1 || m->age > 200)
-        return ms_err_set(err, MS_EINVAL, "item %zu age %d is outside 0..200 (-1 = unknown)", item, m->age);
+        return ms_err_set(err, MS_EINVAL, "%s age %d is outside 0..200 (-1 = unknown)", who, m->age);
     if (m->sex != 0 && m->sex != 'M' && m->sex != 'F')
-        return ms_err_set(err, MS_EINVAL, "item %zu sex must be 'M', 'F' or unknown (0)", item);
+        return ms_err_set(err, MS_EINVAL, "%s sex must be 'M', 'F' or unknown (0)", who);
     if (m->n_labels < 0 || m->n_labels > STORE_MAX_LABELS || (m->n_labels > 0 && !m->labels))
-        return ms_err_set(err, MS_EINVAL, "item %zu has %d labels (0..%d allowed)", item,
+        return ms_err_set(err, MS_EINVAL, "%s has %d labels (0..%d allowed)", who,
                           m->n_labels, STORE_MAX_LABELS);
     for (int i = 0; i < m->n_labels; i++) {
-        snprintf(what, sizeof what, "item %zu label %d", item, i + 1);
+        snprintf(what, sizeof what, "%s label %d", who, i + 1);
         if ((rc = store_check_text(m->labels[i], 0, 0, what, err)) < 0)
             return rc;
     }
     if (m->n_kv < 0 || m->n_kv > STORE_MAX_KV || (m->n_kv > 0 && !m->kv))
-        return ms_err_set(err, MS_EINVAL, "item %zu has %d key/values (0..%d allowed)", item,
+        return ms_err_set(err, MS_EINVAL, "%s has %d key/values (0..%d allowed)", who,
                           m->n_kv, STORE_MAX_KV);
     for (int i = 0; i < m->n_kv; i++) {
-        snprintf(what, sizeof what, "item %zu key %d", item, i + 1);
+        snprintf(what, sizeof what, "%s key %d", who, i + 1);
         if ((rc = store_check_text(m->kv[i].key, 0, 0, what, err)) < 0)
             return rc;
-        snprintf(what, sizeof what, "item %zu value of key '%.40s'", item, m->kv[i].key);
+        snprintf(what, sizeof what, "%s value of key '%.40s'", who, m->kv[i].key);
         if ((rc = store_check_text(m->kv[i].value, 0, 1, what, err)) < 0)
             return rc;
     }
@@ -311,9 +312,9 @@ static int check_items(const store_item *items, size_t n, int dim, ms_err *err)
             if ((rc = check_mime(it->thumb_mime, what, err)) < 0)
                 return rc;
         }
-        if (it->meta && (rc = check_meta(it->meta, i, err)) < 0)
-            return rc;
         snprintf(what, sizeof what, "item %zu", i);
+        if (it->meta && (rc = check_meta(it->meta, what, err)) < 0)
+            return rc;
         if ((rc = check_vector(it->vec, dim, what, err)) < 0)
             return rc;
     }
@@ -582,6 +583,58 @@ int store_get_meta(store *s, int64_t id, store_meta *meta, ms_err *err)
     if (rc < 0)
         store_meta_free(meta);
     return rc;
+}
+
+/* What the backend calls inside its transaction: the caller's edit, then
+ * the checks every stored metadata passes, then "did anything change". */
+typedef struct edit_call {
+    store_meta_edit_fn edit;
+    void *ctx;
+    int64_t id;
+} edit_call;
+
+static int checked_edit(void *arg, store_meta *m, ms_err *err)
+{
+    edit_call *c = arg;
+    store_meta before;
+    int rc = store_meta_copy(&before, m, err);
+    if (rc < 0)
+        return rc;
+    char who[40];
+    snprintf(who, sizeof who, "image %lld", (long long)c->id);
+    if ((rc = c->edit(c->ctx, m, err)) == 0 && (rc = check_meta(m, who, err)) == 0)
+        rc = store_meta_same(&before, m);
+    store_meta_free(&before);
+    if (rc > 0)
+        return 1;
+    return rc < 0 ? rc : 0;
+}
+
+int store_edit_meta(store *s, int64_t id, store_meta_edit_fn edit, void *ctx, ms_err *err)
+{
+    CHECK_STORE(s);
+    if (!edit)
+        return ms_err_set(err, MS_EINVAL, "store_edit_meta: edit is NULL");
+    edit_call c = {edit, ctx, id};
+    return s->ops->edit_meta(s, id, checked_edit, &c, err);
+}
+
+void store_meta_patch_init(store_meta_patch *p)
+{
+    memset(p, 0, sizeof *p);
+    store_meta_init(&p->to);
+}
+
+static int apply_patch(void *ctx, store_meta *m, ms_err *err)
+{
+    return store_meta_patch_apply(ctx, m, err);
+}
+
+int store_patch_meta(store *s, int64_t id, const store_meta_patch *p, ms_err *err)
+{
+    if (!p)
+        return ms_err_set(err, MS_EINVAL, "store_patch_meta: patch is NULL");
+    return store_edit_meta(s, id, apply_patch, (void *)p, err);
 }
 
 int store_get_vector(store *s, int64_t id, float *vec, int dim, ms_err *err)

@@ -207,6 +207,72 @@ int store_get_image(store *s, int64_t id, uint8_t **bytes, size_t *len,
 int store_get_thumbnail(store *s, int64_t id, uint8_t **bytes, size_t *len,
                         char mime[32], ms_err *err);
 int store_get_meta(store *s, int64_t id, store_meta *meta, ms_err *err);
+/* Changes one image's metadata in one transaction, so that two editors
+ * (two search servers on one PostgreSQL collection, a server and the CLI)
+ * never lose each other's change: the image's metadata is read as
+ * store_get_meta gives it and handed to edit(ctx, m, err), which changes m
+ * in place. What edit leaves is checked as store_ingest checks an item's
+ * metadata and, when it differs from what was stored (as the store would
+ * keep it, store_meta_same), written back whole: patient, study date, age,
+ * sex, view, labels and key/values. original_name is the image's first
+ * file name and is never written (edit's change to it is dropped). The
+ * generation does not change: the index holds no metadata.
+ *
+ * edit may free and replace any of m's strings and arrays (malloc'd; the
+ * store releases m with store_meta_free); it returns 0 to go on, or a
+ * negative code with err set to leave the image as it was. It must not use
+ * s. Returns 0 when written, 1 when edit changed nothing (nothing written),
+ * MS_ENOTFOUND, MS_EINVAL (the result breaks a limit, message naming the
+ * field), edit's code, or MS_EDB / MS_EBUSY. */
+typedef int (*store_meta_edit_fn)(void *ctx, store_meta *m, ms_err *err);
+int store_edit_meta(store *s, int64_t id, store_meta_edit_fn edit, void *ctx, ms_err *err);
+
+/* A change to an image's metadata, applied in this order: the fields named
+ * in replace take to's values (NULL, "", age -1 and sex 0 make them
+ * unknown; STORE_PATCH_LABELS and STORE_PATCH_KV replace the whole lists);
+ * remove_labels are taken out and add_labels added unless there (both
+ * compared without regard to ASCII case); each set_kv pair is set, or its
+ * key removed when its value is NULL. Everything is borrowed. */
+enum {
+    STORE_PATCH_PATIENT = 1 << 0,
+    STORE_PATCH_DATE = 1 << 1,
+    STORE_PATCH_AGE = 1 << 2,
+    STORE_PATCH_SEX = 1 << 3,
+    STORE_PATCH_VIEW = 1 << 4,
+    STORE_PATCH_LABELS = 1 << 5,
+    STORE_PATCH_KV = 1 << 6,
+    STORE_PATCH_ALL = (1 << 7) - 1,
+};
+typedef struct store_meta_patch {
+    unsigned replace;
+    store_meta to;
+    const char *const *remove_labels;
+    int n_remove_labels;
+    const char *const *add_labels;
+    int n_add_labels;
+    const store_kv *set_kv;
+    int n_set_kv;
+} store_meta_patch;
+
+/* Sets an empty patch (changes nothing). */
+void store_meta_patch_init(store_meta_patch *p);
+/* Applies p to m (malloc'd strings, as the store fills it): 0, or
+ * MS_ENOMEM with m unchanged. The result is not checked here;
+ * store_edit_meta checks it. */
+int store_meta_patch_apply(const store_meta_patch *p, store_meta *m, ms_err *err);
+/* store_edit_meta with store_meta_patch_apply: the same returns. */
+int store_patch_meta(store *s, int64_t id, const store_meta_patch *p, ms_err *err);
+
+/* A deep copy of src into dst (free it with store_meta_free): 0 or
+ * MS_ENOMEM, dst then empty. */
+int store_meta_copy(store_meta *dst, const store_meta *src, ms_err *err);
+/* Would a and b be stored alike? 1 or 0. Labels compare as the store keeps
+ * them (each one once without regard to ASCII case, the first spelling, in
+ * order), views without regard to case, key/values as a map (a repeated
+ * key's last value), and an empty string as unknown. original_name is not
+ * compared. */
+int store_meta_same(const store_meta *a, const store_meta *b);
+
 /* vec must hold dim floats; MS_EINVAL when the stored vector has another
  * dim, MS_ENOTFOUND when the image has none. */
 int store_get_vector(store *s, int64_t id, float *vec, int dim, ms_err *err);

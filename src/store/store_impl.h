@@ -50,6 +50,11 @@ typedef struct store_ops {
     int (*get_blob)(store *s, int64_t id, int thumb, uint8_t **bytes, size_t *len,
                     char mime[32], ms_err *err);
     int (*get_meta)(store *s, int64_t id, store_meta *meta, ms_err *err);
+    /* Inside one write transaction: locks the image, reads its metadata
+     * into a fresh store_meta, calls edit (store.c's checking wrapper) and,
+     * when it returns 0, writes everything but original_name back. Returns
+     * edit's 0 or 1 (1: nothing written), or a negative code (rolled back). */
+    int (*edit_meta)(store *s, int64_t id, store_meta_edit_fn edit, void *ctx, ms_err *err);
     int (*get_vector)(store *s, int64_t id, float *vec, int dim, ms_err *err);
     int (*set_vector)(store *s, int64_t id, const float *vec, int dim, ms_err *err);
     int (*delete_image)(store *s, int64_t id, ms_err *err);

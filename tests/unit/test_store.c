@@ -17,6 +17,7 @@
 #include <errno.h>
 #include <float.h>
 #include <math.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -994,6 +995,282 @@ static void t_metadata_update(void **state)
     assert_int_equal(raw_int((fixture *)f, "SELECT count(*) FROM kv"), 1);
     check_sound(f);
     titem_free(&t);
+}
+
+/* ---- editing metadata ---- */
+
+static store_meta stored_meta(fixture *f, int64_t id)
+{
+    store_meta m;
+    ms_err err = {0};
+    if (store_get_meta(f->s, id, &m, &err) != 0)
+        fail_msg("store_get_meta(%lld): %s", (long long)id, err.msg);
+    return m;
+}
+
+static void t_edit_meta_patch(void **state)
+{
+    fixture *f = fx(state);
+    use_model(f, DIM);
+    char *l1[] = {"Mass", "Effusion"};
+    store_kv kv1[] = {{"site", "A"}, {"followup", "1"}};
+    store_meta m1 = meta_of("first.png", "P1", 50, 'F', "pa", l1, 2, kv1, 2);
+    titem t;
+    titem_make(&t, 21, 400, DIM, &m1, 0);
+    int64_t id;
+    int was_new;
+    ingest_ok(f, &t, 1, &id, &was_new);
+    uint64_t gen = generation(f);
+
+    store_meta_patch p;
+    store_meta_patch_init(&p);
+    const char *add[] = {"effusion", "Nodule"}, *del[] = {"MASS"};
+    store_kv set[] = {{"site", "B"}, {"followup", NULL}, {"new", ""}};
+    p.replace = STORE_PATCH_AGE;
+    p.to.age = 51;
+    p.add_labels = add, p.n_add_labels = 2;
+    p.remove_labels = del, p.n_remove_labels = 1;
+    p.set_kv = set, p.n_set_kv = 3;
+    ms_err err = {0};
+    assert_int_equal(store_patch_meta(f->s, id, &p, &err), 0);
+    store_meta got = stored_meta(f, id);
+    assert_string_equal(got.original_name, "first.png");
+    assert_string_equal(got.patient_id, "P1");
+    assert_string_equal(got.view, "PA");
+    assert_int_equal(got.age, 51);
+    assert_int_equal(got.sex, 'F');
+    assert_int_equal(got.n_labels, 2);  /* Mass out; "effusion" is Effusion, kept as spelt */
+    assert_string_equal(got.labels[0], "Effusion");
+    assert_string_equal(got.labels[1], "Nodule");
+    assert_int_equal(got.n_kv, 2);  /* followup removed, an empty value kept */
+    assert_string_equal(got.kv[0].key, "new");
+    assert_string_equal(got.kv[0].value, "");
+    assert_string_equal(got.kv[1].key, "site");
+    assert_string_equal(got.kv[1].value, "B");
+    store_meta_free(&got);
+    assert_int_equal(generation(f), gen);  /* the index holds no metadata */
+
+    /* the same patch again changes nothing, and says so */
+    assert_int_equal(store_patch_meta(f->s, id, &p, &err), 1);
+
+    /* a label's spelling is a change; the view's case is not */
+    store_meta_patch_init(&p);
+    char *l2[] = {"effusion", "NODULE", "nodule"};
+    p.replace = STORE_PATCH_LABELS | STORE_PATCH_VIEW;
+    p.to.labels = l2, p.to.n_labels = 3;
+    p.to.view = "pa";
+    assert_int_equal(store_patch_meta(f->s, id, &p, &err), 0);
+    got = stored_meta(f, id);
+    assert_int_equal(got.n_labels, 2);
+    assert_string_equal(got.labels[0], "effusion");
+    assert_string_equal(got.labels[1], "NODULE");
+    store_meta_free(&got);
+    char *l3[] = {"effusion", "NODULE"};
+    p.to.labels = l3, p.to.n_labels = 2, p.to.view = "PA";
+    assert_int_equal(store_patch_meta(f->s, id, &p, &err), 1);
+
+    /* replacing everything with nothing: all unknown but the file name */
+    store_meta_patch_init(&p);
+    p.replace = STORE_PATCH_ALL;
+    p.to.patient_id = "";
+    assert_int_equal(store_patch_meta(f->s, id, &p, &err), 0);
+    got = stored_meta(f, id);
+    assert_string_equal(got.original_name, "first.png");
+    assert_null(got.patient_id);
+    assert_null(got.view);
+    assert_int_equal(got.age, -1);
+    assert_int_equal(got.sex, 0);
+    assert_int_equal(got.n_labels, 0);
+    assert_int_equal(got.n_kv, 0);
+    store_meta_free(&got);
+    assert_int_equal(raw_int(f, "SELECT count(*) FROM labels"), 0);
+    assert_int_equal(raw_int(f, "SELECT count(*) FROM kv"), 0);
+    assert_int_equal(raw_int(f, "SELECT count(*) FROM metadata"), 1);
+
+    assert_int_equal(store_patch_meta(f->s, id + 99, &p, &err), MS_ENOTFOUND);
+    check_sound(f);
+    titem_free(&t);
+}
+
+typedef struct edit_probe {
+    int calls;
+    int fail;              /* return MS_EINVAL from the edit */
+    int age;               /* set this age */
+    const char *rename;    /* set original_name to this */
+    const char *label;     /* append this label */
+} edit_probe;
+
+static int probe_edit(void *ctx, store_meta *m, ms_err *err)
+{
+    edit_probe *e = ctx;
+    e->calls++;
+    if (e->fail)
+        return ms_err_set(err, MS_EINVAL, "the editor said no");
+    m->age = e->age;
+    if (e->rename) {
+        free(m->original_name);
+        m->original_name = strdup(e->rename);
+    }
+    if (e->label) {
+        char **grown = realloc(m->labels, (size_t)(m->n_labels + 1) * sizeof *grown);
+        assert_non_null(grown);
+        m->labels = grown;
+        m->labels[m->n_labels++] = strdup(e->label);
+    }
+    return 0;
+}
+
+/* What an edit leaves is checked like an ingest's metadata, and a refused
+ * edit leaves the image as it was. */
+static void t_edit_meta_refused(void **state)
+{
+    fixture *f = fx(state);
+    use_model(f, DIM);
+    char *l1[] = {"Mass"};
+    store_meta m1 = meta_of("keep.png", "P1", 50, 'F', "PA", l1, 1, NULL, 0);
+    titem t;
+    titem_make(&t, 22, 300, DIM, &m1, 0);
+    int64_t id;
+    int was_new;
+    ingest_ok(f, &t, 1, &id, &was_new);
+    ms_err err = {0};
+
+    edit_probe e = {.fail = 1, .age = 60};
+    assert_int_equal(store_edit_meta(f->s, id, probe_edit, &e, &err), MS_EINVAL);
+    assert_string_equal(err.msg, "the editor said no");
+    e = (edit_probe){.age = 201};
+    assert_int_equal(store_edit_meta(f->s, id, probe_edit, &e, &err), MS_EINVAL);
+    assert_non_null(strstr(err.msg, "age 201"));
+    char idname[40];
+    snprintf(idname, sizeof idname, "image %lld", (long long)id);
+    assert_non_null(strstr(err.msg, idname));
+    e = (edit_probe){.age = 60, .label = "bad \xff label"};
+    assert_int_equal(store_edit_meta(f->s, id, probe_edit, &e, &err), MS_EINVAL);
+    assert_non_null(strstr(err.msg, "label 2"));
+    char long_label[STORE_MAX_TEXT + 2];
+    memset(long_label, 'x', sizeof long_label - 1);
+    long_label[sizeof long_label - 1] = '\0';
+    e = (edit_probe){.age = 60, .label = long_label};
+    assert_int_equal(store_edit_meta(f->s, id, probe_edit, &e, &err), MS_EINVAL);
+    store_meta got = stored_meta(f, id);
+    assert_int_equal(got.age, 50);
+    assert_int_equal(got.n_labels, 1);
+    store_meta_free(&got);
+
+    /* the file name is the image's first one: an edit of it is dropped */
+    e = (edit_probe){.age = 61, .rename = "other.png"};
+    assert_int_equal(store_edit_meta(f->s, id, probe_edit, &e, &err), 0);
+    got = stored_meta(f, id);
+    assert_int_equal(got.age, 61);
+    assert_string_equal(got.original_name, "keep.png");
+    store_meta_free(&got);
+    assert_int_equal(store_has_name(f->s, "other.png", &err), 0);
+    e = (edit_probe){.age = 61};
+    assert_int_equal(store_edit_meta(f->s, id, probe_edit, &e, &err), 1);
+    assert_int_equal(store_edit_meta(f->s, id + 5, probe_edit, &e, &err), MS_ENOTFOUND);
+    assert_int_equal(store_edit_meta(f->s, id, NULL, &e, &err), MS_EINVAL);
+    assert_int_equal(store_patch_meta(f->s, id, NULL, &err), MS_EINVAL);
+    check_sound(f);
+    titem_free(&t);
+}
+
+/* Two handles add labels to one image at the same time: with each edit a
+ * read-modify-write in one transaction, none is lost. */
+typedef struct label_adder {
+    const char *uri;
+    int64_t id;
+    char prefix;
+    int n, failures;
+    char msg[512];
+} label_adder;
+
+static void *add_labels_thread(void *arg)
+{
+    label_adder *a = arg;
+    store *s = NULL;
+    ms_err err = {0};
+    if (store_open(a->uri, &s, &err) != 0) {
+        a->failures = a->n;
+        snprintf(a->msg, sizeof a->msg, "%s", err.msg);
+        return NULL;
+    }
+    for (int i = 0; i < a->n; i++) {
+        char label[16];
+        snprintf(label, sizeof label, "%c%02d", a->prefix, i);
+        const char *add[] = {label};
+        store_meta_patch p;
+        store_meta_patch_init(&p);
+        p.add_labels = add, p.n_add_labels = 1;
+        if (store_patch_meta(s, a->id, &p, &err) != 0) {
+            a->failures++;
+            snprintf(a->msg, sizeof a->msg, "%s", err.msg);
+        }
+    }
+    store_close(s);
+    return NULL;
+}
+
+static void t_edit_meta_concurrent(void **state)
+{
+    fixture *f = fx(state);
+    use_model(f, DIM);
+    titem t;
+    titem_make(&t, 23, 300, DIM, NULL, 0);
+    int64_t id;
+    int was_new;
+    ingest_ok(f, &t, 1, &id, &was_new);
+    label_adder a[2] = {{f->uri, id, 'a', 60, 0, ""}, {f->uri, id, 'b', 60, 0, ""}};
+    pthread_t th[2];
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(pthread_create(&th[i], NULL, add_labels_thread, &a[i]), 0);
+    for (int i = 0; i < 2; i++)
+        pthread_join(th[i], NULL);
+    for (int i = 0; i < 2; i++)
+        if (a[i].failures)
+            fail_msg("%d edits failed: %s", a[i].failures, a[i].msg);
+    store_meta got = stored_meta(f, id);
+    assert_int_equal(got.n_labels, 120);
+    store_meta_free(&got);
+    check_sound(f);
+    titem_free(&t);
+}
+
+/* store_meta_same compares as the store keeps metadata. */
+static void t_meta_same(void **state)
+{
+    (void)state;
+    char *la[] = {"Mass", "mass", "Effusion"}, *lb[] = {"Mass", "Effusion"}, *lc[] = {"Effusion", "Mass"};
+    store_kv ka[] = {{"k", "1"}, {"k", "2"}, {"j", "x"}}, kb[] = {{"j", "x"}, {"k", "2"}};
+    store_meta a = meta_of("a", "P", 5, 'M', "pa", la, 3, ka, 3);
+    store_meta b = meta_of("b", "P", 5, 'M', "PA", lb, 2, kb, 2);
+    assert_true(store_meta_same(&a, &b));
+    b.labels = lc;
+    assert_false(store_meta_same(&a, &b));  /* order: the first label is the primary finding */
+    b.labels = lb;
+    kb[1].value = "1";
+    assert_false(store_meta_same(&a, &b));  /* a repeated key keeps its last value */
+    kb[1].value = "2";
+    b.n_kv = 1;
+    assert_false(store_meta_same(&a, &b));
+    b.n_kv = 2;
+    b.patient_id = "";
+    a.patient_id = NULL;
+    assert_true(store_meta_same(&a, &b));
+    b.age = 6;
+    assert_false(store_meta_same(&a, &b));
+    b.age = 5, b.sex = 'F';
+    assert_false(store_meta_same(&a, &b));
+    b.sex = 'M', b.view = NULL;
+    assert_false(store_meta_same(&a, &b));
+    b.view = "pA";
+    assert_true(store_meta_same(&a, &b));
+    store_meta c;
+    ms_err err = {0};
+    assert_int_equal(store_meta_copy(&c, &a, &err), 0);
+    assert_true(store_meta_same(&a, &c));
+    assert_string_equal(c.original_name, "a");
+    assert_int_equal(c.n_kv, 3);
+    store_meta_free(&c);
 }
 
 static void t_label_set_and_batch_duplicates(void **state)
@@ -2047,6 +2324,11 @@ static void t_readonly_postgres(void **state)
     printf("read-only postgresql: %s\n", err.msg);
     assert_non_null(strstr(err.msg, "read-only"));
     assert_int_equal(store_delete(ro, id, &err), MS_EIO);
+    store_meta_patch p;
+    store_meta_patch_init(&p);
+    p.replace = STORE_PATCH_AGE;
+    p.to.age = 7;
+    assert_int_equal(store_patch_meta(ro, id, &p, &err), MS_EIO);
     size_t n = 0;
     assert_int_equal(store_count(ro, &n, &err), 0);  /* reading still works */
     assert_int_equal(n, 1);
@@ -2256,6 +2538,9 @@ static int group_postgres(void **state)
     cmocka_unit_test_setup_teardown(t_ingest_and_dedup, setup, teardown),             \
     cmocka_unit_test_setup_teardown(t_ingest_own_ids, setup, teardown),               \
     cmocka_unit_test_setup_teardown(t_metadata_update, setup, teardown),              \
+    cmocka_unit_test_setup_teardown(t_edit_meta_patch, setup, teardown),              \
+    cmocka_unit_test_setup_teardown(t_edit_meta_refused, setup, teardown),            \
+    cmocka_unit_test_setup_teardown(t_edit_meta_concurrent, setup, teardown),         \
     cmocka_unit_test_setup_teardown(t_label_set_and_batch_duplicates, setup, teardown), \
     cmocka_unit_test_setup_teardown(t_delete, setup, teardown),                       \
     cmocka_unit_test_setup_teardown(t_filters, setup, teardown),                      \
@@ -2275,6 +2560,7 @@ int main(void)
     const struct CMUnitTest shared[] = {SHARED_TESTS};
     const struct CMUnitTest errors[] = {
         cmocka_unit_test(t_unreachable_postgres),
+        cmocka_unit_test(t_meta_same),
         cmocka_unit_test_setup_teardown(t_readonly_sqlite, setup, teardown),
         cmocka_unit_test_setup_teardown(t_disk_full_sqlite, setup, teardown),
     };
