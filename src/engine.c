@@ -675,6 +675,19 @@ int engine_delete(engine *e, int64_t id, ms_err *err)
     return rc;
 }
 
+int engine_edit_meta(engine *e, int64_t id, store_meta_edit_fn edit, void *ctx, ms_err *err)
+{
+    store *s;
+    int rc = engine_pool_get(e, &s, err);
+    if (rc)
+        return rc;
+    engine_write_begin(e, s);
+    rc = store_edit_meta(s, id, edit, ctx, err);
+    engine_write_end(e, s, 0);
+    engine_pool_put(e, s);
+    return rc;
+}
+
 int engine_get_stats(engine *e, engine_stats *st)
 {
     memset(st, 0, sizeof *st);

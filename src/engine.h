@@ -149,11 +149,19 @@ typedef struct engine_item {
     const uint8_t *bytes;
     size_t len;
     const store_meta *meta;    /* may be NULL */
+    int update_meta;           /* when the image is stored already (same bytes):
+                                  1 gives it the metadata a first ingest would
+                                  store now (meta, which must not be NULL,
+                                  completed from a DICOM header) in place of
+                                  what it has, in one transaction; its bytes,
+                                  name and vector stay, nothing is decoded.
+                                  0 leaves it as it is. */
 } engine_item;
 
 typedef struct engine_item_result {
     int64_t id;                /* stored id (0 on failure) */
     int was_new;               /* 1 stored now, 0 existed already */
+    int meta_updated;          /* existed, and update_meta changed its metadata */
     ms_err err;                /* err.code != 0: this item failed, others went on */
 } engine_item_result;
 
@@ -242,6 +250,10 @@ int engine_preview_stored(engine *e, int64_t id, int longest_side, uint8_t **png
                           ms_err *err);
 
 int engine_delete(engine *e, int64_t id, ms_err *err);
+/* store_edit_meta on one of the engine's store handles, as a write (it waits
+ * for an ingest or delete of this process to finish). The index is not
+ * touched: it holds no metadata. Returns as store_edit_meta. */
+int engine_edit_meta(engine *e, int64_t id, store_meta_edit_fn edit, void *ctx, ms_err *err);
 store *engine_store(engine *e);   /* the engine's store handle, for reads by one thread at a time */
 model *engine_model(engine *e);
 vindex *engine_index(engine *e);

@@ -27,6 +27,7 @@ static const struct command {
     {"reembed", cmd_reembed, "re-embed every stored image with a new model"},
     {"center", cmd_center, "show or set a collection's centering policy (auto|off)"},
     {"qe", cmd_qe, "show or set a collection's query-expansion default"},
+    {"meta", cmd_meta, "show or change an image's metadata"},
     {"copy", cmd_copy, "copy a collection to another store (SQLite, PostgreSQL) without re-embedding"},
 };
 

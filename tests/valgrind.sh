@@ -23,6 +23,11 @@ $vg ./medsearch eval --db "$tmp/c.db" --model "$MODEL" --rule any --tune --vecto
 $vg ./medsearch check --db "$tmp/c.db"
 $vg ./medsearch info --db "$tmp/c.db"
 $vg ./medsearch copy --db "$tmp/c.db" --to "$tmp/copy.db" -q
+# Metadata edits: the CLI's, and a labels file applied to images stored already.
+$vg ./medsearch meta 1 --db "$tmp/c.db" 'labels+=Nodule|Mass' 'labels-=Effusion' age=44 extra.site=w4 'extra-=follow_up'
+$vg ./medsearch meta 1 --db "$tmp/c.db" --json >/dev/null
+$vg ./medsearch ingest --db "$tmp/c.db" --model "$MODEL" --labels "$SHARED/data/nih_cxr14_64px/labels.csv" \
+    --update-metadata -q "$tmp/imgs"
 # WebP, JPEG 2000, GIF, HEIC and AVIF of one X-ray (PIL writes the first
 # three; libheif's heif-enc, where installed, the other two)
 mkdir "$tmp/formats"

@@ -3,11 +3,13 @@
  * collection.
  *
  * Folders are walked recursively in name order; files are taken as images
- * by their content (PNG, JPEG, TIFF, DICOM), never by their name, and other files
- * are reported and skipped. The files are streamed through the engine's
- * ingest pipeline, so memory stays bounded whatever their number. An image
- * stored already (same bytes) is skipped cheaply, which makes a re-run
- * resume an interrupted one. A bad file is reported and the rest goes on.
+ * by their content (PNG, JPEG, JPEG 2000, TIFF, WebP, HEIC, AVIF, GIF,
+ * DICOM), never by their name, and other files are reported and skipped.
+ * The files are streamed through the engine's ingest pipeline, so memory
+ * stays bounded whatever their number. An image stored already (same bytes)
+ * is skipped cheaply, which makes a re-run resume an interrupted one; with
+ * --update-metadata it takes its labels row instead (a corrected labels
+ * file), still without decoding or re-embedding. A bad file is reported and the rest goes on.
  * Ctrl-C stops taking new files, finishes the batches in flight and saves
  * the index.
  */
@@ -52,7 +54,9 @@ typedef struct ingest_run {
     size_t max_bytes;
     progress prog;
     int quiet, json;
+    int update_meta;     /* --update-metadata */
     size_t processed, ingested, existing, failed, not_images, unlabelled, env_failures;
+    size_t meta_updated; /* stored already, metadata brought up to date */
     json_t *errors;      /* [{"file":..,"error":..}] */
 } ingest_run;
 
@@ -303,7 +307,9 @@ static int src_next(void *ctx, engine_item *item, void **token, ms_err *err)
         if (r->lab && !row && r->unlabelled++ < 5)
             say(r, "medsearch %s: note: %s: %s\n", f->path, "no row in the labels file");
         t->meta.original_name = f->name;
-        *item = (engine_item){.bytes = t->bytes, .len = len, .meta = &t->meta};
+        /* without a row there is nothing to bring up to date: a stored image keeps its metadata */
+        *item = (engine_item){.bytes = t->bytes, .len = len, .meta = &t->meta,
+                              .update_meta = r->update_meta && row};
         *token = t;
         return 1;
     }
@@ -334,6 +340,7 @@ static void src_done(void *ctx, void *token, const engine_item *item, const engi
         r->ingested++;
     } else {
         r->existing++;
+        r->meta_updated += res->meta_updated != 0;
     }
     r->processed++;
     progress_update(&r->prog, r->processed);
@@ -370,6 +377,8 @@ static void print_summary(ingest_run *r, double seconds, int stopped, const ms_e
                               (json_int_t)r->not_images, "failed", (json_int_t)r->failed, "unlabelled",
                               (json_int_t)r->unlabelled, "seconds", seconds, "images_per_s", rate, "interrupted",
                               stopped, "errors", r->errors);
+        if (r->update_meta)
+            json_object_set_new(o, "metadata_updated", json_integer((json_int_t)r->meta_updated));
         if (stream_err && stream_err->code)
             json_object_set_new(o, "error", cli_json_text(stream_err->msg));
         json_dumpf(o, stdout, JSON_INDENT(2));
@@ -381,6 +390,9 @@ static void print_summary(ingest_run *r, double seconds, int stopped, const ms_e
     progress_format_duration(seconds, dur, sizeof dur);
     printf("ingested %zu, skipped %zu (%zu already stored, %zu not images), failed %zu in %s (%.1f images/s)\n",
            r->ingested, r->existing + r->not_images, r->existing, r->not_images, r->failed, dur, rate);
+    if (r->update_meta)
+        printf("metadata updated for %zu of the %zu already stored (the others had it already%s)\n",
+               r->meta_updated, r->existing, r->unlabelled ? " or have no row" : "");
     if (r->unlabelled)
         printf("%zu images had no row in the labels file and were stored without metadata\n", r->unlabelled);
     if (stopped)
@@ -446,7 +458,7 @@ static int set_qe(const cli_command *cmd, engine *e, int qe, int quiet)
 int cmd_ingest(int argc, char **argv)
 {
     const char *labels_path = NULL, *center = NULL;
-    int batch = 0, threads = 0, quiet = 0, qe = -1;
+    int batch = 0, threads = 0, quiet = 0, qe = -1, update_meta = 0;
     const cli_option opts[] = {
         {"labels", 0, CLI_STRING, &labels_path, "CSV",
          "metadata: a MedSearch labels.csv, NIH's Data_Entry_2017.csv, CheXpert's train.csv or MIMIC-CXR's "
@@ -458,13 +470,17 @@ int cmd_ingest(int argc, char **argv)
          "set the collection's centering policy first (see medsearch center)", 0, 0},
         {"qe", 0, CLI_INT, &qe, "N",
          "set the collection's query-expansion default first, 0 = off (see medsearch qe)", 0, STORE_SEARCH_QE_MAX},
+        {"update-metadata", 0, CLI_FLAG, &update_meta, NULL,
+         "images stored already take their labels row now (a corrected labels file), without re-embedding", 0, 0},
         {0},
     };
     static const cli_command cmd = {
         "ingest", "PATH...",
         "Adds X-ray images (files, and folders searched recursively) to a collection with their metadata.\n"
-        "Images are recognised by content: PNG, JPEG, TIFF, DICOM; other files are reported and skipped.\n"
-        "Images stored already (same bytes) are skipped, so running it again resumes an interrupted run.\n"
+        "Images are recognised by content: PNG, JPEG, JPEG 2000, TIFF, WebP, HEIC, AVIF, GIF, DICOM; other\n"
+        "files are reported and skipped.\n"
+        "Images stored already (same bytes) are skipped, so running it again resumes an interrupted run;\n"
+        "with --update-metadata they take the metadata of their labels row instead of keeping theirs.\n"
         "A file that cannot be read or decoded is reported and skipped; the exit code is then 1.",
         CLI_DB | CLI_MODEL | CLI_JSON, NULL, 1, -1};
     cli_command me = cmd;
@@ -481,7 +497,13 @@ int cmd_ingest(int argc, char **argv)
         return EXIT_USAGE;
     }
 
-    ingest_run r = {.cmd = &me, .quiet = quiet, .json = c.json};
+    if (update_meta && !labels_path) {
+        fprintf(stderr, "medsearch ingest: --update-metadata needs --labels: the file the metadata comes from\n");
+        free(paths);
+        return EXIT_USAGE;
+    }
+
+    ingest_run r = {.cmd = &me, .quiet = quiet, .json = c.json, .update_meta = update_meta};
     r.errors = json_array();
     progress_init(&r.prog, stderr, "ingest", "images", 0, -1);
     r.prog.enabled = 0; /* until the files are counted */

@@ -142,7 +142,7 @@ static void ingest_all(fixture *fx)
     engine_item items[N_IMAGES];
     engine_item_result res[N_IMAGES];
     for (int i = 0; i < N_IMAGES; i++)
-        items[i] = (engine_item){G.s[i].bytes, G.s[i].len, &G.s[i].meta};
+        items[i] = (engine_item){G.s[i].bytes, G.s[i].len, &G.s[i].meta, 0};
     ms_err err = {0};
     assert_int_equal(engine_ingest_batch(fx->e, items, N_IMAGES, res, &err), 0);
     for (int i = 0; i < N_IMAGES; i++) {
@@ -397,7 +397,7 @@ static void test_reingest_is_skipped(void **state)
     engine_item items[3];
     engine_item_result res[3];
     for (int i = 0; i < 3; i++)
-        items[i] = (engine_item){G.s[i].bytes, G.s[i].len, NULL};
+        items[i] = (engine_item){G.s[i].bytes, G.s[i].len, NULL, 0};
     ms_err err = {0};
     assert_int_equal(engine_ingest_batch(fx->e, items, 3, res, &err), 0);
     for (int i = 0; i < 3; i++) {
@@ -408,6 +408,62 @@ static void test_reingest_is_skipped(void **state)
     engine_stats st;
     engine_get_stats(fx->e, &st);
     assert_int_equal(st.images, N_IMAGES);
+}
+
+/* update_meta: an image stored already takes the metadata given now, in
+ * place of what it had, without being decoded or re-embedded; without the
+ * flag, or without metadata, it keeps its own. */
+static void test_reingest_updates_metadata(void **state)
+{
+    fixture *fx = *state;
+    char *new_labels[] = {"Effusion", "Mass"};
+    store_kv kv[] = {{"site", "ward 9"}};
+    store_meta m;
+    store_meta_init(&m);
+    m.original_name = "renamed.jpeg";
+    m.patient_id = "P-NEW";
+    m.age = 33;
+    m.labels = new_labels, m.n_labels = 2;
+    m.kv = kv, m.n_kv = 1;
+    engine_item items[3] = {{G.s[0].bytes, G.s[0].len, &m, 1},   /* updated */
+                            {G.s[1].bytes, G.s[1].len, &m, 0},   /* kept: no flag */
+                            {G.s[2].bytes, G.s[2].len, NULL, 1}}; /* kept: nothing to update with */
+    engine_item_result res[3];
+    ms_err err = {0};
+    uint64_t gen0 = 0, gen1 = 0;
+    assert_int_equal(store_generation(engine_store(fx->e), &gen0, &err), 0);
+    assert_int_equal(engine_ingest_batch(fx->e, items, 3, res, &err), 0);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(res[i].err.code, 0);
+        assert_int_equal(res[i].id, fx->ids[i]);
+        assert_int_equal(res[i].was_new, 0);
+        assert_int_equal(res[i].meta_updated, i == 0);
+    }
+    assert_int_equal(store_generation(engine_store(fx->e), &gen1, &err), 0);
+    assert_true(gen1 == gen0);  /* no vector changed: the index stays current */
+    store_meta got;
+    assert_int_equal(store_get_meta(engine_store(fx->e), fx->ids[0], &got, &err), 0);
+    assert_string_equal(got.patient_id, "P-NEW");
+    assert_string_equal(got.original_name, G.s[0].meta.original_name);  /* the first name stays */
+    assert_int_equal(got.age, 33);
+    assert_int_equal(got.n_labels, 2);
+    assert_string_equal(got.labels[1], "Mass");
+    assert_int_equal(got.n_kv, 1);
+    store_meta_free(&got);
+    assert_int_equal(store_get_meta(engine_store(fx->e), fx->ids[1], &got, &err), 0);
+    assert_string_equal(got.patient_id, G.s[1].meta.patient_id);
+    store_meta_free(&got);
+    /* the same again: nothing left to change */
+    assert_int_equal(engine_ingest_batch(fx->e, items, 1, res, &err), 0);
+    assert_int_equal(res[0].meta_updated, 0);
+    /* metadata the store refuses fails that item alone, and changes nothing */
+    m.patient_id = "\xff\xfe";
+    assert_int_equal(engine_ingest_batch(fx->e, items, 2, res, &err), 0);
+    assert_int_equal(res[0].err.code, MS_EINVAL);
+    assert_int_equal(res[1].err.code, 0);
+    assert_int_equal(store_get_meta(engine_store(fx->e), fx->ids[0], &got, &err), 0);
+    assert_string_equal(got.patient_id, "P-NEW");
+    store_meta_free(&got);
 }
 
 static void test_bad_item_fails_alone(void **state)
@@ -421,7 +477,8 @@ static void test_bad_item_fails_alone(void **state)
     uint8_t *other = calloc(1, good->len + 16);
     memcpy(other, good->bytes, good->len); /* bytes after the JPEG's end: new bytes, same picture */
     engine_item items[4] = {
-        {good->bytes, good->len / 3, NULL}, {junk, sizeof junk, NULL}, {junk, 0, NULL}, {other, good->len + 16, NULL}};
+        {good->bytes, good->len / 3, NULL, 0}, {junk, sizeof junk, NULL, 0}, {junk, 0, NULL, 0},
+        {other, good->len + 16, NULL, 0}};
     engine_item_result res[4];
     ms_err err = {0};
     assert_int_equal(engine_ingest_batch(fx->e, items, 4, res, &err), 0);
@@ -445,7 +502,7 @@ static void test_bad_item_fails_alone(void **state)
     store_meta bad;
     store_meta_init(&bad);
     bad.patient_id = "\xff\xfe";
-    engine_item two[2] = {{other, good->len + 16, &bad}, {third, good->len + 16, NULL}};
+    engine_item two[2] = {{other, good->len + 16, &bad, 0}, {third, good->len + 16, NULL, 0}};
     assert_int_equal(engine_ingest_batch(fx->e, two, 2, res, &err), 0);
     assert_int_equal(res[0].err.code, MS_EINVAL);
     assert_int_equal(res[1].err.code, 0);
@@ -603,7 +660,7 @@ static void test_collection_keeps_input_size(void **state)
     engine_item items[4];
     engine_item_result res[4];
     for (int i = 0; i < 4; i++)
-        items[i] = (engine_item){G.s[i].bytes, G.s[i].len, &G.s[i].meta};
+        items[i] = (engine_item){G.s[i].bytes, G.s[i].len, &G.s[i].meta, 0};
     assert_int_equal(engine_ingest_batch(e, items, 4, res, &err), 0);
     engine_close(e);
 
@@ -712,7 +769,7 @@ static void test_no_model_open(void **state)
     engine_results_free(res, n);
     q = (engine_query){.bytes = G.s[1].bytes, .len = G.s[1].len, .k = 1};
     assert_int_equal(engine_search(fx->e, &q, &res, &n, NULL, &err), MS_EINVAL);
-    engine_item it = {G.s[1].bytes, G.s[1].len, NULL};
+    engine_item it = {G.s[1].bytes, G.s[1].len, NULL, 0};
     engine_item_result r;
     assert_int_equal(engine_ingest_batch(fx->e, &it, 1, &r, &err), MS_EINVAL);
 }
@@ -840,6 +897,7 @@ static int run_engine_suite(const char *group)
         cmocka_unit_test_setup_teardown(test_by_id_and_qe, setup, teardown),
         cmocka_unit_test_setup_teardown(test_collection_qe, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reingest_is_skipped, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reingest_updates_metadata, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_item_fails_alone, setup, teardown),
         cmocka_unit_test_setup_teardown(test_persist_reload_stale_damaged, setup, teardown),
         cmocka_unit_test_setup_teardown(test_model_change_and_reembed, setup, teardown),
