@@ -52,8 +52,7 @@ static int parse_bool(const char *s, int *out)
     return -1;
 }
 
-/* Printable text without control characters, at most max bytes. */
-static int text_ok(const char *s, size_t max)
+int http_text_ok(const char *s, size_t max)
 {
     size_t n = 0;
     for (; s[n]; n++)
@@ -87,7 +86,7 @@ static int split_list(const char *s, char ***list, int *n, const char *what, ms_
             char *item = strndup(p, len);
             if (!item)
                 return ms_err_set(err, MS_ENOMEM, "out of memory");
-            if (!text_ok(item, MAX_TEXT)) {
+            if (!http_text_ok(item, MAX_TEXT)) {
                 free(item);
                 return ms_err_set(err, MS_EINVAL, "%s value is empty, too long or has "
                                   "control characters", what);
@@ -117,7 +116,7 @@ static int set_string(char **dst, const char *value, const char *what, ms_err *e
 {
     if (*dst)
         return given_twice(what, err);
-    if (!text_ok(value, MAX_TEXT))
+    if (!http_text_ok(value, MAX_TEXT))
         return ms_err_set(err, MS_EINVAL, "%s is empty, too long or has control characters",
                           what);
     *dst = strdup(value);
@@ -171,7 +170,7 @@ static int build_filter(const http_request *r, store_filter *f, ms_err *err)
         return 0;
     const char *expr = req_param(r, "filter");
     if (expr && *expr) {
-        if (!text_ok(expr, HTTP_MAX_FIELD))
+        if (!http_text_ok(expr, HTTP_MAX_FIELD))
             return ms_err_set(err, MS_EINVAL, "filter has control characters");
         int rc = store_filter_parse(expr, f, err);
         if (rc)
@@ -211,7 +210,7 @@ static json_t *str_or_null(const char *s)
     return json_text(s);
 }
 
-static void meta_to_json(const store_meta *m, json_t *o)
+void api_meta_to_json(const store_meta *m, json_t *o)
 {
     json_t *labels = json_array();
     for (int i = 0; i < m->n_labels; i++)
@@ -243,7 +242,7 @@ static json_t *result_to_json(const engine_result *res, int rank)
     json_object_set_new(o, "rank", json_integer(rank));
     json_object_set_new(o, "id", json_integer(res->id));
     json_object_set_new(o, "score", json_real(res->score));
-    meta_to_json(&res->meta, o);
+    api_meta_to_json(&res->meta, o);
     snprintf(url, sizeof url, "/api/images/%lld", (long long)res->id);
     json_object_set_new(o, "image_url", json_string(url));
     snprintf(url, sizeof url, "/api/images/%lld/thumbnail", (long long)res->id);
@@ -465,7 +464,9 @@ static void handle_image_bytes(api_ctx *c, const http_request *r, http_reply *re
     snprintf(rep->cache, sizeof rep->cache, "private, max-age=3600");
 }
 
-static void handle_metadata(api_ctx *c, const http_request *r, http_reply *rep)
+/* The metadata document of image id, with its ETag; 304 when if_none_match
+ * (may be NULL) names that ETag. */
+static void metadata_reply(api_ctx *c, int64_t id, const char *if_none_match, http_reply *rep)
 {
     store *s = borrow(c, rep);
     if (!s)
@@ -474,13 +475,22 @@ static void handle_metadata(api_ctx *c, const http_request *r, http_reply *rep)
     store_image_info info;
     store_meta meta;
     store_meta_init(&meta);
-    int rc = store_get_info(s, r->match.id, &info, &err);
+    int rc = store_get_info(s, id, &info, &err);
     if (!rc)
-        rc = store_get_meta(s, r->match.id, &meta, &err);
+        rc = store_get_meta(s, id, &meta, &err);
     engine_store_release(c->eng, s);
     if (rc) {
         store_meta_free(&meta);
         reply_ms_err(rep, &err);
+        return;
+    }
+    char etag[48];
+    api_meta_etag(&meta, etag);
+    if (if_none_match && etag_matches(if_none_match, etag)) {
+        store_meta_free(&meta);
+        reply_free(rep);
+        rep->status = 304;
+        snprintf(rep->etag, sizeof rep->etag, "%s", etag);
         return;
     }
     char url[64];
@@ -492,13 +502,19 @@ static void handle_metadata(api_ctx *c, const http_request *r, http_reply *rep)
     json_object_set_new(o, "height", json_integer(info.height));
     json_object_set_new(o, "bytes", json_integer((json_int_t)info.bytes));
     json_object_set_new(o, "created", json_integer(info.created));
-    meta_to_json(&meta, o);
+    api_meta_to_json(&meta, o);
     store_meta_free(&meta);
     snprintf(url, sizeof url, "/api/images/%lld", (long long)info.id);
     json_object_set_new(o, "image_url", json_string(url));
     snprintf(url, sizeof url, "/api/images/%lld/thumbnail", (long long)info.id);
     json_object_set_new(o, "thumbnail_url", json_string(url));
     reply_json(rep, 200, o);
+    snprintf(rep->etag, sizeof rep->etag, "%s", etag);
+}
+
+void api_metadata_reply(api_ctx *c, int64_t id, http_reply *rep)
+{
+    metadata_reply(c, id, NULL, rep);
 }
 
 static void handle_delete(api_ctx *c, const http_request *r, http_reply *rep)
@@ -528,10 +544,10 @@ static int collect_kv(const http_request *r, store_kv *kv, int max, ms_err *err)
             const char *k = lists[l]->items[i].key, *v = lists[l]->items[i].value;
             if (strncmp(k, "meta.", 5) || (l == 1 && kv_get(&r->form, k)))
                 continue;
-            if (!text_ok(k + 5, 64))
+            if (!http_text_ok(k + 5, 64))
                 return ms_err_set(err, MS_EINVAL, "field '%.80s': a meta. name is 1 to 64 characters "
                                   "without control characters", k);
-            if (*v && !text_ok(v, STORE_MAX_TEXT))
+            if (*v && !http_text_ok(v, STORE_MAX_TEXT))
                 return ms_err_set(err, MS_EINVAL, "%s is longer than %d bytes or has control characters", k,
                                   STORE_MAX_TEXT);
             if (n == max)
@@ -584,7 +600,7 @@ static int ingest_meta(const http_request *r, store_meta *m, store_kv *kv, int m
         const char *v = req_param(r, texts[i].key);
         if (!v || !*v)
             continue;
-        if (!text_ok(v, MAX_TEXT))
+        if (!http_text_ok(v, MAX_TEXT))
             return ms_err_set(err, MS_EINVAL, "%s is too long or has control characters",
                               texts[i].key);
         *(const char **)((char *)m + texts[i].off) = v;
@@ -754,7 +770,12 @@ void api_handle(api_ctx *c, const http_request *r, http_reply *rep)
             handle_image_bytes(c, r, rep, 0);
         break;
     case ROUTE_THUMBNAIL: handle_image_bytes(c, r, rep, 1); break;
-    case ROUTE_METADATA: handle_metadata(c, r, rep); break;
+    case ROUTE_METADATA:
+        if (r->method == M_PATCH)
+            api_handle_metadata_patch(c, r, rep);
+        else
+            metadata_reply(c, r->match.id, r->if_none_match, rep);
+        break;
     case ROUTE_SIMILAR: handle_similar(c, r, rep); break;
     case ROUTE_PREVIEW:
     case ROUTE_IMAGE_PREVIEW: handle_preview(c, r, rep); break;

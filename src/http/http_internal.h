@@ -28,7 +28,7 @@ typedef enum {
     ROUTE_INGEST,       /* POST /api/images */
     ROUTE_IMAGE,        /* GET /api/images/{id}, DELETE /api/images/{id} */
     ROUTE_THUMBNAIL,    /* GET /api/images/{id}/thumbnail */
-    ROUTE_METADATA,     /* GET /api/images/{id}/metadata */
+    ROUTE_METADATA,     /* GET, PATCH /api/images/{id}/metadata */
     ROUTE_SIMILAR,      /* GET /api/images/{id}/similar */
     ROUTE_PREVIEW,      /* POST /api/preview */
     ROUTE_IMAGE_PREVIEW, /* GET /api/images/{id}/preview */
@@ -40,16 +40,16 @@ typedef enum {
     ROUTE_COUNT
 } route_id;
 
-typedef enum { M_GET, M_HEAD, M_POST, M_DELETE, M_OTHER } http_method;
+typedef enum { M_GET, M_HEAD, M_POST, M_DELETE, M_PATCH, M_OTHER } http_method;
 
 typedef struct route_match {
     route_id route;
     int64_t id;            /* the {id} of /api/images/{id}..., else 0 */
     int method_ok;         /* the route exists but not with this method: 0 */
     const char *allow;     /* Allow header for 405 */
-    int is_write;          /* ingest or delete: needs the token */
+    int is_write;          /* ingest, delete, metadata edit: needs the token */
     int needs_worker;      /* may wait on the model or the store's writer */
-    int wants_body;        /* POST routes */
+    int wants_body;        /* POST routes, PATCH of metadata */
 } route_match;
 
 /* Matches method + path strictly: ids are 1..2^63-1 in plain decimal with
@@ -64,6 +64,7 @@ typedef struct kv_pair {
 
 #define HTTP_MAX_ARGS 64       /* query arguments or form fields kept */
 #define HTTP_MAX_FIELD 4096    /* longest non-file form field value */
+#define HTTP_MAX_JSON (64u << 10) /* largest JSON body (a metadata edit) */
 
 typedef struct kv_list {
     kv_pair items[HTTP_MAX_ARGS];
@@ -88,11 +89,13 @@ typedef struct http_request {
     char path[512];
     kv_list args;          /* query string */
     kv_list form;          /* multipart / urlencoded fields other than the image */
-    http_body body;        /* raw image body, or the multipart "image" part */
+    http_body body;        /* raw image body, the multipart "image" part, or
+                              a JSON body (PATCH; body_is_image 0) */
     int body_is_image;     /* a body or image part was given */
     char body_type[64];    /* its Content-Type */
     char upload_name[256]; /* multipart file name of the image, "" if none */
     char if_none_match[80];
+    char if_match[256];    /* "" when not sent */
 } http_request;
 
 /* Parameter as the client gave it: form field first, then query argument. */
@@ -170,5 +173,17 @@ typedef struct api_ctx {
 
 /* Runs a matched route; always fills rep. */
 void api_handle(api_ctx *c, const http_request *req, http_reply *rep);
+
+/* Printable text of 1 to max bytes without control characters: 1 or 0. */
+int http_text_ok(const char *s, size_t max);
+/* Adds an image's metadata fields to the object o, as the API shows them. */
+void api_meta_to_json(const store_meta *m, json_t *o);
+/* The metadata's ETag ("m-" and 32 hex digits of the SHA-256 of its JSON,
+ * quoted): equal for equal metadata, on every server of a collection. */
+void api_meta_etag(const store_meta *m, char out[48]);
+/* GET /api/images/{id}/metadata's document of image id, with its ETag. */
+void api_metadata_reply(api_ctx *c, int64_t id, http_reply *rep);
+/* PATCH /api/images/{id}/metadata (edit.c). */
+void api_handle_metadata_patch(api_ctx *c, const http_request *r, http_reply *rep);
 
 #endif

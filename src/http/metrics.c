@@ -24,7 +24,7 @@ typedef struct histogram {
 } histogram;
 
 /* Statuses counted one by one; anything else lands in "other". */
-static const unsigned statuses[] = {200, 201, 204, 304, 400, 401, 403, 404, 405, 409,
+static const unsigned statuses[] = {200, 201, 204, 304, 400, 401, 403, 404, 405, 409, 412,
                                     413, 415, 422, 429, 431, 500, 503};
 #define N_STATUS (sizeof statuses / sizeof statuses[0])
 

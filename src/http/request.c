@@ -53,6 +53,14 @@ static void allow_only(route_match *m, http_method got, const char *allow,
                    (post_ok && got == M_POST) || (delete_ok && got == M_DELETE);
 }
 
+/* The route of a resource that PATCH also changes. */
+static void allow_get_or_patch(route_match *m, http_method got)
+{
+    allow_only(m, got, "GET, HEAD, PATCH", 1, 0, 0);
+    if (got == M_PATCH)
+        m->method_ok = m->is_write = m->needs_worker = m->wants_body = 1;
+}
+
 static void match_image_route(http_method m, const char *rest, route_match *out)
 {
     int64_t id = 0;
@@ -70,7 +78,7 @@ static void match_image_route(http_method m, const char *rest, route_match *out)
         allow_only(out, m, "GET, HEAD", 1, 0, 0);
     } else if (!strcmp(tail, "/metadata")) {
         out->route = ROUTE_METADATA;
-        allow_only(out, m, "GET, HEAD", 1, 0, 0);
+        allow_get_or_patch(out, m);
     } else if (!strcmp(tail, "/similar")) {
         out->route = ROUTE_SIMILAR;
         allow_only(out, m, "GET, HEAD", 1, 0, 0);

@@ -59,6 +59,7 @@ typedef struct conn_ctx {
     int form_error;              /* the multipart body was malformed */
     char form_error_msg[160];
     int body_too_big;
+    size_t body_limit;           /* the most body bytes this route takes */
     int queued;                  /* a response went out */
     unsigned status;
     size_t bytes_out;
@@ -180,6 +181,7 @@ static http_method method_of(const char *m)
     if (!strcmp(m, "HEAD")) return M_HEAD;
     if (!strcmp(m, "POST")) return M_POST;
     if (!strcmp(m, "DELETE")) return M_DELETE;
+    if (!strcmp(m, "PATCH")) return M_PATCH;
     return M_OTHER;
 }
 
@@ -350,7 +352,7 @@ static int enqueue(http_server *s, conn_ctx *x)
 static int body_append(conn_ctx *x, const char *data, size_t size)
 {
     http_body *b = &x->req.body;
-    if (b->len + size > x->srv->opt.max_upload) {
+    if (b->len + size > x->body_limit) {
         x->body_too_big = 1;
         return -1;
     }
@@ -358,8 +360,8 @@ static int body_append(conn_ctx *x, const char *data, size_t size)
         size_t cap = b->cap_alloc ? b->cap_alloc * 2 : 64u << 10;
         while (cap < b->len + size)
             cap *= 2;
-        if (cap > x->srv->opt.max_upload)
-            cap = x->srv->opt.max_upload;
+        if (cap > x->body_limit)
+            cap = x->body_limit;
         uint8_t *nb = realloc(b->data, cap);
         if (!nb)
             return -1;
@@ -489,20 +491,30 @@ static unsigned accept_body(conn_ctx *x)
     const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
     const char *te = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
                                                  MHD_HTTP_HEADER_TRANSFER_ENCODING);
-    size_t declared = te ? s->opt.max_upload : 0;   /* chunked: assume the worst */
+    int json = x->req.method == M_PATCH;  /* the one route taking PATCH takes JSON */
+    x->body_limit = json ? HTTP_MAX_JSON : s->opt.max_upload;
+    size_t declared = te ? x->body_limit : 0;   /* chunked: assume the worst */
     if (cl) {
         char *end = NULL;
         unsigned long long v = strtoull(cl, &end, 10);
         if (*end || cl[0] == '-')
             return reply_error(&x->rep, 400, "bad_request", "bad Content-Length"), 400;
-        if (v > s->opt.max_upload) {
+        if (v > x->body_limit) {
             reply_error(&x->rep, 413, "too_large", "request body of %llu bytes is over the "
-                        "%zu-byte limit", v, s->opt.max_upload);
+                        "%zu-byte limit", v, x->body_limit);
             return 413;
         }
         declared = (size_t)v;
     }
-    if (content_type_is(ct, "multipart/form-data")) {
+    if (json) {
+        if (!content_type_is(ct, "application/json") && !content_type_is(ct, "application/merge-patch+json")) {
+            reply_error(&x->rep, 415, "unsupported_media_type",
+                        "Content-Type '%.60s' is not accepted: send the changes as application/json "
+                        "(or application/merge-patch+json)", ct ? ct : "(none)");
+            return 415;
+        }
+        snprintf(x->req.body_type, sizeof x->req.body_type, "%s", ct);
+    } else if (content_type_is(ct, "multipart/form-data")) {
         x->pp = MHD_create_post_processor(c, 32u << 10, on_form_data, x);
         if (!x->pp)
             return reply_error(&x->rep, 400, "bad_request",
@@ -538,6 +550,10 @@ static enum MHD_Result begin(conn_ctx *x, const char *url, const char *method)
     const char *inm = MHD_lookup_connection_value(x->conn, MHD_HEADER_KIND,
                                                   MHD_HTTP_HEADER_IF_NONE_MATCH);
     snprintf(req->if_none_match, sizeof req->if_none_match, "%s", inm ? inm : "");
+    const char *im = MHD_lookup_connection_value(x->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_IF_MATCH);
+    if (im && strlen(im) >= sizeof req->if_match)
+        return send_error(x, 400, "bad_request", "the If-Match header is over 255 bytes");
+    snprintf(req->if_match, sizeof req->if_match, "%s", im ? im : "");
 
     if (x->nul_in_path)
         return send_error(x, 400, "bad_request", "the path contains an encoded NUL byte");
@@ -551,7 +567,8 @@ static enum MHD_Result begin(conn_ctx *x, const char *url, const char *method)
     int api_read = req->match.route != ROUTE_ASSET && req->match.route != ROUTE_HEALTH;
     if (req->match.is_write && !s->token_copy)
         return send_error(x, 403, "forbidden", "writes are disabled on this server: start it "
-                          "with --token-file FILE or MEDSEARCH_TOKEN to allow ingest and delete");
+                          "with --token-file FILE or MEDSEARCH_TOKEN to allow ingest, delete and "
+                          "metadata edits");
     if ((req->match.is_write || (s->opt.read_token && api_read)) && !token_ok(s, x->conn)) {
         x->rep.www_auth = 1;
         return send_error(x, 401, "unauthorized", "missing or wrong bearer token "
@@ -577,7 +594,7 @@ static enum MHD_Result receive(conn_ctx *x, const char *data, size_t size)
         /* A body on GET/DELETE is not used; a large one is abuse. */
         return x->received > (64u << 10) ? MHD_NO : MHD_YES;
     }
-    if (x->received > x->srv->opt.max_upload) {
+    if (x->received > x->body_limit) {
         /* Only a chunked body gets here (Content-Length was checked). No
          * answer can be queued in the middle of a body with libmicrohttpd,
          * so the rest is read and dropped and 413 sent at its end; a body
@@ -585,7 +602,7 @@ static enum MHD_Result receive(conn_ctx *x, const char *data, size_t size)
         x->body_too_big = 1;
         free(x->req.body.data);
         x->req.body = (http_body){0};
-        return x->received > 2 * x->srv->opt.max_upload ? MHD_NO : MHD_YES;
+        return x->received > 2 * x->body_limit ? MHD_NO : MHD_YES;
     }
     if (x->pp) {
         if (!x->form_error && !x->body_too_big && MHD_post_process(x->pp, data, size) != MHD_YES)
@@ -607,8 +624,8 @@ static enum MHD_Result complete(conn_ctx *x)
             form_fail(x, "multipart body is truncated or malformed (no closing boundary)");
     }
     if (x->body_too_big) {
-        reply_error(&x->rep, 413, "too_large", "request body is over the %zu-byte upload limit",
-                    s->opt.max_upload);
+        reply_error(&x->rep, 413, "too_large", "request body is over the %zu-byte limit",
+                    x->body_limit);
         return send_reply(x);
     }
     if (x->form_error)

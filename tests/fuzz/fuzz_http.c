@@ -390,7 +390,7 @@ static void fail(const char *why)
 
 static int status_documented(int s)
 {
-    static const int ok[] = {200, 201, 304, 400, 401, 403, 404, 405, 409, 413, 415, 422, 429, 431, 503};
+    static const int ok[] = {200, 201, 304, 400, 401, 403, 404, 405, 409, 412, 413, 415, 422, 429, 431, 503};
     for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++)
         if (s == ok[i])
             return 1;
@@ -571,6 +571,15 @@ static void write_seeds(const char *dir)
                                                 "meta.site", "ward4", "original_name", "x.jpg", NULL};
     write_multipart_seed(dir, "ingest_multipart", 1, "/api/images", ingest_fields, jpeg, len);
     free(jpeg);
+    static const char patch[] = "{\"labels\":[\"Effusion\",\"Mass\"],\"age\":44,\"sex\":\"F\",\"view\":null,"
+                                "\"extra\":{\"site\":null,\"k\":\"v\"}}";
+    write_seed(dir, "metadata_patch", 1, "PATCH\n/api/images/3/metadata\nContent-Type: application/json\n\n", patch,
+               sizeof patch - 1);
+    write_seed(dir, "metadata_patch_if_match", 1,
+               "PATCH\n/api/images/3/metadata\nContent-Type: application/merge-patch+json\nIf-Match: \"m-0\", *\n\n",
+               "{\"age\":3}", 9);
+    write_seed(dir, "metadata_patch_no_token", 2,
+               "PATCH\n/api/images/3/metadata\nContent-Type: application/json\n\n", "{}", 2);
 }
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)

@@ -57,7 +57,7 @@ typedef struct route_case {
 
 static const char *method_str(http_method m)
 {
-    static const char *const names[] = {"GET", "HEAD", "POST", "DELETE", "OTHER"};
+    static const char *const names[] = {"GET", "HEAD", "POST", "DELETE", "PATCH", "OTHER"};
     return (m >= M_GET && m <= M_OTHER) ? names[m] : "?";
 }
 
@@ -106,8 +106,10 @@ static void test_route_every_documented_route(void **state)
         {M_DELETE, "/api/images/42", ROUTE_IMAGE, 1, 42, 1, 1, 0, "GET, HEAD, DELETE"},
         {M_GET, "/api/images/163/thumbnail", ROUTE_THUMBNAIL, 1, 163, 0, 0, 0, "GET, HEAD"},
         {M_HEAD, "/api/images/163/thumbnail", ROUTE_THUMBNAIL, 1, 163, 0, 0, 0, "GET, HEAD"},
-        {M_GET, "/api/images/7/metadata", ROUTE_METADATA, 1, 7, 0, 0, 0, "GET, HEAD"},
-        {M_HEAD, "/api/images/7/metadata", ROUTE_METADATA, 1, 7, 0, 0, 0, "GET, HEAD"},
+        {M_GET, "/api/images/7/metadata", ROUTE_METADATA, 1, 7, 0, 0, 0, "GET, HEAD, PATCH"},
+        {M_HEAD, "/api/images/7/metadata", ROUTE_METADATA, 1, 7, 0, 0, 0, "GET, HEAD, PATCH"},
+        /* an edit of metadata: a write with a (JSON) body, on a worker */
+        {M_PATCH, "/api/images/7/metadata", ROUTE_METADATA, 1, 7, 1, 1, 1, "GET, HEAD, PATCH"},
         {M_GET, "/api/images/9/similar", ROUTE_SIMILAR, 1, 9, 0, 1, 0, "GET, HEAD"},
         {M_HEAD, "/api/images/9/similar", ROUTE_SIMILAR, 1, 9, 0, 1, 0, "GET, HEAD"},
         {M_GET, "/api/images/12/preview", ROUTE_IMAGE_PREVIEW, 1, 12, 0, 1, 0, "GET, HEAD"},
@@ -145,8 +147,17 @@ static void test_route_wrong_method_is_405(void **state)
         {M_OTHER, "/api/images/5", ROUTE_IMAGE, 0, 5, 0, 0, 0, "GET, HEAD, DELETE"},
         {M_POST, "/api/images/5/thumbnail", ROUTE_THUMBNAIL, 0, 5, 0, 0, 0, "GET, HEAD"},
         {M_DELETE, "/api/images/5/thumbnail", ROUTE_THUMBNAIL, 0, 5, 0, 0, 0, "GET, HEAD"},
-        {M_DELETE, "/api/images/5/metadata", ROUTE_METADATA, 0, 5, 0, 0, 0, "GET, HEAD"},
-        {M_POST, "/api/images/5/metadata", ROUTE_METADATA, 0, 5, 0, 0, 0, "GET, HEAD"},
+        {M_DELETE, "/api/images/5/metadata", ROUTE_METADATA, 0, 5, 0, 0, 0, "GET, HEAD, PATCH"},
+        {M_POST, "/api/images/5/metadata", ROUTE_METADATA, 0, 5, 0, 0, 0, "GET, HEAD, PATCH"},
+        {M_OTHER, "/api/images/5/metadata", ROUTE_METADATA, 0, 5, 0, 0, 0, "GET, HEAD, PATCH"},
+        /* PATCH changes metadata only: nowhere else is it a write or takes a body */
+        {M_PATCH, "/api/images/5", ROUTE_IMAGE, 0, 5, 0, 0, 0, "GET, HEAD, DELETE"},
+        {M_PATCH, "/api/images/5/thumbnail", ROUTE_THUMBNAIL, 0, 5, 0, 0, 0, "GET, HEAD"},
+        {M_PATCH, "/api/images/5/similar", ROUTE_SIMILAR, 0, 5, 0, 0, 0, "GET, HEAD"},
+        {M_PATCH, "/api/images", ROUTE_INGEST, 0, 0, 0, 0, 0, "POST"},
+        {M_PATCH, "/api/search", ROUTE_SEARCH, 0, 0, 0, 0, 0, "POST"},
+        {M_PATCH, "/api/stats", ROUTE_STATS, 0, 0, 0, 0, 0, "GET, HEAD"},
+        {M_PATCH, "/", ROUTE_ASSET, 0, 0, 0, 0, 0, "GET, HEAD"},
         {M_POST, "/api/images/5/similar", ROUTE_SIMILAR, 0, 5, 0, 0, 0, "GET, HEAD"},
         {M_DELETE, "/api/images/5/similar", ROUTE_SIMILAR, 0, 5, 0, 0, 0, "GET, HEAD"},
         {M_OTHER, "/api/images/5/similar", ROUTE_SIMILAR, 0, 5, 0, 0, 0, "GET, HEAD"},
