@@ -30,6 +30,7 @@ const state = {
   results: [],
   qeTop: QE_TOP,        // neighbours the query-expansion toggle uses
   qeTouched: false,     // the user set the toggle: the collection's default no longer moves it
+  writes: false,        // the server takes writes (it has a token): details can be edited
 };
 
 // ---------- API ----------
@@ -159,6 +160,7 @@ async function loadCollectionInfo(openToken) {
   const info = $('collection-info');
   try {
     const health = await (await api('/api/health')).json();
+    state.writes = !!(health.auth && health.auth.writes);
     if (health.auth && health.auth.reads && !state.token) {
       info.textContent = 'Protected server: a token is needed';
       if (openToken) openToken(true);
@@ -521,6 +523,8 @@ const viewer = {
   drag: null,
   pending: false,
   controller: null,
+  info: null,           // the image's metadata document (GET .../metadata)
+  etag: null,           // its ETag: sent as If-Match when saving an edit
 };
 
 function viewerLut() {
@@ -664,9 +668,13 @@ function setupViewerInput() {
 
   $('viewer').addEventListener('keydown', (ev) => {
     const step = 40;
-    if (ev.key === 'Escape') { ev.preventDefault(); closeViewer(); return; }
+    if (ev.key === 'Escape') {
+      ev.preventDefault();
+      if ($('v-edit-form')) closeMetaEditor(viewer.result); else closeViewer();
+      return;
+    }
     if (ev.key === 'Tab') { trapFocus(ev); return; }
-    if (ev.target.tagName === 'BUTTON') return;
+    if (/^(BUTTON|INPUT|SELECT)$/.test(ev.target.tagName)) return;
     const keys = {
       ArrowLeft: () => { viewer.ox += step; }, ArrowRight: () => { viewer.ox -= step; },
       ArrowUp: () => { viewer.oy += step; }, ArrowDown: () => { viewer.oy -= step; },
@@ -679,7 +687,7 @@ function setupViewerInput() {
 }
 
 function trapFocus(ev) {
-  const items = [...$('viewer').querySelectorAll('button, canvas, [tabindex="0"]')].filter((e) => !e.disabled);
+  const items = [...$('viewer').querySelectorAll('button, canvas, input, select, [tabindex="0"]')].filter((e) => !e.disabled);
   if (!items.length) return;
   const first = items[0];
   const last = items[items.length - 1];
@@ -710,7 +718,153 @@ function renderViewerMeta(r, info) {
     add('Format', info.mime);
     if (info.extra) for (const [k, v] of Object.entries(info.extra)) add(k, v);
   }
-  $('v-meta').replaceChildren(dl);
+  const parts = [dl];
+  if (info && state.writes) {
+    const edit = el('button', 'btn btn-dark v-edit-open', 'Edit details');
+    edit.type = 'button';
+    edit.id = 'v-edit';
+    edit.addEventListener('click', () => openMetaEditor(r));
+    parts.push(edit);
+  }
+  $('v-meta').replaceChildren(...parts);
+}
+
+// ---------- viewer: editing an image's details ----------
+// Saved with PATCH .../metadata, only the fields changed, and the ETag the
+// details were shown with as If-Match: when someone else changed the image
+// meanwhile the server refuses (412) and the page shows what is stored now.
+
+function editField(form, label, id, control) {
+  const wrap = el('label', 'v-edit-field');
+  wrap.htmlFor = id;
+  wrap.append(el('span', null, label));
+  control.id = id;
+  form.append(wrap, control);
+  return control;
+}
+
+function openMetaEditor(r) {
+  const info = viewer.info || {};
+  const form = el('form', 'v-edit');
+  form.id = 'v-edit-form';
+  form.setAttribute('aria-label', 'Edit the details of image ' + r.id);
+  const text = (v) => { const i = el('input'); i.type = 'text'; i.value = v == null ? '' : String(v); return i; };
+  const labels = editField(form, 'Findings (comma-separated, main one first)', 'v-edit-labels',
+    text((info.labels || []).join(', ')));
+  const patient = editField(form, 'Patient', 'v-edit-patient', text(info.patient_id));
+  const age = editField(form, 'Age (years)', 'v-edit-age', text(info.age));
+  age.inputMode = 'numeric';
+  const sex = editField(form, 'Sex', 'v-edit-sex', el('select'));
+  for (const [v, t] of [['', 'unknown'], ['F', 'Female'], ['M', 'Male']]) {
+    const o = el('option', null, t);
+    o.value = v;
+    sex.append(o);
+  }
+  sex.value = info.sex || '';
+  const view = editField(form, 'View', 'v-edit-view', text(info.view));
+  const date = editField(form, 'Study date', 'v-edit-date', text(info.study_date));
+  const problem = el('p', 'error v-edit-error');
+  problem.id = 'v-edit-error';
+  problem.setAttribute('role', 'alert');
+  problem.hidden = true;
+  const buttons = el('div', 'v-edit-buttons');
+  const save = el('button', 'btn btn-primary', 'Save');
+  save.type = 'submit';
+  save.id = 'v-edit-save';
+  const cancel = el('button', 'btn btn-dark', 'Cancel');
+  cancel.type = 'button';
+  cancel.addEventListener('click', () => closeMetaEditor(r));
+  buttons.append(save, cancel);
+  form.append(problem, buttons);
+  form.addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    const fields = { labels: labels.value, patient_id: patient.value, age: age.value, sex: sex.value,
+      view: view.value, study_date: date.value };
+    saveMetaEdit(r, fields, problem, save);
+  });
+  $('v-meta').replaceChildren(form);
+  labels.focus();
+}
+
+// Back to the details as stored, focus on "Edit details" (inside the dialog,
+// so that Escape and Tab keep working).
+function closeMetaEditor(r) {
+  renderViewerMeta(r, viewer.info);
+  if ($('v-edit')) $('v-edit').focus();
+}
+
+// The merge patch of what the form changed, or a message for a bad value.
+function metaPatch(info, fields) {
+  const patch = {};
+  const list = fields.labels.split(',').map((x) => x.trim()).filter((x) => x);
+  if (JSON.stringify(list) !== JSON.stringify(info.labels || [])) patch.labels = list;
+  for (const k of ['patient_id', 'view', 'study_date', 'sex']) {
+    const v = fields[k].trim() || null;
+    if (v !== (info[k] || null)) patch[k] = v;
+  }
+  const a = fields.age.trim();
+  if (a && !/^\d{1,3}$/.test(a)) return { error: 'Age is a whole number of years, or empty when unknown.' };
+  const age = a ? Number(a) : null;
+  if (age !== null && age > 200) return { error: 'Age is at most 200 years.' };
+  if (age !== (info.age === undefined ? null : info.age)) patch.age = age;
+  return { patch };
+}
+
+// The result card of image id in the grid shows r's findings again.
+function refreshCard(r) {
+  const card = document.querySelector(`#grid .card[data-id="${r.id}"]`);
+  if (!card) return;
+  const old = card.querySelector('.card-findings');
+  if (old) old.replaceWith(findingTags(r.labels, 'card-findings'));
+  const meta = card.querySelector('.card-meta');
+  if (meta) meta.replaceChildren(...describe(r).map((b) => el('span', null, b)));
+}
+
+function adoptMetadata(r, doc, etag) {
+  viewer.info = doc;
+  viewer.etag = etag;
+  for (const k of ['labels', 'patient_id', 'age', 'sex', 'view', 'study_date']) r[k] = doc[k];
+  let learned = false;
+  for (const l of doc.labels || []) {
+    if (!state.knownFindings.has(l)) { state.knownFindings.add(l); learned = true; }
+  }
+  if (learned) refreshFindingList();
+  refreshCard(r);
+}
+
+async function saveMetaEdit(r, fields, problem, save) {
+  const { patch, error } = metaPatch(viewer.info || {}, fields);
+  problem.hidden = !error;
+  problem.textContent = error || '';
+  if (error) return;
+  if (!Object.keys(patch).length) { closeMetaEditor(r); return; }
+  save.disabled = true;
+  const headers = { 'Content-Type': 'application/json' };
+  if (viewer.etag) headers['If-Match'] = viewer.etag;
+  try {
+    const res = await api(`/api/images/${r.id}/metadata`, { method: 'PATCH', headers, body: JSON.stringify(patch) });
+    adoptMetadata(r, await res.json(), res.headers.get('ETag'));
+    renderViewerMeta(r, viewer.info);
+    $('v-meta').prepend(el('p', 'v-edit-saved', 'Saved.'));
+    $('v-edit').focus();
+  } catch (err) {
+    save.disabled = false;
+    if (err.status !== 412) {
+      problem.textContent = 'Not saved: ' + explain(err);
+      problem.hidden = false;
+      save.focus(); // disabling it sent the focus out of the dialog
+      return;
+    }
+    // Someone changed the image since its details were shown: show what is
+    // stored now rather than write over a change this user has not seen.
+    try {
+      const res = await api(`/api/images/${r.id}/metadata`);
+      adoptMetadata(r, await res.json(), res.headers.get('ETag'));
+    } catch (_) { /* keep what was shown; the message still says why nothing was saved */ }
+    closeMetaEditor(r);
+    $('v-meta').prepend(el('p', 'error v-edit-error', 'Not saved: someone else changed this image\'s details ' +
+      'since they were shown. These are the details as stored now; make your change again if it is still needed.'));
+  }
 }
 
 async function loadViewerImage(r, signal) {
@@ -756,6 +910,8 @@ async function openViewer(r, opener) {
   viewer.invert = false;
   $('v-invert').setAttribute('aria-pressed', 'false');
   $('viewer-title').textContent = `Image #${r.id}` + (r.original_name ? ` · ${r.original_name}` : '');
+  viewer.info = null;
+  viewer.etag = null;
   renderViewerMeta(r, null);
   $('viewer').hidden = false;
   document.body.style.setProperty('overflow', 'hidden');
@@ -763,11 +919,15 @@ async function openViewer(r, opener) {
   $('v-canvas').focus();
   scheduleDraw();
   try {
-    const [img, info] = await Promise.all([
+    const [img, meta] = await Promise.all([
       loadViewerImage(r, controller.signal),
-      api(`/api/images/${r.id}/metadata`, { signal: controller.signal }).then((x) => x.json()).catch(() => null),
+      api(`/api/images/${r.id}/metadata`, { signal: controller.signal })
+        .then(async (x) => ({ doc: await x.json(), etag: x.headers.get('ETag') })).catch(() => null),
     ]);
     if (controller !== viewer.controller) return;
+    const info = meta && meta.doc;
+    viewer.info = info;
+    viewer.etag = meta && meta.etag;
     viewer.work = img.work;
     viewer.gray = img.gray;
     viewer.w = img.work.width;
