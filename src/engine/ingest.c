@@ -613,6 +613,7 @@ static void slot_finish(pipe_t *p, slot *sl)
         if (it->state == ITEM_DUP) {
             it->res = sl->it[it->dup_of].res;
             it->res.was_new = 0;
+            it->res.meta_updated = 0; /* the first copy's row was the one applied */
         }
         stored += it->state == ITEM_DECODE && it->res.was_new;
         p->src->done(p->src->ctx, it->token, &it->item, &it->res);
