@@ -26,6 +26,8 @@ $vg ./medsearch copy --db "$tmp/c.db" --to "$tmp/copy.db" -q
 # Metadata edits: the CLI's, and a labels file applied to images stored already.
 $vg ./medsearch meta 1 --db "$tmp/c.db" 'labels+=Nodule|Mass' 'labels-=Effusion' age=44 extra.site=w4 'extra-=follow_up'
 $vg ./medsearch meta 1 --db "$tmp/c.db" --json >/dev/null
+$vg ./medsearch meta --filter 'labels:Nodule' --db "$tmp/c.db" 'labels-=nodule' 'labels+=Lung nodule' >/dev/null
+$vg ./medsearch meta --filter 'labels:"Lung nodule"' --db "$tmp/c.db" --json >/dev/null
 $vg ./medsearch ingest --db "$tmp/c.db" --model "$MODEL" --labels "$SHARED/data/nih_cxr14_64px/labels.csv" \
     --update-metadata -q "$tmp/imgs"
 # WebP, JPEG 2000, GIF, HEIC and AVIF of one X-ray (PIL writes the first

@@ -198,7 +198,7 @@ static void print_text(int64_t id, const store_meta *m, int edited, int changed)
         printf("%s\n", changed ? "changed" : "unchanged: the image already had this metadata");
 }
 
-static void print_json(int64_t id, const store_meta *m, int edited, int changed)
+static json_t *meta_json(int64_t id, const store_meta *m)
 {
     json_t *labels = json_array(), *extra = json_object();
     for (int i = 0; i < m->n_labels; i++)
@@ -206,19 +206,45 @@ static void print_json(int64_t id, const store_meta *m, int edited, int changed)
     for (int i = 0; i < m->n_kv; i++)
         json_object_set_new(extra, m->kv[i].key, cli_json_text(m->kv[i].value));
     char sex[2] = {m->sex, 0};
-    json_t *o = json_pack("{s:I, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o}", "id", (json_int_t)id,
-                          "original_name", m->original_name ? cli_json_text(m->original_name) : json_null(),
-                          "patient_id", m->patient_id ? cli_json_text(m->patient_id) : json_null(),
-                          "study_date", m->study_date ? cli_json_text(m->study_date) : json_null(),
-                          "age", m->age >= 0 ? json_integer(m->age) : json_null(),
-                          "sex", m->sex ? json_string(sex) : json_null(),
-                          "view", m->view ? cli_json_text(m->view) : json_null(), "labels", labels,
-                          "extra", extra);
-    if (edited)
-        json_object_set_new(o, "changed", json_boolean(changed));
+    return json_pack("{s:I, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o}", "id", (json_int_t)id,
+                     "original_name", m->original_name ? cli_json_text(m->original_name) : json_null(),
+                     "patient_id", m->patient_id ? cli_json_text(m->patient_id) : json_null(),
+                     "study_date", m->study_date ? cli_json_text(m->study_date) : json_null(),
+                     "age", m->age >= 0 ? json_integer(m->age) : json_null(),
+                     "sex", m->sex ? json_string(sex) : json_null(),
+                     "view", m->view ? cli_json_text(m->view) : json_null(), "labels", labels, "extra", extra);
+}
+
+static void dump_json(json_t *o)
+{
     json_dumpf(o, stdout, JSON_INDENT(2));
     fputc('\n', stdout);
     json_decref(o);
+}
+
+static void print_json(int64_t id, const store_meta *m, int edited, int changed)
+{
+    json_t *o = meta_json(id, m);
+    if (edited)
+        json_object_set_new(o, "changed", json_boolean(changed));
+    dump_json(o);
+}
+
+/* One line of a listing: id, file, patient, age, sex, view, labels. */
+static void print_row(int64_t id, const store_meta *m)
+{
+    char labels[2048], age[8], sex[2] = {m->sex ? m->sex : '-', 0};
+    cli_join_labels(m, labels, sizeof labels);
+    snprintf(age, sizeof age, "%d", m->age);
+    const char *cols[] = {m->original_name, m->patient_id, m->age >= 0 ? age : NULL, sex, m->view, labels};
+    printf("%lld", (long long)id);
+    for (size_t i = 0; i < sizeof cols / sizeof cols[0]; i++) {
+        putchar('\t');
+        const char *v = cols[i] && *cols[i] ? cols[i] : "-";
+        for (; *v; v++)
+            putchar((unsigned char)*v < 0x20 || *v == 0x7f ? '?' : *v);
+    }
+    putchar('\n');
 }
 
 /* ---- the command ---- */
@@ -234,34 +260,114 @@ static int parse_id(const char *s, int64_t *id)
     return 0;
 }
 
+/* One image: shown, or changed and then shown. */
+static int one_image(store *s, int64_t id, meta_changes *ch, int edited, int json, ms_err *err)
+{
+    int changed = 0, rc = 0;
+    if (edited && (rc = store_patch_meta(s, id, &ch->patch, err)) >= 0) {
+        changed = rc == 0;
+        rc = 0;
+    }
+    store_meta m;
+    store_meta_init(&m);
+    if (rc == 0 && (rc = store_get_meta(s, id, &m, err)) == 0)
+        (json ? print_json : print_text)(id, &m, edited, changed);
+    store_meta_free(&m);
+    return rc;
+}
+
+/* Every image a filter matches: listed, or each changed in its own
+ * transaction. The changes are idempotent (set, add, remove), so after an
+ * error the same command finishes the job. */
+static int many_images(store *s, const char *expr, meta_changes *ch, int edited, int json, ms_err *err)
+{
+    store_filter f;
+    int rc = store_filter_parse(expr, &f, err);
+    if (rc)
+        return rc;
+    int64_t *ids = NULL;
+    size_t n = 0, changed = 0, done = 0;
+    rc = store_filter_ids(s, &f, &ids, &n, err);
+    store_filter_free(&f);
+    json_t *list = json && !edited ? json_array() : NULL;
+    for (; rc == 0 && done < n; done++) {
+        store_meta m;
+        store_meta_init(&m);
+        if (edited && (rc = store_patch_meta(s, ids[done], &ch->patch, err)) >= 0) {
+            changed += rc == 0;
+            rc = 0;
+        } else if (!edited && (rc = store_get_meta(s, ids[done], &m, err)) == 0) {
+            if (list)
+                json_array_append_new(list, meta_json(ids[done], &m));
+            else
+                print_row(ids[done], &m);
+        }
+        store_meta_free(&m);
+    }
+    free(ids);
+    if (list)
+        dump_json(list);
+    if (rc == 0 && n == 0) /* as search: finding nothing is exit 1 */
+        rc = ms_err_set(err, MS_ENOTFOUND, "no image matches %s", expr);
+    if (edited && json)
+        dump_json(json_pack("{s:I, s:I, s:I}", "matched", (json_int_t)n, "changed", (json_int_t)changed,
+                            "done", (json_int_t)(rc ? done : n)));
+    else if (edited)
+        printf("%zu images match; %zu changed, %zu had this metadata already%s\n", n, changed,
+               (rc ? done : n) - changed, rc ? " before the error below (run the command again to finish)" : "");
+    return rc;
+}
+
 int cmd_meta(int argc, char **argv)
 {
+    const char *filter = NULL;
+    const cli_option opts[] = {
+        {"filter", 0, CLI_STRING, &filter, "EXPR",
+         "every image this filter matches (search's filter syntax) instead of one ID: listed, or changed", 0, 0},
+        {0},
+    };
     static const cli_command cmd = {
-        "meta", "ID [CHANGE...]",
+        "meta", "ID [CHANGE...] | --filter EXPR [CHANGE...]",
         "Shows the metadata of image ID, or changes it. Each CHANGE is one argument:\n"
         "  FIELD=VALUE      patient_id, study_date, age, sex (M/F), view; empty VALUE: unknown\n"
         "  labels=A|B       replace the labels (labels= : none; the first is the primary finding)\n"
         "  labels+=A|B      add labels;  labels-=A|B  remove labels (case-insensitive)\n"
         "  extra.KEY=VALUE  set a free key/value;  extra-=KEY|KEY  remove keys\n"
         "All changes go in together, in one transaction, or none does. The image's bytes, vector\n"
-        "and first file name never change. Example:\n"
-        "  medsearch meta 17 age=44 sex=F labels+=Nodule labels-=Mass extra.reviewed=yes",
-        CLI_DB | CLI_JSON, NULL, 1, -1};
+        "and first file name never change. With --filter instead of ID, every image the filter\n"
+        "matches is listed (one line each, --json an array), or changed, each in its own transaction.\n"
+        "Examples:\n"
+        "  medsearch meta 17 age=44 sex=F labels+=Nodule labels-=Mass extra.reviewed=yes\n"
+        "  medsearch meta --filter 'labels:Pleural_Thickening' 'labels-=Pleural_Thickening' 'labels+=Pleural thickening'",
+        CLI_DB | CLI_JSON, NULL, 0, -1};
+    cli_command me = cmd;
+    me.options = opts;
     cli_common c;
     char **args;
     int n_args, code;
-    if (!cli_parse(&cmd, argc, argv, &c, &args, &n_args, &code))
+    if (!cli_parse(&me, argc, argv, &c, &args, &n_args, &code))
         return code;
     int64_t id = 0;
+    int first_change = filter ? 0 : 1;
     meta_changes *ch = calloc(1, sizeof *ch);
-    if (parse_id(args[0], &id) != 0) {
+    code = -1;
+    if (!ch) {
+        fprintf(stderr, "medsearch meta: out of memory\n");
+        code = 1;
+    } else if (!filter && n_args == 0) {
+        fprintf(stderr, "medsearch meta: give an image ID, or --filter EXPR\n");
+        cli_usage(&me, stderr);
+        code = EXIT_USAGE;
+    } else if (filter && n_args > 0 && parse_id(args[0], &id) == 0) {
+        fprintf(stderr, "medsearch meta: give an image ID or --filter, not both\n");
+        code = EXIT_USAGE;
+    } else if (!filter && parse_id(args[0], &id) != 0) {
         fprintf(stderr, "medsearch meta: ID is an image id (a whole number from 1), not '%.100s'\n", args[0]);
         code = EXIT_USAGE;
-    } else if (!ch || parse_changes(ch, args + 1, n_args - 1) != 0) {
+    } else if (parse_changes(ch, args + first_change, n_args - first_change) != 0) {
         code = EXIT_USAGE;
-    } else {
-        code = -1;
     }
+    int edited = n_args > first_change;
     free(args);
     engine_options o;
     cli_engine_options(&c, &o);
@@ -269,32 +375,20 @@ int cmd_meta(int argc, char **argv)
         fprintf(stderr, "medsearch meta: no collection at %s (%s)\n", o.db, strerror(errno));
         code = 1;
     }
-    if (code >= 0) {
-        if (ch)
-            free(ch->pieces);
-        free(ch);
-        return code;
-    }
-    int edited = n_args > 1, rc;
-    store *s;
+    store *s = NULL;
     ms_err err = {0};
-    store_meta m;
-    store_meta_init(&m);
-    if ((rc = store_open(o.db, &s, &err)) == 0) {
-        int changed = 0;
-        if (edited && (rc = store_patch_meta(s, id, &ch->patch, &err)) >= 0) {
-            changed = rc == 0;
-            rc = 0;
-        }
-        if (rc == 0 && (rc = store_get_meta(s, id, &m, &err)) == 0)
-            (c.json ? print_json : print_text)(id, &m, edited, changed);
+    int rc = 0;
+    if (code < 0 && (rc = store_open(o.db, &s, &err)) == 0) {
+        rc = filter ? many_images(s, filter, ch, edited, c.json, &err) : one_image(s, id, ch, edited, c.json, &err);
         store_close(s);
     }
-    store_meta_free(&m);
-    free(ch->pieces);
+    if (ch)
+        free(ch->pieces);
     free(ch);
+    if (code >= 0)
+        return code;
     if (rc) {
-        cli_error(&cmd, &err);
+        cli_error(&me, &err);
         return rc == MS_EDB || rc == MS_EIO ? EXIT_ENV : cli_exit_code(rc);
     }
     return 0;

@@ -140,6 +140,7 @@ check "labels, age and extra from the CLI" "d['labels']==['Mass','effusion'] and
     ok "meta --json: unchanged, as stored" || bad "meta --json: $(cat "$WORK/meta.json")"
 "$MEDSEARCH_BIN" meta "$ID" --db "$WORK/c.db" >"$WORK/show.out" 2>&1 && grep -q '^labels  *Mass|effusion$' "$WORK/show.out" &&
     grep -q '^extra.site  *ward4$' "$WORK/show.out" && ok "meta ID shows the metadata" || bad "meta show: $(cat "$WORK/show.out")"
+json_file() { /usr/bin/python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' "$1" "$2" 2>/dev/null; }
 meta_refused() { # EXIT GREP DESCRIPTION ARGS...
     local want=$1 grep_for=$2 desc=$3 rc=0
     shift 3
@@ -158,6 +159,27 @@ meta_refused 1 "no collection at" "a missing collection" 1 --db "$WORK/none.db"
 meta_refused 2 "label 1" "a label over 1024 bytes (the store's limit)" "$ID" --db "$WORK/c.db" "labels=$(printf 'x%.0s' $(seq 1 1100))"
 expect 200 "after the refused CLI edits" "$U"
 check "unchanged" "d['labels']==['Mass','effusion'] and d['age']==61"
+
+# --filter: every image a filter matches, listed or changed (a vocabulary
+# merged across sets), on a copy of the collection
+"$MEDSEARCH_BIN" copy --db "$WORK/c.db" --to "$WORK/bulk.db" -q >/dev/null 2>&1 || bad "copy for the --filter checks"
+NEFF=$(/usr/bin/python3 -c 'import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute("SELECT count(DISTINCT image_id) FROM labels WHERE label_key = ?", ("effusion",)).fetchone()[0])' "$WORK/bulk.db")
+[ "$NEFF" -gt 1 ] && ok "$NEFF images of the copy have Effusion" || bad "only $NEFF images with Effusion"
+"$MEDSEARCH_BIN" meta --db "$WORK/bulk.db" --filter 'labels:effusion' >"$WORK/list.out" 2>&1 &&
+    [ "$(wc -l <"$WORK/list.out")" -eq "$NEFF" ] && [ "$(cut -f7 "$WORK/list.out" | grep -vci effusion)" -eq 0 ] &&
+    ok "meta --filter lists them, one line each" || bad "meta --filter list ($NEFF): $(cat "$WORK/list.out")"
+"$MEDSEARCH_BIN" meta --db "$WORK/bulk.db" --filter 'labels:Effusion' 'labels-=Effusion' 'labels+=Pleural effusion' \
+    --json >"$WORK/bulk.json" 2>&1 &&
+    [ "$(json_file "$WORK/bulk.json" "d['matched']==$NEFF and d['changed']==$NEFF and d['done']==$NEFF")" = True ] &&
+    ok "meta --filter renames a label on every image that has it" || bad "bulk rename: $(cat "$WORK/bulk.json")"
+"$MEDSEARCH_BIN" meta --db "$WORK/bulk.db" --filter 'labels:"Pleural effusion"' --json >"$WORK/list.json" 2>&1 &&
+    [ "$(json_file "$WORK/list.json" "len(d)==$NEFF and all('Pleural effusion' in r['labels'] and not any(l.lower()=='effusion' for l in r['labels']) for r in d)")" = True ] &&
+    ok "--json lists them with the new label" || bad "list --json: $(head -c 300 "$WORK/list.json")"
+meta_refused 1 "no image matches" "a filter that matches nothing" --db "$WORK/bulk.db" --filter 'labels:Effusion' 'labels+=X'
+meta_refused 2 "not both" "an ID and --filter" 3 --db "$WORK/bulk.db" --filter 'labels:Mass'
+meta_refused 2 "bad filter term" "a bad filter" --db "$WORK/bulk.db" --filter 'colour:red'
+meta_refused 2 "give an image ID, or --filter" "neither an ID nor --filter" --db "$WORK/bulk.db"
+"$MEDSEARCH_BIN" check --db "$WORK/bulk.db" >/dev/null 2>&1 && ok "the copy checks sound" || bad "check of the copy"
 
 # ---- the access log and the metrics count edits ----
 grep -qE "access method=PATCH path=\"/api/images/$ID/metadata\" route=metadata status=200 " "$WORK/server.err" &&
