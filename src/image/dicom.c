@@ -30,6 +30,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <libdeflate.h>
+
 #include "image/image.h"
 
 #define UNDEFINED_LENGTH 0xffffffffu
@@ -278,6 +280,8 @@ static bool number_value(const cursor *c, const element *e, double *v)
 
 /* ---- transfer syntaxes ---- */
 
+#define DEFLATED_UID "1.2.840.10008.1.2.1.99"
+
 typedef struct syntax {
     const char *uid;
     const char *name;      /* for messages */
@@ -293,7 +297,7 @@ static const syntax SYNTAXES[] = {
     {"1.2.840.10008.1.2.5", "RLE Lossless", 1, true, false, DICOM_RLE},
     {"1.2.840.10008.1.2.4.50", "JPEG Baseline", 1, true, false, DICOM_JPEG},
     {"1.2.840.10008.1.2.4.51", "JPEG Extended", 1, true, false, DICOM_JPEG},
-    {"1.2.840.10008.1.2.1.99", "Deflated Explicit VR Little Endian", 0, true, false, DICOM_NATIVE},
+    {DEFLATED_UID, "Deflated Explicit VR Little Endian", 1, true, false, DICOM_NATIVE},
     {"1.2.840.10008.1.2.4.57", "JPEG Lossless", 1, true, false, DICOM_JPEG_LOSSLESS},
     {"1.2.840.10008.1.2.4.70", "JPEG Lossless (first-order prediction)", 1, true, false, DICOM_JPEG_LOSSLESS},
     {"1.2.840.10008.1.2.4.80", "JPEG-LS Lossless", 1, true, false, DICOM_JPEG_LS},
@@ -752,7 +756,60 @@ static int check_layout(dicom_image *d, const header_values *h, ms_err *err)
     return 0;
 }
 
-int dicom_parse(const uint8_t *buf, size_t len, dicom_image *d, ms_err *err)
+/* A deflated data set (PS3.5 A.5): everything after the file meta group is
+ * one raw deflate stream (RFC 1951) of an explicit VR little endian data
+ * set, and the cursor moves to its inflated bytes (d->inflated, owned).
+ * The inflated size is written nowhere: the buffer starts at four times the
+ * stream and doubles up to max bytes, so a small file that would inflate
+ * past that (a decompression bomb) is refused having used at most that much
+ * memory. Bytes after the stream's end (padding) are ignored. */
+static int inflate_data_set(const uint8_t *in, size_t in_len, size_t max, dicom_image *d, cursor *c,
+                            ms_err *err)
+{
+    if (max > DICOM_MAX_INFLATED)
+        max = DICOM_MAX_INFLATED;
+    struct libdeflate_decompressor *z = libdeflate_alloc_decompressor();
+    if (!z)
+        return ms_err_set(err, MS_ENOMEM, "no memory to inflate a DICOM data set");
+    size_t cap = in_len < max / 4 ? in_len * 4 : max;
+    if (cap < 65536)
+        cap = max < 65536 ? max : 65536;
+    int rc = 0;
+    for (;;) {
+        free(d->inflated);
+        if (!(d->inflated = malloc(cap))) {
+            rc = ms_err_set(err, MS_ENOMEM, "no memory to inflate a DICOM data set to %zu bytes", cap);
+            break;
+        }
+        size_t used = 0, got = 0;
+        enum libdeflate_result r = libdeflate_deflate_decompress_ex(z, in, in_len, d->inflated, cap, &used, &got);
+        if (r == LIBDEFLATE_SUCCESS) {
+            *c = (cursor){.buf = d->inflated, .end = got, .pos = 0, .explicit_vr = true, .big_endian = false};
+            break;
+        }
+        if (r != LIBDEFLATE_INSUFFICIENT_SPACE) {
+            rc = ms_err_set(err, MS_EFORMAT, "DICOM is corrupt: its deflated data set does not inflate "
+                            "(damaged, cut short, or not deflated)");
+            break;
+        }
+        if (cap >= max) {
+            rc = ms_err_set(err, MS_ETOOBIG, "DICOM's deflated data set inflates to over %zu bytes (%.1f MiB), "
+                            "the limit for an image file", max, (double)max / (1 << 20));
+            break;
+        }
+        cap = cap > max / 2 ? max : cap * 2;
+    }
+    libdeflate_free_decompressor(z);
+    return rc;
+}
+
+void dicom_image_free(dicom_image *d)
+{
+    free(d->inflated);
+    d->inflated = NULL;
+}
+
+int dicom_parse(const uint8_t *buf, size_t len, size_t max_inflated, dicom_image *d, ms_err *err)
 {
     memset(d, 0, sizeof *d);
     d->slope = 1.0;
@@ -764,6 +821,8 @@ int dicom_parse(const uint8_t *buf, size_t len, dicom_image *d, ms_err *err)
     int rc;
     if (kind == DATA_SET_PART10 || kind == DATA_SET_BARE_META) {
         rc = read_meta_group(&c, kind == DATA_SET_PART10 ? 132 : 0, d, err);
+        if (rc == 0 && !strcmp(d->transfer_syntax, DEFLATED_UID))
+            rc = inflate_data_set(buf + c.pos, len - c.pos, max_inflated, d, &c, err);
     } else {
         snprintf(d->transfer_syntax, sizeof d->transfer_syntax, "%s",
                  kind == DATA_SET_BARE_EXPLICIT ? "1.2.840.10008.1.2.1" : "1.2.840.10008.1.2");
@@ -1090,7 +1149,8 @@ int image_dicom_metadata(const void *buf, size_t len, image_dicom_meta *m, ms_er
     memset(m, 0, sizeof *m);
     m->age = -1;
     dicom_image d;
-    int rc = dicom_parse(buf, len, &d, err);
+    int rc = dicom_parse(buf, len, image_default_limits().max_bytes, &d, err);
+    dicom_image_free(&d); /* the attributes below are copies */
     if (rc)
         return rc;
     memcpy(m->patient_id, d.patient_id, sizeof m->patient_id);

@@ -7,12 +7,14 @@
  *
  * What is read:
  *   - transfer syntaxes: implicit VR little endian, explicit VR little and
- *     big endian (native pixels), RLE Lossless (decoded here), JPEG
+ *     big endian (native pixels), the deflated data set of Deflated
+ *     Explicit VR Little Endian (inflated here with libdeflate, within the
+ *     caller's bound), RLE Lossless (decoded here), JPEG
  *     Lossless (process 14, jpeg_lossless.c), JPEG 2000 (OpenJPEG) and
  *     JPEG-LS (CharLS; both dicom_codecs.c), and JPEG Baseline / Extended
  *     (process 1 and 2/4: image.c hands an 8-bit frame's bytes to libjpeg
- *     through libvips and decodes a 12-bit one with jpeg_dct.c). Deflated
- *     data sets, High-Throughput JPEG 2000 and video are refused by name;
+ *     through libvips and decodes a 12-bit one with jpeg_dct.c).
+ *     High-Throughput JPEG 2000 and video are refused by name;
  *   - pixels: 1 sample (MONOCHROME1, MONOCHROME2) of 8 or 16 bits
  *     allocated, any bits stored up to that with any high bit, unsigned or
  *     two's complement; or 3 samples (RGB, YBR_FULL, and YBR_FULL_422 /
@@ -32,9 +34,10 @@
  * before its value is read, every loop advances, sequences nest at most
  * DICOM_MAX_DEPTH deep, and the frame's size comes from Rows, Columns and
  * the sample layout, never from a length field, so a lying header can only
- * give an error. Nothing here allocates except dicom_frame_bytes and
- * dicom_rle_decode's output, both bounded by the frame size the caller
- * has checked against its pixel limit.
+ * give an error. Nothing here allocates except a deflated data set's
+ * inflated copy (bounded by the caller), dicom_frame_bytes and
+ * dicom_rle_decode's output, the last two bounded by the frame size the
+ * caller has checked against its pixel limit.
  */
 #ifndef MS_IMAGE_DICOM_H
 #define MS_IMAGE_DICOM_H
@@ -45,6 +48,7 @@
 #include "util/err.h"
 
 #define DICOM_MAX_DEPTH 16
+#define DICOM_MAX_INFLATED (256u << 20)  /* bytes a deflated data set may ever inflate to */
 
 typedef enum { DICOM_NATIVE = 0, DICOM_RLE, DICOM_JPEG, DICOM_JPEG_LOSSLESS, DICOM_J2K, DICOM_JPEG_LS } dicom_encoding;
 
@@ -94,6 +98,9 @@ typedef struct dicom_image {
      * printable ASCII only (a value with other bytes is left out). */
     char patient_id[65], patient_sex[17], patient_age[17], view_position[17];
     char study_date[17], modality[17], body_part[17];
+    /* A deflated data set's inflated bytes (malloc'd; the pointers above
+     * point into them), or NULL. Released by dicom_image_free. */
+    uint8_t *inflated;
 } dicom_image;
 
 /* True when buf is a Part 10 file ("DICM" after the preamble), or starts
@@ -103,11 +110,22 @@ int dicom_sniff(const uint8_t *buf, size_t len);
 
 /* Reads the file's header and the attributes above; finds the pixel data
  * and checks it against the image attributes (a native frame must be
- * there in full). Decodes nothing. d points into buf afterwards.
+ * there in full). Decodes nothing but a deflated data set, which may
+ * inflate to at most max_inflated bytes (and never past
+ * DICOM_MAX_INFLATED): a decompression bomb costs at most that much
+ * memory. d points into buf afterwards, or into its own inflated copy of
+ * the data set: call dicom_image_free(d) when done with it, after an error
+ * too.
  * Returns 0, MS_EFORMAT (corrupt, truncated, attributes missing or
- * contradicting each other) or MS_EUNSUPPORTED (a transfer syntax,
- * photometric interpretation or sample layout not listed above). */
-int dicom_parse(const uint8_t *buf, size_t len, dicom_image *d, ms_err *err);
+ * contradicting each other, a deflated data set that does not inflate),
+ * MS_ETOOBIG (one that inflates past the bound), MS_ENOMEM or
+ * MS_EUNSUPPORTED (a transfer syntax, photometric interpretation or
+ * sample layout not listed above). */
+int dicom_parse(const uint8_t *buf, size_t len, size_t max_inflated, dicom_image *d, ms_err *err);
+
+/* Releases what dicom_parse allocated (the inflated data set); d's
+ * pointers are invalid afterwards. Safe to call twice. */
+void dicom_image_free(dicom_image *d);
 
 /* Bytes of one native frame: rows x cols x samples x bits_allocated / 8. */
 size_t dicom_frame_size(const dicom_image *d);

@@ -626,13 +626,11 @@ static int dicom_frame_gray8(pipeline *pl, const dicom_image *d, const uint8_t *
  * JPEG 2000 frame at least 4x larger than want_w x want_h is decoded 1 to
  * 3 resolution levels down, as a large JPEG file is decoded at 1/2 to 1/8
  * scale, leaving at least twice the wanted size for the resize. */
-static int decode_dicom_gray8(const void *buf, size_t len, const image_info *info, int want_w, int want_h,
-                              pipeline *pl, ms_err *err)
+static int decode_parsed_dicom(const dicom_image *dp, const image_info *info, int want_w, int want_h, pipeline *pl,
+                               ms_err *err)
 {
-    dicom_image d;
-    int rc = dicom_parse(buf, len, &d, err);
-    if (rc)
-        return rc;
+    dicom_image d = *dp;
+    int rc;
     if (d.encoding == DICOM_NATIVE)
         return dicom_frame_gray8(pl, &d, d.pixel_data, 0, d.cols, d.rows, err);
     uint8_t *frame = NULL, *raw = NULL;
@@ -679,6 +677,18 @@ static int decode_dicom_gray8(const void *buf, size_t len, const image_info *inf
         rc = dicom_frame_gray8(pl, &d, raw, 1, w, h, err);
     free(raw);
     free(frame);
+    return rc;
+}
+
+static int decode_dicom_gray8(const void *buf, size_t len, const image_info *info, int want_w, int want_h,
+                              pipeline *pl, ms_err *err)
+{
+    dicom_image d;
+    /* image_probe has held a deflated data set to the caller's file size limit */
+    int rc = dicom_parse(buf, len, DICOM_MAX_INFLATED, &d, err);
+    if (rc == 0)
+        rc = decode_parsed_dicom(&d, info, want_w, want_h, pl, err);
+    dicom_image_free(&d);
     return rc;
 }
 

@@ -168,8 +168,8 @@ image_format image_sniff(const void *buf, size_t len);
  * MS_ETOOBIG (so the caller can report the size). bands counts alpha, and a
  * palette or tRNS transparency as the channels they decode to.
  * Returns 0, or MS_EINVAL (buf NULL with len > 0), MS_EFORMAT (empty,
- * unknown or corrupt), MS_EUNSUPPORTED (CMYK, RGB TIFF, a deflated or
- * High-Throughput JPEG 2000 DICOM, ...), MS_ENOTIMAGE (a DICOM file
+ * unknown or corrupt), MS_EUNSUPPORTED (CMYK, RGB TIFF, a High-Throughput
+ * JPEG 2000 DICOM, ...), MS_ENOTIMAGE (a DICOM file
  * without Pixel Data: a DICOMDIR, a report), MS_ETOOBIG (over a limit). */
 int image_probe(const void *buf, size_t len, const image_limits *lim,
                 image_info *info, ms_err *err);

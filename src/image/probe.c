@@ -826,10 +826,13 @@ static void format_mpx(char *out, size_t n, uint64_t pixels)
 
 /* ---- DICOM ---- */
 
-static int probe_dicom(const uint8_t *p, size_t len, image_info *info, ms_err *err)
+/* A deflated data set may inflate to the size limit of a file: what the
+ * same DICOM file would be allowed uncompressed. */
+static int probe_dicom(const uint8_t *p, size_t len, const image_limits *lim, image_info *info, ms_err *err)
 {
     dicom_image d;
-    int rc = dicom_parse(p, len, &d, err);
+    int rc = dicom_parse(p, len, lim->max_bytes, &d, err);
+    dicom_image_free(&d);
     if (rc)
         return rc;
     info->width = d.cols;
@@ -871,7 +874,7 @@ int image_probe(const void *buf, size_t len, const image_limits *lim, image_info
     case IMAGE_PNG: rc = probe_png(p, len, info, err); break;
     case IMAGE_JPEG: rc = probe_jpeg(p, len, info, err); break;
     case IMAGE_TIFF: rc = probe_tiff(p, len, info, err); break;
-    case IMAGE_DICOM: rc = probe_dicom(p, len, info, err); break;
+    case IMAGE_DICOM: rc = probe_dicom(p, len, lim, info, err); break;
     case IMAGE_WEBP: rc = probe_webp(p, len, info, err); break;
     case IMAGE_JP2: rc = probe_jp2(p, len, info, err); break;
     case IMAGE_J2K: rc = probe_j2k_codestream(p, len, info, err); break;

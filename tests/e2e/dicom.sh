@@ -19,6 +19,10 @@
 #  - JPEG 2000 and JPEG-LS written by GDCM's gdcmconv: lossless ones give
 #    the gray levels of the uncompressed file, lossy ones those of GDCM's
 #    own decompression;
+#  - Deflated Explicit VR Little Endian written by dcmconv +td (every
+#    native case of dicom_cases.py, and the shared radiograph) gives the
+#    gray levels of the uncompressed file; a file that names the deflated
+#    syntax without being deflated is refused as corrupt;
 #  - data sets without the Part 10 wrapper (dcmconv -F, implicit and
 #    explicit VR; a file without its preamble) give the same gray levels
 #    and are ingested from a folder by content;
@@ -28,8 +32,8 @@
 #    labels file says nothing, keeps what it says, and stores modality and
 #    body part as key/values; the original bytes come back as stored;
 #  - the JPEG and the uncompressed copy of the same radiograph find each
-#    other with a score of 1; a compressed syntax MedSearch does not decode
-#    is refused by name.
+#    other with a score of 1; a file cut short, and one that names the
+#    deflated syntax without being deflated, are refused saying why.
 set -u
 BIN=${MEDSEARCH_BIN:?MEDSEARCH_BIN is not set (tests/run.sh sets it)}
 SHARED=${MEDSEARCH_SHARED:-}
@@ -210,12 +214,29 @@ dcmcjpeg +el +sv 5 +pt 3 "$T/cases/mono16_explicit.dcm" "$T/jl_pt.dcm" && dcmdjp
     reference_gray "$T/jl_pt_raw.dcm" "$T/jl_pt.gray" &&
     same_gray jpeg_lossless_point_transform "$T/jl_pt.dcm" "$T/jl_pt.gray" 48
 
-echo "== refused by name"
-LC_ALL=C sed 's/1\.2\.840\.10008\.1\.2\.4\.50/1.2.840.10008.1.2.1.99/' "$DCM/siim_cxr_pa_jpegbaseline.dcm" >"$T/deflated.dcm"
+echo "== Deflated Explicit VR Little Endian written by dcmtk: the gray levels of the uncompressed files"
+n=0
+while IFS=$'\t' read -r name rows cols; do
+    [ "$rows" = "$cols" ] || continue
+    case $name in rle* | jpeg*) continue ;; esac # encapsulated pixels are not deflated
+    dcmconv +td "$T/cases/$name.dcm" "$T/deflated_$name.dcm" 2>/dev/null || continue
+    same_gray "deflated_$name" "$T/deflated_$name.dcm" "$T/cases/$name.gray" "$rows"
+    n=$((n + 1))
+done <"$T/cases/cases.tsv"
+[ "$n" -ge 5 ] || fail "only $n cases could be deflated by dcmconv"
+echo "deflated: $n cases"
+dcmconv +td "$DCM/siim_cxr_pa_uncompressed_evrle.dcm" "$T/deflated.dcm" || fail "dcmconv +td"
+"$BIN" embed --model "$MODEL" --dump-input "$T/inflated.in" "$T/deflated.dcm" >/dev/null 2>"$T/df.err" &&
+    "$BIN" embed --model "$MODEL" --dump-input "$T/plain.in" "$DCM/siim_cxr_pa_uncompressed_evrle.dcm" >/dev/null 2>&1 &&
+    cmp -s "$T/inflated.in" "$T/plain.in" || fail "the deflated radiograph: $(cat "$T/df.err")"
+[ "$(stat -c %s "$T/deflated.dcm")" -lt 700000 ] || fail "dcmconv +td did not deflate the radiograph"
+
+echo "== refused, saying why"
+LC_ALL=C sed 's/1\.2\.840\.10008\.1\.2\.4\.50/1.2.840.10008.1.2.1.99/' "$DCM/siim_cxr_pa_jpegbaseline.dcm" >"$T/fake_deflated.dcm"
 rc=0
-"$BIN" embed --model "$MODEL" "$T/deflated.dcm" >/dev/null 2>"$T/ll.err" || rc=$?
-[ "$rc" -eq 1 ] && grep -q "Deflated Explicit VR Little Endian transfer syntax (1.2.840.10008.1.2.1.99) is not supported" "$T/ll.err" ||
-    fail "deflated: exit $rc, $(cat "$T/ll.err")"
+"$BIN" embed --model "$MODEL" "$T/fake_deflated.dcm" >/dev/null 2>"$T/ll.err" || rc=$?
+[ "$rc" -eq 1 ] && grep -q "DICOM is corrupt: its deflated data set does not inflate" "$T/ll.err" ||
+    fail "a data set that names the deflated syntax without being deflated: exit $rc, $(cat "$T/ll.err")"
 head -c 2000 "$DCM/siim_cxr_pa_uncompressed_evrle.dcm" >"$T/cut.dcm"
 rc=0
 "$BIN" embed --model "$MODEL" "$T/cut.dcm" >/dev/null 2>"$T/cut.err" || rc=$?

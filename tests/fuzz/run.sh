@@ -144,6 +144,9 @@ EOF
       # data sets without the Part 10 wrapper, implicit and explicit VR
       dcmconv -F +ti "$dir/mono8.dcm" "$dir/bare_implicit" 2>/dev/null || true
       dcmconv -F +te "$dir/mono16_explicit.dcm" "$dir/bare_explicit" 2>/dev/null || true
+      # deflated data sets (Deflated Explicit VR Little Endian)
+      dcmconv +td "$dir/voi_lut.dcm" "$dir/deflated_voi_lut.dcm" 2>/dev/null || true
+      dcmconv +td "$dir/rgb.dcm" "$dir/deflated_rgb.dcm" 2>/dev/null || true
       # their frames as standalone .jpg files (lossless and 12-bit JPEG)
       "$PY" - "$dir" <<'EOF' 2>/dev/null || true
 import sys, pydicom
