@@ -175,17 +175,22 @@ expect 400 "no body at all" -X POST "$URL/api/search"
 if [ -f "$DATA/dicom/siim_cxr_pa_jpegbaseline.dcm" ]; then
     expect 200 "DICOM upload (application/dicom)" -H "Content-Type: application/dicom" --data-binary "@$DATA/dicom/siim_cxr_pa_jpegbaseline.dcm" "$URL/api/search"
     check "a DICOM query gets results" 'd["count"]>0'
-    # The same file declaring a deflated data set (a UID of the same length): a
-    # well-formed DICOM whose pixels MedSearch does not decode.
-    LC_ALL=C sed 's/1\.2\.840\.10008\.1\.2\.4\.50/1.2.840.10008.1.2.1.99/' "$DATA/dicom/siim_cxr_pa_jpegbaseline.dcm" >"$WORK/deflated.dcm"
-    expect 415 "DICOM upload of a deflated data set (well-formed, unsupported)" -H "Content-Type: application/octet-stream" --data-binary "@$WORK/deflated.dcm" "$URL/api/search"
-    check "415 names the transfer syntax" '"Deflated" in d["error"]["message"]'
+    # The same file declaring a transfer syntax MedSearch does not decode (the
+    # retired JPEG Extended of processes 3 and 5, a UID of the same length): a
+    # well-formed DICOM whose pixels it does not read.
+    LC_ALL=C sed 's/1\.2\.840\.10008\.1\.2\.4\.50/1.2.840.10008.1.2.4.52/' "$DATA/dicom/siim_cxr_pa_jpegbaseline.dcm" >"$WORK/unsupported.dcm"
+    expect 415 "DICOM upload of a syntax MedSearch does not read (well-formed, unsupported)" -H "Content-Type: application/octet-stream" --data-binary "@$WORK/unsupported.dcm" "$URL/api/search"
+    check "415 names the transfer syntax" '"1.2.840.10008.1.2.4.52" in d["error"]["message"]'
+    # ... or a deflated data set while its data set is not deflated: corrupt.
+    LC_ALL=C sed 's/1\.2\.840\.10008\.1\.2\.4\.50/1.2.840.10008.1.2.1.99/' "$DATA/dicom/siim_cxr_pa_jpegbaseline.dcm" >"$WORK/fake_deflated.dcm"
+    expect 400 "DICOM upload declaring a deflated data set that is not" -H "Content-Type: application/dicom" --data-binary "@$WORK/fake_deflated.dcm" "$URL/api/search"
+    check "400 says it does not inflate" '"deflated data set does not inflate" in d["error"]["message"]'
     # What the page shows for a query it cannot display itself.
     expect 200 "POST /api/preview of a DICOM" -H "Content-Type: application/dicom" \
         --data-binary "@$DATA/dicom/siim_cxr_pa_jpegbaseline.dcm" "$URL/api/preview?size=300"
     [ "$(header Content-Type)" = image/png ] && [ "$(png_size)" = 300x300 ] && [ "$(header Cache-Control)" = no-store ] &&
         ok "the preview is a 300x300 PNG, not cached" || bad "preview: $(header Content-Type) $(png_size) $(header Cache-Control)"
-    expect 415 "preview of a deflated DICOM" -H "Content-Type: application/dicom" --data-binary "@$WORK/deflated.dcm" "$URL/api/preview"
+    expect 415 "preview of a DICOM of a syntax MedSearch does not read" -H "Content-Type: application/dicom" --data-binary "@$WORK/unsupported.dcm" "$URL/api/preview"
     # A DICOM file that holds no image: the file meta of a DICOMDIR (Media
     # Storage Directory) and one element of its data set.
     { head -c 128 /dev/zero
