@@ -22,6 +22,7 @@
 
 #include "cli/cli.h"
 #include "cli/common.h"
+#include "util/text.h"
 
 #define MAX_PARTS STORE_MAX_LABELS  /* labels or keys named by one argument */
 
@@ -32,15 +33,6 @@ typedef struct meta_changes {
     store_kv kv[STORE_MAX_KV];
     char *pieces;                 /* the split copies of '|' lists (owned) */
 } meta_changes;
-
-/* Plain text without control characters: what a field may hold. */
-static int text_ok(const char *s)
-{
-    for (; *s; s++)
-        if ((unsigned char)*s < 0x20 || *s == 0x7f)
-            return 0;
-    return 1;
-}
 
 /* Splits a '|' list (a copy kept in c->pieces) into out, which has room
  * for room entries; empty pieces are skipped. Returns the count, or -1 when
@@ -99,8 +91,8 @@ static int parse_change(meta_changes *c, const char *arg, size_t *used)
     const char *eq = strchr(arg, '=');
     if (!eq || eq == arg)
         return bad_change(arg, "a change is FIELD=VALUE, labels+=A|B, labels-=A|B or extra-=KEY");
-    if (!text_ok(arg))
-        return bad_change(arg, "it has control characters");
+    if (!ms_text_is_printable(arg, strlen(arg)))
+        return bad_change(arg, "it has control characters or bytes that are not UTF-8");
     char op = eq[-1] == '+' || eq[-1] == '-' ? eq[-1] : 0;
     size_t name_len = (size_t)(eq - arg) - (op != 0);
     const char *value = eq + 1;
@@ -163,14 +155,20 @@ static int parse_changes(meta_changes *c, char **args, int n)
 
 /* ---- output ---- */
 
-/* Stored text on a terminal: control characters shown as '?'. */
+/* Stored text on a terminal, made printable (util/text.h); "-" for unknown.
+ * The longest is a joined label list (4,096 bytes) and the result is never
+ * longer than the text. */
+static void put_text(const char *s)
+{
+    char shown[4096];
+    fputs(s && *s ? ms_text_printable(shown, sizeof shown, s) : "-", stdout);
+}
+
 static void print_field(const char *name, const char *value)
 {
-    printf("%-11s ", name);
-    if (!value || !*value)
-        value = "-";
-    for (; *value; value++)
-        putchar((unsigned char)*value < 0x20 || *value == 0x7f ? '?' : *value);
+    char shown[128];
+    printf("%-11s ", ms_text_printable(shown, sizeof shown, name));
+    put_text(value);
     putchar('\n');
 }
 
@@ -240,9 +238,7 @@ static void print_row(int64_t id, const store_meta *m)
     printf("%lld", (long long)id);
     for (size_t i = 0; i < sizeof cols / sizeof cols[0]; i++) {
         putchar('\t');
-        const char *v = cols[i] && *cols[i] ? cols[i] : "-";
-        for (; *v; v++)
-            putchar((unsigned char)*v < 0x20 || *v == 0x7f ? '?' : *v);
+        put_text(cols[i]);
     }
     putchar('\n');
 }

@@ -180,6 +180,17 @@ meta_refused 2 "not both" "an ID and --filter" 3 --db "$WORK/bulk.db" --filter '
 meta_refused 2 "bad filter term" "a bad filter" --db "$WORK/bulk.db" --filter 'colour:red'
 meta_refused 2 "give an image ID, or --filter" "neither an ID nor --filter" --db "$WORK/bulk.db"
 "$MEDSEARCH_BIN" check --db "$WORK/bulk.db" >/dev/null 2>&1 && ok "the copy checks sound" || bad "check of the copy"
+# Stored text that would act on a terminal (an ESC sequence, a C1 CSI) is
+# shown as '?', in the table of one image and in a listing.
+/usr/bin/python3 -c 'import sqlite3,sys
+c = sqlite3.connect(sys.argv[1]); i = int(sys.argv[2])
+c.execute("INSERT INTO kv (image_id, key, value) VALUES (?, ?, ?)", (i, "k\x1b[31m", "v\u009b2J"))
+c.execute("UPDATE metadata SET patient_id = ? WHERE image_id = ?", ("P\x1b]0;x\x07", i)); c.commit()' "$WORK/bulk.db" "$ID"
+"$MEDSEARCH_BIN" meta "$ID" --db "$WORK/bulk.db" >"$WORK/raw.out" 2>&1
+"$MEDSEARCH_BIN" meta --filter 'labels:Mass' --db "$WORK/bulk.db" >>"$WORK/raw.out" 2>&1
+! LC_ALL=C grep -q $'\x1b\|\xc2\x9b\|\x07' "$WORK/raw.out" && grep -q '^extra.k?\[31m  *v?2J$' "$WORK/raw.out" &&
+    grep -q "^$ID	[^	]*	P?]0;x?	" "$WORK/raw.out" &&
+    ok "control characters in stored text are shown as '?'" || bad "terminal text: $(cat -v "$WORK/raw.out")"
 
 # ---- the access log and the metrics count edits ----
 grep -qE "access method=PATCH path=\"/api/images/$ID/metadata\" route=metadata status=200 " "$WORK/server.err" &&
