@@ -586,7 +586,8 @@ int store_get_meta(store *s, int64_t id, store_meta *meta, ms_err *err)
 }
 
 /* What the backend calls inside its transaction: the caller's edit, then
- * the checks every stored metadata passes, then "did anything change". */
+ * the checks every stored metadata passes, then "did anything change":
+ * 0 to write, 1 when nothing changed, or the first error. */
 typedef struct edit_call {
     store_meta_edit_fn edit;
     void *ctx;
@@ -605,9 +606,7 @@ static int checked_edit(void *arg, store_meta *m, ms_err *err)
     if ((rc = c->edit(c->ctx, m, err)) == 0 && (rc = check_meta(m, who, err)) == 0)
         rc = store_meta_same(&before, m);
     store_meta_free(&before);
-    if (rc > 0)
-        return 1;
-    return rc < 0 ? rc : 0;
+    return rc;
 }
 
 int store_edit_meta(store *s, int64_t id, store_meta_edit_fn edit, void *ctx, ms_err *err)
