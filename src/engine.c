@@ -183,14 +183,14 @@ int engine_need_model(const engine *e, ms_err *err)
     return 0;
 }
 
-int engine_prepare(engine *e, const uint8_t *bytes, size_t len, float **input,
-                   image_info *info, ms_err *err)
+int engine_prepare(engine *e, const uint8_t *bytes, size_t len, const image_region *region,
+                   image_rect *used, float **input, image_info *info, ms_err *err)
 {
     const image_prep *prep = model_prep(e->m);
     float *buf = malloc((size_t)3 * (size_t)prep->size * (size_t)prep->size * sizeof(float));
     if (!buf)
         return ms_err_set(err, MS_ENOMEM, "no memory for a prepared image");
-    int rc = image_prepare(bytes, len, &e->opt.limits, prep, buf, info, err);
+    int rc = image_prepare_region(bytes, len, &e->opt.limits, prep, region, buf, info, used, err);
     if (rc) {
         free(buf);
         return rc;

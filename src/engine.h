@@ -189,6 +189,12 @@ typedef struct engine_query {
                                   ENGINE_QE_COLLECTION = the collection's default */
     int ef;                    /* HNSW efSearch override, 0 = default */
     int exclude_self;          /* by_id: leave the query image out */
+    const image_region *region;/* search with this part of the image only
+                                  (NULL: all of it); with by_id the stored
+                                  image is decoded and embedded again, which
+                                  needs the model */
+    image_rect *region_used;   /* with region, when not NULL: receives the
+                                  region in pixels of the image as shown */
 } engine_query;
 
 typedef struct engine_result {
@@ -202,7 +208,9 @@ typedef struct engine_timing {
 } engine_timing;
 
 /* Returns 0 or MS_EFORMAT/MS_EUNSUPPORTED/MS_ENOTIMAGE/MS_ETOOBIG (bad
- * image), MS_EINVAL (bad k), MS_ENOTFOUND (by_id absent), MS_EBUSY (queue full). */
+ * image), MS_EINVAL (bad k, a region outside the image, a region of a
+ * stored image without the model), MS_ENOTFOUND (by_id absent), MS_EBUSY
+ * (queue full). */
 int engine_search(engine *e, const engine_query *q, engine_result **res, int *n,
                   engine_timing *t, ms_err *err);
 /* Search with a ready vector (dim floats, L2-normalised, as the model makes

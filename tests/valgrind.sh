@@ -18,6 +18,8 @@ q=$(ls "$tmp"/imgs/*.png | head -1)
 $vg ./medsearch search --db "$tmp/c.db" --model "$MODEL" -k 3 "$q"
 $vg ./medsearch qe 2 --db "$tmp/c.db"
 $vg ./medsearch search --db "$tmp/c.db" --model "$MODEL" -k 3 --json "$q" >/dev/null
+$vg ./medsearch search --db "$tmp/c.db" --model "$MODEL" -k 3 --region 10%,5,50%,40 "$q"
+$vg ./medsearch search --db "$tmp/c.db" --model "$MODEL" -k 3 --region 0,0,25%,25% --id 2 --json >/dev/null
 $vg ./medsearch eval --db "$tmp/c.db" --rule any --tune --apply -q
 $vg ./medsearch eval --db "$tmp/c.db" --model "$MODEL" --rule any --tune --vectors --apply -q
 $vg ./medsearch check --db "$tmp/c.db"

@@ -26,8 +26,8 @@ static json_t *result_json(const engine_result *r, int rank)
                      "sex", m->sex ? sex : NULL, "view", m->view, "study_date", m->study_date, "extra", extra);
 }
 
-static void print_json(const char *query, int k, int qe, const engine_result *res, int n, const engine_timing *t,
-                       double open_ms)
+static void print_json(const char *query, int k, int qe, const image_rect *region, const engine_result *res, int n,
+                       const engine_timing *t, double open_ms)
 {
     json_t *arr = json_array();
     for (int i = 0; i < n; i++)
@@ -35,6 +35,9 @@ static void print_json(const char *query, int k, int qe, const engine_result *re
     json_t *o = json_pack("{s:o, s:i, s:i, s:o, s:{s:f, s:f, s:f, s:f, s:f, s:f}}", "query", cli_json_text(query), "k", k, "qe",
                           qe, "results", arr, "timing_ms", "open", open_ms, "decode", t->decode_ms, "embed",
                           t->embed_ms, "index", t->index_ms, "store", t->store_ms, "total", t->total_ms);
+    if (region)
+        json_object_set_new(o, "region", json_pack("{s:i, s:i, s:i, s:i}", "x", region->x, "y", region->y, "width",
+                                                   region->width, "height", region->height));
     json_dumpf(o, stdout, JSON_INDENT(2));
     fputc('\n', stdout);
     json_decref(o);
@@ -86,7 +89,7 @@ static void print_table(const engine_result *res, int n, int qe)
 int cmd_search(int argc, char **argv)
 {
     int k = 10, one_per_patient = 0, qe = ENGINE_QE_COLLECTION, ef = 0, verbose = 0, by_id = 0;
-    const char *filter_expr = NULL, *exclude_patient = NULL;
+    const char *filter_expr = NULL, *exclude_patient = NULL, *region_text = NULL;
     const cli_option opts[] = {
         {"k", 'k', CLI_INT, &k, "N", "number of results (default 10)", 1, 1000},
         {"filter", 'f', CLI_STRING, &filter_expr, "EXPR",
@@ -100,6 +103,8 @@ int cmd_search(int argc, char **argv)
         {"ef", 0, CLI_INT, &ef, "N", "HNSW search breadth (default: the index's)", 1, 100000},
         {"id", 0, CLI_INT, &by_id, "ID", "search with a stored image instead of a file (it is left out)", 1,
          2147483647},
+        {"region", 0, CLI_STRING, &region_text, "X,Y,W,H",
+         "search with this part of the image: pixels of the image as shown, or percentages (10%,0,80%,50%)", 0, 0},
         {"verbose", 'v', CLI_FLAG, &verbose, NULL, "print the timing breakdown and how the index was opened", 0, 0},
         {0},
     };
@@ -125,6 +130,11 @@ int cmd_search(int argc, char **argv)
     free(args);
 
     ms_err err = {0};
+    image_region region;
+    if (region_text && image_region_parse(region_text, &region, &err) != 0) {
+        cli_error(&me, &err);
+        return EXIT_USAGE;
+    }
     store_filter filter;
     store_filter_init(&filter);
     int have_filter = 0;
@@ -159,7 +169,7 @@ int cmd_search(int argc, char **argv)
     /* A stored image is searched with its stored vector: nothing is embedded, so
      * the model is not needed (nor loaded) unless --model names one to check
      * against the collection's. */
-    if (by_id && !c.model)
+    if (by_id && !c.model && !region_text)
         o.no_model = 1;
     if (image && cli_read_file(image, o.limits.max_bytes, &bytes, &len, &err) != 0) {
         fprintf(stderr, "medsearch search: %s: %s\n", image, err.msg);
@@ -176,6 +186,11 @@ int cmd_search(int argc, char **argv)
     }
     engine_query q = {.bytes = bytes, .len = len, .by_id = by_id, .k = k, .filter = have_filter ? &filter : NULL,
                       .one_per_patient = one_per_patient, .qe = qe, .ef = ef, .exclude_self = by_id > 0};
+    image_rect used = {0};
+    if (region_text) {
+        q.region = &region;
+        q.region_used = &used;
+    }
     engine_result *res = NULL;
     int n = 0;
     engine_timing t;
@@ -189,9 +204,13 @@ int cmd_search(int argc, char **argv)
         char label[32];
         snprintf(label, sizeof label, "id %d", by_id);
         if (c.json)
-            print_json(image ? image : label, k, engine_resolve_qe(e, qe), res, n, &t, rep.open_ms);
+            print_json(image ? image : label, k, engine_resolve_qe(e, qe), region_text ? &used : NULL, res, n, &t,
+                       rep.open_ms);
         else
             print_table(res, n, engine_resolve_qe(e, qe));
+        if (region_text && !c.json)
+            printf("region: x %d, y %d, %dx%d pixels of the image as shown\n", used.x, used.y, used.width,
+                   used.height);
         if (verbose)
             fprintf(stderr,
                     "query expansion: %d; timing: open %.1f ms (model %.1f, index %.1f); search: decode %.1f, "

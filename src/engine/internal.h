@@ -129,9 +129,11 @@ void engine_pool_put(engine *e, store *s);
 void engine_write_begin(engine *e, store *s);
 void engine_write_end(engine *e, store *s, int changed);
 int engine_need_model(const engine *e, ms_err *err);
-/* Caller's thread: decode+prepare one image into a malloc'd input. */
-int engine_prepare(engine *e, const uint8_t *bytes, size_t len, float **input,
-                   image_info *info, ms_err *err);
+/* Caller's thread: decode+prepare one image, or the region of it (NULL:
+ * all of it; used receives it in pixels when not NULL), into a malloc'd
+ * input. */
+int engine_prepare(engine *e, const uint8_t *bytes, size_t len, const image_region *region,
+                   image_rect *used, float **input, image_info *info, ms_err *err);
 
 /* Fills a fresh index from every stored vector, centred (engine.c). */
 int engine_index_rebuild(engine *e, store *s, ms_err *err);

@@ -273,37 +273,68 @@ int engine_embed(engine *e, const uint8_t *bytes, size_t len, float *vec, ms_err
     if (rc)
         return rc;
     float *input;
-    if ((rc = engine_prepare(e, bytes, len, &input, NULL, err)) != 0)
+    if ((rc = engine_prepare(e, bytes, len, NULL, NULL, &input, NULL, err)) != 0)
         return rc;
     rc = embed_input(e, input, vec, err);
     free(input);
     return rc;
 }
 
+/* The centred vector of the image in bytes, or of q's region of it. */
+static int embed_query(engine *e, const uint8_t *bytes, size_t len, const engine_query *q, float *vec,
+                       engine_timing *t, ms_err *err)
+{
+    int rc = engine_need_model(e, err);
+    if (rc)
+        return rc;
+    uint64_t t0 = ms_now_ns();
+    float *input;
+    rc = engine_prepare(e, bytes, len, q->region, q->region ? q->region_used : NULL, &input, NULL, err);
+    t->decode_ms += ms_elapsed_ms(t0);
+    if (rc)
+        return rc;
+    t0 = ms_now_ns();
+    rc = embed_input(e, input, vec, err);
+    t->embed_ms = ms_elapsed_ms(t0);
+    free(input);
+    if (rc == 0)
+        engine_center_apply(e, vec, 1);
+    return rc;
+}
+
+/* A region of a stored image: its bytes are read back and embedded again
+ * (the index holds the whole image's vector only). */
+static int embed_stored_region(engine *e, const engine_query *q, float *vec, engine_timing *t, ms_err *err)
+{
+    int rc = engine_need_model(e, err);
+    if (rc)
+        return rc;
+    uint64_t t0 = ms_now_ns();
+    store *s;
+    if ((rc = engine_store_acquire(e, &s, err)) != 0)
+        return rc;
+    uint8_t *bytes = NULL;
+    size_t len = 0;
+    char mime[32];
+    rc = store_get_image(s, q->by_id, &bytes, &len, mime, err);
+    engine_store_release(e, s);
+    t->decode_ms = ms_elapsed_ms(t0);
+    if (rc == 0)
+        rc = embed_query(e, bytes, len, q, vec, t, err);
+    free(bytes);
+    return rc;
+}
+
 /* The query's vector in index space (centred): from the image bytes, or the
- * stored image's as the index holds it. */
+ * stored image's as the index holds it, or a region of either embedded. */
 static int query_vector(engine *e, const engine_query *q, float *vec, engine_timing *t, ms_err *err)
 {
-    if (q->bytes) {
-        int rc = engine_need_model(e, err);
-        if (rc)
-            return rc;
-        uint64_t t0 = ms_now_ns();
-        float *input;
-        rc = engine_prepare(e, q->bytes, q->len, &input, NULL, err);
-        t->decode_ms = ms_elapsed_ms(t0);
-        if (rc)
-            return rc;
-        t0 = ms_now_ns();
-        rc = embed_input(e, input, vec, err);
-        t->embed_ms = ms_elapsed_ms(t0);
-        free(input);
-        if (rc == 0)
-            engine_center_apply(e, vec, 1);
-        return rc;
-    }
+    if (q->bytes)
+        return embed_query(e, q->bytes, q->len, q, vec, t, err);
     if (q->by_id <= 0)
         return ms_err_set(err, MS_EINVAL, "a search needs an image or a stored image's id");
+    if (q->region)
+        return embed_stored_region(e, q, vec, t, err);
     if (e->ix && index_get(e->ix, q->by_id, vec) == 0)
         return 0; /* centred already, as everything in the index */
     return ms_err_set(err, MS_ENOTFOUND, "no image with id %lld", (long long)q->by_id);

@@ -259,8 +259,10 @@ static json_t *timing_to_json(const engine_timing *t, double server_ms)
 
 /* ---- search and similar ---- */
 
-/* Fills the parts of an engine_query that come from parameters. */
-static int query_params(const api_ctx *c, const http_request *r, engine_query *q, ms_err *err)
+/* Fills the parts of an engine_query that come from parameters; a region
+ * is read into *region, which q then points to. */
+static int query_params(const api_ctx *c, const http_request *r, engine_query *q, image_region *region,
+                        ms_err *err)
 {
     long v;
     const char *s;
@@ -284,14 +286,28 @@ static int query_params(const api_ctx *c, const http_request *r, engine_query *q
     }
     if ((s = req_param(r, "one_per_patient")) && parse_bool(s, &q->one_per_patient))
         return ms_err_set(err, MS_EINVAL, "one_per_patient must be true or false");
+    if ((s = req_param(r, "region")) && *s) {
+        if (image_region_parse(s, region, err))
+            return MS_EINVAL;
+        q->region = region;
+    }
     return 0;
+}
+
+static json_t *rect_to_json(const image_rect *rect)
+{
+    return json_pack("{s:i,s:i,s:i,s:i}", "x", rect->x, "y", rect->y, "width", rect->width, "height",
+                     rect->height);
 }
 
 static void run_search(api_ctx *c, const http_request *r, http_reply *rep, engine_query *q)
 {
     uint64_t t0 = ms_now_ns();
     ms_err err = {0};
-    if (query_params(c, r, q, &err)) {
+    image_region region;
+    image_rect used = {0};
+    q->region_used = &used;
+    if (query_params(c, r, q, &region, &err)) {
         reply_error(rep, 400, "invalid_argument", "%s", err.msg);
         return;
     }
@@ -325,6 +341,8 @@ static void run_search(api_ctx *c, const http_request *r, http_reply *rep, engin
     json_object_set_new(doc, "qe", json_integer(engine_resolve_qe(c->eng, q->qe)));
     if (q->by_id)
         json_object_set_new(doc, "query_id", json_integer(q->by_id));
+    if (q->region)
+        json_object_set_new(doc, "region", rect_to_json(&used));
     json_object_set_new(doc, "count", json_integer(n));
     json_object_set_new(doc, "results", list);
     json_object_set_new(doc, "timing_ms", timing_to_json(&t, ms_elapsed_ms(t0)));

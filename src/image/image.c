@@ -879,15 +879,51 @@ static int normalise_last(pipeline *pl, const image_prep *prep, float *out, ms_e
     return 0;
 }
 
-int image_prepare_timed(const void *buf, size_t len, const image_limits *lim, const image_prep *prep, float *out,
-                        image_info *info, image_timing *t, ms_err *err)
+/* Cuts rect (in pixels of the image as shown, shown_w x shown_h) out of the
+ * last image of pl, the 8-bit gray image in memory, as a new last image. The
+ * gray image is smaller than shown when a JPEG or JPEG 2000 was decoded
+ * reduced: the rectangle is scaled to it, its edges moved outwards to whole
+ * pixels. */
+static int cut_region(pipeline *pl, const image_rect *rect, int shown_w, int shown_h, ms_err *err)
 {
-    image_info local;
-    if (!info)
-        info = &local;
-    image_timing tlocal;
-    if (!t)
-        t = &tlocal;
+    VipsImage *in = pipe_last(pl);
+    const uint8_t *src = vips_image_get_data(in);
+    if (!src || in->Bands != 1 || in->BandFmt != VIPS_FORMAT_UCHAR)
+        return ms_err_set(err, MS_EINTERNAL, "the gray image to cut a region from is not 8-bit gray in memory");
+    int64_t w = in->Xsize, h = in->Ysize;
+    int x0 = (int)(rect->x * w / shown_w), y0 = (int)(rect->y * h / shown_h);
+    int x1 = (int)(((rect->x + (int64_t)rect->width) * w + shown_w - 1) / shown_w);
+    int y1 = (int)(((rect->y + (int64_t)rect->height) * h + shown_h - 1) / shown_h);
+    x1 = x1 > w ? (int)w : x1 <= x0 ? x0 + 1 : x1;
+    y1 = y1 > h ? (int)h : y1 <= y0 ? y0 + 1 : y1;
+    if (x0 == 0 && y0 == 0 && x1 == w && y1 == h)
+        return 0;
+    uint8_t *out = pipe_gray8(pl, x1 - x0, y1 - y0);
+    if (!out)
+        return vips_failed(err, MS_ENOMEM, "no memory for the region");
+    size_t stride = VIPS_IMAGE_SIZEOF_LINE(in), row = (size_t)(x1 - x0);
+    for (int y = y0; y < y1; y++)
+        memcpy(out + (size_t)(y - y0) * row, src + (size_t)y * stride + (size_t)x0, row);
+    return 0;
+}
+
+/* The size to decode for: the input size, or, for a region, what makes the
+ * region that size (so that a JPEG is not decoded too reduced for it). */
+static void decode_size_for(const image_info *info, const image_rect *rect, int size, int *want_w, int *want_h)
+{
+    *want_w = *want_h = size;
+    if (!rect)
+        return;
+    int w, h;
+    image_info_shown_size(info, &w, &h);
+    *want_w = (int)(((int64_t)size * w + rect->width - 1) / rect->width);
+    *want_h = (int)(((int64_t)size * h + rect->height - 1) / rect->height);
+}
+
+static int prepare(const void *buf, size_t len, const image_limits *lim, const image_prep *prep,
+                   const image_region *region, float *out, image_info *info, image_rect *used, image_timing *t,
+                   ms_err *err)
+{
     memset(t, 0, sizeof *t);
     int rc = need_init(err);
     if (!rc)
@@ -896,10 +932,21 @@ int image_prepare_timed(const void *buf, size_t len, const image_limits *lim, co
         rc = image_probe(buf, len, lim, info, err);
     if (rc)
         return rc;
+    int shown_w, shown_h;
+    image_info_shown_size(info, &shown_w, &shown_h);
+    image_rect rect = {0, 0, shown_w, shown_h};
+    if (region && (rc = image_region_resolve(region, shown_w, shown_h, &rect, err)) != 0)
+        return rc;
+    if (used)
+        *used = rect;
 
     pipeline pl = {0};
+    int want_w, want_h;
+    decode_size_for(info, region ? &rect : NULL, prep->size, &want_w, &want_h);
     uint64_t t0 = ms_now_ns();
-    rc = decode_gray8(buf, len, info, prep->size, prep->size, &pl, err);
+    rc = decode_gray8(buf, len, info, want_w, want_h, &pl, err);
+    if (!rc && region)
+        rc = cut_region(&pl, &rect, shown_w, shown_h, err);
     uint64_t t1 = ms_now_ns();
     if (!rc)
         rc = resize_exact(&pl, prep->size, prep->size, err);
@@ -914,10 +961,26 @@ int image_prepare_timed(const void *buf, size_t len, const image_limits *lim, co
     return rc;
 }
 
+int image_prepare_timed(const void *buf, size_t len, const image_limits *lim, const image_prep *prep, float *out,
+                        image_info *info, image_timing *t, ms_err *err)
+{
+    image_info local;
+    image_timing tlocal;
+    return prepare(buf, len, lim, prep, NULL, out, info ? info : &local, NULL, t ? t : &tlocal, err);
+}
+
 int image_prepare(const void *buf, size_t len, const image_limits *lim, const image_prep *prep, float *out,
                   image_info *info, ms_err *err)
 {
     return image_prepare_timed(buf, len, lim, prep, out, info, NULL, err);
+}
+
+int image_prepare_region(const void *buf, size_t len, const image_limits *lim, const image_prep *prep,
+                         const image_region *region, float *out, image_info *info, image_rect *used, ms_err *err)
+{
+    image_info local;
+    image_timing t;
+    return prepare(buf, len, lim, prep, region, out, info ? info : &local, used, &t, err);
 }
 
 static int check_thumb_args(int longest_side, thumb_format fmt, ms_err *err)

@@ -56,7 +56,8 @@
  *      8-bit gray (round half up). A DICOM image instead goes through its
  *      own display pipeline (rescale, VOI window or LUT, or its value range
  *      without either; MONOCHROME1 inverted; dicom_gray8 in dicom.h);
- *   4. resize the whole image (no crop, aspect not kept) to size x size:
+ *   4. resize the whole image (aspect not kept; or only the region asked
+ *      for, image_prepare_region) to size x size:
  *      Lanczos3 on each reducing axis (a true antialiasing low-pass filter
  *      over all source pixels; reductions beyond 8x are done in steps of at
  *      most 8x; our own code with exactly libvips 8.14's pixels),
@@ -174,6 +175,46 @@ image_format image_sniff(const void *buf, size_t len);
 int image_probe(const void *buf, size_t len, const image_limits *lim,
                 image_info *info, ms_err *err);
 
+/* ---- a region of the image instead of the whole ----
+ *
+ * A query can name the part of its X-ray to search with (one lung, the
+ * film inside a photo of a light box, a screenshot without its viewer's
+ * frame): the rectangle is cut from the 8-bit gray image as shown (step 3,
+ * after the orientation), and only it is resized to the model's input in
+ * step 4, so that the region fills the input as a whole image would. Each
+ * of its four numbers is in pixels of the image as shown, or a percentage
+ * of the shown width (x, width) or height (y, height). */
+typedef struct image_region {
+    double value[4];          /* x, y, width, height */
+    unsigned char percent[4]; /* 1: value[i] is a percentage, 0: pixels */
+} image_region;
+
+/* A rectangle in pixels of the image as shown. */
+typedef struct image_rect {
+    int x, y, width, height;
+} image_rect;
+
+/* Longest region text image_region_parse reads. */
+#define IMAGE_REGION_TEXT_MAX 128
+
+/* Reads "X,Y,W,H": four values separated by commas (spaces around them
+ * allowed), each a whole number of pixels (0 to 1,000,000,000) or a
+ * decimal percentage followed by '%' (0 to 100); width and height above
+ * zero; a percentage x + width (y + height) at most 100. "10%,0,80%,50%"
+ * mixes both. Returns 0, or MS_EINVAL with a message naming what is
+ * wrong. */
+int image_region_parse(const char *text, image_region *r, ms_err *err);
+
+/* The region in pixels of an image shown w x h. A percentage becomes
+ * pixels by rounding its edges to the nearest pixel (edge = value * size /
+ * 100); a rectangle that rounds to nothing keeps one pixel. Returns 0, or
+ * MS_EINVAL when the rectangle does not lie inside the image (its message
+ * gives the image's size). */
+int image_region_resolve(const image_region *r, int w, int h, image_rect *rect, ms_err *err);
+
+/* "x,y,width,height" in pixels into buf (at least 48 bytes), for reports. */
+void image_rect_format(const image_rect *rect, char *buf, size_t n);
+
 /* Decodes and prepares one image into out[3 * size * size] (NCHW, caller's
  * buffer, written only on success). lim NULL means the defaults; info, when
  * not NULL, receives the probe result. Returns 0 or a negative code as
@@ -183,6 +224,17 @@ int image_probe(const void *buf, size_t len, const image_limits *lim,
 int image_prepare(const void *buf, size_t len, const image_limits *lim,
                   const image_prep *prep, float *out, image_info *info,
                   ms_err *err);
+
+/* image_prepare of a region of the image (region NULL: the whole image, as
+ * image_prepare). used, when not NULL, receives the region in pixels of the
+ * image as shown (the whole image when region is NULL). A large JPEG or
+ * JPEG 2000 is decoded reduced only as far as the region keeps at least
+ * twice the input size. Returns what image_prepare returns; MS_EINVAL also
+ * when the region does not lie inside the image. */
+int image_prepare_region(const void *buf, size_t len, const image_limits *lim,
+                         const image_prep *prep, const image_region *region,
+                         float *out, image_info *info, image_rect *used,
+                         ms_err *err);
 
 /* image_prepare, also filling t (when not NULL) with the time of each
  * stage in nanoseconds, for the benchmark: decode = load + gray + 8-bit into

@@ -541,6 +541,8 @@ static void write_seeds(const char *dir)
                     "&view=PA&one_per_patient=1&include_self=1\n\n", 0},
         {"similar_filter", "GET\n/api/images/5/similar?filter=labels:%22No%20Finding%22%20age:30-50%20site=A%26E"
                            "&exclude_patient=P1&ef=50&labels_all=Effusion,Mass\n\n", 0},
+        {"similar_region", "GET\n/api/images/4/similar?k=5&region=2,3,10,8\n\n", 0},
+        {"similar_region_percent", "GET\n/api/images/6/similar?region=10%25,0%25,50.5%25,99.99%25\n\n", 0},
         {"delete", "DELETE\n/api/images/6\n\n", 1},
         {"delete_no_token", "DELETE\n/api/images/7\n\n", 2},
         {"form_no_image", "POST\n/api/search\nContent-Type: application/x-www-form-urlencoded\n\nk=3&qe=1", 0},
@@ -555,6 +557,8 @@ static void write_seeds(const char *dir)
     size_t len;
     uint8_t *jpeg = synthetic_jpeg(N_IMAGES + 1, &len);
     write_seed(dir, "search_raw", 0, "POST\n/api/search?k=3&patient=P2\nContent-Type: image/jpeg\n\n", jpeg, len);
+    write_seed(dir, "search_raw_region", 0, "POST\n/api/search?k=3&region=0,0,50%25,16\nContent-Type: image/jpeg\n\n",
+               jpeg, len);
     write_seed(dir, "search_raw_small_cap", 8 | 1, "POST\n/api/search?k=3\nContent-Type: image/jpeg\n\n", jpeg, len);
     uint8_t over[5000]; /* over the second server's 4 KiB cap: 413 */
     for (size_t i = 0; i < sizeof over; i++)
@@ -564,7 +568,8 @@ static void write_seeds(const char *dir)
                "POST\n/api/images?patient_id=P9&age=44&sex=F&view=PA&labels=Effusion|Mass&meta.site=x\n"
                "Content-Type: application/octet-stream\n\n",
                jpeg, len);
-    static const char *const search_fields[] = {"k", "4", "labels_all", "Effusion|Mass", "qe", "0", NULL};
+    static const char *const search_fields[] = {"k", "4", "labels_all", "Effusion|Mass", "qe", "0", "region",
+                                                "1,1,14,14", NULL};
     write_multipart_seed(dir, "search_multipart", 0, "/api/search", search_fields, jpeg, len);
     static const char *const ingest_fields[] = {"patient_id", "P-77", "age", "44", "sex", "F", "view", "AP",
                                                 "labels", "Effusion|Mass", "study_date", "2020-03-01",

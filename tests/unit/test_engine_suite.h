@@ -16,6 +16,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -273,6 +274,52 @@ static void test_by_id_and_qe(void **state)
     assert_int_equal(engine_search(fx->e, &q, &res, &n, NULL, &err), 0);
     assert_int_equal(res[0].id, fx->ids[7]);
     engine_results_free(res, n);
+
+    /* A region of the stored image: its bytes embedded again. All of it is
+     * the stored vector (to the model's rounding); part of it is the same
+     * region of the file, and the region used comes back in pixels. */
+    image_region all, part;
+    assert_int_equal(image_region_parse("0%,0%,100%,100%", &all, &err), 0);
+    assert_int_equal(image_region_parse("10%,0,50%,60%", &part, &err), 0);
+    image_rect used = {0};
+    engine_query whole = {.by_id = fx->ids[7], .k = 3, .region = &all, .region_used = &used};
+    engine_result *rw;
+    int nw;
+    assert_int_equal(engine_search(fx->e, &whole, &rw, &nw, NULL, &err), 0);
+    assert_int_equal(engine_search(fx->e, &q, &res, &n, NULL, &err), 0);
+    assert_int_equal(nw, 3);
+    for (int j = 0; j < nw; j++) {
+        assert_true(rw[j].id == res[j].id);
+        assert_true(fabsf(rw[j].score - res[j].score) < 1e-4f);
+    }
+    image_info shown;
+    assert_int_equal(image_probe(G.s[7].bytes, G.s[7].len, NULL, &shown, &err), 0);
+    assert_true(used.x == 0 && used.y == 0 && used.width == shown.width && used.height == shown.height);
+    engine_results_free(rw, nw);
+    engine_results_free(res, n);
+    engine_query by_id_part = {.by_id = fx->ids[7], .k = 5, .region = &part, .region_used = &used};
+    engine_query file_part = {.bytes = G.s[7].bytes, .len = G.s[7].len, .k = 6, .region = &part};
+    assert_int_equal(engine_search(fx->e, &by_id_part, &rw, &nw, NULL, &err), 0);
+    assert_int_equal(engine_search(fx->e, &file_part, &res, &n, NULL, &err), 0);
+    assert_int_equal(used.x, (int)floor(shown.width * 0.1 + 0.5));
+    assert_int_equal(used.width, (int)floor(shown.width * 0.6 + 0.5) - used.x);
+    assert_int_equal(used.y, 0);
+    assert_int_equal(used.height, (int)floor(shown.height * 0.6 + 0.5));
+    for (int j = 0, i = 0; j < nw; j++, i++) {
+        if (res[i].id == fx->ids[7])
+            i++; /* the file's own image, which by_id leaves out */
+        assert_true(rw[j].id == res[i].id && rw[j].score == res[i].score);
+    }
+    assert_true(rw[0].score < 0.99f); /* a part is not the whole */
+    engine_results_free(rw, nw);
+    engine_results_free(res, n);
+    image_region outside;
+    assert_int_equal(image_region_parse("0,0,100000,1", &outside, &err), 0);
+    by_id_part.region = &outside;
+    assert_int_equal(engine_search(fx->e, &by_id_part, &rw, &nw, NULL, &err), MS_EINVAL);
+    assert_non_null(strstr(err.msg, "does not lie inside"));
+    by_id_part = (engine_query){.by_id = 987654321, .k = 1, .region = &part};
+    assert_int_equal(engine_search(fx->e, &by_id_part, &rw, &nw, NULL, &err), MS_ENOTFOUND);
 
     /* QE by hand: the same as searching with the averaged vector */
     float v[2048], w[2048];
@@ -769,6 +816,12 @@ static void test_no_model_open(void **state)
     engine_results_free(res, n);
     q = (engine_query){.bytes = G.s[1].bytes, .len = G.s[1].len, .k = 1};
     assert_int_equal(engine_search(fx->e, &q, &res, &n, NULL, &err), MS_EINVAL);
+    /* nor a region of a stored image: that is embedded again */
+    image_region half;
+    assert_int_equal(image_region_parse("0,0,50%,50%", &half, &err), 0);
+    q = (engine_query){.by_id = fx->ids[1], .k = 1, .region = &half};
+    assert_int_equal(engine_search(fx->e, &q, &res, &n, NULL, &err), MS_EINVAL);
+    assert_non_null(strstr(err.msg, "without a model"));
     engine_item it = {G.s[1].bytes, G.s[1].len, NULL, 0};
     engine_item_result r;
     assert_int_equal(engine_ingest_batch(fx->e, &it, 1, &r, &err), MS_EINVAL);
@@ -795,7 +848,7 @@ static void test_dynamic_batching(void **state)
     float *out = malloc(4 * (size_t)dim * sizeof(float)), *bulk_out = malloc(8 * (size_t)dim * sizeof(float));
     for (int i = 0; i < 4; i++) {
         float *x;
-        assert_int_equal(engine_prepare(e, G.s[i].bytes, G.s[i].len, &x, NULL, &err), 0);
+        assert_int_equal(engine_prepare(e, G.s[i].bytes, G.s[i].len, NULL, NULL, &x, NULL, &err), 0);
         memcpy(in + (size_t)i * per, x, per * sizeof(float));
         memcpy(in + (size_t)(i + 4) * per, x, per * sizeof(float));
         free(x);
