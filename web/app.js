@@ -31,6 +31,7 @@ const state = {
   qeTop: QE_TOP,        // neighbours the query-expansion toggle uses
   qeTouched: false,     // the user set the toggle: the collection's default no longer moves it
   writes: false,        // the server takes writes (it has a token): details can be edited
+  region: '',           // the part of the query to search with ('x,y,w,h', pixels or %), '' = all of it
 };
 
 // ---------- API ----------
@@ -232,6 +233,7 @@ function acceptFile(file) {
     return;
   }
   state.query = { kind: 'file', file, name: file.name };
+  setRegion('');
   showQueryPreview(file);
   $('drop-empty').hidden = true;
   $('query-caption').textContent = `${file.name} · ${(file.size / 1024).toFixed(0)} KB`;
@@ -240,6 +242,7 @@ function acceptFile(file) {
 
 async function queryById(id, name) {
   state.query = { kind: 'id', id, name };
+  setRegion('');
   const preview = $('query-preview');
   $('drop-empty').hidden = true;
   preview.hidden = false;
@@ -263,11 +266,16 @@ function setupDropzone() {
       return;
     }
     preview.hidden = true;
+    $('region-row').hidden = true;
     $('drop-empty').hidden = false;
   });
   const input = $('file-input');
-  zone.addEventListener('click', () => input.click());
+  // The click that ends a drawn region is not a request for another file.
+  zone.addEventListener('click', () => {
+    if (!region.drawing && performance.now() - region.drewAt > 400) input.click();
+  });
   zone.addEventListener('keydown', (ev) => {
+    if (region.drawing && ev.key === 'Escape') { ev.preventDefault(); setDrawing(false); return; }
     if (ev.key === 'Enter' || ev.key === ' ') { ev.preventDefault(); input.click(); }
   });
   input.addEventListener('change', () => { acceptFile(input.files[0]); input.value = ''; });
@@ -302,6 +310,7 @@ function params() {
   if (min) p.set('age_min', min);
   if (max) p.set('age_max', max);
   if ($('filter-one-per-patient').checked) p.set('one_per_patient', '1');
+  if (state.region) p.set('region', state.region);
   return p;
 }
 
@@ -384,6 +393,111 @@ function setupFilters() {
     runSearch();
   });
   refreshFindingList();
+}
+
+// ---------- region: search with part of the query image ----------
+
+// The region is sent as the server reads it (docs/api.md, "region"): drawn on
+// the preview it is in percentages of the image as shown, which hold whatever
+// the preview's resolution (the server's rendering of a DICOM is smaller than
+// the file). A typed region may also be in pixels.
+const region = { drawing: false, start: null, drewAt: 0 };
+
+// Where the preview's picture lies inside its element (object-fit: contain
+// leaves bars), in client pixels; null before it has loaded.
+function pictureBox() {
+  const img = $('query-preview');
+  const r = img.getBoundingClientRect();
+  const nw = img.naturalWidth, nh = img.naturalHeight;
+  if (img.hidden || !nw || !nh || !r.width || !r.height) return null;
+  const s = Math.min(r.width / nw, r.height / nh);
+  const w = nw * s, h = nh * s;
+  return { left: r.left + (r.width - w) / 2, top: r.top + (r.height - h) / 2, width: w, height: h };
+}
+
+// Percentages of a region made only of percentages, else null (a pixel
+// region cannot be drawn without the full image's size).
+function regionPercents(text) {
+  const parts = text.split(',').map((v) => v.trim());
+  if (parts.length !== 4 || !parts.every((v) => /^\d+(\.\d+)?%$/.test(v))) return null;
+  return parts.map((v) => parseFloat(v));
+}
+
+function drawRegionBox(pct) {
+  const box = $('region-box');
+  const pic = pictureBox();
+  if (!pct || !pic) { box.hidden = true; return; }
+  const zone = $('dropzone').getBoundingClientRect();
+  box.style.left = (pic.left - zone.left + pic.width * pct[0] / 100) + 'px';
+  box.style.top = (pic.top - zone.top + pic.height * pct[1] / 100) + 'px';
+  box.style.width = (pic.width * pct[2] / 100) + 'px';
+  box.style.height = (pic.height * pct[3] / 100) + 'px';
+  box.hidden = false;
+}
+
+function setRegion(text) {
+  state.region = text;
+  $('region-input').value = text;
+  $('region-clear').hidden = !text;
+  drawRegionBox(regionPercents(text));
+}
+
+function setDrawing(on) {
+  region.drawing = on;
+  region.start = null;
+  $('dropzone').classList.toggle('drawing', on);
+  $('region-draw').setAttribute('aria-pressed', on ? 'true' : 'false');
+  $('region-draw').textContent = on ? 'Drag over the image…' : 'Select region';
+  if (!on) drawRegionBox(regionPercents(state.region));
+}
+
+// A point of the picture in hundredths of a percent (0..10000), clamped to it.
+function toHundredths(pic, x, y) {
+  const f = (v) => Math.max(0, Math.min(10000, Math.round(v * 10000)));
+  return [f((x - pic.left) / pic.width), f((y - pic.top) / pic.height)];
+}
+
+function setupRegion() {
+  const zone = $('dropzone');
+  $('region-draw').addEventListener('click', () => setDrawing(!region.drawing));
+  $('region-clear').addEventListener('click', () => { setRegion(''); runSearch(); });
+  $('region-input').addEventListener('change', () => {
+    setRegion($('region-input').value.trim());
+    runSearch();
+  });
+  zone.addEventListener('pointerdown', (ev) => {
+    const pic = pictureBox();
+    if (!region.drawing || !pic || ev.button !== 0) return;
+    ev.preventDefault();
+    zone.setPointerCapture(ev.pointerId);
+    region.start = toHundredths(pic, ev.clientX, ev.clientY);
+  });
+  const rectTo = (ev) => {
+    const pic = pictureBox();
+    if (!pic || !region.start) return null;
+    const [x1, y1] = toHundredths(pic, ev.clientX, ev.clientY);
+    const [x0, y0] = region.start;
+    return [Math.min(x0, x1), Math.min(y0, y1), Math.abs(x1 - x0), Math.abs(y1 - y0)];
+  };
+  zone.addEventListener('pointermove', (ev) => {
+    const r = rectTo(ev);
+    if (r) drawRegionBox(r.map((v) => v / 100));
+  });
+  zone.addEventListener('pointerup', (ev) => {
+    const r = rectTo(ev);
+    if (region.start) region.drewAt = performance.now();
+    setDrawing(false);
+    // A click, or a sliver under 2% of a side, is not a region.
+    if (!r || r[2] < 200 || r[3] < 200) return;
+    setRegion(r.map((v) => (v / 100).toFixed(2) + '%').join(','));
+    runSearch();
+  });
+  window.addEventListener('resize', () => drawRegionBox(regionPercents(state.region)));
+  $('query-preview').draggable = false; // a drag draws the region instead
+  $('query-preview').addEventListener('load', () => {
+    $('region-row').hidden = false;
+    drawRegionBox(regionPercents(state.region));
+  });
 }
 
 // ---------- search and results ----------
@@ -503,6 +617,10 @@ function renderResults(data) {
   const parts = [];
   // With query expansion a score is the similarity to the expanded query, not to the upload.
   if (data.qe > 0) parts.push(`scores against the query expanded with its top ${data.qe}`);
+  if (data.region) {
+    const g = data.region;
+    parts.push(`region ${g.width} × ${g.height} px at ${g.x}, ${g.y}`);
+  }
   if (t.server !== undefined) parts.push(`${Math.round(t.server)} ms`);
   if (t.embed) parts.push(`model ${Math.round(t.embed)} ms`);
   frag.append(document.createTextNode(parts.length ? ' · ' + parts.join(' · ') : ''));
@@ -957,6 +1075,7 @@ function closeViewer() {
 function main() {
   const openToken = setupToken();
   setupDropzone();
+  setupRegion();
   setupFilters();
   setupViewerInput();
   loadCollectionInfo(openToken);

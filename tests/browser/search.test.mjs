@@ -225,6 +225,28 @@ im.save(sys.argv[2], sys.argv[3], **({"quality": 90} if sys.argv[3] == "WEBP" el
   if (r.status !== 0) throw new Error(`writing ${dst} with PIL failed: ${r.stderr}`);
 }
 
+// Where the query preview's picture lies on the page (object-fit: contain
+// leaves bars), in page pixels.
+async function previewPicture(page) {
+  return await page.evaluate(() => {
+    const img = document.getElementById('query-preview');
+    const r = img.getBoundingClientRect();
+    const s = Math.min(r.width / img.naturalWidth, r.height / img.naturalHeight);
+    const w = img.naturalWidth * s, h = img.naturalHeight * s;
+    return { x: r.left + (r.width - w) / 2, y: r.top + (r.height - h) / 2, w, h };
+  });
+}
+
+// A mouse drag over the picture from one point to another, each given as
+// fractions of its width and height.
+async function dragOver(page, pic, from, to) {
+  await page.mouse.move(pic.x + pic.w * from[0], pic.y + pic.h * from[1]);
+  await page.mouse.down();
+  await page.mouse.move(pic.x + pic.w * (from[0] + to[0]) / 2, pic.y + pic.h * (from[1] + to[1]) / 2, { steps: 4 });
+  await page.mouse.move(pic.x + pic.w * to[0], pic.y + pic.h * to[1], { steps: 4 });
+  await page.mouse.up();
+}
+
 // Uploads file as the query; the page must show it as the server renders it
 // (POST /api/preview), width pixels wide. Returns the result cards.
 async function queryShownAsRendered(page, file, width) {
@@ -652,6 +674,90 @@ try {
   list = await cards(page);
   check(list.length > 0 && list[0].id === editedId && list.every((c) => c.tags.includes('Nodule')),
     `the Nodule filter finds the edited image first (${list.slice(0, 3).map((c) => c.id).join(', ')})`);
+
+  // 15. Searching with a region of the query. "Select region", then a drag
+  // over the preview: the search sends the rectangle in percentages of the
+  // image, its results are what the API gives for that region, the box stays
+  // drawn and the status line gives it in pixels; the drag opens no file
+  // chooser. A typed region outside the image is refused with the image's
+  // size; "Whole image" searches with all of it again.
+  await page.click('#clear-filters');
+  await waitForResults(page);
+  searched = page.waitForRequest((r) => r.url().includes('/api/search'));
+  await page.setInputFiles('#file-input', queryImage);
+  await searched;
+  await waitForResults(page);
+  await page.waitForSelector('#region-row:not([hidden])');
+  check(await page.inputValue('#region-input') === '', 'a new query starts with the whole image');
+  const stateBeforeRegion = (await cards(page)).map((c) => c.id).join();
+  let choosers = 0;
+  page.on('filechooser', () => { choosers++; });
+  await page.click('#region-draw');
+  check(await page.getAttribute('#region-draw', 'aria-pressed') === 'true', 'Select region waits for a drag');
+  const pic = await previewPicture(page);
+  searched = page.waitForRequest((r) => r.url().includes('/api/search'));
+  const answered = page.waitForResponse((r) => r.url().includes('/api/search'));
+  await dragOver(page, pic, [0.25, 0.2], [0.75, 0.7]);
+  const sentRegion = new URL((await searched).url()).searchParams.get('region') || '';
+  const pct = sentRegion.split(',').map((v) => parseFloat(v));
+  check(/^(\d+\.\d\d%,){3}\d+\.\d\d%$/.test(sentRegion) && Math.abs(pct[0] - 25) < 1 && Math.abs(pct[1] - 20) < 1 &&
+    Math.abs(pct[2] - 50) < 1 && Math.abs(pct[3] - 50) < 1, `the drag sends its rectangle in percentages (${sentRegion})`);
+  const regionAnswer = await (await answered).json();
+  await waitForResults(page);
+  list = await cards(page);
+  const regionDirect = await (await apiAs(`/api/search?k=${list.length}&qe=${regionAnswer.qe}&region=${encodeURIComponent(sentRegion)}`,
+    { method: 'POST', headers: { 'Content-Type': 'image/png' }, body: fs.readFileSync(queryImage) })).json();
+  check(regionAnswer.region && regionAnswer.region.width > 490 && regionAnswer.region.width < 534 &&
+    regionAnswer.region.x > 245 && regionAnswer.region.x < 267, `the answer gives the region in pixels (${JSON.stringify(regionAnswer.region)})`);
+  check(list.length > 0 && JSON.stringify(list.map((c) => [c.id, c.score])) ===
+    JSON.stringify(regionDirect.results.map((r) => [String(r.id), Number(r.score).toFixed(3)])),
+  `the page shows the API's results for that region (${list.slice(0, 3).map((c) => c.id).join(', ')})`);
+  check(list.map((c) => c.id).join() !== stateBeforeRegion, 'the region changes the results');
+  const status15 = await page.textContent('#status');
+  check(new RegExp(`region ${regionAnswer.region.width} × ${regionAnswer.region.height} px`).test(status15),
+    `the status line gives the region (${status15})`);
+  const drawn = await page.locator('#region-box').boundingBox();
+  check(drawn && Math.abs(drawn.width - pic.w * 0.5) < 3 && Math.abs(drawn.height - pic.h * 0.5) < 3,
+    `the region stays drawn on the preview (${drawn && Math.round(drawn.width)} x ${drawn && Math.round(drawn.height)})`);
+  check(choosers === 0 && await page.inputValue('#region-input') === sentRegion,
+    `the drag opened no file chooser (${choosers}) and the field shows the region`);
+  await page.screenshot({ path: path.join(outDir, '15-region.png') });
+  await page.fill('#region-input', '0,0,5000,10');
+  await page.press('#region-input', 'Enter');
+  await page.waitForSelector('#error:not([hidden])');
+  const regionErr = await page.textContent('#error');
+  check(/does not lie inside the 1024x1024 image/.test(regionErr), `a region outside the image is refused with its size (${regionErr.trim()})`);
+  check(await page.isHidden('#region-box'), 'a pixel region is not drawn');
+  searched = page.waitForRequest((r) => r.url().includes('/api/search'));
+  await page.click('#region-clear');
+  check(!new URL((await searched).url()).searchParams.has('region'), '"Whole image" searches without a region');
+  await waitForResults(page);
+  list = await cards(page);
+  check(list.map((c) => c.id).join() === stateBeforeRegion && !/region/.test(await page.textContent('#status')),
+    'and gives the whole image\'s results again');
+  // A region of a stored image: "Find similar" from the viewer, then a drag
+  // over its thumbnail asks for the similar ones of that region.
+  const regionOf = list[1];
+  await page.click('#grid .card:nth-child(2)');
+  await page.waitForSelector('#viewer:not([hidden])');
+  await page.click('#v-similar');
+  await page.waitForFunction((id) => document.getElementById('query-caption').textContent.includes('#' + id), regionOf.id);
+  await waitForResults(page);
+  await page.waitForSelector('#region-row:not([hidden])');
+  check(await page.inputValue('#region-input') === '', 'a stored image as the query starts with all of it');
+  await page.click('#region-draw');
+  const similarAsked = page.waitForRequest((r) => r.url().includes('/similar?') && r.url().includes('region='));
+  const similarAnswered = page.waitForResponse((r) => r.url().includes('/similar?') && r.url().includes('region='));
+  await dragOver(page, await previewPicture(page), [0.1, 0.1], [0.5, 0.9]);
+  const similarUrl = new URL((await similarAsked).url());
+  const similarAnswer = await (await similarAnswered).json();
+  check(similarUrl.pathname.endsWith(`/api/images/${regionOf.id}/similar`) && /%$/.test(similarUrl.searchParams.get('region')) &&
+    similarAnswer.region && similarAnswer.query_id === Number(regionOf.id),
+  `a drag over the stored image asks for its region's similar ones (${similarUrl.searchParams.get('region')}, ${JSON.stringify(similarAnswer.region)})`);
+  await waitForResults(page);
+  list = await cards(page);
+  check(list.length > 0 && list.every((c) => c.id !== regionOf.id) && /region/.test(await page.textContent('#status')),
+    'its results leave the image itself out and the status gives the region');
 
   // 401 and 412 above are expected answers (Chromium logs them as errors).
   const unexpected = problems.filter((p) => !/status of (400|401|412)/.test(p));
