@@ -240,9 +240,9 @@ function acceptFile(file) {
   runSearch();
 }
 
-async function queryById(id, name) {
+async function queryById(id, name, regionText = '') {
   state.query = { kind: 'id', id, name };
-  setRegion('');
+  setRegion(regionText);
   const preview = $('query-preview');
   $('drop-empty').hidden = true;
   preview.hidden = false;
@@ -503,6 +503,7 @@ function setupRegion() {
 // ---------- search and results ----------
 
 async function runSearch() {
+  writeLink();
   if (!state.query) return;
   if (state.controller) state.controller.abort();
   const controller = new AbortController();
@@ -1070,6 +1071,80 @@ function closeViewer() {
   if (viewer.opener && document.contains(viewer.opener)) viewer.opener.focus();
 }
 
+// ---------- the address: a search by a stored image as a link ----------
+
+// The page's address holds the search after '#': the stored image searched
+// with and the settings, e.g. #similar=163&k=20&qe=1&labels=Effusion|Mass&sex=F&view=PA&age=40-60&one=1&region=0,0,50%25,100%25
+// A link to it (bookmarked, sent to a colleague, opened in another tab)
+// runs the same search. An uploaded file cannot be put in a link: its
+// search keeps the settings only. The token never goes into the address.
+// The address is replaced, not pushed: Back leaves the page as before.
+const LINK_MAX_FINDINGS = 20;
+
+function linkParams() {
+  const p = new URLSearchParams();
+  if (state.query && state.query.kind === 'id') p.set('similar', String(state.query.id));
+  p.set('k', $('k-select').value);
+  p.set('qe', $('qe-toggle').checked ? '1' : '0');
+  if (state.findings.length) p.set('labels', state.findings.join('|'));
+  if ($('filter-sex').value) p.set('sex', $('filter-sex').value);
+  if ($('filter-view').value) p.set('view', $('filter-view').value);
+  const min = $('filter-age-min').value.trim(), max = $('filter-age-max').value.trim();
+  if (min || max) p.set('age', `${min}-${max}`);
+  if ($('filter-one-per-patient').checked) p.set('one', '1');
+  if (state.region && state.query && state.query.kind === 'id') p.set('region', state.region);
+  return p;
+}
+
+function writeLink() {
+  const hash = '#' + linkParams().toString();
+  if (location.hash !== hash) history.replaceState(history.state, '', hash);
+}
+
+// Whether select has an option of this value (a link cannot add one).
+const hasOption = (select, v) => [...$(select).options].some((o) => o.value === v);
+
+// Applies a link's settings to the controls; every value is checked as the
+// controls would take it, anything else is ignored. Returns the stored
+// image to search with, or 0.
+function applyLink(hash) {
+  const p = new URLSearchParams(hash.replace(/^#/, ''));
+  const k = p.get('k');
+  if (k && hasOption('k-select', k)) $('k-select').value = k;
+  const qe = p.get('qe');
+  if (qe === '0' || qe === '1') {
+    $('qe-toggle').checked = qe === '1';
+    state.qeTouched = true;
+  }
+  const labels = (p.get('labels') || '').split('|').map((l) => l.trim())
+    .filter((l) => l && l.length <= 200 && !/[\u0000-\u001f]/.test(l));
+  state.findings = [...new Set(labels)].slice(0, LINK_MAX_FINDINGS);
+  renderChips();
+  const sex = p.get('sex');
+  $('filter-sex').value = sex && hasOption('filter-sex', sex) ? sex : '';
+  const view = p.get('view');
+  $('filter-view').value = view && hasOption('filter-view', view) ? view : '';
+  const age = /^(\d{0,3})-(\d{0,3})$/.exec(p.get('age') || '');
+  $('filter-age-min').value = age ? age[1] : '';
+  $('filter-age-max').value = age ? age[2] : '';
+  $('filter-one-per-patient').checked = p.get('one') === '1';
+  const id = p.get('similar');
+  return id && /^[1-9]\d{0,15}$/.test(id) ? Number(id) : 0;
+}
+
+function linkRegion(hash) {
+  const r = new URLSearchParams(hash.replace(/^#/, '')).get('region') || '';
+  return /^[\d.%, ]{1,128}$/.test(r) ? r : '';
+}
+
+// A link opened, or an address typed over this one: run what it says.
+function followLink() {
+  if (!location.hash || location.hash === '#') return;
+  const id = applyLink(location.hash);
+  if (id) queryById(id, '', linkRegion(location.hash));
+  else runSearch();
+}
+
 // ---------- start ----------
 
 function main() {
@@ -1078,7 +1153,9 @@ function main() {
   setupRegion();
   setupFilters();
   setupViewerInput();
-  loadCollectionInfo(openToken);
+  // The collection's defaults first, so that a link's settings win.
+  loadCollectionInfo(openToken).finally(followLink);
+  window.addEventListener('hashchange', followLink);
 }
 
 main();

@@ -759,6 +759,56 @@ try {
   check(list.length > 0 && list.every((c) => c.id !== regionOf.id) && /region/.test(await page.textContent('#status')),
     'its results leave the image itself out and the status gives the region');
 
+  // 16. The address is a link to the search: after step 15 it names the
+  // stored image and its region; opened in another tab it runs the same
+  // search with the same settings, and a filter changed there shows in its
+  // address. A hand-made address with hostile values runs nothing and
+  // leaves the controls as they were; an address typed over the page runs.
+  const link = page.url();
+  const linked = new URL(link).hash;
+  check(linked.includes(`similar=${regionOf.id}`) && /region=10\.00%25/.test(linked) && linked.includes('k=20'),
+    `the address names the stored image, its region and the settings (${linked})`);
+  const tab = await context.newPage();
+  tab.on('pageerror', (e) => problems.push('page error (tab): ' + e.message));
+  tab.on('request', (r) => { if (!r.url().startsWith(origin) && !/^(data|blob):/.test(r.url())) problems.push('external request ' + r.url()); });
+  const tabAsked = tab.waitForRequest((r) => r.url().includes('/similar?'));
+  await tab.goto(link);
+  const tabUrl = new URL((await tabAsked).url());
+  check(tabUrl.pathname.endsWith(`/api/images/${regionOf.id}/similar`) &&
+    tabUrl.searchParams.get('region') === similarUrl.searchParams.get('region') &&
+    tabUrl.searchParams.get('qe') === similarUrl.searchParams.get('qe') && tabUrl.searchParams.get('k') === '20',
+  `the link runs the same search in a new tab (${tabUrl.search})`);
+  await waitForResults(tab);
+  const tabList = await cards(tab);
+  check(JSON.stringify(tabList.map((c) => [c.id, c.score])) === JSON.stringify(list.map((c) => [c.id, c.score])),
+    `with the same results (${tabList.slice(0, 3).map((c) => c.id).join(', ')})`);
+  check((await tab.textContent('#query-caption')).includes('#' + regionOf.id) &&
+    await tab.inputValue('#region-input') === similarUrl.searchParams.get('region'),
+  'its query caption names the image and its region field holds the region');
+  await tab.selectOption('#filter-sex', 'F');
+  await tab.waitForFunction(() => location.hash.includes('sex=F'));
+  check(true, 'a filter changed there shows in its address');
+  await tab.close();
+  const hostile = `${origin}#similar=0x10&k=7&qe=2&sex=X&view=%3Cimg%3E&age=1000-5&one=yes&labels=${'A'.repeat(300)}|%00x&region=%3Cscript%3E`;
+  const tab2 = await context.newPage();
+  tab2.on('pageerror', (e) => problems.push('page error (hostile link): ' + e.message));
+  let tab2Searched = 0;
+  tab2.on('request', (r) => { if (/\/api\/(search|images\/\d+\/similar)/.test(r.url())) tab2Searched++; });
+  await tab2.goto(hostile);
+  await tab2.waitForFunction(() => /images/.test(document.getElementById('collection-info').textContent));
+  await tab2.waitForTimeout(300);
+  check(tab2Searched === 0 && await tab2.inputValue('#k-select') === '20' && await tab2.inputValue('#filter-sex') === '' &&
+    await tab2.inputValue('#filter-view') === '' && await tab2.inputValue('#filter-age-min') === '' &&
+    (await tab2.$$('#finding-chips .chip')).length === 0 && !(await tab2.isChecked('#filter-one-per-patient')),
+  `a hostile address runs nothing and sets no control (${tab2Searched} searches)`);
+  const typedAsked = tab2.waitForRequest((r) => r.url().includes(`/api/images/${regionOf.id}/similar?`));
+  await tab2.evaluate((id) => { location.hash = `similar=${id}&k=5&labels=${encodeURIComponent('No Finding')}`; }, regionOf.id);
+  const typedUrl = new URL((await typedAsked).url());
+  check(typedUrl.searchParams.get('k') === '5' && typedUrl.searchParams.get('labels') === 'No Finding',
+    `an address typed over the page runs its search (${typedUrl.search})`);
+  await waitForResults(tab2);
+  await tab2.close();
+
   // 401 and 412 above are expected answers (Chromium logs them as errors).
   const unexpected = problems.filter((p) => !/status of (400|401|412)/.test(p));
   check(unexpected.length === 0, 'no page errors, console errors or external requests' +
