@@ -28,6 +28,7 @@ static const struct command {
     {"center", cmd_center, "show or set a collection's centering policy (auto|off)"},
     {"qe", cmd_qe, "show or set a collection's query-expansion default"},
     {"meta", cmd_meta, "show or change an image's metadata"},
+    {"duplicates", cmd_duplicates, "list the pictures stored more than once (re-encoded, resized copies)"},
     {"copy", cmd_copy, "copy a collection to another store (SQLite, PostgreSQL) without re-embedding"},
 };
 

@@ -25,6 +25,7 @@ $vg ./medsearch eval --db "$tmp/c.db" --model "$MODEL" --rule any --tune --vecto
 $vg ./medsearch check --db "$tmp/c.db"
 $vg ./medsearch info --db "$tmp/c.db"
 $vg ./medsearch copy --db "$tmp/c.db" --to "$tmp/copy.db" -q
+$vg ./medsearch duplicates --db "$tmp/c.db" --min-correlation 0.5 --json >/dev/null || [ $? -eq 1 ]
 # Metadata edits: the CLI's, and a labels file applied to images stored already.
 $vg ./medsearch meta 1 --db "$tmp/c.db" 'labels+=Nodule|Mass' 'labels-=Effusion' age=44 extra.site=w4 'extra-=follow_up'
 $vg ./medsearch meta 1 --db "$tmp/c.db" --json >/dev/null

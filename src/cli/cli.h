@@ -23,6 +23,7 @@ int cmd_center(int argc, char **argv);
 int cmd_qe(int argc, char **argv);
 int cmd_copy(int argc, char **argv);
 int cmd_meta(int argc, char **argv);
+int cmd_duplicates(int argc, char **argv);
 
 /* bench subcommands, one file each (src/cli/bench_*.c) */
 int bench_embed(int argc, char **argv);

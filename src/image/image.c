@@ -983,6 +983,73 @@ int image_prepare_region(const void *buf, size_t len, const image_limits *lim, c
     return prepare(buf, len, lim, prep, region, out, info ? info : &local, used, &t, err);
 }
 
+int image_fingerprint(const void *buf, size_t len, const image_limits *lim, uint8_t out[IMAGE_FINGERPRINT_SIZE],
+                      ms_err *err)
+{
+    image_info info;
+    int rc = need_init(err);
+    if (!rc && !out)
+        rc = ms_err_set(err, MS_EINVAL, "image_fingerprint needs an output buffer");
+    if (!rc)
+        rc = image_probe(buf, len, lim, &info, err);
+    if (rc)
+        return rc;
+    pipeline pl = {0};
+    const int side = IMAGE_FINGERPRINT_SIDE;
+    rc = decode_gray8(buf, len, &info, side, side, &pl, err);
+    VipsImage *gray = rc ? NULL : pipe_last(&pl);
+    if (gray && (gray->Xsize < side || gray->Ysize < side)) {
+        /* smaller than the fingerprint on an axis: enlarged as for the model */
+        if ((rc = resize_exact(&pl, side, side, err)) == 0)
+            memcpy(out, vips_image_get_data(pipe_last(&pl)), IMAGE_FINGERPRINT_SIZE);
+    } else if (gray) {
+        const uint8_t *src = vips_image_get_data(gray);
+        if (!src)
+            rc = ms_err_set(err, MS_EINTERNAL, "the gray image is not in memory");
+        else if ((rc = area_reduce_gray8(src, gray->Xsize, gray->Ysize, out, side, side)) != 0)
+            rc = ms_err_set(err, rc, "fingerprint of %dx%d failed", gray->Xsize, gray->Ysize);
+    }
+    pipe_free(&pl);
+    return rc;
+}
+
+/* Twice each value's rank among the fingerprint's values, 0-based, ties at
+ * their mean rank (twice, to stay whole). */
+static void fingerprint_ranks2(const uint8_t *v, int32_t *r2)
+{
+    int32_t count[256] = {0}, mean2[256];
+    for (int i = 0; i < IMAGE_FINGERPRINT_SIZE; i++)
+        count[v[i]]++;
+    int32_t below = 0;
+    for (int level = 0; level < 256; level++) {
+        mean2[level] = 2 * below + count[level] - 1;
+        below += count[level];
+    }
+    for (int i = 0; i < IMAGE_FINGERPRINT_SIZE; i++)
+        r2[i] = mean2[v[i]];
+}
+
+double image_fingerprint_correlation(const uint8_t a[IMAGE_FINGERPRINT_SIZE], const uint8_t b[IMAGE_FINGERPRINT_SIZE])
+{
+    int32_t ra[IMAGE_FINGERPRINT_SIZE], rb[IMAGE_FINGERPRINT_SIZE];
+    fingerprint_ranks2(a, ra);
+    fingerprint_ranks2(b, rb);
+    /* integer sums: exact, and the same whatever the order */
+    int64_t sa = 0, sb = 0, saa = 0, sbb = 0, sab = 0;
+    for (int i = 0; i < IMAGE_FINGERPRINT_SIZE; i++) {
+        sa += ra[i];
+        sb += rb[i];
+        saa += (int64_t)ra[i] * ra[i];
+        sbb += (int64_t)rb[i] * rb[i];
+        sab += (int64_t)ra[i] * rb[i];
+    }
+    const int64_t n = IMAGE_FINGERPRINT_SIZE;
+    double va = (double)(n * saa - sa * sa), vb = (double)(n * sbb - sb * sb);
+    if (va <= 0 || vb <= 0)
+        return 0;
+    return (double)(n * sab - sa * sb) / sqrt(va * vb);
+}
+
 static int check_thumb_args(int longest_side, thumb_format fmt, ms_err *err)
 {
     if (longest_side < 1 || longest_side > MAX_THUMB_SIDE)

@@ -270,6 +270,32 @@ int image_prepare_with_thumbnail(const void *buf, size_t len, const image_limits
                                  int longest_side, thumb_format fmt, uint8_t **thumb,
                                  size_t *thumb_len, ms_err *err);
 
+/* ---- fingerprints: is one picture a copy of another? ----
+ *
+ * The image as MedSearch sees it (steps 1-4 above: decoded, turned upright,
+ * 8-bit gray, a DICOM through its display pipeline) reduced to 32 x 32 by
+ * area averaging, aspect not kept. Two copies of one picture (re-encoded,
+ * resized, windowed or made brighter) give fingerprints whose rank
+ * correlation is near 1, and two different radiographs, however alike,
+ * lower: see `medsearch duplicates` (docs/cli.md) for the figures on real
+ * X-rays. */
+#define IMAGE_FINGERPRINT_SIDE 32
+#define IMAGE_FINGERPRINT_SIZE (IMAGE_FINGERPRINT_SIDE * IMAGE_FINGERPRINT_SIDE)
+
+/* The fingerprint of the image in buf into out (the caller's
+ * IMAGE_FINGERPRINT_SIZE bytes, rows top to bottom). Returns 0 or a code as
+ * image_prepare. */
+int image_fingerprint(const void *buf, size_t len, const image_limits *lim,
+                      uint8_t out[IMAGE_FINGERPRINT_SIZE], ms_err *err);
+
+/* The rank correlation (Spearman's: Pearson's of the values' ranks, ties
+ * at their mean rank) of two fingerprints, -1..1; 0 when either is flat
+ * (one gray level throughout: nothing to compare). Ranks make it blind to
+ * any increasing change of the gray levels (another window, a gamma), which
+ * copies exported from one DICOM differ by. */
+double image_fingerprint_correlation(const uint8_t a[IMAGE_FINGERPRINT_SIZE],
+                                     const uint8_t b[IMAGE_FINGERPRINT_SIZE]);
+
 /* What a DICOM file says about its patient and study, for the collection's
  * metadata. Each text is NUL-terminated and "" when the file does not
  * have it or it is not printable ASCII of a valid length. */
