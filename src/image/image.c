@@ -916,8 +916,12 @@ static void decode_size_for(const image_info *info, const image_rect *rect, int 
         return;
     int w, h;
     image_info_shown_size(info, &w, &h);
-    *want_w = (int)(((int64_t)size * w + rect->width - 1) / rect->width);
-    *want_h = (int)(((int64_t)size * h + rect->height - 1) / rect->height);
+    /* past the image's own size no decoder reduces: capped there, which also
+     * keeps a 1-pixel region of a 100000-pixel-wide image within int */
+    int64_t ww = ((int64_t)size * w + rect->width - 1) / rect->width;
+    int64_t wh = ((int64_t)size * h + rect->height - 1) / rect->height;
+    *want_w = (int)(ww < w ? ww : w);
+    *want_h = (int)(wh < h ? wh : h);
 }
 
 static int prepare(const void *buf, size_t len, const image_limits *lim, const image_prep *prep,

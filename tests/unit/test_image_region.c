@@ -335,6 +335,45 @@ static void test_region_outside_leaves_output(void **state)
     free(px);
 }
 
+/* The extremes: one pixel of a 3,000,000 x 1 PNG prepared at 1024 (a decode
+ * size past int, were it not capped at the image's), and one pixel of a
+ * 60000 x 2 JPEG, which must then be decoded whole: both are that pixel's
+ * gray level throughout. */
+static void test_one_pixel_of_a_wide_image(void **state)
+{
+    (void)state;
+    const int w = 3000000, size = 1024;
+    uint8_t *px = malloc(w);
+    assert_non_null(px);
+    for (int x = 0; x < w; x++)
+        px[x] = (uint8_t)(x % 251);
+    blob png = encode_with(gray_image(px, w, 1), ".png");
+    image_region last = parsed("2999999,0,1,1");
+    image_rect used;
+    float *out = prepared(&png, &last, size, &used);
+    assert_true(used.x == w - 1 && used.width == 1 && used.height == 1);
+    float want = (float)((w - 1) % 251);
+    for (size_t i = 0; i < (size_t)3 * size * size; i++)
+        if (out[i] != want)
+            fail_msg("element %zu is %g, want %g", i, out[i], want);
+    free(out);
+    blob_free(&png);
+    free(px);
+
+    const int jw = 60000;
+    uint8_t *flat = malloc((size_t)jw * 2);
+    assert_non_null(flat);
+    memset(flat, 90, (size_t)jw * 2);
+    blob jpeg = encode_with(gray_image(flat, jw, 2), ".jpg[Q=100]");
+    image_region one = parsed("30000,1,1,1");
+    out = prepared(&jpeg, &one, 16, &used);
+    for (int i = 0; i < 3 * 16 * 16; i++)
+        assert_true(fabsf(out[i] - 90) <= 1);
+    free(out);
+    blob_free(&jpeg);
+    free(flat);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -345,6 +384,7 @@ int main(void)
         cmocka_unit_test(test_large_jpeg_region_keeps_detail),
         cmocka_unit_test(test_region_of_image_as_shown),
         cmocka_unit_test(test_region_outside_leaves_output),
+        cmocka_unit_test(test_one_pixel_of_a_wide_image),
     };
     RUN_IMAGE_TESTS(tests);
 }
