@@ -778,6 +778,8 @@ function setupViewerInput() {
     scheduleDraw();
   });
   $('v-close').addEventListener('click', closeViewer);
+  $('v-prev').addEventListener('click', () => stepViewer(-1));
+  $('v-next').addEventListener('click', () => stepViewer(1));
   $('v-similar').addEventListener('click', () => {
     const r = viewer.result;
     closeViewer();
@@ -794,6 +796,12 @@ function setupViewerInput() {
     }
     if (ev.key === 'Tab') { trapFocus(ev); return; }
     if (/^(BUTTON|INPUT|SELECT)$/.test(ev.target.tagName)) return;
+    // not while typing in the details form: that would leave the edit
+    if ((ev.key === 'PageDown' || ev.key === 'PageUp') && !/^(INPUT|SELECT|TEXTAREA)$/.test(ev.target.tagName)) {
+      ev.preventDefault();
+      stepViewer(ev.key === 'PageDown' ? 1 : -1);
+      return;
+    }
     const keys = {
       ArrowLeft: () => { viewer.ox += step; }, ArrowRight: () => { viewer.ox -= step; },
       ArrowUp: () => { viewer.oy += step; }, ArrowDown: () => { viewer.oy -= step; },
@@ -1029,6 +1037,7 @@ async function openViewer(r, opener) {
   viewer.invert = false;
   $('v-invert').setAttribute('aria-pressed', 'false');
   $('viewer-title').textContent = `Image #${r.id}` + (r.original_name ? ` · ${r.original_name}` : '');
+  viewerPosition();
   viewer.info = null;
   viewer.etag = null;
   renderViewerMeta(r, null);
@@ -1059,6 +1068,29 @@ async function openViewer(r, opener) {
   } finally {
     if (controller === viewer.controller) $('v-loading').hidden = true;
   }
+}
+
+// The result shown and its place in the grid's list, for Previous / Next.
+function viewerPosition() {
+  const i = viewer.result ? state.results.findIndex((x) => x.id === viewer.result.id) : -1;
+  $('v-position').textContent = i >= 0 ? `${i + 1} / ${state.results.length}` : '';
+  $('v-prev').disabled = i <= 0;
+  $('v-next').disabled = i < 0 || i >= state.results.length - 1;
+  return i;
+}
+
+// Shows the result before (-1) or after (+1) this one in the grid, the way
+// a radiologist steps through a series; an unsaved edit of the details is
+// left, as Escape leaves it.
+function stepViewer(delta) {
+  const i = viewerPosition();
+  const next = i >= 0 ? state.results[i + delta] : null;
+  if (!next) return;
+  const card = [...$('grid').querySelectorAll('.card')].find((c) => c.dataset.id === String(next.id));
+  const focused = document.activeElement && document.activeElement.id;
+  openViewer(next, card || viewer.opener);
+  // keep the button for the next press, unless this was the end (then the image has focus)
+  if ((focused === 'v-prev' || focused === 'v-next') && !$(focused).disabled) $(focused).focus();
 }
 
 function closeViewer() {

@@ -412,6 +412,30 @@ try {
   await page.waitForSelector('#viewer', { state: 'hidden' });
   check(true, 'Escape closes the viewer');
 
+  // 3b. Stepping through the results in the viewer: Page Down and the
+  // arrow buttons show the next and previous result, the bar says which of
+  // how many, the ends disable their button, and Escape returns to the card
+  // of the result shown last.
+  await page.click('#grid .card:nth-child(1)');
+  await page.waitForSelector('#viewer:not([hidden])');
+  check(await page.textContent('#v-position') === `1 / ${list.length}` && await page.isDisabled('#v-prev') &&
+    !(await page.isDisabled('#v-next')), `the viewer says 1 / ${list.length}, Previous disabled`);
+  await page.keyboard.press('PageDown');
+  await page.waitForFunction((id) => document.getElementById('viewer-title').textContent.startsWith(`Image #${id}`), list[1].id);
+  check(await page.textContent('#v-position') === `2 / ${list.length}`, 'Page Down shows the second result');
+  await page.click('#v-next');
+  await page.waitForFunction((id) => document.getElementById('viewer-title').textContent.startsWith(`Image #${id}`), list[2].id);
+  await page.click('#v-prev');
+  await page.waitForFunction((id) => document.getElementById('viewer-title').textContent.startsWith(`Image #${id}`), list[1].id);
+  await page.waitForFunction(() => document.getElementById('v-loading').hidden, null, { timeout: 30000 });
+  const stepMeta = await page.textContent('#v-meta');
+  check(await page.evaluate(() => document.activeElement.id) === 'v-prev' && stepMeta.includes(list[1].name || ''),
+    'the buttons step forward and back, keeping focus, and the details follow');
+  await page.keyboard.press('Escape');
+  await page.waitForSelector('#viewer', { state: 'hidden' });
+  check(await page.evaluate(() => document.activeElement && document.activeElement.dataset.id) === list[1].id,
+    'Escape returns to the card of the result shown');
+
   // 4. "Find similar to this one" from the second result.
   const second = list[1];
   await page.click('#grid .card:nth-child(2)');
