@@ -223,6 +223,38 @@ void engine_results_free(engine_result *res, int n);
  * model's L2-normalised vector, before centering (what the store keeps). */
 int engine_embed(engine *e, const uint8_t *bytes, size_t len, float *vec, ms_err *err);
 
+/* ---- copies: the same picture stored as another image ---- */
+
+/* The defaults of `medsearch duplicates` and the API's copies route: the
+ * fingerprint rank correlation from which two images are copies, and how
+ * many nearest images are checked (docs/cli.md "duplicates" for the
+ * figures behind them). */
+#define ENGINE_COPIES_MIN_CORRELATION 0.99
+#define ENGINE_COPIES_CANDIDATES 5
+#define ENGINE_COPIES_MAX_CANDIDATES 100
+
+/* The fingerprint (image.h) of stored image id, read through s, a handle of
+ * this engine's pool: from its thumbnail, or from the image itself when the
+ * thumbnail cannot be read. Returns 0, MS_ENOTFOUND, or a decode error. */
+int engine_fingerprint_stored(engine *e, store *s, int64_t id, uint8_t out[IMAGE_FINGERPRINT_SIZE], ms_err *err);
+
+typedef struct engine_copy {
+    int64_t id;
+    float score;          /* the vectors' similarity, as search ranks */
+    double correlation;   /* the fingerprints' rank correlation */
+    store_meta meta;
+} engine_copy;
+
+/* The copies of stored image id among its k nearest images by the index
+ * (itself left out): those whose fingerprints correlate with its at
+ * min_correlation or above, strongest first. Needs no model. *copies is
+ * malloc'd (engine_copies_free) and NULL when n is 0 on failure. Returns 0,
+ * MS_EINVAL (k outside 1..ENGINE_COPIES_MAX_CANDIDATES, min_correlation not
+ * in (-1, 1]), MS_ENOTFOUND (no image id), or a store or decode error. */
+int engine_find_copies(engine *e, int64_t id, int k, double min_correlation, engine_copy **copies, int *n,
+                       ms_err *err);
+void engine_copies_free(engine_copy *c, int n);
+
 /* Streaming ingest: the engine pulls items from next() and hands each back
  * to done(), in input order, on the calling thread. While one batch is in
  * the model the next is decoded by the workers and the previous one stored,

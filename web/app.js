@@ -644,6 +644,7 @@ const viewer = {
   controller: null,
   info: null,           // the image's metadata document (GET .../metadata)
   etag: null,           // its ETag: sent as If-Match when saving an edit
+  copies: null,         // {of: id, list}: the other images that are this picture again
 };
 
 function viewerLut() {
@@ -822,6 +823,33 @@ function trapFocus(ev) {
   else if (!ev.shiftKey && document.activeElement === last) { ev.preventDefault(); first.focus(); }
 }
 
+// The other images that are this picture again (GET /api/images/{id}/copies:
+// re-encoded, resized, windowed differently), each opening in the viewer; a
+// copy under another patient or with other findings is flagged, since it is
+// a data error a researcher wants to see.
+function copiesList(r, list) {
+  const ul = el('ul', 'v-copies');
+  for (const c of list) {
+    const li = el('li');
+    const open = el('button', 'btn btn-link', `#${c.id}`);
+    open.type = 'button';
+    open.setAttribute('aria-label', `Open image ${c.id}, a copy of this one`);
+    open.addEventListener('click', () => {
+      const copy = { ...c };
+      delete copy.score; // its similarity to this image, not to the query
+      openViewer(copy, viewer.opener);
+    });
+    const bits = [c.patient_id ? 'patient ' + c.patient_id : null, (c.labels || []).join(', ') || null,
+      'correlation ' + Number(c.correlation).toFixed(3)].filter(Boolean);
+    li.append(open, document.createTextNode(' ' + bits.join(' · ')));
+    const sameLabels = (a, b) => a.length === b.length && a.every((x) => b.some((y) => y.toLowerCase() === x.toLowerCase()));
+    if (r.patient_id && c.patient_id && r.patient_id !== c.patient_id) li.append(el('span', 'v-copy-flag', 'other patient'));
+    if ((r.labels || []).length && (c.labels || []).length && !sameLabels(r.labels, c.labels)) li.append(el('span', 'v-copy-flag', 'other findings'));
+    ul.append(li);
+  }
+  return ul;
+}
+
 function renderViewerMeta(r, info) {
   const dl = el('dl');
   const add = (k, v) => {
@@ -845,6 +873,7 @@ function renderViewerMeta(r, info) {
     add('Format', info.mime);
     if (info.extra) for (const [k, v] of Object.entries(info.extra)) add(k, v);
   }
+  if (viewer.copies && viewer.copies.of === r.id && viewer.copies.list.length) add('Also stored as', copiesList(r, viewer.copies.list));
   const parts = [dl];
   if (info && state.writes) {
     const edit = el('button', 'btn btn-dark v-edit-open', 'Edit details');
@@ -1040,6 +1069,7 @@ async function openViewer(r, opener) {
   viewerPosition();
   viewer.info = null;
   viewer.etag = null;
+  viewer.copies = null;
   renderViewerMeta(r, null);
   $('viewer').hidden = false;
   document.body.style.setProperty('overflow', 'hidden');
@@ -1047,11 +1077,14 @@ async function openViewer(r, opener) {
   $('v-canvas').focus();
   scheduleDraw();
   try {
-    const [img, meta] = await Promise.all([
+    const [img, meta, copies] = await Promise.all([
       loadViewerImage(r, controller.signal),
       api(`/api/images/${r.id}/metadata`, { signal: controller.signal })
         .then(async (x) => ({ doc: await x.json(), etag: x.headers.get('ETag') })).catch(() => null),
+      api(`/api/images/${r.id}/copies`, { signal: controller.signal })
+        .then((x) => x.json()).catch(() => null), // an older server has no such route: nothing shown
     ]);
+    if (controller === viewer.controller && copies && Array.isArray(copies.copies)) viewer.copies = { of: r.id, list: copies.copies };
     if (controller !== viewer.controller) return;
     const info = meta && meta.doc;
     viewer.info = info;

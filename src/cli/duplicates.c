@@ -35,8 +35,6 @@
 #include "util/text.h"
 #include "util/timing.h"
 
-#define DEFAULT_MIN_CORRELATION 0.99
-#define DEFAULT_CANDIDATES 5
 #define MAX_THREADS 4 /* each holds two store handles of the pool of 16 at most */
 
 typedef struct dup_pair {
@@ -124,26 +122,9 @@ static int add_candidates(dup_run *r, size_t i, pair_list *l, ms_err *err)
     return rc;
 }
 
-/* The fingerprint of image i: from its stored thumbnail, or from the image
- * itself when the thumbnail cannot be read. */
 static int make_fingerprint(dup_run *r, store *s, size_t i, ms_err *err)
 {
-    uint8_t *fp = r->prints + i * IMAGE_FINGERPRINT_SIZE, *bytes = NULL;
-    size_t len = 0;
-    char mime[32];
-    image_limits lim = image_default_limits();
-    int rc = store_get_thumbnail(s, r->ids[i], &bytes, &len, mime, err);
-    if (rc == 0)
-        rc = image_fingerprint(bytes, len, &lim, fp, err);
-    free(bytes);
-    if (rc) {
-        bytes = NULL;
-        rc = store_get_image(s, r->ids[i], &bytes, &len, mime, err);
-        if (rc == 0)
-            rc = image_fingerprint(bytes, len, &lim, fp, err);
-        free(bytes);
-    }
-    return rc ? ms_err_prefix(err, "image %lld: ", (long long)r->ids[i]) : 0;
+    return engine_fingerprint_stored(r->e, s, r->ids[i], r->prints + i * IMAGE_FINGERPRINT_SIZE, err);
 }
 
 typedef struct dup_worker {
@@ -387,12 +368,13 @@ static int run(dup_run *r, double min, int only_other_patients, int json, ms_err
 
 int cmd_duplicates(int argc, char **argv)
 {
-    double min = DEFAULT_MIN_CORRELATION;
-    int k = DEFAULT_CANDIDATES, only_other_patients = 0;
+    double min = ENGINE_COPIES_MIN_CORRELATION;
+    int k = ENGINE_COPIES_CANDIDATES, only_other_patients = 0;
     const cli_option opts[] = {
         {"min-correlation", 0, CLI_DOUBLE, &min, "C",
          "fingerprint rank correlation from which two images are copies (default 0.99)", 0, 0},
-        {"candidates", 'k', CLI_INT, &k, "N", "nearest images checked per image (default 5)", 1, 100},
+        {"candidates", 'k', CLI_INT, &k, "N", "nearest images checked per image (default 5)", 1,
+         ENGINE_COPIES_MAX_CANDIDATES},
         {"other-patients", 0, CLI_FLAG, &only_other_patients, NULL,
          "list only copies stored under two different patient ids", 0, 0},
         {0},

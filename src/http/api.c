@@ -370,6 +370,54 @@ static void handle_search(api_ctx *c, const http_request *r, http_reply *rep)
     run_search(c, r, rep, &q);
 }
 
+/* A correlation in (-1, 1] written as a plain decimal number. */
+static int parse_correlation(const char *s, double *out)
+{
+    if (!s || !*s || strlen(s) > 20 || strspn(s, "-0123456789.") != strlen(s))
+        return -1;
+    char *end = NULL;
+    double v = strtod(s, &end);
+    if (*end || !(v > -1 && v <= 1))
+        return -1;
+    *out = v;
+    return 0;
+}
+
+/* The copies of a stored image (engine_find_copies): the same picture
+ * stored again, re-encoded, resized or windowed differently. */
+static void handle_copies(api_ctx *c, const http_request *r, http_reply *rep)
+{
+    long k = ENGINE_COPIES_CANDIDATES;
+    double min = ENGINE_COPIES_MIN_CORRELATION;
+    const char *s;
+    if ((s = req_param(r, "k")) && parse_int(s, 1, ENGINE_COPIES_MAX_CANDIDATES, &k)) {
+        reply_error(rep, 400, "invalid_argument", "k must be a whole number from 1 to %d",
+                    ENGINE_COPIES_MAX_CANDIDATES);
+        return;
+    }
+    if ((s = req_param(r, "min_correlation")) && parse_correlation(s, &min)) {
+        reply_error(rep, 400, "invalid_argument", "min_correlation must be a number above -1 and at most 1");
+        return;
+    }
+    engine_copy *copies = NULL;
+    int n = 0;
+    ms_err err = {0};
+    if (engine_find_copies(c->eng, r->match.id, (int)k, min, &copies, &n, &err)) {
+        reply_ms_err(rep, &err);
+        return;
+    }
+    json_t *list = json_array();
+    for (int i = 0; i < n; i++) {
+        engine_result as_result = {copies[i].id, copies[i].score, copies[i].meta};
+        json_t *o = result_to_json(&as_result, i + 1);
+        json_object_set_new(o, "correlation", json_real(copies[i].correlation));
+        json_array_append_new(list, o);
+    }
+    engine_copies_free(copies, n);
+    reply_json(rep, 200, json_pack("{s:I, s:i, s:f, s:i, s:o}", "id", (json_int_t)r->match.id, "k", (int)k,
+                                   "min_correlation", min, "count", n, "copies", list));
+}
+
 static void handle_similar(api_ctx *c, const http_request *r, http_reply *rep)
 {
     engine_query q = {0};
@@ -795,6 +843,7 @@ void api_handle(api_ctx *c, const http_request *r, http_reply *rep)
             metadata_reply(c, r->match.id, r->if_none_match, rep);
         break;
     case ROUTE_SIMILAR: handle_similar(c, r, rep); break;
+    case ROUTE_COPIES: handle_copies(c, r, rep); break;
     case ROUTE_PREVIEW:
     case ROUTE_IMAGE_PREVIEW: handle_preview(c, r, rep); break;
     case ROUTE_STATS: handle_stats(c, rep); break;

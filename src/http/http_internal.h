@@ -32,6 +32,7 @@ typedef enum {
     ROUTE_SIMILAR,      /* GET /api/images/{id}/similar */
     ROUTE_PREVIEW,      /* POST /api/preview */
     ROUTE_IMAGE_PREVIEW, /* GET /api/images/{id}/preview */
+    ROUTE_COPIES,       /* GET /api/images/{id}/copies */
     ROUTE_STATS,        /* GET /api/stats */
     ROUTE_HEALTH,       /* GET /api/health */
     ROUTE_METRICS,      /* GET /metrics */

@@ -17,6 +17,7 @@ static const char *const route_names[ROUTE_COUNT] = {
     [ROUTE_IMAGE] = "image",         [ROUTE_THUMBNAIL] = "thumbnail",
     [ROUTE_METADATA] = "metadata",   [ROUTE_SIMILAR] = "similar",
     [ROUTE_PREVIEW] = "preview",     [ROUTE_IMAGE_PREVIEW] = "image_preview",
+    [ROUTE_COPIES] = "copies",
     [ROUTE_STATS] = "stats",         [ROUTE_HEALTH] = "health",
     [ROUTE_METRICS] = "metrics",     [ROUTE_ASSET] = "asset",
     [ROUTE_NONE] = "none",
@@ -85,6 +86,10 @@ static void match_image_route(http_method m, const char *rest, route_match *out)
         out->needs_worker = 1;
     } else if (!strcmp(tail, "/preview")) {
         out->route = ROUTE_IMAGE_PREVIEW;
+        allow_only(out, m, "GET, HEAD", 1, 0, 0);
+        out->needs_worker = 1;
+    } else if (!strcmp(tail, "/copies")) {
+        out->route = ROUTE_COPIES;
         allow_only(out, m, "GET, HEAD", 1, 0, 0);
         out->needs_worker = 1;
     } else {

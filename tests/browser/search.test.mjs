@@ -833,6 +833,35 @@ try {
   await waitForResults(tab2);
   await tab2.close();
 
+  // 17. Copies: the COVID-19 set holds one radiograph twice (patient 51's
+  // lateral view, two files of other sizes). Opened in the viewer, each says
+  // it is also stored as the other (GET .../copies), and the link opens it.
+  const copyA = path.join(covidDir, '35AF5C3B-D04D-4B4B-92B7-CB1F67D83085.jpeg');
+  const copyB = 'D5ACAA93-C779-4E22-ADFA-6A220489F840.jpeg';
+  searched = page.waitForRequest((r) => r.url().includes('/api/search'));
+  await page.setInputFiles('#file-input', copyA);
+  await searched;
+  await waitForResults(page);
+  list = await cards(page);
+  check(list[0].name === path.basename(copyA), `the copied radiograph finds itself first (${list[0].name})`);
+  const copiesAsked = page.waitForResponse((r) => r.url().includes(`/api/images/${list[0].id}/copies`));
+  await page.click('#grid .card:nth-child(1)');
+  const copiesDoc = await (await copiesAsked).json();
+  await page.waitForSelector('#v-meta .v-copies');
+  const copiesText = await page.textContent('#v-meta .v-copies');
+  const copyOf = (copiesDoc.copies || []).find((c) => c.original_name === copyB);
+  check(copiesDoc.count === 1 && copyOf && copyOf.correlation > 0.99 && copiesText.includes('#' + copyOf.id) &&
+    /patient 51 · COVID-19 · correlation 0\.99\d/.test(copiesText) && !/other patient/.test(copiesText),
+  `the viewer says it is also stored as #${copyOf && copyOf.id} (${copiesText.trim()})`);
+  await page.screenshot({ path: path.join(outDir, '17-copies.png') });
+  await page.click('#v-meta .v-copies button');
+  await page.waitForFunction((name) => document.getElementById('viewer-title').textContent.includes(name), copyB);
+  await page.waitForSelector('#v-meta .v-copies');
+  check((await page.textContent('#v-meta .v-copies')).includes('#' + list[0].id),
+    'the link opens the copy, which names the first image back');
+  await page.keyboard.press('Escape');
+  await page.waitForSelector('#viewer', { state: 'hidden' });
+
   // 401 and 412 above are expected answers (Chromium logs them as errors).
   const unexpected = problems.filter((p) => !/status of (400|401|412)/.test(p));
   check(unexpected.length === 0, 'no page errors, console errors or external requests' +

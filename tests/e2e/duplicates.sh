@@ -10,6 +10,9 @@
 #    correlation, found when it is lowered to 0.85;
 #  - a byte-identical file is one image already: nothing to report;
 #  - `--other-patients` lists the four pairs of the other patient's copy;
+#  - the API's GET /api/images/{id}/copies gives one image's copies (A's
+#    four others, the crop with min_correlation lowered), refuses bad
+#    parameters (400), a missing image (404) and other methods (405);
 #    `--json` has the counts and both sides of each pair; a collection
 #    without copies exits 1; no model is needed; bad options exit 2 and a
 #    missing collection is not created.
@@ -108,6 +111,60 @@ EOF
 "$BIN" duplicates --db "$T/c.db" --min-correlation 0.85 --json >"$T/low.json"
 "$PY" -c 'import json,sys; d=json.load(open(sys.argv[1])); assert any("B_crop90.png" in (p["a"]["original_name"], p["b"]["original_name"]) for p in d["pairs"]), [p["correlation"] for p in d["pairs"]]' \
     "$T/low.json" && ok "--min-correlation 0.85 finds the 90% crop" || fail "the crop at 0.85"
+
+echo "== the API: GET /api/images/{id}/copies"
+"$BIN" serve --db "$T/c.db" --model "$MODEL" --listen 127.0.0.1:0 -q >"$T/server.out" 2>"$T/server.err" &
+SERVER=$!
+URL=
+for _ in $(seq 300); do
+    URL=$(grep -o 'http://127\.0\.0\.1:[0-9]*' "$T/server.out" 2>/dev/null | head -n 1)
+    [ -n "$URL" ] && break
+    sleep 0.2
+done
+if [ -z "$URL" ]; then
+    fail "the server did not start: $(cat "$T/server.err")"
+else
+    a_id=$("$PY" -c 'import json,sys; d=json.load(open(sys.argv[1])); print(next(p["a"]["id"] if p["a"]["original_name"] == sys.argv[2] else p["b"]["id"] for p in d["pairs"] if sys.argv[2] in (p["a"]["original_name"], p["b"]["original_name"])))' "$T/all.json" "$A")
+    code=$(curl -s -o "$T/copies.json" -w '%{http_code}' "$URL/api/images/$a_id/copies")
+    "$PY" - "$T/copies.json" "$a_id" <<'EOF2' && [ "$code" = 200 ] && ok "the copies of $A: its four others, strongest first, with their metadata" || fail "copies of $A ($code): $(head -c 400 "$T/copies.json")"
+import json, sys
+d = json.load(open(sys.argv[1]))
+assert d["id"] == int(sys.argv[2]) and d["k"] == 5 and d["min_correlation"] == 0.99 and d["count"] == 4, d
+names = sorted(c["original_name"] for c in d["copies"])
+assert names == ["A_gamma.png", "A_half.jpg", "A_other_patient.png", "A_same_pixels.png"], names
+assert [c["correlation"] for c in d["copies"]] == sorted((c["correlation"] for c in d["copies"]), reverse=True)
+assert [c["rank"] for c in d["copies"]] == [1, 2, 3, 4]
+other = next(c for c in d["copies"] if c["original_name"] == "A_other_patient.png")
+assert other["patient_id"] == "999" and other["labels"] == ["Mass"] and other["thumbnail_url"].endswith("/thumbnail"), other
+EOF2
+    # an image in no pair (the ids are 1..67)
+    small_id=$("$PY" -c 'import json,sys; d=json.load(open(sys.argv[1])); used={p[s]["id"] for p in d["pairs"] for s in "ab"}; print(min(set(range(1, 68)) - used))' "$T/low.json")
+    code=$(curl -s -o "$T/none.json" -w '%{http_code}' "$URL/api/images/$small_id/copies")
+    "$PY" -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["count"] == 0 and d["copies"] == [], d' "$T/none.json" &&
+        [ "$code" = 200 ] && ok "an image without copies: an empty list" || fail "no copies ($code): $(cat "$T/none.json")"
+    b_id=$("$PY" -c 'import json,sys; d=json.load(open(sys.argv[1])); print(next(p["a"]["id"] if p["a"]["original_name"] == sys.argv[2] else p["b"]["id"] for p in d["pairs"] if "B_crop90.png" in (p["a"]["original_name"], p["b"]["original_name"])))' "$T/low.json" "$B")
+    curl -s "$URL/api/images/$b_id/copies?min_correlation=0.85&k=10" >"$T/crop.json"
+    "$PY" -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["k"] == 10 and any(c["original_name"] in ("B_crop90.png", sys.argv[2]) for c in d["copies"]), d' "$T/crop.json" "$B" &&
+        ok "min_correlation and k are taken" || fail "min_correlation=0.85: $(head -c 300 "$T/crop.json")"
+    for q in "k=0" "k=101" "k=x" "min_correlation=1.01" "min_correlation=-1" "min_correlation=nan" "min_correlation=1e-3" "min_correlation="; do
+        code=$(curl -s -o "$T/bad.json" -w '%{http_code}' "$URL/api/images/$a_id/copies?$q")
+        [ "$code" = 400 ] && grep -q invalid_argument "$T/bad.json" && ok "copies?$q: 400" || fail "copies?$q: $code $(cat "$T/bad.json")"
+    done
+    code=$(curl -s -o "$T/bad.json" -w '%{http_code}' "$URL/api/images/987654/copies")
+    [ "$code" = 404 ] && ok "copies of a missing image: 404" || fail "missing image: $code"
+    code=$(curl -s -o /dev/null -w '%{http_code}' -X POST "$URL/api/images/$a_id/copies")
+    [ "$code" = 405 ] && ok "POST copies: 405" || fail "POST copies: $code"
+    code=$(curl -s -o /dev/null -w '%{http_code}' -I "$URL/api/images/$a_id/copies")
+    [ "$code" = 200 ] && ok "HEAD copies: 200" || fail "HEAD copies: $code"
+fi
+kill -TERM "$SERVER" 2>/dev/null
+wait "$SERVER"
+rc=$?
+[ $rc -eq 0 ] && ok "the server stopped cleanly" || fail "the server exited $rc"
+if grep -qE 'AddressSanitizer|LeakSanitizer|runtime error:' "$T/server.err"; then
+    fail "sanitizer report in the server log"
+    grep -m 10 -A 10 -E 'AddressSanitizer|LeakSanitizer|runtime error:' "$T/server.err"
+fi
 
 echo "== no copies, bad options"
 "$BIN" ingest "$T/clean" --db "$T/clean.db" --model "$MODEL" -q >/dev/null 2>&1 || fail "ingest of the clean set"

@@ -433,6 +433,32 @@ static void check_results(const json_t *doc, const buf *req)
         fail("\"count\" is not the number of results");
 }
 
+/* A copies reply: at most k copies, never the image itself, ranks 1..n,
+ * correlations from min_correlation to 1 in non-increasing order. */
+static void check_copies(const json_t *doc)
+{
+    const json_t *copies = json_object_get(doc, "copies");
+    if (!copies)
+        return;
+    const json_t *k = json_object_get(doc, "k"), *id = json_object_get(doc, "id"),
+                 *min = json_object_get(doc, "min_correlation"), *count = json_object_get(doc, "count");
+    if (!json_is_array(copies) || !json_is_integer(k) || !json_is_integer(id) || !json_is_number(min) ||
+        !json_is_integer(count) || (size_t)json_integer_value(count) != json_array_size(copies) ||
+        json_array_size(copies) > (size_t)json_integer_value(k))
+        fail("a copies reply without its id, k, min_correlation and count, or with more than k copies");
+    double last = 1;
+    for (size_t i = 0; i < json_array_size(copies); i++) {
+        const json_t *c = json_array_get(copies, i);
+        const json_t *rank = json_object_get(c, "rank"), *cid = json_object_get(c, "id"),
+                     *corr = json_object_get(c, "correlation");
+        if (!json_is_integer(rank) || json_integer_value(rank) != (json_int_t)i + 1 || !json_is_integer(cid) ||
+            json_integer_value(cid) == json_integer_value(id) || !json_is_number(corr) ||
+            json_number_value(corr) > last + 1e-9 || json_number_value(corr) < json_number_value(min) - 1e-9)
+            fail("copies out of order, below min_correlation, or holding the image itself");
+        last = json_number_value(corr);
+    }
+}
+
 static void check_reply(const buf *req, const buf *reply, int head)
 {
     cur_req = req;
@@ -472,6 +498,7 @@ static void check_reply(const buf *req, const buf *reply, int head)
             fail("an error without {\"error\":{\"code\",\"message\"}}");
     } else {
         check_results(doc, req);
+        check_copies(doc);
     }
     json_decref(doc);
 }
@@ -541,6 +568,8 @@ static void write_seeds(const char *dir)
                     "&view=PA&one_per_patient=1&include_self=1\n\n", 0},
         {"similar_filter", "GET\n/api/images/5/similar?filter=labels:%22No%20Finding%22%20age:30-50%20site=A%26E"
                            "&exclude_patient=P1&ef=50&labels_all=Effusion,Mass\n\n", 0},
+        {"copies", "GET\n/api/images/3/copies?k=7&min_correlation=0.5\n\n", 0},
+        {"copies_head", "HEAD\n/api/images/2/copies\n\n", 0},
         {"similar_region", "GET\n/api/images/4/similar?k=5&region=2,3,10,8\n\n", 0},
         {"similar_region_percent", "GET\n/api/images/6/similar?region=10%25,0%25,50.5%25,99.99%25\n\n", 0},
         {"delete", "DELETE\n/api/images/6\n\n", 1},

@@ -816,6 +816,12 @@ static void test_no_model_open(void **state)
     engine_results_free(res, n);
     q = (engine_query){.bytes = G.s[1].bytes, .len = G.s[1].len, .k = 1};
     assert_int_equal(engine_search(fx->e, &q, &res, &n, NULL, &err), MS_EINVAL);
+    /* copies need no model either */
+    engine_copy *copies = NULL;
+    int n_copies = -1;
+    assert_int_equal(engine_find_copies(fx->e, fx->ids[1], 5, 0.99, &copies, &n_copies, &err), 0);
+    assert_true(n_copies >= 0);
+    engine_copies_free(copies, n_copies);
     /* nor a region of a stored image: that is embedded again */
     image_region half;
     assert_int_equal(image_region_parse("0,0,50%,50%", &half, &err), 0);
@@ -939,6 +945,62 @@ static void test_concurrent_searches(void **state)
     assert_int_equal(st.searches, 24);
 }
 
+/* Copies (engine_find_copies): image 5 stored again as what MedSearch sees
+ * of it (a lossless PNG, other bytes) and at half size under another
+ * patient; each names the other two, strongest first, with their metadata;
+ * an image without copies names none; bad arguments and a missing image
+ * are refused. */
+static void test_find_copies(void **state)
+{
+    fixture *fx = *state;
+    ms_err err = {0};
+    image_info info;
+    assert_int_equal(image_probe(G.s[5].bytes, G.s[5].len, NULL, &info, &err), 0);
+    int side = info.width > info.height ? info.width : info.height;
+    uint8_t *same = NULL, *half = NULL;
+    size_t same_len = 0, half_len = 0;
+    assert_int_equal(engine_preview(fx->e, G.s[5].bytes, G.s[5].len, side, &same, &same_len, &err), 0);
+    assert_int_equal(engine_preview(fx->e, G.s[5].bytes, G.s[5].len, side / 2, &half, &half_len, &err), 0);
+    store_meta other = {0};
+    other.age = -1;
+    other.patient_id = "P-copy";
+    int64_t c1, c2;
+    int was_new;
+    assert_int_equal(engine_ingest(fx->e, same, same_len, &G.s[5].meta, &c1, &was_new, &err), 0);
+    assert_int_equal(engine_ingest(fx->e, half, half_len, &other, &c2, &was_new, &err), 0);
+    free(same);
+    free(half);
+    const int64_t group[3] = {fx->ids[5], c1, c2};
+    for (int g = 0; g < 3; g++) {
+        engine_copy *copies;
+        int n;
+        assert_int_equal(engine_find_copies(fx->e, group[g], ENGINE_COPIES_CANDIDATES, ENGINE_COPIES_MIN_CORRELATION,
+                                            &copies, &n, &err), 0);
+        if (n != 2)
+            fail_msg("image %lld: %d copies, want 2", (long long)group[g], n);
+        for (int i = 0; i < n; i++) {
+            assert_true(copies[i].id != group[g]);
+            assert_true(copies[i].id == group[0] || copies[i].id == group[1] || copies[i].id == group[2]);
+            assert_true(copies[i].correlation >= 0.99 && copies[i].correlation <= 1.0 + 1e-12);
+            if (copies[i].id == c2)
+                assert_string_equal(copies[i].meta.patient_id, "P-copy");
+        }
+        assert_true(copies[0].correlation >= copies[1].correlation);
+        engine_copies_free(copies, n);
+    }
+    engine_copy *copies = NULL;
+    int n = -1;
+    assert_int_equal(engine_find_copies(fx->e, fx->ids[0], 5, 0.99, &copies, &n, &err), 0);
+    assert_int_equal(n, 0);
+    engine_copies_free(copies, n);
+    assert_int_equal(engine_find_copies(fx->e, fx->ids[0], 0, 0.99, &copies, &n, &err), MS_EINVAL);
+    assert_int_equal(engine_find_copies(fx->e, fx->ids[0], 101, 0.99, &copies, &n, &err), MS_EINVAL);
+    assert_int_equal(engine_find_copies(fx->e, fx->ids[0], 5, 1.5, &copies, &n, &err), MS_EINVAL);
+    assert_int_equal(engine_find_copies(fx->e, fx->ids[0], 5, -1, &copies, &n, &err), MS_EINVAL);
+    assert_int_equal(engine_find_copies(fx->e, 987654321, 5, 0.99, &copies, &n, &err), MS_ENOTFOUND);
+    assert_null(copies);
+}
+
 static int run_engine_suite(const char *group)
 {
     int rc = suite_load_data();
@@ -961,6 +1023,7 @@ static int run_engine_suite(const char *group)
         cmocka_unit_test_setup_teardown(test_no_model_open, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dynamic_batching, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_searches, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_find_copies, setup, teardown),
     };
     rc = _cmocka_run_group_tests(group, tests, sizeof tests / sizeof tests[0], NULL, NULL);
     suite_free_data();
