@@ -212,9 +212,6 @@ int image_region_parse(const char *text, image_region *r, ms_err *err);
  * gives the image's size). */
 int image_region_resolve(const image_region *r, int w, int h, image_rect *rect, ms_err *err);
 
-/* "x,y,width,height" in pixels into buf (at least 48 bytes), for reports. */
-void image_rect_format(const image_rect *rect, char *buf, size_t n);
-
 /* Decodes and prepares one image into out[3 * size * size] (NCHW, caller's
  * buffer, written only on success). lim NULL means the defaults; info, when
  * not NULL, receives the probe result. Returns 0 or a negative code as

@@ -129,8 +129,3 @@ int image_region_resolve(const image_region *r, int w, int h, image_rect *rect, 
     *rect = got;
     return 0;
 }
-
-void image_rect_format(const image_rect *rect, char *buf, size_t n)
-{
-    snprintf(buf, n, "%d,%d,%d,%d", rect->x, rect->y, rect->width, rect->height);
-}

@@ -122,10 +122,6 @@ static void test_resolve_refuses_outside(void **state)
             fail_msg("'%s': \"%s\"", outside[i], err.msg);
         assert_int_equal(rect.x, -1);
     }
-    char text[64];
-    image_rect rect = {3, 4, 5, 6};
-    image_rect_format(&rect, text, sizeof text);
-    assert_string_equal(text, "3,4,5,6");
 }
 
 /* ---- image_prepare_region against a cut made beforehand ---- */
