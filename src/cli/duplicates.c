@@ -27,7 +27,6 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <unistd.h>
 
 #include "cli/cli.h"
@@ -243,25 +242,11 @@ static size_t count_groups(const dup_run *r)
     return in_pairs - joins;
 }
 
-static int labels_equal(const store_meta *x, const store_meta *y)
-{
-    if (x->n_labels != y->n_labels)
-        return 0;
-    for (int i = 0; i < x->n_labels; i++) {
-        int found = 0;
-        for (int j = 0; j < y->n_labels && !found; j++)
-            found = !strcasecmp(x->labels[i], y->labels[j]);
-        if (!found)
-            return 0;
-    }
-    return 1;
-}
-
 /* Labels that conflict: both images have some, and they are not the same
  * set (a copy without labels only lacks them). */
 static int labels_differ(const store_meta *x, const store_meta *y)
 {
-    return x->n_labels > 0 && y->n_labels > 0 && !labels_equal(x, y);
+    return x->n_labels > 0 && y->n_labels > 0 && !store_labels_same_set(x, y);
 }
 
 static int other_patients(const store_meta *x, const store_meta *y)

@@ -144,6 +144,17 @@ int store_meta_same(const store_meta *a, const store_meta *b)
     return same_labels(a, b) && kv_within(a, b) && kv_within(b, a);
 }
 
+int store_labels_same_set(const store_meta *a, const store_meta *b)
+{
+    for (int i = 0; i < a->n_labels; i++)
+        if (find_label(b, b->n_labels, a->labels[i]) < 0)
+            return 0;
+    for (int i = 0; i < b->n_labels; i++)
+        if (find_label(a, a->n_labels, b->labels[i]) < 0)
+            return 0;
+    return 1;
+}
+
 /* ---- patching ---- */
 
 /* The labels after the patch: the base list (the patch's when it replaces

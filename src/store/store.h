@@ -272,6 +272,9 @@ int store_meta_copy(store_meta *dst, const store_meta *src, ms_err *err);
  * key's last value), and an empty string as unknown. original_name is not
  * compared. */
 int store_meta_same(const store_meta *a, const store_meta *b);
+/* Do a and b name the same findings, whatever their order? Labels compare
+ * as the store compares them (without regard to ASCII case). 1 or 0. */
+int store_labels_same_set(const store_meta *a, const store_meta *b);
 
 /* vec must hold dim floats; MS_EINVAL when the stored vector has another
  * dim, MS_ENOTFOUND when the image has none. */

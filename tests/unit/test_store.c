@@ -1246,6 +1246,10 @@ static void t_meta_same(void **state)
     assert_true(store_meta_same(&a, &b));
     b.labels = lc;
     assert_false(store_meta_same(&a, &b));  /* order: the first label is the primary finding */
+    assert_true(store_labels_same_set(&a, &b) && store_labels_same_set(&b, &a)); /* but the same findings */
+    b.n_labels = 1;
+    assert_false(store_labels_same_set(&a, &b) || store_labels_same_set(&b, &a));
+    b.n_labels = 2;
     b.labels = lb;
     kb[1].value = "1";
     assert_false(store_meta_same(&a, &b));  /* a repeated key keeps its last value */
