@@ -640,20 +640,28 @@ int engine_preview(engine *e, const uint8_t *bytes, size_t len, int longest_side
     return image_thumbnail(bytes, len, &e->opt.limits, longest_side, THUMB_PNG, png, png_len, err);
 }
 
+int engine_read_stored(engine *e, int64_t id, uint8_t **bytes, size_t *len, ms_err *err)
+{
+    *bytes = NULL;
+    *len = 0;
+    store *s;
+    int rc = engine_store_acquire(e, &s, err);
+    if (rc)
+        return rc;
+    char mime[32];
+    rc = store_get_image(s, id, bytes, len, mime, err);
+    engine_store_release(e, s);
+    return rc;
+}
+
 int engine_preview_stored(engine *e, int64_t id, int longest_side, uint8_t **png, size_t *png_len,
                           ms_err *err)
 {
     *png = NULL;
     *png_len = 0;
-    store *s;
-    int rc = engine_store_acquire(e, &s, err);
-    if (rc)
-        return rc;
-    uint8_t *bytes = NULL;
-    size_t len = 0;
-    char mime[32];
-    rc = store_get_image(s, id, &bytes, &len, mime, err);
-    engine_store_release(e, s);
+    uint8_t *bytes;
+    size_t len;
+    int rc = engine_read_stored(e, id, &bytes, &len, err);
     if (!rc)
         rc = engine_preview(e, bytes, len, longest_side, png, png_len, err);
     free(bytes);

@@ -129,6 +129,9 @@ void engine_pool_put(engine *e, store *s);
 void engine_write_begin(engine *e, store *s);
 void engine_write_end(engine *e, store *s, int changed);
 int engine_need_model(const engine *e, ms_err *err);
+/* The stored bytes of image id, read through a handle of the pool (*bytes
+ * malloc'd, the caller frees it): 0, MS_ENOTFOUND, or a store error. */
+int engine_read_stored(engine *e, int64_t id, uint8_t **bytes, size_t *len, ms_err *err);
 /* Caller's thread: decode+prepare one image, or the region of it (NULL:
  * all of it; used receives it in pixels when not NULL), into a malloc'd
  * input. */

@@ -310,14 +310,9 @@ static int embed_stored_region(engine *e, const engine_query *q, float *vec, eng
     if (rc)
         return rc;
     uint64_t t0 = ms_now_ns();
-    store *s;
-    if ((rc = engine_store_acquire(e, &s, err)) != 0)
-        return rc;
-    uint8_t *bytes = NULL;
-    size_t len = 0;
-    char mime[32];
-    rc = store_get_image(s, q->by_id, &bytes, &len, mime, err);
-    engine_store_release(e, s);
+    uint8_t *bytes;
+    size_t len;
+    rc = engine_read_stored(e, q->by_id, &bytes, &len, err);
     t->decode_ms = ms_elapsed_ms(t0);
     if (rc == 0)
         rc = embed_query(e, bytes, len, q, vec, t, err);
