@@ -1171,7 +1171,7 @@ const hasOption = (select, v) => [...$(select).options].some((o) => o.value === 
 
 // Applies a link's settings to the controls; every value is checked as the
 // controls would take it, anything else is ignored. Returns the stored
-// image to search with, or 0.
+// image to search with (0: none) and its region ('' for all of it).
 function applyLink(hash) {
   const p = new URLSearchParams(hash.replace(/^#/, ''));
   const k = p.get('k');
@@ -1194,19 +1194,18 @@ function applyLink(hash) {
   $('filter-age-max').value = age ? age[2] : '';
   $('filter-one-per-patient').checked = p.get('one') === '1';
   const id = p.get('similar');
-  return id && /^[1-9]\d{0,15}$/.test(id) ? Number(id) : 0;
-}
-
-function linkRegion(hash) {
-  const r = new URLSearchParams(hash.replace(/^#/, '')).get('region') || '';
-  return /^[\d.%, ]{1,128}$/.test(r) ? r : '';
+  const region = p.get('region') || '';
+  return {
+    id: id && /^[1-9]\d{0,15}$/.test(id) ? Number(id) : 0,
+    region: /^[\d.%, ]{1,128}$/.test(region) ? region : '',
+  };
 }
 
 // A link opened, or an address typed over this one: run what it says.
 function followLink() {
   if (!location.hash || location.hash === '#') return;
-  const id = applyLink(location.hash);
-  if (id) queryById(id, '', linkRegion(location.hash));
+  const link = applyLink(location.hash);
+  if (link.id) queryById(link.id, '', link.region);
   else runSearch();
 }
 
