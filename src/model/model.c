@@ -62,6 +62,12 @@ struct model {
     int flip;
     float *mirror_buf;     /* with flip: the batch mirrored, then its features */
     size_t mirror_cap;     /* floats */
+    /* The map the feature is a global pooling of, for model_feature_shares:
+     * `map` when the pooling is ours, else the map behind the graph's own
+     * global pool; -1 when the feature is no such pooling. */
+    int share_map;
+    model_pool share_pool; /* how the feature pools it */
+    int share_c, share_h, share_w;
 };
 
 void model_options_init(model_options *o)
@@ -539,6 +545,36 @@ static int check_options(const model_options *o, ms_err *err)
 }
 
 static void describe(model *m);
+static int tensor_available(const model *m, const char *name, int *t, ms_err *err);
+
+/* Once optimised: the map model_feature_shares splits the feature over.
+ * The graph's own pool counts only when it is global and the feature is
+ * that pool reshaped (as many values as the map has channels), and when
+ * the map is still a tensor of its own after fusion. */
+static void find_share_map(model *m)
+{
+    const graph *g = &m->g;
+    m->share_map = -1;
+    int t = m->map, gp = -1;
+    if (t >= 0) {
+        m->share_pool = m->pool;
+    } else {
+        gp = graph_global_pool_node(g, m->feature);
+        if (gp < 0 || !graph_pool_is_global(g, gp))
+            return;
+        t = g->n[gp].in[0];
+        m->share_pool = g->n[gp].op == G_GMP || g->n[gp].op == G_MAXPOOL ? MODEL_POOL_MAX : MODEL_POOL_AVG;
+    }
+    int found;
+    const g_tensor *x = &g->t[t];
+    if (tensor_available(m, x->name, &found, NULL) || found != t || x->rank != 4 ||
+        (gp >= 0 && graph_elems(&g->t[m->feature]) != x->dims[1]))
+        return;
+    m->share_map = t;
+    m->share_c = (int)x->dims[1];
+    m->share_h = (int)x->dims[2];
+    m->share_w = (int)x->dims[3];
+}
 
 static int compile(model *m, const model_options *o, ms_err *err)
 {
@@ -557,6 +593,7 @@ static int compile(model *m, const model_options *o, ms_err *err)
     int keep[2] = {m->feature, m->map};
     if ((rc = graph_optimise(g, keep, 2, err)))
         return rc;
+    find_share_map(m);
     int64_t live = graph_live_bytes(g, m->target);
     if (live < 0)
         return ms_err_set(err, MS_ENOMEM, "out of memory");
@@ -794,6 +831,91 @@ int model_forward_tensor(model *m, const float *input, int n, const char *tensor
     return dnn_run(m->dnn, t, n, input, out, err);
 }
 
+int model_feature_grid(const model *m, int *h, int *w, ms_err *err)
+{
+    *h = *w = 0;
+    if (m->share_map < 0) {
+        const graph *g = &m->g;
+        int p = graph_producer(g, m->feature);
+        return ms_err_set(err, MS_EUNSUPPORTED,
+                          "the model's feature '%.200s' (from %s node '%.200s') is not a global pooling of a feature "
+                          "map, so it cannot be split over the image's regions",
+                          g->t[m->feature].name, p >= 0 ? g->n[p].op_type : "no", p >= 0 ? g->n[p].name : "-");
+    }
+    *h = m->share_h;
+    *w = m->share_w;
+    return 0;
+}
+
+/* n maps into their features and shares (pooling.h). */
+static void pool_with_shares(const model *m, const float *maps, int n, float *feature, float *shares)
+{
+    size_t hw = (size_t)m->share_h * (size_t)m->share_w, per = (size_t)m->share_c * hw;
+    for (int i = 0; i < n; i++) {
+        pool_map(maps + (size_t)i * per, 1, m->share_c, (int)hw, m->share_pool, m->gem_p,
+                 feature + (size_t)i * (size_t)m->share_c);
+        pool_map_shares(maps + (size_t)i * per, m->share_c, (int)hw, m->share_pool, m->gem_p, shares + (size_t)i * per);
+    }
+}
+
+static double inverse_norm(const float *v, int n)
+{
+    double ss = 0;
+    for (int i = 0; i < n; i++)
+        ss += (double)v[i] * v[i];
+    return ss > 0 ? 1.0 / sqrt(ss) : 1.0; /* a zero vector stays zero, as model_l2_normalise leaves it */
+}
+
+/* With flip: each image's feature and shares become a/|a| + b/|b| of its
+ * own (a) and its mirror image's (b), whose cells are mirrored back. */
+static void add_mirrored_shares(const model *m, int n, float *feature, float *shares, const float *m_feature,
+                                const float *m_shares)
+{
+    int c = m->share_c, h = m->share_h, w = m->share_w;
+    size_t hw = (size_t)h * (size_t)w, per = (size_t)c * hw;
+    for (int i = 0; i < n; i++) {
+        float *f = feature + (size_t)i * (size_t)c, *s = shares + (size_t)i * per;
+        const float *mf = m_feature + (size_t)i * (size_t)c, *ms = m_shares + (size_t)i * per;
+        double ia = inverse_norm(f, c), ib = inverse_norm(mf, c);
+        for (int ch = 0; ch < c; ch++) {
+            f[ch] = (float)(f[ch] * ia + mf[ch] * ib);
+            for (int y = 0; y < h; y++)
+                for (int x = 0; x < w; x++) {
+                    size_t at = (size_t)ch * hw + (size_t)y * (size_t)w;
+                    s[at + (size_t)x] = (float)(s[at + (size_t)x] * ia + ms[at + (size_t)(w - 1 - x)] * ib);
+                }
+        }
+    }
+}
+
+int model_feature_shares(model *m, const float *input, int n, float *feature, float *shares, ms_err *err)
+{
+    int h, w, rc = model_feature_grid(m, &h, &w, err);
+    if (rc || (rc = check_batch(n, err)))
+        return rc;
+    size_t per = (size_t)m->share_c * (size_t)h * (size_t)w, all = (size_t)n * per;
+    if (!grow_zeroed(&m->map_buf, &m->map_cap, all))
+        return ms_err_set(err, MS_ENOMEM, "cannot allocate the feature map for batch %d", n);
+    if ((rc = dnn_run(m->dnn, m->share_map, n, input, m->map_buf, err)))
+        return rc;
+    pool_with_shares(m, m->map_buf, n, feature, shares);
+    if (!m->flip)
+        return 0;
+    size_t pixels = (size_t)n * 3 * (size_t)m->prep.size * (size_t)m->prep.size;
+    float *mirrored = malloc((pixels + all + (size_t)n * (size_t)m->share_c) * sizeof *mirrored);
+    if (!mirrored)
+        return ms_err_set(err, MS_ENOMEM, "cannot allocate the mirrored batch of %d", n);
+    float *m_shares = mirrored + pixels, *m_feature = m_shares + all;
+    mirror_images(input, n, m->prep.size, mirrored);
+    rc = dnn_run(m->dnn, m->share_map, n, mirrored, m->map_buf, err);
+    if (rc == 0) {
+        pool_with_shares(m, m->map_buf, n, m_feature, m_shares);
+        add_mirrored_shares(m, n, feature, shares, m_feature, m_shares);
+    }
+    free(mirrored);
+    return rc;
+}
+
 size_t model_tensor_size(const model *m, const char *tensor)
 {
     int t;
@@ -898,6 +1020,11 @@ static void describe(model *m)
                   "giving '%s' is left out; --output %s keeps it)\n", m->head_layers, m->head_layers == 1 ? "" : "s",
                   g->n[m->head_node].name, g->n[m->head_node].op_type, g->t[m->head_output].name,
                   g->t[m->head_output].name);
+    if (m->share_map >= 0)
+        sb_printf(&s, "maps        similarity maps (explain) on a %d x %d grid of '%s'\n", m->share_h, m->share_w,
+                  g->t[m->share_map].name);
+    else
+        sb_printf(&s, "maps        none: the feature is not a global pooling of a feature map\n");
     if (m->signed_map >= 0)
         sb_printf(&s, "            (not GeM: --pool auto keeps the graph's average of '%s', which may be negative, "
                   "where GeM would clamp it)\n", g->t[m->signed_map].name);

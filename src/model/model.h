@@ -146,6 +146,31 @@ int model_forward_tensor(model *m, const float *input, int n, const char *tensor
 /* Per-image element count of a tensor, or 0 when there is none of that name. */
 size_t model_tensor_size(const model *m, const char *tensor);
 
+/* ---- where a feature comes from (similarity maps) ----
+ *
+ * A feature pooled from the last feature map is a sum over that map's
+ * cells, each cell seeing one patch of the prepared image (the map is
+ * h x w for an input of S x S: 7 x 7 at 224 for ResNet-50 and MobileNetV2).
+ * With the feature split that way, any dot product with it splits too,
+ * which is what shows where two images are alike (engine.h,
+ * engine_map_similarity). */
+
+/* The grid of cells the feature is split over: 0 with *h, *w; or
+ * MS_EUNSUPPORTED, with the reason, when the feature is not a global
+ * pooling of a map (a projection or classifier head after the pool, a
+ * tensor named with options.output that is not pooled). */
+int model_feature_grid(const model *m, int *h, int *w, ms_err *err);
+
+/* Runs n prepared images (as model_forward takes them) and writes each
+ * one's feature, as model_forward gives it (dim raw values; with flip, the
+ * sum of the normalised features of the image and of its mirror image,
+ * whose cells are mirrored back), to feature (n x dim), and its split over
+ * the grid to shares (n x dim x h x w): for each channel, its h x w shares
+ * sum to its feature value, to float rounding. How each pooling splits is
+ * in pooling.h. Returns 0, the errors of model_feature_grid and
+ * model_forward, or MS_ENOMEM. */
+int model_feature_shares(model *m, const float *input, int n, float *feature, float *shares, ms_err *err);
+
 /* L2-normalises n rows of dim floats in place (zero rows stay zero). */
 void model_l2_normalise(float *v, int n, int dim);
 

@@ -59,6 +59,54 @@ void pool_map(const float *map, int n, int c, int hw, model_pool pool, float p, 
     }
 }
 
+/* max(x, floor)^p, in double as gem() sums it. */
+static double gem_power(float x, float p)
+{
+    double y = x > GEM_FLOOR ? x : GEM_FLOOR;
+    return p == 3.0f ? y * y * y : pow(y, p);
+}
+
+static void gem_shares(const float *x, int hw, float p, float *out)
+{
+    double sum = 0;
+    for (int i = 0; i < hw; i++)
+        sum += gem_power(x[i], p);
+    double f = p == 3.0f ? cbrt(sum / hw) : pow(sum / hw, 1.0 / p);
+    for (int i = 0; i < hw; i++)
+        out[i] = (float)(f * (gem_power(x[i], p) / sum));
+}
+
+static void max_shares(const float *x, int hw, float *out)
+{
+    int at = 0;
+    for (int i = 1; i < hw; i++)
+        if (x[i] > x[at])
+            at = i;
+    memset(out, 0, (size_t)hw * sizeof *out);
+    out[at] = x[at];
+}
+
+void pool_map_shares(const float *map, int c, int hw, model_pool pool, float p, float *shares)
+{
+    if (pool == MODEL_POOL_TOPLEFT) { /* value k of the flattened map: channel k / hw, cell k % hw */
+        memset(shares, 0, (size_t)c * (size_t)hw * sizeof *shares);
+        for (int k = 0; k < c; k++)
+            shares[(size_t)k * (size_t)hw + (size_t)(k % hw)] = map[k];
+        return;
+    }
+    for (int ch = 0; ch < c; ch++) {
+        const float *x = map + (size_t)ch * (size_t)hw;
+        float *o = shares + (size_t)ch * (size_t)hw;
+        if (pool == MODEL_POOL_GEM)
+            gem_shares(x, hw, p, o);
+        else if (pool == MODEL_POOL_MAX)
+            max_shares(x, hw, o);
+        else
+            for (int i = 0; i < hw; i++)
+                o[i] = x[i] / (float)hw;
+    }
+}
+
 void model_l2_normalise(float *v, int n, int dim)
 {
     for (int i = 0; i < n; i++) {

@@ -78,6 +78,14 @@ row = np.fromfile(sys.argv[2], dtype=np.float32).reshape(4, -1)[int(sys.argv[3])
 assert np.abs(one - row).max() <= 1e-5 * np.abs(row).max(), np.abs(one - row).max()
 EOF
     done
+    # every one of these ends in a global pooling of a map, which similarity maps split
+    # (SqueezeNet's last map is 13 x 13 at 224: it has no stride-32 stage)
+    grid="7 x 7"
+    [ "$m" = squeezenet1_1 ] && grid="13 x 13"
+    for pool in auto output; do
+        "$BIN" info --model "$M" --pool $pool 2>&1 | grep -q "^maps        similarity maps (explain) on a $grid grid" ||
+            fail "$m: info --pool $pool does not offer similarity maps on a $grid grid: $("$BIN" info --model "$M" --pool $pool 2>&1 | grep '^maps')"
+    done
     # the graph's own global average pool against MedSearch's pooling of its input map
     if [ "$m" != squeezenet1_1 ]; then
         "$BIN" embed --model "$M" --raw --pool avg -b 4 -o "$T/$m.avg" "${IMGS[@]}" >/dev/null 2>"$T/$m.err" ||
@@ -149,6 +157,8 @@ M=$T/$m.onnx
 grep -q "feature     /classifier/classifier.1/Flatten_output_0, 768 values, pooling output" "$T/info" ||
     fail "$m: the default feature is not the normalised pooled vector: $(grep -A1 '^feature' "$T/info")"
 grep -q "head of 1 dense layer from '/classifier/classifier.2/Gemm'" "$T/info" || fail "$m: info does not name the head left out"
+grep -q "^maps        none: the feature is not a global pooling" "$T/info" ||
+    fail "$m: a feature normalised after its pool offers similarity maps: $(grep '^maps' "$T/info")"
 grep -q "Transpose 46" "$T/info" || fail "$m: info does not count the file's Transposes: $(grep ops "$T/info")"
 grep -q "rewritten   18 GELU from Erf, 23 layer norms from their formula, 46 Transposes and 36 MatMuls" "$T/info" ||
     fail "$m: info does not say what was rewritten: $(grep rewritten "$T/info")"

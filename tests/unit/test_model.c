@@ -739,6 +739,154 @@ static void test_flip(void **state)
     pool_free();
 }
 
+/* The shares one pooling gives one channel's 64 cells, by hand from the map. */
+static void want_shares(const float *x, model_pool how, int ch, double *out)
+{
+    double sum = 0;
+    int at = 0;
+    for (int i = 0; i < 64; i++) {
+        double y = x[i] > 1e-6 ? x[i] : 1e-6;
+        sum += how == MODEL_POOL_GEM ? pow(y, 2.5) : x[i];
+        at = x[i] > x[at] ? i : at;
+    }
+    for (int i = 0; i < 64; i++) {
+        double y = x[i] > 1e-6 ? x[i] : 1e-6;
+        switch (how) {
+        case MODEL_POOL_GEM: out[i] = pow(sum / 64, 1 / 2.5) * pow(y, 2.5) / sum; break;
+        case MODEL_POOL_MAX: out[i] = i == at ? x[i] : 0; break;
+        case MODEL_POOL_TOPLEFT: out[i] = 0; break;
+        default: out[i] = x[i] / 64; break;
+        }
+    }
+    if (how == MODEL_POOL_TOPLEFT) /* value ch of the flattened map: channel 0, cell ch */
+        out[ch] = x[ch];
+}
+
+/* model_feature_shares: for every pooling of ours and for the graph's own
+ * average and max pool, the feature is model_forward's, its shares sum to
+ * it over the cells, and they are what the pooling gives each cell by hand;
+ * with flip, the image's and the mirror image's shares normalised, the
+ * mirror's cells mirrored back. A feature that is no global pooling of a
+ * map (a head, a pool not covering the map) has no grid. */
+static void test_feature_shares(void **state)
+{
+    (void)state;
+    float in[2 * 3 * 64], map[2 * 4 * 64];
+    for (int i = 0; i < 2 * 3 * 64; i++)
+        in[i] = (float)((i * 41) % 31) / 8.0f - 1.7f;
+    const struct {
+        const char *global_op;
+        model_pool pool, splits_as;
+    } cases[] = {{"GlobalAveragePool", MODEL_POOL_AVG, MODEL_POOL_AVG},
+                 {"GlobalAveragePool", MODEL_POOL_GEM, MODEL_POOL_GEM},
+                 {"GlobalAveragePool", MODEL_POOL_MAX, MODEL_POOL_MAX},
+                 {"GlobalAveragePool", MODEL_POOL_TOPLEFT, MODEL_POOL_TOPLEFT},
+                 {"GlobalAveragePool", MODEL_POOL_OUTPUT, MODEL_POOL_AVG},
+                 {"GlobalMaxPool", MODEL_POOL_OUTPUT, MODEL_POOL_MAX}};
+    for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
+        mb b;
+        base_with(&b, cases[k].global_op, 0);
+        size_t len;
+        uint8_t *buf = mb_pack(&b, &len);
+        model_options o;
+        model_options_init(&o);
+        o.pool = cases[k].pool;
+        o.gem_p = 2.5f;
+        model *m;
+        ms_err err = {0};
+        assert_int_equal(model_load_buffer(buf, len, "m.onnx", &o, &m, &err), 0);
+        int h = 0, w = 0;
+        assert_int_equal(model_feature_grid(m, &h, &w, &err), 0);
+        assert_true(h == 8 && w == 8);
+        float feature[2 * 4], want[2 * 4], shares[2 * 4 * 64];
+        assert_int_equal(model_forward(m, in, 2, want, &err), 0);
+        assert_int_equal(model_feature_shares(m, in, 2, feature, shares, &err), 0);
+        assert_int_equal(model_forward_tensor(m, in, 2, "r", map, 4 * 64, &err), 0);
+        for (int i = 0; i < 2; i++)
+            for (int c = 0; c < 4; c++) {
+                double sum = 0, by_hand[64];
+                float f = feature[i * 4 + c];
+                assert_true(fabsf(f - want[i * 4 + c]) <= 1e-5f * (1 + fabsf(f)));
+                want_shares(map + i * 256 + (cases[k].splits_as == MODEL_POOL_TOPLEFT ? 0 : c * 64),
+                            cases[k].splits_as, c, by_hand);
+                for (int cell = 0; cell < 64; cell++) {
+                    float got = shares[(i * 4 + c) * 64 + cell];
+                    sum += got;
+                    if (fabs(got - by_hand[cell]) > 1e-5 * (1 + fabs(by_hand[cell])))
+                        fail_msg("case %zu image %d channel %d cell %d: %g, by hand %g", k, i, c, cell, (double)got,
+                                 by_hand[cell]);
+                }
+                assert_true(fabs(sum - f) <= 1e-5 * (1 + fabs(f)));
+            }
+        model_free(m);
+        /* with flip */
+        if (cases[k].pool == MODEL_POOL_GEM || cases[k].pool == MODEL_POOL_OUTPUT) {
+            model *flip;
+            assert_int_equal(model_load_buffer(buf, len, "m.onnx", &o, &m, &err), 0);
+            o.flip = 1;
+            assert_int_equal(model_load_buffer(buf, len, "m.onnx", &o, &flip, &err), 0);
+            float mirrored[2 * 3 * 64], fm[2 * 4], sm[2 * 4 * 64], ff[2 * 4], sf[2 * 4 * 64];
+            mirror_planes(in, 2, 8, mirrored);
+            assert_int_equal(model_feature_shares(m, in, 2, feature, shares, &err), 0);
+            assert_int_equal(model_feature_shares(m, mirrored, 2, fm, sm, &err), 0);
+            assert_int_equal(model_forward(flip, in, 2, want, &err), 0);
+            assert_int_equal(model_feature_shares(flip, in, 2, ff, sf, &err), 0);
+            for (int i = 0; i < 2; i++) {
+                double na = 0, nb = 0;
+                for (int c = 0; c < 4; c++) {
+                    na += (double)feature[i * 4 + c] * feature[i * 4 + c];
+                    nb += (double)fm[i * 4 + c] * fm[i * 4 + c];
+                }
+                na = sqrt(na);
+                nb = sqrt(nb);
+                for (int c = 0; c < 4; c++) {
+                    double sum = 0;
+                    assert_true(fabsf(ff[i * 4 + c] - want[i * 4 + c]) <= 1e-5f);
+                    for (int y = 0; y < 8; y++)
+                        for (int x = 0; x < 8; x++) {
+                            size_t at = (size_t)(i * 4 + c) * 64 + (size_t)y * 8;
+                            double by_hand = shares[at + x] / na + sm[at + 7 - x] / nb;
+                            assert_true(fabs(sf[at + x] - by_hand) <= 1e-6);
+                            sum += sf[at + x];
+                        }
+                    assert_true(fabs(sum - ff[i * 4 + c]) <= 1e-5);
+                }
+            }
+            o.flip = 0;
+            model_free(m);
+            model_free(flip);
+        }
+        pool_free();
+    }
+    /* no grid: a dense head after the pool, named as the feature; a pool that does not cover the map */
+    const struct {
+        const char *pool_op;
+        int kernel, head;
+        const char *output;
+    } none[] = {{"GlobalAveragePool", 0, 1, "features"}, {"AveragePool", 4, 0, NULL}};
+    for (size_t k = 0; k < sizeof none / sizeof *none; k++) {
+        mb b;
+        base_full(&b, "Relu", none[k].pool_op, none[k].kernel, none[k].head);
+        size_t len;
+        uint8_t *buf = mb_pack(&b, &len);
+        model_options o;
+        model_options_init(&o);
+        o.output = none[k].output;
+        model *m;
+        ms_err err = {0};
+        assert_int_equal(model_load_buffer(buf, len, "m.onnx", &o, &m, &err), 0);
+        int h = 1, w = 1;
+        float feature[16], shares[16 * 64];
+        assert_int_equal(model_feature_grid(m, &h, &w, &err), MS_EUNSUPPORTED);
+        assert_true(h == 0 && w == 0);
+        print_message("  %s\n", err.msg);
+        assert_non_null(strstr(err.msg, "not a global pooling of a feature map"));
+        assert_int_equal(model_feature_shares(m, in, 1, feature, shares, &err), MS_EUNSUPPORTED);
+        model_free(m);
+        pool_free();
+    }
+}
+
 /* model_options_from_identity reads back what model_identity writes, and
  * refuses what it never writes, changing nothing then. */
 static void test_options_from_identity(void **state)
@@ -1020,6 +1168,7 @@ int main(void)
         cmocka_unit_test(test_nesting_bomb), cmocka_unit_test(test_graph_errors),
         cmocka_unit_test(test_metadata),     cmocka_unit_test(test_pooling),
         cmocka_unit_test(test_pooling_auto), cmocka_unit_test(test_flip),
+        cmocka_unit_test(test_feature_shares),
         cmocka_unit_test(test_options_from_identity), cmocka_unit_test(test_prep_identity),
         cmocka_unit_test(test_l2_normalise), cmocka_unit_test(test_no_page_faults),
         cmocka_unit_test(test_mutations),
