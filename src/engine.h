@@ -255,6 +255,39 @@ int engine_find_copies(engine *e, int64_t id, int k, double min_correlation, eng
                        ms_err *err);
 void engine_copies_free(engine_copy *c, int n);
 
+/* ---- where two images are alike: similarity maps ---- */
+
+typedef struct engine_similarity_map {
+    int grid_w, grid_h;      /* cells across and down: the model's last map
+                                (model_feature_grid), each cell one patch of
+                                the image (of the query's region) as the
+                                model input tiles it */
+    float *query_cells;      /* grid_h x grid_w, row by row from the top left:
+                                each cell's part of `similarity` */
+    float *result_cells;     /* the same over the result image */
+    double similarity;       /* the two images' similarity as search ranks
+                                without query expansion; each side's cells
+                                sum to it (to float rounding) */
+    int centred;             /* 1: centred cosine; 0: plain cosine */
+    int region_used;         /* the query was a region of its image ... */
+    image_rect region;       /* ... this one, in pixels of the image as shown */
+} engine_similarity_map;
+
+/* Where the query q (its bytes, or stored image q->by_id; q->region when
+ * set, and q->region_used receives it) and stored image result_id are
+ * alike: both are embedded again with their features split over the
+ * model's grid, and the similarity is split over each image's cells
+ * exactly (similarity_map.c says how). Other fields of q are ignored.
+ * Needs the model: two forwards (four with flip). Returns 0 (free *out
+ * with engine_similarity_map_free), or MS_EINVAL (no model, no query, a
+ * region outside the image), MS_ENOTFOUND (no image q->by_id or
+ * result_id), MS_EUNSUPPORTED (a model whose feature is no global pooling
+ * of a map, with why; or an image it cannot decode), a decode error as
+ * engine_search, MS_EBUSY, MS_ENOMEM. */
+int engine_map_similarity(engine *e, const engine_query *q, int64_t result_id,
+                          engine_similarity_map *out, ms_err *err);
+void engine_similarity_map_free(engine_similarity_map *m);
+
 /* Streaming ingest: the engine pulls items from next() and hands each back
  * to done(), in input order, on the calling thread. While one batch is in
  * the model the next is decoded by the workers and the previous one stored,

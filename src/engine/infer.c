@@ -130,10 +130,13 @@ static infer_job *take_queries(infer_queue *q, int *total)
 {
     infer_job *first = q->qh, *last = NULL;
     int n = 0;
-    for (infer_job *j = q->qh; j && n + j->n <= q->max_batch; j = j->next) {
+    /* a job for shares is no plain forward: it runs as a batch of its own */
+    for (infer_job *j = q->qh; j && n + j->n <= q->max_batch && !(n && j->shares); j = j->next) {
         n += j->n;
         last = j;
         q->qn--;
+        if (j->shares)
+            break;
     }
     q->qh = last->next;
     if (!q->qh)
@@ -145,6 +148,8 @@ static infer_job *take_queries(infer_queue *q, int *total)
 
 static int run_queries(infer_queue *q, infer_job *jobs, int total, ms_err *err)
 {
+    if (jobs->shares)
+        return model_feature_shares(q->m, jobs->input, jobs->n, jobs->out, jobs->shares, err);
     if (!jobs->next) /* a lone query runs from its own buffer */
         return model_forward(q->m, jobs->input, jobs->n, jobs->out, err);
     size_t row = 0;

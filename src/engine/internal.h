@@ -30,6 +30,8 @@ typedef struct infer_job {
     const float *input;   /* n prepared images, NCHW */
     int n;
     float *out;           /* n x dim raw features */
+    float *shares;        /* when not NULL: model_feature_shares into out and
+                             this (n x dim x grid cells), run as a batch of its own */
     int bulk;             /* ingest/re-embed batch: queued without a bound */
     int done, rc;
     ms_err err;

@@ -24,6 +24,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <vips/vips.h>
+
 #include "cli/labels.h"
 #include "engine.h"
 #include "engine/internal.h"
@@ -1001,6 +1003,150 @@ static void test_find_copies(void **state)
     assert_null(copies);
 }
 
+/* Image a's half (left: across = 1; top: across = 0) beside the other half
+ * of image b, scaled to a's size, as a PNG (malloc'd). */
+static uint8_t *half_and_half(const sample *a, const sample *b, int across, size_t *len)
+{
+    VipsImage *ia = vips_image_new_from_buffer(a->bytes, a->len, "", NULL);
+    VipsImage *ib = vips_image_new_from_buffer(b->bytes, b->len, "", NULL);
+    assert_non_null(ia);
+    assert_non_null(ib);
+    int w = vips_image_get_width(ia), h = vips_image_get_height(ia);
+    VipsImage *ga, *gb, *sb, *pa, *pb, *joined;
+    assert_int_equal(vips_colourspace(ia, &ga, VIPS_INTERPRETATION_B_W, NULL), 0);
+    assert_int_equal(vips_colourspace(ib, &gb, VIPS_INTERPRETATION_B_W, NULL), 0);
+    assert_int_equal(vips_resize(gb, &sb, (double)w / vips_image_get_width(gb), "vscale",
+                                 (double)h / vips_image_get_height(gb), NULL), 0);
+    if (across) {
+        assert_int_equal(vips_extract_area(ga, &pa, 0, 0, w / 2, h, NULL), 0);
+        assert_int_equal(vips_extract_area(sb, &pb, w / 2, 0, w - w / 2, h, NULL), 0);
+    } else {
+        assert_int_equal(vips_extract_area(ga, &pa, 0, 0, w, h / 2, NULL), 0);
+        assert_int_equal(vips_extract_area(sb, &pb, 0, h / 2, w, h - h / 2, NULL), 0);
+    }
+    assert_int_equal(vips_join(pa, pb, &joined, across ? VIPS_DIRECTION_HORIZONTAL : VIPS_DIRECTION_VERTICAL, NULL),
+                     0);
+    void *buf = NULL;
+    assert_int_equal(vips_pngsave_buffer(joined, &buf, len, NULL), 0);
+    uint8_t *out = malloc(*len);
+    memcpy(out, buf, *len);
+    g_free(buf);
+    VipsImage *all[] = {ia, ib, ga, gb, sb, pa, pb, joined};
+    for (size_t i = 0; i < sizeof all / sizeof *all; i++)
+        g_object_unref(all[i]);
+    return out;
+}
+
+/* Sum of the cells of a grid in columns (across) or rows [from, to). */
+static double cells_sum(const engine_similarity_map *m, const float *cells, int across, int from, int to)
+{
+    double sum = 0;
+    for (int y = 0; y < m->grid_h; y++)
+        for (int x = 0; x < m->grid_w; x++) {
+            int at = across ? x : y;
+            if (at >= from && at < to)
+                sum += cells[y * m->grid_w + x];
+        }
+    return sum;
+}
+
+/* engine_map_similarity: each side's cells sum to the similarity, which is
+ * the score search gives without query expansion (for a region too);
+ * the roles swapped, the cells swap; and the cells are where the images
+ * match: an image made of half of one X-ray and half of another has its
+ * similarity to the first in that half, on both sides, across and down. */
+/* For every 4th result of a search with image 3: the map's similarity is
+ * the score, each side sums to it, and swapping the roles swaps the cells. */
+static void check_map_sums(fixture *fx, int centred)
+{
+    ms_err err = {0};
+    engine_query q = {.bytes = G.s[3].bytes, .len = G.s[3].len, .k = N_IMAGES, .qe = 0};
+    engine_result *res;
+    int n;
+    assert_int_equal(engine_search(fx->e, &q, &res, &n, NULL, &err), 0);
+    for (int j = 0; j < n; j += 4) {
+        engine_similarity_map m;
+        assert_int_equal(engine_map_similarity(fx->e, &q, res[j].id, &m, &err), 0);
+        assert_true(m.grid_w == 7 && m.grid_h == 7 && m.centred == centred && !m.region_used);
+        assert_true(fabs(m.similarity - res[j].score) < 1e-4);
+        assert_true(fabs(cells_sum(&m, m.query_cells, 1, 0, 7) - m.similarity) < 1e-4);
+        assert_true(fabs(cells_sum(&m, m.result_cells, 1, 0, 7) - m.similarity) < 1e-4);
+        /* the stored image as the query, the file's image as the result */
+        engine_query back = {.by_id = res[j].id};
+        engine_similarity_map r;
+        assert_int_equal(engine_map_similarity(fx->e, &back, fx->ids[3], &r, &err), 0);
+        assert_true(fabs(r.similarity - m.similarity) < 1e-5);
+        for (int i = 0; i < 49; i++)
+            assert_true(fabsf(r.query_cells[i] - m.result_cells[i]) < 1e-5f &&
+                        fabsf(r.result_cells[i] - m.query_cells[i]) < 1e-5f);
+        engine_similarity_map_free(&m);
+        engine_similarity_map_free(&r);
+    }
+    engine_results_free(res, n);
+}
+
+/* engine_map_similarity: each side's cells sum to the similarity, which is
+ * the score search gives without query expansion (plain and centred, for a
+ * region too); the roles swapped, the cells swap; and the cells are where
+ * the images match: an image made of half of one X-ray and half of another
+ * has its similarity to the first in that half, on both sides, across and
+ * down. */
+static void test_similarity_map(void **state)
+{
+    fixture *fx = *state;
+    ms_err err = {0};
+    engine_result *res;
+    int n;
+    check_map_sums(fx, 0);
+    assert_int_equal(engine_update_center(fx->e, 0, NULL, &err), 0);
+    check_map_sums(fx, 1);
+    /* a region: the region's search score, the region in pixels */
+    image_region part;
+    image_rect used = {0};
+    assert_int_equal(image_region_parse("0,10%,60%,70%", &part, &err), 0);
+    engine_query rq = {.bytes = G.s[3].bytes, .len = G.s[3].len, .k = 3, .qe = 0, .region = &part};
+    assert_int_equal(engine_search(fx->e, &rq, &res, &n, NULL, &err), 0);
+    rq.region_used = &used;
+    engine_similarity_map m;
+    assert_int_equal(engine_map_similarity(fx->e, &rq, res[1].id, &m, &err), 0);
+    assert_true(m.region_used && used.width == m.region.width && used.height > 0 && used.x == 0);
+    assert_true(fabs(m.similarity - res[1].score) < 1e-4);
+    assert_true(fabs(cells_sum(&m, m.query_cells, 1, 0, 7) - m.similarity) < 1e-4);
+    engine_similarity_map_free(&m);
+    engine_results_free(res, n);
+    /* where they match */
+    for (int across = 0; across <= 1; across++)
+        for (int a = 0; a < 4; a++) {
+            size_t len;
+            uint8_t *mixed = half_and_half(&G.s[a], &G.s[a + 12], across, &len);
+            engine_query mq = {.bytes = mixed, .len = len};
+            assert_int_equal(engine_map_similarity(fx->e, &mq, fx->ids[a], &m, &err), 0);
+            double qa = cells_sum(&m, m.query_cells, across, 0, 3), qb = cells_sum(&m, m.query_cells, across, 4, 7);
+            double ra = cells_sum(&m, m.result_cells, across, 0, 3), rb = cells_sum(&m, m.result_cells, across, 4, 7);
+            print_message("  %s half of image %d: similarity %.3f; query %.3f | %.3f, result %.3f | %.3f\n",
+                          across ? "left" : "top", a, m.similarity, qa, qb, ra, rb);
+            assert_true(qa > qb + 0.05 && ra > rb + 0.05);
+            engine_similarity_map_free(&m);
+            free(mixed);
+        }
+    /* refusals: nothing changed in *out */
+    engine_query none = {0};
+    assert_int_equal(engine_map_similarity(fx->e, &none, fx->ids[0], &m, &err), MS_EINVAL);
+    assert_null(m.query_cells);
+    engine_query by_id = {.by_id = 987654321};
+    assert_int_equal(engine_map_similarity(fx->e, &by_id, fx->ids[0], &m, &err), MS_ENOTFOUND);
+    by_id.by_id = fx->ids[0];
+    assert_int_equal(engine_map_similarity(fx->e, &by_id, 987654321, &m, &err), MS_ENOTFOUND);
+    image_region outside;
+    assert_int_equal(image_region_parse("0,0,100000,1", &outside, &err), 0);
+    by_id.region = &outside;
+    assert_int_equal(engine_map_similarity(fx->e, &by_id, fx->ids[1], &m, &err), MS_EINVAL);
+    assert_non_null(strstr(err.msg, "does not lie inside"));
+    engine_query garbage = {.bytes = (const uint8_t *)"not an image at all", .len = 19};
+    assert_true(engine_map_similarity(fx->e, &garbage, fx->ids[1], &m, &err) != 0);
+    assert_null(m.query_cells);
+}
+
 static int run_engine_suite(const char *group)
 {
     int rc = suite_load_data();
@@ -1024,6 +1170,7 @@ static int run_engine_suite(const char *group)
         cmocka_unit_test_setup_teardown(test_dynamic_batching, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_searches, setup, teardown),
         cmocka_unit_test_setup_teardown(test_find_copies, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_similarity_map, setup, teardown),
     };
     rc = _cmocka_run_group_tests(group, tests, sizeof tests / sizeof tests[0], NULL, NULL);
     suite_free_data();
