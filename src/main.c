@@ -16,6 +16,7 @@ static const struct command {
 } commands[] = {
     {"ingest", cmd_ingest, "add X-rays (files, folders) with their labels to a collection"},
     {"search", cmd_search, "find the k stored X-rays most similar to an image"},
+    {"explain", cmd_explain, "show where an image and a stored one are alike (a similarity map)"},
     {"serve", cmd_serve, "run the HTTP API and the web page"},
     {"embed", cmd_embed, "print the feature vector of images"},
     {"eval", cmd_eval, "measure retrieval quality on a labelled collection"},

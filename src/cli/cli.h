@@ -10,6 +10,7 @@
 
 int cmd_ingest(int argc, char **argv);
 int cmd_search(int argc, char **argv);
+int cmd_explain(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
 int cmd_embed(int argc, char **argv);
 int cmd_eval(int argc, char **argv);

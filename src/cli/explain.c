@@ -1,0 +1,143 @@
+/*
+ * explain.c - `medsearch explain IMAGE --with ID`: where a query and one
+ * stored image are alike, as the similarity split over each image's grid
+ * of cells (engine.h, engine_map_similarity).
+ */
+#include <jansson.h>
+#include <stdlib.h>
+
+#include "cli/cli.h"
+#include "cli/common.h"
+
+static json_t *cells_json(const float *cells, int w, int h)
+{
+    json_t *rows = json_array();
+    for (int y = 0; y < h; y++) {
+        json_t *row = json_array();
+        for (int x = 0; x < w; x++)
+            json_array_append_new(row, json_real(cells[y * w + x]));
+        json_array_append_new(rows, row);
+    }
+    return rows;
+}
+
+static void print_json(const char *query, long long with, const engine_similarity_map *m)
+{
+    json_t *o = json_pack("{s:o, s:I, s:f, s:s, s:{s:i, s:i}, s:o, s:o}", "query", cli_json_text(query), "with",
+                          (json_int_t)with, "similarity", m->similarity, "similarity_kind",
+                          m->centred ? "centred cosine" : "cosine", "grid", "width", m->grid_w, "height", m->grid_h,
+                          "query_cells", cells_json(m->query_cells, m->grid_w, m->grid_h), "result_cells",
+                          cells_json(m->result_cells, m->grid_w, m->grid_h));
+    if (m->region_used)
+        json_object_set_new(o, "region", json_pack("{s:i, s:i, s:i, s:i}", "x", m->region.x, "y", m->region.y,
+                                                   "width", m->region.width, "height", m->region.height));
+    json_dumpf(o, stdout, JSON_INDENT(2));
+    fputc('\n', stdout);
+    json_decref(o);
+}
+
+/* The grid in thousandths of the similarity's scale, and its strongest cell. */
+static void print_grid(const char *title, const float *cells, int w, int h)
+{
+    int best = 0;
+    printf("%s\n", title);
+    for (int y = 0; y < h; y++) {
+        printf("   ");
+        for (int x = 0; x < w; x++) {
+            printf(" %6.1f", 1000.0 * cells[y * w + x]);
+            if (cells[y * w + x] > cells[best])
+                best = y * w + x;
+        }
+        printf("\n");
+    }
+    printf("    strongest: row %d, column %d (%.1f)\n", best / w + 1, best % w + 1, 1000.0 * cells[best]);
+}
+
+static void print_text(const char *query, long long with, const engine_similarity_map *m)
+{
+    printf("similarity %.4f (%s, without query expansion) of %s and image %lld\n", m->similarity,
+           m->centred ? "centred cosine" : "cosine", query, with);
+    if (m->region_used)
+        printf("query region: x %d, y %d, %dx%d pixels of the image as shown\n", m->region.x, m->region.y,
+               m->region.width, m->region.height);
+    printf("each cell's part of it, in thousandths, on a %d x %d grid over each image (top row first; the cells "
+           "of either image sum to the similarity)\n",
+           m->grid_w, m->grid_h);
+    print_grid("query:", m->query_cells, m->grid_w, m->grid_h);
+    char title[64];
+    snprintf(title, sizeof title, "image %lld:", with);
+    print_grid(title, m->result_cells, m->grid_w, m->grid_h);
+}
+
+int cmd_explain(int argc, char **argv)
+{
+    int by_id = 0, with = 0;
+    const char *region_text = NULL;
+    const cli_option opts[] = {
+        {"with", 'w', CLI_INT, &with, "ID", "the stored image to compare with (required)", 1, 2147483647},
+        {"id", 0, CLI_INT, &by_id, "ID", "a stored image as the query instead of a file", 1, 2147483647},
+        {"region", 0, CLI_STRING, &region_text, "X,Y,W,H",
+         "only this part of the query, as search --region takes it", 0, 0},
+        {0},
+    };
+    static const cli_command base = {
+        "explain", "IMAGE --with ID",
+        "Shows where IMAGE (or stored image --id) and stored image --with are alike: their similarity, as search\n"
+        "ranks without query expansion, split exactly over a grid of cells on each image (the model's last\n"
+        "feature map: 7 x 7 for a 224-px ResNet-50 or MobileNetV2). A large cell is a part of one image that\n"
+        "matches the other; a negative one argues against the match. Needs the model.",
+        CLI_DB | CLI_MODEL | CLI_JSON, NULL, 0, 1};
+    cli_command me = base;
+    me.options = opts;
+    cli_common c;
+    char **args;
+    int n_args, code;
+    if (!cli_parse(&me, argc, argv, &c, &args, &n_args, &code))
+        return code;
+    const char *image = n_args ? args[0] : NULL;
+    free(args);
+    if ((image != NULL) == (by_id > 0) || !with) {
+        fprintf(stderr, "medsearch explain: give an IMAGE file or --id ID, and --with ID\n");
+        return EXIT_USAGE;
+    }
+    ms_err err = {0};
+    image_region region;
+    if (region_text && image_region_parse(region_text, &region, &err) != 0) {
+        cli_error(&me, &err);
+        return EXIT_USAGE;
+    }
+    unsigned char *bytes = NULL;
+    size_t len = 0;
+    engine_options o;
+    cli_engine_options(&c, &o);
+    if (image && cli_read_file(image, o.limits.max_bytes, &bytes, &len, &err) != 0) {
+        fprintf(stderr, "medsearch explain: %s: %s\n", image, err.msg);
+        return err.code == MS_ENOTFOUND ? EXIT_USAGE : 1;
+    }
+    engine *e;
+    engine_open_report rep;
+    int rc = cli_open(&me, &o, &e, &rep, 0);
+    if (rc) {
+        free(bytes);
+        return rc;
+    }
+    engine_query q = {.bytes = bytes, .len = len, .by_id = by_id, .region = region_text ? &region : NULL};
+    engine_similarity_map m;
+    rc = engine_map_similarity(e, &q, with, &m, &err);
+    char label[32];
+    snprintf(label, sizeof label, "image %d", by_id);
+    if (rc) {
+        if (image && rc != MS_ENOTFOUND)
+            ms_err_prefix(&err, "%s: ", image);
+        cli_error(&me, &err);
+        rc = rc == MS_EINVAL || rc == MS_ENOTFOUND ? EXIT_USAGE : 1;
+    } else if (c.json) {
+        print_json(image ? image : label, with, &m);
+    } else {
+        print_text(image ? image : label, with, &m);
+    }
+    engine_similarity_map_free(&m);
+    engine_close(e);
+    free(bytes);
+    return rc;
+}
