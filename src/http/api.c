@@ -432,6 +432,77 @@ static void handle_similar(api_ctx *c, const http_request *r, http_reply *rep)
     run_search(c, r, rep, &q);
 }
 
+/* ---- similarity maps: where a query and a result are alike ---- */
+
+static json_t *cells_to_json(const float *cells, int w, int h)
+{
+    json_t *rows = json_array();
+    for (int y = 0; y < h; y++) {
+        json_t *row = json_array();
+        for (int x = 0; x < w; x++)
+            json_array_append_new(row, json_real(cells[y * w + x]));
+        json_array_append_new(rows, row);
+    }
+    return rows;
+}
+
+/* POST /api/similarity-map (the query image in the body) and GET
+ * /api/images/{id}/similarity-map (a stored query): with=ID names the
+ * result, region= the query's part as search takes it. */
+static void handle_similarity_map(api_ctx *c, const http_request *r, http_reply *rep)
+{
+    uint64_t t0 = ms_now_ns();
+    engine_query q = {0};
+    if (r->match.route == ROUTE_MAP) {
+        if (!has_image(r, rep))
+            return;
+        q.bytes = r->body.data;
+        q.len = r->body.len;
+    } else {
+        q.by_id = r->match.id;
+    }
+    long with;
+    const char *s = req_param(r, "with");
+    if (!s || parse_int(s, 1, INT64_MAX, &with)) {
+        reply_error(rep, 400, "invalid_argument", "with must name the stored image to compare with (an id)");
+        return;
+    }
+    ms_err err = {0};
+    image_region region;
+    image_rect used = {0};
+    if ((s = req_param(r, "region")) && *s) {
+        if (image_region_parse(s, &region, &err)) {
+            reply_error(rep, 400, "invalid_argument", "%s", err.msg);
+            return;
+        }
+        q.region = &region;
+        q.region_used = &used;
+    }
+    int gw, gh;
+    model *m = engine_model(c->eng);
+    if (m && model_feature_grid(m, &gh, &gw, &err)) {
+        reply_error(rep, 409, "unsupported_model", "%s", err.msg);
+        return;
+    }
+    engine_similarity_map map;
+    if (engine_map_similarity(c->eng, &q, with, &map, &err)) {
+        reply_ms_err(rep, &err);
+        return;
+    }
+    json_t *doc = json_pack("{s:I, s:f, s:s, s:{s:i, s:i}, s:o, s:o}", "with", (json_int_t)with, "similarity",
+                            map.similarity, "similarity_kind", map.centred ? "centred cosine" : "cosine", "grid",
+                            "width", map.grid_w, "height", map.grid_h, "query_cells",
+                            cells_to_json(map.query_cells, map.grid_w, map.grid_h), "result_cells",
+                            cells_to_json(map.result_cells, map.grid_w, map.grid_h));
+    engine_similarity_map_free(&map);
+    if (q.by_id)
+        json_object_set_new(doc, "query_id", json_integer(q.by_id));
+    if (q.region)
+        json_object_set_new(doc, "region", rect_to_json(&used));
+    json_object_set_new(doc, "timing_ms", json_pack("{s:f}", "server", ms_elapsed_ms(t0)));
+    reply_json(rep, 200, doc);
+}
+
 /* ---- previews: what MedSearch sees, for pages that cannot show the file ---- */
 
 #define PREVIEW_DEFAULT_SIDE 1024
@@ -844,6 +915,8 @@ void api_handle(api_ctx *c, const http_request *r, http_reply *rep)
         break;
     case ROUTE_SIMILAR: handle_similar(c, r, rep); break;
     case ROUTE_COPIES: handle_copies(c, r, rep); break;
+    case ROUTE_MAP:
+    case ROUTE_IMAGE_MAP: handle_similarity_map(c, r, rep); break;
     case ROUTE_PREVIEW:
     case ROUTE_IMAGE_PREVIEW: handle_preview(c, r, rep); break;
     case ROUTE_STATS: handle_stats(c, rep); break;

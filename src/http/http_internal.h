@@ -33,6 +33,8 @@ typedef enum {
     ROUTE_PREVIEW,      /* POST /api/preview */
     ROUTE_IMAGE_PREVIEW, /* GET /api/images/{id}/preview */
     ROUTE_COPIES,       /* GET /api/images/{id}/copies */
+    ROUTE_MAP,          /* POST /api/similarity-map */
+    ROUTE_IMAGE_MAP,    /* GET /api/images/{id}/similarity-map */
     ROUTE_STATS,        /* GET /api/stats */
     ROUTE_HEALTH,       /* GET /api/health */
     ROUTE_METRICS,      /* GET /metrics */

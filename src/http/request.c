@@ -17,7 +17,8 @@ static const char *const route_names[ROUTE_COUNT] = {
     [ROUTE_IMAGE] = "image",         [ROUTE_THUMBNAIL] = "thumbnail",
     [ROUTE_METADATA] = "metadata",   [ROUTE_SIMILAR] = "similar",
     [ROUTE_PREVIEW] = "preview",     [ROUTE_IMAGE_PREVIEW] = "image_preview",
-    [ROUTE_COPIES] = "copies",
+    [ROUTE_COPIES] = "copies",       [ROUTE_MAP] = "similarity_map",
+    [ROUTE_IMAGE_MAP] = "image_similarity_map",
     [ROUTE_STATS] = "stats",         [ROUTE_HEALTH] = "health",
     [ROUTE_METRICS] = "metrics",     [ROUTE_ASSET] = "asset",
     [ROUTE_NONE] = "none",
@@ -92,6 +93,10 @@ static void match_image_route(http_method m, const char *rest, route_match *out)
         out->route = ROUTE_COPIES;
         allow_only(out, m, "GET, HEAD", 1, 0, 0);
         out->needs_worker = 1;
+    } else if (!strcmp(tail, "/similarity-map")) {
+        out->route = ROUTE_IMAGE_MAP;
+        allow_only(out, m, "GET, HEAD", 1, 0, 0);
+        out->needs_worker = 1;
     } else {
         return;
     }
@@ -105,6 +110,10 @@ void route_find(http_method m, const char *path, route_match *out)
     out->method_ok = 1;
     if (!strcmp(path, "/api/search")) {
         out->route = ROUTE_SEARCH;
+        allow_only(out, m, "POST", 0, 1, 0);
+        out->needs_worker = out->wants_body = 1;
+    } else if (!strcmp(path, "/api/similarity-map")) {
+        out->route = ROUTE_MAP;
         allow_only(out, m, "POST", 0, 1, 0);
         out->needs_worker = out->wants_body = 1;
     } else if (!strcmp(path, "/api/preview")) {

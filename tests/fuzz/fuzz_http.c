@@ -35,6 +35,7 @@
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <math.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <stdint.h>
@@ -459,6 +460,47 @@ static void check_copies(const json_t *doc)
     }
 }
 
+/* The sum of a grid of h rows of w numbers, or fail. */
+static double grid_sum(const json_t *rows, json_int_t w, json_int_t h, double *magnitude)
+{
+    if (!json_is_array(rows) || (json_int_t)json_array_size(rows) != h)
+        fail("a similarity map's cells are not its grid's rows");
+    double sum = 0;
+    for (size_t y = 0; y < json_array_size(rows); y++) {
+        const json_t *row = json_array_get(rows, y);
+        if (!json_is_array(row) || (json_int_t)json_array_size(row) != w)
+            fail("a similarity map's row is not its grid's width");
+        for (size_t x = 0; x < json_array_size(row); x++) {
+            const json_t *v = json_array_get(row, x);
+            if (!json_is_number(v))
+                fail("a similarity map's cell is not a number");
+            sum += json_number_value(v);
+            *magnitude += fabs(json_number_value(v));
+        }
+    }
+    return sum;
+}
+
+/* A similarity map: a grid of cells on each side, each side summing to
+ * the similarity, which is a cosine. */
+static void check_similarity_map(const json_t *doc)
+{
+    const json_t *qc = json_object_get(doc, "query_cells");
+    if (!qc)
+        return;
+    const json_t *grid = json_object_get(doc, "grid"), *sim = json_object_get(doc, "similarity");
+    const json_t *w = json_object_get(grid, "width"), *h = json_object_get(grid, "height");
+    if (!json_is_integer(w) || !json_is_integer(h) || json_integer_value(w) < 1 || json_integer_value(h) < 1 ||
+        !json_is_number(sim) || fabs(json_number_value(sim)) > 1 + 1e-4 ||
+        !json_is_integer(json_object_get(doc, "with")))
+        fail("a similarity map without its grid, a similarity in [-1, 1] and with");
+    double mag = 0, s = json_number_value(sim);
+    double q = grid_sum(qc, json_integer_value(w), json_integer_value(h), &mag);
+    double r = grid_sum(json_object_get(doc, "result_cells"), json_integer_value(w), json_integer_value(h), &mag);
+    if (fabs(q - s) > 1e-4 * (1 + mag) || fabs(r - s) > 1e-4 * (1 + mag))
+        fail("a similarity map's cells do not sum to its similarity");
+}
+
 static void check_reply(const buf *req, const buf *reply, int head)
 {
     cur_req = req;
@@ -499,6 +541,7 @@ static void check_reply(const buf *req, const buf *reply, int head)
     } else {
         check_results(doc, req);
         check_copies(doc);
+        check_similarity_map(doc);
     }
     json_decref(doc);
 }
@@ -570,6 +613,8 @@ static void write_seeds(const char *dir)
                            "&exclude_patient=P1&ef=50&labels_all=Effusion,Mass\n\n", 0},
         {"copies", "GET\n/api/images/3/copies?k=7&min_correlation=0.5\n\n", 0},
         {"copies_head", "HEAD\n/api/images/2/copies\n\n", 0},
+        {"similarity_map", "GET\n/api/images/3/similarity-map?with=5\n\n", 0},
+        {"similarity_map_region", "GET\n/api/images/2/similarity-map?with=2&region=10%25,0,50%25,8\n\n", 0},
         {"similar_region", "GET\n/api/images/4/similar?k=5&region=2,3,10,8\n\n", 0},
         {"similar_region_percent", "GET\n/api/images/6/similar?region=10%25,0%25,50.5%25,99.99%25\n\n", 0},
         {"delete", "DELETE\n/api/images/6\n\n", 1},
@@ -588,6 +633,8 @@ static void write_seeds(const char *dir)
     write_seed(dir, "search_raw", 0, "POST\n/api/search?k=3&patient=P2\nContent-Type: image/jpeg\n\n", jpeg, len);
     write_seed(dir, "search_raw_region", 0, "POST\n/api/search?k=3&region=0,0,50%25,16\nContent-Type: image/jpeg\n\n",
                jpeg, len);
+    write_seed(dir, "similarity_map_raw", 0,
+               "POST\n/api/similarity-map?with=4&region=0,0,50%25,16\nContent-Type: image/jpeg\n\n", jpeg, len);
     write_seed(dir, "search_raw_small_cap", 8 | 1, "POST\n/api/search?k=3\nContent-Type: image/jpeg\n\n", jpeg, len);
     uint8_t over[5000]; /* over the second server's 4 KiB cap: 413 */
     for (size_t i = 0; i < sizeof over; i++)
@@ -600,6 +647,8 @@ static void write_seeds(const char *dir)
     static const char *const search_fields[] = {"k", "4", "labels_all", "Effusion|Mass", "qe", "0", "region",
                                                 "1,1,14,14", NULL};
     write_multipart_seed(dir, "search_multipart", 0, "/api/search", search_fields, jpeg, len);
+    static const char *const map_fields[] = {"with", "6", "region", "1,1,14,14", NULL};
+    write_multipart_seed(dir, "similarity_map_multipart", 0, "/api/similarity-map", map_fields, jpeg, len);
     static const char *const ingest_fields[] = {"patient_id", "P-77", "age", "44", "sex", "F", "view", "AP",
                                                 "labels", "Effusion|Mass", "study_date", "2020-03-01",
                                                 "meta.site", "ward4", "original_name", "x.jpg", NULL};
