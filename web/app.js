@@ -32,6 +32,7 @@ const state = {
   qeTouched: false,     // the user set the toggle: the collection's default no longer moves it
   writes: false,        // the server takes writes (it has a token): details can be edited
   region: '',           // the part of the query to search with ('x,y,w,h', pixels or %), '' = all of it
+  qe: 0,                // the neighbours the shown results' scores were expanded with
 };
 
 // ---------- API ----------
@@ -423,16 +424,21 @@ function regionPercents(text) {
   return parts.map((v) => parseFloat(v));
 }
 
-function drawRegionBox(pct) {
-  const box = $('region-box');
+// Lays element e over the part pct (x, y, width, height in % of the
+// picture) of the preview; hides it when there is no such part to cover.
+function placeOverPicture(e, pct) {
   const pic = pictureBox();
-  if (!pct || !pic) { box.hidden = true; return; }
+  e.hidden = !pct || !pic;
+  if (e.hidden) return;
   const zone = $('dropzone').getBoundingClientRect();
-  box.style.left = (pic.left - zone.left + pic.width * pct[0] / 100) + 'px';
-  box.style.top = (pic.top - zone.top + pic.height * pct[1] / 100) + 'px';
-  box.style.width = (pic.width * pct[2] / 100) + 'px';
-  box.style.height = (pic.height * pct[3] / 100) + 'px';
-  box.hidden = false;
+  e.style.left = (pic.left - zone.left + pic.width * pct[0] / 100) + 'px';
+  e.style.top = (pic.top - zone.top + pic.height * pct[1] / 100) + 'px';
+  e.style.width = (pic.width * pct[2] / 100) + 'px';
+  e.style.height = (pic.height * pct[3] / 100) + 'px';
+}
+
+function drawRegionBox(pct) {
+  placeOverPicture($('region-box'), pct);
 }
 
 function setRegion(text) {
@@ -492,11 +498,15 @@ function setupRegion() {
     setRegion(r.map((v) => (v / 100).toFixed(2) + '%').join(','));
     runSearch();
   });
-  window.addEventListener('resize', () => drawRegionBox(regionPercents(state.region)));
+  window.addEventListener('resize', () => {
+    drawRegionBox(regionPercents(state.region));
+    placeQueryHeat();
+  });
   $('query-preview').draggable = false; // a drag draws the region instead
   $('query-preview').addEventListener('load', () => {
     $('region-row').hidden = false;
     drawRegionBox(regionPercents(state.region));
+    placeQueryHeat();
   });
 }
 
@@ -505,6 +515,8 @@ function setupRegion() {
 async function runSearch() {
   writeLink();
   if (!state.query) return;
+  alike.cache.clear(); // the maps answer the previous search's query
+  setAlike(false);
   if (state.controller) state.controller.abort();
   const controller = new AbortController();
   state.controller = controller;
@@ -602,6 +614,7 @@ function renderResults(data) {
   state.objectUrls.forEach((u) => URL.revokeObjectURL(u));
   state.objectUrls = [];
   state.results = data.results || [];
+  state.qe = data.qe || 0;
   const grid = $('grid');
   grid.replaceChildren(...state.results.map(renderCard));
   let learned = false;
@@ -687,6 +700,11 @@ function drawViewer() {
   ctx.imageSmoothingEnabled = viewer.scale < 2;
   ctx.setTransform(viewer.scale * dpr, 0, 0, viewer.scale * dpr, viewer.ox * dpr, viewer.oy * dpr);
   ctx.drawImage(viewer.work, 0, 0);
+  if (alike.heat) {
+    // the result's cells, in the image's transform, smoothed up to the image's size
+    ctx.imageSmoothingEnabled = true;
+    ctx.drawImage(alike.heat, 0, 0, viewer.w, viewer.h);
+  }
   $('v-readout').textContent = `W ${Math.round(viewer.width)} · L ${Math.round(viewer.level)} · ${Math.round(viewer.scale * 100)}%`;
 }
 
@@ -778,6 +796,7 @@ function setupViewerInput() {
     applyWindow();
     scheduleDraw();
   });
+  $('v-alike').addEventListener('click', () => setAlike(!alike.on));
   $('v-close').addEventListener('click', closeViewer);
   $('v-prev').addEventListener('click', () => stepViewer(-1));
   $('v-next').addEventListener('click', () => stepViewer(1));
@@ -809,6 +828,7 @@ function setupViewerInput() {
       '+': () => zoomCenter(1.25), '=': () => zoomCenter(1.25), '-': () => zoomCenter(0.8),
       r: resetViewer, R: resetViewer,
       i: () => $('v-invert').click(), I: () => $('v-invert').click(),
+      a: () => $('v-alike').click(), A: () => $('v-alike').click(),
     };
     if (keys[ev.key]) { ev.preventDefault(); keys[ev.key](); scheduleDraw(); }
   });
@@ -1062,6 +1082,7 @@ async function openViewer(r, opener) {
   viewer.controller = controller;
   viewer.result = r;
   viewer.opener = opener;
+  setAlike(alike.on); // this result's map, if "Where alike" is on
   viewer.gray = null;
   viewer.invert = false;
   $('v-invert').setAttribute('aria-pressed', 'false');
@@ -1129,11 +1150,163 @@ function stepViewer(delta) {
 function closeViewer() {
   if (viewer.controller) viewer.controller.abort();
   viewer.controller = null;
+  setAlike(false);
   $('viewer').hidden = true;
   document.body.style.removeProperty('overflow');
   viewer.gray = null;
   viewer.work = null;
   if (viewer.opener && document.contains(viewer.opener)) viewer.opener.focus();
+}
+
+// ---------- viewer: where the query and the result are alike ----------
+// "Where alike" asks the server for the similarity map of the query and the
+// result shown (POST /api/similarity-map, or GET .../similarity-map for a
+// stored query): each image cut into a grid of cells, each cell its part of
+// the similarity. The result's cells are drawn over the image in the viewer,
+// the query's over its preview on the page (and over the small copy of it
+// the viewer shows, since the viewer covers the page). Fetched when asked
+// for, kept for the current search.
+
+const alike = {
+  on: false,
+  cache: new Map(),     // 'resultId|region' -> the API's reply, for the current search
+  controller: null,     // AbortController of the map in flight
+  doc: null,            // the reply drawn
+  heat: null,           // the result's cells as a small canvas, drawn with the image
+};
+
+// Paints a map's cells into canvas, smoothed (bilinear between the cells'
+// centres, HEAT_STEP pixels a cell; drawImage smooths the rest of the way):
+// where the similarity is positive warm, more opaque and yellower the
+// nearer it is to the largest cell; where it argues against the match clear.
+// Its data-cells: how many cells are positive.
+const HEAT_STEP = 16;
+
+function paintHeat(canvas, cells) {
+  const gh = cells.length, gw = gh ? cells[0].length : 0;
+  const v = cells.flat().map(Number);
+  const max = Math.max(0, ...v);
+  canvas.width = Math.max(1, gw * HEAT_STEP);
+  canvas.height = Math.max(1, gh * HEAT_STEP);
+  const ctx = canvas.getContext('2d');
+  const img = ctx.createImageData(canvas.width, canvas.height);
+  const axis = (p, n) => {
+    const f = Math.max(0, Math.min(n - 1, (p + 0.5) / HEAT_STEP - 0.5));
+    const i = Math.floor(f);
+    return [i, Math.min(i + 1, n - 1), f - i];
+  };
+  for (let y = 0; y < canvas.height && max > 0; y++) {
+    const [y0, y1, ty] = axis(y, gh);
+    for (let x = 0; x < canvas.width; x++) {
+      const [x0, x1, tx] = axis(x, gw);
+      const top = v[y0 * gw + x0] * (1 - tx) + v[y0 * gw + x1] * tx;
+      const bottom = v[y1 * gw + x0] * (1 - tx) + v[y1 * gw + x1] * tx;
+      const t = (top * (1 - ty) + bottom * ty) / max;
+      if (t > 0) img.data.set([255, Math.round(60 + 170 * t), 0, Math.round(210 * t ** 1.5)], (y * canvas.width + x) * 4);
+    }
+  }
+  ctx.putImageData(img, 0, 0);
+  canvas.dataset.cells = String(v.filter((c) => c > 0).length);
+}
+
+// The part of the query preview the query's cells tile, in %: the region
+// when it is in percentages (as the region box), all of it without one;
+// null for a region in pixels (the preview may be smaller than the image).
+function queryHeatPercents() {
+  return state.region ? regionPercents(state.region) : [0, 0, 100, 100];
+}
+
+function placeQueryHeat() {
+  const c = $('query-heat');
+  if (!alike.doc) { c.hidden = true; return; }
+  placeOverPicture(c, queryHeatPercents());
+}
+
+// The query preview with its cells, small, in the viewer's corner.
+function drawAlikeQuery() {
+  const img = $('query-preview');
+  const fig = $('v-alike-query');
+  const pct = queryHeatPercents();
+  fig.hidden = img.hidden || !img.naturalWidth || !pct;
+  if (fig.hidden) return;
+  const canvas = fig.querySelector('canvas');
+  const s = 140 * (window.devicePixelRatio || 1) / img.naturalWidth;
+  canvas.width = Math.round(img.naturalWidth * s);
+  canvas.height = Math.round(img.naturalHeight * s);
+  const ctx = canvas.getContext('2d');
+  ctx.drawImage(img, 0, 0, canvas.width, canvas.height);
+  const [x, y, w, h] = pct.map((v, i) => v / 100 * (i % 2 ? canvas.height : canvas.width));
+  ctx.drawImage($('query-heat'), x, y, w, h);
+  if (state.region) {
+    ctx.strokeStyle = '#ffd166';
+    ctx.lineWidth = 2;
+    ctx.strokeRect(x, y, w, h);
+  }
+}
+
+function alikeLegend(text, error = false) {
+  const p = $('v-alike-legend');
+  p.textContent = text;
+  p.classList.toggle('v-alike-error', error);
+}
+
+function drawAlike(doc) {
+  alike.doc = doc;
+  alike.heat = document.createElement('canvas');
+  paintHeat(alike.heat, doc.result_cells);
+  $('v-canvas').dataset.alikeCells = alike.heat.dataset.cells;
+  paintHeat($('query-heat'), doc.query_cells);
+  placeQueryHeat();
+  drawAlikeQuery();
+  alikeLegend(`Where alike: similarity ${Number(doc.similarity).toFixed(3)} (${doc.similarity_kind}, without query expansion` +
+    `${state.qe > 0 ? ', unlike the score' : ''}); brightest where this image matches the query most`);
+  scheduleDraw();
+}
+
+// Shows the map of the result in the viewer, or (on false) no map at all.
+function setAlike(on) {
+  alike.on = on;
+  $('v-alike').setAttribute('aria-pressed', String(on));
+  if (alike.controller) alike.controller.abort();
+  alike.controller = null;
+  alike.doc = null;
+  alike.heat = null;
+  delete $('v-canvas').dataset.alikeCells;
+  $('query-heat').hidden = true;
+  $('v-alike-query').hidden = true;
+  alikeLegend('');
+  if (!$('viewer').hidden) scheduleDraw();
+  if (on && viewer.result && state.query) loadAlike(viewer.result);
+}
+
+async function loadAlike(r) {
+  const controller = new AbortController();
+  alike.controller = controller;
+  const key = `${r.id}|${state.region}`;
+  let doc = alike.cache.get(key);
+  if (!doc) {
+    alikeLegend('Where alike: comparing with the query…');
+    const p = new URLSearchParams({ with: String(r.id) });
+    if (state.region) p.set('region', state.region);
+    const options = { signal: controller.signal };
+    let path = `/api/images/${state.query.id}/similarity-map?${p}`;
+    if (state.query.kind === 'file') {
+      path = `/api/similarity-map?${p}`;
+      options.method = 'POST';
+      options.body = new FormData();
+      options.body.append('image', state.query.file, state.query.name);
+    }
+    try {
+      doc = await (await api(path, options)).json();
+      alike.cache.set(key, doc);
+    } catch (err) {
+      if (controller === alike.controller && err.name !== 'AbortError') {
+        alikeLegend('Where alike is not available: ' + (err.status === 400 ? err.message : explain(err)), true);
+      }
+      return;
+    }
+  }
+  if (controller === alike.controller) drawAlike(doc);
 }
 
 // ---------- the address: a search by a stored image as a link ----------

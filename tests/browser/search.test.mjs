@@ -12,8 +12,9 @@
 // and JPEG 2000 and HEIC ones as the server renders them, edits an image's
 // details in the viewer on a server that takes writes (saved, shown on the
 // card, found by a filter; refused with the stored details shown when
-// someone else changed the image meanwhile), and saves screenshots under
-// tests/browser/out/.
+// someone else changed the image meanwhile), shows in the viewer where the
+// query and a result are alike (the server's similarity map over each, a
+// refusal shown as such), and saves screenshots under tests/browser/out/.
 // Exit 0 pass, 77 skip (with the reason), 1 fail.
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -862,8 +863,148 @@ try {
   await page.keyboard.press('Escape');
   await page.waitForSelector('#viewer', { state: 'hidden' });
 
-  // 401 and 412 above are expected answers (Chromium logs them as errors).
-  const unexpected = problems.filter((p) => !/status of (400|401|412)/.test(p));
+  // 18. "Where alike": in the viewer the toggle asks the server for the
+  // similarity map of the query and the result shown (POST with the query
+  // file and the search's region), draws the result's cells over the image
+  // and the query's over its preview (in the region's box), and the legend
+  // gives the map's similarity. Page Down asks for the next result's map, a
+  // result seen before comes from the cache, turning it off removes the
+  // overlays, an error reply is shown without breaking the viewer, and a
+  // stored query asks GET /api/images/{id}/similarity-map.
+  searched = page.waitForRequest((r) => r.url().includes('/api/search'));
+  await page.setInputFiles('#file-input', queryImage);
+  await searched;
+  await waitForResults(page);
+  const mapRegion = '10%,10%,80%,80%';
+  searched = page.waitForRequest((r) => r.url().includes('/api/search') && r.url().includes('region='));
+  await page.fill('#region-input', mapRegion);
+  await page.press('#region-input', 'Enter');
+  await searched;
+  await waitForResults(page);
+  list = await cards(page);
+  const mapRequests = [];
+  page.on('request', (r) => { if (r.url().includes('/similarity-map')) mapRequests.push(r); });
+  // The viewer canvas' warm pixels after the next frames: the X-ray is gray,
+  // the overlay orange to yellow.
+  const warmPixels = () => page.evaluate(() => new Promise((resolve) => requestAnimationFrame(() => requestAnimationFrame(() => {
+    const c = document.getElementById('v-canvas');
+    const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+    let n = 0;
+    for (let i = 0; i < d.length; i += 4) if (d[i] - d[i + 2] > 40) n++;
+    resolve(n);
+  }))));
+  const legendShows = (text) => page.waitForFunction((t) => document.getElementById('v-alike-legend').textContent.includes(t), text);
+  await openFirstResult(page);
+  check(await warmPixels() === 0 && await page.getAttribute('#v-alike', 'aria-pressed') === 'false', 'the viewer opens without a map');
+  let mapAnswered = page.waitForResponse((r) => r.url().includes('/similarity-map'));
+  await page.click('#v-alike');
+  let mapResponse = await mapAnswered;
+  const mapReq = mapResponse.request();
+  const mapUrl = new URL(mapReq.url());
+  check(mapReq.method() === 'POST' && mapUrl.pathname.endsWith('/api/similarity-map') && mapUrl.searchParams.get('with') === list[0].id &&
+    mapUrl.searchParams.get('region') === mapRegion && /^multipart\/form-data/.test(mapReq.headers()['content-type'] || ''),
+  `"Where alike" posts the query for the result shown with the region (${mapReq.method()} ${mapUrl.pathname}${mapUrl.search})`);
+  const map = await mapResponse.json();
+  const sum = (cells) => cells.flat().reduce((a, b) => a + b, 0);
+  check(mapResponse.status() === 200 && map.with === Number(list[0].id) && map.query_cells.length === map.grid.height &&
+    map.query_cells.every((row) => row.length === map.grid.width) && Math.abs(sum(map.query_cells) - map.similarity) < 1e-4 &&
+    Math.abs(sum(map.result_cells) - map.similarity) < 1e-4,
+  `the query's (and the result's) ${map.grid.width}x${map.grid.height} cells add up to the similarity ${map.similarity} (${sum(map.query_cells)})`);
+  check(map.region && Math.abs(map.region.x - 102) <= 2 && Math.abs(map.region.width - 819) <= 2,
+    `the map is of the region (${JSON.stringify(map.region)})`);
+  await legendShows(map.similarity.toFixed(3));
+  const legend = await page.textContent('#v-alike-legend');
+  check(legend.includes(map.similarity_kind) && /without query expansion/.test(legend) && await page.getAttribute('#v-alike', 'aria-pressed') === 'true',
+    `the legend gives the map's similarity (${legend})`);
+  const positive = (cells) => cells.flat().filter((v) => v > 0).length;
+  const warm = await warmPixels();
+  check(positive(map.result_cells) > 0 && await page.getAttribute('#v-canvas', 'data-alike-cells') === String(positive(map.result_cells)) && warm > 1000,
+    `the result's ${positive(map.result_cells)} positive cells are drawn over the image (${warm} warm pixels)`);
+  const queryHeat = await page.evaluate(() => {
+    const c = document.getElementById('query-heat');
+    const a = c.getBoundingClientRect(), b = document.getElementById('region-box').getBoundingClientRect();
+    const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+    let n = 0;
+    for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++;
+    return { hidden: c.hidden, cells: c.dataset.cells, coloured: n, offset: Math.max(Math.abs(a.left - b.left), Math.abs(a.top - b.top), Math.abs(a.width - b.width), Math.abs(a.height - b.height)),
+      inset: !document.getElementById('v-alike-query').hidden };
+  });
+  check(!queryHeat.hidden && queryHeat.cells === String(positive(map.query_cells)) && queryHeat.coloured > 0 && queryHeat.offset < 1 && queryHeat.inset,
+    `the query's cells lie over the region box of its preview, and the viewer shows them too (${JSON.stringify(queryHeat)})`);
+  await page.screenshot({ path: path.join(outDir, '18-where-alike.png') });
+  mapAnswered = page.waitForResponse((r) => r.url().includes('/similarity-map'));
+  await page.focus('#v-canvas');
+  await page.keyboard.press('PageDown');
+  mapResponse = await mapAnswered;
+  const nextMap = await mapResponse.json();
+  check(new URL(mapResponse.url()).searchParams.get('with') === list[1].id && nextMap.with === Number(list[1].id),
+    `Page Down asks for the next result's map (with=${new URL(mapResponse.url()).searchParams.get('with')})`);
+  await legendShows(nextMap.similarity.toFixed(3));
+  await page.waitForFunction(() => document.getElementById('v-loading').hidden, null, { timeout: 30000 });
+  check(await page.getAttribute('#v-canvas', 'data-alike-cells') === String(positive(nextMap.result_cells)) && await warmPixels() > 0,
+    'and draws it over the next image');
+  const asked = mapRequests.length;
+  await page.keyboard.press('PageUp');
+  await legendShows(map.similarity.toFixed(3));
+  await page.waitForFunction(() => document.getElementById('v-loading').hidden, null, { timeout: 30000 });
+  check(mapRequests.length === asked && await warmPixels() > 0, 'back on the first result its map comes from the cache');
+  await page.click('#v-alike');
+  check(await page.getAttribute('#v-alike', 'aria-pressed') === 'false' && await warmPixels() === 0 &&
+    await page.textContent('#v-alike-legend') === '' && !(await page.getAttribute('#v-canvas', 'data-alike-cells')) &&
+    await page.isHidden('#query-heat') && await page.isHidden('#v-alike-query'), 'turning it off removes the overlays and the legend');
+  // An error reply (a model that cannot be split) is shown; the viewer works on.
+  const refusal = 'this model\'s output cannot be split into cells (browser test)';
+  const refuse = (route) => route.fulfill({ status: 409, contentType: 'application/json',
+    body: JSON.stringify({ error: { code: 'unsupported_model', message: refusal } }) });
+  const isMap = (u) => u.pathname.endsWith('/similarity-map');
+  await page.route(isMap, refuse);
+  await page.focus('#v-canvas');
+  await page.keyboard.press('PageDown');
+  await page.keyboard.press('PageDown');
+  await page.waitForFunction((id) => document.getElementById('viewer-title').textContent.startsWith(`Image #${id}`), list[2].id);
+  mapAnswered = page.waitForResponse((r) => r.url().includes('/similarity-map') && r.status() === 409);
+  await page.keyboard.press('a');
+  await mapAnswered;
+  await legendShows(refusal);
+  await page.waitForFunction(() => document.getElementById('v-loading').hidden, null, { timeout: 30000 });
+  check(await page.getAttribute('#v-alike-legend', 'class') === 'v-alike-legend v-alike-error' && await warmPixels() === 0 &&
+    /W 256/.test(await page.textContent('#v-readout')) && await page.isHidden('#query-heat'),
+  `a 409 shows the server's message, no overlay, the image still shown (${await page.textContent('#v-alike-legend')})`);
+  await page.screenshot({ path: path.join(outDir, '18-where-alike-error.png') });
+  await page.keyboard.press('PageDown');
+  await page.waitForFunction((id) => document.getElementById('viewer-title').textContent.startsWith(`Image #${id}`), list[3].id);
+  await legendShows(refusal);
+  check(await page.textContent('#v-position') === `4 / ${list.length}`, 'and stepping on still works');
+  await page.unroute(isMap, refuse);
+  await page.keyboard.press('Escape');
+  await page.waitForSelector('#viewer', { state: 'hidden' });
+  check(await page.isHidden('#query-heat') && await page.getAttribute('#v-alike', 'aria-pressed') === 'false',
+    'closing the viewer turns it off');
+  // A stored image as the query: GET .../similarity-map of it.
+  const mapOf = list[1];
+  await page.click('#grid .card:nth-child(2)');
+  await page.waitForSelector('#viewer:not([hidden])');
+  await page.click('#v-similar');
+  await page.waitForFunction((id) => document.getElementById('query-caption').textContent.includes('#' + id), mapOf.id);
+  await waitForResults(page);
+  list = await cards(page);
+  await openFirstResult(page);
+  mapAnswered = page.waitForResponse((r) => r.url().includes('/similarity-map'));
+  await page.click('#v-alike');
+  mapResponse = await mapAnswered;
+  const storedMap = await mapResponse.json();
+  const storedUrl = new URL(mapResponse.url());
+  check(mapResponse.request().method() === 'GET' && storedUrl.pathname.endsWith(`/api/images/${mapOf.id}/similarity-map`) &&
+    storedUrl.searchParams.get('with') === list[0].id && !storedUrl.searchParams.has('region') && storedMap.query_id === Number(mapOf.id),
+  `a stored query asks GET ${storedUrl.pathname}${storedUrl.search}`);
+  await legendShows(storedMap.similarity.toFixed(3));
+  check(await warmPixels() > 0 && await page.isVisible('#v-alike-query'), 'and draws its map');
+  await page.screenshot({ path: path.join(outDir, '18-where-alike-stored.png') });
+  await page.keyboard.press('Escape');
+  await page.waitForSelector('#viewer', { state: 'hidden' });
+
+  // 401, 409 and 412 above are expected answers (Chromium logs them as errors).
+  const unexpected = problems.filter((p) => !/status of (400|401|409|412)/.test(p));
   check(unexpected.length === 0, 'no page errors, console errors or external requests' +
     (unexpected.length ? ': ' + unexpected.join('; ') : ''));
 } catch (e) {
