@@ -288,6 +288,20 @@ int engine_map_similarity(engine *e, const engine_query *q, int64_t result_id,
                           engine_similarity_map *out, ms_err *err);
 void engine_similarity_map_free(engine_similarity_map *m);
 
+/* The map m of q and result_id (as engine_map_similarity made it) drawn as
+ * two PNGs: the query (its region, when m has one) and the result as
+ * MedSearch sees them, each reduced so its longest side is at most
+ * longest_side (1..16383), or enlarged by the largest whole factor that
+ * keeps it there (its pixels repeated), its cells over it as heat
+ * (image_heat_blend).
+ * Needs no model. *query_png and *result_png are malloc'd, the caller frees
+ * them; NULL on failure. Returns 0, or MS_EINVAL, MS_ENOTFOUND, a decode
+ * error, MS_ENOMEM. */
+int engine_similarity_overlays(engine *e, const engine_query *q, int64_t result_id,
+                               const engine_similarity_map *m, int longest_side,
+                               uint8_t **query_png, size_t *query_len,
+                               uint8_t **result_png, size_t *result_len, ms_err *err);
+
 /* Streaming ingest: the engine pulls items from next() and hands each back
  * to done(), in input order, on the calling thread. While one batch is in
  * the model the next is decoded by the workers and the previous one stored,

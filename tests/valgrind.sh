@@ -21,7 +21,7 @@ $vg ./medsearch search --db "$tmp/c.db" --model "$MODEL" -k 3 --json "$q" >/dev/
 $vg ./medsearch search --db "$tmp/c.db" --model "$MODEL" -k 3 --region 10%,5,50%,40 "$q"
 $vg ./medsearch search --db "$tmp/c.db" --model "$MODEL" -k 3 --region 0,0,25%,25% --id 2 --json >/dev/null
 $vg ./medsearch explain --db "$tmp/c.db" --model "$MODEL" "$q" --with 3 --region 10%,5,50%,40 >/dev/null
-$vg ./medsearch explain --db "$tmp/c.db" --model "$MODEL" --id 2 --with 4 --json >/dev/null
+$vg ./medsearch explain --db "$tmp/c.db" --model "$MODEL" --id 2 --with 4 --json --overlay "$tmp/ov" >/dev/null
 $vg ./medsearch eval --db "$tmp/c.db" --rule any --tune --apply -q
 $vg ./medsearch eval --db "$tmp/c.db" --model "$MODEL" --rule any --tune --vectors --apply -q
 $vg ./medsearch check --db "$tmp/c.db"

@@ -3,8 +3,11 @@
  * stored image are alike, as the similarity split over each image's grid
  * of cells (engine.h, engine_map_similarity).
  */
+#include <errno.h>
 #include <jansson.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "cli/cli.h"
 #include "cli/common.h"
@@ -21,7 +24,8 @@ static json_t *cells_json(const float *cells, int w, int h)
     return rows;
 }
 
-static void print_json(const char *query, long long with, const engine_similarity_map *m)
+static void print_json(const char *query, long long with, const engine_similarity_map *m, const char *overlay_q,
+                       const char *overlay_r)
 {
     json_t *o = json_pack("{s:o, s:I, s:f, s:s, s:{s:i, s:i}, s:o, s:o}", "query", cli_json_text(query), "with",
                           (json_int_t)with, "similarity", m->similarity, "similarity_kind",
@@ -31,9 +35,47 @@ static void print_json(const char *query, long long with, const engine_similarit
     if (m->region_used)
         json_object_set_new(o, "region", json_pack("{s:i, s:i, s:i, s:i}", "x", m->region.x, "y", m->region.y,
                                                    "width", m->region.width, "height", m->region.height));
+    if (overlay_q)
+        json_object_set_new(o, "overlays", json_pack("{s:o, s:o}", "query", cli_json_text(overlay_q), "result",
+                                                     cli_json_text(overlay_r)));
     json_dumpf(o, stdout, JSON_INDENT(2));
     fputc('\n', stdout);
     json_decref(o);
+}
+
+/* Writes bytes to path (through a temporary file renamed into place). */
+static int write_png(const char *path, const uint8_t *png, size_t len)
+{
+    cli_out_file o = {0};
+    if (cli_out_open(&o, path)) {
+        fprintf(stderr, "medsearch explain: cannot write %s: %s\n", path, strerror(errno));
+        return EXIT_ENV;
+    }
+    int ok = fwrite(png, 1, len, o.f) == len;
+    if (cli_out_close(&o, ok) || !ok) {
+        fprintf(stderr, "medsearch explain: cannot write %s: %s\n", path, strerror(errno));
+        return EXIT_ENV;
+    }
+    return 0;
+}
+
+/* PREFIX-query.png and PREFIX-result.png: the map drawn over the images. */
+static int write_overlays(engine *e, const engine_query *q, int with, const engine_similarity_map *m, int side,
+                          const char *qpath, const char *rpath)
+{
+    uint8_t *qpng, *rpng;
+    size_t qlen, rlen;
+    ms_err err = {0};
+    if (engine_similarity_overlays(e, q, with, m, side, &qpng, &qlen, &rpng, &rlen, &err)) {
+        fprintf(stderr, "medsearch explain: the overlays: %s\n", err.msg);
+        return 1;
+    }
+    int rc = write_png(qpath, qpng, qlen);
+    if (!rc)
+        rc = write_png(rpath, rpng, rlen);
+    free(qpng);
+    free(rpng);
+    return rc;
 }
 
 /* The grid in thousandths of the similarity's scale, and its strongest cell. */
@@ -53,7 +95,8 @@ static void print_grid(const char *title, const float *cells, int w, int h)
     printf("    strongest: row %d, column %d (%.1f)\n", best / w + 1, best % w + 1, 1000.0 * cells[best]);
 }
 
-static void print_text(const char *query, long long with, const engine_similarity_map *m)
+static void print_text(const char *query, long long with, const engine_similarity_map *m, const char *overlay_q,
+                       const char *overlay_r)
 {
     printf("similarity %.4f (%s, without query expansion) of %s and image %lld\n", m->similarity,
            m->centred ? "centred cosine" : "cosine", query, with);
@@ -67,17 +110,23 @@ static void print_text(const char *query, long long with, const engine_similarit
     char title[64];
     snprintf(title, sizeof title, "image %lld:", with);
     print_grid(title, m->result_cells, m->grid_w, m->grid_h);
+    if (overlay_q)
+        printf("overlays: %s, %s\n", overlay_q, overlay_r);
 }
 
 int cmd_explain(int argc, char **argv)
 {
-    int by_id = 0, with = 0;
-    const char *region_text = NULL;
+    int by_id = 0, with = 0, overlay_size = 1024;
+    const char *region_text = NULL, *overlay = NULL;
     const cli_option opts[] = {
         {"with", 'w', CLI_INT, &with, "ID", "the stored image to compare with (required)", 1, 2147483647},
         {"id", 0, CLI_INT, &by_id, "ID", "a stored image as the query instead of a file", 1, 2147483647},
         {"region", 0, CLI_STRING, &region_text, "X,Y,W,H",
          "only this part of the query, as search --region takes it", 0, 0},
+        {"overlay", 'o', CLI_STRING, &overlay, "PREFIX",
+         "also draw the map over the images: PREFIX-query.png and PREFIX-result.png", 0, 0},
+        {"overlay-size", 0, CLI_INT, &overlay_size, "N", "longest side of the overlays (default 1024; never enlarged)",
+         16, 16383},
         {0},
     };
     static const cli_command base = {
@@ -121,9 +170,26 @@ int cmd_explain(int argc, char **argv)
         free(bytes);
         return rc;
     }
+    char *qpath = NULL, *rpath = NULL;
+    if (overlay) {
+        size_t n = strlen(overlay) + sizeof "-result.png";
+        qpath = malloc(n);
+        rpath = malloc(n);
+        if (!qpath || !rpath) {
+            free(qpath);
+            free(rpath);
+            free(bytes);
+            engine_close(e);
+            fprintf(stderr, "medsearch explain: out of memory\n");
+            return 1;
+        }
+        snprintf(qpath, n, "%s-query.png", overlay);
+        snprintf(rpath, n, "%s-result.png", overlay);
+    }
     engine_query q = {.bytes = bytes, .len = len, .by_id = by_id, .region = region_text ? &region : NULL};
     engine_similarity_map m;
     rc = engine_map_similarity(e, &q, with, &m, &err);
+    int written = rc || !overlay ? 0 : write_overlays(e, &q, with, &m, overlay_size, qpath, rpath);
     char label[32];
     snprintf(label, sizeof label, "image %d", by_id);
     if (rc) {
@@ -131,11 +197,15 @@ int cmd_explain(int argc, char **argv)
             ms_err_prefix(&err, "%s: ", image);
         cli_error(&me, &err);
         rc = rc == MS_EINVAL || rc == MS_ENOTFOUND ? EXIT_USAGE : 1;
+    } else if (written) {
+        rc = written;
     } else if (c.json) {
-        print_json(image ? image : label, with, &m);
+        print_json(image ? image : label, with, &m, qpath, rpath);
     } else {
-        print_text(image ? image : label, with, &m);
+        print_text(image ? image : label, with, &m, qpath, rpath);
     }
+    free(qpath);
+    free(rpath);
     engine_similarity_map_free(&m);
     engine_close(e);
     free(bytes);

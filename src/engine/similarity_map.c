@@ -178,3 +178,62 @@ void engine_similarity_map_free(engine_similarity_map *m)
     free(m->result_cells);
     m->query_cells = m->result_cells = NULL;
 }
+
+/* One image of a map, its cells drawn over it as heat, as a PNG. */
+static int side_overlay(engine *e, const uint8_t *bytes, size_t len, const image_rect *rect, const float *cells,
+                        const engine_similarity_map *m, int longest_side, uint8_t **png, size_t *png_len, ms_err *err)
+{
+    uint8_t *gray = NULL, *rgb = NULL;
+    int w, h;
+    int rc = image_gray8(bytes, len, &e->opt.limits, rect, longest_side, &gray, &w, &h, err);
+    int k = rc ? 1 : longest_side / (w > h ? w : h); /* a smaller image is enlarged, its pixels repeated */
+    if (k > 1) {
+        uint8_t *big = image_gray8_repeat(gray, w, h, k);
+        free(gray);
+        gray = big;
+        w *= k;
+        h *= k;
+        if (!gray)
+            rc = ms_err_set(err, MS_ENOMEM, "no memory for a %dx%d overlay", w, h);
+    }
+    if (rc == 0 && !(rgb = malloc((size_t)w * (size_t)h * 3)))
+        rc = ms_err_set(err, MS_ENOMEM, "no memory for a %dx%d overlay", w, h);
+    if (rc == 0) {
+        image_heat_blend(gray, w, h, cells, m->grid_w, m->grid_h, rgb);
+        rc = image_encode_rgb_png(rgb, w, h, png, png_len, err);
+    }
+    free(gray);
+    free(rgb);
+    return rc;
+}
+
+int engine_similarity_overlays(engine *e, const engine_query *q, int64_t result_id, const engine_similarity_map *m,
+                               int longest_side, uint8_t **query_png, size_t *query_len, uint8_t **result_png,
+                               size_t *result_len, ms_err *err)
+{
+    *query_png = *result_png = NULL;
+    *query_len = *result_len = 0;
+    uint8_t *stored = NULL, *result = NULL;
+    size_t len = q->len, rlen = 0;
+    const uint8_t *bytes = q->bytes;
+    int rc = 0;
+    if (!bytes) {
+        rc = q->by_id > 0 ? engine_read_stored(e, q->by_id, &stored, &len, err)
+                          : ms_err_set(err, MS_EINVAL, "an overlay needs the query image or a stored image's id");
+        bytes = stored;
+    }
+    if (rc == 0)
+        rc = side_overlay(e, bytes, len, m->region_used ? &m->region : NULL, m->query_cells, m, longest_side,
+                          query_png, query_len, err);
+    if (rc == 0 && (rc = engine_read_stored(e, result_id, &result, &rlen, err)) == 0)
+        rc = side_overlay(e, result, rlen, NULL, m->result_cells, m, longest_side, result_png, result_len, err);
+    free(stored);
+    free(result);
+    if (rc) {
+        free(*query_png);
+        free(*result_png);
+        *query_png = *result_png = NULL;
+        *query_len = *result_len = 0;
+    }
+    return rc;
+}

@@ -1138,6 +1138,86 @@ static int encode(VipsImage *im, thumb_format fmt, uint8_t **out, size_t *out_le
     return 0;
 }
 
+/* The reduced size of a w x h image whose rect is to fit in `longest`. */
+static double gray8_scale(const image_rect *r, int longest)
+{
+    int big = r->width > r->height ? r->width : r->height;
+    return big > longest ? (double)longest / big : 1.0;
+}
+
+int image_gray8(const void *buf, size_t len, const image_limits *lim, const image_rect *rect, int longest_side,
+                uint8_t **pixels, int *w, int *h, ms_err *err)
+{
+    *pixels = NULL;
+    *w = *h = 0;
+    int rc = need_init(err);
+    if (!rc && (longest_side < 1 || longest_side > MAX_THUMB_SIDE))
+        rc = ms_err_set(err, MS_EINVAL, "size %d is out of range 1..%d", longest_side, MAX_THUMB_SIDE);
+    image_info info;
+    if (!rc)
+        rc = image_probe(buf, len, lim, &info, err);
+    if (rc)
+        return rc;
+    int iw, ih;
+    image_info_shown_size(&info, &iw, &ih);
+    image_rect r = rect ? *rect : (image_rect){0, 0, iw, ih};
+    if (r.x < 0 || r.y < 0 || r.width < 1 || r.height < 1 || r.x > iw - r.width || r.y > ih - r.height)
+        return ms_err_set(err, MS_EINVAL, "the rectangle %d,%d,%d,%d does not lie inside the %dx%d image", r.x, r.y,
+                          r.width, r.height, iw, ih);
+    double s = gray8_scale(&r, longest_side);
+    int tw = (int)fmax(1.0, lround(iw * s)), th = (int)fmax(1.0, lround(ih * s));
+    /* the rectangle in the reduced image, at least a pixel, inside it */
+    int cx = (int)fmin(tw - 1, floor(r.x * s)), cy = (int)fmin(th - 1, floor(r.y * s));
+    int cw = (int)fmax(1.0, fmin(tw - cx, lround(r.width * s))), ch = (int)fmax(1.0, fmin(th - cy, lround(r.height * s)));
+    pipeline pl = {0};
+    rc = decode_gray8(buf, len, &info, tw, th, &pl, err);
+    if (!rc)
+        rc = thumb_reduce(&pl, pipe_last(&pl), tw, th, err);
+    const uint8_t *src = rc ? NULL : vips_image_get_data(pipe_last(&pl));
+    if (!rc && !src)
+        rc = ms_err_set(err, MS_EINTERNAL, "the gray image is not in memory");
+    if (!rc && !(*pixels = malloc((size_t)cw * (size_t)ch)))
+        rc = ms_err_set(err, MS_ENOMEM, "no memory for a %dx%d image", cw, ch);
+    for (int y = 0; !rc && y < ch; y++)
+        memcpy(*pixels + (size_t)y * (size_t)cw, src + (size_t)(cy + y) * (size_t)tw + (size_t)cx, (size_t)cw);
+    pipe_free(&pl);
+    if (!rc) {
+        *w = cw;
+        *h = ch;
+    }
+    return rc;
+}
+
+int image_encode_rgb_png(const uint8_t *rgb, int w, int h, uint8_t **png, size_t *png_len, ms_err *err)
+{
+    *png = NULL;
+    *png_len = 0;
+    int rc = need_init(err);
+    if (rc)
+        return rc;
+    if (!rgb || w < 1 || h < 1 || w > MAX_THUMB_SIDE || h > MAX_THUMB_SIDE)
+        return ms_err_set(err, MS_EINVAL, "no %dx%d RGB image to encode", w, h);
+    VipsImage *im = vips_image_new_from_memory(rgb, (size_t)w * (size_t)h * 3, w, h, 3, VIPS_FORMAT_UCHAR);
+    void *vbuf = NULL;
+    size_t vlen = 0;
+    if (!im)
+        return vips_failed(err, MS_ENOMEM, "no memory for the image");
+    im->Type = VIPS_INTERPRETATION_sRGB;
+    rc = vips_pngsave_buffer(im, &vbuf, &vlen, "compression", 6, "strip", TRUE, NULL)
+             ? vips_failed(err, MS_EINTERNAL, "PNG encoding failed") : 0;
+    pthread_mutex_lock(&orc_lock);
+    g_object_unref(im);
+    pthread_mutex_unlock(&orc_lock);
+    if (!rc && !(*png = malloc(vlen)))
+        rc = ms_err_set(err, MS_ENOMEM, "out of memory for a %zu-byte PNG", vlen);
+    if (!rc) {
+        memcpy(*png, vbuf, vlen);
+        *png_len = vlen;
+    }
+    g_free(vbuf);
+    return rc;
+}
+
 int image_thumbnail(const void *buf, size_t len, const image_limits *lim, int longest_side, thumb_format fmt,
                     uint8_t **out, size_t *out_len, ms_err *err)
 {

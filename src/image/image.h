@@ -258,6 +258,33 @@ int image_thumbnail(const void *buf, size_t len, const image_limits *lim,
                     int longest_side, thumb_format fmt, uint8_t **out,
                     size_t *out_len, ms_err *err);
 
+/* The image as MedSearch sees it (steps 1-4 above), or its rectangle rect
+ * of the image as shown (NULL: all of it), as 8-bit gray pixels reduced by
+ * area averaging so that the rectangle's longest side is at most
+ * longest_side (1..16383; never enlarged): *pixels (*w x *h, rows from the
+ * top) is malloc'd, the caller frees it. Returns 0 or a code as
+ * image_thumbnail; MS_EINVAL for a rectangle not inside the image. */
+int image_gray8(const void *buf, size_t len, const image_limits *lim, const image_rect *rect, int longest_side,
+                uint8_t **pixels, int *w, int *h, ms_err *err);
+
+/* A heat map over a gray image (overlay.c): each pixel of the w x h gray
+ * image is blended toward orange and yellow by its heat, the grid_w x
+ * grid_h cells (rows from the top, each covering an equal part of the
+ * image) interpolated bilinearly between the cells' centres and divided by
+ * the largest cell; where the heat is zero or negative the pixel stays
+ * gray. Writes w x h x 3 bytes (RGB) to rgb. The web page's viewer draws
+ * the same colours. */
+void image_heat_blend(const uint8_t *gray, int w, int h, const float *cells, int grid_w, int grid_h, uint8_t *rgb);
+
+/* The w x h gray image enlarged k times (k >= 1) by repeating each pixel
+ * k x k times, so that a small X-ray's overlay shows its own pixels:
+ * malloc'd, the caller frees it; NULL when out of memory. */
+uint8_t *image_gray8_repeat(const uint8_t *gray, int w, int h, int k);
+
+/* w x h RGB pixels (1..16383 each way) as a PNG: *png malloc'd, the caller
+ * frees it. Returns 0, MS_EINVAL, MS_ENOMEM or MS_EINTERNAL. */
+int image_encode_rgb_png(const uint8_t *rgb, int w, int h, uint8_t **png, size_t *png_len, ms_err *err);
+
 /* image_prepare and image_thumbnail of the same bytes from one decode (what
  * ingest needs): out and *thumb are exactly what the two calls would give.
  * *thumb is malloc'd and owned by the caller (free()); on failure it is

@@ -60,6 +60,29 @@ r=$(map_ok "$WORK/re.json" "$(score_of "$WORK/rs.json" "$rid")")
 B=$WORK/re.json
 check "the region used comes back in pixels" 'd["region"] == {"x": 0, "y": 0, "width": 512, "height": 1024}'
 
+echo "== the map drawn over the images (--overlay)"
+explain "$BIG" --with "$first" --region 0,0,50%,100% --overlay "$WORK/ov" --json >"$WORK/ov.json" || bad "explain --overlay"
+B=$WORK/ov.json
+check "the JSON names the two files" 'd["overlays"] == {"query": "'"$WORK/ov-query.png"'", "result": "'"$WORK/ov-result.png"'"}'
+r=$(/usr/bin/python3 - "$WORK/ov-query.png" "$WORK/ov-result.png" <<'PY'
+import sys
+from PIL import Image
+import numpy as np
+q, r = Image.open(sys.argv[1]), Image.open(sys.argv[2])
+def warm(im):
+    a = np.asarray(im).astype(int)
+    return int(((a[..., 0] - a[..., 2]) > 40).sum())
+# the query's region (512 x 1024 of the 1024-px image) and a 64-px result enlarged 16 times
+print(q.mode, q.size, r.mode, r.size, warm(q) > 1000, warm(r) > 1000)
+PY
+)
+[ "$r" = "RGB (512, 1024) RGB (1024, 1024) True True" ] && ok "two RGB PNGs, the region's and the result's, with heat on each" || bad "overlays: $r"
+explain "$BIG" --with "$first" --overlay "$WORK/ov2" --overlay-size 300 >/dev/null || bad "--overlay-size 300"
+r=$(/usr/bin/python3 -c 'import sys; from PIL import Image; print(Image.open(sys.argv[1]).size, Image.open(sys.argv[2]).size)' "$WORK/ov2-query.png" "$WORK/ov2-result.png")
+[ "$r" = "(300, 300) (256, 256)" ] && ok "--overlay-size 300: the query reduced to 300, the 64-px result enlarged 4 times" || bad "--overlay-size 300: $r"
+explain "$BIG" --with "$rid" --overlay "$WORK/no/such/dir/ov" >/dev/null 2>"$WORK/err"; rc=$?
+[ "$rc" = 3 ] && grep -q "cannot write" "$WORK/err" && ok "an overlay that cannot be written: exit 3" || bad "unwritable overlay: exit $rc: $(cat "$WORK/err")"
+
 echo "== where they match: half of one X-ray beside half of another"
 A=$WORK/data/nih_cxr14_fullres/images/00000001_000.png
 aid=$(/usr/bin/python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["results"][0]["id"])' \
@@ -82,6 +105,7 @@ check "and on the stored image" 'sum(sum(r[:3]) for r in d["result_cells"]) > su
 
 echo "== the CLI refuses"
 for args in "--with $first" "$QUERY" "$QUERY --id 1 --with 1" "$QUERY --with 0" "$QUERY --with 1 --region 0,0,5000,5" \
+            "$QUERY --with 1 --overlay $WORK/x --overlay-size 0" \
             "$QUERY --with 987654321" "$WORK/missing.png --with 1" "--id 987654321 --with 1"; do
     # shellcheck disable=SC2086
     explain $args >/dev/null 2>"$WORK/err"; rc=$?

@@ -1,8 +1,9 @@
 /*
  * fuzz_image.c - libFuzzer target for the image module: arbitrary bytes
  * through image_prepare, image_thumbnail and the ingest path that does both
- * from one decode (image_prepare_with_thumbnail), with small limits so every
- * input stays cheap, and image_dicom_metadata. Any outcome is fine except a crash, a sanitizer
+ * from one decode (image_prepare_with_thumbnail), image_gray8 (whole and a
+ * rectangle, as overlays take it), with small limits so every input stays
+ * cheap, and image_dicom_metadata. Any outcome is fine except a crash, a sanitizer
  * report, a hang, or an error without its message. Then MedSearch's direct
  * PNG decoder against libpng (libvips' loader), on two PNGs made from the
  * input: the input itself with every chunk's CRC made right (when it is a
@@ -189,6 +190,31 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (trc == 0 && (!thumb || thumb_len == 0))
         __builtin_trap();
     free(thumb);
+
+    /* An overlay's gray pixels, of all of it and of a rectangle taken from
+     * the input's last bytes (refused when it is not inside the image),
+     * within the size asked for. */
+    if (rc == 0) {
+        uint8_t *gray = NULL;
+        int gw = 0, gh = 0;
+        int grc = image_gray8(data, size, &lim, NULL, 40, &gray, &gw, &gh, &err);
+        check_error(grc, &err);
+        if (grc == 0 && (!gray || gw < 1 || gh < 1 || gw > 40 || gh > 40))
+            __builtin_trap();
+        free(gray);
+        int iw, ih;
+        image_info_shown_size(&info, &iw, &ih);
+        const uint8_t *t = data + size - (size >= 4 ? 4 : size);
+        image_rect r = {size >= 4 ? t[0] % (iw + 1) : 0, size >= 4 ? t[1] % (ih + 1) : 0, size >= 4 ? 1 + t[2] : iw,
+                        size >= 4 ? 1 + t[3] : ih};
+        gray = NULL;
+        grc = image_gray8(data, size, &lim, &r, 1 + (int)(size % 64), &gray, &gw, &gh, &err);
+        check_error(grc, &err);
+        int inside = r.x + r.width <= iw && r.y + r.height <= ih;
+        if ((!inside && grc != MS_EINVAL) || (grc == 0 && (!gray || gw < 1 || gh < 1 || gw > 64 || gh > 64)))
+            __builtin_trap();
+        free(gray);
+    }
 
     /* The one-decode ingest path succeeds exactly when the two calls do. */
     static float out2[3 * 32 * 32];

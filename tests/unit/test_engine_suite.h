@@ -1112,6 +1112,24 @@ static void test_similarity_map(void **state)
     assert_true(m.region_used && used.width == m.region.width && used.height > 0 && used.x == 0);
     assert_true(fabs(m.similarity - res[1].score) < 1e-4);
     assert_true(fabs(cells_sum(&m, m.query_cells, 1, 0, 7) - m.similarity) < 1e-4);
+    /* drawn: the region of the query and the whole result, at most 100 px, enlarged by whole factors */
+    uint8_t *qpng, *rpng;
+    size_t qlen, rlen;
+    assert_int_equal(engine_similarity_overlays(fx->e, &rq, res[1].id, &m, 100, &qpng, &qlen, &rpng, &rlen, &err), 0);
+    VipsImage *qi = vips_image_new_from_buffer(qpng, qlen, "", NULL), *ri = vips_image_new_from_buffer(rpng, rlen, "", NULL);
+    assert_true(qi && ri && qi->Bands == 3 && ri->Bands == 3);
+    int big = used.width > used.height ? used.width : used.height;
+    int k = big > 100 ? 1 : 100 / big;
+    assert_true(vips_image_get_height(qi) == (big > 100 ? 100 : big * k) || vips_image_get_width(qi) == (big > 100 ? 100 : big * k));
+    assert_true(vips_image_get_width(ri) <= 100 && vips_image_get_height(ri) <= 100 && vips_image_get_width(ri) > 50);
+    g_object_unref(qi);
+    g_object_unref(ri);
+    free(qpng);
+    free(rpng);
+    assert_int_equal(engine_similarity_overlays(fx->e, &rq, 987654321, &m, 100, &qpng, &qlen, &rpng, &rlen, &err),
+                     MS_ENOTFOUND);
+    assert_true(!qpng && !rpng && !qlen && !rlen);
+    assert_int_equal(engine_similarity_overlays(fx->e, &rq, res[1].id, &m, 0, &qpng, &qlen, &rpng, &rlen, &err), MS_EINVAL);
     engine_similarity_map_free(&m);
     engine_results_free(res, n);
     /* where they match */
