@@ -59,7 +59,24 @@ static int write_png(const char *path, const uint8_t *png, size_t len)
     return 0;
 }
 
-/* PREFIX-query.png and PREFIX-result.png: the map drawn over the images. */
+/* PREFIX-query.png and PREFIX-result.png into *q and *r (malloc'd). 0 or -1. */
+static int overlay_paths(const char *prefix, char **q, char **r)
+{
+    size_t n = strlen(prefix) + sizeof "-result.png";
+    *q = malloc(n);
+    *r = malloc(n);
+    if (!*q || !*r) {
+        free(*q);
+        free(*r);
+        *q = *r = NULL;
+        return -1;
+    }
+    snprintf(*q, n, "%s-query.png", prefix);
+    snprintf(*r, n, "%s-result.png", prefix);
+    return 0;
+}
+
+/* The map drawn over the images, written to qpath and rpath. */
 static int write_overlays(engine *e, const engine_query *q, int with, const engine_similarity_map *m, int side,
                           const char *qpath, const char *rpath)
 {
@@ -125,8 +142,8 @@ int cmd_explain(int argc, char **argv)
          "only this part of the query, as search --region takes it", 0, 0},
         {"overlay", 'o', CLI_STRING, &overlay, "PREFIX",
          "also draw the map over the images: PREFIX-query.png and PREFIX-result.png", 0, 0},
-        {"overlay-size", 0, CLI_INT, &overlay_size, "N", "longest side of the overlays (default 1024; never enlarged)",
-         16, 16383},
+        {"overlay-size", 0, CLI_INT, &overlay_size, "N",
+         "longest side of the overlays (default 1024; a smaller image is enlarged by whole factors)", 16, 16383},
         {0},
     };
     static const cli_command base = {
@@ -171,20 +188,11 @@ int cmd_explain(int argc, char **argv)
         return rc;
     }
     char *qpath = NULL, *rpath = NULL;
-    if (overlay) {
-        size_t n = strlen(overlay) + sizeof "-result.png";
-        qpath = malloc(n);
-        rpath = malloc(n);
-        if (!qpath || !rpath) {
-            free(qpath);
-            free(rpath);
-            free(bytes);
-            engine_close(e);
-            fprintf(stderr, "medsearch explain: out of memory\n");
-            return 1;
-        }
-        snprintf(qpath, n, "%s-query.png", overlay);
-        snprintf(rpath, n, "%s-result.png", overlay);
+    if (overlay && overlay_paths(overlay, &qpath, &rpath)) {
+        free(bytes);
+        engine_close(e);
+        fprintf(stderr, "medsearch explain: out of memory\n");
+        return 1;
     }
     engine_query q = {.bytes = bytes, .len = len, .by_id = by_id, .region = region_text ? &region : NULL};
     engine_similarity_map m;
