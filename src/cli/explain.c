@@ -11,6 +11,7 @@
 
 #include "cli/cli.h"
 #include "cli/common.h"
+#include "util/timing.h"
 
 static json_t *cells_json(const float *cells, int w, int h)
 {
@@ -25,7 +26,7 @@ static json_t *cells_json(const float *cells, int w, int h)
 }
 
 static void print_json(const char *query, long long with, const engine_similarity_map *m, const char *overlay_q,
-                       const char *overlay_r)
+                       const char *overlay_r, const double ms[2])
 {
     json_t *o = json_pack("{s:o, s:I, s:f, s:s, s:{s:i, s:i}, s:o, s:o}", "query", cli_json_text(query), "with",
                           (json_int_t)with, "similarity", m->similarity, "similarity_kind",
@@ -38,6 +39,9 @@ static void print_json(const char *query, long long with, const engine_similarit
     if (overlay_q)
         json_object_set_new(o, "overlays", json_pack("{s:o, s:o}", "query", cli_json_text(overlay_q), "result",
                                                      cli_json_text(overlay_r)));
+    json_object_set_new(o, "timing_ms", json_pack("{s:f}", "map", ms[0]));
+    if (overlay_q)
+        json_object_set_new(json_object_get(o, "timing_ms"), "overlays", json_real(ms[1]));
     json_dumpf(o, stdout, JSON_INDENT(2));
     fputc('\n', stdout);
     json_decref(o);
@@ -196,8 +200,13 @@ int cmd_explain(int argc, char **argv)
     }
     engine_query q = {.bytes = bytes, .len = len, .by_id = by_id, .region = region_text ? &region : NULL};
     engine_similarity_map m;
+    double ms[2];
+    uint64_t t0 = ms_now_ns();
     rc = engine_map_similarity(e, &q, with, &m, &err);
+    ms[0] = ms_elapsed_ms(t0);
+    t0 = ms_now_ns();
     int written = rc || !overlay ? 0 : write_overlays(e, &q, with, &m, overlay_size, qpath, rpath);
+    ms[1] = ms_elapsed_ms(t0);
     char label[32];
     snprintf(label, sizeof label, "image %d", by_id);
     if (rc) {
@@ -208,7 +217,7 @@ int cmd_explain(int argc, char **argv)
     } else if (written) {
         rc = written;
     } else if (c.json) {
-        print_json(image ? image : label, with, &m, qpath, rpath);
+        print_json(image ? image : label, with, &m, qpath, rpath, ms);
     } else {
         print_text(image ? image : label, with, &m, qpath, rpath);
     }

@@ -1203,7 +1203,9 @@ int image_encode_rgb_png(const uint8_t *rgb, int w, int h, uint8_t **png, size_t
     if (!im)
         return vips_failed(err, MS_ENOMEM, "no memory for the image");
     im->Type = VIPS_INTERPRETATION_sRGB;
-    rc = vips_pngsave_buffer(im, &vbuf, &vlen, "compression", 6, "strip", TRUE, NULL)
+    /* level 1, as previews: the heat's smooth colours compress well anyway,
+     * and level 6 costs several times the time */
+    rc = vips_pngsave_buffer(im, &vbuf, &vlen, "compression", 1, "strip", TRUE, NULL)
              ? vips_failed(err, MS_EINTERNAL, "PNG encoding failed") : 0;
     pthread_mutex_lock(&orc_lock);
     g_object_unref(im);

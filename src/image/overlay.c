@@ -46,7 +46,7 @@ void image_heat_blend(const uint8_t *gray, int w, int h, const float *cells, int
                 continue;
             }
             /* orange to yellow, more opaque the hotter (the viewer's 210/255 at the top) */
-            double a = 0.82 * pow(heat, 1.5);
+            double a = 0.82 * heat * sqrt(heat); /* heat^1.5 */
             o[0] = (uint8_t)lround(g + (255 - g) * a);
             o[1] = (uint8_t)lround(g + (60 + 170 * heat - g) * a);
             o[2] = (uint8_t)lround(g * (1 - a));
