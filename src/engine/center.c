@@ -21,26 +21,30 @@
  * it is kept as it is rather than divided by (almost) zero. */
 #define CENTER_TINY 1e-6
 
-void engine_center_apply(const engine *e, float *v, size_t n)
+double engine_center_one(const engine *e, float *x)
 {
     const float *c = e->center;
     if (!c)
-        return;
+        return 0;
     size_t dim = (size_t)e->dim;
-    for (size_t r = 0; r < n; r++) {
-        float *x = v + r * dim;
-        double ss = 0;
-        for (size_t i = 0; i < dim; i++) {
-            double d = (double)x[i] - (double)c[i];
-            ss += d * d;
-        }
-        double norm = sqrt(ss);
-        if (!(norm >= CENTER_TINY))
-            continue;
-        double inv = 1.0 / norm;
-        for (size_t i = 0; i < dim; i++)
-            x[i] = (float)(((double)x[i] - (double)c[i]) * inv);
+    double ss = 0;
+    for (size_t i = 0; i < dim; i++) {
+        double d = (double)x[i] - (double)c[i];
+        ss += d * d;
     }
+    double norm = sqrt(ss);
+    if (!(norm >= CENTER_TINY))
+        return 0;
+    double inv = 1.0 / norm;
+    for (size_t i = 0; i < dim; i++)
+        x[i] = (float)(((double)x[i] - (double)c[i]) * inv);
+    return inv;
+}
+
+void engine_center_apply(const engine *e, float *v, size_t n)
+{
+    for (size_t r = 0; e->center && r < n; r++)
+        engine_center_one(e, v + r * (size_t)e->dim);
 }
 
 int engine_centering(const engine *e)

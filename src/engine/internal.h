@@ -149,6 +149,9 @@ int engine_index_rebuild_now(engine *e, store *s, ms_err *err);
 /* center.c */
 /* x -> l2(x - c) for n vectors of dim floats in place; nothing without a center. */
 void engine_center_apply(const engine *e, float *v, size_t n);
+/* The same for one vector; returns 1 / |x - c|, or 0 when x was left as it
+ * is (no center, or x too near it to have a direction of its own). */
+double engine_center_one(const engine *e, float *x);
 /* The identity the index file is saved and loaded with: the model's plus
  * "|center=" and the center's tag ("none" without one), or "off" when the
  * collection's policy is off. */

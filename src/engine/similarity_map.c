@@ -27,9 +27,6 @@
 
 #include "engine/internal.h"
 
-/* Must stay engine_center_apply's: below it a vector is not centred. */
-#define CENTER_TINY 1e-6
-
 /* One image of the pair: its prepared input, feature and shares. */
 typedef struct side {
     float *input, *feature, *shares;
@@ -47,7 +44,7 @@ static void side_free(side *s)
     free(s->u);
 }
 
-/* f -> v -> u, as ingest and engine_center_apply make them. */
+/* f -> v -> u, as ingest and engine_center_one make them. */
 static void side_vectors(const engine *e, side *s)
 {
     int dim = e->dim;
@@ -57,21 +54,9 @@ static void side_vectors(const engine *e, side *s)
     s->inv_norm = ss > 0 ? 1.0 / sqrt(ss) : 0;
     for (int i = 0; i < dim; i++)
         s->u[i] = (float)(s->feature[i] * s->inv_norm);
-    s->inv_centred = 1;
-    s->centred = 0;
-    if (!e->center)
-        return;
-    double cs = 0;
-    for (int i = 0; i < dim; i++) {
-        double d = (double)s->u[i] - (double)e->center[i];
-        cs += d * d;
-    }
-    if (!(sqrt(cs) >= CENTER_TINY))
-        return;
-    s->centred = 1;
-    s->inv_centred = 1.0 / sqrt(cs);
-    for (int i = 0; i < dim; i++)
-        s->u[i] = (float)(((double)s->u[i] - (double)e->center[i]) * s->inv_centred);
+    double inv = engine_center_one(e, s->u);
+    s->centred = inv > 0;
+    s->inv_centred = s->centred ? inv : 1;
 }
 
 /* Cells of s against the other image's vector `other` (the formula above). */
