@@ -96,19 +96,30 @@ static int side_run(engine *e, const uint8_t *bytes, size_t len, const image_reg
     return 0;
 }
 
+/* The query's bytes: q's own, or its stored image's read back into
+ * *stored (malloc'd, the caller frees it; NULL for q's own). */
+static int query_bytes(engine *e, const engine_query *q, const uint8_t **bytes, size_t *len, uint8_t **stored,
+                       ms_err *err)
+{
+    *stored = NULL;
+    *bytes = q->bytes;
+    *len = q->len;
+    if (q->bytes)
+        return 0;
+    if (q->by_id <= 0)
+        return ms_err_set(err, MS_EINVAL, "a similarity map needs a query image or a stored image's id");
+    int rc = engine_read_stored(e, q->by_id, stored, len, err);
+    *bytes = *stored;
+    return rc;
+}
+
 /* The query side: q's bytes, or its stored image's, with q's region. */
 static int run_query(engine *e, const engine_query *q, int cells, side *s, engine_similarity_map *out, ms_err *err)
 {
-    uint8_t *stored = NULL;
-    size_t len = q->len;
-    const uint8_t *bytes = q->bytes;
-    int rc = 0;
-    if (!bytes) {
-        if (q->by_id <= 0)
-            return ms_err_set(err, MS_EINVAL, "a similarity map needs a query image or a stored image's id");
-        rc = engine_read_stored(e, q->by_id, &stored, &len, err);
-        bytes = stored;
-    }
+    uint8_t *stored;
+    size_t len;
+    const uint8_t *bytes;
+    int rc = query_bytes(e, q, &bytes, &len, &stored, err);
     if (rc == 0)
         rc = side_run(e, bytes, len, q->region, q->region ? &out->region : NULL, cells, s, err);
     out->region_used = rc == 0 && q->region;
@@ -198,15 +209,10 @@ int engine_similarity_overlays(engine *e, const engine_query *q, int64_t result_
 {
     *query_png = *result_png = NULL;
     *query_len = *result_len = 0;
-    uint8_t *stored = NULL, *result = NULL;
-    size_t len = q->len, rlen = 0;
-    const uint8_t *bytes = q->bytes;
-    int rc = 0;
-    if (!bytes) {
-        rc = q->by_id > 0 ? engine_read_stored(e, q->by_id, &stored, &len, err)
-                          : ms_err_set(err, MS_EINVAL, "an overlay needs the query image or a stored image's id");
-        bytes = stored;
-    }
+    uint8_t *stored, *result = NULL;
+    size_t len, rlen = 0;
+    const uint8_t *bytes;
+    int rc = query_bytes(e, q, &bytes, &len, &stored, err);
     if (rc == 0)
         rc = side_overlay(e, bytes, len, m->region_used ? &m->region : NULL, m->query_cells, m, longest_side,
                           query_png, query_len, err);
