@@ -63,6 +63,20 @@ static void allow_get_or_patch(route_match *m, http_method got)
         m->method_ok = m->is_write = m->needs_worker = m->wants_body = 1;
 }
 
+/* The read-only routes under /api/images/{id}: GET and HEAD, and whether
+ * they may wait on the model or the store (a worker thread). */
+static const struct {
+    const char *tail;
+    route_id route;
+    int needs_worker;
+} image_reads[] = {
+    {"/thumbnail", ROUTE_THUMBNAIL, 0},
+    {"/similar", ROUTE_SIMILAR, 1},
+    {"/preview", ROUTE_IMAGE_PREVIEW, 1},
+    {"/copies", ROUTE_COPIES, 1},
+    {"/similarity-map", ROUTE_IMAGE_MAP, 1},
+};
+
 static void match_image_route(http_method m, const char *rest, route_match *out)
 {
     int64_t id = 0;
@@ -75,32 +89,23 @@ static void match_image_route(http_method m, const char *rest, route_match *out)
         allow_only(out, m, "GET, HEAD, DELETE", 1, 0, 1);
         out->is_write = (m == M_DELETE);
         out->needs_worker = (m == M_DELETE);
-    } else if (!strcmp(tail, "/thumbnail")) {
-        out->route = ROUTE_THUMBNAIL;
-        allow_only(out, m, "GET, HEAD", 1, 0, 0);
-    } else if (!strcmp(tail, "/metadata")) {
-        out->route = ROUTE_METADATA;
-        allow_get_or_patch(out, m);
-    } else if (!strcmp(tail, "/similar")) {
-        out->route = ROUTE_SIMILAR;
-        allow_only(out, m, "GET, HEAD", 1, 0, 0);
-        out->needs_worker = 1;
-    } else if (!strcmp(tail, "/preview")) {
-        out->route = ROUTE_IMAGE_PREVIEW;
-        allow_only(out, m, "GET, HEAD", 1, 0, 0);
-        out->needs_worker = 1;
-    } else if (!strcmp(tail, "/copies")) {
-        out->route = ROUTE_COPIES;
-        allow_only(out, m, "GET, HEAD", 1, 0, 0);
-        out->needs_worker = 1;
-    } else if (!strcmp(tail, "/similarity-map")) {
-        out->route = ROUTE_IMAGE_MAP;
-        allow_only(out, m, "GET, HEAD", 1, 0, 0);
-        out->needs_worker = 1;
-    } else {
+        out->id = id;
         return;
     }
-    out->id = id;
+    if (!strcmp(tail, "/metadata")) {
+        out->route = ROUTE_METADATA;
+        allow_get_or_patch(out, m);
+        out->id = id;
+        return;
+    }
+    for (size_t i = 0; i < sizeof image_reads / sizeof *image_reads; i++)
+        if (!strcmp(tail, image_reads[i].tail)) {
+            out->route = image_reads[i].route;
+            allow_only(out, m, "GET, HEAD", 1, 0, 0);
+            out->needs_worker = image_reads[i].needs_worker;
+            out->id = id;
+            return;
+        }
 }
 
 void route_find(http_method m, const char *path, route_match *out)
