@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "http/http_internal.h"
+#include "util/idlist.h"
 
 /* ---- routing ---- */
 
@@ -27,24 +28,6 @@ static const char *const route_names[ROUTE_COUNT] = {
 const char *route_name(route_id r)
 {
     return (r >= 0 && r < ROUTE_COUNT) ? route_names[r] : "none";
-}
-
-/* A positive id in plain decimal: "1".."9223372036854775807", nothing else.
- * Returns the number of characters used, 0 when there is no valid id. */
-static size_t parse_id(const char *s, int64_t *id)
-{
-    if (s[0] < '1' || s[0] > '9')
-        return 0;
-    int64_t v = 0;
-    size_t i = 0;
-    for (; s[i] >= '0' && s[i] <= '9'; i++) {
-        int d = s[i] - '0';
-        if (v > (INT64_MAX - d) / 10)
-            return 0;
-        v = v * 10 + d;
-    }
-    *id = v;
-    return i;
 }
 
 static void allow_only(route_match *m, http_method got, const char *allow,
@@ -80,7 +63,7 @@ static const struct {
 static void match_image_route(http_method m, const char *rest, route_match *out)
 {
     int64_t id = 0;
-    size_t n = parse_id(rest, &id);
+    size_t n = ms_id_parse(rest, &id);
     if (!n)
         return;
     const char *tail = rest + n;
