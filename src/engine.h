@@ -195,7 +195,25 @@ typedef struct engine_query {
                                   needs the model */
     image_rect *region_used;   /* with region, when not NULL: receives the
                                   region in pixels of the image as shown */
+    const int64_t *like;       /* relevance feedback: stored images the user
+                                  marked as like what they look for ... */
+    int n_like;
+    const int64_t *unlike;     /* ... and as not like it; see below */
+    int n_unlike;
 } engine_query;
+
+/* Relevance feedback (feedback.c has the why): with like or unlike ids the
+ * query's centred vector q becomes
+ *   l2(q + ENGINE_FEEDBACK_LIKE * mean(like) - ENGINE_FEEDBACK_UNLIKE * mean(unlike))
+ * over the marked images' vectors as the index holds them, before query
+ * expansion. The marked images are judged already: they are left out of
+ * the results and of the expansion, like the query itself. Each list holds
+ * at most ENGINE_FEEDBACK_MAX ids (repeats count once); an id on both
+ * lists is MS_EINVAL, one not in the collection MS_ENOTFOUND. The marked
+ * images need not pass the filter: the user has seen them. */
+#define ENGINE_FEEDBACK_MAX 100
+#define ENGINE_FEEDBACK_LIKE 2.0f
+#define ENGINE_FEEDBACK_UNLIKE 1.0f
 
 typedef struct engine_result {
     int64_t id;
@@ -209,8 +227,8 @@ typedef struct engine_timing {
 
 /* Returns 0 or MS_EFORMAT/MS_EUNSUPPORTED/MS_ENOTIMAGE/MS_ETOOBIG (bad
  * image), MS_EINVAL (bad k, a region outside the image, a region of a
- * stored image without the model), MS_ENOTFOUND (by_id absent), MS_EBUSY
- * (queue full). */
+ * stored image without the model, bad feedback lists), MS_ENOTFOUND (by_id
+ * or a marked image absent), MS_EBUSY (queue full). */
 int engine_search(engine *e, const engine_query *q, engine_result **res, int *n,
                   engine_timing *t, ms_err *err);
 /* Search with a ready vector (dim floats, L2-normalised, as the model makes

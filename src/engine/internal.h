@@ -164,6 +164,21 @@ void engine_center_forget(engine *e);
 /* Does this engine rank centred: ENGINE_CENTER_ON, or AUTO with policy auto? */
 int engine_centering(const engine *e);
 
+/* feedback.c (engine.h "Relevance feedback") */
+/* The lists' counts and ids: 0 or MS_EINVAL. Cheap; before any embedding. */
+int engine_feedback_check(const engine_query *q, ms_err *err);
+int engine_feedback_given(const engine_query *q);
+/* Every id a search leaves out: the query's own (by_id with exclude_self)
+ * and the marked images, sorted, without repeats (*ids malloc'd, NULL when
+ * there are none). 0, MS_EINVAL (an id on both lists) or MS_ENOMEM. */
+int engine_feedback_excluded(const engine_query *q, int64_t **ids, size_t *n, ms_err *err);
+/* Whether id is in sorted[0..n) (binary search). */
+int engine_ids_contain(const int64_t *sorted, size_t n, int64_t id);
+/* out = the centred query vec moved by q's marked images, unit length.
+ * 0, MS_ENOTFOUND (a marked image not in the index), MS_EINVAL (nothing
+ * left of the query), MS_ENOMEM. */
+int engine_feedback_apply(const engine *e, const engine_query *q, const float *vec, float *out, ms_err *err);
+
 /* ingest.c */
 int engine_workers_ensure(engine *e, ms_err *err);
 void engine_workers_stop(engine *e);

@@ -6,8 +6,10 @@
  * batches), turn a metadata filter into the candidate id set (store),
  * optionally expand the query with its top-N neighbours (QE), search the
  * index, keep one image per patient when asked, then read the results'
- * metadata. Every step obeys the same filter and self-exclusion, so that
- * query expansion never leaks an image the caller excluded.
+ * metadata. Relevance feedback (feedback.c) moves the query before the
+ * expansion. Every step obeys the same filter and exclusions (the query
+ * itself, the images the user marked), so that query expansion never leaks
+ * an image the caller excluded.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -21,18 +23,19 @@
 typedef struct search_ctx {
     engine *e;
     const engine_query *q;
-    int64_t self;             /* excluded id, 0 = none */
+    int64_t *excluded;        /* ids left out, sorted (NULL = none) */
+    size_t n_excluded;
     int64_t *allowed;         /* filter candidates (NULL = no filter) */
     size_t n_allowed;
     int filtered;
     engine_timing *t;
 } search_ctx;
 
-/* Top-want hits for vec, the filter and self-exclusion applied. hits must
- * hold want + 1 entries. */
+/* Top-want hits for vec, the filter and exclusions applied. hits must hold
+ * want + n_excluded entries. */
 static int top_hits(search_ctx *c, const float *vec, int want, index_hit *hits, int *n, ms_err *err)
 {
-    int ask = want + (c->self ? 1 : 0);
+    int ask = want + (int)c->n_excluded;
     uint64_t t0 = ms_now_ns();
     int rc;
     if (c->filtered)
@@ -46,7 +49,7 @@ static int top_hits(search_ctx *c, const float *vec, int want, index_hit *hits, 
         return rc;
     int w = 0;
     for (int i = 0; i < *n; i++)
-        if (hits[i].id != c->self)
+        if (!engine_ids_contain(c->excluded, c->n_excluded, hits[i].id))
             hits[w++] = hits[i];
     *n = w < want ? w : want;
     return 0;
@@ -56,7 +59,7 @@ static int top_hits(search_ctx *c, const float *vec, int want, index_hit *hits, 
 static int expand_query(search_ctx *c, const float *vec, float *out, ms_err *err)
 {
     int dim = c->e->dim, nq = c->q->qe;
-    index_hit *hits = malloc((size_t)(nq + 1) * sizeof *hits);
+    index_hit *hits = malloc(((size_t)nq + c->n_excluded) * sizeof *hits);
     float *v = malloc((size_t)dim * sizeof *v);
     if (!hits || !v) {
         free(hits);
@@ -152,7 +155,7 @@ static int final_results(search_ctx *c, const float *vec, engine_result **out, i
             want = (int)(total + 1);
         if (want < 1)
             want = 1;
-        index_hit *hits = malloc((size_t)(want + 1) * sizeof *hits);
+        index_hit *hits = malloc(((size_t)want + c->n_excluded) * sizeof *hits);
         if (!hits) {
             rc = ms_err_set(err, MS_ENOMEM, "no memory for %d hits", want);
             break;
@@ -190,7 +193,7 @@ static int check_query(const engine *e, const engine_query *q, ms_err *err)
         return ms_err_set(err, MS_EINVAL, "ef must be >= 0, got %d", q->ef);
     if (!e->ix)
         return ms_err_set(err, MS_EINVAL, "the collection has no model and no images yet");
-    return 0;
+    return engine_feedback_check(q, err);
 }
 
 static int search_core(engine *e, const float *vec, const engine_query *q, engine_result **res, int *n,
@@ -205,22 +208,32 @@ static int search_core(engine *e, const float *vec, const engine_query *q, engin
     if (rc)
         return rc;
     search_ctx c = {.e = e, .q = q, .t = t};
-    if (q->exclude_self && q->by_id > 0)
-        c.self = q->by_id;
+    if ((rc = engine_feedback_excluded(q, &c.excluded, &c.n_excluded, err)))
+        return rc;
     if (q->filter) {
         store *s;
-        if ((rc = engine_pool_get(e, &s, err)) != 0)
+        if ((rc = engine_pool_get(e, &s, err)) != 0) {
+            free(c.excluded);
             return rc;
+        }
         uint64_t t0 = ms_now_ns();
         rc = store_filter_ids(s, q->filter, &c.allowed, &c.n_allowed, err);
         t->store_ms += ms_elapsed_ms(t0);
         engine_pool_put(e, s);
-        if (rc)
+        if (rc) {
+            free(c.excluded);
             return rc;
+        }
         c.filtered = 1;
     }
-    float *expanded = NULL;
-    if (q->qe > 0) {
+    float *moved = NULL, *expanded = NULL;
+    if (engine_feedback_given(q)) {
+        if (!(moved = malloc((size_t)e->dim * sizeof *moved)))
+            rc = ms_err_set(err, MS_ENOMEM, "no memory");
+        else if ((rc = engine_feedback_apply(e, q, vec, moved, err)) == 0)
+            vec = moved;
+    }
+    if (rc == 0 && q->qe > 0) {
         if (!(expanded = malloc((size_t)e->dim * sizeof *expanded)))
             rc = ms_err_set(err, MS_ENOMEM, "no memory");
         else
@@ -228,8 +241,10 @@ static int search_core(engine *e, const float *vec, const engine_query *q, engin
     }
     if (rc == 0)
         rc = final_results(&c, expanded ? expanded : vec, res, n, err);
+    free(moved);
     free(expanded);
     free(c.allowed);
+    free(c.excluded);
     return rc;
 }
 

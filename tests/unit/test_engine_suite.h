@@ -1165,6 +1165,151 @@ static void test_similarity_map(void **state)
     assert_null(m.query_cells);
 }
 
+/* The query moved by relevance feedback, in index space, by hand:
+ * l2(q + LIKE * mean(like) - UNLIKE * mean(unlike)), repeats once. */
+static void feedback_by_hand(engine *e, const float *q, const int64_t *like, int nl, const int64_t *unlike, int nu,
+                             double *out)
+{
+    int dim = model_dim(engine_model(e));
+    float v[2048];
+    for (int d = 0; d < dim; d++)
+        out[d] = q[d];
+    const int64_t *lists[2] = {like, unlike};
+    int counts[2] = {nl, nu};
+    double weights[2] = {ENGINE_FEEDBACK_LIKE, -ENGINE_FEEDBACK_UNLIKE};
+    for (int l = 0; l < 2; l++) {
+        int distinct = 0;
+        for (int i = 0; i < counts[l]; i++) {
+            int repeat = 0;
+            for (int j = 0; j < i; j++)
+                repeat |= lists[l][j] == lists[l][i];
+            distinct += !repeat;
+        }
+        for (int i = 0; i < counts[l]; i++) {
+            int repeat = 0;
+            for (int j = 0; j < i; j++)
+                repeat |= lists[l][j] == lists[l][i];
+            if (repeat)
+                continue;
+            assert_int_equal(index_get(engine_index(e), lists[l][i], v), 0);
+            for (int d = 0; d < dim; d++)
+                out[d] += weights[l] / distinct * v[d];
+        }
+    }
+    double norm = 0;
+    for (int d = 0; d < dim; d++)
+        norm += out[d] * out[d];
+    for (int d = 0; d < dim; d++)
+        out[d] /= sqrt(norm);
+}
+
+static int is_marked(int64_t id, const int64_t *a, int na, const int64_t *b, int nb)
+{
+    for (int i = 0; i < na; i++)
+        if (a[i] == id)
+            return 1;
+    for (int i = 0; i < nb; i++)
+        if (b[i] == id)
+            return 1;
+    return 0;
+}
+
+/* Relevance feedback: every score is the result's similarity to the query
+ * moved as engine.h says (repeats once), the marked images and the query
+ * are left out (also of the expansion, and when they fail the filter), a
+ * file query is moved like its stored twin, and bad lists are refused. */
+static void test_feedback(void **state)
+{
+    fixture *fx = *state;
+    ms_err err = {0};
+    engine *e = fx->e;
+    int dim = model_dim(engine_model(e));
+    int64_t like[3] = {fx->ids[3], fx->ids[5], fx->ids[3]}, unlike[1] = {fx->ids[9]};
+    engine_query q = {.by_id = fx->ids[7], .k = N_IMAGES, .exclude_self = 1, .like = like, .n_like = 3,
+                      .unlike = unlike, .n_unlike = 1};
+    engine_result *res;
+    int n;
+    assert_int_equal(engine_search(e, &q, &res, &n, NULL, &err), 0);
+    assert_int_equal(n, N_IMAGES - 4);
+    float qv[2048], v[2048];
+    double moved[2048];
+    assert_int_equal(index_get(engine_index(e), fx->ids[7], qv), 0);
+    feedback_by_hand(e, qv, like, 3, unlike, 1, moved);
+    for (int j = 0; j < n; j++) {
+        assert_false(res[j].id == fx->ids[7] || is_marked(res[j].id, like, 3, unlike, 1));
+        assert_int_equal(index_get(engine_index(e), res[j].id, v), 0);
+        double dot = 0;
+        for (int d = 0; d < dim; d++)
+            dot += moved[d] * v[d];
+        assert_float_equal(res[j].score, dot, 1e-5);
+        if (j)
+            assert_true(res[j].score <= res[j - 1].score);
+    }
+    engine_results_free(res, n);
+
+    /* With expansion and a filter: still none of them, and only NORMAL. */
+    store_filter f;
+    store_filter_init(&f);
+    assert_int_equal(store_filter_parse("labels:NORMAL", &f, &err), 0);
+    engine_query fq = q;
+    fq.qe = 3;
+    fq.filter = &f;
+    assert_int_equal(engine_search(e, &fq, &res, &n, NULL, &err), 0);
+    assert_true(n > 0);
+    for (int j = 0; j < n; j++) {
+        assert_false(res[j].id == fx->ids[7] || is_marked(res[j].id, like, 3, unlike, 1));
+        assert_true(has_label(&res[j].meta, "NORMAL"));
+    }
+    engine_results_free(res, n);
+    store_filter_free(&f);
+
+    /* The file of image 7 searches like its stored vector (to the model's
+     * rounding), and it is not left out: only by_id leaves itself out. */
+    engine_query fileq = {.bytes = G.s[7].bytes, .len = G.s[7].len, .k = 5, .like = like, .n_like = 3,
+                          .unlike = unlike, .n_unlike = 1};
+    engine_query stored = q;
+    stored.k = 5;
+    stored.exclude_self = 0;
+    engine_result *rs;
+    int ns;
+    assert_int_equal(engine_search(e, &fileq, &res, &n, NULL, &err), 0);
+    assert_int_equal(engine_search(e, &stored, &rs, &ns, NULL, &err), 0);
+    assert_int_equal(n, ns);
+    for (int j = 0; j < n; j++) {
+        assert_int_equal(res[j].id, rs[j].id);
+        assert_float_equal(res[j].score, rs[j].score, 1e-4);
+    }
+    engine_results_free(res, n);
+    engine_results_free(rs, ns);
+
+    /* Refusals. */
+    engine_query bad = q;
+    int64_t both[1] = {fx->ids[9]};
+    bad.like = both, bad.n_like = 1;
+    assert_int_equal(engine_search(e, &bad, &res, &n, NULL, &err), MS_EINVAL);
+    assert_non_null(strstr(err.msg, "both like and unlike"));
+    int64_t absent[1] = {987654321};
+    bad = q, bad.unlike = absent;
+    assert_int_equal(engine_search(e, &bad, &res, &n, NULL, &err), MS_ENOTFOUND);
+    assert_non_null(strstr(err.msg, "987654321 (marked unlike)"));
+    int64_t zero[1] = {0};
+    bad = q, bad.like = zero, bad.n_like = 1;
+    assert_int_equal(engine_search(e, &bad, &res, &n, NULL, &err), MS_EINVAL);
+    bad = q, bad.n_like = ENGINE_FEEDBACK_MAX + 1;
+    assert_int_equal(engine_search(e, &bad, &res, &n, NULL, &err), MS_EINVAL);
+    assert_non_null(strstr(err.msg, "at most"));
+    bad = q, bad.n_unlike = -1;
+    assert_int_equal(engine_search(e, &bad, &res, &n, NULL, &err), MS_EINVAL);
+    bad = q, bad.like = NULL;
+    assert_int_equal(engine_search(e, &bad, &res, &n, NULL, &err), MS_EINVAL);
+    /* A query its own vector cancels: nothing left to search with. */
+    int64_t self[1] = {fx->ids[7]};
+    bad = (engine_query){.by_id = fx->ids[7], .k = 3, .exclude_self = 1, .unlike = self, .n_unlike = 1};
+    assert_int_equal(engine_search(e, &bad, &res, &n, NULL, &err), MS_EINVAL);
+    assert_non_null(strstr(err.msg, "cancel"));
+    assert_null(res);
+}
+
 static int run_engine_suite(const char *group)
 {
     int rc = suite_load_data();
@@ -1189,6 +1334,7 @@ static int run_engine_suite(const char *group)
         cmocka_unit_test_setup_teardown(test_concurrent_searches, setup, teardown),
         cmocka_unit_test_setup_teardown(test_find_copies, setup, teardown),
         cmocka_unit_test_setup_teardown(test_similarity_map, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_feedback, setup, teardown),
     };
     rc = _cmocka_run_group_tests(group, tests, sizeof tests / sizeof tests[0], NULL, NULL);
     suite_free_data();
