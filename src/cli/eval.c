@@ -83,6 +83,11 @@ static const char ABOUT[] =
     "re-embedding must beat the best search setting by the same margin, and flip the\n"
     "best without it; --apply then re-embeds the collection too (medsearch reembed).\n"
     "\n"
+    "--feedback N simulates relevance feedback (search --like/--unlike): a user who\n"
+    "marks each of the first N results like or unlike the query by its labels, then\n"
+    "searches again. Both rounds are scored on the images not yet judged (the first\n"
+    "round's results after the N, the second round's results), paired per query.\n"
+    "\n"
     "Example: medsearch eval --rule exact --compare \"pool=avg,center=off\" \"pool=gem,qe=2\"";
 
 /* Ctrl-C (or SIGTERM) stops the searches and the re-embedding of a scratch
@@ -225,6 +230,9 @@ static int parse_args(int argc, char **argv, eval_args *a)
         {"apply", 0, CLI_FLAG, &a->apply, NULL, "with --tune: make the recommendation the collection's defaults", 0, 0},
         {"vectors", 0, CLI_FLAG, &a->tune_vectors, NULL,
          "with --tune: also try GeM pooling and flip (re-embeds with the collection's model)", 0, 0},
+        {"feedback", 0, CLI_INT, &a->feedback, "N",
+         "simulate relevance feedback on the first N results; score both rounds on the rest", 1,
+         ENGINE_FEEDBACK_MAX},
         {"quiet", 'q', CLI_FLAG, &a->quiet, NULL, "no progress on stderr", 0, 0},
         {0},
     };
@@ -261,9 +269,23 @@ static int parse_args(int argc, char **argv, eval_args *a)
     } else if (a->common.json && report_to_stdout(a)) {
         snprintf(why, sizeof why, "--json and --%s - both write to standard output", report_to_stdout(a));
         bad = 1;
-    } else if (a->tune && (a->compare_a || a->qe != ENGINE_QE_COLLECTION || a->out_md || a->per_query)) {
-        snprintf(why, sizeof why, "--tune tries its own settings: it takes none of --compare, --qe, --out, --per-query");
+    } else if (a->tune && (a->compare_a || a->qe != ENGINE_QE_COLLECTION || a->out_md || a->per_query ||
+                           a->feedback)) {
+        snprintf(why, sizeof why,
+                 "--tune tries its own settings: it takes none of --compare, --qe, --out, --per-query, --feedback");
         bad = 1;
+    } else if (a->feedback && a->compare_a) {
+        snprintf(why, sizeof why, "--feedback compares two rounds of the collection's own search: not with --compare");
+        bad = 1;
+    } else if (a->feedback && a->k + a->feedback > EVAL_MAX_K) {
+        snprintf(why, sizeof why, "-k plus --feedback must be at most %d: the first round shows both", EVAL_MAX_K);
+        bad = 1;
+    }
+    if (a->feedback && !bad) {
+        snprintf(a->cfg[0].text, sizeof a->cfg[0].text, "first round, its results after the %d judged", a->feedback);
+        snprintf(a->cfg[1].text, sizeof a->cfg[1].text,
+                 "second round, with the first round's %d results marked like or unlike by their labels",
+                 a->feedback);
     }
     free(args);
     if (bad) {
@@ -355,6 +377,8 @@ typedef struct run_ctx {
     const id_map *map;
     int k, qe, dim;
     eval_query_score *scores;
+    int feedback;             /* --feedback N: judge the first N, search again */
+    eval_query_score *after;  /* with feedback: the second round's scores */
     atomic_size_t next, done;
     atomic_int failed;
     pthread_mutex_t err_mu;
@@ -370,9 +394,11 @@ static void run_fail(run_ctx *c, const ms_err *err)
     pthread_mutex_unlock(&c->err_mu);
 }
 
-/* Searches query q through the engine (by its id, as `search --id` does)
- * and scores it. */
-static int run_one(run_ctx *c, size_t q, int64_t *ids, float *scores, ms_err *err)
+/* Searches query q through the engine (by its id, as `search --id` does),
+ * with the feedback lists when given (engine ids), for want results: their
+ * truth ids in ids[0..*n), checked against the protocol. */
+static int search_query(run_ctx *c, size_t q, const engine_query *fb, int want, int64_t *ids, float *scores,
+                        int *n_out, ms_err *err)
 {
     const eval_truth *t = c->t;
     int64_t eid = c->map->engine_id ? c->map->engine_id[q] : eval_truth_id(t, q);
@@ -382,9 +408,14 @@ static int run_one(run_ctx *c, size_t q, int64_t *ids, float *scores, ms_err *er
      * struct field, nothing writes through it. */
     const char *patient = eval_truth_patient(t, q);
     f.exclude_patient = patient[0] ? (char *)patient : NULL;
-    engine_query query = {.by_id = eid, .k = c->k, .filter = &f, .qe = c->qe, .exclude_self = 1};
+    engine_query query = {.by_id = eid, .k = want, .filter = &f, .qe = c->qe, .exclude_self = 1};
+    if (fb) {
+        query.like = fb->like, query.n_like = fb->n_like;
+        query.unlike = fb->unlike, query.n_unlike = fb->n_unlike;
+    }
     engine_result *res = NULL;
     int n = 0;
+    *n_out = 0;
     int rc = engine_search(c->e, &query, &res, &n, NULL, err);
     if (rc == MS_ENOTFOUND)
         return ms_err_set(err, rc, "image %lld has no vector in the index", (long long)eid);
@@ -395,9 +426,9 @@ static int run_one(run_ctx *c, size_t q, int64_t *ids, float *scores, ms_err *er
         scores[i] = res[i].score;
     }
     engine_results_free(res, n);
-    if (n > c->k)
+    if (n > want)
         return ms_err_set(err, MS_EINTERNAL, "query %lld: the engine returned %d results for k = %d",
-                          (long long)eval_truth_id(t, q), n, c->k);
+                          (long long)eval_truth_id(t, q), n, want);
     if ((rc = eval_check_order(ids, scores, n, err)))
         return ms_err_prefix(err, "query %lld: ", (long long)eval_truth_id(t, q));
     for (int i = 0; i < n; i++) {
@@ -407,14 +438,67 @@ static int run_one(run_ctx *c, size_t q, int64_t *ids, float *scores, ms_err *er
                               (long long)eval_truth_id(t, q), (long long)ids[i]);
         ids[i] = tid;
     }
-    return eval_score_query(t, q, ids, n, c->k, &c->scores[q], err);
+    *n_out = n;
+    return 0;
+}
+
+/* Searches query q and scores it. */
+static int run_one(run_ctx *c, size_t q, int64_t *ids, float *scores, ms_err *err)
+{
+    int n;
+    int rc = search_query(c, q, NULL, c->k, ids, scores, &n, err);
+    return rc ? rc : eval_score_query(c->t, q, ids, n, c->k, &c->scores[q], err);
+}
+
+/* Engine id of the truth id of a result (the inverse of truth_id_of). */
+static int64_t engine_id_of(const run_ctx *c, int64_t truth_id)
+{
+    if (!c->map->engine_id)
+        return truth_id;
+    ptrdiff_t i = eval_truth_find(c->t, truth_id);
+    return i < 0 ? 0 : c->map->engine_id[i];
+}
+
+/* --feedback: the first round's k + N results; a perfect user marks the
+ * first N like or unlike by their labels; the second round searches with
+ * the marks. Both rounds are scored on the residual gallery (the N judged
+ * images taken out): the first by its results after the N, the second by
+ * its k results, from which the engine left the judged images out. */
+static int run_one_feedback(run_ctx *c, size_t q, int64_t *ids, float *scores, ms_err *err)
+{
+    const eval_truth *t = c->t;
+    int n, judged;
+    int rc = search_query(c, q, NULL, c->k + c->feedback, ids, scores, &n, err);
+    if (rc)
+        return rc;
+    judged = n < c->feedback ? n : c->feedback;
+    int64_t like[ENGINE_FEEDBACK_MAX], unlike[ENGINE_FEEDBACK_MAX], marked[ENGINE_FEEDBACK_MAX];
+    engine_query fb = {.like = like, .unlike = unlike};
+    for (int i = 0; i < judged; i++) {
+        ptrdiff_t j = eval_truth_find(t, ids[i]);
+        int64_t eid = engine_id_of(c, ids[i]);
+        if (j < 0 || !eid)
+            return ms_err_set(err, MS_EINTERNAL, "query %lld: result %lld is not in the collection",
+                              (long long)eval_truth_id(t, q), (long long)ids[i]);
+        marked[i] = ids[i];
+        if (eval_truth_relevant(t, q, (size_t)j))
+            like[fb.n_like++] = eid;
+        else
+            unlike[fb.n_unlike++] = eid;
+    }
+    if ((rc = eval_score_query_judged(t, q, marked, judged, ids + judged, n - judged, c->k, &c->scores[q], err)))
+        return rc;
+    if ((rc = search_query(c, q, &fb, c->k, ids, scores, &n, err)))
+        return rc;
+    return eval_score_query_judged(t, q, marked, judged, ids, n, c->k, &c->after[q], err);
 }
 
 static void *run_worker(void *arg)
 {
     run_ctx *c = arg;
-    int64_t *ids = malloc((size_t)c->k * sizeof *ids);
-    float *scores = malloc((size_t)c->k * sizeof *scores);
+    size_t most = (size_t)c->k + (size_t)c->feedback;
+    int64_t *ids = malloc(most * sizeof *ids);
+    float *scores = malloc(most * sizeof *scores);
     ms_err err = {0};
     if (!ids || !scores) {
         ms_err_set(&err, MS_ENOMEM, "out of memory for a search worker");
@@ -434,9 +518,10 @@ static void *run_worker(void *arg)
         int n_lab;
         eval_truth_labels(c->t, q, &n_lab);
         if (n_lab == 0 || eval_truth_relevant_count(c->t, q) == 0) {
-            if (eval_score_query(c->t, q, NULL, 0, c->k, &c->scores[q], &err))
+            if (eval_score_query(c->t, q, NULL, 0, c->k, &c->scores[q], &err) ||
+                (c->after && eval_score_query(c->t, q, NULL, 0, c->k, &c->after[q], &err)))
                 run_fail(c, &err);
-        } else if (run_one(c, q, ids, scores, &err)) {
+        } else if (c->feedback ? run_one_feedback(c, q, ids, scores, &err) : run_one(c, q, ids, scores, &err)) {
             run_fail(c, &err);
         }
         atomic_fetch_add(&c->done, 1);
@@ -452,16 +537,18 @@ static void show_progress(const char *what, size_t done, size_t total, double se
     fflush(stderr);
 }
 
-/* Searches every query of t on e with `threads` concurrent searches. */
-static int run_queries(engine *e, const eval_truth *t, const id_map *map, int k, int qe,
+/* Searches every query of t on e with `threads` concurrent searches; with
+ * feedback > 0, two rounds per query, the second's scores into after. */
+static int run_queries(engine *e, const eval_truth *t, const id_map *map, int k, int qe, int feedback,
                        int threads, int progress, const char *what, eval_query_score *scores,
-                       ms_err *err)
+                       eval_query_score *after, ms_err *err)
 {
     engine_stats st;
     int rc = engine_get_stats(e, &st);
     if (rc)
         return ms_err_set(err, rc, "cannot read the collection's statistics");
-    run_ctx c = {.e = e, .t = t, .map = map, .k = k, .qe = qe, .dim = st.dim, .scores = scores};
+    run_ctx c = {.e = e, .t = t, .map = map, .k = k, .qe = qe, .dim = st.dim, .scores = scores,
+                 .feedback = feedback, .after = feedback ? after : NULL};
     atomic_init(&c.next, 0);
     atomic_init(&c.done, 0);
     atomic_init(&c.failed, 0);
@@ -847,8 +934,8 @@ int evaluate_config(const eval_env *env, const eval_config *c, eval_outcome *res
     uint64_t t0 = ms_now_ns();
     char what[300];
     snprintf(what, sizeof what, "eval %s", c && c->text[0] ? c->text : "");
-    rc = run_queries(e, env->truth, &map, a->k, res->qe, a->threads, !a->quiet && isatty(2),
-                     what, res->scores, err);
+    rc = run_queries(e, env->truth, &map, a->k, res->qe, 0, a->threads, !a->quiet && isatty(2), what,
+                     res->scores, NULL, err);
     res->seconds = ms_elapsed_ms(t0) / 1e3;
     for (size_t i = 0; i < n; i++)
         res->searched += res->scores[i].scored;
@@ -863,6 +950,48 @@ out:
     }
     free(map.by_engine);
     free(engine_id);
+    return rc;
+}
+
+/* --feedback: the collection as stored, searched in two rounds per query;
+ * res[0] scores the first round, res[1] the second, on the same residual
+ * galleries. On failure the caller still frees both. */
+static int evaluate_feedback(const eval_env *env, eval_outcome res[2], ms_err *err)
+{
+    const eval_args *a = env->a;
+    size_t n = eval_truth_count(env->truth);
+    memset(res, 0, 2 * sizeof *res);
+    engine_stats st;
+    int rc = engine_get_stats(env->main, &st);
+    if (rc)
+        return ms_err_set(err, rc, "cannot read the collection's statistics");
+    for (int i = 0; i < 2; i++) {
+        res[i].qe = engine_resolve_qe(env->main, a->qe);
+        res[i].qe_from_collection = a->qe == ENGINE_QE_COLLECTION;
+        snprintf(res[i].identity, sizeof res[i].identity, "%s", st.model_identity);
+        res[i].center_off = st.center_off;
+        res[i].center_from = st.center_from;
+        if (!(res[i].scores = calloc(n ? n : 1, sizeof *res[i].scores)))
+            return ms_err_set(err, MS_ENOMEM, "out of memory for %zu query scores", n);
+    }
+    id_map map = {0};
+    uint64_t t0 = ms_now_ns();
+    rc = run_queries(env->main, env->truth, &map, a->k, res[0].qe, a->feedback, a->threads,
+                     !a->quiet && isatty(2), "eval --feedback", res[0].scores, res[1].scores, err);
+    /* Two searches for every query with a relevant image, whether or not
+     * its judged images left one to score: both reports give the time of
+     * all of them. */
+    size_t searches = 0;
+    for (size_t q = 0; q < n; q++) {
+        int n_lab;
+        eval_truth_labels(env->truth, q, &n_lab);
+        searches += n_lab && eval_truth_relevant_count(env->truth, q) ? 2 : 0;
+    }
+    for (int i = 0; i < 2 && rc == 0; i++) {
+        res[i].seconds = ms_elapsed_ms(t0) / 1e3;
+        res[i].searched = searches;
+        rc = eval_summarise(env->truth, res[i].scores, n, a->k, &res[i].summary, err);
+    }
     return rc;
 }
 
@@ -1253,7 +1382,7 @@ int cmd_eval(int argc, char **argv)
     eval_truth *truth = NULL;
     eval_outcome res[2];
     memset(res, 0, sizeof res);
-    int nr = a.compare ? 2 : 1, code = 0;
+    int nr = a.compare || a.feedback ? 2 : 1, code = 0;
     eval_pairs pairs = {0};
     if ((rc = load_truth(env.main, a.rule, &truth, &err))) {
         fprintf(stderr, "medsearch eval: %s: %s\n", a.db, err.msg);
@@ -1266,7 +1395,12 @@ int cmd_eval(int argc, char **argv)
         code = eval_tune(&env);
         goto out;
     }
-    for (int i = 0; i < nr; i++)
+    if (a.feedback && (rc = evaluate_feedback(&env, res, &err))) {
+        fprintf(stderr, "medsearch eval: %s\n", err.msg);
+        code = eval_exit_code(rc);
+        goto out;
+    }
+    for (int i = 0; i < nr && !a.feedback; i++)
         if ((rc = evaluate_config(&env, a.compare ? &a.cfg[i] : NULL, &res[i], &err))) {
             fprintf(stderr, "medsearch eval: %s%s%s\n", a.compare ? a.cfg[i].text : "",
                     a.compare ? ": " : "", err.msg);
@@ -1287,6 +1421,11 @@ int cmd_eval(int argc, char **argv)
     }
     if (a.json) {
         json_t *root = report_json(&a, res, nr, &pairs);
+        if (root && a.feedback)
+            json_object_set_new(root, "feedback",
+                                json_pack("{s:i, s:f, s:f}", "judged", a.feedback, "like_weight",
+                                          (double)ENGINE_FEEDBACK_LIKE, "unlike_weight",
+                                          (double)ENGINE_FEEDBACK_UNLIKE));
         if (!root || json_dumpf(root, stdout, JSON_INDENT(1) | JSON_REAL_PRECISION(17)) ||
             fputc('\n', stdout) == EOF) {
             fprintf(stderr, "medsearch eval: cannot write the JSON report\n");

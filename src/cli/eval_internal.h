@@ -48,6 +48,7 @@ typedef struct eval_args {
     int compare;
     int tune, apply;          /* --tune, --apply */
     int tune_vectors;         /* --vectors: --tune also re-embeds (pooling, flip) */
+    int feedback;             /* --feedback N: two rounds, N results judged */
     int quiet_reuse;          /* not a flag: say nothing when a scratch collection is reused */
     eval_config cfg[2];
 } eval_args;

@@ -8,6 +8,7 @@
 
 #include "cli/cli.h"
 #include "cli/common.h"
+#include "util/idlist.h"
 #include "util/text.h"
 #include "util/timing.h"
 
@@ -26,9 +27,18 @@ static json_t *result_json(const engine_result *r, int rank)
                      "sex", m->sex ? sex : NULL, "view", m->view, "study_date", m->study_date, "extra", extra);
 }
 
-static void print_json(const char *query, int k, int qe, const image_rect *region, const engine_result *res, int n,
-                       const engine_timing *t, double open_ms)
+static json_t *ids_json(const int64_t *ids, int n)
 {
+    json_t *a = json_array();
+    for (int i = 0; i < n; i++)
+        json_array_append_new(a, json_integer(ids[i]));
+    return a;
+}
+
+static void print_json(const char *query, const engine_query *q, int qe, const image_rect *region,
+                       const engine_result *res, int n, const engine_timing *t, double open_ms)
+{
+    int k = q->k;
     json_t *arr = json_array();
     for (int i = 0; i < n; i++)
         json_array_append_new(arr, result_json(&res[i], i + 1));
@@ -38,6 +48,9 @@ static void print_json(const char *query, int k, int qe, const image_rect *regio
     if (region)
         json_object_set_new(o, "region", json_pack("{s:i, s:i, s:i, s:i}", "x", region->x, "y", region->y, "width",
                                                    region->width, "height", region->height));
+    if (q->n_like + q->n_unlike > 0)
+        json_object_set_new(o, "feedback", json_pack("{s:o, s:o}", "like", ids_json(q->like, q->n_like), "unlike",
+                                                      ids_json(q->unlike, q->n_unlike)));
     json_dumpf(o, stdout, JSON_INDENT(2));
     fputc('\n', stdout);
     json_decref(o);
@@ -64,8 +77,9 @@ static const char *cell(const char *s, cell_buf buf, size_t width)
     return buf;
 }
 
-/* qe > 0: the scores are not plain similarities, so the table says so. */
-static void print_table(const engine_result *res, int n, int qe)
+/* qe > 0 or feedback: the scores are not plain similarities, so the table
+ * says so. */
+static void print_table(const engine_result *res, int n, int qe, int feedback)
 {
     printf("%4s  %8s  %6s  %-32s  %-28s  %-10s  %3s  %3s  %-4s\n", "rank", "id", "score", "name", "labels", "patient",
            "age", "sex", "view");
@@ -80,7 +94,10 @@ static void print_table(const engine_result *res, int n, int qe)
                (double)res[i].score, cell(m->original_name, b1, 32), cell(labels, b2, 28),
                cell(m->patient_id, b3, 10), m->age >= 0 ? age : "-", sex, cell(m->view, b4, 4));
     }
-    if (qe > 0 && n > 0)
+    if (n > 0 && feedback)
+        printf("scores: similarity to the query moved by the feedback%s\n",
+               qe > 0 ? ", then expanded with its top results (--qe)" : "");
+    else if (qe > 0 && n > 0)
         printf("scores: similarity to the query expanded with its top %d result%s (--qe 0: to the query "
                "itself)\n",
                qe, qe == 1 ? "" : "s");
@@ -89,7 +106,8 @@ static void print_table(const engine_result *res, int n, int qe)
 int cmd_search(int argc, char **argv)
 {
     int k = 10, one_per_patient = 0, qe = ENGINE_QE_COLLECTION, ef = 0, verbose = 0, by_id = 0;
-    const char *filter_expr = NULL, *exclude_patient = NULL, *region_text = NULL;
+    const char *filter_expr = NULL, *exclude_patient = NULL, *region_text = NULL, *like_text = NULL,
+               *unlike_text = NULL;
     const cli_option opts[] = {
         {"k", 'k', CLI_INT, &k, "N", "number of results (default 10)", 1, 1000},
         {"filter", 'f', CLI_STRING, &filter_expr, "EXPR",
@@ -105,6 +123,9 @@ int cmd_search(int argc, char **argv)
          2147483647},
         {"region", 0, CLI_STRING, &region_text, "X,Y,W,H",
          "search with this part of the image: pixels of the image as shown, or percentages (10%,0,80%,50%)", 0, 0},
+        {"like", 0, CLI_STRING, &like_text, "IDS",
+         "relevance feedback: stored images like what you look for (12,17); left out of the results", 0, 0},
+        {"unlike", 0, CLI_STRING, &unlike_text, "IDS", "stored images not like it; left out of the results", 0, 0},
         {"verbose", 'v', CLI_FLAG, &verbose, NULL, "print the timing breakdown and how the index was opened", 0, 0},
         {0},
     };
@@ -132,6 +153,17 @@ int cmd_search(int argc, char **argv)
     ms_err err = {0};
     image_region region;
     if (region_text && image_region_parse(region_text, &region, &err) != 0) {
+        cli_error(&me, &err);
+        return EXIT_USAGE;
+    }
+    int64_t like[ENGINE_FEEDBACK_MAX], unlike[ENGINE_FEEDBACK_MAX];
+    int n_like = 0, n_unlike = 0;
+    const char *bad = like_text && ms_id_list_parse(like_text, like, ENGINE_FEEDBACK_MAX, &n_like, &err) ? "--like"
+                      : unlike_text && ms_id_list_parse(unlike_text, unlike, ENGINE_FEEDBACK_MAX, &n_unlike, &err)
+                          ? "--unlike"
+                          : NULL;
+    if (bad) {
+        ms_err_prefix(&err, "%s: ", bad);
         cli_error(&me, &err);
         return EXIT_USAGE;
     }
@@ -185,7 +217,8 @@ int cmd_search(int argc, char **argv)
         return rc;
     }
     engine_query q = {.bytes = bytes, .len = len, .by_id = by_id, .k = k, .filter = have_filter ? &filter : NULL,
-                      .one_per_patient = one_per_patient, .qe = qe, .ef = ef, .exclude_self = by_id > 0};
+                      .one_per_patient = one_per_patient, .qe = qe, .ef = ef, .exclude_self = by_id > 0,
+                      .like = like, .n_like = n_like, .unlike = unlike, .n_unlike = n_unlike};
     image_rect used = {0};
     if (region_text) {
         q.region = &region;
@@ -204,10 +237,14 @@ int cmd_search(int argc, char **argv)
         char label[32];
         snprintf(label, sizeof label, "id %d", by_id);
         if (c.json)
-            print_json(image ? image : label, k, engine_resolve_qe(e, qe), region_text ? &used : NULL, res, n, &t,
+            print_json(image ? image : label, &q, engine_resolve_qe(e, qe), region_text ? &used : NULL, res, n, &t,
                        rep.open_ms);
         else
-            print_table(res, n, engine_resolve_qe(e, qe));
+            print_table(res, n, engine_resolve_qe(e, qe), n_like + n_unlike > 0);
+        if (n_like + n_unlike && !c.json)
+            printf("feedback: the query moved towards the image%s marked like (%d) and away from those marked "
+                   "unlike (%d); the marked images are left out of the results\n", n_like == 1 ? "" : "s", n_like,
+                   n_unlike);
         if (region_text && !c.json)
             printf("region: x %d, y %d, %dx%d pixels of the image as shown\n", used.x, used.y, used.width,
                    used.height);

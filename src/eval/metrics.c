@@ -608,16 +608,61 @@ void eval_cuts(int k, int cuts[EVAL_N_CUTS])
     cuts[EVAL_N_CUTS - 1] = k;
 }
 
-int eval_score_query(const eval_truth *t, size_t q, const int64_t *result_ids,
-                     int n_ret, int k, eval_query_score *out, ms_err *err)
+/* A result or judged image j of query q from outside its gallery means the
+ * search did not follow the protocol. */
+static int outside_gallery(const eval_truth *t, size_t q, ptrdiff_t j, int64_t id, const char *what, ms_err *err)
 {
-    if (!t->finished || q >= t->n || k < 1 || n_ret < 0 || (n_ret > 0 && !result_ids))
-        return ms_err_set(err, MS_EINVAL, "bad query to score (k %d, %d results)", k, n_ret);
+    if (j < 0 || !eval_truth_same_patient(t, q, (size_t)j))
+        return 0;
+    return ms_err_set(err, MS_EINTERNAL, "query %lld: %s %lld is %s, outside the gallery", (long long)t->img[q].id,
+                      what, (long long)id, (size_t)j == q ? "the query itself" : "of the same patient");
+}
+
+/* Takes the judged images out of out->G and out->R. */
+static int remove_judged(const eval_truth *t, size_t q, const int64_t *judged, int n_judged, eval_query_score *out,
+                         ms_err *err)
+{
+    for (int i = 0; i < n_judged; i++) {
+        int repeat = 0;
+        for (int j = 0; j < i && !repeat; j++)
+            repeat = judged[j] == judged[i];
+        if (repeat)
+            continue;
+        ptrdiff_t j = eval_truth_find(t, judged[i]);
+        if (j < 0)
+            return ms_err_set(err, MS_EINVAL, "query %lld: judged image %lld is not in the collection",
+                              (long long)out->id, (long long)judged[i]);
+        if (outside_gallery(t, q, j, judged[i], "judged image", err))
+            return MS_EINTERNAL;
+        out->G--;
+        if (eval_truth_relevant(t, q, (size_t)j))
+            out->R--;
+    }
+    return 0;
+}
+
+static int was_judged(const int64_t *judged, int n_judged, int64_t id)
+{
+    for (int i = 0; i < n_judged; i++)
+        if (judged[i] == id)
+            return 1;
+    return 0;
+}
+
+static int score_query(const eval_truth *t, size_t q, const int64_t *judged, int n_judged,
+                       const int64_t *result_ids, int n_ret, int k, eval_query_score *out, ms_err *err)
+{
+    if (!t->finished || q >= t->n || k < 1 || n_ret < 0 || (n_ret > 0 && !result_ids) || n_judged < 0 ||
+        (n_judged > 0 && !judged))
+        return ms_err_set(err, MS_EINVAL, "bad query to score (k %d, %d results, %d judged)", k, n_ret, n_judged);
     memset(out, 0, sizeof *out);
     out->id = t->img[q].id;
     out->R = t->R[q];
     out->G = eval_truth_gallery(t, q);
     out->ap = out->chance_ap = NAN;
+    int rc = remove_judged(t, q, judged, n_judged, out, err);
+    if (rc)
+        return rc;
     if (t->img[q].n_labels == 0 || out->R == 0)
         return 0;
     int shown = n_ret < k ? n_ret : k;
@@ -626,14 +671,12 @@ int eval_score_query(const eval_truth *t, size_t q, const int64_t *result_ids,
         return ms_err_set(err, MS_ENOMEM, "out of memory scoring a query");
     for (int i = 0; i < shown; i++) {
         ptrdiff_t j = eval_truth_find(t, result_ids[i]);
-        /* The protocol leaves the query and its patient out of the gallery;
-         * a result from there means the search did not follow it. */
-        if (j >= 0 && eval_truth_same_patient(t, q, (size_t)j)) {
+        if (outside_gallery(t, q, j, result_ids[i], "result", err) ||
+            (was_judged(judged, n_judged, result_ids[i]) &&
+             ms_err_set(err, MS_EINTERNAL, "query %lld: result %lld was judged already", (long long)out->id,
+                        (long long)result_ids[i]))) {
             free(rel);
-            return ms_err_set(err, MS_EINTERNAL,
-                              "query %lld: result %lld is %s, outside the gallery",
-                              (long long)out->id, (long long)result_ids[i],
-                              (size_t)j == q ? "the query itself" : "of the same patient");
+            return MS_EINTERNAL;
         }
         rel[i] = j >= 0 && eval_truth_relevant(t, q, (size_t)j);
     }
@@ -649,6 +692,18 @@ int eval_score_query(const eval_truth *t, size_t q, const int64_t *result_ids,
     out->scored = 1;
     free(rel);
     return 0;
+}
+
+int eval_score_query(const eval_truth *t, size_t q, const int64_t *result_ids,
+                     int n_ret, int k, eval_query_score *out, ms_err *err)
+{
+    return score_query(t, q, NULL, 0, result_ids, n_ret, k, out, err);
+}
+
+int eval_score_query_judged(const eval_truth *t, size_t q, const int64_t *judged, int n_judged,
+                            const int64_t *result_ids, int n_ret, int k, eval_query_score *out, ms_err *err)
+{
+    return score_query(t, q, judged, n_judged, result_ids, n_ret, k, out, err);
 }
 
 static int cmp_label_summary(const void *a, const void *b)

@@ -143,6 +143,16 @@ void eval_cuts(int k, int cuts[EVAL_N_CUTS]);
 int eval_score_query(const eval_truth *t, size_t q, const int64_t *result_ids,
                      int n_ret, int k, eval_query_score *out, ms_err *err);
 
+/* The same on the residual gallery of relevance feedback: the images in
+ * judged[0..n_judged) (shown to the user and marked; repeats count once)
+ * are taken out of q's gallery, so R and G count only the images not yet
+ * judged, and chance levels follow. A result that was judged, or a judged
+ * image of q's patient, is MS_EINTERNAL; a judged id unknown to t
+ * MS_EINVAL. A query whose judged images held every relevant one has
+ * R = 0: scored = 0, like any query without a relevant image. */
+int eval_score_query_judged(const eval_truth *t, size_t q, const int64_t *judged, int n_judged,
+                            const int64_t *result_ids, int n_ret, int k, eval_query_score *out, ms_err *err);
+
 typedef struct eval_label_summary {
     const char *label;              /* owned by the truth table */
     size_t queries;                 /* scored queries carrying this label */

@@ -16,6 +16,7 @@
 #include <strings.h>
 
 #include "http/http_internal.h"
+#include "util/idlist.h"
 #include "util/timing.h"
 #include "util/text.h"
 
@@ -259,10 +260,29 @@ static json_t *timing_to_json(const engine_timing *t, double server_ms)
 
 /* ---- search and similar ---- */
 
+/* Where a request's relevance feedback lists live while it is searched. */
+typedef struct feedback_ids {
+    int64_t like[ENGINE_FEEDBACK_MAX], unlike[ENGINE_FEEDBACK_MAX];
+} feedback_ids;
+
+/* like= and unlike=: comma-separated ids into fb, which q then points to. */
+static int feedback_params(const http_request *r, engine_query *q, feedback_ids *fb, ms_err *err)
+{
+    const char *s;
+    if ((s = req_param(r, "like")) && ms_id_list_parse(s, fb->like, ENGINE_FEEDBACK_MAX, &q->n_like, err))
+        return ms_err_prefix(err, "like: ");
+    if ((s = req_param(r, "unlike")) && ms_id_list_parse(s, fb->unlike, ENGINE_FEEDBACK_MAX, &q->n_unlike, err))
+        return ms_err_prefix(err, "unlike: ");
+    q->like = fb->like;
+    q->unlike = fb->unlike;
+    return 0;
+}
+
 /* Fills the parts of an engine_query that come from parameters; a region
- * is read into *region, which q then points to. */
+ * is read into *region and feedback lists into *fb, which q then points
+ * to. */
 static int query_params(const api_ctx *c, const http_request *r, engine_query *q, image_region *region,
-                        ms_err *err)
+                        feedback_ids *fb, ms_err *err)
 {
     long v;
     const char *s;
@@ -291,7 +311,15 @@ static int query_params(const api_ctx *c, const http_request *r, engine_query *q
             return MS_EINVAL;
         q->region = region;
     }
-    return 0;
+    return feedback_params(r, q, fb, err);
+}
+
+static json_t *ids_to_json(const int64_t *ids, int n)
+{
+    json_t *a = json_array();
+    for (int i = 0; i < n; i++)
+        json_array_append_new(a, json_integer(ids[i]));
+    return a;
 }
 
 static json_t *rect_to_json(const image_rect *rect)
@@ -306,8 +334,9 @@ static void run_search(api_ctx *c, const http_request *r, http_reply *rep, engin
     ms_err err = {0};
     image_region region;
     image_rect used = {0};
+    feedback_ids fb;
     q->region_used = &used;
-    if (query_params(c, r, q, &region, &err)) {
+    if (query_params(c, r, q, &region, &fb, &err)) {
         reply_error(rep, 400, "invalid_argument", "%s", err.msg);
         return;
     }
@@ -343,6 +372,9 @@ static void run_search(api_ctx *c, const http_request *r, http_reply *rep, engin
         json_object_set_new(doc, "query_id", json_integer(q->by_id));
     if (q->region)
         json_object_set_new(doc, "region", rect_to_json(&used));
+    if (q->n_like + q->n_unlike > 0)
+        json_object_set_new(doc, "feedback", json_pack("{s:o, s:o}", "like", ids_to_json(q->like, q->n_like),
+                                                       "unlike", ids_to_json(q->unlike, q->n_unlike)));
     json_object_set_new(doc, "count", json_integer(n));
     json_object_set_new(doc, "results", list);
     json_object_set_new(doc, "timing_ms", timing_to_json(&t, ms_elapsed_ms(t0)));

@@ -8,7 +8,8 @@
 # export writes the center (vec.center.npy) and the checker ranks by
 # cos(l2(q - c), l2(v - c)) itself, in float64. Negative control: the
 # checker without the center must disagree. center=off (eval --compare)
-# must agree with the checker's plain cosine.
+# must agree with the checker's plain cosine. --feedback's two rounds agree
+# with the checker's implementation of relevance feedback.
 #
 # Under ASan a patient-complete subset is used (every patient whose key
 # hashes to 0 mod EVAL_SUBSET_MOD, default 8, about 600 images);
@@ -146,6 +147,40 @@ assert abs(p["diff"] - (b["metrics"]["mAP@10"] - a["metrics"]["mAP@10"])) <= 1e-
 assert p["se"] is not None and p["se"] > 0, p
 print(f"paired mAP@10 difference qe=2 - off: {p['diff']:+.4f} (SE {p['se']:.4f}, n {p['n']})")
 EOF
+
+# --feedback N (relevance feedback simulated with the labels): both rounds,
+# per query and in total, and the paired difference agree with the checker's
+# own implementation; a checker with another unlike weight must disagree.
+for rule in exact any; do
+  for qe in 0 2; do
+    "$BIN" eval --db "$db" --rule "$rule" --qe "$qe" --feedback 5 --json --quiet --per-query "$tmp/fpq.csv" \
+      >"$tmp/fb.json" 2>"$tmp/fb.err" || { cat "$tmp/fb.err"; fail "eval --feedback 5 --rule $rule --qe $qe"; }
+    $PY tests/tools/eval_check.py "$tmp/vec.npy" --rule "$rule" --qe "$qe" --feedback 5 --compare "$tmp/fb.json" \
+      --per-query "$tmp/fpq.csv" --tolerance 1e-9 >"$tmp/check.out" 2>&1 ||
+      { grep -E 'DIFFERS|eval_check' "$tmp/check.out" | head -20; fail "checker disagrees: feedback, rule $rule, qe $qe"; }
+    grep 'eval_check:' "$tmp/check.out" | sed "s/^/feedback 5, rule $rule qe $qe: /"
+    cp "$tmp/fb.json" "$tmp/fb_${rule}_$qe.json"
+  done
+done
+if $PY tests/tools/eval_check.py "$tmp/vec.npy" --rule exact --qe 2 --feedback 5 --unlike-weight 0.5 \
+  --compare "$tmp/fb_exact_2.json" >/dev/null 2>&1; then
+  fail "the checker accepted feedback figures made with another weight"
+fi
+$PY - "$tmp/fb_exact_2.json" <<'EOF' || fail "--feedback report"
+import json, sys
+r = json.load(open(sys.argv[1]))
+A, B = r["configs"]
+p = r["paired"]["mAP@10"]
+assert r["feedback"]["judged"] == 5 and "first round" in A["config"] and "second round" in B["config"], r["feedback"]
+assert p["n"] == A["queries"]["scored"] == B["queries"]["scored"] > 100, p
+print(f"feedback on 5: mAP@10 {p['a']:.4f} -> {p['b']:.4f} ({p['diff']:+.4f}, SE {p['se']:.4f}) on the images not judged")
+EOF
+"$BIN" eval --db "$db" --feedback 0 >/dev/null 2>&1; [ $? -eq 2 ] || fail "--feedback 0 must exit 2"
+"$BIN" eval --db "$db" --feedback 101 >/dev/null 2>&1; [ $? -eq 2 ] || fail "--feedback 101 must exit 2"
+"$BIN" eval --db "$db" --feedback 5 --compare "" "qe=2" >/dev/null 2>&1; [ $? -eq 2 ] || fail "--feedback with --compare must exit 2"
+"$BIN" eval --db "$db" --feedback 5 --tune >/dev/null 2>&1; [ $? -eq 2 ] || fail "--feedback with --tune must exit 2"
+"$BIN" eval --db "$db" --feedback 100 -k 901 >/dev/null 2>"$tmp/fk.err"; [ $? -eq 2 ] || fail "-k 901 --feedback 100 must exit 2"
+grep -q "at most 1000" "$tmp/fk.err" || fail "-k plus --feedback is not explained: $(cat "$tmp/fk.err")"
 
 # Usage errors and a missing collection.
 "$BIN" eval --db "$db" --rule nearest >/dev/null 2>&1; [ $? -eq 2 ] || fail "a bad --rule must exit 2"

@@ -398,8 +398,19 @@ static int status_documented(int s)
     return 0;
 }
 
+/* Whether id is in the reply's feedback list name ("like", "unlike"). */
+static int in_feedback(const json_t *doc, const char *name, json_int_t id)
+{
+    const json_t *list = json_object_get(json_object_get(doc, "feedback"), name);
+    for (size_t i = 0; i < json_array_size(list); i++)
+        if (json_integer_value(json_array_get(list, i)) == id)
+            return 1;
+    return 0;
+}
+
 /* The results of a search or similar reply. A similar reply keeps its query
- * image out unless the request has include_self somewhere. */
+ * image out unless the request has include_self somewhere; no reply holds
+ * an image its relevance feedback marked. */
 static void check_results(const json_t *doc, const buf *req)
 {
     const json_t *results = json_object_get(doc, "results");
@@ -425,6 +436,8 @@ static void check_results(const json_t *doc, const buf *req)
             fail("a result without a positive id");
         if (self && json_integer_value(id) == self)
             fail("a similar list holds its query image without include_self");
+        if (in_feedback(doc, "like", json_integer_value(id)) || in_feedback(doc, "unlike", json_integer_value(id)))
+            fail("a result the feedback marked");
         if (!json_is_number(score) || json_number_value(score) > last + 1e-6)
             fail("result scores are not in non-increasing order");
         last = json_number_value(score);
@@ -617,6 +630,8 @@ static void write_seeds(const char *dir)
         {"similarity_map_region", "GET\n/api/images/2/similarity-map?with=2&region=10%25,0,50%25,8\n\n", 0},
         {"similar_region", "GET\n/api/images/4/similar?k=5&region=2,3,10,8\n\n", 0},
         {"similar_region_percent", "GET\n/api/images/6/similar?region=10%25,0%25,50.5%25,99.99%25\n\n", 0},
+        {"similar_feedback", "GET\n/api/images/4/similar?k=8&qe=2&like=2,5,2&unlike=7\n\n", 0},
+        {"similar_feedback_filter", "GET\n/api/images/3/similar?like=1&unlike=&sex=F&one_per_patient=1\n\n", 0},
         {"delete", "DELETE\n/api/images/6\n\n", 1},
         {"delete_no_token", "DELETE\n/api/images/7\n\n", 2},
         {"form_no_image", "POST\n/api/search\nContent-Type: application/x-www-form-urlencoded\n\nk=3&qe=1", 0},
@@ -645,7 +660,7 @@ static void write_seeds(const char *dir)
                "Content-Type: application/octet-stream\n\n",
                jpeg, len);
     static const char *const search_fields[] = {"k", "4", "labels_all", "Effusion|Mass", "qe", "0", "region",
-                                                "1,1,14,14", NULL};
+                                                "1,1,14,14", "like", "3,4", "unlike", "6", NULL};
     write_multipart_seed(dir, "search_multipart", 0, "/api/search", search_fields, jpeg, len);
     static const char *const map_fields[] = {"with", "6", "region", "1,1,14,14", NULL};
     write_multipart_seed(dir, "similarity_map_multipart", 0, "/api/similarity-map", map_fields, jpeg, len);

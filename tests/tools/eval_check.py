@@ -24,9 +24,16 @@ there, every vector is replaced by l2(v - c) here, in float64 (a vector
 within 1e-6 of c is kept as it is, as the engine does), and query expansion
 works in that space. The eval JSON must agree on whether it was centred.
 
+Relevance feedback (--feedback N, `medsearch eval --feedback N`): the first
+round shows k + N results, the first N are marked like (relevant) or unlike,
+and the second round searches with l2(q + a mean(like) - b mean(unlike)),
+expanded like any query, among the images not judged. Both rounds are
+scored on that residual gallery; the paired difference is second - first.
+
 Usage:
   eval_check.py VECTORS.npy [--csv IDS.csv] [--center C.npy | --no-center]
                 [--rule exact] [-k 10] [--qe N]
+                [--feedback N [--like-weight 2] [--unlike-weight 1]]
                 [--compare EVAL.json [--per-query EVAL.csv]] [--tolerance 1e-9]
 Exit: 0 agreement (or figures printed), 1 disagreement, 2 usage/input
 error, 77 when numpy is missing (the caller skips).
@@ -143,7 +150,10 @@ def centre(vec, center):
     return out
 
 
-def evaluate(vec, ids, patients, labels, rule, k, qe, center=None):
+def prepare(vec, ids, patients, labels, rule, center=None):
+    """Everything the protocol needs, in ascending id order: the vectors
+    (centred when a center is given, float64), patient groups, relevance,
+    similarities and gallery sizes."""
     n = len(ids)
     ids_arr = np.asarray(ids, dtype=np.int64)
     order = np.argsort(ids_arr, kind="stable")
@@ -171,38 +181,99 @@ def evaluate(vec, ids, patients, labels, rule, k, qe, center=None):
     m = np.array([[relevant(rule, list(a), list(b)) for b in lists] for a in lists], dtype=bool)
     rel = m[set_of[:, None], set_of[None, :]] if n else np.zeros((0, 0), dtype=bool)
     np.fill_diagonal(rel, False)
-
-    cuts = [c for c in (1, 5, k) if c <= k]
-    sims = vec @ vec.T
     gallery_size = np.array([int((group != group[q]).sum()) for q in range(n)], dtype=np.int64)
+    return argparse.Namespace(n=n, vec=vec, ids=ids_arr, labels=labels, group=group, rel=rel,
+                              sims=vec @ vec.T, gallery_size=gallery_size)
+
+
+def expand(d, q, qv, gallery, qe):
+    """The query vector qv plus its top-qe results in gallery, re-normalised."""
+    if qe <= 0:
+        return qv
+    best = top(np.where(gallery, d.vec @ qv, -np.inf), d.ids, min(qe, int(gallery.sum())))
+    out = qv + d.vec[best].sum(axis=0)
+    return out / np.linalg.norm(out)
+
+
+def score(d, q, best, R, G, k, cuts):
+    """One scored query: its ranked results best (indices), R and G."""
+    r = d.rel[q, best].astype(float)
+    hits = np.cumsum(r)
+    ap = float((hits / np.arange(1, len(r) + 1) * r).sum() / min(R, k))
+    p = {c: (float(hits[min(c, len(r)) - 1]) if len(r) else 0.0) / c for c in cuts}
+    chance_p = {c: min(c, G) * R / (G * c) for c in cuts}
+    return {"id": int(d.ids[q]), "scored": True, "R": R, "G": G, "ap": ap, "p": p,
+            "chance_ap": chance_ap(k, R, G), "chance_p": chance_p, "labels": d.labels[q]}
+
+
+def unscored(d, q):
+    return {"id": int(d.ids[q]), "scored": False, "labelled": bool(d.labels[q])}
+
+
+def evaluate(vec, ids, patients, labels, rule, k, qe, center=None):
+    d = prepare(vec, ids, patients, labels, rule, center)
+    cuts = [c for c in (1, 5, k) if c <= k]
+    sims = d.sims
     if qe > 0:
         # Expanded queries: each query plus its top-qe results (in its own
         # gallery), summed and re-normalised, then searched again - all
         # queries in one matrix product.
-        expanded = vec.copy()
-        for q in range(n):
-            s = np.where(group != group[q], sims[q], -np.inf)
-            expanded[q] += vec[top(s, ids_arr, min(qe, int(gallery_size[q])))].sum(axis=0)
+        expanded = d.vec.copy()
+        for q in range(d.n):
+            s = np.where(d.group != d.group[q], sims[q], -np.inf)
+            expanded[q] += d.vec[top(s, d.ids, min(qe, int(d.gallery_size[q])))].sum(axis=0)
         expanded /= np.linalg.norm(expanded, axis=1, keepdims=True)
-        sims = expanded @ vec.T
+        sims = expanded @ d.vec.T
     per = []
-    for q in range(n):
-        gallery = group != group[q]
-        G = int(gallery_size[q])
-        R = int((rel[q] & gallery).sum())
-        if not labels[q] or R == 0:
-            per.append({"id": int(ids_arr[q]), "scored": False, "labelled": bool(labels[q])})
+    for q in range(d.n):
+        gallery = d.group != d.group[q]
+        G = int(d.gallery_size[q])
+        R = int((d.rel[q] & gallery).sum())
+        if not d.labels[q] or R == 0:
+            per.append(unscored(d, q))
             continue
         s = np.where(gallery, sims[q], -np.inf)
-        best = top(s, ids_arr, min(k, G))
-        r = rel[q, best].astype(float)
-        hits = np.cumsum(r)
-        ap = float((hits / np.arange(1, len(r) + 1) * r).sum() / min(R, k))
-        p = {c: (float(hits[min(c, len(r)) - 1]) if len(r) else 0.0) / c for c in cuts}
-        chance_p = {c: min(c, G) * R / (G * c) for c in cuts}
-        per.append({"id": int(ids_arr[q]), "scored": True, "R": R, "G": G, "ap": ap, "p": p,
-                    "chance_ap": chance_ap(k, R, G), "chance_p": chance_p, "labels": labels[q]})
+        per.append(score(d, q, top(s, d.ids, min(k, G)), R, G, k, cuts))
     return per, cuts
+
+
+def evaluate_feedback(vec, ids, patients, labels, rule, k, qe, n_judged, like_w, unlike_w, center=None):
+    """`eval --feedback N`: the first round's k + N results; the first N are
+    marked like (relevant) or unlike; the second round searches with
+    l2(q + like_w mean(like) - unlike_w mean(unlike)), expanded with its top
+    qe among the images not judged. Both rounds are scored on the residual
+    gallery: the first by its results after the N, the second by its k."""
+    d = prepare(vec, ids, patients, labels, rule, center)
+    cuts = [c for c in (1, 5, k) if c <= k]
+    first, second = [], []
+    for q in range(d.n):
+        gallery = d.group != d.group[q]
+        if not d.labels[q] or not (d.rel[q] & gallery).any():
+            first.append(unscored(d, q))
+            second.append(unscored(d, q))
+            continue
+        qv = d.vec[q]
+        x = expand(d, q, qv, gallery, qe)
+        shown = top(np.where(gallery, d.vec @ x, -np.inf), d.ids, min(k + n_judged, int(gallery.sum())))
+        judged = shown[:n_judged]
+        rest = gallery.copy()
+        rest[judged] = False
+        G, R = int(rest.sum()), int((d.rel[q] & rest).sum())
+        if R == 0:
+            first.append(unscored(d, q))
+            second.append(unscored(d, q))
+            continue
+        first.append(score(d, q, shown[n_judged:], R, G, k, cuts))
+        like, unlike = judged[d.rel[q, judged]], judged[~d.rel[q, judged]]
+        moved = qv.copy()
+        if len(like):
+            moved = moved + like_w * d.vec[like].mean(axis=0)
+        if len(unlike):
+            moved = moved - unlike_w * d.vec[unlike].mean(axis=0)
+        moved /= np.linalg.norm(moved)
+        y = expand(d, q, moved, rest, qe)
+        second.append(score(d, q, top(np.where(rest, d.vec @ y, -np.inf), d.ids, min(k, G)), R, G, k, cuts))
+    return first, second, cuts
 
 
 def summarise(per, cuts, k, n_images):
@@ -265,8 +336,9 @@ def compare(mine, theirs, tol):
     return bad, worst
 
 
-def compare_per_query(per, path, k, tol):
-    """Compares every query's AP@k and P@k with `medsearch eval --per-query`."""
+def compare_per_query(per, path, k, tol, suffix=""):
+    """Compares every query's AP@k and P@k with `medsearch eval --per-query`
+    (suffix "_A" or "_B": one side of a two-configuration report)."""
     bad = []
     with open(path, newline="", encoding="utf-8") as f:
         rows = {int(r["id"]): r for r in csv.DictReader(f)}
@@ -275,6 +347,7 @@ def compare_per_query(per, path, k, tol):
         if r is None:
             bad.append(f"query {x['id']}: missing in {path}")
             continue
+        r = {key[:-len(suffix)] if suffix and key.endswith(suffix) else key: v for key, v in r.items()}
         if (r["scored"] == "1") != x["scored"]:
             bad.append(f"query {x['id']}: scored {x['scored']} here, {r['scored']} in eval")
             continue
@@ -299,7 +372,11 @@ def main():
     add_protocol_args(ap)
     ap.add_argument("--qe", type=int, default=0)
     ap.add_argument("--compare", help="JSON written by medsearch eval --json")
-    ap.add_argument("--per-query", help="CSV written by medsearch eval --per-query (single configuration)")
+    ap.add_argument("--per-query", help="CSV written by medsearch eval --per-query")
+    ap.add_argument("--feedback", type=int, default=0,
+                    help="N: check `eval --feedback N` (both rounds, on the residual galleries)")
+    ap.add_argument("--like-weight", type=float, default=2.0)
+    ap.add_argument("--unlike-weight", type=float, default=1.0)
     ap.add_argument("--tolerance", type=float, default=1e-9)
     a = ap.parse_args()
     if a.k < 1 or a.qe < 0:
@@ -326,23 +403,61 @@ def main():
         print(f"eval_check: {center_path} is {center.dtype} {center.shape}, want finite float32 "
               f"[{vec.shape[1]}]", file=sys.stderr)
         return 2
-    per, cuts = evaluate(vec, ids, patients, labels, a.rule, a.k, a.qe, center)
-    mine = summarise(per, cuts, a.k, len(ids))
-    mine["protocol"] = {"rule": a.rule, "k": a.k, "qe": a.qe}
-    mine["centered"] = center is not None
-    print(json.dumps(mine, indent=1, sort_keys=True))
+    if a.feedback > 0:
+        rounds = evaluate_feedback(vec, ids, patients, labels, a.rule, a.k, a.qe, a.feedback, a.like_weight,
+                                   a.unlike_weight, center)
+        pers, cuts = rounds[:2], rounds[2]
+    else:
+        per, cuts = evaluate(vec, ids, patients, labels, a.rule, a.k, a.qe, center)
+        pers = [per]
+    mines = []
+    for per in pers:
+        mine = summarise(per, cuts, a.k, len(ids))
+        mine["protocol"] = {"rule": a.rule, "k": a.k, "qe": a.qe}
+        mine["centered"] = center is not None
+        mines.append(mine)
+    if a.feedback > 0:
+        both = [(x["ap"], y["ap"]) for x, y in zip(*pers) if x["scored"] and y["scored"]]
+        diffs = np.array([y - x for x, y in both])
+        paired = {"n": len(both), "diff": float(diffs.mean()) if len(both) else 0.0,
+                  "se": float(diffs.std(ddof=1) / math.sqrt(len(both))) if len(both) > 1 else float("nan")}
+        print(json.dumps({"configs": mines, "paired": {f"mAP@{a.k}": paired}}, indent=1, sort_keys=True))
+    else:
+        print(json.dumps(mines[0], indent=1, sort_keys=True))
     if not a.compare:
         return 0
     with open(a.compare, encoding="utf-8") as f:
         theirs = json.load(f)
-    bad, worst = compare(mine, theirs, a.tolerance)
+    bad, worst = [], 0.0
+    if a.feedback > 0:
+        fb = theirs.get("feedback", {})
+        if (fb.get("judged"), fb.get("like_weight"), fb.get("unlike_weight")) != (a.feedback, a.like_weight,
+                                                                                   a.unlike_weight):
+            bad.append(f"feedback: check {a.feedback} judged, weights {a.like_weight}/{a.unlike_weight}; eval {fb}")
+        t_cfgs = theirs.get("configs", [])
+        if len(t_cfgs) != 2:
+            bad.append(f"configs: eval has {len(t_cfgs)}, want the two rounds")
+            t_cfgs = [{}, {}]
+        for mine, t in zip(mines, t_cfgs):
+            b, w = compare(mine, t, a.tolerance)
+            bad += b
+            worst = max(worst, w)
+        t_pair = theirs.get("paired", {}).get(f"mAP@{a.k}", {})
+        for key in ("n", "diff", "se"):
+            v, w = paired[key], t_pair.get(key)
+            if w is None or abs(v - w) > a.tolerance:
+                bad.append(f"paired.{key}: check {v!r}, eval {w!r}")
+    else:
+        bad, worst = compare(mines[0], theirs, a.tolerance)
     if a.per_query:
-        bad += compare_per_query(per, a.per_query, a.k, a.tolerance)
+        for per, sfx in zip(pers, ("_A", "_B") if a.feedback > 0 else ("",)):
+            bad += compare_per_query(per, a.per_query, a.k, a.tolerance, sfx)
     for b in bad[:50]:
         print("DIFFERS", b)
     print(f"eval_check: {'agree' if not bad else 'DISAGREE'} within {a.tolerance:g} "
           f"({len(bad)} differences, largest agreeing difference {worst:.3g}, "
-          f"{mine['queries']['scored']} queries scored, {'centred' if center is not None else 'plain cosine'})")
+          f"{mines[0]['queries']['scored']} queries scored, {'centred' if center is not None else 'plain cosine'}"
+          f"{', both rounds of feedback on ' + str(a.feedback) if a.feedback > 0 else ''})")
     return 1 if bad else 0
 
 

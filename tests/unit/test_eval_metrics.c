@@ -469,6 +469,54 @@ static void test_score_query(void **state)
     eval_truth_free(t);
 }
 
+/* Relevance feedback's residual gallery: the judged images leave G and R. */
+static void test_score_query_judged(void **state)
+{
+    (void)state;
+    eval_truth *t = toy(EVAL_RULE_ANY);
+    ms_err err = {0};
+    eval_query_score s;
+    /* Query 30: R = 3 (20, 21, 40) of G = 7. Judged 10 and 21 (21 twice):
+     * G = 5, R = 2 (20, 40). Ranking 40, 50, 20. */
+    const int64_t judged[] = {10, 21, 21};
+    const int64_t res[] = {40, 50, 20};
+    assert_int_equal(eval_score_query_judged(t, idx(t, 30), judged, 3, res, 3, 10, &s, &err), 0);
+    assert_true(s.scored);
+    assert_int_equal(s.R, 2);
+    assert_int_equal(s.G, 5);
+    assert_double_equal(s.p[0], 1.0, EPS);
+    assert_double_equal(s.p[1], 0.4, EPS);
+    assert_double_equal(s.p[2], 0.2, EPS);
+    assert_double_equal(s.ap, (1.0 / 1 + 2.0 / 3) / 2, EPS);
+    assert_double_equal(s.chance_p[2], 5.0 * 2 / (5.0 * 10), EPS);
+    assert_double_equal(s.chance_ap, eval_chance_average_precision(10, 2, 5), EPS);
+    /* No judged images: eval_score_query's figures. */
+    eval_query_score plain;
+    assert_int_equal(eval_score_query_judged(t, idx(t, 30), NULL, 0, res, 3, 10, &s, &err), 0);
+    assert_int_equal(eval_score_query(t, idx(t, 30), res, 3, 10, &plain, &err), 0);
+    assert_int_equal(s.R, plain.R);
+    assert_int_equal(s.G, plain.G);
+    assert_double_equal(s.ap, plain.ap, 0);
+    /* Every relevant image judged: nothing left to find, not scored. */
+    const int64_t all[] = {20, 21, 40};
+    assert_int_equal(eval_score_query_judged(t, idx(t, 30), all, 3, res + 1, 1, 10, &s, &err), 0);
+    assert_false(s.scored);
+    assert_int_equal(s.R, 0);
+    /* Protocol breaks: a judged image among the results, or of the query's
+     * patient; an unknown judged id; bad counts. */
+    const int64_t again[] = {50, 21};
+    assert_int_equal(eval_score_query_judged(t, idx(t, 30), judged, 3, again, 2, 10, &s, &err), MS_EINTERNAL);
+    assert_non_null(strstr(err.msg, "result 21 was judged already"));
+    const int64_t mate[] = {21};
+    assert_int_equal(eval_score_query_judged(t, idx(t, 20), mate, 1, res, 1, 10, &s, &err), MS_EINTERNAL);
+    assert_non_null(strstr(err.msg, "judged image 21 is of the same patient"));
+    const int64_t unknown[] = {999};
+    assert_int_equal(eval_score_query_judged(t, idx(t, 30), unknown, 1, res, 1, 10, &s, &err), MS_EINVAL);
+    assert_int_equal(eval_score_query_judged(t, idx(t, 30), judged, -1, res, 1, 10, &s, &err), MS_EINVAL);
+    assert_int_equal(eval_score_query_judged(t, idx(t, 30), NULL, 1, res, 1, 10, &s, &err), MS_EINVAL);
+    eval_truth_free(t);
+}
+
 static void test_summary(void **state)
 {
     (void)state;
@@ -597,6 +645,7 @@ int main(void)
         cmocka_unit_test(test_truth_label_case),
         cmocka_unit_test(test_truth_against_brute_force),
         cmocka_unit_test(test_score_query),
+        cmocka_unit_test(test_score_query_judged),
         cmocka_unit_test(test_summary),
         cmocka_unit_test(test_cuts),
         cmocka_unit_test(test_paired_difference),
