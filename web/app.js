@@ -33,6 +33,9 @@ const state = {
   writes: false,        // the server takes writes (it has a token): details can be edited
   region: '',           // the part of the query to search with ('x,y,w,h', pixels or %), '' = all of it
   qe: 0,                // the neighbours the shown results' scores were expanded with
+  marks: new Map(),     // relevance feedback: image id -> {kind: 'like' | 'unlike', r, thumb}, in the order marked
+  applied: { like: [], unlike: [] }, // the marks the shown results were searched with; null: none shown
+  badMark: 0,           // a marked image the server did not find (404), flagged in the bar
 };
 
 // ---------- API ----------
@@ -82,6 +85,9 @@ function explain(err) {
     return 'The server is busy (' + err.message + '). Try again in ' + (err.retryAfter || 'a few') + ' s.';
   }
   if (err.status === 422) return 'Filter not accepted: ' + err.message;
+  if ((err.status === 400 || err.status === 404) && /^(like|unlike): |marked (like|unlike)/.test(err.message)) {
+    return `Cannot search with your marks: ${err.message}. Remove the mark in question, or clear the marks, and refine again.`;
+  }
   if (err.status === 400 && state.query && state.query.kind === 'file') {
     return `Cannot search with "${state.query.name}": ${err.message}.`;
   }
@@ -235,15 +241,19 @@ function acceptFile(file) {
   }
   state.query = { kind: 'file', file, name: file.name };
   setRegion('');
+  resetFeedback();
   showQueryPreview(file);
   $('drop-empty').hidden = true;
   $('query-caption').textContent = `${file.name} · ${(file.size / 1024).toFixed(0)} KB`;
   runSearch();
 }
 
-async function queryById(id, name, regionText = '') {
+// marks: the feedback to search with ({like, unlike} ids, from a link); a
+// new query otherwise starts without any.
+async function queryById(id, name, regionText = '', marks = null) {
   state.query = { kind: 'id', id, name };
   setRegion(regionText);
+  resetFeedback(marks);
   const preview = $('query-preview');
   $('drop-empty').hidden = true;
   preview.hidden = false;
@@ -312,6 +322,9 @@ function params() {
   if (max) p.set('age_max', max);
   if ($('filter-one-per-patient').checked) p.set('one_per_patient', '1');
   if (state.region) p.set('region', state.region);
+  const { like, unlike } = markLists();
+  if (like.length) p.set('like', like.join(','));
+  if (unlike.length) p.set('unlike', unlike.join(','));
   return p;
 }
 
@@ -543,6 +556,12 @@ async function runSearch() {
     // The old results answer another question: do not leave them on screen.
     $('grid').replaceChildren();
     showError(explain(err));
+    // The marks stay, so that the one the server refused can be removed;
+    // one it did not find is flagged in the bar.
+    const missing = err.status === 404 && /id (\d+) \(marked (like|unlike)\)/.exec(err.message);
+    state.badMark = missing ? Number(missing[1]) : 0;
+    state.applied = null;
+    renderFeedbackBar();
   } finally {
     if (controller === state.controller) {
       $('grid').classList.remove('loading');
@@ -571,22 +590,26 @@ function findingTags(labels, cls) {
   return ul;
 }
 
+// A card opens its image in the viewer (click, Enter or Space on it); its
+// two feedback buttons are buttons of their own inside it, so the card is a
+// focusable list item rather than a button (a button cannot hold buttons).
 function renderCard(r) {
   const li = el('li', 'card');
   li.tabIndex = 0;
-  li.setAttribute('role', 'button');
   li.dataset.id = r.id;
   li.dataset.name = r.original_name || '';
   const score = Number(r.score);
-  li.setAttribute('aria-label', `Result ${r.rank}: image ${r.id}, similarity ${score.toFixed(3)}` +
-    (r.labels && r.labels.length ? ', findings ' + r.labels.join(', ') : ''));
+  li.dataset.label = `Result ${r.rank}: image ${r.id}, similarity ${score.toFixed(3)}` +
+    (r.labels && r.labels.length ? ', findings ' + r.labels.join(', ') : '');
 
   const thumb = el('div', 'thumb');
   const img = el('img');
   img.alt = `Thumbnail of image ${r.id}`;
   img.loading = 'lazy';
   img.decoding = 'async';
-  thumb.append(img, el('span', 'rank', '#' + r.rank));
+  const badge = el('span', 'mark-badge');
+  badge.setAttribute('aria-hidden', 'true');
+  thumb.append(img, el('span', 'rank', '#' + r.rank), badge);
   imageUrl(r.thumbnail_url).then((u) => { img.src = u; }).catch(() => { img.alt = 'Thumbnail unavailable'; });
 
   const body = el('div', 'card-body');
@@ -599,15 +622,34 @@ function renderCard(r) {
   bar.append(fill);
   const meta = el('div', 'card-meta');
   for (const b of describe(r)) meta.append(el('span', null, b));
-  body.append(top, bar, findingTags(r.labels, 'card-findings'), meta);
+  body.append(top, bar, findingTags(r.labels, 'card-findings'), meta, markButtons(r));
   li.append(thumb, body);
+  syncCard(li);
 
   const open = () => openViewer(r, li);
-  li.addEventListener('click', open);
+  // not for a press of one of its buttons, which works on its own
+  li.addEventListener('click', (ev) => { if (!ev.target.closest('button')) open(); });
   li.addEventListener('keydown', (ev) => {
+    if (ev.target !== li) return;
     if (ev.key === 'Enter' || ev.key === ' ') { ev.preventDefault(); open(); }
   });
   return li;
+}
+
+// "More like this" and "Not this" under a result.
+function markButtons(r) {
+  const div = el('div', 'card-feedback');
+  for (const kind of ['like', 'unlike']) {
+    const b = el('button', `mark mark-${kind}`, MARK_TEXT[kind]);
+    b.type = 'button';
+    b.dataset.kind = kind;
+    b.setAttribute('aria-pressed', 'false');
+    b.setAttribute('aria-label', `${MARK_TEXT[kind]} (image ${r.id})`);
+    b.title = MARK_TITLE[kind];
+    b.addEventListener('click', () => toggleMark(r, kind));
+    div.append(b);
+  }
+  return div;
 }
 
 function renderResults(data) {
@@ -615,6 +657,10 @@ function renderResults(data) {
   state.objectUrls = [];
   state.results = data.results || [];
   state.qe = data.qe || 0;
+  const fb = data.feedback || {};
+  state.applied = { like: (fb.like || []).map(Number), unlike: (fb.unlike || []).map(Number) };
+  state.badMark = 0;
+  renderFeedbackBar();
   const grid = $('grid');
   grid.replaceChildren(...state.results.map(renderCard));
   let learned = false;
@@ -629,8 +675,15 @@ function renderResults(data) {
   const frag = document.createDocumentFragment();
   frag.append(strong);
   const parts = [];
-  // With query expansion a score is the similarity to the expanded query, not to the upload.
-  if (data.qe > 0) parts.push(`scores against the query expanded with its top ${data.qe}`);
+  // With feedback or query expansion a score is the similarity to the moved
+  // or expanded query, not to the upload. Feedback moves it first.
+  const nl = state.applied.like.length, nu = state.applied.unlike.length;
+  if (nl + nu) {
+    parts.push(`scores against the query moved by your feedback (${markCount(nl, nu)})` +
+      (data.qe > 0 ? `, then expanded with its top ${data.qe}` : ''));
+  } else if (data.qe > 0) {
+    parts.push(`scores against the query expanded with its top ${data.qe}`);
+  }
   if (data.region) {
     const g = data.region;
     parts.push(`region ${g.width} × ${g.height} px at ${g.x}, ${g.y}`);
@@ -640,6 +693,189 @@ function renderResults(data) {
   frag.append(document.createTextNode(parts.length ? ' · ' + parts.join(' · ') : ''));
   if (!state.results.length) frag.append(document.createTextNode(' — nothing matches these filters.'));
   setStatus(frag, false);
+}
+
+// ---------- relevance feedback: marking results ----------
+// Each result has "More like this" and "Not this" (in the viewer too, keys
+// L and N). The marks gather in the bar above the results, and every search
+// sends them (like=, unlike=): the server moves the query towards the images
+// marked like and away from those marked not, and leaves the marked images
+// out of the results. "Refine search" runs the search again with them; the
+// marks add up over the rounds until a new query clears them. A change of
+// the settings keeps them.
+
+const FEEDBACK_MAX = 100;  // ids a list may hold (the server's limit)
+const MARK_TEXT = { like: 'More like this', unlike: 'Not this' };
+const MARK_TITLE = {
+  like: 'Mark as like what you look for: Refine search moves the query towards it',
+  unlike: 'Mark as not what you look for: Refine search moves the query away from it',
+};
+
+// The marked ids, each list in the order marked.
+function markLists() {
+  const like = [], unlike = [];
+  for (const [id, m] of state.marks) (m.kind === 'like' ? like : unlike).push(id);
+  return { like, unlike };
+}
+
+const markCount = (like, unlike) => `${like} like, ${unlike} not`;
+
+// What the bar and the viewer keep of a result: not its rank or score,
+// which belong to the search it came from.
+function markedResult(r) {
+  const copy = { ...r };
+  delete copy.rank;
+  delete copy.score;
+  return copy;
+}
+
+// Marks image r as kind ('like' or 'unlike'), which clears its other mark;
+// marked so already, unmarks it.
+function toggleMark(r, kind) {
+  const id = Number(r.id);
+  const had = state.marks.get(id);
+  if (had && had.kind === kind) {
+    dropMark(id);
+  } else {
+    if (markLists()[kind].length >= FEEDBACK_MAX) {
+      showError(`At most ${FEEDBACK_MAX} images can be marked "${MARK_TEXT[kind]}". Remove some marks first.`);
+      return;
+    }
+    if (had) state.marks.delete(id); // to the end of its new list
+    state.marks.set(id, { kind, r: markedResult(r), thumb: had ? had.thumb : null });
+  }
+  if (state.badMark === id) state.badMark = 0;
+  syncMark(id);
+}
+
+// Removes id's mark (its chip's thumbnail with it).
+function dropMark(id) {
+  const m = state.marks.get(id);
+  if (!m) return;
+  if (m.thumb) m.thumb.then((u) => { if (u.startsWith('blob:')) URL.revokeObjectURL(u); }).catch(() => {});
+  state.marks.delete(id);
+}
+
+// Forgets all marks (a new query); marks: {like, unlike} ids to start with instead.
+function resetFeedback(marks = null) {
+  for (const id of [...state.marks.keys()]) dropMark(id);
+  state.badMark = 0;
+  state.applied = { like: [], unlike: [] };
+  if (marks) {
+    for (const kind of ['like', 'unlike']) {
+      for (const id of marks[kind]) state.marks.set(id, { kind, r: { id }, thumb: null });
+    }
+  }
+  for (const card of $('grid').querySelectorAll('.card')) syncCard(card);
+  syncViewerMarks();
+  renderFeedbackBar();
+}
+
+// Shows image id's mark on its card, in the viewer and in the bar.
+function syncMark(id) {
+  const card = document.querySelector(`#grid .card[data-id="${id}"]`);
+  if (card) syncCard(card);
+  syncViewerMarks();
+  renderFeedbackBar();
+}
+
+function syncCard(card) {
+  const m = state.marks.get(Number(card.dataset.id));
+  const kind = m ? m.kind : '';
+  card.classList.toggle('marked-like', kind === 'like');
+  card.classList.toggle('marked-unlike', kind === 'unlike');
+  for (const b of card.querySelectorAll('.mark')) b.setAttribute('aria-pressed', String(b.dataset.kind === kind));
+  const badge = card.querySelector('.mark-badge');
+  if (badge) badge.textContent = kind === 'like' ? '✓ Like' : kind === 'unlike' ? '✕ Not' : '';
+  card.setAttribute('aria-label', card.dataset.label + (kind ? `, marked ${MARK_TEXT[kind].toLowerCase()}` : ''));
+}
+
+function syncViewerMarks() {
+  const m = viewer.result ? state.marks.get(Number(viewer.result.id)) : null;
+  $('v-like').setAttribute('aria-pressed', String(!!m && m.kind === 'like'));
+  $('v-unlike').setAttribute('aria-pressed', String(!!m && m.kind === 'unlike'));
+}
+
+// A marked image's thumbnail for its chip (with a token: fetched once, as a blob: URL).
+function markThumb(id, m) {
+  const path = `/api/images/${id}/thumbnail`;
+  if (!state.token) return Promise.resolve(local(path));
+  if (!m.thumb) {
+    m.thumb = api(path).then(async (res) => URL.createObjectURL(await res.blob()));
+    m.thumb.catch(() => { m.thumb = null; });
+  }
+  return m.thumb;
+}
+
+const sameIds = (a, b) => a.length === b.length && [...a].sort((x, y) => x - y).join() === [...b].sort((x, y) => x - y).join();
+
+// The bar above the results: how many marks, a chip for each, Refine and
+// Clear. Shown while there are marks, or while the results shown were
+// searched with some (then Refine searches without them).
+function renderFeedbackBar() {
+  const { like, unlike } = markLists();
+  const applied = state.applied;
+  const bar = $('feedback');
+  const show = state.marks.size > 0 || !!(applied && applied.like.length + applied.unlike.length);
+  if (!show && !bar.hidden && bar.contains(document.activeElement)) $('results').focus();
+  bar.hidden = !show;
+  $('feedback-count').textContent = markCount(like.length, unlike.length);
+  let note = 'Not applied yet: Refine search to search with them.';
+  if (applied && sameIds(like, applied.like) && sameIds(unlike, applied.unlike)) note = 'Applied to these results.';
+  else if (!state.marks.size) note = 'No marks left: Refine search to search without them.';
+  $('feedback-note').textContent = note;
+  const list = $('feedback-chips');
+  list.replaceChildren();
+  for (const [id, m] of state.marks) {
+    const missing = id === state.badMark;
+    const li = el('li', `fchip ${m.kind}${missing ? ' missing' : ''}`);
+    li.dataset.id = id;
+    li.dataset.kind = m.kind;
+    const what = `image ${id}, marked ${MARK_TEXT[m.kind].toLowerCase()}${missing ? ', not in the collection' : ''}`;
+    const open = el('button', 'fchip-open');
+    open.type = 'button';
+    open.title = `#${id}${m.r.labels && m.r.labels.length ? ' · ' + m.r.labels.join(', ') : ''} · ` +
+      `${MARK_TEXT[m.kind]}${missing ? ' · not in the collection' : ''} (open it)`;
+    open.setAttribute('aria-label', `Open ${what}`);
+    const img = el('img');
+    img.alt = '';
+    markThumb(id, m).then((u) => { img.src = u; }).catch(() => {});
+    open.append(img, el('span', 'fchip-kind', m.kind === 'like' ? '+' : '−'), el('span', 'fchip-id', '#' + id));
+    open.addEventListener('click', () => openViewer(m.r, open));
+    const rm = el('button', 'fchip-remove', '×');
+    rm.type = 'button';
+    rm.title = 'Remove this mark';
+    rm.setAttribute('aria-label', `Remove the mark of ${what}`);
+    rm.addEventListener('click', () => {
+      const ids = [...state.marks.keys()];
+      const next = ids[ids.indexOf(id) + 1] || ids[ids.indexOf(id) - 1];
+      dropMark(id);
+      if (state.badMark === id) state.badMark = 0;
+      syncMark(id);
+      const chip = next && list.querySelector(`.fchip[data-id="${next}"] .fchip-remove`);
+      if (chip) chip.focus();
+      else if (!bar.hidden) $('feedback-refine').focus();
+    });
+    li.append(open, rm);
+    list.append(li);
+  }
+}
+
+function setupFeedback() {
+  $('feedback-refine').addEventListener('click', () => runSearch());
+  $('feedback-clear').addEventListener('click', () => {
+    const refined = state.applied && state.applied.like.length + state.applied.unlike.length > 0;
+    for (const id of [...state.marks.keys()]) dropMark(id);
+    state.badMark = 0;
+    for (const card of $('grid').querySelectorAll('.card')) syncCard(card);
+    syncViewerMarks();
+    renderFeedbackBar();
+    // results searched with the marks: back to those of the query alone
+    if (refined) runSearch();
+    $('results').focus();
+  });
+  $('v-like').addEventListener('click', () => { if (viewer.result) toggleMark(viewer.result, 'like'); });
+  $('v-unlike').addEventListener('click', () => { if (viewer.result) toggleMark(viewer.result, 'unlike'); });
 }
 
 // ---------- viewer: zoom, pan, window/level on a canvas ----------
@@ -829,6 +1065,8 @@ function setupViewerInput() {
       r: resetViewer, R: resetViewer,
       i: () => $('v-invert').click(), I: () => $('v-invert').click(),
       a: () => $('v-alike').click(), A: () => $('v-alike').click(),
+      l: () => $('v-like').click(), L: () => $('v-like').click(),
+      n: () => $('v-unlike').click(), N: () => $('v-unlike').click(),
     };
     if (keys[ev.key]) { ev.preventDefault(); keys[ev.key](); scheduleDraw(); }
   });
@@ -1082,6 +1320,7 @@ async function openViewer(r, opener) {
   viewer.controller = controller;
   viewer.result = r;
   viewer.opener = opener;
+  syncViewerMarks();
   setAlike(alike.on); // this result's map, if "Where alike" is on
   viewer.gray = null;
   viewer.invert = false;
@@ -1108,6 +1347,10 @@ async function openViewer(r, opener) {
     if (controller === viewer.controller && copies && Array.isArray(copies.copies)) viewer.copies = { of: r.id, list: copies.copies };
     if (controller !== viewer.controller) return;
     const info = meta && meta.doc;
+    // An image known by its id only (marked in a link): its details from the metadata.
+    if (info && r.labels === undefined) {
+      for (const k of ['labels', 'patient_id', 'age', 'sex', 'view', 'study_date', 'original_name']) r[k] = info[k];
+    }
     viewer.info = info;
     viewer.etag = meta && meta.etag;
     viewer.work = img.work;
@@ -1258,8 +1501,9 @@ function drawAlike(doc) {
   paintHeat($('query-heat'), doc.query_cells);
   placeQueryHeat();
   drawAlikeQuery();
+  const moved = state.applied && state.applied.like.length + state.applied.unlike.length > 0;
   alikeLegend(`Where alike: similarity ${Number(doc.similarity).toFixed(3)} (${doc.similarity_kind}, without query expansion` +
-    `${state.qe > 0 ? ', unlike the score' : ''}); brightest where this image matches the query most`);
+    `${moved ? ' or feedback' : ''}${state.qe > 0 || moved ? ', unlike the score' : ''}); brightest where this image matches the query most`);
   scheduleDraw();
 }
 
@@ -1312,7 +1556,8 @@ async function loadAlike(r) {
 // ---------- the address: a search by a stored image as a link ----------
 
 // The page's address holds the search after '#': the stored image searched
-// with and the settings, e.g. #similar=163&k=20&qe=1&labels=Effusion|Mass&sex=F&view=PA&age=40-60&one=1&region=0,0,50%25,100%25
+// with, the settings and its feedback marks, e.g.
+// #similar=163&k=20&qe=1&labels=Effusion|Mass&sex=F&view=PA&age=40-60&one=1&region=0,0,50%25,100%25&like=12,17&unlike=87
 // A link to it (bookmarked, sent to a colleague, opened in another tab)
 // runs the same search. An uploaded file cannot be put in a link: its
 // search keeps the settings only. The token never goes into the address.
@@ -1331,16 +1576,34 @@ function linkParams() {
   if (min || max) p.set('age', `${min}-${max}`);
   if ($('filter-one-per-patient').checked) p.set('one', '1');
   if (state.region && state.query && state.query.kind === 'id') p.set('region', state.region);
+  if (state.query && state.query.kind === 'id') {
+    const { like, unlike } = markLists();
+    if (like.length) p.set('like', like.join(','));
+    if (unlike.length) p.set('unlike', unlike.join(','));
+  }
   return p;
 }
 
 function writeLink() {
-  const hash = '#' + linkParams().toString();
+  // commas need no escape after '#': like=12,17 reads better than like=12%2C17
+  const hash = '#' + linkParams().toString().replace(/%2C/gi, ',');
   if (location.hash !== hash) history.replaceState(history.state, '', hash);
 }
 
 // Whether select has an option of this value (a link cannot add one).
 const hasOption = (select, v) => [...$(select).options].some((o) => o.value === v);
+
+// A link's list of marked ids: positive whole numbers, each once, at most
+// FEEDBACK_MAX; any other item is ignored.
+function linkIds(text) {
+  const ids = [];
+  for (const item of (text || '').split(',')) {
+    const v = item.trim();
+    if (!/^[1-9]\d{0,15}$/.test(v) || !Number.isSafeInteger(Number(v))) continue;
+    if (!ids.includes(Number(v)) && ids.length < FEEDBACK_MAX) ids.push(Number(v));
+  }
+  return ids;
+}
 
 // Applies a link's settings to the controls; every value is checked as the
 // controls would take it, anything else is ignored. Returns the stored
@@ -1368,9 +1631,12 @@ function applyLink(hash) {
   $('filter-one-per-patient').checked = p.get('one') === '1';
   const id = p.get('similar');
   const region = p.get('region') || '';
+  // an id on both lists says nothing: dropped from both
+  const like = linkIds(p.get('like')), unlike = linkIds(p.get('unlike'));
   return {
     id: id && /^[1-9]\d{0,15}$/.test(id) ? Number(id) : 0,
     region: /^[\d.%, ]{1,128}$/.test(region) ? region : '',
+    marks: { like: like.filter((x) => !unlike.includes(x)), unlike: unlike.filter((x) => !like.includes(x)) },
   };
 }
 
@@ -1378,7 +1644,7 @@ function applyLink(hash) {
 function followLink() {
   if (!location.hash || location.hash === '#') return;
   const link = applyLink(location.hash);
-  if (link.id) queryById(link.id, '', link.region);
+  if (link.id) queryById(link.id, '', link.region, link.marks);
   else runSearch();
 }
 
@@ -1390,6 +1656,7 @@ function main() {
   setupRegion();
   setupFilters();
   setupViewerInput();
+  setupFeedback();
   // The collection's defaults first, so that a link's settings win.
   loadCollectionInfo(openToken).finally(followLink);
   window.addEventListener('hashchange', followLink);
