@@ -181,7 +181,8 @@ int engine_ingest(engine *e, const uint8_t *bytes, size_t len, const store_meta 
 typedef struct engine_query {
     const uint8_t *bytes;      /* image to search with, or NULL ... */
     size_t len;
-    int64_t by_id;             /* ... a stored image's id (> 0) */
+    int64_t by_id;             /* ... a stored image's id (> 0), or 0 with
+                                  like ids: the marked images alone */
     int k;                     /* 1..1000 */
     const store_filter *filter;/* may be NULL */
     int one_per_patient;       /* best image per patient only */
@@ -210,7 +211,10 @@ typedef struct engine_query {
  * the results and of the expansion, like the query itself. Each list holds
  * at most ENGINE_FEEDBACK_MAX ids (repeats count once); an id on both
  * lists is MS_EINVAL, one not in the collection MS_ENOTFOUND. The marked
- * images need not pass the filter: the user has seen them. */
+ * images need not pass the filter: the user has seen them. Without bytes
+ * and by_id the query is the marks alone: a zero vector moved by them, so
+ * the ranking is by l2(LIKE * mean(like) - UNLIKE * mean(unlike)); that
+ * needs like ids (and no region). */
 #define ENGINE_FEEDBACK_MAX 100
 #define ENGINE_FEEDBACK_LIKE 2.0f
 #define ENGINE_FEEDBACK_UNLIKE 1.0f

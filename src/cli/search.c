@@ -77,8 +77,8 @@ static const char *cell(const char *s, cell_buf buf, size_t width)
     return buf;
 }
 
-/* qe > 0 or feedback: the scores are not plain similarities, so the table
- * says so. */
+/* qe > 0 or feedback (1: a query moved by marks, 2: the marks alone): the
+ * scores are not plain similarities, so the table says so. */
 static void print_table(const engine_result *res, int n, int qe, int feedback)
 {
     printf("%4s  %8s  %6s  %-32s  %-28s  %-10s  %3s  %3s  %-4s\n", "rank", "id", "score", "name", "labels", "patient",
@@ -95,7 +95,8 @@ static void print_table(const engine_result *res, int n, int qe, int feedback)
                cell(m->patient_id, b3, 10), m->age >= 0 ? age : "-", sex, cell(m->view, b4, 4));
     }
     if (n > 0 && feedback)
-        printf("scores: similarity to the query moved by the feedback%s\n",
+        printf("scores: similarity to %s%s\n",
+               feedback > 1 ? "l2(2 mean(like) - mean(unlike)) of the marked images" : "the query moved by the feedback",
                qe > 0 ? ", then expanded with its top results (--qe)" : "");
     else if (qe > 0 && n > 0)
         printf("scores: similarity to the query expanded with its top %d result%s (--qe 0: to the query "
@@ -130,7 +131,7 @@ int cmd_search(int argc, char **argv)
         {0},
     };
     static const cli_command base = {
-        "search", "IMAGE",
+        "search", "IMAGE | --id ID | --like IDS",
         "Finds the stored X-rays most similar to IMAGE (PNG, JPEG, JPEG 2000, TIFF, WebP, HEIC, AVIF, GIF or DICOM), by cosine similarity of\n"
         "the model's features. Filter terms: labels:A|B (any) labels:A+B (all) sex:F age:40-60 view:PA\n"
         "patient:ID -patient:ID key=value. Exit code 1 when nothing matches.",
@@ -142,7 +143,7 @@ int cmd_search(int argc, char **argv)
     int n_args, code;
     if (!cli_parse(&me, argc, argv, &c, &args, &n_args, &code))
         return code;
-    if ((n_args == 1) == (by_id > 0)) {
+    if (n_args == 1 && by_id > 0) {
         fprintf(stderr, "medsearch search: give either an IMAGE file or --id ID\n");
         free(args);
         return EXIT_USAGE;
@@ -165,6 +166,12 @@ int cmd_search(int argc, char **argv)
     if (bad) {
         ms_err_prefix(&err, "%s: ", bad);
         cli_error(&me, &err);
+        return EXIT_USAGE;
+    }
+    /* Neither an image nor --id: the marked images alone are the query. */
+    if (!image && !by_id && (!n_like || region_text)) {
+        fprintf(stderr, "medsearch search: give an IMAGE file, --id ID, or --like IDS to search with the images "
+                        "marked like alone%s\n", region_text ? " (a region needs an image)" : "");
         return EXIT_USAGE;
     }
     store_filter filter;
@@ -198,10 +205,10 @@ int cmd_search(int argc, char **argv)
     size_t len = 0;
     engine_options o;
     cli_engine_options(&c, &o);
-    /* A stored image is searched with its stored vector: nothing is embedded, so
-     * the model is not needed (nor loaded) unless --model names one to check
-     * against the collection's. */
-    if (by_id && !c.model && !region_text)
+    /* A stored image (or the marked images alone) is searched with stored
+     * vectors: nothing is embedded, so the model is not needed (nor loaded)
+     * unless --model names one to check against the collection's. */
+    if (!image && !c.model && !region_text)
         o.no_model = 1;
     if (image && cli_read_file(image, o.limits.max_bytes, &bytes, &len, &err) != 0) {
         fprintf(stderr, "medsearch search: %s: %s\n", image, err.msg);
@@ -235,16 +242,22 @@ int cmd_search(int argc, char **argv)
         rc = rc == MS_EINVAL || rc == MS_ENOTFOUND ? EXIT_USAGE : 1;
     } else {
         char label[32];
-        snprintf(label, sizeof label, "id %d", by_id);
+        if (by_id)
+            snprintf(label, sizeof label, "id %d", by_id);
+        else
+            snprintf(label, sizeof label, "the images marked like");
         if (c.json)
             print_json(image ? image : label, &q, engine_resolve_qe(e, qe), region_text ? &used : NULL, res, n, &t,
                        rep.open_ms);
         else
-            print_table(res, n, engine_resolve_qe(e, qe), n_like + n_unlike > 0);
-        if (n_like + n_unlike && !c.json)
+            print_table(res, n, engine_resolve_qe(e, qe), !image && !by_id ? 2 : n_like + n_unlike > 0);
+        if (n_like + n_unlike && !c.json && (image || by_id))
             printf("feedback: the query moved towards the image%s marked like (%d) and away from those marked "
                    "unlike (%d); the marked images are left out of the results\n", n_like == 1 ? "" : "s", n_like,
                    n_unlike);
+        else if (!c.json && !image && !by_id)
+            printf("query: the image%s marked like (%d), away from those marked unlike (%d); the marked images "
+                   "are left out of the results\n", n_like == 1 ? "" : "s", n_like, n_unlike);
         if (region_text && !c.json)
             printf("region: x %d, y %d, %dx%d pixels of the image as shown\n", used.x, used.y, used.width,
                    used.height);

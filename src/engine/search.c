@@ -341,8 +341,14 @@ static int query_vector(engine *e, const engine_query *q, float *vec, engine_tim
 {
     if (q->bytes)
         return embed_query(e, q->bytes, q->len, q, vec, t, err);
+    if (q->by_id <= 0 && q->n_like > 0 && !q->region) {
+        /* The marked images alone: feedback moves a zero query. */
+        memset(vec, 0, (size_t)e->dim * sizeof *vec);
+        return 0;
+    }
     if (q->by_id <= 0)
-        return ms_err_set(err, MS_EINVAL, "a search needs an image or a stored image's id");
+        return ms_err_set(err, MS_EINVAL, "a search needs an image, a stored image's id or images marked like%s",
+                          q->region ? " (and a region, an image)" : "");
     if (q->region)
         return embed_stored_region(e, q, vec, t, err);
     if (e->ix && index_get(e->ix, q->by_id, vec) == 0)

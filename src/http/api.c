@@ -464,6 +464,23 @@ static void handle_similar(api_ctx *c, const http_request *r, http_reply *rep)
     run_search(c, r, rep, &q);
 }
 
+/* GET /api/similar?like=...: the images marked like (moved away from those
+ * marked unlike) are the query, without an image of its own. */
+static void handle_similar_marked(api_ctx *c, const http_request *r, http_reply *rep)
+{
+    const char *s = req_param(r, "like");
+    if (!s || strspn(s, " \t") == strlen(s)) {
+        reply_error(rep, 400, "invalid_argument", "like must name the stored images to search with (ids, 12,17)");
+        return;
+    }
+    if ((s = req_param(r, "region")) && *s) {
+        reply_error(rep, 400, "invalid_argument", "region needs a query image: not with the marked images alone");
+        return;
+    }
+    engine_query q = {0};
+    run_search(c, r, rep, &q);
+}
+
 /* ---- similarity maps: where a query and a result are alike ---- */
 
 static json_t *cells_to_json(const float *cells, int w, int h)
@@ -946,6 +963,7 @@ void api_handle(api_ctx *c, const http_request *r, http_reply *rep)
             metadata_reply(c, r->match.id, r->if_none_match, rep);
         break;
     case ROUTE_SIMILAR: handle_similar(c, r, rep); break;
+    case ROUTE_SIMILAR_MARKED: handle_similar_marked(c, r, rep); break;
     case ROUTE_COPIES: handle_copies(c, r, rep); break;
     case ROUTE_MAP:
     case ROUTE_IMAGE_MAP: handle_similarity_map(c, r, rep); break;

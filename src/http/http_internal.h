@@ -35,6 +35,7 @@ typedef enum {
     ROUTE_COPIES,       /* GET /api/images/{id}/copies */
     ROUTE_MAP,          /* POST /api/similarity-map */
     ROUTE_IMAGE_MAP,    /* GET /api/images/{id}/similarity-map */
+    ROUTE_SIMILAR_MARKED, /* GET /api/similar?like=...: the marked images alone */
     ROUTE_STATS,        /* GET /api/stats */
     ROUTE_HEALTH,       /* GET /api/health */
     ROUTE_METRICS,      /* GET /metrics */

@@ -19,7 +19,7 @@ static const char *const route_names[ROUTE_COUNT] = {
     [ROUTE_METADATA] = "metadata",   [ROUTE_SIMILAR] = "similar",
     [ROUTE_PREVIEW] = "preview",     [ROUTE_IMAGE_PREVIEW] = "image_preview",
     [ROUTE_COPIES] = "copies",       [ROUTE_MAP] = "similarity_map",
-    [ROUTE_IMAGE_MAP] = "image_similarity_map",
+    [ROUTE_IMAGE_MAP] = "image_similarity_map", [ROUTE_SIMILAR_MARKED] = "similar_marked",
     [ROUTE_STATS] = "stats",         [ROUTE_HEALTH] = "health",
     [ROUTE_METRICS] = "metrics",     [ROUTE_ASSET] = "asset",
     [ROUTE_NONE] = "none",
@@ -114,6 +114,10 @@ void route_find(http_method m, const char *path, route_match *out)
         out->needs_worker = out->wants_body = out->is_write = 1;
     } else if (!strncmp(path, "/api/images/", 12)) {
         match_image_route(m, path + 12, out);
+    } else if (!strcmp(path, "/api/similar")) {
+        out->route = ROUTE_SIMILAR_MARKED;
+        allow_only(out, m, "GET, HEAD", 1, 0, 0);
+        out->needs_worker = 1;
     } else if (!strcmp(path, "/api/stats")) {
         out->route = ROUTE_STATS;
         allow_only(out, m, "GET, HEAD", 1, 0, 0);

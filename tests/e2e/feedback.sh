@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Relevance feedback: `medsearch search --like/--unlike` and the API's
-# like=/unlike= (POST /api/search, GET /api/images/{id}/similar), against the
-# real server and the CLI:
+# like=/unlike= (POST /api/search, GET /api/images/{id}/similar, and GET
+# /api/similar for the marked images alone), against the real server and the
+# CLI:
 #  - every score is the result's similarity to l2(q + 2 mean(like) -
 #    mean(unlike)), worked out here in numpy from `medsearch export --vectors`
 #    (centred on the exported center), and the marked images are left out;
@@ -19,7 +20,7 @@ export MEDSEARCH_MODEL=$MODEL
 search() { "$MEDSEARCH_BIN" search --db "$WORK/c.db" "$@"; }
 "$MEDSEARCH_BIN" export --vectors --db "$WORK/c.db" --out "$WORK/vec" >/dev/null 2>&1 || bad "export --vectors"
 
-# scores_ok FILE QUERY_ID|- LIKE UNLIKE [QUERY_VECTOR.f32]: every result's score
+# scores_ok FILE QUERY_ID|-|0 LIKE UNLIKE [QUERY_VECTOR.f32] (0: no query, the marks alone): every result's score
 # is its similarity to the moved query, none is marked (nor the query).
 scores_ok() {
     /usr/bin/python3 - "$WORK/vec" "$@" <<'PY'
@@ -34,7 +35,9 @@ u = vec - center
 u /= np.linalg.norm(u, axis=1, keepdims=True)
 like = sorted({int(x) for x in like.split(",") if x})
 unlike = sorted({int(x) for x in unlike.split(",") if x})
-if qid != "-":
+if qid == "0":
+    q = np.zeros(u.shape[1])  # the marked images alone
+elif qid != "-":
     q = u[row[int(qid)]]
 else:
     q = np.fromfile(sys.argv[6], dtype="<f4").astype(np.float64) - center
@@ -47,7 +50,7 @@ if unlike:
 m /= np.linalg.norm(m)
 d = json.load(open(path))
 res = d["results"]
-marked = set(like) | set(unlike) | ({int(qid)} if qid != "-" else set())
+marked = set(like) | set(unlike) | ({int(qid)} if qid not in ("-", "0") else set())
 worst = max(abs(r["score"] - float(u[row[r["id"]]] @ m)) for r in res)
 ok = (worst < 2e-5 and not marked & {r["id"] for r in res}
       and all(a["score"] >= b["score"] for a, b in zip(res, res[1:]))
@@ -79,6 +82,14 @@ search "$QUERY" -k 30 --qe 0 --like "$l1" --unlike "$u1,$l2" --json >"$WORK/ff.j
 r=$(scores_ok "$WORK/ff.json" - "$l1" "$u1,$l2" "$WORK/q.f32")
 [ "$r" = yes ] && ok "a file query moves the same way" || bad "file query: $r"
 
+echo "== the marked images alone, without a query"
+search -k 30 --qe 0 --like "$l1,$l2" --unlike "$u1" --json >"$WORK/marks.json" || bad "search --like without a query"
+r=$(scores_ok "$WORK/marks.json" 0 "$l1,$l2" "$u1")
+[ "$r" = yes ] && ok "scores = similarity to l2(2 mean(like) - mean(unlike)), the marks left out" || bad "marks alone: $r"
+out=$(search -k 3 --like "$l1" --unlike "$u1")
+case $out in *"l2(2 mean(like) - mean(unlike)) of the marked images"*"query: the image marked like (1), away from those marked unlike (1)"*) ok "the text report says the marks are the query" ;;
+    *) bad "the text report of the marks alone: $out" ;; esac
+
 echo "== the CLI refuses"
 for args in "--like x" "--like 1," "--like 0" "--unlike 1,,2" "--like $l1 --unlike $l1" "--like 987654321" \
             "--like $(seq -s, 1 101)"; do
@@ -86,6 +97,13 @@ for args in "--like x" "--like 1," "--like 0" "--unlike 1,,2" "--like $l1 --unli
     search --id 5 $args >/dev/null 2>"$WORK/err"; rc=$?
     if [ "$rc" = 2 ] && [ -s "$WORK/err" ]; then ok "search ${args:0:30}: exit 2, $(head -c 90 "$WORK/err")"
     else bad "search ${args:0:30}: exit $rc: $(cat "$WORK/err")"; fi
+done
+
+for args in "--unlike $u1" "--like $l1 --region 0,0,5,5" ""; do
+    # shellcheck disable=SC2086
+    search $args >/dev/null 2>"$WORK/err"; rc=$?
+    if [ "$rc" = 2 ] && grep -q "give an IMAGE file, --id ID, or --like IDS" "$WORK/err"; then ok "search ${args:-(nothing)}: exit 2, a query is needed"
+    else bad "search ${args:-(nothing)}: exit $rc: $(cat "$WORK/err")"; fi
 done
 
 echo "== the API"
@@ -112,5 +130,15 @@ expect 400 "101 ids" "$URL/api/images/5/similar?like=$(seq -s, 1 101)"
 expect 404 "an unknown marked id" "$URL/api/images/5/similar?like=987654321"
 check "it is named" 'd["error"]["message"] == "no image with id 987654321 (marked like) in the collection"'
 expect 400 "POST with a bad list" -F "image=@$QUERY" -F "unlike=-4" "$URL/api/search"
+expect 200 "GET /api/similar: the marked images alone" "$URL/api/similar?k=30&qe=0&like=$l1,$l2&unlike=$u1"
+[ "$(same "$B" "$WORK/marks.json")" = True ] && ok "the CLI's results for the marks alone" || bad "marks alone: API and CLI differ"
+check "the lists come back, no query id" 'd["feedback"] == {"like": ['"$l1,$l2"'], "unlike": ['"$u1"']} and "query_id" not in d'
+expect 200 "HEAD /api/similar" -I "$URL/api/similar?like=$l1"
+expect 400 "GET /api/similar without like" "$URL/api/similar?unlike=$u1"
+check "it says what is missing" 'd["error"]["message"].startswith("like must name")'
+expect 400 "GET /api/similar with an empty like" "$URL/api/similar?like=%20"
+expect 400 "GET /api/similar with a region" "$URL/api/similar?like=$l1&region=0,0,5,5"
+expect 404 "GET /api/similar with an unknown id" "$URL/api/similar?like=987654321"
+expect 405 "POST /api/similar" -X POST "$URL/api/similar?like=$l1"
 stop_server
 finish

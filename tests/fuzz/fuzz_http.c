@@ -632,6 +632,7 @@ static void write_seeds(const char *dir)
         {"similar_region_percent", "GET\n/api/images/6/similar?region=10%25,0%25,50.5%25,99.99%25\n\n", 0},
         {"similar_feedback", "GET\n/api/images/4/similar?k=8&qe=2&like=2,5,2&unlike=7\n\n", 0},
         {"similar_feedback_filter", "GET\n/api/images/3/similar?like=1&unlike=&sex=F&one_per_patient=1\n\n", 0},
+        {"similar_marked", "GET\n/api/similar?k=6&like=2,3&unlike=4&qe=1\n\n", 0},
         {"delete", "DELETE\n/api/images/6\n\n", 1},
         {"delete_no_token", "DELETE\n/api/images/7\n\n", 2},
         {"form_no_image", "POST\n/api/search\nContent-Type: application/x-www-form-urlencoded\n\nk=3&qe=1", 0},

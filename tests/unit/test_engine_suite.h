@@ -1282,6 +1282,32 @@ static void test_feedback(void **state)
     engine_results_free(res, n);
     engine_results_free(rs, ns);
 
+    /* The marked images alone, without an image or an id: a zero query
+     * moved by them; unlike marks alone, or a region, need a query. */
+    int64_t two[2] = {fx->ids[3], fx->ids[5]};
+    engine_query marks = {.k = N_IMAGES, .like = two, .n_like = 2, .unlike = unlike, .n_unlike = 1};
+    assert_int_equal(engine_search(e, &marks, &res, &n, NULL, &err), 0);
+    assert_int_equal(n, N_IMAGES - 3);
+    float origin[2048] = {0};
+    feedback_by_hand(e, origin, two, 2, unlike, 1, moved);
+    for (int j = 0; j < n; j++) {
+        assert_false(is_marked(res[j].id, two, 2, unlike, 1));
+        assert_int_equal(index_get(engine_index(e), res[j].id, v), 0);
+        double dot = 0;
+        for (int d = 0; d < dim; d++)
+            dot += moved[d] * v[d];
+        assert_float_equal(res[j].score, dot, 1e-5);
+    }
+    engine_results_free(res, n);
+    engine_query unliked = {.k = 3, .unlike = unlike, .n_unlike = 1};
+    assert_int_equal(engine_search(e, &unliked, &res, &n, NULL, &err), MS_EINVAL);
+    assert_non_null(strstr(err.msg, "marked like"));
+    image_region corner;
+    assert_int_equal(image_region_parse("0,0,5,5", &corner, &err), 0);
+    marks.region = &corner;
+    assert_int_equal(engine_search(e, &marks, &res, &n, NULL, &err), MS_EINVAL);
+    assert_non_null(strstr(err.msg, "a region, an image"));
+
     /* Refusals. */
     engine_query bad = q;
     int64_t both[1] = {fx->ids[9]};

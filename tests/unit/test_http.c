@@ -119,6 +119,8 @@ static void test_route_every_documented_route(void **state)
         {M_POST, "/api/similarity-map", ROUTE_MAP, 1, 0, 0, 1, 1, "POST"},
         {M_GET, "/api/images/14/similarity-map", ROUTE_IMAGE_MAP, 1, 14, 0, 1, 0, "GET, HEAD"},
         {M_HEAD, "/api/images/14/similarity-map", ROUTE_IMAGE_MAP, 1, 14, 0, 1, 0, "GET, HEAD"},
+        {M_GET, "/api/similar", ROUTE_SIMILAR_MARKED, 1, 0, 0, 1, 0, "GET, HEAD"},
+        {M_HEAD, "/api/similar", ROUTE_SIMILAR_MARKED, 1, 0, 0, 1, 0, "GET, HEAD"},
         {M_GET, "/api/stats", ROUTE_STATS, 1, 0, 0, 0, 0, "GET, HEAD"},
         {M_HEAD, "/api/stats", ROUTE_STATS, 1, 0, 0, 0, 0, "GET, HEAD"},
         {M_GET, "/api/health", ROUTE_HEALTH, 1, 0, 0, 0, 0, "GET, HEAD"},
@@ -173,6 +175,8 @@ static void test_route_wrong_method_is_405(void **state)
         {M_PATCH, "/api/similarity-map", ROUTE_MAP, 0, 0, 0, 0, 0, "POST"},
         {M_POST, "/api/images/5/similarity-map", ROUTE_IMAGE_MAP, 0, 5, 0, 0, 0, "GET, HEAD"},
         {M_DELETE, "/api/images/5/similarity-map", ROUTE_IMAGE_MAP, 0, 5, 0, 0, 0, "GET, HEAD"},
+        {M_POST, "/api/similar", ROUTE_SIMILAR_MARKED, 0, 0, 0, 0, 0, "GET, HEAD"},
+        {M_PATCH, "/api/similar", ROUTE_SIMILAR_MARKED, 0, 0, 0, 0, 0, "GET, HEAD"},
         {M_GET, "/api/preview", ROUTE_PREVIEW, 0, 0, 0, 0, 0, "POST"},
         {M_DELETE, "/api/preview", ROUTE_PREVIEW, 0, 0, 0, 0, 0, "POST"},
         {M_POST, "/api/stats", ROUTE_STATS, 0, 0, 0, 0, 0, "GET, HEAD"},
@@ -187,6 +191,8 @@ static void test_route_wrong_method_is_405(void **state)
     assert_int_equal(route_status(M_GET, "/api/search"), 405);
     assert_int_equal(route_status(M_GET, "/api/nope"), 404);
     assert_int_equal(route_status(M_POST, "/api/nope"), 404);
+    assert_int_equal(route_status(M_GET, "/api/similar/"), 404);
+    assert_int_equal(route_status(M_GET, "/api/similars"), 404);
 }
 
 /* ids are 1..2^63-1 in plain decimal: anything else is no route (404),
@@ -401,7 +407,7 @@ static void test_route_names(void **state)
         [ROUTE_METADATA] = "metadata", [ROUTE_SIMILAR] = "similar",
         [ROUTE_PREVIEW] = "preview",   [ROUTE_IMAGE_PREVIEW] = "image_preview",
         [ROUTE_COPIES] = "copies",     [ROUTE_MAP] = "similarity_map",
-        [ROUTE_IMAGE_MAP] = "image_similarity_map",
+        [ROUTE_IMAGE_MAP] = "image_similarity_map", [ROUTE_SIMILAR_MARKED] = "similar_marked",
         [ROUTE_STATS] = "stats",       [ROUTE_HEALTH] = "health",
         [ROUTE_METRICS] = "metrics",   [ROUTE_ASSET] = "asset",
         [ROUTE_NONE] = "none",
