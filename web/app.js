@@ -756,19 +756,32 @@ function dropMark(id) {
   state.marks.delete(id);
 }
 
-// Forgets all marks (a new query); marks: {like, unlike} ids to start with instead.
-function resetFeedback(marks = null) {
+// Whether the results shown were searched with marks.
+const feedbackApplied = () => !!state.applied && state.applied.like.length + state.applied.unlike.length > 0;
+
+// Removes every mark (and the flag of a missing one).
+function dropAllMarks() {
   for (const id of [...state.marks.keys()]) dropMark(id);
   state.badMark = 0;
+}
+
+// Shows the marks as they are on every card, in the viewer and in the bar.
+function syncAllMarks() {
+  for (const card of $('grid').querySelectorAll('.card')) syncCard(card);
+  syncViewerMarks();
+  renderFeedbackBar();
+}
+
+// Forgets all marks (a new query); marks: {like, unlike} ids to start with instead.
+function resetFeedback(marks = null) {
+  dropAllMarks();
   state.applied = { like: [], unlike: [] };
   if (marks) {
     for (const kind of ['like', 'unlike']) {
       for (const id of marks[kind]) state.marks.set(id, { kind, r: { id }, thumb: null });
     }
   }
-  for (const card of $('grid').querySelectorAll('.card')) syncCard(card);
-  syncViewerMarks();
-  renderFeedbackBar();
+  syncAllMarks();
 }
 
 // Shows image id's mark on its card, in the viewer and in the bar.
@@ -816,7 +829,7 @@ function renderFeedbackBar() {
   const { like, unlike } = markLists();
   const applied = state.applied;
   const bar = $('feedback');
-  const show = state.marks.size > 0 || !!(applied && applied.like.length + applied.unlike.length);
+  const show = state.marks.size > 0 || feedbackApplied();
   if (!show && !bar.hidden && bar.contains(document.activeElement)) $('results').focus();
   bar.hidden = !show;
   $('feedback-count').textContent = markCount(like.length, unlike.length);
@@ -864,12 +877,9 @@ function renderFeedbackBar() {
 function setupFeedback() {
   $('feedback-refine').addEventListener('click', () => runSearch());
   $('feedback-clear').addEventListener('click', () => {
-    const refined = state.applied && state.applied.like.length + state.applied.unlike.length > 0;
-    for (const id of [...state.marks.keys()]) dropMark(id);
-    state.badMark = 0;
-    for (const card of $('grid').querySelectorAll('.card')) syncCard(card);
-    syncViewerMarks();
-    renderFeedbackBar();
+    const refined = feedbackApplied();
+    dropAllMarks();
+    syncAllMarks();
     // results searched with the marks: back to those of the query alone
     if (refined) runSearch();
     $('results').focus();
@@ -1501,7 +1511,7 @@ function drawAlike(doc) {
   paintHeat($('query-heat'), doc.query_cells);
   placeQueryHeat();
   drawAlikeQuery();
-  const moved = state.applied && state.applied.like.length + state.applied.unlike.length > 0;
+  const moved = feedbackApplied();
   alikeLegend(`Where alike: similarity ${Number(doc.similarity).toFixed(3)} (${doc.similarity_kind}, without query expansion` +
     `${moved ? ' or feedback' : ''}${state.qe > 0 || moved ? ', unlike the score' : ''}); brightest where this image matches the query most`);
   scheduleDraw();
