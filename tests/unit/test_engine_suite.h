@@ -1203,6 +1203,23 @@ static void feedback_by_hand(engine *e, const float *q, const int64_t *like, int
         out[d] /= sqrt(norm);
 }
 
+/* Every result's score is its index vector's dot product with moved, and
+ * the scores do not rise. */
+static void assert_scores_against(engine *e, const engine_result *res, int n, const double *moved)
+{
+    int dim = model_dim(engine_model(e));
+    float v[2048];
+    for (int j = 0; j < n; j++) {
+        assert_int_equal(index_get(engine_index(e), res[j].id, v), 0);
+        double dot = 0;
+        for (int d = 0; d < dim; d++)
+            dot += moved[d] * v[d];
+        assert_float_equal(res[j].score, dot, 1e-5);
+        if (j)
+            assert_true(res[j].score <= res[j - 1].score);
+    }
+}
+
 static int is_marked(int64_t id, const int64_t *a, int na, const int64_t *b, int nb)
 {
     for (int i = 0; i < na; i++)
@@ -1223,7 +1240,6 @@ static void test_feedback(void **state)
     fixture *fx = *state;
     ms_err err = {0};
     engine *e = fx->e;
-    int dim = model_dim(engine_model(e));
     int64_t like[3] = {fx->ids[3], fx->ids[5], fx->ids[3]}, unlike[1] = {fx->ids[9]};
     engine_query q = {.by_id = fx->ids[7], .k = N_IMAGES, .exclude_self = 1, .like = like, .n_like = 3,
                       .unlike = unlike, .n_unlike = 1};
@@ -1231,20 +1247,13 @@ static void test_feedback(void **state)
     int n;
     assert_int_equal(engine_search(e, &q, &res, &n, NULL, &err), 0);
     assert_int_equal(n, N_IMAGES - 4);
-    float qv[2048], v[2048];
+    float qv[2048];
     double moved[2048];
     assert_int_equal(index_get(engine_index(e), fx->ids[7], qv), 0);
     feedback_by_hand(e, qv, like, 3, unlike, 1, moved);
-    for (int j = 0; j < n; j++) {
+    for (int j = 0; j < n; j++)
         assert_false(res[j].id == fx->ids[7] || is_marked(res[j].id, like, 3, unlike, 1));
-        assert_int_equal(index_get(engine_index(e), res[j].id, v), 0);
-        double dot = 0;
-        for (int d = 0; d < dim; d++)
-            dot += moved[d] * v[d];
-        assert_float_equal(res[j].score, dot, 1e-5);
-        if (j)
-            assert_true(res[j].score <= res[j - 1].score);
-    }
+    assert_scores_against(e, res, n, moved);
     engine_results_free(res, n);
 
     /* With expansion and a filter: still none of them, and only NORMAL. */
@@ -1290,14 +1299,9 @@ static void test_feedback(void **state)
     assert_int_equal(n, N_IMAGES - 3);
     float origin[2048] = {0};
     feedback_by_hand(e, origin, two, 2, unlike, 1, moved);
-    for (int j = 0; j < n; j++) {
+    for (int j = 0; j < n; j++)
         assert_false(is_marked(res[j].id, two, 2, unlike, 1));
-        assert_int_equal(index_get(engine_index(e), res[j].id, v), 0);
-        double dot = 0;
-        for (int d = 0; d < dim; d++)
-            dot += moved[d] * v[d];
-        assert_float_equal(res[j].score, dot, 1e-5);
-    }
+    assert_scores_against(e, res, n, moved);
     engine_results_free(res, n);
     engine_query unliked = {.k = 3, .unlike = unlike, .n_unlike = 1};
     assert_int_equal(engine_search(e, &unliked, &res, &n, NULL, &err), MS_EINVAL);
