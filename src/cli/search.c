@@ -169,7 +169,8 @@ int cmd_search(int argc, char **argv)
         return EXIT_USAGE;
     }
     /* Neither an image nor --id: the marked images alone are the query. */
-    if (!image && !by_id && (!n_like || region_text)) {
+    int marks_alone = !image && !by_id;
+    if (marks_alone && (!n_like || region_text)) {
         fprintf(stderr, "medsearch search: give an IMAGE file, --id ID, or --like IDS to search with the images "
                         "marked like alone%s\n", region_text ? " (a region needs an image)" : "");
         return EXIT_USAGE;
@@ -250,12 +251,12 @@ int cmd_search(int argc, char **argv)
             print_json(image ? image : label, &q, engine_resolve_qe(e, qe), region_text ? &used : NULL, res, n, &t,
                        rep.open_ms);
         else
-            print_table(res, n, engine_resolve_qe(e, qe), !image && !by_id ? 2 : n_like + n_unlike > 0);
-        if (n_like + n_unlike && !c.json && (image || by_id))
+            print_table(res, n, engine_resolve_qe(e, qe), marks_alone ? 2 : n_like + n_unlike > 0);
+        if (n_like + n_unlike && !c.json && !marks_alone)
             printf("feedback: the query moved towards the image%s marked like (%d) and away from those marked "
                    "unlike (%d); the marked images are left out of the results\n", n_like == 1 ? "" : "s", n_like,
                    n_unlike);
-        else if (!c.json && !image && !by_id)
+        else if (!c.json && marks_alone)
             printf("query: the image%s marked like (%d), away from those marked unlike (%d); the marked images "
                    "are left out of the results\n", n_like == 1 ? "" : "s", n_like, n_unlike);
         if (region_text && !c.json)
